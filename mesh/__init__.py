@@ -1,0 +1,1 @@
+"""shop-mesh runtime: settings, server bootstrap, discovery, client, events, saga."""

@@ -1,0 +1,1 @@
+"""Contract tooling: code generation, breaking-change checks and lint over protos."""

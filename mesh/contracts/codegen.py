@@ -1,0 +1,130 @@
+"""Regenerate Python stubs and the descriptor set from `protos/`.
+
+One function, `generate`, writes everything protoc produces into a directory;
+`make protos` points it at the repository and the contract tests point it at a
+temp dir and compare byte for byte. Output is deterministic: files are
+generated in sorted order and the package `__init__.py` files are empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTO_ROOT = ROOT / "protos"
+GENERATED = ROOT / "generated"
+DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
+
+
+class CodegenError(RuntimeError):
+    """protoc rejected the contracts; the message is protoc's own."""
+
+
+def include_paths() -> list[str]:
+    """Where protoc finds imports: our protos, well-known types, google/api."""
+    import google.api  # googleapis-common-protos ships annotations.proto
+    import grpc_tools
+
+    wkt = Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = Path(google.api.__path__[0]).parent.parent
+    return [str(PROTO_ROOT), str(wkt), str(googleapis)]
+
+
+def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
+    """Every contract file, relative to the proto root, sorted."""
+    return sorted(
+        str(p.relative_to(proto_root))
+        for p in proto_root.rglob("*.proto")
+        if "baseline" not in p.relative_to(proto_root).parts
+    )
+
+
+def run_protoc(args: Sequence[str]) -> None:
+    from grpc_tools import protoc
+
+    argv = ["protoc", *(f"-I{p}" for p in include_paths()), *args]
+    # protoc writes its diagnostics to stderr itself; the code is all we get.
+    if protoc.main(argv) != 0:
+        raise CodegenError(f"protoc failed: {' '.join(argv)}")
+
+
+def _plugin(name: str) -> str:
+    exe = Path(sys.executable).parent / f"protoc-gen-{name}"
+    found = exe if exe.exists() else shutil.which(f"protoc-gen-{name}")
+    if not found:
+        raise CodegenError(f"protoc-gen-{name} not found: pip install mypy-protobuf")
+    return f"--plugin=protoc-gen-{name}={found}"
+
+
+def write_descriptor_set(
+    path: Path, files: Sequence[str] | None = None, *, source_info: bool = False
+) -> None:
+    """Write a FileDescriptorSet of `files` (default: all) and their imports."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = ["--include_source_info"] if source_info else []
+    run_protoc(
+        [f"--descriptor_set_out={path}", "--include_imports", *extra, *(files or proto_files())]
+    )
+
+
+def generate(out_dir: Path, descriptor_set: Path) -> None:
+    """Generate `*_pb2.py`, `*_pb2_grpc.py`, their `.pyi` and the descriptor set."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = proto_files()
+    run_protoc(
+        [
+            _plugin("mypy"),
+            _plugin("mypy_grpc"),
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            f"--mypy_out={out_dir}",
+            f"--mypy_grpc_out={out_dir}",
+            "--mypy_opt=quiet",
+            "--mypy_grpc_opt=quiet",
+            *files,
+        ]
+    )
+    for pkg in sorted({p.parent for p in out_dir.rglob("*_pb2.py")}):
+        while pkg != out_dir:
+            (pkg / "__init__.py").touch()
+            pkg = pkg.parent
+    (out_dir / "shop" / "py.typed").touch()
+    write_descriptor_set(descriptor_set, files)
+
+
+def generated_tree(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of every generated file under root."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def regenerate_in_place() -> None:
+    """Regenerate into a temp dir, then replace generated/ (no stale files left)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / "generated"
+        tmp_desc = Path(tmp) / "descriptors.binpb"
+        generate(tmp_out, tmp_desc)
+        shutil.rmtree(GENERATED, ignore_errors=True)
+        shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
+        DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_desc, DESCRIPTOR_SET)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args(argv)
+    regenerate_in_place()
+    print(f"generated {len(proto_files())} protos into {GENERATED.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

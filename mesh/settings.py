@@ -161,6 +161,8 @@ class Settings:
             nats_url=_read(e, "NATS_URL", "nats://127.0.0.1:4222", str),
             database_url=_read(e, db_var, database_url, str),
             drain_grace_s=_read(e, "MESH_DRAIN_GRACE_S", 10.0, _positive_float),
-            log_level=_read(e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
+            log_level=_read(
+                e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
+            ),
             resilience=resilience,
         )

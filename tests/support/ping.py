@@ -31,7 +31,9 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         if request.sleep_ms:
             await asyncio.sleep(request.sleep_ms / 1000)
         if request.error_code:
-            await context.abort(grpc.StatusCode(_code(request.error_code)), f"asked to fail ({request.value})")
+            await context.abort(
+                grpc.StatusCode(_code(request.error_code)), f"asked to fail ({request.value})"
+            )
 
     async def Ping(self, request: ping_pb2.PingRequest, context: Any) -> ping_pb2.PingResponse:
         await self._prepare(request, context)

@@ -12,7 +12,9 @@ async def test_ping_server_answers_and_fails_on_demand():
             resp = await stub.Ping(ping_pb2.PingRequest(value="x"))
             assert (resp.value, resp.server) == ("x", "a")
             try:
-                await stub.Ping(ping_pb2.PingRequest(error_code=grpc.StatusCode.UNAVAILABLE.value[0]))
+                await stub.Ping(
+                    ping_pb2.PingRequest(error_code=grpc.StatusCode.UNAVAILABLE.value[0])
+                )
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
             else:

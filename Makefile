@@ -21,6 +21,7 @@ tools:
 
 protos: install
 	$(PY) -m mesh.contracts.codegen
+	$(PY) -m mesh.edge.render
 
 # Record today's contracts as released (the baseline breaking changes are checked against).
 baseline: install

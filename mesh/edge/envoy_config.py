@@ -1,0 +1,454 @@
+"""Render the Envoy edge config from the contracts.
+
+Routes, the transcoder's service list, clusters, retries and timeouts all come
+from `EdgeModel` (the descriptor set); the only inputs besides are addresses,
+file locations and limits (`EdgeOptions`). Internal services get no route at
+all, so the edge cannot reach them by gRPC or REST.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from mesh.edge.model import EdgeModel, HttpBinding, Service
+
+ACCEPT_VERSION = "accept-version"
+META_CLUSTER = "edge_meta"
+_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+_TRANSCODER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+_HTTP2_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+# Routes that the edge meta server answers: reflection over the public
+# contracts only, and health aggregated from the registry.
+_META_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.health.v1.Health/",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeOptions:
+    """Where things are: addresses, ports, files, and the listener's limits."""
+
+    descriptor_path: str = "/etc/envoy/descriptors.binpb"
+    edge_descriptor_path: str = "/etc/envoy/edge_descriptors.binpb"
+    eds_dir: str = "/var/run/envoy/eds"
+    listen_address: str = "0.0.0.0"
+    listen_port: int = 8080
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    meta_address: str = "127.0.0.1"
+    meta_port: int = 9190
+    unary_timeout_s: float = 30.0
+    rate_limit_per_s: int = 2000
+    idempotent_retries: int = 2
+    access_log_path: str = "/dev/stdout"
+
+
+def _type(extension: str) -> str:
+    return f"type.googleapis.com/envoy.extensions.{extension}"
+
+
+def eds_path(options: EdgeOptions, cluster: str) -> str:
+    return f"{options.eds_dir}/{cluster}.json"
+
+
+def edge_descriptor_set(
+    fds: descriptor_pb2.FileDescriptorSet, model: EdgeModel
+) -> descriptor_pb2.FileDescriptorSet:
+    """A copy of the descriptor set whose public bindings also answer unversioned.
+
+    `/api/v2/orders` gains `/api/orders`. v1 and v2 then share bindings, which
+    one transcoder config cannot tell apart, so these bindings are only used
+    by per-route transcoder configs that list one version's services.
+    """
+    public = {s.full_name for s in model.public}
+    out = copy.deepcopy(fds)
+    for f in out.file:
+        for svc in f.service:
+            if f"{f.package}.{svc.name}" not in public:
+                continue
+            for meth in svc.method:
+                if not meth.options.HasExtension(annotations_pb2.http):
+                    continue
+                rule = meth.options.Extensions[annotations_pb2.http]
+                for r in [rule, *rule.additional_bindings]:
+                    verb = r.WhichOneof("pattern")
+                    if not verb or verb == "custom":
+                        continue
+                    path = getattr(r, verb)
+                    unv = HttpBinding(verb, path, r.body).unversioned()
+                    if unv is None:
+                        continue
+                    extra = rule.additional_bindings.add()
+                    setattr(extra, verb, unv.path)
+                    extra.body = r.body
+                    break  # one unversioned twin per method is enough
+    return out
+
+
+def _transcoder(descriptor: str, services: list[str]) -> dict[str, Any]:
+    return {
+        "@type": _TRANSCODER_TYPE,
+        "proto_descriptor": descriptor,
+        "services": services,
+        "convert_grpc_status": True,
+        "print_options": {
+            "add_whitespace": False,
+            "always_print_primitive_fields": True,
+            "always_print_enums_as_ints": False,
+            "preserve_proto_field_names": False,
+        },
+        "request_validation_options": {
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+        },
+    }
+
+
+def _grpc_route(
+    path: str,
+    service: Service,
+    method_streaming: bool,
+    idempotent: bool,
+    options: EdgeOptions,
+    *,
+    header: str | None = None,
+    rewrite: str | None = None,
+) -> dict[str, Any]:
+    match: dict[str, Any] = {"path": path, "grpc": {}}
+    if header is not None:
+        match["headers"] = [{"name": ACCEPT_VERSION, "string_match": {"exact": header}}]
+    action: dict[str, Any] = {
+        "cluster": service.cluster,
+        # Streams live as long as the caller wants: no route timeout.
+        "timeout": "0s" if method_streaming else f"{options.unary_timeout_s:g}s",
+    }
+    if method_streaming:
+        action["idle_timeout"] = "0s"
+    if idempotent and not method_streaming:
+        action["retry_policy"] = {
+            "retry_on": "unavailable",
+            "num_retries": options.idempotent_retries,
+            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        }
+    if rewrite is not None:
+        action["prefix_rewrite"] = rewrite
+    return {"match": match, "route": action}
+
+
+def _grpc_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = []
+    for svc in model.public:
+        for m in svc.methods:
+            routes.append(
+                _grpc_route(f"/{svc.full_name}/{m.name}", svc, m.streaming, m.idempotent, options)
+            )
+    # Unversioned gRPC names: `accept-version` pins a major, the latest by default.
+    for unversioned in sorted({s.unversioned_name for s in model.public}):
+        versions = model.versions_of(unversioned)
+        pinned: list[tuple[Service, str | None]] = [(s, f"v{s.major}") for s in versions]
+        for svc, header in [*pinned, (versions[-1], None)]:
+            for m in svc.methods:
+                routes.append(
+                    _grpc_route(
+                        f"/{unversioned}/{m.name}",
+                        svc,
+                        m.streaming,
+                        m.idempotent,
+                        options,
+                        header=header,
+                        rewrite=f"/{svc.full_name}/{m.name}",
+                    )
+                )
+    return routes
+
+
+def _rest_prefixes(service: Service) -> list[str]:
+    """Static prefixes (`/api/orders`) of a service's unversioned bindings."""
+    prefixes = set()
+    for m in service.methods:
+        for b in m.bindings:
+            unv = b.unversioned()
+            if unv is not None:
+                parts = unv.path.split("/")
+                prefixes.add("/".join(parts[:3]))
+    return sorted(prefixes)
+
+
+def _rest_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]:
+    """Routes for unversioned REST paths, each with a one-version transcoder."""
+    routes: list[dict[str, Any]] = []
+    for unversioned in sorted({s.unversioned_name for s in model.public}):
+        versions = model.versions_of(unversioned)
+        for prefix in sorted({p for s in versions for p in _rest_prefixes(s)}):
+            serving = [s for s in versions if prefix in _rest_prefixes(s)]
+            for svc, pinned in [(s, True) for s in serving] + [(serving[-1], False)]:
+                match: dict[str, Any] = {"path_separated_prefix": prefix}
+                if pinned:
+                    match["headers"] = [
+                        {"name": ACCEPT_VERSION, "string_match": {"exact": f"v{svc.major}"}}
+                    ]
+                routes.append(
+                    {
+                        "match": match,
+                        "route": {
+                            "cluster": svc.cluster,
+                            "timeout": f"{options.unary_timeout_s:g}s",
+                        },
+                        "typed_per_filter_config": {
+                            _TRANSCODER: _transcoder(options.edge_descriptor_path, [svc.full_name])
+                        },
+                    }
+                )
+            # An accept-version that names no served major is the caller's mistake.
+            routes.insert(
+                len(routes) - 1,
+                {
+                    "match": {
+                        "path_separated_prefix": prefix,
+                        "headers": [{"name": ACCEPT_VERSION, "present_match": True}],
+                    },
+                    # The transcoder would answer 404 before the router got here.
+                    "typed_per_filter_config": {
+                        _TRANSCODER: {
+                            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                            "disabled": True,
+                        }
+                    },
+                    "direct_response": {
+                        "status": 400,
+                        "body": {
+                            "inline_string": (
+                                f'{{"code":3,"message":"accept-version must be one of '
+                                f'{", ".join(f"v{s.major}" for s in serving)}"}}'
+                            )
+                        },
+                    },
+                },
+            )
+    return routes
+
+
+def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "typed_extension_protocol_options": _HTTP2_OPTIONS,
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": eds_path(options, name),
+                    "watched_directory": {"path": options.eds_dir},
+                },
+            }
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "2s",
+                "no_traffic_interval": "2s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": ""},
+            }
+        ],
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 3,
+            "interval": "2s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
+    }
+
+
+def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
+    """The complete Envoy bootstrap as a dict (dump it as YAML or JSON)."""
+    access_log_format = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "duration_ms": "%DURATION%",
+        "upstream": "%UPSTREAM_HOST%",
+        "traceparent": "%REQ(TRACEPARENT)%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+    meta_routes = [
+        {"match": {"prefix": p}, "route": {"cluster": META_CLUSTER, "timeout": "0s"}}
+        for p in _META_PREFIXES
+    ]
+    hcm = {
+        "@type": _type("filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "stat_prefix": "edge",
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _type("access_loggers.file.v3.FileAccessLog"),
+                    "path": options.access_log_path,
+                    "log_format": {"json_format": access_log_format},
+                },
+            }
+        ],
+        "route_config": {
+            "name": "edge",
+            "virtual_hosts": [
+                {
+                    "name": "edge",
+                    "domains": ["*"],
+                    "routes": meta_routes
+                    + _rest_routes(model, options)
+                    + _grpc_routes(model, options),
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.local_ratelimit",
+                "typed_config": {
+                    "@type": _type("filters.http.local_ratelimit.v3.LocalRateLimit"),
+                    "stat_prefix": "edge_rate_limit",
+                    "token_bucket": {
+                        "max_tokens": options.rate_limit_per_s,
+                        "tokens_per_fill": options.rate_limit_per_s,
+                        "fill_interval": "1s",
+                    },
+                    "filter_enabled": {
+                        "default_value": {"numerator": 100, "denominator": "HUNDRED"}
+                    },
+                    "filter_enforced": {
+                        "default_value": {"numerator": 100, "denominator": "HUNDRED"}
+                    },
+                    "rate_limited_as_resource_exhausted": True,
+                },
+            },
+            {
+                "name": _TRANSCODER,
+                "typed_config": _transcoder(
+                    options.descriptor_path, [s.full_name for s in model.public]
+                ),
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+    }
+    meta_cluster = {
+        "name": META_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _HTTP2_OPTIONS,
+        "load_assignment": {
+            "cluster_name": META_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": options.meta_address,
+                                        "port_value": options.meta_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    return {
+        "node": {"id": "shop-mesh-edge", "cluster": "edge"},
+        "admin": {
+            "address": {
+                "socket_address": {
+                    "address": options.admin_address,
+                    "port_value": options.admin_port,
+                }
+            }
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "edge",
+                    "address": {
+                        "socket_address": {
+                            "address": options.listen_address,
+                            "port_value": options.listen_port,
+                        }
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [meta_cluster, *(_cluster(c, options) for c in model.clusters)],
+        },
+    }
+
+
+def eds_document(cluster: str, endpoints: list[tuple[str, int]]) -> dict[str, Any]:
+    """A file-based EDS document for one cluster (written atomically by the syncer)."""
+    return {
+        "version_info": str(abs(hash(tuple(endpoints)))),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": cluster,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": host, "port_value": port}
+                                    }
+                                }
+                            }
+                            for host, port in endpoints
+                        ]
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` by a rename: Envoy reloads file-based xDS only on moves."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,179 @@
+"""What the edge needs to know about the contracts, read from a descriptor set.
+
+Services, major versions, HTTP bindings and visibility all come from the
+descriptors (`google.api.http`, `shop.api.v1.internal`, `shop.api.v1.idempotent`),
+so the Envoy config never restates them by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+# `<prefix>.<service>.v<N>`: the upstream cluster is <service>, the version vN.
+_PACKAGE = re.compile(r"^(?P<prefix>[a-z0-9_.]+)\.(?P<service>[a-z0-9_]+)\.v(?P<major>\d+)$")
+_VERSION_SEGMENT = re.compile(r"^/(?P<root>[^/]+)/v(?P<major>\d+)(?=/)")
+
+# Field numbers of our custom options (protos/shop/api/v1/visibility.proto).
+_INTERNAL_FIELD = 50001
+_IDEMPOTENT_FIELD = 50002
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBinding:
+    verb: str  # get | post | put | patch | delete
+    path: str  # e.g. /api/v2/orders/{order_id}
+    body: str
+
+    def unversioned(self) -> HttpBinding | None:
+        """The same binding without its `/v<N>` segment (`/api/v2/orders` -> `/api/orders`)."""
+        m = _VERSION_SEGMENT.match(self.path)
+        if not m:
+            return None
+        return HttpBinding(self.verb, f"/{m['root']}{self.path[m.end() :]}", self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    name: str
+    client_streaming: bool
+    server_streaming: bool
+    idempotent: bool
+    bindings: tuple[HttpBinding, ...]
+
+    @property
+    def streaming(self) -> bool:
+        return self.client_streaming or self.server_streaming
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    full_name: str  # shop.orders.v2.OrderService
+    package: str  # shop.orders.v2
+    cluster: str  # orders
+    major: int  # 2
+    internal: bool
+    methods: tuple[Method, ...]
+
+    @property
+    def name(self) -> str:
+        return self.full_name.rsplit(".", 1)[1]
+
+    @property
+    def unversioned_name(self) -> str:
+        """shop.orders.OrderService: the gRPC name that `accept-version` resolves."""
+        prefix = self.package.rsplit(".", 1)[0]
+        return f"{prefix}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeModel:
+    services: tuple[Service, ...]
+
+    @property
+    def public(self) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if not s.internal)
+
+    @property
+    def clusters(self) -> list[str]:
+        return sorted({s.cluster for s in self.public})
+
+    def versions_of(self, unversioned_name: str) -> list[Service]:
+        """Public services sharing an unversioned name, oldest major first."""
+        found = [s for s in self.public if s.unversioned_name == unversioned_name]
+        return sorted(found, key=lambda s: s.major)
+
+
+def _bool_option(
+    options: descriptor_pb2.ServiceOptions | descriptor_pb2.MethodOptions, number: int
+) -> bool:
+    """Read a bool extension by field number from serialized options.
+
+    Reading by number keeps the edge independent of the generated `shop`
+    package: the renderer works on any descriptor set.
+    """
+    raw = options.SerializeToString()
+    pos = 0
+    while pos < len(raw):
+        key, pos = _varint(raw, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(raw, pos)
+            if field == number:
+                return bool(value)
+        elif wire == 2:
+            length, pos = _varint(raw, pos)
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:  # groups are not used in options we read
+            return False
+    return False
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _bindings(method: descriptor_pb2.MethodDescriptorProto) -> tuple[HttpBinding, ...]:
+    if not method.options.HasExtension(annotations_pb2.http):
+        return ()
+    rule = method.options.Extensions[annotations_pb2.http]
+    rules: list[http_pb2.HttpRule] = [rule, *rule.additional_bindings]
+    out = []
+    for r in rules:
+        verb = r.WhichOneof("pattern")
+        if verb and verb != "custom":
+            out.append(HttpBinding(verb, getattr(r, verb), r.body))
+    return tuple(out)
+
+
+def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
+    fds = descriptor_pb2.FileDescriptorSet()
+    fds.ParseFromString(path.read_bytes())
+    return fds
+
+
+def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeModel:
+    """Every versioned service in the descriptor set, with its methods and bindings."""
+    services = []
+    for f in files:
+        m = _PACKAGE.match(f.package)
+        if not m:
+            continue  # google.*, unversioned packages: not served at the edge
+        for svc in f.service:
+            methods = tuple(
+                Method(
+                    name=meth.name,
+                    client_streaming=meth.client_streaming,
+                    server_streaming=meth.server_streaming,
+                    idempotent=_bool_option(meth.options, _IDEMPOTENT_FIELD),
+                    bindings=_bindings(meth),
+                )
+                for meth in svc.method
+            )
+            services.append(
+                Service(
+                    full_name=f"{f.package}.{svc.name}",
+                    package=f.package,
+                    cluster=m["service"],
+                    major=int(m["major"]),
+                    internal=_bool_option(svc.options, _INTERNAL_FIELD),
+                    methods=methods,
+                )
+            )
+    return EdgeModel(tuple(sorted(services, key=lambda s: s.full_name)))

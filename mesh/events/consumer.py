@@ -1,0 +1,357 @@
+"""Durable pull consumers: explicit ack, nak with backoff, dead letters, restart survival.
+
+One `Subscription` runs one consume loop: fetch a batch from a durable pull
+consumer, decode each message into an `Envelope`, run the handler inside a span
+that is a child of the producer's `traceparent`, then
+
+- ack when the handler returns;
+- nak with a delay from `backoff_s` (by delivery count) when it raises;
+- when it raised on the `max_deliver`-th delivery, publish the message to
+  `dlq.<subject>` with its original headers plus the error and delivery count,
+  then `term` it so JetStream stops redelivering.
+
+With a `batch_handler`, a fetched batch is handed over in one call (one
+database transaction for many events, e.g. `Inbox.idempotent_batch`) inside a
+span linked to every producer's context, and acked when it returns; if it
+raises, the batch is replayed one message at a time through `handler`, so a
+poison event gets its own nak, retries and dead letter while the rest pass.
+
+The server-side `max_deliver` is unlimited on purpose: the consumer itself
+decides to dead-letter, so a crash on the last delivery means one more
+delivery, not a message the server silently stops sending.
+
+The loop survives a nats-server restart: the client reconnects, fetches time
+out meanwhile, and every few seconds of silence the loop checks that its
+durable consumer still exists and re-creates and re-binds it if not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
+from shop.events.v1 import events_pb2
+
+from mesh.events.backoff import Backoff
+from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
+from mesh.events.errors import EventsTimeoutError
+from mesh.events.streams import dlq_subject
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
+BatchHandler = Callable[[list[events_pb2.Envelope]], Awaitable[None]]
+
+HDR_DLQ_ERROR = "Shop-Dlq-Error"
+HDR_DLQ_DELIVERIES = "Shop-Dlq-Deliveries"
+HDR_DLQ_STREAM = "Shop-Dlq-Stream"
+HDR_DLQ_CONSUMER = "Shop-Dlq-Consumer"
+HDR_DLQ_SUBJECT = "Shop-Dlq-Subject"
+HDR_DLQ_ORIGINAL_ID = "Shop-Dlq-Original-Msg-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOptions:
+    max_deliver: int = 5
+    # Nak delay after the n-th failed delivery (the last value repeats).
+    backoff_s: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+    ack_wait_s: float = 30.0
+    batch: int = 256
+    # A pull waits this long for messages; it also bounds how long a lost
+    # connection goes unnoticed and how long `stop()` takes.
+    fetch_timeout_s: float = 1.0
+    max_ack_pending: int = 4096
+    # Handlers run one at a time (in stream order) unless raised.
+    concurrency: int = 1
+    # After this long without messages, check that the durable consumer exists.
+    check_consumer_every_s: float = 3.0
+    rebind_backoff_max_s: float = 2.0
+
+
+@dataclass(slots=True)
+class SubscriptionStats:
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    rebinds: int = 0
+
+
+def _header_value(text: str, limit: int = 1000) -> str:
+    # Header values are one line of printable text.
+    flat = " ".join(text.split())
+    return flat[:limit]
+
+
+class Subscription:
+    """A consume loop over one durable pull consumer."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        subject: str,
+        durable: str,
+        handler: Handler,
+        stream: str | None = None,
+        options: SubscribeOptions | None = None,
+        tracer: Tracer | None = None,
+        batch_handler: BatchHandler | None = None,
+    ) -> None:
+        self.js = js
+        self.batch_handler = batch_handler
+        self.subject = subject
+        self.durable = durable
+        self.handler = handler
+        self.stream = stream
+        self.options = options or SubscribeOptions()
+        self.tracer = tracer or trace.get_tracer("mesh.events")
+        self.stats = SubscriptionStats()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._fetching = False
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self.bound = asyncio.Event()
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            filter_subject=self.subject,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.options.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=self.options.max_ack_pending,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, bind_within_s: float = 10.0) -> None:
+        """Start the loop and wait until the consumer is created and bound."""
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.create_task(self.run(), name=f"consume-{self.durable}")
+        bound = asyncio.ensure_future(self.bound.wait())
+        done, _ = await asyncio.wait({bound, self._task}, timeout=bind_within_s,
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if bound not in done:
+            bound.cancel()
+            if self._task in done:
+                self._task.result()  # raise what killed it
+            raise EventsTimeoutError(f"consumer {self.durable} not bound within {bind_within_s}s")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Let the batch in hand finish (up to `grace_s`), then stop; unacked ones come back."""
+        task, self._task = self._task, None
+        self._stopping = True
+        if task is not None:
+            if self._fetching:
+                task.cancel()
+            try:
+                async with asyncio.timeout(grace_s):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._unbind()
+
+    # -- loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff(0.1, self.options.rebind_backoff_max_s)
+        while not self._stopping:
+            try:
+                psub = await self._bind()
+                backoff.reset()
+                await self._consume(psub)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return
+                raise
+            except Exception as exc:  # server gone, consumer gone: re-bind
+                delay = backoff.next()
+                log.warning("consumer %s: %r; re-binding in %.2fs", self.durable, exc, delay)
+                await self._unbind()
+                self.bound.clear()
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        if self.stream is None:
+            self.stream = await self.js.find_stream_name_by_subject(self.subject)
+        cfg = self.consumer_config()
+        try:
+            await self.js.add_consumer(self.stream, cfg)
+        except nats.js.errors.BadRequestError as exc:
+            # An existing durable with settings the server will not change in
+            # place: keep using it rather than fail the service's start.
+            log.warning("consumer %s exists with other settings: %s", self.durable, exc)
+        self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self.stats.rebinds += 1
+        self.bound.set()
+        return self._psub
+
+    async def _unbind(self) -> None:
+        psub, self._psub = self._psub, None
+        if psub is not None:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _consume(self, psub: JetStreamContext.PullSubscription) -> None:
+        opts = self.options
+        last_seen = time.monotonic()
+        while not self._stopping:
+            self._fetching = True
+            try:
+                msgs = await psub.fetch(opts.batch, timeout=opts.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                if time.monotonic() - last_seen >= opts.check_consumer_every_s:
+                    last_seen = time.monotonic()
+                    await self._check_consumer()
+                continue
+            finally:
+                self._fetching = False
+            last_seen = time.monotonic()
+            if self.batch_handler is not None and len(msgs) > 1 and await self._process_batch(msgs):
+                continue
+            if opts.concurrency <= 1:
+                for msg in msgs:
+                    await self._process(msg)
+            else:
+                await self._process_concurrently(msgs, opts.concurrency)
+
+    async def _process_concurrently(self, msgs: list[Msg], limit: int) -> None:
+        sem = asyncio.Semaphore(limit)
+
+        async def one(m: Msg) -> None:
+            async with sem:
+                await self._process(m)
+
+        async with asyncio.TaskGroup() as tg:
+            for msg in msgs:
+                tg.create_task(one(msg))
+
+    async def _process_batch(self, msgs: list[Msg]) -> bool:
+        """Run the batch handler; True if it succeeded and every message was acked."""
+        assert self.batch_handler is not None
+        try:
+            envs = [decode(m.data) for m in msgs]
+        except DecodeError:
+            return False  # the one-by-one path dead-letters the bad one
+        links = [
+            Link(trace.get_current_span(extract_context(m.headers, e)).get_span_context())
+            for m, e in zip(msgs, envs, strict=True)
+        ]
+        with self.tracer.start_as_current_span(
+            f"process {self.subject} batch",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.durable,
+                "messaging.batch.message_count": len(msgs),
+            },
+        ) as span:
+            try:
+                await self.batch_handler(envs)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                log.info("consumer %s: batch failed (%r); one by one", self.durable, exc)
+                return False
+        for m in msgs:
+            await m.ack()
+        self.stats.handled += len(msgs)
+        return True
+
+    async def _check_consumer(self) -> None:
+        # Raises NotFoundError (-> re-bind) if the server lost the consumer, and
+        # a timeout while still disconnected (-> re-bind after backoff).
+        assert self.stream is not None
+        await self.js.consumer_info(self.stream, self.durable, timeout=2.0)
+
+    # -- one message ---------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered
+        try:
+            env = decode(msg.data)
+        except DecodeError as exc:
+            # Never decodable, so never worth a redelivery.
+            await self._dead_letter(msg, exc, delivered)
+            return
+        ctx = extract_context(msg.headers, env)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.message.id": env.id,
+            "messaging.consumer.group.name": self.durable,
+            "messaging.nats.delivery_count": delivered,
+        }
+        with self.tracer.start_as_current_span(
+            f"process {msg.subject}",
+            context=ctx,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self.handler(env)
+            except Exception as exc:
+                self.stats.failed += 1
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                if delivered >= self.options.max_deliver:
+                    await self._dead_letter(msg, exc, delivered)
+                else:
+                    await msg.nak(delay=self._nak_delay(delivered))
+                return
+        self.stats.handled += 1
+        await msg.ack()
+
+    def _nak_delay(self, delivered: int) -> float:
+        steps = self.options.backoff_s
+        if not steps:
+            return 0.0
+        return steps[min(delivered, len(steps)) - 1]
+
+    async def _dead_letter(self, msg: Msg, exc: BaseException, delivered: int) -> None:
+        headers = dict(msg.headers or {})
+        original_id = headers.get(HDR_MSG_ID, "")
+        headers[HDR_DLQ_ORIGINAL_ID] = original_id
+        # Per consumer: two consumers giving up on one event make two dead letters,
+        # which the DLQ stream's dedupe would otherwise fold into one.
+        headers[HDR_MSG_ID] = f"{original_id or msg.metadata.sequence.stream}:{self.durable}"
+        headers[HDR_DLQ_ERROR] = _header_value(f"{type(exc).__name__}: {exc}")
+        headers[HDR_DLQ_DELIVERIES] = str(delivered)
+        headers[HDR_DLQ_STREAM] = msg.metadata.stream
+        headers[HDR_DLQ_CONSUMER] = self.durable
+        headers[HDR_DLQ_SUBJECT] = msg.subject
+        try:
+            await self.js.publish(dlq_subject(msg.subject), msg.data, headers=headers, timeout=5.0)
+        except Exception as pub_exc:
+            # Could not park it: try again on a later delivery.
+            log.warning("consumer %s: dead-letter publish failed: %r", self.durable, pub_exc)
+            await msg.nak(delay=self._nak_delay(delivered))
+            return
+        self.stats.dead_lettered += 1
+        log.error(
+            "consumer %s: dead-lettered %s after %d deliveries: %s",
+            self.durable, original_id, delivered, headers[HDR_DLQ_ERROR],
+        )  # fmt: skip
+        await msg.term()

@@ -1,0 +1,156 @@
+"""Transactional outbox: an event row committed in the same transaction as the state change.
+
+`Outbox.add(session, envelope)` inserts into `mesh_outbox` through the caller's
+session, so the event exists if and only if the caller's transaction commits.
+`mesh.events.relay.OutboxRelay` publishes committed rows to JetStream. Services
+include `outbox_migrations()` in their migration list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from shop.events.v1 import events_pb2
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    insert,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from mesh.db import Migration
+from mesh.events.envelope import encode
+
+OUTBOX_TABLE = "mesh_outbox"
+LEASE_TABLE = "mesh_outbox_lease"
+# Default migration versions, far above a service's own numbering; a service may
+# pass its own numbers instead.
+OUTBOX_MIGRATION_VERSION = 9001
+
+# BIGINT on PostgreSQL; plain INTEGER PRIMARY KEY on SQLite, which is the rowid
+# (BIGINT there would not autoincrement).
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _metadata() -> tuple[MetaData, Table, Table]:
+    md = MetaData()
+    outbox = Table(
+        OUTBOX_TABLE,
+        md,
+        # The relay publishes in this order.
+        Column("seq", _Id, primary_key=True, autoincrement=True),
+        Column("event_id", String(64), nullable=False, unique=True),
+        Column("subject", String(255), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("sent_at", DateTime(timezone=True), nullable=True),
+    )
+    lease = Table(
+        LEASE_TABLE,
+        md,
+        Column("name", String(64), primary_key=True),
+        Column("holder", String(128), nullable=False),
+        Column("expires_at", BigInteger, nullable=False),  # epoch ms: no timezone games
+    )
+    return md, outbox, lease
+
+
+class OutboxTables:
+    """The outbox tables as SQLAlchemy Core objects (built per use, no module globals)."""
+
+    def __init__(self) -> None:
+        self.metadata, self.outbox, self.lease = _metadata()
+
+
+def outbox_migrations(version: int = OUTBOX_MIGRATION_VERSION) -> list[Migration]:
+    """Migrations creating the outbox tables; add them to the service's list."""
+
+    def create(conn: Connection) -> None:
+        t = OutboxTables()
+        t.metadata.create_all(conn, tables=[t.outbox, t.lease])
+        # Partial index: the relay only ever looks for unsent rows, oldest first.
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_{OUTBOX_TABLE}_unsent"
+            f" ON {OUTBOX_TABLE} (seq) WHERE sent_at IS NULL"
+        )
+
+    return [Migration(version=version, name="mesh events outbox", run=create)]
+
+
+class Outbox:
+    """Adds events to the caller's transaction and wakes the relay after commit."""
+
+    def __init__(self) -> None:
+        self.tables = OutboxTables()
+        self._insert = insert(self.tables.outbox)
+        self._committed = asyncio.Event()
+
+    async def add(self, session: AsyncSession, envelope: events_pb2.Envelope) -> None:
+        """Insert `envelope` in `session`'s transaction; published after it commits."""
+        await self.add_many(session, [envelope])
+
+    async def add_many(
+        self, session: AsyncSession, envelopes: Sequence[events_pb2.Envelope]
+    ) -> None:
+        rows: list[dict[str, Any]] = []
+        for env in envelopes:
+            body, headers = encode(env)
+            rows.append(
+                {
+                    "event_id": env.id,
+                    "subject": env.type,
+                    "payload": body,
+                    "headers": json.dumps(headers, separators=(",", ":")),
+                }
+            )
+        if not rows:
+            return
+        await session.execute(self._insert, rows)
+        self._watch(session.sync_session)
+
+    def _watch(self, sync_session: Session) -> None:
+        # Wake the relay right after this transaction commits (latency), and do
+        # nothing on rollback. The relay also polls, for rows committed by other
+        # processes and for rows left by a crash.
+        if sync_session.info.get("mesh_outbox_watch") is self:
+            return
+        sync_session.info["mesh_outbox_watch"] = self
+
+        def after_commit(s: Session) -> None:
+            s.info.pop("mesh_outbox_watch", None)
+            self._committed.set()
+
+        def after_rollback(s: Session) -> None:
+            s.info.pop("mesh_outbox_watch", None)
+
+        event.listen(sync_session, "after_commit", after_commit, once=True)
+        event.listen(sync_session, "after_rollback", after_rollback, once=True)
+
+    def notify(self) -> None:
+        """Tell the relay that rows were committed (e.g. by raw SQL outside `add`)."""
+        self._committed.set()
+
+    async def wait_committed(self, max_wait_s: float) -> bool:
+        """For the relay: wait for a commit signal or `max_wait_s`; True if signalled."""
+        try:
+            async with asyncio.timeout(max_wait_s):
+                await self._committed.wait()
+        except TimeoutError:
+            return False
+        self._committed.clear()
+        return True

@@ -1,0 +1,250 @@
+"""The outbox relay: publishes committed outbox rows to JetStream, in order, at least once.
+
+Runs as a task inside the service process. Each round reads up to `batch`
+unsent rows (oldest first), publishes them pipelined with `publish_async`
+(each with `Nats-Msg-Id` = event id), waits for the acks and marks the acked
+rows sent. A crash between publish and mark republishes on the next start;
+JetStream drops the copy inside the stream's duplicate window and consumers'
+inboxes drop it after. While NATS is down publishes time out and the relay
+retries with backoff; nothing is lost because the rows stay unsent.
+
+Several instances of one service may share a database: a lease row
+(`mesh_outbox_lease`) makes one relay the publisher; the others stand by and
+take over when its lease expires. One publisher per database keeps the order;
+a takeover while the old holder is stuck can publish a row twice, which the
+dedupe above absorbs. Order is the order of `seq` among committed rows: on
+PostgreSQL two transactions can commit out of `seq` order, and a failed publish
+in the middle of a batch lets the rows after it land first; consumers must not
+rely on a strict global order (per-entity versions do that job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mesh.events.backoff import Backoff
+from mesh.events.errors import PublishTimeoutError
+from mesh.events.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    batch: int = 1000
+    # How long to wait for JetStream to ack a batch before retrying it.
+    ack_timeout_s: float = 5.0
+    # Fallback poll for rows committed by other processes or left by a crash;
+    # commits through `Outbox.add` in this process wake the relay at once.
+    poll_interval_s: float = 0.5
+    lease_s: float = 10.0
+    keep_sent_s: float = 3600.0
+    purge_every_s: float = 60.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+
+class OutboxRelay:
+    """Publish the outbox of one database to JetStream; `start()` / `stop()` or `run()`."""
+
+    LEASE_NAME = "outbox"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        js: JetStreamContext,
+        outbox: Outbox,
+        *,
+        config: RelayConfig | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._js = js
+        self._outbox = outbox
+        self.config = config or RelayConfig()
+        self.holder = holder or f"relay-{uuid.uuid4().hex[:12]}"
+        self._t = outbox.tables
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lease_until = 0.0
+        self._last_purge = 0.0
+        self.published = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self._select = (
+            select(
+                self._t.outbox.c.seq,
+                self._t.outbox.c.subject,
+                self._t.outbox.c.payload,
+                self._t.outbox.c.headers,
+            )
+            .where(self._t.outbox.c.sent_at.is_(None))
+            .order_by(self._t.outbox.c.seq)
+            .limit(self.config.batch)
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.holder}")
+        return self._task
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Finish the batch in flight (up to `grace_s`), release the lease, stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._outbox.notify()
+        try:
+            async with asyncio.timeout(grace_s):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self._release_lease()
+
+    async def run(self) -> None:
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while not self._stopping:
+            try:
+                if not await self._hold_lease():
+                    await self._outbox.wait_committed(self.config.lease_s / 3)
+                    continue
+                sent = await self.publish_pending()
+                backoff.reset()
+                await self._maybe_purge()
+                if sent < self.config.batch:
+                    await self._outbox.wait_committed(self.config.poll_interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down, DB busy: retry, the rows are safe
+                self.failures += 1
+                self.last_error = exc
+                delay = backoff.next()
+                log.warning("outbox relay: %r; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+
+    # -- one round ---------------------------------------------------------------
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unsent rows; returns how many were acked and marked sent."""
+        async with self._sessions() as s:
+            rows = (await s.execute(self._select)).all()
+        if not rows:
+            return 0
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for seq, subject, payload, headers in rows:
+                hdrs: dict[str, Any] = json.loads(headers)
+                futures.append(await self._js.publish_async(subject, payload, headers=hdrs))
+                del seq
+            done, pending = await asyncio.wait(futures, timeout=self.config.ack_timeout_s)
+        finally:
+            # A timed-out future keeps a publish_async slot until it is done.
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+        acked: list[int] = []
+        error: BaseException | None = None
+        for (seq, *_), f in zip(rows, futures, strict=False):
+            if f in done and not f.cancelled() and f.exception() is None:
+                acked.append(seq)
+            elif error is None:
+                error = (
+                    f.exception()
+                    if f in done and not f.cancelled()
+                    else PublishTimeoutError(f"no ack within {self.config.ack_timeout_s}s")
+                )
+        if acked:
+            await self._mark_sent(acked)
+            self.published += len(acked)
+        if error is not None:
+            raise error
+        del pending
+        return len(acked)
+
+    async def _mark_sent(self, seqs: list[int]) -> None:
+        now = datetime.now(UTC)
+        c = self._t.outbox.c
+        async with self._sessions.begin() as s:
+            # Chunks keep under SQLite's bound-parameter limit.
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                await s.execute(update(self._t.outbox).where(c.seq.in_(chunk)).values(sent_at=now))
+
+    async def _maybe_purge(self) -> None:
+        mono = time.monotonic()
+        if mono - self._last_purge < self.config.purge_every_s:
+            return
+        self._last_purge = mono
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.config.keep_sent_s)
+        c = self._t.outbox.c
+        async with self._sessions.begin() as s:
+            await s.execute(
+                delete(self._t.outbox).where(c.sent_at.is_not(None), c.sent_at < cutoff)
+            )
+
+    # -- lease -------------------------------------------------------------------
+
+    async def _hold_lease(self) -> bool:
+        mono = time.monotonic()
+        # Renew at a third of the lease so a slow round never lets it lapse.
+        if mono < self._lease_until - self.config.lease_s * 2 / 3:
+            return True
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(self.config.lease_s * 1000)
+        lease = self._t.lease
+        async with self._sessions.begin() as s:
+            res = await s.execute(
+                update(lease)
+                .where(lease.c.name == self.LEASE_NAME)
+                .where((lease.c.holder == self.holder) | (lease.c.expires_at < now_ms))
+                .values(holder=self.holder, expires_at=expires)
+            )
+            got = bool(getattr(res, "rowcount", 0))
+        if not got:
+            try:
+                async with self._sessions.begin() as s:
+                    await s.execute(
+                        insert(lease).values(
+                            name=self.LEASE_NAME, holder=self.holder, expires_at=expires
+                        )
+                    )
+                got = True
+            except IntegrityError:
+                got = False
+        self._lease_until = mono + self.config.lease_s if got else 0.0
+        return got
+
+    async def _release_lease(self) -> None:
+        lease = self._t.lease
+        self._lease_until = 0.0
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(lease)
+                .where(lease.c.name == self.LEASE_NAME, lease.c.holder == self.holder)
+                .values(expires_at=0)
+            )
+
+    @property
+    def is_leader(self) -> bool:
+        return time.monotonic() < self._lease_until

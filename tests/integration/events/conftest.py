@@ -1,0 +1,126 @@
+"""Fixtures for the events integration tests: a real nats-server and service databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from mesh.db import Migration, create_engine, migrate, session_factory
+from mesh.events import EventBus, Outbox, default_streams, inbox_migrations, outbox_migrations
+from tests.support.nats import NatsServer, nats_server
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+# A service table, to show the event committing with the state change.
+STATE = Migration(
+    version=1,
+    name="things",
+    statements=("CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, n INTEGER NOT NULL)",),
+)
+
+
+@pytest.fixture
+async def nats_srv(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    async with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@dataclass
+class Db:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+
+async def _pg_available() -> bool:
+    engine = create_async_engine(PG_URL)
+    try:
+        async with asyncio.timeout(3):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
+    """A service database (SQLite, then PostgreSQL) with outbox, inbox and `things`."""
+    async with _database(request.param, tmp_path) as d:
+        yield d
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Db]:
+    """SQLite only, for the slower restart tests."""
+    async with _database("sqlite", tmp_path) as d:
+        yield d
+
+
+@contextlib.asynccontextmanager
+async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
+    schema = ""
+    if kind == "sqlite":
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
+    else:
+        if not await _pg_available():
+            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        # A schema per test keeps parallel and repeated runs apart.
+        schema = f"t_{time.time_ns()}"
+        admin = create_async_engine(PG_URL)
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE SCHEMA {schema}"))
+        await admin.dispose()
+        engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    await migrate(engine, [STATE, *outbox_migrations(), *inbox_migrations()])
+    try:
+        yield Db(engine, session_factory(engine))
+    finally:
+        if schema:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        await engine.dispose()
+
+
+@pytest.fixture
+async def bus_factory(nats_srv: NatsServer) -> AsyncIterator[Callable[..., Any]]:
+    buses: list[EventBus] = []
+
+    async def make(name: str = "test", **kwargs: Any) -> EventBus:
+        bus = await EventBus.connect(nats_srv.url, name=name, streams=default_streams(), **kwargs)
+        await bus.ensure_streams()
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.close()
+
+
+@pytest.fixture
+def outbox() -> Outbox:
+    return Outbox()
+
+
+async def eventually(pred: Callable[[], bool], within_s: float = 10.0, what: str = "") -> None:
+    """Await a condition with a deadline (polls; never a bare sleep as synchronisation)."""
+    deadline = time.monotonic() + within_s
+    while not pred():  # poll
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what or pred}")
+        await asyncio.sleep(0.01)

@@ -95,6 +95,8 @@ class Settings:
 
     service: str
     host: str = "127.0.0.1"
+    # The address other processes reach this instance at (registered); defaults to host.
+    advertise_host: str = ""
     grpc_port: int = 0
     admin_port: int = 0
     instance_id: str = ""
@@ -105,6 +107,8 @@ class Settings:
     consul_token: str = ""
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = ""
+    # Where default SQLite files live (one per service): MESH_DATA_DIR.
+    data_dir: str = ".run/data"
     drain_grace_s: float = 10.0
     log_level: str = "INFO"
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
@@ -125,7 +129,9 @@ class Settings:
         port = _read(e, "MESH_GRPC_PORT", grpc_port, _port)
         consul = _read(e, "CONSUL_HTTP_ADDR", "", str)
         registry_default: RegistryKind = "consul" if consul else "embedded"
-        registry = _read(e, "MESH_REGISTRY", registry_default, _choice(get_args(RegistryKind)))
+        registry: str = _read(
+            e, "MESH_REGISTRY", str(registry_default), _choice(get_args(RegistryKind))
+        )
         if registry == "consul" and not consul:
             raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
         default_registry_dir = os.path.join(
@@ -150,6 +156,7 @@ class Settings:
         return cls(
             service=service,
             host=host,
+            advertise_host=_read(e, "MESH_ADVERTISE_HOST", host, str),
             grpc_port=port,
             admin_port=_read(e, "MESH_ADMIN_PORT", admin_port, _port),
             instance_id=_read(e, "MESH_INSTANCE_ID", f"{service}-{uuid.uuid4().hex[:8]}", str),
@@ -160,6 +167,7 @@ class Settings:
             consul_token=_read(e, "CONSUL_HTTP_TOKEN", "", str),
             nats_url=_read(e, "NATS_URL", "nats://127.0.0.1:4222", str),
             database_url=_read(e, db_var, database_url, str),
+            data_dir=_read(e, "MESH_DATA_DIR", ".run/data", str),
             drain_grace_s=_read(e, "MESH_DRAIN_GRACE_S", 10.0, _positive_float),
             log_level=_read(
                 e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))

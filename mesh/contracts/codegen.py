@@ -4,6 +4,9 @@ One function, `generate`, writes everything protoc produces into a directory;
 `make protos` points it at the repository and the contract tests point it at a
 temp dir and compare byte for byte. Output is deterministic: files are
 generated in sorted order and the package `__init__.py` files are empty.
+
+Every function takes an optional `proto_root` (default: `protos/`), so the
+contract tests can build descriptors from an edited copy of the contracts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 GENERATED = ROOT / "generated"
@@ -25,14 +30,16 @@ class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message is protoc's own."""
 
 
-def include_paths() -> list[str]:
+def include_paths(proto_root: Path = PROTO_ROOT) -> list[str]:
     """Where protoc finds imports: our protos, well-known types, google/api."""
     import google.api  # googleapis-common-protos ships annotations.proto
-    import grpc_tools
+
+    # grpcio-tools ships no type information (no stubs, no py.typed).
+    import grpc_tools  # type: ignore[import-untyped]
 
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     googleapis = Path(google.api.__path__[0]).parent.parent
-    return [str(PROTO_ROOT), str(wkt), str(googleapis)]
+    return [str(proto_root), str(wkt), str(googleapis)]
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
@@ -44,10 +51,10 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
     )
 
 
-def run_protoc(args: Sequence[str]) -> None:
-    from grpc_tools import protoc
+def run_protoc(args: Sequence[str], *, proto_root: Path = PROTO_ROOT) -> None:
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
-    argv = ["protoc", *(f"-I{p}" for p in include_paths()), *args]
+    argv = ["protoc", *(f"-I{p}" for p in include_paths(proto_root)), *args]
     # protoc writes its diagnostics to stderr itself; the code is all we get.
     if protoc.main(argv) != 0:
         raise CodegenError(f"protoc failed: {' '.join(argv)}")
@@ -62,20 +69,42 @@ def _plugin(name: str) -> str:
 
 
 def write_descriptor_set(
-    path: Path, files: Sequence[str] | None = None, *, source_info: bool = False
+    path: Path,
+    files: Sequence[str] | None = None,
+    *,
+    source_info: bool = False,
+    proto_root: Path = PROTO_ROOT,
 ) -> None:
     """Write a FileDescriptorSet of `files` (default: all) and their imports."""
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = ["--include_source_info"] if source_info else []
     run_protoc(
-        [f"--descriptor_set_out={path}", "--include_imports", *extra, *(files or proto_files())]
+        [
+            f"--descriptor_set_out={path}",
+            "--include_imports",
+            *extra,
+            *(files or proto_files(proto_root)),
+        ],
+        proto_root=proto_root,
     )
 
 
-def generate(out_dir: Path, descriptor_set: Path) -> None:
+def build_descriptor_set(
+    proto_root: Path = PROTO_ROOT, *, source_info: bool = False
+) -> descriptor_pb2.FileDescriptorSet:
+    """Compile every contract under proto_root (and its imports) into memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "descriptors.binpb"
+        write_descriptor_set(path, source_info=source_info, proto_root=proto_root)
+        fds = descriptor_pb2.FileDescriptorSet()
+        fds.ParseFromString(path.read_bytes())
+    return fds
+
+
+def generate(out_dir: Path, descriptor_set: Path, *, proto_root: Path = PROTO_ROOT) -> None:
     """Generate `*_pb2.py`, `*_pb2_grpc.py`, their `.pyi` and the descriptor set."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = proto_files()
+    files = proto_files(proto_root)
     run_protoc(
         [
             _plugin("mypy"),
@@ -87,14 +116,15 @@ def generate(out_dir: Path, descriptor_set: Path) -> None:
             "--mypy_opt=quiet",
             "--mypy_grpc_opt=quiet",
             *files,
-        ]
+        ],
+        proto_root=proto_root,
     )
     for pkg in sorted({p.parent for p in out_dir.rglob("*_pb2.py")}):
         while pkg != out_dir:
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
     (out_dir / "shop" / "py.typed").touch()
-    write_descriptor_set(descriptor_set, files)
+    write_descriptor_set(descriptor_set, files, proto_root=proto_root)
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:

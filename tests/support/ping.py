@@ -90,7 +90,7 @@ class PingServer:
 
 async def start_ping_server(
     name: str = "ping",
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     port: int = 0,
 ) -> PingServer:
     """A real grpc.aio server on loopback (a free port unless given)."""

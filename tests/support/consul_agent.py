@@ -1,0 +1,600 @@
+"""A Consul-agent-shaped HTTP server for tests (a real Consul cannot be installed here).
+
+It implements, after Consul's HTTP API documentation, the part of a single-node
+dev agent that the mesh uses, and it really runs the health checks:
+
+* `PUT /v1/agent/service/register` (`?replace-existing-checks`): Name, ID,
+  Address, Port, Tags, Meta and `Check` / `Checks` with `GRPC` (+ `GRPCUseTLS`),
+  `TTL`, `Interval`, `Timeout`, `DeregisterCriticalServiceAfter`, `Status`,
+  `CheckID`, `Name`, `Notes`. Keys are matched without regard to case or
+  underscores, as Consul's decoder does (py-consul sends lower-case keys).
+* `PUT /v1/agent/service/deregister/:id` (404 for an unknown id),
+  `PUT /v1/agent/check/{pass,warn,fail}/:id` (TTL checks).
+* `GET /v1/health/service/:name` with `passing`, `tag`, and blocking
+  `index` + `wait` (held until the service's index moves past `index` or
+  `wait` + up to wait/16 of jitter elapses), answering `X-Consul-Index`.
+* `GET /v1/agent/services`, `GET /v1/agent/checks`, `GET /v1/status/leader`.
+* gRPC checks: grpc.health.v1 Check on a fresh connection every `Interval`
+  (first run staggered randomly within one interval, as Consul does), with
+  `Timeout`; SERVING is passing, anything else critical. Status changes bump
+  the index; a check critical for longer than `DeregisterCriticalServiceAfter`
+  gets its service deregistered. TTL checks go critical when not updated.
+* An optional ACL token: requests without it get 403 "ACL not found".
+
+Deliberate differences from a real agent, to keep tests fast: intervals
+below 1 s and DeregisterCriticalServiceAfter below 1 min are honoured (Consul
+clamps them) and the reaper runs every `reap_interval_s` (Consul: 30 s).
+
+`stop()` / `start()` / `restart()` simulate the agent going away and coming
+back on the same port: services and checks survive (Consul persists them in its
+data dir) unless `restart(keep_state=False)`, which also resets the index like a
+fresh dev agent (`wipe()` does that without a restart). While stopped, no checks
+run and connections are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
+_STATUSES = ("passing", "warning", "critical")
+_MAX_WAIT_S = 600.0
+
+
+class BadRequest(Exception):
+    """A 400 answer, with Consul's style of message."""
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds from a Go duration ("10s", "1m30s", "250ms"); BadRequest when invalid."""
+    raw = text.strip()
+    if raw in ("0", ""):
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(raw):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(raw):
+        raise BadRequest(f'time: invalid duration "{text}"')
+    return total
+
+
+def _norm(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def _field(body: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """Consul decodes JSON keys case-insensitively and accepts snake_case."""
+    want = _norm(name)
+    for key, value in body.items():
+        if _norm(key) == want:
+            return value
+    return default
+
+
+def _duration_field(body: Mapping[str, Any], name: str) -> float:
+    value = _field(body, name)
+    if value is None or value == "":
+        return 0.0
+    if isinstance(value, int | float):
+        return float(value) / 1e9  # Consul also takes integer nanoseconds
+    if not isinstance(value, str):
+        raise BadRequest(f"{name}: expected a duration")
+    return parse_go_duration(value)
+
+
+def _go(seconds: float) -> str:
+    if seconds <= 0:
+        return ""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+@dataclass
+class AgentService:
+    id: str
+    name: str
+    address: str
+    port: int
+    tags: list[str]
+    meta: dict[str, str]
+    create_index: int
+    modify_index: int
+
+
+@dataclass
+class AgentCheck:
+    id: str
+    name: str
+    service_id: str
+    service_name: str
+    kind: str  # "grpc" | "ttl"
+    grpc: str = ""
+    grpc_use_tls: bool = False
+    interval_s: float = 0.0
+    timeout_s: float = 10.0
+    ttl_s: float = 0.0
+    deregister_after_s: float = 0.0
+    status: str = "critical"
+    output: str = ""
+    notes: str = ""
+    critical_since: float | None = None
+    ttl_deadline: float = 0.0
+    runs: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+async def grpc_health_check(target: str, use_tls: bool, timeout_s: float) -> tuple[bool, str]:
+    """Consul's gRPC check: "host:port[/service]", a new connection each time."""
+    address, _, service = target.partition("/")
+    channel = (
+        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
+        if use_tls
+        else grpc.aio.insecure_channel(address)
+    )
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        return False, f"gRPC check {target}: failed: {exc.code().name} {exc.details() or ''}"
+    finally:
+        await channel.close(None)
+    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+        return True, f"gRPC check {target}: success"
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return False, f"gRPC check {target}: failed with status {name}"
+
+
+class ConsulTestAgent:
+    """One fake agent on 127.0.0.1 (port chosen by the kernel, kept across restarts)."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "",
+        node: str = "test-agent",
+        datacenter: str = "dc1",
+        reap_interval_s: float = 0.05,
+    ) -> None:
+        self.token = token
+        self.node = node
+        self.node_id = str(uuid.uuid4())
+        self.datacenter = datacenter
+        self.port = 0
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.registrations: list[dict[str, Any]] = []  # raw request bodies, for assertions
+        self._reap_interval_s = reap_interval_s
+        self._services: dict[str, AgentService] = {}
+        self._checks: dict[str, AgentCheck] = {}
+        self._index = 1
+        self._service_index: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """host:port, as in CONSUL_HTTP_ADDR."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application(middlewares=[self._acl])
+        app.add_routes(
+            [
+                web.put("/v1/agent/service/register", self._register),
+                web.put("/v1/agent/service/deregister/{id}", self._deregister),
+                web.put("/v1/agent/check/{verb:pass|warn|fail}/{id}", self._update_ttl),
+                web.get("/v1/health/service/{name}", self._health_service),
+                web.get("/v1/agent/services", self._agent_services),
+                web.get("/v1/agent/checks", self._agent_checks),
+                web.get("/v1/status/leader", self._leader),
+            ]
+        )
+        # A short shutdown timeout: held blocking queries are cut, as when an agent dies.
+        runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            self.port = int(runner.addresses[0][1])
+        self._runner = runner
+        for check in self._checks.values():
+            self._start_check(check)
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        tasks = [t for t in (self._reaper, *(c.task for c in self._checks.values())) if t]
+        self._reaper = None
+        for check in self._checks.values():
+            check.task = None
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await runner.cleanup()
+
+    async def restart(self, *, keep_state: bool = True) -> None:
+        await self.stop()
+        if not keep_state:
+            self.wipe()
+        await self.start()
+
+    def wipe(self) -> None:
+        """Forget every service and check and start the index over, without dropping
+        connections: an agent whose cluster was rebuilt. Held queries keep waiting."""
+        for check_id in list(self._checks):
+            self._drop_check(check_id)
+        self._services.clear()
+        self._service_index.clear()
+        self._index = 1
+
+    # -- state --------------------------------------------------------------------
+
+    def service_index(self, name: str) -> int:
+        return max(self._service_index.get(name, 0), 1)
+
+    def _bump(self, *names: str) -> int:
+        self._index += 1
+        for name in names:
+            self._service_index[name] = self._index
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self._index
+
+    def _start_check(self, check: AgentCheck) -> None:
+        if check.kind == "grpc" and self._runner is not None:
+            check.task = asyncio.create_task(self._run_grpc_check(check))
+
+    def _drop_check(self, check_id: str) -> None:
+        check = self._checks.pop(check_id, None)
+        if check is not None and check.task is not None:
+            check.task.cancel()
+
+    def _set_status(self, check: AgentCheck, status: str, output: str) -> None:
+        check.output = output
+        if status == check.status:
+            return  # Consul syncs output-only changes lazily: no index bump
+        check.status = status
+        check.critical_since = time.monotonic() if status == "critical" else None
+        self._bump(check.service_name)
+
+    async def _run_grpc_check(self, check: AgentCheck) -> None:
+        await asyncio.sleep(random.uniform(0, check.interval_s))
+        while True:
+            ok, output = await grpc_health_check(check.grpc, check.grpc_use_tls, check.timeout_s)
+            check.runs += 1
+            self._set_status(check, "passing" if ok else "critical", output)
+            await asyncio.sleep(check.interval_s)
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval_s)
+            now = time.monotonic()
+            for check in list(self._checks.values()):
+                if check.kind == "ttl" and now > check.ttl_deadline:
+                    self._set_status(check, "critical", "TTL expired")
+                if (
+                    check.deregister_after_s > 0
+                    and check.critical_since is not None
+                    and now - check.critical_since > check.deregister_after_s
+                    and check.service_id in self._services
+                ):
+                    self._remove_service(check.service_id)
+
+    def _remove_service(self, service_id: str) -> None:
+        svc = self._services.pop(service_id)
+        for check_id in [c.id for c in self._checks.values() if c.service_id == service_id]:
+            self._drop_check(check_id)
+        self._bump(svc.name)
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _acl(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        self.calls[f"{request.method} {resource.canonical if resource else request.path}"] += 1
+        if self.token:
+            given = request.headers.get("X-Consul-Token") or request.query.get("token", "")
+            auth = request.headers.get("Authorization", "")
+            if auth.startswith("Bearer "):
+                given = given or auth.removeprefix("Bearer ")
+            if given != self.token:
+                return web.Response(status=403, text="ACL not found")
+        try:
+            response: web.StreamResponse = await handler(request)
+        except BadRequest as exc:
+            return web.Response(status=400, text=str(exc))
+        return response
+
+    async def _register(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            raise BadRequest("Request decode failed: invalid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("Request decode failed: expected an object")
+        self.registrations.append(body)
+        name = _field(body, "Name") or ""
+        if not isinstance(name, str) or not name:
+            raise BadRequest("Missing service name")
+        service_id = _field(body, "ID") or name
+        port = _field(body, "Port", 0)
+        if not isinstance(port, int):
+            raise BadRequest("Request decode failed: Port must be a number")
+        tags = _field(body, "Tags") or []
+        meta = _field(body, "Meta") or {}
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise BadRequest("Request decode failed: Tags must be a list of strings")
+        self._validate_meta(meta)
+        defs: list[Any] = []
+        if _field(body, "Check"):
+            defs.append(_field(body, "Check"))
+        defs.extend(_field(body, "Checks") or [])
+        checks = [self._check_from(d, i, len(defs), service_id, name) for i, d in enumerate(defs)]
+
+        old = self._services.get(service_id)
+        index = self._index + 1
+        self._services[service_id] = AgentService(
+            id=service_id,
+            name=name,
+            address=str(_field(body, "Address") or ""),
+            port=port,
+            tags=list(tags),
+            meta=dict(meta),
+            create_index=old.create_index if old else index,
+            modify_index=index,
+        )
+        replace = request.query.get("replace-existing-checks", "") not in ("", "false", "0")
+        keep = {c.id for c in checks}
+        for check in list(self._checks.values()):
+            if check.service_id == service_id and (check.id in keep or replace):
+                self._drop_check(check.id)
+        for check in checks:
+            self._checks[check.id] = check
+            self._start_check(check)
+        self._bump(name, *([old.name] if old and old.name != name else []))
+        return web.Response(status=200)
+
+    def _validate_meta(self, meta: Any) -> None:
+        if not isinstance(meta, dict):
+            raise BadRequest("Invalid Service Meta: expected an object")
+        if len(meta) > 64:
+            raise BadRequest("Invalid Service Meta: Node metadata cannot contain more than 64 key")
+        for key, value in meta.items():
+            if not _meta_key_ok(key):
+                raise BadRequest(f"Invalid Service Meta: Key contains invalid characters: {key}")
+            if not isinstance(value, str) or len(value) > 512:
+                raise BadRequest(f"Invalid Service Meta: Value is too long (limit: 512): {key}")
+
+    def _check_from(
+        self, d: Any, n: int, count: int, service_id: str, service_name: str
+    ) -> AgentCheck:
+        if not isinstance(d, dict):
+            raise BadRequest("Request decode failed: a check must be an object")
+        default_id = f"service:{service_id}" if count == 1 else f"service:{service_id}:{n + 1}"
+        status = _field(d, "Status") or "critical"
+        if status not in _STATUSES:
+            raise BadRequest(f"Status must be 'passing', 'warning' or 'critical', got {status!r}")
+        check = AgentCheck(
+            id=str(_field(d, "CheckID") or _field(d, "ID") or default_id),
+            name=str(_field(d, "Name") or f"Service '{service_name}' check"),
+            service_id=service_id,
+            service_name=service_name,
+            kind="",
+            notes=str(_field(d, "Notes") or ""),
+            deregister_after_s=_duration_field(d, "DeregisterCriticalServiceAfter"),
+            status=status,
+            critical_since=time.monotonic() if status == "critical" else None,
+        )
+        grpc_target = _field(d, "GRPC")
+        ttl = _duration_field(d, "TTL")
+        if grpc_target:
+            interval = _duration_field(d, "Interval")
+            if interval <= 0:
+                raise BadRequest(
+                    "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or GRPC checks"
+                )
+            check.kind, check.grpc, check.interval_s = "grpc", str(grpc_target), interval
+            check.grpc_use_tls = bool(_field(d, "GRPCUseTLS", False))
+            check.timeout_s = _duration_field(d, "Timeout") or 10.0
+        elif ttl > 0:
+            check.kind, check.ttl_s = "ttl", ttl
+            check.ttl_deadline = time.monotonic() + ttl
+        else:
+            raise BadRequest("Invalid check: TTL or GRPC/Interval needed (test agent)")
+        return check
+
+    async def _deregister(self, request: web.Request) -> web.Response:
+        service_id = request.match_info["id"]
+        if service_id not in self._services:
+            return web.Response(
+                status=404,
+                text=f'Unknown service ID "{service_id}". Ensure that the service ID is passed, '
+                "not the service name.",
+            )
+        self._remove_service(service_id)
+        return web.Response(status=200)
+
+    async def _update_ttl(self, request: web.Request) -> web.Response:
+        check = self._checks.get(request.match_info["id"])
+        if check is None:
+            return web.Response(status=404, text=f'Unknown check ID "{request.match_info["id"]}"')
+        if check.kind != "ttl":
+            raise BadRequest(f"CheckID {check.id!r} does not have associated TTL")
+        status = {"pass": "passing", "warn": "warning", "fail": "critical"}[
+            request.match_info["verb"]
+        ]
+        check.ttl_deadline = time.monotonic() + check.ttl_s
+        self._set_status(check, status, request.query.get("note", ""))
+        return web.Response(status=200)
+
+    async def _health_service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        q = request.query
+        try:
+            index = int(q.get("index", "0") or "0")
+        except ValueError:
+            raise BadRequest("Invalid index") from None
+        wait_s = parse_go_duration(q["wait"]) if q.get("wait") else 300.0
+        if index > 0:
+            await self._block(name, index, min(wait_s, _MAX_WAIT_S))
+        passing = "passing" in q and q["passing"].lower() not in ("false", "0")
+        want_tags = q.getall("tag", [])
+        entries = []
+        for svc in sorted(self._services.values(), key=lambda s: s.id):
+            if svc.name != name or not all(t in svc.tags for t in want_tags):
+                continue
+            checks = [c for c in self._checks.values() if c.service_id == svc.id]
+            if passing and any(c.status != "passing" for c in checks):
+                continue
+            entries.append(self._health_entry(svc, checks))
+        return web.json_response(
+            entries,
+            headers={
+                "X-Consul-Index": str(self.service_index(name)),
+                "X-Consul-KnownLeader": "true",
+                "X-Consul-LastContact": "0",
+            },
+        )
+
+    async def _block(self, name: str, index: int, wait_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s + random.uniform(0, wait_s / 16)
+        while self.service_index(name) <= index:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def _node_json(self) -> dict[str, Any]:
+        return {
+            "ID": self.node_id,
+            "Node": self.node,
+            "Address": "127.0.0.1",
+            "Datacenter": self.datacenter,
+            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
+            "Meta": {"consul-network-segment": ""},
+            "CreateIndex": 1,
+            "ModifyIndex": 1,
+        }
+
+    def _service_json(self, svc: AgentService) -> dict[str, Any]:
+        return {
+            "ID": svc.id,
+            "Service": svc.name,
+            "Tags": list(svc.tags),
+            "Address": svc.address,
+            "Meta": dict(svc.meta),
+            "Port": svc.port,
+            "Weights": {"Passing": 1, "Warning": 1},
+            "EnableTagOverride": False,
+            "Datacenter": self.datacenter,
+            "CreateIndex": svc.create_index,
+            "ModifyIndex": svc.modify_index,
+        }
+
+    def _check_json(self, check: AgentCheck) -> dict[str, Any]:
+        svc = self._services.get(check.service_id)
+        return {
+            "Node": self.node,
+            "CheckID": check.id,
+            "Name": check.name,
+            "Status": check.status,
+            "Notes": check.notes,
+            "Output": check.output,
+            "ServiceID": check.service_id,
+            "ServiceName": check.service_name,
+            "ServiceTags": list(svc.tags) if svc else [],
+            "Type": check.kind,
+            "Interval": _go(check.interval_s),
+            "Timeout": _go(check.timeout_s) if check.kind == "grpc" else "",
+            "Definition": {
+                "GRPC": check.grpc,
+                "GRPCUseTLS": check.grpc_use_tls,
+                "Interval": _go(check.interval_s),
+                "Timeout": _go(check.timeout_s) if check.kind == "grpc" else "",
+                "TTL": _go(check.ttl_s),
+                "DeregisterCriticalServiceAfter": _go(check.deregister_after_s),
+            },
+        }
+
+    def _health_entry(self, svc: AgentService, checks: list[AgentCheck]) -> dict[str, Any]:
+        serf = {
+            "Node": self.node,
+            "CheckID": "serfHealth",
+            "Name": "Serf Health Status",
+            "Status": "passing",
+            "Notes": "",
+            "Output": "Agent alive and reachable",
+            "ServiceID": "",
+            "ServiceName": "",
+            "ServiceTags": [],
+            "Type": "",
+        }
+        return {
+            "Node": self._node_json(),
+            "Service": self._service_json(svc),
+            "Checks": [serf, *(self._check_json(c) for c in checks)],
+        }
+
+    async def _agent_services(self, request: web.Request) -> web.Response:
+        return web.json_response({s.id: self._service_json(s) for s in self._services.values()})
+
+    async def _agent_checks(self, request: web.Request) -> web.Response:
+        return web.json_response({c.id: self._check_json(c) for c in self._checks.values()})
+
+    async def _leader(self, request: web.Request) -> web.Response:
+        return web.json_response("127.0.0.1:8300")
+
+
+def _meta_key_ok(key: object) -> bool:
+    return (
+        isinstance(key, str)
+        and 0 < len(key) <= 128
+        and bool(_META_KEY.match(key))
+        and not key.startswith("consul-")
+    )
+
+
+@contextlib.asynccontextmanager
+async def consul_test_agent(**options: Any) -> AsyncIterator[ConsulTestAgent]:
+    """A started agent, always stopped afterwards."""
+    agent = ConsulTestAgent(**options)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop()

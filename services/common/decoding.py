@@ -1,0 +1,75 @@
+"""Undecodable request bodies answer INVALID_ARGUMENT, not UNKNOWN.
+
+grpc.aio parses the request before any interceptor's behaviour runs; when the
+bytes are not a valid message (truncated, invalid UTF-8 in a string field) it
+answers UNKNOWN "Unexpected DecodeError". This interceptor takes parsing over for
+unary requests: the handler receives raw bytes, parses them itself and raises
+`InvalidArgument` (reason MALFORMED_REQUEST), which the error interceptor maps.
+
+Sit it innermost (`ServiceDefinition.interceptors`). The natural home for this
+is the mesh's ErrorServerInterceptor; until it does it, the shop's services add
+this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from interceptors.errors import InvalidArgument
+
+Deserializer = Callable[[bytes], Any]
+
+# Generic in the type stubs only.
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def _malformed(method: str) -> InvalidArgument:
+    return InvalidArgument(
+        [], f"the request body is not a valid message for {method}", reason="MALFORMED_REQUEST"
+    )
+
+
+def _parse(method: str, deserialize: Deserializer, raw: bytes) -> Any:
+    try:
+        return deserialize(raw)
+    except (DecodeError, UnicodeDecodeError, ValueError):
+        raise _malformed(method) from None
+
+
+class MalformedRequestInterceptor(_ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        method: str = handler_call_details.method
+        deserialize: Deserializer = handler.request_deserializer
+        if handler.response_streaming:
+            inner_stream = handler.unary_stream
+
+            async def streamed(raw: bytes, context: Any) -> AsyncIterator[Any]:
+                async for response in inner_stream(_parse(method, deserialize, raw), context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                streamed, request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )  # fmt: skip
+        inner = handler.unary_unary
+
+        async def unary(raw: bytes, context: Any) -> Any:
+            return await inner(_parse(method, deserialize, raw), context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=None, response_serializer=handler.response_serializer
+        )

@@ -1,0 +1,1 @@
+"""The inventory service: products, stock, and stock reservations held by order sagas."""

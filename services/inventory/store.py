@@ -1,0 +1,499 @@
+"""The inventory service's database: products, stock levels, reservations, events.
+
+Stock never goes negative, also under concurrent reservations: a reservation takes
+each line with one conditional UPDATE
+
+    UPDATE products SET available = available - :q, reserved = reserved + :q
+    WHERE product_id = :id AND available >= :q
+
+and all lines of one saga run in one transaction, in product-id order (two sagas
+reserving overlapping products lock rows in the same order on PostgreSQL, so they
+cannot deadlock). A line that matches no row rolls the whole reservation back.
+PostgreSQL re-checks the WHERE clause on the latest row version after waiting for
+a concurrent writer; SQLite runs one writer at a time. A CHECK constraint backs it
+up in the schema.
+
+Every write transaction starts with a write statement: with SQLite's driver a
+transaction begins at the first INSERT/UPDATE/DELETE, so reads after it see a
+state no other writer can change before the commit.
+
+Reservations are keyed by saga id, which makes every reservation RPC idempotent:
+- reserve: a saga that already has a reservation gets it back, nothing more taken;
+- confirm: HELD -> CONFIRMED (the reserved units leave for good), again = no-op;
+- release: HELD -> RELEASED (units back to available), again = no-op; releasing a
+  saga that never reserved records an empty RELEASED reservation, so a reserve
+  arriving late (a retry overtaken by the compensation) takes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shop.events.v1 import events_pb2
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    case,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from interceptors.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from mesh.db import Migration
+from mesh.events import Outbox, new_envelope, outbox_migrations
+from services.common.money import Amount
+from services.common.timestamps import as_utc, utcnow
+from services.inventory.validation import MAX_STOCK, Line, NewProduct
+
+SOURCE = "inventory"
+
+HELD = "HELD"
+CONFIRMED = "CONFIRMED"
+RELEASED = "RELEASED"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        name="products and reservations",
+        statements=(
+            "CREATE TABLE IF NOT EXISTS products ("
+            " product_id VARCHAR(36) PRIMARY KEY,"
+            " sku VARCHAR(64) NOT NULL UNIQUE,"
+            " name VARCHAR(200) NOT NULL,"
+            " price_currency VARCHAR(3) NOT NULL,"
+            " price_minor BIGINT NOT NULL CHECK (price_minor > 0),"
+            " available BIGINT NOT NULL CHECK (available >= 0),"
+            " reserved BIGINT NOT NULL CHECK (reserved >= 0),"
+            " low_stock_notified BOOLEAN NOT NULL DEFAULT FALSE,"
+            " created_at TIMESTAMP WITH TIME ZONE NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS reservations ("
+            " saga_id VARCHAR(36) PRIMARY KEY,"
+            " status VARCHAR(16) NOT NULL,"
+            " reason VARCHAR(500) NOT NULL DEFAULT '',"
+            " created_at TIMESTAMP WITH TIME ZONE NOT NULL,"
+            " updated_at TIMESTAMP WITH TIME ZONE NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS reservation_items ("
+            " saga_id VARCHAR(36) NOT NULL REFERENCES reservations (saga_id),"
+            " product_id VARCHAR(36) NOT NULL REFERENCES products (product_id),"
+            " quantity BIGINT NOT NULL CHECK (quantity > 0),"
+            " unit_price_currency VARCHAR(3) NOT NULL,"
+            " unit_price_minor BIGINT NOT NULL,"
+            " PRIMARY KEY (saga_id, product_id))",
+        ),
+    ),
+)
+
+
+def migrations() -> list[Migration]:
+    return [*MIGRATIONS, *outbox_migrations()]
+
+
+class Tables:
+    def __init__(self) -> None:
+        md = MetaData()
+        self.products = Table(
+            "products",
+            md,
+            Column("product_id", String(36), primary_key=True),
+            Column("sku", String(64), nullable=False, unique=True),
+            Column("name", String(200), nullable=False),
+            Column("price_currency", String(3), nullable=False),
+            Column("price_minor", BigInteger, nullable=False),
+            Column("available", BigInteger, nullable=False),
+            Column("reserved", BigInteger, nullable=False),
+            Column("low_stock_notified", Boolean, nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False),
+        )
+        self.reservations = Table(
+            "reservations",
+            md,
+            Column("saga_id", String(36), primary_key=True),
+            Column("status", String(16), nullable=False),
+            Column("reason", String(500), nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False),
+            Column("updated_at", DateTime(timezone=True), nullable=False),
+        )
+        self.items = Table(
+            "reservation_items",
+            md,
+            Column("saga_id", String(36), primary_key=True),
+            Column("product_id", String(36), primary_key=True),
+            Column("quantity", BigInteger, nullable=False),
+            Column("unit_price_currency", String(3), nullable=False),
+            Column("unit_price_minor", BigInteger, nullable=False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    product_id: str
+    sku: str
+    name: str
+    price: Amount
+    available: int
+    reserved: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedLine:
+    product_id: str
+    quantity: int
+    unit_price: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    saga_id: str
+    status: str
+    items: tuple[ReservedLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    product_id: str
+    requested: int
+    available: int
+
+    @property
+    def sufficient(self) -> bool:
+        return self.available >= self.requested
+
+
+def _event_lines(lines: Sequence[ReservedLine]) -> list[events_pb2.EventLine]:
+    return [events_pb2.EventLine(product_id=x.product_id, quantity=x.quantity) for x in lines]
+
+
+class InventoryStore:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        *,
+        low_stock_threshold: int,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+        self._threshold = low_stock_threshold
+        self._t = Tables()
+        p = self._t.products.c
+        self._product_cols = (p.product_id, p.sku, p.name, p.price_currency, p.price_minor,
+                              p.available, p.reserved, p.created_at)  # fmt: skip
+
+    # -- products --------------------------------------------------------------
+
+    @staticmethod
+    def _product(r: Any) -> ProductRow:
+        """A row selected with `_product_cols`."""
+        return ProductRow(r.product_id, r.sku, r.name, Amount(r.price_currency, r.price_minor),
+                          r.available, r.reserved, as_utc(r.created_at))  # fmt: skip
+
+    async def create_product(self, new: NewProduct) -> ProductRow:
+        row = ProductRow(str(uuid.uuid4()), new.sku, new.name, new.price,
+                         new.initial_stock, 0, utcnow())  # fmt: skip
+        try:
+            async with self._sessions.begin() as s:
+                await s.execute(insert(self._t.products).values(
+                    product_id=row.product_id, sku=row.sku, name=row.name,
+                    price_currency=row.price.currency, price_minor=row.price.minor,
+                    available=row.available, reserved=0, low_stock_notified=False,
+                    created_at=row.created_at))  # fmt: skip
+        except IntegrityError:
+            raise AlreadyExists(
+                f"a product with SKU {new.sku!r} already exists",
+                reason="SKU_TAKEN",
+                metadata={"sku": new.sku},
+            ) from None
+        return row
+
+    async def get_product(self, product_id: str) -> ProductRow:
+        p = self._t.products.c
+        async with self._sessions() as s:
+            found = (
+                await s.execute(select(*self._product_cols).where(p.product_id == product_id))
+            ).first()
+        if found is None:
+            raise _product_not_found(product_id)
+        return self._product(found)
+
+    async def list_products(self, after_sku: str | None, limit: int) -> list[ProductRow]:
+        """Up to `limit` products ordered by SKU, after `after_sku`."""
+        p = self._t.products.c
+        query = select(*self._product_cols).order_by(p.sku).limit(limit)
+        if after_sku is not None:
+            query = query.where(p.sku > after_sku)
+        async with self._sessions() as s:
+            rows = (await s.execute(query)).all()
+        return [self._product(r) for r in rows]
+
+    async def add_stock(self, line: Line) -> ProductRow:
+        p = self._t.products.c
+        async with self._sessions.begin() as s:
+            res = await s.execute(
+                update(self._t.products)
+                .where(p.product_id == line.product_id)
+                .where(p.available + p.reserved <= MAX_STOCK - line.quantity)
+                .values(
+                    available=p.available + line.quantity,
+                    # Back above the threshold: the next fall under it notifies again.
+                    low_stock_notified=case(
+                        (p.available + line.quantity >= self._threshold, False),
+                        else_=p.low_stock_notified,
+                    ),
+                )
+            )
+            found = (
+                await s.execute(select(*self._product_cols).where(p.product_id == line.product_id))
+            ).first()
+            if found is None:
+                raise _product_not_found(line.product_id)
+            if not getattr(res, "rowcount", 0):
+                raise FailedPrecondition(
+                    f"product {line.product_id} cannot hold more than {MAX_STOCK} units",
+                    reason="STOCK_LIMIT",
+                    metadata={"product_id": line.product_id},
+                )
+        return self._product(found)
+
+    async def availability(self, lines: Sequence[Line]) -> list[Availability]:
+        p = self._t.products.c
+        ids = [line.product_id for line in lines]
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(select(p.product_id, p.available).where(p.product_id.in_(ids)))
+            ).all()
+        available = {r.product_id: r.available for r in rows}
+        for line in lines:
+            if line.product_id not in available:
+                raise _product_not_found(line.product_id)
+        return [Availability(x.product_id, x.quantity, available[x.product_id]) for x in lines]
+
+    # -- reservations ------------------------------------------------------------
+
+    async def reservation(self, saga_id: str) -> Reservation | None:
+        async with self._sessions() as s:
+            return await self._read_reservation(s, saga_id)
+
+    async def _read_reservation(self, s: AsyncSession, saga_id: str) -> Reservation | None:
+        r, i = self._t.reservations.c, self._t.items.c
+        status = await s.scalar(select(r.status).where(r.saga_id == saga_id))
+        if status is None:
+            return None
+        rows = (
+            await s.execute(
+                select(i.product_id, i.quantity, i.unit_price_currency, i.unit_price_minor)
+                .where(i.saga_id == saga_id)
+                .order_by(i.product_id)
+            )
+        ).all()
+        lines = tuple(
+            ReservedLine(
+                x.product_id, x.quantity, Amount(x.unit_price_currency, x.unit_price_minor)
+            )
+            for x in rows
+        )
+        return Reservation(saga_id, status, lines)
+
+    async def reserve(self, saga_id: str, lines: Sequence[Line]) -> Reservation:
+        """Take stock for every line, all or nothing; the saga's existing reservation if any."""
+        existing = await self.reservation(saga_id)
+        if existing is not None:
+            return existing
+        try:
+            return await self._reserve(saga_id, lines)
+        except IntegrityError:
+            # A concurrent call with the same saga id won the primary key.
+            existing = await self.reservation(saga_id)
+            if existing is None:
+                raise
+            return existing
+
+    async def _reserve(self, saga_id: str, lines: Sequence[Line]) -> Reservation:
+        p, now = self._t.products.c, utcnow()
+        ordered = sorted(lines, key=lambda x: x.product_id)
+        async with self._sessions.begin() as s:
+            await s.execute(insert(self._t.reservations).values(
+                saga_id=saga_id, status=HELD, reason="", created_at=now,
+                updated_at=now))  # fmt: skip
+            for line in ordered:
+                res = await s.execute(
+                    update(self._t.products)
+                    .where(p.product_id == line.product_id, p.available >= line.quantity)
+                    .values(available=p.available - line.quantity,
+                            reserved=p.reserved + line.quantity)
+                )  # fmt: skip
+                if not getattr(res, "rowcount", 0):
+                    available = await s.scalar(
+                        select(p.available).where(p.product_id == line.product_id)
+                    )
+                    if available is None:
+                        raise _product_not_found(line.product_id)
+                    raise FailedPrecondition(
+                        f"insufficient stock for product {line.product_id}: "
+                        f"requested {line.quantity}, available {available}",
+                        reason="INSUFFICIENT_STOCK",
+                        metadata={
+                            "product_id": line.product_id,
+                            "requested": str(line.quantity),
+                            "available": str(available),
+                        },
+                    )
+            prices = {
+                r.product_id: Amount(r.price_currency, r.price_minor)
+                for r in (
+                    await s.execute(
+                        select(p.product_id, p.price_currency, p.price_minor).where(
+                            p.product_id.in_([x.product_id for x in ordered])
+                        )
+                    )
+                ).all()
+            }
+            reserved = tuple(
+                ReservedLine(x.product_id, x.quantity, prices[x.product_id]) for x in ordered
+            )
+            await s.execute(insert(self._t.items), [
+                {"saga_id": saga_id, "product_id": x.product_id, "quantity": x.quantity,
+                 "unit_price_currency": x.unit_price.currency,
+                 "unit_price_minor": x.unit_price.minor}
+                for x in reserved
+            ])  # fmt: skip
+            await self._outbox.add(s, new_envelope(
+                events_pb2.InventoryReserved(saga_id=saga_id, items=_event_lines(reserved)),
+                source=SOURCE, subject=saga_id))  # fmt: skip
+        return Reservation(saga_id, HELD, reserved)
+
+    async def _set_status(self, s: AsyncSession, saga_id: str, status: str, reason: str) -> bool:
+        """HELD -> status; False when the reservation is missing or not HELD."""
+        r = self._t.reservations.c
+        values: dict[str, object] = {"status": status, "updated_at": utcnow()}
+        if reason:
+            values["reason"] = reason
+        res = await s.execute(
+            update(self._t.reservations)
+            .where(r.saga_id == saga_id, r.status == HELD)
+            .values(**values)
+        )
+        return bool(getattr(res, "rowcount", 0))
+
+    async def confirm(self, saga_id: str) -> Reservation:
+        p = self._t.products.c
+        async with self._sessions.begin() as s:
+            changed = await self._set_status(s, saga_id, CONFIRMED, "")
+            current = await self._read_reservation(s, saga_id)
+            if current is None:
+                raise NotFound(
+                    f"saga {saga_id} has no reservation",
+                    reason="RESERVATION_NOT_FOUND",
+                    metadata={"saga_id": saga_id},
+                )
+            if not changed:
+                if current.status == RELEASED:
+                    raise FailedPrecondition(
+                        f"the reservation of saga {saga_id} was released",
+                        reason="RESERVATION_RELEASED",
+                        metadata={"saga_id": saga_id},
+                    )
+                return current  # confirmed before: no-op
+            for line in current.items:
+                await s.execute(
+                    update(self._t.products)
+                    .where(p.product_id == line.product_id)
+                    .values(reserved=p.reserved - line.quantity)
+                )
+            await self._notify_low_stock(s, [x.product_id for x in current.items])
+        return current
+
+    async def _notify_low_stock(self, s: AsyncSession, product_ids: list[str]) -> None:
+        """One `inventory.low_stock` per product that fell under the threshold since the last."""
+        p = self._t.products.c
+        low = (
+            await s.execute(
+                select(p.product_id, p.sku, p.available)
+                .where(p.product_id.in_(product_ids))
+                .where(p.available < self._threshold, p.low_stock_notified.is_(False))
+                .order_by(p.product_id)
+            )
+        ).all()
+        if not low:
+            return
+        await s.execute(
+            update(self._t.products)
+            .where(p.product_id.in_([r.product_id for r in low]))
+            .values(low_stock_notified=True)
+        )
+        await self._outbox.add_many(s, [
+            new_envelope(
+                events_pb2.InventoryLowStock(product_id=r.product_id, sku=r.sku,
+                                             available=r.available, threshold=self._threshold),
+                source=SOURCE, subject=r.product_id)
+            for r in low
+        ])  # fmt: skip
+
+    async def release(self, saga_id: str, reason: str) -> Reservation:
+        for _ in range(3):
+            try:
+                return await self._release(saga_id, reason)
+            except IntegrityError:
+                # Our tombstone lost to a concurrent reserve or release of the saga:
+                # run again against what it wrote.
+                continue
+        raise Aborted(f"release of saga {saga_id} kept conflicting; retry", reason="CONFLICT")
+
+    async def _release(self, saga_id: str, reason: str) -> Reservation:
+        p, now = self._t.products.c, utcnow()
+        async with self._sessions.begin() as s:
+            changed = await self._set_status(s, saga_id, RELEASED, reason)
+            current = await self._read_reservation(s, saga_id)
+            if current is None:
+                # Compensation before (or instead of) the reservation: remember the
+                # saga as released so a late reserve takes nothing.
+                await s.execute(insert(self._t.reservations).values(
+                    saga_id=saga_id, status=RELEASED, reason=reason,
+                    created_at=now, updated_at=now))  # fmt: skip
+                return Reservation(saga_id, RELEASED, ())
+            if not changed:
+                if current.status == CONFIRMED:
+                    raise FailedPrecondition(
+                        f"the reservation of saga {saga_id} was confirmed; its stock is sold",
+                        reason="RESERVATION_CONFIRMED",
+                        metadata={"saga_id": saga_id},
+                    )
+                return current  # released before: no-op
+            for line in current.items:
+                await s.execute(
+                    update(self._t.products)
+                    .where(p.product_id == line.product_id)
+                    .values(
+                        available=p.available + line.quantity,
+                        reserved=p.reserved - line.quantity,
+                        low_stock_notified=case(
+                            (p.available + line.quantity >= self._threshold, False),
+                            else_=p.low_stock_notified,
+                        ),
+                    )
+                )
+            await self._outbox.add(s, new_envelope(
+                events_pb2.InventoryReleased(saga_id=saga_id, items=_event_lines(current.items),
+                                             reason=reason),
+                source=SOURCE, subject=saga_id))  # fmt: skip
+        return current
+
+
+def _product_not_found(product_id: str) -> NotFound:
+    return NotFound(
+        f"product {product_id} not found",
+        reason="PRODUCT_NOT_FOUND",
+        metadata={"product_id": product_id},
+    )

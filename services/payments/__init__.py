@@ -1,0 +1,1 @@
+"""The payments service: a payment processor simulator with deterministic test cards."""

@@ -1,0 +1,1 @@
+"""The users service: customer accounts (argon2-hashed passwords) and login sessions."""

@@ -1,0 +1,79 @@
+"""Databases for the services' integration tests: a SQLite file, then a PostgreSQL schema.
+
+Each test gets its own database: a fresh SQLite file, or a fresh schema on the
+PostgreSQL at 127.0.0.1:5432 (the engine's search_path points at it; dropped
+after). PostgreSQL cases skip when nothing answers there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mesh.db import create_engine
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+_pg_state: dict[str, bool] = {}
+
+
+async def pg_available() -> bool:
+    if "up" not in _pg_state:
+        engine = create_async_engine(PG_URL)
+        try:
+            async with asyncio.timeout(3):
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            _pg_state["up"] = True
+        except Exception:
+            _pg_state["up"] = False
+        finally:
+            await engine.dispose()
+    return _pg_state["up"]
+
+
+async def _engine(kind: str, tmp_path: Path) -> tuple[AsyncEngine, str]:
+    if kind == "sqlite":
+        return create_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"), ""
+    if not await pg_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    schema = f"svc_{time.time_ns()}"
+    admin = create_async_engine(PG_URL)
+    async with admin.begin() as conn:
+        await conn.execute(text(f"CREATE SCHEMA {schema}"))
+    await admin.dispose()
+    engine = create_engine(
+        PG_URL,
+        connect_args={"server_settings": {"search_path": schema}},
+        pool_size=10,
+        max_overflow=10,
+    )
+    return engine, schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The service's database engine (caller-owned: build() does not dispose it)."""
+    eng, schema = await _engine(request.param, tmp_path)
+    try:
+        yield eng
+    finally:
+        if schema:
+            async with eng.begin() as conn:
+                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        await eng.dispose()
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    eng, _ = await _engine("sqlite", tmp_path)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()

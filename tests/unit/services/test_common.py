@@ -1,0 +1,200 @@
+"""services.common: money, page tokens, field checks, cards, service settings."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+from shop.common.v1 import money_pb2
+
+from interceptors.errors import InvalidArgument, Violations
+from mesh.settings import SettingsError
+from services.common.cards import CardInput, card_number_field, cvc_field, expiry_fields, luhn_ok
+from services.common.config import env_choice, env_float, env_int
+from services.common.money import (
+    MAX_AMOUNT_MINOR,
+    Amount,
+    CurrencyMismatch,
+    MoneyError,
+    MoneyOverflow,
+    total,
+)
+from services.common.pagination import PageTokenError, decode_page_token, encode_page_token
+from services.common.validation import (
+    money_field,
+    page_size_field,
+    page_token_field,
+    text_field,
+    unique_ids,
+    uuid_field,
+)
+
+
+def violations(check: object) -> dict[str, str]:
+    assert isinstance(check, Violations)
+    return {v.field: v.description for v in check.items}
+
+
+# -- money -------------------------------------------------------------------------
+
+
+def test_amount_arithmetic_is_checked() -> None:
+    price = Amount("USD", 1999)
+    assert price.times(3) + Amount("USD", 3) == Amount("USD", 6000)
+    assert str(Amount("USD", -1999)) == "-19.99 USD" and str(Amount("JPY", 500)) == "500 JPY"
+    assert total([price, price], "USD") == Amount("USD", 3998)
+    assert total([], "EUR") == Amount.zero("EUR")
+    assert Amount.from_proto(price.to_proto()) == price
+    with pytest.raises(MoneyOverflow):
+        Amount("USD", MAX_AMOUNT_MINOR).times(2)
+    with pytest.raises(MoneyOverflow):
+        Amount("USD", MAX_AMOUNT_MINOR) + Amount("USD", 1)
+    with pytest.raises(CurrencyMismatch):
+        price + Amount("EUR", 1)
+    with pytest.raises(MoneyError):
+        Amount("XXX", 1)
+    with pytest.raises(MoneyOverflow):
+        Amount("USD", 2**63 - 1)
+
+
+# -- page tokens ------------------------------------------------------------------------
+
+
+def test_page_tokens_round_trip_and_reject_anything_else() -> None:
+    token = encode_page_token("inventory.products", {"sku": "B-2", "n": 3})
+    assert decode_page_token("inventory.products", token) == {"sku": "B-2", "n": 3}
+    with pytest.raises(PageTokenError, match="another listing"):
+        decode_page_token("orders", token)
+
+    def forged(body: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+
+    for bad in [
+        "!!!",
+        "x" * 2000,
+        forged([1, 2]),
+        forged({"v": 2, "k": "inventory.products", "c": {}}),
+        forged({"v": 1, "k": "inventory.products", "c": {"sku": True}}),
+        forged({"v": 1, "k": "inventory.products", "c": {"sku": [1]}}),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ]:
+        with pytest.raises(PageTokenError):
+            decode_page_token("inventory.products", bad)
+
+
+# -- field checks -------------------------------------------------------------------------
+
+
+def test_uuid_field_is_canonical_and_lower_case() -> None:
+    v = Violations()
+    assert uuid_field(v, "id", "123E4567-E89B-12D3-A456-426614174000") == (
+        "123e4567-e89b-12d3-a456-426614174000"
+    )
+    for i, bad in enumerate([
+        "123e4567e89b12d3a456426614174000",
+        "{123e4567-e89b-12d3-a456-426614174000}",
+        "123e4567-e89b-12d3-a456-426614174000\n",
+        "urn:uuid:123e4567-e89b-12d3-a456-426614174000",
+    ]):  # fmt: skip
+        assert uuid_field(v, f"id{i}", bad) == ""
+    assert uuid_field(v, "missing", "") == ""
+    assert uuid_field(v, "optional", "", required=False) == ""
+    assert set(violations(v)) == {"id0", "id1", "id2", "id3", "missing"}
+
+
+def test_text_field() -> None:
+    v = Violations()
+    assert text_field(v, "a", "  Ada  ", max_len=10) == "Ada"
+    text_field(v, "blank", "   ", max_len=10)
+    text_field(v, "long", "x" * 11, max_len=10)
+    text_field(v, "nul", "a\x00b", max_len=10)
+    text_field(v, "newline", "a\nb", max_len=10)
+    assert text_field(v, "empty_ok", "", min_len=0, max_len=10) == ""
+    assert text_field(v, "emoji", "🙂 ok", max_len=10) == "🙂 ok"
+    assert set(violations(v)) == {"blank", "long", "nul", "newline"}
+
+
+def test_money_field() -> None:
+    def check(money: money_pb2.Money | None, **kw: bool) -> dict[str, str]:
+        v = Violations()
+        money_field(v, "price", money or money_pb2.Money(), present=money is not None, **kw)
+        return violations(v)
+
+    assert check(money_pb2.Money(currency_code="JPY", amount_minor=1)) == {}
+    assert set(check(None)) == {"price"}
+    assert set(check(money_pb2.Money(currency_code="usd", amount_minor=0))) == {
+        "price.currency_code", "price.amount_minor"}  # fmt: skip
+    assert set(check(money_pb2.Money(currency_code="XYZ", amount_minor=-1))) == {
+        "price.currency_code", "price.amount_minor"}  # fmt: skip
+    assert set(check(money_pb2.Money(currency_code="USD", amount_minor=2**63 - 1))) == {
+        "price.amount_minor"}  # fmt: skip
+    assert check(money_pb2.Money(currency_code="USD"), allow_zero=True) == {}
+
+
+def test_page_size_and_token_and_unique_ids() -> None:
+    v = Violations()
+    assert page_size_field(v, "page_size", 0) == 50
+    assert page_size_field(v, "page_size", 100) == 100
+    page_size_field(v, "too_big", 101)
+    page_size_field(v, "negative", -1)
+    assert page_token_field(v, "t0", "x", "") is None
+    assert page_token_field(v, "t1", "x", encode_page_token("x", {"k": "v"})) == {"k": "v"}
+    page_token_field(v, "t2", "x", "garbage")
+    unique_ids(v, "items[{}].product_id", ["a", "b", "a", "", ""])
+    assert set(violations(v)) == {"too_big", "negative", "t2", "items[2].product_id"}
+    with pytest.raises(InvalidArgument) as err:
+        v.raise_if_any()
+    assert len(err.value.violations) == 4
+
+
+# -- cards ----------------------------------------------------------------------------------
+
+
+def test_cards() -> None:
+    assert luhn_ok("4242424242424242") and not luhn_ok("4242424242424241")
+    v = Violations()
+    assert card_number_field(v, "n", "4242 4242-4242 4242") == "4242424242424242"
+    for i, bad in enumerate(
+        ["", "4242424242424241", "42424242", "4242\uff14\uff1242424242", "abc"]
+    ):
+        assert card_number_field(v, f"n{i}", bad) == ""
+    assert all(bad not in d for d in violations(v).values() for bad in ("4242424242424241",))
+    assert set(violations(v)) == {"n0", "n1", "n2", "n3", "n4"}
+
+    now = datetime(2030, 6, 15, tzinfo=UTC)
+    cases = {(6, 2030): set(), (5, 2030): {"c.exp_year"}, (13, 2031): {"c.exp_month"},
+             (1, 99): {"c.exp_year"}, (1, 2081): {"c.exp_year"}}  # fmt: skip
+    for (month, year), fields in cases.items():
+        v = Violations()
+        expiry_fields(v, "c", month, year, now=now)
+        assert set(violations(v)) == fields, (month, year)
+
+    v = Violations()
+    assert cvc_field(v, "a", "123") == "123" and cvc_field(v, "b", "1234") == "1234"
+    for i, bad in enumerate(["", "12", "12345", "12a", "\uff11\uff12\uff13"]):
+        cvc_field(v, f"c{i}", bad)
+    assert len(v.items) == 5
+
+    card = CardInput("4242424242424242", 12, 2030, "123")
+    assert card.last4 == "4242"
+    assert "4242424242424242" not in repr(card) and "123" not in str(card).replace("2030", "")
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_service_settings_from_env() -> None:
+    env = {"A": "1.5", "B": "7", "C": "x", "BAD": "nan", "NEG": "-1", "WORD": "many"}
+    assert env_float(env, "A", 0.0) == 1.5 and env_float(env, "MISSING", 2.0) == 2.0
+    assert env_int(env, "B", 0) == 7 and env_choice(env, "C", "y", ("x", "y")) == "x"
+    for call in (
+        lambda: env_float(env, "BAD", 1.0),
+        lambda: env_float(env, "NEG", 1.0),
+        lambda: env_int(env, "WORD", 1),
+        lambda: env_int(env, "NEG", 1),
+        lambda: env_choice(env, "WORD", "x", ("x", "y")),
+    ):
+        with pytest.raises(SettingsError):
+            call()

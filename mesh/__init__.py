@@ -1,1 +1,73 @@
-"""shop-mesh runtime: settings, server bootstrap, discovery, client, events, saga."""
+"""shop-mesh runtime: settings, server bootstrap, discovery, client, events, saga.
+
+    import mesh
+    users = await mesh.connect("users", users_pb2_grpc.UserServiceStub)
+
+`connect` without a runtime uses a default one, created from the environment
+on first use (never at import) and closed by `await mesh.close_default_runtime()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import grpc
+
+    from mesh.runtime import MeshRuntime
+
+S = TypeVar("S")
+
+__all__ = ["close_default_runtime", "connect", "default_runtime"]
+
+
+class _Default:
+    """The lazily created default runtime, tied to the event loop it was made in."""
+
+    runtime: MeshRuntime | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    lock: asyncio.Lock | None = None
+
+
+async def default_runtime() -> MeshRuntime:
+    """The process's default runtime (settings from the environment; service name from
+    MESH_SERVICE, else "mesh-client"), created on first use in this event loop."""
+    from mesh.runtime import MeshRuntime
+    from mesh.settings import Settings
+
+    loop = asyncio.get_running_loop()
+    if _Default.loop is not loop:  # first use, or a new loop: the old runtime died with its loop
+        _Default.runtime, _Default.loop, _Default.lock = None, loop, asyncio.Lock()
+    assert _Default.lock is not None
+    async with _Default.lock:
+        if _Default.runtime is None:
+            settings = Settings.from_env(os.environ.get("MESH_SERVICE") or "mesh-client")
+            _Default.runtime = await MeshRuntime.create(settings)
+        return _Default.runtime
+
+
+async def close_default_runtime() -> None:
+    """Close the default runtime if one was created in this loop."""
+    runtime = _Default.runtime
+    if runtime is not None and _Default.loop is asyncio.get_running_loop():
+        _Default.runtime = None
+        await runtime.close()
+
+
+async def connect(
+    service: str,
+    stub_cls: Callable[[grpc.aio.Channel], S],
+    *,
+    runtime: MeshRuntime | None = None,
+    **options: Any,
+) -> S:
+    """A stub whose calls go through the mesh to `service`'s healthy instances.
+
+    `options` are `mesh.client.ClientOptions` fields (lb_policy, outlier_*,
+    default_deadline_s, interceptors, ...); defaults come from the settings.
+    """
+    rt = runtime if runtime is not None else await default_runtime()
+    return await rt.connect(service, stub_cls, **options)

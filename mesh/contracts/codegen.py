@@ -26,6 +26,12 @@ GENERATED = ROOT / "generated"
 DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
 
 
+# The edge's descriptor set also carries the google.rpc error details that
+# services attach to statuses: without them Envoy's transcoder cannot print a
+# status with details as JSON, and grpcurl (via reflection) cannot decode them.
+ERROR_DETAIL_FILES = ("google/rpc/error_details.proto",)
+
+
 class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message is protoc's own."""
 
@@ -124,7 +130,7 @@ def generate(out_dir: Path, descriptor_set: Path, *, proto_root: Path = PROTO_RO
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
     (out_dir / "shop" / "py.typed").touch()
-    write_descriptor_set(descriptor_set, files, proto_root=proto_root)
+    write_descriptor_set(descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=proto_root)
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:

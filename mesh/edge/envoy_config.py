@@ -291,7 +291,9 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
                 "grpc_health_check": {"service_name": ""},
             }
         ],
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # No merge window: a host that passed its first health check (or a new
+        # instance) takes traffic at once instead of up to 1 s later.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}, "update_merge_window": "0s"},
         "outlier_detection": {
             "consecutive_5xx": 5,
             "consecutive_gateway_failure": 3,

@@ -35,6 +35,7 @@ def public_descriptor_pool(
     roots = [
         f.name for f in fds.file if any(f"{f.package}.{svc.name}" in public for svc in f.service)
     ]
+    roots += [f.name for f in fds.file if f.package == "google.rpc"]  # error details
     needed: set[str] = set()
     stack = list(roots)
     while stack:

@@ -1,0 +1,47 @@
+"""`python -m bench [rpc|events] [options]`: the benchmarks, each comparing side by side.
+
+With no name: `bench.rpc` then `bench.events`, with modest defaults (about a
+minute in all). With a name, only that one, with its own options
+(`python -m bench rpc --help`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+# Modest defaults for the combined run; each benchmark's own defaults apply when run by name.
+_DEFAULT_EVENTS_ARGS = ["--events", "3000"]
+
+
+def _rpc(args: Sequence[str]) -> None:
+    from bench import rpc
+
+    rpc.cli(list(args))
+
+
+def _events(args: Sequence[str]) -> None:
+    from bench import events
+
+    # bench.events parses sys.argv itself.
+    sys.argv = ["python -m bench events", *args]
+    events.cli()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    benches = {"rpc": _rpc, "events": _events}
+    if args and args[0] in benches:
+        benches[args[0]](args[1:])
+        return
+    if args:
+        names = " | ".join(benches)
+        sys.exit(f"usage: python -m bench [{names}] [options]  (no name: all, default options)")
+    print("== bench.rpc ==", flush=True)
+    _rpc([])
+    print("\n== bench.events ==", flush=True)
+    _events(_DEFAULT_EVENTS_ARGS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""MeshChannel: a grpc.aio.Channel over every healthy instance of one service.
+
+Generated stubs take it like any channel (`PingServiceStub(mesh_channel)`).
+Each call runs the client interceptor chain in a lean runner of our own and,
+innermost, picks an instance and starts the call on that instance's channel,
+so a retry interceptor calling its continuation again re-picks.
+
+Why not grpc.aio's own interceptor support: it starts one asyncio task per
+call to run the interceptors and wraps every call in proxy objects; here the
+chain runs inline in the task that awaits the call, and the continuations are
+built once per method, not per call (unary-unary). Interceptors are ordinary
+grpc.aio client interceptor objects with the same contract: a continuation
+returns the (not yet finished) call; an interceptor returns a call, or a
+response (unary responses) / an async iterable (streamed responses).
+
+The call a stub returns (mesh/balancer/calls.py) starts its chain when first
+awaited, iterated or asked for its status (not when created: there is no task
+to run it). It is awaitable or async-iterable as its arity says and exposes
+code(), details(), trailing_metadata()...; failures raise grpc.aio.AioRpcError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc.aio import ClientCallDetails, Metadata
+
+from mesh.balancer.calls import (
+    UNSET_CHAIN,
+    Intercept,
+    MeshCallBase,
+    MeshStreamStreamCall,
+    MeshStreamUnaryCall,
+    MeshUnaryStreamCall,
+    MeshUnaryUnaryCall,
+    RequestQueue,
+    fold_chain,
+    fold_streamed_chain,
+    stream_unary_link,
+    unary_link,
+)
+from mesh.balancer.endpoint import Endpoint
+from mesh.balancer.pool import EndpointPool
+
+Serializer = Callable[[Any], bytes] | None
+Deserializer = Callable[[bytes], Any] | None
+
+
+def _metadata(
+    metadata: Any, compression: grpc.Compression | None
+) -> Metadata:  # as grpc.aio's multicallables do, so interceptors see the same types
+    md: Metadata = metadata or Metadata()
+    if not isinstance(md, Metadata):
+        md = Metadata.from_tuple(tuple(md))
+    if compression:
+        from grpc import _compression  # grpc's own helper for the compression header
+
+        augmented = _compression.augment_metadata(md, compression)  # type: ignore[attr-defined]
+        if augmented is not None:
+            md = Metadata(*augmented)
+    return md
+
+
+# -- multicallables -------------------------------------------------------------------------
+
+
+class _MultiCallableBase:
+    __slots__ = ("_deser", "_kind", "_mesh", "_method", "_ser")
+
+    def __init__(self, mesh: MeshChannel, kind: str, method: str, ser: Any, deser: Any) -> None:
+        self._mesh = mesh
+        self._kind = kind
+        self._method = method.encode()  # as grpc.aio gives it to interceptors
+        self._ser = ser
+        self._deser = deser
+
+    async def _start(
+        self, details: ClientCallDetails, request: Any, owner: MeshCallBase | None = None
+    ) -> Any:
+        """The innermost continuation: pick an instance, start the call there."""
+        ep: Endpoint | None = self._mesh._pick()
+        timeout = details.timeout
+        if ep is None:
+            ep, timeout = await self._mesh._wait_for_endpoint(timeout)
+        method = details.method
+        mc = getattr(ep, self._kind).get(method)
+        if mc is None:
+            mc = ep.multicallable(self._kind, method, self._ser, self._deser)  # type: ignore[arg-type]
+        call = mc(
+            request,
+            timeout=timeout,
+            metadata=details.metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+        ep.track(call)
+        if owner is not None:
+            owner._last = call
+        return call
+
+
+class MeshUnaryUnaryMultiCallable(_MultiCallableBase, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc,type-arg]
+    __slots__ = ("_chain",)
+
+    def __init__(self, mesh: MeshChannel, method: str, ser: Any, deser: Any) -> None:
+        super().__init__(mesh, "uu", method, ser, deser)
+        # Built once per method: a call allocates no continuations.
+        self._chain = fold_chain(mesh._uu, self._start, unary_link)
+
+    def __call__(  # type: ignore[override]
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> MeshUnaryUnaryCall:
+        details = ClientCallDetails(
+            self._method,  # type: ignore[arg-type]
+            timeout,
+            _metadata(metadata, compression),
+            credentials,
+            wait_for_ready,
+        )
+        return MeshUnaryUnaryCall(self._chain, details, request)
+
+
+class MeshStreamUnaryMultiCallable(_MultiCallableBase, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc,type-arg]
+    __slots__ = ("_chain",)
+
+    def __init__(self, mesh: MeshChannel, method: str, ser: Any, deser: Any) -> None:
+        super().__init__(mesh, "su", method, ser, deser)
+        self._chain = fold_chain(mesh._su, self._start, stream_unary_link)
+
+    def __call__(  # type: ignore[override]
+        self,
+        request_iterator: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> MeshStreamUnaryCall:
+        details = ClientCallDetails(
+            self._method,  # type: ignore[arg-type]
+            timeout,
+            _metadata(metadata, compression),
+            credentials,
+            wait_for_ready,
+        )
+        requests = RequestQueue() if request_iterator is None else request_iterator
+        return MeshStreamUnaryCall(self._chain, details, requests)
+
+
+class _StreamedMultiCallable(_MultiCallableBase):
+    """Streamed responses: the chain is folded per call (see fold_streamed_chain)."""
+
+    __slots__ = ("_base", "_intercepts")
+    _base: type
+    _intercepts: Sequence[Intercept]
+
+
+class MeshUnaryStreamMultiCallable(_StreamedMultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc,type-arg]
+    __slots__ = ()
+
+    def __init__(self, mesh: MeshChannel, method: str, ser: Any, deser: Any) -> None:
+        super().__init__(mesh, "us", method, ser, deser)
+        self._intercepts = mesh._us
+        self._base = grpc.aio.UnaryStreamCall
+
+    def __call__(  # type: ignore[override]
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> MeshUnaryStreamCall:
+        details = ClientCallDetails(
+            self._method,  # type: ignore[arg-type]
+            timeout,
+            _metadata(metadata, compression),
+            credentials,
+            wait_for_ready,
+        )
+        call = MeshUnaryStreamCall(UNSET_CHAIN, details, request)
+        call._chain = fold_streamed_chain(self._intercepts, self._start, self._base, call)
+        return call
+
+
+class MeshStreamStreamMultiCallable(_StreamedMultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc,type-arg]
+    __slots__ = ()
+
+    def __init__(self, mesh: MeshChannel, method: str, ser: Any, deser: Any) -> None:
+        super().__init__(mesh, "ss", method, ser, deser)
+        self._intercepts = mesh._ss
+        self._base = grpc.aio.StreamStreamCall
+
+    def __call__(  # type: ignore[override]
+        self,
+        request_iterator: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> MeshStreamStreamCall:
+        details = ClientCallDetails(
+            self._method,  # type: ignore[arg-type]
+            timeout,
+            _metadata(metadata, compression),
+            credentials,
+            wait_for_ready,
+        )
+        requests = RequestQueue() if request_iterator is None else request_iterator
+        call = MeshStreamStreamCall(UNSET_CHAIN, details, requests)
+        call._chain = fold_streamed_chain(self._intercepts, self._start, self._base, call)
+        return call
+
+
+# -- the channel ----------------------------------------------------------------------------
+
+
+class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A channel to every healthy instance of one service (see the module docstring).
+
+    `interceptors` are grpc.aio client interceptor objects, outermost first; each
+    takes part in the arities whose base class it subclasses.
+    """
+
+    def __init__(
+        self,
+        pool: EndpointPool,
+        interceptors: Sequence[Any] = (),
+        *,
+        no_deadline_wait_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.service = pool.service
+        self.interceptors = tuple(interceptors)
+        self._no_deadline_wait_s = no_deadline_wait_s
+        self._pick = pool.pick
+        ic = self.interceptors
+        self._uu = [
+            i.intercept_unary_unary
+            for i in ic
+            if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)
+        ]
+        self._us = [
+            i.intercept_unary_stream
+            for i in ic
+            if isinstance(i, grpc.aio.UnaryStreamClientInterceptor)
+        ]
+        self._su = [
+            i.intercept_stream_unary
+            for i in ic
+            if isinstance(i, grpc.aio.StreamUnaryClientInterceptor)
+        ]
+        self._ss = [
+            i.intercept_stream_stream
+            for i in ic
+            if isinstance(i, grpc.aio.StreamStreamClientInterceptor)
+        ]
+        self._closed = False
+        pool.start()
+
+    async def _wait_for_endpoint(self, call_timeout: float | None) -> tuple[Endpoint, float | None]:
+        """Wait (like wait_for_ready) up to the call's deadline for an instance; the
+        endpoint and the call's remaining timeout."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ep = await self.pool.wait_for_endpoint(
+            self._no_deadline_wait_s if call_timeout is None else call_timeout
+        )
+        if call_timeout is not None:
+            call_timeout = max(call_timeout - (loop.time() - started), 0.001)
+        return ep, call_timeout
+
+    # grpc.aio.Channel
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> MeshUnaryUnaryMultiCallable:
+        return MeshUnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> MeshUnaryStreamMultiCallable:
+        return MeshUnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> MeshStreamUnaryMultiCallable:
+        return MeshStreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> MeshStreamStreamMultiCallable:
+        return MeshStreamStreamMultiCallable(
+            self, method, request_serializer, response_deserializer
+        )
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The best state among the instances (READY if any is)."""
+        states = {ep.state for ep in self.pool.endpoints()}
+        for state in (
+            grpc.ChannelConnectivity.READY,
+            grpc.ChannelConnectivity.CONNECTING,
+            grpc.ChannelConnectivity.IDLE,
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+        ):
+            if state in states:
+                return state
+        if self._closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        return grpc.ChannelConnectivity.IDLE
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self.get_state() == last_observed_state and not self._closed:
+            await self.pool.wait_changed()
+
+    async def channel_ready(self) -> None:
+        """Wait until at least one instance is connected (bound it with asyncio.timeout)."""
+        await self.pool.wait_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every instance's channel; with `grace`, calls in flight first get up to
+        `grace` seconds to finish (new calls fail UNAVAILABLE meanwhile)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.pool.close(grace)
+
+    async def __aenter__(self) -> MeshChannel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close(None)

@@ -1,0 +1,147 @@
+"""Client options and the discovery-aware channel behind `connect()`.
+
+`MeshRuntime.connect` (mesh/runtime.py) and `mesh.connect` are the usual way
+in; this module is the part that needs no runtime: `ClientOptions` (what
+`connect(..., **options)` accepts) and `open_channel`, which builds a
+`MeshChannel` for one service from a registry and an interceptor chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from mesh.balancer.outlier import OutlierConfig
+from mesh.balancer.pool import EjectionHook, EndpointPool
+from mesh.channel import MeshChannel
+from mesh.discovery.registry import Instance, Registry
+from mesh.settings import ResilienceSettings
+
+# Every instance gets its own connection (gRPC shares subchannels between
+# channels with identical options otherwise), and reconnects are quick: the
+# registry, not gRPC's 120 s backoff cap, decides when an instance is gone.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """How one client channel balances, ejects and connects (`connect(**options)`).
+
+    Defaults come from `ResilienceSettings` (MESH_LB_POLICY,
+    MESH_OUTLIER_CONSECUTIVE_FAILURES, MESH_OUTLIER_BASE_EJECTION_S,
+    MESH_DEFAULT_DEADLINE_S) through `from_settings`.
+    """
+
+    lb_policy: str = "p2c"
+    outlier_consecutive_failures: int = 5
+    outlier_base_ejection_s: float = 5.0
+    outlier_max_ejection_s: float = 300.0
+    outlier_max_ejected_fraction: float = 0.5
+    # Calls with no deadline wait this long for an instance before UNAVAILABLE.
+    no_instance_wait_s: float = 5.0
+    # A removed instance's calls in flight get this long before its channel closes.
+    drain_timeout_s: float = 30.0
+    # The default deadline of the chain's deadline interceptor (None: the settings').
+    default_deadline_s: float | None = None
+    # gRPC channel arguments added to (and overriding) DEFAULT_CHANNEL_OPTIONS.
+    channel_options: tuple[tuple[str, Any], ...] = ()
+    # TLS: channel credentials for every instance (None: plaintext, as on loopback).
+    credentials: grpc.ChannelCredentials | None = field(default=None, compare=False)
+    # The whole client chain instead of the runtime's (e.g. [] for none), outermost first.
+    interceptors: tuple[Any, ...] | None = field(default=None, compare=False)
+    # Interceptors run after the standard chain, nearest the call (e.g. auth metadata).
+    extra_interceptors: tuple[Any, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.lb_policy not in ("round_robin", "p2c"):
+            raise ValueError(f"lb_policy must be round_robin or p2c, not {self.lb_policy!r}")
+        if not self.no_instance_wait_s > 0 or not self.drain_timeout_s >= 0:
+            raise ValueError("no_instance_wait_s must be > 0 and drain_timeout_s >= 0")
+        self.outlier  # validates the outlier fields  # noqa: B018
+
+    @property
+    def outlier(self) -> OutlierConfig:
+        return OutlierConfig(
+            consecutive_failures=self.outlier_consecutive_failures,
+            base_ejection_s=self.outlier_base_ejection_s,
+            max_ejection_s=max(self.outlier_max_ejection_s, self.outlier_base_ejection_s),
+            max_ejected_fraction=self.outlier_max_ejected_fraction,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, resilience: ResilienceSettings, overrides: Mapping[str, Any] | None = None
+    ) -> ClientOptions:
+        """Options from the settings, with `connect(**overrides)` on top (unknown names raise)."""
+        values: dict[str, Any] = {
+            "lb_policy": resilience.lb_policy,
+            "outlier_consecutive_failures": resilience.outlier_consecutive_failures,
+            "outlier_base_ejection_s": resilience.outlier_base_ejection_s,
+            "no_instance_wait_s": resilience.default_deadline_s,
+        }
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in (overrides or {}).items():
+            if key not in names:
+                raise TypeError(
+                    f"unknown connect() option {key!r}; expected one of {', '.join(sorted(names))}"
+                )
+            if (
+                key in ("channel_options", "interceptors", "extra_interceptors")
+                and value is not None
+            ):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
+
+    def channel_args(self) -> list[tuple[str, Any]]:
+        merged = dict(DEFAULT_CHANNEL_OPTIONS)
+        merged.update(dict(self.channel_options))
+        return list(merged.items())
+
+
+def channel_factory(options: ClientOptions) -> Callable[[Instance], grpc.aio.Channel]:
+    """Makes each instance's own grpc.aio channel."""
+    args = options.channel_args()
+    credentials = options.credentials
+
+    def make(instance: Instance) -> grpc.aio.Channel:
+        if credentials is not None:
+            return grpc.aio.secure_channel(instance.address, credentials, options=args)
+        return grpc.aio.insecure_channel(instance.address, options=args)
+
+    return make
+
+
+def open_channel(
+    service: str,
+    registry: Registry,
+    interceptors: Sequence[Any] = (),
+    options: ClientOptions | None = None,
+    *,
+    on_ejection: EjectionHook | None = None,
+) -> MeshChannel:
+    """A MeshChannel to `service`'s healthy instances (call inside a running event loop).
+
+    `interceptors` are grpc.aio client interceptors, outermost first. The
+    channel starts watching the registry at once; close it with `await ch.close()`.
+    """
+    opts = options or ClientOptions()
+    pool = EndpointPool(
+        service,
+        registry,
+        channel_factory(opts),
+        lb_policy=opts.lb_policy,
+        outlier=opts.outlier,
+        drain_timeout_s=opts.drain_timeout_s,
+        on_ejection=on_ejection,
+    )
+    return MeshChannel(pool, interceptors, no_deadline_wait_s=opts.no_instance_wait_s)

@@ -1,0 +1,166 @@
+"""Fixtures: real ping servers on loopback (in-process or in a child process), a
+registry to put them in, and mesh channels closed after each test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from mesh.channel import MeshChannel
+from mesh.client import ClientOptions, open_channel
+from mesh.discovery.registry import Instance, Registry
+from mesh.discovery.static import StaticRegistry
+from tests.support.ping import PingServer, start_ping_server
+
+SERVICE = "ping"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def instance(name: str, port: int) -> Instance:
+    return Instance(id=name, service=SERVICE, host="127.0.0.1", port=port)
+
+
+async def eventually(
+    predicate: Callable[[], bool], within: float = 5.0, what: str = "condition"
+) -> float:
+    """Poll `predicate` until true (seconds taken), failing after `within` seconds."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+class UnavailableInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Makes a server answer every call with UNAVAILABLE (a sick instance)."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if not self.enabled:
+            return handler
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sick instance")
+
+        return grpc.unary_unary_rpc_method_handler(
+            refuse,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class SlowInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Delays every call by `delay_s` before handling it (a loaded instance)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        await asyncio.sleep(self.delay_s)
+        return await continuation(details)
+
+
+@dataclass
+class ChildServer:
+    """A ping server in its own process: SIGKILL makes a real crash."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[str]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+_CHILD = """
+import asyncio, sys
+from tests.support.ping import start_ping_server
+
+async def main():
+    server = await start_ping_server(sys.argv[1])
+    print(server.port, flush=True)
+    await server.server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def registry() -> StaticRegistry:
+    return StaticRegistry()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Callable[..., Awaitable[PingServer]]]:
+    """servers(name, interceptors=()) → a running in-process ping server."""
+    started: list[PingServer] = []
+
+    async def start(name: str, interceptors: Sequence[Any] = ()) -> PingServer:
+        server = await start_ping_server(name, interceptors=list(interceptors))
+        started.append(server)
+        return server
+
+    yield start
+    await asyncio.gather(*(s.stop(None) for s in started))
+
+
+@pytest.fixture
+def child_servers() -> Any:
+    """child_servers(name) → a ping server in a child process (killed after the test)."""
+    started: list[ChildServer] = []
+
+    def start(name: str) -> ChildServer:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, name],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        child = ChildServer(name, port, proc)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.kill()
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[Callable[..., MeshChannel]]:
+    """channels(registry, interceptors=(), **options) → a MeshChannel closed after the test."""
+    opened: list[MeshChannel] = []
+
+    def open_(registry: Registry, interceptors: Sequence[Any] = (), **options: Any) -> MeshChannel:
+        options.setdefault("outlier_base_ejection_s", 0.3)
+        options.setdefault("outlier_consecutive_failures", 3)
+        ch = open_channel(SERVICE, registry, interceptors, ClientOptions(**options))
+        opened.append(ch)
+        return ch
+
+    yield open_
+    await asyncio.gather(*(ch.close() for ch in opened))
+
+
+def ready_count(ch: MeshChannel) -> int:
+    return sum(1 for s in ch.pool.status() if s.state == "READY" and not s.draining)

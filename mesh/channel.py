@@ -275,12 +275,17 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         pool.start()
 
     async def _wait_for_endpoint(self, call_timeout: float | None) -> tuple[Endpoint, float | None]:
-        """Wait (like wait_for_ready) up to the call's deadline for an instance; the
-        endpoint and the call's remaining timeout."""
+        """Wait (like wait_for_ready) for an instance, at most `no_instance_wait_s` and
+        never past the call's deadline; the endpoint and the call's remaining timeout.
+
+        The cap matters for long deadlines: a service with no instance at all should
+        answer UNAVAILABLE promptly (so callers can compensate or retry elsewhere),
+        not after the whole deadline of a call that was never going to be sent."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        wait = self._no_deadline_wait_s
         ep = await self.pool.wait_for_endpoint(
-            self._no_deadline_wait_s if call_timeout is None else call_timeout
+            wait if call_timeout is None else min(wait, call_timeout)
         )
         if call_timeout is not None:
             call_timeout = max(call_timeout - (loop.time() - started), 0.001)

@@ -86,6 +86,7 @@ class CardInput:
         return self.number[-4:]
 
     def __repr__(self) -> str:
-        return f"CardInput(last4={self.last4!r}, exp={self.exp_month:02d}/{self.exp_year})"
+        exp = f"{self.exp_month:02d}/{self.exp_year}" if self.exp_year else "none"
+        return f"CardInput(last4={self.last4!r}, exp={exp})"
 
     __str__ = __repr__

@@ -34,8 +34,13 @@ def charge(req: payments_pb2.ChargeRequest) -> ChargeInput:
     else:
         c = req.card
         number = card_number_field(v, "card.number", c.number)
-        expiry_fields(v, "card", c.exp_month, c.exp_year)
-        cvc = cvc_field(v, "card.cvc", c.cvc)
+        if c.exp_month == 0 and c.exp_year == 0 and not c.cvc:
+            # A number-only card: what orders v1's contract carries (no expiry, no
+            # CVC). The simulated processor authorises it on the number alone.
+            cvc = ""
+        else:
+            expiry_fields(v, "card", c.exp_month, c.exp_year)
+            cvc = cvc_field(v, "card.cvc", c.cvc)
         card = CardInput(number, c.exp_month, c.exp_year, cvc)
     v.raise_if_any()
     if amount is None or card is None:  # raise_if_any() has raised already

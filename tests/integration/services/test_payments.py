@@ -99,6 +99,17 @@ async def test_charge_captures_once_per_saga(served: Served, engine: AsyncEngine
     assert other.status == pay.PAYMENT_STATUS_CAPTURED and other.card_last4 == "4444"
 
 
+async def test_number_only_cards_are_charged_and_half_cards_refused(served: Served) -> None:
+    # Orders v1 carries a card number only: no expiry, no CVC.
+    bare = pay.PaymentCard(number=APPROVE)
+    p = await payments(served).Charge(pay.ChargeRequest(saga_id=saga(), amount=eur(100), card=bare))
+    assert p.status == pay.PAYMENT_STATUS_CAPTURED and p.card_last4 == "4242"
+    half = pay.PaymentCard(number=APPROVE, exp_month=12)
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Charge(pay.ChargeRequest(saga_id=saga(), amount=eur(100), card=half))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_declines_are_recorded_and_replayed(served: Served, engine: AsyncEngine) -> None:
     sid = saga()
     seen = []

@@ -1,0 +1,490 @@
+"""The orders database: orders, their lines, status history and idempotency keys.
+
+Both API versions read and write these same tables. Besides them the database
+holds the saga table (`mesh.saga`), the outbox (events commit with the state
+change) and the inbox (handled event ids).
+
+Times are integer microseconds since the epoch (`*_us`): list pages are keyed on
+(created_us, order_id), and an integer compares and round-trips exactly on
+SQLite and PostgreSQL alike, where timestamps differ in zone handling and text
+form.
+
+Every status change goes through one conditional UPDATE of the order row that
+also bumps `history_len`; the history row takes that number as its position.
+The UPDATE takes the row lock first (PostgreSQL), so the saga and an event
+handler touching one order at once append history one after the other, never
+with the same position.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mesh.db import Migration
+from mesh.events import inbox_migrations, outbox_migrations
+from mesh.saga import saga_migrations
+from services.orders.model import (
+    IN_FLIGHT,
+    PROGRESS,
+    Address,
+    Line,
+    Order,
+    OrderStatus,
+    StatusChange,
+)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Tables:
+    """The orders tables as SQLAlchemy Core objects (built per store, no module globals)."""
+
+    def __init__(self) -> None:
+        self.metadata = md = MetaData()
+        self.orders = Table(
+            "orders",
+            md,
+            Column("order_id", String(36), primary_key=True),
+            Column("saga_id", String(128), nullable=False, unique=True),
+            Column("user_id", String(36), nullable=False),
+            Column("status", String(16), nullable=False),
+            Column("currency", String(3), nullable=False),
+            Column("total_minor", BigInteger, nullable=False),
+            Column("failure_reason", Text, nullable=False),
+            Column("card_last4", String(4), nullable=False),
+            Column("payment_id", String(64), nullable=False),
+            # JSON of the v2 address; NULL for v1 orders.
+            Column("shipping", Text, nullable=True),
+            # Set when the order must not complete (its user was deleted); the
+            # saga's next local step sees it and compensates.
+            Column("cancel_reason", Text, nullable=True),
+            # The saga that cancels a completed order (CancelOrder), if one ran.
+            Column("cancel_saga_id", String(128), nullable=True),
+            Column("history_len", Integer, nullable=False),
+            Column("created_us", BigInteger, nullable=False),
+            Column("updated_us", BigInteger, nullable=False),
+            Index("ix_orders_user_created", "user_id", "created_us", "order_id"),
+        )
+        self.items = Table(
+            "order_items",
+            md,
+            Column(
+                "order_id",
+                String(36),
+                ForeignKey("orders.order_id", ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            Column("position", Integer, primary_key=True),
+            Column("product_id", String(36), nullable=False),
+            Column("quantity", BigInteger, nullable=False),
+            Column("unit_price_minor", BigInteger, nullable=True),
+            # When the line's units went back to stock (cancellation); NULL before.
+            Column("restocked_us", BigInteger, nullable=True),
+        )
+        self.history = Table(
+            "order_status_history",
+            md,
+            Column(
+                "order_id",
+                String(36),
+                ForeignKey("orders.order_id", ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            Column("position", Integer, primary_key=True),
+            Column("status", String(16), nullable=False),
+            Column("reason", Text, nullable=False),
+            Column("at_us", BigInteger, nullable=False),
+        )
+        # v2 CreateOrder keys, scoped to the user: the primary key is what makes
+        # two concurrent requests with one key place one order.
+        self.keys = Table(
+            "order_idempotency_keys",
+            md,
+            Column("user_id", String(36), primary_key=True),
+            Column("idempotency_key", String(128), primary_key=True),
+            # The saga (= order id) currently answering for the key.
+            Column("saga_id", String(128), nullable=False),
+            Column("fingerprint", String(64), nullable=False),
+            Column("created_us", BigInteger, nullable=False),
+        )
+
+
+def _create_tables(conn: Connection) -> None:
+    t = Tables()
+    t.metadata.create_all(conn, tables=[t.orders, t.items, t.history, t.keys])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1, name="orders, items, status history, idempotency keys", run=_create_tables
+    ),
+)
+
+
+def migrations() -> list[Migration]:
+    return [*MIGRATIONS, *outbox_migrations(), *inbox_migrations(), *saga_migrations()]
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    order_id: str
+    saga_id: str
+    user_id: str
+    lines: Sequence[Line]
+    currency: str
+    card_last4: str
+    shipping: Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """The saga answering for an idempotency key; `created` when this call inserted it."""
+
+    saga_id: str
+    fingerprint: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrderHead:
+    """The columns a saga step decides on, read inside its transaction."""
+
+    status: OrderStatus
+    cancel_reason: str | None
+    cancel_saga_id: str | None
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    # IN lists stay under SQLite's bound-parameter limit (v1 lists every order).
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _address_json(a: Address | None) -> str | None:
+    if a is None:
+        return None
+    return json.dumps(
+        {"recipient": a.recipient, "lines": list(a.lines), "city": a.city,
+         "postal_code": a.postal_code, "country_code": a.country_code},
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
+def _address(raw: str | None) -> Address | None:
+    if not raw:
+        return None
+    d = json.loads(raw)
+    return Address(d["recipient"], tuple(d["lines"]), d["city"], d["postal_code"],
+                   d["country_code"])  # fmt: skip
+
+
+class OrdersStore:
+    """Reads open their own session; writes a saga step makes take the step's session."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self.t = Tables()
+
+    # -- writes inside a caller's transaction -----------------------------------------
+
+    async def insert_order(self, s: AsyncSession, new: NewOrder, at_us: int) -> None:
+        o = self.t.orders
+        await s.execute(
+            insert(o).values(
+                order_id=new.order_id, saga_id=new.saga_id, user_id=new.user_id,
+                status=OrderStatus.PENDING.value, currency=new.currency, total_minor=0,
+                failure_reason="", card_last4=new.card_last4, payment_id="",
+                shipping=_address_json(new.shipping), cancel_reason=None,
+                cancel_saga_id=None, history_len=1, created_us=at_us, updated_us=at_us,
+            )
+        )  # fmt: skip
+        await s.execute(
+            insert(self.t.items),
+            [{"order_id": new.order_id, "position": i, "product_id": line.product_id,
+              "quantity": line.quantity, "unit_price_minor": None, "restocked_us": None}
+             for i, line in enumerate(new.lines)],
+        )  # fmt: skip
+        await s.execute(
+            insert(self.t.history).values(
+                order_id=new.order_id, position=1, status=OrderStatus.PENDING.value,
+                reason="", at_us=at_us,
+            )
+        )  # fmt: skip
+
+    async def head(self, s: AsyncSession, order_id: str) -> OrderHead | None:
+        c = self.t.orders.c
+        row = (
+            await s.execute(
+                select(c.status, c.cancel_reason, c.cancel_saga_id).where(c.order_id == order_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return OrderHead(OrderStatus(row.status), row.cancel_reason, row.cancel_saga_id)
+
+    async def transition(
+        self,
+        s: AsyncSession,
+        order_id: str,
+        to: OrderStatus,
+        *,
+        allowed_from: Iterable[OrderStatus],
+        reason: str = "",
+        at_us: int | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Move the order to `to` if it is in `allowed_from`, recording the change in its
+        history; False (nothing written) when it is not."""
+        at = now_us() if at_us is None else at_us
+        c = self.t.orders.c
+        sets: dict[str, Any] = {
+            "status": to.value,
+            "updated_us": at,
+            "history_len": c.history_len + 1,
+            **(values or {}),
+        }
+        if to in (OrderStatus.FAILED, OrderStatus.CANCELLED):
+            sets["failure_reason"] = reason
+        res = await s.execute(
+            update(self.t.orders)
+            .where(c.order_id == order_id, c.status.in_([f.value for f in allowed_from]))
+            .values(**sets)
+            .returning(c.history_len)
+        )
+        position = res.scalar_one_or_none()
+        if position is None:
+            return False
+        await s.execute(
+            insert(self.t.history).values(
+                order_id=order_id, position=position, status=to.value, reason=reason, at_us=at
+            )
+        )
+        return True
+
+    async def advance(
+        self,
+        s: AsyncSession,
+        order_id: str,
+        to: OrderStatus,
+        *,
+        values: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Forward progress of a placement (PENDING → RESERVED → PAID → COMPLETED);
+        a no-op when the order is already there or further (never backwards)."""
+        behind = [st for st in IN_FLIGHT if PROGRESS[st] < PROGRESS[to]]
+        return await self.transition(s, order_id, to, allowed_from=behind, values=values)
+
+    async def set_prices(
+        self, s: AsyncSession, order_id: str, prices: Mapping[str, int], total_minor: int
+    ) -> None:
+        i = self.t.items.c
+        for product_id, price in prices.items():
+            await s.execute(
+                update(self.t.items)
+                .where(i.order_id == order_id, i.product_id == product_id)
+                .values(unit_price_minor=price)
+            )
+        await s.execute(
+            update(self.t.orders)
+            .where(self.t.orders.c.order_id == order_id)
+            .values(total_minor=total_minor)
+        )
+
+    async def set_payment(self, s: AsyncSession, order_id: str, payment_id: str) -> None:
+        c = self.t.orders.c
+        await s.execute(
+            update(self.t.orders).where(c.order_id == order_id).values(payment_id=payment_id)
+        )
+
+    async def request_cancel_of_user(self, s: AsyncSession, user_id: str, reason: str) -> list[str]:
+        """Flag the user's orders in flight so their sagas compensate; returns their ids."""
+        c = self.t.orders.c
+        res = await s.execute(
+            update(self.t.orders)
+            .where(
+                c.user_id == user_id,
+                c.status.in_([st.value for st in IN_FLIGHT]),
+                c.cancel_reason.is_(None),
+            )
+            .values(cancel_reason=reason)
+            .returning(c.order_id)
+        )
+        return [str(r) for r in res.scalars().all()]
+
+    async def mark_paid_by_saga(self, s: AsyncSession, saga_id: str, payment_id: str) -> bool:
+        """`payment.completed`: the order of `saga_id` is PAID unless it moved past that."""
+        c = self.t.orders.c
+        order_id = await s.scalar(select(c.order_id).where(c.saga_id == saga_id))
+        if order_id is None:
+            return False
+        return await self.advance(s, order_id, OrderStatus.PAID, values={"payment_id": payment_id})
+
+    # -- idempotency keys, cancel sagas, restocking (own transactions) ---------------------
+
+    async def restocked(self, order_id: str) -> set[str]:
+        """Products of the order whose units were already returned to stock."""
+        i = self.t.items.c
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(i.product_id).where(i.order_id == order_id, i.restocked_us.is_not(None))
+            )
+            return {str(r) for r in rows.scalars()}
+
+    async def mark_restocked(self, order_id: str, product_id: str) -> None:
+        i = self.t.items.c
+        async with self.sessions.begin() as s:
+            await s.execute(
+                update(self.t.items)
+                .where(i.order_id == order_id, i.product_id == product_id)
+                .values(restocked_us=now_us())
+            )
+
+    async def claim_key(self, user_id: str, key: str, saga_id: str, fingerprint: str) -> KeyClaim:
+        """Insert (user, key) → saga unless the key exists; returns whichever answers for it."""
+        k = self.t.keys.c
+        async with self.sessions.begin() as s:
+            res = await s.execute(
+                text(
+                    "INSERT INTO order_idempotency_keys"
+                    " (user_id, idempotency_key, saga_id, fingerprint, created_us)"
+                    " VALUES (:u, :k, :s, :f, :t) ON CONFLICT DO NOTHING"
+                ),
+                {"u": user_id, "k": key, "s": saga_id, "f": fingerprint, "t": now_us()},
+            )
+            if getattr(res, "rowcount", 0):
+                return KeyClaim(saga_id, fingerprint, True)
+            row = (
+                await s.execute(
+                    select(k.saga_id, k.fingerprint).where(
+                        k.user_id == user_id, k.idempotency_key == key
+                    )
+                )
+            ).one()
+        return KeyClaim(str(row.saga_id), str(row.fingerprint), False)
+
+    async def swap_key(self, user_id: str, key: str, old_saga: str, new_saga: str) -> bool:
+        """Point the key at a new saga if it still points at `old_saga` (compare-and-set)."""
+        k = self.t.keys.c
+        async with self.sessions.begin() as s:
+            res = await s.execute(
+                update(self.t.keys)
+                .where(k.user_id == user_id, k.idempotency_key == key, k.saga_id == old_saga)
+                .values(saga_id=new_saga)
+            )
+        return bool(getattr(res, "rowcount", 0))
+
+    async def cancel_saga_id(self, order_id: str) -> str | None:
+        c = self.t.orders.c
+        async with self.sessions() as s:
+            found = await s.scalar(select(c.cancel_saga_id).where(c.order_id == order_id))
+        return None if found is None else str(found)
+
+    async def set_cancel_saga(self, order_id: str, old: str | None, new: str) -> bool:
+        """Record the saga cancelling a completed order if the previous one is still `old`."""
+        c = self.t.orders.c
+        cond = c.cancel_saga_id.is_(None) if old is None else c.cancel_saga_id == old
+        async with self.sessions.begin() as s:
+            res = await s.execute(
+                update(self.t.orders)
+                .where(c.order_id == order_id, c.status == OrderStatus.COMPLETED.value, cond)
+                .values(cancel_saga_id=new)
+            )
+        return bool(getattr(res, "rowcount", 0))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, order_id: str) -> Order | None:
+        async with self.sessions() as s:
+            found = await self._load(s, [self.t.orders.c.order_id == order_id])
+        return found[0] if found else None
+
+    async def list_for_user(
+        self, user_id: str, *, limit: int | None = None, after: tuple[int, str] | None = None
+    ) -> list[Order]:
+        """The user's orders, newest first; `after` is the (created_us, order_id) of the
+        last order of the previous page."""
+        c = self.t.orders.c
+        where: list[Any] = [c.user_id == user_id]
+        if after is not None:
+            t, oid = after
+            where.append(or_(c.created_us < t, and_(c.created_us == t, c.order_id < oid)))
+        async with self.sessions() as s:
+            return await self._load(s, where, limit=limit)
+
+    async def _load(
+        self, s: AsyncSession, where: list[Any], limit: int | None = None
+    ) -> list[Order]:
+        o, i, h = self.t.orders, self.t.items.c, self.t.history.c
+        q = select(o).where(*where).order_by(o.c.created_us.desc(), o.c.order_id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        heads = (await s.execute(q)).all()
+        if not heads:
+            return []
+        ids = [r.order_id for r in heads]
+        lines: dict[str, list[Line]] = {oid: [] for oid in ids}
+        history: dict[str, list[StatusChange]] = {oid: [] for oid in ids}
+        for chunk in _chunks(ids):
+            for r in (
+                await s.execute(
+                    select(i.order_id, i.product_id, i.quantity, i.unit_price_minor)
+                    .where(i.order_id.in_(chunk))
+                    .order_by(i.order_id, i.position)
+                )
+            ).all():
+                lines[r.order_id].append(Line(r.product_id, int(r.quantity), r.unit_price_minor))
+            for r in (
+                await s.execute(
+                    select(h.order_id, h.status, h.reason, h.at_us)
+                    .where(h.order_id.in_(chunk))
+                    .order_by(h.order_id, h.position)
+                )
+            ).all():
+                history[r.order_id].append(
+                    StatusChange(OrderStatus(r.status), int(r.at_us), r.reason)
+                )
+        return [
+            Order(
+                order_id=r.order_id,
+                saga_id=r.saga_id,
+                user_id=r.user_id,
+                lines=tuple(lines[r.order_id]),
+                currency=r.currency,
+                total_minor=int(r.total_minor),
+                status=OrderStatus(r.status),
+                history=tuple(history[r.order_id]),
+                shipping=_address(r.shipping),
+                failure_reason=r.failure_reason,
+                card_last4=r.card_last4,
+                payment_id=r.payment_id,
+                created_us=int(r.created_us),
+                updated_us=int(r.updated_us),
+            )
+            for r in heads
+        ]

@@ -1,0 +1,226 @@
+"""Idempotent retries (one order per key, also concurrently; saga ids re-run upstream),
+the event handlers, and 200 concurrent orders racing for 50 units."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from shop.common.v1 import money_pb2
+from shop.inventory.v1 import inventory_pb2
+from shop.orders.v2 import orders_pb2 as v2
+from shop.payments.v1 import payments_pb2
+from shop.users.v1 import users_pb2
+from sqlalchemy import text
+
+from mesh.db import create_engine
+from tests.integration.shop.helpers import (
+    DECLINE,
+    SLOW,
+    StreamEvents,
+    assert_consistent,
+    card,
+    create_v1,
+    create_v2,
+    eventually,
+    fails,
+    new_product,
+    new_user,
+    orders_of,
+    payment,
+    statuses,
+    stock,
+)
+from tests.support.shop import ShopStack
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")
+
+
+async def test_same_key_returns_the_first_order_and_charges_once(shop: ShopStack) -> None:
+    user = await new_user(shop)
+    product = await new_product(shop, stock=10)
+    request = create_v2(user, [(product, 2)], key="checkout-1")
+
+    first = await shop.orders_v2().CreateOrder(request)
+    second = await shop.orders_v2().CreateOrder(request)
+
+    assert second == first
+    assert len(await orders_of(shop, user)) == 1
+    assert await stock(shop, product) == (8, 0)
+    p = await payment(shop, first.order_id)
+    assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+    # The key is the user's: another user's identical key places its own order.
+    other = await new_user(shop)
+    theirs = await shop.orders_v2().CreateOrder(create_v2(other, [(product, 1)], key="checkout-1"))
+    assert theirs.order_id != first.order_id
+    assert await stock(shop, product) == (7, 0)
+
+
+async def test_concurrent_requests_with_one_key_place_one_order(shop: ShopStack) -> None:
+    user = await new_user(shop)
+    product = await new_product(shop, stock=10)
+    request = create_v2(user, [(product, 3)], key="double-click")
+
+    replies = await asyncio.gather(*(shop.orders_v2().CreateOrder(request) for _ in range(8)))
+
+    assert {r.order_id for r in replies} == {replies[0].order_id}
+    assert all(r.status == v2.ORDER_STATUS_COMPLETED for r in replies)
+    assert len(await orders_of(shop, user)) == 1
+    assert await stock(shop, product) == (7, 0)
+
+
+async def test_same_key_with_another_order_is_refused(shop: ShopStack) -> None:
+    user = await new_user(shop)
+    product = await new_product(shop, stock=10)
+    await shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)], key="k"))
+    f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 2)], key="k")))
+    assert f.code is grpc.StatusCode.FAILED_PRECONDITION and f.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await stock(shop, product) == (9, 0)
+
+
+async def test_failed_order_replays_its_failure_for_the_same_key(shop: ShopStack) -> None:
+    user = await new_user(shop)
+    product = await new_product(shop, stock=5)
+    request = create_v2(user, [(product, 1)], key="declined", number=DECLINE)
+    first = await fails(shop.orders_v2().CreateOrder(request))
+    again = await fails(shop.orders_v2().CreateOrder(request))
+    assert (again.code, again.reason, again.message) == (first.code, first.reason, first.message)
+    assert first.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert len(await orders_of(shop, user)) == 1
+    assert await stock(shop, product) == (5, 0)
+
+
+async def test_upstream_steps_rerun_with_the_same_saga_id_change_nothing(shop: ShopStack) -> None:
+    """What recovery relies on: re-running a step with the saga id is a no-op upstream."""
+    user = await new_user(shop)
+    product = await new_product(shop, stock=5, price=400)
+    order = await shop.orders_v2().CreateOrder(create_v2(user, [(product, 2)]))
+    saga_id = order.order_id
+
+    again = await shop.reservations().ReserveItems(
+        inventory_pb2.ReserveItemsRequest(
+            saga_id=saga_id, items=[inventory_pb2.LineItem(product_id=product, quantity=2)]
+        )
+    )
+    assert again.status == inventory_pb2.RESERVATION_STATUS_CONFIRMED
+    await shop.reservations().ConfirmReservation(
+        inventory_pb2.ConfirmReservationRequest(saga_id=saga_id)
+    )
+    charged = await shop.payments().Charge(
+        payments_pb2.ChargeRequest(
+            saga_id=saga_id,
+            amount=money_pb2.Money(currency_code="USD", amount_minor=800),
+            card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12,
+                                          exp_year=2040, cvc="123"),
+        )
+    )  # fmt: skip
+    first = await payment(shop, saga_id)
+    assert first is not None and charged.payment_id == first.payment_id
+    assert await stock(shop, product) == (3, 0)
+    assert (await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=saga_id))) == order
+
+
+async def test_user_deleted_cancels_orders_in_flight(shop: ShopStack) -> None:
+    """A user deleted while their order is being charged (slow card): the saga sees the
+    flag after the charge, refunds, releases, and the order ends CANCELLED."""
+    user = await new_user(shop)
+    product = await new_product(shop, stock=5)
+    placing = asyncio.ensure_future(
+        shop.orders_v2().CreateOrder(create_v2(user, [(product, 2)], number=SLOW))
+    )
+
+    async def reserved() -> bool:
+        return await stock(shop, product) == (3, 2)
+
+    await eventually(reserved, what="stock reserved for the order")
+    await shop.users().DeleteUser(users_pb2.DeleteUserRequest(user_id=user))
+
+    f = await fails(placing)
+    assert f.code is grpc.StatusCode.FAILED_PRECONDITION and f.reason == "ORDER_CANCELLED"
+    [order] = await orders_of(shop, user)
+    assert order.status == v2.ORDER_STATUS_CANCELLED
+    assert "deleted" in order.failure_reason
+    assert await stock(shop, product) == (5, 0)
+    p = await payment(shop, order.order_id)
+    assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_REFUNDED
+    # Completed orders of a deleted user stay completed.
+    keeper = await new_user(shop)
+    kept = await shop.orders_v2().CreateOrder(create_v2(keeper, [(product, 1)]))
+    await shop.users().DeleteUser(users_pb2.DeleteUserRequest(user_id=keeper))
+    assert (await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=kept.order_id))).status == (
+        v2.ORDER_STATUS_COMPLETED
+    )
+
+
+async def test_payment_completed_is_handled_once_and_changes_nothing_twice(
+    shop: ShopStack,
+) -> None:
+    user = await new_user(shop)
+    product = await new_product(shop, stock=5)
+    order = await shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)]))
+    p = await payment(shop, order.order_id)
+    assert p is not None
+    async with StreamEvents(shop.nats_url, "payment.>", "PAYMENT") as events:
+        completed = await events.wait_for("payment.completed", p.payment_id)
+    assert completed.payment_completed.saga_id == order.order_id
+    engine = create_engine(shop.database_url("orders"))
+    try:
+
+        async def handled() -> int:
+            async with engine.connect() as conn:
+                n = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM mesh_inbox WHERE consumer = 'orders'"
+                        " AND event_id = :id"
+                    ),
+                    {"id": completed.id},
+                )
+            return int(n or 0)
+
+        assert await eventually(handled, what="payment.completed handled by orders") == 1
+    finally:
+        await engine.dispose()
+    after = await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=order.order_id))
+    # The saga marked it PAID first; the event found it further on and added nothing.
+    assert statuses(after) == ["PENDING", "RESERVED", "PAID", "COMPLETED"]
+    assert after.update_time == order.update_time
+
+
+async def test_200_concurrent_orders_for_50_units_sell_exactly_50(shop: ShopStack) -> None:
+    users = [await new_user(shop) for _ in range(20)]
+    product = await new_product(shop, stock=50, price=100)
+
+    async def place(i: int) -> v2.Order | grpc.StatusCode:
+        try:
+            return await shop.orders_v2().CreateOrder(
+                create_v2(users[i % len(users)], [(product, 1)]), timeout=120
+            )
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+
+    outcomes = await asyncio.gather(*(place(i) for i in range(200)))
+
+    completed = [o for o in outcomes if isinstance(o, v2.Order)]
+    refused = [o for o in outcomes if not isinstance(o, v2.Order)]
+    assert len(completed) == 50
+    assert set(refused) == {grpc.StatusCode.FAILED_PRECONDITION}
+    assert await stock(shop, product) == (0, 0)
+    captured = 0
+    for o in completed:
+        p = await payment(shop, o.order_id)
+        captured += p is not None and p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+    assert captured == 50
+    everything = [o for u in users for o in await orders_of(shop, u)]
+    assert len(everything) == 200
+    assert sum(o.status == v2.ORDER_STATUS_COMPLETED for o in everything) == 50
+    assert sum(o.status == v2.ORDER_STATUS_FAILED for o in everything) == 150
+    await assert_consistent(shop, everything)
+
+
+async def test_v1_requests_are_validated_like_v2(shop: ShopStack) -> None:
+    user = await new_user(shop)
+    f = await fails(shop.orders_v1().CreateOrder(create_v1(user, [], number="1234")))
+    assert f.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(f.violations) == {"items", "card_number"}
+    _ = card  # v2 cards are covered in test_validation

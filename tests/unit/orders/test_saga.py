@@ -1,0 +1,193 @@
+"""The order saga's paths against stand-in services: what is called, what is undone,
+what the order and the outbox say afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+from shop.payments.v1 import payments_pb2
+
+from interceptors.errors import FailedPrecondition, NotFound, Unavailable
+from mesh.saga import SagaStatus, StepRetry
+from services.orders import saga as saga_module
+from services.orders.model import OrderStatus
+from services.orders.saga import PLACE, place_data
+from tests.unit.orders.conftest import Domain, fail
+
+USER = str(uuid.uuid4())
+P1, P2 = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def setup(d: Domain) -> None:
+    d.fake.users.add(USER)
+    d.fake.prices.update({P1: 250, P2: 1000})
+
+
+async def test_happy_path_completes_and_publishes(domain: Domain) -> None:
+    setup(domain)
+    order = await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 1)]))
+    assert order.status is OrderStatus.COMPLETED
+    assert [c.status for c in order.history] == [
+        OrderStatus.PENDING,
+        OrderStatus.RESERVED,
+        OrderStatus.PAID,
+        OrderStatus.COMPLETED,
+    ]
+    assert order.total_minor == 1500 and order.payment_id
+    assert [line.unit_price_minor for line in order.lines] == [250, 1000]
+    [event] = await domain.events()
+    assert event.type == "order.completed" and event.order_completed.saga_id == order.saga_id
+    assert len(domain.sagas.cards) == 0  # the card is gone once charged
+
+
+async def test_unknown_user_compensates_nothing_and_still_tells(domain: Domain) -> None:
+    setup(domain)
+    with pytest.raises(NotFound) as exc:
+        await domain.orders.place(domain.order(str(uuid.uuid4()), [(P1, 1)]))
+    assert exc.value.reason == "USER_NOT_FOUND"
+    assert domain.fake.calls["ReserveItems"] == 0
+    [event] = await domain.events()
+    assert event.type == "order.compensation.completed"
+    assert list(event.order_compensation_completed.compensated_steps) == []
+
+
+async def test_confirm_refused_refunds_releases_and_fails(domain: Domain) -> None:
+    setup(domain)
+    domain.fake.faults["ConfirmReservation"] = [
+        fail("inventory", grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED")
+    ]
+    with pytest.raises(FailedPrecondition):
+        await domain.orders.place(domain.order(USER, [(P1, 1)]))
+    [order] = await domain.store.list_for_user(USER)
+    assert order.status is OrderStatus.FAILED
+    assert domain.fake.calls["Refund"] == 1 and domain.fake.calls["ReleaseReservation"] == 1
+    [event] = await domain.events()
+    assert list(event.order_compensation_completed.compensated_steps) == [
+        "charge", "reserve_stock", "create_order"]  # fmt: skip
+
+
+async def test_lost_confirm_answer_returns_sold_units_once_per_line(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Confirmed upstream, but every answer lost: undoing puts the units back with AddStock,
+    and a failed AddStock retried does not add the lines already returned again."""
+    monkeypatch.setattr(saga_module, "CONFIRM_RETRY", StepRetry(2, 0.01, 0.01))
+    setup(domain)
+    domain.runner.definitions = domain.sagas.definitions()
+
+    def confirmed_but_lost(req: object) -> None:
+        domain.fake.reservations[req.saga_id] = "CONFIRMED"  # type: ignore[attr-defined]
+        raise Unavailable("answer lost")
+
+    domain.fake.faults["ConfirmReservation"] = [confirmed_but_lost, confirmed_but_lost]
+    domain.fake.faults["AddStock"] = [lambda _r: None,
+                                      fail("inventory", grpc.StatusCode.UNAVAILABLE)]  # fmt: skip
+    with pytest.raises(Unavailable):
+        await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 3)]))
+    [order] = await domain.store.list_for_user(USER)
+
+    # Compensation goes on in the background after the caller got its answer.
+    for _ in range(500):  # poll with a deadline (10 s)
+        current = await domain.store.get(order.order_id)
+        if current is not None and current.status is OrderStatus.FAILED:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the order never reached FAILED")
+    assert sorted(domain.fake.added) == sorted([(P1, 2), (P2, 3)])
+    assert domain.fake.payments[order.saga_id].status == payments_pb2.PAYMENT_STATUS_REFUNDED
+
+
+async def test_resumed_without_card_uses_the_payment_made_before(domain: Domain) -> None:
+    setup(domain)
+    saga_id = str(uuid.uuid4())
+    # As if charged before a crash: payments has the saga's payment, orders no card.
+    domain.fake.payments[saga_id] = payments_pb2.Payment(
+        payment_id="pay-1", saga_id=saga_id, status=payments_pb2.PAYMENT_STATUS_CAPTURED
+    )
+    data = place_data(saga_id, USER, domain.order(USER, [(P1, 1)]).lines, "USD", "4242", None, 2)
+    result = await domain.runner.run(PLACE, saga_id, data)
+    assert result.status is SagaStatus.COMPLETED and result.data["payment_id"] == "pay-1"
+    assert domain.fake.calls["Charge"] == 0
+
+
+async def test_resumed_without_card_and_without_payment_is_undone(domain: Domain) -> None:
+    setup(domain)
+    saga_id = str(uuid.uuid4())
+    data = place_data(saga_id, USER, domain.order(USER, [(P1, 1)]).lines, "USD", "4242", None, 2)
+    with pytest.raises(Exception) as exc:
+        await domain.runner.run(PLACE, saga_id, data)
+    assert getattr(exc.value, "reason", "") == "CARD_DETAILS_LOST"
+    order = await domain.store.get(saga_id)
+    assert order is not None and order.status is OrderStatus.FAILED
+    # Transient: the charge step is undone too (a refund voids the saga at payments).
+    assert domain.fake.calls["Refund"] == 1 and domain.fake.calls["Charge"] == 0
+
+
+async def test_user_deleted_during_the_charge_cancels(domain: Domain) -> None:
+    setup(domain)
+
+    async def delete_user(saga_id: str) -> None:
+        async with domain.store.sessions.begin() as s:
+            await domain.store.request_cancel_of_user(s, USER, "the user was deleted")
+
+    domain.fake.on_charge = delete_user
+    with pytest.raises(FailedPrecondition) as exc:
+        await domain.orders.place(domain.order(USER, [(P1, 1)]))
+    assert exc.value.reason == "ORDER_CANCELLED"
+    [order] = await domain.store.list_for_user(USER)
+    assert order.status is OrderStatus.CANCELLED and "deleted" in order.failure_reason
+    assert domain.fake.calls["Refund"] == 1
+
+
+async def test_one_key_one_saga_even_concurrently(domain: Domain) -> None:
+    setup(domain)
+    cmd = domain.order(USER, [(P1, 1)], key="k1")
+    orders = await asyncio.gather(*(domain.orders.place(cmd) for _ in range(6)))
+    assert len({o.order_id for o in orders}) == 1
+    assert domain.fake.calls["Charge"] == 1 and domain.fake.calls["ReserveItems"] == 1
+
+
+async def test_key_of_a_transient_failure_may_try_again(domain: Domain) -> None:
+    setup(domain)
+    domain.fake.faults["ReserveItems"] = [fail("inventory", grpc.StatusCode.UNAVAILABLE)] * 3
+    cmd = domain.order(USER, [(P1, 1)], key="k2")
+    with pytest.raises(Unavailable):
+        await domain.orders.place(cmd)
+    again = await domain.orders.place(cmd)
+    assert again.status is OrderStatus.COMPLETED
+    statuses = sorted(o.status for o in await domain.store.list_for_user(USER))
+    assert statuses == [OrderStatus.COMPLETED, OrderStatus.FAILED]
+
+
+async def test_key_of_a_business_failure_replays_it(domain: Domain) -> None:
+    setup(domain)
+    domain.fake.faults["Charge"] = [
+        fail("payments", grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED", "declined")
+    ]
+    cmd = domain.order(USER, [(P1, 1)], key="k3")
+    with pytest.raises(FailedPrecondition) as first:
+        await domain.orders.place(cmd)
+    with pytest.raises(FailedPrecondition) as second:
+        await domain.orders.place(cmd)
+    assert (first.value.reason, first.value.message) == (second.value.reason, second.value.message)
+    assert domain.fake.calls["Charge"] == 1
+
+
+async def test_cancel_refunds_restocks_and_resumes_after_a_failure(domain: Domain) -> None:
+    setup(domain)
+    order = await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 1)]))
+    domain.fake.faults["AddStock"] = [lambda _r: None,
+                                      fail("inventory", grpc.StatusCode.FAILED_PRECONDITION,
+                                           "STOCK_LIMIT")]  # fmt: skip
+    with pytest.raises(FailedPrecondition):
+        await domain.orders.cancel(order.order_id, "changed my mind")
+    assert (await domain.store.get(order.order_id)).status is OrderStatus.COMPLETED  # type: ignore[union-attr]
+    cancelled = await domain.orders.cancel(order.order_id, "changed my mind")
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert sorted(domain.fake.added) == sorted([(P1, 2), (P2, 1)])  # each line once
+    assert domain.fake.payments[order.saga_id].status == payments_pb2.PAYMENT_STATUS_REFUNDED
+    assert await domain.orders.cancel(order.order_id, "again") == cancelled

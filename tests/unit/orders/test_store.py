@@ -1,0 +1,79 @@
+"""The orders store on SQLite: forward-only progress, history, keys, keyset pages."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from services.orders.model import Line, OrderStatus
+from services.orders.store import NewOrder
+from tests.unit.orders.conftest import Domain
+
+USER = str(uuid.uuid4())
+
+
+async def insert(d: Domain, created_us: int, user: str = USER) -> str:
+    oid = str(uuid.uuid4())
+    async with d.store.sessions.begin() as s:
+        await d.store.insert_order(
+            s,
+            NewOrder(oid, oid, user, [Line(str(uuid.uuid4()), 1)], "USD", "4242", None),
+            created_us,
+        )
+    return oid
+
+
+async def test_progress_never_goes_backwards_and_history_counts(domain: Domain) -> None:
+    oid = await insert(domain, 1)
+    async with domain.store.sessions.begin() as s:
+        assert await domain.store.advance(s, oid, OrderStatus.PAID)
+        assert not await domain.store.advance(s, oid, OrderStatus.RESERVED)  # behind: no-op
+        assert not await domain.store.advance(s, oid, OrderStatus.PAID)  # there already
+        assert await domain.store.advance(s, oid, OrderStatus.COMPLETED)
+        assert not await domain.store.mark_paid_by_saga(s, oid, "late-event")
+    order = await domain.store.get(oid)
+    assert order is not None and order.status is OrderStatus.COMPLETED
+    assert [c.status for c in order.history] == [
+        OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.COMPLETED]  # fmt: skip
+    assert order.payment_id == ""  # the late event changed nothing
+
+
+async def test_cancel_flags_only_orders_in_flight(domain: Domain) -> None:
+    pending, done, other = await insert(domain, 1), await insert(domain, 2), await insert(
+        domain, 3, user=str(uuid.uuid4()))  # fmt: skip
+    async with domain.store.sessions.begin() as s:
+        await domain.store.advance(s, done, OrderStatus.COMPLETED)
+        flagged = await domain.store.request_cancel_of_user(s, USER, "gone")
+        again = await domain.store.request_cancel_of_user(s, USER, "gone")
+    assert flagged == [pending] and again == []
+    async with domain.store.sessions() as s:
+        head = await domain.store.head(s, pending)
+        assert head is not None and head.cancel_reason == "gone"
+        assert (await domain.store.head(s, other)).cancel_reason is None  # type: ignore[union-attr]
+
+
+async def test_keyset_pages_survive_equal_timestamps(domain: Domain) -> None:
+    ids = [await insert(domain, 100 if i % 2 else 200) for i in range(7)]
+    expected = [o.order_id for o in await domain.store.list_for_user(USER)]
+    assert sorted(expected) == sorted(ids)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await domain.orders.page(USER, 3, after)
+        seen += [o.order_id for o in page.orders]
+        if page.next_cursor is None:
+            break
+        after = (int(page.next_cursor["t"]), str(page.next_cursor["i"]))
+    assert seen == expected
+
+
+async def test_one_claim_wins_a_key_and_swaps_are_compare_and_set(domain: Domain) -> None:
+    claims = await asyncio.gather(
+        *(domain.store.claim_key(USER, "k", str(uuid.uuid4()), "fp") for _ in range(10))
+    )
+    winners = [c for c in claims if c.created]
+    assert len(winners) == 1 and {c.saga_id for c in claims} == {winners[0].saga_id}
+    old = winners[0].saga_id
+    assert await domain.store.swap_key(USER, "k", old, "new")
+    assert not await domain.store.swap_key(USER, "k", old, "newer")
+    assert (await domain.store.claim_key(USER, "k", "x", "fp")).saga_id == "new"

@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.local.up import routable_hosts
 from mesh.tools import envoy_binary
 
 
@@ -46,16 +47,7 @@ class EnvoyProcess:
         raise TimeoutError(f"envoy not ready: {self.log_path.read_text()[-3000:]}")
 
     def healthy_hosts(self, cluster: str) -> int:
-        stats = json.loads(self.admin("/clusters?format=json"))
-        for c in stats.get("cluster_statuses", []):
-            if c["name"] == cluster:
-                return sum(
-                    1
-                    for h in c.get("host_statuses", [])
-                    if not h.get("health_status", {}).get("failed_active_health_check")
-                    and h.get("health_status", {}).get("eds_health_status") == "HEALTHY"
-                )
-        return 0
+        return routable_hosts(json.loads(self.admin("/clusters?format=json"))).get(cluster, 0)
 
     def wait_healthy(self, cluster: str, count: int = 1, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

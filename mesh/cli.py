@@ -1,0 +1,187 @@
+"""`meshctl`: run and inspect the mesh.
+
+meshctl up [--detach]        the whole mesh locally (nats-server, services, Envoy)
+meshctl down                 stop a running `up`
+meshctl status               instances, health and breaker states
+meshctl demo                 the shop's story through the edge (grpcurl + curl)
+meshctl edge render          render envoy/ from the descriptor set
+meshctl edge serve           edge meta server + endpoint sync (the compose topology)
+meshctl events tail [subj]   print decoded events live (default: every domain)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh.settings import Settings, SettingsError
+from mesh.tools import MissingToolError
+
+
+def _settings() -> Settings:
+    return Settings.from_env("meshctl")
+
+
+def _registry(run_dir: Path) -> object:
+    from mesh.discovery import create_registry
+
+    settings = _settings()
+    if settings.registry == "embedded" and not os.environ.get("MESH_REGISTRY_DIR"):
+        from dataclasses import replace
+
+        settings = replace(settings, registry_dir=str(run_dir.resolve() / "registry"))
+    return create_registry(settings)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.local.up import UpError, UpOptions, run_up
+
+    run_dir = Path(args.run_dir)
+    if args.detach:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = (run_dir / "up.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        print(f"mesh starting in the background (pid {proc.pid}); logs: {run_dir / 'up.log'}")
+        print("`meshctl status` shows it, `meshctl down` stops it")
+        return 0
+
+    async def main() -> int:
+        settings = _settings()
+        registry = _registry(run_dir)
+        try:
+            return await run_up(
+                UpOptions(run_dir=run_dir, nats_url=settings.nats_url),
+                registry,  # type: ignore[arg-type]
+            )
+        finally:
+            await registry.close()  # type: ignore[attr-defined]
+
+    try:
+        return asyncio.run(main())
+    except UpError as exc:
+        print(f"meshctl up: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from mesh.local.up import run_down
+
+    return run_down(Path(args.run_dir))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mesh.local.status import print_status
+
+    async def main() -> int:
+        registry = _registry(Path(args.run_dir))
+        try:
+            return await print_status(registry)  # type: ignore[arg-type]
+        finally:
+            await registry.close()  # type: ignore[attr-defined]
+
+    return asyncio.run(main())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mesh.local.demo import run_demo
+
+    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=_settings().nats_url)
+
+
+def cmd_edge_render(args: argparse.Namespace) -> int:
+    from mesh.edge.render import main as render_main
+
+    return render_main(["--out", args.out] if args.out else [])
+
+
+def cmd_edge_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from mesh.edge.serve import serve_edge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> int:
+        registry = _registry(Path(args.run_dir))
+        try:
+            await serve_edge(
+                registry,  # type: ignore[arg-type]
+                host=args.host,
+                port=args.port,
+                eds_dir=Path(args.eds_dir),
+            )
+        finally:
+            await registry.close()  # type: ignore[attr-defined]
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    from mesh.local.tail import tail_events
+
+    try:
+        return asyncio.run(tail_events(_settings().nats_url, args.subject, limit=args.limit))
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshctl", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", default=".run", help="state, data and logs of `up` (.run)")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the mesh locally in the foreground")
+    up.add_argument("--detach", action="store_true", help="run in the background")
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop a running `meshctl up`").set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="instances, health, breakers").set_defaults(fn=cmd_status)
+    demo = sub.add_parser("demo", help="the shop's story through the edge")
+    demo.add_argument("--edge-port", type=int, default=8080)
+    demo.set_defaults(fn=cmd_demo)
+    edge = sub.add_parser("edge", help="edge gateway config").add_subparsers(
+        dest="edge_command", required=True
+    )
+    render = edge.add_parser("render", help="render envoy/ from the descriptor set")
+    render.add_argument("--out", default="")
+    render.set_defaults(fn=cmd_edge_render)
+    serve = edge.add_parser("serve", help="edge meta server + endpoint sync (compose)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=9190)
+    serve.add_argument("--eds-dir", default="/var/run/envoy/eds")
+    serve.set_defaults(fn=cmd_edge_serve)
+    events = sub.add_parser("events", help="events on NATS").add_subparsers(
+        dest="events_command", required=True
+    )
+    tail = events.add_parser("tail", help="print decoded events live")
+    tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
+    tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
+    tail.set_defaults(fn=cmd_events_tail)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except SettingsError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 2
+    except MissingToolError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 3
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

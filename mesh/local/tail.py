@@ -1,0 +1,56 @@
+"""`meshctl events tail`: print events live, decoded, for people debugging.
+
+Uses a core NATS subscription (JetStream publishes are ordinary messages on
+their subjects), so tailing creates no consumer state on the server and sees
+only what is published from now on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TextIO
+
+from google.protobuf import json_format
+
+from mesh.events import connect_nats, decode
+from mesh.events.envelope import payload_of
+from mesh.events.errors import UnknownEventError
+
+
+def format_event(subject: str, data: bytes) -> str:
+    try:
+        env = decode(data)
+        payload = json_format.MessageToJson(
+            payload_of(env), indent=None, preserving_proto_field_name=True
+        )
+    except (UnknownEventError, ValueError) as exc:
+        return f"{subject}  <undecodable: {exc}>"
+    trace = env.traceparent.split("-")[1] if env.traceparent.count("-") == 3 else "-"
+    when = env.time.ToDatetime().isoformat(timespec="milliseconds") if env.HasField("time") else "-"
+    return f"{when}  {env.type:<30} id={env.id} source={env.source} trace={trace}  {payload}"
+
+
+async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | None = None) -> int:
+    stream = out or sys.stdout
+    nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3)
+    seen = 0
+    done = asyncio.Event()
+
+    async def on_msg(msg: object) -> None:
+        nonlocal seen
+        subj: str = msg.subject  # type: ignore[attr-defined]
+        if subj.startswith(("_INBOX.", "$JS.")):
+            return
+        print(format_event(subj, msg.data), file=stream, flush=True)  # type: ignore[attr-defined]
+        seen += 1
+        if limit and seen >= limit:
+            done.set()
+
+    await nc.subscribe(subject, cb=on_msg)
+    print(f"tailing {subject!r} on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        await done.wait()
+    finally:
+        await nc.drain()
+    return 0

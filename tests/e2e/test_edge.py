@@ -1,0 +1,297 @@
+"""Through the real edge to the real shop: grpcurl and REST, every public RPC.
+
+The lists of calls below are checked against the descriptor set: a public RPC
+or HTTP binding added to the contracts without an end-to-end call here fails
+`test_every_public_rpc_is_called_by_grpc` / `..._by_rest`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from shop.orders.v1 import orders_pb2 as orders_v1
+from shop.payments.v1 import payments_pb2, payments_pb2_grpc
+
+from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.render import DESCRIPTORS
+from tests.e2e.conftest import Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GOOD_CARD = "4242424242424242"
+DECLINED_CARD = "4000000000000002"
+MODEL = build_model(load_descriptor_set(DESCRIPTORS).file)
+
+
+def _v2_order(user_id: str, product_id: str, card: str = GOOD_CARD, qty: int = 1) -> dict[str, Any]:
+    return {
+        "idempotency_key": uuid.uuid4().hex,
+        "user_id": user_id,
+        "items": [{"product_id": product_id, "quantity": qty}],
+        "currency_code": "USD",
+        "card": {"number": card, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+        "shipping_address": {
+            "recipient": "Ada Lovelace",
+            "lines": ["12 St James's Square"],
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country_code": "GB",
+        },
+    }
+
+
+async def _ok(stack: Stack, method: str, request: dict[str, Any], *headers: str) -> dict[str, Any]:
+    res = await stack.call(method, request, *headers)
+    assert res.returncode == 0, f"{method}: {res.stderr}"
+    out: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {}
+    return out
+
+
+Ctx = dict[str, str]
+# (method, request built from what earlier calls returned, what to remember)
+GRPC_CALLS: list[tuple[str, Callable[[Ctx], dict[str, Any]], Callable[[Ctx, dict[str, Any]], None]]]
+GRPC_CALLS = [
+    (
+        "shop.users.v1.UserService/CreateUser",
+        lambda c: {
+            "email": f"e2e.{c['tag']}@example.com",
+            "password": "correct horse battery staple",
+            "profile": {"display_name": "E2E"},
+        },
+        lambda c, r: c.update(user_id=r["userId"]),
+    ),
+    ("shop.users.v1.UserService/GetUser", lambda c: {"user_id": c["user_id"]}, lambda c, r: None),
+    (
+        "shop.users.v1.UserService/Authenticate",
+        lambda c: {
+            "email": f"e2e.{c['tag']}@example.com",
+            "password": "correct horse battery staple",
+        },
+        lambda c, r: c.update(token=r["sessionToken"]),
+    ),
+    (
+        "shop.users.v1.UserService/ValidateSession",
+        lambda c: {"session_token": c["token"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/CreateProduct",
+        lambda c: {
+            "sku": f"E2E-{c['tag']}",
+            "name": "Teapot",
+            "price": {"currency_code": "USD", "amount_minor": 1999},
+            "initial_stock": 20,
+        },
+        lambda c, r: c.update(product_id=r["productId"]),
+    ),
+    (
+        "shop.inventory.v1.InventoryService/GetProduct",
+        lambda c: {"product_id": c["product_id"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/ListProducts",
+        lambda c: {"page_size": 5},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/AddStock",
+        lambda c: {"product_id": c["product_id"], "quantity": 5},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/CheckAvailability",
+        lambda c: {"items": [{"product_id": c["product_id"], "quantity": 2}]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/CreateOrder",
+        lambda c: {
+            "user_id": c["user_id"],
+            "items": [{"product_id": c["product_id"], "quantity": 1}],
+            "card_number": GOOD_CARD,
+        },
+        lambda c, r: c.update(order_v1=r["orderId"]),
+    ),
+    (
+        "shop.orders.v1.OrderService/GetOrder",
+        lambda c: {"order_id": c["order_v1"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/ListOrders",
+        lambda c: {"user_id": c["user_id"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/CancelOrder",
+        lambda c: {"order_id": c["order_v1"], "reason": "e2e"},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/CreateOrder",
+        lambda c: _v2_order(c["user_id"], c["product_id"]),
+        lambda c, r: c.update(order_v2=r["orderId"]),
+    ),
+    (
+        "shop.orders.v2.OrderService/GetOrder",
+        lambda c: {"order_id": c["order_v2"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/ListOrders",
+        lambda c: {"user_id": c["user_id"], "page_size": 10},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/CancelOrder",
+        lambda c: {"order_id": c["order_v2"], "reason": "e2e"},
+        lambda c, r: None,
+    ),
+    (
+        "shop.users.v1.UserService/DeleteUser",
+        lambda c: {"user_id": c["user_id"]},
+        lambda c, r: None,
+    ),
+]
+
+
+def _public_methods() -> set[str]:
+    return {f"{s.full_name}/{m.name}" for s in MODEL.public for m in s.methods}
+
+
+async def test_every_public_rpc_is_called_by_grpc() -> None:
+    assert {m for m, _, _ in GRPC_CALLS} == _public_methods()
+
+
+async def test_grpcurl_list_shows_exactly_the_public_services(stack: Stack) -> None:
+    res = await stack.grpcurl(stack.edge.address, "list")
+    assert res.returncode == 0, res.stderr
+    listed = set(res.stdout.split())
+    assert {s.full_name for s in MODEL.public} <= listed
+    assert listed - {s.full_name for s in MODEL.public} <= {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert not any("Payment" in s or "Reservation" in s for s in listed)
+
+
+async def test_grpcurl_describe(stack: Stack) -> None:
+    res = await stack.grpcurl(stack.edge.address, "describe", "shop.orders.v2.OrderService")
+    assert res.returncode == 0, res.stderr
+    assert "rpc CreateOrder ( .shop.orders.v2.CreateOrderRequest )" in res.stdout
+
+
+async def test_every_public_rpc_through_the_edge_by_grpc(stack: Stack) -> None:
+    ctx: Ctx = {"tag": uuid.uuid4().hex[:8]}
+    for method, build, remember in GRPC_CALLS:
+        remember(ctx, await _ok(stack, method, build(ctx)))
+    order = await _ok(stack, "shop.orders.v2.OrderService/GetOrder", {"order_id": ctx["order_v2"]})
+    assert order["status"] == "ORDER_STATUS_CANCELLED"
+
+
+async def test_payments_unreachable_from_the_edge(stack: Stack) -> None:
+    res = await stack.call("shop.payments.v1.PaymentService/GetPayment", {"saga_id": "x"})
+    assert res.returncode != 0
+    assert 'does not expose service "shop.payments.v1.PaymentService"' in res.stderr, res.stderr
+    async with grpc.aio.insecure_channel(stack.edge.address) as ch:  # without reflection
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await payments_pb2_grpc.PaymentServiceStub(ch).GetPayment(
+                payments_pb2.GetPaymentRequest(saga_id=str(uuid.uuid4())), timeout=10
+            )
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    for path in ("/api/v1/payments", "/api/v1/payments/x", "/api/payments/x"):
+        status, _ = await stack.json("POST", path, {})
+        assert status == 404, path
+
+
+def _binding(method: str) -> tuple[str, str, str]:
+    svc_name, name = method.split("/")
+    svc = next(s for s in MODEL.public if s.full_name == svc_name)
+    m = next(m for m in svc.methods if m.name == name)
+    assert m.bindings, f"{method} has no HTTP binding"
+    b = m.bindings[0]
+    return b.verb.upper(), b.path, b.body
+
+
+def _rest_request(method: str, request: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """The HTTP request that the binding of `method` maps `request` to."""
+    verb, template, body = _binding(method)
+    rest = dict(request)
+    path = template
+    while "{" in path:
+        start, end = path.index("{"), path.index("}")
+        field = path[start + 1 : end]
+        path = path[:start] + str(rest.pop(field)) + path[end + 1 :]
+    if body == "*":
+        return verb, path, rest
+    query = "&".join(f"{k}={v}" for k, v in rest.items() if not isinstance(v, dict | list))
+    return verb, f"{path}?{query}" if query else path, None
+
+
+async def test_every_http_binding_is_called_by_rest() -> None:
+    bound = {f"{s.full_name}/{m.name}" for s in MODEL.public for m in s.methods if m.bindings}
+    assert bound == {m for m, _, _ in GRPC_CALLS}
+
+
+async def test_every_http_binding_through_the_edge_by_rest(stack: Stack) -> None:
+    ctx: Ctx = {"tag": uuid.uuid4().hex[:8]}
+    for method, build, remember in GRPC_CALLS:
+        verb, path, body = _rest_request(method, build(ctx))
+        status, doc = await stack.json(verb, path, body)
+        assert status == 200, f"{verb} {path}: {status} {doc}"
+        remember(ctx, doc or {})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shopper(stack: Stack) -> Ctx:
+    """A user and a product with stock, made through the edge."""
+    ctx: Ctx = {"tag": uuid.uuid4().hex[:8]}
+    for method, build, remember in GRPC_CALLS[:5]:
+        remember(ctx, await _ok(stack, method, build(ctx)))
+    return ctx
+
+
+async def test_rest_errors_are_json_statuses(stack: Stack, shopper: Ctx) -> None:
+    status, body = await stack.http("POST", "/api/v2/orders", b'{"user_id": ')
+    assert status == 400 and isinstance(body, dict | str)
+    status, _ = await stack.http("GET", "/api/v1/no-such-thing")
+    assert status == 404
+    status, body = await stack.json("GET", f"/api/v1/users/{uuid.uuid4()}")
+    assert status == 404 and body["code"] == 5  # NOT_FOUND as google.rpc.Status JSON
+    status, body = await stack.json("POST", "/api/v1/users", {"email": "", "password": "x"})
+    assert status == 400 and body["code"] == 3  # INVALID_ARGUMENT
+    order = _v2_order(shopper["user_id"], shopper["product_id"], card=DECLINED_CARD)
+    status, body = await stack.json("POST", "/api/v2/orders", order)
+    assert status == 400 and body["code"] == 9, body  # FAILED_PRECONDITION -> 400
+    assert "declined" in body["message"].lower()
+
+
+async def test_accept_version_pins_unversioned_paths(stack: Stack, shopper: Ctx) -> None:
+    status, order = await stack.json(
+        "POST", "/api/orders", _v2_order(shopper["user_id"], shopper["product_id"])
+    )
+    assert status == 200, order  # unversioned: the latest (v2) request shape
+    oid = order["orderId"]
+    status, latest = await stack.json("GET", f"/api/orders/{oid}")
+    assert status == 200 and latest["total"]["currencyCode"] == "USD"
+    status, v1 = await stack.json("GET", f"/api/orders/{oid}", headers={"accept-version": "v1"})
+    assert status == 200 and v1["totalCents"] == latest["total"]["amountMinor"]
+    status, body = await stack.json("GET", f"/api/orders/{oid}", headers={"accept-version": "v7"})
+    assert status == 400 and "accept-version" in body["message"]
+    async with grpc.aio.insecure_channel(stack.edge.address) as ch:
+        pinned = ch.unary_unary(
+            "/shop.orders.OrderService/GetOrder",
+            request_serializer=orders_v1.GetOrderRequest.SerializeToString,
+            response_deserializer=orders_v1.Order.FromString,
+        )
+        got = await pinned(
+            orders_v1.GetOrderRequest(order_id=oid), metadata=(("accept-version", "v1"),)
+        )
+    assert got.order_id == oid and got.total_cents == int(latest["total"]["amountMinor"])

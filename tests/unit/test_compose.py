@@ -1,0 +1,106 @@
+"""docker-compose.yml, checked without a Docker engine.
+
+Debian's docker-compose validates the file statically; the rest checks that
+what the file names exists in the code: the modules it runs, the environment
+variables it sets (read by Settings or standard OTEL_*), the ports (the same
+as `meshctl up`'s topology) and the edge wiring (Envoy's config points at the
+companion that `meshctl edge serve` runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from opentelemetry import environment_variables as otel_api_env
+from opentelemetry.sdk import environment_variables as otel_env
+
+from mesh.local.topology import SHOP
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
+
+
+def _ours(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services built from our image (the shop and the edge companion)."""
+    return {n: s for n, s in doc["services"].items() if s.get("image") == "shop-mesh:latest"}
+
+
+def test_compose_file_is_valid() -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (.ci/run installs Debian's package)")
+    result = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_module_it_runs_exists() -> None:
+    for name, svc in _ours(_compose()).items():
+        cmd = svc["command"]
+        assert cmd[:2] == ["python", "-m"], name
+        assert importlib.util.find_spec(cmd[2]) is not None, f"{name}: no module {cmd[2]}"
+
+
+def test_every_env_var_is_read_by_the_code() -> None:
+    settings_src = (ROOT / "mesh" / "settings.py").read_text()
+    standard_otel = {
+        v for m in (otel_env, otel_api_env) for k, v in vars(m).items() if k.startswith("OTEL_")
+    }
+    for name, svc in _ours(_compose()).items():
+        for var in svc["environment"]:
+            if var.startswith("OTEL_"):
+                assert var in standard_otel, f"{name}: {var} is not a standard OTEL_ variable"
+            elif var.endswith("_DATABASE_URL"):
+                assert "_DATABASE_URL" in settings_src
+                service = var.removesuffix("_DATABASE_URL").lower()
+                assert importlib.util.find_spec(f"services.{service}"), f"{name}: {var}"
+            else:
+                assert f'"{var}"' in settings_src, f"{name}: {var} is not read by mesh/settings.py"
+
+
+def test_ports_match_the_local_topology_and_healthchecks() -> None:
+    services = _ours(_compose())
+    for spec in SHOP:
+        first = services.get(spec.name) or services[f"{spec.name}-1"]
+        env = first["environment"]
+        assert env["MESH_GRPC_PORT"] == str(spec.grpc_port), spec.name
+        assert env["MESH_ADMIN_PORT"] == str(spec.admin_port), spec.name
+        probe = " ".join(first["healthcheck"]["test"])
+        assert f":{spec.admin_port}/health" in probe, spec.name
+        instances = [n for n in services if re.fullmatch(rf"{spec.name}(-\d+)?", n)]
+        assert len(instances) == spec.instances, f"{spec.name}: {instances}"
+
+
+def test_edge_points_at_its_companion() -> None:
+    doc = _compose()
+    envoy_cfg = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+    meta = next(c for c in envoy_cfg["static_resources"]["clusters"] if c["name"] == "edge_meta")
+    sock = meta["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ]
+    companion = doc["services"][sock["address"]]
+    cmd = companion["command"]
+    assert cmd[cmd.index("--port") + 1] == str(sock["port_value"])
+    assert "payments" not in {
+        c["name"] for c in envoy_cfg["static_resources"]["clusters"]
+    }, "payments must not be routable from the edge"
+    for svc in _ours(doc).values():
+        deps = svc.get("depends_on", {})
+        assert all(d.get("condition") for d in deps.values()), "depends_on needs conditions"

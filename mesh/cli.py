@@ -39,14 +39,15 @@ def _registry(run_dir: Path) -> object:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from mesh.local.up import UpError, UpOptions, run_up
+    from mesh.local.up import UpError, UpOptions, free_port_options, run_up
 
     run_dir = Path(args.run_dir)
     if args.detach:
         run_dir.mkdir(parents=True, exist_ok=True)
         log = (run_dir / "up.log").open("ab")
+        argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up"],
+            argv + (["--free-ports"] if args.free_ports else []),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -60,8 +61,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = _settings()
         registry = _registry(run_dir)
         try:
+            options = UpOptions(run_dir=run_dir, nats_url=settings.nats_url)
+            if args.free_ports:
+                options = free_port_options(options)
             return await run_up(
-                UpOptions(run_dir=run_dir, nats_url=settings.nats_url),
+                options,
                 registry,  # type: ignore[arg-type]
             )
         finally:
@@ -143,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the mesh locally in the foreground")
     up.add_argument("--detach", action="store_true", help="run in the background")
+    up.add_argument(
+        "--free-ports", action="store_true", help="every process and the edge on free ports"
+    )
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop a running `meshctl up`").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="instances, health, breakers").set_defaults(fn=cmd_status)

@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from mesh.local.tail import format_event
+from mesh.local.tail import SeenIds, format_event
 from mesh.tools import grpcurl_binary
 
 DECLINED_CARD = "4000000000000002"
@@ -178,6 +178,10 @@ def story(edge: str) -> None:
     _ = order1
 
 
+async def _quiet() -> None:
+    """The demo's own disconnect at the end is not news."""
+
+
 def run_demo(edge: str, nats_url: str) -> int:
     return asyncio.run(_run_demo(edge, nats_url))
 
@@ -186,18 +190,24 @@ async def _run_demo(edge: str, nats_url: str) -> int:
     from mesh.events import connect_nats
 
     events: list[str] = []
+    seen = SeenIds()
+    # The declined order's compensation is the story's last act.
+    last = {"order.compensation.completed", "inventory.released"}
     compensated = asyncio.Event()
     nc = None
     try:
-        nc = await connect_nats(nats_url, name="meshctl-demo", max_reconnect_attempts=3)
+        nc = await connect_nats(
+            nats_url, name="meshctl-demo", max_reconnect_attempts=3, disconnected_cb=_quiet
+        )
     except Exception as exc:  # the story still runs; it just cannot show events
         events.append(f"(could not watch events on {nats_url}: {exc})")
     if nc is not None:
 
         async def on_msg(msg: Any) -> None:
-            if not msg.subject.startswith(("_INBOX.", "$JS.")):
+            if not msg.subject.startswith(("_INBOX.", "$JS.")) and seen.first_time(msg.data):
                 events.append(format_event(msg.subject, msg.data))
-                if msg.subject == "order.compensation.completed":
+                last.discard(msg.subject)
+                if not last:
                     compensated.set()
 
         await nc.subscribe(">", cb=on_msg)
@@ -208,11 +218,10 @@ async def _run_demo(edge: str, nats_url: str) -> int:
         return 1
     finally:
         if nc is not None:
-            # The declined order's compensation is the story's last event.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(compensated.wait(), 10)
             await nc.drain()
     print("\n== 7. the events that flowed (meshctl events tail shows them live)")
-    for line in events:
+    for line in sorted(events):  # lines start with the event time
         print(f"  {line}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
 from typing import TextIO
 
 from google.protobuf import json_format
@@ -16,6 +17,29 @@ from google.protobuf import json_format
 from mesh.events import connect_nats, decode
 from mesh.events.envelope import payload_of
 from mesh.events.errors import UnknownEventError
+
+
+class SeenIds:
+    """The last `size` event ids: delivery is at least once, and a subscriber to
+    `>` can see one event twice (a relay retry, JetStream's own traffic), so the
+    tail prints each event id once."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._order: deque[str] = deque(maxlen=size)
+        self._ids: set[str] = set()
+
+    def first_time(self, data: bytes) -> bool:
+        try:
+            event_id = decode(data).id
+        except ValueError:
+            return True
+        if event_id in self._ids:
+            return False
+        if len(self._order) == self._order.maxlen:
+            self._ids.discard(self._order[0])
+        self._order.append(event_id)
+        self._ids.add(event_id)
+        return True
 
 
 def format_event(subject: str, data: bytes) -> str:
@@ -34,17 +58,18 @@ def format_event(subject: str, data: bytes) -> str:
 async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3)
-    seen = 0
+    seen = SeenIds()
+    printed = 0
     done = asyncio.Event()
 
     async def on_msg(msg: object) -> None:
-        nonlocal seen
+        nonlocal printed
         subj: str = msg.subject  # type: ignore[attr-defined]
-        if subj.startswith(("_INBOX.", "$JS.")):
+        if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):  # type: ignore[attr-defined]
             return
         print(format_event(subj, msg.data), file=stream, flush=True)  # type: ignore[attr-defined]
-        seen += 1
-        if limit and seen >= limit:
+        printed += 1
+        if limit and printed >= limit:
             done.set()
 
     await nc.subscribe(subject, cb=on_msg)

@@ -19,7 +19,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,22 @@ class UpOptions:
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def free_port_options(options: UpOptions) -> UpOptions:
+    """The same mesh with every port picked by the kernel (next to another mesh, in tests)."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    return replace(
+        options,
+        edge_port=pick(),
+        edge_admin_port=pick(),
+        services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
+    )
 
 
 def _reachable(url: str, timeout: float = 0.5) -> bool:

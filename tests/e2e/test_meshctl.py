@@ -1,0 +1,77 @@
+"""`meshctl up` as a person runs it: the real command, Ctrl-C, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.discovery.embedded import EmbeddedRegistry
+from tests.support.nats import nats_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+def _processes_of(run_dir: Path) -> list[int]:
+    """Pids of live processes started for this run dir: services (their environment
+    names its registry) and Envoy (its command line names its config there)."""
+    marker = f"MESH_REGISTRY_DIR={run_dir.resolve() / 'registry'}".encode()
+    config = str(run_dir.resolve() / "edge").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (
+                marker in (proc / "environ").read_bytes().split(b"\0")
+                or config in (proc / "cmdline").read_bytes()
+            ):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    async with nats_server(tmp_path / "nats") as nats:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
+        env["NATS_URL"] = nats.url
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(90):
+                while not any("mesh is up" in line for line in lines):
+                    raw = await proc.stdout.readline()
+                    assert raw, "meshctl up exited early:\n" + "\n".join(lines[-40:])
+                    lines.append(raw.decode().rstrip())
+            table = "\n".join(lines)
+            for name in ("users-1", "orders-1", "orders-2", "inventory-1", "inventory-2"):
+                assert name in table
+            registry = EmbeddedRegistry(run_dir / "registry")
+            try:
+                assert len(await registry.healthy("orders")) == 2
+            finally:
+                await registry.close()
+            assert len(_processes_of(run_dir)) >= 7  # six services and Envoy
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            async with asyncio.timeout(60):
+                rest = (await proc.stdout.read()).decode()
+                assert await proc.wait() == 0, rest[-3000:]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert "mesh stopped" in rest
+    assert _processes_of(run_dir) == [], "orphan processes left behind"
+    leftovers = [p for p in (run_dir / "registry").rglob("*.json")]
+    assert leftovers == [], f"stale registrations: {leftovers}"
+    assert not (run_dir / "up.json").exists()

@@ -34,6 +34,7 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from interceptors.deadline import DeadlineServerInterceptor
+from interceptors.decoding import MalformedRequestInterceptor
 from interceptors.errors import ErrorServerInterceptor
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
@@ -113,17 +114,25 @@ def proto_packages(service_names: Sequence[str]) -> list[str]:
 
 
 def server_interceptors(runtime: RuntimeLike) -> list[ServerInterceptor]:
-    """The mesh server chain, outermost first: tracing → metrics → logging → errors → deadline.
+    """The mesh server chain, outermost first:
+    tracing → metrics → logging → errors → deadline → decoding.
 
     Errors sit inside metrics and logging so those see the mapped status code;
-    tracing/metrics are left out when the runtime has none.
+    decoding (undecodable bodies → INVALID_ARGUMENT, not grpc.aio's UNKNOWN) is
+    innermost so its error is mapped too; tracing/metrics are left out when the
+    runtime has none.
     """
     chain: list[ServerInterceptor] = []
     if runtime.tracer_provider is not None:
         chain.append(TracingServerInterceptor(runtime.tracer_provider))
     if runtime.metrics is not None:
         chain.append(MetricsServerInterceptor(runtime.metrics))
-    chain += [LoggingServerInterceptor(), ErrorServerInterceptor(), DeadlineServerInterceptor()]
+    chain += [
+        LoggingServerInterceptor(),
+        ErrorServerInterceptor(),
+        DeadlineServerInterceptor(),
+        MalformedRequestInterceptor(),
+    ]
     return chain
 
 

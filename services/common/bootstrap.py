@@ -7,9 +7,9 @@ return service_definition("users", settings, db, [(add_..._to_server, servicer)]
 ```
 
 The definition gets a required `database` check (SELECT 1), an optional `events`
-check, the outbox relay started after the server listens and stopped (then the
-engine disposed) after the drain, and the interceptor that answers undecodable
-request bodies with INVALID_ARGUMENT.
+check, and the outbox relay started after the server listens and stopped (then
+the engine disposed) after the drain. (Undecodable request bodies answer
+INVALID_ARGUMENT for every service: the mesh server chain does it.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from mesh.health import database_check
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.db import database_url, prepare_database
-from services.common.decoding import MalformedRequestInterceptor
 from services.common.events import EventPublisher
 
 
@@ -82,5 +81,4 @@ def service_definition(
         checks=[database_check(db.engine), publisher.check()],
         on_start=[publisher.start],
         on_stop=[publisher.stop, db.close],
-        interceptors=[MalformedRequestInterceptor()],
     )

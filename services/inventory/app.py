@@ -1,9 +1,11 @@
-"""Assembly of the inventory service: database, store, the two servicers, definition."""
+"""Assembly of the inventory service: database, store, the two servicers, the
+`order.completed` subscriber, definition."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from opentelemetry.trace import TracerProvider
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,6 +14,7 @@ from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.inventory import store
 from services.inventory.config import InventoryConfig
+from services.inventory.events import EventSubscriber, InventoryEventHandlers
 from services.inventory.servicer import InventoryServicer, ReservationServicer
 
 NAME = "inventory"
@@ -21,14 +24,23 @@ SERVICE_NAMES = tuple(
 )
 
 
+class Runtime(Protocol):
+    """What inventory uses of `mesh.runtime.MeshRuntime`: only its tracer provider
+    (None: event handling spans go to the global one)."""
+
+    @property
+    def tracer_provider(self) -> TracerProvider | None: ...
+
+
 async def build(
     settings: Settings,
-    runtime: object,
+    runtime: Runtime,
     *,
     engine: AsyncEngine | None = None,
     config: InventoryConfig | None = None,
 ) -> ServiceDefinition:
-    """The inventory service (it calls no other service: `runtime` is unused).
+    """The inventory service (it calls no other service: of `runtime` it uses only
+    the tracer provider, for the spans of the events it handles).
 
     `engine` replaces the one made from settings (tests pass one with its own
     PostgreSQL schema); `config` replaces `InventoryConfig.from_env()`.
@@ -45,4 +57,15 @@ async def build(
             ReservationServicer(inventory),
         ),
     ]
-    return service_definition(NAME, settings, db, servicers, SERVICE_NAMES)
+    subscriber = EventSubscriber(
+        settings.nats_url,
+        db.sessions,
+        InventoryEventHandlers(inventory, runtime.tracer_provider),
+        name=settings.instance_id or NAME,
+        tracer_provider=runtime.tracer_provider,
+    )
+    definition = service_definition(NAME, settings, db, servicers, SERVICE_NAMES)
+    definition.on_start = [*definition.on_start, subscriber.start]
+    # The consumers stop before the outbox relay and the database close.
+    definition.on_stop = [subscriber.stop, *definition.on_stop]
+    return definition

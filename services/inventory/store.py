@@ -17,6 +17,12 @@ Every write transaction starts with a write statement: with SQLite's driver a
 transaction begins at the first INSERT/UPDATE/DELETE, so reads after it see a
 state no other writer can change before the commit.
 
+Sales: `order.completed` (services/inventory/events.py) appends one `sales` row per
+line of the order, in the transaction that records the event id in the inbox, so a
+redelivered event adds nothing. The rows are a ledger (append-only, no natural
+key): being once per event is the inbox's job, one mechanism rather than two that
+could disagree. Each row keeps the trace id of the order's CreateOrder call.
+
 Reservations are keyed by saga id, which makes every reservation RPC idempotent:
 - reserve: a saga that already has a reservation gets it back, nothing more taken;
 - confirm: HELD -> CONFIRMED (the reserved units leave for good), again = no-op;
@@ -52,7 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from interceptors.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from mesh.db import Migration
-from mesh.events import Outbox, new_envelope, outbox_migrations
+from mesh.events import Outbox, inbox_migrations, new_envelope, outbox_migrations
 from services.common.money import Amount
 from services.common.timestamps import as_utc, utcnow
 from services.inventory.validation import MAX_STOCK, Line, NewProduct
@@ -93,11 +99,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             " PRIMARY KEY (saga_id, product_id))",
         ),
     ),
+    Migration(
+        version=2,
+        name="sales ledger",
+        statements=(
+            "CREATE TABLE IF NOT EXISTS sales ("
+            " event_id VARCHAR(64) NOT NULL,"
+            " order_id VARCHAR(36) NOT NULL,"
+            " product_id VARCHAR(36) NOT NULL,"
+            " quantity BIGINT NOT NULL CHECK (quantity > 0),"
+            " trace_id VARCHAR(32) NOT NULL DEFAULT '',"
+            " sold_at TIMESTAMP WITH TIME ZONE NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS ix_sales_order ON sales (order_id)",
+            "CREATE INDEX IF NOT EXISTS ix_sales_product ON sales (product_id)",
+        ),
+    ),
 )
 
 
 def migrations() -> list[Migration]:
-    return [*MIGRATIONS, *outbox_migrations()]
+    return [*MIGRATIONS, *outbox_migrations(), *inbox_migrations()]
 
 
 class Tables:
@@ -134,6 +155,16 @@ class Tables:
             Column("unit_price_currency", String(3), nullable=False),
             Column("unit_price_minor", BigInteger, nullable=False),
         )
+        self.sales = Table(
+            "sales",
+            md,
+            Column("event_id", String(64), nullable=False),
+            Column("order_id", String(36), nullable=False),
+            Column("product_id", String(36), nullable=False),
+            Column("quantity", BigInteger, nullable=False),
+            Column("trace_id", String(32), nullable=False),
+            Column("sold_at", DateTime(timezone=True), nullable=False),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +190,16 @@ class Reservation:
     saga_id: str
     status: str
     items: tuple[ReservedLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    """A completed order as inventory records it (from `order.completed`)."""
+
+    event_id: str
+    order_id: str
+    lines: tuple[tuple[str, int], ...]  # (product id, units)
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +455,26 @@ class InventoryStore:
                 )
             await self._notify_low_stock(s, [x.product_id for x in current.items])
         return current
+
+    # -- sales -------------------------------------------------------------------
+
+    async def record_sale(self, s: AsyncSession, sale: Sale) -> None:
+        """Append the sale's lines to the ledger and emit any low-stock event still due,
+        in `s` (the inbox transaction of the `order.completed` being handled).
+
+        The units left stock at ConfirmReservation, which already notified low stock
+        for this crossing; the check here is the same flag-guarded one, so it adds an
+        event only for a crossing nobody reported yet and never a second one.
+        """
+        if not sale.lines:
+            return
+        now = utcnow()
+        await s.execute(insert(self._t.sales), [
+            {"event_id": sale.event_id, "order_id": sale.order_id, "product_id": product_id,
+             "quantity": quantity, "trace_id": sale.trace_id, "sold_at": now}
+            for product_id, quantity in sale.lines
+        ])  # fmt: skip
+        await self._notify_low_stock(s, sorted({product_id for product_id, _ in sale.lines}))
 
     async def _notify_low_stock(self, s: AsyncSession, product_ids: list[str]) -> None:
         """One `inventory.low_stock` per product that fell under the threshold since the last."""

@@ -6,13 +6,13 @@ answers UNKNOWN "Unexpected DecodeError". This interceptor takes parsing over fo
 unary requests: the handler receives raw bytes, parses them itself and raises
 `InvalidArgument` (reason MALFORMED_REQUEST), which the error interceptor maps.
 
-Sit it innermost (`ServiceDefinition.interceptors`). The natural home for this
-is the mesh's ErrorServerInterceptor; until it does it, the shop's services add
-this one.
+It sits innermost in the mesh server chain (`mesh.server.server_interceptors`),
+inside the error interceptor that maps the `InvalidArgument` it raises.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -56,13 +56,21 @@ class MalformedRequestInterceptor(_ServerInterceptor):
         deserialize: Deserializer = handler.request_deserializer
         if handler.response_streaming:
             inner_stream = handler.unary_stream
+            if inspect.isasyncgenfunction(inner_stream):
 
-            async def streamed(raw: bytes, context: Any) -> AsyncIterator[Any]:
-                async for response in inner_stream(_parse(method, deserialize, raw), context):
-                    yield response
+                async def streamed(raw: bytes, context: Any) -> AsyncIterator[Any]:
+                    async for response in inner_stream(_parse(method, deserialize, raw), context):
+                        yield response
 
+                behaviour: Any = streamed
+            else:  # responses written with context.write(): a coroutine function
+
+                async def written(raw: bytes, context: Any) -> Any:
+                    return await inner_stream(_parse(method, deserialize, raw), context)
+
+                behaviour = written
             return grpc.unary_stream_rpc_method_handler(
-                streamed, request_deserializer=None,
+                behaviour, request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )  # fmt: skip
         inner = handler.unary_unary

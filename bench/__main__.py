@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 # Modest defaults for the combined run; each benchmark's own defaults apply when run by name.
-_DEFAULT_EVENTS_ARGS = ["--events", "3000"]
+_DEFAULT_EVENTS_ARGS = ["--events", "10000"]
 
 
 def _rpc(args: Sequence[str]) -> None:

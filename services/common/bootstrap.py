@@ -73,6 +73,9 @@ def service_definition(
         db.outbox,
         name=settings.instance_id or name,
         relay_config=relay_config,
+        # Stable per instance: restarted with the same MESH_INSTANCE_ID, an instance
+        # takes its publishing lease back at once instead of after it expires.
+        holder=settings.instance_id or None,
     )
     return ServiceDefinition(
         name=name,

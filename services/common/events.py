@@ -1,29 +1,116 @@
-"""A service's outbox relay, run in the background once NATS is reachable.
+"""A service's events on NATS: the outbox relay and the durable subscribers.
 
 State changes and their events commit together into the service's `mesh_outbox`
-(`mesh.events.Outbox`); this publisher moves committed rows to JetStream. The
-service does not wait for NATS to start: until the connection is up the events
-stay in the outbox and the optional `events` health check reports the service
-degraded, never unhealthy. With an empty NATS_URL nothing is relayed (tests,
-tools that only write).
+(`mesh.events.Outbox`); `EventPublisher` moves committed rows to JetStream.
+`EventSubscriber` runs the service's durable consumers: every handler runs in a
+transaction of the service's inbox (`mesh_inbox`), so a redelivered event has no
+second effect, and the inbox forgets ids once no stream can deliver them again.
+
+Neither waits for NATS to start: each connects in the background and retries
+until its streams are applied and its work runs. Meanwhile events wait in the
+outbox or in the streams, and the optional `events` health check reports the
+service degraded, never unhealthy. With an empty NATS_URL nothing is relayed or
+consumed (tests, tools that only write).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.events import EventBus, Outbox, OutboxRelay, RelayConfig
+from mesh.events import EventBus, Inbox, Outbox, OutboxRelay, RelayConfig, SubscribeOptions
+from mesh.events.inbox import SessionHandler
+from mesh.events.streams import DAY_S
 from mesh.health import DependencyCheck, DependencyFailed
 
 log = logging.getLogger(__name__)
 
 
-class EventPublisher:
-    """Connects to NATS (retrying forever), applies the streams, runs the outbox relay."""
+class BackgroundBus(abc.ABC):
+    """An `EventBus` connected in the background, retried until `_on_connected` has set
+    it up, closed by `stop()`; subclasses say what runs on it."""
+
+    def __init__(
+        self, nats_url: str, *, name: str, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        self.nats_url = nats_url
+        self.name = name
+        self._tracer_provider = tracer_provider
+        self.bus: EventBus | None = None
+        # Set once the bus is set up (relay running, consumers bound).
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats_url)
+
+    async def start(self, settle_s: float = 0.0) -> None:
+        """Begin connecting in the background; waits up to `settle_s` for it, never longer."""
+        if self.enabled and self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{self.name}-events")
+            if settle_s > 0:
+                await asyncio.wait({self._task}, timeout=settle_s)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close()
+        self.ready.clear()
+
+    @abc.abstractmethod
+    async def _on_connected(self, bus: EventBus) -> None:
+        """Start the work on a connected bus whose streams are applied."""
+
+    async def _on_close(self) -> None:
+        """Stop what `_on_connected` started that closing the bus does not stop."""
+        return  # nothing by default (consumers stop with the bus)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                # connect_nats retries the first connection itself, forever.
+                bus = self.bus = await EventBus.connect(
+                    self.nats_url, name=self.name, tracer_provider=self._tracer_provider
+                )
+                await bus.ensure_streams()
+                await self._on_connected(bus)
+                self.ready.set()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # JetStream not ready yet: try again
+                log.warning("%s: events not ready (%r); retrying in %.1fs", self.name, exc, delay)
+                with contextlib.suppress(Exception):
+                    await self._close()
+                await asyncio.sleep(delay)  # backoff between attempts
+                delay = min(delay * 2, 5.0)
+
+    async def _close(self) -> None:
+        await self._on_close()
+        bus, self.bus = self.bus, None
+        if bus is not None:
+            await bus.close()  # stops the bus's consumers: unacked events come back later
+
+
+class EventPublisher(BackgroundBus):
+    """Connects to NATS (retrying forever), applies the streams, runs the outbox relay.
+
+    `holder` is the relay's lease holder: the instance id, so that an instance
+    restarted with the same id takes its publishing lease back at once instead of
+    waiting for the dead process's lease to expire; None, a fresh one per process.
+    """
 
     def __init__(
         self,
@@ -33,59 +120,32 @@ class EventPublisher:
         *,
         name: str,
         relay_config: RelayConfig | None = None,
+        holder: str | None = None,
     ) -> None:
-        self.nats_url = nats_url
+        super().__init__(nats_url, name=name)
         self._sessions = sessions
         self._outbox = outbox
-        self._name = name
         self._relay_config = relay_config
-        self._task: asyncio.Task[None] | None = None
-        self.bus: EventBus | None = None
+        self._holder = holder
         self.relay: OutboxRelay | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.nats_url)
-
     async def start(self, settle_s: float = 0.5) -> None:
-        """Begin connecting in the background; waits up to `settle_s` for the connection,
-        so the first health report is right when NATS is up, and never longer."""
-        if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"{self._name}-events")
-            await asyncio.wait({self._task}, timeout=settle_s)
+        """As `BackgroundBus.start`, waiting a little by default: the first health report
+        is right when NATS is up."""
+        await super().start(settle_s)
 
-    async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                # connect_nats retries the first connection itself, forever.
-                bus = await EventBus.connect(self.nats_url, name=self._name)
-                self.bus = bus
-                await bus.ensure_streams()
-                self.relay = bus.relay(self._sessions, self._outbox, config=self._relay_config)
-                self.relay.start()
-                log.info("%s: relaying outbox events to %s", self._name, self.nats_url)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # streams not appliable yet (JetStream starting)
-                log.warning("%s: events not ready (%r); retrying in %.1fs", self._name, exc, delay)
-                if self.bus is not None:
-                    with contextlib.suppress(Exception):
-                        await self.bus.close()
-                    self.bus = None
-                await asyncio.sleep(delay)  # backoff between attempts
-                delay = min(delay * 2, 5.0)
+    async def _on_connected(self, bus: EventBus) -> None:
+        # Made here rather than by `bus.relay()`, which takes no holder.
+        self.relay = OutboxRelay(
+            self._sessions, bus.js, self._outbox, config=self._relay_config, holder=self._holder
+        )
+        self.relay.start()
+        log.info("%s: relaying outbox events to %s", self.name, self.nats_url)
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        bus, self.bus = self.bus, None
-        if bus is not None:
-            await bus.close()  # stops the relay: finishes its batch, releases the lease
+    async def _on_close(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            await relay.stop()  # finishes its batch, releases the lease
 
     def check(self) -> DependencyCheck:
         """Optional health check: the relay is running on a connected bus."""
@@ -97,3 +157,84 @@ class EventPublisher:
                 raise DependencyFailed(f"not connected to {self.nats_url}")
 
         return DependencyCheck("events", probe, required=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    """One durable consumer of a service: the subject it reads, its durable name (shared
+    by every instance, so each event goes to one of them) and what an event does. The
+    handler runs in the inbox's transaction, at most once per event id."""
+
+    subject: str
+    durable: str
+    handler: SessionHandler
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPurge:
+    """When the subscriber forgets handled event ids: every `every_s`, those older than
+    `older_than_s`. The default age outlives the streams' 7-day max age, so a
+    redelivery never outlives its dedupe record."""
+
+    every_s: float = 3600.0
+    older_than_s: float = 8 * DAY_S
+
+
+class EventSubscriber(BackgroundBus):
+    """Subscribes the service's durable consumers once NATS is reachable (retrying
+    forever) and purges their inbox periodically (with or without NATS)."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        sessions: async_sessionmaker[AsyncSession],
+        consumer: str,
+        subscriptions: Sequence[SubscriptionSpec],
+        *,
+        name: str,
+        tracer_provider: TracerProvider | None = None,
+        options: SubscribeOptions | None = None,
+        purge: InboxPurge | None = None,
+    ) -> None:
+        super().__init__(nats_url, name=f"{name}-sub", tracer_provider=tracer_provider)
+        self.inbox = Inbox(sessions, consumer)
+        self.subscriptions = tuple(subscriptions)
+        self.options = options
+        self.purge = purge or InboxPurge()
+        self.purges = 0  # rounds run, for tests and debugging
+        self._purger: asyncio.Task[None] | None = None
+
+    async def start(self, settle_s: float = 0.0) -> None:
+        """Begin subscribing in the background (by default never waits for NATS)."""
+        if self._purger is None:
+            self._purger = asyncio.create_task(self._purge_periodically(),
+                                               name=f"{self.name}-inbox-purge")  # fmt: skip
+        await super().start(settle_s)
+
+    async def stop(self) -> None:
+        """Stop consuming: the event in hand finishes, unacked ones are redelivered later."""
+        purger, self._purger = self._purger, None
+        if purger is not None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+        await super().stop()
+
+    async def _on_connected(self, bus: EventBus) -> None:
+        for s in self.subscriptions:
+            await bus.subscribe(s.subject, self.inbox.idempotent(s.handler), durable=s.durable,
+                                options=self.options)  # fmt: skip
+        log.info("%s: consuming %s", self.name, ", ".join(s.subject for s in self.subscriptions))
+
+    async def _purge_periodically(self) -> None:
+        # A first round at start: an instance restarted more often than `every_s`
+        # still purges.
+        while True:
+            try:
+                purged = await self.inbox.purge(self.purge.older_than_s)
+                if purged:
+                    log.info("%s: forgot %d handled event id(s)", self.name, purged)
+            except Exception as exc:  # database busy or away: the next round catches up
+                log.warning("%s: inbox purge failed: %r", self.name, exc)
+            self.purges += 1
+            await asyncio.sleep(self.purge.every_s)  # the purge period, not synchronisation

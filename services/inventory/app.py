@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
+from services.common.events import EventSubscriber
 from services.inventory import store
 from services.inventory.config import InventoryConfig
-from services.inventory.events import EventSubscriber, InventoryEventHandlers
+from services.inventory.events import CONSUMER, InventoryEventHandlers
 from services.inventory.servicer import InventoryServicer, ReservationServicer
 
 NAME = "inventory"
@@ -60,7 +61,8 @@ async def build(
     subscriber = EventSubscriber(
         settings.nats_url,
         db.sessions,
-        InventoryEventHandlers(inventory, runtime.tracer_provider),
+        CONSUMER,
+        InventoryEventHandlers(inventory, runtime.tracer_provider).subscriptions(),
         name=settings.instance_id or NAME,
         tracer_provider=runtime.tracer_provider,
     )

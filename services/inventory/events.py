@@ -14,25 +14,23 @@ them. The consume loop runs the handler in a span continuing the producer's
 trace (`traceparent` header); the handler's own span is its child, and the log
 line and the sale rows carry that trace id: a sale leads back to its CreateOrder.
 
-NATS is optional: until it is reachable the subscriber keeps trying in the
-background (the outbox relay reports the service degraded meanwhile).
+Connecting, subscribing and stopping is `EventSubscriber`'s job
+(services/common/events.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, TracerProvider
 from shop.events.v1 import events_pb2
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from mesh.events import EventBus, Handler, Inbox, SubscribeOptions, extract_context
+from mesh.events import extract_context
+from services.common.events import SubscriptionSpec
 from services.inventory.store import InventoryStore, Sale
 
 log = logging.getLogger(__name__)
@@ -59,6 +57,9 @@ class InventoryEventHandlers:
         self.store = store
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer("services.inventory.events")
+
+    def subscriptions(self) -> tuple[SubscriptionSpec, ...]:
+        return (SubscriptionSpec(ORDER_COMPLETED, ORDER_COMPLETED_DURABLE, self.order_completed),)
 
     async def order_completed(self, env: events_pb2.Envelope, session: AsyncSession) -> None:
         if env.WhichOneof("payload") != "order_completed":
@@ -98,87 +99,3 @@ def sale_lines(event_id: str, items: Sequence[events_pb2.EventLine]) -> tuple[tu
             continue
         merged[item.product_id] = merged.get(item.product_id, 0) + item.quantity
     return tuple(sorted(merged.items()))
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """One durable consumer of the service: its subject, name and handler."""
-
-    subject: str
-    durable: str
-    handler: Handler
-
-
-class EventSubscriber:
-    """Connects to NATS in the background (retrying forever) and subscribes the handlers."""
-
-    def __init__(
-        self,
-        nats_url: str,
-        sessions: async_sessionmaker[AsyncSession],
-        handlers: InventoryEventHandlers,
-        *,
-        name: str,
-        tracer_provider: TracerProvider | None = None,
-        options: SubscribeOptions | None = None,
-    ) -> None:
-        self.nats_url = nats_url
-        self.inbox = Inbox(sessions, CONSUMER)
-        self.name = name
-        self.tracer_provider = tracer_provider
-        self.options = options
-        self.subscriptions = (
-            Subscribe(
-                ORDER_COMPLETED,
-                ORDER_COMPLETED_DURABLE,
-                self.inbox.idempotent(handlers.order_completed),
-            ),
-        )
-        self.bus: EventBus | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
-
-    async def start(self) -> None:
-        """Begin subscribing in the background; never waits for NATS."""
-        if self.nats_url and self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"{self.name}-subscriber")
-
-    async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                bus = self.bus = await EventBus.connect(
-                    self.nats_url, name=f"{self.name}-sub", tracer_provider=self.tracer_provider
-                )
-                await bus.ensure_streams()
-                for sub in self.subscriptions:
-                    await bus.subscribe(
-                        sub.subject, sub.handler, durable=sub.durable, options=self.options
-                    )
-                self.subscribed.set()
-                log.info("%s: consuming %s", self.name,
-                         ", ".join(s.subject for s in self.subscriptions))  # fmt: skip
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # JetStream not ready yet: try again
-                log.warning("%s: subscribing failed (%r); retrying in %.1fs", self.name, exc,
-                            delay)  # fmt: skip
-                if self.bus is not None:
-                    with contextlib.suppress(Exception):
-                        await self.bus.close()
-                    self.bus = None
-                await asyncio.sleep(delay)  # backoff between attempts
-                delay = min(delay * 2, 5.0)
-
-    async def stop(self) -> None:
-        """Stop consuming: the event in hand finishes, unacked ones are redelivered later."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        bus, self.bus = self.bus, None
-        if bus is not None:
-            await bus.close()
-        self.subscribed.clear()

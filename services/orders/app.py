@@ -23,9 +23,10 @@ from mesh.server import ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.common.db import database_url
+from services.common.events import EventSubscriber
 from services.orders import store
 from services.orders.config import OrdersConfig
-from services.orders.events import EventSubscriber, OrderEventHandlers
+from services.orders.events import CONSUMER, OrderEventHandlers
 from services.orders.orders import Orders
 from services.orders.saga import CardVault, OrderSagas
 from services.orders.servicer_v1 import OrderServicerV1
@@ -111,7 +112,8 @@ async def build(
     subscriber = EventSubscriber(
         settings.nats_url,
         db.sessions,
-        OrderEventHandlers(orders_store),
+        CONSUMER,
+        OrderEventHandlers(orders_store).subscriptions(),
         name=settings.instance_id or NAME,
     )
     definition = service_definition(

@@ -198,7 +198,7 @@ async def test_an_event_committed_before_a_crash_is_published_after_the_restart(
     await nats_running.start()
     await shop.start("users")
 
-    # The restarted relay takes the lease once the dead one's expires, then publishes.
+    # The restarted users (same MESH_INSTANCE_ID) takes its relay lease back at once.
     effect = await recorder.wait_for("user.created", user, within_s=40)
     assert effect.event_id == env.id and effect.n == 1
 

@@ -1,0 +1,78 @@
+"""The relay's lease holder: a relay restarted under its old holder id (a service instance
+restarted with the same MESH_INSTANCE_ID) takes the publishing lease back at once;
+a relay of another holder still waits for the lease to expire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from shop.events.v1 import events_pb2
+from sqlalchemy import text
+
+from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
+from tests.integration.events.conftest import Db, eventually
+
+# A lease far longer than the test may wait: publishing in time proves it was taken
+# back, not waited out.
+LONG_LEASE = RelayConfig(lease_s=60.0, poll_interval_s=0.05, ack_timeout_s=1.0,
+                         backoff_max_s=0.5)  # fmt: skip
+
+
+def user_created() -> events_pb2.Envelope:
+    uid = str(uuid.uuid4())
+    return new_envelope(events_pb2.UserCreated(user_id=uid, email=f"{uid}@example.com"),
+                        source="users", subject=uid)  # fmt: skip
+
+
+async def lease_holder(db: Db) -> str:
+    async with db.sessions() as s:
+        row = (await s.execute(text("SELECT holder FROM mesh_outbox_lease"))).one()
+    return str(row[0])
+
+
+async def crash_while_leading(relay: OutboxRelay) -> None:
+    """Run the relay until it holds the lease, then end it as kill -9 would: the lease
+    row stays, unreleased, until it expires."""
+    task = relay.start()
+    await eventually(lambda: relay.is_leader, what="the lease")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_relay_restarted_with_its_holder_takes_its_lease_back_at_once(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    bus = await bus_factory()
+    await crash_while_leading(
+        OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
+    )
+    env = user_created()
+    async with db.sessions.begin() as s:
+        await outbox.add(s, env)
+
+    restarted = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
+    other = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-2")
+    other.start()
+    restarted.start()
+    try:
+        await eventually(lambda: restarted.published == 1, within_s=5.0, what="published")
+        info = await bus.js.stream_info("USER")
+        assert info.state.messages == 1
+        # The dead holder's lease was live: the other instance stands by.
+        assert restarted.is_leader and not other.is_leader
+        assert other.published == 0
+        assert await lease_holder(db) == "users-1"
+    finally:
+        await other.stop()
+        await restarted.stop()
+
+
+async def test_relays_without_a_holder_get_one_each(db: Db, bus_factory: Any) -> None:
+    bus = await bus_factory()
+    relays = [OutboxRelay(db.sessions, bus.js, Outbox()) for _ in range(2)]
+    assert relays[0].holder != relays[1].holder
+    assert all(r.holder.startswith("relay-") for r in relays)

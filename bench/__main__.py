@@ -1,8 +1,7 @@
 """`python -m bench [rpc|events] [options]`: the benchmarks, each comparing side by side.
 
-With no name: `bench.rpc` then `bench.events`, with modest defaults (about a
-minute in all). With a name, only that one, with its own options
-(`python -m bench rpc --help`).
+With no name: `bench.rpc` then `bench.events` (about two minutes in all).
+With a name, only that one, with its own options (`python -m bench rpc --help`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Unary RPC cost of the mesh client, side by side with a bare grpc.aio stub.
+"""Unary RPC cost of the mesh, client and server side, side by side with bare grpc.aio.
 
 Run: `python -m bench.rpc [--seconds S] [--rounds R] [--levels 1,16,64]` (or
-`python -m bench rpc`). One ping server runs in a child process; this process
-is the client. For each number of calls in flight the modes take turns
-(round-robin over `--rounds` rounds, so drift hits them alike):
+`python -m bench rpc`). Ping servers run in child processes; this process is
+the client. For each number of calls in flight the modes take turns
+(round-robin over `--rounds` rounds, so drift hits them alike).
+
+Client side, against a bare ping server:
 
   bare      grpc.aio.insecure_channel + generated stub
   mesh      mesh connect, full chain (deadline, retry, breaker, tracing, metrics),
@@ -11,23 +13,34 @@ is the client. For each number of calls in flight the modes take turns
   mesh+tr   the same with every call traced (BatchSpanProcessor, exporter that
             drops the spans)
 
+Server side, a bare grpc.aio client calling (each call carries a traceparent):
+
+  bare      the ping server without interceptors
+  mesh      the ping server with the mesh server chain (mesh.server.server_interceptors:
+            tracing, metrics, logging, errors, deadline), the caller's trace unsampled
+  mesh+tr   the same, the caller's trace sampled (the server records every span)
+
 Printed: calls/s, p50/p99 latency, client CPU per call (time.process_time of
-this process / calls: the server's share is not in it) and ratios to bare.
-When the server process is the bottleneck the RPS ratio hides client cost;
-CPU per call does not. Then the picker's cost per pick, and the chain's CPU
-per call without gRPC or network (fake finished calls), as each interceptor
-is added: what each one costs, precisely. `--network-breakdown` measures the
-same over the network (noisier).
+this process / calls), server CPU per call (the server process's, likewise),
+and ratios to bare. When one process is the bottleneck the RPS ratio hides
+the other's cost; CPU per call does not. Then the picker's cost per pick, and
+each chain's CPU per call without gRPC or network (fake calls), as each
+interceptor is added: what each one costs, precisely. `--network-breakdown`
+measures the client chain over the network (noisier).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
+import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -49,29 +62,88 @@ from mesh.settings import Settings
 Call = Callable[[ping_pb2.PingRequest], Awaitable[Any]]
 
 
-# -- the server, in its own process ---------------------------------------------------------
+# -- the servers, in their own processes ---------------------------------------------------
+
+# The trace the server-side modes' calls belong to (flags 00: unsampled, 01: sampled).
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
 
 
-def _serve(conn: Connection) -> None:
+@dataclass
+class _ServerRuntime:
+    """What mesh.server.server_interceptors needs of a runtime."""
+
+    registry: Any
+    prometheus: Any
+    metrics: Any
+    tracer_provider: Any
+
+
+def server_chain(log_level: str) -> list[Any]:
+    """The mesh server chain as services run it: the runtime's default tracer provider
+    (parentbased_always_on), spans batched to an exporter that drops them, metrics in
+    their own registry, access log lines at `log_level` written to /dev/null."""
+    from prometheus_client import CollectorRegistry
+
+    from interceptors.metrics import RpcMetrics
+    from interceptors.tracing import make_tracer_provider
+    from mesh.server import server_interceptors
+
+    access = logging.getLogger("shop_mesh.rpc")
+    access.setLevel(log_level)
+    access.propagate = False
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives with the process
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    access.handlers[:] = [handler]
+    provider = make_tracer_provider("bench-server", {})
+    provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    prometheus = CollectorRegistry()
+    return server_interceptors(
+        _ServerRuntime(None, prometheus, RpcMetrics(prometheus), provider)  # type: ignore[arg-type]
+    )
+
+
+def _serve(conn: Connection, chain: bool, log_level: str) -> None:
     async def main() -> None:
         from tests.support.ping import start_ping_server
 
-        server = await start_ping_server("bench")
+        server = await start_ping_server("bench", server_chain(log_level) if chain else ())
         conn.send(server.port)
         await server.server.wait_for_termination()
 
+    def cpu_clock() -> None:
+        # Answers "how much CPU so far" (every thread of the process) until the pipe closes.
+        with contextlib.suppress(EOFError, OSError):
+            while conn.recv():
+                conn.send(time.process_time())
+
+    threading.Thread(target=cpu_clock, daemon=True).start()
     asyncio.run(main())
 
 
-def start_server() -> tuple[multiprocessing.process.BaseProcess, int]:
+@dataclass
+class Server:
+    proc: multiprocessing.process.BaseProcess
+    port: int
+    conn: Connection
+
+    def cpu(self) -> float:
+        self.conn.send(True)
+        return float(self.conn.recv())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+
+
+def start_server(chain: bool = False, log_level: str = "INFO") -> Server:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+    proc = ctx.Process(target=_serve, args=(child, chain, log_level), daemon=True)
     proc.start()
     if not parent.poll(30):
         proc.kill()
         raise RuntimeError("the ping server did not start")
-    return proc, int(parent.recv())
+    return Server(proc, int(parent.recv()), parent)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -83,6 +155,7 @@ class Result:
     seconds: float
     cpu_s: float
     latencies: list[float]
+    server_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -91,6 +164,10 @@ class Result:
     @property
     def cpu_us(self) -> float:
         return self.cpu_s / self.calls * 1e6
+
+    @property
+    def server_cpu_us(self) -> float:
+        return self.server_cpu_s / self.calls * 1e6
 
     def pct(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -103,11 +180,19 @@ def merge(results: Sequence[Result]) -> Result:
         sum(r.seconds for r in results),
         sum(r.cpu_s for r in results),
         [x for r in results for x in r.latencies],
+        sum(r.server_cpu_s for r in results),
     )
 
 
-async def drive(call: Call, inflight: int, seconds: float, warmup_s: float = 0.2) -> Result:
-    """`inflight` closed-loop callers for `seconds`, after `warmup_s` not measured."""
+async def drive(
+    call: Call,
+    inflight: int,
+    seconds: float,
+    warmup_s: float = 0.2,
+    server: Server | None = None,
+) -> Result:
+    """`inflight` closed-loop callers for `seconds`, after `warmup_s` not measured
+    (and `server`'s CPU over the same time)."""
     request = ping_pb2.PingRequest(value="bench")
     latencies: list[float] = []
     stop_at = 0.0
@@ -127,11 +212,13 @@ async def drive(call: Call, inflight: int, seconds: float, warmup_s: float = 0.2
         await asyncio.gather(*(caller() for _ in range(inflight)))
         latencies.clear()
     gc.collect()
+    server_cpu0 = server.cpu() if server is not None else 0.0
     cpu0, t0 = time.process_time(), clock()
     stop_at = t0 + seconds
     await asyncio.gather(*(caller() for _ in range(inflight)))
     elapsed, cpu = clock() - t0, time.process_time() - cpu0
-    return Result(len(latencies), elapsed, cpu, latencies)
+    server_cpu = server.cpu() - server_cpu0 if server is not None else 0.0
+    return Result(len(latencies), elapsed, cpu, latencies, server_cpu)
 
 
 class DropSpans(SpanExporter):
@@ -188,38 +275,61 @@ def pick_cost_us(n_endpoints: int, picks: int = 200_000) -> dict[str, float]:
     return out
 
 
-# -- the chain without a network ----------------------------------------------------------
+# -- the chains without a network ----------------------------------------------------------
 
 
-class _Status:
+class _OkStatus:
+    """What grpc.aio keeps of a finished call's status (`_cython_call._status`)."""
+
     def code(self) -> int:
         return 0
 
+    def details(self) -> str:
+        return ""
+
 
 class _CyCall:
-    _status = _Status()
+    def __init__(self) -> None:
+        self._status: _OkStatus | None = None
 
 
-class _DoneCall:
-    """A call that has already succeeded: what the chain costs, minus gRPC and the network."""
+class _FakeCall:
+    """A call that succeeds when first awaited or asked for its status: like a grpc.aio
+    call, one object per call whose done callbacks run when it finishes. What the chain
+    costs, minus gRPC and the network."""
 
-    _cython_call = _CyCall()
     _response = ping_pb2.PingResponse(value="x")
+    _ok = _OkStatus()
+
+    def __init__(self) -> None:
+        self._cython_call = _CyCall()
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def _finish(self) -> None:
+        if self._cython_call._status is None:
+            self._cython_call._status = self._ok
+            for callback in self._callbacks:
+                callback(self)
 
     def __await__(self) -> Any:
+        self._finish()
         return self._response
         yield
 
     def done(self) -> bool:
-        return True
+        return self._cython_call._status is not None
 
     def cancelled(self) -> bool:
         return False
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        callback(self)
+        if self.done():
+            callback(self)
+        else:
+            self._callbacks.append(callback)
 
     async def code(self) -> grpc.StatusCode:
+        self._finish()
         return grpc.StatusCode.OK
 
     async def details(self) -> str:
@@ -242,16 +352,38 @@ class _FakeChannel:
     async def wait_for_state_change(self, state: grpc.ChannelConnectivity) -> None:
         await self._forever.wait()
 
-    def unary_unary(self, method: str, **kwargs: Any) -> Callable[..., _DoneCall]:
-        done = _DoneCall()
-        return lambda request, **kw: done
+    def unary_unary(self, method: str, **kwargs: Any) -> Callable[..., _FakeCall]:
+        return lambda request, **kw: _FakeCall()
 
     async def close(self, grace: float | None = None) -> None:
         self._forever.set()
 
 
-async def chain_costs(calls: int = 20_000) -> None:
-    """Microseconds of CPU per call for the runner, then each interceptor added."""
+async def _cpu_per_call(call: Callable[[], Awaitable[Any]], calls: int) -> float:
+    """Best of three runs of `calls` // 3 calls, in microseconds of CPU per call."""
+    for _ in range(500):
+        await call()
+    best = float("inf")
+    for _ in range(3):
+        cpu0 = time.process_time()
+        for _ in range(calls // 3):
+            await call()
+        best = min(best, (time.process_time() - cpu0) / (calls // 3) * 1e6)
+    return best
+
+
+def _print_steps(title: str, steps: Sequence[tuple[str, float]]) -> None:
+    """Steps are cumulative; the last one, a variant of the one before, shows no delta."""
+    print(title)
+    previous = 0.0
+    for i, (label, us) in enumerate(steps):
+        delta = f"({us - previous:+.1f})" if i < len(steps) - 1 else ""
+        print(f"  {label:<24} {us:6.1f} {delta}")
+        previous = us
+
+
+async def chain_costs(calls: int = 20_000) -> list[tuple[str, float]]:
+    """Microseconds of CPU per call for the client runner, then each interceptor added."""
     from mesh.balancer.pool import EndpointPool
     from mesh.channel import MeshChannel
 
@@ -260,71 +392,192 @@ async def chain_costs(calls: int = 20_000) -> None:
     rt_on = await mesh_runtime(1, tracer(True))
     full = rt.client_interceptors("ping")
     names = ["deadline", "retry", "breaker", "tracing(off)", "metrics"]
-    steps: list[tuple[str, list[Any]]] = [("runner + pick", [])]
-    steps += [(f"+ {name}", full[: i + 1]) for i, name in enumerate(names)]
-    steps.append(("full, tracing on", rt_on.client_interceptors("ping")))
-    print(f"\nchain CPU per call without gRPC/network (fake calls, {calls} calls, us):")
-    previous = 0.0
-    for label, chain in steps:
+    chains: list[tuple[str, list[Any]]] = [("runner + pick", [])]
+    chains += [(f"+ {name}", full[: i + 1]) for i, name in enumerate(names)]
+    chains.append(("full, tracing on", rt_on.client_interceptors("ping")))
+    steps: list[tuple[str, float]] = []
+    request = ping_pb2.PingRequest()
+    for label, chain in chains:
         pool = EndpointPool("ping", registry, lambda _i: _FakeChannel())  # type: ignore[arg-type,return-value]
         channel = MeshChannel(pool, chain)
         await asyncio.wait_for(channel.channel_ready(), 5)
         stub = ping_pb2_grpc.PingServiceStub(channel)
-        request = ping_pb2.PingRequest()
-        for _ in range(500):
-            await stub.Ping(request)
-        best = float("inf")
-        for _ in range(3):
-            cpu0 = time.process_time()
-            for _ in range(calls // 3):
-                await stub.Ping(request)
-            best = min(best, (time.process_time() - cpu0) / (calls // 3) * 1e6)
-        delta = "" if label.startswith("full") else f"({best - previous:+.1f})"
-        print(f"  {label:<20} {best:6.1f} {delta}")
-        if not label.startswith("full"):
-            previous = best
+        steps.append((label, await _cpu_per_call(functools.partial(stub.Ping, request), calls)))
         await channel.close()
     await rt.close()
     await rt_on.close()
+    return steps
+
+
+class _FakeServicerContext:
+    """What the server interceptors use of a grpc.aio ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return 5.0
+
+    def code(self) -> grpc.StatusCode | None:
+        return None
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50412"
+
+
+@dataclass(frozen=True)
+class _HandlerCallDetails:
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
+
+
+async def _run_interceptors(
+    interceptors: Any, query: Callable[[Any], Any], details: _HandlerCallDetails
+) -> Any:
+    # As grpc.aio's server runs its interceptors for every call (_run_interceptor in
+    # grpc/_cython/_cygrpc/aio/server.pyx.pxi): a coroutine and a partial per interceptor.
+    interceptor = next(interceptors, None)
+    if interceptor is None:
+        return query(details)
+    continuation = functools.partial(_run_interceptors, interceptors, query)
+    return await interceptor.intercept_service(continuation, details)
+
+
+async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[str, float]]:
+    """Microseconds of CPU per call for the server chain (mesh.server's, in its order)
+    as each interceptor is added, the caller's trace unsampled; then sampled."""
+    response = ping_pb2.PingResponse(value="x")
+
+    async def ping(request: Any, context: Any) -> ping_pb2.PingResponse:
+        return response
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        ping,
+        request_deserializer=ping_pb2.PingRequest.FromString,
+        response_serializer=ping_pb2.PingResponse.SerializeToString,
+    )
+    method = "/shop.testing.v1.PingService/Ping"
+    query: Callable[[Any], Any] = lambda details: handler  # noqa: E731
+    chain = server_chain(log_level)
+    steps: list[tuple[str, float]] = []
+    raw = ping_pb2.PingRequest(value="bench").SerializeToString()
+    variants: list[tuple[str, list[Any], str]] = [("handler only", [], "00")]
+    for i, interceptor in enumerate(chain):
+        name = type(interceptor).__name__.removesuffix("Interceptor").removesuffix("Server")
+        name = name.lower()
+        label = f"+ {name}" + (" (unsampled)" if name == "tracing" else "")
+        if name == "logging":
+            label += f" ({log_level})"
+        variants.append((label, chain[: i + 1], "00"))
+    variants.append(("full, sampled", chain, "01"))
+    for label, interceptors, flags in variants:
+        metadata = (("traceparent", TRACE.format(flags=flags)),)
+        details = _HandlerCallDetails(method, metadata)
+        context = _FakeServicerContext(metadata)
+
+        async def one(
+            interceptors: list[Any] = interceptors, details: Any = details, context: Any = context
+        ) -> Any:
+            # As grpc.aio then does: (de)serialise with the handler's functions, if any.
+            h = await _run_interceptors(iter(interceptors), query, details)
+            parse, serialise = h.request_deserializer, h.response_serializer
+            response = await h.unary_unary(parse(raw) if parse else raw, context)
+            return serialise(response) if serialise else response
+
+        steps.append((label, await _cpu_per_call(one, calls)))
+    return steps
 
 
 # -- the run --------------------------------------------------------------------------------
 
 
-async def compare(port: int, levels: Sequence[int], seconds: float, rounds: int) -> None:
+def _print_header(title: str) -> None:
+    print(title)
+    header = (
+        f"{'inflight':>8} {'mode':<8} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'client us':>9} {'server us':>9} {'rps/bare':>8} {'cpu/bare':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+
+
+async def _turns(
+    modes: dict[str, tuple[Call, Server]],
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    cpu_of: Callable[[Result], float],
+) -> None:
+    """Each level: the modes take turns; one line per mode, ratios to the first."""
+    for level in levels:
+        runs: dict[str, list[Result]] = {m: [] for m in modes}
+        for i in range(rounds):
+            for name, (call, server) in modes.items():
+                warmup = 0.2 if i == 0 else 0.0
+                runs[name].append(await drive(call, level, seconds / rounds, warmup, server))
+        results = {name: merge(rs) for name, rs in runs.items()}
+        base = next(iter(results.values()))
+        for name, r in results.items():
+            print(
+                f"{level:>8} {name:<8} {r.rps:>9.0f} {r.pct(50):>7.2f} {r.pct(99):>7.2f}"
+                f" {r.cpu_us:>9.0f} {r.server_cpu_us:>9.0f} {r.rps / base.rps:>8.2f}"
+                f" {cpu_of(r) / cpu_of(base):>8.2f}"
+            )
+
+
+async def compare(server: Server, levels: Sequence[int], seconds: float, rounds: int) -> None:
+    """The client side: bare stub vs the mesh client, against one bare server."""
+    port = server.port
     bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     bare = ping_pb2_grpc.PingServiceStub(bare_channel)
     rt_off = await mesh_runtime(port, tracer(False))
     rt_on = await mesh_runtime(port, tracer(True))
     mesh_off = await rt_off.connect("ping", ping_pb2_grpc.PingServiceStub)
     mesh_on = await rt_on.connect("ping", ping_pb2_grpc.PingServiceStub)
-    modes: dict[str, Call] = {"bare": bare.Ping, "mesh": mesh_off.Ping, "mesh+tr": mesh_on.Ping}
+    modes: dict[str, tuple[Call, Server]] = {
+        "bare": (bare.Ping, server),
+        "mesh": (mesh_off.Ping, server),
+        "mesh+tr": (mesh_on.Ping, server),
+    }
     for stub in (bare, mesh_off, mesh_on):
         await stub.Ping(ping_pb2.PingRequest(), timeout=10)
-
-    print(f"unary Ping, server in a child process; {rounds} x {seconds:.1f}s per mode and level")
-    header = (
-        f"{'inflight':>8} {'mode':<8} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'cpu us/call':>11} {'rps/bare':>8} {'cpu/bare':>8}"
+    _print_header(
+        f"client side: unary Ping to a bare server; {rounds} x {seconds / rounds:.1f}s turns"
+        " per mode and level (cpu/bare: client CPU)"
     )
-    print(header)
-    print("-" * len(header))
-    for level in levels:
-        runs: dict[str, list[Result]] = {m: [] for m in modes}
-        for i in range(rounds):
-            for name, call in modes.items():
-                warmup = 0.2 if i == 0 else 0.0
-                runs[name].append(await drive(call, level, seconds / rounds, warmup))
-        results = {name: merge(rs) for name, rs in runs.items()}
-        base = results["bare"]
-        for name, r in results.items():
-            print(
-                f"{level:>8} {name:<8} {r.rps:>9.0f} {r.pct(50):>7.2f} {r.pct(99):>7.2f}"
-                f" {r.cpu_us:>11.0f} {r.rps / base.rps:>8.2f} {r.cpu_us / base.cpu_us:>8.2f}"
-            )
+    await _turns(modes, levels, seconds, rounds, lambda r: r.cpu_us)
     await bare_channel.close(None)
     await rt_off.close()
     await rt_on.close()
+
+
+async def compare_servers(
+    bare_server: Server, chain_server: Server, levels: Sequence[int], seconds: float, rounds: int
+) -> None:
+    """The server side: a bare client calling a bare server vs one with the mesh chain."""
+    bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}")
+    chain_channel = grpc.aio.insecure_channel(f"127.0.0.1:{chain_server.port}")
+    to_bare = ping_pb2_grpc.PingServiceStub(bare_channel)
+    to_chain = ping_pb2_grpc.PingServiceStub(chain_channel)
+    unsampled = (("traceparent", TRACE.format(flags="00")),)
+    sampled = (("traceparent", TRACE.format(flags="01")),)
+    modes: dict[str, tuple[Call, Server]] = {
+        "bare": (functools.partial(to_bare.Ping, metadata=unsampled), bare_server),
+        "mesh": (functools.partial(to_chain.Ping, metadata=unsampled), chain_server),
+        "mesh+tr": (functools.partial(to_chain.Ping, metadata=sampled), chain_server),
+    }
+    for stub in (to_bare, to_chain):
+        await stub.Ping(ping_pb2.PingRequest(), timeout=10)
+    _print_header(
+        f"\nserver side: a bare client; the server bare or with the mesh chain; {rounds} x"
+        f" {seconds / rounds:.1f}s turns per mode and level (cpu/bare: server CPU)"
+    )
+    await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
+    await bare_channel.close(None)
+    await chain_channel.close(None)
 
 
 async def breakdown(port: int, seconds: float, level: int) -> None:
@@ -360,20 +613,35 @@ async def breakdown(port: int, seconds: float, level: int) -> None:
     await rt_on.close()
 
 
-async def main(levels: Sequence[int], seconds: float, rounds: int, network_breakdown: bool) -> None:
-    proc, port = start_server()
+async def main(
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    network_breakdown: bool,
+    server_log_level: str,
+) -> None:
+    bare_server = start_server()
+    chain_server = start_server(chain=True, log_level=server_log_level)
     try:
-        await compare(port, levels, seconds, rounds)
+        await compare(bare_server, levels, seconds, rounds)
+        await compare_servers(bare_server, chain_server, levels, seconds, rounds)
         costs = {n: pick_cost_us(n) for n in (3, 20)}
         print("\npicker cost per pick (us):")
         for n, c in costs.items():
             print(f"  {n:>2} instances: round_robin {c['round_robin']:.3f}, p2c {c['p2c']:.3f}")
-        await chain_costs()
+        _print_steps(
+            "\nclient chain CPU per call without gRPC/network (fake calls, us):",
+            await chain_costs(),
+        )
+        _print_steps(
+            "\nserver chain CPU per call without gRPC/network (fake context, us):",
+            await server_chain_costs(server_log_level),
+        )
         if network_breakdown:
-            await breakdown(port, max(1.0, seconds / 2), 16)
+            await breakdown(bare_server.port, max(1.0, seconds / 2), 16)
     finally:
-        proc.kill()
-        proc.join(5)
+        bare_server.stop()
+        chain_server.stop()
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
@@ -386,6 +654,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6, help="turns each mode takes per level")
     p.add_argument("--levels", default="1,16,64", help="calls in flight, comma-separated")
     p.add_argument(
+        "--server-log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the mesh server's access log level (INFO, the services' default, logs every call)",
+    )
+    p.add_argument(
         "--network-breakdown",
         action="store_true",
         help="also measure CPU per call over the network as the chain grows (noisy)",
@@ -393,7 +667,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
-    asyncio.run(main(levels, a.seconds, max(1, a.rounds), a.network_breakdown))
+    asyncio.run(main(levels, a.seconds, max(1, a.rounds), a.network_breakdown, a.server_log_level))
 
 
 if __name__ == "__main__":

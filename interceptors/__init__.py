@@ -2,7 +2,8 @@
 
 Client (outermost first, as the mesh client runs them):
 `deadline` -> `retry` -> `breaker` -> `tracing` -> `metrics` -> (pick instance).
-Server (outermost first): `tracing` -> `metrics` -> `logging` -> `deadline` -> `errors`.
+Server (outermost first, as mesh.server runs them): `tracing` -> `metrics` ->
+`logging` -> `errors` -> `deadline` -> `decoding`.
 
 On a plain grpc.aio channel install client interceptors with
 `interceptors.arity.for_channel(...)` (grpc.aio files a multi-arity

@@ -89,6 +89,12 @@ def local_reason(error: grpc.aio.AioRpcError) -> str | None:
 # Strong references to the rare report tasks (asyncio keeps only weak ones).
 _PENDING_REPORTS: set[asyncio.Future[None]] = set()
 
+_OK = grpc.StatusCode.OK
+# Status numbers as gRPC core reports them -> grpc.StatusCode.
+_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+# Where a call object keeps the done callback its observers share (see `when_done`).
+_HUB_KEY = "_mesh_done_hub"
+
 
 class _Pending(Exception):
     """The coroutine needed the event loop: its result is not ready yet."""
@@ -106,29 +112,70 @@ def _result_now(coro: Coroutine[Any, Any, Any]) -> Any:
     raise _Pending
 
 
-def _report(call: Any, callback: DoneCallback) -> None:
+def _finished_status(call: Any) -> tuple[grpc.StatusCode, str] | None:
+    """The (code, details) of a finished grpc.aio call read without a coroutine, or None.
+
+    grpc.aio's own `code()`/`details()` await `_cython_call.status()`, which
+    for a finished call is `_cython_call._status` (grpc/aio/_call.py); reading
+    it directly costs no coroutine per observer. None (use the public
+    coroutines) for any other call object; tests/unit/interceptors guards
+    this against grpcio upgrades.
+    """
+    status = getattr(getattr(call, "_cython_call", None), "_status", None)
+    if status is None:
+        return None
+    code = _BY_NUMBER.get(status.code())
+    if code is None:
+        return None
+    return code, "" if code is _OK else (status.details() or "")
+
+
+def _notify(callbacks: list[DoneCallback], code: grpc.StatusCode, details: str) -> None:
+    for callback in callbacks:
+        # grpc swallows exceptions from done callbacks silently: log them instead.
+        try:
+            callback(code, details)
+        except Exception:
+            log.exception("call-done callback %r failed", callback)
+
+
+def _report(call: Any, callbacks: list[DoneCallback]) -> None:
+    status = _finished_status(call)
+    if status is not None:
+        _notify(callbacks, *status)
+        return
     try:
         code = _result_now(call.code())
-        details = "" if code is grpc.StatusCode.OK else _result_now(call.details())
+        details = "" if code is _OK else _result_now(call.details())
     except _Pending:
-        task = asyncio.ensure_future(_report_later(call, callback))
+        task = asyncio.ensure_future(_report_later(call, callbacks))
         _PENDING_REPORTS.add(task)
         task.add_done_callback(_PENDING_REPORTS.discard)
         return
-    # grpc swallows exceptions from done callbacks silently: log them instead.
-    try:
-        callback(code, details or "")
-    except Exception:
-        log.exception("call-done callback %r failed", callback)
+    _notify(callbacks, code, details or "")
 
 
-async def _report_later(call: Any, callback: DoneCallback) -> None:
+async def _report_later(call: Any, callbacks: list[DoneCallback]) -> None:
     code = await call.code()
-    details = "" if code is grpc.StatusCode.OK else await call.details()
-    try:
-        callback(code, details or "")
-    except Exception:
-        log.exception("call-done callback %r failed", callback)
+    details = "" if code is _OK else await call.details()
+    _notify(callbacks, code, details or "")
+
+
+class _DoneHub:
+    """The one done callback of a call, shared by all its observers.
+
+    It reads the status of whatever call object the callback is given (a
+    wrapper may pass itself or the call it wraps) and runs the observers'
+    callbacks, each isolated, in the order they were added.
+    """
+
+    __slots__ = ("callbacks",)
+
+    def __init__(self, callback: DoneCallback) -> None:
+        self.callbacks = [callback]
+
+    def __call__(self, call: Any) -> None:
+        _report(call, self.callbacks)
 
 
 def when_done(call: Any, callback: DoneCallback) -> None:
@@ -138,8 +185,22 @@ def when_done(call: Any, callback: DoneCallback) -> None:
     `code`, `details`), so the interceptor can return the call at once: an
     interceptor that awaited the call instead would deadlock stream-request
     calls written with `call.write()` and buffer server streams.
+
+    Callbacks on one call run in the order they were added, each isolated
+    (an exception is logged, the others still run). Breaker, metrics and
+    sampled tracing all watch the same call: on a call that can hold
+    attributes (grpc.aio's) they share one done callback and one status read.
     """
     if call.done():
-        _report(call, callback)
+        _report(call, [callback])
+        return
+    attrs: dict[str, Any] | None = getattr(call, "__dict__", None)
+    if attrs is None:  # e.g. a slotted wrapper: a done callback of its own
+        call.add_done_callback(_DoneHub(callback))
+        return
+    hub: _DoneHub | None = attrs.get(_HUB_KEY)
+    if hub is None:
+        hub = attrs[_HUB_KEY] = _DoneHub(callback)
+        call.add_done_callback(hub)
     else:
-        call.add_done_callback(lambda finished: _report(finished, callback))
+        hub.callbacks.append(callback)

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 # `async (details, request or request iterator) -> call`, from grpc.aio or the mesh's runner.
 Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Set on intercept methods that return their continuation's call (or a call
+# wrapping it), never a bare response or async iterable: a chain runner may
+# then call them without a link that converts results (mesh/balancer/calls.py).
+RETURNS_CALL = "__mesh_returns_call__"
+
+
+def returns_call(method: F) -> F:
+    """Mark an intercept method as returning a call object (see `RETURNS_CALL`).
+
+    The mark is on the function: a subclass overriding the method is not marked.
+    """
+    setattr(method, RETURNS_CALL, True)
+    return method
 
 
 # The stubs make the interceptor bases generic; at run time they are not.

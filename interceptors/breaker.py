@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from interceptors._call import local_error, method_name, when_done
-from interceptors._client import ClientInterceptor, Continuation
+from interceptors._client import ClientInterceptor, Continuation, returns_call
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class BreakerConfig:
 
 
 StateCallback = Callable[[BreakerState, BreakerState], None]
+
+_CLOSED = BreakerState.CLOSED
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 class CircuitBreaker:
@@ -141,6 +144,8 @@ class CircuitBreaker:
 
     def acquire(self) -> int | None:
         """A ticket for a call allowed now, or None: fail fast."""
+        if self._state is _CLOSED:  # the per-call path: no property, no clock
+            return self._generation
         state = self.state
         if state is BreakerState.CLOSED:
             return self._generation
@@ -154,8 +159,8 @@ class CircuitBreaker:
         if ticket != self._generation:
             return  # admitted before the last state change: not evidence about now
         failed = code in self.config.failure_codes
-        if self._state is BreakerState.CLOSED:
-            if code is not grpc.StatusCode.CANCELLED:
+        if self._state is _CLOSED:
+            if code is not _CANCELLED:
                 self._record(failed)
         elif self._state is BreakerState.HALF_OPEN:
             self._in_flight -= 1
@@ -170,8 +175,11 @@ class CircuitBreaker:
 
     def _advance(self, now: float) -> None:
         slot = int(now / self._slot_width)
-        if slot == self._slot:
-            return
+        if slot != self._slot:
+            self._advance_to(slot)
+
+    def _advance_to(self, slot: int) -> None:
+        """Forget the slots that left the window on the way to `slot`."""
         n = self.config.buckets
         for s in range(self._slot + 1, self._slot + 1 + min(slot - self._slot, n)):
             i = s % n
@@ -181,16 +189,18 @@ class CircuitBreaker:
         self._slot = slot
 
     def _record(self, failed: bool) -> None:
-        self._advance(self._clock())
-        i = self._slot % self.config.buckets
+        cfg = self.config
+        slot = int(self._clock() / self._slot_width)
+        if slot != self._slot:
+            self._advance_to(slot)
+        i = slot % cfg.buckets
         self._slot_calls[i] += 1
-        self._calls += 1
+        calls = self._calls = self._calls + 1
         if failed:
             self._slot_failures[i] += 1
             self._failures += 1
         # Checked on successes too: the min_calls-th call may be one.
-        cfg = self.config
-        if self._calls >= cfg.min_calls and self._failures >= cfg.failure_rate * self._calls:
+        if calls >= cfg.min_calls and self._failures >= cfg.failure_rate * calls:
             self._transition(BreakerState.OPEN)
 
     def _reset_window(self) -> None:
@@ -290,6 +300,7 @@ class BreakerClientInterceptor(ClientInterceptor):
         self._service = service
         self._by_method: dict[Any, tuple[str, CircuitBreaker]] = {}
 
+    @returns_call
     async def intercept(
         self,
         continuation: Continuation,

@@ -44,6 +44,17 @@ def _parse(method: str, deserialize: Deserializer, raw: bytes) -> Any:
 
 
 class MalformedRequestInterceptor(_ServerInterceptor):
+    """See the module docstring.
+
+    The handler it returns for a method is made once and reused while the
+    inner handler object stays the same: a new handler per call would also
+    defeat the per-method caches of the interceptors outside it
+    (interceptors._handler), which would then re-wrap every call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -53,6 +64,16 @@ class MalformedRequestInterceptor(_ServerInterceptor):
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
         method: str = handler_call_details.method
+        hit = self._wrapped.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(method: str, handler: Any) -> Any:
+        """A handler that parses the request itself (unary requests only)."""
         deserialize: Deserializer = handler.request_deserializer
         if handler.response_streaming:
             inner_stream = handler.unary_stream

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from interceptors._call import LOCAL_ERROR_KEY, method_name, replace_call_details, with_metadata
-from interceptors._client import ClientInterceptor, Continuation
+from interceptors._client import ClientInterceptor, Continuation, returns_call
 
 if TYPE_CHECKING:
     from interceptors.metrics import RpcMetrics
@@ -261,6 +261,7 @@ class RetryClientInterceptor(ClientInterceptor):
             return new
         return replace_call_details(new, timeout=max(deadline - self._clock(), 0.0))
 
+    @returns_call
     async def intercept_unary_unary(
         self,
         continuation: Continuation,
@@ -291,6 +292,7 @@ class RetryClientInterceptor(ClientInterceptor):
             attempt += 1
             details = self._attempt_details(client_call_details, attempt, deadline)
 
+    @returns_call
     async def intercept_unary_stream(
         self,
         continuation: Continuation,
@@ -317,6 +319,7 @@ class RetryClientInterceptor(ClientInterceptor):
             attempt += 1
             details = self._attempt_details(client_call_details, attempt, deadline)
 
+    @returns_call
     async def intercept_stream_unary(
         self,
         continuation: Continuation,
@@ -326,6 +329,7 @@ class RetryClientInterceptor(ClientInterceptor):
         # Never retried: the request iterator cannot be replayed.
         return await continuation(client_call_details, request_iterator)
 
+    @returns_call
     async def intercept_stream_stream(
         self,
         continuation: Continuation,

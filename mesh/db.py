@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 
 def normalise_url(url: str) -> str:
-    """Pick the async driver for plain URLs (`postgresql://` -> asyncpg, `sqlite://` -> aiosqlite)."""
+    """Pick the async driver for plain URLs (postgresql:// -> asyncpg, sqlite:// -> aiosqlite)."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername != "postgresql+asyncpg":

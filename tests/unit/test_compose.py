@@ -98,9 +98,9 @@ def test_edge_points_at_its_companion() -> None:
     companion = doc["services"][sock["address"]]
     cmd = companion["command"]
     assert cmd[cmd.index("--port") + 1] == str(sock["port_value"])
-    assert "payments" not in {
-        c["name"] for c in envoy_cfg["static_resources"]["clusters"]
-    }, "payments must not be routable from the edge"
+    assert "payments" not in {c["name"] for c in envoy_cfg["static_resources"]["clusters"]}, (
+        "payments must not be routable from the edge"
+    )
     for svc in _ours(doc).values():
         deps = svc.get("depends_on", {})
         assert all(d.get("condition") for d in deps.values()), "depends_on needs conditions"

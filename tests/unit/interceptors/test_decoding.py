@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
-from shop.testing.v1 import ping_pb2
+from prometheus_client import CollectorRegistry
+from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.decoding import MalformedRequestInterceptor
 from interceptors.errors import ErrorServerInterceptor, details_of
+from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from tests.support.ping import start_ping_server
 
 TRUNCATED = b"\x0a\x05ab"  # field 1, length 5, only 2 bytes follow
@@ -52,3 +56,28 @@ async def test_truncated_bodies_are_invalid_argument_on_unary_and_stream() -> No
     finally:
         await server.stop()
     assert server.servicer.calls == 2  # the malformed calls never reached the servicer
+
+
+async def test_one_handler_per_method_so_outer_interceptors_keep_their_cache() -> None:
+    # A new handler per call would make every interceptor outside re-wrap every call.
+    metrics = RpcMetrics(CollectorRegistry())
+    outer = MetricsServerInterceptor(metrics)
+    prepared: list[str] = []
+    real_prepare = outer.prepare
+
+    def prepare(method: str) -> Any:
+        prepared.append(method)
+        return real_prepare(method)
+
+    outer.prepare = prepare  # type: ignore[method-assign]
+    server = await start_ping_server(interceptors=[outer, MalformedRequestInterceptor()])
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = ping_pb2_grpc.PingServiceStub(ch)
+            for _ in range(3):
+                assert (await stub.Ping(ping_pb2.PingRequest(value="v"))).value == "v"
+    finally:
+        await server.stop()
+    assert prepared == ["/shop.testing.v1.PingService/Ping"]
+    handled = metrics.server_handled.labels("shop.testing.v1.PingService", "Ping", "OK")
+    assert handled._value.get() == 3

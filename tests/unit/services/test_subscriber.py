@@ -158,7 +158,8 @@ async def test_events_published_while_stopped_are_handled_by_the_next_start(
     # A fetch still waiting on the server (up to its 1 s expiry) would take the next
     # message for the stopped subscriber, to be redelivered only after ack_wait.
     async def no_waiting_pull() -> bool:
-        return (await bus.js.consumer_info("USER", "svc-user-deleted")).num_waiting == 0
+        info = await bus.js.consumer_info("USER", "svc-user-deleted")
+        return not info.num_waiting
 
     await eventually(no_waiting_pull, what="the stopped subscriber's last fetch to expire")
     env = user_deleted()

@@ -1,0 +1,215 @@
+"""Starting a span the OpenTelemetry SDK would drop, without the SDK.
+
+`Tracer.start_span` costs ~3 µs even when the sampler drops the span (sampler
+calls, a SamplingResult, SpanContext validation, a NonRecordingSpan), and
+most calls are not sampled. For the SDK's own samplers the decision is plain
+arithmetic on the trace id and the parent's flags, so `SpanShortcut.drop`
+makes it here, and gives the ids of the dropped span: the caller propagates
+them (flag 00) exactly as it would the SDK's non-recording span. When the
+span might be recorded, the caller calls `SpanShortcut.start_span`, which is
+the SDK's, a root reusing the trace id drawn for the decision (so a ratio
+sampler's rate stays exact).
+
+Only what is certainly equivalent takes the shortcut: the SDK's `Tracer`,
+samplers among StaticSampler (ALWAYS_ON/OFF), TraceIdRatioBased and
+ParentBased over those, no SDK self-metrics (a meter provider counting
+started spans), tracer enabled. Anything else: `drop` returns None and the
+SDK decides, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from random import getrandbits
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.util.types import Attributes
+
+try:  # SDKs before self-metrics have no such module: nothing to skip there
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    NoOpTracerMetrics = None  # type: ignore[assignment,misc]
+
+# TraceIdRatioBased decides on the low 64 bits: sampled iff (id & LIMIT) < bound.
+_LIMIT = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
+_NEVER_DROPS = _LIMIT + 1
+_ALWAYS_DROPS = 0
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM_ID = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+
+# Samplers whose should_sample is exactly their base's (subclasses only set arguments).
+_STATIC = (sampling.StaticSampler, sampling._AlwaysOff, sampling._AlwaysOn)
+_PARENT_BASED = (
+    sampling.ParentBased,
+    sampling.ParentBasedTraceIdRatio,
+    sampling._ParentBasedAlwaysOff,
+    sampling._ParentBasedAlwaysOn,
+)
+
+
+def _leaf_bound(sampler: Any) -> int | None:
+    """The drop bound of a sampler that ignores the parent's flags, or None: unknown."""
+    kind = type(sampler)
+    if kind in _STATIC:
+        return _ALWAYS_DROPS if sampler._decision is sampling.Decision.DROP else _NEVER_DROPS
+    if kind is sampling.TraceIdRatioBased:
+        bound: int = sampler.bound
+        return bound
+    return None
+
+
+def drop_bounds(sampler: Any) -> tuple[int, int, int, int, int] | None:
+    """Per parent kind (root, remote sampled, remote unsampled, local sampled, local
+    unsampled), the bound B such that the sampler drops a span iff (trace_id & LIMIT) >= B;
+    None when the sampler is not one whose decision is known to be that."""
+    if type(sampler) in _PARENT_BASED:
+        delegates = (
+            sampler._root,
+            sampler._remote_parent_sampled,
+            sampler._remote_parent_not_sampled,
+            sampler._local_parent_sampled,
+            sampler._local_parent_not_sampled,
+        )
+        bounds = [_leaf_bound(d) for d in delegates]
+        if any(b is None for b in bounds):
+            return None
+        root, rs, rn, ls, ln = (b for b in bounds if b is not None)
+        return root, rs, rn, ls, ln
+    leaf = _leaf_bound(sampler)
+    return None if leaf is None else (leaf,) * 5
+
+
+class _PresetTraceIds(IdGenerator):
+    """The tracer's id generator, except that the next trace id may be given in advance."""
+
+    def __init__(self, inner: IdGenerator) -> None:
+        self.inner = inner
+        self._next = threading.local()
+
+    def preset(self, trace_id: int) -> None:
+        self._next.trace_id = trace_id
+
+    def clear(self) -> None:
+        self._next.trace_id = None
+
+    def generate_trace_id(self) -> int:
+        preset: int | None = getattr(self._next, "trace_id", None)
+        if preset is not None:
+            self._next.trace_id = None
+            return preset
+        return self.inner.generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        return self.inner.generate_span_id()
+
+    def is_trace_id_random(self) -> bool:
+        return self.inner.is_trace_id_random()
+
+
+class SpanShortcut:
+    """`drop()` first; `start_span()` only when it returned None. One per tracer."""
+
+    __slots__ = ("_bounds", "_ids", "_preset", "_random_ids", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer: Any = tracer
+        self._bounds: tuple[int, int, int, int, int] | None = None
+        self._preset: _PresetTraceIds | None = None
+        self._random_ids = False
+        if not (
+            type(tracer) is sdk_trace.Tracer
+            and NoOpTracerMetrics is not None
+            and type(getattr(tracer, "_tracer_metrics", None)) is NoOpTracerMetrics
+            and hasattr(tracer, "_tracer_config")
+        ):
+            return
+        self._bounds = drop_bounds(tracer.sampler)
+        if self._bounds is None:
+            return
+        self._ids: IdGenerator = tracer.id_generator
+        # The SDK's default draws from `random` itself: so do we, minus two calls.
+        self._random_ids = type(self._ids) is RandomIdGenerator
+        if _ALWAYS_DROPS < self._bounds[0] < _NEVER_DROPS:
+            # A root's decision depends on its trace id (ratio sampler): when it is
+            # sampled, the SDK must use the id decided on. Only then is the
+            # generator wrapped (this Tracer object is ours: get_tracer makes one per call).
+            self._preset = tracer.id_generator = _PresetTraceIds(self._ids)
+
+    @property
+    def active(self) -> bool:
+        """Whether `drop` can ever answer (the tracer and sampler are supported)."""
+        return self._bounds is not None
+
+    def drop(self, parent: SpanContext) -> tuple[int, int] | None:
+        """(trace_id, span_id) of the span the SDK would start as a child of `parent`
+        (an invalid one: a root) and drop, or None: call `start_span` now.
+
+        A dropped span's trace state is the parent's (none for a root), its
+        flags unsampled: as the SDK's non-recording span.
+        """
+        bounds = self._bounds
+        if bounds is None or not self._tracer._tracer_config.is_enabled:
+            return None
+        if parent.is_valid:
+            trace_id: int = parent.trace_id
+            if parent.is_remote:
+                bound = bounds[1] if parent.trace_flags.sampled else bounds[2]
+            else:
+                bound = bounds[3] if parent.trace_flags.sampled else bounds[4]
+            if trace_id & _LIMIT < bound:
+                return None
+        else:
+            bound = bounds[0]
+            if bound == _NEVER_DROPS:
+                return None  # sampled whatever the id: the SDK draws it
+            trace_id = getrandbits(128) if self._random_ids else self._ids.generate_trace_id()
+            while not trace_id:  # as RandomIdGenerator: 0 is the invalid id
+                trace_id = self._ids.generate_trace_id()
+            if trace_id & _LIMIT < bound:
+                # The SDK will draw the root's trace id: make it this one.
+                assert self._preset is not None
+                self._preset.preset(trace_id)
+                return None
+        span_id = getrandbits(64) if self._random_ids else self._ids.generate_span_id()
+        while not span_id:
+            span_id = self._ids.generate_span_id()
+        return trace_id, span_id
+
+    def dropped_context(self, parent: SpanContext, trace_id: int, span_id: int) -> SpanContext:
+        """The span context of the span `drop` gave ids for, as the SDK would make it."""
+        if parent.is_valid:
+            random_id = parent.trace_flags.random_trace_id
+            state = parent.trace_state
+        else:
+            random_id = self._ids.is_trace_id_random()
+            state = None
+        return SpanContext(
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=_RANDOM_ID if random_id else _UNSAMPLED,
+            trace_state=state,
+        )
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None,
+        kind: SpanKind,
+        attributes: Attributes,
+    ) -> Span:
+        """The SDK's start_span (a root gets the trace id `drop` drew, if it drew one)."""
+        try:
+            span: Span = self._tracer.start_span(
+                name, context=context, kind=kind, attributes=attributes
+            )
+        finally:
+            if self._preset is not None:
+                self._preset.clear()
+        return span

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -20,6 +21,21 @@ from typing import TextIO
 from mesh.local.topology import ProcessSpec
 
 _COLOURS = ("36", "32", "33", "35", "34", "31", "96", "92", "93", "95")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL.
+
+    Children run in their own session (so a terminal's Ctrl-C reaches only the
+    supervisor); without this, a supervisor killed outright would orphan them.
+    SIGTERM lets them drain and deregister as on a normal stop. Linux only.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -62,6 +78,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         child = Child(spec, proc)
         child.pump = asyncio.create_task(self._pump(child, len(self.children), quiet))

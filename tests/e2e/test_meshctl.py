@@ -67,11 +67,39 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
                 rest = (await proc.stdout.read()).decode()
                 assert await proc.wait() == 0, rest[-3000:]
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            if proc.returncode is None:  # a failed assertion: stop it as a person would
+                proc.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
     assert "mesh stopped" in rest
     assert _processes_of(run_dir) == [], "orphan processes left behind"
     leftovers = [p for p in (run_dir / "registry").rglob("*.json")]
     assert leftovers == [], f"stale registrations: {leftovers}"
     assert not (run_dir / "up.json").exists()
+
+
+async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL leaves no handler to run: the children must still not be orphaned."""
+    run_dir = tmp_path / "run"
+    async with nats_server(tmp_path / "nats") as nats:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
+        env["NATS_URL"] = nats.url
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        async with asyncio.timeout(90):
+            while b"mesh is up" not in (await proc.stdout.readline() or b"mesh is up"):
+                pass
+        assert _processes_of(run_dir), "nothing started"
+        proc.kill()
+        await proc.wait()
+        for _ in range(150):  # poll up to 30 s for the children to exit
+            if not _processes_of(run_dir):
+                break
+            await asyncio.sleep(0.2)
+        assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,6 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def instance(name: str, port: int) -> Instance:
     return Instance(id=name, service=SERVICE, host="127.0.0.1", port=port)
-
-
-async def eventually(
-    predicate: Callable[[], bool], within: float = 5.0, what: str = "condition"
-) -> float:
-    """Poll `predicate` until true (seconds taken), failing after `within` seconds."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 class UnavailableInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -92,6 +79,7 @@ class ChildServer:
 _CHILD = """
 import asyncio, sys
 from tests.support.ping import start_ping_server
+from tests.support.poll import eventually
 
 async def main():
     server = await start_ping_server(sys.argv[1])

@@ -9,10 +9,10 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from tests.integration.client.conftest import (
     SlowInterceptor,
-    eventually,
     instance,
     ready_count,
 )
+from tests.support.poll import eventually
 
 
 async def test_round_robin_spreads_calls_evenly_over_three_instances(

@@ -9,7 +9,8 @@ import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.discovery.embedded import EmbeddedRegistry
-from tests.integration.client.conftest import eventually, instance
+from tests.integration.client.conftest import instance
+from tests.support.poll import eventually
 
 
 async def test_new_instance_receives_traffic_within_a_second(registry, servers, channels) -> None:
@@ -99,7 +100,7 @@ async def test_with_the_embedded_registry_a_new_instance_gets_calls_within_a_sec
         await servers_side.deregister("first")
         await eventually(
             lambda: all(s.id != "first" for s in ch.pool.status()),
-            within=1.0,
+            within_s=1.0,
             what="the removed instance dropped",
         )
         before = first.servicer.calls

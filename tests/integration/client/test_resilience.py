@@ -20,10 +20,10 @@ from mesh.discovery.registry import Instance, RegistryUnavailable
 from mesh.discovery.static import StaticRegistry
 from tests.integration.client.conftest import (
     UnavailableInterceptor,
-    eventually,
     instance,
     ready_count,
 )
+from tests.support.poll import eventually
 
 
 def resilient_chain() -> list[object]:

@@ -19,7 +19,8 @@ import mesh
 from mesh.discovery.static import StaticRegistry
 from mesh.runtime import MeshRuntime
 from mesh.settings import ResilienceSettings, Settings
-from tests.integration.client.conftest import UnavailableInterceptor, eventually, instance
+from tests.integration.client.conftest import UnavailableInterceptor, instance
+from tests.support.poll import eventually
 
 
 @pytest.fixture

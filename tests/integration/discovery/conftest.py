@@ -331,18 +331,6 @@ async def recorders() -> AsyncIterator[Callable[[AsyncIterator[list[Instance]]],
         await recorder.close()
 
 
-async def wait_until(
-    probe: Callable[[], Awaitable[bool]], within_s: float, what: str, step_s: float = 0.05
-) -> float:
-    """Poll `probe` until true; the elapsed seconds, or AssertionError after `within_s`."""
-    start = time.monotonic()
-    while not await probe():
-        if time.monotonic() - start > within_s:
-            raise AssertionError(f"not within {within_s}s: {what}")
-        await asyncio.sleep(step_s)  # poll
-    return time.monotonic() - start
-
-
 @contextlib.asynccontextmanager
 async def registering_process(
     backend: Backend, service: str, instance_id: str

@@ -24,10 +24,10 @@ from tests.integration.discovery.conftest import (
     WatchRecorder,
     instance_for,
     registering_process,
-    wait_until,
 )
 from tests.support.consul_agent import consul_test_agent
 from tests.support.health_server import HealthServer
+from tests.support.poll import eventually as wait_until
 
 Servers = Callable[[], Awaitable[HealthServer]]
 Recorders = Callable[[Any], WatchRecorder]

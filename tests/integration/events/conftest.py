@@ -115,12 +115,3 @@ async def bus_factory(nats_srv: NatsServer) -> AsyncIterator[Callable[..., Any]]
 @pytest.fixture
 def outbox() -> Outbox:
     return Outbox()
-
-
-async def eventually(pred: Callable[[], bool], within_s: float = 10.0, what: str = "") -> None:
-    """Await a condition with a deadline (polls; never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + within_s
-    while not pred():  # poll
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what or pred}")
-        await asyncio.sleep(0.01)

@@ -26,8 +26,9 @@ from mesh.events import (
     new_envelope,
 )
 from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
-from tests.integration.events.conftest import Db, eventually
+from tests.integration.events.conftest import Db
 from tests.support.nats import NatsServer
+from tests.support.poll import eventually
 
 FAST = SubscribeOptions(backoff_s=(0.05,), fetch_timeout_s=0.5, check_consumer_every_s=1.0)
 RELAY = RelayConfig(poll_interval_s=0.2, ack_timeout_s=1.0, backoff_max_s=0.5)

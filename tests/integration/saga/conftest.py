@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,17 +138,3 @@ async def runners(db: Db) -> AsyncIterator[Runners]:
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A metric sample (0 when never set)."""
     return float(registry.get_sample_value(name, labels) or 0.0)
-
-
-async def eventually(pred: Callable[[], Any], within_s: float = 10.0, what: str = "") -> None:
-    """Await a (possibly async) condition with a deadline; polls, never a bare sleep."""
-    deadline = time.monotonic() + within_s
-    while True:
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what or pred}")
-        await asyncio.sleep(0.02)

@@ -30,7 +30,7 @@ from mesh.saga import (
     Step,
     TransitionEvent,
 )
-from tests.integration.saga.conftest import FAST_RETRY, Db, Runners, eventually, sample
+from tests.integration.saga.conftest import FAST_RETRY, Db, Runners, sample
 from tests.integration.saga.scenario import (
     COMPENSATE,
     FORWARD,
@@ -39,6 +39,7 @@ from tests.integration.saga.scenario import (
     log_transition,
     read_journal,
 )
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -393,7 +394,7 @@ async def test_a_live_lease_keeps_other_runners_out(db: Db, runners: Runners) ->
     while time.monotonic() < until:
         async with asyncio.timeout(5):  # a wrongly claimed saga would block in the gate
             assert await owner_b.recover() == 0
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll: keep trying to take the saga over 1.5 s
     with pytest.raises(SagaBusy):
         await owner_b.run("demo", "s1", {})
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +29,12 @@ from tests.integration.server.conftest import (
     ping_definition,
 )
 from tests.support.ping import PingServicer
+from tests.support.poll import eventually as until
 from tests.support.ports import free_port
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (missing from grpc-stubs)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], within_s: float = 5.0) -> None:
-    """Poll `predicate` (plain or async) until true, failing after `within_s` seconds."""
-    deadline = time.monotonic() + within_s
-    while not await _truth(predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)  # poll interval
-
-
-async def _truth(value: bool | Awaitable[bool]) -> bool:
-    return await value if inspect.isawaitable(value) else bool(value)
 
 
 async def grpc_health(port: int, service: str = "") -> int:

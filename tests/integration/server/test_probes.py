@@ -29,7 +29,7 @@ async def test_nats_check_with_a_real_server(tmp_path: Path) -> None:
                 except DependencyFailed:
                     break
                 assert time.monotonic() < deadline, "nats_check never failed"
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # poll
         finally:
             await nc.close()
 

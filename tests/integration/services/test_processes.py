@@ -73,7 +73,7 @@ async def test_service_process_serves_and_stops_on_sigterm(service: str, tmp_pat
             except grpc.RpcError:
                 pass
             assert time.monotonic() < deadline, "the service never became SERVING"
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # poll
         assert await _probe(service, channel) == grpc.StatusCode.NOT_FOUND
         assert (tmp_path / "data" / f"{service}.db").exists()  # the default SQLite file
         proc.send_signal(signal.SIGTERM)

@@ -223,7 +223,7 @@ async def test_expired_session_is_unauthenticated(
                 assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
                 break
             assert time.monotonic() < deadline, "session never expired"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll
     finally:
         await s.close()
 

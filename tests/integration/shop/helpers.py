@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +19,7 @@ from shop.users.v1 import users_pb2
 
 from interceptors.errors import details_of
 from mesh.events import decode
+from tests.support.poll import eventually
 from tests.support.shop import ShopStack
 
 T = TypeVar("T")
@@ -30,20 +29,6 @@ DECLINE = "4000000000000002"
 INSUFFICIENT_FUNDS = "4000000000009995"
 PROCESSOR_ERROR = "4000000000000119"
 SLOW = "4000000000000259"
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], within_s: float = 15.0, what: str = ""
-) -> T:
-    """Poll an async check until it returns something truthy (with a deadline)."""
-    deadline = time.monotonic() + within_s
-    while True:  # poll
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 async def new_user(shop: ShopStack) -> str:

@@ -20,7 +20,6 @@ from tests.integration.shop.helpers import (
     SLOW,
     assert_consistent,
     create_v2,
-    eventually,
     fails,
     new_product,
     new_user,
@@ -29,6 +28,7 @@ from tests.integration.shop.helpers import (
     stock,
 )
 from tests.support.nats import NatsServer
+from tests.support.poll import eventually
 from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")

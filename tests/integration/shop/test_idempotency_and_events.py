@@ -23,7 +23,6 @@ from tests.integration.shop.helpers import (
     card,
     create_v1,
     create_v2,
-    eventually,
     fails,
     new_product,
     new_user,
@@ -32,6 +31,7 @@ from tests.integration.shop.helpers import (
     statuses,
     stock,
 )
+from tests.support.poll import eventually
 from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")

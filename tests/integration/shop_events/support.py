@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Inbox, SubscribeOptions, decode, inbox_migrations
-from tests.integration.shop.helpers import eventually
+from tests.support.poll import eventually
 
 EFFECTS = Migration(
     version=1,

@@ -14,7 +14,7 @@ import pytest
 from shop.orders.v2 import orders_pb2 as v2
 
 from services.inventory.events import ORDER_COMPLETED_DURABLE
-from tests.integration.shop.helpers import create_v2, eventually, new_product, new_user, payment
+from tests.integration.shop.helpers import create_v2, new_product, new_user, payment
 from tests.integration.shop_events.conftest import LOW_STOCK_THRESHOLD
 from tests.integration.shop_events.support import (
     Recorder,
@@ -28,6 +28,7 @@ from tests.integration.shop_events.support import (
     trace_id_of,
 )
 from tests.support.nats import NatsServer
+from tests.support.poll import eventually
 from tests.support.shop import REPO, ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -66,15 +64,6 @@ async def invoke_error(stub: Any, arity: str, **kw: Any) -> grpc.aio.AioRpcError
 
 def channel(address: str, *interceptors: Any) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, interceptors=for_channel(*interceptors))
-
-
-async def eventually(check: Callable[[], bool], within_s: float = 2.0) -> None:
-    """Poll `check` until true (for effects reported after the caller resumed)."""
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 StartServer = Callable[..., Awaitable[PingServer]]

@@ -30,12 +30,12 @@ from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsClientInterceptor, MetricsServerInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
+from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,
     METHODS,
     NOT_FOUND,
     channel,
-    eventually,
     invoke,
     invoke_error,
 )

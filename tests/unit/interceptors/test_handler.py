@@ -13,12 +13,12 @@ from interceptors._call import local_error, local_reason, when_done
 from interceptors._client import ClientInterceptor
 from interceptors._handler import ObservingServerInterceptor
 from tests.support.ping import PingServicer
+from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,
     METHODS,
     NOT_FOUND,
     channel,
-    eventually,
     invoke,
     invoke_error,
 )

@@ -13,12 +13,12 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
+from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,
     METHODS,
     UNAVAILABLE,
     channel,
-    eventually,
     invoke,
     invoke_error,
 )

@@ -9,12 +9,12 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.breaker import BreakerState
 from interceptors.metrics import MetricsClientInterceptor, MetricsServerInterceptor, RpcMetrics
+from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,
     METHODS,
     NOT_FOUND,
     channel,
-    eventually,
     invoke,
     invoke_error,
 )

@@ -24,13 +24,13 @@ from interceptors.tracing import (
     parse_traceparent,
 )
 from tests.support.ping import PingServicer
+from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,
     METHODS,
     NOT_FOUND,
     UNAVAILABLE,
     channel,
-    eventually,
     invoke,
     invoke_error,
 )

@@ -5,9 +5,8 @@ nats-server and a real SQLite database."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from mesh.events.inbox import inbox_table
 from mesh.events.streams import DAY_S
 from services.common.events import EventPublisher, EventSubscriber, InboxPurge, SubscriptionSpec
 from tests.support.nats import NatsServer, nats_server
+from tests.support.poll import eventually
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -69,15 +69,6 @@ async def bus(nats: NatsServer) -> AsyncIterator[EventBus]:
         yield b
     finally:
         await b.close()
-
-
-async def eventually(pred: Callable[[], Awaitable[bool]], within_s: float = 10.0,
-                     what: str = "") -> None:  # fmt: skip
-    deadline = time.monotonic() + within_s
-    while not await pred():  # poll with a deadline
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what or pred}")
-        await asyncio.sleep(0.02)
 
 
 async def count_effect(env: events_pb2.Envelope, session: AsyncSession) -> None:

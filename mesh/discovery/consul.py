@@ -39,8 +39,9 @@ import consul
 import consul.aio
 import consul.exceptions
 
+from mesh.backoff import Backoff
 from mesh.discovery.health_probe import HealthProbe
-from mesh.discovery.lifecycle import Availability, Backoff, Closed, Closer
+from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
 log = logging.getLogger("shop_mesh.discovery.consul")

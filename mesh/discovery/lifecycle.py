@@ -1,4 +1,4 @@
-"""Small pieces every backend shares: outage logging, retry backoff, close-aware waiting.
+"""Small pieces every backend shares: outage logging and close-aware waiting.
 
 `Availability` turns a stream of successes and failures into two log lines per
 outage (one when it starts, one when it ends), so a registry that is down for
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -54,27 +53,6 @@ class Availability:
         if self._down:
             self._down = False
             self._log.info("%s reachable again", self.what)
-
-
-class Backoff:
-    """Exponential retry delays with jitter: random in [cap/2, cap], cap doubling to max_s.
-
-    (Kept here rather than shared with mesh.events so that discovery does not
-    import the NATS and database stack.)
-    """
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self._initial_s = initial_s
-        self._max_s = max_s
-        self._attempt = 0
-
-    def next(self) -> float:
-        cap = min(self._max_s, self._initial_s * 2.0 ** min(self._attempt, 30))
-        self._attempt += 1
-        return cap / 2 + random.random() * cap / 2
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class Closer:

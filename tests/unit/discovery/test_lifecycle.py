@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from mesh.discovery.lifecycle import Availability, Backoff, Closed, Closer
+from mesh.backoff import Backoff
+from mesh.discovery.lifecycle import Availability, Closed, Closer
 
 
 def test_availability_logs_each_transition_once(caplog: pytest.LogCaptureFixture) -> None:

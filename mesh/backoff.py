@@ -1,4 +1,5 @@
-"""Exponential backoff with full jitter, shared by the relay and the consumers."""
+"""Exponential backoff with jitter, shared by the event relay and consumers and by the
+registry backends (a module of its own: importing it pulls in neither NATS nor a database)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ class Backoff:
 
     def next(self) -> float:
         """The next delay: random in [cap/2, cap] with cap growing per attempt (never 0)."""
-        cap = min(self.max_s, self.initial_s * self.factor**self.attempt)
+        # Exponent capped: past a few dozen attempts the cap is max_s anyway, and a
+        # float power of a long outage's attempt count would overflow.
+        cap = min(self.max_s, self.initial_s * self.factor ** min(self.attempt, 60))
         self.attempt += 1
         return cap / 2 + self._rng.random() * cap / 2
 

@@ -300,17 +300,6 @@ async def shop_stack(
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-async def pg_available(timeout_s: float = 3.0) -> bool:
-    import asyncpg
-
-    try:
-        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_URL), timeout_s)
-    except Exception:
-        return False
-    await conn.close()
-    return True
-
-
 @contextlib.asynccontextmanager
 async def pg_databases(services: Sequence[str] = SERVICES) -> AsyncIterator[dict[str, str]]:
     """One fresh database per service ({service: asyncpg URL}), dropped afterwards."""

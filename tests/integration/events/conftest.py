@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +21,7 @@ from sqlalchemy.ext.asyncio import (
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Outbox, default_streams, inbox_migrations, outbox_migrations
 from tests.support.nats import NatsServer, nats_server
-
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.support.postgres import PG_URL, pg_available
 
 # A service table, to show the event committing with the state change.
 STATE = Migration(
@@ -43,19 +41,6 @@ async def nats_srv(tmp_path: Path) -> AsyncIterator[NatsServer]:
 class Db:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-
-
-async def _pg_available() -> bool:
-    engine = create_async_engine(PG_URL)
-    try:
-        async with asyncio.timeout(3):
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -78,7 +63,7 @@ async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
     if kind == "sqlite":
         engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
     else:
-        if not await _pg_available():
+        if not await pg_available():
             pytest.skip("no PostgreSQL on 127.0.0.1:5432")
         # A schema per test keeps parallel and repeated runs apart.
         schema = f"t_{time.time_ns()}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -23,8 +22,7 @@ from sqlalchemy.ext.asyncio import (
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.saga import SagaDefinition, SagaRunner, SagaStore, StepRetry, saga_migrations
-
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.support.postgres import PG_URL, pg_available
 
 # The orchestrating service's own tables: local steps and transition hooks write here.
 SERVICE_TABLES = Migration(
@@ -58,19 +56,6 @@ class Db:
             return [tuple(r) for r in (await s.execute(text(sql), params)).all()]
 
 
-async def _pg_available() -> bool:
-    engine = create_async_engine(PG_URL)
-    try:
-        async with asyncio.timeout(3):
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-    finally:
-        await engine.dispose()
-
-
 def pg_engine(schema: str) -> AsyncEngine:
     return create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
 
@@ -82,7 +67,7 @@ async def database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
         url = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
         engine = create_engine(url)
     else:
-        if not await _pg_available():
+        if not await pg_available():
             pytest.skip("no PostgreSQL on 127.0.0.1:5432")
         # A schema per test keeps parallel and repeated runs apart.
         schema = f"saga_{time.time_ns()}_{uuid.uuid4().hex[:6]}"

@@ -7,7 +7,6 @@ after). PostgreSQL cases skip when nothing answers there.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,25 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh.db import create_engine
-
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
-_pg_state: dict[str, bool] = {}
-
-
-async def pg_available() -> bool:
-    if "up" not in _pg_state:
-        engine = create_async_engine(PG_URL)
-        try:
-            async with asyncio.timeout(3):
-                async with engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            _pg_state["up"] = True
-        except Exception:
-            _pg_state["up"] = False
-        finally:
-            await engine.dispose()
-    return _pg_state["up"]
+from tests.support.postgres import PG_URL, pg_available
 
 
 async def _engine(kind: str, tmp_path: Path) -> tuple[AsyncEngine, str]:

@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from tests.support.nats import NatsServer, nats_server
-from tests.support.shop import ShopStack, pg_available, pg_databases, shop_stack
+from tests.support.postgres import pg_available
+from tests.support.shop import ShopStack, pg_databases, shop_stack
 
 BACKENDS = ["sqlite", "postgresql"]
 

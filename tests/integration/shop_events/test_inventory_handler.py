@@ -26,7 +26,8 @@ from services.common.money import Amount
 from services.inventory import store
 from services.inventory.events import CONSUMER, InventoryEventHandlers
 from services.inventory.validation import NewProduct
-from tests.support.shop import PG_SERVER, pg_available
+from tests.support.postgres import pg_available
+from tests.support.shop import PG_SERVER
 
 THRESHOLD = 5
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.discovery.registry import Registry
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -27,7 +28,7 @@ def _settings() -> Settings:
     return Settings.from_env("meshctl")
 
 
-def _registry(run_dir: Path) -> object:
+def _registry(run_dir: Path) -> Registry:
     from mesh.discovery import create_registry
 
     settings = _settings()
@@ -66,10 +67,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 options = free_port_options(options)
             return await run_up(
                 options,
-                registry,  # type: ignore[arg-type]
+                registry,
             )
         finally:
-            await registry.close()  # type: ignore[attr-defined]
+            await registry.close()
 
     try:
         return asyncio.run(main())
@@ -90,9 +91,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def main() -> int:
         registry = _registry(Path(args.run_dir))
         try:
-            return await print_status(registry)  # type: ignore[arg-type]
+            return await print_status(registry)
         finally:
-            await registry.close()  # type: ignore[attr-defined]
+            await registry.close()
 
     return asyncio.run(main())
 
@@ -120,13 +121,13 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         registry = _registry(Path(args.run_dir))
         try:
             await serve_edge(
-                registry,  # type: ignore[arg-type]
+                registry,
                 host=args.host,
                 port=args.port,
                 eds_dir=Path(args.eds_dir),
             )
         finally:
-            await registry.close()  # type: ignore[attr-defined]
+            await registry.close()
         return 0
 
     return asyncio.run(main())

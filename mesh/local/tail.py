@@ -13,6 +13,7 @@ from collections import deque
 from typing import TextIO
 
 from google.protobuf import json_format
+from nats.aio.msg import Msg
 
 from mesh.events import connect_nats, decode
 from mesh.events.envelope import payload_of
@@ -62,12 +63,12 @@ async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | N
     printed = 0
     done = asyncio.Event()
 
-    async def on_msg(msg: object) -> None:
+    async def on_msg(msg: Msg) -> None:
         nonlocal printed
-        subj: str = msg.subject  # type: ignore[attr-defined]
-        if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):  # type: ignore[attr-defined]
+        subj: str = msg.subject
+        if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):
             return
-        print(format_event(subj, msg.data), file=stream, flush=True)  # type: ignore[attr-defined]
+        print(format_event(subj, msg.data), file=stream, flush=True)
         printed += 1
         if limit and printed >= limit:
             done.set()

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,11 +87,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-async def _poll(check: object, timeout_s: float, what: str) -> None:
+async def _poll(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     """Poll an async predicate until true or the deadline passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await check():  # type: ignore[operator]
+        if await check():
             return
         await asyncio.sleep(0.1)  # polling interval, not synchronisation
     raise UpError(f"timed out after {timeout_s:.0f}s waiting for {what}")
@@ -237,7 +237,9 @@ class LocalMesh:
             await self.sync.stop()
         if self.meta is not None:
             await self.meta.stop()
-        # Anything a killed instance left behind must not outlive the mesh.
+        # A killed instance could not deregister: on Consul its entry would stay
+        # until the agent reaps it (the embedded registry expires it by lease, and
+        # ignores ids this object did not register).
         for child in self.sup.children:
             if child.spec.service:
                 with contextlib.suppress(Exception):

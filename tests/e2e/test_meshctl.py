@@ -36,15 +36,20 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
+async def _meshctl_up(run_dir: Path, nats_url: str) -> asyncio.subprocess.Process:
+    """`meshctl up --free-ports` as a user would start it, against our nats-server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
+    env["NATS_URL"] = nats_url
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+
+
 async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     async with nats_server(tmp_path / "nats") as nats:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
-        env["NATS_URL"] = nats.url
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        proc = await _meshctl_up(run_dir, nats.url)
         assert proc.stdout is not None
         lines: list[str] = []
         try:
@@ -85,12 +90,7 @@ async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) 
     """SIGKILL leaves no handler to run: the children must still not be orphaned."""
     run_dir = tmp_path / "run"
     async with nats_server(tmp_path / "nats") as nats:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
-        env["NATS_URL"] = nats.url
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        proc = await _meshctl_up(run_dir, nats.url)
         assert proc.stdout is not None
         async with asyncio.timeout(90):
             while b"mesh is up" not in (await proc.stdout.readline() or b"mesh is up"):

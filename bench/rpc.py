@@ -54,9 +54,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.balancer.picker import P2CPicker, RoundRobinPicker
+from mesh.client.runtime import MeshRuntime
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
-from mesh.runtime import MeshRuntime
 from mesh.settings import Settings
 
 Call = Callable[[ping_pb2.PingRequest], Awaitable[Any]]
@@ -385,7 +385,7 @@ def _print_steps(title: str, steps: Sequence[tuple[str, float]]) -> None:
 async def chain_costs(calls: int = 20_000) -> list[tuple[str, float]]:
     """Microseconds of CPU per call for the client runner, then each interceptor added."""
     from mesh.balancer.pool import EndpointPool
-    from mesh.channel import MeshChannel
+    from mesh.client.channel import MeshChannel
 
     registry = StaticRegistry([Instance(f"fake-{i}", "ping", "127.0.0.1", 1 + i) for i in range(3)])
     rt = await mesh_runtime(1, tracer(False))

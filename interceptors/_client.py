@@ -14,7 +14,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set on intercept methods that return their continuation's call (or a call
 # wrapping it), never a bare response or async iterable: a chain runner may
-# then call them without a link that converts results (mesh/balancer/calls.py).
+# then call them without a link that converts results (mesh/client/calls.py).
 RETURNS_CALL = "__mesh_returns_call__"
 
 

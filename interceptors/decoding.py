@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from interceptors.errors import InvalidArgument
+from base.errors import InvalidArgument
 
 Deserializer = Callable[[bytes], Any]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import grpc
 
-    from mesh.runtime import MeshRuntime
+    from mesh.client.runtime import MeshRuntime
 
 S = TypeVar("S")
 
@@ -35,7 +35,7 @@ class _Default:
 async def default_runtime() -> MeshRuntime:
     """The process's default runtime (settings from the environment; service name from
     MESH_SERVICE, else "mesh-client"), created on first use in this event loop."""
-    from mesh.runtime import MeshRuntime
+    from mesh.client.runtime import MeshRuntime
     from mesh.settings import Settings
 
     loop = asyncio.get_running_loop()
@@ -66,7 +66,7 @@ async def connect(
 ) -> S:
     """A stub whose calls go through the mesh to `service`'s healthy instances.
 
-    `options` are `mesh.client.ClientOptions` fields (lb_policy, outlier_*,
+    `options` are `mesh.client.connect.ClientOptions` fields (lb_policy, outlier_*,
     default_deadline_s, interceptors, ...); defaults come from the settings.
     """
     rt = runtime if runtime is not None else await default_runtime()

@@ -45,7 +45,7 @@ from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, 
 from mesh.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from mesh.runtime import MeshRuntime
+    from mesh.client.runtime import MeshRuntime
 
 log = logging.getLogger("shop_mesh.server")
 
@@ -67,7 +67,7 @@ class ServiceStartError(RuntimeError):
 
 
 class RuntimeLike(Protocol):
-    """What the bootstrap uses of `mesh.runtime.MeshRuntime` (tests pass a stand-in)."""
+    """What the bootstrap uses of `mesh.client.runtime.MeshRuntime` (tests pass a stand-in)."""
 
     @property
     def registry(self) -> Registry | None: ...
@@ -404,7 +404,9 @@ def run_service(name: str, build: Build, *, grpc_port: int, admin_port: int) -> 
 
 
 async def _serve(build: Build, settings: Settings) -> None:
-    from mesh.runtime import MeshRuntime  # lazily: the runtime pulls in the whole client side
+    from mesh.client.runtime import (
+        MeshRuntime,  # lazily: the runtime pulls in the whole client side
+    )
 
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

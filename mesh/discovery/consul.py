@@ -39,7 +39,7 @@ import consul
 import consul.aio
 import consul.exceptions
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.discovery.health_probe import HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.discovery.health_probe import HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable

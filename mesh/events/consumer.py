@@ -44,7 +44,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 from shop.events.v1 import events_pb2
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
 from mesh.events.streams import dlq_subject

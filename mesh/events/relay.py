@@ -36,7 +36,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.events.errors import PublishTimeoutError
 from mesh.events.outbox import Outbox
 

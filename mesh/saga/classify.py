@@ -1,7 +1,7 @@
 """Step errors: business (permanent: compensate now) or transient (retry the step first).
 
 The runner takes any `Classifier`; `default_classifier` knows the domain errors
-of `interceptors.errors` and gRPC status codes.
+of `base.errors` and gRPC status codes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from interceptors.errors import ServiceError
+from base.errors import ServiceError
 from mesh.saga.model import ErrorKind, SagaFailure
 
 Classifier = Callable[[BaseException], ErrorKind]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from interceptors.errors import Aborted, AlreadyExists, ServiceError, Unavailable
+from base.errors import Aborted, AlreadyExists, ServiceError, Unavailable
 from mesh.saga.model import SagaFailure
 
 

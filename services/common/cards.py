@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.common.timestamps import utcnow
 
 MIN_PAN = 12

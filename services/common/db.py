@@ -22,7 +22,7 @@ from typing import ParamSpec, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from interceptors.errors import Unavailable
+from base.errors import Unavailable
 from mesh.db import Migration, default_sqlite_url, migrate
 from mesh.server import ServiceStartError
 from mesh.settings import Settings

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from shop.common.v1 import money_pb2
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.common.money import (
     CURRENCIES,
     MAX_AMOUNT_MINOR,

@@ -26,7 +26,7 @@ SERVICE_NAMES = tuple(
 
 
 class Runtime(Protocol):
-    """What inventory uses of `mesh.runtime.MeshRuntime`: only its tracer provider
+    """What inventory uses of `mesh.client.runtime.MeshRuntime`: only its tracer provider
     (None: event handling spans go to the global one)."""
 
     @property

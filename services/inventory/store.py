@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from interceptors.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from mesh.db import Migration
 from mesh.events import Outbox, inbox_migrations, new_envelope, outbox_migrations
 from services.common.money import Amount

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from shop.inventory.v1 import inventory_pb2
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.common.money import Amount
 from services.common.validation import (
     int_field,

@@ -42,7 +42,7 @@ UPSTREAMS = ("users", "inventory", "payments")
 
 
 class Runtime(Protocol):
-    """What orders uses of `mesh.runtime.MeshRuntime`."""
+    """What orders uses of `mesh.client.runtime.MeshRuntime`."""
 
     @property
     def registry(self) -> Registry | None: ...

@@ -22,14 +22,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from base.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from interceptors.context import incoming_deadline
-from interceptors.errors import (
-    Aborted,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ServiceError,
-)
 from mesh.saga import (
     ErrorKind,
     SagaBusy,

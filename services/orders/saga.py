@@ -47,7 +47,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from interceptors.errors import Aborted, FailedPrecondition
+from base.errors import Aborted, FailedPrecondition
 from mesh.events import Outbox, new_envelope
 from mesh.saga import (
     SagaContext,

@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
-from interceptors.errors import FailedPrecondition
+from base.errors import FailedPrecondition
 from services.common.db import db_guard
 from services.orders import validation
 from services.orders.model import Order, OrderStatus

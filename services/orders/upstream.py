@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from interceptors.errors import (
+from base.errors import (
     Aborted,
     FailedPrecondition,
     FieldViolation,

@@ -19,7 +19,7 @@ from typing import Protocol
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.common.cards import card_number_field, cvc_field, expiry_fields
 from services.common.validation import (
     currency_field,

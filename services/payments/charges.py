@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from interceptors.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from base.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from services.payments.config import PaymentsConfig
 from services.payments.processor import SimulatedProcessor
 from services.payments.store import (

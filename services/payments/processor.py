@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from interceptors.errors import Unavailable
+from base.errors import Unavailable
 from services.common.cards import CardInput
 from services.common.money import Amount
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from shop.payments.v1 import payments_pb2
 
-from interceptors.errors import FieldViolation, InvalidArgument, Violations
+from base.errors import FieldViolation, InvalidArgument, Violations
 from services.common.cards import CardInput, card_number_field, cvc_field, expiry_fields
 from services.common.money import Amount
 from services.common.validation import money_field, text_field, uuid_field

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from interceptors.errors import AlreadyExists, Unauthenticated
+from base.errors import AlreadyExists, Unauthenticated
 from services.common.timestamps import utcnow
 from services.users.config import UsersConfig
 from services.users.passwords import Passwords

@@ -1,6 +1,6 @@
 """gRPC `shop.users.v1.UserService`: validate, call the accounts logic, map to protobuf.
 
-Domain errors (`interceptors.errors`) are raised and mapped to statuses by the
+Domain errors (`base.errors`) are raised and mapped to statuses by the
 server's error interceptor.
 """
 

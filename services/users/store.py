@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from interceptors.errors import AlreadyExists, NotFound
+from base.errors import AlreadyExists, NotFound
 from mesh.db import Migration
 from mesh.events import Outbox, new_envelope, outbox_migrations
 from services.common.timestamps import as_utc, utcnow

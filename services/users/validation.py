@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from shop.users.v1 import users_pb2
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.common.validation import text_field, uuid_field
 
 MAX_EMAIL = 254

@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.channel import MeshChannel
-from mesh.client import ClientOptions, open_channel
+from mesh.client.channel import MeshChannel
+from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Instance, Registry
 from mesh.discovery.static import StaticRegistry
 from tests.support.ping import PingServer, start_ping_server

@@ -16,8 +16,8 @@ from prometheus_client import generate_latest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 import mesh
+from mesh.client.runtime import MeshRuntime
 from mesh.discovery.static import StaticRegistry
-from mesh.runtime import MeshRuntime
 from mesh.settings import ResilienceSettings, Settings
 from tests.integration.client.conftest import UnavailableInterceptor, instance
 from tests.support.poll import eventually

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from interceptors.errors import FailedPrecondition
+from base.errors import FailedPrecondition
 from mesh.db import create_engine, session_factory
 from mesh.saga import SagaRunner, SagaStore
 from tests.integration.saga.scenario import COMPENSATE, Script, crash_definition

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from interceptors.errors import FailedPrecondition, NotFound, Unavailable
+from base.errors import FailedPrecondition, NotFound, Unavailable
 from mesh.saga import (
     ErrorKind,
     SagaBusy,

@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.errors import NotFound
 from interceptors.context import remaining_deadline
-from interceptors.errors import NotFound
 from mesh.health import DependencyCheck, DependencyFailed
 from mesh.server import ServiceStartError, start_service
 from tests.integration.server._fakes import MemoryRegistry, StandInRuntime

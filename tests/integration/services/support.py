@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from interceptors.errors import details_of
+from base.errors import details_of
 from mesh.server import RunningService, ServiceDefinition, start_service
 from mesh.settings import Settings
 

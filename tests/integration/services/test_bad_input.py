@@ -41,7 +41,7 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from interceptors.errors import details_of
+from base.errors import details_of
 from mesh.db import create_engine
 from services.inventory.app import build as build_inventory
 from services.inventory.config import InventoryConfig

@@ -17,7 +17,7 @@ from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
 
-from interceptors.errors import details_of
+from base.errors import details_of
 from mesh.events import decode
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 
 

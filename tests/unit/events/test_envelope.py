@@ -9,7 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from shop.events.v1 import events_pb2
 
-from mesh.backoff import Backoff
+from base.backoff import Backoff
 from mesh.events.consumer import SubscribeOptions, Subscription
 from mesh.events.envelope import (
     EVENT_FIELDS,

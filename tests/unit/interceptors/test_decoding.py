@@ -9,8 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.errors import details_of
 from interceptors.decoding import MalformedRequestInterceptor
-from interceptors.errors import ErrorServerInterceptor, details_of
+from interceptors.errors import ErrorServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from tests.support.ping import start_ping_server
 

@@ -10,15 +10,15 @@ import grpc
 import pytest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from interceptors.errors import (
+from base.errors import (
     ERROR_DOMAIN,
-    ErrorServerInterceptor,
     FieldViolation,
     InvalidArgument,
     NotFound,
     Unavailable,
     details_of,
 )
+from interceptors.errors import ErrorServerInterceptor
 from tests.support.ping import PingServicer
 from tests.unit.interceptors.conftest import ARITIES, NOT_FOUND, channel, invoke_error
 

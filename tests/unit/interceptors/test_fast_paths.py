@@ -35,7 +35,7 @@ from interceptors.tracing import (
     TracingServerInterceptor,
     parse_traceparent,
 )
-from mesh.balancer.calls import fold_chain, unary_link
+from mesh.client.calls import fold_chain, unary_link
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import NOT_FOUND, channel

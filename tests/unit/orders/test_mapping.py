@@ -7,7 +7,7 @@ import pytest
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 
-from interceptors.errors import FailedPrecondition
+from base.errors import FailedPrecondition
 from services.orders import servicer_v1, servicer_v2
 from services.orders.model import Address, Line, Order, OrderStatus, StatusChange
 from services.orders.upstream import public_error

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from shop.payments.v1 import payments_pb2
 
-from interceptors.errors import FailedPrecondition, NotFound, Unavailable
+from base.errors import FailedPrecondition, NotFound, Unavailable
 from mesh.saga import SagaStatus, StepRetry
 from services.orders import saga as saga_module
 from services.orders.model import OrderStatus

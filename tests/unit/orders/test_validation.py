@@ -8,7 +8,7 @@ import pytest
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 
-from interceptors.errors import InvalidArgument
+from base.errors import InvalidArgument
 from services.common.pagination import encode_page_token
 from services.orders import validation
 

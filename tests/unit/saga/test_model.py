@@ -9,7 +9,7 @@ import grpc
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from interceptors.errors import (
+from base.errors import (
     Aborted,
     FailedPrecondition,
     FieldViolation,

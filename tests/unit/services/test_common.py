@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from shop.common.v1 import money_pb2
 
-from interceptors.errors import InvalidArgument, Violations
+from base.errors import InvalidArgument, Violations
 from mesh.settings import SettingsError
 from services.common.cards import CardInput, card_number_field, cvc_field, expiry_fields, luhn_ok
 from services.common.config import env_choice, env_float, env_int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interceptors.errors import Violations
+from base.errors import Violations
 from services.users.validation import email_field
 
 

@@ -1,6 +1,6 @@
 """Client options and the discovery-aware channel behind `connect()`.
 
-`MeshRuntime.connect` (mesh/runtime.py) and `mesh.connect` are the usual way
+`MeshRuntime.connect` (mesh/client/runtime.py) and `mesh.connect` are the usual way
 in; this module is the part that needs no runtime: `ClientOptions` (what
 `connect(..., **options)` accepts) and `open_channel`, which builds a
 `MeshChannel` for one service from a registry and an interceptor chain.
@@ -17,7 +17,7 @@ import grpc
 
 from mesh.balancer.outlier import OutlierConfig
 from mesh.balancer.pool import EjectionHook, EndpointPool
-from mesh.channel import MeshChannel
+from mesh.client.channel import MeshChannel
 from mesh.discovery.registry import Instance, Registry
 from mesh.settings import ResilienceSettings
 

@@ -33,12 +33,12 @@ from interceptors.metrics import MetricsClientInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, make_tracer_provider
 from mesh.balancer.pool import EndpointStatus
-from mesh.channel import MeshChannel
-from mesh.client import ClientOptions, open_channel
+from mesh.client.channel import MeshChannel
+from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Instance, Registry
 from mesh.settings import Settings
 
-log = logging.getLogger("mesh.runtime")
+log = logging.getLogger("mesh.client.runtime")
 
 S = TypeVar("S")
 

@@ -13,7 +13,7 @@ grpc.aio client interceptor objects with the same contract: a continuation
 returns the (not yet finished) call; an interceptor returns a call, or a
 response (unary responses) / an async iterable (streamed responses).
 
-The call a stub returns (mesh/balancer/calls.py) starts its chain when first
+The call a stub returns (mesh/client/calls.py) starts its chain when first
 awaited, iterated or asked for its status (not when created: there is no task
 to run it). It is awaitable or async-iterable as its arity says and exposes
 code(), details(), trailing_metadata()...; failures raise grpc.aio.AioRpcError.
@@ -29,7 +29,9 @@ from typing import Any
 import grpc
 from grpc.aio import ClientCallDetails, Metadata
 
-from mesh.balancer.calls import (
+from mesh.balancer.endpoint import Endpoint
+from mesh.balancer.pool import EndpointPool
+from mesh.client.calls import (
     UNSET_CHAIN,
     Intercept,
     MeshCallBase,
@@ -43,8 +45,6 @@ from mesh.balancer.calls import (
     stream_unary_link,
     unary_link,
 )
-from mesh.balancer.endpoint import Endpoint
-from mesh.balancer.pool import EndpointPool
 
 Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None

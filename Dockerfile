@@ -4,12 +4,19 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY generated ./generated
+COPY base ./base
 COPY mesh ./mesh
 COPY interceptors ./interceptors
 COPY services ./services
 COPY envoy ./envoy
 RUN pip install .
+# An unprivileged user that owns what the processes write: the data directory (SQLite
+# fallback, saga/outbox files when no PostgreSQL URL is set) and the edge companion's EDS
+# directory (a named volume mounted there starts with this ownership).
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin mesh \
+ && mkdir -p /data /var/run/envoy/eds \
+ && chown mesh:mesh /data /var/run/envoy/eds
 # Listen on every interface inside the container; register the container's name.
-ENV MESH_HOST=0.0.0.0
-USER nobody
+ENV MESH_HOST=0.0.0.0 MESH_DATA_DIR=/data
+USER mesh
 CMD ["python", "-m", "services.users"]

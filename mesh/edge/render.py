@@ -27,6 +27,9 @@ COMPOSE_OPTIONS = EdgeOptions(
     edge_descriptor_path=f"/etc/envoy/{EDGE_DESCRIPTORS_NAME}",
     eds_dir="/var/run/envoy/eds",
     listen_address="0.0.0.0",
+    # Inside its container: 127.0.0.1 would refuse the published 9901. The
+    # compose file publishes it on the host's loopback only.
+    admin_address="0.0.0.0",
     meta_address="edge-meta",
 )
 

@@ -4,37 +4,77 @@ Envoy reads each cluster's endpoints from a file (file-based EDS) and reloads
 it when the file is replaced by a rename, so a new instance gets edge traffic
 without restarting Envoy. The same syncer runs locally (embedded registry) and
 in compose (Consul).
+
+EDS accepts only IP literals ("malformed IP address" otherwise, and the whole
+file is rejected), while instances may register a host name (compose: the
+container's name). The syncer therefore resolves every host itself before it
+writes the file, and resolves again every `resolve_interval_s` so an instance
+whose name now points elsewhere (a container re-created with a new address) is
+followed without waiting for a registry change. Why here and not in Envoy
+(STRICT_DNS clusters): the set of instances is dynamic, one STRICT_DNS cluster
+per instance would need CDS rewrites on every registration, and resolving here
+keeps one code path for names and literals. Limits: a name that does not
+resolve is left out (logged once per change of outcome) until it resolves; every
+address a name resolves to becomes an endpoint (health checks drop the ones that
+do not answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from mesh.discovery.registry import Registry
+from mesh.discovery.registry import Instance, Registry
 from mesh.edge.envoy_config import eds_document, write_atomically
 
 log = logging.getLogger("shop_mesh.edge")
 
+Endpoint = tuple[str, int]
+# host -> addresses (IP literals); raises OSError when the name does not resolve.
+Resolver = Callable[[str], Awaitable[list[str]]]
 
-def write_endpoints(eds_dir: Path, cluster: str, endpoints: list[tuple[str, int]]) -> None:
+
+async def resolve_host(host: str) -> list[str]:
+    """The IP addresses of `host` (itself if it is a literal), sorted, without duplicates."""
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def write_endpoints(eds_dir: Path, cluster: str, endpoints: Sequence[Endpoint]) -> None:
     eds_dir.mkdir(parents=True, exist_ok=True)
     doc = eds_document(cluster, sorted(endpoints))
     write_atomically(eds_dir / f"{cluster}.json", json.dumps(doc, indent=1).encode())
 
 
 class EndpointSync:
-    """One watch per cluster; every snapshot rewrites that cluster's EDS file."""
+    """One watch per cluster; every snapshot (and every re-resolution that changes an
+    address) rewrites that cluster's EDS file with IP endpoints."""
 
-    def __init__(self, registry: Registry, clusters: list[str], eds_dir: Path) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        clusters: list[str],
+        eds_dir: Path,
+        *,
+        resolve_interval_s: float = 10.0,
+        resolver: Resolver = resolve_host,
+    ) -> None:
         self._registry = registry
         self._clusters = clusters
         self._eds_dir = eds_dir
+        self._resolve_interval_s = resolve_interval_s
+        self._resolver = resolver
         self._tasks: list[asyncio.Task[None]] = []
-        self.snapshots: dict[str, list[tuple[str, int]]] = {}
+        self._unresolved: set[str] = set()
+        self.snapshots: dict[str, list[Endpoint]] = {}
 
     def prepare(self) -> None:
         """Envoy needs every EDS file to exist before it starts: write empty ones."""
@@ -46,13 +86,68 @@ class EndpointSync:
         self.prepare()
         self._tasks = [asyncio.create_task(self._follow(c)) for c in self._clusters]
 
+    async def resolve(self, instances: Sequence[Instance]) -> list[Endpoint]:
+        """IP endpoints of `instances`; hosts that do not resolve are left out (logged)."""
+        out: set[Endpoint] = set()
+        for instance in instances:
+            try:
+                addresses = await self._resolver(instance.host)
+            except OSError as exc:
+                if instance.host not in self._unresolved:
+                    self._unresolved.add(instance.host)
+                    log.warning(
+                        "edge: cannot resolve %s (instance %s), left out: %s",
+                        instance.host,
+                        instance.id,
+                        exc,
+                    )
+                continue
+            if instance.host in self._unresolved:
+                self._unresolved.discard(instance.host)
+                log.info("edge: %s resolves again: %s", instance.host, addresses)
+            out.update((address, instance.port) for address in addresses)
+        return sorted(out)
+
+    async def _publish(self, cluster: str, instances: Sequence[Instance]) -> None:
+        endpoints = await self.resolve(instances)
+        if self.snapshots.get(cluster) != endpoints:
+            self.snapshots[cluster] = endpoints
+            write_endpoints(self._eds_dir, cluster, endpoints)
+            log.info("edge endpoints for %s: %s", cluster, endpoints)
+
     async def _follow(self, cluster: str) -> None:
-        async for instances in self._registry.watch(cluster):
-            endpoints = sorted((i.host, i.port) for i in instances)
-            if self.snapshots.get(cluster) != endpoints:
-                self.snapshots[cluster] = endpoints
-                write_endpoints(self._eds_dir, cluster, endpoints)
-                log.info("edge endpoints for %s: %s", cluster, endpoints)
+        latest: list[Instance] | None = None
+        changed = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal latest
+            try:
+                async for instances in self._registry.watch(cluster):
+                    latest = list(instances)
+                    changed.set()
+            finally:
+                changed.set()  # wake the loop below: the watch has ended
+
+        watcher = asyncio.create_task(watch())
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), self._resolve_interval_s)
+                    timed_out = False
+                except TimeoutError:
+                    timed_out = True
+                changed.clear()
+                if latest is not None and not (
+                    timed_out and all(_is_literal(i.host) for i in latest)
+                ):
+                    await self._publish(cluster, latest)
+                if watcher.done():
+                    watcher.result()  # a watch that failed fails the sync, as before
+                    return
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -60,3 +155,11 @@ class EndpointSync:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -104,3 +104,38 @@ def test_edge_points_at_its_companion() -> None:
     for svc in _ours(doc).values():
         deps = svc.get("depends_on", {})
         assert all(d.get("condition") for d in deps.values()), "depends_on needs conditions"
+
+
+def test_postgres_is_ready_only_when_it_listens_on_tcp() -> None:
+    probe = _compose()["services"]["postgres"]["healthcheck"]["test"]
+    assert "pg_isready" in probe and probe[probe.index("-h") + 1] == "127.0.0.1", probe
+
+
+def test_envoy_image_is_the_version_the_config_is_validated_with() -> None:
+    from mesh.tools import envoy_binary
+
+    out = subprocess.run(
+        [envoy_binary(), "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    version = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    assert version, out
+    image = _compose()["services"]["envoy"]["image"]
+    assert image == f"envoyproxy/envoy:v{version.group(1)}", image
+
+
+def test_envoy_admin_answers_on_the_published_port() -> None:
+    envoy_cfg = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+    admin = envoy_cfg["admin"]["address"]["socket_address"]
+    assert admin["address"] == "0.0.0.0", "bound to 127.0.0.1 in the container, 9901 refuses"
+    published = _compose()["services"]["envoy"]["ports"]
+    assert f"127.0.0.1:{admin['port_value']}:{admin['port_value']}" in published
+
+
+def test_nothing_of_ours_runs_as_root_and_the_data_dir_is_the_users() -> None:
+    for name, svc in _ours(_compose()).items():
+        assert svc.get("user", "") in ("", None), f"{name} overrides the image's user"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0"), users
+    assert re.search(rf"chown {users[-1]}:\S+ .*/data", dockerfile), "data dir not owned"
+    assert "MESH_DATA_DIR=/data" in dockerfile

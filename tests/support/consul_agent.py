@@ -165,21 +165,25 @@ async def grpc_health_check(target: str, use_tls: bool, timeout_s: float) -> tup
 
 
 class ConsulTestAgent:
-    """One fake agent on 127.0.0.1 (port chosen by the kernel, kept across restarts)."""
+    """One fake agent on `host` (127.0.0.1 by default; port chosen by the kernel unless
+given, kept across restarts)."""
 
     def __init__(
         self,
         *,
         token: str = "",
+        host: str = "127.0.0.1",
+        port: int = 0,
         node: str = "test-agent",
         datacenter: str = "dc1",
         reap_interval_s: float = 0.05,
     ) -> None:
         self.token = token
+        self.host = host
         self.node = node
         self.node_id = str(uuid.uuid4())
         self.datacenter = datacenter
-        self.port = 0
+        self.port = port
         self.calls: collections.Counter[str] = collections.Counter()
         self.registrations: list[dict[str, Any]] = []  # raw request bodies, for assertions
         self._reap_interval_s = reap_interval_s
@@ -196,7 +200,7 @@ class ConsulTestAgent:
     @property
     def address(self) -> str:
         """host:port, as in CONSUL_HTTP_ADDR."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -220,7 +224,7 @@ class ConsulTestAgent:
         # A short shutdown timeout: held blocking queries are cut, as when an agent dies.
         runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
         if self.port == 0:
             self.port = int(runner.addresses[0][1])

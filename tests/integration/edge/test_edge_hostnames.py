@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mesh.discovery.registry import Instance
+from mesh.discovery.static import StaticRegistry
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from tests.support.envoy import start_envoy
 from tests.support.poll import eventually
 from tests.support.ports import free_port
-
-
-class _Registry:
-    def __init__(self, instances: list[Instance]) -> None:
-        self.instances = instances
-        self.closed = asyncio.Event()
-
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
-        yield [i for i in self.instances if i.service == service]
-        await self.closed.wait()
 
 
 def _cluster_hosts(clusters_json: dict[str, object], cluster: str) -> set[tuple[str, int]]:
@@ -47,7 +37,7 @@ def _cluster_hosts(clusters_json: dict[str, object], cluster: str) -> set[tuple[
 
 async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> None:
     ports = {"users": free_port(), "orders": free_port()}
-    registry = _Registry(
+    registry = StaticRegistry(
         [Instance(id=f"{s}-1", service=s, host="localhost", port=p) for s, p in ports.items()]
     )
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
@@ -69,5 +59,5 @@ async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> 
         assert "malformed IP address" not in (tmp_path / "envoy.log").read_text()
     finally:
         envoy.stop()
-        registry.closed.set()
+        await registry.close()
         await sync.stop()

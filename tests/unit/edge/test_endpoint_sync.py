@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mesh.discovery.registry import Instance
+from mesh.discovery.static import StaticRegistry
 from mesh.edge.sync import EndpointSync, resolve_host
 from tests.support.poll import eventually
-
-
-class _Registry:
-    """One fixed snapshot per service, then silence until closed (the edge only watches)."""
-
-    def __init__(self, instances: list[Instance]) -> None:
-        self.instances = instances
-        self.closed = asyncio.Event()
-
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
-        yield [i for i in self.instances if i.service == service]
-        await self.closed.wait()
 
 
 def _hosts(eds_dir: Path, cluster: str) -> list[tuple[str, int]]:
@@ -50,14 +37,14 @@ async def test_names_become_ips_and_unresolvable_ones_are_left_out(tmp_path: Pat
             raise OSError(f"[Errno -2] Name or service not known: {host}")
         return table[host]
 
-    registry = _Registry(
+    registry = StaticRegistry(
         [
             Instance(id="o1", service="orders", host="orders-1", port=50052),
             Instance(id="o2", service="orders", host="orders-2", port=50052),
             Instance(id="o3", service="orders", host="gone", port=50052),
         ]
     )
-    sync = EndpointSync(registry, ["orders"], tmp_path, resolver=resolver)  # type: ignore[arg-type]
+    sync = EndpointSync(registry, ["orders"], tmp_path, resolver=resolver)
     await sync.start()
     try:
         await eventually(lambda: sync.snapshots.get("orders"), 5, "first snapshot")
@@ -67,7 +54,7 @@ async def test_names_become_ips_and_unresolvable_ones_are_left_out(tmp_path: Pat
             ("172.18.0.7", 50052),
         ]
     finally:
-        registry.closed.set()
+        await registry.close()
         await sync.stop()
 
 
@@ -77,13 +64,13 @@ async def test_a_name_that_moves_is_followed_without_a_registry_change(tmp_path:
     async def resolver(host: str) -> list[str]:
         return table[host]
 
-    registry = _Registry([Instance(id="u1", service="users", host="users", port=50051)])
+    registry = StaticRegistry([Instance(id="u1", service="users", host="users", port=50051)])
     sync = EndpointSync(
         registry,
         ["users"],
         tmp_path,
         resolver=resolver,
-        resolve_interval_s=0.05,  # type: ignore[arg-type]
+        resolve_interval_s=0.05,
     )
     await sync.start()
     try:
@@ -93,5 +80,5 @@ async def test_a_name_that_moves_is_followed_without_a_registry_change(tmp_path:
             lambda: _hosts(tmp_path, "users") == [("172.18.0.12", 50051)], 5, "re-resolved"
         )
     finally:
-        registry.closed.set()
+        await registry.close()
         await sync.stop()

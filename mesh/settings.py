@@ -112,6 +112,11 @@ class Settings:
     drain_grace_s: float = 10.0
     log_level: str = "INFO"
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # Consul over TLS: the CA that signed the agent's certificate, and this client's
+    # certificate/key when the agent verifies clients (Consul's own variable names).
+    consul_ca_file: str = ""
+    consul_client_cert: str = ""
+    consul_client_key: str = ""
 
     @classmethod
     def from_env(
@@ -173,4 +178,7 @@ class Settings:
                 e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
             ),
             resilience=resilience,
+            consul_ca_file=_read(e, "CONSUL_CACERT", "", str),
+            consul_client_cert=_read(e, "CONSUL_CLIENT_CERT", "", str),
+            consul_client_key=_read(e, "CONSUL_CLIENT_KEY", "", str),
         )

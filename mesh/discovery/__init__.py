@@ -24,7 +24,13 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
 
         if not settings.consul_http_addr:
             raise ValueError("registry 'consul' needs consul_http_addr (CONSUL_HTTP_ADDR)")
-        return ConsulRegistry(settings.consul_http_addr, settings.consul_token)
+        return ConsulRegistry(
+            settings.consul_http_addr,
+            settings.consul_token,
+            ca_file=settings.consul_ca_file,
+            client_cert=settings.consul_client_cert,
+            client_key=settings.consul_client_key,
+        )
     if settings.registry == "embedded":
         from mesh.discovery.embedded import EmbeddedRegistry, default_registry_dir
 

@@ -13,6 +13,11 @@
   `watch()` chains blocking queries (`index` + `wait`), so a change arrives as
   soon as the agent sees it. If the returned index goes backwards (agent or
   cluster rebuilt) the watch starts over from index 0, as Consul documents.
+* **TLS**: an `https://` address verifies the agent with `ca_file` (CONSUL_CACERT)
+  or the system's CAs, and presents `client_cert`/`client_key`
+  (CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY) when the agent verifies clients.
+* **Rate**: each watch issues at most `watch_queries_per_s` queries a second on
+  average (bursts pass), as Consul's blocking-query docs recommend.
 * **Outages**: `healthy()` raises `RegistryUnavailable`; a watch keeps its last
   snapshot, logs once when the agent becomes unreachable and once when it is
   back, and retries with backoff. A background task re-registers this
@@ -38,6 +43,7 @@ import aiohttp
 import consul
 import consul.aio
 import consul.exceptions
+from aiolimiter import AsyncLimiter
 
 from base.backoff import Backoff
 from mesh.discovery.health_probe import HealthProbe
@@ -150,6 +156,10 @@ class ConsulRegistry:
         resync_interval_s: float = 15.0,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
+        ca_file: str = "",
+        client_cert: str = "",
+        client_key: str = "",
+        watch_queries_per_s: float = 5.0,
     ) -> None:
         self.address = address
         self._scheme, self._host, self._port = parse_address(address)
@@ -165,6 +175,11 @@ class ConsulRegistry:
         self._resync_interval_s = resync_interval_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        if client_key and not client_cert:
+            raise ValueError("a Consul client key needs its certificate (CONSUL_CLIENT_CERT)")
+        self._verify: bool | str = ca_file or True
+        self._cert = (client_cert, client_key) if client_key else (client_cert or None)
+        self._watch_queries_per_s = watch_queries_per_s
         self._consul: Any = None
         self._own: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
@@ -183,7 +198,12 @@ class ConsulRegistry:
                 # py-consul passes aiohttp's deprecated ssl_context argument.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 client = consul.aio.Consul(
-                    host=self._host, port=self._port, scheme=self._scheme, verify=True, dc=self._dc
+                    host=self._host,
+                    port=self._port,
+                    scheme=self._scheme,
+                    verify=self._verify,
+                    cert=self._cert,
+                    dc=self._dc,
                 )
             # py-consul lets CONSUL_HTTP_TOKEN override the argument; the settings
             # object already read that variable, so the explicit token wins here.
@@ -328,7 +348,15 @@ class ConsulRegistry:
         index = 0
         last: list[tuple[Instance, list[tuple[str, str]]]] | None = None
         backoff = Backoff(self._retry_initial_s, self._retry_max_s)
+        # Consul's advice for blocking queries: rate-limit the loop, so a service
+        # whose index moves on every call (or an agent answering at once) cannot
+        # turn a watch into a busy loop. Bursts pass; the average is capped.
+        limiter = AsyncLimiter(self._watch_queries_per_s, 1.0)
         while not self._closer.closed:
+            try:
+                await self._closer.run(limiter.acquire())
+            except Closed:
+                return
             try:
                 new_index, instances = await self._closer.run(self._query(service, index))
             except Closed:

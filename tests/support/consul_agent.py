@@ -20,6 +20,13 @@ dev agent that the mesh uses, and it really runs the health checks:
   the index; a check critical for longer than `DeregisterCriticalServiceAfter`
   gets its service deregistered. TTL checks go critical when not updated.
 * An optional ACL token: requests without it get 403 "ACL not found".
+* As strict as Consul where a laxer fake could hide a bug: unknown JSON keys
+  in a registration or check are refused (Consul decodes with
+  `DisallowUnknownFields`); a wildcard service address (0.0.0.0, ::) is
+  refused; boolean query flags parse like Go's `strconv.ParseBool` (present
+  without a value is true, anything unparseable is a 400); re-registering a
+  service id keeps the status and output its existing checks had (a
+  registration's `Status` applies to new checks only).
 
 Deliberate differences from a real agent, to keep tests fast: intervals
 below 1 s and DeregisterCriticalServiceAfter below 1 min are honoured (Consul
@@ -37,9 +44,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import json
 import random
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -54,6 +63,77 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _STATUSES = ("passing", "warning", "critical")
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+# The fields of Consul's api.AgentServiceRegistration and api.AgentServiceCheck,
+# normalised as `_norm` does (Consul matches keys case-insensitively and accepts
+# snake_case); anything else is "unknown field".
+_SERVICE_KEYS = frozenset(
+    _k.replace("_", "").lower()
+    for _k in (
+        "Kind",
+        "ID",
+        "Name",
+        "Tags",
+        "Port",
+        "Address",
+        "SocketPath",
+        "TaggedAddresses",
+        "EnableTagOverride",
+        "Meta",
+        "Weights",
+        "Check",
+        "Checks",
+        "Proxy",
+        "Connect",
+        "Namespace",
+        "Partition",
+        "Locality",
+    )
+)
+_CHECK_KEYS = frozenset(
+    _k.replace("_", "").lower()
+    for _k in (
+        "CheckID",
+        "ID",
+        "Name",
+        "Args",
+        "ScriptArgs",
+        "DockerContainerID",
+        "Shell",
+        "Interval",
+        "Timeout",
+        "TTL",
+        "HTTP",
+        "Header",
+        "Method",
+        "Body",
+        "TCP",
+        "TCPUseTLS",
+        "UDP",
+        "Status",
+        "Notes",
+        "TLSServerName",
+        "TLSSkipVerify",
+        "GRPC",
+        "GRPCUseTLS",
+        "H2PING",
+        "H2PingUseTLS",
+        "AliasNode",
+        "AliasService",
+        "SuccessBeforePassing",
+        "FailuresBeforeWarning",
+        "FailuresBeforeCritical",
+        "DeregisterCriticalServiceAfter",
+        "OutputMaxSize",
+        "OSService",
+        "ServiceID",
+        "DisableRedirects",
+        "Type",
+    )
+)
 _MAX_WAIT_S = 600.0
 
 
@@ -79,6 +159,24 @@ def parse_go_duration(text: str) -> float:
 
 def _norm(key: str) -> str:
     return key.replace("_", "").replace("-", "").lower()
+
+
+def _refuse_unknown(body: Mapping[str, Any], known: frozenset[str]) -> None:
+    for key in body:
+        if _norm(key) not in known:
+            raise BadRequest(f'Request decode failed: json: unknown field "{key}"')
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    """A boolean query flag as Consul parses it (`?passing` alone means true)."""
+    if name not in query:
+        return False
+    raw = query[name]
+    if raw == "":
+        return True
+    if raw not in _GO_BOOLS:
+        raise BadRequest(f"Invalid value for ?{name}: {raw!r}")
+    return _GO_BOOLS[raw]
 
 
 def _field(body: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -166,7 +264,7 @@ async def grpc_health_check(target: str, use_tls: bool, timeout_s: float) -> tup
 
 class ConsulTestAgent:
     """One fake agent on `host` (127.0.0.1 by default; port chosen by the kernel unless
-given, kept across restarts)."""
+    given, kept across restarts)."""
 
     def __init__(
         self,
@@ -174,12 +272,14 @@ given, kept across restarts)."""
         token: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
         node: str = "test-agent",
         datacenter: str = "dc1",
         reap_interval_s: float = 0.05,
     ) -> None:
         self.token = token
         self.host = host
+        self.ssl_context = ssl_context
         self.node = node
         self.node_id = str(uuid.uuid4())
         self.datacenter = datacenter
@@ -199,8 +299,9 @@ given, kept across restarts)."""
 
     @property
     def address(self) -> str:
-        """host:port, as in CONSUL_HTTP_ADDR."""
-        return f"{self.host}:{self.port}"
+        """host:port (https://host:port when serving TLS), as in CONSUL_HTTP_ADDR."""
+        scheme = "https://" if self.ssl_context is not None else ""
+        return f"{scheme}{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -224,7 +325,9 @@ given, kept across restarts)."""
         # A short shutdown timeout: held blocking queries are cut, as when an agent dies.
         runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await site.start()
         if self.port == 0:
             self.port = int(runner.addresses[0][1])
@@ -349,6 +452,7 @@ given, kept across restarts)."""
         if not isinstance(body, dict):
             raise BadRequest("Request decode failed: expected an object")
         self.registrations.append(body)
+        _refuse_unknown(body, _SERVICE_KEYS)
         name = _field(body, "Name") or ""
         if not isinstance(name, str) or not name:
             raise BadRequest("Missing service name")
@@ -361,6 +465,10 @@ given, kept across restarts)."""
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise BadRequest("Request decode failed: Tags must be a list of strings")
         self._validate_meta(meta)
+        address = str(_field(body, "Address") or "")
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(address).is_unspecified:
+                raise BadRequest(f"Invalid Service Address {address!r}: a wildcard address")
         defs: list[Any] = []
         if _field(body, "Check"):
             defs.append(_field(body, "Check"))
@@ -372,15 +480,20 @@ given, kept across restarts)."""
         self._services[service_id] = AgentService(
             id=service_id,
             name=name,
-            address=str(_field(body, "Address") or ""),
+            address=address,
             port=port,
             tags=list(tags),
             meta=dict(meta),
             create_index=old.create_index if old else index,
             modify_index=index,
         )
-        replace = request.query.get("replace-existing-checks", "") not in ("", "false", "0")
+        replace = _flag(request.query, "replace-existing-checks")
         keep = {c.id for c in checks}
+        for check in checks:  # a re-registered check keeps what the agent knew of it
+            previous = self._checks.get(check.id)
+            if previous is not None and previous.service_id == service_id:
+                check.status, check.output = previous.status, previous.output
+                check.critical_since = previous.critical_since
         for check in list(self._checks.values()):
             if check.service_id == service_id and (check.id in keep or replace):
                 self._drop_check(check.id)
@@ -406,6 +519,7 @@ given, kept across restarts)."""
     ) -> AgentCheck:
         if not isinstance(d, dict):
             raise BadRequest("Request decode failed: a check must be an object")
+        _refuse_unknown(d, _CHECK_KEYS)
         default_id = f"service:{service_id}" if count == 1 else f"service:{service_id}:{n + 1}"
         status = _field(d, "Status") or "critical"
         if status not in _STATUSES:
@@ -473,7 +587,7 @@ given, kept across restarts)."""
         wait_s = parse_go_duration(q["wait"]) if q.get("wait") else 300.0
         if index > 0:
             await self._block(name, index, min(wait_s, _MAX_WAIT_S))
-        passing = "passing" in q and q["passing"].lower() not in ("false", "0")
+        passing = _flag(q, "passing")
         want_tags = q.getall("tag", [])
         entries = []
         for svc in sorted(self._services.values(), key=lambda s: s.id):

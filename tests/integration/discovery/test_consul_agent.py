@@ -154,3 +154,43 @@ def test_go_durations_parse_like_go() -> None:
     for bad in ("10", "s", "1x", "1s2"):
         with pytest.raises(BadRequest):
             parse_go_duration(bad)
+
+
+async def test_unknown_keys_are_refused_like_consul(agent: Agent) -> None:
+    status, text = await agent.put(
+        "/v1/agent/service/register", {"Name": _name(), "Port": 1, "Bogus": True}
+    )
+    assert status == 400 and "unknown field" in text, text
+    status, text = await agent.put(
+        "/v1/agent/service/register",
+        {"Name": _name(), "Check": {"TTL": "30s", "GRPCHealth": "x"}},
+    )
+    assert status == 400 and "unknown field" in text, text
+
+
+async def test_a_wildcard_address_is_refused(agent: Agent) -> None:
+    for address in ("0.0.0.0", "::"):
+        status, _ = await agent.put(
+            "/v1/agent/service/register", {"Name": _name(), "Port": 1, "Address": address}
+        )
+        assert status == 400, address
+
+
+async def test_flags_parse_strictly(agent: Agent) -> None:
+    name = _name()
+    await agent.register({"Name": name, "Port": 7, "Check": {"TTL": "30s"}})
+    status, _, _ = await agent.get(f"/v1/health/service/{name}", passing="maybe")
+    assert status == 400
+    status, body, _ = await agent.get(f"/v1/health/service/{name}", passing="")
+    assert status == 200 and body == []  # present without a value: true (critical filtered)
+
+
+async def test_re_registration_keeps_the_check_status(agent: Agent) -> None:
+    name = _name()
+    service = {"Name": name, "ID": name, "Port": 7, "Check": {"TTL": "30s"}}
+    await agent.register(service)
+    status, _ = await agent.put(f"/v1/agent/check/pass/service:{name}")
+    assert status == 200
+    await agent.register({**service, "Tags": ["v2"]})  # the same id again
+    _, passing, _ = await agent.get(f"/v1/health/service/{name}", passing="1")
+    assert [e["Service"]["Tags"] for e in passing] == [["v2"]]

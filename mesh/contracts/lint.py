@@ -1,13 +1,18 @@
 """Rules every contract under `protos/` keeps.
 
-- package: `shop.<name>.v<N>`, one major version per package.
+- package: `<org>.<name>.v<N>`, one major version per package.
 - documented: the package statement, every service, RPC, message, field,
   oneof, enum, enum value and extension has a leading comment. The comments
   are the API docs (they reach the generated `.pyi` and reflection).
-- http: every RPC of a public service (no `option (shop.api.v1.internal)`)
+- http: every RPC of a public service (no `option (mesh.api.v1.internal)`)
   has a `google.api.http` binding under `/api/v<N>/`, N its package's major;
   internal services (payments, inventory's ReservationService, the test
   PingService) have none, so the edge can never expose them by accident.
+- policy: every RPC of an internal service names its callers (its own
+  `option (mesh.api.v1.callers)` or the service's `default_callers`); every
+  RPC of a public service declares its end-user auth (`mesh.api.v1.auth`),
+  and ACCESS_ROLES names at least one role. Nothing is reachable by default
+  without someone having said who may reach it.
 - no-float: no `float`/`double` (nor their wrapper types) anywhere: money is
   integer minor units plus a currency (shop.common.v1.Money), and nothing
   else in the shop needs binary floating point either.
@@ -28,12 +33,13 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from mesh.api import options
 from mesh.contracts import codegen
 from mesh.contracts import descriptors as d
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
 
-_PACKAGE = re.compile(r"^shop\.[a-z][a-z0-9_]*\.v(?P<major>[1-9][0-9]*)$")
+_PACKAGE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\.v(?P<major>[1-9][0-9]*)$")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _PASCAL = re.compile(r"^[A-Z][a-zA-Z0-9]*$")
 _UPPER_SNAKE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
@@ -44,7 +50,7 @@ _FILE_PACKAGE = 2  # FileDescriptorProto.package, for the package statement's co
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    rule: str  # package | documented | http | no-float | naming
+    rule: str  # package | documented | http | policy | no-float | naming
     element: str  # "shop.users.v1.User field 2 'email'"
     message: str
 
@@ -87,7 +93,7 @@ def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
     package = _PACKAGE.match(f.package)
     if not package:
         yield Violation(
-            "package", f"package {f.package or '(none)'}", "must be shop.<name>.v<N> (versioned)"
+            "package", f"package {f.package or '(none)'}", "must be <org>.<name>.v<N> (versioned)"
         )
     yield from undocumented((_FILE_PACKAGE,), f"package {f.package} in {f.name}")
     major = int(package["major"]) if package else None
@@ -96,12 +102,13 @@ def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
         name = f"{f.package}.{s.name}"
         yield from undocumented((d.FILE_SERVICE, i), f"service {name}")
         yield from _pascal(s.name, f"service {name}")
-        internal = d.is_internal(s)
+        internal = options.is_internal(s)
         for j, m in enumerate(s.method):
             element = f"{name} rpc {m.name}"
             yield from undocumented((d.FILE_SERVICE, i, d.SERVICE_METHOD, j), element)
             yield from _pascal(m.name, element)
             yield from _http(element, m, internal, major)
+            yield from _policy(element, s, m, internal)
 
     for msg in d.messages(f):
         if msg.is_map_entry:
@@ -164,6 +171,32 @@ def _http(
             yield Violation(
                 "http", element, f"HTTP binding {verb} {path} is not under /api/v{major}/"
             )
+
+
+def _policy(
+    element: str,
+    service: descriptor_pb2.ServiceDescriptorProto,
+    method: descriptor_pb2.MethodDescriptorProto,
+    internal: bool,
+) -> Iterator[Violation]:
+    if internal:
+        if options.callers_of(method, service) is None:
+            yield Violation(
+                "policy",
+                element,
+                "internal RPC names no callers: add option (mesh.api.v1.callers) "
+                "or the service's (mesh.api.v1.default_callers)",
+            )
+        return
+    auth = options.auth_of(method)
+    if auth is None:
+        yield Violation(
+            "policy",
+            element,
+            "public RPC declares no end-user auth: add option (mesh.api.v1.auth)",
+        )
+    elif auth.access is options.Access.ROLES and not auth.roles:
+        yield Violation("policy", element, "ACCESS_ROLES names no roles")
 
 
 def _field(field: FieldProto, element: str) -> Iterator[Violation]:

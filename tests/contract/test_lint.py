@@ -112,6 +112,32 @@ BAD = {
         "shop.users.v1.UserService rpc GetUser: HTTP binding GET /v1/users/{user_id} "
         "is not under /api/v1/ [http]",
     ),
+    "internal service without callers": (
+        PAYMENTS_V1,
+        ('  option (mesh.api.v1.default_callers) = {services: ["orders"]};\n', ""),
+        "shop.payments.v1.PaymentService rpc Charge: internal RPC names no callers: add option "
+        "(mesh.api.v1.callers) or the service's (mesh.api.v1.default_callers) [policy]",
+    ),
+    "public rpc without auth": (
+        USERS_V1,
+        (
+            "    option (mesh.api.v1.auth) = {access: ACCESS_USER};\n"
+            "    option (mesh.api.v1.idempotent) = true;\n",
+            "    option (mesh.api.v1.idempotent) = true;\n",
+        ),
+        "shop.users.v1.UserService rpc GetUser: public RPC declares no end-user auth: add option "
+        "(mesh.api.v1.auth) [policy]",
+    ),
+    "roles access without roles": (
+        INVENTORY_V1,
+        (
+            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            '    option (mesh.api.v1.auth) = {access: ACCESS_ROLES, roles: ["admin"]};',
+            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            "    option (mesh.api.v1.auth) = {access: ACCESS_ROLES};",
+        ),
+        "shop.inventory.v1.InventoryService rpc AddStock: ACCESS_ROLES names no roles [policy]",
+    ),
     "binding on an internal service": (
         INVENTORY_V1,
         (
@@ -205,7 +231,7 @@ def test_unversioned_package(protos):
         "// A thing.\nmessage Thing {\n  // Its name.\n  string name = 1;\n}\n",
     )
     assert violations(protos) == [
-        "package shop.misc: must be shop.<name>.v<N> (versioned) [package]"
+        "package shop.misc: must be <org>.<name>.v<N> (versioned) [package]"
     ]
 
 

@@ -13,12 +13,13 @@
   RPC of a public service declares its end-user auth (`mesh.api.v1.auth`),
   and ACCESS_ROLES names at least one role. Nothing is reachable by default
   without someone having said who may reach it.
-- no-float: no `float`/`double` (nor their wrapper types) anywhere: money is
-  integer minor units plus a currency (shop.common.v1.Money), and nothing
-  else in the shop needs binary floating point either.
 - naming: fields and oneofs lower_snake_case; messages, enums, services and
   RPCs PascalCase; enum values UPPER_SNAKE_CASE prefixed by their enum's
   name, the zero value `<PREFIX>_UNSPECIFIED` (protobuf style guide).
+
+A project adds its own rules (`rules=`: functions of one file returning
+violations); the shop's live in `services/tools/contract_lint.py`, which is what
+`make lint` runs.
 
 Documentation needs source info: lint a set built with `--include_source_info`.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +44,12 @@ _PACKAGE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\.v(?P<major>[1-9][0
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _PASCAL = re.compile(r"^[A-Z][a-zA-Z0-9]*$")
 _UPPER_SNAKE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
-_FLOATS = {FieldProto.TYPE_FLOAT, FieldProto.TYPE_DOUBLE}
-_FLOAT_WRAPPERS = {".google.protobuf.FloatValue", ".google.protobuf.DoubleValue"}
 _FILE_PACKAGE = 2  # FileDescriptorProto.package, for the package statement's comment
 
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    rule: str  # package | documented | http | policy | no-float | naming
+    rule: str  # package | documented | http | policy | naming | a project rule's name
     element: str  # "shop.users.v1.User field 2 'email'"
     message: str
 
@@ -62,19 +61,32 @@ class MissingSourceInfo(ValueError):
     """The descriptor set has no comments to check: build it with source info."""
 
 
-def lint(fds: descriptor_pb2.FileDescriptorSet, files: Collection[str]) -> list[Violation]:
-    """Every violation in the contract `files` (names as in the set) of `fds`."""
+# A project's own rule: the violations of one contract file.
+FileRule = Callable[[descriptor_pb2.FileDescriptorProto], Iterable[Violation]]
+
+
+def lint(
+    fds: descriptor_pb2.FileDescriptorSet,
+    files: Collection[str],
+    rules: Sequence[FileRule] = (),
+) -> list[Violation]:
+    """Every violation in the contract `files` (names as in the set) of `fds`: the
+    mesh's rules, then each of `rules`."""
     out: list[Violation] = []
     for f in fds.file:
         if f.name in files:
             out.extend(_file(f))
+            for rule in rules:
+                out.extend(rule(f))
     return out
 
 
-def lint_tree(proto_root: Path = codegen.PROTO_ROOT) -> list[Violation]:
+def lint_tree(
+    proto_root: Path = codegen.PROTO_ROOT, rules: Sequence[FileRule] = ()
+) -> list[Violation]:
     """Compile the contracts under proto_root with source info and lint them."""
     fds = codegen.build_descriptor_set(proto_root, source_info=True)
-    return lint(fds, codegen.proto_files(proto_root))
+    return lint(fds, codegen.proto_files(proto_root), rules)
 
 
 def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
@@ -200,13 +212,6 @@ def _policy(
 
 
 def _field(field: FieldProto, element: str) -> Iterator[Violation]:
-    if field.type in _FLOATS or field.type_name in _FLOAT_WRAPPERS:
-        yield Violation(
-            "no-float",
-            element,
-            f"is {d.type_name(field)}: money and amounts are integers "
-            "(shop.common.v1.Money: minor units + currency), never floating point",
-        )
     if not _SNAKE.match(field.name):
         yield Violation("naming", element, "field names are lower_snake_case")
 
@@ -221,11 +226,11 @@ def _upper_snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, rules: Sequence[FileRule] = ()) -> int:
     parser = argparse.ArgumentParser(description="lint the contracts under protos/")
     parser.add_argument("--proto-root", type=Path, default=codegen.PROTO_ROOT)
     args = parser.parse_args(argv)
-    violations = lint_tree(args.proto_root)
+    violations = lint_tree(args.proto_root, rules)
     for v in violations:
         print(v)
     print(f"{len(codegen.proto_files(args.proto_root))} files, {len(violations)} violations")

@@ -13,6 +13,7 @@ from tests.contract.proto_tree import ProtoTree
 
 RELEASED = [
     "mesh.api.v1",
+    "mesh.events.v1",
     "shop.common.v1",
     "shop.events.v1",
     "shop.inventory.v1",

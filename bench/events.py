@@ -39,7 +39,7 @@ from mesh.events import (
     outbox_migrations,
 )
 from mesh.events.v1.envelope_pb2 import Envelope
-from services.common.event_types import EVENTS
+from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import nats_server
 
 THINGS = Migration(1, "things", ("CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, n INTEGER)",))
@@ -66,7 +66,7 @@ async def run_phase(
     await migrate(cons_engine, [THINGS, *inbox_migrations()])
     prod_sessions, cons_sessions = session_factory(prod_engine), session_factory(cons_engine)
     outbox = Outbox()
-    bus = await EventBus.connect(url, name=f"bench-{tag}")
+    bus = await EventBus.connect(url, name=f"bench-{tag}", streams=shop_streams())
     await bus.ensure_streams()
     await bus.js.purge_stream("USER")  # each phase starts from an empty stream
 

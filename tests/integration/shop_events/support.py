@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Inbox, SubscribeOptions, decode, inbox_migrations
 from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import shop_streams
 from tests.support.poll import eventually
 
 EFFECTS = Migration(
@@ -70,7 +71,9 @@ class Recorder:
 
     async def start(self) -> None:
         await migrate(self.engine, [EFFECTS, *inbox_migrations()])
-        self.bus = await EventBus.connect(self.nats_url, name="shop-events-test")
+        self.bus = await EventBus.connect(
+            self.nats_url, name="shop-events-test", streams=shop_streams()
+        )
         await self.bus.ensure_streams()
         apply = self.inbox.idempotent(self._apply)
 

@@ -12,7 +12,6 @@ from typing import TypeVar
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
-from shop.api.v1 import visibility_pb2
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
 _Options = TypeVar("_Options", descriptor_pb2.ServiceOptions, descriptor_pb2.MethodOptions)
@@ -108,18 +107,13 @@ def real_oneof(message: descriptor_pb2.DescriptorProto, field: FieldProto) -> st
 def _reparsed(options: _Options) -> _Options:
     """The options parsed again, now that our extensions are registered.
 
-    A descriptor set parsed before `visibility_pb2` or `annotations_pb2` was
+    A descriptor set parsed before `annotations_pb2` was
     imported keeps those extensions as unknown fields; parsing the options'
     bytes again reads them whatever the import order was.
     """
     fresh = type(options)()
     fresh.ParseFromString(options.SerializeToString())
     return fresh
-
-
-def is_internal(service: descriptor_pb2.ServiceDescriptorProto) -> bool:
-    """Whether the service carries `option (shop.api.v1.internal) = true`."""
-    return bool(_reparsed(service.options).Extensions[visibility_pb2.internal])
 
 
 def http_rules(method: descriptor_pb2.MethodDescriptorProto) -> list[http_pb2.HttpRule]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from mesh.discovery.registry import Registry
 from mesh.edge.envoy_config import eds_document, write_atomically
 
-log = logging.getLogger("shop_mesh.edge")
+log = logging.getLogger(__name__)
 
 
 def write_endpoints(eds_dir: Path, cluster: str, endpoints: list[tuple[str, int]]) -> None:

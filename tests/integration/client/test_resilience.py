@@ -212,7 +212,7 @@ class FlakyRegistry:
 async def test_unreachable_registry_keeps_last_instances_and_logs_once(
     servers, channels, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mesh.client")
+    caplog.set_level(logging.INFO, logger="mesh.balancer.pool")
     backends = [await servers(f"s{i}") for i in range(2)]
     flaky = FlakyRegistry(StaticRegistry())
     for i, b in enumerate(backends):

@@ -136,7 +136,7 @@ async def test_unreachable_registry_keeps_last_snapshot_logs_once_and_recovers(
 ) -> None:
     if backend.break_registry is None or backend.repair_registry is None:
         pytest.skip(f"{backend.name}: cannot take a real agent away")
-    caplog.set_level(logging.INFO, logger="shop_mesh.discovery")
+    caplog.set_level(logging.INFO, logger="mesh.discovery")
     server = await health_servers()
     owner, client = backend.make(), backend.make()  # a server process and a client process
     service = backend.service()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.contracts import lint
-from tests.contract.proto_tree import ProtoTree
+from tests.support.proto_tree import ProtoTree
 
 USERS_V1 = "shop/users/v1/users.proto"
 ORDERS_V2 = "shop/orders/v2/orders.proto"

@@ -9,7 +9,7 @@ import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.discovery.embedded import EmbeddedRegistry
-from tests.integration.client.conftest import instance
+from tests.support.mesh_client import instance
 from tests.support.poll import eventually
 
 

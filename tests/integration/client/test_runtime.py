@@ -19,7 +19,7 @@ import mesh
 from mesh.client.runtime import MeshRuntime
 from mesh.discovery.static import StaticRegistry
 from mesh.settings import ResilienceSettings, Settings
-from tests.integration.client.conftest import UnavailableInterceptor, instance
+from tests.support.mesh_client import UnavailableInterceptor, instance
 from tests.support.poll import eventually
 
 

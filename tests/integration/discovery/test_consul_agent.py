@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.discovery.conftest import REAL_CONSUL
 from tests.support.consul_agent import BadRequest, consul_test_agent, parse_go_duration
+from tests.support.discovery import REAL_CONSUL
 from tests.support.poll import eventually as wait_until
 
 

@@ -19,13 +19,13 @@ import pytest
 
 from mesh.discovery.consul import ConsulRegistry
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
-from tests.integration.discovery.conftest import (
+from tests.support.consul_agent import consul_test_agent
+from tests.support.discovery import (
     Backend,
     WatchRecorder,
     instance_for,
     registering_process,
 )
-from tests.support.consul_agent import consul_test_agent
 from tests.support.health_server import HealthServer
 from tests.support.poll import eventually as wait_until
 

@@ -26,7 +26,7 @@ from mesh.events import (
     new_envelope,
 )
 from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
-from tests.integration.events.conftest import Db
+from tests.support.events_db import Db
 from tests.support.nats import NatsServer
 from tests.support.poll import eventually
 

@@ -13,7 +13,7 @@ from shop.events.v1 import events_pb2
 from sqlalchemy import text
 
 from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
-from tests.integration.events.conftest import Db
+from tests.support.events_db import Db
 from tests.support.poll import eventually
 
 # A lease far longer than the test may wait: publishing in time proves it was taken

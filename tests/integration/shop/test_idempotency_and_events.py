@@ -15,7 +15,9 @@ from shop.users.v1 import users_pb2
 from sqlalchemy import text
 
 from mesh.db import create_engine
-from tests.integration.shop.helpers import (
+from tests.support.poll import eventually
+from tests.support.shop import ShopStack
+from tests.support.shop_calls import (
     DECLINE,
     SLOW,
     StreamEvents,
@@ -31,8 +33,6 @@ from tests.integration.shop.helpers import (
     statuses,
     stock,
 )
-from tests.support.poll import eventually
-from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

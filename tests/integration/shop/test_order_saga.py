@@ -9,7 +9,8 @@ from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 
-from tests.integration.shop.helpers import (
+from tests.support.shop import ShopStack
+from tests.support.shop_calls import (
     DECLINE,
     INSUFFICIENT_FUNDS,
     OrderEvents,
@@ -24,7 +25,6 @@ from tests.integration.shop.helpers import (
     statuses,
     stock,
 )
-from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

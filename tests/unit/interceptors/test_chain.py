@@ -30,16 +30,16 @@ from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsClientInterceptor, MetricsServerInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,
+    Flaky,
     channel,
     invoke,
     invoke_error,
 )
-from tests.unit.interceptors.test_retry import Flaky
+from tests.support.poll import eventually
 
 
 class Mesh:

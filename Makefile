@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install tools protos baseline test test-fast lint run demo bench clean
+.PHONY: install tools protos baseline readme-settings test test-fast lint run demo bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ protos: install
 # Record today's contracts as released (the baseline breaking changes are checked against).
 baseline: install
 	$(PY) -m mesh.contracts.baseline
+
+# The README's settings tables, generated from the settings declarations.
+readme-settings: install
+	$(PY) -m mesh.settings --write README.md
+	$(PY) -m services.settings_tables --write README.md
 
 test: install tools
 	$(PY) -m pytest

@@ -88,7 +88,7 @@ def server_chain(log_level: str) -> list[Any]:
     from interceptors.tracing import make_tracer_provider
     from mesh.server import server_interceptors
 
-    access = logging.getLogger("shop_mesh.rpc")
+    access = logging.getLogger("interceptors.logging")  # the access log (module logger)
     access.setLevel(log_level)
     access.propagate = False
     handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives with the process

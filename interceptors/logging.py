@@ -13,6 +13,9 @@ response bodies, metadata or error messages (they may carry personal data or
 secrets). INFO, or WARNING for server-side failures. The trace id is the
 current span's: put the tracing interceptor outside this one. Health checks
 are not logged by default (load balancers call them every few seconds).
+
+Logger: `interceptors.logging` (the project's one naming scheme: every module
+logs to `logging.getLogger(__name__)`), unless a logger is passed in.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
         ignore_methods: Iterable[str] = HEALTH_METHODS,
     ) -> None:
         super().__init__()
-        self._log = logger or logging.getLogger("shop_mesh.rpc")
+        self._log = logger or logging.getLogger(__name__)
         self._ignore = frozenset(ignore_methods)
 
     def prepare(self, method: str) -> str | None:

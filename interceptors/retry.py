@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from base.backoff import backoff_cap, jittered
 from interceptors._call import LOCAL_ERROR_KEY, method_name, replace_call_details, with_metadata
 from interceptors._client import ClientInterceptor, Continuation, returns_call
 
@@ -89,12 +90,14 @@ class RetryPolicy:
             raise ValueError("multiplier and exhausted_backoff_factor must be >= 1")
 
     def backoff_s(self, retry: int, code: grpc.StatusCode, rng: random.Random) -> float:
-        """Delay before retry number `retry` (1 = first retry): in [cap/2, cap], cap growing."""
-        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
+        """Delay before retry number `retry` (1 = first retry): in [cap/2, cap], cap growing.
+
+        The shared formula (base/backoff.py); RESOURCE_EXHAUSTED multiplies the cap.
+        """
+        cap = backoff_cap(retry - 1, self.initial_backoff_s, self.max_backoff_s, self.multiplier)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             cap *= self.exhausted_backoff_factor
-        # "Equal jitter": spread out (no synchronised retry waves) yet never ~0.
-        return cap / 2 + rng.random() * cap / 2
+        return jittered(cap, rng)
 
 
 @dataclass(slots=True)

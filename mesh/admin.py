@@ -25,7 +25,7 @@ from prometheus_client import (
 
 from mesh.health import HealthReport
 
-log = logging.getLogger("shop_mesh.admin")
+log = logging.getLogger(__name__)
 
 
 class AdminBindError(OSError):

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.discovery.registry import Registry
 
-log = logging.getLogger("shop_mesh.health")
+log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[None]]
 CheckStatus = Literal["ok", "failing", "unknown"]

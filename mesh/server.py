@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from base.backoff import Backoff
 from interceptors.deadline import DeadlineServerInterceptor
 from interceptors.decoding import MalformedRequestInterceptor
 from interceptors.errors import ErrorServerInterceptor
@@ -47,7 +48,7 @@ from mesh.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from mesh.client.runtime import MeshRuntime
 
-log = logging.getLogger("shop_mesh.server")
+log = logging.getLogger(__name__)
 
 # Generic only in grpc-stubs, so the alias is a string.
 ServerInterceptor: TypeAlias = "grpc.aio.ServerInterceptor[Any, Any]"
@@ -55,6 +56,7 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 Hook = Callable[[], Awaitable[None]]
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_REGISTER_RETRY_INITIAL_S = 0.4
 _REGISTER_RETRY_MAX_S = 10.0
 _DEREGISTER_TIMEOUT_S = 5.0
 
@@ -215,13 +217,12 @@ class RunningService:
         self._background.append(asyncio.create_task(self._register_later(registry)))
 
     async def _register_later(self, registry: Registry) -> None:
-        delay = 0.2
+        backoff = Backoff(_REGISTER_RETRY_INITIAL_S, _REGISTER_RETRY_MAX_S)
         while True:
-            await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+            await asyncio.sleep(backoff.next())  # backoff between attempts, not synchronisation
             try:
                 await registry.register(self.instance)
             except RegistryUnavailable as exc:
-                delay = min(delay * 2, _REGISTER_RETRY_MAX_S)
                 log.debug("registering %s failed again: %s", self.instance.id, exc)
             else:
                 log.info("registered %s after a registry outage", self.instance.id)

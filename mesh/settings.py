@@ -1,92 +1,171 @@
-"""One typed settings object, read from the environment once and passed down.
+"""The mesh's settings: one typed object, read from the environment once and passed down.
 
 Names follow the design: `MESH_*`, `NATS_URL`, `CONSUL_HTTP_ADDR`,
 `<SERVICE>_DATABASE_URL` and the standard `OTEL_*` (read by the OpenTelemetry
-SDK itself). A malformed value fails at start with `SettingsError` naming the
-variable.
+SDK itself, not listed here). A malformed value fails at start with
+`SettingsError` naming the variable (`run_service` exits 2).
+
+Adding a setting is one edit: a field at the END of `Settings` (or of
+`ResilienceSettings` for client call policy) made with `setting(...)`:
+
+    my_knob_s: float = setting("MESH_MY_KNOB_S", 2.0, number(above=True), "what it does")
+
+`from_env` reads it, the error names it, and `python -m mesh.settings
+--markdown` prints it in the README table (`make readme-settings` writes the
+README; the
+contract test `tests/contract/test_settings_tables.py` fails until then).
+Code that needs the default elsewhere reads `RESILIENCE_DEFAULTS` or
+`default_of(Settings, name)`, never writes the literal again. The machinery
+(parsers, `load`, the table) is `base/settings.py`, shared with the services'
+own settings (`services/<name>/config.py`).
+
+Where each default is written: here, except for knobs of the interceptors
+(retry, breaker, retry budget): `interceptors/` sits below `mesh/` and must not
+import it, so their config dataclasses (`RetryPolicy`, `BreakerConfig`,
+`RetryBudget`) hold those literals and the fields below take them with
+`default_of(...)`. `ClientOptions` and `OutlierConfig` take theirs from
+`RESILIENCE_DEFAULTS`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar, get_args
+from typing import Literal, get_args
 
-T = TypeVar("T")
+from base.settings import (
+    PORT,
+    RATIO,
+    TEXT,
+    Parser,
+    SettingsError,
+    choice,
+    default_of,
+    load,
+    main,
+    markdown_table,
+    number,
+    read_field,
+    setting,
+    whole,
+)
+from interceptors.breaker import BreakerConfig
+from interceptors.retry import RetryBudget, RetryPolicy
+
+__all__ = [
+    "RESILIENCE_DEFAULTS",
+    "LbPolicy",
+    "RegistryKind",
+    "ResilienceSettings",
+    "Settings",
+    "SettingsError",
+]
+
 RegistryKind = Literal["consul", "embedded", "none"]
 LbPolicy = Literal["round_robin", "p2c"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-
-class SettingsError(ValueError):
-    """A setting from the environment is malformed; the message names the variable."""
-
-
-def _read(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T]) -> T:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a port number from 0 to 65535 (0 = any free port)")
-    return value
-
-
-def _ratio(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be a number from 0 to 1")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return raw
-
-    return parse
+_POSITIVE = number(above=True)
+_AT_LEAST_ONE = whole(minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
 class ResilienceSettings:
-    """Client-side call policy: deadlines, retries, breakers, outlier ejection."""
+    """Client-side call policy: deadlines, retries, breakers, balancing, outlier ejection."""
 
-    default_deadline_s: float = 5.0
-    retry_max_attempts: int = 3
-    retry_budget_ratio: float = 0.2
-    retry_initial_backoff_s: float = 0.05
-    retry_max_backoff_s: float = 1.0
-    breaker_failure_rate: float = 0.5
-    breaker_min_calls: int = 10
-    breaker_window_s: float = 10.0
-    breaker_cooldown_s: float = 5.0
-    breaker_half_open_calls: int = 3
-    lb_policy: LbPolicy = "p2c"
-    outlier_consecutive_failures: int = 5
-    outlier_base_ejection_s: float = 5.0
+    default_deadline_s: float = setting(
+        "MESH_DEFAULT_DEADLINE_S",
+        5.0,
+        _POSITIVE,
+        "deadline of a call that sets none; also how long such a call waits for an instance",
+    )
+    retry_max_attempts: int = setting(
+        "MESH_RETRY_MAX_ATTEMPTS",
+        default_of(RetryPolicy, "max_attempts"),
+        _AT_LEAST_ONE,
+        "attempts of a retryable call, the first included (1: no retries)",
+    )
+    retry_budget_ratio: float = setting(
+        "MESH_RETRY_BUDGET_RATIO",
+        default_of(RetryBudget, "ratio"),
+        RATIO,
+        "retries per called service stay under this share of its calls (plus 1/s)",
+    )
+    retry_initial_backoff_s: float = setting(
+        "MESH_RETRY_INITIAL_BACKOFF_S",
+        default_of(RetryPolicy, "initial_backoff_s"),
+        _POSITIVE,
+        "cap of the first retry's jittered pause (doubling per retry)",
+    )
+    retry_max_backoff_s: float = setting(
+        "MESH_RETRY_MAX_BACKOFF_S",
+        default_of(RetryPolicy, "max_backoff_s"),
+        _POSITIVE,
+        "largest cap of a retry's pause (raised to the initial one if lower)",
+    )
+    breaker_failure_rate: float = setting(
+        "MESH_BREAKER_FAILURE_RATE",
+        default_of(BreakerConfig, "failure_rate"),
+        Parser(float, "a number above 0 and at most 1", lambda v: 0.0 < v <= 1.0),
+        "a service's breaker opens at this failure share of its window",
+    )
+    breaker_min_calls: int = setting(
+        "MESH_BREAKER_MIN_CALLS",
+        default_of(BreakerConfig, "min_calls"),
+        _AT_LEAST_ONE,
+        "calls in the window before the breaker may open",
+    )
+    breaker_window_s: float = setting(
+        "MESH_BREAKER_WINDOW_S",
+        default_of(BreakerConfig, "window_s"),
+        _POSITIVE,
+        "the breaker's rolling window",
+    )
+    breaker_cooldown_s: float = setting(
+        "MESH_BREAKER_COOLDOWN_S",
+        default_of(BreakerConfig, "cooldown_s"),
+        _POSITIVE,
+        "an open breaker lets trial calls through after this",
+    )
+    breaker_half_open_calls: int = setting(
+        "MESH_BREAKER_HALF_OPEN_CALLS",
+        default_of(BreakerConfig, "half_open_calls"),
+        _AT_LEAST_ONE,
+        "trial calls that must succeed to close the breaker",
+    )
+    lb_policy: LbPolicy = setting(
+        "MESH_LB_POLICY",
+        "p2c",
+        choice(get_args(LbPolicy)),
+        "how a client picks an instance (`p2c`: the less loaded of two random ones)",
+    )
+    outlier_consecutive_failures: int = setting(
+        "MESH_OUTLIER_CONSECUTIVE_FAILURES",
+        5,
+        _AT_LEAST_ONE,
+        "UNAVAILABLE results in a row that eject an instance",
+    )
+    outlier_base_ejection_s: float = setting(
+        "MESH_OUTLIER_BASE_EJECTION_S",
+        5.0,
+        _POSITIVE,
+        "first ejection; the n-th recent one lasts n times this",
+    )
+    outlier_max_ejection_s: float = setting(
+        "MESH_OUTLIER_MAX_EJECTION_S",
+        300.0,
+        _POSITIVE,
+        "cap of the growing ejection (raised to the base one if lower)",
+    )
+    outlier_max_ejected_fraction: float = setting(
+        "MESH_OUTLIER_MAX_EJECTED_FRACTION",
+        0.5,
+        RATIO,
+        "never eject more than this share of a service's instances (one always may be)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +173,84 @@ class Settings:
     """Everything a service or client process reads from its environment."""
 
     service: str
-    host: str = "127.0.0.1"
-    # The address other processes reach this instance at (registered); defaults to host.
-    advertise_host: str = ""
-    grpc_port: int = 0
-    admin_port: int = 0
-    instance_id: str = ""
-    version: str = "0.1.0"
-    registry: RegistryKind = "embedded"
-    registry_dir: str = ""
-    consul_http_addr: str = ""
-    consul_token: str = ""
-    nats_url: str = "nats://127.0.0.1:4222"
-    database_url: str = ""
-    # Where default SQLite files live (one per service): MESH_DATA_DIR.
-    data_dir: str = ".run/data"
-    drain_grace_s: float = 10.0
-    log_level: str = "INFO"
+    host: str = setting(
+        "MESH_HOST",
+        "127.0.0.1",
+        TEXT,
+        "bind address for gRPC and admin (a wildcard is advertised as the host's address)",
+    )
+    advertise_host: str = setting(
+        "MESH_ADVERTISE_HOST",
+        "",
+        TEXT,
+        "the address other processes reach this instance at (registered)",
+        shown_default="`MESH_HOST`",
+    )
+    grpc_port: int = setting(
+        "MESH_GRPC_PORT",
+        0,
+        PORT,
+        "gRPC port; 0: a free port (registered with the real one)",
+        shown_default="the service's port",
+    )
+    admin_port: int = setting(
+        "MESH_ADMIN_PORT",
+        0,
+        PORT,
+        "admin HTTP port (`/health`, `/metrics`); 0: a free port",
+        shown_default="the service's admin port",
+    )
+    instance_id: str = setting(
+        "MESH_INSTANCE_ID",
+        "",
+        TEXT,
+        "registry id; also the saga lease owner (a restart with the same id resumes its sagas)",
+        shown_default="`<service>-<random>`",
+    )
+    version: str = setting("MESH_VERSION", "0.1.0", TEXT, "registered version, shown in `/health`")
+    registry: RegistryKind = setting(
+        "MESH_REGISTRY",
+        "embedded",
+        choice(get_args(RegistryKind)),
+        "where instances register and are found",
+        shown_default="`consul` when `CONSUL_HTTP_ADDR` is set, else `embedded`",
+    )
+    registry_dir: str = setting(
+        "MESH_REGISTRY_DIR",
+        "",
+        TEXT,
+        "directory of the embedded registry (0700)",
+        shown_default="`$XDG_RUNTIME_DIR/shop-mesh-<uid>` (or under `$TMPDIR`, `/tmp`)",
+    )
+    consul_http_addr: str = setting(
+        "CONSUL_HTTP_ADDR", "", TEXT, "Consul agent address (`127.0.0.1:8500`)"
+    )
+    consul_token: str = setting("CONSUL_HTTP_TOKEN", "", TEXT, "Consul ACL token")
+    consul_ca_file: str = setting(
+        "CONSUL_CACERT", "", TEXT, "CA file that verifies an `https://` Consul agent"
+    )
+    consul_client_cert: str = setting(
+        "CONSUL_CLIENT_CERT", "", TEXT, "client certificate for an agent that verifies clients"
+    )
+    consul_client_key: str = setting("CONSUL_CLIENT_KEY", "", TEXT, "its private key")
+    nats_url: str = setting(
+        "NATS_URL", "nats://127.0.0.1:4222", TEXT, "NATS server for events (JetStream)"
+    )
+    database_url: str = setting(
+        "<SERVICE>_DATABASE_URL",
+        "",
+        TEXT,
+        "the service's database (`postgresql://...` uses asyncpg)",
+        shown_default="SQLite file under `MESH_DATA_DIR`",
+    )
+    data_dir: str = setting(
+        "MESH_DATA_DIR", ".run/data", TEXT, "where default SQLite files live (one per service)"
+    )
+    drain_grace_s: float = setting(
+        "MESH_DRAIN_GRACE_S", 10.0, _POSITIVE, "longest drain of in-flight calls at shutdown"
+    )
+    log_level: str = setting("MESH_LOG_LEVEL", "INFO", choice(LOG_LEVELS), "log level")
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
-    # Consul over TLS: the CA that signed the agent's certificate, and this client's
-    # certificate/key when the agent verifies clients (Consul's own variable names).
-    consul_ca_file: str = ""
-    consul_client_cert: str = ""
-    consul_client_key: str = ""
 
     @classmethod
     def from_env(
@@ -130,55 +264,45 @@ class Settings:
     ) -> Settings:
         """Read the settings of `service`; the keyword arguments are its defaults."""
         e = os.environ if env is None else env
-        host = _read(e, "MESH_HOST", "127.0.0.1", str)
-        port = _read(e, "MESH_GRPC_PORT", grpc_port, _port)
-        consul = _read(e, "CONSUL_HTTP_ADDR", "", str)
-        registry_default: RegistryKind = "consul" if consul else "embedded"
-        registry: str = _read(
-            e, "MESH_REGISTRY", str(registry_default), _choice(get_args(RegistryKind))
-        )
-        if registry == "consul" and not consul:
-            raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
-        default_registry_dir = os.path.join(
-            e.get("XDG_RUNTIME_DIR") or e.get("TMPDIR") or "/tmp", f"shop-mesh-{os.getuid()}"
-        )
-        db_var = f"{service.upper().replace('-', '_')}_DATABASE_URL"
-        resilience = ResilienceSettings(
-            default_deadline_s=_read(e, "MESH_DEFAULT_DEADLINE_S", 5.0, _positive_float),
-            retry_max_attempts=_read(e, "MESH_RETRY_MAX_ATTEMPTS", 3, _positive_int),
-            retry_budget_ratio=_read(e, "MESH_RETRY_BUDGET_RATIO", 0.2, _ratio),
-            breaker_failure_rate=_read(e, "MESH_BREAKER_FAILURE_RATE", 0.5, _ratio),
-            breaker_min_calls=_read(e, "MESH_BREAKER_MIN_CALLS", 10, _positive_int),
-            breaker_window_s=_read(e, "MESH_BREAKER_WINDOW_S", 10.0, _positive_float),
-            breaker_cooldown_s=_read(e, "MESH_BREAKER_COOLDOWN_S", 5.0, _positive_float),
-            breaker_half_open_calls=_read(e, "MESH_BREAKER_HALF_OPEN_CALLS", 3, _positive_int),
-            lb_policy=_read(e, "MESH_LB_POLICY", "p2c", _choice(get_args(LbPolicy))),  # type: ignore[arg-type]
-            outlier_consecutive_failures=_read(
-                e, "MESH_OUTLIER_CONSECUTIVE_FAILURES", 5, _positive_int
-            ),
-            outlier_base_ejection_s=_read(e, "MESH_OUTLIER_BASE_EJECTION_S", 5.0, _positive_float),
-        )
-        return cls(
+        consul = read_field(cls, "consul_http_addr", e)
+        defaults = {
+            "advertise_host": read_field(cls, "host", e),
+            "grpc_port": grpc_port,
+            "admin_port": admin_port,
+            "instance_id": f"{service}-{uuid.uuid4().hex[:8]}",
+            "registry": "consul" if consul else "embedded",
+            "registry_dir": default_registry_dir(e),
+            "database_url": database_url,
+        }
+        settings = load(
+            cls,
+            e,
+            for_service=service,
+            defaults=defaults,
             service=service,
-            host=host,
-            advertise_host=_read(e, "MESH_ADVERTISE_HOST", host, str),
-            grpc_port=port,
-            admin_port=_read(e, "MESH_ADMIN_PORT", admin_port, _port),
-            instance_id=_read(e, "MESH_INSTANCE_ID", f"{service}-{uuid.uuid4().hex[:8]}", str),
-            version=_read(e, "MESH_VERSION", "0.1.0", str),
-            registry=registry,  # type: ignore[arg-type]
-            registry_dir=_read(e, "MESH_REGISTRY_DIR", default_registry_dir, str),
-            consul_http_addr=consul,
-            consul_token=_read(e, "CONSUL_HTTP_TOKEN", "", str),
-            nats_url=_read(e, "NATS_URL", "nats://127.0.0.1:4222", str),
-            database_url=_read(e, db_var, database_url, str),
-            data_dir=_read(e, "MESH_DATA_DIR", ".run/data", str),
-            drain_grace_s=_read(e, "MESH_DRAIN_GRACE_S", 10.0, _positive_float),
-            log_level=_read(
-                e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
-            ),
-            resilience=resilience,
-            consul_ca_file=_read(e, "CONSUL_CACERT", "", str),
-            consul_client_cert=_read(e, "CONSUL_CLIENT_CERT", "", str),
-            consul_client_key=_read(e, "CONSUL_CLIENT_KEY", "", str),
+            resilience=load(ResilienceSettings, e),
         )
+        if settings.registry == "consul" and not settings.consul_http_addr:
+            raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
+        return settings
+
+
+def default_registry_dir(env: Mapping[str, str]) -> str:
+    """The embedded registry's per-user directory when MESH_REGISTRY_DIR is unset."""
+    base = env.get("XDG_RUNTIME_DIR") or env.get("TMPDIR") or "/tmp"
+    return os.path.join(base, f"shop-mesh-{os.getuid()}")
+
+
+RESILIENCE_DEFAULTS = ResilienceSettings()
+
+
+def readme_tables() -> dict[str, str]:
+    """The README's tables of the mesh-wide settings, by marker name."""
+    return {
+        "mesh": markdown_table([Settings]),
+        "mesh-resilience": markdown_table([ResilienceSettings]),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], readme_tables()))

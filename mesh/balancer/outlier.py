@@ -18,17 +18,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.settings import RESILIENCE_DEFAULTS as _DEFAULTS
+
 
 @dataclass(frozen=True, slots=True)
 class OutlierConfig:
-    """How eagerly failing instances are ejected; see the module docstring."""
+    """How eagerly failing instances are ejected; see the module docstring.
 
-    consecutive_failures: int = 5
-    base_ejection_s: float = 5.0
-    max_ejection_s: float = 300.0
+    Defaults: the `MESH_OUTLIER_*` settings' (mesh/settings.py).
+    """
+
+    consecutive_failures: int = _DEFAULTS.outlier_consecutive_failures
+    base_ejection_s: float = _DEFAULTS.outlier_base_ejection_s
+    max_ejection_s: float = _DEFAULTS.outlier_max_ejection_s
     # Never eject more than this share of the instances (at least one may always
     # be ejected): when most of a fleet fails, the fault is rarely in the instances.
-    max_ejected_fraction: float = 0.5
+    max_ejected_fraction: float = _DEFAULTS.outlier_max_ejected_fraction
 
     def __post_init__(self) -> None:
         if self.consecutive_failures < 1:

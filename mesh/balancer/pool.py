@@ -27,13 +27,21 @@ from typing import Any
 
 import grpc
 
+from base.backoff import Backoff
 from interceptors._call import local_error
 from mesh.balancer.endpoint import Endpoint
 from mesh.balancer.outlier import OutlierConfig
 from mesh.balancer.picker import Picker, make_picker
 from mesh.discovery.registry import Instance, Registry
+from mesh.settings import RESILIENCE_DEFAULTS
 
-log = logging.getLogger("mesh.client")
+log = logging.getLogger(__name__)
+
+# Calls in flight on a removed instance get this long before its channel closes.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# Pauses between attempts to watch the registry again after it failed.
+_WATCH_RETRY_INITIAL_S = 0.2
+_WATCH_RETRY_MAX_S = 5.0
 
 _READY = grpc.ChannelConnectivity.READY
 _STANDBY = (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING)
@@ -79,9 +87,9 @@ class EndpointPool:
         registry: Registry,
         channel_factory: ChannelFactory,
         *,
-        lb_policy: str = "p2c",
+        lb_policy: str = RESILIENCE_DEFAULTS.lb_policy,
         outlier: OutlierConfig | None = None,
-        drain_timeout_s: float = 30.0,
+        drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
         on_ejection: EjectionHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -232,12 +240,12 @@ class EndpointPool:
     # -- registry --------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(_WATCH_RETRY_INITIAL_S, _WATCH_RETRY_MAX_S)
         while not self._closed:
             try:
                 async for snapshot in self._registry.watch(self.service):
                     self.apply(snapshot)
-                    backoff = 0.1
+                    backoff.reset()
                     if self._registry_down:
                         self._registry_down = False
                         log.info("registry reachable again; watching %s", self.service)
@@ -257,8 +265,7 @@ class EndpointPool:
                         exc,
                         len(self._endpoints),
                     )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff.next())  # backoff, not synchronisation
 
     def apply(self, instances: Iterable[Instance]) -> None:
         """Make the endpoints match a registry snapshot (new ones used at once)."""

@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 
 from mesh.balancer.outlier import OutlierConfig
-from mesh.balancer.pool import EjectionHook, EndpointPool
+from mesh.balancer.pool import DEFAULT_DRAIN_TIMEOUT_S, EjectionHook, EndpointPool
 from mesh.client.channel import MeshChannel
 from mesh.discovery.registry import Instance, Registry
-from mesh.settings import ResilienceSettings
+from mesh.settings import RESILIENCE_DEFAULTS as _DEFAULTS
+from mesh.settings import LbPolicy, ResilienceSettings
 
 # Every instance gets its own connection (gRPC shares subchannels between
 # channels with identical options otherwise), and reconnects are quick: the
@@ -36,20 +37,21 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 class ClientOptions:
     """How one client channel balances, ejects and connects (`connect(**options)`).
 
-    Defaults come from `ResilienceSettings` (MESH_LB_POLICY,
-    MESH_OUTLIER_CONSECUTIVE_FAILURES, MESH_OUTLIER_BASE_EJECTION_S,
-    MESH_DEFAULT_DEADLINE_S) through `from_settings`.
+    The balancing, outlier and wait defaults are the settings' (MESH_LB_POLICY,
+    MESH_OUTLIER_*, MESH_DEFAULT_DEADLINE_S): the class defaults are
+    `ResilienceSettings`' defaults, and `from_settings` takes the values read
+    from the environment.
     """
 
-    lb_policy: str = "p2c"
-    outlier_consecutive_failures: int = 5
-    outlier_base_ejection_s: float = 5.0
-    outlier_max_ejection_s: float = 300.0
-    outlier_max_ejected_fraction: float = 0.5
+    lb_policy: str = _DEFAULTS.lb_policy
+    outlier_consecutive_failures: int = _DEFAULTS.outlier_consecutive_failures
+    outlier_base_ejection_s: float = _DEFAULTS.outlier_base_ejection_s
+    outlier_max_ejection_s: float = _DEFAULTS.outlier_max_ejection_s
+    outlier_max_ejected_fraction: float = _DEFAULTS.outlier_max_ejected_fraction
     # Calls with no deadline wait this long for an instance before UNAVAILABLE.
-    no_instance_wait_s: float = 5.0
+    no_instance_wait_s: float = _DEFAULTS.default_deadline_s
     # A removed instance's calls in flight get this long before its channel closes.
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # The default deadline of the chain's deadline interceptor (None: the settings').
     default_deadline_s: float | None = None
     # gRPC channel arguments added to (and overriding) DEFAULT_CHANNEL_OPTIONS.
@@ -62,7 +64,7 @@ class ClientOptions:
     extra_interceptors: tuple[Any, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        if self.lb_policy not in ("round_robin", "p2c"):
+        if self.lb_policy not in get_args(LbPolicy):
             raise ValueError(f"lb_policy must be round_robin or p2c, not {self.lb_policy!r}")
         if not self.no_instance_wait_s > 0 or not self.drain_timeout_s >= 0:
             raise ValueError("no_instance_wait_s must be > 0 and drain_timeout_s >= 0")
@@ -86,6 +88,8 @@ class ClientOptions:
             "lb_policy": resilience.lb_policy,
             "outlier_consecutive_failures": resilience.outlier_consecutive_failures,
             "outlier_base_ejection_s": resilience.outlier_base_ejection_s,
+            "outlier_max_ejection_s": resilience.outlier_max_ejection_s,
+            "outlier_max_ejected_fraction": resilience.outlier_max_ejected_fraction,
             "no_instance_wait_s": resilience.default_deadline_s,
         }
         names = {f.name for f in dataclasses.fields(cls)}

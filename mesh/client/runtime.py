@@ -38,7 +38,7 @@ from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Instance, Registry
 from mesh.settings import Settings
 
-log = logging.getLogger("mesh.client.runtime")
+log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
-from mesh.settings import Settings
+from mesh.settings import Settings, default_registry_dir
 
 __all__ = ["Instance", "Registry", "RegistryUnavailable", "create_registry"]
 
@@ -32,9 +33,9 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
             client_key=settings.consul_client_key,
         )
     if settings.registry == "embedded":
-        from mesh.discovery.embedded import EmbeddedRegistry, default_registry_dir
+        from mesh.discovery.embedded import EmbeddedRegistry
 
-        directory = Path(settings.registry_dir) if settings.registry_dir else default_registry_dir()
+        directory = Path(settings.registry_dir or default_registry_dir(os.environ))
         return EmbeddedRegistry(directory)
     if settings.registry == "none":
         from mesh.discovery.static import StaticRegistry

@@ -50,7 +50,7 @@ from mesh.discovery.health_probe import HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
-log = logging.getLogger("shop_mesh.discovery.consul")
+log = logging.getLogger(__name__)
 
 # What a failing agent call can raise: connection errors (aiohttp's are OSErrors
 # too), our own timeouts, HTTP errors mapped by py-consul, malformed answers.

@@ -61,7 +61,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ from mesh.discovery.health_probe import HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
-log = logging.getLogger("shop_mesh.discovery.embedded")
+log = logging.getLogger(__name__)
 
 PASSING = "passing"
 CRITICAL = "critical"
@@ -413,10 +413,3 @@ class EmbeddedRegistry:
             except OSError as exc:
                 rewrite = True
                 self._writes.failed(exc)
-
-
-def default_registry_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The per-user default directory (as Settings.from_env computes it)."""
-    e = os.environ if env is None else env
-    base = e.get("XDG_RUNTIME_DIR") or e.get("TMPDIR") or "/tmp"
-    return Path(base) / f"shop-mesh-{os.getuid()}"

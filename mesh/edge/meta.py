@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from mesh.discovery.registry import Registry
 from mesh.edge.model import EdgeModel
 
-log = logging.getLogger("shop_mesh.edge")
+log = logging.getLogger(__name__)
 
 
 def public_descriptor_pool(

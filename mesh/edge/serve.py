@@ -19,7 +19,7 @@ from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 from mesh.edge.sync import EndpointSync
 
-log = logging.getLogger("shop_mesh.edge")
+log = logging.getLogger(__name__)
 
 
 async def serve_edge(

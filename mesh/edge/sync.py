@@ -33,7 +33,7 @@ from pathlib import Path
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.envoy_config import eds_document, write_atomically
 
-log = logging.getLogger("shop_mesh.edge")
+log = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
 # host -> addresses (IP literals); raises OSError when the name does not resolve.

@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from base.backoff import backoff_delay
+
 
 class SagaStatus(StrEnum):
     """Stored in the `status` column; RUNNING and COMPENSATING are the unfinished ones."""
@@ -60,11 +62,11 @@ class StepRetry:
             raise ValueError("multiplier must be >= 1")
 
     def delay(self, failed_attempts: int, rng: random.Random) -> float:
-        """Delay before the next attempt, after `failed_attempts` (>= 1) failures."""
-        cap = min(
-            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (failed_attempts - 1)
+        """Delay before the next attempt, after `failed_attempts` (>= 1) failures
+        (the shared formula, base/backoff.py)."""
+        return backoff_delay(
+            failed_attempts - 1, self.initial_backoff_s, self.max_backoff_s, self.multiplier, rng
         )
-        return cap / 2 + rng.random() * cap / 2
 
 
 @dataclass(frozen=True, slots=True)

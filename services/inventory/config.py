@@ -1,27 +1,28 @@
-"""Settings of the inventory service beyond the mesh-wide ones (`INVENTORY_*`)."""
+"""Settings of the inventory service beyond the mesh-wide ones (`INVENTORY_*`).
+
+Declared like the mesh's (`base/settings.py`): one `setting(...)` per variable,
+read by `InventoryConfig.from_env`, listed in the README by
+`python -m services.settings_tables --markdown`.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import env_int
-
-DEFAULT_LOW_STOCK_THRESHOLD = 5
+from base.settings import load, setting, whole
 
 
 @dataclass(frozen=True, slots=True)
 class InventoryConfig:
-    # `inventory.low_stock` is published when a confirmed sale leaves a product
-    # with fewer available units than this (once per crossing).
-    low_stock_threshold: int = DEFAULT_LOW_STOCK_THRESHOLD
+    low_stock_threshold: int = setting(
+        "INVENTORY_LOW_STOCK_THRESHOLD",
+        5,
+        whole(minimum=0),
+        "`inventory.low_stock` when a confirmed sale leaves fewer available units "
+        "(once per crossing; restocking above re-arms it)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InventoryConfig:
-        e = os.environ if env is None else env
-        return cls(
-            low_stock_threshold=env_int(
-                e, "INVENTORY_LOW_STOCK_THRESHOLD", DEFAULT_LOW_STOCK_THRESHOLD, minimum=0
-            )
-        )
+        return load(cls, env)

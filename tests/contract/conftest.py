@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.proto_tree import ProtoTree
+from tests.support.proto_tree import ProtoTree
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from mesh.contracts import baseline, breaking, codegen
-from tests.contract.proto_tree import ProtoTree
+from tests.support.proto_tree import ProtoTree
 
 RELEASED = [
     "mesh.api.v1",

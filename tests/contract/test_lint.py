@@ -7,7 +7,7 @@ import pytest
 
 from mesh.contracts import lint
 from services.tools.contract_lint import SHOP_RULES
-from tests.contract.proto_tree import ProtoTree
+from tests.support.proto_tree import ProtoTree
 
 USERS_V1 = "shop/users/v1/users.proto"
 ORDERS_V2 = "shop/orders/v2/orders.proto"

@@ -9,68 +9,27 @@ free ports instead of the fixed ones. One stack per test module.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from subprocess import CompletedProcess
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from mesh.discovery.embedded import EmbeddedRegistry
-from mesh.discovery.registry import Instance
-from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec, load_topology
+from mesh.local.supervisor import Supervisor
+from mesh.local.topology import load_topology
 from mesh.local.up import LocalMesh, UpError, UpOptions
+from tests.support.e2e_stack import Stack
 from tests.support.edge import EdgeClient
-from tests.support.nats import NatsServer, nats_server
+from tests.support.nats import nats_server
 from tests.support.ports import free_port
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
 
 # Variables of the developer's shell that would point the services elsewhere.
 _FOREIGN = ("MESH_", "OTEL_", "CONSUL_", "NATS_")
-
-
-@dataclass
-class Stack:
-    mesh: LocalMesh
-    supervisor: Supervisor
-    registry: EmbeddedRegistry
-    nats: NatsServer
-    edge: EdgeClient
-    instances: dict[str, list[Instance]]
-    base: Path
-
-    # The edge's meta server runs in this event loop (as in `meshctl up`): edge
-    # calls are blocking subprocesses/HTTP, so they run in a thread.
-    async def call(self, method: str, request: Any, *headers: str) -> CompletedProcess[str]:
-        return await asyncio.to_thread(self.edge.call, method, request, *headers)
-
-    async def grpcurl(self, *args: str) -> CompletedProcess[str]:
-        return await asyncio.to_thread(self.edge.grpcurl, *args)
-
-    async def json(
-        self, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.edge.json, method, path, doc, headers)
-
-    async def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.edge.http, method, path, body)
-
-    def child(self, name: str) -> Child:
-        return next(c for c in self.supervisor.children if c.spec.name == name)
-
-    async def start_instance(self, service: str, name: str) -> Child:
-        """One more instance of `service`, as `meshctl up` starts extra instances."""
-        template = next(c for c in self.supervisor.children if c.spec.service == service)
-        env = {**template.spec.env, "MESH_INSTANCE_ID": name}
-        env["MESH_GRPC_PORT"] = env["MESH_ADMIN_PORT"] = "0"
-        spec = ProcessSpec(name=name, argv=template.spec.argv, env=env, service=service)
-        return await self.supervisor.start(spec)
 
 
 def _clean_env() -> dict[str, str]:

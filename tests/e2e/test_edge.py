@@ -7,9 +7,7 @@ or HTTP binding added to the contracts without an end-to-end call here fails
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -20,146 +18,12 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from tests.e2e.conftest import Stack
+from tests.support.e2e_stack import GRPC_CALLS, Ctx, Stack, call_ok, v2_order_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 MODEL = build_model(load_descriptor_set(DESCRIPTORS).file)
-
-
-def _v2_order(user_id: str, product_id: str, card: str = GOOD_CARD, qty: int = 1) -> dict[str, Any]:
-    return {
-        "idempotency_key": uuid.uuid4().hex,
-        "user_id": user_id,
-        "items": [{"product_id": product_id, "quantity": qty}],
-        "currency_code": "USD",
-        "card": {"number": card, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
-        "shipping_address": {
-            "recipient": "Ada Lovelace",
-            "lines": ["12 St James's Square"],
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country_code": "GB",
-        },
-    }
-
-
-async def _ok(stack: Stack, method: str, request: dict[str, Any], *headers: str) -> dict[str, Any]:
-    res = await stack.call(method, request, *headers)
-    assert res.returncode == 0, f"{method}: {res.stderr}"
-    out: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {}
-    return out
-
-
-Ctx = dict[str, str]
-# (method, request built from what earlier calls returned, what to remember)
-GRPC_CALLS: list[tuple[str, Callable[[Ctx], dict[str, Any]], Callable[[Ctx, dict[str, Any]], None]]]
-GRPC_CALLS = [
-    (
-        "shop.users.v1.UserService/CreateUser",
-        lambda c: {
-            "email": f"e2e.{c['tag']}@example.com",
-            "password": "correct horse battery staple",
-            "profile": {"display_name": "E2E"},
-        },
-        lambda c, r: c.update(user_id=r["userId"]),
-    ),
-    ("shop.users.v1.UserService/GetUser", lambda c: {"user_id": c["user_id"]}, lambda c, r: None),
-    (
-        "shop.users.v1.UserService/Authenticate",
-        lambda c: {
-            "email": f"e2e.{c['tag']}@example.com",
-            "password": "correct horse battery staple",
-        },
-        lambda c, r: c.update(token=r["sessionToken"]),
-    ),
-    (
-        "shop.users.v1.UserService/ValidateSession",
-        lambda c: {"session_token": c["token"]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.inventory.v1.InventoryService/CreateProduct",
-        lambda c: {
-            "sku": f"E2E-{c['tag']}",
-            "name": "Teapot",
-            "price": {"currency_code": "USD", "amount_minor": 1999},
-            "initial_stock": 20,
-        },
-        lambda c, r: c.update(product_id=r["productId"]),
-    ),
-    (
-        "shop.inventory.v1.InventoryService/GetProduct",
-        lambda c: {"product_id": c["product_id"]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.inventory.v1.InventoryService/ListProducts",
-        lambda c: {"page_size": 5},
-        lambda c, r: None,
-    ),
-    (
-        "shop.inventory.v1.InventoryService/AddStock",
-        lambda c: {"product_id": c["product_id"], "quantity": 5},
-        lambda c, r: None,
-    ),
-    (
-        "shop.inventory.v1.InventoryService/CheckAvailability",
-        lambda c: {"items": [{"product_id": c["product_id"], "quantity": 2}]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v1.OrderService/CreateOrder",
-        lambda c: {
-            "user_id": c["user_id"],
-            "items": [{"product_id": c["product_id"], "quantity": 1}],
-            "card_number": GOOD_CARD,
-        },
-        lambda c, r: c.update(order_v1=r["orderId"]),
-    ),
-    (
-        "shop.orders.v1.OrderService/GetOrder",
-        lambda c: {"order_id": c["order_v1"]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v1.OrderService/ListOrders",
-        lambda c: {"user_id": c["user_id"]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v1.OrderService/CancelOrder",
-        lambda c: {"order_id": c["order_v1"], "reason": "e2e"},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v2.OrderService/CreateOrder",
-        lambda c: _v2_order(c["user_id"], c["product_id"]),
-        lambda c, r: c.update(order_v2=r["orderId"]),
-    ),
-    (
-        "shop.orders.v2.OrderService/GetOrder",
-        lambda c: {"order_id": c["order_v2"]},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v2.OrderService/ListOrders",
-        lambda c: {"user_id": c["user_id"], "page_size": 10},
-        lambda c, r: None,
-    ),
-    (
-        "shop.orders.v2.OrderService/CancelOrder",
-        lambda c: {"order_id": c["order_v2"], "reason": "e2e"},
-        lambda c, r: None,
-    ),
-    (
-        "shop.users.v1.UserService/DeleteUser",
-        lambda c: {"user_id": c["user_id"]},
-        lambda c, r: None,
-    ),
-]
 
 
 def _public_methods() -> set[str]:
@@ -191,8 +55,10 @@ async def test_grpcurl_describe(stack: Stack) -> None:
 async def test_every_public_rpc_through_the_edge_by_grpc(stack: Stack) -> None:
     ctx: Ctx = {"tag": uuid.uuid4().hex[:8]}
     for method, build, remember in GRPC_CALLS:
-        remember(ctx, await _ok(stack, method, build(ctx)))
-    order = await _ok(stack, "shop.orders.v2.OrderService/GetOrder", {"order_id": ctx["order_v2"]})
+        remember(ctx, await call_ok(stack, method, build(ctx)))
+    order = await call_ok(
+        stack, "shop.orders.v2.OrderService/GetOrder", {"order_id": ctx["order_v2"]}
+    )
     assert order["status"] == "ORDER_STATUS_CANCELLED"
 
 
@@ -254,7 +120,7 @@ async def shopper(stack: Stack) -> Ctx:
     """A user and a product with stock, made through the edge."""
     ctx: Ctx = {"tag": uuid.uuid4().hex[:8]}
     for method, build, remember in GRPC_CALLS[:5]:
-        remember(ctx, await _ok(stack, method, build(ctx)))
+        remember(ctx, await call_ok(stack, method, build(ctx)))
     return ctx
 
 
@@ -267,7 +133,7 @@ async def test_rest_errors_are_json_statuses(stack: Stack, shopper: Ctx) -> None
     assert status == 404 and body["code"] == 5  # NOT_FOUND as google.rpc.Status JSON
     status, body = await stack.json("POST", "/api/v1/users", {"email": "", "password": "x"})
     assert status == 400 and body["code"] == 3  # INVALID_ARGUMENT
-    order = _v2_order(shopper["user_id"], shopper["product_id"], card=DECLINED_CARD)
+    order = v2_order_request(shopper["user_id"], shopper["product_id"], card=DECLINED_CARD)
     status, body = await stack.json("POST", "/api/v2/orders", order)
     assert status == 400 and body["code"] == 9, body  # FAILED_PRECONDITION -> 400
     assert "declined" in body["message"].lower()
@@ -275,7 +141,7 @@ async def test_rest_errors_are_json_statuses(stack: Stack, shopper: Ctx) -> None
 
 async def test_accept_version_pins_unversioned_paths(stack: Stack, shopper: Ctx) -> None:
     status, order = await stack.json(
-        "POST", "/api/orders", _v2_order(shopper["user_id"], shopper["product_id"])
+        "POST", "/api/orders", v2_order_request(shopper["user_id"], shopper["product_id"])
     )
     assert status == 200, order  # unversioned: the latest (v2) request shape
     oid = order["orderId"]

@@ -15,8 +15,7 @@ import pytest
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from tests.e2e.conftest import Stack
-from tests.e2e.test_edge import GRPC_CALLS, _ok, _v2_order
+from tests.support.e2e_stack import GRPC_CALLS, Stack, call_ok, v2_order_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -24,11 +23,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def _an_order(stack: Stack) -> str:
     ctx = {"tag": uuid.uuid4().hex[:8]}
     for method, build, remember in GRPC_CALLS[:5]:
-        remember(ctx, await _ok(stack, method, build(ctx)))
-    order = await _ok(
+        remember(ctx, await call_ok(stack, method, build(ctx)))
+    order = await call_ok(
         stack,
         "shop.orders.v2.OrderService/CreateOrder",
-        _v2_order(ctx["user_id"], ctx["product_id"]),
+        v2_order_request(ctx["user_id"], ctx["product_id"]),
     )
     return str(order["orderId"])
 

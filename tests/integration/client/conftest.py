@@ -13,53 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from mesh.client.channel import MeshChannel
 from mesh.client.connect import ClientOptions, open_channel
-from mesh.discovery.registry import Instance, Registry
+from mesh.discovery.registry import Registry
 from mesh.discovery.static import StaticRegistry
+from tests.support.mesh_client import SERVICE
 from tests.support.ping import PingServer, start_ping_server
 
-SERVICE = "ping"
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def instance(name: str, port: int) -> Instance:
-    return Instance(id=name, service=SERVICE, host="127.0.0.1", port=port)
-
-
-class UnavailableInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Makes a server answer every call with UNAVAILABLE (a sick instance)."""
-
-    def __init__(self) -> None:
-        self.enabled = True
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if not self.enabled:
-            return handler
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "sick instance")
-
-        return grpc.unary_unary_rpc_method_handler(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-class SlowInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Delays every call by `delay_s` before handling it (a loaded instance)."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        await asyncio.sleep(self.delay_s)
-        return await continuation(details)
 
 
 @dataclass
@@ -148,7 +111,3 @@ async def channels() -> AsyncIterator[Callable[..., MeshChannel]]:
 
     yield open_
     await asyncio.gather(*(ch.close() for ch in opened))
-
-
-def ready_count(ch: MeshChannel) -> int:
-    return sum(1 for s in ch.pool.status() if s.state == "READY" and not s.draining)

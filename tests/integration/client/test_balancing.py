@@ -7,7 +7,7 @@ import collections
 
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from tests.integration.client.conftest import (
+from tests.support.mesh_client import (
     SlowInterceptor,
     instance,
     ready_count,

@@ -12,7 +12,7 @@ import pytest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.balancer.endpoint import final_code
-from tests.integration.client.conftest import instance, ready_count
+from tests.support.mesh_client import instance, ready_count
 from tests.support.poll import eventually
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]

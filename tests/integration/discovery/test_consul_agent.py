@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.discovery.conftest import REAL_CONSUL
 from tests.support.consul_agent import BadRequest, consul_test_agent, parse_go_duration
+from tests.support.discovery import REAL_CONSUL
 from tests.support.poll import eventually as wait_until
 
 
@@ -116,19 +116,19 @@ async def test_blocking_query_holds_until_a_change_or_the_wait(agent: Agent) -> 
     index = headers["X-Consul-Index"]
 
     start = time.monotonic()
-    _, _, headers = await agent.get(path, index=index, wait="400ms")
-    held = time.monotonic() - start
-    assert 0.35 <= held < 2.0 and headers["X-Consul-Index"] == index  # nothing changed
+    async with asyncio.timeout(5):  # the wait ends it
+        _, _, headers = await agent.get(path, index=index, wait="400ms")
+    assert time.monotonic() - start >= 0.35  # held (a lower bound: load only adds time)
+    assert headers["X-Consul-Index"] == index  # nothing changed
 
     async def change_soon() -> None:
         await asyncio.sleep(0.2)
         await agent.put(f"/v1/agent/check/pass/service:{name}")
 
-    start = time.monotonic()
     changer = asyncio.create_task(change_soon())
-    _, body, headers = await agent.get(path, index=index, wait="10s")
+    async with asyncio.timeout(5):  # woke on the change, not after the 10 s wait
+        _, body, headers = await agent.get(path, index=index, wait="10s")
     await changer
-    assert time.monotonic() - start < 2.0  # woke on the change, not after 10 s
     assert int(headers["X-Consul-Index"]) > int(index)
     assert body[0]["Checks"][-1]["Status"] == "passing"
 

@@ -19,13 +19,13 @@ import pytest
 
 from mesh.discovery.consul import ConsulRegistry
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
-from tests.integration.discovery.conftest import (
+from tests.support.consul_agent import consul_test_agent
+from tests.support.discovery import (
     Backend,
     WatchRecorder,
     instance_for,
     registering_process,
 )
-from tests.support.consul_agent import consul_test_agent
 from tests.support.health_server import HealthServer
 from tests.support.poll import eventually as wait_until
 
@@ -136,7 +136,7 @@ async def test_unreachable_registry_keeps_last_snapshot_logs_once_and_recovers(
 ) -> None:
     if backend.break_registry is None or backend.repair_registry is None:
         pytest.skip(f"{backend.name}: cannot take a real agent away")
-    caplog.set_level(logging.INFO, logger="shop_mesh.discovery")
+    caplog.set_level(logging.INFO, logger="mesh.discovery")
     server = await health_servers()
     owner, client = backend.make(), backend.make()  # a server process and a client process
     service = backend.service()

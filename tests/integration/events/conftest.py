@@ -5,22 +5,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Outbox, inbox_migrations, outbox_migrations
 from services.common.event_types import shop_streams
+from tests.support.events_db import Db
 from tests.support.nats import NatsServer, nats_server
 from tests.support.postgres import PG_URL, pg_available
 
@@ -36,12 +33,6 @@ STATE = Migration(
 async def nats_srv(tmp_path: Path) -> AsyncIterator[NatsServer]:
     async with nats_server(tmp_path / "nats") as server:
         yield server
-
-
-@dataclass
-class Db:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

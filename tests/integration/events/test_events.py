@@ -28,7 +28,7 @@ from mesh.events import (
 from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
 from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS
-from tests.integration.events.conftest import Db
+from tests.support.events_db import Db
 from tests.support.nats import NatsServer
 from tests.support.poll import eventually
 

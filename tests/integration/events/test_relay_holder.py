@@ -15,7 +15,7 @@ from sqlalchemy import text
 from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
 from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS
-from tests.integration.events.conftest import Db
+from tests.support.events_db import Db
 from tests.support.poll import eventually
 
 # A lease far longer than the test may wait: publishing in time proves it was taken

@@ -6,23 +6,19 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 
 from mesh.db import Migration, create_engine, migrate, session_factory
-from mesh.saga import SagaDefinition, SagaRunner, SagaStore, StepRetry, saga_migrations
+from mesh.saga import saga_migrations
 from tests.support.postgres import PG_URL, pg_available
+from tests.support.saga import Db, Runners
 
 # The orchestrating service's own tables: local steps and transition hooks write here.
 SERVICE_TABLES = Migration(
@@ -34,26 +30,6 @@ SERVICE_TABLES = Migration(
         " status VARCHAR(16) NOT NULL, step VARCHAR(64))",
     ),
 )
-
-# Tiny backoffs keep retry and parking tests fast.
-FAST_RETRY = StepRetry(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.005)
-
-
-@dataclass
-class Db:
-    kind: str
-    url: str
-    schema: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-
-    async def scalar(self, sql: str, **params: Any) -> Any:
-        async with self.sessions() as s:
-            return await s.scalar(text(sql), params)
-
-    async def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        async with self.sessions() as s:
-            return [tuple(r) for r in (await s.execute(text(sql), params)).all()]
 
 
 def pg_engine(schema: str) -> AsyncEngine:
@@ -93,33 +69,9 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
         yield d
 
 
-@dataclass
-class Runners:
-    """Builds runners on one database and closes them after the test."""
-
-    db: Db
-    made: list[SagaRunner] = field(default_factory=list)
-
-    def __call__(self, *definitions: SagaDefinition, **kwargs: Any) -> SagaRunner:
-        kwargs.setdefault("compensation_retry", FAST_RETRY)
-        runner = SagaRunner(
-            SagaStore(self.db.sessions),
-            {d.name: d for d in definitions},
-            kwargs.pop("registry", None) or CollectorRegistry(),
-            **kwargs,
-        )
-        self.made.append(runner)
-        return runner
-
-
 @pytest.fixture
 async def runners(db: Db) -> AsyncIterator[Runners]:
     r = Runners(db)
     yield r
     for runner in r.made:
         await runner.close(grace_s=1.0)
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A metric sample (0 when never set)."""
-    return float(registry.get_sample_value(name, labels) or 0.0)

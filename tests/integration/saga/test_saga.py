@@ -30,8 +30,9 @@ from mesh.saga import (
     Step,
     TransitionEvent,
 )
-from tests.integration.saga.conftest import FAST_RETRY, Db, Runners, sample
-from tests.integration.saga.scenario import (
+from tests.support.poll import eventually
+from tests.support.saga import FAST_RETRY, Db, Runners, sample
+from tests.support.saga_scenario import (
     COMPENSATE,
     FORWARD,
     Script,
@@ -39,7 +40,6 @@ from tests.integration.saga.scenario import (
     log_transition,
     read_journal,
 )
-from tests.support.poll import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -557,7 +557,7 @@ async def start_worker(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.integration.saga.crash_worker",
+        "tests.support.saga_crash_worker",
         db.url,
         db.schema,
         mode,

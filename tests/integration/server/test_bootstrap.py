@@ -19,8 +19,7 @@ from base.errors import NotFound
 from interceptors.context import remaining_deadline
 from mesh.health import DependencyCheck, DependencyFailed
 from mesh.server import ServiceStartError, start_service
-from tests.integration.server._fakes import MemoryRegistry, StandInRuntime
-from tests.integration.server.conftest import (
+from tests.support.bootstrap import (
     PING_SERVICE,
     Starter,
     health_json,
@@ -31,6 +30,7 @@ from tests.integration.server.conftest import (
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually as until
 from tests.support.ports import free_port
+from tests.support.stand_ins import MemoryRegistry, StandInRuntime
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (missing from grpc-stubs)
 SERVING = health_pb2.HealthCheckResponse.SERVING

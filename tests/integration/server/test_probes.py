@@ -11,7 +11,7 @@ import nats
 import pytest
 
 from mesh.health import DependencyCheck, DependencyFailed, grpc_upstream_check, nats_check
-from tests.integration.server.conftest import PING_SERVICE, Starter, make_settings
+from tests.support.bootstrap import PING_SERVICE, Starter, make_settings
 from tests.support.nats import nats_server
 
 

@@ -50,8 +50,8 @@ from services.payments.config import PaymentsConfig
 from services.payments.processor import APPROVE, DECLINE, PROCESSOR_ERROR, SLOW
 from services.users.app import build as build_users
 from services.users.config import UsersConfig
-from tests.integration.services.support import Served, serve, service_settings
 from tests.support.postgres import PG_URL, pg_available
+from tests.support.services import Served, serve, service_settings
 
 T = TypeVar("T")
 

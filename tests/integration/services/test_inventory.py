@@ -21,7 +21,7 @@ from mesh.events import unpack
 from services.common.pagination import encode_page_token
 from services.inventory.app import build
 from services.inventory.config import InventoryConfig
-from tests.integration.services.support import (
+from tests.support.services import (
     Served,
     outbox_events,
     rpc_error_details,

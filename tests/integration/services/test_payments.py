@@ -29,7 +29,7 @@ from services.payments.processor import (
     PROCESSOR_ERROR,
     SLOW,
 )
-from tests.integration.services.support import (
+from tests.support.services import (
     Served,
     dump_text,
     outbox_events,

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mesh.events import EventBus, decode, unpack
 from services.users.app import build
 from services.users.config import UsersConfig
-from tests.integration.services.support import (
+from tests.support.nats import nats_server
+from tests.support.services import (
     Served,
     dump_text,
     outbox_events,
@@ -28,7 +29,6 @@ from tests.integration.services.support import (
     serve,
     service_settings,
 )
-from tests.support.nats import nats_server
 
 FAST = UsersConfig(password_profile="cheapest")
 PASSWORD = "correct horse battery"

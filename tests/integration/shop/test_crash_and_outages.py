@@ -14,8 +14,11 @@ from shop.payments.v1 import payments_pb2
 from sqlalchemy import text
 
 from mesh.db import create_engine
-from tests.integration.shop.conftest import BACKENDS, stack_for
-from tests.integration.shop.helpers import (
+from tests.support.nats import NatsServer
+from tests.support.poll import eventually
+from tests.support.shop import ShopStack
+from tests.support.shop_backends import BACKENDS, stack_for
+from tests.support.shop_calls import (
     PROCESSOR_ERROR,
     SLOW,
     assert_consistent,
@@ -27,9 +30,6 @@ from tests.integration.shop.helpers import (
     payment,
     stock,
 )
-from tests.support.nats import NatsServer
-from tests.support.poll import eventually
-from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

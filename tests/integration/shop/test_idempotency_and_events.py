@@ -17,7 +17,9 @@ from sqlalchemy import text
 
 from mesh.db import create_engine
 from mesh.events import unpack
-from tests.integration.shop.helpers import (
+from tests.support.poll import eventually
+from tests.support.shop import ShopStack
+from tests.support.shop_calls import (
     DECLINE,
     SLOW,
     StreamEvents,
@@ -33,8 +35,6 @@ from tests.integration.shop.helpers import (
     statuses,
     stock,
 )
-from tests.support.poll import eventually
-from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

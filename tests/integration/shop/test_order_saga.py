@@ -11,7 +11,8 @@ from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 
 from mesh.events import unpack
-from tests.integration.shop.helpers import (
+from tests.support.shop import ShopStack
+from tests.support.shop_calls import (
     DECLINE,
     INSUFFICIENT_FUNDS,
     OrderEvents,
@@ -26,7 +27,6 @@ from tests.integration.shop.helpers import (
     statuses,
     stock,
 )
-from tests.support.shop import ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

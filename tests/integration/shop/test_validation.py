@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 
-from tests.integration.shop.helpers import address, card, create_v2, fails, new_product, new_user
 from tests.support.shop import ShopStack
+from tests.support.shop_calls import address, card, create_v2, fails, new_product, new_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 import pytest
 import pytest_asyncio
 
-from tests.integration.shop.conftest import stack_for
-from tests.integration.shop_events.support import Recorder
 from tests.support.nats import NatsServer, nats_server
 from tests.support.shop import ShopStack
+from tests.support.shop_backends import stack_for
+from tests.support.shop_events import LOW_STOCK_THRESHOLD, Recorder
 
-LOW_STOCK_THRESHOLD = 5
 SUBSCRIBED = ("order.completed", "payment.completed", "inventory.reserved", "user.created")
 EVENTS_ENV: Mapping[str, str] = {"INVENTORY_LOW_STOCK_THRESHOLD": str(LOW_STOCK_THRESHOLD)}
 

@@ -16,9 +16,12 @@ from shop.orders.v2 import orders_pb2 as v2
 
 from mesh.events import unpack
 from services.inventory.events import ORDER_COMPLETED_DURABLE
-from tests.integration.shop.helpers import create_v2, new_product, new_user, payment
-from tests.integration.shop_events.conftest import LOW_STOCK_THRESHOLD
-from tests.integration.shop_events.support import (
+from tests.support.nats import NatsServer
+from tests.support.poll import eventually
+from tests.support.shop import REPO, ShopStack
+from tests.support.shop_calls import create_v2, new_product, new_user, payment
+from tests.support.shop_events import (
+    LOW_STOCK_THRESHOLD,
     Recorder,
     acked_through,
     log_line,
@@ -29,9 +32,6 @@ from tests.integration.shop_events.support import (
     stream_events,
     trace_id_of,
 )
-from tests.support.nats import NatsServer
-from tests.support.poll import eventually
-from tests.support.shop import REPO, ShopStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 

@@ -116,7 +116,7 @@ def test_malformed_files_are_ignored_and_reported_once(
     (d / "junk.json").write_text("{")
     (d / ".orders-9.json.123.tmp").write_text("{")  # someone's temp file: not a registration
     s = scanner(d)
-    with caplog.at_level(logging.WARNING, logger="shop_mesh.discovery.embedded"):
+    with caplog.at_level(logging.WARNING, logger="mesh.discovery.embedded"):
         for _ in range(3):
             assert [i.id for i in s.healthy()] == ["orders-1"]
             os.utime(d)  # force a re-read each time

@@ -17,7 +17,7 @@ from interceptors.breaker import (
     CircuitBreaker,
 )
 from interceptors.metrics import RpcMetrics
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,

@@ -30,16 +30,16 @@ from interceptors.metrics import MetricsClientInterceptor, MetricsServerIntercep
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
 from mesh.api.options import IdempotentMethods
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,
+    Flaky,
     channel,
     invoke,
     invoke_error,
 )
-from tests.unit.interceptors.test_retry import Flaky
+from tests.support.poll import eventually
 
 
 class Mesh:

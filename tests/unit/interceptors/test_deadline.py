@@ -12,7 +12,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 from interceptors.context import incoming_deadline, remaining_deadline
 from interceptors.deadline import DeadlineClientInterceptor, DeadlineServerInterceptor
 from tests.support.ping import PingServicer
-from tests.unit.interceptors.conftest import ARITIES, channel, invoke, invoke_error
+from tests.support.ping_calls import ARITIES, channel, invoke, invoke_error
 
 # The server's time_remaining() can read a few ms above the timeout (clock rounding).
 SLACK = 0.1

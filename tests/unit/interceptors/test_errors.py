@@ -20,7 +20,7 @@ from base.errors import (
 )
 from interceptors.errors import ErrorServerInterceptor
 from tests.support.ping import PingServicer
-from tests.unit.interceptors.conftest import ARITIES, NOT_FOUND, channel, invoke_error
+from tests.support.ping_calls import ARITIES, NOT_FOUND, channel, invoke_error
 
 
 class Raising(PingServicer):

@@ -37,8 +37,8 @@ from interceptors.tracing import (
 )
 from mesh.client.calls import fold_chain, unary_link
 from tests.support.ping import PingServicer
+from tests.support.ping_calls import NOT_FOUND, channel
 from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import NOT_FOUND, channel
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0xB7AD6B7169203331

@@ -13,8 +13,7 @@ from interceptors._call import local_error, local_reason, when_done
 from interceptors._client import ClientInterceptor
 from interceptors._handler import ObservingServerInterceptor
 from tests.support.ping import PingServicer
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,
@@ -22,6 +21,7 @@ from tests.unit.interceptors.conftest import (
     invoke,
     invoke_error,
 )
+from tests.support.poll import eventually
 
 
 class Recorder(ObservingServerInterceptor[str, str]):

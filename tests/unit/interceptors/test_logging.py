@@ -13,8 +13,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     UNAVAILABLE,
@@ -22,6 +21,7 @@ from tests.unit.interceptors.conftest import (
     invoke,
     invoke_error,
 )
+from tests.support.poll import eventually
 
 LOGGER = "test.rpc"
 

@@ -9,8 +9,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.breaker import BreakerState
 from interceptors.metrics import MetricsClientInterceptor, MetricsServerInterceptor, RpcMetrics
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,
@@ -18,6 +17,7 @@ from tests.unit.interceptors.conftest import (
     invoke,
     invoke_error,
 )
+from tests.support.poll import eventually
 
 
 def value(metrics: RpcMetrics, name: str, **labels: str) -> float:

@@ -22,62 +22,16 @@ from interceptors.retry import (
     not_sent,
 )
 from mesh.api.options import IdempotentMethods
-from tests.support.ping import PingServicer
-from tests.support.ports import free_port
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     METHODS,
+    Flaky,
     channel,
     invoke,
     invoke_error,
 )
+from tests.support.ports import free_port
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.005)
-
-
-class Flaky(PingServicer):
-    """Fails the first `failures` calls with `code` (before any response), then answers."""
-
-    def __init__(
-        self, failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, **kw: Any
-    ) -> None:
-        super().__init__()
-        self.failures = failures
-        self.code = code
-        self.trailing: tuple[tuple[str, str], ...] = kw.get("trailing", ())
-        self.fail_after_first = kw.get("fail_after_first", False)
-
-    async def _maybe_fail(self, context: Any) -> None:
-        self.calls += 1
-        self.metadata_seen.append(tuple(context.invocation_metadata() or ()))
-        self.time_remaining_seen.append(context.time_remaining())
-        if self.calls <= self.failures:
-            if self.trailing:
-                context.set_trailing_metadata(self.trailing)
-            await context.abort(self.code, "flaky")
-
-    async def Ping(self, request, context):  # type: ignore[override]
-        await self._maybe_fail(context)
-        return ping_pb2.PingResponse(value=request.value, counter=self.calls)
-
-    async def PingList(self, request, context):  # type: ignore[override]
-        if self.fail_after_first:
-            self.calls += 1
-            yield ping_pb2.PingResponse(value="first")
-            await context.abort(self.code, "broke mid-stream")
-        await self._maybe_fail(context)
-        for i in range(request.count):
-            yield ping_pb2.PingResponse(value=request.value, counter=i)
-
-    async def PingStream(self, request_iterator, context):  # type: ignore[override]
-        async for _ in request_iterator:
-            pass
-        await self._maybe_fail(context)
-        return ping_pb2.PingResponse()
-
-    async def PingBidi(self, request_iterator, context):  # type: ignore[override]
-        async for _ in request_iterator:
-            await self._maybe_fail(context)
-            yield ping_pb2.PingResponse()
 
 
 class Attempts(ClientInterceptor):

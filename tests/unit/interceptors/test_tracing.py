@@ -24,8 +24,7 @@ from interceptors.tracing import (
     parse_traceparent,
 )
 from tests.support.ping import PingServicer
-from tests.support.poll import eventually
-from tests.unit.interceptors.conftest import (
+from tests.support.ping_calls import (
     ARITIES,
     METHODS,
     NOT_FOUND,
@@ -34,6 +33,7 @@ from tests.unit.interceptors.conftest import (
     invoke,
     invoke_error,
 )
+from tests.support.poll import eventually
 
 
 def provider(

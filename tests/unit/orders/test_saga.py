@@ -17,7 +17,7 @@ from mesh.saga import SagaStatus, StepRetry
 from services.orders import saga as saga_module
 from services.orders.model import OrderStatus
 from services.orders.saga import PLACE, place_data
-from tests.unit.orders.conftest import Domain, fail
+from tests.support.orders_domain import Domain, fail
 
 USER = str(uuid.uuid4())
 P1, P2 = str(uuid.uuid4()), str(uuid.uuid4())

@@ -7,7 +7,7 @@ import uuid
 
 from services.orders.model import Line, OrderStatus
 from services.orders.store import NewOrder
-from tests.unit.orders.conftest import Domain
+from tests.support.orders_domain import Domain
 
 USER = str(uuid.uuid4())
 

@@ -12,7 +12,6 @@ from shop.common.v1 import money_pb2
 from base.errors import InvalidArgument, Violations
 from mesh.settings import SettingsError
 from services.common.cards import CardInput, card_number_field, cvc_field, expiry_fields, luhn_ok
-from services.common.config import env_choice, env_float, env_int
 from services.common.money import (
     MAX_AMOUNT_MINOR,
     Amount,
@@ -30,6 +29,10 @@ from services.common.validation import (
     unique_ids,
     uuid_field,
 )
+from services.inventory.config import InventoryConfig
+from services.orders.config import OrdersConfig
+from services.payments.config import PaymentsConfig
+from services.users.config import UsersConfig
 
 
 def violations(check: object) -> dict[str, str]:
@@ -186,15 +189,29 @@ def test_cards() -> None:
 
 
 def test_service_settings_from_env() -> None:
-    env = {"A": "1.5", "B": "7", "C": "x", "BAD": "nan", "NEG": "-1", "WORD": "many"}
-    assert env_float(env, "A", 0.0) == 1.5 and env_float(env, "MISSING", 2.0) == 2.0
-    assert env_int(env, "B", 0) == 7 and env_choice(env, "C", "y", ("x", "y")) == "x"
-    for call in (
-        lambda: env_float(env, "BAD", 1.0),
-        lambda: env_float(env, "NEG", 1.0),
-        lambda: env_int(env, "WORD", 1),
-        lambda: env_int(env, "NEG", 1),
-        lambda: env_choice(env, "WORD", "x", ("x", "y")),
-    ):
-        with pytest.raises(SettingsError):
-            call()
+    env = {
+        "ORDERS_CALL_TIMEOUT_S": " 1.5 ",
+        "ORDERS_SQLITE_BUSY_TIMEOUT_MS": "7",
+        "USERS_PASSWORD_PROFILE": "cheapest",
+        "INVENTORY_LOW_STOCK_THRESHOLD": "",
+    }
+    orders = OrdersConfig.from_env(env)
+    assert orders.call_timeout_s == 1.5 and orders.sqlite_busy_timeout_ms == 7
+    assert orders.saga_lease_s == OrdersConfig().saga_lease_s
+    assert UsersConfig.from_env(env).password_profile == "cheapest"
+    assert InventoryConfig.from_env(env) == InventoryConfig()  # blank: the default
+
+
+@pytest.mark.parametrize(
+    ("read", "var", "value"),
+    [
+        (PaymentsConfig.from_env, "PAYMENTS_SLOW_CARD_DELAY_S", "nan"),
+        (PaymentsConfig.from_env, "PAYMENTS_STALE_CLAIM_S", "0.5"),
+        (OrdersConfig.from_env, "ORDERS_SQLITE_BUSY_TIMEOUT_MS", "many"),
+        (InventoryConfig.from_env, "INVENTORY_LOW_STOCK_THRESHOLD", "-1"),
+        (UsersConfig.from_env, "USERS_PASSWORD_PROFILE", "md5"),
+    ],
+)
+def test_malformed_service_setting_names_the_variable(read, var, value) -> None:
+    with pytest.raises(SettingsError, match=f"^{var}="):
+        read({var: value})

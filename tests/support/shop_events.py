@@ -226,3 +226,6 @@ async def log_line(path: Path, *needles: str, within_s: float = 10.0) -> str:
         return None
 
     return await eventually(found, max(0.1, deadline - time.monotonic()), f"{needles} in {path}")
+
+
+LOW_STOCK_THRESHOLD = 5

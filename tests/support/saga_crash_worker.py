@@ -1,6 +1,6 @@
 """A process that runs one saga and blocks inside a step, to be killed with SIGKILL.
 
-    python -m tests.integration.saga.crash_worker URL SCHEMA MODE JOURNAL OWNER LEASE_S SAGA_ID
+    python -m tests.support.saga_crash_worker URL SCHEMA MODE JOURNAL OWNER LEASE_S SAGA_ID
 
 MODE "forward": blocks in step c's action. MODE "backward": step c fails with
 FAILED_PRECONDITION and the worker blocks in step b's compensation.
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from base.errors import FailedPrecondition
 from mesh.db import create_engine, session_factory
 from mesh.saga import SagaRunner, SagaStore
-from tests.integration.saga.scenario import COMPENSATE, Script, crash_definition
+from tests.support.saga_scenario import COMPENSATE, Script, crash_definition
 
 
 async def main(argv: list[str]) -> None:

@@ -1,0 +1,199 @@
+"""The whole mesh started by the e2e tests (meshctl up), and calls through its edge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+from mesh.discovery.embedded import EmbeddedRegistry
+from mesh.discovery.registry import Instance
+from mesh.local.supervisor import Child, Supervisor
+from mesh.local.topology import ProcessSpec
+from mesh.local.up import LocalMesh
+from tests.support.edge import EdgeClient
+from tests.support.nats import NatsServer
+
+
+@dataclass
+class Stack:
+    mesh: LocalMesh
+    supervisor: Supervisor
+    registry: EmbeddedRegistry
+    nats: NatsServer
+    edge: EdgeClient
+    instances: dict[str, list[Instance]]
+    base: Path
+
+    # The edge's meta server runs in this event loop (as in `meshctl up`): edge
+    # calls are blocking subprocesses/HTTP, so they run in a thread.
+    async def call(self, method: str, request: Any, *headers: str) -> CompletedProcess[str]:
+        return await asyncio.to_thread(self.edge.call, method, request, *headers)
+
+    async def grpcurl(self, *args: str) -> CompletedProcess[str]:
+        return await asyncio.to_thread(self.edge.grpcurl, *args)
+
+    async def json(
+        self, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.edge.json, method, path, doc, headers)
+
+    async def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.edge.http, method, path, body)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.supervisor.children if c.spec.name == name)
+
+    async def start_instance(self, service: str, name: str) -> Child:
+        """One more instance of `service`, as `meshctl up` starts extra instances."""
+        template = next(c for c in self.supervisor.children if c.spec.service == service)
+        env = {**template.spec.env, "MESH_INSTANCE_ID": name}
+        env["MESH_GRPC_PORT"] = env["MESH_ADMIN_PORT"] = "0"
+        spec = ProcessSpec(name=name, argv=template.spec.argv, env=env, service=service)
+        return await self.supervisor.start(spec)
+
+
+GOOD_CARD = "4242424242424242"
+
+
+def v2_order_request(
+    user_id: str, product_id: str, card: str = GOOD_CARD, qty: int = 1
+) -> dict[str, Any]:
+    return {
+        "idempotency_key": uuid.uuid4().hex,
+        "user_id": user_id,
+        "items": [{"product_id": product_id, "quantity": qty}],
+        "currency_code": "USD",
+        "card": {"number": card, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+        "shipping_address": {
+            "recipient": "Ada Lovelace",
+            "lines": ["12 St James's Square"],
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country_code": "GB",
+        },
+    }
+
+
+async def call_ok(
+    stack: Stack, method: str, request: dict[str, Any], *headers: str
+) -> dict[str, Any]:
+    res = await stack.call(method, request, *headers)
+    assert res.returncode == 0, f"{method}: {res.stderr}"
+    out: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {}
+    return out
+
+
+Ctx = dict[str, str]
+# (method, request built from what earlier calls returned, what to remember)
+GRPC_CALLS: list[
+    tuple[str, Callable[[Ctx], dict[str, Any]], Callable[[Ctx, dict[str, Any]], None]]
+] = [
+    (
+        "shop.users.v1.UserService/CreateUser",
+        lambda c: {
+            "email": f"e2e.{c['tag']}@example.com",
+            "password": "correct horse battery staple",
+            "profile": {"display_name": "E2E"},
+        },
+        lambda c, r: c.update(user_id=r["userId"]),
+    ),
+    ("shop.users.v1.UserService/GetUser", lambda c: {"user_id": c["user_id"]}, lambda c, r: None),
+    (
+        "shop.users.v1.UserService/Authenticate",
+        lambda c: {
+            "email": f"e2e.{c['tag']}@example.com",
+            "password": "correct horse battery staple",
+        },
+        lambda c, r: c.update(token=r["sessionToken"]),
+    ),
+    (
+        "shop.users.v1.UserService/ValidateSession",
+        lambda c: {"session_token": c["token"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/CreateProduct",
+        lambda c: {
+            "sku": f"E2E-{c['tag']}",
+            "name": "Teapot",
+            "price": {"currency_code": "USD", "amount_minor": 1999},
+            "initial_stock": 20,
+        },
+        lambda c, r: c.update(product_id=r["productId"]),
+    ),
+    (
+        "shop.inventory.v1.InventoryService/GetProduct",
+        lambda c: {"product_id": c["product_id"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/ListProducts",
+        lambda c: {"page_size": 5},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/AddStock",
+        lambda c: {"product_id": c["product_id"], "quantity": 5},
+        lambda c, r: None,
+    ),
+    (
+        "shop.inventory.v1.InventoryService/CheckAvailability",
+        lambda c: {"items": [{"product_id": c["product_id"], "quantity": 2}]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/CreateOrder",
+        lambda c: {
+            "user_id": c["user_id"],
+            "items": [{"product_id": c["product_id"], "quantity": 1}],
+            "card_number": GOOD_CARD,
+        },
+        lambda c, r: c.update(order_v1=r["orderId"]),
+    ),
+    (
+        "shop.orders.v1.OrderService/GetOrder",
+        lambda c: {"order_id": c["order_v1"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/ListOrders",
+        lambda c: {"user_id": c["user_id"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v1.OrderService/CancelOrder",
+        lambda c: {"order_id": c["order_v1"], "reason": "e2e"},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/CreateOrder",
+        lambda c: v2_order_request(c["user_id"], c["product_id"]),
+        lambda c, r: c.update(order_v2=r["orderId"]),
+    ),
+    (
+        "shop.orders.v2.OrderService/GetOrder",
+        lambda c: {"order_id": c["order_v2"]},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/ListOrders",
+        lambda c: {"user_id": c["user_id"], "page_size": 10},
+        lambda c, r: None,
+    ),
+    (
+        "shop.orders.v2.OrderService/CancelOrder",
+        lambda c: {"order_id": c["order_v2"], "reason": "e2e"},
+        lambda c, r: None,
+    ),
+    (
+        "shop.users.v1.UserService/DeleteUser",
+        lambda c: {"user_id": c["user_id"]},
+        lambda c, r: None,
+    ),
+]

@@ -5,7 +5,11 @@ internals instead of going through its public API. Such reads break silently
 when the library is upgraded, so they are fenced here, each behind a public-
 API fallback that gives the same results (tests/integration/client/
 test_fastpath.py runs both chains and compares statuses, metrics, spans).
-Each use, its private read, its public fallback, and what it measured
+One difference is visible on the public path: a call's status reaches its
+observers (metrics, breaker, spans, the balancer) from a task, one loop turn
+after the caller's `await` resumed, instead of before it; results are the
+same once the loop has run. Each use, its private read, its public
+fallback, and what it measured
 (µs per use, private vs public):
 
 - `status_now`: a finished grpc.aio call's `_cython_call._status`, else its

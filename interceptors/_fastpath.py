@@ -27,6 +27,11 @@ fallback, and what it measured
   `_decision`...; `Tracer._tracer_metrics`, `_tracer_config`. Public: the
   SDK's `Tracer.start_span`. 0.25 vs 2.8 per unsampled span.
 
+- `MULTICALLABLE_OPTIONS`: `_registered_method=True` when the balancer makes
+  an instance's multicallables (what grpc's own generated stubs pass: core
+  registers the method once instead of per call). Public: no argument. No
+  difference measurable on this box (±20 % noise on 2000-call runs).
+
 (grpc's private `_compression.augment_metadata` is no longer used: the mesh
 channel writes core's documented compression key itself, no saving lost.)
 
@@ -133,6 +138,15 @@ def _grpc_call_types() -> frozenset[type]:
         )
     except (ImportError, AttributeError):  # pragma: no cover - depends on grpcio
         return frozenset()
+
+
+def _registered_method_capable() -> bool:
+    import inspect
+
+    try:
+        return "_registered_method" in inspect.signature(grpc.aio.Channel.unary_unary).parameters
+    except (TypeError, ValueError):  # pragma: no cover - depends on grpcio
+        return False
 
 
 # -- prometheus-client: a labelled child's value updated directly ---------------------------
@@ -285,6 +299,7 @@ def _otel_capable() -> bool:
 CAPABLE: Final[dict[str, bool]] = {
     "grpc_status": _grpc_status_capable(),
     "grpc_call_types": bool(_grpc_call_types()),
+    "grpc_registered_method": _registered_method_capable(),
     "prometheus": _prometheus_capable(),
     "otel_sampler": _otel_capable(),
 }
@@ -297,6 +312,8 @@ status_now: Callable[[Any], Status | None] = _public_status_now
 """(code, details) of a finished call read without awaiting, or None: await in a task."""
 CALL_TYPES: frozenset[type] = frozenset()
 """grpc.aio's concrete call classes (a cheap `type(x) in` before the ABC isinstance)."""
+MULTICALLABLE_OPTIONS: dict[str, Any] = {}
+"""Extra keyword arguments for a grpc.aio channel's multicallable factories."""
 counter_inc: Callable[[Any], Callable[[float], None]] = _public_counter_inc
 """The increment of a labelled counter child."""
 histogram_raw: Callable[[Any], HistogramRaw | None] = _public_histogram_raw
@@ -308,15 +325,17 @@ None: the SDK must decide (see interceptors/_spans.py)."""
 
 def use_fastpath(enabled: bool) -> None:
     """Select the private reads (where capable) or force the public APIs everywhere."""
-    global status_now, CALL_TYPES, counter_inc, histogram_raw, span_drop_bounds
-    on = enabled and CAPABLE
-    status_now = _private_status_now if enabled and CAPABLE["grpc_status"] else _public_status_now
-    CALL_TYPES = _grpc_call_types() if on and CAPABLE["grpc_call_types"] else frozenset()
-    prometheus = bool(on) and CAPABLE["prometheus"]
-    counter_inc = _private_counter_inc if prometheus else _public_counter_inc
-    histogram_raw = _private_histogram_raw if prometheus else _public_histogram_raw
-    otel = bool(on) and CAPABLE["otel_sampler"]
-    span_drop_bounds = _private_span_drop_bounds if otel else _public_span_drop_bounds
+    global status_now, CALL_TYPES, MULTICALLABLE_OPTIONS, counter_inc, histogram_raw
+    global span_drop_bounds
+    use = {name: enabled and capable for name, capable in CAPABLE.items()}
+    status_now = _private_status_now if use["grpc_status"] else _public_status_now
+    CALL_TYPES = _grpc_call_types() if use["grpc_call_types"] else frozenset()
+    MULTICALLABLE_OPTIONS = {"_registered_method": True} if use["grpc_registered_method"] else {}
+    counter_inc = _private_counter_inc if use["prometheus"] else _public_counter_inc
+    histogram_raw = _private_histogram_raw if use["prometheus"] else _public_histogram_raw
+    span_drop_bounds = (
+        _private_span_drop_bounds if use["otel_sampler"] else _public_span_drop_bounds
+    )
 
 
 def selected() -> dict[str, bool]:
@@ -324,6 +343,7 @@ def selected() -> dict[str, bool]:
     return {
         "grpc_status": status_now is _private_status_now,
         "grpc_call_types": bool(CALL_TYPES),
+        "grpc_registered_method": bool(MULTICALLABLE_OPTIONS),
         "prometheus": counter_inc is _private_counter_inc,
         "otel_sampler": span_drop_bounds is _private_span_drop_bounds,
     }

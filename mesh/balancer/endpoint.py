@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from interceptors import _fastpath
 from interceptors._call import when_done
 from mesh.balancer.outlier import OutlierConfig, OutlierTracker
 from mesh.discovery.registry import Instance
@@ -99,7 +100,7 @@ class Endpoint:
                 method.decode(),
                 request_serializer=ser,
                 response_deserializer=deser,
-                _registered_method=True,
+                **_fastpath.MULTICALLABLE_OPTIONS,
             )
         return mc
 

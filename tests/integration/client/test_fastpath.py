@@ -55,6 +55,7 @@ def test_every_private_read_is_capable_on_the_pinned_libraries() -> None:
     assert _fastpath.CAPABLE == {
         "grpc_status": True,
         "grpc_call_types": True,
+        "grpc_registered_method": True,
         "prometheus": True,
         "otel_sampler": True,
     }

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from interceptors import _fastpath
 
 log = logging.getLogger(__name__)
 
@@ -90,44 +92,8 @@ def local_reason(error: grpc.aio.AioRpcError) -> str | None:
 _PENDING_REPORTS: set[asyncio.Future[None]] = set()
 
 _OK = grpc.StatusCode.OK
-# Status numbers as gRPC core reports them -> grpc.StatusCode.
-_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 # Where a call object keeps the done callback its observers share (see `when_done`).
 _HUB_KEY = "_mesh_done_hub"
-
-
-class _Pending(Exception):
-    """The coroutine needed the event loop: its result is not ready yet."""
-
-
-def _result_now(coro: Coroutine[Any, Any, Any]) -> Any:
-    # A finished call's code()/details() are coroutines that complete without
-    # suspending; stepping them once gets the value without a task (cheap,
-    # and the callback runs before the caller's `await call` resumes).
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise _Pending
-
-
-def _finished_status(call: Any) -> tuple[grpc.StatusCode, str] | None:
-    """The (code, details) of a finished grpc.aio call read without a coroutine, or None.
-
-    grpc.aio's own `code()`/`details()` await `_cython_call.status()`, which
-    for a finished call is `_cython_call._status` (grpc/aio/_call.py); reading
-    it directly costs no coroutine per observer. None (use the public
-    coroutines) for any other call object; tests/unit/interceptors guards
-    this against grpcio upgrades.
-    """
-    status = getattr(getattr(call, "_cython_call", None), "_status", None)
-    if status is None:
-        return None
-    code = _BY_NUMBER.get(status.code())
-    if code is None:
-        return None
-    return code, "" if code is _OK else (status.details() or "")
 
 
 def _notify(callbacks: list[DoneCallback], code: grpc.StatusCode, details: str) -> None:
@@ -140,19 +106,15 @@ def _notify(callbacks: list[DoneCallback], code: grpc.StatusCode, details: str) 
 
 
 def _report(call: Any, callbacks: list[DoneCallback]) -> None:
-    status = _finished_status(call)
+    # The status without a task when the fenced fast path can read it (see
+    # interceptors/_fastpath.py); otherwise grpc's public coroutines, in a task.
+    status = _fastpath.status_now(call)
     if status is not None:
         _notify(callbacks, *status)
         return
-    try:
-        code = _result_now(call.code())
-        details = "" if code is _OK else _result_now(call.details())
-    except _Pending:
-        task = asyncio.ensure_future(_report_later(call, callbacks))
-        _PENDING_REPORTS.add(task)
-        task.add_done_callback(_PENDING_REPORTS.discard)
-        return
-    _notify(callbacks, code, details or "")
+    task = asyncio.ensure_future(_report_later(call, callbacks))
+    _PENDING_REPORTS.add(task)
+    task.add_done_callback(_PENDING_REPORTS.discard)
 
 
 async def _report_later(call: Any, callbacks: list[DoneCallback]) -> None:

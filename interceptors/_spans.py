@@ -14,7 +14,9 @@ Only what is certainly equivalent takes the shortcut: the SDK's `Tracer`,
 samplers among StaticSampler (ALWAYS_ON/OFF), TraceIdRatioBased and
 ParentBased over those, no SDK self-metrics (a meter provider counting
 started spans), tracer enabled. Anything else: `drop` returns None and the
-SDK decides, as before.
+SDK decides, as before. Reading the sampler's and tracer's internals is the
+fence's job (`interceptors/_fastpath.py`): with the fast path off (or an SDK
+whose internals moved) no tracer takes the shortcut.
 """
 
 from __future__ import annotations
@@ -25,64 +27,18 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk import trace as sdk_trace
-from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import Attributes
 
-try:  # SDKs before self-metrics have no such module: nothing to skip there
-    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
-except ImportError:  # pragma: no cover - depends on the installed SDK
-    NoOpTracerMetrics = None  # type: ignore[assignment,misc]
+from interceptors import _fastpath
 
 # TraceIdRatioBased decides on the low 64 bits: sampled iff (id & LIMIT) < bound.
-_LIMIT = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
-_NEVER_DROPS = _LIMIT + 1
-_ALWAYS_DROPS = 0
+_LIMIT = 0xFFFFFFFFFFFFFFFF
+_NEVER_DROPS = _fastpath.NEVER_DROPS
+_ALWAYS_DROPS = _fastpath.ALWAYS_DROPS
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM_ID = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
-
-# Samplers whose should_sample is exactly their base's (subclasses only set arguments).
-_STATIC = (sampling.StaticSampler, sampling._AlwaysOff, sampling._AlwaysOn)
-_PARENT_BASED = (
-    sampling.ParentBased,
-    sampling.ParentBasedTraceIdRatio,
-    sampling._ParentBasedAlwaysOff,
-    sampling._ParentBasedAlwaysOn,
-)
-
-
-def _leaf_bound(sampler: Any) -> int | None:
-    """The drop bound of a sampler that ignores the parent's flags, or None: unknown."""
-    kind = type(sampler)
-    if kind in _STATIC:
-        return _ALWAYS_DROPS if sampler._decision is sampling.Decision.DROP else _NEVER_DROPS
-    if kind is sampling.TraceIdRatioBased:
-        bound: int = sampler.bound
-        return bound
-    return None
-
-
-def drop_bounds(sampler: Any) -> tuple[int, int, int, int, int] | None:
-    """Per parent kind (root, remote sampled, remote unsampled, local sampled, local
-    unsampled), the bound B such that the sampler drops a span iff (trace_id & LIMIT) >= B;
-    None when the sampler is not one whose decision is known to be that."""
-    if type(sampler) in _PARENT_BASED:
-        delegates = (
-            sampler._root,
-            sampler._remote_parent_sampled,
-            sampler._remote_parent_not_sampled,
-            sampler._local_parent_sampled,
-            sampler._local_parent_not_sampled,
-        )
-        bounds = [_leaf_bound(d) for d in delegates]
-        if any(b is None for b in bounds):
-            return None
-        root, rs, rn, ls, ln = (b for b in bounds if b is not None)
-        return root, rs, rn, ls, ln
-    leaf = _leaf_bound(sampler)
-    return None if leaf is None else (leaf,) * 5
 
 
 class _PresetTraceIds(IdGenerator):
@@ -122,24 +78,20 @@ class SpanShortcut:
         self._bounds: tuple[int, int, int, int, int] | None = None
         self._preset: _PresetTraceIds | None = None
         self._random_ids = False
-        if not (
-            type(tracer) is sdk_trace.Tracer
-            and NoOpTracerMetrics is not None
-            and type(getattr(tracer, "_tracer_metrics", None)) is NoOpTracerMetrics
-            and hasattr(tracer, "_tracer_config")
-        ):
-            return
-        self._bounds = drop_bounds(tracer.sampler)
+        # The sampler's decision as arithmetic needs the SDK's internals: the
+        # fence says whether it may read them (else None: the SDK decides).
+        self._bounds = _fastpath.span_drop_bounds(tracer)
         if self._bounds is None:
             return
-        self._ids: IdGenerator = tracer.id_generator
+        sdk: Any = self._tracer  # an SDK Tracer: the fence answered for it
+        self._ids: IdGenerator = sdk.id_generator
         # The SDK's default draws from `random` itself: so do we, minus two calls.
         self._random_ids = type(self._ids) is RandomIdGenerator
         if _ALWAYS_DROPS < self._bounds[0] < _NEVER_DROPS:
             # A root's decision depends on its trace id (ratio sampler): when it is
             # sampled, the SDK must use the id decided on. Only then is the
             # generator wrapped (this Tracer object is ours: get_tracer makes one per call).
-            self._preset = tracer.id_generator = _PresetTraceIds(self._ids)
+            self._preset = sdk.id_generator = _PresetTraceIds(self._ids)
 
     @property
     def active(self) -> bool:
@@ -154,7 +106,7 @@ class SpanShortcut:
         flags unsampled: as the SDK's non-recording span.
         """
         bounds = self._bounds
-        if bounds is None or not self._tracer._tracer_config.is_enabled:
+        if bounds is None or not _fastpath.tracer_enabled(self._tracer):
             return None
         if parent.is_valid:
             trace_id: int = parent.trace_id

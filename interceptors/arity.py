@@ -11,6 +11,11 @@ into one single-arity adapter per arity, in order:
 An adapter's method *is* the interceptor's bound method (no extra call
 layer). The mesh's own chain runner calls the interceptors directly and does
 not need this.
+
+Still needed (re-checked 2026-12-02 with grpcio 1.85.3, the version the
+`grpcio>=1.81.1` pin installs; grpc/aio/_channel.py still has the if/elif):
+tests/unit/interceptors/test_arity.py pins the bug and fails once grpcio
+fixes it, which is the signal to delete this module.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from interceptors import _fastpath
 from interceptors._call import method_name, split_method, when_done
 from interceptors._client import ClientInterceptor, Continuation, returns_call
 from interceptors._handler import ObservingServerInterceptor
@@ -59,25 +60,15 @@ LATENCY_BUCKETS = (
 )
 
 
-def _raw_histogram(child: Any) -> tuple[Callable[[float], None], list[Any], list[float]] | None:
-    """(sum.inc, bucket incs, upper bounds) of a histogram child, or None if it has not
-    the shape prometheus_client's children have had for years (then: public API)."""
-    total = getattr(getattr(child, "_sum", None), "inc", None)
-    buckets = getattr(child, "_buckets", None)
-    bounds = getattr(child, "_upper_bounds", None)
-    if total is None or buckets is None or bounds is None or len(buckets) != len(bounds):
-        return None
-    return total, [bucket.inc for bucket in buckets], list(bounds)
-
-
 class RpcSeries:
     """The label children of one method: handled by code, and its latency histogram.
 
     `observe` runs for every call, so it updates the children's values the way
     `Counter.inc(1)` and `Histogram.observe(s)` do, without their checks (the
     children are labelled, amounts positive) and finding the bucket by bisection
-    rather than a scan; through the public API if the children are not shaped
-    as expected. A code's counter child is still created on its first call.
+    rather than a scan, when the fence (`interceptors/_fastpath.py`) allows the
+    private read; through the public API otherwise. A code's counter child is
+    still created on its first call.
     """
 
     __slots__ = ("_by_code", "_handled", "_labels", "_last", "_raw", "_seconds")
@@ -86,8 +77,8 @@ class RpcSeries:
         self._handled = handled
         self._labels = labels
         self._seconds = seconds.labels(*labels)
-        self._raw = _raw_histogram(self._seconds)
-        # code -> the increment of its counter child (`_value.inc`, or the child's inc).
+        self._raw = _fastpath.histogram_raw(self._seconds)
+        # code -> the increment of its counter child (see interceptors/_fastpath.py).
         self._by_code: dict[grpc.StatusCode, Callable[[float], None]] = {}
         self._last: tuple[grpc.StatusCode | None, Callable[[float], None] | None] = (None, None)
 
@@ -95,8 +86,7 @@ class RpcSeries:
         inc = self._by_code.get(code)
         if inc is None:
             child = self._handled.labels(*self._labels, code.name)
-            value = getattr(child, "_value", None)
-            inc = self._by_code[code] = getattr(value, "inc", None) or child.inc
+            inc = self._by_code[code] = _fastpath.counter_inc(child)
         self._last = (code, inc)
         return inc
 

@@ -1,9 +1,48 @@
-"""Database access shared by services: async engines and versioned migrations.
+"""Database access shared by services: async engines and frozen, versioned migrations.
 
 Every service owns one database: a SQLite file by default (WAL mode) or
 PostgreSQL when `<SERVICE>_DATABASE_URL` points at one. Schemas move forward
 through numbered migrations recorded in `schema_migrations`, each applied in
 its own transaction, so a service can start against any older schema.
+
+Migrations are frozen. Each one declares exactly the DDL of its version:
+`creates` (table factories, each building its table as it was at that
+version, into the MetaData it is given), `adds` (`AddColumn`: an ALTER TABLE
+... ADD COLUMN), then `statements` (raw SQL) and `run` (a function of the
+connection, e.g. a data backfill). A released migration is never edited: a
+new column is a new migration with an `AddColumn`, never an edit of the
+table factory of version 1 (a fresh database would get the column from v1
+and the later ALTER would fail; that is the bug this layout removes).
+
+The tables a store queries are not declared a second time: `schema(...)`
+replays the `creates` and `adds` of a migration list into one MetaData, the
+head model, and stores take their Table objects from it. Raw `statements`
+and `run` are opaque to the replay: use them for data and for indexes or
+constraints queries need not know about, never to add, drop or retype a
+column (the model would no longer match the database; the upgrade tests in
+tests/integration/services/test_migrations.py compare both).
+
+Why not alembic: each service's database holds its own tables plus the
+mesh's (outbox, inbox, saga), whose migrations ship with the mesh and are
+numbered apart (9001...); one ordered list per service, applied by a
+40-line runner, keeps that composition trivial and needs no script
+directory per service; SQLAlchemy's own DDL compiler gives the portable
+SQLite/PostgreSQL DDL. What alembic would add (autogenerate, downgrades) is
+not used: migrations only move forward. The limit: dropping or retyping a
+column needs raw SQL and a new table factory (a table rebuild), which the
+replay does not model.
+
+Expand/contract: every migration says whether the previous release can keep
+running beside a database migrated to it (`compatible_with_previous`). The
+rule: True only for expand steps that old code cannot notice: new tables,
+new nullable columns or columns with a server default, new indexes, data
+backfills old code tolerates. False for contract steps: dropping or
+renaming a table or column, a new NOT NULL column without a default, a
+tighter constraint, a changed meaning of existing data. A contract step
+ships in a release after the one that stopped using what it removes. The
+default is False, so a migration that does not say is treated as breaking:
+a release whose new migrations are not all compatible is refused (a later
+release check reads `incompatible(...)`).
 """
 
 from __future__ import annotations
@@ -13,9 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Column, MetaData, Table, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 
 def normalise_url(url: str) -> str:
@@ -57,21 +98,107 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+TableFactory = Callable[[MetaData], Table]
+
+
+@dataclass(frozen=True, slots=True)
+class AddColumn:
+    """`ALTER TABLE <table> ADD COLUMN <column()>`: a column added after the table's creation.
+
+    The factory returns a new Column each time (a Column belongs to one table).
+    SQLite can add a NOT NULL column only with a server default.
+    """
+
+    table: str
+    column: Callable[[], Column[Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema step: statements (or a function of a sync connection) run in one transaction."""
+    """One frozen schema step, run in one transaction: `creates`, `adds`, `statements`, `run`.
+
+    `compatible_with_previous`: whether the previous release still works on a
+    database migrated to this step (see the module docstring for the rule).
+    """
 
     version: int
     name: str
     statements: Sequence[str] = ()
     run: Callable[[Connection], None] | None = None
+    creates: Sequence[TableFactory] = ()
+    adds: Sequence[AddColumn] = ()
+    compatible_with_previous: bool = False
 
 
-async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[int]:
-    """Apply the migrations not yet recorded, in version order; returns those applied."""
+def _ordered(migrations: Sequence[Migration]) -> list[Migration]:
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise ValueError(f"duplicate migration versions: {sorted(versions)}")
+    return sorted(migrations, key=lambda m: m.version)
+
+
+def _replay(md: MetaData, m: Migration) -> tuple[list[Table], list[Column[Any]]]:
+    """Apply `m`'s creates and adds to the model in `md`; the new tables and columns."""
+    tables = [create(md) for create in m.creates]
+    columns: list[Column[Any]] = []
+    for add in m.adds:
+        column = add.column()
+        md.tables[add.table].append_column(column)
+        columns.append(column)
+    return tables, columns
+
+
+def schema(migrations: Sequence[Migration], md: MetaData | None = None) -> MetaData:
+    """The head model: the tables `migrations` create, with the columns they add later."""
+    md = MetaData() if md is None else md
+    for m in _ordered(migrations):
+        _replay(md, m)
+    return md
+
+
+def incompatible(migrations: Sequence[Migration]) -> list[Migration]:
+    """The migrations the previous release cannot run beside (contract steps)."""
+    return [m for m in _ordered(migrations) if not m.compatible_with_previous]
+
+
+def _add_column_sql(column: Column[Any], dialect: Dialect) -> str:
+    table = dialect.identifier_preparer.format_table(column.table)
+    return f"ALTER TABLE {table} ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}"
+
+
+def _apply(conn: Connection, md: MetaData, m: Migration) -> None:
+    tables, columns = _replay(md, m)
+    # checkfirst: as the IF NOT EXISTS of hand-written DDL (a racing instance
+    # that created the table first makes this transaction's version row fail).
+    md.create_all(conn, tables=tables, checkfirst=True)
+    for column in columns:
+        conn.exec_driver_sql(_add_column_sql(column, conn.dialect))
+
+
+def ddl(migrations: Sequence[Migration], dialect: Dialect) -> dict[int, list[str]]:
+    """Per version, the DDL `migrate` runs on `dialect` (a `run` function is not DDL and
+    is not shown): what tests/contract/test_migrations_frozen.py pins once released."""
+    md = MetaData()
+    out: dict[int, list[str]] = {}
+    for m in _ordered(migrations):
+        tables, columns = _replay(md, m)
+        statements: list[str] = []
+        for table in (t for t in md.sorted_tables if t in tables):
+            statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+        statements += [_add_column_sql(column, dialect) for column in columns]
+        statements += list(m.statements)
+        out[m.version] = statements
+    return out
+
+
+async def migrate(
+    engine: AsyncEngine, migrations: Sequence[Migration], *, up_to: int | None = None
+) -> list[int]:
+    """Apply the migrations not yet recorded, in version order (those <= `up_to` if
+    given: tests build old databases); returns the versions applied."""
+    ordered = _ordered(migrations)
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -80,7 +207,10 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[
             )
         )
     applied: list[int] = []
-    for m in sorted(migrations, key=lambda m: m.version):
+    model = MetaData()  # the schema as of the migration being applied
+    for m in ordered:
+        if up_to is not None and m.version > up_to:
+            break
         async with engine.begin() as conn:
             # Row lock on PostgreSQL would need the row to exist; a unique insert
             # at the end makes two racing starters fail one transaction instead.
@@ -88,7 +218,9 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[
                 text("SELECT 1 FROM schema_migrations WHERE version = :v"), {"v": m.version}
             )
             if done:
+                _replay(model, m)
                 continue
+            await conn.run_sync(_apply, model, m)
             for stmt in m.statements:
                 await conn.execute(text(stmt))
             if m.run is not None:

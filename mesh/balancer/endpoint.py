@@ -13,15 +13,14 @@ from typing import Any, Protocol
 
 import grpc
 
+from interceptors import _fastpath
+from interceptors._call import when_done
 from mesh.balancer.outlier import OutlierConfig, OutlierTracker
 from mesh.discovery.registry import Instance
 
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-_OK = grpc.StatusCode.OK.value[0]
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # Results that say nothing about the instance's health: the caller gave up.
-_NEUTRAL = frozenset(
-    {grpc.StatusCode.CANCELLED.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0]}
-)
+_NEUTRAL = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 MultiCallable = Callable[..., Any]
 _FACTORIES = {
@@ -40,21 +39,6 @@ class EndpointListener(Protocol):
     def endpoint_failed(self, endpoint: Endpoint) -> None: ...
 
     def endpoint_drained(self, endpoint: Endpoint) -> None: ...
-
-
-def final_code(call: Any) -> int | None:
-    """The numeric status of a finished grpc.aio call, read without awaiting.
-
-    Done callbacks are synchronous and `call.code()` is a coroutine; grpc.aio
-    itself reads the finished status from `_cython_call._status` (see
-    grpc/aio/_call.py), which is what this does. None when unavailable, which
-    the pool treats as neutral; tests/unit/client guards this against upgrades.
-    """
-    status = getattr(getattr(call, "_cython_call", None), "_status", None)
-    if status is None:
-        return None
-    code: int = status.code()
-    return code
 
 
 class Endpoint:
@@ -116,21 +100,24 @@ class Endpoint:
                 method.decode(),
                 request_serializer=ser,
                 response_deserializer=deser,
-                _registered_method=True,
+                **_fastpath.MULTICALLABLE_OPTIONS,
             )
         return mc
 
     def track(self, call: Any) -> None:
-        """Count `call` in flight until it finishes, then report its outcome."""
-        self.inflight += 1
-        call.add_done_callback(self._done)
+        """Count `call` in flight until it finishes, then report its outcome.
 
-    def _call_done(self, call: Any) -> None:
+        The outcome comes through `when_done`, which the call's observing
+        interceptors share: one done callback and one status read per call.
+        """
+        self.inflight += 1
+        when_done(call, self._done)
+
+    def _call_done(self, code: grpc.StatusCode, _details: str) -> None:
         self.inflight -= 1
-        code = final_code(call)
-        if code == _UNAVAILABLE:
+        if code is _UNAVAILABLE:
             self._listener.endpoint_failed(self)
-        elif code is not None and code not in _NEUTRAL and not self.outlier.clean:
+        elif code not in _NEUTRAL and not self.outlier.clean:
             # OK, or any answer from the instance (NOT_FOUND...): it is alive.
             self._listener.endpoint_succeeded(self)
         if self.draining and self.inflight == 0:

@@ -24,19 +24,8 @@ from typing import Any, Final, cast
 import grpc
 from grpc.aio import ClientCallDetails, Metadata
 
+from interceptors import _fastpath
 from interceptors._client import RETURNS_CALL
-
-try:  # the concrete call classes, for a fast type check before the ABC isinstance
-    from grpc.aio._call import StreamStreamCall as _GrpcStreamStream
-    from grpc.aio._call import StreamUnaryCall as _GrpcStreamUnary
-    from grpc.aio._call import UnaryStreamCall as _GrpcUnaryStream
-    from grpc.aio._call import UnaryUnaryCall as _GrpcUnaryUnary
-
-    _FAST: frozenset[type] = frozenset(
-        {_GrpcUnaryUnary, _GrpcUnaryStream, _GrpcStreamUnary, _GrpcStreamStream}
-    )
-except ImportError:  # pragma: no cover - a grpcio that moved its internals
-    _FAST = frozenset()
 
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[Any]]
 Intercept = Callable[..., Awaitable[Any]]
@@ -143,7 +132,7 @@ def unary_link(intercept: Intercept, nxt: Continuation) -> Continuation:
 
     async def link(details: ClientCallDetails, request: Any) -> Any:
         result = await intercept(nxt, details, request)
-        if type(result) in _FAST or isinstance(result, grpc.aio.UnaryUnaryCall):
+        if type(result) in _fastpath.CALL_TYPES or isinstance(result, grpc.aio.UnaryUnaryCall):
             return result
         return _ResponseCall(result)
 
@@ -155,7 +144,7 @@ def stream_unary_link(intercept: Intercept, nxt: Continuation) -> Continuation:
 
     async def link(details: ClientCallDetails, request_iterator: Any) -> Any:
         result = await intercept(nxt, details, request_iterator)
-        if type(result) in _FAST or isinstance(result, grpc.aio.StreamUnaryCall):
+        if type(result) in _fastpath.CALL_TYPES or isinstance(result, grpc.aio.StreamUnaryCall):
             return result
         return _ResponseCall(result)
 
@@ -170,7 +159,7 @@ def streamed_link(
 
     async def link(details: ClientCallDetails, request: Any) -> Any:
         result = await intercept(nxt, details, request)
-        if type(result) in _FAST or isinstance(result, base | _StreamResponses):
+        if type(result) in _fastpath.CALL_TYPES or isinstance(result, base | _StreamResponses):
             return result
         return _StreamResponses(result, owner)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc.aio import ClientCallDetails, Metadata
@@ -50,6 +50,17 @@ Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None
 
 
+# The metadata key gRPC core reads a call's compression algorithm from
+# (GRPC_COMPRESSION_REQUEST_ALGORITHM_MD_KEY in grpc/impl/compression_types.h),
+# and the names it takes: what grpc.aio's own multicallables add.
+COMPRESSION_KEY: Final = "grpc-internal-encoding-request"
+_COMPRESSION_NAMES: Final = {
+    grpc.Compression.NoCompression: "identity",
+    grpc.Compression.Deflate: "deflate",
+    grpc.Compression.Gzip: "gzip",
+}
+
+
 def _metadata(
     metadata: Any, compression: grpc.Compression | None
 ) -> Metadata:  # as grpc.aio's multicallables do, so interceptors see the same types
@@ -57,11 +68,7 @@ def _metadata(
     if not isinstance(md, Metadata):
         md = Metadata.from_tuple(tuple(md))
     if compression:
-        from grpc import _compression  # grpc's own helper for the compression header
-
-        augmented = _compression.augment_metadata(md, compression)  # type: ignore[attr-defined]
-        if augmented is not None:
-            md = Metadata(*augmented)
+        md = Metadata(*md, (COMPRESSION_KEY, _COMPRESSION_NAMES[compression]))
     return md
 
 

@@ -29,10 +29,9 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.events.v1 import envelope_pb2
 
 INBOX_TABLE = "mesh_inbox"
@@ -44,10 +43,11 @@ Handler = Callable[[envelope_pb2.Envelope], Awaitable[None]]
 BatchHandler = Callable[[list[envelope_pb2.Envelope]], Awaitable[None]]
 
 
-def inbox_table(md: MetaData | None = None) -> Table:
+def _inbox_v1(md: MetaData) -> Table:
+    # Frozen: a released migration is never edited (see mesh/db.py).
     return Table(
         INBOX_TABLE,
-        md or MetaData(),
+        md,
         Column("consumer", String(128), nullable=False),
         Column("event_id", String(64), nullable=False),
         Column("event_type", String(255), nullable=False),
@@ -58,11 +58,19 @@ def inbox_table(md: MetaData | None = None) -> Table:
 
 def inbox_migrations(version: int = INBOX_MIGRATION_VERSION) -> list[Migration]:
     """Migrations creating the inbox table; add them to the consuming service's list."""
+    return [
+        Migration(
+            version=version,
+            name="mesh events inbox",
+            creates=(_inbox_v1,),
+            compatible_with_previous=True,  # a new table
+        )
+    ]
 
-    def create(conn: Connection) -> None:
-        inbox_table().create(conn, checkfirst=True)
 
-    return [Migration(version=version, name="mesh events inbox", run=create)]
+def inbox_table() -> Table:
+    """The inbox table as its migrations leave it."""
+    return schema(inbox_migrations()).tables[INBOX_TABLE]
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -26,12 +27,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    text,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.events.envelope import encode
 from mesh.events.v1 import envelope_pb2
 
@@ -46,9 +47,9 @@ OUTBOX_MIGRATION_VERSION = 9001
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def _metadata() -> tuple[MetaData, Table, Table]:
-    md = MetaData()
-    outbox = Table(
+def _outbox_v1(md: MetaData) -> Table:
+    # Frozen: a released migration is never edited (see mesh/db.py).
+    return Table(
         OUTBOX_TABLE,
         md,
         # The relay publishes in this order.
@@ -59,37 +60,45 @@ def _metadata() -> tuple[MetaData, Table, Table]:
         Column("headers", Text, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("sent_at", DateTime(timezone=True), nullable=True),
+        # Partial index: the relay only ever looks for unsent rows, oldest first.
+        Index(
+            f"ix_{OUTBOX_TABLE}_unsent",
+            "seq",
+            sqlite_where=text("sent_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL"),
+        ),
     )
-    lease = Table(
+
+
+def _lease_v1(md: MetaData) -> Table:
+    return Table(
         LEASE_TABLE,
         md,
         Column("name", String(64), primary_key=True),
         Column("holder", String(128), nullable=False),
         Column("expires_at", BigInteger, nullable=False),  # epoch ms: no timezone games
     )
-    return md, outbox, lease
-
-
-class OutboxTables:
-    """The outbox tables as SQLAlchemy Core objects (built per use, no module globals)."""
-
-    def __init__(self) -> None:
-        self.metadata, self.outbox, self.lease = _metadata()
 
 
 def outbox_migrations(version: int = OUTBOX_MIGRATION_VERSION) -> list[Migration]:
     """Migrations creating the outbox tables; add them to the service's list."""
-
-    def create(conn: Connection) -> None:
-        t = OutboxTables()
-        t.metadata.create_all(conn, tables=[t.outbox, t.lease])
-        # Partial index: the relay only ever looks for unsent rows, oldest first.
-        conn.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{OUTBOX_TABLE}_unsent"
-            f" ON {OUTBOX_TABLE} (seq) WHERE sent_at IS NULL"
+    return [
+        Migration(
+            version=version,
+            name="mesh events outbox",
+            creates=(_outbox_v1, _lease_v1),
+            compatible_with_previous=True,  # new tables
         )
+    ]
 
-    return [Migration(version=version, name="mesh events outbox", run=create)]
+
+class OutboxTables:
+    """The outbox tables as the migrations leave them (built per use, no module globals)."""
+
+    def __init__(self) -> None:
+        self.metadata = schema(outbox_migrations())
+        self.outbox = self.metadata.tables[OUTBOX_TABLE]
+        self.lease = self.metadata.tables[LEASE_TABLE]
 
 
 class Outbox:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Index,
     Integer,
     MetaData,
     String,
@@ -23,13 +24,14 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.saga.model import SagaFailure, SagaState, SagaStatus
 
 SAGA_TABLE = "mesh_saga"
@@ -46,10 +48,11 @@ class LeaseLost(RuntimeError):
     """The row is no longer ours (taken over after our lease expired) or moved on."""
 
 
-def saga_table(md: MetaData | None = None) -> Table:
+def _saga_v1(md: MetaData) -> Table:
+    # Frozen: a released migration is never edited (see mesh/db.py).
     return Table(
         SAGA_TABLE,
-        md or MetaData(),
+        md,
         Column("saga_id", String(128), primary_key=True),
         Column("name", String(128), nullable=False),
         Column("status", String(16), nullable=False),
@@ -63,21 +66,34 @@ def saga_table(md: MetaData | None = None) -> Table:
         Column("lease_until", BigInteger, nullable=False),
         Column("created_at", BigInteger, nullable=False),
         Column("updated_at", BigInteger, nullable=False),
+        # Partial index: finished rows pile up, recovery and parked() only want the rest.
+        Index(
+            f"ix_{SAGA_TABLE}_open",
+            "status",
+            sqlite_where=text(_OPEN),
+            postgresql_where=text(_OPEN),
+        ),
     )
+
+
+_OPEN = "status IN ('RUNNING', 'COMPENSATING', 'PARKED')"
 
 
 def saga_migrations(version: int = SAGA_MIGRATION_VERSION) -> list[Migration]:
     """Migrations creating the saga table; add them to the orchestrating service's list."""
-
-    def create(conn: Connection) -> None:
-        saga_table().create(conn, checkfirst=True)
-        # Partial index: finished rows pile up, recovery and parked() only want the rest.
-        conn.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_{SAGA_TABLE}_open ON {SAGA_TABLE} (status)"
-            " WHERE status IN ('RUNNING', 'COMPENSATING', 'PARKED')"
+    return [
+        Migration(
+            version=version,
+            name="mesh saga",
+            creates=(_saga_v1,),
+            compatible_with_previous=True,  # a new table
         )
+    ]
 
-    return [Migration(version=version, name="mesh saga", run=create)]
+
+def saga_table() -> Table:
+    """The saga table as its migrations leave it."""
+    return schema(saga_migrations()).tables[SAGA_TABLE]
 
 
 def _values(state: SagaState) -> dict[str, Any]:

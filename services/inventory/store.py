@@ -43,12 +43,16 @@ from shop.events.v1 import events_pb2
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
+    Index,
     MetaData,
     String,
     Table,
     case,
+    false,
     insert,
     select,
     update,
@@ -57,7 +61,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.events import Outbox, inbox_migrations, new_envelope, outbox_migrations
 from services.common.event_types import EVENTS
 from services.common.money import Amount
@@ -70,50 +74,82 @@ HELD = "HELD"
 CONFIRMED = "CONFIRMED"
 RELEASED = "RELEASED"
 
+# Frozen: a released migration is never edited (see mesh/db.py); the store's
+# tables are the replay of these (`Tables`).
+
+
+def _products_v1(md: MetaData) -> Table:
+    return Table(
+        "products",
+        md,
+        Column("product_id", String(36), primary_key=True),
+        Column("sku", String(64), nullable=False, unique=True),
+        Column("name", String(200), nullable=False),
+        Column("price_currency", String(3), nullable=False),
+        Column("price_minor", BigInteger, nullable=False),
+        Column("available", BigInteger, nullable=False),
+        Column("reserved", BigInteger, nullable=False),
+        Column("low_stock_notified", Boolean, nullable=False, server_default=false()),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint("price_minor > 0", name="ck_products_price_minor"),
+        CheckConstraint("available >= 0", name="ck_products_available"),
+        CheckConstraint("reserved >= 0", name="ck_products_reserved"),
+    )
+
+
+def _reservations_v1(md: MetaData) -> Table:
+    return Table(
+        "reservations",
+        md,
+        Column("saga_id", String(36), primary_key=True),
+        Column("status", String(16), nullable=False),
+        Column("reason", String(500), nullable=False, server_default=""),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+def _reservation_items_v1(md: MetaData) -> Table:
+    return Table(
+        "reservation_items",
+        md,
+        Column("saga_id", String(36), ForeignKey("reservations.saga_id"), primary_key=True),
+        Column("product_id", String(36), ForeignKey("products.product_id"), primary_key=True),
+        Column("quantity", BigInteger, nullable=False),
+        Column("unit_price_currency", String(3), nullable=False),
+        Column("unit_price_minor", BigInteger, nullable=False),
+        CheckConstraint("quantity > 0", name="ck_reservation_items_quantity"),
+    )
+
+
+def _sales_v2(md: MetaData) -> Table:
+    return Table(
+        "sales",
+        md,
+        Column("event_id", String(64), nullable=False),
+        Column("order_id", String(36), nullable=False),
+        Column("product_id", String(36), nullable=False),
+        Column("quantity", BigInteger, nullable=False),
+        Column("trace_id", String(32), nullable=False, server_default=""),
+        Column("sold_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint("quantity > 0", name="ck_sales_quantity"),
+        Index("ix_sales_order", "order_id"),
+        Index("ix_sales_product", "product_id"),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
         name="products and reservations",
-        statements=(
-            "CREATE TABLE IF NOT EXISTS products ("
-            " product_id VARCHAR(36) PRIMARY KEY,"
-            " sku VARCHAR(64) NOT NULL UNIQUE,"
-            " name VARCHAR(200) NOT NULL,"
-            " price_currency VARCHAR(3) NOT NULL,"
-            " price_minor BIGINT NOT NULL CHECK (price_minor > 0),"
-            " available BIGINT NOT NULL CHECK (available >= 0),"
-            " reserved BIGINT NOT NULL CHECK (reserved >= 0),"
-            " low_stock_notified BOOLEAN NOT NULL DEFAULT FALSE,"
-            " created_at TIMESTAMP WITH TIME ZONE NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS reservations ("
-            " saga_id VARCHAR(36) PRIMARY KEY,"
-            " status VARCHAR(16) NOT NULL,"
-            " reason VARCHAR(500) NOT NULL DEFAULT '',"
-            " created_at TIMESTAMP WITH TIME ZONE NOT NULL,"
-            " updated_at TIMESTAMP WITH TIME ZONE NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS reservation_items ("
-            " saga_id VARCHAR(36) NOT NULL REFERENCES reservations (saga_id),"
-            " product_id VARCHAR(36) NOT NULL REFERENCES products (product_id),"
-            " quantity BIGINT NOT NULL CHECK (quantity > 0),"
-            " unit_price_currency VARCHAR(3) NOT NULL,"
-            " unit_price_minor BIGINT NOT NULL,"
-            " PRIMARY KEY (saga_id, product_id))",
-        ),
+        creates=(_products_v1, _reservations_v1, _reservation_items_v1),
+        compatible_with_previous=True,  # new tables
     ),
     Migration(
         version=2,
         name="sales ledger",
-        statements=(
-            "CREATE TABLE IF NOT EXISTS sales ("
-            " event_id VARCHAR(64) NOT NULL,"
-            " order_id VARCHAR(36) NOT NULL,"
-            " product_id VARCHAR(36) NOT NULL,"
-            " quantity BIGINT NOT NULL CHECK (quantity > 0),"
-            " trace_id VARCHAR(32) NOT NULL DEFAULT '',"
-            " sold_at TIMESTAMP WITH TIME ZONE NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS ix_sales_order ON sales (order_id)",
-            "CREATE INDEX IF NOT EXISTS ix_sales_product ON sales (product_id)",
-        ),
+        creates=(_sales_v2,),
+        compatible_with_previous=True,  # a new table
     ),
 )
 
@@ -123,49 +159,14 @@ def migrations() -> list[Migration]:
 
 
 class Tables:
+    """The inventory tables as the migrations leave them (one model per store)."""
+
     def __init__(self) -> None:
-        md = MetaData()
-        self.products = Table(
-            "products",
-            md,
-            Column("product_id", String(36), primary_key=True),
-            Column("sku", String(64), nullable=False, unique=True),
-            Column("name", String(200), nullable=False),
-            Column("price_currency", String(3), nullable=False),
-            Column("price_minor", BigInteger, nullable=False),
-            Column("available", BigInteger, nullable=False),
-            Column("reserved", BigInteger, nullable=False),
-            Column("low_stock_notified", Boolean, nullable=False),
-            Column("created_at", DateTime(timezone=True), nullable=False),
-        )
-        self.reservations = Table(
-            "reservations",
-            md,
-            Column("saga_id", String(36), primary_key=True),
-            Column("status", String(16), nullable=False),
-            Column("reason", String(500), nullable=False),
-            Column("created_at", DateTime(timezone=True), nullable=False),
-            Column("updated_at", DateTime(timezone=True), nullable=False),
-        )
-        self.items = Table(
-            "reservation_items",
-            md,
-            Column("saga_id", String(36), primary_key=True),
-            Column("product_id", String(36), primary_key=True),
-            Column("quantity", BigInteger, nullable=False),
-            Column("unit_price_currency", String(3), nullable=False),
-            Column("unit_price_minor", BigInteger, nullable=False),
-        )
-        self.sales = Table(
-            "sales",
-            md,
-            Column("event_id", String(64), nullable=False),
-            Column("order_id", String(36), nullable=False),
-            Column("product_id", String(36), nullable=False),
-            Column("quantity", BigInteger, nullable=False),
-            Column("trace_id", String(32), nullable=False),
-            Column("sold_at", DateTime(timezone=True), nullable=False),
-        )
+        md = schema(MIGRATIONS)
+        self.products = md.tables["products"]
+        self.reservations = md.tables["reservations"]
+        self.items = md.tables["reservation_items"]
+        self.sales = md.tables["sales"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,10 +41,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.events import inbox_migrations, outbox_migrations
 from mesh.saga import saga_migrations
 from services.orders.model import (
@@ -62,93 +61,111 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class Tables:
-    """The orders tables as SQLAlchemy Core objects (built per store, no module globals)."""
-
-    def __init__(self) -> None:
-        self.metadata = md = MetaData()
-        self.orders = Table(
-            "orders",
-            md,
-            Column("order_id", String(36), primary_key=True),
-            Column("saga_id", String(128), nullable=False, unique=True),
-            Column("user_id", String(36), nullable=False),
-            Column("status", String(16), nullable=False),
-            Column("currency", String(3), nullable=False),
-            Column("total_minor", BigInteger, nullable=False),
-            Column("failure_reason", Text, nullable=False),
-            Column("card_last4", String(4), nullable=False),
-            Column("payment_id", String(64), nullable=False),
-            # JSON of the v2 address; NULL for v1 orders.
-            Column("shipping", Text, nullable=True),
-            # Set when the order must not complete (its user was deleted); the
-            # saga's next local step sees it and compensates.
-            Column("cancel_reason", Text, nullable=True),
-            # The saga that cancels a completed order (CancelOrder), if one ran.
-            Column("cancel_saga_id", String(128), nullable=True),
-            Column("history_len", Integer, nullable=False),
-            Column("created_us", BigInteger, nullable=False),
-            Column("updated_us", BigInteger, nullable=False),
-            Index("ix_orders_user_created", "user_id", "created_us", "order_id"),
-        )
-        self.items = Table(
-            "order_items",
-            md,
-            Column(
-                "order_id",
-                String(36),
-                ForeignKey("orders.order_id", ondelete="CASCADE"),
-                primary_key=True,
-            ),
-            Column("position", Integer, primary_key=True),
-            Column("product_id", String(36), nullable=False),
-            Column("quantity", BigInteger, nullable=False),
-            Column("unit_price_minor", BigInteger, nullable=True),
-            # When the line's units went back to stock (cancellation); NULL before.
-            Column("restocked_us", BigInteger, nullable=True),
-        )
-        self.history = Table(
-            "order_status_history",
-            md,
-            Column(
-                "order_id",
-                String(36),
-                ForeignKey("orders.order_id", ondelete="CASCADE"),
-                primary_key=True,
-            ),
-            Column("position", Integer, primary_key=True),
-            Column("status", String(16), nullable=False),
-            Column("reason", Text, nullable=False),
-            Column("at_us", BigInteger, nullable=False),
-        )
-        # v2 CreateOrder keys, scoped to the user: the primary key is what makes
-        # two concurrent requests with one key place one order.
-        self.keys = Table(
-            "order_idempotency_keys",
-            md,
-            Column("user_id", String(36), primary_key=True),
-            Column("idempotency_key", String(128), primary_key=True),
-            # The saga (= order id) currently answering for the key.
-            Column("saga_id", String(128), nullable=False),
-            Column("fingerprint", String(64), nullable=False),
-            Column("created_us", BigInteger, nullable=False),
-        )
+# Frozen: a released migration is never edited (see mesh/db.py); the store's
+# tables are the replay of these (`Tables`).
 
 
-def _create_tables(conn: Connection) -> None:
-    t = Tables()
-    t.metadata.create_all(conn, tables=[t.orders, t.items, t.history, t.keys])
+def _orders_v1(md: MetaData) -> Table:
+    return Table(
+        "orders",
+        md,
+        Column("order_id", String(36), primary_key=True),
+        Column("saga_id", String(128), nullable=False, unique=True),
+        Column("user_id", String(36), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("currency", String(3), nullable=False),
+        Column("total_minor", BigInteger, nullable=False),
+        Column("failure_reason", Text, nullable=False),
+        Column("card_last4", String(4), nullable=False),
+        Column("payment_id", String(64), nullable=False),
+        # JSON of the v2 address; NULL for v1 orders.
+        Column("shipping", Text, nullable=True),
+        # Set when the order must not complete (its user was deleted); the
+        # saga's next local step sees it and compensates.
+        Column("cancel_reason", Text, nullable=True),
+        # The saga that cancels a completed order (CancelOrder), if one ran.
+        Column("cancel_saga_id", String(128), nullable=True),
+        Column("history_len", Integer, nullable=False),
+        Column("created_us", BigInteger, nullable=False),
+        Column("updated_us", BigInteger, nullable=False),
+        Index("ix_orders_user_created", "user_id", "created_us", "order_id"),
+    )
+
+
+def _order_items_v1(md: MetaData) -> Table:
+    return Table(
+        "order_items",
+        md,
+        Column(
+            "order_id",
+            String(36),
+            ForeignKey("orders.order_id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("position", Integer, primary_key=True),
+        Column("product_id", String(36), nullable=False),
+        Column("quantity", BigInteger, nullable=False),
+        Column("unit_price_minor", BigInteger, nullable=True),
+        # When the line's units went back to stock (cancellation); NULL before.
+        Column("restocked_us", BigInteger, nullable=True),
+    )
+
+
+def _order_status_history_v1(md: MetaData) -> Table:
+    return Table(
+        "order_status_history",
+        md,
+        Column(
+            "order_id",
+            String(36),
+            ForeignKey("orders.order_id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column("position", Integer, primary_key=True),
+        Column("status", String(16), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("at_us", BigInteger, nullable=False),
+    )
+
+
+def _order_idempotency_keys_v1(md: MetaData) -> Table:
+    # v2 CreateOrder keys, scoped to the user: the primary key is what makes
+    # two concurrent requests with one key place one order.
+    return Table(
+        "order_idempotency_keys",
+        md,
+        Column("user_id", String(36), primary_key=True),
+        Column("idempotency_key", String(128), primary_key=True),
+        # The saga (= order id) currently answering for the key.
+        Column("saga_id", String(128), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("created_us", BigInteger, nullable=False),
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
-        version=1, name="orders, items, status history, idempotency keys", run=_create_tables
+        version=1,
+        name="orders, items, status history, idempotency keys",
+        creates=(_orders_v1, _order_items_v1, _order_status_history_v1, _order_idempotency_keys_v1),
+        compatible_with_previous=True,  # new tables
     ),
 )
 
 
 def migrations() -> list[Migration]:
     return [*MIGRATIONS, *outbox_migrations(), *inbox_migrations(), *saga_migrations()]
+
+
+class Tables:
+    """The orders tables as the migrations leave them (built per store, no module globals)."""
+
+    def __init__(self) -> None:
+        self.metadata = md = schema(MIGRATIONS)
+        self.orders = md.tables["orders"]
+        self.items = md.tables["order_items"]
+        self.history = md.tables["order_status_history"]
+        self.keys = md.tables["order_idempotency_keys"]
 
 
 @dataclass(frozen=True, slots=True)

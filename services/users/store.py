@@ -17,6 +17,8 @@ from shop.events.v1 import events_pb2
 from sqlalchemy import (
     Column,
     DateTime,
+    ForeignKey,
+    Index,
     MetaData,
     String,
     Table,
@@ -29,31 +31,52 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from base.errors import AlreadyExists, NotFound
-from mesh.db import Migration
+from mesh.db import Migration, schema
 from mesh.events import Outbox, new_envelope, outbox_migrations
 from services.common.event_types import EVENTS
 from services.common.timestamps import as_utc, utcnow
 
 SOURCE = "users"
 
+# Frozen: a released migration is never edited (see mesh/db.py); the store's
+# tables are the replay of these (`Tables`).
+
+
+def _users_v1(md: MetaData) -> Table:
+    return Table(
+        "users",
+        md,
+        Column("user_id", String(36), primary_key=True),
+        Column("email", String(254), nullable=False, unique=True),
+        Column("password_hash", String(255), nullable=False),
+        Column("display_name", String(100), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+def _sessions_v1(md: MetaData) -> Table:
+    return Table(
+        "sessions",
+        md,
+        Column("token_hash", String(64), primary_key=True),
+        Column(
+            "user_id",
+            String(36),
+            ForeignKey("users.user_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Index("ix_sessions_user_id", "user_id"),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
         name="users and sessions",
-        statements=(
-            "CREATE TABLE IF NOT EXISTS users ("
-            " user_id VARCHAR(36) PRIMARY KEY,"
-            " email VARCHAR(254) NOT NULL UNIQUE,"
-            " password_hash VARCHAR(255) NOT NULL,"
-            " display_name VARCHAR(100) NOT NULL,"
-            " created_at TIMESTAMP WITH TIME ZONE NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS sessions ("
-            " token_hash VARCHAR(64) PRIMARY KEY,"
-            " user_id VARCHAR(36) NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,"
-            " created_at TIMESTAMP WITH TIME ZONE NOT NULL,"
-            " expires_at TIMESTAMP WITH TIME ZONE NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS ix_sessions_user_id ON sessions (user_id)",
-        ),
+        creates=(_users_v1, _sessions_v1),
+        compatible_with_previous=True,  # new tables
     ),
 )
 
@@ -63,25 +86,12 @@ def migrations() -> list[Migration]:
 
 
 class Tables:
+    """The users tables as the migrations leave them (one model per store)."""
+
     def __init__(self) -> None:
-        md = MetaData()
-        self.users = Table(
-            "users",
-            md,
-            Column("user_id", String(36), primary_key=True),
-            Column("email", String(254), nullable=False, unique=True),
-            Column("password_hash", String(255), nullable=False),
-            Column("display_name", String(100), nullable=False),
-            Column("created_at", DateTime(timezone=True), nullable=False),
-        )
-        self.sessions = Table(
-            "sessions",
-            md,
-            Column("token_hash", String(64), primary_key=True),
-            Column("user_id", String(36), nullable=False),
-            Column("created_at", DateTime(timezone=True), nullable=False),
-            Column("expires_at", DateTime(timezone=True), nullable=False),
-        )
+        md = schema(MIGRATIONS)
+        self.users = md.tables["users"]
+        self.sessions = md.tables["sessions"]
 
 
 @dataclass(frozen=True, slots=True)

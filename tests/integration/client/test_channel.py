@@ -11,7 +11,7 @@ import grpc
 import pytest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from mesh.balancer.endpoint import final_code
+from interceptors import _fastpath
 from tests.support.mesh_client import instance, ready_count
 from tests.support.poll import eventually
 
@@ -232,18 +232,21 @@ async def test_in_flight_counts_follow_calls(registry, two, channels) -> None:
     assert sum(s.inflight for s in ch.pool.status()) == 0
 
 
-async def test_final_code_reads_a_finished_grpc_call(servers) -> None:
-    # Guards the one private grpc.aio attribute the endpoints read (see final_code).
+async def test_fenced_status_read_of_a_finished_grpc_call(servers) -> None:
+    # Guards the private grpc.aio read the endpoints use (interceptors/_fastpath.py).
     server = await servers("guard")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = ping_pb2_grpc.PingServiceStub(channel)
         ok = stub.Ping(ping_pb2.PingRequest())
         await ok
-        assert final_code(ok) == grpc.StatusCode.OK.value[0]
+        assert _fastpath._private_status_now(ok) == (grpc.StatusCode.OK, "")
         bad = stub.Ping(ping_pb2.PingRequest(error_code=14))
         with pytest.raises(grpc.aio.AioRpcError):
             await bad
-        assert final_code(bad) == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert _fastpath._private_status_now(bad) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "asked to fail ()",
+        )
 
 
 async def test_close_with_grace_lets_calls_in_flight_finish(registry, two, channels) -> None:

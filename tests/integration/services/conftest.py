@@ -8,7 +8,7 @@ after). PostgreSQL cases skip when nothing answers there.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,9 @@ from mesh.db import create_engine
 from tests.support.postgres import PG_URL, pg_available
 
 
-async def _engine(kind: str, tmp_path: Path) -> tuple[AsyncEngine, str]:
+async def _engine(kind: str, tmp_path: Path, name: str = "service") -> tuple[AsyncEngine, str]:
     if kind == "sqlite":
-        return create_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"), ""
+        return create_engine(f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"), ""
     if not await pg_available():
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     schema = f"svc_{time.time_ns()}"
@@ -58,3 +58,25 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def databases(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], Awaitable[AsyncEngine]]]:
+    """Make several databases of one kind (SQLite files or PostgreSQL schemas), all
+    dropped and disposed after the test: for comparing two databases."""
+    made: list[tuple[AsyncEngine, str]] = []
+
+    async def make() -> AsyncEngine:
+        made.append(await _engine(request.param, tmp_path, f"db{len(made)}"))
+        return made[-1][0]
+
+    try:
+        yield make
+    finally:
+        for eng, schema in made:
+            if schema:
+                async with eng.begin() as conn:
+                    await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+            await eng.dispose()

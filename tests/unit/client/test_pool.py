@@ -45,16 +45,27 @@ class FakeChannel:
 
 
 class Done:
-    """A finished call with a status, as an endpoint's done callback sees it."""
+    """A call that finishes with a status when told to (grpc.aio's public call surface)."""
 
     def __init__(self, code: int) -> None:
-        self._cython_call = type("C", (), {"_status": type("S", (), {"code": lambda s: code})()})()
+        self._code = next(c for c in grpc.StatusCode if c.value[0] == code)
         self._callbacks: list[Any] = []
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
 
     def add_done_callback(self, cb: Any) -> None:
         self._callbacks.append(cb)
 
+    async def code(self) -> grpc.StatusCode:
+        return self._code
+
+    async def details(self) -> str:
+        return ""
+
     def finish(self) -> None:
+        self._done = True
         for cb in self._callbacks:
             cb(self)
 

@@ -26,9 +26,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from interceptors._call import _finished_status, when_done
+from interceptors import _fastpath
+from interceptors._call import when_done
 from interceptors._client import RETURNS_CALL
-from interceptors._spans import SpanShortcut, drop_bounds
+from interceptors._spans import SpanShortcut
 from interceptors.metrics import MetricsClientInterceptor, RpcMetrics
 from interceptors.tracing import (
     TracingClientInterceptor,
@@ -106,7 +107,7 @@ async def ping_n(address: str, interceptor: Any, n: int = 1) -> None:
     ],
 )
 def test_drop_bounds_of_the_sdk_samplers(sampler, bounds):
-    assert drop_bounds(sampler) == bounds
+    assert _fastpath._private_sampler_bounds(sampler) == bounds
 
 
 class DropsOddIds(sampling.Sampler):
@@ -134,7 +135,7 @@ class SubclassedOff(sampling.StaticSampler):
     ],
 )
 def test_other_samplers_get_no_shortcut(sampler):
-    assert drop_bounds(sampler) is None
+    assert _fastpath._private_sampler_bounds(sampler) is None
     assert not SpanShortcut(TracerProvider(sampler=sampler).get_tracer("t")).active
 
 
@@ -376,7 +377,7 @@ async def test_observers_share_one_done_callback_in_order_each_isolated(start_se
 
 @pytest.mark.parametrize("outcome", ["ok", "error", "cancelled"])
 async def test_status_read_without_a_coroutine_is_grpcs_own(start_server, outcome):
-    # Guards `_finished_status` (grpc.aio internals) against grpcio upgrades.
+    # Guards the fenced status read (grpc.aio internals) against grpcio upgrades.
     srv = await start_server()
     async with channel(srv.address) as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
@@ -394,7 +395,7 @@ async def test_status_read_without_a_coroutine_is_grpcs_own(start_server, outcom
         else:
             assert outcome == "ok"
         assert call.done()
-        assert _finished_status(call) == (await call.code(), await call.details())
+        assert _fastpath._private_status_now(call) == (await call.code(), await call.details())
 
 
 # --- metrics children updated directly --------------------------------------------

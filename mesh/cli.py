@@ -7,6 +7,7 @@ meshctl demo                 the shop's story through the edge (grpcurl + curl)
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
+meshctl traces [id]          recent traces, or one trace's tree with timings
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.local.traces import command as traces_command
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -40,6 +42,7 @@ def _registry(run_dir: Path) -> Registry:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.local.observe import ObserveOptions
     from mesh.local.up import UpError, UpOptions, free_port_options, run_up
 
     run_dir = Path(args.run_dir)
@@ -62,7 +65,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = _settings()
         registry = _registry(run_dir)
         try:
-            options = UpOptions(run_dir=run_dir, nats_url=settings.nats_url)
+            options = UpOptions(
+                run_dir=run_dir,
+                nats_url=settings.nats_url,
+                observe=ObserveOptions.from_settings(settings),
+            )
             if args.free_ports:
                 options = free_port_options(options)
             return await run_up(
@@ -175,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
+    traces_command.register(sub)
     return p
 
 

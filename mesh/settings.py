@@ -112,6 +112,15 @@ class Settings:
     drain_grace_s: float = 10.0
     log_level: str = "INFO"
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # `meshctl up`'s local trace sink (OTLP/gRPC, loopback; 0 or busy: a free port) and
+    # its bounds, and its dashboard (loopback; busy: a free port, printed).
+    trace_sink_port: int = 4317
+    trace_max_spans: int = 100_000
+    trace_max_age_s: float = 3600.0
+    dashboard_port: int = 9900
+    # Bearer token of the admin port's actions (POST, e.g. retrying a parked saga);
+    # empty: actions refused. `meshctl up` makes one per run for its dashboard.
+    admin_token: str = ""
 
     @classmethod
     def from_env(
@@ -173,4 +182,9 @@ class Settings:
                 e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
             ),
             resilience=resilience,
+            trace_sink_port=_read(e, "MESH_TRACE_SINK_PORT", 4317, _port),
+            trace_max_spans=_read(e, "MESH_TRACE_MAX_SPANS", 100_000, _positive_int),
+            trace_max_age_s=_read(e, "MESH_TRACE_MAX_AGE_S", 3600.0, _positive_float),
+            dashboard_port=_read(e, "MESH_DASHBOARD_PORT", 9900, _port),
+            admin_token=_read(e, "MESH_ADMIN_TOKEN", "", str),
         )

@@ -10,7 +10,7 @@ platform collectors unless that registry already has them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -72,6 +72,15 @@ def _runtime_collectors(registry: CollectorRegistry) -> CollectorRegistry:
     return extra
 
 
+@dataclass(frozen=True, slots=True)
+class AdminRoute:
+    """An extra endpoint a service puts on its admin port (e.g. `mesh.saga.admin`)."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class AdminServer:
     """`/health` and `/metrics` on their own HTTP port."""
 
@@ -81,7 +90,9 @@ class AdminServer:
         report: Callable[[], HealthReport],
         prometheus: CollectorRegistry,
         identity: AdminIdentity,
+        routes: Sequence[AdminRoute] = (),
     ) -> None:
+        self._routes = tuple(routes)
         self._report = report
         self._prometheus = prometheus
         self._extra = _runtime_collectors(prometheus)
@@ -93,6 +104,8 @@ class AdminServer:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        for route in self._routes:
+            app.router.add_route(route.method, route.path, route.handler)
         return app
 
     async def start(self, host: str, port: int) -> int:

@@ -7,6 +7,7 @@ meshctl demo                 the project's demo (the module mesh.toml names)
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
+meshctl traces [id]          recent traces, or one trace's tree with timings
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from mesh.discovery.registry import Registry
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
+from mesh.local.traces import command as traces_command
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -49,6 +51,7 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.local.observe import ObserveOptions
     from mesh.local.up import UpError, UpOptions, free_port_options, run_up
 
     run_dir = Path(args.run_dir)
@@ -74,7 +77,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         registry = _registry(run_dir)
         try:
             options = UpOptions(
-                run_dir=run_dir, nats_url=settings.nats_url, services=topology.services
+                run_dir=run_dir,
+                nats_url=settings.nats_url,
+                services=topology.services,
+                observe=ObserveOptions.from_settings(settings),
             )
             if args.free_ports:
                 options = free_port_options(options)
@@ -203,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
+    traces_command.register(sub)
     return p
 
 

@@ -40,7 +40,7 @@ from interceptors.errors import ErrorServerInterceptor
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from interceptors.tracing import TracingServerInterceptor
-from mesh.admin import AdminBindError, AdminIdentity, AdminServer
+from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.settings import Settings, SettingsError
@@ -101,6 +101,8 @@ class ServiceDefinition:
     """Extra server interceptors (auth, validation), innermost, after the mesh chain."""
     check_interval_s: float = 5.0
     check_timeout_s: float = 2.0
+    admin_routes: Sequence[AdminRoute] = ()
+    """Extra endpoints on the admin HTTP port (e.g. sagas), beside /health and /metrics."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -312,6 +314,7 @@ async def start_service(
         report=lambda: monitor.report,
         prometheus=runtime.prometheus,
         identity=AdminIdentity(definition.name, settings.instance_id, settings.version),
+        routes=definition.admin_routes,
     )
 
     target = _bind_target(settings.host, settings.grpc_port)

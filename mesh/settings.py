@@ -251,6 +251,27 @@ class Settings:
     )
     log_level: str = setting("MESH_LOG_LEVEL", "INFO", choice(LOG_LEVELS), "log level")
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # `meshctl up`'s local trace sink (OTLP/gRPC, loopback; 0 or busy: a free port) and
+    # its bounds, and its dashboard (loopback; busy: a free port, printed).
+    trace_sink_port: int = setting(
+        "MESH_TRACE_SINK_PORT", 4317, PORT, "`meshctl up`'s local OTLP trace sink (0: a free port)"
+    )
+    trace_max_spans: int = setting(
+        "MESH_TRACE_MAX_SPANS", 100_000, _AT_LEAST_ONE, "spans the local trace sink keeps"
+    )
+    trace_max_age_s: float = setting(
+        "MESH_TRACE_MAX_AGE_S", 3600.0, _POSITIVE, "age after which the trace sink drops spans"
+    )
+    dashboard_port: int = setting(
+        "MESH_DASHBOARD_PORT", 9900, PORT, "`meshctl up`'s dashboard on 127.0.0.1"
+    )
+    admin_token: str = setting(
+        "MESH_ADMIN_TOKEN",
+        "",
+        TEXT,
+        "bearer token of the admin port's actions (POST, e.g. retrying a parked saga); "
+        "empty: actions refused (`meshctl up` makes one per run for its dashboard)",
+    )
 
     @classmethod
     def from_env(

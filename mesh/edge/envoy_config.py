@@ -56,6 +56,9 @@ class EdgeOptions:
     rate_limit_per_s: int = 2000
     idempotent_retries: int = 2
     access_log_path: str = "/dev/stdout"
+    # An OTLP/gRPC trace collector (the local sink of `meshctl up`); port 0: no tracing.
+    otlp_address: str = "127.0.0.1"
+    otlp_port: int = 0
 
 
 def _type(extension: str) -> str:
@@ -304,6 +307,55 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
     }
 
 
+OTLP_CLUSTER = "otel_collector"
+
+
+def _tracing(options: EdgeOptions) -> dict[str, Any]:
+    """Envoy's OpenTelemetry tracer: a SERVER span per request (the trace's root when
+    the caller sent no `traceparent`) and a CLIENT span per upstream attempt, so
+    retries show; W3C `traceparent` goes upstream, where the services continue the
+    trace. Every request is sampled, as the services' default sampler does."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": "edge",
+            },
+        },
+        "spawn_upstream_span": True,
+    }
+
+
+def _otlp_cluster(options: EdgeOptions) -> dict[str, Any]:
+    return {
+        "name": OTLP_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _HTTP2_OPTIONS,
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": options.otlp_address,
+                                        "port_value": options.otlp_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
 def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     """The complete Envoy bootstrap as a dict (dump it as YAML or JSON)."""
     access_log_format = {
@@ -407,6 +459,10 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             ],
         },
     }
+    clusters = [meta_cluster, *(_cluster(c, options) for c in model.clusters)]
+    if options.otlp_port:
+        hcm["tracing"] = _tracing(options)
+        clusters.append(_otlp_cluster(options))
     return {
         "node": {"id": "shop-mesh-edge", "cluster": "edge"},
         "admin": {
@@ -439,7 +495,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [meta_cluster, *(_cluster(c, options) for c in model.clusters)],
+            "clusters": clusters,
         },
     }
 

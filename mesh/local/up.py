@@ -28,6 +28,7 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
+from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
 from mesh.tools import envoy_binary, nats_server_binary
@@ -49,6 +50,7 @@ class UpOptions:
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    observe: ObserveOptions = field(default_factory=ObserveOptions)
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -64,6 +66,7 @@ def free_port_options(options: UpOptions) -> UpOptions:
         edge_port=pick(),
         edge_admin_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
+        observe=replace(options.observe, trace_sink_port=0, dashboard_port=0),
     )
 
 
@@ -110,6 +113,7 @@ class LocalMesh:
         self.envoy_child: Child | None = None
         self.nats_url = options.nats_url
         self.clusters: list[str] = []
+        self.observe = Observability(options.observe, options.run_dir.resolve())
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
@@ -130,11 +134,21 @@ class LocalMesh:
                 " `meshctl down` stops it)"
             )
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
+        await self.observe.start_sink(self.sup, self.o.env)
+        base_env.update(self.observe.service_env(base_env))
         for spec in service_processes(
             run, base_env, nats_url=self.nats_url, services=self.o.services
         ):
             await self.sup.start(spec)
         await self._start_edge(run)
+        await self.observe.start_dashboard(
+            self.registry,
+            self.sup,
+            [s.name for s in self.o.services],
+            nats_url=self.nats_url,
+            edge_admin_port=self.o.edge_admin_port,
+            edge_port=self.o.edge_port,
+        )
 
     async def _start_nats(self, run: Path) -> None:
         if _reachable(self.nats_url):
@@ -178,6 +192,7 @@ class LocalMesh:
             listen_port=self.o.edge_port,
             admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
+            **self.observe.edge_options(),
         )
         config, _ = render_files(edge_dir, options)
         self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))
@@ -232,6 +247,7 @@ class LocalMesh:
 
     async def stop(self) -> None:
         services = {s.name for s in self.o.services}
+        await self.observe.stop()
         await self.sup.stop_all(self.o.grace_s, first=lambda c: c.spec.service in services)
         if self.sync is not None:
             await self.sync.stop()
@@ -307,6 +323,7 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
             return 0
         stopped.cancel()
         print(table(ready.result(), options.edge_port, mesh.nats_url), flush=True)
+        print("\n".join(mesh.observe.table_lines()), flush=True)
         print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)
         exited = asyncio.create_task(sup.exited.wait())
         stopped = asyncio.create_task(stop.wait())

@@ -19,6 +19,7 @@ from mesh.db import create_engine
 from mesh.discovery.registry import Registry
 from mesh.health import registry_upstream_check
 from mesh.saga import SagaRunner, SagaStore
+from mesh.saga.admin import saga_admin_routes
 from mesh.server import ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
@@ -139,6 +140,7 @@ async def build(
     if runtime.registry is not None:
         checks += [registry_upstream_check(runtime.registry, name) for name in UPSTREAMS]
     definition.checks = checks
+    definition.admin_routes = saga_admin_routes(runner, settings.admin_token)
     definition.on_start = [*definition.on_start, subscriber.start, start_recovery]
     # Sagas and consumers stop before the outbox relay and the database close.
     definition.on_stop = [stop_sagas, subscriber.stop, *definition.on_stop]

@@ -1,0 +1,3 @@
+from mesh.local.traces.receiver import main
+
+raise SystemExit(main())

@@ -20,7 +20,7 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from tests.e2e.conftest import Stack
+from tests.support.local_mesh import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

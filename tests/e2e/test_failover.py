@@ -15,8 +15,8 @@ import pytest
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from tests.e2e.conftest import Stack
 from tests.e2e.test_edge import GRPC_CALLS, _ok, _v2_order
+from tests.support.local_mesh import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -82,6 +82,26 @@ class Child:
         return "\n".join(self.lines[-n:])
 
 
+def _module_of(spec: ProcessSpec) -> str:
+    """`services.orders` for a child run as `python -m services.orders`, else ""."""
+    argv = tuple(spec.argv)
+    if len(argv) == 3 and argv[0] == sys.executable and argv[1] == "-m":
+        return argv[2]
+    return ""
+
+
+async def _end_spare(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """EOF on its stdin ends a spare; killed if it does not go."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 def _every(_child: Child) -> bool:
     return True
 
@@ -112,6 +132,9 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self.on_line: Callable[[str, str], None] | None = None
         self.state_file = state_file
+        self._spares: dict[str, asyncio.subprocess.Process] = {}  # module -> warm spare
+        self._warm = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def _prefix(self, name: str, index: int) -> str:
         label = f"{name:<12}|"
@@ -123,15 +146,69 @@ class Supervisor:
         print(f"{self._prefix(child.spec.name, child.index)} {text}", file=self._out, flush=True)
 
     @staticmethod
-    async def _spawn(spec: ProcessSpec) -> asyncio.subprocess.Process:
+    async def _spawn(
+        spec: ProcessSpec, argv: Sequence[str] = (), *, stdin: int = asyncio.subprocess.DEVNULL
+    ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", str(LAUNCHER), str(os.getpid()), *spec.argv,
+            sys.executable, "-I", "-S", str(LAUNCHER), str(os.getpid()), *(argv or spec.argv),
             env=dict(spec.env),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+    @property
+    def spares(self) -> dict[str, int]:
+        """Pid of the warm spare per service module."""
+        return {m: p.pid for m, p in self._spares.items() if p.returncode is None}
+
+    async def warm_spares(self) -> None:
+        """One warm spare (`mesh.local.warm`) per service module of the restartable
+        children, so a restart skips the imports. Called once the mesh is up (spares
+        started with it would slow the start-up); each costs one idle interpreter."""
+        self._warm = True
+        for child in self.children:
+            module = _module_of(child.spec)
+            if module and child.policy.enabled and module not in self._spares:
+                self._spares[module] = await self._spawn(
+                    child.spec,
+                    (sys.executable, "-m", "mesh.local.warm", module),
+                    stdin=asyncio.subprocess.PIPE,
+                )
+
+    async def _respawn(self, spec: ProcessSpec) -> asyncio.subprocess.Process:
+        """The failed child again: from a warm spare when one is ready, else cold."""
+        module = _module_of(spec)
+        spare = self._spares.pop(module, None) if module else None
+        if spare is not None and spare.returncode is None and spare.stdin is not None:
+            try:
+                spare.stdin.write(json.dumps(dict(spec.env)).encode() + b"\n")
+                await spare.stdin.drain()
+                spare.stdin.close()
+            except (BrokenPipeError, ConnectionResetError):
+                spare = None
+            if spare is not None:
+                self._refill(spec)
+                return spare
+        return await self._spawn(spec)
+
+    def _refill(self, spec: ProcessSpec) -> None:
+        """A new spare for the one just used, in the background."""
+        module = _module_of(spec)
+
+        async def make() -> None:
+            if not self._warm or self._stopping.is_set() or not module or module in self._spares:
+                return
+            self._spares[module] = await self._spawn(
+                spec,
+                (sys.executable, "-m", "mesh.local.warm", module),
+                stdin=asyncio.subprocess.PIPE,
+            )
+
+        task = asyncio.create_task(make())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start(
         self, spec: ProcessSpec, *, quiet: bool = False, policy: RestartPolicy | None = None
@@ -202,7 +279,7 @@ class Supervisor:
                 self._write_state()
                 return
             try:
-                child.proc = await self._spawn(child.spec)
+                child.proc = await self._respawn(child.spec)
             except OSError as exc:
                 child.state = "gave up"
                 self._say(child, f"!!! cannot start again ({exc}); GIVING UP on it")
@@ -262,5 +339,9 @@ class Supervisor:
             batch = [c for c in left if pick(c)]
             left = [c for c in left if c not in batch]
             await asyncio.gather(*(self.stop(c, grace_s) for c in batch))
+        for task in list(self._background):
+            await task
+        await asyncio.gather(*(_end_spare(p, grace_s) for p in self._spares.values()))
+        self._spares.clear()
         if self.state_file is not None:
             self.state_file.unlink(missing_ok=True)

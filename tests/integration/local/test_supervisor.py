@@ -128,3 +128,28 @@ async def test_stop_goes_in_order_and_leaves_no_process(tmp_path: Path) -> None:
         assert c.proc.returncode is not None
         with pytest.raises(ProcessLookupError):
             os.kill(c.proc.pid, 0)
+
+
+async def test_a_restart_takes_the_warm_spare_and_keeps_the_instance(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    env = {**os.environ, "MESH_INSTANCE_ID": "orders-2", "IDLE_SERVICE_LOG": str(log)}
+    argv = (sys.executable, "-m", "tests.support.idle_service")
+    sup = Supervisor(out=io.StringIO(), colour=False)
+    child = await sup.start(ProcessSpec("orders-2", argv, env, service="orders"), policy=_FAST)
+    try:
+        await eventually(lambda: len(_lines(log)) == 1, 10, "the first start")
+        await sup.warm_spares()
+        spare = sup.spares["tests.support.idle_service"]
+        child.proc.kill()
+        await eventually(lambda: len(_lines(log)) == 2, 10, "a restart")
+        assert _lines(log)[1] == f"start orders-2 {spare}"  # the spare became orders-2
+        assert child.proc.pid == spare and child.restarts == 1
+        new = await eventually(
+            lambda: sup.spares.get("tests.support.idle_service"), 10, "a new spare"
+        )
+        assert new != spare
+    finally:
+        await sup.stop_all(5)
+    assert sup.spares == {}
+    with pytest.raises(ProcessLookupError):
+        os.kill(new, 0)

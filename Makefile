@@ -10,6 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "make: installing shop-mesh into $(VENV) (first run, or pyproject.toml changed; ~30 s)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -46,6 +47,7 @@ lint: install
 	$(PY) -m mesh.contracts.baseline --check
 
 run: install tools
+	@echo "make: starting the mesh (meshctl up); Ctrl-C stops it"
 	$(PY) -m mesh.cli up
 
 demo: install tools

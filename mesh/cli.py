@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mesh.discovery.registry import Registry
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
@@ -48,6 +49,17 @@ def _registry(run_dir: Path) -> Registry:
 
 def _topology(args: argparse.Namespace) -> Topology:
     return load_topology(Path(args.topology))
+
+
+def _where(run_dir: Path) -> str:
+    """The registry `meshctl` reads, in words (for "no mesh is running" messages)."""
+    settings = _settings()
+    if settings.registry == "consul":
+        return f"Consul at {settings.consul_http_addr}"
+    if settings.registry == "embedded":
+        where = os.environ.get("MESH_REGISTRY_DIR") or str(run_dir.resolve() / "registry")
+        return f"the embedded registry {where}"
+    return "no registry (MESH_REGISTRY=none)"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -108,11 +120,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mesh.local.status import print_status
 
     topology = _topology(args)
+    run_dir = Path(args.run_dir)
+    looked_in = f"{run_dir.resolve() / 'processes.json'} and {_where(run_dir)}"
 
     async def main() -> int:
-        registry = _registry(Path(args.run_dir))
+        registry = _registry(run_dir)
         try:
-            return await print_status(registry, tuple(s.name for s in topology.services))
+            return await print_status(
+                registry,
+                tuple(s.name for s in topology.services),
+                run_dir=run_dir,
+                looked_in=looked_in,
+            )
         finally:
             await registry.close()
 
@@ -169,43 +188,63 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
         return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shop-mesh")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meshctl", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", default=".run", help="state, data and logs of `up` (.run)")
-    sub = p.add_subparsers(dest="command", required=True)
-    topo = argparse.ArgumentParser(add_help=False)
-    topo.add_argument(
-        "--topology",
-        default=str(DEFAULT_TOPOLOGY),
-        help="the project's services, event types and demo (default: ./mesh.toml)",
+    # Options shared by every subcommand, accepted before or after it (`meshctl status
+    # --run-dir x` as well as `meshctl --run-dir x status`); SUPPRESS keeps a subcommand
+    # from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run-dir", default=argparse.SUPPRESS, help=_RUN_DIR_HELP)
+    common.add_argument("--topology", default=argparse.SUPPRESS, help=_TOPOLOGY_HELP)
+    p = argparse.ArgumentParser(
+        prog="meshctl",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up = sub.add_parser("up", parents=[topo], help="run the mesh locally in the foreground")
+    p.add_argument("--version", action="version", version=f"meshctl (shop-mesh) {_version()}")
+    p.add_argument("--run-dir", default=".run", help=_RUN_DIR_HELP)
+    p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help=_TOPOLOGY_HELP)
+    sub = p.add_subparsers(dest="command", metavar="<command>")
+
+    def add(parent: Any, name: str, help_: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=help_, parents=[common])
+        return parser
+
+    up = add(sub, "up", "run the mesh locally in the foreground")
     up.add_argument("--detach", action="store_true", help="run in the background")
     up.add_argument(
         "--free-ports", action="store_true", help="every process and the edge on free ports"
     )
     up.set_defaults(fn=cmd_up)
-    sub.add_parser("down", help="stop a running `meshctl up`").set_defaults(fn=cmd_down)
-    status = sub.add_parser("status", parents=[topo], help="instances, health, breakers")
-    status.set_defaults(fn=cmd_status)
-    demo = sub.add_parser("demo", parents=[topo], help="the project's demo (mesh.toml `demo`)")
+    add(sub, "down", "stop a running `meshctl up`").set_defaults(fn=cmd_down)
+    add(sub, "status", "instances, health, breakers, restarts").set_defaults(fn=cmd_status)
+    demo = add(sub, "demo", "the project's demo (mesh.toml `demo`)")
     demo.add_argument("--edge-port", type=int, default=8080)
     demo.set_defaults(fn=cmd_demo)
-    edge = sub.add_parser("edge", help="edge gateway config").add_subparsers(
-        dest="edge_command", required=True
+    edge = add(sub, "edge", "edge gateway config").add_subparsers(
+        dest="edge_command", required=True, metavar="<edge command>"
     )
-    render = edge.add_parser("render", help="render envoy/ from the descriptor set")
+    render = add(edge, "render", "render envoy/ from the descriptor set")
     render.add_argument("--out", default="")
     render.set_defaults(fn=cmd_edge_render)
-    serve = edge.add_parser("serve", help="edge meta server + endpoint sync (compose)")
+    serve = add(edge, "serve", "edge meta server + endpoint sync (compose)")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=9190)
     serve.add_argument("--eds-dir", default="/var/run/envoy/eds")
     serve.set_defaults(fn=cmd_edge_serve)
-    events = sub.add_parser("events", help="events on NATS").add_subparsers(
-        dest="events_command", required=True
+    events = add(sub, "events", "events on NATS").add_subparsers(
+        dest="events_command", required=True, metavar="<events command>"
     )
-    tail = events.add_parser("tail", parents=[topo], help="print decoded events live")
+    tail = add(events, "tail", "print decoded events live")
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
@@ -213,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_RUN_DIR_HELP = "state, data and logs of `up` (default .run)"
+_TOPOLOGY_HELP = "the project's services, event types and demo (default ./mesh.toml)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:  # `meshctl` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         code: int = args.fn(args)
     except SettingsError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -62,29 +64,75 @@ async def instance_status(session: aiohttp.ClientSession, inst: Instance) -> dic
     return row
 
 
-async def print_status(registry: Registry, services: tuple[str, ...]) -> int:
-    """One row per instance of each of `services` (the topology's names)."""
+def supervised(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The running `meshctl up`'s view of its processes (`processes.json`), by name;
+    empty when no live `meshctl up` wrote one in `run_dir`."""
+    try:
+        doc = json.loads((run_dir / "processes.json").read_text())
+        os.kill(int(doc["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {p["name"]: p for p in doc.get("processes", [])}
+
+
+def _loud(procs: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for name, p in sorted(procs.items()):
+        if p["state"] == "gave up":
+            out.append(
+                f"!!! {name}: GAVE UP after a crash loop (last exit {p['last_exit']},"
+                f" {p['restarts']} restarts); its log is in the `meshctl up` output."
+                " The rest of the mesh keeps serving; restart the mesh to try it again."
+            )
+        elif p["state"] in ("restarting", "exited"):
+            out.append(f"!   {name}: {p['state']} (last exit {p['last_exit']})")
+    return out
+
+
+async def print_status(
+    registry: Registry,
+    services: tuple[str, ...],
+    *,
+    run_dir: Path | None = None,
+    looked_in: str = "the registry",
+) -> int:
+    """The table; with no live `meshctl up` in `run_dir` and nothing registered, says that
+    no mesh is running and where it looked, and returns 1."""
     names = services
-    rows = [("service", "instance", "grpc", "health", "breakers (not closed)")]
+    procs = supervised(run_dir) if run_dir is not None else {}
+    rows = [("service", "instance", "grpc", "health", "restarts", "breakers (not closed)")]
+    seen = False
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for name in names:
             try:
                 instances = await registry.healthy(name)
             except RegistryUnavailable as exc:
-                print(f"registry unreachable: {exc}")
+                print(f"registry unreachable: {exc} (looked in {looked_in})")
                 return 1
+            seen = seen or bool(instances)
             if not instances:
-                rows.append((name, "-", "-", "no healthy instance", ""))
+                rows.append((name, "-", "-", "no healthy instance", "", ""))
             for inst in sorted(instances, key=lambda i: i.id):
                 st = await instance_status(session, inst)
                 health = st["health"]
                 if st.get("failing"):
                     health += f" ({', '.join(st['failing'])})"
-                rows.append((name, inst.id, inst.address, health, " ".join(st["breakers"])))
+                restarts = str(procs.get(inst.id, {}).get("restarts", "-"))
+                rows.append(
+                    (name, inst.id, inst.address, health, restarts, " ".join(st["breakers"]))
+                )
+    if not seen and not procs:
+        print(
+            f"no mesh is running: no live `meshctl up` and no registered instance"
+            f" (looked in {looked_in}). Start one with `make run` or `meshctl up`."
+        )
+        return 1
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     for i, r in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for line in _loud(procs):
+        print(line)
     return 0

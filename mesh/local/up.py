@@ -29,11 +29,14 @@ from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.local.observe import Observability, ObserveOptions
+from mesh.local.ports import port_free
+from mesh.local.progress import StartupProgress
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
 from mesh.tools import envoy_binary, nats_server_binary
 
 STATE_FILE = "up.json"
+PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
 
 
 class UpError(RuntimeError):
@@ -49,6 +52,7 @@ class UpOptions:
     services: tuple[ServiceSpec, ...] = ()  # from the topology file (mesh.toml)
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
+    warm_spares: bool = True  # one idle pre-imported interpreter per service: fast restarts
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     observe: ObserveOptions = field(default_factory=ObserveOptions)
 
@@ -81,15 +85,6 @@ def _reachable(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def _poll(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     """Poll an async predicate until true or the deadline passes."""
     deadline = time.monotonic() + timeout_s
@@ -114,6 +109,7 @@ class LocalMesh:
         self.nats_url = options.nats_url
         self.clusters: list[str] = []
         self.observe = Observability(options.observe, options.run_dir.resolve())
+        self.progress = StartupProgress(supervisor)
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
@@ -123,10 +119,10 @@ class LocalMesh:
             p
             for s in self.o.services
             for p in (s.grpc_port, s.admin_port)
-            if p and not _port_free(p)
+            if p and not port_free(p)
         ]
         for p in (self.o.edge_port, self.o.edge_admin_port):
-            if not _port_free(p):
+            if not port_free(p):
                 busy.append(p)
         if busy:
             raise UpError(
@@ -136,10 +132,11 @@ class LocalMesh:
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
         await self.observe.start_sink(self.sup, self.o.env)
         base_env.update(self.observe.service_env(base_env))
-        for spec in service_processes(
-            run, base_env, nats_url=self.nats_url, services=self.o.services
-        ):
+        specs = service_processes(run, base_env, nats_url=self.nats_url, services=self.o.services)
+        self.progress.step(f"starting {len(specs)} service instances")
+        for spec in specs:
             await self.sup.start(spec)
+        self.progress.step("starting the Envoy edge and its meta server")
         await self._start_edge(run)
         await self.observe.start_dashboard(
             self.registry,
@@ -152,6 +149,7 @@ class LocalMesh:
 
     async def _start_nats(self, run: Path) -> None:
         if _reachable(self.nats_url):
+            self.progress.step(f"using the NATS server at {self.nats_url}")
             return
         parsed = urllib.parse.urlsplit(self.nats_url)
         if parsed.hostname not in ("127.0.0.1", "localhost"):
@@ -173,6 +171,7 @@ class LocalMesh:
             ),
             env=dict(self.o.env),
         )
+        self.progress.step(f"starting nats-server on {self.nats_url}")
         self.nats_child = await self.sup.start(spec)
 
         async def up() -> bool:
@@ -212,21 +211,26 @@ class LocalMesh:
         self.envoy_child = await self.sup.start(spec)
 
     async def wait_ready(self) -> dict[str, list[Instance]]:
+        """Every instance healthy and routed by the edge; says which ones it still waits
+        for, and on a timeout names them with their last log lines."""
         found: dict[str, list[Instance]] = {}
+        progress = self.progress
 
         async def all_registered() -> bool:
+            if self.sup.exited.is_set():
+                raise UpError(progress.exited_report())
             for svc in self.o.services:
-                if self.sup.exited.is_set():
-                    dead = [c for c in self.sup.children if not c.running]
-                    report = "\n".join(f"--- {c.spec.name}:\n{c.tail()}" for c in dead)
-                    raise UpError(f"a process exited during start-up:\n{report}")
                 found[svc.name] = await self.registry.healthy(svc.name)
-                if len(found[svc.name]) < svc.instances:
-                    return False
-            return True
+            return progress.waiting_for(found) == []
 
-        await _poll(all_registered, self.o.ready_timeout_s, "every instance to be healthy")
+        try:
+            await _poll(all_registered, self.o.ready_timeout_s, "every instance to be healthy")
+        except UpError as exc:
+            raise UpError(f"{exc}\n{progress.timeout_report(found)}") from None
+        progress.step("waiting for the Envoy edge to route to every public service")
         await _poll(self._edge_ready, self.o.ready_timeout_s, "the Envoy edge to be ready")
+        if self.o.warm_spares:
+            await self.sup.warm_spares()
         return found
 
     async def _edge_ready(self) -> bool:
@@ -243,12 +247,17 @@ class LocalMesh:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
         healthy = routable_hosts(stats)
-        return all(healthy.get(c, 0) >= 1 for c in self.clusters)
+        started = {s.name for s in self.o.services}  # a reduced topology routes fewer
+        return all(healthy.get(c, 0) >= 1 for c in self.clusters if c in started)
 
     async def stop(self) -> None:
         services = {s.name for s in self.o.services}
         await self.observe.stop()
-        await self.sup.stop_all(self.o.grace_s, first=lambda c: c.spec.service in services)
+        # Services drain and deregister first, then the edge, then the broker.
+        await self.sup.stop_all(
+            self.o.grace_s,
+            order=(lambda c: c.spec.service in services, lambda c: c is self.envoy_child),
+        )
         if self.sync is not None:
             await self.sync.stop()
         if self.meta is not None:
@@ -304,7 +313,7 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
             pid = int(json.loads(state.read_text())["pid"])
             if pid != os.getpid() and _alive(pid):
                 raise UpError(f"meshctl up is already running (pid {pid}); `meshctl down` stops it")
-    sup = Supervisor()
+    sup = Supervisor(state_file=run / PROCESSES_FILE)
     mesh = LocalMesh(options, registry, sup)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -325,12 +334,10 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         print(table(ready.result(), options.edge_port, mesh.nats_url), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
         print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)
-        exited = asyncio.create_task(sup.exited.wait())
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (exited, stopped):
-            t.cancel()
-        return 0 if stop.is_set() else 1
+        # A failed instance is restarted by the supervisor; one that crash-loops is given
+        # up on alone: the rest of the mesh keeps serving until a signal.
+        await stop.wait()
+        return 0
     finally:
         print("stopping the mesh...", flush=True)
         await mesh.stop()

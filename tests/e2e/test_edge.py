@@ -18,7 +18,8 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from tests.support.e2e_stack import GRPC_CALLS, Ctx, Stack, call_ok, v2_order_request
+from tests.support.e2e_stack import GRPC_CALLS, Ctx, call_ok, v2_order_request
+from tests.support.local_mesh import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

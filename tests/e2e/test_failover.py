@@ -15,7 +15,8 @@ import pytest
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from tests.support.e2e_stack import GRPC_CALLS, Stack, call_ok, v2_order_request
+from tests.support.e2e_stack import GRPC_CALLS, call_ok, v2_order_request
+from tests.support.local_mesh import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

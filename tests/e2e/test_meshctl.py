@@ -36,10 +36,11 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
-async def _meshctl_up(run_dir: Path, nats_url: str) -> asyncio.subprocess.Process:
+async def _meshctl_up(run_dir: Path, nats_url: str, **extra_env: str) -> asyncio.subprocess.Process:
     """`meshctl up --free-ports` as a user would start it, against our nats-server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["NATS_URL"] = nats_url
+    env.update(extra_env)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -103,3 +104,30 @@ async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) 
                 break
             await asyncio.sleep(0.2)
         assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"
+
+
+async def test_start_up_says_what_it_waits_for_and_names_the_instance_that_fails(
+    tmp_path: Path,
+) -> None:
+    """users cannot reach its database: the supervisor retries it, gives up on the crash
+    loop, and `meshctl up` stops with users-1 named and its last log lines shown."""
+    run_dir = tmp_path / "run"
+    async with nats_server(tmp_path / "nats") as nats:
+        proc = await _meshctl_up(
+            run_dir, nats.url, USERS_DATABASE_URL="postgresql://127.0.0.1:1/nowhere"
+        )
+        async with asyncio.timeout(120):
+            out, _ = await proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 1, text[-3000:]
+    assert "meshctl up: starting nats-server" not in text  # ours was reachable
+    assert f"meshctl up: using the NATS server at {nats.url}" in text
+    assert "meshctl up: starting 6 service instances" in text
+    assert "meshctl up: waiting for " in text and "users-1" in text
+    assert "GIVING UP on users-1 (crash loop)" in text
+    report = text[text.index("a process stopped for good during start-up") :]
+    assert "--- users-1 (gave up, last exit 1); its last log lines:" in report
+    assert "database postgresql+asyncpg://127.0.0.1:1/nowhere is unreachable" in report
+    assert "orders-1 (" not in report  # only the failing instance is named
+    assert "mesh stopped" in text
+    assert _processes_of(run_dir) == []

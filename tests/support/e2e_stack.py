@@ -1,62 +1,13 @@
-"""The whole mesh started by the e2e tests (meshctl up), and calls through its edge."""
+"""Calls through the edge of the whole mesh the e2e tests start (`tests.support.local_mesh`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from subprocess import CompletedProcess
 from typing import Any
 
-from mesh.discovery.embedded import EmbeddedRegistry
-from mesh.discovery.registry import Instance
-from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec
-from mesh.local.up import LocalMesh
-from tests.support.edge import EdgeClient
-from tests.support.nats import NatsServer
-
-
-@dataclass
-class Stack:
-    mesh: LocalMesh
-    supervisor: Supervisor
-    registry: EmbeddedRegistry
-    nats: NatsServer
-    edge: EdgeClient
-    instances: dict[str, list[Instance]]
-    base: Path
-
-    # The edge's meta server runs in this event loop (as in `meshctl up`): edge
-    # calls are blocking subprocesses/HTTP, so they run in a thread.
-    async def call(self, method: str, request: Any, *headers: str) -> CompletedProcess[str]:
-        return await asyncio.to_thread(self.edge.call, method, request, *headers)
-
-    async def grpcurl(self, *args: str) -> CompletedProcess[str]:
-        return await asyncio.to_thread(self.edge.grpcurl, *args)
-
-    async def json(
-        self, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.edge.json, method, path, doc, headers)
-
-    async def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        return await asyncio.to_thread(self.edge.http, method, path, body)
-
-    def child(self, name: str) -> Child:
-        return next(c for c in self.supervisor.children if c.spec.name == name)
-
-    async def start_instance(self, service: str, name: str) -> Child:
-        """One more instance of `service`, as `meshctl up` starts extra instances."""
-        template = next(c for c in self.supervisor.children if c.spec.service == service)
-        env = {**template.spec.env, "MESH_INSTANCE_ID": name}
-        env["MESH_GRPC_PORT"] = env["MESH_ADMIN_PORT"] = "0"
-        spec = ProcessSpec(name=name, argv=template.spec.argv, env=env, service=service)
-        return await self.supervisor.start(spec)
-
+from tests.support.local_mesh import Stack
 
 GOOD_CARD = "4242424242424242"
 

@@ -1,0 +1,74 @@
+"""`meshctl` as a person types it: help, version, options after the subcommand, status
+with no mesh running, status of a mesh with an instance given up on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+
+def _meshctl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "CONSUL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", *args],
+        capture_output=True, text=True, timeout=60, env=env, cwd=cwd, check=False,
+    )  # fmt: skip
+
+
+def test_no_arguments_prints_help() -> None:
+    r = _meshctl()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: meshctl")
+    for command in ("up", "down", "status", "demo", "edge", "events"):
+        assert f"\n    {command} " in r.stdout
+
+
+def test_version() -> None:
+    r = _meshctl("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"meshctl (shop-mesh) {version('shop-mesh')}"
+
+
+def test_status_with_no_mesh_says_so_and_where_it_looked(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for args in (("status", "--run-dir", str(run)), ("--run-dir", str(run), "status")):
+        r = _meshctl(*args)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stdout.startswith("no mesh is running")
+        assert str(run / "processes.json") in r.stdout
+        assert f"the embedded registry {run / 'registry'}" in r.stdout
+
+
+def test_an_unknown_option_is_refused() -> None:
+    r = _meshctl("status", "--no-such-option")
+    assert r.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in r.stderr
+
+
+def test_status_names_an_instance_given_up_on(tmp_path: Path) -> None:
+    """The supervisor's state file of a live `meshctl up` (this process stands in for it)."""
+    (tmp_path / "processes.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "processes": [
+                    {
+                        "name": "orders-1",
+                        "service": "orders",
+                        "pid": 1,
+                        "state": "gave up",
+                        "restarts": 4,
+                        "last_exit": 3,
+                    }
+                ],
+            }
+        )
+    )
+    r = _meshctl("status", "--run-dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "!!! orders-1: GAVE UP after a crash loop (last exit 3, 4 restarts)" in r.stdout
+    assert any(line.split()[:2] == ["orders", "-"] for line in r.stdout.splitlines())

@@ -1,0 +1,138 @@
+"""The real stack for end-to-end and chaos tests, started the way `meshctl up` starts it.
+
+Real nats-server (the test's own, on a free port, so a test can stop it), the services as
+real processes on free ports, the embedded registry in a temp dir, and a real Envoy edge
+with its meta server and endpoint sync: `mesh.local.up.LocalMesh`, the code behind
+`make run`, with its supervisor (restarts included), on free ports instead of the fixed
+ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+from mesh.discovery.embedded import EmbeddedRegistry
+from mesh.discovery.registry import Instance
+from mesh.local.supervisor import Child, Supervisor
+from mesh.local.topology import ProcessSpec, ServiceSpec, load_topology
+from mesh.local.up import LocalMesh, UpError, UpOptions
+from tests.support.edge import EdgeClient
+from tests.support.nats import NatsServer, nats_server
+from tests.support.ports import free_port
+
+# Variables of the developer's shell that would point the services elsewhere.
+_FOREIGN = ("MESH_", "OTEL_", "CONSUL_", "NATS_")
+
+
+@dataclass
+class Stack:
+    mesh: LocalMesh
+    supervisor: Supervisor
+    registry: EmbeddedRegistry
+    nats: NatsServer
+    edge: EdgeClient
+    instances: dict[str, list[Instance]]
+    base: Path
+
+    # The edge's meta server runs in this event loop (as in `meshctl up`): edge
+    # calls are blocking subprocesses/HTTP, so they run in a thread.
+    async def call(self, method: str, request: Any, *headers: str) -> CompletedProcess[str]:
+        return await asyncio.to_thread(self.edge.call, method, request, *headers)
+
+    async def grpcurl(self, *args: str) -> CompletedProcess[str]:
+        return await asyncio.to_thread(self.edge.grpcurl, *args)
+
+    async def json(
+        self, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.edge.json, method, path, doc, headers)
+
+    async def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(self.edge.http, method, path, body)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.supervisor.children if c.spec.name == name)
+
+    async def start_instance(self, service: str, name: str) -> Child:
+        """One more instance of `service`, as `meshctl up` starts extra instances."""
+        template = next(c for c in self.supervisor.children if c.spec.service == service)
+        env = {**template.spec.env, "MESH_INSTANCE_ID": name}
+        env["MESH_GRPC_PORT"] = env["MESH_ADMIN_PORT"] = "0"
+        spec = ProcessSpec(name=name, argv=template.spec.argv, env=env, service=service)
+        return await self.supervisor.start(spec)
+
+
+def clean_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_FOREIGN) and not k.endswith("_DATABASE_URL")
+    }
+
+
+TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
+
+
+def free_port_shop() -> tuple[ServiceSpec, ...]:
+    """The project's topology (mesh.toml) with every port left to the kernel."""
+    return tuple(replace(s, grpc_port=0, admin_port=0) for s in load_topology(TOPOLOGY).services)
+
+
+@asynccontextmanager
+async def local_mesh(
+    base: Path,
+    services: tuple[ServiceSpec, ...] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    edge_port: int = 0,
+    edge_admin_port: int = 0,
+    nats: NatsServer | None = None,
+) -> AsyncIterator[Stack]:
+    """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
+    on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error)."""
+    await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
+    async with _nats(base, nats) as server:
+        registry = EmbeddedRegistry(base / "registry")
+        log = (base / "stack.log").open("a")
+        supervisor = Supervisor(out=log, colour=False)
+        options = UpOptions(
+            run_dir=base,
+            edge_port=edge_port or free_port(),
+            edge_admin_port=edge_admin_port or free_port(),
+            nats_url=server.url,
+            services=services or free_port_shop(),
+            ready_timeout_s=60,
+            grace_s=10,
+            env={**clean_env(), **(env or {})},
+        )
+        mesh = LocalMesh(options, registry, supervisor)
+        try:
+            await mesh.start()
+            try:
+                instances = await mesh.wait_ready()
+            except UpError as exc:
+                log.flush()
+                raise RuntimeError(f"{exc}\n{(base / 'stack.log').read_text()[-6000:]}") from exc
+            yield Stack(
+                mesh, supervisor, registry, server, EdgeClient(options.edge_port), instances, base
+            )
+        finally:
+            await mesh.stop()
+            await registry.close()
+            log.close()
+
+
+@asynccontextmanager
+async def _nats(base: Path, given: NatsServer | None) -> AsyncIterator[NatsServer]:
+    if given is not None:
+        yield given
+        return
+    async with nats_server(base / "nats") as server:
+        yield server

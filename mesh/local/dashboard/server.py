@@ -28,7 +28,7 @@ from mesh.local.dashboard import assets, page
 from mesh.local.dashboard.collect import Collector
 from mesh.local.traces.store import connect, find_trace_id, span_tree, trace_spans
 
-log = logging.getLogger("shop_mesh.dashboard")
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SECURITY_HEADERS = {

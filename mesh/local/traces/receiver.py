@@ -29,7 +29,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from mesh.local.traces.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SPANS, SpanRow, SpanWriter
 
-log = logging.getLogger("shop_mesh.traces")
+log = logging.getLogger(__name__)
 
 # Roots that are probes, not requests: every instance is health-checked every few
 # seconds (Envoy, the registry), and kept they would bury the shop's traces.

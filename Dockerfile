@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY generated ./generated
 COPY base ./base
 COPY mesh ./mesh
+COPY base ./base
 COPY interceptors ./interceptors
 COPY services ./services
 COPY envoy ./envoy

@@ -18,6 +18,7 @@ from collections import deque
 from typing import TextIO
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from mesh.events import EventTypes, connect_nats, decode
@@ -36,7 +37,7 @@ class SeenIds:
     def first_time(self, data: bytes) -> bool:
         try:
             event_id = decode(data).id
-        except ValueError:
+        except (DecodeError, ValueError):
             return True
         if event_id in self._ids:
             return False
@@ -50,7 +51,7 @@ class SeenIds:
 def format_event(subject: str, data: bytes, types: EventTypes | None = None) -> str:
     try:
         env = decode(data)
-    except ValueError as exc:
+    except (DecodeError, ValueError) as exc:
         return f"{subject}  <undecodable: {exc}>"
     if types is not None and env.type in types:
         try:

@@ -11,7 +11,7 @@ The payload is a google.protobuf.Any rather than bytes plus a type name:
 Any is protobuf's own "typed payload" (type URL + bytes), so any tool with
 the payload's descriptors decodes it (grpcurl, JSON mapping with "@type"),
 and Unpack refuses a payload of the wrong type instead of misreading it.
-The cost is the type URL on the wire (about 45 bytes per event).
+The cost is the type URL on the wire (about 50 bytes per event).
 """
 
 from google.protobuf import any_pb2 as _any_pb2

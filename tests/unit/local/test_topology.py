@@ -105,3 +105,11 @@ def test_meshctl_reports_a_missing_topology(
     assert meshctl(["status", "--topology", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"{missing}: no such topology file" in err
+
+
+def test_meshctl_demo_needs_a_demo_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert meshctl(["demo", "--topology", str(path)]) == 1
+    assert f"{path} names no demo module" in capsys.readouterr().err

@@ -56,12 +56,15 @@ from interceptors.breaker import BreakerConfig
 from interceptors.retry import RetryBudget, RetryPolicy
 
 __all__ = [
+    "LOG_LEVELS",
     "RESILIENCE_DEFAULTS",
     "LbPolicy",
     "RegistryKind",
     "ResilienceSettings",
     "Settings",
     "SettingsError",
+    "default_registry_dir",
+    "readme_tables",
 ]
 
 RegistryKind = Literal["consul", "embedded", "none"]

@@ -12,8 +12,11 @@ Adding a setting is one edit: a field at the END of `Settings` (or of
 
 `from_env` reads it, the error names it, and `python -m mesh.settings
 --markdown` prints it in the README table (`make readme-settings` writes the
-README; the
-contract test `tests/contract/test_settings_tables.py` fails until then).
+README; the contract test `tests/contract/test_settings_tables.py` fails until
+then). A setting whose default is computed at start (like `grpc_port`) also
+gets an entry in `from_env`'s `defaults` and a `shown_default=` for the table.
+Parsers: `TEXT`, `PORT`, `RATIO`, `number(...)`, `whole(...)`, `choice(...)`,
+or a `Parser(convert, rule, check)` of its own.
 Code that needs the default elsewhere reads `RESILIENCE_DEFAULTS` or
 `default_of(Settings, name)`, never writes the literal again. The machinery
 (parsers, `load`, the table) is `base/settings.py`, shared with the services'

@@ -248,7 +248,13 @@ class Settings:
     drain_grace_s: float = setting(
         "MESH_DRAIN_GRACE_S", 10.0, _POSITIVE, "longest drain of in-flight calls at shutdown"
     )
-    log_level: str = setting("MESH_LOG_LEVEL", "INFO", choice(LOG_LEVELS), "log level")
+    log_level: str = setting(
+        "MESH_LOG_LEVEL",
+        "INFO",
+        choice(LOG_LEVELS),
+        "log level; each module logs under its own name (`mesh.server`, "
+        "`interceptors.logging` = the access log, `services.orders.saga`...)",
+    )
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
 
     @classmethod

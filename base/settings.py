@@ -7,16 +7,18 @@ value must follow) and a one-line description. From that one declaration come
 - reading and parsing (`load(cls, env)`): an unset or blank variable keeps the
   default; a value is stripped of surrounding blanks;
 - validation errors that name the variable (`SettingsError`:
-  `MESH_GRPC_PORT='abc' is invalid: must be a port number from 0 to 65535`),
+  `MESH_GRPC_PORT='abc' is invalid: must be a port number from 0 to 65535 ...`),
   which `mesh.server.run_service` prints before exiting 2;
-- the README's settings tables (`markdown_table(...)`, run through
-  `python -m mesh.settings --markdown`; a contract test fails when the README
-  is stale).
+- the README's settings tables (`markdown_table(...)`, printed by
+  `python -m mesh.settings --markdown` / `python -m services.settings_tables
+  --markdown`, written between the README's markers by `make readme-settings`;
+  a contract test fails when the README is stale).
 
 The dataclass stays an ordinary frozen dataclass: code and tests construct it
 directly (`Settings(service="x", registry="none")`), and the field's default
 is the only literal of that default anywhere (other classes that need it read
-it from a default instance, e.g. `RESILIENCE_DEFAULTS.lb_policy`).
+it from a default instance, e.g. `RESILIENCE_DEFAULTS.lb_policy`, or with
+`default_of(cls, name)`).
 
 Why dataclasses and not pydantic-settings: the settings objects are frozen
 slotted dataclasses passed all over the code and built directly in tests; some

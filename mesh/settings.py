@@ -12,8 +12,11 @@ Adding a setting is one edit: a field at the END of `Settings` (or of
 
 `from_env` reads it, the error names it, and `python -m mesh.settings
 --markdown` prints it in the README table (`make readme-settings` writes the
-README; the
-contract test `tests/contract/test_settings_tables.py` fails until then).
+README; the contract test `tests/contract/test_settings_tables.py` fails until
+then). A setting whose default is computed at start (like `grpc_port`) also
+gets an entry in `from_env`'s `defaults` and a `shown_default=` for the table.
+Parsers: `TEXT`, `PORT`, `RATIO`, `number(...)`, `whole(...)`, `choice(...)`,
+or a `Parser(convert, rule, check)` of its own.
 Code that needs the default elsewhere reads `RESILIENCE_DEFAULTS` or
 `default_of(Settings, name)`, never writes the literal again. The machinery
 (parsers, `load`, the table) is `base/settings.py`, shared with the services'
@@ -56,12 +59,15 @@ from interceptors.breaker import BreakerConfig
 from interceptors.retry import RetryBudget, RetryPolicy
 
 __all__ = [
+    "LOG_LEVELS",
     "RESILIENCE_DEFAULTS",
     "LbPolicy",
     "RegistryKind",
     "ResilienceSettings",
     "Settings",
     "SettingsError",
+    "default_registry_dir",
+    "readme_tables",
 ]
 
 RegistryKind = Literal["consul", "embedded", "none"]
@@ -249,7 +255,13 @@ class Settings:
     drain_grace_s: float = setting(
         "MESH_DRAIN_GRACE_S", 10.0, _POSITIVE, "longest drain of in-flight calls at shutdown"
     )
-    log_level: str = setting("MESH_LOG_LEVEL", "INFO", choice(LOG_LEVELS), "log level")
+    log_level: str = setting(
+        "MESH_LOG_LEVEL",
+        "INFO",
+        choice(LOG_LEVELS),
+        "log level; each module logs under its own name (`mesh.server`, "
+        "`interceptors.logging` = the access log, `services.orders.saga`...)",
+    )
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     # `meshctl up`'s local trace sink (OTLP/gRPC, loopback; 0 or busy: a free port) and
     # its bounds, and its dashboard (loopback; busy: a free port, printed).

@@ -45,6 +45,7 @@ from mesh.client.calls import (
     stream_unary_link,
     unary_link,
 )
+from mesh.settings import RESILIENCE_DEFAULTS
 
 Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None
@@ -250,7 +251,7 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         pool: EndpointPool,
         interceptors: Sequence[Any] = (),
         *,
-        no_deadline_wait_s: float = 5.0,
+        no_deadline_wait_s: float = RESILIENCE_DEFAULTS.default_deadline_s,
     ) -> None:
         self.pool = pool
         self.service = pool.service

@@ -20,12 +20,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
 
 def _settings() -> Settings:
     return Settings.from_env("meshctl")
+
+
+def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth]:
+    """NATS_URL and credentials of meshctl's own connections: the user's settings when
+    NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`."""
+    from mesh.events.nats_connect import client_auth
+    from mesh.local.nats import local_client_env
+
+    env = dict(os.environ)
+    if not env.get("NATS_URL"):
+        env.update(local_client_env(run_dir.resolve()))
+    settings = Settings.from_env("meshctl", env)
+    return settings.nats_url, client_auth(settings)
 
 
 def _registry(run_dir: Path) -> Registry:
@@ -62,7 +76,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = _settings()
         registry = _registry(run_dir)
         try:
-            options = UpOptions(run_dir=run_dir, nats_url=settings.nats_url)
+            options = UpOptions(
+                run_dir=run_dir,
+                nats_url=settings.nats_url,
+                nats_external=bool(os.environ.get("NATS_URL")),
+            )
             if args.free_ports:
                 options = free_port_options(options)
             return await run_up(
@@ -101,7 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mesh.local.demo import run_demo
 
-    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=_settings().nats_url)
+    url, auth = _nats_client(Path(args.run_dir))
+    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=url, auth=auth)
 
 
 def cmd_edge_render(args: argparse.Namespace) -> int:
@@ -137,7 +156,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     from mesh.local.tail import tail_events
 
     try:
-        return asyncio.run(tail_events(_settings().nats_url, args.subject, limit=args.limit))
+        url, auth = _nats_client(Path(args.run_dir))
+        return asyncio.run(tail_events(url, args.subject, limit=args.limit, auth=auth))
     except KeyboardInterrupt:
         return 0
 

@@ -112,6 +112,18 @@ class Settings:
     drain_grace_s: float = 10.0
     log_level: str = "INFO"
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # NATS credentials (mesh/events/nats_connect.py): an nkey seed file (what
+    # `meshctl up` hands each service) or a .creds file, plus TLS material.
+    nats_nkey_seed_file: str = ""
+    nats_creds_file: str = ""
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    # A file holding the Consul ACL token (Consul's own CONSUL_HTTP_TOKEN_FILE).
+    consul_token_file: str = ""
+    # Size limits of every JetStream stream the service declares (oldest dropped first).
+    stream_max_bytes: int = 256 * 1024 * 1024
+    stream_max_msgs: int = 1_000_000
 
     @classmethod
     def from_env(
@@ -173,4 +185,12 @@ class Settings:
                 e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
             ),
             resilience=resilience,
+            nats_nkey_seed_file=_read(e, "NATS_NKEY_SEED_FILE", "", str),
+            nats_creds_file=_read(e, "NATS_CREDS", "", str),
+            nats_tls_ca_file=_read(e, "NATS_TLS_CA_FILE", "", str),
+            nats_tls_cert_file=_read(e, "NATS_TLS_CERT_FILE", "", str),
+            nats_tls_key_file=_read(e, "NATS_TLS_KEY_FILE", "", str),
+            consul_token_file=_read(e, "CONSUL_HTTP_TOKEN_FILE", "", str),
+            stream_max_bytes=_read(e, "MESH_STREAM_MAX_BYTES", 256 * 1024 * 1024, _positive_int),
+            stream_max_msgs=_read(e, "MESH_STREAM_MAX_MSGS", 1_000_000, _positive_int),
         )

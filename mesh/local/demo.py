@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from typing import Any
 
+from mesh.events.nats_connect import NatsClientAuth, redact_urls
 from mesh.local.tail import SeenIds, format_event
 from mesh.tools import grpcurl_binary
 
@@ -182,11 +183,11 @@ async def _quiet() -> None:
     """The demo's own disconnect at the end is not news."""
 
 
-def run_demo(edge: str, nats_url: str) -> int:
-    return asyncio.run(_run_demo(edge, nats_url))
+def run_demo(edge: str, nats_url: str, auth: NatsClientAuth | None = None) -> int:
+    return asyncio.run(_run_demo(edge, nats_url, auth))
 
 
-async def _run_demo(edge: str, nats_url: str) -> int:
+async def _run_demo(edge: str, nats_url: str, auth: NatsClientAuth | None = None) -> int:
     from mesh.events import connect_nats
 
     events: list[str] = []
@@ -196,11 +197,11 @@ async def _run_demo(edge: str, nats_url: str) -> int:
     compensated = asyncio.Event()
     nc = None
     try:
-        nc = await connect_nats(
-            nats_url, name="meshctl-demo", max_reconnect_attempts=3, disconnected_cb=_quiet
-        )
+        options = auth.connect_options() if auth is not None else {}
+        nc = await connect_nats(nats_url, name="meshctl-demo", max_reconnect_attempts=3,
+                                disconnected_cb=_quiet, **options)  # fmt: skip
     except Exception as exc:  # the story still runs; it just cannot show events
-        events.append(f"(could not watch events on {nats_url}: {exc})")
+        events.append(f"(could not watch events on {redact_urls(nats_url)}: {exc})")
     if nc is not None:
 
         async def on_msg(msg: Any) -> None:

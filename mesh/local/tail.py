@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from mesh.events import connect_nats, decode
 from mesh.events.envelope import payload_of
 from mesh.events.errors import UnknownEventError
+from mesh.events.nats_connect import NatsClientAuth, redact_urls
 
 
 class SeenIds:
@@ -56,9 +57,17 @@ def format_event(subject: str, data: bytes) -> str:
     return f"{when}  {env.type:<30} id={env.id} source={env.source} trace={trace}  {payload}"
 
 
-async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | None = None) -> int:
+async def tail_events(
+    url: str,
+    subject: str,
+    *,
+    limit: int = 0,
+    out: TextIO | None = None,
+    auth: NatsClientAuth | None = None,
+) -> int:
     stream = out or sys.stdout
-    nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3)
+    options = auth.connect_options() if auth is not None else {}
+    nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3, **options)
     seen = SeenIds()
     printed = 0
     done = asyncio.Event()
@@ -74,7 +83,7 @@ async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | N
             done.set()
 
     await nc.subscribe(subject, cb=on_msg)
-    print(f"tailing {subject!r} on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"tailing {subject!r} on {redact_urls(url)} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         await done.wait()
     finally:

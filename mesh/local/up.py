@@ -1,6 +1,6 @@
 """`meshctl up`: the whole mesh on one machine, no Docker.
 
-Starts nats-server unless one is reachable at NATS_URL, the four services
+Starts its own authenticated nats-server (or uses the user's NATS_URL), the four services
 (two instances of orders and inventory) against an embedded registry in the
 run dir, and the Envoy edge with its meta server and endpoint sync in this
 process; waits until every instance is healthy and the edge routes to each
@@ -28,9 +28,11 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
+from mesh.events.nats_connect import redact_urls
+from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec, service_processes
-from mesh.tools import envoy_binary, nats_server_binary
+from mesh.tools import envoy_binary
 
 STATE_FILE = "up.json"
 
@@ -49,6 +51,9 @@ class UpOptions:
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # True: NATS_URL is the user's server (their credentials, started by them);
+    # False: `up` starts its own authenticated nats-server (mesh/local/nats.py).
+    nats_external: bool = False
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -59,8 +64,10 @@ def free_port_options(options: UpOptions) -> UpOptions:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
+    nats_url = options.nats_url if options.nats_external else f"nats://127.0.0.1:{pick()}"
     return replace(
         options,
+        nats_url=nats_url,
         edge_port=pick(),
         edge_admin_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
@@ -109,6 +116,7 @@ class LocalMesh:
         self.nats_child: Child | None = None
         self.envoy_child: Child | None = None
         self.nats_url = options.nats_url
+        self.nats_local: LocalNats | None = None
         self.clusters: list[str] = []
 
     async def start(self) -> None:
@@ -133,32 +141,22 @@ class LocalMesh:
         for spec in service_processes(
             run, base_env, nats_url=self.nats_url, services=self.o.services
         ):
+            if self.nats_local is not None:  # each service its own NATS identity
+                spec = replace(spec, env=self.nats_local.with_identity(spec.env, spec.service))
             await self.sup.start(spec)
         await self._start_edge(run)
 
     async def _start_nats(self, run: Path) -> None:
-        if _reachable(self.nats_url):
+        """The user's NATS when they named one; otherwise our own, authenticated server
+        (mesh/local/nats.py), never whatever else answers on 4222."""
+        if self.o.nats_external:
+            if not _reachable(self.nats_url):
+                raise UpError(f"NATS_URL={redact_urls(self.nats_url)} is not reachable")
             return
         parsed = urllib.parse.urlsplit(self.nats_url)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            raise UpError(f"NATS_URL={self.nats_url} is not reachable")
-        port = parsed.port or 4222
-        store = run / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        spec = ProcessSpec(
-            name="nats",
-            argv=(
-                nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-js",
-                "-sd",
-                str(store),
-            ),
-            env=dict(self.o.env),
-        )
+        self.nats_local = prepare_local_nats(run / "nats", preferred_port=parsed.port or 4222)
+        self.nats_url = self.nats_local.url
+        spec = ProcessSpec(name="nats", argv=self.nats_local.argv, env=dict(self.o.env))
         self.nats_child = await self.sup.start(spec)
 
         async def up() -> bool:
@@ -273,7 +271,8 @@ def table(instances: Mapping[str, list[Instance]], edge_port: int, nats_url: str
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"edge (gRPC + REST): http://127.0.0.1:{edge_port}   nats: {nats_url}")
+    nats = redact_urls(nats_url)
+    lines.append(f"edge (gRPC + REST): http://127.0.0.1:{edge_port}   nats: {nats}")
     lines.append("payments is internal: not routed by the edge")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.settings import Settings, SettingsError
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.fn(args)
-    except SettingsError as exc:
+    except (SettingsError, UnsafeRegistryDir) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 2
     except MissingToolError as exc:

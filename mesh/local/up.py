@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
@@ -121,7 +122,7 @@ class LocalMesh:
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
-        (run / "registry").mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(run / "registry")  # 0700: who can write it can register
         await self._start_nats(run)
         busy = [
             p

@@ -82,6 +82,7 @@ class AclPolicy:
 
 ANONYMOUS = AclPolicy()
 _FILTERED = {"X-Consul-Results-Filtered-By-ACLs": "true"}
+_ACL = web.RequestKey("acl", AclPolicy)
 
 
 class PermissionDenied(Exception):
@@ -366,7 +367,7 @@ class ConsulTestAgent:
         if self.acl is not None:
             if given and given not in self.acl:
                 return web.Response(status=403, text="ACL not found")
-            request["acl"] = self.acl.get(given, ANONYMOUS)
+            request[_ACL] = self.acl.get(given, ANONYMOUS)
         try:
             response: web.StreamResponse = await handler(request)
         except BadRequest as exc:
@@ -378,8 +379,7 @@ class ConsulTestAgent:
     @staticmethod
     def _policy(request: web.Request) -> AclPolicy | None:
         """The request's ACL policy, or None when ACLs are off."""
-        policy: AclPolicy | None = request.get("acl")
-        return policy
+        return request.get(_ACL)
 
     def _require_write(self, request: web.Request, service: str) -> None:
         policy = self._policy(request)

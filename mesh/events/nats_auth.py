@@ -92,7 +92,7 @@ def inbox_prefix(identity: str) -> str:
     return f"_INBOX.{identity}"
 
 
-def _matches(pattern: str, subject: str) -> bool:
+def subject_matches(pattern: str, subject: str) -> bool:
     p, s = pattern.split("."), subject.split(".")
     for i, tok in enumerate(p):
         if tok == ">":
@@ -106,7 +106,7 @@ def stream_for(subject: str, streams: Sequence[StreamSpec]) -> StreamSpec:
     """The stream holding `subject` (a literal subject or a domain wildcard)."""
     probe = subject.replace(">", "x").replace("*", "x")
     for spec in streams:
-        if any(_matches(p, probe) for p in spec.subjects):
+        if any(subject_matches(p, probe) for p in spec.subjects):
             return spec
     raise GrantError(f"no stream holds subject {subject!r}")
 

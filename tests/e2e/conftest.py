@@ -91,6 +91,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             edge_port=free_port(),
             edge_admin_port=free_port(),
             nats_url=nats.url,
+            nats_external=True,  # this module's server (meshctl's own is test_meshctl's)
             services=tuple(ServiceSpec(s.name, 0, 0, s.instances) for s in SHOP),
             ready_timeout_s=60,
             grace_s=10,

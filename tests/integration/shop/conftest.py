@@ -34,7 +34,8 @@ STACK_ENV: Mapping[str, str] = {
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def nats_srv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with nats_server(tmp_path_factory.mktemp("nats")) as server:
+    # The mesh's NATS permissions on: each service connects as its own identity.
+    async with nats_server(tmp_path_factory.mktemp("nats"), auth=True) as server:
         yield server
 
 

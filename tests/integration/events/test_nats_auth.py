@@ -4,6 +4,8 @@ event is handled once."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from shop.events.v1 import events_pb2
 
-from mesh.events import EventBus, new_envelope
+from mesh.events import EventBus, SubscribeOptions, new_envelope
 from mesh.events.nats_auth import owned_streams, stream_for
 from mesh.events.streams import default_streams
 from mesh.local.event_identities import event_identity
@@ -214,3 +216,65 @@ async def test_meshctl_observer_reads_events_but_publishes_nothing(
     await observer.nc.flush()
     await eventually(lambda: observer.violation('Publish to "payment.completed"'),
                      what="the observer's publish refused")  # fmt: skip
+
+
+async def test_a_consumer_dead_letters_under_its_own_identity(nats_srv: NatsServer) -> None:
+    """The DLQ grant is enough: orders parks a poison `payment.completed` in
+    `dlq.payment.completed` (its own dead letters, nothing wider)."""
+    payments = await bus_as(nats_srv, "payments")
+    orders = await bus_as(nats_srv, "orders")
+
+    async def poison(env: events_pb2.Envelope) -> None:
+        raise RuntimeError("cannot handle this one")
+
+    try:
+        await payments.ensure_streams()
+        await orders.ensure_streams()
+        sub = await orders.subscribe("payment.completed", poison,
+                                     durable="orders-payment-completed", stream="PAYMENT",
+                                     options=SubscribeOptions(max_deliver=1))  # fmt: skip
+        await payments.publish(payment_completed())
+        await eventually(lambda: sub.stats.dead_lettered == 1, what="the dead letter")
+    finally:
+        await orders.close()
+        await payments.close()
+    admin = await nats.connect(nats_srv.admin_url)
+    try:
+        info = await admin.jetstream().stream_info("DLQ")
+        assert info.state.messages == 1
+    finally:
+        await admin.close()
+
+
+async def test_a_password_in_the_nats_url_is_never_shown(
+    nats_srv: NatsServer, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`meshctl events tail` and `meshctl up`'s table print the URL without its secret."""
+    from mesh.local.tail import tail_events
+    from mesh.local.up import table
+
+    password = nats_srv.admin_url.split(":")[2].split("@")[0]
+    out = io.StringIO()
+    tail = asyncio.create_task(tail_events(nats_srv.admin_url, "payment.>", limit=1, out=out))
+
+    err: list[str] = []
+
+    def tailing() -> bool:
+        err.append(capsys.readouterr().err)
+        return "tailing" in "".join(err)
+
+    await eventually(tailing, what="the tail subscribed")
+    payments = await bus_as(nats_srv, "payments")
+    try:
+        await payments.ensure_streams()
+        await payments.publish(payment_completed())
+    finally:
+        await payments.close()
+    await asyncio.wait_for(tail, 10)
+    assert "payment.completed" in out.getvalue()
+    shown = table({}, 8080, nats_srv.admin_url)
+    assert "nats://***@127.0.0.1" in shown
+    err.append(capsys.readouterr().err)
+    assert "on nats://***@127.0.0.1" in "".join(err)
+    everything = out.getvalue() + "".join(err) + caplog.text + shown
+    assert password not in everything

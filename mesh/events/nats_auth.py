@@ -197,9 +197,12 @@ def _grant_list(key: str, grants: Iterable[Grant], indent: str) -> list[str]:
 
 
 def render_users(
-    users: Sequence[tuple[EventIdentity, str]], streams: Sequence[StreamSpec]
+    users: Sequence[tuple[EventIdentity, str]],
+    streams: Sequence[StreamSpec],
+    extra_users: Sequence[str] = (),
 ) -> list[str]:
-    """The `authorization.users` entries: one nkey each with its permissions."""
+    """The `authorization.users` entries: one nkey each with its permissions, then the
+    raw `extra_users` entries."""
     lines = ["  users: ["]
     for identity, pub_key in users:
         perms = permissions(identity, streams)
@@ -219,6 +222,7 @@ def render_users(
         lines.append("        }")
         lines.append("      }")
         lines.append("    }")
+    lines += [f"    {u}" for u in extra_users]
     lines.append("  ]")
     return lines
 
@@ -244,13 +248,9 @@ def render_server_config(
         f"port: {port}",
         f"jetstream: {{ store_dir: {_q(store_dir)} }}",
         "authorization: {",
-        *render_users(users, streams),
+        *render_users(users, streams, extra_users),
         "}",
     ]
-    if extra_users:
-        # Spliced into the users array: drop its closing bracket and re-add it.
-        idx = len(lines) - 2
-        lines[idx:idx] = [f"    {u}" for u in extra_users]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ an error message.
 
 from __future__ import annotations
 
+import os
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -50,12 +51,27 @@ class NatsClientAuth:
         """Credentials of a mesh identity: its files, and its private inbox prefix."""
         return cls(inbox_prefix=inbox_prefix(identity), **files)
 
-    def connect_options(self) -> dict[str, Any]:
-        """Keyword arguments for `nats.connect` (nothing for an anonymous client)."""
+    def validate(self) -> None:
+        """NatsConfigError for contradicting settings or a file that is not there: a
+        process should stop at start for these, not retry a connection forever."""
         if self.nkey_seed_file and self.creds_file:
             raise NatsConfigError("set NATS_NKEY_SEED_FILE or NATS_CREDS, not both")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise NatsConfigError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+        files = {
+            "NATS_NKEY_SEED_FILE": self.nkey_seed_file,
+            "NATS_CREDS": self.creds_file,
+            "NATS_TLS_CA_FILE": self.tls_ca_file,
+            "NATS_TLS_CERT_FILE": self.tls_cert_file,
+            "NATS_TLS_KEY_FILE": self.tls_key_file,
+        }
+        for name, path in files.items():
+            if path and not os.path.isfile(path):
+                raise NatsConfigError(f"{name}={path}: no such file")
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for `nats.connect` (nothing for an anonymous client)."""
+        self.validate()
         opts: dict[str, Any] = {}
         if self.nkey_seed_file:
             opts["nkeys_seed"] = self.nkey_seed_file

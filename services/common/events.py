@@ -11,6 +11,11 @@ until its streams are applied and its work runs. Meanwhile events wait in the
 outbox or in the streams, and the optional `events` health check reports the
 service degraded, never unhealthy. With an empty NATS_URL nothing is relayed or
 consumed (tests, tools that only write).
+
+Each connects as its service's NATS identity (`bus_access`: NATS_NKEY_SEED_FILE or
+NATS_CREDS, private inbox `_INBOX.<service>`) and declares only the streams the
+service owns (its domain's, and DLQ when it consumes): the NATS permissions allow
+no other. A consumer whose stream's owner has not started yet binds once it has.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ def bus_access(settings: Settings) -> BusAccess:
     )
     identity = event_identity(settings.service)
     declares = tuple(owned_streams(identity, streams)) if identity is not None else streams
-    return BusAccess(client_auth(settings), streams, declares)
+    auth = client_auth(settings)
+    auth.validate()  # a missing seed file stops the start instead of retrying forever
+    return BusAccess(auth, streams, declares)
 
 
 class BackgroundBus(abc.ABC):

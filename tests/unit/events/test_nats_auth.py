@@ -147,11 +147,14 @@ def test_a_server_list_is_redacted_url_by_url() -> None:
 
 def test_client_options(tmp_path: Path) -> None:
     seed = tmp_path / "orders.nk"
+    with pytest.raises(NatsConfigError, match=r"NATS_NKEY_SEED_FILE=.*no such file"):
+        NatsClientAuth(nkey_seed_file=str(seed)).connect_options()
+    seed.write_text("SU...\n")
     opts = NatsClientAuth.for_identity("orders", nkey_seed_file=str(seed)).connect_options()
     assert opts == {"nkeys_seed": str(seed), "inbox_prefix": "_INBOX.orders"}
     assert NatsClientAuth().connect_options() == {}
     with pytest.raises(NatsConfigError, match="not both"):
-        NatsClientAuth(nkey_seed_file="a", creds_file="b").connect_options()
+        NatsClientAuth(nkey_seed_file=str(seed), creds_file=str(seed)).connect_options()
     with pytest.raises(NatsConfigError, match="go together"):
         NatsClientAuth(tls_cert_file="cert.pem").connect_options()
 

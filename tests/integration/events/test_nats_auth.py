@@ -73,6 +73,16 @@ async def bus_as(srv: NatsServer, identity: str, **kwargs: Any) -> EventBus:
                                   streams=owned_streams(ident, STREAMS), **kwargs)  # fmt: skip
 
 
+async def publish_as_payments(srv: NatsServer) -> None:
+    """One `payment.completed` published as payments (its stream declared first)."""
+    payments = await bus_as(srv, "payments")
+    try:
+        await payments.ensure_streams()
+        await payments.publish(payment_completed())
+    finally:
+        await payments.close()
+
+
 def payment_completed() -> events_pb2.Envelope:
     return new_envelope(
         events_pb2.PaymentCompleted(payment_id="p-1", saga_id="s-1"), source="test", subject="p-1"
@@ -203,12 +213,7 @@ async def test_meshctl_observer_reads_events_but_publishes_nothing(
 
     await observer.nc.subscribe(">", cb=on_msg)
     await observer.nc.flush()
-    payments = await bus_as(nats_srv, "payments")
-    try:
-        await payments.ensure_streams()
-        await payments.publish(payment_completed())
-    finally:
-        await payments.close()
+    await publish_as_payments(nats_srv)
     await eventually(lambda: "payment.completed" in seen, what="the observer sees the event")
     # JetStream's API traffic and other clients' replies are withheld from it.
     assert not any(s.startswith(("$JS.", "_INBOX.")) for s in seen), seen
@@ -264,12 +269,7 @@ async def test_a_password_in_the_nats_url_is_never_shown(
         return "tailing" in "".join(err)
 
     await eventually(tailing, what="the tail subscribed")
-    payments = await bus_as(nats_srv, "payments")
-    try:
-        await payments.ensure_streams()
-        await payments.publish(payment_completed())
-    finally:
-        await payments.close()
+    await publish_as_payments(nats_srv)
     await asyncio.wait_for(tail, 10)
     assert "payment.completed" in out.getvalue()
     shown = table({}, 8080, nats_srv.admin_url)

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
 from mesh.settings import Settings, SettingsError
@@ -34,6 +36,19 @@ from mesh.tools import MissingToolError
 
 def _settings() -> Settings:
     return Settings.from_env("meshctl")
+
+
+def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth]:
+    """NATS_URL and credentials of meshctl's own connections: the user's settings when
+    NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`."""
+    from mesh.events.nats_connect import client_auth
+    from mesh.local.nats import local_client_env
+
+    env = dict(os.environ)
+    if not env.get("NATS_URL"):
+        env.update(local_client_env(run_dir.resolve()))
+    settings = Settings.from_env("meshctl", env)
+    return settings.nats_url, client_auth(settings)
 
 
 def _registry(run_dir: Path) -> Registry:
@@ -84,6 +99,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("`meshctl status` shows it, `meshctl down` stops it")
         return 0
 
+    from mesh.events.streams import default_streams
+
+    types = topology.event_types()
+
     async def main() -> int:
         settings = _settings()
         registry = _registry(run_dir)
@@ -93,6 +112,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                 nats_url=settings.nats_url,
                 services=topology.services,
                 observe=ObserveOptions.from_settings(settings),
+                nats_external=bool(os.environ.get("NATS_URL")),
+                event_identities=topology.event_identities(),
+                streams=tuple(
+                    default_streams(
+                        types.domains if types is not None else (),
+                        max_bytes=settings.stream_max_bytes,
+                        max_msgs=settings.stream_max_msgs,
+                    )
+                ),
             )
             if args.free_ports:
                 options = free_port_options(options)
@@ -139,12 +167,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from mesh.local.nats import local_client_env
+
     topology = _topology(args)
     if not topology.demo_module:
         print(f"meshctl demo: {topology.path} names no demo module", file=sys.stderr)
         return 1
     argv = [sys.executable, "-m", topology.demo_module, "--edge-port", str(args.edge_port)]
-    return subprocess.call(argv, cwd=topology.root)
+    env = dict(os.environ)
+    if not env.get("NATS_URL"):  # the demo watches events as meshctl's read-only identity
+        env.update(local_client_env(Path(args.run_dir).resolve()))
+    return subprocess.call(argv, cwd=topology.root, env=env)
 
 
 def cmd_edge_render(args: argparse.Namespace) -> int:
@@ -181,9 +214,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
     types = _topology(args).event_types()
     try:
-        return asyncio.run(
-            tail_events(_settings().nats_url, args.subject, types=types, limit=args.limit)
-        )
+        url, auth = _nats_client(Path(args.run_dir))
+        return asyncio.run(tail_events(url, args.subject, types=types, limit=args.limit, auth=auth))
     except KeyboardInterrupt:
         return 0
 
@@ -264,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         code: int = args.fn(args)
-    except SettingsError as exc:
+    except (SettingsError, UnsafeRegistryDir) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 2
     except MissingToolError as exc:

@@ -284,6 +284,27 @@ class Settings:
         "bearer token of the admin port's actions (POST, e.g. retrying a parked saga); "
         "empty: actions refused (`meshctl up` makes one per run for its dashboard)",
     )
+    # NATS credentials (mesh/events/nats_connect.py): an nkey seed file (what
+    # `meshctl up` hands each service) or a .creds file, plus TLS material.
+    nats_nkey_seed_file: str = setting(
+        "NATS_NKEY_SEED_FILE", "", TEXT, "nkey seed file of this process's NATS identity"
+    )
+    nats_creds_file: str = setting("NATS_CREDS", "", TEXT, "NATS `.creds` file (JWT + seed)")
+    nats_tls_ca_file: str = setting("NATS_TLS_CA_FILE", "", TEXT, "CA that verifies the server")
+    nats_tls_cert_file: str = setting("NATS_TLS_CERT_FILE", "", TEXT, "NATS client certificate")
+    nats_tls_key_file: str = setting("NATS_TLS_KEY_FILE", "", TEXT, "its private key")
+    consul_token_file: str = setting(
+        "CONSUL_HTTP_TOKEN_FILE", "", TEXT, "a file holding the Consul ACL token"
+    )
+    stream_max_bytes: int = setting(
+        "MESH_STREAM_MAX_BYTES",
+        256 * 1024 * 1024,
+        _AT_LEAST_ONE,
+        "size limit of each JetStream stream the service declares (oldest dropped first)",
+    )
+    stream_max_msgs: int = setting(
+        "MESH_STREAM_MAX_MSGS", 1_000_000, _AT_LEAST_ONE, "message limit of each stream"
+    )
 
     @classmethod
     def from_env(

@@ -15,19 +15,20 @@ __all__ = ["Instance", "Registry", "RegistryUnavailable", "create_registry"]
 def create_registry(settings: Settings, *, static_instances: Sequence[Instance] = ()) -> Registry:
     """The registry `settings.registry` names.
 
-    "consul" → ConsulRegistry on settings.consul_http_addr (token consul_token);
+    "consul" → ConsulRegistry on settings.consul_http_addr (ACL token: consul_token or
+    the file consul_token_file);
     "embedded" → EmbeddedRegistry in settings.registry_dir (the per-user default
     when empty); "none" → a StaticRegistry holding `static_instances`.
     Backends are imported here so that a process only loads the one it uses.
     """
     if settings.registry == "consul":
-        from mesh.discovery.consul import ConsulRegistry
+        from mesh.discovery.consul import ConsulRegistry, read_token
 
         if not settings.consul_http_addr:
             raise ValueError("registry 'consul' needs consul_http_addr (CONSUL_HTTP_ADDR)")
         return ConsulRegistry(
             settings.consul_http_addr,
-            settings.consul_token,
+            read_token(settings.consul_token, settings.consul_token_file),
             ca_file=settings.consul_ca_file,
             client_cert=settings.consul_client_cert,
             client_key=settings.consul_client_key,

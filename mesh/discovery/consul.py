@@ -18,6 +18,11 @@
   (CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY) when the agent verifies clients.
 * **Rate**: each watch issues at most `watch_queries_per_s` queries a second on
   average (bursts pass), as Consul's blocking-query docs recommend.
+* **ACLs**: the agent's 403 ("Permission denied", "ACL not found") is not an
+  outage: it raises `ConsulAclError`, a configuration error naming the token
+  settings (CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE), and is never retried.
+  Reads the token may not make are filtered by Consul, not refused: a service
+  the token cannot read looks like a service with no healthy instance.
 * **Outages**: `healthy()` raises `RegistryUnavailable`; a watch keeps its last
   snapshot, logs once when the agent becomes unreachable and once when it is
   back, and retries with backoff. A background task re-registers this
@@ -64,6 +69,34 @@ _AGENT_ERRORS = (
     TypeError,
 )
 CheckStatus = Literal["passing", "warning", "critical"]
+TOKEN_SETTINGS = "CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
+
+
+class ConsulAclError(ValueError):
+    """The agent refused the token (HTTP 403): a configuration error, not an outage."""
+
+
+def _acl_error(what: str, exc: Exception) -> ConsulAclError:
+    return ConsulAclError(
+        f"consul refused to {what}: {exc} — check the ACL token ({TOKEN_SETTINGS}) and its"
+        " policy (service:write on the service's own name; see the README's 'Consul ACL')"
+    )
+
+
+def read_token(token: str, token_file: str) -> str:
+    """The ACL token from the settings: the value, or the first line of the file."""
+    if token and token_file:
+        raise ConsulAclError("set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE, not both")
+    if not token_file:
+        return token
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            value = f.readline().strip()
+    except OSError as exc:
+        raise ConsulAclError(f"CONSUL_HTTP_TOKEN_FILE={token_file}: {exc.strerror}") from None
+    if not value:
+        raise ConsulAclError(f"CONSUL_HTTP_TOKEN_FILE={token_file} is empty")
+    return value
 
 
 def go_duration(seconds: float) -> str:
@@ -253,6 +286,8 @@ class ConsulRegistry:
         )
         try:
             ok = await asyncio.wait_for(call, self._request_timeout_s)
+        except consul.exceptions.ACLPermissionDenied as exc:
+            raise _acl_error(f"register {instance.id} as {instance.service!r}", exc) from None
         except consul.exceptions.BadRequest as exc:
             raise ValueError(f"consul rejected {instance.id}: {exc}") from exc
         except _AGENT_ERRORS as exc:
@@ -275,6 +310,8 @@ class ConsulRegistry:
             try:
                 # False means 404: an unknown id, which the protocol ignores.
                 await asyncio.wait_for(call, self._request_timeout_s)
+            except consul.exceptions.ACLPermissionDenied as exc:
+                raise _acl_error(f"deregister {instance_id}", exc) from None
             except _AGENT_ERRORS as exc:
                 raise RegistryUnavailable(
                     f"consul {self.address}: cannot deregister {instance_id}: {exc}"
@@ -292,6 +329,9 @@ class ConsulRegistry:
             try:
                 async with self._lock:
                     await self._resync()
+            except ConsulAclError:
+                log.exception("re-registration check refused by the agent's ACLs; stopped")
+                return
             except (RegistryUnavailable, *_AGENT_ERRORS) as exc:
                 self._writes.failed(exc)
                 delay = backoff.next()
@@ -306,7 +346,11 @@ class ConsulRegistry:
     async def _resync(self) -> None:
         if not self._own:
             return
-        known = await asyncio.wait_for(self._client().agent.services(), self._request_timeout_s)
+        try:
+            call = self._client().agent.services()
+            known = await asyncio.wait_for(call, self._request_timeout_s)
+        except consul.exceptions.ACLPermissionDenied as exc:
+            raise _acl_error("list its registered services", exc) from None
         for instance_id, instance in list(self._own.items()):
             if instance_id not in (known or {}):
                 # Its current health is unknown: start critical, the agent's check decides.
@@ -330,6 +374,8 @@ class ConsulRegistry:
             raw_index, entries = await asyncio.wait_for(call, timeout)
             instances = sorted((instance_from_entry(e) for e in entries or ()), key=lambda i: i.id)
             return int(raw_index), instances
+        except consul.exceptions.ACLPermissionDenied as exc:
+            raise _acl_error(f"list the instances of {service!r}", exc) from None
         except _AGENT_ERRORS as exc:
             raise RegistryUnavailable(f"consul {self.address}: {exc}") from exc
 

@@ -35,7 +35,10 @@ Limits:
 * Latency is the poll interval (~0.15 s), not push; cost is O(instances)
   `stat` calls per watcher per poll, fine for tens of instances, not thousands.
 * Anyone who can write the directory can register or remove instances: it is
-  created 0700 under a per-user path by default (`settings.registry_dir`).
+  created 0700 under a per-user path by default (`settings.registry_dir`), and
+  a directory that is not owned by this user or is group/world writable is
+  refused (`UnsafeRegistryDir`, before the first registration or read) rather
+  than trusted. Only the directory itself is checked, not its parents.
 * `deregister()` removes only instances this registry object registered;
   `close()` stops the heartbeats, so its instances expire after `ttl_s`.
 * "Unreachable" means the directory cannot be read or written (for example
@@ -80,6 +83,35 @@ _SUFFIX = ".json"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # A directory mtime this recent may hide a second change in the same timestamp tick.
 _RACY_NS = 100_000_000
+
+
+class UnsafeRegistryDir(RuntimeError):
+    """The registry directory could be written by someone else: refused, not an outage."""
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create `directory` 0700 if missing; refuse it unless this user owns it and neither
+    group nor others may write it (they could register a rogue instance otherwise)."""
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)  # mkdir's mode goes through the umask
+    advice = f"`chmod 700 {directory}`, or set MESH_REGISTRY_DIR to a directory of your own"
+    for st, what in ((os.lstat(directory), "link"), (os.stat(directory), "directory")):
+        if st.st_uid != os.geteuid():
+            raise UnsafeRegistryDir(
+                f"embedded registry {what} {directory} is owned by uid {st.st_uid}, not by"
+                f" this user (uid {os.geteuid()}): refusing to trust it; set MESH_REGISTRY_DIR"
+                " to a directory of your own"
+            )
+    st = os.stat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeRegistryDir(f"embedded registry {directory} is not a directory")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeRegistryDir(
+            f"embedded registry {directory} is group or world writable"
+            f" (mode {stat.S_IMODE(st.st_mode):o}): anyone who can write it can register"
+            f" instances; refusing to use it: {advice}"
+        )
 
 
 def check_name(kind: str, value: str) -> None:
@@ -273,6 +305,7 @@ class EmbeddedRegistry:
         self._retry_max_s = retry_max_s
         self._clock = clock
         self._leases: dict[str, _Lease] = {}
+        self._verified = False
         self._closer = Closer()
         self._reads = Availability(f"embedded registry {self.directory}", log)
         self._writes = Availability(
@@ -295,6 +328,7 @@ class EmbeddedRegistry:
             probe = HealthProbe(
                 instance.address, instance.meta.get("health_service", ""), self._check_timeout_s
             )
+        self._verify_directory()
         path = self.directory / instance.service / f"{instance.id}{_SUFFIX}"
         lease = _Lease(instance, path, probe)
         # First check inline: the instance appears at once with its real status.
@@ -316,6 +350,7 @@ class EmbeddedRegistry:
 
     async def healthy(self, service: str) -> list[Instance]:
         check_name("service", service)
+        self._verify_directory()
         try:
             instances = self._scanner(service).healthy()
         except OSError as exc:
@@ -326,6 +361,7 @@ class EmbeddedRegistry:
 
     async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
         check_name("service", service)
+        self._verify_directory()
         scanner = self._scanner(service)
         backoff = Backoff(self._retry_initial_s, self._retry_max_s)
         last: list[tuple[Instance, list[tuple[str, str]]]] | None = None
@@ -347,6 +383,15 @@ class EmbeddedRegistry:
                 await self._closer.sleep(delay)
             except Closed:
                 return
+
+    def _verify_directory(self) -> None:
+        """`ensure_private_dir` once per registry object (then the directory is trusted)."""
+        if not self._verified:
+            try:
+                ensure_private_dir(self.directory)
+            except OSError as exc:
+                raise RegistryUnavailable(f"embedded registry {self.directory}: {exc}") from exc
+            self._verified = True
 
     async def close(self) -> None:
         self._closer.close()

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.events.consumer import BatchHandler, Handler, SubscribeOptions, Subscription
 from mesh.events.envelope import encode
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.events.outbox import Outbox
 from mesh.events.relay import OutboxRelay, RelayConfig
 from mesh.events.streams import StreamSpec, ensure_streams
@@ -85,8 +86,12 @@ class EventBus:
         self.relays: list[OutboxRelay] = []
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, **kwargs: Any) -> EventBus:
-        return cls(await connect_nats(url, name=name), **kwargs)
+    async def connect(
+        cls, url: str, *, name: str, auth: NatsClientAuth | None = None, **kwargs: Any
+    ) -> EventBus:
+        """Connect as `auth`'s identity (anonymous without it) and wrap the connection."""
+        options = auth.connect_options() if auth is not None else {}
+        return cls(await connect_nats(url, name=name, **options), **kwargs)
 
     async def ensure_streams(self) -> dict[str, str]:
         return await ensure_streams(self.js, self.streams)

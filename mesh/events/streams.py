@@ -42,7 +42,9 @@ class StreamSpec:
     description: str = ""
     max_age_s: float = 7 * DAY_S
     duplicate_window_s: float = 120.0
+    # Size limits (-1: none); at a limit the oldest messages go first (discard OLD).
     max_bytes: int = -1
+    max_msgs: int = -1
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -54,6 +56,7 @@ class StreamSpec:
             discard=DiscardPolicy.OLD,
             max_age=self.max_age_s,
             max_bytes=self.max_bytes,
+            max_msgs=self.max_msgs,
             duplicate_window=self.duplicate_window_s,
             num_replicas=1,
         )
@@ -63,15 +66,27 @@ DLQ_PREFIX = "dlq"
 
 
 def default_streams(
-    domains: Sequence[str], *, duplicate_window_s: float = 120.0
+    domains: Sequence[str],
+    *,
+    duplicate_window_s: float = 120.0,
+    max_bytes: int = -1,
+    max_msgs: int = -1,
 ) -> list[StreamSpec]:
-    """One stream per domain plus the dead-letter stream."""
+    """One stream per domain plus the dead-letter stream, each within `max_bytes` and
+    `max_msgs` (services pass MESH_STREAM_MAX_BYTES / MESH_STREAM_MAX_MSGS).
+
+    With discard OLD, a consumer further behind than a limit loses the oldest events,
+    as it would at `max_age_s`: the limits bound the disk, the outbox and inbox do not
+    depend on the stream keeping history.
+    """
     specs = [
         StreamSpec(
             name=d.upper(),
             subjects=(f"{d}.>",),
             description=f"{d} domain events",
             duplicate_window_s=duplicate_window_s,
+            max_bytes=max_bytes,
+            max_msgs=max_msgs,
         )
         for d in domains
     ]
@@ -82,6 +97,8 @@ def default_streams(
             description="dead letters: events a consumer gave up on",
             max_age_s=30 * DAY_S,
             duplicate_window_s=duplicate_window_s,
+            max_bytes=max_bytes,
+            max_msgs=max_msgs,
         )
     )
     return specs

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from mesh.events import EventTypes, connect_nats, decode
 from mesh.events.errors import UnknownEventError
+from mesh.events.nats_connect import NatsClientAuth, redact_urls
 
 
 class SeenIds:
@@ -74,9 +75,11 @@ async def tail_events(
     types: EventTypes | None = None,
     limit: int = 0,
     out: TextIO | None = None,
+    auth: NatsClientAuth | None = None,
 ) -> int:
     stream = out or sys.stdout
-    nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3)
+    options = auth.connect_options() if auth is not None else {}
+    nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3, **options)
     seen = SeenIds()
     printed = 0
     done = asyncio.Event()
@@ -92,7 +95,7 @@ async def tail_events(
             done.set()
 
     await nc.subscribe(subject, cb=on_msg)
-    print(f"tailing {subject!r} on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"tailing {subject!r} on {redact_urls(url)} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         await done.wait()
     finally:

@@ -5,6 +5,9 @@ file at its root, and `meshctl up|status|demo|events tail` read it
 (`--topology PATH`, default `./mesh.toml`):
 
     event_types = "services.common.event_types:EVENTS"   # optional: for `events tail`
+    # optional: who publishes/consumes what on NATS (`meshctl up` renders the server's
+    # permissions from it; without it `up` needs NATS_URL to name your own server)
+    event_identities = "services.common.event_identities:SHOP_EVENTS"
     demo = "services.tools.demo"                          # optional: `meshctl demo` runs it
 
     [services.orders]
@@ -23,6 +26,7 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import tomllib
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
 
 DEFAULT_TOPOLOGY = Path("mesh.toml")
@@ -38,7 +43,7 @@ DEFAULT_TOPOLOGY = Path("mesh.toml")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOP_KEYS = {"event_types", "demo", "services"}
+_TOP_KEYS = {"event_types", "event_identities", "demo", "services"}
 _SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env"}
 
 
@@ -67,6 +72,7 @@ class Topology:
     services: tuple[ServiceSpec, ...]
     event_types_ref: str = ""  # "package.module:NAME"
     demo_module: str = ""
+    event_identities_ref: str = ""  # "package.module:NAME" of EventIdentity entries
 
     @property
     def root(self) -> Path:
@@ -83,6 +89,26 @@ class Topology:
             return load_event_types(self.event_types_ref)
         except ValueError as exc:
             raise TopologyError(f"{self.path}: event_types: {exc}") from exc
+
+    def event_identities(self) -> tuple[EventIdentity, ...]:
+        """The project's NATS identities, imported now (empty if the file names none)."""
+        if not self.event_identities_ref:
+            return ()
+        if str(self.root) not in sys.path:
+            sys.path.insert(0, str(self.root))
+        module_name, _, attr = self.event_identities_ref.partition(":")
+        try:
+            value = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise TopologyError(f"{self.path}: event_identities: {exc}") from exc
+        if not isinstance(value, tuple | list) or not all(
+            isinstance(i, EventIdentity) for i in value
+        ):
+            raise TopologyError(
+                f"{self.path}: event_identities: {self.event_identities_ref} is not a sequence"
+                " of mesh.events.nats_auth.EventIdentity"
+            )
+        return tuple(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +171,13 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
     event_types = doc.get("event_types", "")
     if not isinstance(event_types, str) or (event_types and ":" not in event_types):
         raise fail("event_types", f"expected 'package.module:NAME', got {event_types!r}")
+    identities = doc.get("event_identities", "")
+    if not isinstance(identities, str) or (identities and ":" not in identities):
+        raise fail("event_identities", f"expected 'package.module:NAME', got {identities!r}")
     demo = doc.get("demo", "")
     if not isinstance(demo, str) or (demo and not _MODULE.match(demo)):
         raise fail("demo", f"expected a Python module name, got {demo!r}")
-    return Topology(path, tuple(services), event_types, demo)
+    return Topology(path, tuple(services), event_types, demo, identities)
 
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, fail: _Fail) -> None:

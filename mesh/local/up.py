@@ -1,6 +1,6 @@
 """`meshctl up`: the whole mesh on one machine, no Docker.
 
-Starts nats-server unless one is reachable at NATS_URL, the four services
+Starts its own authenticated nats-server (or uses the user's NATS_URL), the four services
 (two instances of orders and inventory) against an embedded registry in the
 run dir, and the Envoy edge with its meta server and endpoint sync in this
 process; waits until every instance is healthy and the edge routes to each
@@ -23,17 +23,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
+from mesh.events.nats_auth import MESHCTL, EventIdentity
+from mesh.events.nats_connect import redact_urls
+from mesh.events.streams import StreamSpec
+from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
-from mesh.tools import envoy_binary, nats_server_binary
+from mesh.tools import envoy_binary
 
 STATE_FILE = "up.json"
 PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
@@ -55,6 +60,12 @@ class UpOptions:
     warm_spares: bool = True  # one idle pre-imported interpreter per service: fast restarts
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     observe: ObserveOptions = field(default_factory=ObserveOptions)
+    # True: NATS_URL is the user's server (their credentials, started by them);
+    # False: `up` starts its own authenticated nats-server (mesh/local/nats.py) with
+    # the project's event identities and streams (from its topology file).
+    nats_external: bool = False
+    event_identities: tuple[EventIdentity, ...] = ()
+    streams: tuple[StreamSpec, ...] = ()
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -65,8 +76,10 @@ def free_port_options(options: UpOptions) -> UpOptions:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
+    nats_url = options.nats_url if options.nats_external else f"nats://127.0.0.1:{pick()}"
     return replace(
         options,
+        nats_url=nats_url,
         edge_port=pick(),
         edge_admin_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
@@ -107,13 +120,14 @@ class LocalMesh:
         self.nats_child: Child | None = None
         self.envoy_child: Child | None = None
         self.nats_url = options.nats_url
+        self.nats_local: LocalNats | None = None
         self.clusters: list[str] = []
         self.observe = Observability(options.observe, options.run_dir.resolve())
         self.progress = StartupProgress(supervisor)
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
-        (run / "registry").mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(run / "registry")  # 0700: who can write it can register
         await self._start_nats(run)
         busy = [
             p
@@ -135,6 +149,8 @@ class LocalMesh:
         specs = service_processes(run, base_env, nats_url=self.nats_url, services=self.o.services)
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:
+            if self.nats_local is not None:  # each service its own NATS identity
+                spec = replace(spec, env=self.nats_local.with_identity(spec.env, spec.service))
             await self.sup.start(spec)
         self.progress.step("starting the Envoy edge and its meta server")
         await self._start_edge(run)
@@ -148,29 +164,27 @@ class LocalMesh:
         )
 
     async def _start_nats(self, run: Path) -> None:
-        if _reachable(self.nats_url):
-            self.progress.step(f"using the NATS server at {self.nats_url}")
+        """The user's NATS when they named one; otherwise our own, authenticated server
+        (mesh/local/nats.py), never whatever else answers on 4222."""
+        if self.o.nats_external:
+            if not _reachable(self.nats_url):
+                raise UpError(f"NATS_URL={redact_urls(self.nats_url)} is not reachable")
+            self.progress.step(f"using the NATS server at {redact_urls(self.nats_url)}")
             return
         parsed = urllib.parse.urlsplit(self.nats_url)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            raise UpError(f"NATS_URL={self.nats_url} is not reachable")
-        port = parsed.port or 4222
-        store = run / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        spec = ProcessSpec(
-            name="nats",
-            argv=(
-                nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-js",
-                "-sd",
-                str(store),
-            ),
-            env=dict(self.o.env),
+        if not self.o.event_identities:
+            raise UpError(
+                "the topology names no event_identities: `meshctl up` cannot give the services"
+                " NATS credentials (name them in mesh.toml, or set NATS_URL to your own server)"
+            )
+        self.nats_local = prepare_local_nats(
+            run / "nats",
+            preferred_port=parsed.port or 4222,
+            identities=(*self.o.event_identities, MESHCTL),
+            streams=self.o.streams,
         )
+        self.nats_url = self.nats_local.url
+        spec = ProcessSpec(name="nats", argv=self.nats_local.argv, env=dict(self.o.env))
         self.progress.step(f"starting nats-server on {self.nats_url}")
         self.nats_child = await self.sup.start(spec)
 
@@ -298,7 +312,8 @@ def table(instances: Mapping[str, list[Instance]], edge_port: int, nats_url: str
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"edge (gRPC + REST): http://127.0.0.1:{edge_port}   nats: {nats_url}")
+    nats = redact_urls(nats_url)
+    lines.append(f"edge (gRPC + REST): http://127.0.0.1:{edge_port}   nats: {nats}")
     lines.append("payments is internal: not routed by the edge")
     return "\n".join(lines)
 

@@ -26,7 +26,7 @@ from mesh.health import database_check
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.db import database_url, prepare_database
-from services.common.events import EventPublisher
+from services.common.events import EventPublisher, bus_access
 
 
 @dataclass
@@ -76,6 +76,7 @@ def service_definition(
         # Stable per instance: restarted with the same MESH_INSTANCE_ID, an instance
         # takes its publishing lease back at once instead of after it expires.
         holder=settings.instance_id or None,
+        access=bus_access(settings),
     )
     return ServiceDefinition(
         name=name,

@@ -11,6 +11,11 @@ until its streams are applied and its work runs. Meanwhile events wait in the
 outbox or in the streams, and the optional `events` health check reports the
 service degraded, never unhealthy. With an empty NATS_URL nothing is relayed or
 consumed (tests, tools that only write).
+
+Each connects as its service's NATS identity (`bus_access`: NATS_NKEY_SEED_FILE or
+NATS_CREDS, private inbox `_INBOX.<service>`) and declares only the streams the
+service owns (its domain's, and DLQ when it consumes): the NATS permissions allow
+no other. A consumer whose stream's owner has not started yet binds once it has.
 """
 
 from __future__ import annotations
@@ -20,18 +25,45 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.events import EventBus, Inbox, Outbox, OutboxRelay, RelayConfig, SubscribeOptions
 from mesh.events.inbox import SessionHandler
-from mesh.events.streams import DAY_S
+from mesh.events.nats_auth import owned_streams, stream_for
+from mesh.events.nats_connect import NatsClientAuth, client_auth, redact_url
+from mesh.events.streams import DAY_S, StreamSpec
 from mesh.health import DependencyCheck, DependencyFailed
+from mesh.settings import Settings
+from services.common.event_identities import event_identity
 from services.common.event_types import shop_streams
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BusAccess:
+    """How a service reaches the bus: its NATS credentials, the streams it may read
+    from (`streams`) and those it declares at start (`declares`: the ones it owns)."""
+
+    auth: NatsClientAuth = field(default_factory=NatsClientAuth)
+    streams: tuple[StreamSpec, ...] = field(default_factory=lambda: tuple(shop_streams()))
+    declares: tuple[StreamSpec, ...] = field(default_factory=lambda: tuple(shop_streams()))
+
+
+def bus_access(settings: Settings) -> BusAccess:
+    """The service's access from its settings: its identity's credentials, the stream
+    limits, and only its own streams to declare (the NATS permissions allow no other)."""
+    streams = tuple(
+        shop_streams(max_bytes=settings.stream_max_bytes, max_msgs=settings.stream_max_msgs)
+    )
+    identity = event_identity(settings.service)
+    declares = tuple(owned_streams(identity, streams)) if identity is not None else streams
+    auth = client_auth(settings)
+    auth.validate()  # a missing seed file stops the start instead of retrying forever
+    return BusAccess(auth, streams, declares)
 
 
 class BackgroundBus(abc.ABC):
@@ -39,9 +71,15 @@ class BackgroundBus(abc.ABC):
     it up, closed by `stop()`; subclasses say what runs on it."""
 
     def __init__(
-        self, nats_url: str, *, name: str, tracer_provider: TracerProvider | None = None
+        self,
+        nats_url: str,
+        *,
+        name: str,
+        tracer_provider: TracerProvider | None = None,
+        access: BusAccess | None = None,
     ) -> None:
         self.nats_url = nats_url
+        self.access = access or BusAccess()
         self.name = name
         self._tracer_provider = tracer_provider
         self.bus: EventBus | None = None
@@ -85,8 +123,9 @@ class BackgroundBus(abc.ABC):
                 bus = self.bus = await EventBus.connect(
                     self.nats_url,
                     name=self.name,
+                    auth=self.access.auth,
+                    streams=self.access.declares,
                     tracer_provider=self._tracer_provider,
-                    streams=shop_streams(),
                 )
                 await bus.ensure_streams()
                 await self._on_connected(bus)
@@ -125,8 +164,9 @@ class EventPublisher(BackgroundBus):
         name: str,
         relay_config: RelayConfig | None = None,
         holder: str | None = None,
+        access: BusAccess | None = None,
     ) -> None:
-        super().__init__(nats_url, name=name)
+        super().__init__(nats_url, name=name, access=access)
         self._sessions = sessions
         self._outbox = outbox
         self._relay_config = relay_config
@@ -144,7 +184,7 @@ class EventPublisher(BackgroundBus):
             self._sessions, bus.js, self._outbox, config=self._relay_config, holder=self._holder
         )
         self.relay.start()
-        log.info("%s: relaying outbox events to %s", self.name, self.nats_url)
+        log.info("%s: relaying outbox events to %s", self.name, redact_url(self.nats_url))
 
     async def _on_close(self) -> None:
         relay, self.relay = self.relay, None
@@ -158,7 +198,7 @@ class EventPublisher(BackgroundBus):
             if not self.enabled:
                 return
             if self.bus is None or self.relay is None or not self.bus.nc.is_connected:
-                raise DependencyFailed(f"not connected to {self.nats_url}")
+                raise DependencyFailed(f"not connected to {redact_url(self.nats_url)}")
 
         return DependencyCheck("events", probe, required=False)
 
@@ -199,8 +239,11 @@ class EventSubscriber(BackgroundBus):
         tracer_provider: TracerProvider | None = None,
         options: SubscribeOptions | None = None,
         purge: InboxPurge | None = None,
+        access: BusAccess | None = None,
     ) -> None:
-        super().__init__(nats_url, name=f"{name}-sub", tracer_provider=tracer_provider)
+        super().__init__(
+            nats_url, name=f"{name}-sub", tracer_provider=tracer_provider, access=access
+        )
         self.inbox = Inbox(sessions, consumer)
         self.subscriptions = tuple(subscriptions)
         self.options = options
@@ -226,8 +269,10 @@ class EventSubscriber(BackgroundBus):
 
     async def _on_connected(self, bus: EventBus) -> None:
         for s in self.subscriptions:
+            # The stream named, not looked up: the identity may not list streams.
+            stream = stream_for(s.subject, self.access.streams).name
             await bus.subscribe(s.subject, self.inbox.idempotent(s.handler), durable=s.durable,
-                                options=self.options)  # fmt: skip
+                                stream=stream, options=self.options)  # fmt: skip
         log.info("%s: consuming %s", self.name, ", ".join(s.subject for s in self.subscriptions))
 
     async def _purge_periodically(self) -> None:

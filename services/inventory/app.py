@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
-from services.common.events import EventSubscriber
+from services.common.events import EventSubscriber, bus_access
 from services.inventory import store
 from services.inventory.config import InventoryConfig
 from services.inventory.events import CONSUMER, InventoryEventHandlers
@@ -64,6 +64,7 @@ async def build(
         CONSUMER,
         InventoryEventHandlers(inventory, runtime.tracer_provider).subscriptions(),
         name=settings.instance_id or NAME,
+        access=bus_access(settings),
         tracer_provider=runtime.tracer_provider,
     )
     definition = service_definition(NAME, settings, db, servicers, SERVICE_NAMES)

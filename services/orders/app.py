@@ -24,7 +24,7 @@ from mesh.server import ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.common.db import database_url
-from services.common.events import EventSubscriber
+from services.common.events import EventSubscriber, bus_access
 from services.orders import store
 from services.orders.config import OrdersConfig
 from services.orders.events import CONSUMER, OrderEventHandlers
@@ -116,6 +116,7 @@ async def build(
         CONSUMER,
         OrderEventHandlers(orders_store).subscriptions(),
         name=settings.instance_id or NAME,
+        access=bus_access(settings),
     )
     definition = service_definition(
         NAME,

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from mesh.events.nats_connect import NatsClientAuth, client_auth, redact_urls
 from mesh.local.tail import SeenIds, format_event
 from mesh.settings import Settings
 from mesh.tools import grpcurl_binary
@@ -189,11 +190,11 @@ async def _quiet() -> None:
     """The demo's own disconnect at the end is not news."""
 
 
-def run_demo(edge: str, nats_url: str) -> int:
-    return asyncio.run(_run_demo(edge, nats_url))
+def run_demo(edge: str, nats_url: str, auth: NatsClientAuth | None = None) -> int:
+    return asyncio.run(_run_demo(edge, nats_url, auth))
 
 
-async def _run_demo(edge: str, nats_url: str) -> int:
+async def _run_demo(edge: str, nats_url: str, auth: NatsClientAuth | None = None) -> int:
     from mesh.events import connect_nats
 
     events: list[str] = []
@@ -203,11 +204,11 @@ async def _run_demo(edge: str, nats_url: str) -> int:
     compensated = asyncio.Event()
     nc = None
     try:
-        nc = await connect_nats(
-            nats_url, name="meshctl-demo", max_reconnect_attempts=3, disconnected_cb=_quiet
-        )
+        options = auth.connect_options() if auth is not None else {}
+        nc = await connect_nats(nats_url, name="meshctl-demo", max_reconnect_attempts=3,
+                                disconnected_cb=_quiet, **options)  # fmt: skip
     except Exception as exc:  # the story still runs; it just cannot show events
-        events.append(f"(could not watch events on {nats_url}: {exc})")
+        events.append(f"(could not watch events on {redact_urls(nats_url)}: {exc})")
     if nc is not None:
 
         async def on_msg(msg: Any) -> None:
@@ -240,8 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the shop's story through the edge")
     parser.add_argument("--edge-port", type=int, default=8080)
     args = parser.parse_args(argv)
-    nats_url = Settings.from_env("demo").nats_url
-    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=nats_url)
+    # meshctl's read-only NATS identity: `meshctl demo` passes its seed file
+    # (NATS_NKEY_SEED_FILE) and URL when it runs the mesh's own server.
+    settings = Settings.from_env("meshctl")
+    return run_demo(
+        edge=f"127.0.0.1:{args.edge_port}", nats_url=settings.nats_url, auth=client_auth(settings)
+    )
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 
 from mesh.discovery.embedded import EmbeddedRegistry
@@ -36,10 +40,14 @@ def _processes_of(run_dir: Path) -> list[int]:
     return found
 
 
-async def _meshctl_up(run_dir: Path, nats_url: str, **extra_env: str) -> asyncio.subprocess.Process:
-    """`meshctl up --free-ports` as a user would start it, against our nats-server."""
+async def _meshctl_up(
+    run_dir: Path, nats_url: str = "", **extra_env: str
+) -> asyncio.subprocess.Process:
+    """`meshctl up --free-ports` as a user would start it: its own NATS server, or the
+    user's when `nats_url` is given (NATS_URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
-    env["NATS_URL"] = nats_url
+    if nats_url:
+        env["NATS_URL"] = nats_url
     env.update(extra_env)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
@@ -47,10 +55,20 @@ async def _meshctl_up(run_dir: Path, nats_url: str, **extra_env: str) -> asyncio
     )  # fmt: skip
 
 
+async def _anonymous_refused(url: str) -> bool:
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+    except nats.errors.Error as exc:
+        return "Authorization Violation" in str(exc)
+    await nc.close()
+    return False
+
+
 async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    async with nats_server(tmp_path / "nats") as nats:
-        proc = await _meshctl_up(run_dir, nats.url)
+    # Someone else's open NATS beside it: `up` must run its own, never reuse one.
+    async with nats_server(tmp_path / "nats") as foreign:
+        proc = await _meshctl_up(run_dir)
         assert proc.stdout is not None
         lines: list[str] = []
         try:
@@ -68,6 +86,13 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             finally:
                 await registry.close()
             assert len(_processes_of(run_dir)) >= 7  # six services and Envoy
+            # Its own nats-server, authenticated, beside the foreign one.
+            url = json.loads((run_dir / "nats" / "server.json").read_text())["url"]
+            assert url != foreign.url and f"nats: {url}" in table
+            assert await _anonymous_refused(url)
+            for seed in (run_dir / "nats").glob("*.nk"):
+                assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+                assert seed.read_text().strip() not in table
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             async with asyncio.timeout(60):
                 rest = (await proc.stdout.read()).decode()
@@ -90,20 +115,19 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
 async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) -> None:
     """SIGKILL leaves no handler to run: the children must still not be orphaned."""
     run_dir = tmp_path / "run"
-    async with nats_server(tmp_path / "nats") as nats:
-        proc = await _meshctl_up(run_dir, nats.url)
-        assert proc.stdout is not None
-        async with asyncio.timeout(90):
-            while b"mesh is up" not in (await proc.stdout.readline() or b"mesh is up"):
-                pass
-        assert _processes_of(run_dir), "nothing started"
-        proc.kill()
-        await proc.wait()
-        for _ in range(150):  # poll up to 30 s for the children to exit
-            if not _processes_of(run_dir):
-                break
-            await asyncio.sleep(0.2)
-        assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"
+    proc = await _meshctl_up(run_dir)
+    assert proc.stdout is not None
+    async with asyncio.timeout(90):
+        while b"mesh is up" not in (await proc.stdout.readline() or b"mesh is up"):
+            pass
+    assert _processes_of(run_dir), "nothing started"
+    proc.kill()
+    await proc.wait()
+    for _ in range(150):  # poll up to 30 s for the children to exit
+        if not _processes_of(run_dir):
+            break
+        await asyncio.sleep(0.2)
+    assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"
 
 
 async def test_start_up_says_what_it_waits_for_and_names_the_instance_that_fails(

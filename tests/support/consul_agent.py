@@ -27,6 +27,13 @@ dev agent that the mesh uses, and it really runs the health checks:
   without a value is true, anything unparseable is a 400); re-registering a
   service id keeps the status and output its existing checks had (a
   registration's `Status` applies to new checks only).
+* Optional ACL policies (`acl={token: AclPolicy}`), enforced as Consul does with
+  `default_policy = "deny"`: registering, deregistering or updating a service
+  needs `service:write` on its name (403 "Permission denied: ..."); reads are
+  *filtered*, not refused: `/v1/health/service/:name` answers `[]` and
+  `/v1/agent/services|checks` leave out what the token may not read, with
+  `X-Consul-Results-Filtered-By-ACLs: true`. No token is the anonymous token
+  (no rights); a token the agent does not know gets 403 "ACL not found".
 
 Deliberate differences from a real agent, to keep tests fast: intervals
 below 1 s and DeregisterCriticalServiceAfter below 1 min are honoured (Consul
@@ -135,6 +142,31 @@ _CHECK_KEYS = frozenset(
     )
 )
 _MAX_WAIT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AclPolicy:
+    """What one token may do: `service "<name>" { policy = "write" | "read" }` rules
+    (exact names; write implies read) and `key_prefix "<p>" { policy = "read" }`."""
+
+    service_write: tuple[str, ...] = ()
+    service_read: tuple[str, ...] = ()
+    key_read: tuple[str, ...] = ()
+
+    def may_write(self, service: str) -> bool:
+        return service in self.service_write
+
+    def may_read(self, service: str) -> bool:
+        return service in self.service_write or service in self.service_read
+
+
+ANONYMOUS = AclPolicy()
+_FILTERED = {"X-Consul-Results-Filtered-By-ACLs": "true"}
+_ACL = web.RequestKey("acl", AclPolicy)
+
+
+class PermissionDenied(Exception):
+    """A write the request's token may not make (403, as Consul answers it)."""
 
 
 class BadRequest(Exception):
@@ -273,6 +305,7 @@ class ConsulTestAgent:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        acl: Mapping[str, AclPolicy] | None = None,
         node: str = "test-agent",
         datacenter: str = "dc1",
         reap_interval_s: float = 0.05,
@@ -280,6 +313,7 @@ class ConsulTestAgent:
         self.token = token
         self.host = host
         self.ssl_context = ssl_context
+        self.acl = dict(acl) if acl is not None else None
         self.node = node
         self.node_id = str(uuid.uuid4())
         self.datacenter = datacenter
@@ -431,18 +465,37 @@ class ConsulTestAgent:
     async def _acl(self, request: web.Request, handler: Any) -> web.StreamResponse:
         resource = request.match_info.route.resource
         self.calls[f"{request.method} {resource.canonical if resource else request.path}"] += 1
-        if self.token:
-            given = request.headers.get("X-Consul-Token") or request.query.get("token", "")
-            auth = request.headers.get("Authorization", "")
-            if auth.startswith("Bearer "):
-                given = given or auth.removeprefix("Bearer ")
-            if given != self.token:
+        given = request.headers.get("X-Consul-Token") or request.query.get("token", "")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = given or auth.removeprefix("Bearer ")
+        if self.token and given != self.token:
+            return web.Response(status=403, text="ACL not found")
+        if self.acl is not None:
+            if given and given not in self.acl:
                 return web.Response(status=403, text="ACL not found")
+            request[_ACL] = self.acl.get(given, ANONYMOUS)
         try:
             response: web.StreamResponse = await handler(request)
         except BadRequest as exc:
             return web.Response(status=400, text=str(exc))
+        except PermissionDenied as exc:
+            return web.Response(status=403, text=f"Permission denied: {exc}")
         return response
+
+    @staticmethod
+    def _policy(request: web.Request) -> AclPolicy | None:
+        """The request's ACL policy, or None when ACLs are off."""
+        return request.get(_ACL)
+
+    def _require_write(self, request: web.Request, service: str) -> None:
+        policy = self._policy(request)
+        if policy is not None and not policy.may_write(service):
+            raise PermissionDenied(f"token lacks permission 'service:write' on {service!r}")
+
+    def _readable(self, request: web.Request, service: str) -> bool:
+        policy = self._policy(request)
+        return policy is None or policy.may_read(service)
 
     async def _register(self, request: web.Request) -> web.Response:
         try:
@@ -456,6 +509,7 @@ class ConsulTestAgent:
         name = _field(body, "Name") or ""
         if not isinstance(name, str) or not name:
             raise BadRequest("Missing service name")
+        self._require_write(request, name)
         service_id = _field(body, "ID") or name
         port = _field(body, "Port", 0)
         if not isinstance(port, int):
@@ -561,6 +615,7 @@ class ConsulTestAgent:
                 text=f'Unknown service ID "{service_id}". Ensure that the service ID is passed, '
                 "not the service name.",
             )
+        self._require_write(request, self._services[service_id].name)
         self._remove_service(service_id)
         return web.Response(status=200)
 
@@ -568,6 +623,7 @@ class ConsulTestAgent:
         check = self._checks.get(request.match_info["id"])
         if check is None:
             return web.Response(status=404, text=f'Unknown check ID "{request.match_info["id"]}"')
+        self._require_write(request, check.service_name)
         if check.kind != "ttl":
             raise BadRequest(f"CheckID {check.id!r} does not have associated TTL")
         status = {"pass": "passing", "warn": "warning", "fail": "critical"}[
@@ -590,8 +646,9 @@ class ConsulTestAgent:
         passing = _flag(q, "passing")
         want_tags = q.getall("tag", [])
         entries = []
+        readable = self._readable(request, name)
         for svc in sorted(self._services.values(), key=lambda s: s.id):
-            if svc.name != name or not all(t in svc.tags for t in want_tags):
+            if not readable or svc.name != name or not all(t in svc.tags for t in want_tags):
                 continue
             checks = [c for c in self._checks.values() if c.service_id == svc.id]
             if passing and any(c.status != "passing" for c in checks):
@@ -603,6 +660,7 @@ class ConsulTestAgent:
                 "X-Consul-Index": str(self.service_index(name)),
                 "X-Consul-KnownLeader": "true",
                 "X-Consul-LastContact": "0",
+                **({} if readable else _FILTERED),
             },
         )
 
@@ -689,10 +747,14 @@ class ConsulTestAgent:
         }
 
     async def _agent_services(self, request: web.Request) -> web.Response:
-        return web.json_response({s.id: self._service_json(s) for s in self._services.values()})
+        shown = [s for s in self._services.values() if self._readable(request, s.name)]
+        headers = _FILTERED if len(shown) < len(self._services) else {}
+        return web.json_response({s.id: self._service_json(s) for s in shown}, headers=headers)
 
     async def _agent_checks(self, request: web.Request) -> web.Response:
-        return web.json_response({c.id: self._check_json(c) for c in self._checks.values()})
+        shown = [c for c in self._checks.values() if self._readable(request, c.service_name)]
+        headers = _FILTERED if len(shown) < len(self._checks) else {}
+        return web.json_response({c.id: self._check_json(c) for c in shown}, headers=headers)
 
     async def _leader(self, request: web.Request) -> web.Response:
         return web.json_response("127.0.0.1:8300")

@@ -107,6 +107,7 @@ async def local_mesh(
             edge_port=edge_port or free_port(),
             edge_admin_port=edge_admin_port or free_port(),
             nats_url=server.url,
+            nats_external=True,  # the test's own server (a test may stop it)
             services=services or free_port_shop(),
             ready_timeout_s=60,
             grace_s=10,

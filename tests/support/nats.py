@@ -6,6 +6,13 @@ reconnect to it and JetStream's file storage (streams, durable consumers)
 survives, as in a production restart. `nats_server()` is an async context
 manager that always stops the process; tests/integration/events/conftest.py
 wraps it in a fixture.
+
+With `auth=True` the server runs the configuration `meshctl up` renders
+(mesh/local/nats.py): one nkey per shop identity with its permissions, no
+anonymous access, plus a test administrator with every right (user/password,
+carried by `admin_url`, for the tests' own inspection). `client_env(identity)` is
+what a service process of that identity gets; `auth_for(identity)` the same for an
+in-process client.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import socket
 import tempfile
@@ -20,23 +28,61 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from mesh.events.nats_connect import NatsClientAuth
+from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.tools import nats_server_binary
+from services.common.event_identities import IDENTITIES, event_identity
+from services.common.event_types import shop_streams
+
+ADMIN = "admin"
 
 
 class NatsServer:
     """One nats-server process; `port` stays fixed across `restart()`."""
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, *, auth: bool = False) -> None:
         self.base_dir = base_dir
         self.store_dir = base_dir / "store"
         self.ports_dir = base_dir / "ports"
         self.log_file = base_dir / "nats.log"
         self.port = 0
         self._proc: asyncio.subprocess.Process | None = None
+        self.local: LocalNats | None = None
+        self._admin_password = secrets.token_urlsafe(18)
+        if auth:
+            entry = f'{{ user: "{ADMIN}", password: "{self._admin_password}" }}  # tests only'
+            self.local = prepare_local_nats(
+                base_dir / "identities",
+                preferred_port=0,
+                identities=IDENTITIES,
+                streams=shop_streams(),
+                extra_users=[entry],
+                store_dir=self.store_dir,
+            )
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The URL with the test administrator's credentials (every right), or `url`."""
+        if self.local is None:
+            return self.url
+        return f"nats://{ADMIN}:{self._admin_password}@127.0.0.1:{self.port}"
+
+    def client_env(self, identity: str) -> dict[str, str]:
+        """NATS_URL (and seed file) of a process of `identity`, as `meshctl up` sets them."""
+        if self.local is None:
+            return {"NATS_URL": self.url}
+        return {"NATS_URL": self.url, "NATS_NKEY_SEED_FILE": str(self.local.seeds[identity])}
+
+    def auth_for(self, identity: str) -> NatsClientAuth:
+        """In-process credentials of `identity` (with its private inbox prefix)."""
+        if self.local is None:
+            return NatsClientAuth()
+        assert event_identity(identity) is not None, identity
+        return NatsClientAuth.for_identity(identity, nkey_seed_file=str(self.local.seeds[identity]))
 
     @property
     def running(self) -> bool:
@@ -49,8 +95,13 @@ class NatsServer:
         shutil.rmtree(self.ports_dir, ignore_errors=True)
         self.ports_dir.mkdir(parents=True)
         port = str(self.port) if self.port else "-1"
-        cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", port, "-js",
-               "-sd", str(self.store_dir), "--ports_file_dir", str(self.ports_dir)]  # fmt: skip
+        # The rendered config names the store; flags override its listen address.
+        if self.local is not None:
+            config = ["-c", str(self.local.config)]
+        else:
+            config = ["-js", "-sd", str(self.store_dir)]
+        cmd = [nats_server_binary(), *config, "-a", "127.0.0.1", "-p", port,
+               "--ports_file_dir", str(self.ports_dir)]  # fmt: skip
         with self.log_file.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=log, stderr=asyncio.subprocess.STDOUT
@@ -107,11 +158,14 @@ def _can_connect(port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def nats_server(base_dir: Path | None = None) -> AsyncIterator[NatsServer]:
+async def nats_server(
+    base_dir: Path | None = None, *, auth: bool = False
+) -> AsyncIterator[NatsServer]:
     """A started server in `base_dir` (a fresh temp dir by default), always stopped."""
     owned = base_dir is None
     path = Path(tempfile.mkdtemp(prefix="nats-")) if base_dir is None else base_dir
-    server = NatsServer(path)
+    path.mkdir(parents=True, exist_ok=True)
+    server = NatsServer(path, auth=auth)
     try:
         await server.start()
         yield server

@@ -43,6 +43,7 @@ from shop.users.v1 import users_pb2_grpc
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance, RegistryUnavailable
+from tests.support.nats import NatsServer
 
 SERVICES: tuple[str, ...] = ("users", "inventory", "payments", "orders")
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -129,6 +130,9 @@ class ShopStack:
     database_urls: Mapping[str, str] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # The server's identities: each service connects as its own (`nats_url` stays the
+    # tests' own URL, the administrator's on a server with permissions on).
+    nats: NatsServer | None = None
     _channels: dict[str, tuple[str, grpc.aio.Channel]] = field(default_factory=dict)
     _registry: EmbeddedRegistry | None = None
 
@@ -155,6 +159,8 @@ class ShopStack:
                 }
             )
             env.pop("CONSUL_HTTP_ADDR", None)
+            if self.nats is not None:
+                env.update(self.nats.client_env(name))
             url = self.database_urls.get(name)
             if url:
                 env[f"{name.upper()}_DATABASE_URL"] = url
@@ -282,9 +288,15 @@ async def shop_stack(
     extra_env: Mapping[str, str] | None = None,
     services: Sequence[str] = SERVICES,
     keep_logs_on_error: bool = True,
+    nats: NatsServer | None = None,
 ) -> AsyncIterator[ShopStack]:
-    """A started stack, always stopped; on an error the services' log tails are printed."""
-    stack = ShopStack(base_dir, nats_url, dict(database_urls or {}), dict(extra_env or {}))
+    """A started stack, always stopped; on an error the services' log tails are printed.
+
+    With `nats`, each service gets its own identity on that server (`nats_url` is then
+    the URL the tests use themselves)."""
+    stack = ShopStack(
+        base_dir, nats_url, dict(database_urls or {}), dict(extra_env or {}), nats=nats
+    )
     try:
         await stack.start(*services)
         yield stack

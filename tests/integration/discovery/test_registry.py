@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mesh.discovery.consul import ConsulRegistry
+from mesh.discovery.consul import ConsulAclError, ConsulRegistry
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from tests.support.consul_agent import consul_test_agent
 from tests.support.discovery import (
@@ -331,9 +331,10 @@ async def test_consul_token_is_sent(health_servers: Servers) -> None:
         bad = ConsulRegistry(agent.address, "wrong", check_interval_s=0.2)
         try:
             instance = Instance("tok-1", "tok", "127.0.0.1", server.port)
-            with pytest.raises(RegistryUnavailable):
+            # A refused token is a configuration error naming the setting, not an outage.
+            with pytest.raises(ConsulAclError, match="CONSUL_HTTP_TOKEN"):
                 await bad.register(instance)
-            with pytest.raises(RegistryUnavailable):
+            with pytest.raises(ConsulAclError, match="CONSUL_HTTP_TOKEN"):
                 await bad.healthy("tok")
             await good.register(instance)
             assert [i.id for i in await good.healthy("tok")] == ["tok-1"]

@@ -31,7 +31,8 @@ STATE = Migration(
 
 @pytest.fixture
 async def nats_srv(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    async with nats_server(tmp_path / "nats") as server:
+    """A server with the mesh's NATS permissions on (no anonymous client gets in)."""
+    async with nats_server(tmp_path / "nats", auth=True) as server:
         yield server
 
 
@@ -79,7 +80,11 @@ async def bus_factory(nats_srv: NatsServer) -> AsyncIterator[Callable[..., Any]]
     buses: list[EventBus] = []
 
     async def make(name: str = "test", **kwargs: Any) -> EventBus:
-        bus = await EventBus.connect(nats_srv.url, name=name, streams=shop_streams(), **kwargs)
+        # The test administrator: these tests exercise the bus, not the permissions
+        # (test_nats_auth.py does, with the services' identities).
+        bus = await EventBus.connect(
+            nats_srv.admin_url, name=name, streams=shop_streams(), **kwargs
+        )
         await bus.ensure_streams()
         buses.append(bus)
         return bus

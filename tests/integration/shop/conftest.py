@@ -20,7 +20,8 @@ from tests.support.shop_backends import BACKENDS, stack_for
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def nats_srv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with nats_server(tmp_path_factory.mktemp("nats")) as server:
+    # The mesh's NATS permissions on: each service connects as its own identity.
+    async with nats_server(tmp_path_factory.mktemp("nats"), auth=True) as server:
         yield server
 
 
@@ -30,5 +31,5 @@ async def shop(
 ) -> AsyncIterator[ShopStack]:
     """The shared stack: tests on it use their own users and products."""
     base = tmp_path_factory.mktemp(f"shop-{request.param}")
-    async with stack_for(request.param, base, nats_srv.url) as stack:
+    async with stack_for(request.param, base, nats_srv) as stack:
         yield stack

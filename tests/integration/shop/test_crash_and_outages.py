@@ -47,7 +47,7 @@ async def isolated(
     # deadlines keep "dependency down" quick (the 3 s slow card still fits in 4 s).
     env = {"ORDERS_CALL_TIMEOUT_S": "1", "ORDERS_CHARGE_TIMEOUT_S": "4",
            "ORDERS_UNDO_BACKOFF_MAX_S": "0.5", "ORDERS_COMPENSATION_REPLY_S": "1"}  # fmt: skip
-    async with stack_for(request.param, base, nats_srv.url, env) as stack:
+    async with stack_for(request.param, base, nats_srv, env) as stack:
         yield stack
 
 

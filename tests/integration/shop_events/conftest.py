@@ -26,7 +26,8 @@ EVENTS_ENV: Mapping[str, str] = {"INVENTORY_LOW_STOCK_THRESHOLD": str(LOW_STOCK_
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def nats_srv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    async with nats_server(tmp_path_factory.mktemp("nats")) as server:
+    # The mesh's NATS permissions on: each service connects as its own identity.
+    async with nats_server(tmp_path_factory.mktemp("nats"), auth=True) as server:
         yield server
 
 
@@ -34,7 +35,7 @@ async def nats_srv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Na
 async def recorder(
     nats_srv: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Recorder]:
-    rec = Recorder(nats_srv.url, tmp_path_factory.mktemp("recorder") / "rec.db", SUBSCRIBED)
+    rec = Recorder(nats_srv.admin_url, tmp_path_factory.mktemp("recorder") / "rec.db", SUBSCRIBED)
     await rec.start()
     try:
         yield rec
@@ -47,7 +48,7 @@ async def shop(
     nats_srv: NatsServer, recorder: Recorder, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ShopStack]:
     base = tmp_path_factory.mktemp("shop-events")
-    async with stack_for("sqlite", base, nats_srv.url, EVENTS_ENV) as stack:
+    async with stack_for("sqlite", base, nats_srv, EVENTS_ENV) as stack:
         yield stack
 
 

@@ -222,12 +222,14 @@ async def test_an_event_committed_before_a_crash_is_published_after_the_restart(
     assert unpack(published[0].envelope, events_pb2.UserCreated).user_id == user
 
 
-async def test_meshctl_events_tail_prints_decoded_events(shop: ShopStack) -> None:
+async def test_meshctl_events_tail_prints_decoded_events(
+    shop: ShopStack, nats_srv: NatsServer
+) -> None:
     user = await new_user(shop)
     product = await new_product(shop, stock=5)
     env = {
         **os.environ,
-        "NATS_URL": shop.nats_url,
+        **nats_srv.client_env("meshctl"),  # the read-only identity `meshctl up` hands it
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "generated")]),
     }
     tail = await asyncio.create_subprocess_exec(

@@ -1,0 +1,284 @@
+"""NATS authentication and per-service permissions on a real nats-server running the
+config `meshctl up` renders: who is refused, who is let through, and that a permitted
+event is handled once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from shop.events.v1 import events_pb2
+
+from mesh.events import EventBus, SubscribeOptions, new_envelope
+from mesh.events.nats_auth import owned_streams, stream_for
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_identities import event_identity
+from services.common.event_types import EVENTS, shop_streams
+from tests.support.nats import NatsServer
+from tests.support.poll import eventually
+
+STREAMS = shop_streams()
+
+
+class Client:
+    """A raw connection as `identity`, collecting the errors the server reports to it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: NATS | None = None
+
+    async def connect(self, srv: NatsServer, identity: str) -> NATS:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(
+            srv.url, error_cb=on_error, allow_reconnect=False,
+            **srv.auth_for(identity).connect_options(),
+        )  # fmt: skip
+        return self.nc
+
+    def violation(self, text: str) -> bool:
+        """Whether the server reported a permissions violation naming `text` (any case)."""
+        wanted = text.lower()
+        return any(
+            "permissions violation" in e.lower() and wanted in e.lower() for e in self.errors
+        )
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        if c.nc is not None and not c.nc.is_closed:
+            await c.nc.close()
+
+
+async def as_identity(srv: NatsServer, identity: str, clients: list[Client]) -> Client:
+    c = Client()
+    clients.append(c)
+    await c.connect(srv, identity)
+    return c
+
+
+async def bus_as(srv: NatsServer, identity: str, **kwargs: Any) -> EventBus:
+    ident = event_identity(identity)
+    assert ident is not None
+    return await EventBus.connect(srv.url, name=f"test-{identity}", auth=srv.auth_for(identity),
+                                  streams=owned_streams(ident, STREAMS), **kwargs)  # fmt: skip
+
+
+async def publish_as_payments(srv: NatsServer) -> None:
+    """One `payment.completed` published as payments (its stream declared first)."""
+    payments = await bus_as(srv, "payments")
+    try:
+        await payments.ensure_streams()
+        await payments.publish(payment_completed())
+    finally:
+        await payments.close()
+
+
+def payment_completed() -> Envelope:
+    return new_envelope(
+        events_pb2.PaymentCompleted(payment_id="p-1", saga_id="s-1"),
+        types=EVENTS,
+        source="test",
+        subject="p-1",
+    )
+
+
+async def test_anonymous_connections_are_refused(nats_srv: NatsServer) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_srv.url, allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_a_seed_the_server_does_not_know_is_refused(
+    nats_srv: NatsServer, tmp_path: Any
+) -> None:
+    from mesh.events.nats_auth import new_user_seed
+
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(new_user_seed())
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_srv.url, nkeys_seed=str(stranger), allow_reconnect=False,
+                           max_reconnect_attempts=0)  # fmt: skip
+
+
+async def test_orders_publishing_payment_completed_is_rejected_by_the_server(
+    nats_srv: NatsServer, clients: list[Client]
+) -> None:
+    payments = await bus_as(nats_srv, "payments")
+    try:
+        await payments.ensure_streams()  # PAYMENT exists: only the permission can stop it
+    finally:
+        await payments.close()
+    orders = await as_identity(nats_srv, "orders", clients)
+    assert orders.nc is not None
+    with pytest.raises(nats.errors.TimeoutError):  # the server dropped it: no ack
+        await orders.nc.jetstream().publish("payment.completed", b"forged", timeout=1.0)
+    await eventually(lambda: orders.violation('Publish to "payment.completed"'),
+                     what="the server's permissions violation")  # fmt: skip
+    admin = await nats.connect(nats_srv.admin_url)
+    try:
+        info = await admin.jetstream().stream_info("PAYMENT")
+        assert info.state.messages == 0  # nothing forged reached the stream
+    finally:
+        await admin.close()
+
+
+async def test_payments_publishing_payment_completed_is_handled_once_by_orders(
+    nats_srv: NatsServer,
+) -> None:
+    payments = await bus_as(nats_srv, "payments")
+    orders = await bus_as(nats_srv, "orders")
+    handled: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        handled.append(env.id)
+
+    try:
+        await payments.ensure_streams()
+        await orders.ensure_streams()
+        stream = stream_for("payment.completed", STREAMS).name
+        await orders.subscribe("payment.completed", handler,
+                               durable="orders-payment-completed", stream=stream)  # fmt: skip
+        env = payment_completed()
+        ack = await payments.publish(env)
+        assert ack.stream == "PAYMENT"
+
+        async def acked() -> bool:
+            info = await orders.js.consumer_info("PAYMENT", "orders-payment-completed")
+            return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= ack.seq
+
+        await eventually(acked, what="orders' consumer to ack the event")
+        info = await orders.js.consumer_info("PAYMENT", "orders-payment-completed")
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+        assert handled == [env.id]
+    finally:
+        await orders.close()
+        await payments.close()
+
+
+async def test_a_service_cannot_subscribe_outside_its_grants(
+    nats_srv: NatsServer, clients: list[Client]
+) -> None:
+    orders = await as_identity(nats_srv, "orders", clients)
+    assert orders.nc is not None
+    await orders.nc.subscribe("payment.refunded")
+    await orders.nc.subscribe("_INBOX.payments.>")  # another identity's replies
+    await orders.nc.flush()
+    await eventually(lambda: orders.violation("subscription to \"payment.refunded\""),
+                     what="the subscription refused")  # fmt: skip
+    await eventually(lambda: orders.violation("subscription to \"_INBOX.payments.>\""),
+                     what="the other inbox refused")  # fmt: skip
+
+
+async def test_a_service_cannot_use_another_services_consumer_or_stream(
+    nats_srv: NatsServer, clients: list[Client]
+) -> None:
+    admin = await nats.connect(nats_srv.admin_url)
+    try:
+        for spec in STREAMS:
+            await admin.jetstream().add_stream(spec.config())
+    finally:
+        await admin.close()
+    orders = await as_identity(nats_srv, "orders", clients)
+    assert orders.nc is not None
+    js = orders.nc.jetstream(timeout=1.0)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.consumer_info("ORDER", "inventory-order-completed")
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.delete_stream("PAYMENT")
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.stream_info("USER")  # only the streams it declares
+    await eventually(
+        lambda: orders.violation("$JS.API.CONSUMER.INFO.ORDER.inventory-order-completed"),
+        what="the foreign consumer refused",
+    )
+    await eventually(lambda: orders.violation("$JS.API.STREAM.DELETE.PAYMENT"),
+                     what="the stream deletion refused")  # fmt: skip
+
+
+async def test_meshctl_observer_reads_events_but_publishes_nothing(
+    nats_srv: NatsServer, clients: list[Client]
+) -> None:
+    observer = await as_identity(nats_srv, "meshctl", clients)
+    assert observer.nc is not None
+    seen: list[str] = []
+
+    async def on_msg(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await observer.nc.subscribe(">", cb=on_msg)
+    await observer.nc.flush()
+    await publish_as_payments(nats_srv)
+    await eventually(lambda: "payment.completed" in seen, what="the observer sees the event")
+    # JetStream's API traffic and other clients' replies are withheld from it.
+    assert not any(s.startswith(("$JS.", "_INBOX.")) for s in seen), seen
+    await observer.nc.publish("payment.completed", b"forged")
+    await observer.nc.flush()
+    await eventually(lambda: observer.violation('Publish to "payment.completed"'),
+                     what="the observer's publish refused")  # fmt: skip
+
+
+async def test_a_consumer_dead_letters_under_its_own_identity(nats_srv: NatsServer) -> None:
+    """The DLQ grant is enough: orders parks a poison `payment.completed` in
+    `dlq.payment.completed` (its own dead letters, nothing wider)."""
+    payments = await bus_as(nats_srv, "payments")
+    orders = await bus_as(nats_srv, "orders")
+
+    async def poison(env: Envelope) -> None:
+        raise RuntimeError("cannot handle this one")
+
+    try:
+        await payments.ensure_streams()
+        await orders.ensure_streams()
+        sub = await orders.subscribe("payment.completed", poison,
+                                     durable="orders-payment-completed", stream="PAYMENT",
+                                     options=SubscribeOptions(max_deliver=1))  # fmt: skip
+        await payments.publish(payment_completed())
+        await eventually(lambda: sub.stats.dead_lettered == 1, what="the dead letter")
+    finally:
+        await orders.close()
+        await payments.close()
+    admin = await nats.connect(nats_srv.admin_url)
+    try:
+        info = await admin.jetstream().stream_info("DLQ")
+        assert info.state.messages == 1
+    finally:
+        await admin.close()
+
+
+async def test_a_password_in_the_nats_url_is_never_shown(
+    nats_srv: NatsServer, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`meshctl events tail` and `meshctl up`'s table print the URL without its secret."""
+    from mesh.local.tail import tail_events
+    from mesh.local.up import table
+
+    password = nats_srv.admin_url.split(":")[2].split("@")[0]
+    out = io.StringIO()
+    tail = asyncio.create_task(tail_events(nats_srv.admin_url, "payment.>", limit=1, out=out))
+
+    err: list[str] = []
+
+    def tailing() -> bool:
+        err.append(capsys.readouterr().err)
+        return "tailing" in "".join(err)
+
+    await eventually(tailing, what="the tail subscribed")
+    await publish_as_payments(nats_srv)
+    await asyncio.wait_for(tail, 10)
+    assert "payment.completed" in out.getvalue()
+    shown = table({}, 8080, nats_srv.admin_url)
+    assert "nats://***@127.0.0.1" in shown
+    err.append(capsys.readouterr().err)
+    assert "on nats://***@127.0.0.1" in "".join(err)
+    everything = out.getvalue() + "".join(err) + caplog.text + shown
+    assert password not in everything

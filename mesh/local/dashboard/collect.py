@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -153,7 +154,7 @@ class Collector:
         views = [v for name in self.services for v in self._views(name, registered[name])]
         await asyncio.gather(*(self._instance(v, edge) for v in views if v.registered))
         self._known_down(views)
-        methods = []
+        methods: list[MethodStats] = []
         for name in self.services:
             pairs = [
                 (self._scrapes[v.id], self._previous.get(v.id))
@@ -264,7 +265,6 @@ class Collector:
         return out
 
     async def _streams(self, notes: list[str]) -> list[StreamView]:
-        import nats
         from nats.errors import Error as NatsError
 
         try:
@@ -272,13 +272,8 @@ class Collector:
                 if self._nats is not None:
                     with contextlib.suppress(Exception):
                         await self._nats.close()
-                self._nats = await nats.connect(
-                    self.nats_url,
-                    name="meshctl-dashboard",
-                    connect_timeout=1,
-                    max_reconnect_attempts=0,
-                    allow_reconnect=False,
-                )
+                self._nats = None
+                self._nats = await asyncio.wait_for(self._connect_nats(), 3)
             js = self._nats.jetstream(timeout=1.5)
             out = []
             for info in await js.streams_info():
@@ -295,9 +290,33 @@ class Collector:
                 out.append(StreamView(name, info.state.messages, consumers))
             return sorted(out, key=lambda s: s.name)
         except (NatsError, OSError, TimeoutError) as exc:
-            notes.append(f"NATS at {self.nats_url}: {exc.__class__.__name__} {exc}".strip())
+            # Host and port only: a URL may carry credentials.
+            where = f"nats://{urlsplit(self.nats_url).hostname}:{urlsplit(self.nats_url).port}"
+            notes.append(f"NATS at {where}: {exc.__class__.__name__} {exc}".strip())
             self._nats = None
             return []
+
+    async def _connect_nats(self) -> Any:
+        """One connection, no reconnects (the next refresh connects again). nats-py retries
+        an unreachable server's first connect forever: the caller bounds it."""
+        import nats
+
+        # A refused port fails here at once instead of after the caller's bound.
+        url = urlsplit(self.nats_url)
+        _, writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222)
+        writer.close()
+
+        async def quiet(_exc: Exception) -> None:  # the note on the page says it
+            return None
+
+        return await nats.connect(
+            self.nats_url,
+            name="meshctl-dashboard",
+            connect_timeout=1,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
 
     async def _sagas(self, views: list[InstanceView]) -> list[SagaView]:
         """Per service, from the first of its instances that has `/sagas` (one database)."""

@@ -126,8 +126,9 @@ def _requests(snap: Snapshot) -> str:
     )
     return (
         f'<section id="requests" class="wide"><h2>Requests (server side, all instances)</h2>'
-        f'{table}<p class="mute">health checks left out; errors: server faults (UNKNOWN, INTERNAL, UNAVAILABLE,'
-        " DEADLINE_EXCEEDED, ...); rates over the last refresh interval.</p></section>"
+        f'{table}<p class="mute">health checks left out; errors: server faults (UNKNOWN,'
+        " INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, ...); rates over the last refresh"
+        " interval.</p></section>"
     )
 
 

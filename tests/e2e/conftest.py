@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
+from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec
 from mesh.local.up import LocalMesh, UpError, UpOptions
@@ -95,6 +96,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             ready_timeout_s=60,
             grace_s=10,
             env=_clean_env(),
+            observe=ObserveOptions(trace_sink_port=0, dashboard_port=0),
         )
         mesh = LocalMesh(options, registry, supervisor)
         try:

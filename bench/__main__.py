@@ -1,4 +1,4 @@
-"""`python -m bench [rpc|events] [options]`: the benchmarks, each comparing side by side.
+"""`python -m bench [rpc|events|traces] [options]`: the benchmarks, each comparing side by side.
 
 With no name: `bench.rpc` then `bench.events` (about two minutes in all).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
@@ -27,9 +27,15 @@ def _events(args: Sequence[str]) -> None:
     events.cli()
 
 
+def _traces(args: Sequence[str]) -> None:
+    from bench import traces
+
+    traces.cli(list(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    benches = {"rpc": _rpc, "events": _events}
+    benches = {"rpc": _rpc, "events": _events, "traces": _traces}
     if args and args[0] in benches:
         benches[args[0]](args[1:])
         return

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,8 +45,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(levels: Sequence[int], seconds: float, rounds: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-traces-"))
+def _start_sink(work: Path) -> tuple[subprocess.Popen[str], int]:
     port = pick_port(0)
     sink = subprocess.Popen(
         [sys.executable, "-m", "mesh.local.traces", "--db", str(work / DB_NAME),
@@ -58,6 +56,12 @@ async def run(levels: Sequence[int], seconds: float, rounds: int) -> None:
     if "listening" not in sink.stdout.readline():
         sink.kill()
         raise RuntimeError("the trace sink did not start")
+    return sink, port
+
+
+async def run(levels: Sequence[int], seconds: float, rounds: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-traces-"))
+    sink, port = _start_sink(work)
     server: Server = start_server()
     env = {
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -108,8 +112,8 @@ async def run(levels: Sequence[int], seconds: float, rounds: int) -> None:
                 f"{'':>8} export/record: calls/s x{exp.rps / rec.rps:.2f},"
                 f" client CPU per call x{exp.cpu_us / rec.cpu_us:.2f}"
             )
+        # Returns once the last batch is exported: the sink stores a batch before answering.
         runtimes["mesh+sink"].tracer_provider.force_flush(10_000)
-        time.sleep(1.0)  # the sink's last batch: it stores on receipt
         conn = connect(work / DB_NAME, readonly=True)
         (spans,) = conn.execute("SELECT count(*) FROM spans").fetchone()
         conn.close()

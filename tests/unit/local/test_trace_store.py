@@ -106,3 +106,11 @@ def test_route_name_only_for_http_server_spans() -> None:
     assert route_name(span(T1, "s", attrs=http)) == "GET /api/v1/products/9"
     assert route_name(span(T1, "s", kind=3, attrs=http)) == "op-s"
     assert route_name(span(T1, "s", name="shop.X/Y")) == "shop.X/Y"
+    rest = {**http, "http.method": "POST", "grpc.path": "/shop.inventory.v1.InventoryService/Get"}
+    assert route_name(span(T1, "s", attrs=rest)) == "/api/v1/products/9 -> InventoryService/Get"
+    native = {
+        "http.method": "POST",
+        "http.url": "http://h:1/shop.a.v1.A/B",
+        "grpc.path": "/shop.a.v1.A/B",
+    }
+    assert route_name(span(T1, "s", attrs=native)) == "/shop.a.v1.A/B"

@@ -87,3 +87,53 @@ async def test_dashboard_shows_instances_and_a_trace_with_its_waterfall(stack: A
             print(f"waterfall screenshot: {shot.resolve()}")
         finally:
             await browser.close()
+
+
+async def _grpc(stack: Any, method: str, request: dict[str, Any], *headers: str) -> Any:
+    args = [a for h in headers for a in ("-rpc-header", h)]
+    res = await stack.grpcurl(*args, "-d", json.dumps(request), stack.edge.address, method)
+    assert res.returncode == 0, f"{method}: {res.stderr}"
+    return json.loads(res.stdout)
+
+
+async def test_an_order_is_one_trace_from_the_edge_through_the_nats_hop(stack: Any) -> None:
+    tag = secrets.token_hex(4)
+    user = await _grpc(stack, "shop.users.v1.UserService/CreateUser", {
+        "email": f"trace.{tag}@example.com", "password": "correct horse battery staple",
+        "profile": {"display_name": "Tracy"},
+    })  # fmt: skip
+    product = await _grpc(stack, "shop.inventory.v1.InventoryService/CreateProduct", {
+        "sku": f"TRACE-{tag}", "name": "Teapot",
+        "price": {"currency_code": "USD", "amount_minor": 1999}, "initial_stock": 5,
+    })  # fmt: skip
+    trace_id = secrets.token_hex(16)
+    await _grpc(
+        stack,
+        "shop.orders.v1.OrderService/CreateOrder",
+        {
+            "user_id": user["userId"],
+            "items": [{"product_id": product["productId"], "quantity": 1}],
+            "card_number": "4242424242424242",
+        },
+        f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01",
+    )
+    conn = connect(stack.base / DB_NAME, readonly=True)
+
+    def complete() -> list[Any] | None:
+        spans = trace_spans(conn, trace_id)
+        services = {s.service for s in spans}
+        consumed = [s for s in spans if s.kind == 5 and s.service == "inventory"]
+        wanted = {"edge", "orders", "users", "inventory", "payments"}
+        return spans if wanted <= services and consumed else None
+
+    spans = await eventually(complete, 30, "the order's trace through every service and NATS")
+    by_id = {s.span_id: s for s in spans}
+    # The NATS hop: inventory's consumer span descends from the order's server span.
+    consumer = next(s for s in spans if s.kind == 5 and s.service == "inventory")
+    chain = []
+    node = consumer
+    while node.parent_id in by_id:
+        node = by_id[node.parent_id]
+        chain.append((node.service, node.name))
+    assert ("orders", "shop.orders.v1.OrderService/CreateOrder") in chain
+    assert chain[-1][0] == "edge"

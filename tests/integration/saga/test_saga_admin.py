@@ -1,9 +1,12 @@
-"""Parked sagas on the admin port: listed by GET, retried only with the admin token."""
+"""Parked sagas on the admin port: listed by GET, retried only with the admin token,
+also from the dashboard's retry button (CSRF-checked, forwarded with the token)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -11,10 +14,15 @@ from prometheus_client import CollectorRegistry
 
 from base.errors import FailedPrecondition, Unavailable
 from mesh.admin import AdminIdentity, AdminServer
+from mesh.discovery.registry import Instance
+from mesh.discovery.static import StaticRegistry
 from mesh.health import HealthReport
+from mesh.local.dashboard.collect import Collector
+from mesh.local.dashboard.server import Dashboard
 from mesh.saga import SagaDefinition, SagaRunner, SagaStatus, StepRetry
 from mesh.saga.admin import saga_admin_routes
 from tests.integration.saga.scenario import COMPENSATE, Script
+from tests.support.ports import free_port
 
 FAST = StepRetry(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.002)
 TOKEN = "s3cret-admin-token"
@@ -100,3 +108,38 @@ async def test_retry_without_the_right_token_is_refused(
         assert r.status == 403
     row = await runner.store.get("s1")
     assert row is not None and row.status is SagaStatus.PARKED
+
+
+@pytest.mark.parametrize(("dashboard_token", "retried"), [(TOKEN, True), ("a-stale-token", False)])
+async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
+    runners: Any, serve: Serve, tmp_path: Path, dashboard_token: str, retried: bool
+) -> None:
+    script = Script()
+    runner = await _parked(runners, script)
+    script.heal("a", phase=COMPENSATE)
+    admin = urlsplit(await serve(runner, TOKEN))
+    registry = StaticRegistry(
+        [Instance("orders-1", "orders", "127.0.0.1", 1, meta={"admin_port": str(admin.port)})]
+    )
+    collector = Collector(
+        registry,
+        ["orders"],
+        nats_url=f"nats://127.0.0.1:{free_port()}",
+        edge_admin_port=0,
+        traces_db=tmp_path / "traces.db",
+    )
+    board = Dashboard(collector, admin_token=dashboard_token, csrf_token="page-token")
+    await board.start(0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(board.url) as r:
+                page = await r.text()
+            assert 'action="/sagas/retry"' in page and 'value="s1"' in page
+            form = {"csrf": "page-token", "service": "orders", "saga_id": "s1"}
+            async with s.post(f"{board.url}/sagas/retry", data=form, allow_redirects=False) as r:
+                assert r.status == (303 if retried else 502)
+    finally:
+        await board.stop()
+    row = await runner.store.get("s1")
+    assert row is not None
+    assert row.status is (SagaStatus.COMPENSATED if retried else SagaStatus.PARKED)

@@ -59,6 +59,8 @@ class EdgeOptions:
     # An OTLP/gRPC trace collector (the local sink of `meshctl up`); port 0: no tracing.
     otlp_address: str = "127.0.0.1"
     otlp_port: int = 0
+    # Share of requests the edge starts a sampled trace for (Envoy's random_sampling).
+    trace_sample_percent: float = 100.0
 
 
 def _type(extension: str) -> str:
@@ -314,7 +316,8 @@ def _tracing(options: EdgeOptions) -> dict[str, Any]:
     """Envoy's OpenTelemetry tracer: a SERVER span per request (the trace's root when
     the caller sent no `traceparent`) and a CLIENT span per upstream attempt, so
     retries show; W3C `traceparent` goes upstream, where the services continue the
-    trace. Every request is sampled, as the services' default sampler does."""
+    trace (their parent-based samplers follow the edge's decision). Every request is
+    sampled unless `trace_sample_percent` says less."""
     return {
         "provider": {
             "name": "envoy.tracers.opentelemetry",
@@ -325,6 +328,7 @@ def _tracing(options: EdgeOptions) -> dict[str, Any]:
             },
         },
         "spawn_upstream_span": True,
+        "random_sampling": {"value": options.trace_sample_percent},
     }
 
 

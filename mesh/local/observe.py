@@ -18,6 +18,7 @@ the logic lives here.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import sys
@@ -129,9 +130,21 @@ class Observability:
             )
         return out
 
-    def edge_options(self) -> dict[str, object]:
-        """EdgeOptions overrides: Envoy's tracer exports to the sink."""
-        return {"otlp_port": self.sink_port} if self.sink_port else {}
+    def edge_options(self, env: Mapping[str, str]) -> dict[str, object]:
+        """EdgeOptions overrides: Envoy's tracer exports to the sink, sampling at the
+        ratio the services' `OTEL_TRACES_SAMPLER(_ARG)` set (traceidratio samplers;
+        every request otherwise): the edge starts most traces, and the services'
+        parent-based samplers follow its decision."""
+        if not self.sink_port:
+            return {}
+        percent = 100.0
+        sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+        if sampler.endswith("traceidratio"):
+            with contextlib.suppress(ValueError):
+                percent = min(100.0, max(0.0, float(env.get("OTEL_TRACES_SAMPLER_ARG") or 1) * 100))
+        elif sampler.endswith("always_off"):
+            percent = 0.0
+        return {"otlp_port": self.sink_port, "trace_sample_percent": percent}
 
     async def start_dashboard(
         self,

@@ -205,7 +205,7 @@ class LocalMesh:
             listen_port=self.o.edge_port,
             admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
-            **self.observe.edge_options(),
+            **self.observe.edge_options(self.o.env),
         )
         config, _ = render_files(edge_dir, options)
         self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))

@@ -20,6 +20,7 @@ from typing import Any
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
+from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, load_topology
 from mesh.local.up import LocalMesh, UpError, UpOptions
@@ -108,6 +109,7 @@ async def local_mesh(
             edge_admin_port=edge_admin_port or free_port(),
             nats_url=server.url,
             nats_external=True,  # the test's own server (a test may stop it)
+            observe=ObserveOptions(trace_sink_port=0, dashboard_port=0),
             services=services or free_port_shop(),
             ready_timeout_s=60,
             grace_s=10,

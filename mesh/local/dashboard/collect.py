@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -140,20 +141,31 @@ class Collector:
 
     async def _collect(self) -> Snapshot:
         notes: list[str] = []
-        registered: dict[str, list[Instance]] = {}
-        for name in self.services:
-            try:
-                registered[name] = await self.registry.healthy(name)
-            except RegistryUnavailable as exc:
-                notes.append(f"registry unreachable: {exc}")
-                registered[name] = []
-        edge, streams, traces = await asyncio.gather(
-            self._edge_hosts(notes), self._streams(notes), self._traces(notes)
+        found = await asyncio.gather(
+            *(self.registry.healthy(name) for name in self.services), return_exceptions=True
         )
+        registered: dict[str, list[Instance]] = {}
+        for name, result in zip(self.services, found, strict=True):
+            if isinstance(result, RegistryUnavailable):
+                notes.append(f"registry unreachable: {result}")
+                result = []
+            elif isinstance(result, BaseException):
+                raise result
+            registered[name] = result
         views = [v for name in self.services for v in self._views(name, registered[name])]
-        await asyncio.gather(*(self._instance(v, edge) for v in views if v.registered))
+        # Every source at once: a page costs the slowest one, not their sum.
+        edge, streams, traces, sagas, _ = await asyncio.gather(
+            self._edge_hosts(notes),
+            self._streams(notes),
+            self._traces(notes),
+            self._sagas(views),
+            asyncio.gather(*(self._instance(v) for v in views if v.registered)),
+        )
+        for v in views:
+            if v.registered:
+                v.edge = edge.get(v.address, "not routed" if edge else "")
         self._known_down(views)
-        methods = []
+        methods: list[MethodStats] = []
         for name in self.services:
             pairs = [
                 (self._scrapes[v.id], self._previous.get(v.id))
@@ -176,7 +188,6 @@ class Collector:
             breakers.extend((v.id, t, m, s) for t, m, s in scrape.breakers)
         for v in views:
             v.ejections = ejected.get(v.id, 0.0)
-        sagas = await self._sagas(views)
         return Snapshot(
             time.monotonic(), views, methods, sorted(breakers), streams, sagas, traces, notes
         )
@@ -212,8 +223,7 @@ class Collector:
                 )
         views.sort(key=lambda v: (self.services.index(v.service), v.id))
 
-    async def _instance(self, view: InstanceView, edge: dict[str, str]) -> None:
-        view.edge = edge.get(view.address, "not routed" if edge else "")
+    async def _instance(self, view: InstanceView) -> None:
         if not view.admin:
             return
         health, metrics = await asyncio.gather(
@@ -264,7 +274,6 @@ class Collector:
         return out
 
     async def _streams(self, notes: list[str]) -> list[StreamView]:
-        import nats
         from nats.errors import Error as NatsError
 
         try:
@@ -272,56 +281,80 @@ class Collector:
                 if self._nats is not None:
                     with contextlib.suppress(Exception):
                         await self._nats.close()
-                self._nats = await nats.connect(
-                    self.nats_url,
-                    name="meshctl-dashboard",
-                    connect_timeout=1,
-                    max_reconnect_attempts=0,
-                    allow_reconnect=False,
-                )
+                self._nats = None
+                self._nats = await asyncio.wait_for(self._connect_nats(), 3)
             js = self._nats.jetstream(timeout=1.5)
+            streams = await js.streams_info()
+            per_stream = await asyncio.gather(
+                *(js.consumers_info(info.config.name) for info in streams)
+            )
             out = []
-            for info in await js.streams_info():
-                name = info.config.name
-                consumers = [
+            for info, consumers in zip(streams, per_stream, strict=True):
+                rows = [
                     {
                         "name": c.name,
                         "pending": c.num_pending or 0,
                         "ack_pending": c.num_ack_pending or 0,
                         "redelivered": c.num_redelivered or 0,
                     }
-                    for c in await js.consumers_info(name)
+                    for c in consumers
                 ]
-                out.append(StreamView(name, info.state.messages, consumers))
+                out.append(StreamView(info.config.name, info.state.messages, rows))
             return sorted(out, key=lambda s: s.name)
         except (NatsError, OSError, TimeoutError) as exc:
-            notes.append(f"NATS at {self.nats_url}: {exc.__class__.__name__} {exc}".strip())
+            # Host and port only: a URL may carry credentials.
+            where = f"nats://{urlsplit(self.nats_url).hostname}:{urlsplit(self.nats_url).port}"
+            notes.append(f"NATS at {where}: {exc.__class__.__name__} {exc}".strip())
             self._nats = None
             return []
 
+    async def _connect_nats(self) -> Any:
+        """One connection, no reconnects (the next refresh connects again). nats-py retries
+        an unreachable server's first connect forever: the caller bounds it."""
+        import nats
+
+        # A refused port fails here at once instead of after the caller's bound.
+        url = urlsplit(self.nats_url)
+        _, writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222)
+        writer.close()
+
+        async def quiet(_exc: Exception) -> None:  # the note on the page says it
+            return None
+
+        return await nats.connect(
+            self.nats_url,
+            name="meshctl-dashboard",
+            connect_timeout=1,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
+
     async def _sagas(self, views: list[InstanceView]) -> list[SagaView]:
-        """Per service, from the first of its instances that has `/sagas` (one database)."""
-        out = []
-        for name in self.services:
-            for v in views:
-                if v.service != name or not v.admin or not v.registered:
-                    continue
-                text = await self._get(f"{v.admin}/sagas")
-                if text is None:
-                    break  # no such endpoint here: the service has no sagas
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    doc = json.loads(text)
-                    out.append(
-                        SagaView(
-                            name,
-                            v.admin,
-                            int(doc["running"]),
-                            int(doc["compensating"]),
-                            list(doc["parked"]),
-                        )
-                    )
-                break
-        return out
+        """Per service, from its first registered instance (one database per service);
+        a service without `/sagas` (404) has no sagas."""
+        first: dict[str, InstanceView] = {}
+        for v in views:
+            if v.admin and v.registered:
+                first.setdefault(v.service, v)
+        found = await asyncio.gather(*(self._saga_view(v) for v in first.values()))
+        return [s for s in found if s is not None]
+
+    async def _saga_view(self, v: InstanceView) -> SagaView | None:
+        text = await self._get(f"{v.admin}/sagas")
+        if text is None:
+            return None
+        try:
+            doc = json.loads(text)
+            return SagaView(
+                v.service,
+                v.admin,
+                int(doc["running"]),
+                int(doc["compensating"]),
+                list(doc["parked"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
 
     async def _traces(self, notes: list[str]) -> list[TraceSummary]:
         if not self.traces_db.exists():

@@ -10,6 +10,14 @@ from mesh.local.dashboard.collect import Snapshot
 from mesh.local.traces.store import SpanNode
 
 _NONE = "\u2013"  # an en dash: no value
+# Shown when hovering a span's name: what explains a status or a hop.
+_SHOWN_ATTRIBUTES = frozenset(
+    {
+        "rpc.grpc.status_code", "grpc.status_code", "grpc.message", "http.status_code",
+        "http.url", "http.method", "upstream_address", "upstream_cluster", "response_flags",
+        "messaging.destination.name", "messaging.message.id", "exception.type",
+    }
+)  # fmt: skip
 _KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -76,10 +84,10 @@ def panels(snap: Snapshot, csrf: str) -> str:
     parts += [
         _topology(snap),
         _requests(snap),
-        _breakers(snap),
-        _streams(snap),
-        _sagas(snap, csrf),
         _traces(snap),
+        _streams(snap),
+        _breakers(snap),
+        _sagas(snap, csrf),
     ]
     return "".join(parts)
 
@@ -126,8 +134,9 @@ def _requests(snap: Snapshot) -> str:
     )
     return (
         f'<section id="requests" class="wide"><h2>Requests (server side, all instances)</h2>'
-        f'{table}<p class="mute">health checks left out; errors: server faults (UNKNOWN, INTERNAL, UNAVAILABLE,'
-        " DEADLINE_EXCEEDED, ...); rates over the last refresh interval.</p></section>"
+        f'{table}<p class="mute">health checks left out; errors: server faults (UNKNOWN,'
+        " INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, ...); rates over the last refresh"
+        " interval.</p></section>"
     )
 
 
@@ -168,7 +177,7 @@ def _streams(snap: Snapshot) -> str:
         rows,
         "no stream (NATS not reachable?)",
     )
-    return f'<section id="streams"><h2>Event streams</h2>{table}</section>'
+    return f'<section id="streams" class="wide"><h2>Event streams</h2>{table}</section>'
 
 
 def _sagas(snap: Snapshot, csrf: str) -> str:
@@ -229,9 +238,13 @@ def waterfall(trace_id: str, nodes: Sequence[SpanNode]) -> str:
             width = max(s.duration_ms / total * 100, 0.3)
             cls = f"span svc-{_e(s.service)}" + (" err" if s.error else "")
             status = f' <span class="bad">{_e(s.status or "error")}</span>' if s.error else ""
+            details = "\n".join(
+                f"{k} = {v}" for k, v in sorted(s.attributes.items()) if k in _SHOWN_ATTRIBUTES
+            )
             rows.append(
                 f"<tr{' class=error' if s.error else ''}>"
-                f'<td class="name" style="padding-left:{8 + n.depth * 16}px">'
+                f'<td class="name" title="{_e(details)}"'
+                f' style="padding-left:{8 + n.depth * 16}px">'
                 f"{_e(s.name)}{status}</td>"
                 f"<td>{_e(s.service)}</td><td>{_e(_KINDS.get(s.kind, s.kind))}</td>"
                 f'<td class="num">{n.offset_ms:.1f}</td><td class="num">{s.duration_ms:.1f}</td>'
@@ -239,9 +252,18 @@ def waterfall(trace_id: str, nodes: Sequence[SpanNode]) -> str:
                 f'style="left:{left:.2f}%;width:{width:.2f}%"></div></div></td></tr>'
             )
         body = _table(("span", "service", "kind", "#start ms", "#ms", ""), rows, "")
+    summary = ""
+    if nodes:
+        total_ms = max(n.offset_ms + n.span.duration_ms for n in nodes)
+        errors = sum(1 for n in nodes if n.span.error)
+        services = sorted({n.span.service for n in nodes})
+        summary = (
+            f'<span class="sum">{total_ms:.1f} ms · {len(nodes)} spans · {errors} errors'
+            f" · {_e(', '.join(services))}</span>"
+        )
     header = (
         '<header><h1><a href="/">shop-mesh</a> · trace</h1>'
-        f'<span class="sum name">{_e(trace_id)}</span></header>'
+        f'<span class="sum name">{_e(trace_id)}</span>{summary}</header>'
     )
     return page(
         f"trace {trace_id[:12]}",

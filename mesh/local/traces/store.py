@@ -107,13 +107,22 @@ class TraceSummary:
 
 
 def route_name(row: SpanRow) -> str:
-    """What a trace list shows for its root: `METHOD /path` for an HTTP server span (the
-    edge's, named "ingress" by Envoy), else the span's name."""
+    """What a trace list shows for its root. For the edge's server span (Envoy names it
+    "ingress"): the gRPC path of a gRPC call; `REST path -> Service/Method` of a
+    transcoded REST call (Envoy reports the method after transcoding, always POST, so
+    none is shown); `METHOD path` when no gRPC method was reached. Else the span's name.
+    """
     method, url = row.attributes.get("http.method"), row.attributes.get("http.url")
-    if row.kind == 2 and isinstance(method, str) and isinstance(url, str):
-        path = urlsplit(url).path or url
+    if row.kind != 2 or not isinstance(method, str) or not isinstance(url, str):
+        return row.name
+    path = urlsplit(url).path or url
+    grpc_path = row.attributes.get("grpc.path")
+    if not isinstance(grpc_path, str) or not grpc_path:
         return f"{method} {path}"
-    return row.name
+    if grpc_path == path:
+        return path
+    service, _, rpc = grpc_path.strip("/").partition("/")
+    return f"{path} -> {service.rsplit('.', 1)[-1]}/{rpc}"
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

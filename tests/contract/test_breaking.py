@@ -70,37 +70,44 @@ BREAKING = {
     "field removed": (
         ORDERS_V1,
         ("  // Total in US cents.\n  int64 total_cents = 4;\n", ""),
-        'Previously present field "4" with name "total_cents" on message "Order" was deleted. [buf FIELD_NO_DELETE]',
+        'Previously present field "4" with name "total_cents" on message "Order" was deleted. '
+        "[buf FIELD_NO_DELETE]",
     ),
     "field renumbered": (
         ORDERS_V1,
         ("int64 total_cents = 4;", "int64 total_cents = 12;"),
-        'Previously present field "4" with name "total_cents" on message "Order" was deleted. [buf FIELD_NO_DELETE]',
+        'Previously present field "4" with name "total_cents" on message "Order" was deleted. '
+        "[buf FIELD_NO_DELETE]",
     ),
     "field renamed": (
         ORDERS_V1,
         ("int64 total_cents = 4;", "int64 total_amount_cents = 4;"),
-        'Field "4" on message "Order" changed name from "total_cents" to "total_amount_cents". [buf FIELD_SAME_NAME]',
+        'Field "4" on message "Order" changed name from "total_cents" to "total_amount_cents". '
+        "[buf FIELD_SAME_NAME]",
     ),
     "field type changed": (
         ORDERS_V1,
         ("int64 total_cents = 4;", "string total_cents = 4;"),
-        'Field "4" with name "total_cents" on message "Order" changed type from "int64" to "string". [buf FIELD_SAME_TYPE]',
+        'Field "4" with name "total_cents" on message "Order" changed type from "int64" to '
+        '"string". [buf FIELD_SAME_TYPE]',
     ),
     "field message type changed": (
         ORDERS_V1,
         ("  repeated OrderItem items = 3;\n  // Total", "  repeated Order items = 3;\n  // Total"),
-        'Field "3" with name "items" on message "Order" changed type from "shop.orders.v1.OrderItem" to "shop.orders.v1.Order". [buf FIELD_SAME_TYPE]',
+        'Field "3" with name "items" on message "Order" changed type from '
+        '"shop.orders.v1.OrderItem" to "shop.orders.v1.Order". [buf FIELD_SAME_TYPE]',
     ),
     "singular to repeated": (
         ORDERS_V1,
         ("  string failure_reason = 6;", "  repeated string failure_reason = 6;"),
-        'Field "6" with name "failure_reason" on message "Order" changed cardinality from "optional with implicit presence" to "repeated". [buf FIELD_SAME_CARDINALITY]',
+        'Field "6" with name "failure_reason" on message "Order" changed cardinality from '
+        '"optional with implicit presence" to "repeated". [buf FIELD_SAME_CARDINALITY]',
     ),
     "repeated to singular": (
         ORDERS_V1,
         ("  repeated Order orders = 1;", "  Order orders = 1;"),
-        'Field "1" with name "orders" on message "ListOrdersResponse" changed cardinality from "repeated" to "optional with explicit presence". [buf FIELD_SAME_CARDINALITY]',
+        'Field "1" with name "orders" on message "ListOrdersResponse" changed cardinality from '
+        '"repeated" to "optional with explicit presence". [buf FIELD_SAME_CARDINALITY]',
     ),
     "field left its oneof": (
         PAYMENTS_V1,
@@ -108,7 +115,8 @@ BREAKING = {
             "  oneof key {\n    // Id of the payment.\n    string payment_id = 1;\n",
             "  // Id of the payment.\n  string payment_id = 1;\n  oneof key {\n",
         ),
-        'Field "1" with name "payment_id" on message "GetPaymentRequest" moved from inside to outside a oneof. [buf FIELD_SAME_ONEOF]',
+        'Field "1" with name "payment_id" on message "GetPaymentRequest" moved from inside to '
+        "outside a oneof. [buf FIELD_SAME_ONEOF]",
     ),
     "rpc removed": (
         ORDERS_V1,
@@ -119,12 +127,15 @@ BREAKING = {
             "  }\n",
             "",
         ),
-        'Previously present RPC "GetOrder" on service "OrderService" was deleted. [buf RPC_NO_DELETE]',
+        'Previously present RPC "GetOrder" on service "OrderService" was deleted. [buf '
+        "RPC_NO_DELETE]",
     ),
     "rpc request type changed": (
         ORDERS_V1,
         ("rpc GetOrder(GetOrderRequest)", "rpc GetOrder(CancelOrderRequest)"),
-        'RPC "GetOrder" on service "OrderService" changed request type from "shop.orders.v1.GetOrderRequest" to "shop.orders.v1.CancelOrderRequest". [buf RPC_SAME_REQUEST_TYPE]',
+        'RPC "GetOrder" on service "OrderService" changed request type from '
+        '"shop.orders.v1.GetOrderRequest" to "shop.orders.v1.CancelOrderRequest". [buf '
+        "RPC_SAME_REQUEST_TYPE]",
     ),
     "rpc response type changed": (
         USERS_V1,
@@ -132,7 +143,8 @@ BREAKING = {
             "rpc DeleteUser(DeleteUserRequest) returns (DeleteUserResponse)",
             "rpc DeleteUser(DeleteUserRequest) returns (User)",
         ),
-        'RPC "DeleteUser" on service "UserService" changed response type from "shop.users.v1.DeleteUserResponse" to "shop.users.v1.User". [buf RPC_SAME_RESPONSE_TYPE]',
+        'RPC "DeleteUser" on service "UserService" changed response type from '
+        '"shop.users.v1.DeleteUserResponse" to "shop.users.v1.User". [buf RPC_SAME_RESPONSE_TYPE]',
     ),
     "server streaming added": (
         USERS_V1,
@@ -140,12 +152,14 @@ BREAKING = {
             "returns (User) {\n    option (shop.api.v1.idempotent)",
             "returns (stream User) {\n    option (shop.api.v1.idempotent)",
         ),
-        'RPC "GetUser" on service "UserService" changed from server unary to server streaming. [buf RPC_SAME_SERVER_STREAMING]',
+        'RPC "GetUser" on service "UserService" changed from server unary to server streaming. '
+        "[buf RPC_SAME_SERVER_STREAMING]",
     ),
     "client streaming removed": (
         "shop/testing/v1/ping.proto",
         ("rpc PingStream(stream PingRequest)", "rpc PingStream(PingRequest)"),
-        'RPC "PingStream" on service "PingService" changed from client streaming to client unary. [buf RPC_SAME_CLIENT_STREAMING]',
+        'RPC "PingStream" on service "PingService" changed from client streaming to client '
+        "unary. [buf RPC_SAME_CLIENT_STREAMING]",
     ),
     "http binding changed": (
         USERS_V1,
@@ -163,17 +177,20 @@ BREAKING = {
     "enum value removed": (
         ORDERS_V1,
         ("  // Cancelled after completion; refunded.\n  ORDER_STATUS_CANCELLED = 3;\n", ""),
-        'Previously present enum value "3" on enum "OrderStatus" was deleted. [buf ENUM_VALUE_NO_DELETE]',
+        'Previously present enum value "3" on enum "OrderStatus" was deleted. [buf '
+        "ENUM_VALUE_NO_DELETE]",
     ),
     "enum value renumbered": (
         ORDERS_V1,
         ("ORDER_STATUS_FAILED = 4;", "ORDER_STATUS_FAILED = 5;"),
-        'Previously present enum value "4" on enum "OrderStatus" was deleted. [buf ENUM_VALUE_NO_DELETE]',
+        'Previously present enum value "4" on enum "OrderStatus" was deleted. [buf '
+        "ENUM_VALUE_NO_DELETE]",
     ),
     "enum value renamed": (
         ORDERS_V1,
         ("ORDER_STATUS_FAILED = 4;", "ORDER_STATUS_ABORTED = 4;"),
-        'Enum value "4" on enum "OrderStatus" changed name from "ORDER_STATUS_FAILED" to "ORDER_STATUS_ABORTED". [buf ENUM_VALUE_SAME_NAME]',
+        'Enum value "4" on enum "OrderStatus" changed name from "ORDER_STATUS_FAILED" to '
+        '"ORDER_STATUS_ABORTED". [buf ENUM_VALUE_SAME_NAME]',
     ),
     "json name changed": (
         USERS_V1,
@@ -181,7 +198,8 @@ BREAKING = {
             "  string email = 2;\n  // Public",
             '  string email = 2 [json_name = "mail"];\n  // Public',
         ),
-        'Field "2" with name "email" on message "User" changed option "json_name" from "email" to "mail". [buf FIELD_SAME_JSON_NAME]',
+        'Field "2" with name "email" on message "User" changed option "json_name" from "email" '
+        'to "mail". [buf FIELD_SAME_JSON_NAME]',
     ),
     "extension renumbered": (
         "shop/api/v1/visibility.proto",
@@ -386,6 +404,7 @@ def test_release_records_additions(protos, tmp_path: Path):
     protos.edit(ORDERS_V1, "  // New.\n  string note = 8;\n", "")
     found = breaking.check(baseline.load(out), protos.descriptor_set())
     assert found == [
-        'shop/orders/v1/orders.proto:1: Previously present field "8" with name "note" on message "Order" was deleted. '
+        'shop/orders/v1/orders.proto:1: Previously present field "8" with name "note" on message '
+        '"Order" was deleted. '
         "[buf FIELD_NO_DELETE]"
     ]

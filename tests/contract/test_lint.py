@@ -51,7 +51,8 @@ BAD = {
     "field without comment": (
         USERS_V1,
         ("  // Login email, unique, stored lower case.\n", ""),
-        'shop/users/v1/users.proto:57: Field "email" should have a non-empty comment for documentation. [buf COMMENT_FIELD]',
+        'shop/users/v1/users.proto:57: Field "email" should have a non-empty comment for '
+        "documentation. [buf COMMENT_FIELD]",
     ),
     "trailing comment only": (
         USERS_V1,
@@ -59,37 +60,44 @@ BAD = {
             "  // Login email, unique, stored lower case.\n  string email = 2;",
             "  string email = 2; // Login email.",
         ),
-        'shop/users/v1/users.proto:57: Field "email" should have a non-empty comment for documentation. [buf COMMENT_FIELD]',
+        'shop/users/v1/users.proto:57: Field "email" should have a non-empty comment for '
+        "documentation. [buf COMMENT_FIELD]",
     ),
     "message without comment": (
         USERS_V1,
         ("// What a customer tells about themselves.\n", ""),
-        'shop/users/v1/users.proto:65: Message "Profile" should have a non-empty comment for documentation. [buf COMMENT_MESSAGE]',
+        'shop/users/v1/users.proto:65: Message "Profile" should have a non-empty comment for '
+        "documentation. [buf COMMENT_MESSAGE]",
     ),
     "rpc without comment": (
         USERS_V1,
         ("  // Returns one account by id (NOT_FOUND if there is none).\n", ""),
-        'shop/users/v1/users.proto:21: RPC "GetUser" should have a non-empty comment for documentation. [buf COMMENT_RPC]',
+        'shop/users/v1/users.proto:21: RPC "GetUser" should have a non-empty comment for '
+        "documentation. [buf COMMENT_RPC]",
     ),
     "service without comment": (
         USERS_V1,
         ("// Manages customer accounts and their login sessions.\n", ""),
-        'shop/users/v1/users.proto:10: Service "UserService" should have a non-empty comment for documentation. [buf COMMENT_SERVICE]',
+        'shop/users/v1/users.proto:10: Service "UserService" should have a non-empty comment for '
+        "documentation. [buf COMMENT_SERVICE]",
     ),
     "enum without comment": (
         PAYMENTS_V1,
         ("// Lifecycle of a payment.\n", ""),
-        'shop/payments/v1/payments.proto:47: Enum "PaymentStatus" should have a non-empty comment for documentation. [buf COMMENT_ENUM]',
+        'shop/payments/v1/payments.proto:47: Enum "PaymentStatus" should have a non-empty '
+        "comment for documentation. [buf COMMENT_ENUM]",
     ),
     "enum value without comment": (
         PAYMENTS_V1,
         ("  // The money was captured.\n", ""),
-        'shop/payments/v1/payments.proto:51: Enum value "PAYMENT_STATUS_CAPTURED" should have a non-empty comment for documentation. [buf COMMENT_ENUM_VALUE]',
+        'shop/payments/v1/payments.proto:51: Enum value "PAYMENT_STATUS_CAPTURED" should have a '
+        "non-empty comment for documentation. [buf COMMENT_ENUM_VALUE]",
     ),
     "oneof without comment": (
         PAYMENTS_V1,
         ("  // Which payment to return.\n", ""),
-        'shop/payments/v1/payments.proto:97: Oneof "key" should have a non-empty comment for documentation. [buf COMMENT_ONEOF]',
+        'shop/payments/v1/payments.proto:97: Oneof "key" should have a non-empty comment for '
+        "documentation. [buf COMMENT_ONEOF]",
     ),
     "public rpc without http binding": (
         USERS_V1,
@@ -121,7 +129,8 @@ BAD = {
     "camel case field": (
         USERS_V1,
         ("  string email = 2;\n  // Public", "  string emailAddress = 2;\n  // Public"),
-        'shop/users/v1/users.proto:58: Field name "emailAddress" should be lower_snake_case, such as "email_address". [buf FIELD_LOWER_SNAKE_CASE]',
+        'shop/users/v1/users.proto:58: Field name "emailAddress" should be lower_snake_case, '
+        'such as "email_address". [buf FIELD_LOWER_SNAKE_CASE]',
     ),
     "snake case message": (
         USERS_V1,
@@ -130,17 +139,20 @@ BAD = {
             "// A note.\nmessage user_note {\n  // Text.\n  string text = 1;\n}\n\n"
             "// Request of GetUser.",
         ),
-        'shop/users/v1/users.proto:82: Message name "user_note" should be PascalCase, such as "UserNote". [buf MESSAGE_PASCAL_CASE]',
+        'shop/users/v1/users.proto:82: Message name "user_note" should be PascalCase, such as '
+        '"UserNote". [buf MESSAGE_PASCAL_CASE]',
     ),
     "enum value without prefix": (
         PAYMENTS_V1,
         ("PAYMENT_STATUS_CAPTURED = 1;", "CAPTURED = 1;"),
-        'shop/payments/v1/payments.proto:52: Enum value name "CAPTURED" should be prefixed with "PAYMENT_STATUS_". [buf ENUM_VALUE_PREFIX]',
+        'shop/payments/v1/payments.proto:52: Enum value name "CAPTURED" should be prefixed with '
+        '"PAYMENT_STATUS_". [buf ENUM_VALUE_PREFIX]',
     ),
     "zero enum value not unspecified": (
         PAYMENTS_V1,
         ("PAYMENT_STATUS_UNSPECIFIED = 0;", "PAYMENT_STATUS_NONE = 0;"),
-        'shop/payments/v1/payments.proto:50: Enum zero value name "PAYMENT_STATUS_NONE" should be suffixed with "_UNSPECIFIED". [buf ENUM_ZERO_VALUE_SUFFIX]',
+        'shop/payments/v1/payments.proto:50: Enum zero value name "PAYMENT_STATUS_NONE" should '
+        'be suffixed with "_UNSPECIFIED". [buf ENUM_ZERO_VALUE_SUFFIX]',
     ),
 }
 

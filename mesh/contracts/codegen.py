@@ -31,6 +31,12 @@ DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
 # status with details as JSON, and grpcurl (via reflection) cannot decode them.
 ERROR_DETAIL_FILES = ("google/rpc/error_details.proto",)
 
+# Hand-written files in generated/ (its packaging as the clients distribution):
+# regeneration keeps them, and they are not part of protoc's output.
+HANDWRITTEN = ("pyproject.toml",)
+# What building or installing generated/ leaves behind (never protoc's output).
+_BUILD_LEFTOVERS = ("__pycache__", "build", "dist")
+
 
 class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message is protoc's own."""
@@ -135,11 +141,15 @@ def generate(out_dir: Path, descriptor_set: Path, *, proto_root: Path = PROTO_RO
 
 def generated_tree(root: Path) -> dict[str, bytes]:
     """Relative path -> content of every generated file under root."""
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or str(rel) in HANDWRITTEN:
+            continue
+        if any(part in _BUILD_LEFTOVERS or part.endswith(".egg-info") for part in rel.parts):
+            continue
+        out[str(rel)] = p.read_bytes()
+    return out
 
 
 def regenerate_in_place() -> None:
@@ -148,6 +158,9 @@ def regenerate_in_place() -> None:
         tmp_out = Path(tmp) / "generated"
         tmp_desc = Path(tmp) / "descriptors.binpb"
         generate(tmp_out, tmp_desc)
+        for name in HANDWRITTEN:
+            if (GENERATED / name).exists():
+                shutil.copyfile(GENERATED / name, tmp_out / name)
         shutil.rmtree(GENERATED, ignore_errors=True)
         shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
         DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
 from tests.support.nats import nats_server
 
@@ -40,6 +41,7 @@ async def _meshctl_up(run_dir: Path, nats_url: str) -> asyncio.subprocess.Proces
     """`meshctl up --free-ports` as a user would start it, against our nats-server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["NATS_URL"] = nats_url
+    env["XDG_STATE_HOME"] = str(run_dir.parent / "state")  # its record, not the user's
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -67,6 +69,9 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             finally:
                 await registry.close()
             assert len(_processes_of(run_dir)) >= 7  # six services and Envoy
+            # Recorded for `mesh.connect` in other processes of this user (no settings).
+            state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+            assert locate.locate(state).directory == (run_dir / "registry").resolve()
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             async with asyncio.timeout(60):
                 rest = (await proc.stdout.read()).decode()
@@ -84,6 +89,7 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     leftovers = [p for p in (run_dir / "registry").rglob("*.json")]
     assert leftovers == [], f"stale registrations: {leftovers}"
     assert not (run_dir / "up.json").exists()
+    assert not locate.record_file({"XDG_STATE_HOME": str(tmp_path / "state")}).exists()
 
 
 async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import sys
 import venv
 import zipfile
@@ -108,9 +109,16 @@ async def test_event_subscriber_example(stack: Any) -> None:
 
 async def test_clients_wheel_alone_calls_the_edge(stack: Any, tmp_path: Path) -> None:
     dist = tmp_path / "dist"
+    # Build from copies: an in-tree build leaves build/ trees behind in the checkout.
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    for name in ("base", "mesh", "interceptors", "services", "generated"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, src / name)
     # The runtime and the clients distributions, with the project's own setuptools.
     await run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-              "-w", str(dist), str(ROOT), str(ROOT / "generated"), timeout_s=180)  # fmt: skip
+              "-w", str(dist), str(src), str(src / "generated"), timeout_s=180)  # fmt: skip
     wheels = {p.name: p for p in dist.glob("*.whl")}
     assert set(wheels) == {
         "shop_clients-0.1.0-py3-none-any.whl",

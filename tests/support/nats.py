@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -93,16 +92,6 @@ class NatsServer:
         if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-    def pause(self) -> None:
-        """SIGSTOP: frozen, not dead (connections stay open, nothing is answered)."""
-        assert self._proc is not None and self._proc.returncode is None
-        self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after `pause`."""
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGCONT)
 
     async def restart(self) -> None:
         await self.stop()

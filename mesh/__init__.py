@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 S = TypeVar("S")
 
-__all__ = ["close_default_runtime", "connect", "default_runtime"]
+__all__ = ["close_default_runtime", "connect", "default_runtime", "instrument"]
 
 
 class _Default:
@@ -71,3 +71,13 @@ async def connect(
     """
     rt = runtime if runtime is not None else await default_runtime()
     return await rt.connect(service, stub_cls, **options)
+
+
+def instrument(tracer_provider: Any = None, *, client: bool = True, server: bool = True) -> Any:
+    """Trace plain grpc.aio channels/servers built from now on (see mesh.instrumentation).
+
+    Returns the function that undoes it.
+    """
+    from mesh.instrumentation import instrument as _instrument
+
+    return _instrument(tracer_provider, client=client, server=server)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
 from mesh.events.nats_connect import NatsClientAuth
@@ -51,14 +52,19 @@ def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth]:
     return settings.nats_url, client_auth(settings)
 
 
+def _registry_dir(run_dir: Path) -> Path:
+    """The embedded registry of the mesh in `run_dir` (MESH_REGISTRY_DIR overrides)."""
+    return Path(os.environ.get("MESH_REGISTRY_DIR") or run_dir.resolve() / "registry")
+
+
 def _registry(run_dir: Path) -> Registry:
     from mesh.discovery import create_registry
 
     settings = _settings()
-    if settings.registry == "embedded" and not os.environ.get("MESH_REGISTRY_DIR"):
+    if settings.registry == "embedded":
         from dataclasses import replace
 
-        settings = replace(settings, registry_dir=str(run_dir.resolve() / "registry"))
+        settings = replace(settings, registry_dir=str(_registry_dir(run_dir)))
     return create_registry(settings)
 
 
@@ -106,6 +112,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def main() -> int:
         settings = _settings()
         registry = _registry(run_dir)
+        recorded = settings.registry == "embedded"
+        if recorded:  # so that `mesh.connect` in any process of this user finds this mesh
+            locate.record(_registry_dir(run_dir))
         try:
             options = UpOptions(
                 run_dir=run_dir,
@@ -129,6 +138,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 registry,
             )
         finally:
+            if recorded:
+                locate.forget(_registry_dir(run_dir))
             await registry.close()
 
     try:

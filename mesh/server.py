@@ -3,7 +3,7 @@
 `start_service` starts a `grpc.aio` server with the service's servicers behind
 the server interceptor chain (tracing → metrics → logging → errors → deadline,
 outermost first), grpc.health.v1 following the service's dependencies,
-server reflection (v1alpha, which grpcurl 1.8.6 speaks), the admin HTTP port
+server reflection (v1alpha, which grpcurl 1.8.6 speaks, and v1), the admin HTTP port
 (`/health`, `/metrics`), and registers the instance in the registry.
 
 `RunningService.stop` undoes it in the order that loses no call: report
@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -43,6 +42,7 @@ from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
+from mesh.reflection import enable_reflection
 from mesh.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -288,9 +288,7 @@ async def start_service(
 
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*definition.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
-    )
+    enable_reflection([*definition.service_names, HEALTH_SERVICE], server)
     # NOT_SERVING until the dependencies have been probed once.
     for svc in ("", *definition.service_names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -66,7 +66,6 @@ __all__ = [
     "ResilienceSettings",
     "Settings",
     "SettingsError",
-    "default_registry_dir",
     "readme_tables",
 ]
 
@@ -225,8 +224,9 @@ class Settings:
         "MESH_REGISTRY_DIR",
         "",
         TEXT,
-        "directory of the embedded registry (0700)",
-        shown_default="`$XDG_RUNTIME_DIR/shop-mesh-<uid>` (or under `$TMPDIR`, `/tmp`)",
+        "directory of the embedded registry (0700, owned by the user)",
+        shown_default="the running `meshctl up`'s (recorded per user), else "
+        "`$XDG_RUNTIME_DIR/shop-mesh-<uid>` (or under `$TMPDIR`, `/tmp`)",
     )
     consul_http_addr: str = setting(
         "CONSUL_HTTP_ADDR", "", TEXT, "Consul agent address (`127.0.0.1:8500`)"
@@ -325,7 +325,6 @@ class Settings:
             "admin_port": admin_port,
             "instance_id": f"{service}-{uuid.uuid4().hex[:8]}",
             "registry": "consul" if consul else "embedded",
-            "registry_dir": default_registry_dir(e),
             "database_url": database_url,
         }
         settings = load(
@@ -339,12 +338,6 @@ class Settings:
         if settings.registry == "consul" and not settings.consul_http_addr:
             raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
         return settings
-
-
-def default_registry_dir(env: Mapping[str, str]) -> str:
-    """The embedded registry's per-user directory when MESH_REGISTRY_DIR is unset."""
-    base = env.get("XDG_RUNTIME_DIR") or env.get("TMPDIR") or "/tmp"
-    return os.path.join(base, f"shop-mesh-{os.getuid()}")
 
 
 RESILIENCE_DEFAULTS = ResilienceSettings()

@@ -208,7 +208,11 @@ class EndpointPool:
     def _why_none(self) -> str:
         eps = list(self._endpoints.values())
         if not eps:
-            return "none registered" if self._snapshots else "waiting for the registry"
+            if not self._snapshots:
+                return "waiting for the registry"
+            # Say where we looked: the usual cause is a registry other than the mesh's.
+            where = getattr(self._registry, "where", "")
+            return f"none registered in {where}" if where else "none registered"
         ejected = sum(1 for ep in eps if ep.outlier.ejected)
         return f"{len(eps)} known, none reachable, {ejected} ejected"
 

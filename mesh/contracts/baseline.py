@@ -106,9 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directory: Path = args.dir or args.proto_root / "baseline"
 
-    fds = codegen.build_descriptor_set(args.proto_root)
+    # Source info gives buf's findings their line numbers; the released sets leave it out.
+    fds = codegen.build_descriptor_set(args.proto_root, source_info=True)
     released = load(directory)
-    problems = breaking.compare(released, fds)
+    problems = breaking.check(released, fds)
     for p in problems:
         print(f"breaking: {p}")
     if args.check:
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(shop.<name>.v<N+1>), or pass --allow-breaking if that is really intended"
         )
         return 1
+    for f in fds.file:
+        f.ClearField("source_code_info")
     sets = release_sets(fds, codegen.proto_files(args.proto_root))
     changed = write(sets, directory, prune=args.allow_breaking)
     print(f"released {len(sets)} packages into {directory}: {len(changed)} files changed")

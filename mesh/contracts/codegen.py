@@ -43,6 +43,12 @@ MESH_OUT = ROOT
 # status with details as JSON, and grpcurl (via reflection) cannot decode them.
 ERROR_DETAIL_FILES = ("google/rpc/error_details.proto",)
 
+# Hand-written files in generated/ (its packaging as the clients distribution):
+# regeneration keeps them, and they are not part of protoc's output.
+HANDWRITTEN = ("pyproject.toml",)
+# What building or installing generated/ leaves behind (never protoc's output).
+_BUILD_LEFTOVERS = ("__pycache__", "build", "dist")
+
 
 class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message is protoc's own."""
@@ -177,11 +183,15 @@ def generate(
 
 def generated_tree(root: Path) -> dict[str, bytes]:
     """Relative path -> content of every generated file under root."""
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or str(rel) in HANDWRITTEN:
+            continue
+        if any(part in _BUILD_LEFTOVERS or part.endswith(".egg-info") for part in rel.parts):
+            continue
+        out[str(rel)] = p.read_bytes()
+    return out
 
 
 def mesh_generated_tree(root: Path) -> dict[str, bytes]:
@@ -201,6 +211,9 @@ def regenerate_in_place() -> None:
         tmp_mesh = Path(tmp) / "mesh-root"
         tmp_desc = Path(tmp) / "descriptors.binpb"
         generate(tmp_out, tmp_desc, mesh_out=tmp_mesh)
+        for name in HANDWRITTEN:
+            if (GENERATED / name).exists():
+                shutil.copyfile(GENERATED / name, tmp_out / name)
         shutil.rmtree(GENERATED, ignore_errors=True)
         shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
         fresh = mesh_generated_tree(tmp_mesh)

@@ -1,7 +1,9 @@
-"""Walk a FileDescriptorSet: the shared vocabulary of the breaking check and the lint.
+"""Walk a FileDescriptorSet: the shared vocabulary of the project's contract rules.
 
-Both need every message and enum of a file under its full name, nested ones
-included, with the `source_code_info` path that locates it (for comments).
+buf checks names, comments and the wire (mesh.contracts.buf); what is left here
+reads `google.api.http` (buf treats custom options as opaque; the mesh's own
+options are read by `mesh.api.options`) and walks messages under their full
+names, nested ones included.
 """
 
 from __future__ import annotations
@@ -16,19 +18,6 @@ from mesh.api.options import method_options
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
 
-# Field numbers of descriptor.proto, as used in SourceCodeInfo.Location.path.
-FILE_MESSAGE = 4
-FILE_ENUM = 5
-FILE_SERVICE = 6
-FILE_EXTENSION = 7
-MESSAGE_FIELD = 2
-MESSAGE_NESTED = 3
-MESSAGE_ENUM = 4
-MESSAGE_EXTENSION = 6
-MESSAGE_ONEOF = 8
-ENUM_VALUE = 2
-SERVICE_METHOD = 2
-
 _SCALARS = {
     value: name.removeprefix("TYPE_").lower()
     for name, value in FieldProto.Type.items()
@@ -41,7 +30,6 @@ class Message:
     full_name: str  # shop.orders.v1.Order
     proto: descriptor_pb2.DescriptorProto
     file: str  # shop/orders/v1/orders.proto
-    path: tuple[int, ...]  # where SourceCodeInfo locates it
 
     @property
     def is_map_entry(self) -> bool:
@@ -49,35 +37,15 @@ class Message:
         return self.proto.options.map_entry
 
 
-@dataclass(frozen=True, slots=True)
-class Enum:
-    full_name: str
-    proto: descriptor_pb2.EnumDescriptorProto
-    file: str
-    path: tuple[int, ...]
-
-
 def messages(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Message]:
     """Every message of a file, nested ones after their parent."""
 
-    def walk(
-        protos: Iterable[descriptor_pb2.DescriptorProto], scope: str, path: tuple[int, ...]
-    ) -> Iterator[Message]:
-        for i, m in enumerate(protos):
-            here = (*path, i)
-            yield Message(f"{scope}.{m.name}", m, f.name, here)
-            yield from walk(m.nested_type, f"{scope}.{m.name}", (*here, MESSAGE_NESTED))
+    def walk(protos: Iterable[descriptor_pb2.DescriptorProto], scope: str) -> Iterator[Message]:
+        for m in protos:
+            yield Message(f"{scope}.{m.name}", m, f.name)
+            yield from walk(m.nested_type, f"{scope}.{m.name}")
 
-    yield from walk(f.message_type, f.package, (FILE_MESSAGE,))
-
-
-def enums(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Enum]:
-    """Every enum of a file: top-level ones, then those nested in messages."""
-    for i, e in enumerate(f.enum_type):
-        yield Enum(f"{f.package}.{e.name}", e, f.name, (FILE_ENUM, i))
-    for m in messages(f):
-        for i, e in enumerate(m.proto.enum_type):
-            yield Enum(f"{m.full_name}.{e.name}", e, f.name, (*m.path, MESSAGE_ENUM, i))
+    yield from walk(f.message_type, f.package)
 
 
 def by_package(
@@ -95,13 +63,6 @@ def type_name(field: FieldProto) -> str:
     if field.type in (FieldProto.TYPE_MESSAGE, FieldProto.TYPE_ENUM, FieldProto.TYPE_GROUP):
         return field.type_name.lstrip(".")
     return _SCALARS[field.type]
-
-
-def real_oneof(message: descriptor_pb2.DescriptorProto, field: FieldProto) -> str | None:
-    """Name of the oneof a field belongs to, ignoring proto3 `optional`'s synthetic one."""
-    if not field.HasField("oneof_index") or field.proto3_optional:
-        return None
-    return message.oneof_decl[field.oneof_index].name
 
 
 def http_rules(method: descriptor_pb2.MethodDescriptorProto) -> list[http_pb2.HttpRule]:

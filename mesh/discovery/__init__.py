@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
-from mesh.settings import Settings, default_registry_dir
+from mesh.settings import Settings
 
 __all__ = ["Instance", "Registry", "RegistryUnavailable", "create_registry"]
 
@@ -17,8 +16,9 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
 
     "consul" → ConsulRegistry on settings.consul_http_addr (ACL token: consul_token or
     the file consul_token_file);
-    "embedded" → EmbeddedRegistry in settings.registry_dir (the per-user default
-    when empty); "none" → a StaticRegistry holding `static_instances`.
+    "embedded" → EmbeddedRegistry in settings.registry_dir; when empty, the
+    running mesh's (recorded by `meshctl up`) or the per-user default
+    (mesh.discovery.locate); "none" → a StaticRegistry holding `static_instances`.
     Backends are imported here so that a process only loads the one it uses.
     """
     if settings.registry == "consul":
@@ -35,9 +35,14 @@ def create_registry(settings: Settings, *, static_instances: Sequence[Instance] 
         )
     if settings.registry == "embedded":
         from mesh.discovery.embedded import EmbeddedRegistry
+        from mesh.discovery.locate import RegistryLocation, locate
 
-        directory = Path(settings.registry_dir or default_registry_dir(os.environ))
-        return EmbeddedRegistry(directory)
+        location = (
+            RegistryLocation(Path(settings.registry_dir), "MESH_REGISTRY_DIR")
+            if settings.registry_dir
+            else locate()
+        )
+        return EmbeddedRegistry(location.directory, where=location.describe())
     if settings.registry == "none":
         from mesh.discovery.static import StaticRegistry
 

@@ -64,7 +64,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,10 +292,13 @@ class EmbeddedRegistry:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        where: str = "",
     ) -> None:
         if not 0 < heartbeat_s < ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than ttl_s")
         self.directory = Path(directory)
+        # Where this registry is and why (errors say it when a service has no instance).
+        self.where = where or f"embedded registry {self.directory}"
         self._ttl_s = ttl_s
         self._heartbeat_s = heartbeat_s
         self._poll_s = poll_s
@@ -458,3 +461,11 @@ class EmbeddedRegistry:
             except OSError as exc:
                 rewrite = True
                 self._writes.failed(exc)
+
+
+def default_registry_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The directory a process given no MESH_REGISTRY_DIR uses: the running mesh's
+    (recorded by `meshctl up`), else the per-user default (mesh.discovery.locate)."""
+    from mesh.discovery.locate import locate
+
+    return locate(env).directory

@@ -17,10 +17,10 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mesh.discovery.registry import Registry
 from mesh.edge.model import EdgeModel
+from mesh.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,8 @@ class EdgeMeta:
 
     async def start(self) -> None:
         names = [s.full_name for s in self._model.public]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                reflection.SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            ],
+        enable_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self._server,
             pool=self._pool,
         )

@@ -22,7 +22,9 @@ delivery, not a message the server silently stops sending.
 
 The loop survives a nats-server restart: the client reconnects, fetches time
 out meanwhile, and every few seconds of silence the loop checks that its
-durable consumer still exists and re-creates and re-binds it if not.
+durable consumer still exists and re-creates and re-binds it if not. A re-bind
+keeps the loop's one pull subscription (its inbox), so nothing the server
+already handed out is stranded until `ack_wait` (see `_bind`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class SubscriptionStats:
     failed: int = 0
     dead_lettered: int = 0
     rebinds: int = 0
+    # Errors of the loop (server gone, consumer check timed out...), each followed by a re-bind.
+    interruptions: int = 0
+    # Pull subscriptions made: one for the loop's life, however often it re-binds.
+    pull_subscriptions: int = 0
 
 
 def _header_value(text: str, limit: int = 1000) -> str:
@@ -182,9 +188,10 @@ class Subscription:
                     return
                 raise
             except Exception as exc:  # server gone, consumer gone: re-bind
+                # The pull subscription is kept (see _bind): only the consumer is re-checked.
+                self.stats.interruptions += 1
                 delay = backoff.next()
                 log.warning("consumer %s: %r; re-binding in %.2fs", self.durable, exc, delay)
-                await self._unbind()
                 self.bound.clear()
                 await asyncio.sleep(delay)  # backoff, not synchronisation
 
@@ -198,7 +205,15 @@ class Subscription:
             # An existing durable with settings the server will not change in
             # place: keep using it rather than fail the service's start.
             log.warning("consumer %s exists with other settings: %s", self.durable, exc)
-        self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        if self._psub is None:
+            # One pull subscription (one inbox) for the loop's whole life, across re-binds
+            # and reconnects (the client re-subscribes it). Unsubscribing on a transient
+            # error lost messages: the server still hands the next message to a pull
+            # request sent before (or buffered during) the outage, and what sat in the old
+            # inbox's queue was dropped; each then waited ack_wait (30 s) for redelivery.
+            # Kept, those messages land in this inbox and the next fetch takes them.
+            self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+            self.stats.pull_subscriptions += 1
         self.stats.rebinds += 1
         self.bound.set()
         return self._psub

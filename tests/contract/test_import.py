@@ -12,7 +12,7 @@ from mesh.contracts import codegen
 
 MODULES = sorted(
     ".".join(p.relative_to(codegen.GENERATED).with_suffix("").parts)
-    for p in codegen.GENERATED.rglob("*_pb2*.py")
+    for p in (codegen.GENERATED / "shop").rglob("*_pb2*.py")  # not a wheel build's build/
 )
 
 

@@ -43,6 +43,7 @@ async def test_grpcurl_list_shows_exactly_the_public_services(stack: Stack) -> N
     assert listed - {s.full_name for s in MODEL.public} <= {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
     assert not any("Payment" in s or "Reservation" in s for s in listed)
 

@@ -14,6 +14,7 @@ import nats
 import nats.errors
 import pytest
 
+from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
 from tests.support.nats import nats_server
 
@@ -48,6 +49,7 @@ async def _meshctl_up(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     if nats_url:
         env["NATS_URL"] = nats_url
+    env["XDG_STATE_HOME"] = str(run_dir.parent / "state")  # its record, not the user's
     env.update(extra_env)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
@@ -93,6 +95,9 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             for seed in (run_dir / "nats").glob("*.nk"):
                 assert stat.S_IMODE(seed.stat().st_mode) == 0o600
                 assert seed.read_text().strip() not in table
+            # Recorded for `mesh.connect` in other processes of this user (no settings).
+            state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+            assert locate.locate(state).directory == (run_dir / "registry").resolve()
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             async with asyncio.timeout(60):
                 rest = (await proc.stdout.read()).decode()
@@ -110,6 +115,7 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     leftovers = [p for p in (run_dir / "registry").rglob("*.json")]
     assert leftovers == [], f"stale registrations: {leftovers}"
     assert not (run_dir / "up.json").exists()
+    assert not locate.record_file({"XDG_STATE_HOME": str(tmp_path / "state")}).exists()
 
 
 async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) -> None:

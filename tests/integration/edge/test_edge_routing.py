@@ -33,6 +33,7 @@ from mesh.edge.sync import EndpointSync, write_endpoints
 from tests.support.edge import EdgeClient
 from tests.support.envoy import EnvoyProcess, start_envoy, validate
 from tests.support.ports import free_port
+from tests.support.reflection import file_containing_symbol_v1, list_services_v1
 
 
 class _Registry:
@@ -176,6 +177,19 @@ async def test_grpcurl_lists_only_public_services(edge: Edge) -> None:
         "shop.inventory.v1.InventoryService",
     } <= listed
     assert not any("Payment" in s or "Reservation" in s or "Ping" in s for s in listed), listed
+
+
+async def test_reflection_v1_through_edge_lists_and_describes_public_only(edge: Edge) -> None:
+    target = f"127.0.0.1:{edge.port}"
+    listed = await list_services_v1(target)
+    assert "shop.orders.v2.OrderService" in listed
+    assert "grpc.reflection.v1.ServerReflection" in listed
+    assert not any("Payment" in s or "Reservation" in s or "Ping" in s for s in listed), listed
+    files = await file_containing_symbol_v1(target, "shop.orders.v2.OrderService")
+    assert files[0].package == "shop.orders.v2"
+    assert [m.name for m in files[0].service[0].method][:1] == ["CreateOrder"]
+    with pytest.raises(AssertionError):  # internal: not in the edge's pool
+        await file_containing_symbol_v1(target, "shop.payments.v1.PaymentService")
 
 
 async def test_grpcurl_describe_and_call_through_edge(edge: Edge) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from tests.support.events_db import Db
 from tests.support.nats import NatsServer
 from tests.support.poll import eventually
 
+ACK_WAIT_S = 5.0
 FAST = SubscribeOptions(backoff_s=(0.05,), fetch_timeout_s=0.5, check_consumer_every_s=1.0)
 RELAY = RelayConfig(poll_interval_s=0.2, ack_timeout_s=1.0, backoff_max_s=0.5)
 
@@ -236,10 +238,23 @@ async def test_always_failing_handler_dead_letters_with_its_error(bus_factory: A
 async def test_consumer_survives_nats_restart_under_load(
     sqlite_db: Db, nats_srv: NatsServer, bus_factory: Any, outbox: Outbox
 ) -> None:
+    """Every event handled exactly once across a nats-server restart under load.
+
+    Why this timed out about once in 8-16 runs under nats-server 2.15 (measured
+    2026-12-02 with a fetch probe): while the server shuts down it answers a pull in
+    progress with a 503 status, and nats-py's `fetch` (2.16) then raises
+    ServiceUnavailableError and drops the messages of that batch it already held
+    (e.g. 4 of 400, taken from its inbox queue). The server counts them as delivered
+    and redelivers them after `ack_wait`: at 29.4 s with the default 30 s, beyond this
+    test's window. That redelivery is the recovery path (the inbox keeps it exactly
+    once), so the test bounds it with an explicit ack_wait and a window derived from
+    it. Re-binding no longer drops the consumer's inbox, which stranded messages the
+    same way."""
     db = sqlite_db
     bus = await bus_factory()
     rec = Recorder(Inbox(db.sessions, "c7"))
-    sub = await bus.subscribe("user.*", rec, durable="c7", options=FAST)
+    options = replace(FAST, ack_wait_s=ACK_WAIT_S)
+    sub = await bus.subscribe("user.*", rec, durable="c7", options=options)
     bus.relay(db.sessions, outbox, config=RELAY).start()
     envs = [user_created() for _ in range(400)]
 
@@ -253,10 +268,15 @@ async def test_consumer_survives_nats_restart_under_load(
     await eventually(lambda: len(rec.applied) >= 40, what="traffic flowing")
     await nats_srv.restart()
     await producer
-    await eventually(lambda: len(rec.applied) == len(envs), within_s=25, what="all handled")
+    # One ack_wait for lost deliveries to come back, plus the catch-up itself.
+    await eventually(
+        lambda: len(rec.applied) == len(envs), within_s=ACK_WAIT_S + 20, what="all handled"
+    )
     assert Counter(rec.applied) == Counter(e.id for e in envs)
     assert all(n == 1 for n in (await effects(db)).values())
     assert sub.stats.rebinds >= 1
+    # However often it re-bound, the loop kept its one pull subscription (inbox).
+    assert sub.stats.pull_subscriptions == 1
 
 
 async def test_consumer_rebinds_when_its_consumer_is_deleted(bus_factory: Any) -> None:
@@ -267,6 +287,7 @@ async def test_consumer_rebinds_when_its_consumer_is_deleted(bus_factory: Any) -
     with pytest.raises(NotFoundError):
         await bus.js.consumer_info("USER", "c8")
     await eventually(lambda: sub.stats.rebinds >= 2, what="re-bind")
+    assert sub.stats.pull_subscriptions == 1
     env = user_created()
     await bus.publish(env)
     await eventually(lambda: env.id in rec.applied, what="delivery after re-bind")

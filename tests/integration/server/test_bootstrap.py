@@ -30,6 +30,7 @@ from tests.support.bootstrap import (
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually as until
 from tests.support.ports import free_port
+from tests.support.reflection import file_containing_symbol_v1, list_services_v1
 from tests.support.stand_ins import MemoryRegistry, StandInRuntime
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (missing from grpc-stubs)
@@ -80,6 +81,21 @@ async def test_grpc_health_per_service_and_overall(start: Starter) -> None:
     assert pong.value == "hi"
 
 
+async def test_reflection_v1_for_newer_clients(start: Starter) -> None:
+    svc = await start()
+    assert await list_services_v1(svc.address) == sorted(
+        [
+            PING_SERVICE,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+    )
+    files = await file_containing_symbol_v1(svc.address, PING_SERVICE)
+    assert files[0].name == "shop/testing/v1/ping.proto"
+    assert "PingBidi" in [m.name for m in files[0].service[0].method]
+
+
 async def test_reflection_lists_services_for_grpcurl(start: Starter) -> None:
     svc = await start()
     listed = await asyncio.to_thread(grpcurl, svc.address, "list")
@@ -88,6 +104,7 @@ async def test_reflection_lists_services_for_grpcurl(start: Starter) -> None:
         PING_SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
     described = await asyncio.to_thread(grpcurl, svc.address, "describe", PING_SERVICE)
     assert "rpc PingBidi" in described.stdout, described.stderr

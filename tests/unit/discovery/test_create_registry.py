@@ -33,10 +33,14 @@ async def test_embedded_consul_and_none(tmp_path: Path) -> None:
         await registry.close()
 
 
-def test_embedded_without_a_directory_uses_the_per_user_default() -> None:
+def test_embedded_without_a_directory_uses_the_per_user_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # no mesh recorded there
     registry = create_registry(Settings(service="s", registry="embedded"))
     assert isinstance(registry, EmbeddedRegistry)
     assert registry.directory.name.startswith("shop-mesh-")
+    assert str(tmp_path / "state" / "shop-mesh" / "current.json") in registry.where
 
 
 def test_consul_without_an_address_is_refused() -> None:

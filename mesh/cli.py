@@ -212,6 +212,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 eds_dir=Path(args.eds_dir),
+                **({"descriptors": args.descriptors} if args.descriptors else {}),
             )
         finally:
             await registry.close()
@@ -283,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=9190)
     serve.add_argument("--eds-dir", default="/var/run/envoy/eds")
+    serve.add_argument(
+        "--descriptors",
+        default="",
+        help="descriptor set: a path or package:resource (default: the checkout's envoy/)",
+    )
     serve.set_defaults(fn=cmd_edge_serve)
     events = add(sub, "events", "events on NATS").add_subparsers(
         dest="events_command", required=True, metavar="<events command>"

@@ -46,6 +46,7 @@ ERROR_DETAIL_FILES = ("google/rpc/error_details.proto",)
 # Hand-written files in generated/ (its packaging as the clients distribution):
 # regeneration keeps them, and they are not part of protoc's output.
 HANDWRITTEN = ("pyproject.toml",)
+PACKAGED_DESCRIPTORS = "descriptors.binpb"
 # What building or installing generated/ leaves behind (never protoc's output).
 _BUILD_LEFTOVERS = ("__pycache__", "build", "dist")
 
@@ -179,6 +180,10 @@ def generate(
             pkg = pkg.parent
     (out_dir / "shop" / "py.typed").touch()
     write_descriptor_set(descriptor_set, [*every, *ERROR_DETAIL_FILES], proto_root=proto_root)
+    # The same set as package data of the clients distribution: an installed edge
+    # companion finds it through the package (`meshctl edge serve --descriptors
+    # shop:descriptors.binpb`), not through a checkout's envoy/ directory.
+    (out_dir / "shop" / PACKAGED_DESCRIPTORS).write_bytes(descriptor_set.read_bytes())
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ with local paths at run time. Both come from `render_files`.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,24 @@ HEADER = (
     "# Rendered from the contracts by `meshctl edge render` (also run by `make protos`).\n"
     "# Do not edit: change protos/ or mesh/edge/ and render again.\n"
 )
+
+
+def descriptor_source(ref: str | Path) -> Path:
+    """The descriptor set a reference names: a file path, or `package:resource` for one
+    shipped as package data (`shop:descriptors.binpb`), found through the installed
+    package rather than a checkout (the package is located, not imported as code the
+    mesh depends on: the reference is data, like mesh.toml's)."""
+    text = str(ref)
+    package, sep, resource = text.partition(":")
+    if not sep or "/" in package or not package:
+        return Path(text)
+    try:
+        found = importlib.resources.files(package).joinpath(resource)
+    except ModuleNotFoundError as exc:
+        raise FileNotFoundError(f"descriptor set {text}: no package {package!r}") from exc
+    if not found.is_file():
+        raise FileNotFoundError(f"descriptor set {text}: {package} ships no {resource}")
+    return Path(str(found))
 
 
 def render_files(

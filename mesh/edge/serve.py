@@ -16,7 +16,7 @@ from pathlib import Path
 from mesh.discovery.registry import Registry
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
-from mesh.edge.render import DESCRIPTORS
+from mesh.edge.render import DESCRIPTORS, descriptor_source
 from mesh.edge.sync import EndpointSync
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ async def serve_edge(
     host: str,
     port: int,
     eds_dir: Path,
-    descriptors: Path = DESCRIPTORS,
+    descriptors: str | Path = DESCRIPTORS,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when no event is given)."""
-    fds = load_descriptor_set(descriptors)
+    fds = load_descriptor_set(descriptor_source(descriptors))
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry, host=host, port=port)
     sync = EndpointSync(registry, model.clusters, eds_dir)

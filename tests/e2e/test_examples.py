@@ -147,3 +147,13 @@ async def test_clients_wheel_alone_calls_the_edge(stack: Any, tmp_path: Path) ->
     assert "created and fetched user" in out, out
     with pytest.raises(AssertionError, match="No module named 'mesh'"):
         await run(python, "-I", "-c", "import mesh", env=isolated)
+    # The descriptor set ships with it: an installed edge companion reads it from here.
+    shipped = await run(
+        python,
+        "-I",
+        "-c",
+        "import importlib.resources as r; print(len(r.files('shop').joinpath("
+        "'descriptors.binpb').read_bytes()))",
+        env=isolated,
+    )
+    assert int(shipped.strip()) == len((ROOT / "envoy" / "descriptors.binpb").read_bytes())

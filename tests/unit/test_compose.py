@@ -141,3 +141,12 @@ def test_nothing_of_ours_runs_as_root_and_the_data_dir_is_the_users() -> None:
     assert users and users[-1] not in ("root", "0"), users
     assert re.search(rf"chown {users[-1]}:\S+ .*/data", dockerfile), "data dir not owned"
     assert "MESH_DATA_DIR=/data" in dockerfile
+
+
+def test_the_edge_companion_reads_the_descriptor_set_from_the_package() -> None:
+    cmd = _compose()["services"]["edge-meta"]["command"]
+    ref = cmd[cmd.index("--descriptors") + 1]
+    assert ":" in ref, "a package reference, not a path into the image's checkout copy"
+    from mesh.edge.render import descriptor_source
+
+    assert descriptor_source(ref).is_file()

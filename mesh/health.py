@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import grpc
@@ -113,9 +113,12 @@ class HealthMonitor:
         interval_s: float = 5.0,
         timeout_s: float = 2.0,
         on_change: OnChange | None = None,
+        timeouts_to_fail: int = 1,
     ) -> None:
         if not interval_s > 0 or not timeout_s > 0:
             raise ValueError("health interval and timeout must be positive")
+        if timeouts_to_fail < 1:
+            raise ValueError("timeouts_to_fail must be at least 1")
         names = [c.name for c in checks]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate dependency check names: {names}")
@@ -123,6 +126,12 @@ class HealthMonitor:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.on_change = on_change
+        # A probe that only timed out counts as failing after this many in a row: under
+        # load a busy connection pool answers late, and an instance reported unhealthy
+        # for that (with its peer restarting) left a service with no instance at all.
+        # A probe that raises fails at once.
+        self.timeouts_to_fail = timeouts_to_fail
+        self._timeouts = {c.name: 0 for c in self.checks}
         self._results = {c.name: CheckResult(c.name, c.required) for c in self.checks}
         self._report = summarise(list(self._results.values()))
         self._published: HealthStatus | None = None
@@ -139,7 +148,9 @@ class HealthMonitor:
         async with self._lock:
             if self._report.draining:
                 return self._report
-            results = await asyncio.gather(*(self._probe(c) for c in self.checks))
+            results = [
+                self._debounced(r) for r in await asyncio.gather(*map(self._probe, self.checks))
+            ]
             for r in results:
                 self._log_transition(self._results[r.name], r)
                 self._results[r.name] = r
@@ -191,6 +202,15 @@ class HealthMonitor:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = round((time.perf_counter() - started) * 1000, 3)
         return CheckResult(check.name, check.required, "failing" if error else "ok", error, latency)
+
+    def _debounced(self, result: CheckResult) -> CheckResult:
+        """A lone timeout keeps the check's previous status (see `timeouts_to_fail`)."""
+        timed_out = result.status == "failing" and (result.error or "").startswith("timed out")
+        self._timeouts[result.name] = self._timeouts[result.name] + 1 if timed_out else 0
+        if timed_out and self._timeouts[result.name] < self.timeouts_to_fail:
+            previous = self._results[result.name]
+            return replace(result, status=previous.status, error=previous.error)
+        return result
 
     async def _publish(self) -> None:
         if self._report.status == self._published:

@@ -30,6 +30,7 @@ from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
+from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec, service_processes
 from mesh.tools import envoy_binary, nats_server_binary
@@ -106,6 +107,7 @@ class LocalMesh:
         self.nats_url = options.nats_url
         self.clusters: list[str] = []
         self.progress = StartupProgress(supervisor)
+        self.prometheus: PrometheusTargets | None = None
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
@@ -130,6 +132,10 @@ class LocalMesh:
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:
             await self.sup.start(spec)
+        self.prometheus = PrometheusTargets(
+            self.registry, [s.name for s in self.o.services], run / "prometheus"
+        )
+        await self.prometheus.start()
         self.progress.step("starting the Envoy edge and its meta server")
         await self._start_edge(run)
 
@@ -242,6 +248,8 @@ class LocalMesh:
             self.o.grace_s,
             order=(lambda c: c.spec.service in services, lambda c: c is self.envoy_child),
         )
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         if self.sync is not None:
             await self.sync.stop()
         if self.meta is not None:
@@ -316,6 +324,8 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
             return 0
         stopped.cancel()
         print(table(ready.result(), options.edge_port, mesh.nats_url), flush=True)
+        if mesh.prometheus is not None:
+            print(f"prometheus scrape config: {mesh.prometheus.config_file}", flush=True)
         print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)
         # A failed instance is restarted by the supervisor; one that crash-loops is given
         # up on alone: the rest of the mesh keeps serving until a signal.

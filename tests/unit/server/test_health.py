@@ -205,3 +205,30 @@ def test_proto_packages() -> None:
     assert proto_packages(
         ["shop.orders.v2.OrderService", "shop.orders.v1.OrderService", "shop.orders.v1.Admin"]
     ) == ["shop.orders.v1", "shop.orders.v2"]
+
+
+async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
+    """Under load a busy pool answers late: one timeout keeps the check's status, a second
+    in a row fails it, and a probe that raises fails at once."""
+    slow = asyncio.Event()
+    probe = Flaky()
+
+    async def check() -> None:
+        if slow.is_set():
+            await asyncio.Event().wait()
+        await probe()
+
+    monitor = HealthMonitor(
+        [DependencyCheck("db", check, True)], timeout_s=0.05, timeouts_to_fail=2
+    )
+    assert (await monitor.refresh()).status == "healthy"
+    slow.set()
+    assert (await monitor.refresh()).status == "healthy"  # one timeout
+    report = await monitor.refresh()  # two in a row
+    assert report.status == "unhealthy" and report.checks[0].error == "timed out after 0.05s"
+    slow.clear()
+    assert (await monitor.refresh()).status == "healthy"
+    probe.error = DependencyFailed("connection refused")
+    assert (await monitor.refresh()).status == "unhealthy"  # an error: at once
+    with pytest.raises(ValueError, match="timeouts_to_fail"):
+        HealthMonitor([], timeouts_to_fail=0)

@@ -307,8 +307,23 @@ class _Engine(Protocol):
 def database_check(
     engine: _Engine, *, name: str = "database", required: bool = True
 ) -> DependencyCheck:
-    """`SELECT 1` through the service's async SQLAlchemy engine."""
+    """`SELECT 1` against the service's database, on a connection of its own.
+
+    Not from the service's pool: under load every pooled connection can be held by
+    requests waiting on a lock, and a probe queued behind them timed out and reported
+    a live database as dead (the instance went unhealthy mid-traffic). A SQLAlchemy
+    `AsyncEngine` gets a sibling engine for the same URL without pooling (one short
+    connection per probe — for PostgreSQL also a real connect test); anything else
+    with `connect()` is probed as given.
+    """
     from sqlalchemy import text  # only services with a database pay for the import
+
+    url = getattr(engine, "url", None)
+    if url is not None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        engine = create_async_engine(url, poolclass=NullPool)
 
     async def probe() -> None:
         async with engine.connect() as conn:

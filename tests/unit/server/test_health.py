@@ -232,3 +232,16 @@ async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
     assert (await monitor.refresh()).status == "unhealthy"  # an error: at once
     with pytest.raises(ValueError, match="timeouts_to_fail"):
         HealthMonitor([], timeouts_to_fail=0)
+
+
+async def test_database_check_answers_while_the_pool_is_exhausted(tmp_path: Path) -> None:
+    """Every pooled connection held by requests: the probe has its own, so it passes."""
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", pool_size=1, max_overflow=0, pool_timeout=5
+    )
+    try:
+        async with engine.connect():  # the pool's only connection, held
+            report = await HealthMonitor([database_check(engine)], timeout_s=1).refresh()
+    finally:
+        await engine.dispose()
+    assert report.checks[0].status == "ok", report.checks[0].error

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.envoy_config import write_atomically
 
 TARGETS = "targets.json"
 CONFIG = "prometheus.yml"
@@ -60,12 +60,6 @@ def scrape_config(targets_file: Path, *, interval_s: float = 5.0) -> str:
     )
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 class PrometheusTargets:
     """Keeps `targets.json` equal to the registry's healthy instances of `services`."""
 
@@ -81,7 +75,7 @@ class PrometheusTargets:
 
     async def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _write(self.config_file, scrape_config(self.targets_file))
+        write_atomically(self.config_file, scrape_config(self.targets_file).encode())
         self._flush()
         self._tasks = [asyncio.create_task(self._follow(s)) for s in self.services]
 
@@ -93,7 +87,7 @@ class PrometheusTargets:
     def _flush(self) -> None:
         text = json.dumps(target_groups(self._current), indent=1) + "\n"
         if text != self._written:
-            _write(self.targets_file, text)
+            write_atomically(self.targets_file, text.encode())
             self._written = text
 
     async def stop(self) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 from base.backoff import Backoff
+from mesh.edge.envoy_config import write_atomically
 from mesh.local.topology import ProcessSpec
 
 _COLOURS = ("36", "32", "33", "35", "34", "31", "96", "92", "93", "95")
@@ -309,10 +310,8 @@ class Supervisor:
                 for c in self.children
             ],
         }
-        tmp = self.state_file.with_suffix(".tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(doc, indent=1))
-            tmp.replace(self.state_file)
+            write_atomically(self.state_file, json.dumps(doc, indent=1).encode())
 
     async def stop(self, child: Child, grace_s: float) -> None:
         if child.running:

@@ -126,10 +126,10 @@ class HealthMonitor:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.on_change = on_change
-        # A probe that only timed out counts as failing after this many in a row: under
-        # load a busy connection pool answers late, and an instance reported unhealthy
-        # for that (with its peer restarting) left a service with no instance at all.
-        # A probe that raises fails at once.
+        # A check that was ok and now only timed out counts as failing after this many
+        # timeouts in a row: under load a dependency answers late, and an instance
+        # reported unhealthy for that (with its peer restarting) left a service with no
+        # instance at all. A probe that raises fails at once.
         self.timeouts_to_fail = timeouts_to_fail
         self._timeouts = {c.name: 0 for c in self.checks}
         self._results = {c.name: CheckResult(c.name, c.required) for c in self.checks}
@@ -204,10 +204,12 @@ class HealthMonitor:
         return CheckResult(check.name, check.required, "failing" if error else "ok", error, latency)
 
     def _debounced(self, result: CheckResult) -> CheckResult:
-        """A lone timeout keeps the check's previous status (see `timeouts_to_fail`)."""
+        """A lone timeout of a check that was ok keeps it ok (see `timeouts_to_fail`); one
+        never seen ok (at start-up) fails on its first timeout."""
         timed_out = result.status == "failing" and (result.error or "").startswith("timed out")
         self._timeouts[result.name] = self._timeouts[result.name] + 1 if timed_out else 0
-        if timed_out and self._timeouts[result.name] < self.timeouts_to_fail:
+        was_ok = self._results[result.name].status == "ok"
+        if timed_out and was_ok and self._timeouts[result.name] < self.timeouts_to_fail:
             previous = self._results[result.name]
             return replace(result, status=previous.status, error=previous.error)
         return result

@@ -208,8 +208,9 @@ def test_proto_packages() -> None:
 
 
 async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
-    """Under load a busy pool answers late: one timeout keeps the check's status, a second
-    in a row fails it, and a probe that raises fails at once."""
+    """Under load a dependency answers late: one timeout of an ok check keeps it ok, a
+    second in a row fails it, a probe that raises fails at once, and a check never seen
+    ok fails on its first timeout."""
     slow = asyncio.Event()
     probe = Flaky()
 
@@ -230,6 +231,11 @@ async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
     assert (await monitor.refresh()).status == "healthy"
     probe.error = DependencyFailed("connection refused")
     assert (await monitor.refresh()).status == "unhealthy"  # an error: at once
+    probe.error = None
+    slow.set()
+    assert (await monitor.refresh()).status == "unhealthy"  # not ok before: fails at once
+    fresh = HealthMonitor([DependencyCheck("db", check, True)], timeout_s=0.05, timeouts_to_fail=2)
+    assert (await fresh.refresh()).status == "unhealthy"  # never seen ok (start-up)
     with pytest.raises(ValueError, match="timeouts_to_fail"):
         HealthMonitor([], timeouts_to_fail=0)
 

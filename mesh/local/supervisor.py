@@ -18,6 +18,9 @@ stopping) the same spec is started again — same argv and environment, so the s
 (`max_failures` within `window_s`) gives up on that child only: it is reported loudly and
 recorded in the state file (`meshctl status` shows it); everything else keeps running. A
 child that exits 0 on its own is not restarted (on-failure, as systemd's `Restart=`).
+Once the mesh is up, `warm_spares()` keeps one pre-imported interpreter per service module
+(`mesh/local/warm.py`) that a restart takes over, so an instance serves again in about a
+second instead of re-importing for several on a loaded machine.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 meshctl up [--detach]        the whole mesh locally (nats-server, services, Envoy)
 meshctl down                 stop a running `up`
-meshctl status               instances, health and breaker states
+meshctl status               instances, health, restarts and breaker states
 meshctl demo                 the project's demo (the module mesh.toml names)
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)

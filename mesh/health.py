@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import grpc
@@ -113,9 +113,12 @@ class HealthMonitor:
         interval_s: float = 5.0,
         timeout_s: float = 2.0,
         on_change: OnChange | None = None,
+        timeouts_to_fail: int = 1,
     ) -> None:
         if not interval_s > 0 or not timeout_s > 0:
             raise ValueError("health interval and timeout must be positive")
+        if timeouts_to_fail < 1:
+            raise ValueError("timeouts_to_fail must be at least 1")
         names = [c.name for c in checks]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate dependency check names: {names}")
@@ -123,6 +126,12 @@ class HealthMonitor:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.on_change = on_change
+        # A check that was ok and now only timed out counts as failing after this many
+        # timeouts in a row: under load a dependency answers late, and an instance
+        # reported unhealthy for that (with its peer restarting) left a service with no
+        # instance at all. A probe that raises fails at once.
+        self.timeouts_to_fail = timeouts_to_fail
+        self._timeouts = {c.name: 0 for c in self.checks}
         self._results = {c.name: CheckResult(c.name, c.required) for c in self.checks}
         self._report = summarise(list(self._results.values()))
         self._published: HealthStatus | None = None
@@ -139,7 +148,9 @@ class HealthMonitor:
         async with self._lock:
             if self._report.draining:
                 return self._report
-            results = await asyncio.gather(*(self._probe(c) for c in self.checks))
+            results = [
+                self._debounced(r) for r in await asyncio.gather(*map(self._probe, self.checks))
+            ]
             for r in results:
                 self._log_transition(self._results[r.name], r)
                 self._results[r.name] = r
@@ -191,6 +202,17 @@ class HealthMonitor:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = round((time.perf_counter() - started) * 1000, 3)
         return CheckResult(check.name, check.required, "failing" if error else "ok", error, latency)
+
+    def _debounced(self, result: CheckResult) -> CheckResult:
+        """A lone timeout of a check that was ok keeps it ok (see `timeouts_to_fail`); one
+        never seen ok (at start-up) fails on its first timeout."""
+        timed_out = result.status == "failing" and (result.error or "").startswith("timed out")
+        self._timeouts[result.name] = self._timeouts[result.name] + 1 if timed_out else 0
+        was_ok = self._results[result.name].status == "ok"
+        if timed_out and was_ok and self._timeouts[result.name] < self.timeouts_to_fail:
+            previous = self._results[result.name]
+            return replace(result, status=previous.status, error=previous.error)
+        return result
 
     async def _publish(self) -> None:
         if self._report.status == self._published:
@@ -287,8 +309,23 @@ class _Engine(Protocol):
 def database_check(
     engine: _Engine, *, name: str = "database", required: bool = True
 ) -> DependencyCheck:
-    """`SELECT 1` through the service's async SQLAlchemy engine."""
+    """`SELECT 1` against the service's database, on a connection of its own.
+
+    Not from the service's pool: under load every pooled connection can be held by
+    requests waiting on a lock, and a probe queued behind them timed out and reported
+    a live database as dead (the instance went unhealthy mid-traffic). A SQLAlchemy
+    `AsyncEngine` gets a sibling engine for the same URL without pooling (one short
+    connection per probe — for PostgreSQL also a real connect test); anything else
+    with `connect()` is probed as given.
+    """
     from sqlalchemy import text  # only services with a database pay for the import
+
+    url = getattr(engine, "url", None)
+    if url is not None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        engine = create_async_engine(url, poolclass=NullPool)
 
     async def probe() -> None:
         async with engine.connect() as conn:

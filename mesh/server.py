@@ -307,6 +307,7 @@ async def start_service(
         interval_s=definition.check_interval_s,
         timeout_s=definition.check_timeout_s,
         on_change=publish,
+        timeouts_to_fail=2,  # a busy pool under load is not a broken database
     )
     admin = AdminServer(
         report=lambda: monitor.report,

@@ -61,6 +61,9 @@ class EdgeOptions:
     otlp_port: int = 0
     # Share of requests the edge starts a sampled trace for (Envoy's random_sampling).
     trace_sample_percent: float = 100.0
+    # An idempotent call not answered within this is hedged to another host (the first
+    # answer wins): a frozen instance costs a read this long, not the route timeout.
+    idempotent_try_timeout_s: float = 0.5
 
 
 def _type(extension: str) -> str:
@@ -146,6 +149,8 @@ def _grpc_route(
         action["idle_timeout"] = "0s"
     if not method_streaming:
         action["retry_policy"] = _retry_policy(idempotent, options)
+        if idempotent:
+            action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     if rewrite is not None:
         action["prefix_rewrite"] = rewrite
     return {"match": match, "route": action}
@@ -153,12 +158,18 @@ def _grpc_route(
 
 def _retry_policy(idempotent: bool, options: EdgeOptions) -> dict[str, Any]:
     """Retries on another host: any call whose request never reached an upstream
-    (refused connection or stream), and idempotent calls also on UNAVAILABLE or a
-    reset (the upstream may have seen the request; repeating it is harmless)."""
+    (refused connection or stream), and idempotent calls also on UNAVAILABLE, a reset
+    or no answer within `idempotent_try_timeout_s` (the upstream may have seen the
+    request; repeating it is harmless). That last one is hedged — the first try stays
+    in flight and the first answer wins — so a slow but live host loses nothing, and
+    a frozen one (SIGSTOP, a GC pause) costs the try timeout, not the route timeout."""
     retry_on = ["connect-failure", "refused-stream"]
+    extra: dict[str, Any] = {}
     if idempotent:
-        retry_on += ["unavailable", "reset"]
+        retry_on += ["unavailable", "reset", "gateway-error"]
+        extra["per_try_timeout"] = f"{options.idempotent_try_timeout_s:g}s"
     return {
+        **extra,
         "retry_on": ",".join(retry_on),
         "num_retries": options.idempotent_retries,
         "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
@@ -299,6 +310,14 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         # No merge window: a host that passed its first health check (or a new
         # instance) takes traffic at once instead of up to 1 s later.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}, "update_merge_window": "0s"},
+        # Retries (hedges included) in flight: a budget instead of Envoy's default of 3
+        # for the whole cluster, which a frozen host overflows at once (the overflowing
+        # calls then wait the route timeout on it).
+        "circuit_breakers": {
+            "thresholds": [
+                {"retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 16}}
+            ]
+        },
         "outlier_detection": {
             "consecutive_5xx": 5,
             "consecutive_gateway_failure": 3,

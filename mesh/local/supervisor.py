@@ -18,6 +18,9 @@ stopping) the same spec is started again — same argv and environment, so the s
 (`max_failures` within `window_s`) gives up on that child only: it is reported loudly and
 recorded in the state file (`meshctl status` shows it); everything else keeps running. A
 child that exits 0 on its own is not restarted (on-failure, as systemd's `Restart=`).
+Once the mesh is up, `warm_spares()` keeps one pre-imported interpreter per service module
+(`mesh/local/warm.py`) that a restart takes over, so an instance serves again in about a
+second instead of re-importing for several on a loaded machine.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import TextIO
 
 from base.backoff import Backoff
+from mesh.edge.envoy_config import write_atomically
 from mesh.local.topology import ProcessSpec
 
 _COLOURS = ("36", "32", "33", "35", "34", "31", "96", "92", "93", "95")
@@ -309,10 +313,8 @@ class Supervisor:
                 for c in self.children
             ],
         }
-        tmp = self.state_file.with_suffix(".tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(doc, indent=1))
-            tmp.replace(self.state_file)
+            write_atomically(self.state_file, json.dumps(doc, indent=1).encode())
 
     async def stop(self, child: Child, grace_s: float) -> None:
         if child.running:

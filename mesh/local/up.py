@@ -36,6 +36,7 @@ from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
+from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
 from mesh.tools import envoy_binary
@@ -124,6 +125,7 @@ class LocalMesh:
         self.clusters: list[str] = []
         self.observe = Observability(options.observe, options.run_dir.resolve())
         self.progress = StartupProgress(supervisor)
+        self.prometheus: PrometheusTargets | None = None
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
@@ -152,6 +154,10 @@ class LocalMesh:
             if self.nats_local is not None:  # each service its own NATS identity
                 spec = replace(spec, env=self.nats_local.with_identity(spec.env, spec.service))
             await self.sup.start(spec)
+        self.prometheus = PrometheusTargets(
+            self.registry, [s.name for s in self.o.services], run / "prometheus"
+        )
+        await self.prometheus.start()
         self.progress.step("starting the Envoy edge and its meta server")
         await self._start_edge(run)
         await self.observe.start_dashboard(
@@ -272,6 +278,8 @@ class LocalMesh:
             self.o.grace_s,
             order=(lambda c: c.spec.service in services, lambda c: c is self.envoy_child),
         )
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         if self.sync is not None:
             await self.sync.stop()
         if self.meta is not None:
@@ -348,6 +356,8 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         stopped.cancel()
         print(table(ready.result(), options.edge_port, mesh.nats_url), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
+        if mesh.prometheus is not None:
+            print(f"prometheus scrape config: {mesh.prometheus.config_file}", flush=True)
         print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)
         # A failed instance is restarted by the supervisor; one that crash-loops is given
         # up on alone: the rest of the mesh keeps serving until a signal.

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import sys
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -17,6 +18,7 @@ import pytest
 from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
 from tests.support.nats import nats_server
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -39,6 +41,17 @@ def _processes_of(run_dir: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _scrape_all(targets_file: Path) -> list[str] | None:
+    """Instance ids of the file-SD groups, if there are six and each serves metrics."""
+    groups = json.loads(targets_file.read_text()) if targets_file.exists() else []
+    if len(groups) != 6:
+        return None
+    for g in groups:
+        with urllib.request.urlopen(f"http://{g['targets'][0]}/metrics", timeout=5) as r:
+            assert b"grpc_server_handled_total" in r.read()
+    return [str(g["labels"]["instance_id"]) for g in groups]
 
 
 async def _meshctl_up(
@@ -98,6 +111,17 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             # Recorded for `mesh.connect` in other processes of this user (no settings).
             state = {"XDG_STATE_HOME": str(tmp_path / "state")}
             assert locate.locate(state).directory == (run_dir / "registry").resolve()
+            # A user's Prometheus finds every instance: file-SD targets from the registry.
+            prometheus = run_dir.resolve() / "prometheus"
+            assert f"prometheus scrape config: {prometheus / 'prometheus.yml'}" in table
+            scraped = await eventually(
+                lambda: asyncio.to_thread(_scrape_all, prometheus / "targets.json"),
+                10,
+                "every instance in targets.json, serving /metrics",
+            )
+            assert sorted(scraped) == sorted(
+                ["users-1", "orders-1", "orders-2", "inventory-1", "inventory-2", "payments-1"]
+            )
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             async with asyncio.timeout(60):
                 rest = (await proc.stdout.read()).decode()

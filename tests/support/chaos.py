@@ -49,11 +49,11 @@ class Shopper:
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
-    def orders(self) -> orders_pb2_grpc.OrderServiceStub:
+    def orders(self) -> orders_pb2_grpc.OrderServiceAsyncStub:
         return orders_pb2_grpc.OrderServiceStub(self.channel)
 
     @property
-    def inventory(self) -> inventory_pb2_grpc.InventoryServiceStub:
+    def inventory(self) -> inventory_pb2_grpc.InventoryServiceAsyncStub:
         return inventory_pb2_grpc.InventoryServiceStub(self.channel)
 
     async def setup(self, stock: int) -> None:

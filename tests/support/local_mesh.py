@@ -95,6 +95,7 @@ async def local_mesh(
     edge_port: int = 0,
     edge_admin_port: int = 0,
     nats: NatsServer | None = None,
+    warm_spares: bool = True,
 ) -> AsyncIterator[Stack]:
     """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
     on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error)."""
@@ -114,6 +115,7 @@ async def local_mesh(
             ready_timeout_s=60,
             grace_s=10,
             env={**clean_env(), **(env or {})},
+            warm_spares=warm_spares,
         )
         mesh = LocalMesh(options, registry, supervisor)
         try:

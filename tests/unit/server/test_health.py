@@ -219,3 +219,49 @@ def test_proto_packages() -> None:
     assert proto_packages(
         ["shop.orders.v2.OrderService", "shop.orders.v1.OrderService", "shop.orders.v1.Admin"]
     ) == ["shop.orders.v1", "shop.orders.v2"]
+
+
+async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
+    """Under load a dependency answers late: one timeout of an ok check keeps it ok, a
+    second in a row fails it, a probe that raises fails at once, and a check never seen
+    ok fails on its first timeout."""
+    slow = asyncio.Event()
+    probe = Flaky()
+
+    async def check() -> None:
+        if slow.is_set():
+            await asyncio.Event().wait()
+        await probe()
+
+    monitor = HealthMonitor(
+        [DependencyCheck("db", check, True)], timeout_s=0.05, timeouts_to_fail=2
+    )
+    assert (await monitor.refresh()).status == "healthy"
+    slow.set()
+    assert (await monitor.refresh()).status == "healthy"  # one timeout
+    report = await monitor.refresh()  # two in a row
+    assert report.status == "unhealthy" and report.checks[0].error == "timed out after 0.05s"
+    slow.clear()
+    assert (await monitor.refresh()).status == "healthy"
+    probe.error = DependencyFailed("connection refused")
+    assert (await monitor.refresh()).status == "unhealthy"  # an error: at once
+    probe.error = None
+    slow.set()
+    assert (await monitor.refresh()).status == "unhealthy"  # not ok before: fails at once
+    fresh = HealthMonitor([DependencyCheck("db", check, True)], timeout_s=0.05, timeouts_to_fail=2)
+    assert (await fresh.refresh()).status == "unhealthy"  # never seen ok (start-up)
+    with pytest.raises(ValueError, match="timeouts_to_fail"):
+        HealthMonitor([], timeouts_to_fail=0)
+
+
+async def test_database_check_answers_while_the_pool_is_exhausted(tmp_path: Path) -> None:
+    """Every pooled connection held by requests: the probe has its own, so it passes."""
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", pool_size=1, max_overflow=0, pool_timeout=5
+    )
+    try:
+        async with engine.connect():  # the pool's only connection, held
+            report = await HealthMonitor([database_check(engine)], timeout_s=1).refresh()
+    finally:
+        await engine.dispose()
+    assert report.checks[0].status == "ok", report.checks[0].error

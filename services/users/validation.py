@@ -108,3 +108,13 @@ def session_token(req: users_pb2.ValidateSessionRequest) -> str:
         v.add("session_token", f"must be at most {MAX_TOKEN} characters")
     v.raise_if_any()
     return req.session_token
+
+
+def refresh_token(req: users_pb2.RefreshSessionRequest | users_pb2.RevokeSessionRequest) -> str:
+    v = Violations()
+    if not req.refresh_token:
+        v.add("refresh_token", "is required")
+    elif len(req.refresh_token) > MAX_TOKEN:
+        v.add("refresh_token", f"must be at most {MAX_TOKEN} characters")
+    v.raise_if_any()
+    return req.refresh_token

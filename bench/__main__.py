@@ -1,4 +1,4 @@
-"""`python -m bench [rpc|events|fastpath] [options]`: the benchmarks, each comparing side by side.
+"""`python -m bench [rpc|events|fastpath|tokens] [options]`: the benchmarks, side by side.
 
 With no name: `bench.rpc` then `bench.events` (about two minutes in all).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
@@ -33,9 +33,15 @@ def _fastpath(args: Sequence[str]) -> None:
     fastpath.cli(list(args))
 
 
+def _tokens(args: Sequence[str]) -> None:
+    from bench import tokens
+
+    tokens.cli(list(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    benches = {"rpc": _rpc, "events": _events, "fastpath": _fastpath}
+    benches = {"rpc": _rpc, "events": _events, "fastpath": _fastpath, "tokens": _tokens}
     if args and args[0] in benches:
         benches[args[0]](args[1:])
         return

@@ -85,26 +85,26 @@ class Accounts:
         return row
 
     async def authenticate(self, creds: Credentials) -> Login:
-        async with self.throttle.attempt(creds.email):
+        async with self.throttle.attempt(creds.email) as attempt:
             found = await self.store.credentials(creds.email)
             # Verified even when the email is unknown (against a decoy): same cost, same answer.
             ok = await self.passwords.verify(found.password_hash if found else None, creds.password)
             if found is None or not ok:
-                await self.throttle.failed(creds.email)
+                await attempt.failed()
                 raise Unauthenticated(BAD_CREDENTIALS, reason="INVALID_CREDENTIALS")
-        await self.throttle.succeeded(creds.email)
+            await attempt.succeeded()
         if self.passwords.needs_rehash(found.password_hash):
             new_hash = await self.passwords.hash(creds.password)
             await self.store.replace_password_hash(found.user_id, found.password_hash, new_hash)
+        now = utcnow()
         session = new_opaque_token()
-        session_expires = utcnow() + timedelta(seconds=self.config.session_ttl_s)
+        session_expires = now + timedelta(seconds=self.config.session_ttl_s)
         refresh = new_opaque_token()
-        refresh_expires = utcnow() + timedelta(seconds=self.config.refresh_token_ttl_s)
-        family = str(uuid.uuid4())
-        stored = await self.store.create_session(
-            found.user_id, token_hash(session), session_expires
-        ) and await self.store.create_refresh(
-            token_hash(refresh), family, found.user_id, refresh_expires
+        refresh_expires = now + timedelta(seconds=self.config.refresh_token_ttl_s)
+        stored = await self.store.create_login(
+            found.user_id,
+            session=(token_hash(session), session_expires),
+            refresh=(token_hash(refresh), str(uuid.uuid4()), refresh_expires),
         )
         if not stored:
             # Deleted between the password check and now.

@@ -297,13 +297,25 @@ class UsersStore:
                 .values(password_hash=new)
             )
 
-    async def create_session(self, user_id: str, token_hash: str, expires_at: datetime) -> bool:
-        """Store a session; False when the account was deleted meanwhile."""
+    async def create_login(
+        self,
+        user_id: str,
+        *,
+        session: tuple[str, datetime],
+        refresh: tuple[str, str, datetime],
+    ) -> bool:
+        """Store a login in one transaction: the v1 session (token hash, expiry) and the
+        first refresh token of a new family (token hash, family id, expiry). False when
+        the account was deleted meanwhile."""
+        now = utcnow()
         try:
             async with self._sessions.begin() as s:
                 await s.execute(insert(self._t.sessions).values(
-                    token_hash=token_hash, user_id=user_id, created_at=utcnow(),
-                    expires_at=expires_at))  # fmt: skip
+                    token_hash=session[0], user_id=user_id, created_at=now,
+                    expires_at=session[1]))  # fmt: skip
+                await s.execute(insert(self._t.refresh_tokens).values(
+                    token_hash=refresh[0], family_id=refresh[1], user_id=user_id,
+                    created_at=now, expires_at=refresh[2]))  # fmt: skip
         except IntegrityError:  # foreign key: the user is gone
             return False
         return True
@@ -323,19 +335,6 @@ class UsersStore:
             )
 
     # -- refresh tokens ---------------------------------------------------------
-
-    async def create_refresh(
-        self, token_hash: str, family_id: str, user_id: str, expires_at: datetime
-    ) -> bool:
-        """Store a refresh token (a new family at login); False when the account is gone."""
-        try:
-            async with self._sessions.begin() as s:
-                await s.execute(insert(self._t.refresh_tokens).values(
-                    token_hash=token_hash, family_id=family_id, user_id=user_id,
-                    created_at=utcnow(), expires_at=expires_at))  # fmt: skip
-        except IntegrityError:  # foreign key: the user is gone
-            return False
-        return True
 
     async def rotate_refresh(
         self, token_hash: str, new_hash: str, new_expires_at: datetime

@@ -48,8 +48,9 @@ class LoginThrottle:
         self._in_flight: dict[str, int] = {}
 
     @asynccontextmanager
-    async def attempt(self, email: str) -> AsyncIterator[None]:
-        """Admit one login attempt for `email` or raise RESOURCE_EXHAUSTED."""
+    async def attempt(self, email: str) -> AsyncIterator[Attempt]:
+        """Admit one login attempt for `email` or raise RESOURCE_EXHAUSTED; the attempt
+        reports how it ended (`failed()` / `succeeded()`)."""
         # Counted in flight before the read: attempts racing this one see it, and an
         # attempt ending meanwhile is counted twice at worst (refusing early, never late).
         others = self._in_flight.get(email, 0)
@@ -63,7 +64,7 @@ class LoginThrottle:
                 self._refuse(max(0.0, (frees_at - now).total_seconds()))
             if len(failures) + others >= self._max:
                 self._refuse(IN_FLIGHT_RETRY_S)
-            yield
+            yield Attempt(self, email, bool(failures))
         finally:
             left = self._in_flight[email] - 1
             if left:
@@ -71,12 +72,9 @@ class LoginThrottle:
             else:
                 del self._in_flight[email]
 
-    async def failed(self, email: str) -> None:
+    async def _failed(self, email: str) -> None:
         now = self._clock()
         await self._store.add_failure(email, now, forget_before=now - self._window)
-
-    async def succeeded(self, email: str) -> None:
-        await self._store.clear_failures(email)
 
     def _refuse(self, retry_after_s: float) -> None:
         seconds = max(1, math.ceil(retry_after_s))
@@ -86,3 +84,20 @@ class LoginThrottle:
             metadata={"retry_after_s": str(seconds)},
             retry_after_s=float(seconds),
         )
+
+
+class Attempt:
+    """One admitted login attempt."""
+
+    def __init__(self, throttle: LoginThrottle, email: str, had_failures: bool) -> None:
+        self._throttle = throttle
+        self._email = email
+        self._had_failures = had_failures
+
+    async def failed(self) -> None:
+        await self._throttle._failed(self._email)
+
+    async def succeeded(self) -> None:
+        """Forget the email's failures (no write when there were none: the common case)."""
+        if self._had_failures:
+            await self._throttle._store.clear_failures(self._email)

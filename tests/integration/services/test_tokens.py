@@ -295,16 +295,16 @@ async def test_throttle_window_slides_and_success_clears(engine: AsyncEngine) ->
     clock = Clock()
     throttle = LoginThrottle(await _store(engine), max_failures=2, window_s=60, clock=clock)
     for _ in range(2):
-        async with throttle.attempt("a@example.com"):
-            await throttle.failed("a@example.com")
+        async with throttle.attempt("a@example.com") as attempt:
+            await attempt.failed()
         clock.advance(10)
     with pytest.raises(Exception, match="too many failed logins") as err:
         async with throttle.attempt("a@example.com"):
             pass
     assert err.value.retry_after_s == 40  # type: ignore[attr-defined]  # first failure + 60 s
     clock.advance(41)  # the first failure left the window
-    async with throttle.attempt("a@example.com"):
-        await throttle.succeeded("a@example.com")
+    async with throttle.attempt("a@example.com") as attempt:
+        await attempt.succeeded()
     async with throttle.attempt("a@example.com"):  # cleared: two more tries allowed
         pass
 

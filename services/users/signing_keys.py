@@ -166,10 +166,6 @@ class KeyRing:
         self._keys = [_load(r) for r in keep]
         self._next_check = _next_check(self._keys, now, t)
 
-    def invalidate(self) -> None:
-        """Reload from the table at the next use (tests, operators)."""
-        self._next_check = None
-
 
 def _published(
     rows: Sequence[KeyRow], now: datetime, keep_after_retire_s: float

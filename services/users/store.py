@@ -366,6 +366,8 @@ class UsersStore:
             if found.revoked_at is not None:
                 return RefreshOutcome(Refresh.REVOKED, found.user_id)
             spent = found.used_at is not None
+            if not spent and as_utc(found.expires_at) <= now:
+                return RefreshOutcome(Refresh.EXPIRED, found.user_id)
             if not spent:
                 res = await s.execute(
                     update(r)
@@ -380,8 +382,6 @@ class UsersStore:
                     .values(revoked_at=now)
                 )
                 return RefreshOutcome(Refresh.REUSED, found.user_id)
-            if as_utc(found.expires_at) <= now:
-                return RefreshOutcome(Refresh.EXPIRED, found.user_id)
             await s.execute(insert(r).values(
                 token_hash=new_hash, family_id=found.family_id, user_id=found.user_id,
                 created_at=now, expires_at=new_expires_at))  # fmt: skip
@@ -400,19 +400,6 @@ class UsersStore:
                 .values(revoked_at=utcnow())
             )
         return True
-
-    # -- roles ------------------------------------------------------------------
-
-    async def grant_roles(self, user_id: str, roles: Sequence[str]) -> tuple[str, ...]:
-        """Add `roles` to the account's; its roles now (NOT_FOUND if there is none)."""
-        u = self._t.users.c
-        async with self._sessions.begin() as s:
-            stored = await s.scalar(select(u.roles).where(u.user_id == user_id))
-            if stored is None:
-                raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND")
-            merged = join_roles([*split_roles(stored), *roles])
-            await s.execute(update(self._t.users).where(u.user_id == user_id).values(roles=merged))
-        return split_roles(merged)
 
     # -- signing keys -------------------------------------------------------------
 

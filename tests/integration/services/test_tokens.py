@@ -31,36 +31,24 @@ from mesh.db import migrate, session_factory
 from mesh.events import Outbox
 from services.users import store
 from services.users.admin import create_admin
-from services.users.app import build
 from services.users.config import UsersConfig
 from services.users.signing_keys import KeyRing, KeyTimes
 from services.users.throttle import LoginThrottle
 from services.users.tokens import access_token
 from tests.support.jwks import fetch_jwks, verify
 from tests.support.poll import eventually
-from tests.support.services import Served, dump_text, rpc_error_details, serve, service_settings
-
-FAST = UsersConfig(password_profile="cheapest")
-PASSWORD = "correct horse battery"
+from tests.support.services import Served, dump_text, rpc_error_details, service_settings
+from tests.support.users import FAST, PASSWORD, serve_users, sign_up, users_stub
 
 
 @pytest.fixture
 async def served(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[Served]:
-    s = await serve(build, service_settings("users", tmp_path), engine=engine, config=FAST)
+    s = await serve_users(engine, tmp_path)
     yield s
     await s.close()
 
 
-def stub(s: Served) -> users_pb2_grpc.UserServiceAsyncStub:
-    return users_pb2_grpc.UserServiceStub(s.channel)  # type: ignore[return-value]
-
-
-async def sign_up(users: users_pb2_grpc.UserServiceAsyncStub, email: str) -> users_pb2.User:
-    return await users.CreateUser(
-        users_pb2.CreateUserRequest(
-            email=email, password=PASSWORD, profile=users_pb2.Profile(display_name="T")
-        )
-    )
+stub = users_stub
 
 
 async def login(
@@ -128,9 +116,11 @@ async def test_authenticate_issues_an_access_token_the_jwks_verifies(
         verify(auth.access_token, jwks, audience="someone-else")
 
 
-async def test_an_expired_access_token_is_rejected(engine: AsyncEngine, tmp_path: Path) -> None:
-    config = UsersConfig(password_profile="cheapest", access_token_ttl_s=1)
-    served = await serve(build, service_settings("users", tmp_path), engine=engine, config=config)
+async def test_expired_access_and_refresh_tokens_are_rejected(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    config = UsersConfig(password_profile="cheapest", access_token_ttl_s=1, refresh_token_ttl_s=1)
+    served = await serve_users(engine, tmp_path, config)
     try:
         users = stub(served)
         await sign_up(users, "short@example.com")
@@ -146,6 +136,14 @@ async def test_an_expired_access_token_is_rejected(engine: AsyncEngine, tmp_path
             return False
 
         await eventually(expired, within_s=5, what="the access token expires", interval_s=0.1)
+        refresh_expiry = auth.refresh_token_expire_time.ToDatetime(UTC)
+        await eventually(
+            lambda: datetime.now(UTC) > refresh_expiry,
+            within_s=5,
+            interval_s=0.1,  # poll
+        )
+        err = await refused(refresh(users, auth.refresh_token))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await served.close()
 
@@ -239,7 +237,7 @@ async def test_failed_logins_throttle_the_account_before_hashing(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     config = UsersConfig(password_profile="cheapest", login_max_failures=3)
-    served = await serve(build, service_settings("users", tmp_path), engine=engine, config=config)
+    served = await serve_users(engine, tmp_path, config)
     try:
         users = stub(served)
         await sign_up(users, "victim@example.com")

@@ -1,6 +1,6 @@
 """`python -m bench [rpc|events|fastpath|tokens] [options]`: the benchmarks, side by side.
 
-With no name: `bench.rpc` then `bench.events` (about two minutes in all).
+With no name: `bench.rpc`, `bench.events`, then `bench.tokens` (about two and a half minutes).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 # Modest defaults for the combined run; each benchmark's own defaults apply when run by name.
 _DEFAULT_EVENTS_ARGS = ["--events", "10000"]
+_DEFAULT_TOKENS_ARGS = ["--seconds", "3"]
 
 
 def _rpc(args: Sequence[str]) -> None:
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _rpc([])
     print("\n== bench.events ==", flush=True)
     _events(_DEFAULT_EVENTS_ARGS)
+    print("\n== bench.tokens ==", flush=True)
+    _tokens(_DEFAULT_TOKENS_ARGS)
 
 
 if __name__ == "__main__":

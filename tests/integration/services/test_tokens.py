@@ -383,3 +383,26 @@ def test_create_admin_command_reads_the_password_from_stdin(tmp_path: Path) -> N
     assert again.returncode == 1 and "already exists" in again.stderr
     short = _admin_cli(tmp_path, "--email", "other@example.com", password="short")
     assert short.returncode == 2 and "password" in short.stderr
+
+
+async def test_the_served_jwks_follows_a_rotation(engine: AsyncEngine, tmp_path: Path) -> None:
+    """The wiring end to end: a short rotation period, tokens and JWKS over the wire."""
+    config = UsersConfig(password_profile="cheapest", signing_key_rotation_s=2, jwks_max_age_s=1)
+    served = await serve_users(engine, tmp_path, config)
+    try:
+        users = stub(served)
+        await sign_up(users, "keys@example.com")
+        first = await login(users, "keys@example.com")
+        old_kid = jwt.get_unverified_header(first.access_token)["kid"]
+
+        async def rotated() -> users_pb2.AuthenticateResponse | None:
+            auth = await login(users, "keys@example.com")
+            return None if jwt.get_unverified_header(auth.access_token)["kid"] == old_kid else auth
+
+        second = await eventually(rotated, within_s=10, what="a new kid", interval_s=0.2)  # poll
+        jwks, headers = await fetch_jwks(served.running.admin_port)
+        assert headers["Cache-Control"] == "public, max-age=1"
+        assert old_kid in {k["kid"] for k in jwks["keys"]}  # its tokens have not expired
+        assert verify(first.access_token, jwks)["sub"] == verify(second.access_token, jwks)["sub"]
+    finally:
+        await served.close()

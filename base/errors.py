@@ -88,7 +88,20 @@ class Unavailable(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
+    """A quota or throttle refused the call; `retry_after_s` (if set) becomes a RetryInfo."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
 
 
 class Unauthenticated(ServiceError):
@@ -135,6 +148,11 @@ def status_for(error: ServiceError) -> status_pb2.Status:
         reason=error.reason or error.code.name, domain=ERROR_DOMAIN, metadata=error.metadata
     )
     status.details.add().Pack(info)
+    retry_after_s = getattr(error, "retry_after_s", None)
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(0, round(retry_after_s * 1000)))
+        status.details.add().Pack(retry)
     return status
 
 

@@ -1,6 +1,6 @@
-"""`python -m bench [rpc|events|fastpath|traces] [options]`: the benchmarks, side by side.
+"""`python -m bench [rpc|events|fastpath|traces|tokens] [options]`: the benchmarks.
 
-With no name: `bench.rpc` then `bench.events` (about two minutes in all).
+With no name: `bench.rpc`, `bench.events`, then `bench.tokens` (about two and a half minutes).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 # Modest defaults for the combined run; each benchmark's own defaults apply when run by name.
 _DEFAULT_EVENTS_ARGS = ["--events", "10000"]
+_DEFAULT_TOKENS_ARGS = ["--seconds", "3"]
 
 
 def _rpc(args: Sequence[str]) -> None:
@@ -39,9 +40,21 @@ def _traces(args: Sequence[str]) -> None:
     traces.cli(list(args))
 
 
+def _tokens(args: Sequence[str]) -> None:
+    from bench import tokens
+
+    tokens.cli(list(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    benches = {"rpc": _rpc, "events": _events, "fastpath": _fastpath, "traces": _traces}
+    benches = {
+        "rpc": _rpc,
+        "events": _events,
+        "fastpath": _fastpath,
+        "traces": _traces,
+        "tokens": _tokens,
+    }
     if args and args[0] in benches:
         benches[args[0]](args[1:])
         return
@@ -52,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _rpc([])
     print("\n== bench.events ==", flush=True)
     _events(_DEFAULT_EVENTS_ARGS)
+    print("\n== bench.tokens ==", flush=True)
+    _tokens(_DEFAULT_TOKENS_ARGS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from base.settings import choice, load, number, setting
+from base.settings import choice, load, number, setting, whole
 
 # argon2 parameter sets (argon2-cffi's profiles). "rfc9106_low_memory" is
 # argon2-cffi's default (64 MiB, 3 passes, ~0.1 s here); "cheapest" exists for
@@ -33,6 +33,44 @@ class UsersConfig:
     )
     # Password hashing is CPU- and memory-heavy: at most this many at once (not a variable).
     max_concurrent_hashes: int = 2
+    access_token_ttl_s: float = setting(
+        "USERS_ACCESS_TOKEN_TTL_S",
+        900.0,
+        number(minimum=1.0),
+        "lifetime of an access token (JWT); it cannot be revoked before, so keep it short",
+    )
+    refresh_token_ttl_s: float = setting(
+        "USERS_REFRESH_TOKEN_TTL_S",
+        30 * 24 * 3600.0,
+        number(minimum=1.0),
+        "lifetime of a refresh token (each refresh issues a new one with a new lifetime)",
+    )
+    signing_key_rotation_s: float = setting(
+        "USERS_SIGNING_KEY_ROTATION_S",
+        7 * 24 * 3600.0,
+        number(minimum=1.0),
+        "how long one Ed25519 signing key signs before the next one takes over",
+    )
+    jwks_max_age_s: float = setting(
+        "USERS_JWKS_MAX_AGE_S",
+        300.0,
+        number(minimum=0.0),
+        "`Cache-Control: max-age` of the JWKS; a new key is published this long before it "
+        "signs, so verifiers that cache the JWKS no longer than this know it in time",
+    )
+    login_max_failures: int = setting(
+        "USERS_LOGIN_MAX_FAILURES",
+        5,
+        whole(minimum=1),
+        "failed logins per email within the window after which the email is refused "
+        "(RESOURCE_EXHAUSTED) before any password hashing",
+    )
+    login_failure_window_s: float = setting(
+        "USERS_LOGIN_FAILURE_WINDOW_S",
+        900.0,
+        number(minimum=1.0),
+        "the sliding window of the failed-login throttle",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> UsersConfig:

@@ -55,11 +55,17 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     async def Authenticate(
         self, request: users_pb2.AuthenticateRequest, context: Context
     ) -> users_pb2.AuthenticateResponse:
-        session = await self.accounts.authenticate(validation.authenticate(request))
+        login = await self.accounts.authenticate(validation.authenticate(request))
+        t = login.tokens
         return users_pb2.AuthenticateResponse(
-            session_token=session.token,
-            expire_time=to_timestamp(session.expires_at),
-            user_id=session.user_id,
+            session_token=login.session_token,
+            expire_time=to_timestamp(login.session_expires_at),
+            user_id=t.user_id,
+            access_token=t.access_token,
+            access_token_expire_time=to_timestamp(t.access_expires_at),
+            refresh_token=t.refresh_token,
+            refresh_token_expire_time=to_timestamp(t.refresh_expires_at),
+            roles=t.roles,
         )
 
     @db_guard
@@ -70,3 +76,24 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         return users_pb2.ValidateSessionResponse(
             user_id=user_id, expire_time=to_timestamp(expires_at)
         )
+
+    @db_guard
+    async def RefreshSession(
+        self, request: users_pb2.RefreshSessionRequest, context: Context
+    ) -> users_pb2.RefreshSessionResponse:
+        t = await self.accounts.refresh(validation.refresh_token(request))
+        return users_pb2.RefreshSessionResponse(
+            access_token=t.access_token,
+            access_token_expire_time=to_timestamp(t.access_expires_at),
+            refresh_token=t.refresh_token,
+            refresh_token_expire_time=to_timestamp(t.refresh_expires_at),
+            user_id=t.user_id,
+            roles=t.roles,
+        )
+
+    @db_guard
+    async def RevokeSession(
+        self, request: users_pb2.RevokeSessionRequest, context: Context
+    ) -> users_pb2.RevokeSessionResponse:
+        await self.accounts.revoke(validation.refresh_token(request))
+        return users_pb2.RevokeSessionResponse()

@@ -100,11 +100,19 @@ def authenticate(req: users_pb2.AuthenticateRequest) -> Credentials:
     return Credentials(email, req.password)
 
 
-def session_token(req: users_pb2.ValidateSessionRequest) -> str:
+def _opaque_token(path: str, value: str) -> str:
     v = Violations()
-    if not req.session_token:
-        v.add("session_token", "is required")
-    elif len(req.session_token) > MAX_TOKEN:
-        v.add("session_token", f"must be at most {MAX_TOKEN} characters")
+    if not value:
+        v.add(path, "is required")
+    elif len(value) > MAX_TOKEN:
+        v.add(path, f"must be at most {MAX_TOKEN} characters")
     v.raise_if_any()
-    return req.session_token
+    return value
+
+
+def session_token(req: users_pb2.ValidateSessionRequest) -> str:
+    return _opaque_token("session_token", req.session_token)
+
+
+def refresh_token(req: users_pb2.RefreshSessionRequest | users_pb2.RevokeSessionRequest) -> str:
+    return _opaque_token("refresh_token", req.refresh_token)

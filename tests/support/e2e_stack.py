@@ -61,7 +61,7 @@ GRPC_CALLS: list[
             "email": f"e2e.{c['tag']}@example.com",
             "password": "correct horse battery staple",
         },
-        lambda c, r: c.update(token=r["sessionToken"]),
+        lambda c, r: c.update(token=r["sessionToken"], refresh=r["refreshToken"]),
     ),
     (
         "shop.users.v1.UserService/ValidateSession",
@@ -140,6 +140,16 @@ GRPC_CALLS: list[
     (
         "shop.orders.v2.OrderService/CancelOrder",
         lambda c: {"order_id": c["order_v2"], "reason": "e2e"},
+        lambda c, r: None,
+    ),
+    (
+        "shop.users.v1.UserService/RefreshSession",
+        lambda c: {"refresh_token": c["refresh"]},
+        lambda c, r: c.update(refresh=r["refreshToken"], access=r["accessToken"]),
+    ),
+    (
+        "shop.users.v1.UserService/RevokeSession",
+        lambda c: {"refresh_token": c["refresh"]},
         lambda c, r: None,
     ),
     (

@@ -63,10 +63,13 @@ ALLOWED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 # UNAVAILABLE is defined for the processor's outage and a charge in flight only:
 # a database outage here would be a bug (e.g. SQLite locked by our own writes).
 UNAVAILABLE_REASONS = {"PROCESSOR_UNAVAILABLE", "CHARGE_IN_PROGRESS"}
+# RESOURCE_EXHAUSTED only from the failed-login throttle (wrong passwords for the seed).
+EXHAUSTED_REASONS = {"LOGIN_THROTTLED"}
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 EXAMPLES = 30
@@ -130,14 +133,15 @@ async def _seed(served: dict[str, Served]) -> Seed:
             card=payments_pb2.PaymentCard(number=APPROVE, exp_month=12,
                                           exp_year=datetime.now(UTC).year + 1, cvc="123"))
     )  # fmt: skip
-    strings = [user.user_id, auth.session_token, "seed@example.com", "seed password",
-               product.product_id, "SEED", held, charged, payment.payment_id]  # fmt: skip
-    return Seed(strings, _templates(user, auth.session_token, product, held, charged, payment))
+    strings = [user.user_id, auth.session_token, auth.refresh_token, "seed@example.com",
+               "seed password", product.product_id, "SEED", held, charged,
+               payment.payment_id]  # fmt: skip
+    return Seed(strings, _templates(user, auth, product, held, charged, payment))
 
 
 def _templates(
     user: users_pb2.User,
-    token: str,
+    auth: users_pb2.AuthenticateResponse,
     product: inventory_pb2.Product,
     held: str,
     charged: str,
@@ -156,7 +160,9 @@ def _templates(
         "GetUser": users_pb2.GetUserRequest(user_id=user.user_id),
         "DeleteUser": users_pb2.DeleteUserRequest(user_id=fresh),
         "Authenticate": users_pb2.AuthenticateRequest(email=user.email, password="seed password"),
-        "ValidateSession": users_pb2.ValidateSessionRequest(session_token=token),
+        "ValidateSession": users_pb2.ValidateSessionRequest(session_token=auth.session_token),
+        "RefreshSession": users_pb2.RefreshSessionRequest(refresh_token=auth.refresh_token),
+        "RevokeSession": users_pb2.RevokeSessionRequest(refresh_token=fresh),
         "CreateProduct": inventory_pb2.CreateProductRequest(
             sku="NEW-1", name="New", price=usd, initial_stock=5),
         "GetProduct": inventory_pb2.GetProductRequest(product_id=pid),
@@ -365,7 +371,7 @@ RPCS = _rpcs()
 
 
 def test_every_rpc_is_covered(shop: Shop) -> None:
-    assert len(RPCS) == 16  # users 5, inventory 5 + 3, payments 3
+    assert len(RPCS) == 18  # users 7, inventory 5 + 3, payments 3
     assert {r.name for r in RPCS} == set(shop.seed.templates)
 
 
@@ -383,6 +389,10 @@ def _check(code: grpc.StatusCode, err: grpc.RpcError | None, rpc: Rpc, what: obj
         _, info = details_of(err)  # type: ignore[arg-type]
         reason = info.reason if info else ""
         assert reason in UNAVAILABLE_REASONS, f"{rpc} UNAVAILABLE ({reason}) to {what!r}: {err}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and err is not None:
+        _, info = details_of(err)  # type: ignore[arg-type]
+        reason = info.reason if info else ""
+        assert reason in EXHAUSTED_REASONS, f"{rpc} RESOURCE_EXHAUSTED ({reason}) to {what!r}"
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=str)

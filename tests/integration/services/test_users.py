@@ -13,7 +13,7 @@ import grpc
 import pytest
 from nats.js.errors import NotFoundError
 from shop.events.v1 import events_pb2
-from shop.users.v1 import users_pb2, users_pb2_grpc
+from shop.users.v1 import users_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,30 +29,18 @@ from tests.support.services import (
     serve,
     service_settings,
 )
-
-FAST = UsersConfig(password_profile="cheapest")
-PASSWORD = "correct horse battery"
+from tests.support.users import FAST, PASSWORD, serve_users, sign_up, users_stub
 
 
 @pytest.fixture
 async def served(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[Served]:
-    s = await serve(build, service_settings("users", tmp_path), engine=engine, config=FAST)
+    s = await serve_users(engine, tmp_path)
     yield s
     await s.close()
 
 
-def stub(s: Served) -> users_pb2_grpc.UserServiceAsyncStub:
-    return users_pb2_grpc.UserServiceStub(s.channel)  # type: ignore[return-value]
-
-
-async def create(
-    users: users_pb2_grpc.UserServiceAsyncStub, email: str = "Ada@Example.com", name: str = "Ada"
-) -> users_pb2.User:
-    return await users.CreateUser(
-        users_pb2.CreateUserRequest(
-            email=email, password=PASSWORD, profile=users_pb2.Profile(display_name=name)
-        )
-    )
+stub = users_stub
+create = sign_up
 
 
 async def test_create_get_and_user_created_event(served: Served, engine: AsyncEngine) -> None:

@@ -60,6 +60,16 @@ class UserServiceStub:
                 request_serializer=shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionRequest.SerializeToString,
                 response_deserializer=shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionResponse.FromString,
                 _registered_method=True)
+        self.RefreshSession = channel.unary_unary(
+                '/shop.users.v1.UserService/RefreshSession',
+                request_serializer=shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionResponse.FromString,
+                _registered_method=True)
+        self.RevokeSession = channel.unary_unary(
+                '/shop.users.v1.UserService/RevokeSession',
+                request_serializer=shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionRequest.SerializeToString,
+                response_deserializer=shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -90,8 +100,12 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Authenticate(self, request, context):
-        """Exchanges an email and password for a session token. A wrong email or
-        password answers UNAUTHENTICATED without saying which one was wrong.
+        """Exchanges an email and password for tokens: a signed access token (JWT,
+        EdDSA, verified with the keys at the users service's
+        /.well-known/jwks.json) and an opaque refresh token, plus the v1 session
+        token. A wrong email or password answers UNAUTHENTICATED without saying
+        which one was wrong; too many failures for one email answer
+        RESOURCE_EXHAUSTED with a RetryInfo until the back-off window has passed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +114,26 @@ class UserServiceServicer:
     def ValidateSession(self, request, context):
         """Tells whether a session token is valid and whose it is. An unknown or
         expired token answers UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSession(self, request, context):
+        """Exchanges a refresh token for a new access token and a new refresh token.
+        Each refresh token works once: presenting one that was already exchanged
+        revokes every token descended from the same login (the "family") and
+        answers UNAUTHENTICATED, as do unknown, expired and revoked tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSession(self, request, context):
+        """Logs out: revokes the refresh token's family, so neither it nor any
+        token refreshed from it works again. Access tokens already issued stay
+        valid until they expire (minutes): they are verified without a lookup.
+        Revoking an unknown or already revoked token succeeds (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +166,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ValidateSession,
                     request_deserializer=shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionRequest.FromString,
                     response_serializer=shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionResponse.SerializeToString,
+            ),
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionResponse.SerializeToString,
+            ),
+            'RevokeSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSession,
+                    request_deserializer=shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionRequest.FromString,
+                    response_serializer=shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +314,60 @@ class UserService:
             '/shop.users.v1.UserService/ValidateSession',
             shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionRequest.SerializeToString,
             shop_dot_users_dot_v1_dot_users__pb2.ValidateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/RefreshSession',
+            shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionRequest.SerializeToString,
+            shop_dot_users_dot_v1_dot_users__pb2.RefreshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.users.v1.UserService/RevokeSession',
+            shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionRequest.SerializeToString,
+            shop_dot_users_dot_v1_dot_users__pb2.RevokeSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,12 +44,28 @@ class UserServiceStub:
     Deleting an account that does not exist answers NOT_FOUND.
     """
     Authenticate: _grpc.UnaryUnaryMultiCallable[_users_pb2.AuthenticateRequest, _users_pb2.AuthenticateResponse]
-    """Exchanges an email and password for a session token. A wrong email or
-    password answers UNAUTHENTICATED without saying which one was wrong.
+    """Exchanges an email and password for tokens: a signed access token (JWT,
+    EdDSA, verified with the keys at the users service's
+    /.well-known/jwks.json) and an opaque refresh token, plus the v1 session
+    token. A wrong email or password answers UNAUTHENTICATED without saying
+    which one was wrong; too many failures for one email answer
+    RESOURCE_EXHAUSTED with a RetryInfo until the back-off window has passed.
     """
     ValidateSession: _grpc.UnaryUnaryMultiCallable[_users_pb2.ValidateSessionRequest, _users_pb2.ValidateSessionResponse]
     """Tells whether a session token is valid and whose it is. An unknown or
     expired token answers UNAUTHENTICATED.
+    """
+    RefreshSession: _grpc.UnaryUnaryMultiCallable[_users_pb2.RefreshSessionRequest, _users_pb2.RefreshSessionResponse]
+    """Exchanges a refresh token for a new access token and a new refresh token.
+    Each refresh token works once: presenting one that was already exchanged
+    revokes every token descended from the same login (the "family") and
+    answers UNAUTHENTICATED, as do unknown, expired and revoked tokens.
+    """
+    RevokeSession: _grpc.UnaryUnaryMultiCallable[_users_pb2.RevokeSessionRequest, _users_pb2.RevokeSessionResponse]
+    """Logs out: revokes the refresh token's family, so neither it nor any
+    token refreshed from it works again. Access tokens already issued stay
+    valid until they expire (minutes): they are verified without a lookup.
+    Revoking an unknown or already revoked token succeeds (idempotent).
     """
 
 @_typing.type_check_only
@@ -68,12 +84,28 @@ class UserServiceAsyncStub(UserServiceStub):
     Deleting an account that does not exist answers NOT_FOUND.
     """
     Authenticate: _aio.UnaryUnaryMultiCallable[_users_pb2.AuthenticateRequest, _users_pb2.AuthenticateResponse]  # type: ignore[assignment]
-    """Exchanges an email and password for a session token. A wrong email or
-    password answers UNAUTHENTICATED without saying which one was wrong.
+    """Exchanges an email and password for tokens: a signed access token (JWT,
+    EdDSA, verified with the keys at the users service's
+    /.well-known/jwks.json) and an opaque refresh token, plus the v1 session
+    token. A wrong email or password answers UNAUTHENTICATED without saying
+    which one was wrong; too many failures for one email answer
+    RESOURCE_EXHAUSTED with a RetryInfo until the back-off window has passed.
     """
     ValidateSession: _aio.UnaryUnaryMultiCallable[_users_pb2.ValidateSessionRequest, _users_pb2.ValidateSessionResponse]  # type: ignore[assignment]
     """Tells whether a session token is valid and whose it is. An unknown or
     expired token answers UNAUTHENTICATED.
+    """
+    RefreshSession: _aio.UnaryUnaryMultiCallable[_users_pb2.RefreshSessionRequest, _users_pb2.RefreshSessionResponse]  # type: ignore[assignment]
+    """Exchanges a refresh token for a new access token and a new refresh token.
+    Each refresh token works once: presenting one that was already exchanged
+    revokes every token descended from the same login (the "family") and
+    answers UNAUTHENTICATED, as do unknown, expired and revoked tokens.
+    """
+    RevokeSession: _aio.UnaryUnaryMultiCallable[_users_pb2.RevokeSessionRequest, _users_pb2.RevokeSessionResponse]  # type: ignore[assignment]
+    """Logs out: revokes the refresh token's family, so neither it nor any
+    token refreshed from it works again. Access tokens already issued stay
+    valid until they expire (minutes): they are verified without a lookup.
+    Revoking an unknown or already revoked token succeeds (idempotent).
     """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,8 +145,12 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.AuthenticateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.AuthenticateResponse, _abc.Awaitable[_users_pb2.AuthenticateResponse]]:
-        """Exchanges an email and password for a session token. A wrong email or
-        password answers UNAUTHENTICATED without saying which one was wrong.
+        """Exchanges an email and password for tokens: a signed access token (JWT,
+        EdDSA, verified with the keys at the users service's
+        /.well-known/jwks.json) and an opaque refresh token, plus the v1 session
+        token. A wrong email or password answers UNAUTHENTICATED without saying
+        which one was wrong; too many failures for one email answer
+        RESOURCE_EXHAUSTED with a RetryInfo until the back-off window has passed.
         """
 
     @_abc_1.abstractmethod
@@ -125,6 +161,30 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_users_pb2.ValidateSessionResponse, _abc.Awaitable[_users_pb2.ValidateSessionResponse]]:
         """Tells whether a session token is valid and whose it is. An unknown or
         expired token answers UNAUTHENTICATED.
+        """
+
+    @_abc_1.abstractmethod
+    def RefreshSession(
+        self,
+        request: _users_pb2.RefreshSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.RefreshSessionResponse, _abc.Awaitable[_users_pb2.RefreshSessionResponse]]:
+        """Exchanges a refresh token for a new access token and a new refresh token.
+        Each refresh token works once: presenting one that was already exchanged
+        revokes every token descended from the same login (the "family") and
+        answers UNAUTHENTICATED, as do unknown, expired and revoked tokens.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeSession(
+        self,
+        request: _users_pb2.RevokeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.RevokeSessionResponse, _abc.Awaitable[_users_pb2.RevokeSessionResponse]]:
+        """Logs out: revokes the refresh token's family, so neither it nor any
+        token refreshed from it works again. Access tokens already issued stay
+        valid until they expire (minutes): they are verified without a lookup.
+        Revoking an unknown or already revoked token succeeds (idempotent).
         """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ meshctl demo                 the shop's story through the edge (grpcurl + curl)
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
+meshctl pki init|issue|rotate|show   the mesh CA and service certificates
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.security import cli as security_cli
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
+    security_cli.register(sub)
     return p
 
 

@@ -42,6 +42,8 @@ from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminServer
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
+from mesh.security.identity import MeshIdentity, warn_if_plaintext
+from mesh.security.pki import PkiError
 from mesh.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -164,8 +166,12 @@ class RunningService:
         admin: AdminServer,
         instance: Instance,
         registry: Registry | None,
+        identity: MeshIdentity | None = None,
+        owns_identity: bool = False,
     ) -> None:
         self.definition = definition
+        self.identity = identity
+        self._owns_identity = owns_identity
         self.settings = settings
         self.server = server
         self.health = health
@@ -255,6 +261,8 @@ class RunningService:
             except Exception:
                 log.exception("%s on_stop hook %r failed", name, hook)
         await self.admin.stop()
+        if self._owns_identity and self.identity is not None:
+            await self.identity.close()
         log.info("%s %s stopped", name, self.instance.id)
         self._stopped.set()
 
@@ -265,6 +273,7 @@ async def start_service(
     runtime: RuntimeLike,
     *,
     interceptors: Sequence[ServerInterceptor] | None = None,
+    identity: MeshIdentity | None = None,
 ) -> RunningService:
     """Start `definition` on settings.host:settings.grpc_port and register it.
 
@@ -272,7 +281,13 @@ async def start_service(
     (health SERVING/NOT_SERVING) → register → periodic probing.
     `interceptors` replaces the mesh chain (`server_interceptors(runtime)`)
     when given; `definition.interceptors` always come after it.
+
+    With `settings.security.tls` (the default) the port requires a client
+    certificate from the mesh CA and presents `identity` (default: the
+    runtime's when it is this service's, else loaded from the PKI directory
+    and renewed in the background until the service stops).
     """
+    identity, owns_identity = _server_identity(definition.name, settings, runtime, identity)
     chain = list(server_interceptors(runtime) if interceptors is None else interceptors)
     chain += definition.interceptors
     server = grpc.aio.server(
@@ -315,11 +330,16 @@ async def start_service(
 
     target = _bind_target(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(target)
+        if identity is None:
+            port = server.add_insecure_port(target)
+        else:
+            port = server.add_secure_port(target, identity.server_credentials())
     except RuntimeError as exc:
         raise ServiceStartError(f"cannot bind gRPC port {target} (MESH_GRPC_PORT): {exc}") from exc
     await server.start()
     try:
+        if owns_identity and identity is not None:
+            identity.start()
         admin_port = await admin.start(settings.host, settings.admin_port)
         for hook in definition.on_start:
             await hook()
@@ -346,6 +366,8 @@ async def start_service(
             admin=admin,
             instance=instance,
             registry=runtime.registry,
+            identity=identity,
+            owns_identity=owns_identity,
         )
         await running.register()
     except BaseException:
@@ -353,17 +375,38 @@ async def start_service(
         await monitor.stop()
         await server.stop(0)
         await admin.stop()
+        if owns_identity and identity is not None:
+            await identity.close()
         raise
     monitor.start()
     log.info(
-        "%s %s serving on %s (admin port %d, health %s)",
+        "%s %s serving on %s (%s, admin port %d, health %s)",
         definition.name,
         instance.id,
         instance.address,
+        f"mTLS as {identity.spiffe_id}" if identity is not None else "PLAINTEXT",
         admin_port,
         monitor.report.status,
     )
     return running
+
+
+def _server_identity(
+    service: str, settings: Settings, runtime: RuntimeLike, given: MeshIdentity | None
+) -> tuple[MeshIdentity | None, bool]:
+    """(the identity the server presents, whether the server owns it); None when TLS is off."""
+    if not settings.security.tls:
+        warn_if_plaintext(settings.security, service)
+        return None, False
+    if given is not None:
+        return given, False
+    shared = getattr(runtime, "identity", None)
+    if isinstance(shared, MeshIdentity) and shared.service == service:
+        return shared, False
+    try:
+        return MeshIdentity.load(service, settings.security), True
+    except PkiError as exc:
+        raise ServiceStartError(f"no identity for {service}: {exc}") from exc
 
 
 # --- process entry point -----------------------------------------------------------
@@ -398,7 +441,7 @@ def run_service(name: str, build: Build, *, grpc_port: int, admin_port: int) -> 
     except SettingsError as exc:  # raised while building (a service's own settings)
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (ServiceStartError, AdminBindError) as exc:
+    except (ServiceStartError, AdminBindError, PkiError) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)
 

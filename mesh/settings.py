@@ -90,6 +90,53 @@ class ResilienceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Identity and mTLS (mesh/security/): the mesh CA, this process's certificate, TLS on/off.
+
+    `tls=False` (MESH_TLS=off) is for debugging and benchmarks only: every
+    process logs a loud WARNING at start. `ca_cert_file`/`ca_key_file` name a
+    user's own CA (default: `<pki_dir>/ca.crt` and `ca.key`, made by `meshctl pki init`).
+    """
+
+    tls: bool = True
+    trust_domain: str = "mesh.local"
+    pki_dir: str = ".run/pki"
+    cert_lifetime_s: float = 24 * 3600.0
+    ca_cert_file: str = ""
+    ca_key_file: str = ""
+
+
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _trust_domain(raw: str) -> str:
+    value = raw.strip().lower()
+    if not value or "/" in value or ":" in value or value.startswith("."):
+        raise ValueError("must be a DNS-like name such as mesh.local")
+    return value
+
+
+def security_from_env(e: Mapping[str, str]) -> SecuritySettings:
+    """MESH_TLS, MESH_TRUST_DOMAIN, MESH_PKI_DIR, MESH_CERT_LIFETIME_S, MESH_CA_CERT_FILE,
+    MESH_CA_KEY_FILE."""
+    d = SecuritySettings()
+    return SecuritySettings(
+        tls=_read(e, "MESH_TLS", d.tls, _on_off),
+        trust_domain=_read(e, "MESH_TRUST_DOMAIN", d.trust_domain, _trust_domain),
+        pki_dir=_read(e, "MESH_PKI_DIR", d.pki_dir, str),
+        cert_lifetime_s=_read(e, "MESH_CERT_LIFETIME_S", d.cert_lifetime_s, _positive_float),
+        ca_cert_file=_read(e, "MESH_CA_CERT_FILE", d.ca_cert_file, str),
+        ca_key_file=_read(e, "MESH_CA_KEY_FILE", d.ca_key_file, str),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a service or client process reads from its environment."""
 
@@ -112,6 +159,7 @@ class Settings:
     drain_grace_s: float = 10.0
     log_level: str = "INFO"
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod
     def from_env(
@@ -173,4 +221,5 @@ class Settings:
                 e, "MESH_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
             ),
             resilience=resilience,
+            security=security_from_env(e),
         )

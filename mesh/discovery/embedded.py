@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from base.backoff import Backoff
-from mesh.discovery.health_probe import HealthProbe
+from mesh.discovery.health_probe import ClientIdentity, HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
@@ -260,6 +260,7 @@ class EmbeddedRegistry:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        identity: ClientIdentity | None = None,
     ) -> None:
         if not 0 < heartbeat_s < ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than ttl_s")
@@ -272,6 +273,8 @@ class EmbeddedRegistry:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._clock = clock
+        # The registering process's identity: the owner-side probe speaks mTLS with it.
+        self.identity = identity
         self._leases: dict[str, _Lease] = {}
         self._closer = Closer()
         self._reads = Availability(f"embedded registry {self.directory}", log)
@@ -293,7 +296,11 @@ class EmbeddedRegistry:
         probe = None
         if self._health_check:
             probe = HealthProbe(
-                instance.address, instance.meta.get("health_service", ""), self._check_timeout_s
+                instance.address,
+                instance.meta.get("health_service", ""),
+                self._check_timeout_s,
+                identity=self.identity,
+                callee=instance.service,
             )
         path = self.directory / instance.service / f"{instance.id}{_SUFFIX}"
         lease = _Lease(instance, path, probe)

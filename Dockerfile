@@ -5,6 +5,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY generated ./generated
 COPY mesh ./mesh
+COPY base ./base
 COPY interceptors ./interceptors
 COPY services ./services
 COPY envoy ./envoy

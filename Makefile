@@ -37,7 +37,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m mesh.contracts.lint
+	$(PY) -m services.tools.contract_lint
 	$(PY) -m mesh.contracts.baseline --check
 
 run: install tools

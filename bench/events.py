@@ -38,6 +38,8 @@ from mesh.events import (
     new_envelope,
     outbox_migrations,
 )
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import nats_server
 
 THINGS = Migration(1, "things", ("CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, n INTEGER)",))
@@ -64,7 +66,7 @@ async def run_phase(
     await migrate(cons_engine, [THINGS, *inbox_migrations()])
     prod_sessions, cons_sessions = session_factory(prod_engine), session_factory(cons_engine)
     outbox = Outbox()
-    bus = await EventBus.connect(url, name=f"bench-{tag}")
+    bus = await EventBus.connect(url, name=f"bench-{tag}", streams=shop_streams())
     await bus.ensure_streams()
     await bus.js.purge_stream("USER")  # each phase starts from an empty stream
 
@@ -73,10 +75,10 @@ async def run_phase(
     done = asyncio.Event()
     inbox = Inbox(cons_sessions, f"bench-{tag}")
 
-    async def apply(env: events_pb2.Envelope, session: AsyncSession) -> None:
+    async def apply(env: Envelope, session: AsyncSession) -> None:
         await session.execute(text("INSERT INTO things (id, n) VALUES (:i, 1)"), {"i": env.id})
 
-    async def apply_many(envs: list[events_pb2.Envelope], session: AsyncSession) -> None:
+    async def apply_many(envs: list[Envelope], session: AsyncSession) -> None:
         await session.execute(
             text("INSERT INTO things (id, n) VALUES (:i, 1)"), [{"i": e.id} for e in envs]
         )
@@ -84,14 +86,14 @@ async def run_phase(
     idempotent = inbox.idempotent(apply)
     idempotent_batch = inbox.idempotent_batch(apply_many)
 
-    async def batch_handler(envs: list[events_pb2.Envelope]) -> None:
+    async def batch_handler(envs: list[Envelope]) -> None:
         await idempotent_batch(envs)
         now = time.perf_counter()
         latencies.extend(now - committed[e.id] for e in envs)
         if len(latencies) >= n:
             done.set()
 
-    async def handler(env: events_pb2.Envelope) -> None:
+    async def handler(env: Envelope) -> None:
         await idempotent(env)
         latencies.append(time.perf_counter() - committed[env.id])
         if len(latencies) >= n:
@@ -108,7 +110,10 @@ async def run_phase(
 
     envs = [
         new_envelope(
-            events_pb2.UserCreated(user_id=str(i), email=f"{i}@x"), source="b", subject=str(i)
+            events_pb2.UserCreated(user_id=str(i), email=f"{i}@x"),
+            types=EVENTS,
+            source="b",
+            subject=str(i),
         )
         for i in range(n)
     ]

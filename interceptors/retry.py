@@ -5,7 +5,7 @@ A failed call is retried only when all of these hold:
 - its code is retryable (`RetryPolicy.retryable_codes`: UNAVAILABLE, and
   RESOURCE_EXHAUSTED with a longer backoff: the server asked for less load);
 - the method is idempotent (`is_idempotent(path)`, normally
-  `interceptors.idempotency.IdempotentMethods`), or the request was certainly
+  `mesh.api.options.IdempotentMethods`, built by the mesh), or the request was certainly
   not sent (see `not_sent`);
 - attempts are left (`max_attempts` counts the first one);
 - the backoff (exponential, jittered, or the server's

@@ -3,11 +3,15 @@
 meshctl up [--detach]        the whole mesh locally (nats-server, services, Envoy)
 meshctl down                 stop a running `up`
 meshctl status               instances, health and breaker states
-meshctl demo                 the shop's story through the edge (grpcurl + curl)
+meshctl demo                 the project's demo (the module mesh.toml names)
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
+
+`up`, `status`, `demo` and `events tail` read the project's topology file
+(`--topology PATH`, default `./mesh.toml`): its services, their instances and
+ports, its event types and its demo (mesh/local/topology.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.security import cli as security_cli
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
@@ -41,14 +46,20 @@ def _registry(run_dir: Path) -> Registry:
     return create_registry(settings)
 
 
+def _topology(args: argparse.Namespace) -> Topology:
+    return load_topology(Path(args.topology))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.local.up import UpError, UpOptions, free_port_options, run_up
 
     run_dir = Path(args.run_dir)
+    topology = _topology(args)
     if args.detach:
         run_dir.mkdir(parents=True, exist_ok=True)
         log = (run_dir / "up.log").open("ab")
-        argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up"]
+        argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up",
+                "--topology", str(topology.path.resolve())]  # fmt: skip
         proc = subprocess.Popen(
             argv + (["--free-ports"] if args.free_ports else []),
             stdout=log,
@@ -64,7 +75,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = _settings()
         registry = _registry(run_dir)
         try:
-            options = UpOptions(run_dir=run_dir, nats_url=settings.nats_url)
+            options = UpOptions(
+                run_dir=run_dir, nats_url=settings.nats_url, services=topology.services
+            )
             if args.free_ports:
                 options = free_port_options(options)
             return await run_up(
@@ -90,10 +103,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from mesh.local.status import print_status
 
+    topology = _topology(args)
+
     async def main() -> int:
         registry = _registry(Path(args.run_dir))
         try:
-            return await print_status(registry)
+            return await print_status(registry, tuple(s.name for s in topology.services))
         finally:
             await registry.close()
 
@@ -101,9 +116,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mesh.local.demo import run_demo
-
-    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=_settings().nats_url)
+    topology = _topology(args)
+    if not topology.demo_module:
+        print(f"meshctl demo: {topology.path} names no demo module", file=sys.stderr)
+        return 1
+    argv = [sys.executable, "-m", topology.demo_module, "--edge-port", str(args.edge_port)]
+    return subprocess.call(argv, cwd=topology.root)
 
 
 def cmd_edge_render(args: argparse.Namespace) -> int:
@@ -138,8 +156,11 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
 def cmd_events_tail(args: argparse.Namespace) -> int:
     from mesh.local.tail import tail_events
 
+    types = _topology(args).event_types()
     try:
-        return asyncio.run(tail_events(_settings().nats_url, args.subject, limit=args.limit))
+        return asyncio.run(
+            tail_events(_settings().nats_url, args.subject, types=types, limit=args.limit)
+        )
     except KeyboardInterrupt:
         return 0
 
@@ -148,15 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshctl", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", default=".run", help="state, data and logs of `up` (.run)")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run the mesh locally in the foreground")
+    topo = argparse.ArgumentParser(add_help=False)
+    topo.add_argument(
+        "--topology",
+        default=str(DEFAULT_TOPOLOGY),
+        help="the project's services, event types and demo (default: ./mesh.toml)",
+    )
+    up = sub.add_parser("up", parents=[topo], help="run the mesh locally in the foreground")
     up.add_argument("--detach", action="store_true", help="run in the background")
     up.add_argument(
         "--free-ports", action="store_true", help="every process and the edge on free ports"
     )
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop a running `meshctl up`").set_defaults(fn=cmd_down)
-    sub.add_parser("status", help="instances, health, breakers").set_defaults(fn=cmd_status)
-    demo = sub.add_parser("demo", help="the shop's story through the edge")
+    status = sub.add_parser("status", parents=[topo], help="instances, health, breakers")
+    status.set_defaults(fn=cmd_status)
+    demo = sub.add_parser("demo", parents=[topo], help="the project's demo (mesh.toml `demo`)")
     demo.add_argument("--edge-port", type=int, default=8080)
     demo.set_defaults(fn=cmd_demo)
     edge = sub.add_parser("edge", help="edge gateway config").add_subparsers(
@@ -173,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="events on NATS").add_subparsers(
         dest="events_command", required=True
     )
-    tail = events.add_parser("tail", help="print decoded events live")
+    tail = events.add_parser("tail", parents=[topo], help="print decoded events live")
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
@@ -191,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingToolError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 3
+    except TopologyError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

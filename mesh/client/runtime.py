@@ -28,10 +28,10 @@ from prometheus_client import CollectorRegistry
 
 from interceptors.breaker import BreakerClientInterceptor, BreakerConfig, BreakerSet
 from interceptors.deadline import DeadlineClientInterceptor
-from interceptors.idempotency import IdempotentMethods
 from interceptors.metrics import MetricsClientInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, make_tracer_provider
+from mesh.api.options import IdempotentMethods
 from mesh.balancer.pool import EndpointStatus
 from mesh.client.channel import MeshChannel
 from mesh.client.connect import ClientOptions, open_channel

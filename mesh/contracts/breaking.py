@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2
 
+from mesh.api import options
 from mesh.contracts import descriptors as d
 
 FileProto = descriptor_pb2.FileDescriptorProto
@@ -195,7 +196,7 @@ def _services(old: Sequence[FileProto], new: Sequence[FileProto]) -> Iterator[Fi
                 continue
             new_file, now = current[name]
             yield from _moved("service", name, f.name, new_file)
-            if d.is_internal(now) and not d.is_internal(s):
+            if options.is_internal(now) and not options.is_internal(s):
                 yield f"service {name}", "became internal (the edge stops serving it)"
             yield from _methods(name, s, now)
 
@@ -240,7 +241,7 @@ def _arity(streaming: bool) -> str:
     return "stream" if streaming else "single message"
 
 
-# Extensions (custom options such as shop.api.v1.internal)
+# Extensions (custom options such as mesh.api.v1.internal)
 
 
 def _extensions(old: Sequence[FileProto], new: Sequence[FileProto]) -> Iterator[Finding]:

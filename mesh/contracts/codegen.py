@@ -5,6 +5,15 @@ One function, `generate`, writes everything protoc produces into a directory;
 temp dir and compare byte for byte. Output is deterministic: files are
 generated in sorted order and the package `__init__.py` files are empty.
 
+Two owners, two output roots. protoc's Python output path follows the proto's
+path, so the shop's contracts (`protos/shop/...`) go to `generated/` (their own
+distribution, stubs + gRPC + `.pyi`), and the mesh's own contracts
+(`protos/mesh/...`: method options, the event envelope) are generated into the
+repository root, i.e. into the `mesh` package itself (`mesh/api/v1/options_pb2.py`),
+so the runtime owns them and never imports an application's stubs. Mesh protos
+declare no services: they get `_pb2.py` + `.pyi` only, and the hand-written
+`__init__.py` files of `mesh/` are left alone.
+
 Every function takes an optional `proto_root` (default: `protos/`), so the
 contract tests can build descriptors from an edited copy of the contracts.
 """
@@ -24,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 GENERATED = ROOT / "generated"
 DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
+# Contracts under protos/mesh/ belong to the mesh and are generated into ROOT.
+MESH_PROTO_DIR = "mesh"
+MESH_OUT = ROOT
 
 
 # The edge's descriptor set also carries the google.rpc error details that
@@ -55,6 +67,11 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
         for p in proto_root.rglob("*.proto")
         if "baseline" not in p.relative_to(proto_root).parts
     )
+
+
+def is_mesh_proto(name: str) -> bool:
+    """Whether a contract file (relative to the proto root) is the mesh's own."""
+    return Path(name).parts[0] == MESH_PROTO_DIR
 
 
 def run_protoc(args: Sequence[str], *, proto_root: Path = PROTO_ROOT) -> None:
@@ -107,10 +124,35 @@ def build_descriptor_set(
     return fds
 
 
-def generate(out_dir: Path, descriptor_set: Path, *, proto_root: Path = PROTO_ROOT) -> None:
-    """Generate `*_pb2.py`, `*_pb2_grpc.py`, their `.pyi` and the descriptor set."""
+def generate(
+    out_dir: Path,
+    descriptor_set: Path,
+    *,
+    mesh_out: Path | None = None,
+    proto_root: Path = PROTO_ROOT,
+) -> None:
+    """Generate `*_pb2.py`, `*_pb2_grpc.py`, their `.pyi` and the descriptor set.
+
+    Application contracts go to `out_dir`; the mesh's own contracts to `mesh_out`
+    (the repository root in `make protos`), or nowhere when it is None. The
+    descriptor set holds both.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = proto_files(proto_root)
+    every = proto_files(proto_root)
+    files = [f for f in every if not is_mesh_proto(f)]
+    mesh_files = [f for f in every if is_mesh_proto(f)]
+    if mesh_out is not None and mesh_files:
+        mesh_out.mkdir(parents=True, exist_ok=True)
+        run_protoc(
+            [
+                _plugin("mypy"),
+                f"--python_out={mesh_out}",
+                f"--mypy_out={mesh_out}",
+                "--mypy_opt=quiet",
+                *mesh_files,
+            ],
+            proto_root=proto_root,
+        )
     run_protoc(
         [
             _plugin("mypy"),
@@ -130,7 +172,7 @@ def generate(out_dir: Path, descriptor_set: Path, *, proto_root: Path = PROTO_RO
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
     (out_dir / "shop" / "py.typed").touch()
-    write_descriptor_set(descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=proto_root)
+    write_descriptor_set(descriptor_set, [*every, *ERROR_DETAIL_FILES], proto_root=proto_root)
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:
@@ -142,14 +184,33 @@ def generated_tree(root: Path) -> dict[str, bytes]:
     }
 
 
+def mesh_generated_tree(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of the mesh's generated modules (`mesh/**/*_pb2.py[i]`)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted((root / MESH_PROTO_DIR).rglob("*_pb2.py*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
 def regenerate_in_place() -> None:
-    """Regenerate into a temp dir, then replace generated/ (no stale files left)."""
+    """Regenerate into a temp dir, then replace generated/ and the mesh's `_pb2` modules
+    (no stale files left)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "generated"
+        tmp_mesh = Path(tmp) / "mesh-root"
         tmp_desc = Path(tmp) / "descriptors.binpb"
-        generate(tmp_out, tmp_desc)
+        generate(tmp_out, tmp_desc, mesh_out=tmp_mesh)
         shutil.rmtree(GENERATED, ignore_errors=True)
         shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
+        fresh = mesh_generated_tree(tmp_mesh)
+        for stale in set(mesh_generated_tree(MESH_OUT)) - set(fresh):
+            (MESH_OUT / stale).unlink()
+        for rel, data in fresh.items():
+            target = MESH_OUT / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists() or target.read_bytes() != data:
+                target.write_bytes(data)
         DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_desc, DESCRIPTOR_SET)
 

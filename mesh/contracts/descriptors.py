@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
-from shop.api.v1 import visibility_pb2
+
+from mesh.api.options import method_options
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
-_Options = TypeVar("_Options", descriptor_pb2.ServiceOptions, descriptor_pb2.MethodOptions)
 
 # Field numbers of descriptor.proto, as used in SourceCodeInfo.Location.path.
 FILE_MESSAGE = 4
@@ -105,26 +104,10 @@ def real_oneof(message: descriptor_pb2.DescriptorProto, field: FieldProto) -> st
     return message.oneof_decl[field.oneof_index].name
 
 
-def _reparsed(options: _Options) -> _Options:
-    """The options parsed again, now that our extensions are registered.
-
-    A descriptor set parsed before `visibility_pb2` or `annotations_pb2` was
-    imported keeps those extensions as unknown fields; parsing the options'
-    bytes again reads them whatever the import order was.
-    """
-    fresh = type(options)()
-    fresh.ParseFromString(options.SerializeToString())
-    return fresh
-
-
-def is_internal(service: descriptor_pb2.ServiceDescriptorProto) -> bool:
-    """Whether the service carries `option (shop.api.v1.internal) = true`."""
-    return bool(_reparsed(service.options).Extensions[visibility_pb2.internal])
-
-
 def http_rules(method: descriptor_pb2.MethodDescriptorProto) -> list[http_pb2.HttpRule]:
     """The method's `google.api.http` rule and its additional bindings (none: [])."""
-    options = _reparsed(method.options)
+    # Parsed again: a set read before annotations_pb2 was imported keeps it unknown.
+    options = method_options(method)
     if not options.HasExtension(annotations_pb2.http):
         return []
     rule = options.Extensions[annotations_pb2.http]

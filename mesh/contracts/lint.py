@@ -1,19 +1,25 @@
 """Rules every contract under `protos/` keeps.
 
-- package: `shop.<name>.v<N>`, one major version per package.
+- package: `<org>.<name>.v<N>`, one major version per package.
 - documented: the package statement, every service, RPC, message, field,
   oneof, enum, enum value and extension has a leading comment. The comments
   are the API docs (they reach the generated `.pyi` and reflection).
-- http: every RPC of a public service (no `option (shop.api.v1.internal)`)
+- http: every RPC of a public service (no `option (mesh.api.v1.internal)`)
   has a `google.api.http` binding under `/api/v<N>/`, N its package's major;
   internal services (payments, inventory's ReservationService, the test
   PingService) have none, so the edge can never expose them by accident.
-- no-float: no `float`/`double` (nor their wrapper types) anywhere: money is
-  integer minor units plus a currency (shop.common.v1.Money), and nothing
-  else in the shop needs binary floating point either.
+- policy: every RPC of an internal service names its callers (its own
+  `option (mesh.api.v1.callers)` or the service's `default_callers`); every
+  RPC of a public service declares its end-user auth (`mesh.api.v1.auth`),
+  and ACCESS_ROLES names at least one role. Nothing is reachable by default
+  without someone having said who may reach it.
 - naming: fields and oneofs lower_snake_case; messages, enums, services and
   RPCs PascalCase; enum values UPPER_SNAKE_CASE prefixed by their enum's
   name, the zero value `<PREFIX>_UNSPECIFIED` (protobuf style guide).
+
+A project adds its own rules (`rules=`: functions of one file returning
+violations); the shop's live in `services/tools/contract_lint.py`, which is what
+`make lint` runs.
 
 Documentation needs source info: lint a set built with `--include_source_info`.
 """
@@ -22,29 +28,28 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from mesh.api import options
 from mesh.contracts import codegen
 from mesh.contracts import descriptors as d
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
 
-_PACKAGE = re.compile(r"^shop\.[a-z][a-z0-9_]*\.v(?P<major>[1-9][0-9]*)$")
+_PACKAGE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\.v(?P<major>[1-9][0-9]*)$")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _PASCAL = re.compile(r"^[A-Z][a-zA-Z0-9]*$")
 _UPPER_SNAKE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
-_FLOATS = {FieldProto.TYPE_FLOAT, FieldProto.TYPE_DOUBLE}
-_FLOAT_WRAPPERS = {".google.protobuf.FloatValue", ".google.protobuf.DoubleValue"}
 _FILE_PACKAGE = 2  # FileDescriptorProto.package, for the package statement's comment
 
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    rule: str  # package | documented | http | no-float | naming
+    rule: str  # package | documented | http | policy | naming | a project rule's name
     element: str  # "shop.users.v1.User field 2 'email'"
     message: str
 
@@ -56,19 +61,32 @@ class MissingSourceInfo(ValueError):
     """The descriptor set has no comments to check: build it with source info."""
 
 
-def lint(fds: descriptor_pb2.FileDescriptorSet, files: Collection[str]) -> list[Violation]:
-    """Every violation in the contract `files` (names as in the set) of `fds`."""
+# A project's own rule: the violations of one contract file.
+FileRule = Callable[[descriptor_pb2.FileDescriptorProto], Iterable[Violation]]
+
+
+def lint(
+    fds: descriptor_pb2.FileDescriptorSet,
+    files: Collection[str],
+    rules: Sequence[FileRule] = (),
+) -> list[Violation]:
+    """Every violation in the contract `files` (names as in the set) of `fds`: the
+    mesh's rules, then each of `rules`."""
     out: list[Violation] = []
     for f in fds.file:
         if f.name in files:
             out.extend(_file(f))
+            for rule in rules:
+                out.extend(rule(f))
     return out
 
 
-def lint_tree(proto_root: Path = codegen.PROTO_ROOT) -> list[Violation]:
+def lint_tree(
+    proto_root: Path = codegen.PROTO_ROOT, rules: Sequence[FileRule] = ()
+) -> list[Violation]:
     """Compile the contracts under proto_root with source info and lint them."""
     fds = codegen.build_descriptor_set(proto_root, source_info=True)
-    return lint(fds, codegen.proto_files(proto_root))
+    return lint(fds, codegen.proto_files(proto_root), rules)
 
 
 def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
@@ -87,7 +105,7 @@ def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
     package = _PACKAGE.match(f.package)
     if not package:
         yield Violation(
-            "package", f"package {f.package or '(none)'}", "must be shop.<name>.v<N> (versioned)"
+            "package", f"package {f.package or '(none)'}", "must be <org>.<name>.v<N> (versioned)"
         )
     yield from undocumented((_FILE_PACKAGE,), f"package {f.package} in {f.name}")
     major = int(package["major"]) if package else None
@@ -96,12 +114,13 @@ def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
         name = f"{f.package}.{s.name}"
         yield from undocumented((d.FILE_SERVICE, i), f"service {name}")
         yield from _pascal(s.name, f"service {name}")
-        internal = d.is_internal(s)
+        internal = options.is_internal(s)
         for j, m in enumerate(s.method):
             element = f"{name} rpc {m.name}"
             yield from undocumented((d.FILE_SERVICE, i, d.SERVICE_METHOD, j), element)
             yield from _pascal(m.name, element)
             yield from _http(element, m, internal, major)
+            yield from _policy(element, s, m, internal)
 
     for msg in d.messages(f):
         if msg.is_map_entry:
@@ -166,14 +185,33 @@ def _http(
             )
 
 
-def _field(field: FieldProto, element: str) -> Iterator[Violation]:
-    if field.type in _FLOATS or field.type_name in _FLOAT_WRAPPERS:
+def _policy(
+    element: str,
+    service: descriptor_pb2.ServiceDescriptorProto,
+    method: descriptor_pb2.MethodDescriptorProto,
+    internal: bool,
+) -> Iterator[Violation]:
+    if internal:
+        if options.callers_of(method, service) is None:
+            yield Violation(
+                "policy",
+                element,
+                "internal RPC names no callers: add option (mesh.api.v1.callers) "
+                "or the service's (mesh.api.v1.default_callers)",
+            )
+        return
+    auth = options.auth_of(method)
+    if auth is None:
         yield Violation(
-            "no-float",
+            "policy",
             element,
-            f"is {d.type_name(field)}: money and amounts are integers "
-            "(shop.common.v1.Money: minor units + currency), never floating point",
+            "public RPC declares no end-user auth: add option (mesh.api.v1.auth)",
         )
+    elif auth.access is options.Access.ROLES and not auth.roles:
+        yield Violation("policy", element, "ACCESS_ROLES names no roles")
+
+
+def _field(field: FieldProto, element: str) -> Iterator[Violation]:
     if not _SNAKE.match(field.name):
         yield Violation("naming", element, "field names are lower_snake_case")
 
@@ -188,11 +226,11 @@ def _upper_snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, rules: Sequence[FileRule] = ()) -> int:
     parser = argparse.ArgumentParser(description="lint the contracts under protos/")
     parser.add_argument("--proto-root", type=Path, default=codegen.PROTO_ROOT)
     args = parser.parse_args(argv)
-    violations = lint_tree(args.proto_root)
+    violations = lint_tree(args.proto_root, rules)
     for v in violations:
         print(v)
     print(f"{len(codegen.proto_files(args.proto_root))} files, {len(violations)} violations")

@@ -1,7 +1,7 @@
 """What the edge needs to know about the contracts, read from a descriptor set.
 
 Services, major versions, HTTP bindings and visibility all come from the
-descriptors (`google.api.http`, `shop.api.v1.internal`, `shop.api.v1.idempotent`),
+descriptors (`google.api.http`, `mesh.api.v1.internal`, `mesh.api.v1.idempotent`),
 so the Envoy config never restates them by hand.
 """
 
@@ -15,13 +15,11 @@ from pathlib import Path
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from mesh.api import options
+
 # `<prefix>.<service>.v<N>`: the upstream cluster is <service>, the version vN.
 _PACKAGE = re.compile(r"^(?P<prefix>[a-z0-9_.]+)\.(?P<service>[a-z0-9_]+)\.v(?P<major>\d+)$")
 _VERSION_SEGMENT = re.compile(r"^/(?P<root>[^/]+)/v(?P<major>\d+)(?=/)")
-
-# Field numbers of our custom options (protos/shop/api/v1/visibility.proto).
-_INTERNAL_FIELD = 50001
-_IDEMPOTENT_FIELD = 50002
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,46 +87,6 @@ class EdgeModel:
         return sorted(found, key=lambda s: s.major)
 
 
-def _bool_option(
-    options: descriptor_pb2.ServiceOptions | descriptor_pb2.MethodOptions, number: int
-) -> bool:
-    """Read a bool extension by field number from serialized options.
-
-    Reading by number keeps the edge independent of the generated `shop`
-    package: the renderer works on any descriptor set.
-    """
-    raw = options.SerializeToString()
-    pos = 0
-    while pos < len(raw):
-        key, pos = _varint(raw, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(raw, pos)
-            if field == number:
-                return bool(value)
-        elif wire == 2:
-            length, pos = _varint(raw, pos)
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:  # groups are not used in options we read
-            return False
-    return False
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _bindings(method: descriptor_pb2.MethodDescriptorProto) -> tuple[HttpBinding, ...]:
     if not method.options.HasExtension(annotations_pb2.http):
         return ()
@@ -161,7 +119,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
                     name=meth.name,
                     client_streaming=meth.client_streaming,
                     server_streaming=meth.server_streaming,
-                    idempotent=_bool_option(meth.options, _IDEMPOTENT_FIELD),
+                    idempotent=options.is_idempotent(meth),
                     bindings=_bindings(meth),
                 )
                 for meth in svc.method
@@ -172,7 +130,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
                     package=f.package,
                     cluster=m["service"],
                     major=int(m["major"]),
-                    internal=_bool_option(svc.options, _INTERNAL_FIELD),
+                    internal=options.is_internal(svc),
                     methods=methods,
                 )
             )

@@ -1,7 +1,8 @@
 """The event bus of a process: one NATS connection, streams applied, subscriptions.
 
 ```python
-bus = await EventBus.connect(settings.nats_url, name="orders")
+bus = await EventBus.connect(settings.nats_url, name="orders",
+                             streams=default_streams(EVENTS.domains))
 await bus.ensure_streams()
 await bus.subscribe("user.*", handler, durable="orders-user-events")
 relay = bus.relay(sessions, outbox)      # publishes this service's outbox
@@ -23,14 +24,14 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
-from shop.events.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.events.consumer import BatchHandler, Handler, SubscribeOptions, Subscription
 from mesh.events.envelope import encode
 from mesh.events.outbox import Outbox
 from mesh.events.relay import OutboxRelay, RelayConfig
-from mesh.events.streams import StreamSpec, default_streams, ensure_streams
+from mesh.events.streams import StreamSpec, ensure_streams
+from mesh.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class EventBus:
         self,
         nc: NATS,
         *,
-        streams: Sequence[StreamSpec] | None = None,
+        streams: Sequence[StreamSpec] = (),
         tracer_provider: TracerProvider | None = None,
         publish_async_max_pending: int = 4000,
     ) -> None:
@@ -75,7 +76,9 @@ class EventBus:
         self.js: JetStreamContext = nc.jetstream(
             publish_async_max_pending=publish_async_max_pending
         )
-        self.streams = list(streams) if streams is not None else default_streams()
+        # The application's streams (`default_streams(types.domains)`), applied by
+        # `ensure_streams`; none for a process that only uses streams others own.
+        self.streams = list(streams)
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer("mesh.events")
         self.subscriptions: list[Subscription] = []
@@ -88,7 +91,7 @@ class EventBus:
     async def ensure_streams(self) -> dict[str, str]:
         return await ensure_streams(self.js, self.streams)
 
-    async def publish(self, envelope: events_pb2.Envelope, timeout_s: float = 5.0) -> PubAck:
+    async def publish(self, envelope: envelope_pb2.Envelope, timeout_s: float = 5.0) -> PubAck:
         """Publish directly, outside any transaction (tests, tools); services use the outbox."""
         body, headers = encode(envelope)
         return await self.js.publish(envelope.type, body, headers=headers, timeout=timeout_s)

@@ -42,17 +42,17 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
-from shop.events.v1 import events_pb2
 
 from base.backoff import Backoff
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
 from mesh.events.streams import dlq_subject
+from mesh.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
-BatchHandler = Callable[[list[events_pb2.Envelope]], Awaitable[None]]
+Handler = Callable[[envelope_pb2.Envelope], Awaitable[None]]
+BatchHandler = Callable[[list[envelope_pb2.Envelope]], Awaitable[None]]
 
 HDR_DLQ_ERROR = "Shop-Dlq-Error"
 HDR_DLQ_DELIVERIES = "Shop-Dlq-Deliveries"

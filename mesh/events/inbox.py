@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shop.events.v1 import events_pb2
 from sqlalchemy import (
     Column,
     DateTime,
@@ -34,14 +33,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration
+from mesh.events.v1 import envelope_pb2
 
 INBOX_TABLE = "mesh_inbox"
 INBOX_MIGRATION_VERSION = 9002
 
-SessionHandler = Callable[[events_pb2.Envelope, AsyncSession], Awaitable[None]]
-BatchSessionHandler = Callable[[list[events_pb2.Envelope], AsyncSession], Awaitable[None]]
-Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
-BatchHandler = Callable[[list[events_pb2.Envelope]], Awaitable[None]]
+SessionHandler = Callable[[envelope_pb2.Envelope, AsyncSession], Awaitable[None]]
+BatchSessionHandler = Callable[[list[envelope_pb2.Envelope], AsyncSession], Awaitable[None]]
+Handler = Callable[[envelope_pb2.Envelope], Awaitable[None]]
+BatchHandler = Callable[[list[envelope_pb2.Envelope]], Awaitable[None]]
 
 
 def inbox_table(md: MetaData | None = None) -> Table:
@@ -87,7 +87,7 @@ class Inbox:
         )
 
     @asynccontextmanager
-    async def handle(self, envelope: events_pb2.Envelope) -> AsyncIterator[InboxTx]:
+    async def handle(self, envelope: envelope_pb2.Envelope) -> AsyncIterator[InboxTx]:
         """A transaction that commits the handler's writes with the event id, once."""
         async with self._sessions() as session, session.begin():
             res = await session.execute(
@@ -100,7 +100,7 @@ class Inbox:
     def idempotent(self, fn: SessionHandler) -> Handler:
         """Wrap `fn(envelope, session)` into a bus handler that runs it at most once per id."""
 
-        async def handler(envelope: events_pb2.Envelope) -> None:
+        async def handler(envelope: envelope_pb2.Envelope) -> None:
             async with self.handle(envelope) as tx:
                 if not tx.duplicate:
                     await fn(envelope, tx.session)
@@ -111,7 +111,7 @@ class Inbox:
         """Wrap `fn(new_envelopes, session)`: one transaction records all ids and runs `fn`
         on those not handled before (for `Subscription`'s batch mode: far fewer commits)."""
 
-        async def handler(envelopes: list[events_pb2.Envelope]) -> None:
+        async def handler(envelopes: list[envelope_pb2.Envelope]) -> None:
             c = self._table.c
             async with self._sessions() as session, session.begin():
                 ids = [e.id for e in envelopes]

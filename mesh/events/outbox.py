@@ -13,7 +13,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from shop.events.v1 import events_pb2
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from mesh.db import Migration
 from mesh.events.envelope import encode
+from mesh.events.v1 import envelope_pb2
 
 OUTBOX_TABLE = "mesh_outbox"
 LEASE_TABLE = "mesh_outbox_lease"
@@ -100,12 +100,12 @@ class Outbox:
         self._insert = insert(self.tables.outbox)
         self._committed = asyncio.Event()
 
-    async def add(self, session: AsyncSession, envelope: events_pb2.Envelope) -> None:
+    async def add(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Insert `envelope` in `session`'s transaction; published after it commits."""
         await self.add_many(session, [envelope])
 
     async def add_many(
-        self, session: AsyncSession, envelopes: Sequence[events_pb2.Envelope]
+        self, session: AsyncSession, envelopes: Sequence[envelope_pb2.Envelope]
     ) -> None:
         rows: list[dict[str, Any]] = []
         for env in envelopes:

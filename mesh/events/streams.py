@@ -1,7 +1,9 @@
 """JetStream streams declared in code and applied idempotently at start.
 
-Layout: one stream per domain (`USER` <- `user.>`, `ORDER` <- `order.>`,
-`PAYMENT` <- `payment.>`, `INVENTORY` <- `inventory.>`) plus `DLQ` <- `dlq.>`.
+Layout: one stream per domain (for the shop: `USER` <- `user.>`, `ORDER` <-
+`order.>`, `PAYMENT` <- `payment.>`, `INVENTORY` <- `inventory.>`) plus `DLQ` <-
+`dlq.>`. The application names its domains (`EventTypes.domains`); the mesh
+knows none of them.
 
 Why per domain rather than one stream for everything:
 - each domain has exactly one writer (its owning service), so limits, retention
@@ -57,12 +59,11 @@ class StreamSpec:
         )
 
 
-DOMAINS = ("user", "order", "payment", "inventory")
 DLQ_PREFIX = "dlq"
 
 
 def default_streams(
-    domains: Sequence[str] = DOMAINS, *, duplicate_window_s: float = 120.0
+    domains: Sequence[str], *, duplicate_window_s: float = 120.0
 ) -> list[StreamSpec]:
     """One stream per domain plus the dead-letter stream."""
     specs = [

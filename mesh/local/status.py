@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
-from mesh.local.topology import SHOP
 
 _BREAKER = {0: "closed", 1: "half-open", 2: "open"}
 
@@ -63,8 +62,9 @@ async def instance_status(session: aiohttp.ClientSession, inst: Instance) -> dic
     return row
 
 
-async def print_status(registry: Registry, services: tuple[str, ...] | None = None) -> int:
-    names = services or tuple(s.name for s in SHOP)
+async def print_status(registry: Registry, services: tuple[str, ...]) -> int:
+    """One row per instance of each of `services` (the topology's names)."""
+    names = services
     rows = [("service", "instance", "grpc", "health", "breakers (not closed)")]
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -3,6 +3,11 @@
 Uses a core NATS subscription (JetStream publishes are ordinary messages on
 their subjects), so tailing creates no consumer state on the server and sees
 only what is published from now on.
+
+Payloads are decoded with the project's `EventTypes`, which meshctl imports by
+the name the topology file gives (`event_types = "pkg.module:NAME"`); without
+one, or for a type it does not register, the line shows the payload's type URL
+and size instead of its fields.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from collections import deque
 from typing import TextIO
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
-from mesh.events import connect_nats, decode
-from mesh.events.envelope import payload_of
+from mesh.events import EventTypes, connect_nats, decode
 from mesh.events.errors import UnknownEventError
 
 
@@ -32,7 +37,7 @@ class SeenIds:
     def first_time(self, data: bytes) -> bool:
         try:
             event_id = decode(data).id
-        except ValueError:
+        except (DecodeError, ValueError):
             return True
         if event_id in self._ids:
             return False
@@ -43,20 +48,33 @@ class SeenIds:
         return True
 
 
-def format_event(subject: str, data: bytes) -> str:
+def format_event(subject: str, data: bytes, types: EventTypes | None = None) -> str:
     try:
         env = decode(data)
-        payload = json_format.MessageToJson(
-            payload_of(env), indent=None, preserving_proto_field_name=True
-        )
-    except (UnknownEventError, ValueError) as exc:
+    except (DecodeError, ValueError) as exc:
         return f"{subject}  <undecodable: {exc}>"
+    if types is not None and env.type in types:
+        try:
+            payload = json_format.MessageToJson(
+                types.payload(env), indent=None, preserving_proto_field_name=True
+            )
+        except (UnknownEventError, ValueError) as exc:
+            return f"{subject}  <undecodable: {exc}>"
+    else:
+        payload = f"<{env.data.type_url or 'no payload'}, {len(env.data.value)} bytes>"
     trace = env.traceparent.split("-")[1] if env.traceparent.count("-") == 3 else "-"
     when = env.time.ToDatetime().isoformat(timespec="milliseconds") if env.HasField("time") else "-"
     return f"{when}  {env.type:<30} id={env.id} source={env.source} trace={trace}  {payload}"
 
 
-async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | None = None) -> int:
+async def tail_events(
+    url: str,
+    subject: str,
+    *,
+    types: EventTypes | None = None,
+    limit: int = 0,
+    out: TextIO | None = None,
+) -> int:
     stream = out or sys.stdout
     nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3)
     seen = SeenIds()
@@ -68,7 +86,7 @@ async def tail_events(url: str, subject: str, *, limit: int = 0, out: TextIO | N
         subj: str = msg.subject
         if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):
             return
-        print(format_event(subj, msg.data), file=stream, flush=True)
+        print(format_event(subj, msg.data, types), file=stream, flush=True)
         printed += 1
         if limit and printed >= limit:
             done.set()

@@ -1,16 +1,52 @@
-"""What `meshctl up` runs: the shop's services, how many instances, on which ports.
+"""What `meshctl up` runs, as data: the project's `mesh.toml`.
 
-The first instance of each service takes the design's fixed ports (users
-50051/9101, orders 50052/9102, inventory 50053/9103, payments 50054/9104);
-extra instances take free ports and are found through the registry.
+The mesh knows no application: a project names its services in a small TOML
+file at its root, and `meshctl up|status|demo|events tail` read it
+(`--topology PATH`, default `./mesh.toml`):
+
+    event_types = "services.common.event_types:EVENTS"   # optional: for `events tail`
+    demo = "services.tools.demo"                          # optional: `meshctl demo` runs it
+
+    [services.orders]
+    module = "services.orders"     # run as `python -m services.orders`
+    instances = 2                  # default 1
+    grpc_port = 50052              # the first instance's ports; 0 = a free port
+    admin_port = 9102
+    env = { ORDERS_CALL_TIMEOUT_S = "3" }   # optional, added to the instance's environment
+
+Services start in file order. The first instance of each service takes its
+fixed ports; extra instances take free ports and are found through the
+registry. Errors name the file and the key (`mesh.toml: services.orders.instances:
+expected an integer >= 1, got 0`), and unknown keys are errors too, so a typo
+never silently falls back to a default.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from mesh.events.types import EventTypes, load_event_types
+
+DEFAULT_TOPOLOGY = Path("mesh.toml")
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOP_KEYS = {"event_types", "demo", "services"}
+_SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env"}
+
+
+class TopologyError(ValueError):
+    """The topology file is missing or wrong; the message names the file and the key."""
+
+
+_Fail = Callable[[str, str], TopologyError]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,14 +55,34 @@ class ServiceSpec:
     grpc_port: int
     admin_port: int
     instances: int = 1
+    module: str = ""  # run as `python -m <module>`
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
-SHOP: tuple[ServiceSpec, ...] = (
-    ServiceSpec("payments", 50054, 9104),
-    ServiceSpec("inventory", 50053, 9103, instances=2),
-    ServiceSpec("users", 50051, 9101),
-    ServiceSpec("orders", 50052, 9102, instances=2),
-)
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """A parsed `mesh.toml`."""
+
+    path: Path
+    services: tuple[ServiceSpec, ...]
+    event_types_ref: str = ""  # "package.module:NAME"
+    demo_module: str = ""
+
+    @property
+    def root(self) -> Path:
+        """The project's directory (the file's), where its modules import from."""
+        return self.path.resolve().parent
+
+    def event_types(self) -> EventTypes | None:
+        """The project's event registry, imported now (None if the file names none)."""
+        if not self.event_types_ref:
+            return None
+        if str(self.root) not in sys.path:
+            sys.path.insert(0, str(self.root))  # the project's modules, as `python -m` sees them
+        try:
+            return load_event_types(self.event_types_ref)
+        except ValueError as exc:
+            raise TopologyError(f"{self.path}: event_types: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +95,81 @@ class ProcessSpec:
     service: str = ""
 
 
+def load_topology(path: Path = DEFAULT_TOPOLOGY) -> Topology:
+    """Parse and check a topology file."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise TopologyError(
+            f"{path}: no such topology file (write a mesh.toml, or pass --topology PATH)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_topology(doc, path)
+
+
+def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
+    """Check a decoded topology document; `path` names the file in errors."""
+
+    def fail(key: str, problem: str) -> TopologyError:
+        return TopologyError(f"{path}: {key}: {problem}")
+
+    _unknown(doc, _TOP_KEYS, "", fail)
+    services_doc = doc.get("services")
+    if not isinstance(services_doc, dict) or not services_doc:
+        raise fail("services", "expected at least one [services.<name>] table")
+    services = []
+    for name, table in services_doc.items():
+        key = f"services.{name}"
+        if not _NAME.match(name):
+            raise fail(key, "service names are lower case letters, digits and '-'")
+        if not isinstance(table, dict):
+            raise fail(key, "expected a table")
+        _unknown(table, _SERVICE_KEYS, key, fail)
+        module = table.get("module")
+        if not isinstance(module, str) or not _MODULE.match(module):
+            raise fail(f"{key}.module", f"expected a Python module name, got {module!r}")
+        instances = _int(table.get("instances", 1), 1, 64, f"{key}.instances", fail)
+        grpc_port = _int(table.get("grpc_port", 0), 0, 65535, f"{key}.grpc_port", fail)
+        admin_port = _int(table.get("admin_port", 0), 0, 65535, f"{key}.admin_port", fail)
+        env = table.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(v, str) and _ENV_NAME.match(k) for k, v in env.items()
+        ):
+            raise fail(f"{key}.env", 'expected a table of NAME = "string" pairs')
+        services.append(ServiceSpec(name, grpc_port, admin_port, instances, module, dict(env)))
+    ports = [p for s in services for p in (s.grpc_port, s.admin_port) if p]
+    if len(ports) != len(set(ports)):
+        dup = sorted({p for p in ports if ports.count(p) > 1})
+        raise fail("services", f"port(s) {dup} given to more than one service")
+    event_types = doc.get("event_types", "")
+    if not isinstance(event_types, str) or (event_types and ":" not in event_types):
+        raise fail("event_types", f"expected 'package.module:NAME', got {event_types!r}")
+    demo = doc.get("demo", "")
+    if not isinstance(demo, str) or (demo and not _MODULE.match(demo)):
+        raise fail("demo", f"expected a Python module name, got {demo!r}")
+    return Topology(path, tuple(services), event_types, demo)
+
+
+def _unknown(table: Mapping[str, Any], known: set[str], where: str, fail: _Fail) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        key = f"{where}.{extra[0]}" if where else extra[0]
+        raise fail(key, f"unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _int(value: Any, low: int, high: int, key: str, fail: _Fail) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise fail(key, f"expected an integer from {low} to {high}, got {value!r}")
+    return value
+
+
 def service_processes(
     run_dir: Path,
     base_env: Mapping[str, str],
     *,
     nats_url: str,
-    services: tuple[ServiceSpec, ...] = SHOP,
+    services: tuple[ServiceSpec, ...],
 ) -> list[ProcessSpec]:
     """One ProcessSpec per instance, all sharing the run dir's registry and data dir.
 
@@ -54,10 +179,13 @@ def service_processes(
     """
     out = []
     for svc in services:
+        if not svc.module:
+            raise TopologyError(f"service {svc.name}: no module to run")
         for i in range(1, svc.instances + 1):
             first = i == 1
             env = {
                 **base_env,
+                **svc.env,
                 "MESH_REGISTRY_DIR": str(run_dir / "registry"),
                 "MESH_DATA_DIR": str(run_dir / "data"),
                 "MESH_GRPC_PORT": str(svc.grpc_port if first else 0),
@@ -69,7 +197,7 @@ def service_processes(
             out.append(
                 ProcessSpec(
                     name=f"{svc.name}-{i}",
-                    argv=(sys.executable, "-m", f"services.{svc.name}"),
+                    argv=(sys.executable, "-m", svc.module),
                     env=env,
                     service=svc.name,
                 )

@@ -29,7 +29,7 @@ from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec, service_processes
+from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
 from mesh.security.local import local_pki
 from mesh.tools import envoy_binary, nats_server_binary
 
@@ -46,7 +46,7 @@ class UpOptions:
     edge_port: int = 8080
     edge_admin_port: int = 9901
     nats_url: str = "nats://127.0.0.1:4222"
-    services: tuple[ServiceSpec, ...] = SHOP
+    services: tuple[ServiceSpec, ...] = ()  # from the topology file (mesh.toml)
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -29,6 +29,7 @@ from mesh.events import EventBus, Inbox, Outbox, OutboxRelay, RelayConfig, Subsc
 from mesh.events.inbox import SessionHandler
 from mesh.events.streams import DAY_S
 from mesh.health import DependencyCheck, DependencyFailed
+from services.common.event_types import shop_streams
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ class BackgroundBus(abc.ABC):
             try:
                 # connect_nats retries the first connection itself, forever.
                 bus = self.bus = await EventBus.connect(
-                    self.nats_url, name=self.name, tracer_provider=self._tracer_provider
+                    self.nats_url,
+                    name=self.name,
+                    tracer_provider=self._tracer_provider,
+                    streams=shop_streams(),
                 )
                 await bus.ensure_streams()
                 await self._on_connected(bus)

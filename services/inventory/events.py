@@ -29,7 +29,9 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from shop.events.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mesh.events import extract_context
+from mesh.events import extract_context, unpack
+from mesh.events.errors import UnknownEventError
+from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.events import SubscriptionSpec
 from services.inventory.store import InventoryStore, Sale
 
@@ -41,7 +43,7 @@ ORDER_COMPLETED = "order.completed"
 ORDER_COMPLETED_DURABLE = "inventory-order-completed"
 
 
-def trace_context(env: events_pb2.Envelope) -> Context | None:
+def trace_context(env: Envelope) -> Context | None:
     """The context to parent the handler's span on: the consume loop's span when it
     continues a trace, else the envelope's own trace context (a handler called
     outside the loop, e.g. replaying a dead letter)."""
@@ -61,12 +63,12 @@ class InventoryEventHandlers:
     def subscriptions(self) -> tuple[SubscriptionSpec, ...]:
         return (SubscriptionSpec(ORDER_COMPLETED, ORDER_COMPLETED_DURABLE, self.order_completed),)
 
-    async def order_completed(self, env: events_pb2.Envelope, session: AsyncSession) -> None:
-        if env.WhichOneof("payload") != "order_completed":
-            log.warning("event %s on %s carries %s; ignored", env.id, ORDER_COMPLETED,
-                        env.WhichOneof("payload"))  # fmt: skip
+    async def order_completed(self, env: Envelope, session: AsyncSession) -> None:
+        try:
+            order = unpack(env, events_pb2.OrderCompleted)
+        except UnknownEventError as exc:
+            log.warning("event on %s ignored: %s", ORDER_COMPLETED, exc)
             return
-        order = env.order_completed
         with self.tracer.start_as_current_span(
             "inventory.record_sale",
             context=trace_context(env),

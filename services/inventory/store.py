@@ -59,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from mesh.db import Migration
 from mesh.events import Outbox, inbox_migrations, new_envelope, outbox_migrations
+from services.common.event_types import EVENTS
 from services.common.money import Amount
 from services.common.timestamps import as_utc, utcnow
 from services.inventory.validation import MAX_STOCK, Line, NewProduct
@@ -412,7 +413,7 @@ class InventoryStore:
             ])  # fmt: skip
             await self._outbox.add(s, new_envelope(
                 events_pb2.InventoryReserved(saga_id=saga_id, items=_event_lines(reserved)),
-                source=SOURCE, subject=saga_id))  # fmt: skip
+                types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
         return Reservation(saga_id, HELD, reserved)
 
     async def _set_status(self, s: AsyncSession, saga_id: str, status: str, reason: str) -> bool:
@@ -498,7 +499,7 @@ class InventoryStore:
             new_envelope(
                 events_pb2.InventoryLowStock(product_id=r.product_id, sku=r.sku,
                                              available=r.available, threshold=self._threshold),
-                source=SOURCE, subject=r.product_id)
+                types=EVENTS, source=SOURCE, subject=r.product_id)
             for r in low
         ])  # fmt: skip
 
@@ -548,7 +549,7 @@ class InventoryStore:
             await self._outbox.add(s, new_envelope(
                 events_pb2.InventoryReleased(saga_id=saga_id, items=_event_lines(current.items),
                                              reason=reason),
-                source=SOURCE, subject=saga_id))  # fmt: skip
+                types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
         return current
 
 

@@ -19,6 +19,9 @@ import logging
 from shop.events.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mesh.events import unpack
+from mesh.events.errors import UnknownEventError
+from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.events import SubscriptionSpec
 from services.orders.store import OrdersStore
 
@@ -41,22 +44,23 @@ class OrderEventHandlers:
             ),
         )
 
-    async def user_deleted(self, env: events_pb2.Envelope, session: AsyncSession) -> None:
-        if env.WhichOneof("payload") != "user_deleted":
-            log.warning("event %s on user.deleted carries %s; ignored", env.id,
-                        env.WhichOneof("payload"))  # fmt: skip
+    async def user_deleted(self, env: Envelope, session: AsyncSession) -> None:
+        try:
+            deleted = unpack(env, events_pb2.UserDeleted)
+        except UnknownEventError as exc:
+            log.warning("event on user.deleted ignored: %s", exc)
             return
         flagged = await self.store.request_cancel_of_user(
-            session, env.user_deleted.user_id, USER_DELETED_REASON
+            session, deleted.user_id, USER_DELETED_REASON
         )
         if flagged:
             log.info("user %s deleted: cancelling %d order(s) in flight",
-                     env.user_deleted.user_id, len(flagged))  # fmt: skip
+                     deleted.user_id, len(flagged))  # fmt: skip
 
-    async def payment_completed(self, env: events_pb2.Envelope, session: AsyncSession) -> None:
-        if env.WhichOneof("payload") != "payment_completed":
-            log.warning("event %s on payment.completed carries %s; ignored", env.id,
-                        env.WhichOneof("payload"))  # fmt: skip
+    async def payment_completed(self, env: Envelope, session: AsyncSession) -> None:
+        try:
+            p = unpack(env, events_pb2.PaymentCompleted)
+        except UnknownEventError as exc:
+            log.warning("event on payment.completed ignored: %s", exc)
             return
-        p = env.payment_completed
         await self.store.mark_paid_by_saga(session, p.saga_id, p.payment_id)

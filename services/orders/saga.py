@@ -58,6 +58,7 @@ from mesh.saga import (
     StepRetry,
     TransitionEvent,
 )
+from services.common.event_types import EVENTS
 from services.common.money import Amount, MoneyError, total
 from services.orders.config import OrdersConfig
 from services.orders.model import IN_FLIGHT, Address, Card, Line, OrderStatus
@@ -409,7 +410,9 @@ class OrderSagas:
             total=money_pb2.Money(currency_code=d["currency"], amount_minor=d["total_minor"]),
             items=[events_pb2.EventLine(product_id=p, quantity=q) for p, q in _lines(d)],
         )
-        await self.outbox.add(ctx.tx, new_envelope(payload, source=SOURCE, subject=order_id))
+        await self.outbox.add(
+            ctx.tx, new_envelope(payload, types=EVENTS, source=SOURCE, subject=order_id)
+        )
 
     async def _refuse_if_cancelled(self, s: AsyncSession, order_id: str) -> None:
         head = await self.store.head(s, order_id)
@@ -446,7 +449,7 @@ class OrderSagas:
                 compensated_steps=list(d.get("compensated", [])),
             )
             await self.outbox.add(
-                session, new_envelope(payload, source=SOURCE, subject=d["order_id"])
+                session, new_envelope(payload, types=EVENTS, source=SOURCE, subject=d["order_id"])
             )
 
     # -- the cancel saga -------------------------------------------------------------------

@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration
 from mesh.events import Outbox, new_envelope, outbox_migrations
+from services.common.event_types import EVENTS
 from services.common.money import Amount
 from services.common.timestamps import as_utc, utcnow
 
@@ -187,7 +188,7 @@ class PaymentsStore:
                     events_pb2.PaymentCompleted(
                         payment_id=claim.payment_id, saga_id=claim.saga_id,
                         amount=amount.to_proto(), card_last4=claim.card_last4),
-                    source=SOURCE, subject=claim.payment_id))  # fmt: skip
+                    types=EVENTS, source=SOURCE, subject=claim.payment_id))  # fmt: skip
             settled = await self._get(s, "payment_id", claim.payment_id)
         if settled is None:
             raise LookupError(f"payment {claim.payment_id} vanished while settling")
@@ -222,7 +223,7 @@ class PaymentsStore:
                 events_pb2.PaymentRefunded(
                     payment_id=payment.payment_id, saga_id=payment.saga_id,
                     amount=amount.to_proto(), reason=reason),
-                source=SOURCE, subject=payment.payment_id))  # fmt: skip
+                types=EVENTS, source=SOURCE, subject=payment.payment_id))  # fmt: skip
             refunded = await self._get(s, "payment_id", payment.payment_id)
         return refunded
 

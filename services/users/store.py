@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from base.errors import AlreadyExists, NotFound
 from mesh.db import Migration
 from mesh.events import Outbox, new_envelope, outbox_migrations
+from services.common.event_types import EVENTS
 from services.common.timestamps import as_utc, utcnow
 
 SOURCE = "users"
@@ -114,6 +115,7 @@ class UsersStore:
         row = UserRow(str(uuid.uuid4()), email, display_name, utcnow())
         event = new_envelope(
             events_pb2.UserCreated(user_id=row.user_id, email=email),
+            types=EVENTS,
             source=SOURCE,
             subject=row.user_id,
         )
@@ -147,7 +149,7 @@ class UsersStore:
     async def delete_user(self, user_id: str) -> None:
         """Delete the account, its sessions, and publish `user.deleted`, in one transaction."""
         event = new_envelope(
-            events_pb2.UserDeleted(user_id=user_id), source=SOURCE, subject=user_id
+            events_pb2.UserDeleted(user_id=user_id), types=EVENTS, source=SOURCE, subject=user_id
         )
         async with self._sessions.begin() as s:
             # The delete comes first: on SQLite it opens the write transaction, so

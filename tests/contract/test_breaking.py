@@ -12,7 +12,8 @@ from mesh.contracts import baseline, breaking, codegen
 from tests.contract.proto_tree import ProtoTree
 
 RELEASED = [
-    "shop.api.v1",
+    "mesh.api.v1",
+    "mesh.events.v1",
     "shop.common.v1",
     "shop.events.v1",
     "shop.inventory.v1",
@@ -118,7 +119,8 @@ BREAKING = {
         ORDERS_V1,
         (
             "  rpc GetOrder(GetOrderRequest) returns (Order) {\n"
-            "    option (shop.api.v1.idempotent) = true;\n"
+            "    option (mesh.api.v1.auth) = {access: ACCESS_USER};\n"
+            "    option (mesh.api.v1.idempotent) = true;\n"
             '    option (google.api.http) = {get: "/api/v1/orders/{order_id}"};\n'
             "  }\n",
             "",
@@ -143,8 +145,8 @@ BREAKING = {
     "server streaming added": (
         USERS_V1,
         (
-            "returns (User) {\n    option (shop.api.v1.idempotent)",
-            "returns (stream User) {\n    option (shop.api.v1.idempotent)",
+            "returns (User) {\n    option (mesh.api.v1.callers)",
+            "returns (stream User) {\n    option (mesh.api.v1.callers)",
         ),
         "shop.users.v1.UserService rpc GetUser: "
         "response streaming changed from single message to stream",
@@ -164,7 +166,7 @@ BREAKING = {
         USERS_V1,
         (
             "service UserService {\n",
-            "service UserService {\n  option (shop.api.v1.internal) = true;\n",
+            "service UserService {\n  option (mesh.api.v1.internal) = true;\n",
         ),
         "service shop.users.v1.UserService: became internal (the edge stops serving it)",
     ),
@@ -193,9 +195,9 @@ BREAKING = {
         "shop.users.v1.User field 2 'email': JSON name changed from 'email' to 'mail'",
     ),
     "extension renumbered": (
-        "shop/api/v1/visibility.proto",
+        "mesh/api/v1/options.proto",
         ("bool internal = 50001;", "bool internal = 50011;"),
-        "extension shop.api.v1.internal: renumbered from 50001 to 50011",
+        "extension mesh.api.v1.internal: renumbered from 50001 to 50011",
     ),
 }
 
@@ -327,7 +329,7 @@ COMPATIBLE = {
     ),
     "internal service became public": (
         "shop/testing/v1/ping.proto",
-        ("  option (shop.api.v1.internal) = true;\n", ""),
+        ("  option (mesh.api.v1.internal) = true;\n", ""),
     ),
 }
 

@@ -1,10 +1,12 @@
-"""The contract lint: today's protos keep every rule; deliberately bad copies fail by name."""
+"""The contract lint (the mesh's rules + the shop's, services/tools/contract_lint.py): today's
+protos keep every rule; deliberately bad copies fail by name."""
 
 from __future__ import annotations
 
 import pytest
 
 from mesh.contracts import lint
+from services.tools.contract_lint import SHOP_RULES
 from tests.contract.proto_tree import ProtoTree
 
 USERS_V1 = "shop/users/v1/users.proto"
@@ -15,11 +17,12 @@ MONEY = "shop/common/v1/money.proto"
 
 
 def violations(protos: ProtoTree) -> list[str]:
-    return [str(v) for v in lint.lint(protos.descriptor_set(source_info=True), protos.files())]
+    fds = protos.descriptor_set(source_info=True)
+    return [str(v) for v in lint.lint(fds, protos.files(), SHOP_RULES)]
 
 
 def test_current_contracts_pass():
-    found = [str(v) for v in lint.lint_tree()]
+    found = [str(v) for v in lint.lint_tree(rules=SHOP_RULES)]
     assert found == []
 
 
@@ -112,6 +115,32 @@ BAD = {
         "shop.users.v1.UserService rpc GetUser: HTTP binding GET /v1/users/{user_id} "
         "is not under /api/v1/ [http]",
     ),
+    "internal service without callers": (
+        PAYMENTS_V1,
+        ('  option (mesh.api.v1.default_callers) = {services: ["orders"]};\n', ""),
+        "shop.payments.v1.PaymentService rpc Charge: internal RPC names no callers: add option "
+        "(mesh.api.v1.callers) or the service's (mesh.api.v1.default_callers) [policy]",
+    ),
+    "public rpc without auth": (
+        USERS_V1,
+        (
+            "    option (mesh.api.v1.auth) = {access: ACCESS_USER};\n"
+            "    option (mesh.api.v1.idempotent) = true;\n",
+            "    option (mesh.api.v1.idempotent) = true;\n",
+        ),
+        "shop.users.v1.UserService rpc GetUser: public RPC declares no end-user auth: add option "
+        "(mesh.api.v1.auth) [policy]",
+    ),
+    "roles access without roles": (
+        INVENTORY_V1,
+        (
+            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            '    option (mesh.api.v1.auth) = {access: ACCESS_ROLES, roles: ["admin"]};',
+            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            "    option (mesh.api.v1.auth) = {access: ACCESS_ROLES};",
+        ),
+        "shop.inventory.v1.InventoryService rpc AddStock: ACCESS_ROLES names no roles [policy]",
+    ),
     "binding on an internal service": (
         INVENTORY_V1,
         (
@@ -200,13 +229,32 @@ def test_double_wrapper_is_a_float_too(protos):
 
 def test_unversioned_package(protos):
     protos.write(
-        "shop/misc/misc.proto",
-        'syntax = "proto3";\n\n// Odds and ends.\npackage shop.misc;\n\n'
+        "acme/misc.proto",
+        'syntax = "proto3";\n\n// Odds and ends.\npackage acme.misc;\n\n'
         "// A thing.\nmessage Thing {\n  // Its name.\n  string name = 1;\n}\n",
     )
     assert violations(protos) == [
-        "package shop.misc: must be shop.<name>.v<N> (versioned) [package]"
+        "package acme.misc: must be <org>.<name>.v<N> (versioned) [package]"
     ]
+
+
+def test_shop_contracts_live_in_their_package_directory(protos):
+    protos.write(
+        "shop/misc/v1/misc.proto",
+        'syntax = "proto3";\n\n// Odds and ends.\npackage shop.odds.v1;\n\n'
+        "// A thing.\nmessage Thing {\n  // Its name.\n  string name = 1;\n}\n",
+    )
+    assert violations(protos) == [
+        "package shop.odds.v1 in shop/misc/v1/misc.proto: must be shop.<name>.v<N>, matching "
+        "its directory (shop.misc.v1) [shop-package]"
+    ]
+
+
+def test_the_mesh_lint_alone_knows_no_shop_rule(protos):
+    protos.edit(MONEY, "int64 amount_minor = 2;", "double amount_minor = 2;")
+    fds = protos.descriptor_set(source_info=True)
+    assert lint.lint(fds, protos.files()) == []
+    assert len(violations(protos)) == 1
 
 
 def test_every_problem_is_reported_not_just_the_first(protos):

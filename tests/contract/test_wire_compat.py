@@ -16,7 +16,7 @@ import zlib
 from typing import Any, cast
 
 import pytest
-from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -64,9 +64,12 @@ def baseline_pools() -> dict[str, descriptor_pool.DescriptorPool]:
 
 @pytest.fixture(scope="module")
 def current_pool() -> descriptor_pool.DescriptorPool:
-    """The default pool, holding every generated `shop` module."""
+    """The default pool, holding every generated module: the shop's and the mesh's own."""
     for p in sorted(codegen.GENERATED.rglob("*_pb2.py")):
         importlib.import_module(".".join(p.relative_to(codegen.GENERATED).with_suffix("").parts))
+    for rel in codegen.mesh_generated_tree(codegen.MESH_OUT):
+        if rel.endswith("_pb2.py"):
+            importlib.import_module(rel.removesuffix(".py").replace("/", "."))
     return descriptor_pool.Default()
 
 
@@ -96,6 +99,12 @@ def _fill(msg: Message, rng: random.Random, round_: int, depth: int = 0) -> None
     if desc.full_name == "google.protobuf.Timestamp":
         msg.seconds = rng.randint(1, 253402300799)  # type: ignore[attr-defined]
         msg.nanos = rng.randint(0, 999_999_999)  # type: ignore[attr-defined]
+        return
+    if desc.full_name == "google.protobuf.Any":
+        # A payload of a type both descriptor worlds know: JSON resolves the type URL.
+        msg.type_url = "type.googleapis.com/google.protobuf.Timestamp"  # type: ignore[attr-defined]
+        stamp = timestamp_pb2.Timestamp(seconds=rng.randint(1, 253402300799))
+        msg.value = stamp.SerializeToString()  # type: ignore[attr-defined]
         return
     if desc.full_name == "google.protobuf.Duration":
         msg.seconds = rng.randint(1, 315576000000)  # type: ignore[attr-defined]
@@ -182,4 +191,6 @@ def test_every_released_package_is_exercised():
         "shop.events.v1",
         "shop.common.v1",
         "shop.testing.v1",
-    }  # shop.api.v1 declares options only, no messages
+        "mesh.api.v1",
+        "mesh.events.v1",
+    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
@@ -23,11 +23,13 @@ import pytest_asyncio
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import SHOP, ProcessSpec, ServiceSpec
+from mesh.local.topology import ProcessSpec, load_topology
 from mesh.local.up import LocalMesh, UpError, UpOptions
 from tests.support.edge import EdgeClient
 from tests.support.nats import NatsServer, nats_server
 from tests.support.ports import free_port
+
+TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
 
 # Variables of the developer's shell that would point the services elsewhere.
 _FOREIGN = ("MESH_", "OTEL_", "CONSUL_", "NATS_")
@@ -91,7 +93,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             edge_port=free_port(),
             edge_admin_port=free_port(),
             nats_url=nats.url,
-            services=tuple(ServiceSpec(s.name, 0, 0, s.instances) for s in SHOP),
+            services=tuple(
+                replace(s, grpc_port=0, admin_port=0) for s in load_topology(TOPOLOGY).services
+            ),
             ready_timeout_s=60,
             grace_s=10,
             env=_clean_env(),

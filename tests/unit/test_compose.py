@@ -21,7 +21,7 @@ import yaml
 from opentelemetry import environment_variables as otel_api_env
 from opentelemetry.sdk import environment_variables as otel_env
 
-from mesh.local.topology import SHOP
+from mesh.local.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -77,7 +77,7 @@ def test_every_env_var_is_read_by_the_code() -> None:
 
 def test_ports_match_the_local_topology_and_healthchecks() -> None:
     services = _ours(_compose())
-    for spec in SHOP:
+    for spec in load_topology(ROOT / "mesh.toml").services:
         first = services.get(spec.name) or services[f"{spec.name}-1"]
         env = first["environment"]
         assert env["MESH_GRPC_PORT"] == str(spec.grpc_port), spec.name

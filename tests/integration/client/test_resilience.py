@@ -13,8 +13,8 @@ import pytest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors.deadline import DeadlineClientInterceptor
-from interceptors.idempotency import IdempotentMethods
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
+from mesh.api.options import IdempotentMethods
 from mesh.balancer.pool import EndpointStatus
 from mesh.discovery.registry import Instance, RegistryUnavailable
 from mesh.discovery.static import StaticRegistry

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from mesh.db import Migration, create_engine, migrate, session_factory
-from mesh.events import EventBus, Outbox, default_streams, inbox_migrations, outbox_migrations
+from mesh.events import EventBus, Outbox, inbox_migrations, outbox_migrations
+from services.common.event_types import shop_streams
 from tests.support.nats import NatsServer, nats_server
 from tests.support.postgres import PG_URL, pg_available
 
@@ -87,7 +88,7 @@ async def bus_factory(nats_srv: NatsServer) -> AsyncIterator[Callable[..., Any]]
     buses: list[EventBus] = []
 
     async def make(name: str = "test", **kwargs: Any) -> EventBus:
-        bus = await EventBus.connect(nats_srv.url, name=name, streams=default_streams(), **kwargs)
+        bus = await EventBus.connect(nats_srv.url, name=name, streams=shop_streams(), **kwargs)
         await bus.ensure_streams()
         buses.append(bus)
         return bus

@@ -26,6 +26,8 @@ from mesh.events import (
     new_envelope,
 )
 from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import EVENTS
 from tests.integration.events.conftest import Db
 from tests.support.nats import NatsServer
 from tests.support.poll import eventually
@@ -34,13 +36,13 @@ FAST = SubscribeOptions(backoff_s=(0.05,), fetch_timeout_s=0.5, check_consumer_e
 RELAY = RelayConfig(poll_interval_s=0.2, ack_timeout_s=1.0, backoff_max_s=0.5)
 
 
-def user_created(uid: str | None = None) -> events_pb2.Envelope:
+def user_created(uid: str | None = None) -> Envelope:
     uid = uid or str(uuid.uuid4())
     payload = events_pb2.UserCreated(user_id=uid, email=f"{uid}@example.com")
-    return new_envelope(payload, source="users", subject=uid)
+    return new_envelope(payload, types=EVENTS, source="users", subject=uid)
 
 
-async def apply(env: events_pb2.Envelope, session: AsyncSession) -> None:
+async def apply(env: Envelope, session: AsyncSession) -> None:
     # n counts effects: exactly-once processing leaves n == 1 for every id.
     await session.execute(
         text(
@@ -51,7 +53,7 @@ async def apply(env: events_pb2.Envelope, session: AsyncSession) -> None:
     )
 
 
-async def commit_event(db: Db, outbox: Outbox, env: events_pb2.Envelope) -> None:
+async def commit_event(db: Db, outbox: Outbox, env: Envelope) -> None:
     async with db.sessions.begin() as s:
         await outbox.add(s, env)
 
@@ -71,7 +73,7 @@ class Recorder:
         self.fail_times = fail_times
         self.inbox = inbox
 
-    async def __call__(self, env: events_pb2.Envelope) -> None:
+    async def __call__(self, env: Envelope) -> None:
         self.deliveries[env.id] += 1
         if self.deliveries[env.id] <= self.fail_times:
             raise RuntimeError(f"boom #{self.deliveries[env.id]}")
@@ -223,7 +225,7 @@ async def test_always_failing_handler_dead_letters_with_its_error(bus_factory: A
     assert headers[HDR_DLQ_ERROR] == "RuntimeError: boom #3"
     assert headers[HDR_DLQ_DELIVERIES] == "3"
     assert headers[HDR_DLQ_CONSUMER] == "c6"
-    assert headers["Shop-Event-Type"] == "user.created"
+    assert headers["Mesh-Event-Type"] == "user.created"
     assert dead.data == env.SerializeToString()
     assert rec.deliveries[env.id] == 3
     # Terminated: no fourth delivery, and nothing pending on the consumer.
@@ -280,7 +282,7 @@ async def test_trace_context_continues_in_the_handler(
     bus = await bus_factory(tracer_provider=provider)
     seen: list[tuple[int, int]] = []
 
-    async def handler(env: events_pb2.Envelope) -> None:
+    async def handler(env: Envelope) -> None:
         ctx = trace.get_current_span().get_span_context()
         seen.append((ctx.trace_id, ctx.span_id))
 
@@ -309,7 +311,7 @@ async def test_batch_handler_applies_once_and_falls_back_to_one_by_one(
     batches: list[int] = []
     poison = user_created()
 
-    async def apply_many(envs: list[events_pb2.Envelope], session: AsyncSession) -> None:
+    async def apply_many(envs: list[Envelope], session: AsyncSession) -> None:
         batches.append(len(envs))
         if any(e.id == poison.id for e in envs):
             raise RuntimeError("poison in batch")

@@ -13,6 +13,8 @@ from shop.events.v1 import events_pb2
 from sqlalchemy import text
 
 from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import EVENTS
 from tests.integration.events.conftest import Db
 from tests.support.poll import eventually
 
@@ -22,10 +24,10 @@ LONG_LEASE = RelayConfig(lease_s=60.0, poll_interval_s=0.05, ack_timeout_s=1.0,
                          backoff_max_s=0.5)  # fmt: skip
 
 
-def user_created() -> events_pb2.Envelope:
+def user_created() -> Envelope:
     uid = str(uuid.uuid4())
     return new_envelope(events_pb2.UserCreated(user_id=uid, email=f"{uid}@example.com"),
-                        source="users", subject=uid)  # fmt: skip
+                        types=EVENTS, source="users", subject=uid)  # fmt: skip
 
 
 async def lease_holder(db: Db) -> str:

@@ -11,11 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 from shop.common.v1 import money_pb2
+from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_pb2 as inv
 from shop.inventory.v1 import inventory_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mesh.events import unpack
 from services.common.pagination import encode_page_token
 from services.inventory.app import build
 from services.inventory.config import InventoryConfig
@@ -205,7 +207,9 @@ async def test_reserve_is_idempotent_by_saga(served: Served, engine: AsyncEngine
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["inventory.reserved"]
     assert events[0].subject == sid
-    assert {(x.product_id, x.quantity) for x in events[0].inventory_reserved.items} == {
+    assert {
+        (x.product_id, x.quantity) for x in unpack(events[0], events_pb2.InventoryReserved).items
+    } == {
         (a.product_id, 2),
         (b.product_id, 3),
     }
@@ -271,8 +275,10 @@ async def test_confirm_sells_and_reports_low_stock(served: Served, engine: Async
     events = await outbox_events(engine)
     low = [e for e in events if e.type == "inventory.low_stock"]
     assert len(low) == 1  # under the threshold since the first confirm: reported once
-    assert (low[0].inventory_low_stock.product_id, low[0].inventory_low_stock.available,
-            low[0].inventory_low_stock.threshold) == (a.product_id, 3, THRESHOLD)  # fmt: skip
+    first_low = unpack(low[0], events_pb2.InventoryLowStock)
+    assert (first_low.product_id, first_low.available, first_low.threshold) == (
+        a.product_id, 3, THRESHOLD,
+    )  # fmt: skip
     # Restocked above the threshold, sold under it again: reported again.
     await catalogue(served).AddStock(inv.AddStockRequest(product_id=a.product_id, quantity=10))
     third = saga()
@@ -300,7 +306,7 @@ async def test_release_returns_stock_once(served: Served, engine: AsyncEngine) -
     assert await stock(served, a.product_id) == (10, 0)
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["inventory.reserved", "inventory.released"]
-    assert events[1].inventory_released.reason == "payment declined"
+    assert unpack(events[1], events_pb2.InventoryReleased).reason == "payment declined"
     # A released reservation cannot be confirmed; a reserve retried later takes nothing.
     with pytest.raises(grpc.RpcError) as err:
         await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))

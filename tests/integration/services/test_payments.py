@@ -13,11 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 from shop.common.v1 import money_pb2
+from shop.events.v1 import events_pb2
 from shop.payments.v1 import payments_pb2 as pay
 from shop.payments.v1 import payments_pb2_grpc
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mesh.events import unpack
 from services.payments.app import build
 from services.payments.config import PaymentsConfig
 from services.payments.processor import (
@@ -86,7 +88,7 @@ async def test_charge_captures_once_per_saga(served: Served, engine: AsyncEngine
     assert await payments(served).GetPayment(pay.GetPaymentRequest(saga_id=sid)) == p
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["payment.completed"]
-    done = events[0].payment_completed
+    done = unpack(events[0], events_pb2.PaymentCompleted)
     assert (done.payment_id, done.saga_id, done.amount, done.card_last4) == (
         p.payment_id, sid, eur(4200), "4242")  # fmt: skip
     # Same saga, another amount: refused, not charged twice.
@@ -215,8 +217,8 @@ async def test_refund_once_and_refund_before_charge(served: Served, engine: Asyn
     assert await payments(served).Refund(pay.RefundRequest(saga_id=sid)) == r
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["payment.completed", "payment.refunded"]
-    assert events[1].payment_refunded.reason == "out of stock"
-    assert events[1].payment_refunded.amount == eur(4200)
+    assert unpack(events[1], events_pb2.PaymentRefunded).reason == "out of stock"
+    assert unpack(events[1], events_pb2.PaymentRefunded).amount == eur(4200)
     # Charging a refunded saga returns it, and does not charge again.
     assert (await payments(served).Charge(charge_req(sid))).status == pay.PAYMENT_STATUS_REFUNDED
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 from nats.js.errors import NotFoundError
+from shop.events.v1 import events_pb2
 from shop.users.v1 import users_pb2, users_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh.events import EventBus, decode
+from mesh.events import EventBus, decode, unpack
 from services.users.app import build
 from services.users.config import UsersConfig
 from tests.integration.services.support import (
@@ -68,8 +69,8 @@ async def test_create_get_and_user_created_event(served: Served, engine: AsyncEn
 
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["user.created"]
-    assert events[0].user_created.user_id == user.user_id
-    assert events[0].user_created.email == "ada@example.com"
+    assert unpack(events[0], events_pb2.UserCreated).user_id == user.user_id
+    assert unpack(events[0], events_pb2.UserCreated).email == "ada@example.com"
     assert events[0].subject == user.user_id and events[0].source == "users"
 
     stored = await dump_text(engine)
@@ -250,7 +251,7 @@ async def test_delete_user_publishes_and_ends_sessions(served: Served, engine: A
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     events = await outbox_events(engine)
     assert [e.type for e in events] == ["user.created", "user.deleted"]
-    assert events[1].user_deleted.user_id == user.user_id
+    assert unpack(events[1], events_pb2.UserDeleted).user_id == user.user_id
     # The email is free again.
     await create(users, "frank@example.com")
 
@@ -325,7 +326,7 @@ async def test_events_reach_jetstream(sqlite_engine: AsyncEngine, tmp_path: Path
                     assert time.monotonic() < deadline, "user.created never reached JetStream"
                     await asyncio.sleep(0.05)
             envelope = decode(msg.data or b"")
-            assert envelope.user_created.user_id == user.user_id
+            assert unpack(envelope, events_pb2.UserCreated).user_id == user.user_id
             while True:  # and marks the row sent once JetStream acked it
                 async with sqlite_engine.connect() as conn:
                     unsent = await conn.scalar(

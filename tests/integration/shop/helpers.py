@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 import grpc
 import nats
 from shop.common.v1 import money_pb2
-from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
@@ -19,6 +18,7 @@ from shop.users.v1 import users_pb2
 
 from base.errors import details_of
 from mesh.events import decode
+from mesh.events.v1.envelope_pb2 import Envelope
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack
 
@@ -177,7 +177,7 @@ class StreamEvents:
         self.nats_url = nats_url
         self.subjects = subjects
         self.stream = stream
-        self.seen: list[events_pb2.Envelope] = []
+        self.seen: list[Envelope] = []
         self._nc: Any = None
         self._sub: Any = None
 
@@ -199,12 +199,10 @@ class StreamEvents:
             await m.ack()
             self.seen.append(decode(m.data))
 
-    async def wait_for(
-        self, event_type: str, subject: str, within_s: float = 15.0
-    ) -> events_pb2.Envelope:
+    async def wait_for(self, event_type: str, subject: str, within_s: float = 15.0) -> Envelope:
         """The first event of `event_type` about `subject` (an order id, a payment id...)."""
 
-        async def found() -> events_pb2.Envelope | None:
+        async def found() -> Envelope | None:
             for env in self.seen:
                 if env.type == event_type and env.subject == subject:
                     return env

@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 from shop.common.v1 import money_pb2
+from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
@@ -15,6 +16,7 @@ from shop.users.v1 import users_pb2
 from sqlalchemy import text
 
 from mesh.db import create_engine
+from mesh.events import unpack
 from tests.integration.shop.helpers import (
     DECLINE,
     SLOW,
@@ -163,7 +165,7 @@ async def test_payment_completed_is_handled_once_and_changes_nothing_twice(
     assert p is not None
     async with StreamEvents(shop.nats_url, "payment.>", "PAYMENT") as events:
         completed = await events.wait_for("payment.completed", p.payment_id)
-    assert completed.payment_completed.saga_id == order.order_id
+    assert unpack(completed, events_pb2.PaymentCompleted).saga_id == order.order_id
     engine = create_engine(shop.database_url("orders"))
     try:
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from shop.events.v1 import events_pb2
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 
+from mesh.events import unpack
 from tests.integration.shop.helpers import (
     DECLINE,
     INSUFFICIENT_FUNDS,
@@ -56,8 +58,8 @@ async def test_v2_happy_path_completes_and_every_service_agrees(shop: ShopStack)
     assert again == order
     async with OrderEvents(shop.nats_url) as events:
         done = await events.wait_for("order.completed", order.order_id)
-    assert done.order_completed.total.amount_minor == order.total.amount_minor
-    assert done.order_completed.saga_id == order.order_id
+    assert unpack(done, events_pb2.OrderCompleted).total.amount_minor == order.total.amount_minor
+    assert unpack(done, events_pb2.OrderCompleted).saga_id == order.order_id
     assert done.source == "orders"
 
 
@@ -128,8 +130,10 @@ async def test_insufficient_stock_fails_with_nothing_reserved_or_charged(shop: S
     assert await payment(shop, order.order_id) is None
     async with OrderEvents(shop.nats_url) as events:
         comp = await events.wait_for("order.compensation.completed", order.order_id)
-    assert comp.order_compensation_completed.reason == order.failure_reason
-    assert list(comp.order_compensation_completed.compensated_steps) == ["create_order"]
+    assert unpack(comp, events_pb2.OrderCompensationCompleted).reason == order.failure_reason
+    assert list(unpack(comp, events_pb2.OrderCompensationCompleted).compensated_steps) == [
+        "create_order"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +156,7 @@ async def test_declined_card_releases_the_stock(shop: ShopStack, number: str, de
         comp = await events.wait_for("order.compensation.completed", order.order_id)
     # Undone in reverse: the reservation, then the order (the declined charge has
     # nothing to undo: a business failure of the step itself).
-    assert list(comp.order_compensation_completed.compensated_steps) == [
+    assert list(unpack(comp, events_pb2.OrderCompensationCompleted).compensated_steps) == [
         "reserve_stock",
         "create_order",
     ]

@@ -22,12 +22,13 @@ import nats
 import nats.errors
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from shop.events.v1 import events_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Inbox, SubscribeOptions, decode, inbox_migrations
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import shop_streams
 from tests.support.poll import eventually
 
 EFFECTS = Migration(
@@ -70,11 +71,13 @@ class Recorder:
 
     async def start(self) -> None:
         await migrate(self.engine, [EFFECTS, *inbox_migrations()])
-        self.bus = await EventBus.connect(self.nats_url, name="shop-events-test")
+        self.bus = await EventBus.connect(
+            self.nats_url, name="shop-events-test", streams=shop_streams()
+        )
         await self.bus.ensure_streams()
         apply = self.inbox.idempotent(self._apply)
 
-        async def handler(env: events_pb2.Envelope) -> None:
+        async def handler(env: Envelope) -> None:
             self.deliveries[env.id] = self.deliveries.get(env.id, 0) + 1
             await apply(env)
 
@@ -91,7 +94,7 @@ class Recorder:
         await self.engine.dispose()
 
     @staticmethod
-    async def _apply(env: events_pb2.Envelope, session: AsyncSession) -> None:
+    async def _apply(env: Envelope, session: AsyncSession) -> None:
         # The consume loop made the producer's context (from the headers) current.
         span_context = trace.get_current_span().get_span_context()
         trace_id = f"{span_context.trace_id:032x}" if span_context.is_valid else ""
@@ -130,7 +133,7 @@ class Recorder:
 @dataclass(frozen=True, slots=True)
 class RawEvent:
     headers: Mapping[str, str]
-    envelope: events_pb2.Envelope
+    envelope: Envelope
 
 
 async def stream_events(nats_url: str, stream: str, subject: str) -> list[RawEvent]:
@@ -204,7 +207,7 @@ async def rows(url: str, sql: str, **params: Any) -> list[Any]:
         return list((await conn.execute(text(sql), params)).all())
 
 
-async def outbox_rows(url: str) -> list[tuple[events_pb2.Envelope, bool]]:
+async def outbox_rows(url: str) -> list[tuple[Envelope, bool]]:
     """(envelope, sent) of every row of a service's outbox, oldest first."""
     found = await rows(url, "SELECT payload, sent_at FROM mesh_outbox ORDER BY seq")
     return [(decode(bytes(payload)), sent_at is not None) for payload, sent_at in found]

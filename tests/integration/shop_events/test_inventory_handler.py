@@ -21,7 +21,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh.db import create_engine, migrate, session_factory
-from mesh.events import Handler, Inbox, Outbox, new_envelope
+from mesh.events import Handler, Inbox, Outbox, new_envelope, unpack
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import EVENTS
 from services.common.money import Amount
 from services.inventory import store
 from services.inventory.events import CONSUMER, InventoryEventHandlers
@@ -65,7 +67,10 @@ async def inventory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         provider.add_span_processor(SimpleSpanProcessor(spans))
         handlers = InventoryEventHandlers(inv, provider)
         yield Inventory(
-            engine, inv, Inbox(sessions, CONSUMER).idempotent(handlers.order_completed), spans
+            engine,
+            inv,
+            Inbox(sessions, CONSUMER).idempotent(handlers.order_completed),
+            spans,
         )
     finally:
         if schema:
@@ -81,9 +86,7 @@ async def product(inv: Inventory, stock: int) -> str:
     return row.product_id
 
 
-def completed(
-    order_id: str, lines: list[tuple[str, int]], trace_id: int = 0
-) -> events_pb2.Envelope:
+def completed(order_id: str, lines: list[tuple[str, int]], trace_id: int = 0) -> Envelope:
     ctx = None
     if trace_id:
         remote = SpanContext(trace_id, 0xABC, is_remote=True, trace_flags=TraceFlags(1))
@@ -94,7 +97,7 @@ def completed(
         saga_id=order_id,
         items=[events_pb2.EventLine(product_id=p, quantity=q) for p, q in lines],
     )
-    return new_envelope(payload, source="orders", subject=order_id, context=ctx)
+    return new_envelope(payload, types=EVENTS, source="orders", subject=order_id, context=ctx)
 
 
 async def sales(inv: Inventory, order_id: str) -> list[tuple[str, int]]:
@@ -109,9 +112,9 @@ async def sales(inv: Inventory, order_id: str) -> list[tuple[str, int]]:
 async def low_stock_events(inv: Inventory) -> list[tuple[str, int]]:
     async with inv.engine.connect() as conn:
         payloads = (await conn.execute(text("SELECT payload FROM mesh_outbox ORDER BY seq"))).all()
-    envs = [events_pb2.Envelope.FromString(bytes(p[0])) for p in payloads]
+    envs = [Envelope.FromString(bytes(p[0])) for p in payloads]
     return [
-        (e.subject, e.inventory_low_stock.available)
+        (e.subject, unpack(e, events_pb2.InventoryLowStock).available)
         for e in envs
         if e.type == "inventory.low_stock"
     ]
@@ -160,7 +163,10 @@ async def test_the_handler_span_continues_the_events_trace(inventory: Inventory)
 
 async def test_an_event_of_another_type_changes_nothing(inventory: Inventory) -> None:
     env = new_envelope(
-        events_pb2.UserCreated(user_id="u", email="u@example.com"), source="users", subject="u"
+        events_pb2.UserCreated(user_id="u", email="u@example.com"),
+        types=EVENTS,
+        source="users",
+        subject="u",
     )
     env.type = "order.completed"  # a mislabelled event: logged and ignored, not retried
     await inventory.handle(env)  # returns: the consume loop acks it

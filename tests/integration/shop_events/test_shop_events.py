@@ -11,8 +11,10 @@ import secrets
 import sys
 
 import pytest
+from shop.events.v1 import events_pb2
 from shop.orders.v2 import orders_pb2 as v2
 
+from mesh.events import unpack
 from services.inventory.events import ORDER_COMPLETED_DURABLE
 from tests.integration.shop.helpers import create_v2, new_product, new_user, payment
 from tests.integration.shop_events.conftest import LOW_STOCK_THRESHOLD
@@ -85,9 +87,10 @@ async def test_an_order_reaches_each_subscriber_once_with_the_callers_trace(
     assert trace_id_of(published.envelope.traceparent) == trace_id
     assert trace_id_of(published.headers["traceparent"]) == trace_id
     assert published.headers["Nats-Msg-Id"] == effect.event_id
-    assert [(x.product_id, x.quantity) for x in published.envelope.order_completed.items] == [
-        (product, 6)
-    ]
+    assert [
+        (x.product_id, x.quantity)
+        for x in unpack(published.envelope, events_pb2.OrderCompleted).items
+    ] == [(product, 6)]
 
     # Inventory: one sale row, in the same trace, handled once through its inbox.
     async def sold() -> list[tuple[str, int, str, str]]:
@@ -105,7 +108,10 @@ async def test_an_order_reaches_each_subscriber_once_with_the_callers_trace(
     # 10 - 6 < threshold: ConfirmReservation reported the crossing; the handler checked
     # again in its transaction and added no second inventory.low_stock.
     low = [
-        (env.inventory_low_stock.available, env.inventory_low_stock.threshold)
+        (
+            unpack(env, events_pb2.InventoryLowStock).available,
+            unpack(env, events_pb2.InventoryLowStock).threshold,
+        )
         for env, _ in await outbox_rows(shop.database_url("inventory"))
         if env.type == "inventory.low_stock" and env.subject == product
     ]
@@ -213,7 +219,7 @@ async def test_an_event_committed_before_a_crash_is_published_after_the_restart(
         if e.envelope.id == env.id
     ]
     assert len(published) == 1
-    assert published[0].envelope.user_created.user_id == user
+    assert unpack(published[0].envelope, events_pb2.UserCreated).user_id == user
 
 
 async def test_meshctl_events_tail_prints_decoded_events(shop: ShopStack) -> None:

@@ -1,52 +1,69 @@
-"""Envelope building, encoding and trace context; stream layout; backoff."""
+"""Envelope building, encoding and trace context; event type registries; stream layout;
+backoff."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
+from google.protobuf import wrappers_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from shop.events.v1 import events_pb2
 
 from base.backoff import Backoff
 from mesh.events.consumer import SubscribeOptions, Subscription
-from mesh.events.envelope import (
-    EVENT_FIELDS,
-    decode,
-    encode,
-    event_type_of,
-    extract_context,
-    new_envelope,
-    payload_of,
-)
+from mesh.events.envelope import decode, encode, extract_context, new_envelope
 from mesh.events.errors import EventsTimeoutError, PublishTimeoutError, UnknownEventError
 from mesh.events.streams import default_streams, dlq_subject
+from mesh.events.types import EventTypes, load_event_types, unpack
+from mesh.events.v1 import envelope_pb2
+from services.common.event_types import EVENTS
+
+# A registry of another project: the mesh needs no shop message to carry events.
+NOTES = EventTypes(
+    {"note.written": wrappers_pb2.StringValue, "note.counted": wrappers_pb2.Int64Value}
+)
 
 
-def test_event_table_covers_the_envelope_oneof() -> None:
-    oneof = events_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"]
-    assert sorted(f.name for f in oneof.fields) == sorted(EVENT_FIELDS.values())
+def test_the_shop_registers_every_payload_of_its_events_package() -> None:
+    payloads = {m.full_name for m in events_pb2.DESCRIPTOR.message_types_by_name.values()} - {
+        "shop.events.v1.EventLine"
+    }  # a part of payloads, not one itself
+    assert {cls.DESCRIPTOR.full_name for cls in EVENTS.values()} == payloads
+    assert EVENTS.domains == ("user", "order", "payment", "inventory")
 
 
 def test_new_envelope_fills_every_attribute() -> None:
     when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     payload = events_pb2.OrderCompensationCompleted(order_id="o1", reason="card declined")
-    env = new_envelope(payload, source="orders", subject="o1", time=when)
+    env = new_envelope(payload, types=EVENTS, source="orders", subject="o1", time=when)
     assert env.type == "order.compensation.completed"
     assert env.source == "orders" and env.subject == "o1"
+    assert env.data_content_type == "application/protobuf"
+    assert env.data.type_url.endswith("/shop.events.v1.OrderCompensationCompleted")
     assert len(env.id) == 36
     assert env.time.ToDatetime(tzinfo=UTC) == when
-    assert payload_of(env) == payload
+    assert EVENTS.payload(env) == payload
+    assert unpack(env, events_pb2.OrderCompensationCompleted) == payload
     assert env.traceparent == ""  # no active span
 
 
+def test_any_project_registers_its_own_payloads() -> None:
+    env = new_envelope(wrappers_pb2.StringValue(value="hi"), types=NOTES, source="n", subject="1")
+    assert env.type == "note.written" and NOTES.domains == ("note",)
+    assert decode(encode(env)[0]) == env
+    assert NOTES.payload(env) == wrappers_pb2.StringValue(value="hi")
+
+
 def test_encode_headers_and_roundtrip() -> None:
-    env = new_envelope(events_pb2.UserDeleted(user_id="u1"), source="users", subject="u1")
+    env = new_envelope(
+        events_pb2.UserDeleted(user_id="u1"), types=EVENTS, source="users", subject="u1"
+    )
     body, headers = encode(env)
     assert headers["Nats-Msg-Id"] == env.id
     assert headers["Content-Type"] == "application/protobuf"
-    assert headers["Shop-Event-Type"] == "user.deleted"
+    assert headers["Mesh-Event-Type"] == "user.deleted"
     assert "traceparent" not in headers
     assert decode(body) == env
 
@@ -54,7 +71,9 @@ def test_encode_headers_and_roundtrip() -> None:
 def test_trace_context_from_the_current_span_travels_both_ways() -> None:
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("op") as span:
-        env = new_envelope(events_pb2.UserCreated(user_id="u"), source="users", subject="u")
+        env = new_envelope(
+            events_pb2.UserCreated(user_id="u"), types=EVENTS, source="users", subject="u"
+        )
     _, headers = encode(env)
     sc = span.get_span_context()
     assert headers["traceparent"] == env.traceparent
@@ -67,13 +86,42 @@ def test_trace_context_from_the_current_span_travels_both_ways() -> None:
 
 def test_unknown_payloads_and_types_are_refused() -> None:
     with pytest.raises(UnknownEventError):
-        event_type_of(events_pb2.EventLine())
+        EVENTS.type_of(events_pb2.EventLine())
     with pytest.raises(UnknownEventError):
-        encode(events_pb2.Envelope(id="x", type="user.exploded"))
+        new_envelope(wrappers_pb2.StringValue(), types=EVENTS, source="x", subject="y")
+    with pytest.raises(UnknownEventError):  # no payload: never reaches a stream
+        encode(envelope_pb2.Envelope(id="x", type="user.exploded"))
+    mislabelled = new_envelope(
+        events_pb2.UserCreated(user_id="u"), types=EVENTS, source="users", subject="u"
+    )
+    mislabelled.type = "user.deleted"
+    with pytest.raises(UnknownEventError, match=r"shop\.events\.v1\.UserCreated"):
+        EVENTS.payload(mislabelled)
+    mislabelled.type = "user.exploded"
+    with pytest.raises(UnknownEventError, match="unknown event type"):
+        EVENTS.payload(mislabelled)
+
+
+def test_registries_refuse_bad_types_and_shared_payloads() -> None:
+    with pytest.raises(ValueError, match=r"<domain>\.<event>"):
+        EventTypes({"Created": wrappers_pb2.StringValue})
+    with pytest.raises(ValueError, match="one message per event type"):
+        EventTypes({"a.b": wrappers_pb2.StringValue, "a.c": wrappers_pb2.StringValue})
+
+
+def test_registry_loaded_by_reference() -> None:
+    assert load_event_types("services.common.event_types:EVENTS") is EVENTS
+    for ref, problem in (
+        ("services.common.event_types", "expected 'package.module:NAME'"),
+        ("no.such.module:EVENTS", "cannot import"),
+        ("services.common.event_types:shop_streams", "is not a mesh.events.EventTypes"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            load_event_types(ref)
 
 
 def test_stream_layout() -> None:
-    specs = {s.name: s for s in default_streams()}
+    specs = {s.name: s for s in default_streams(EVENTS.domains)}
     assert set(specs) == {"USER", "ORDER", "PAYMENT", "INVENTORY", "DLQ"}
     assert specs["ORDER"].subjects == ("order.>",)  # order.compensation.completed too
     cfg = specs["USER"].config()

@@ -25,11 +25,11 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 from interceptors.breaker import BreakerClientInterceptor, BreakerConfig, BreakerSet
 from interceptors.deadline import DeadlineClientInterceptor, DeadlineServerInterceptor
 from interceptors.errors import ErrorServerInterceptor
-from interceptors.idempotency import IdempotentMethods
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsClientInterceptor, MetricsServerInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
+from mesh.api.options import IdempotentMethods
 from tests.support.poll import eventually
 from tests.unit.interceptors.conftest import (
     ARITIES,

@@ -13,7 +13,6 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors._call import local_error
 from interceptors._client import ClientInterceptor
-from interceptors.idempotency import IdempotentMethods
 from interceptors.metrics import RpcMetrics
 from interceptors.retry import (
     ATTEMPT_KEY,
@@ -22,6 +21,7 @@ from interceptors.retry import (
     RetryPolicy,
     not_sent,
 )
+from mesh.api.options import IdempotentMethods
 from tests.support.ping import PingServicer
 from tests.support.ports import free_port
 from tests.unit.interceptors.conftest import (

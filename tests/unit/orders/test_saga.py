@@ -8,9 +8,11 @@ import uuid
 
 import grpc
 import pytest
+from shop.events.v1 import events_pb2
 from shop.payments.v1 import payments_pb2
 
 from base.errors import FailedPrecondition, NotFound, Unavailable
+from mesh.events import unpack
 from mesh.saga import SagaStatus, StepRetry
 from services.orders import saga as saga_module
 from services.orders.model import OrderStatus
@@ -39,7 +41,10 @@ async def test_happy_path_completes_and_publishes(domain: Domain) -> None:
     assert order.total_minor == 1500 and order.payment_id
     assert [line.unit_price_minor for line in order.lines] == [250, 1000]
     [event] = await domain.events()
-    assert event.type == "order.completed" and event.order_completed.saga_id == order.saga_id
+    assert (
+        event.type == "order.completed"
+        and unpack(event, events_pb2.OrderCompleted).saga_id == order.saga_id
+    )
     assert len(domain.sagas.cards) == 0  # the card is gone once charged
 
 
@@ -51,7 +56,7 @@ async def test_unknown_user_compensates_nothing_and_still_tells(domain: Domain) 
     assert domain.fake.calls["ReserveItems"] == 0
     [event] = await domain.events()
     assert event.type == "order.compensation.completed"
-    assert list(event.order_compensation_completed.compensated_steps) == []
+    assert list(unpack(event, events_pb2.OrderCompensationCompleted).compensated_steps) == []
 
 
 async def test_confirm_refused_refunds_releases_and_fails(domain: Domain) -> None:
@@ -65,7 +70,7 @@ async def test_confirm_refused_refunds_releases_and_fails(domain: Domain) -> Non
     assert order.status is OrderStatus.FAILED
     assert domain.fake.calls["Refund"] == 1 and domain.fake.calls["ReleaseReservation"] == 1
     [event] = await domain.events()
-    assert list(event.order_compensation_completed.compensated_steps) == [
+    assert list(unpack(event, events_pb2.OrderCompensationCompleted).compensated_steps) == [
         "charge", "reserve_stock", "create_order"]  # fmt: skip
 
 

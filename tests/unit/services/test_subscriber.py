@@ -21,7 +21,6 @@ from mesh.events import (
     Outbox,
     RelayConfig,
     SubscribeOptions,
-    default_streams,
     encode,
     inbox_migrations,
     new_envelope,
@@ -30,6 +29,8 @@ from mesh.events import (
 from mesh.events.envelope import HDR_MSG_ID
 from mesh.events.inbox import inbox_table
 from mesh.events.streams import DAY_S
+from mesh.events.v1.envelope_pb2 import Envelope
+from services.common.event_types import EVENTS, shop_streams
 from services.common.events import EventPublisher, EventSubscriber, InboxPurge, SubscriptionSpec
 from tests.support.nats import NatsServer, nats_server
 from tests.support.poll import eventually
@@ -63,7 +64,7 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
 @pytest.fixture
 async def bus(nats: NatsServer) -> AsyncIterator[EventBus]:
     """The test's own connection, publishing as another service would."""
-    b = await EventBus.connect(nats.url, name="test", streams=default_streams())
+    b = await EventBus.connect(nats.url, name="test", streams=shop_streams())
     await b.ensure_streams()
     try:
         yield b
@@ -71,7 +72,7 @@ async def bus(nats: NatsServer) -> AsyncIterator[EventBus]:
         await b.close()
 
 
-async def count_effect(env: events_pb2.Envelope, session: AsyncSession) -> None:
+async def count_effect(env: Envelope, session: AsyncSession) -> None:
     # n counts effects: handled at most once per event id leaves n == 1.
     await session.execute(
         text("INSERT INTO effects (id, n) VALUES (:i, 1)"
@@ -85,15 +86,17 @@ async def effects(sessions: Sessions) -> dict[str, int]:
         return {r[0]: r[1] for r in (await s.execute(text("SELECT id, n FROM effects"))).all()}
 
 
-def user_deleted() -> events_pb2.Envelope:
+def user_deleted() -> Envelope:
     uid = str(uuid.uuid4())
-    return new_envelope(events_pb2.UserDeleted(user_id=uid), source="users", subject=uid)
+    return new_envelope(
+        events_pb2.UserDeleted(user_id=uid), types=EVENTS, source="users", subject=uid
+    )
 
 
-def payment_completed() -> events_pb2.Envelope:
+def payment_completed() -> Envelope:
     pid = str(uuid.uuid4())
     return new_envelope(events_pb2.PaymentCompleted(payment_id=pid, saga_id="s"),
-                        source="payments", subject=pid)  # fmt: skip
+                        types=EVENTS, source="payments", subject=pid)  # fmt: skip
 
 
 def subscriber(url: str, sessions: Sessions, purge: InboxPurge | None = None) -> EventSubscriber:
@@ -211,7 +214,7 @@ async def inbox_ids(sessions: Sessions) -> set[str]:
 
 def test_the_inbox_outlives_every_consumed_stream_by_default() -> None:
     purge = InboxPurge()
-    consumed = [s.max_age_s for s in default_streams() if s.name != "DLQ"]
+    consumed = [s.max_age_s for s in shop_streams() if s.name != "DLQ"]
     assert purge.older_than_s > max(consumed)
     assert purge.older_than_s == 8 * DAY_S and purge.every_s == 3600.0
 

@@ -22,37 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/events/v1/events.proto\x12\x0eshop.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\xdc\x05\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\x12\n\ntracestate\x18\x07 \x01(\t\x12\x33\n\x0cuser_created\x18\n \x01(\x0b\x32\x1b.shop.events.v1.UserCreatedH\x00\x12\x33\n\x0cuser_deleted\x18\x0b \x01(\x0b\x32\x1b.shop.events.v1.UserDeletedH\x00\x12\x39\n\x0forder_completed\x18\x0c \x01(\x0b\x32\x1e.shop.events.v1.OrderCompletedH\x00\x12R\n\x1corder_compensation_completed\x18\r \x01(\x0b\x32*.shop.events.v1.OrderCompensationCompletedH\x00\x12=\n\x11payment_completed\x18\x0e \x01(\x0b\x32 .shop.events.v1.PaymentCompletedH\x00\x12;\n\x10payment_refunded\x18\x0f \x01(\x0b\x32\x1f.shop.events.v1.PaymentRefundedH\x00\x12?\n\x12inventory_reserved\x18\x10 \x01(\x0b\x32!.shop.events.v1.InventoryReservedH\x00\x12?\n\x12inventory_released\x18\x11 \x01(\x0b\x32!.shop.events.v1.InventoryReleasedH\x00\x12@\n\x13inventory_low_stock\x18\x12 \x01(\x0b\x32!.shop.events.v1.InventoryLowStockH\x00\x42\t\n\x07payload\"-\n\x0bUserCreated\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\x1e\n\x0bUserDeleted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\tEventLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x94\x01\n\x0eOrderCompleted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07saga_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12(\n\x05items\x18\x05 \x03(\x0b\x32\x19.shop.events.v1.EventLine\"{\n\x1aOrderCompensationCompleted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07saga_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x19\n\x11\x63ompensated_steps\x18\x05 \x03(\t\"r\n\x10PaymentCompleted\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x12\n\ncard_last4\x18\x04 \x01(\t\"m\n\x0fPaymentRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x11InventoryReserved\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.events.v1.EventLine\"^\n\x11InventoryReleased\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.events.v1.EventLine\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Z\n\x11InventoryLowStock\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/events/v1/events.proto\x12\x0eshop.events.v1\x1a\x1ashop/common/v1/money.proto\"-\n\x0bUserCreated\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"\x1e\n\x0bUserDeleted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\tEventLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x94\x01\n\x0eOrderCompleted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07saga_id\x18\x03 \x01(\t\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12(\n\x05items\x18\x05 \x03(\x0b\x32\x19.shop.events.v1.EventLine\"{\n\x1aOrderCompensationCompleted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07saga_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x19\n\x11\x63ompensated_steps\x18\x05 \x03(\t\"r\n\x10PaymentCompleted\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x12\n\ncard_last4\x18\x04 \x01(\t\"m\n\x0fPaymentRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x11InventoryReserved\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.events.v1.EventLine\"^\n\x11InventoryReleased\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.events.v1.EventLine\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Z\n\x11InventoryLowStock\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.events.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVELOPE']._serialized_start=109
-  _globals['_ENVELOPE']._serialized_end=841
-  _globals['_USERCREATED']._serialized_start=843
-  _globals['_USERCREATED']._serialized_end=888
-  _globals['_USERDELETED']._serialized_start=890
-  _globals['_USERDELETED']._serialized_end=920
-  _globals['_EVENTLINE']._serialized_start=922
-  _globals['_EVENTLINE']._serialized_end=971
-  _globals['_ORDERCOMPLETED']._serialized_start=974
-  _globals['_ORDERCOMPLETED']._serialized_end=1122
-  _globals['_ORDERCOMPENSATIONCOMPLETED']._serialized_start=1124
-  _globals['_ORDERCOMPENSATIONCOMPLETED']._serialized_end=1247
-  _globals['_PAYMENTCOMPLETED']._serialized_start=1249
-  _globals['_PAYMENTCOMPLETED']._serialized_end=1363
-  _globals['_PAYMENTREFUNDED']._serialized_start=1365
-  _globals['_PAYMENTREFUNDED']._serialized_end=1474
-  _globals['_INVENTORYRESERVED']._serialized_start=1476
-  _globals['_INVENTORYRESERVED']._serialized_end=1554
-  _globals['_INVENTORYRELEASED']._serialized_start=1556
-  _globals['_INVENTORYRELEASED']._serialized_end=1650
-  _globals['_INVENTORYLOWSTOCK']._serialized_start=1652
-  _globals['_INVENTORYLOWSTOCK']._serialized_end=1742
+  _globals['_USERCREATED']._serialized_start=75
+  _globals['_USERCREATED']._serialized_end=120
+  _globals['_USERDELETED']._serialized_start=122
+  _globals['_USERDELETED']._serialized_end=152
+  _globals['_EVENTLINE']._serialized_start=154
+  _globals['_EVENTLINE']._serialized_end=203
+  _globals['_ORDERCOMPLETED']._serialized_start=206
+  _globals['_ORDERCOMPLETED']._serialized_end=354
+  _globals['_ORDERCOMPENSATIONCOMPLETED']._serialized_start=356
+  _globals['_ORDERCOMPENSATIONCOMPLETED']._serialized_end=479
+  _globals['_PAYMENTCOMPLETED']._serialized_start=481
+  _globals['_PAYMENTCOMPLETED']._serialized_end=595
+  _globals['_PAYMENTREFUNDED']._serialized_start=597
+  _globals['_PAYMENTREFUNDED']._serialized_end=706
+  _globals['_INVENTORYRESERVED']._serialized_start=708
+  _globals['_INVENTORYRESERVED']._serialized_end=786
+  _globals['_INVENTORYRELEASED']._serialized_start=788
+  _globals['_INVENTORYRELEASED']._serialized_end=882
+  _globals['_INVENTORYLOWSTOCK']._serialized_start=884
+  _globals['_INVENTORYLOWSTOCK']._serialized_end=974
 # @@protoc_insertion_point(module_scope)

@@ -24,46 +24,48 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from shop.api.v1 import visibility_pb2 as shop_dot_api_dot_v1_dot_visibility__pb2
+from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cshop/api/v1/visibility.proto\"\x80\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x07Profile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\"]\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"o\n\x14\x41uthenticateResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"/\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"[\n\x17ValidateSessionResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xc7\x04\n\x0bUserService\x12]\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a\x13.shop.users.v1.User\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/api/v1/users:\x01*\x12\x62\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\"#\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/users/{user_id}\x12r\n\nDeleteUser\x12 .shop.users.v1.DeleteUserRequest\x1a!.shop.users.v1.DeleteUserResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/users/{user_id}\x12t\n\x0c\x41uthenticate\x12\".shop.users.v1.AuthenticateRequest\x1a#.shop.users.v1.AuthenticateResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/sessions:\x01*\x12\x8a\x01\n\x0fValidateSession\x12%.shop.users.v1.ValidateSessionRequest\x1a&.shop.users.v1.ValidateSessionResponse\"(\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/sessions/validate:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\"\x80\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x07Profile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\"]\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"o\n\x14\x41uthenticateResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"/\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"[\n\x17ValidateSessionResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x83\x05\n\x0bUserService\x12\x63\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a\x13.shop.users.v1.User\"\x1e\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x12\"\r/api/v1/users:\x01*\x12z\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\";\x90\xb5\x18\x01\xa2\xb5\x18\x0e\n\x04\x65\x64ge\n\x06orders\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/users/{user_id}\x12x\n\nDeleteUser\x12 .shop.users.v1.DeleteUserRequest\x1a!.shop.users.v1.DeleteUserResponse\"%\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/users/{user_id}\x12z\n\x0c\x41uthenticate\x12\".shop.users.v1.AuthenticateRequest\x1a#.shop.users.v1.AuthenticateResponse\"!\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/sessions:\x01*\x12\x90\x01\n\x0fValidateSession\x12%.shop.users.v1.ValidateSessionRequest\x1a&.shop.users.v1.ValidateSessionResponse\".\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/sessions/validate:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.users.v1.users_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_USERSERVICE']._loaded_options = None
+  _globals['_USERSERVICE']._serialized_options = b'\232\265\030\006\n\004edge'
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\202\323\344\223\002\022\"\r/api/v1/users:\001*'
+  _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\252\265\030\002\010\001\202\323\344\223\002\022\"\r/api/v1/users:\001*'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\265\030\001\202\323\344\223\002\031\022\027/api/v1/users/{user_id}'
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\265\030\001\242\265\030\016\n\004edge\n\006orders\252\265\030\002\010\002\202\323\344\223\002\031\022\027/api/v1/users/{user_id}'
   _globals['_USERSERVICE'].methods_by_name['DeleteUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._serialized_options = b'\202\323\344\223\002\031*\027/api/v1/users/{user_id}'
+  _globals['_USERSERVICE'].methods_by_name['DeleteUser']._serialized_options = b'\252\265\030\002\010\002\202\323\344\223\002\031*\027/api/v1/users/{user_id}'
   _globals['_USERSERVICE'].methods_by_name['Authenticate']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['Authenticate']._serialized_options = b'\202\323\344\223\002\025\"\020/api/v1/sessions:\001*'
+  _globals['_USERSERVICE'].methods_by_name['Authenticate']._serialized_options = b'\252\265\030\002\010\001\202\323\344\223\002\025\"\020/api/v1/sessions:\001*'
   _globals['_USERSERVICE'].methods_by_name['ValidateSession']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['ValidateSession']._serialized_options = b'\220\265\030\001\202\323\344\223\002\036\"\031/api/v1/sessions/validate:\001*'
-  _globals['_USER']._serialized_start=138
-  _globals['_USER']._serialized_end=266
-  _globals['_PROFILE']._serialized_start=268
-  _globals['_PROFILE']._serialized_end=299
-  _globals['_CREATEUSERREQUEST']._serialized_start=301
-  _globals['_CREATEUSERREQUEST']._serialized_end=394
-  _globals['_GETUSERREQUEST']._serialized_start=396
-  _globals['_GETUSERREQUEST']._serialized_end=429
-  _globals['_DELETEUSERREQUEST']._serialized_start=431
-  _globals['_DELETEUSERREQUEST']._serialized_end=467
-  _globals['_DELETEUSERRESPONSE']._serialized_start=469
-  _globals['_DELETEUSERRESPONSE']._serialized_end=506
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=508
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=562
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=564
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=675
-  _globals['_VALIDATESESSIONREQUEST']._serialized_start=677
-  _globals['_VALIDATESESSIONREQUEST']._serialized_end=724
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=726
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=817
-  _globals['_USERSERVICE']._serialized_start=820
-  _globals['_USERSERVICE']._serialized_end=1403
+  _globals['_USERSERVICE'].methods_by_name['ValidateSession']._serialized_options = b'\220\265\030\001\252\265\030\002\010\001\202\323\344\223\002\036\"\031/api/v1/sessions/validate:\001*'
+  _globals['_USER']._serialized_start=135
+  _globals['_USER']._serialized_end=263
+  _globals['_PROFILE']._serialized_start=265
+  _globals['_PROFILE']._serialized_end=296
+  _globals['_CREATEUSERREQUEST']._serialized_start=298
+  _globals['_CREATEUSERREQUEST']._serialized_end=391
+  _globals['_GETUSERREQUEST']._serialized_start=393
+  _globals['_GETUSERREQUEST']._serialized_end=426
+  _globals['_DELETEUSERREQUEST']._serialized_start=428
+  _globals['_DELETEUSERREQUEST']._serialized_end=464
+  _globals['_DELETEUSERRESPONSE']._serialized_start=466
+  _globals['_DELETEUSERRESPONSE']._serialized_end=503
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=505
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=559
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=561
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=672
+  _globals['_VALIDATESESSIONREQUEST']._serialized_start=674
+  _globals['_VALIDATESESSIONREQUEST']._serialized_end=721
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=723
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=814
+  _globals['_USERSERVICE']._serialized_start=817
+  _globals['_USERSERVICE']._serialized_end=1460
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,8 @@
-"""`meshctl demo`: the shop's story, told through the edge with grpcurl and curl.
+"""The shop's demo story, told through the edge with grpcurl and curl.
+
+`meshctl demo` runs it (mesh.toml names this module), as does
+`python -m services.tools.demo [--edge-port 8080]`.
+
 
 Creates a user and a product, places an order through v1 (gRPC) and v2 (REST),
 pins a version with `accept-version`, places an order with a declined card
@@ -17,10 +21,13 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from mesh.local.tail import SeenIds, format_event
+from mesh.settings import Settings
 from mesh.tools import grpcurl_binary
+from services.common.event_types import EVENTS
 
 DECLINED_CARD = "4000000000000002"
 GOOD_CARD = "4242424242424242"
@@ -205,7 +212,7 @@ async def _run_demo(edge: str, nats_url: str) -> int:
 
         async def on_msg(msg: Any) -> None:
             if not msg.subject.startswith(("_INBOX.", "$JS.")) and seen.first_time(msg.data):
-                events.append(format_event(msg.subject, msg.data))
+                events.append(format_event(msg.subject, msg.data, EVENTS))
                 last.discard(msg.subject)
                 if not last:
                     compensated.set()
@@ -225,3 +232,17 @@ async def _run_demo(edge: str, nats_url: str) -> int:
     for line in sorted(events):  # lines start with the event time
         print(f"  {line}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the shop's story through the edge")
+    parser.add_argument("--edge-port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    nats_url = Settings.from_env("demo").nats_url
+    return run_demo(edge=f"127.0.0.1:{args.edge_port}", nats_url=nats_url)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

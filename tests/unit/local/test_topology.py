@@ -1,0 +1,115 @@
+"""The topology file (`mesh.toml`): the shop's parses; mistakes are named by file and key."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.cli import main as meshctl
+from mesh.local.topology import TopologyError, load_topology, service_processes
+from services.common.event_types import EVENTS
+
+ROOT = Path(__file__).resolve().parents[3]
+
+MINIMAL = """
+[services.notes]
+module = "notes.server"
+grpc_port = 6000
+admin_port = 6001
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mesh.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shops_topology() -> None:
+    topology = load_topology(ROOT / "mesh.toml")
+    assert [(s.name, s.instances) for s in topology.services] == [
+        ("payments", 1), ("inventory", 2), ("users", 1), ("orders", 2),
+    ]  # fmt: skip
+    assert topology.services[3].module == "services.orders"
+    assert (topology.services[3].grpc_port, topology.services[3].admin_port) == (50052, 9102)
+    assert topology.event_types() is EVENTS
+    assert topology.demo_module == "services.tools.demo"
+
+
+def test_another_project_runs_its_own_modules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL.replace(
+            "admin_port = 6001", 'admin_port = 6001\ninstances = 2\nenv = { NOTES_MODE = "fast" }'
+        ),
+    )
+    topology = load_topology(path)
+    assert topology.event_types() is None and topology.demo_module == ""
+    procs = service_processes(
+        tmp_path, {"HOME": "/h"}, nats_url="nats://n", services=topology.services
+    )
+    assert [p.name for p in procs] == ["notes-1", "notes-2"]
+    assert procs[0].argv == (sys.executable, "-m", "notes.server")
+    assert procs[0].env["MESH_GRPC_PORT"] == "6000" and procs[1].env["MESH_GRPC_PORT"] == "0"
+    assert procs[1].env["NOTES_MODE"] == "fast" and procs[1].env["HOME"] == "/h"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "services: expected at least one [services.<name>] table"),
+        (
+            "[services.notes]\ngrpc_port = 1\n",
+            "services.notes.module: expected a Python module name",
+        ),
+        (
+            MINIMAL + "instances = 0\n",
+            "services.notes.instances: expected an integer from 1 to 64, got 0",
+        ),
+        (MINIMAL.replace("6000", '"6000"'), "services.notes.grpc_port: expected an integer"),
+        (MINIMAL + "instanses = 2\n", "services.notes.instanses: unknown key"),
+        ('colour = "blue"\n' + MINIMAL, "colour: unknown key"),
+        (
+            MINIMAL.replace("6001", "6000"),
+            "services: port(s) [6000] given to more than one service",
+        ),
+        ('event_types = "notes.events"\n' + MINIMAL, "event_types: expected 'package.module:NAME'"),
+        (MINIMAL + "instances = = 2\n", "not valid TOML"),
+        (
+            MINIMAL + "env = { X = 2 }\n",
+            'services.notes.env: expected a table of NAME = "string" pairs',
+        ),
+        ("[services.Notes]\nmodule = 'n'\n", "services.Notes: service names are lower case"),
+    ],
+)
+def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_an_event_registry_that_does_not_import(tmp_path: Path) -> None:
+    path = write(tmp_path, 'event_types = "no_such_project.events:EVENTS"\n' + MINIMAL)
+    with pytest.raises(TopologyError, match=r"event_types: .*cannot import no_such_project"):
+        load_topology(path).event_types()
+
+
+def test_meshctl_reports_a_missing_topology(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.toml"
+    assert meshctl(["status", "--topology", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such topology file" in err
+
+
+def test_meshctl_demo_needs_a_demo_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert meshctl(["demo", "--topology", str(path)]) == 1
+    assert f"{path} names no demo module" in capsys.readouterr().err

@@ -8,6 +8,7 @@ meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
+meshctl policy [--markdown]  who may call what (the contracts' callers)
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -27,6 +28,7 @@ from pathlib import Path
 from mesh.discovery.registry import Registry
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.security import cli as security_cli
+from mesh.security import policy as security_policy
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     security_cli.register(sub)
+    security_policy.register(sub)
     return p
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
@@ -40,10 +41,12 @@ from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminServer
+from mesh.api.options import is_internal
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.security.pki import PkiError
+from mesh.security.policy import caller_policy
 from mesh.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -101,6 +104,8 @@ class ServiceDefinition:
     """Extra server interceptors (auth, validation), innermost, after the mesh chain."""
     check_interval_s: float = 5.0
     check_timeout_s: float = 2.0
+    reflection: bool | None = None
+    """Server reflection; None: only for services not marked `(mesh.api.v1.internal)`."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -289,6 +294,15 @@ async def start_service(
     """
     identity, owns_identity = _server_identity(definition.name, settings, runtime, identity)
     chain = list(server_interceptors(runtime) if interceptors is None else interceptors)
+    if identity is not None:
+        # Who may call what (the contracts' callers), before any handler and the
+        # service's own interceptors run.
+        metrics = runtime.metrics
+        chain.append(
+            caller_policy(
+                settings.security.trust_domain, metrics.record_denial if metrics else None
+            )
+        )
     chain += definition.interceptors
     server = grpc.aio.server(
         interceptors=chain,
@@ -300,9 +314,11 @@ async def start_service(
 
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*definition.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
-    )
+    reflected = _reflected(definition)
+    if reflected:
+        reflection.enable_server_reflection(
+            [*reflected, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
     # NOT_SERVING until the dependencies have been probed once.
     for svc in ("", *definition.service_names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -389,6 +405,21 @@ async def start_service(
         monitor.report.status,
     )
     return running
+
+
+def _reflected(definition: ServiceDefinition) -> list[str]:
+    """The services reflection lists: all of them, none, or (default) the non-internal ones."""
+    if definition.reflection is not None:
+        return list(definition.service_names) if definition.reflection else []
+    public = []
+    for name in definition.service_names:
+        try:
+            descriptor = descriptor_pool.Default().FindServiceByName(name)
+        except KeyError:
+            descriptor = None
+        if descriptor is None or not is_internal(descriptor):
+            public.append(name)
+    return public
 
 
 def _server_identity(

@@ -165,4 +165,7 @@ def open_channel(
         drain_timeout_s=opts.drain_timeout_s,
         on_ejection=on_ejection,
     )
+    if opts.identity is not None and opts.credentials is None:
+        # A renewed certificate: new connections (with it) to every instance.
+        pool.close_hooks.append(opts.identity.on_change(pool.reconnect))
     return MeshChannel(pool, interceptors, no_deadline_wait_s=opts.no_instance_wait_s)

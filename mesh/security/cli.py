@@ -18,12 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mesh.api.options import EDGE
 from mesh.security.pki import PkiError, describe
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings, security_from_env
 
 # The edge's certificate also answers to the names a local browser, curl or grpcurl uses.
-EDGE = "edge"
 EDGE_LOCAL_DNS = ("localhost",)
 EDGE_LOCAL_IPS = ("127.0.0.1",)
 

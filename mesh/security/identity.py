@@ -186,10 +186,14 @@ class MeshIdentity:
     # -- background renewal -------------------------------------------------------------------
 
     def renew_delay_s(self, now: dt.datetime | None = None) -> float:
-        """Seconds until the renewal is due (a third of the lifetime before expiry)."""
+        """Seconds until the renewal is due: a third of the lifetime before expiry.
+
+        The lifetime is the configured one (MESH_CERT_LIFETIME_S), not the
+        certificate's span, which is back-dated a little for clock skew.
+        """
         info = describe(self._pair.cert_pem)
-        lifetime = (info.not_after - info.not_before).total_seconds()
-        due = info.not_after - dt.timedelta(seconds=lifetime * RENEW_REMAINING)
+        lifetime = min(self.store.lifetime, info.not_after - info.not_before)
+        due = info.not_after - lifetime * RENEW_REMAINING
         return max((due - (now or _now())).total_seconds(), _MIN_DELAY_S)
 
     def start(self) -> None:

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.security.cli import EDGE, ensure_identities
+from mesh.api.options import EDGE
+from mesh.security.cli import ensure_identities
 from mesh.settings import security_from_env
 
 

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -88,6 +88,73 @@ def credentials(pair_: KeyPair | None, root: bytes | None = None) -> grpc.Channe
     )
 
 
+def test_caller(full_method: str, callee: str) -> str:
+    """An identity the contracts allow to call `full_method` (the edge for public methods)."""
+    from mesh.security.policy import method_callers
+
+    callers = method_callers(full_method if full_method.startswith("/") else f"/{full_method}")
+    if not callers or "*" in callers:
+        return DEFAULT_CALLER.get(callee, "orders")
+    return "edge" if "edge" in callers else sorted(callers)[0]
+
+
+class _PolicyChannelBase:
+    """A channel that makes each call as an identity the method's policy allows.
+
+    Tests call services directly, stub by stub, as the mesh's real callers would
+    (inventory's reservations as orders, its catalogue as the edge...): one
+    connection per caller identity, made on first use.
+    """
+
+    def __init__(self, make: Callable[[str], Any], callee: str) -> None:
+        self._make = make
+        self._callee = callee
+        self._channels: dict[str, Any] = {}
+
+    def _for(self, method: str) -> Any:
+        caller = test_caller(method, self._callee)
+        channel = self._channels.get(caller)
+        if channel is None:
+            channel = self._channels[caller] = self._make(caller)
+        return channel
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._for(method).unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._for(method).unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._for(method).stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._for(method).stream_stream(method, *args, **kwargs)
+
+
+class PolicyChannel(_PolicyChannelBase):
+    """grpc.aio flavour."""
+
+    async def close(self, grace: float | None = None) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            await ch.close(grace)
+
+    async def __aenter__(self) -> PolicyChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close(None)
+
+
+class SyncPolicyChannel(_PolicyChannelBase):
+    """Blocking-API flavour."""
+
+    def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            ch.close()
+
+
 def mtls_channel(
     address: str,
     callee: str,
@@ -96,23 +163,31 @@ def mtls_channel(
     pair_: KeyPair | None = None,
     options: list[tuple[str, Any]] | None = None,
 ) -> grpc.aio.Channel:
-    """A grpc.aio channel to `callee` at `address`, as `caller` (default: DEFAULT_CALLER)."""
-    presented = pair_ or pair(caller or DEFAULT_CALLER.get(callee, "orders"))
+    """A grpc.aio channel to `callee` at `address` as `caller` (or holding `pair_`); with
+    neither, a `PolicyChannel` calling each method as an identity allowed to."""
     name = f"{callee}.{session_pki().trust_domain}"
-    return grpc.aio.secure_channel(
-        address,
-        credentials(presented),
-        options=[("grpc.ssl_target_name_override", name), *(options or [])],
-    )
+    args = [("grpc.ssl_target_name_override", name), *(options or [])]
+
+    def make(who: str | None, presented: KeyPair | None = None) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            address, credentials(presented or pair(who or "orders")), options=args
+        )
+
+    if caller is not None or pair_ is not None:
+        return make(caller, pair_)
+    return cast(grpc.aio.Channel, PolicyChannel(make, callee))  # duck-typed for stubs
 
 
-def sync_mtls_channel(address: str, callee: str, *, caller: str | None = None) -> grpc.Channel:
-    """The blocking-API twin of `mtls_channel`."""
-    presented = pair(caller or DEFAULT_CALLER.get(callee, "orders"))
+def sync_mtls_channel(address: str, callee: str) -> grpc.Channel:
+    """The blocking-API twin of `mtls_channel` (each method as an allowed identity)."""
     name = f"{callee}.{session_pki().trust_domain}"
-    return grpc.secure_channel(
-        address, credentials(presented), options=[("grpc.ssl_target_name_override", name)]
-    )
+
+    def make(who: str) -> grpc.Channel:
+        return grpc.secure_channel(
+            address, credentials(pair(who)), options=[("grpc.ssl_target_name_override", name)]
+        )
+
+    return cast(grpc.Channel, SyncPolicyChannel(make, callee))
 
 
 async def mtls_server(
@@ -145,7 +220,8 @@ def grpcurl_args(callee: str, *, caller: str | None = None) -> list[str]:
 
 def edge_options(**overrides: Any) -> dict[str, Any]:
     """`EdgeOptions` overrides for an Envoy holding the test CA's `edge` identity."""
-    from mesh.security.cli import EDGE, ensure_identities
+    from mesh.api.options import EDGE
+    from mesh.security.cli import ensure_identities
 
     st = ensure_identities(session_pki(), [EDGE])
     return {

@@ -82,7 +82,7 @@ async def test_grpc_health_per_service_and_overall(start: Starter) -> None:
 
 
 async def test_reflection_lists_services_for_grpcurl(start: Starter) -> None:
-    svc = await start()
+    svc = await start(reflection=True)  # PingService is internal: reflection is opt-in
     listed = await asyncio.to_thread(grpcurl, svc.address, "list")
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == {

@@ -79,6 +79,10 @@ class HealthProbe:
                 health_pb2.HealthCheckRequest(service=self.service), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and self._identity is not None:
+                # The next check connects anew, with the identity's current certificate
+                # (this channel would reconnect with the one it was made with).
+                await self.close()
             return False, f"gRPC check {self._label()}: {exc.code().name} {exc.details() or ''}"
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -65,6 +65,9 @@ class EdgeOptions:
     cert_path: str = "/etc/shop-mesh/pki/edge.crt"
     key_path: str = "/etc/shop-mesh/pki/edge.key"
     tls_listen_port: int = 8443
+    # The file-based SDS document naming the edge's certificate files (render_files
+    # writes it): Envoy watches the PKI directory and reloads a renewed certificate.
+    sds_path: str = "/etc/envoy/edge_sds.yaml"
 
 
 def _type(extension: str) -> str:
@@ -274,10 +277,39 @@ def _rest_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
     return routes
 
 
+EDGE_SECRET = "edge_certificate"
+
+
 def _certificate(options: EdgeOptions) -> dict[str, Any]:
+    """The edge's certificate by SDS from a file: renewed files are picked up live."""
     return {
-        "certificate_chain": {"filename": options.cert_path},
-        "private_key": {"filename": options.key_path},
+        "tls_certificate_sds_secret_configs": [
+            {
+                "name": EDGE_SECRET,
+                "sds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {"path": options.sds_path},
+                },
+            }
+        ]
+    }
+
+
+def sds_document(options: EdgeOptions) -> dict[str, Any]:
+    """The SDS file: the certificate and key files, and the directory Envoy watches for
+    their replacement (written atomically by mesh/security/store.py, key first)."""
+    return {
+        "resources": [
+            {
+                "@type": _type("transport_sockets.tls.v3.Secret"),
+                "name": EDGE_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": options.cert_path},
+                    "private_key": {"filename": options.key_path},
+                    "watched_directory": {"path": str(Path(options.cert_path).parent)},
+                },
+            }
+        ]
     }
 
 
@@ -293,7 +325,7 @@ def _upstream_tls(service: str, options: EdgeOptions) -> dict[str, Any]:
             "sni": f"{service}.{options.trust_domain}",
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
-                "tls_certificates": [_certificate(options)],
+                **_certificate(options),
                 "validation_context": {
                     "trusted_ca": {"filename": options.ca_cert_path},
                     "match_typed_subject_alt_names": [
@@ -316,7 +348,7 @@ def _downstream_tls(options: EdgeOptions) -> dict[str, Any]:
             "@type": _type("transport_sockets.tls.v3.DownstreamTlsContext"),
             "common_tls_context": {
                 "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificates": [_certificate(options)],
+                **_certificate(options),
             },
         },
     }

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render
+from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
 from mesh.edge.model import build_model, load_descriptor_set
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "envoy"
 DESCRIPTORS = ENVOY_DIR / "descriptors.binpb"
 EDGE_DESCRIPTORS_NAME = "edge_descriptors.binpb"
+SDS_NAME = "edge_sds.yaml"
 
 COMPOSE_OPTIONS = EdgeOptions(
     descriptor_path="/etc/envoy/descriptors.binpb",
@@ -48,6 +49,9 @@ def render_files(
     config = out_dir / "envoy.yaml"
     body = yaml.safe_dump(render(model, options), sort_keys=False, width=120)
     config.write_text(HEADER + body)
+    if options.tls:
+        sds = yaml.safe_dump(sds_document(options), sort_keys=False, width=120)
+        (out_dir / SDS_NAME).write_text(HEADER + sds)
     return config, edge_desc
 
 
@@ -68,6 +72,7 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             ca_cert_path=str(pki / "ca.crt"),
             cert_path=str(pki / "edge.crt"),
             key_path=str(pki / "edge.key"),
+            sds_path=str(run_dir / SDS_NAME),
         ),
         **overrides,  # type: ignore[arg-type]
     )

@@ -173,7 +173,7 @@ def test_checked_in_config_is_rendered_from_the_protos(tmp_path: Path) -> None:
     from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR
 
     render_files(tmp_path, COMPOSE_OPTIONS)
-    for name in ("envoy.yaml", "edge_descriptors.binpb"):
+    for name in ("envoy.yaml", "edge_descriptors.binpb", "edge_sds.yaml"):
         assert (tmp_path / name).read_bytes() == (ENVOY_DIR / name).read_bytes(), (
             f"envoy/{name} is out of date with protos/: run `make protos`"
         )
@@ -369,3 +369,29 @@ async def test_the_edge_refuses_an_upstream_holding_another_identity(tmp_path: P
         await meta.stop()
         await registry.close()
         await server.stop(None)
+
+
+async def test_a_renewed_edge_certificate_is_served_without_a_restart(edge: Edge) -> None:
+    from mesh.security.pki import describe
+
+    def served_serials() -> set[str]:
+        certs = json.loads(edge.envoy.admin("/certs"))
+        return {
+            c["serial_number"]
+            for entry in certs.get("certificates", [])
+            for c in entry.get("cert_chain", [])
+        }
+
+    store = pki.store()
+    before = format(store.load("edge").certificate.serial_number, "x")
+    assert before in served_serials()
+    renewed = store.issue("edge", extra_dns=["localhost"], extra_ips=["127.0.0.1"])
+    serial = format(renewed.certificate.serial_number, "x")
+    assert await eventually(lambda: serial in served_serials() and before not in served_serials())
+    assert describe(renewed.cert_pem).identity == "spiffe://mesh.local/svc/edge"
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem())
+    async with grpc.aio.secure_channel(f"localhost:{edge.tls_port}", creds) as ch:
+        v2 = await orders_v2_grpc.OrderServiceStub(ch).GetOrder(
+            orders_v2.GetOrderRequest(order_id="o2"), timeout=5
+        )
+    assert v2.card_last4 == "4242"

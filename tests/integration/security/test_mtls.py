@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -105,3 +106,24 @@ async def test_a_client_refuses_a_server_holding_another_services_certificate(
     # The server is "ping"; a client that meant to reach "payments" must not talk to it.
     ch = pki.mtls_channel(server.address, "payments", caller="orders")
     assert await _refused(ch) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mesh_tls_off_serves_plaintext_and_says_so_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    definition = ServiceDefinition(
+        name="ping",
+        servicers=[(ping_pb2_grpc.add_PingServiceServicer_to_server, PingServicer("p"))],
+        service_names=[PING],
+    )
+    security = dataclasses.replace(pki.session_pki(), tls=False)
+    settings = Settings(service="ping", registry="none", security=security)
+    with caplog.at_level(logging.WARNING, logger="mesh.security"):
+        running = await start_service(definition, settings, _Runtime())
+    try:
+        assert "MESH_TLS=off" in caplog.text and "!!!" in caplog.text
+        async with grpc.aio.insecure_channel(running.address) as ch:
+            assert await _ping(ch) == "hi"
+        assert running.identity is None
+    finally:
+        await running.stop(0)

@@ -26,6 +26,7 @@ from mesh.server import ServiceDefinition, start_service
 from mesh.settings import Settings
 from tests.support import pki
 from tests.support.ping import PingServicer
+from tests.support.poll import eventually
 
 LIFETIME_S = 4.5
 LOAD_S = 12.0
@@ -86,6 +87,40 @@ async def test_rotation_under_load_fails_no_call() -> None:
         async with pki.mtls_channel(server.address, "ping") as fresh:
             reply = await ping_pb2_grpc.PingServiceStub(fresh).Ping(ping_pb2.PingRequest(value="n"))
             assert reply.value == "n"
+    finally:
+        await runtime.close()
+        await server.stop(0)
+
+
+async def test_a_renewal_moves_clients_to_new_connections_and_drains_the_old() -> None:
+    security = pki.session_pki()
+    definition = ServiceDefinition(
+        name="ping",
+        servicers=[(ping_pb2_grpc.add_PingServiceServicer_to_server, PingServicer("p"))],
+        service_names=["shop.testing.v1.PingService"],
+    )
+    server = await start_service(
+        definition, Settings(service="ping", registry="none", security=security), _Runtime()
+    )
+    instance = Instance(id="p1", service="ping", host="127.0.0.1", port=server.port)
+    runtime = await MeshRuntime.create(
+        Settings(service="caller", registry="none", security=security),
+        registry=StaticRegistry([instance]),
+        tracer_provider=TracerProvider(),
+    )
+    try:
+        assert runtime.identity is not None
+        channel = runtime.channel("ping")
+        stub = ping_pb2_grpc.PingServiceStub(channel)
+        slow = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(sleep_ms=800), timeout=5))
+        await eventually(lambda: sum(s.inflight for s in channel.pool.status()) == 1)
+        (old,) = channel.pool.endpoints()
+        runtime.identity.renew()
+        (new,) = channel.pool.endpoints()
+        assert new is not old and old.draining  # the running call keeps its connection
+        assert (await stub.Ping(ping_pb2.PingRequest(value="after"), timeout=5)).value == "after"
+        await slow  # and finishes there
+        await eventually(lambda: all(not s.draining for s in channel.pool.status()))
     finally:
         await runtime.close()
         await server.stop(0)

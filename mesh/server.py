@@ -1,9 +1,11 @@
 """Server bootstrap: one call runs a service on the mesh.
 
 `start_service` starts a `grpc.aio` server with the service's servicers behind
-the server interceptor chain (tracing → metrics → logging → errors → deadline,
-outermost first), grpc.health.v1 following the service's dependencies,
-server reflection (v1alpha, which grpcurl 1.8.6 speaks), the admin HTTP port
+the server interceptor chain (tracing → metrics → logging → errors → deadline →
+decoding, outermost first; then the caller policy), on an mTLS port requiring a client
+certificate from the mesh CA (mesh/security/; MESH_TLS=off: plaintext, warned),
+grpc.health.v1 following the service's dependencies, server reflection (v1alpha,
+which grpcurl 1.8.6 speaks; public services only by default), the admin HTTP port
 (`/health`, `/metrics`), and registers the instance in the registry.
 
 `RunningService.stop` undoes it in the order that loses no call: report

@@ -160,3 +160,20 @@ def test_security_settings_from_the_environment() -> None:
         security_from_env({"MESH_TLS": "maybe"})
     with pytest.raises(SettingsError, match="MESH_TRUST_DOMAIN"):
         security_from_env({"MESH_TRUST_DOMAIN": "spiffe://x"})
+
+
+def test_meshctl_up_makes_the_ca_and_every_certificate_before_starting(tmp_path: Path) -> None:
+    from mesh.security.local import local_pki
+
+    pki = local_pki(tmp_path, {}, ["users", "orders"])
+    directory = Path(pki.env["MESH_PKI_DIR"])
+    assert directory == (tmp_path / "pki").resolve() and directory.is_absolute()
+    store = PkiStore(SecuritySettings(pki_dir=str(directory)))
+    assert store.names() == ["edge", "orders", "users"]
+    assert _mode(directory) == 0o700 and _mode(store.key_path("edge")) == 0o600
+    assert pki.edge_options["tls"] is True
+    for key in ("ca_cert_path", "cert_path", "key_path"):
+        assert Path(pki.edge_options[key]).is_file(), key
+    off = local_pki(tmp_path / "off", {"MESH_TLS": "off"}, ["users"])
+    assert off.env == {} and off.edge_options == {"tls": False}
+    assert not (tmp_path / "off").exists()

@@ -50,6 +50,7 @@ class UpOptions:
     ready_timeout_s: float = 60.0
     grace_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    edge_tls_port: int = 8443  # the edge's TLS listener (mTLS on)
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -64,6 +65,7 @@ def free_port_options(options: UpOptions) -> UpOptions:
         options,
         edge_port=pick(),
         edge_admin_port=pick(),
+        edge_tls_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
     )
 
@@ -122,7 +124,7 @@ class LocalMesh:
             for p in (s.grpc_port, s.admin_port)
             if p and not _port_free(p)
         ]
-        for p in (self.o.edge_port, self.o.edge_admin_port):
+        for p in (self.o.edge_port, self.o.edge_admin_port, self.o.edge_tls_port):
             if not _port_free(p):
                 busy.append(p)
         if busy:
@@ -181,6 +183,7 @@ class LocalMesh:
             listen_port=self.o.edge_port,
             admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
+            tls_listen_port=self.o.edge_tls_port,
             **self.pki.edge_options,
         )
         config, _ = render_files(edge_dir, options)

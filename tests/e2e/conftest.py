@@ -92,6 +92,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             run_dir=base,
             edge_port=free_port(),
             edge_admin_port=free_port(),
+            edge_tls_port=free_port(),
             nats_url=nats.url,
             services=tuple(
                 replace(s, grpc_port=0, admin_port=0) for s in load_topology(TOPOLOGY).services

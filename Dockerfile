@@ -18,5 +18,7 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin mesh
  && chown mesh:mesh /data /var/run/envoy/eds
 # Listen on every interface inside the container; register the container's name.
 ENV MESH_HOST=0.0.0.0 MESH_DATA_DIR=/data
+# The mesh PKI volume (compose `pki-init`) starts from this directory: 0700, the services' user.
+RUN mkdir -p /etc/shop-mesh/pki && chown mesh /etc/shop-mesh/pki && chmod 0700 /etc/shop-mesh/pki
 USER mesh
 CMD ["python", "-m", "services.users"]

@@ -27,6 +27,18 @@ the other's cost; CPU per call does not. Then the picker's cost per pick, and
 each chain's CPU per call without gRPC or network (fake calls), as each
 interceptor is added: what each one costs, precisely. `--network-breakdown`
 measures the client chain over the network (noisier).
+
+Identity and mTLS (a throwaway CA in a temporary directory), client and server
+together, ratios to plaintext:
+
+  plain     bare grpc.aio client → bare server, plaintext
+  tls       bare grpc.aio client → bare server, mutual TLS (client certificate)
+  mesh      mesh client → server with the mesh chain, MESH_TLS=off
+  mesh+tls  mesh client → server with the mesh chain, mTLS + caller policy (the default)
+
+then the handshake: sequential new connections (one Ping each) plaintext vs
+mTLS, wall time and client CPU per connection. `--tls-only` runs just this part.
+The comparisons above this one run with MESH_TLS=off (they measure the chain).
 """
 
 from __future__ import annotations
@@ -40,11 +52,13 @@ import logging
 import multiprocessing
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -57,7 +71,11 @@ from mesh.balancer.picker import P2CPicker, RoundRobinPicker
 from mesh.client.runtime import MeshRuntime
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
-from mesh.settings import Settings
+from mesh.security.identity import MeshIdentity
+from mesh.security.store import PkiStore
+from mesh.settings import SecuritySettings, Settings
+
+PLAINTEXT = SecuritySettings(tls=False)
 
 Call = Callable[[ping_pb2.PingRequest], Awaitable[Any]]
 
@@ -78,7 +96,7 @@ class _ServerRuntime:
     tracer_provider: Any
 
 
-def server_chain(log_level: str) -> list[Any]:
+def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
     """The mesh server chain as services run it: the runtime's default tracer provider
     (parentbased_always_on), spans batched to an exporter that drops them, metrics in
     their own registry, access log lines at `log_level` written to /dev/null."""
@@ -97,16 +115,28 @@ def server_chain(log_level: str) -> list[Any]:
     provider = make_tracer_provider("bench-server", {})
     provider.add_span_processor(BatchSpanProcessor(DropSpans()))
     prometheus = CollectorRegistry()
-    return server_interceptors(
-        _ServerRuntime(None, prometheus, RpcMetrics(prometheus), provider)  # type: ignore[arg-type]
+    metrics = RpcMetrics(prometheus)
+    chain = server_interceptors(
+        _ServerRuntime(None, prometheus, metrics, provider)  # type: ignore[arg-type]
     )
+    if trust_domain:  # with mTLS, as mesh.server.start_service adds it
+        from mesh.security.policy import caller_policy
+
+        chain.append(caller_policy(trust_domain, metrics.record_denial))
+    return chain
 
 
-def _serve(conn: Connection, chain: bool, log_level: str) -> None:
+def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str) -> None:
     async def main() -> None:
         from tests.support.ping import start_ping_server
 
-        server = await start_ping_server("bench", server_chain(log_level) if chain else ())
+        identity = None
+        if pki_dir:
+            identity = MeshIdentity.load("ping", SecuritySettings(pki_dir=pki_dir))
+        trust = identity.trust_domain if identity is not None else ""
+        server = await start_ping_server(
+            "bench", server_chain(log_level, trust) if chain else (), identity=identity
+        )
         conn.send(server.port)
         await server.server.wait_for_termination()
 
@@ -135,10 +165,11 @@ class Server:
         self.proc.join(5)
 
 
-def start_server(chain: bool = False, log_level: str = "INFO") -> Server:
+def start_server(chain: bool = False, log_level: str = "INFO", pki_dir: str = "") -> Server:
+    """A ping server in a child process; mTLS as `ping` from `pki_dir`'s CA when given."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, chain, log_level), daemon=True)
+    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir), daemon=True)
     proc.start()
     if not parent.poll(30):
         proc.kill()
@@ -238,8 +269,10 @@ def tracer(sampled: bool) -> TracerProvider:
     return provider
 
 
-async def mesh_runtime(port: int, provider: TracerProvider) -> MeshRuntime:
-    settings = Settings(service="bench-client", registry="none")
+async def mesh_runtime(
+    port: int, provider: TracerProvider, security: SecuritySettings = PLAINTEXT
+) -> MeshRuntime:
+    settings = Settings(service="bench-client", registry="none", security=security)
     registry = StaticRegistry([Instance("bench-0", "ping", "127.0.0.1", port)])
     return await MeshRuntime.create(settings, registry=registry, tracer_provider=provider)
 
@@ -613,14 +646,102 @@ async def breakdown(port: int, seconds: float, level: int) -> None:
     await rt_on.close()
 
 
+def _tls_channel(port: int, identity: MeshIdentity) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}",
+        identity.channel_credentials(),
+        options=[*identity.channel_options("ping"), ("grpc.use_local_subchannel_pool", 1)],
+    )
+
+
+async def compare_tls(
+    plain: Server, levels: Sequence[int], seconds: float, rounds: int, log_level: str
+) -> None:
+    """Plaintext vs mTLS, bare and mesh, client and server CPU (servers in child processes)."""
+    with tempfile.TemporaryDirectory(prefix="bench-pki-") as tmp:
+        security = SecuritySettings(pki_dir=str(Path(tmp) / "pki"))
+        PkiStore(security).init_ca()
+        client_id = MeshIdentity.load("bench-client", security)
+        tls_bare = start_server(pki_dir=security.pki_dir)
+        chain_plain = start_server(chain=True, log_level=log_level)
+        chain_tls = start_server(chain=True, log_level=log_level, pki_dir=security.pki_dir)
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{plain.port}"),
+            _tls_channel(tls_bare.port, client_id),
+        ]
+        rt_plain = await mesh_runtime(chain_plain.port, tracer(False))
+        rt_tls = await mesh_runtime(chain_tls.port, tracer(False), security)
+        try:
+            bare_plain, bare_tls = (ping_pb2_grpc.PingServiceStub(c) for c in channels)
+            mesh_plain = await rt_plain.connect("ping", ping_pb2_grpc.PingServiceStub)
+            mesh_tls = await rt_tls.connect("ping", ping_pb2_grpc.PingServiceStub)
+            modes: dict[str, tuple[Call, Server]] = {
+                "plain": (bare_plain.Ping, plain),
+                "tls": (bare_tls.Ping, tls_bare),
+                "mesh": (mesh_plain.Ping, chain_plain),
+                "mesh+tls": (mesh_tls.Ping, chain_tls),
+            }
+            for stub in (bare_plain, bare_tls, mesh_plain, mesh_tls):
+                await stub.Ping(ping_pb2.PingRequest(), timeout=10)
+            _print_header(
+                f"\nmTLS: client and server, plaintext vs mutual TLS; {rounds} x"
+                f" {seconds / rounds:.1f}s turns (cpu/bare: client + server CPU vs plain)"
+            )
+            await _turns(modes, levels, seconds, rounds, lambda r: r.cpu_us + r.server_cpu_us)
+            await handshakes(plain.port, tls_bare.port, client_id)
+        finally:
+            for ch in channels:
+                await ch.close(None)
+            await rt_plain.close()
+            await rt_tls.close()
+            for server in (tls_bare, chain_plain, chain_tls):
+                server.stop()
+
+
+async def handshakes(plain_port: int, tls_port: int, identity: MeshIdentity, n: int = 150) -> None:
+    """New connection + one Ping, `n` times in a row: the handshake's cost per connection."""
+    request = ping_pb2.PingRequest(value="hs")
+
+    async def run(make: Callable[[], grpc.aio.Channel]) -> tuple[float, float]:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            channel = make()
+            await ping_pb2_grpc.PingServiceStub(channel).Ping(request, timeout=10)
+            await channel.close(None)
+        return (time.perf_counter() - t0) / n * 1e3, (time.process_time() - cpu0) / n * 1e3
+
+    def plain() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            f"127.0.0.1:{plain_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+
+    def tls() -> grpc.aio.Channel:
+        return _tls_channel(tls_port, identity)
+
+    await run(plain)  # warm-up
+    p_wall, p_cpu = await run(plain)
+    t_wall, t_cpu = await run(tls)
+    print(f"\nnew connection + first call, {n} in a row (client side):")
+    print(f"  plaintext {p_wall:6.2f} ms wall {p_cpu:6.2f} ms CPU")
+    print(f"  mTLS      {t_wall:6.2f} ms wall {t_cpu:6.2f} ms CPU")
+    print(f"  handshake +{t_wall - p_wall:.2f} ms wall, +{t_cpu - p_cpu:.2f} ms client CPU")
+
+
 async def main(
     levels: Sequence[int],
     seconds: float,
     rounds: int,
     network_breakdown: bool,
     server_log_level: str,
+    tls_only: bool = False,
 ) -> None:
     bare_server = start_server()
+    if tls_only:
+        try:
+            await compare_tls(bare_server, levels, seconds, rounds, server_log_level)
+        finally:
+            bare_server.stop()
+        return
     chain_server = start_server(chain=True, log_level=server_log_level)
     try:
         await compare(bare_server, levels, seconds, rounds)
@@ -639,6 +760,7 @@ async def main(
         )
         if network_breakdown:
             await breakdown(bare_server.port, max(1.0, seconds / 2), 16)
+        await compare_tls(bare_server, levels, seconds, rounds, server_log_level)
     finally:
         bare_server.stop()
         chain_server.stop()
@@ -664,10 +786,20 @@ def cli(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="also measure CPU per call over the network as the chain grows (noisy)",
     )
+    p.add_argument("--tls-only", action="store_true", help="only the mTLS comparison")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
-    asyncio.run(main(levels, a.seconds, max(1, a.rounds), a.network_breakdown, a.server_log_level))
+    asyncio.run(
+        main(
+            levels,
+            a.seconds,
+            max(1, a.rounds),
+            a.network_breakdown,
+            a.server_log_level,
+            a.tls_only,
+        )
+    )
 
 
 if __name__ == "__main__":

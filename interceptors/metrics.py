@@ -159,6 +159,12 @@ class RpcMetrics:
             ["service", "method"],
             registry=registry,
         )
+        self.server_denied = Counter(
+            "mesh_server_denied",
+            "Calls refused by the caller policy before any handler ran.",
+            ["grpc_service", "grpc_method", "caller", "grpc_code"],
+            registry=registry,
+        )
         self.client_ejections = Counter(
             "mesh_client_ejections",
             "Instances ejected by outlier detection.",
@@ -194,6 +200,10 @@ class RpcMetrics:
 
     def record_retry_throttled(self, service: str, method: str) -> None:
         self.client_retries_throttled.labels(service, method).inc()
+
+    def record_denial(self, full_method: str, caller: str, code: grpc.StatusCode) -> None:
+        """An `on_denied` callback of the caller-policy interceptor."""
+        self.server_denied.labels(*split_method(full_method), caller, code.name).inc()
 
     def record_ejection(self, service: str, instance: str) -> None:
         self.client_ejections.labels(service, instance).inc()

@@ -8,6 +8,8 @@ meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
+meshctl pki init|issue|rotate|show   the mesh CA and service certificates
+meshctl policy [--markdown]  who may call what (the contracts' callers)
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -31,6 +33,8 @@ from mesh.discovery.registry import Registry
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
+from mesh.security import cli as security_cli
+from mesh.security import policy as security_policy
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
 
@@ -298,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     traces_command.register(sub)
+    security_cli.register(sub)
+    security_policy.register(sub)
     return p
 
 

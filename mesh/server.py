@@ -1,9 +1,11 @@
 """Server bootstrap: one call runs a service on the mesh.
 
 `start_service` starts a `grpc.aio` server with the service's servicers behind
-the server interceptor chain (tracing → metrics → logging → errors → deadline,
-outermost first), grpc.health.v1 following the service's dependencies,
-server reflection (v1alpha, which grpcurl 1.8.6 speaks, and v1), the admin HTTP port
+the server interceptor chain (tracing → metrics → logging → errors → deadline →
+decoding, outermost first; then the caller policy), on an mTLS port requiring a client
+certificate from the mesh CA (mesh/security/; MESH_TLS=off: plaintext, warned),
+grpc.health.v1 following the service's dependencies, server reflection (v1alpha,
+which grpcurl 1.8.6 speaks, and v1; public services only by default), the admin HTTP port
 (`/health`, `/metrics`), and registers the instance in the registry.
 
 `RunningService.stop` undoes it in the order that loses no call: report
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -40,9 +43,13 @@ from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
+from mesh.api.options import is_internal
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.reflection import enable_reflection
+from mesh.security.identity import MeshIdentity, warn_if_plaintext
+from mesh.security.pki import PkiError
+from mesh.security.policy import caller_policy
 from mesh.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -103,6 +110,8 @@ class ServiceDefinition:
     check_timeout_s: float = 2.0
     admin_routes: Sequence[AdminRoute] = ()
     """Extra endpoints on the admin HTTP port (e.g. sagas), beside /health and /metrics."""
+    reflection: bool | None = None
+    """Server reflection; None: only for services not marked `(mesh.api.v1.internal)`."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -168,8 +177,12 @@ class RunningService:
         admin: AdminServer,
         instance: Instance,
         registry: Registry | None,
+        identity: MeshIdentity | None = None,
+        owns_identity: bool = False,
     ) -> None:
         self.definition = definition
+        self.identity = identity
+        self._owns_identity = owns_identity
         self.settings = settings
         self.server = server
         self.health = health
@@ -258,6 +271,8 @@ class RunningService:
             except Exception:
                 log.exception("%s on_stop hook %r failed", name, hook)
         await self.admin.stop()
+        if self._owns_identity and self.identity is not None:
+            await self.identity.close()
         log.info("%s %s stopped", name, self.instance.id)
         self._stopped.set()
 
@@ -268,6 +283,7 @@ async def start_service(
     runtime: RuntimeLike,
     *,
     interceptors: Sequence[ServerInterceptor] | None = None,
+    identity: MeshIdentity | None = None,
 ) -> RunningService:
     """Start `definition` on settings.host:settings.grpc_port and register it.
 
@@ -275,8 +291,23 @@ async def start_service(
     (health SERVING/NOT_SERVING) → register → periodic probing.
     `interceptors` replaces the mesh chain (`server_interceptors(runtime)`)
     when given; `definition.interceptors` always come after it.
+
+    With `settings.security.tls` (the default) the port requires a client
+    certificate from the mesh CA and presents `identity` (default: the
+    runtime's when it is this service's, else loaded from the PKI directory
+    and renewed in the background until the service stops).
     """
+    identity, owns_identity = _server_identity(definition.name, settings, runtime, identity)
     chain = list(server_interceptors(runtime) if interceptors is None else interceptors)
+    if identity is not None:
+        # Who may call what (the contracts' callers), before any handler and the
+        # service's own interceptors run.
+        metrics = runtime.metrics
+        chain.append(
+            caller_policy(
+                settings.security.trust_domain, metrics.record_denial if metrics else None
+            )
+        )
     chain += definition.interceptors
     server = grpc.aio.server(
         interceptors=chain,
@@ -288,7 +319,9 @@ async def start_service(
 
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection([*definition.service_names, HEALTH_SERVICE], server)
+    reflected = _reflected(definition)
+    if reflected:
+        enable_reflection([*reflected, HEALTH_SERVICE], server)
     # NOT_SERVING until the dependencies have been probed once.
     for svc in ("", *definition.service_names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -318,11 +351,16 @@ async def start_service(
 
     target = _bind_target(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(target)
+        if identity is None:
+            port = server.add_insecure_port(target)
+        else:
+            port = server.add_secure_port(target, identity.server_credentials())
     except RuntimeError as exc:
         raise ServiceStartError(f"cannot bind gRPC port {target} (MESH_GRPC_PORT): {exc}") from exc
     await server.start()
     try:
+        if owns_identity and identity is not None:
+            identity.start()
         admin_port = await admin.start(settings.host, settings.admin_port)
         for hook in definition.on_start:
             await hook()
@@ -349,6 +387,8 @@ async def start_service(
             admin=admin,
             instance=instance,
             registry=runtime.registry,
+            identity=identity,
+            owns_identity=owns_identity,
         )
         await running.register()
     except BaseException:
@@ -356,17 +396,53 @@ async def start_service(
         await monitor.stop()
         await server.stop(0)
         await admin.stop()
+        if owns_identity and identity is not None:
+            await identity.close()
         raise
     monitor.start()
     log.info(
-        "%s %s serving on %s (admin port %d, health %s)",
+        "%s %s serving on %s (%s, admin port %d, health %s)",
         definition.name,
         instance.id,
         instance.address,
+        f"mTLS as {identity.spiffe_id}" if identity is not None else "PLAINTEXT",
         admin_port,
         monitor.report.status,
     )
     return running
+
+
+def _reflected(definition: ServiceDefinition) -> list[str]:
+    """The services reflection lists: all of them, none, or (default) the non-internal ones."""
+    if definition.reflection is not None:
+        return list(definition.service_names) if definition.reflection else []
+    public = []
+    for name in definition.service_names:
+        try:
+            descriptor = descriptor_pool.Default().FindServiceByName(name)
+        except KeyError:
+            descriptor = None
+        if descriptor is None or not is_internal(descriptor):
+            public.append(name)
+    return public
+
+
+def _server_identity(
+    service: str, settings: Settings, runtime: RuntimeLike, given: MeshIdentity | None
+) -> tuple[MeshIdentity | None, bool]:
+    """(the identity the server presents, whether the server owns it); None when TLS is off."""
+    if not settings.security.tls:
+        warn_if_plaintext(settings.security, service)
+        return None, False
+    if given is not None:
+        return given, False
+    shared = getattr(runtime, "identity", None)
+    if isinstance(shared, MeshIdentity) and shared.service == service:
+        return shared, False
+    try:
+        return MeshIdentity.load(service, settings.security), True
+    except PkiError as exc:
+        raise ServiceStartError(f"no identity for {service}: {exc}") from exc
 
 
 # --- process entry point -----------------------------------------------------------
@@ -401,7 +477,7 @@ def run_service(name: str, build: Build, *, grpc_port: int, admin_port: int) -> 
     except SettingsError as exc:  # raised while building (a service's own settings)
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (ServiceStartError, AdminBindError) as exc:
+    except (ServiceStartError, AdminBindError, PkiError) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -173,6 +173,63 @@ class ResilienceSettings:
     )
 
 
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("not on/off")
+
+
+def _trust_domain(raw: str) -> str:
+    value = raw.strip().lower()
+    if not value or "/" in value or ":" in value or value.startswith("."):
+        raise ValueError("not a trust domain")
+    return value
+
+
+_ON_OFF: Parser[bool] = Parser(_on_off, "on or off")
+_TRUST_DOMAIN: Parser[str] = Parser(_trust_domain, "a DNS-like name such as mesh.local")
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Identity and mTLS (mesh/security/): the mesh CA, this process's certificate, TLS on/off.
+
+    `tls=False` (MESH_TLS=off) is for debugging and benchmarks only: every
+    process logs a loud WARNING at start. `ca_cert_file`/`ca_key_file` name a
+    user's own CA (default: `<pki_dir>/ca.crt` and `ca.key`, made by `meshctl pki init`).
+    """
+
+    tls: bool = setting(
+        "MESH_TLS", True, _ON_OFF, "mTLS on every hop; `off` only for debugging and benchmarks"
+    )
+    trust_domain: str = setting(
+        "MESH_TRUST_DOMAIN",
+        "mesh.local",
+        _TRUST_DOMAIN,
+        "identities are spiffe://<trust domain>/svc/<service>",
+    )
+    pki_dir: str = setting(
+        "MESH_PKI_DIR", ".run/pki", TEXT, "the mesh CA and certificates (0700, keys 0600)"
+    )
+    cert_lifetime_s: float = setting(
+        "MESH_CERT_LIFETIME_S", 24 * 3600.0, _POSITIVE, "lifetime of an instance certificate"
+    )
+    ca_cert_file: str = setting(
+        "MESH_CA_CERT_FILE", "", TEXT, "your own CA certificate", shown_default="`<pki dir>/ca.crt`"
+    )
+    ca_key_file: str = setting(
+        "MESH_CA_KEY_FILE", "", TEXT, "your own CA key", shown_default="`<pki dir>/ca.key`"
+    )
+
+
+def security_from_env(e: Mapping[str, str]) -> SecuritySettings:
+    """The identity settings alone (MESH_TLS, MESH_TRUST_DOMAIN, MESH_PKI_DIR, ...)."""
+    return load(SecuritySettings, e)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a service or client process reads from its environment."""
@@ -305,6 +362,7 @@ class Settings:
     stream_max_msgs: int = setting(
         "MESH_STREAM_MAX_MSGS", 1_000_000, _AT_LEAST_ONE, "message limit of each stream"
     )
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod
     def from_env(
@@ -334,6 +392,7 @@ class Settings:
             defaults=defaults,
             service=service,
             resilience=load(ResilienceSettings, e),
+            security=load(SecuritySettings, e),
         )
         if settings.registry == "consul" and not settings.consul_http_addr:
             raise SettingsError("MESH_REGISTRY=consul needs CONSUL_HTTP_ADDR (e.g. 127.0.0.1:8500)")
@@ -346,7 +405,7 @@ RESILIENCE_DEFAULTS = ResilienceSettings()
 def readme_tables() -> dict[str, str]:
     """The README's tables of the mesh-wide settings, by marker name."""
     return {
-        "mesh": markdown_table([Settings]),
+        "mesh": markdown_table([Settings, SecuritySettings]),
         "mesh-resilience": markdown_table([ResilienceSettings]),
     }
 

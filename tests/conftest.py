@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,3 +24,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = item.path.as_posix()
         if any(f"/{d}" in path for d in _SLOW_DIRS):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mesh_test_pki() -> Iterator[None]:
+    """mTLS is on in every test: services find the test CA through MESH_PKI_DIR."""
+    from tests.support.pki import session_pki
+
+    previous = os.environ.get("MESH_PKI_DIR")
+    os.environ["MESH_PKI_DIR"] = session_pki().pki_dir
+    yield
+    if previous is None:
+        os.environ.pop("MESH_PKI_DIR", None)
+    else:
+        os.environ["MESH_PKI_DIR"] = previous

@@ -114,6 +114,8 @@ class EndpointPool:
         self._snapshots = 0
         self._registry_down = False
         self._closed = False
+        # Called once when the pool closes (e.g. unsubscribing from certificate renewals).
+        self.close_hooks: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,6 +135,8 @@ class EndpointPool:
         if self._closed:
             return
         self._closed = True
+        for hook in self.close_hooks:
+            hook()
         if self._watch_task is not None:
             self._watch_task.cancel()
         if grace_s:
@@ -289,6 +293,23 @@ class EndpointPool:
             else:
                 ep.instance = inst  # meta may have changed; the address has not
         self._refresh()
+
+    def reconnect(self) -> None:
+        """A new connection to every instance; the old ones drain.
+
+        After this process's certificate was renewed: new connections present
+        the new one (the channel factory asks for the current credentials),
+        calls already running finish on the old connections, which then close.
+        New endpoints start without outlier history.
+        """
+        if self._closed:
+            return
+        for key, old in list(self._endpoints.items()):
+            del self._endpoints[key]
+            self._drain(old)
+            self._add(old.instance, key)
+        self._refresh()
+        log.info("%s: reconnecting to %d instance(s)", self.service, len(self._endpoints))
 
     def _add(self, inst: Instance, key: tuple[str, str]) -> None:
         ep = Endpoint(inst, self._channel_factory(inst), self._outlier, self)

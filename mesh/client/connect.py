@@ -56,8 +56,11 @@ class ClientOptions:
     default_deadline_s: float | None = None
     # gRPC channel arguments added to (and overriding) DEFAULT_CHANNEL_OPTIONS.
     channel_options: tuple[tuple[str, Any], ...] = ()
-    # TLS: channel credentials for every instance (None: plaintext, as on loopback).
+    # TLS: channel credentials for every instance (None: the identity's, else plaintext).
     credentials: grpc.ChannelCredentials | None = field(default=None, compare=False)
+    # mTLS: this process's identity (mesh.security.identity.MeshIdentity): each new
+    # connection presents its current certificate and verifies the callee by name.
+    identity: Any = field(default=None, compare=False)
     # The whole client chain instead of the runtime's (e.g. [] for none), outermost first.
     interceptors: tuple[Any, ...] | None = field(default=None, compare=False)
     # Interceptors run after the standard chain, nearest the call (e.g. auth metadata).
@@ -112,10 +115,28 @@ class ClientOptions:
         return list(merged.items())
 
 
-def channel_factory(options: ClientOptions) -> Callable[[Instance], grpc.aio.Channel]:
-    """Makes each instance's own grpc.aio channel."""
+def channel_factory(
+    options: ClientOptions, service: str = ""
+) -> Callable[[Instance], grpc.aio.Channel]:
+    """Makes each instance's own grpc.aio channel.
+
+    With an identity, every channel is made with the certificate current at that
+    moment (a renewed one for connections opened after a rotation) and accepts
+    only a server holding `service`'s certificate (its DNS SAN), whatever the
+    registry said about the address.
+    """
     args = options.channel_args()
     credentials = options.credentials
+    identity = options.identity
+    if identity is not None and credentials is None:
+        tls_args = [*args, *identity.channel_options(service)]
+
+        def make_mtls(instance: Instance) -> grpc.aio.Channel:
+            return grpc.aio.secure_channel(
+                instance.address, identity.channel_credentials(), options=tls_args
+            )
+
+        return make_mtls
 
     def make(instance: Instance) -> grpc.aio.Channel:
         if credentials is not None:
@@ -142,10 +163,13 @@ def open_channel(
     pool = EndpointPool(
         service,
         registry,
-        channel_factory(opts),
+        channel_factory(opts, service),
         lb_policy=opts.lb_policy,
         outlier=opts.outlier,
         drain_timeout_s=opts.drain_timeout_s,
         on_ejection=on_ejection,
     )
+    if opts.identity is not None and opts.credentials is None:
+        # A renewed certificate: new connections (with it) to every instance.
+        pool.close_hooks.append(opts.identity.on_change(pool.reconnect))
     return MeshChannel(pool, interceptors, no_deadline_wait_s=opts.no_instance_wait_s)

@@ -36,6 +36,7 @@ from mesh.balancer.pool import EndpointStatus
 from mesh.client.channel import MeshChannel
 from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Instance, Registry
+from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,12 @@ class MeshRuntime:
         *,
         owns_registry: bool = False,
         owns_tracer_provider: bool = False,
+        identity: MeshIdentity | None = None,
     ) -> None:
         self.settings = settings
+        # This process's service identity (None with MESH_TLS=off): clients present it,
+        # and the server of the same service shares it (mesh/server.py).
+        self.identity = identity
         self.registry = registry
         self.prometheus = CollectorRegistry()
         self.metrics = RpcMetrics(self.prometheus)
@@ -92,24 +97,34 @@ class MeshRuntime:
     ) -> MeshRuntime:
         """A runtime for `settings`; the registry and tracer provider are made from the
         settings (and OTEL_* in `env`, default os.environ) unless given, and then closed
-        by `close()`."""
+        by `close()`. With `settings.security.tls` the identity of `settings.service` is
+        loaded (PkiError when the PKI directory has no CA) and renewed in the background."""
+        identity = None
+        if settings.security.tls:
+            identity = MeshIdentity.load(settings.service, settings.security)
+        else:
+            warn_if_plaintext(settings.security, settings.service)
         owns_registry = registry is None
         if registry is None:
             from mesh.discovery import create_registry
 
-            registry = create_registry(settings)
+            registry = create_registry(settings, identity=identity)
         owns_tracer = tracer_provider is None
         if tracer_provider is None:
             tracer_provider = make_tracer_provider(
                 settings.service, os.environ if env is None else env
             )
-        return cls(
+        runtime = cls(
             settings,
             registry,
             tracer_provider,
             owns_registry=owns_registry,
             owns_tracer_provider=owns_tracer,
+            identity=identity,
         )
+        if identity is not None:
+            identity.start()
+        return runtime
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -151,6 +166,8 @@ class MeshRuntime:
         """
         if self._closed:
             raise RuntimeError("the mesh runtime is closed")
+        if self.identity is not None and "identity" not in options:
+            options = {**options, "identity": self.identity}
         opts = ClientOptions.from_settings(self.settings.resilience, options)
         shareable = (
             opts.interceptors is None and not opts.extra_interceptors and opts.credentials is None
@@ -197,6 +214,8 @@ class MeshRuntime:
         await asyncio.gather(*(ch.close() for ch in self.channels), return_exceptions=True)
         self.channels.clear()
         self._shared.clear()
+        if self.identity is not None:
+            await self.identity.close()
         if self._owns_registry:
             try:
                 await self.registry.close()

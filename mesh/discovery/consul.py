@@ -51,7 +51,7 @@ import consul.exceptions
 from aiolimiter import AsyncLimiter
 
 from base.backoff import Backoff
-from mesh.discovery.health_probe import HealthProbe
+from mesh.discovery.health_probe import ClientIdentity, HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
@@ -193,8 +193,12 @@ class ConsulRegistry:
         client_cert: str = "",
         client_key: str = "",
         watch_queries_per_s: float = 5.0,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.address = address
+        # mTLS on: the agent's gRPC check uses TLS and verifies the instance's name
+        # (the agent holds a mesh identity of its own, `meshctl pki issue consul`).
+        self.identity = identity
         self._scheme, self._host, self._port = parse_address(address)
         self._token = token
         self._dc = datacenter
@@ -251,7 +255,12 @@ class ConsulRegistry:
             "CheckID": f"service:{instance.id}",
             "Name": f"gRPC health of {instance.service}",
             "GRPC": grpc_check_target(instance),
-            "GRPCUseTLS": False,
+            "GRPCUseTLS": self.identity is not None,
+            **(
+                {"TLSServerName": self.identity.target_name(instance.service)}
+                if self.identity is not None
+                else {}
+            ),
             "Interval": self._interval,
             "Timeout": self._check_timeout,
             "DeregisterCriticalServiceAfter": self._deregister_after,
@@ -262,7 +271,11 @@ class ConsulRegistry:
         if not self._probe_before_register:
             return "critical"
         probe = HealthProbe(
-            instance.address, instance.meta.get("health_service", ""), self._check_timeout_s
+            instance.address,
+            instance.meta.get("health_service", ""),
+            self._check_timeout_s,
+            identity=self.identity,
+            callee=instance.service,
         )
         try:
             serving, _ = await probe.check()

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from base.backoff import Backoff
-from mesh.discovery.health_probe import HealthProbe
+from mesh.discovery.health_probe import ClientIdentity, HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
 
@@ -293,6 +293,7 @@ class EmbeddedRegistry:
         retry_max_s: float = 2.0,
         clock: Callable[[], float] = time.time,
         where: str = "",
+        identity: ClientIdentity | None = None,
     ) -> None:
         if not 0 < heartbeat_s < ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than ttl_s")
@@ -307,6 +308,8 @@ class EmbeddedRegistry:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._clock = clock
+        # The registering process's identity: the owner-side probe speaks mTLS with it.
+        self.identity = identity
         self._leases: dict[str, _Lease] = {}
         self._verified = False
         self._closer = Closer()
@@ -329,7 +332,11 @@ class EmbeddedRegistry:
         probe = None
         if self._health_check:
             probe = HealthProbe(
-                instance.address, instance.meta.get("health_service", ""), self._check_timeout_s
+                instance.address,
+                instance.meta.get("health_service", ""),
+                self._check_timeout_s,
+                identity=self.identity,
+                callee=instance.service,
             )
         self._verify_directory()
         path = self.directory / instance.service / f"{instance.id}{_SUFFIX}"

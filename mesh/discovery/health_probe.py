@@ -4,9 +4,17 @@ The embedded registry runs this from the registering process against its own
 server, so an instance's registry status follows its gRPC health (the server
 bootstrap sets NOT_SERVING while draining) exactly as with Consul, and the
 server needs no registry-specific call.
+
+With mTLS on (the default) the prober holds an identity: the registering
+process's own (`ClientIdentity`, a `mesh.security.identity.MeshIdentity`),
+presenting its certificate and verifying that the instance is the service it
+registered (`<service>.<trust-domain>`). Health is allowed to every mesh
+identity by the caller policy.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,25 +30,59 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class HealthProbe:
-    """Checks `target` (host:port) for `service` ("" = the whole server) over one channel."""
+class ClientIdentity(Protocol):
+    """What a prober needs of an identity (mesh.security.identity.MeshIdentity)."""
 
-    def __init__(self, target: str, service: str = "", timeout_s: float = 1.0) -> None:
+    def channel_credentials(self) -> grpc.ChannelCredentials: ...
+    def target_name(self, service: str) -> str: ...
+
+
+class HealthProbe:
+    """Checks `target` (host:port) for `service` ("" = the whole server) over one channel.
+
+    With `identity`, over mTLS, verifying the server holds `callee`'s certificate.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        service: str = "",
+        timeout_s: float = 1.0,
+        *,
+        identity: ClientIdentity | None = None,
+        callee: str = "",
+    ) -> None:
         self.target = target
         self.service = service
         self._timeout_s = timeout_s
+        self._identity = identity
+        self._callee = callee
         self._channel: grpc.aio.Channel | None = None
 
     async def check(self) -> tuple[bool, str]:
         """(serving, human-readable output), never raising for an unhealthy server."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            if self._identity is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.target,
+                    self._identity.channel_credentials(),
+                    options=[
+                        *_CHANNEL_OPTIONS,
+                        ("grpc.ssl_target_name_override", self._identity.target_name(self._callee)),
+                    ],
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(
                 health_pb2.HealthCheckRequest(service=self.service), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and self._identity is not None:
+                # The next check connects anew, with the identity's current certificate
+                # (this channel would reconnect with the one it was made with).
+                await self.close()
             return False, f"gRPC check {self._label()}: {exc.code().name} {exc.details() or ''}"
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -64,6 +64,18 @@ class EdgeOptions:
     # An idempotent call not answered within this is hedged to another host (the first
     # answer wins): a frozen instance costs a read this long, not the route timeout.
     idempotent_try_timeout_s: float = 0.5
+    # mTLS to the upstreams as the edge's own identity (`edge`), each upstream's
+    # identity checked per cluster (URI SAN spiffe://<trust-domain>/svc/<cluster>),
+    # and the TLS listener (certificate from the mesh CA, or yours at these paths).
+    tls: bool = True
+    trust_domain: str = "mesh.local"
+    ca_cert_path: str = "/etc/shop-mesh/pki/ca.crt"
+    cert_path: str = "/etc/shop-mesh/pki/edge.crt"
+    key_path: str = "/etc/shop-mesh/pki/edge.key"
+    tls_listen_port: int = 8443
+    # The file-based SDS document naming the edge's certificate files (render_files
+    # writes it): Envoy watches the PKI directory and reloads a renewed certificate.
+    sds_path: str = "/etc/envoy/edge_sds.yaml"
 
 
 def _type(extension: str) -> str:
@@ -281,9 +293,88 @@ def _rest_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
     return routes
 
 
+EDGE_SECRET = "edge_certificate"
+
+
+def _certificate(options: EdgeOptions) -> dict[str, Any]:
+    """The edge's certificate by SDS from a file: renewed files are picked up live."""
+    return {
+        "tls_certificate_sds_secret_configs": [
+            {
+                "name": EDGE_SECRET,
+                "sds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {"path": options.sds_path},
+                },
+            }
+        ]
+    }
+
+
+def sds_document(options: EdgeOptions) -> dict[str, Any]:
+    """The SDS file: the certificate and key files, and the directory Envoy watches for
+    their replacement (written atomically by mesh/security/store.py, key first)."""
+    return {
+        "resources": [
+            {
+                "@type": _type("transport_sockets.tls.v3.Secret"),
+                "name": EDGE_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": options.cert_path},
+                    "private_key": {"filename": options.key_path},
+                    "watched_directory": {"path": str(Path(options.cert_path).parent)},
+                },
+            }
+        ]
+    }
+
+
+def _upstream_tls(service: str, options: EdgeOptions) -> dict[str, Any]:
+    """The edge's client side of mTLS to `service`: its identity, and the callee's checked.
+
+    Health checks use the same socket, so they present the edge's certificate too.
+    """
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _type("transport_sockets.tls.v3.UpstreamTlsContext"),
+            "sni": f"{service}.{options.trust_domain}",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                **_certificate(options),
+                "validation_context": {
+                    "trusted_ca": {"filename": options.ca_cert_path},
+                    "match_typed_subject_alt_names": [
+                        {
+                            "san_type": "URI",
+                            "matcher": {"exact": f"spiffe://{options.trust_domain}/svc/{service}"},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _downstream_tls(options: EdgeOptions) -> dict[str, Any]:
+    """The TLS listener's server side: the edge certificate; clients are not asked for one."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _type("transport_sockets.tls.v3.DownstreamTlsContext"),
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                **_certificate(options),
+            },
+        },
+    }
+
+
 def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
+    tls = {"transport_socket": _upstream_tls(name, options)} if options.tls else {}
     return {
         "name": name,
+        **tls,
         "type": "EDS",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
@@ -482,6 +573,24 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             ],
         },
     }
+
+    def listener(name: str, port: int, tls: bool) -> dict[str, Any]:
+        chain: dict[str, Any] = {
+            "filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+            ]
+        }
+        if tls:
+            chain["transport_socket"] = _downstream_tls(options)
+        return {
+            "name": name,
+            "address": {"socket_address": {"address": options.listen_address, "port_value": port}},
+            "filter_chains": [chain],
+        }
+
+    listeners = [listener("edge", options.listen_port, False)]
+    if options.tls:
+        listeners.append(listener("edge_tls", options.tls_listen_port, True))
     clusters = [meta_cluster, *(_cluster(c, options) for c in model.clusters)]
     if options.otlp_port:
         hcm["tracing"] = _tracing(options)
@@ -497,27 +606,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             }
         },
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "edge",
-                    "address": {
-                        "socket_address": {
-                            "address": options.listen_address,
-                            "port_value": options.listen_port,
-                        }
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
+            "listeners": listeners,
             "clusters": clusters,
         },
     }

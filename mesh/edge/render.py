@@ -15,13 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render
+from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
 from mesh.edge.model import build_model, load_descriptor_set
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "envoy"
 DESCRIPTORS = ENVOY_DIR / "descriptors.binpb"
 EDGE_DESCRIPTORS_NAME = "edge_descriptors.binpb"
+SDS_NAME = "edge_sds.yaml"
 
 COMPOSE_OPTIONS = EdgeOptions(
     descriptor_path="/etc/envoy/descriptors.binpb",
@@ -70,11 +71,19 @@ def render_files(
     config = out_dir / "envoy.yaml"
     body = yaml.safe_dump(render(model, options), sort_keys=False, width=120)
     config.write_text(HEADER + body)
+    if options.tls:
+        sds = yaml.safe_dump(sds_document(options), sort_keys=False, width=120)
+        (out_dir / SDS_NAME).write_text(HEADER + sds)
     return config, edge_desc
 
 
 def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
-    """Options for a local edge whose files live under run_dir."""
+    """Options for a local edge whose files live under run_dir.
+
+    The PKI files default to `<run_dir>/../pki` (`meshctl up`'s layout: edge/ and
+    pki/ side by side in the run dir); tests pass their own paths.
+    """
+    pki = run_dir.parent / "pki"
     return replace(
         EdgeOptions(
             descriptor_path=str(DESCRIPTORS),
@@ -82,6 +91,10 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             eds_dir=str(run_dir / "eds"),
             listen_address="127.0.0.1",
             meta_address="127.0.0.1",
+            ca_cert_path=str(pki / "ca.crt"),
+            cert_path=str(pki / "edge.crt"),
+            key_path=str(pki / "edge.key"),
+            sds_path=str(run_dir / SDS_NAME),
         ),
         **overrides,  # type: ignore[arg-type]
     )

@@ -39,6 +39,7 @@ from mesh.local.progress import StartupProgress
 from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
+from mesh.security.local import local_pki
 from mesh.tools import envoy_binary
 
 STATE_FILE = "up.json"
@@ -67,6 +68,7 @@ class UpOptions:
     nats_external: bool = False
     event_identities: tuple[EventIdentity, ...] = ()
     streams: tuple[StreamSpec, ...] = ()
+    edge_tls_port: int = 8443  # the edge's TLS listener (mTLS on)
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -83,6 +85,7 @@ def free_port_options(options: UpOptions) -> UpOptions:
         nats_url=nats_url,
         edge_port=pick(),
         edge_admin_port=pick(),
+        edge_tls_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
         observe=replace(options.observe, trace_sink_port=0, dashboard_port=0),
     )
@@ -137,7 +140,7 @@ class LocalMesh:
             for p in (s.grpc_port, s.admin_port)
             if p and not port_free(p)
         ]
-        for p in (self.o.edge_port, self.o.edge_admin_port):
+        for p in (self.o.edge_port, self.o.edge_admin_port, self.o.edge_tls_port):
             if not port_free(p):
                 busy.append(p)
         if busy:
@@ -148,6 +151,8 @@ class LocalMesh:
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
         await self.observe.start_sink(self.sup, self.o.env)
         base_env.update(self.observe.service_env(base_env))
+        self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
+        base_env.update(self.pki.env)
         specs = service_processes(run, base_env, nats_url=self.nats_url, services=self.o.services)
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:
@@ -212,6 +217,8 @@ class LocalMesh:
             admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
             **self.observe.edge_options(self.o.env),
+            tls_listen_port=self.o.edge_tls_port,
+            **self.pki.edge_options,
         )
         config, _ = render_files(edge_dir, options)
         self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))

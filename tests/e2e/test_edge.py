@@ -7,6 +7,11 @@ or HTTP binding added to the contracts without an end-to-end call here fails
 
 from __future__ import annotations
 
+import asyncio
+import json
+import ssl
+import subprocess
+import urllib.request
 import uuid
 from typing import Any
 
@@ -18,6 +23,7 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
+from mesh.tools import grpcurl_binary
 from tests.support.e2e_stack import GRPC_CALLS, Ctx, call_ok, v2_order_request
 from tests.support.local_mesh import Stack
 
@@ -163,3 +169,32 @@ async def test_accept_version_pins_unversioned_paths(stack: Stack, shopper: Ctx)
             orders_v1.GetOrderRequest(order_id=oid), metadata=(("accept-version", "v1"),)
         )
     assert got.order_id == oid and got.total_cents == int(latest["total"]["amountMinor"])
+
+
+async def test_the_tls_listener_with_the_mesh_ca(stack: Stack) -> None:
+    """`grpcurl -cacert` and HTTPS with the mesh CA on the real stack's 8443 (a free port here)."""
+    ca = str(stack.mesh.pki.edge_options["ca_cert_path"])  # the CA `meshctl up` made
+    tls = f"localhost:{stack.mesh.o.edge_tls_port}"
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [grpcurl_binary(), "-cacert", ca, tls, "list"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "shop.orders.v2.OrderService" in listed.stdout.split()
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [grpcurl_binary(), tls, "list"],  # the system roots do not know the mesh CA
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    # REST over HTTPS, as `curl --cacert .run/pki/ca.crt https://127.0.0.1:8443/...`.
+    url = f"https://127.0.0.1:{stack.mesh.o.edge_tls_port}/api/v1/products"
+    context = ssl.create_default_context(cafile=ca)
+    body = await asyncio.to_thread(_https_get, url, context)
+    assert isinstance(json.loads(body), dict)  # a JSON answer over TLS, verified by the CA
+
+
+def _https_get(url: str, context: ssl.SSLContext) -> bytes:
+    with urllib.request.urlopen(url, context=context, timeout=10) as resp:
+        return bytes(resp.read())

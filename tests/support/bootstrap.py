@@ -13,6 +13,7 @@ from shop.testing.v1 import ping_pb2_grpc
 from mesh.server import RunningService, ServiceDefinition
 from mesh.settings import Settings
 from tests.support.ping import PingServicer
+from tests.support.pki import session_pki
 
 PING_SERVICE = "shop.testing.v1.PingService"
 
@@ -31,7 +32,9 @@ def ping_definition(servicer: PingServicer | None = None, **kwargs: Any) -> Serv
 
 def make_settings(**overrides: Any) -> Settings:
     env = {"MESH_REGISTRY": "none", "MESH_INSTANCE_ID": "ping-1", "MESH_VERSION": "1.2.3"}
-    return dataclasses.replace(Settings.from_env("ping", env), **overrides)
+    return dataclasses.replace(
+        Settings.from_env("ping", env), **{"security": session_pki(), **overrides}
+    )
 
 
 async def http_get(port: int, path: str) -> tuple[int, str, str]:

@@ -259,6 +259,7 @@ class AgentCheck:
     kind: str  # "grpc" | "ttl"
     grpc: str = ""
     grpc_use_tls: bool = False
+    tls_server_name: str = ""
     interval_s: float = 0.0
     timeout_s: float = 10.0
     ttl_s: float = 0.0
@@ -272,14 +273,39 @@ class AgentCheck:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-async def grpc_health_check(target: str, use_tls: bool, timeout_s: float) -> tuple[bool, str]:
-    """Consul's gRPC check: "host:port[/service]", a new connection each time."""
+@dataclass(frozen=True)
+class AgentTls:
+    """The agent's `tls { defaults { ca_file cert_file key_file } }`: what its TLS checks use."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+async def grpc_health_check(
+    target: str,
+    use_tls: bool,
+    timeout_s: float,
+    tls: AgentTls | None = None,
+    server_name: str = "",
+) -> tuple[bool, str]:
+    """Consul's gRPC check: "host:port[/service]", a new connection each time.
+
+    With GRPCUseTLS the agent's TLS config supplies the CA and its client
+    certificate (system roots and none without one); TLSServerName is the
+    name the server's certificate must carry.
+    """
     address, _, service = target.partition("/")
-    channel = (
-        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials())
-        if use_tls
-        else grpc.aio.insecure_channel(address)
-    )
+    if use_tls:
+        creds = (
+            grpc.ssl_channel_credentials(tls.ca_pem, tls.key_pem, tls.cert_pem)
+            if tls is not None
+            else grpc.ssl_channel_credentials()
+        )
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.aio.secure_channel(address, creds, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(address)
     try:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -309,11 +335,13 @@ class ConsulTestAgent:
         node: str = "test-agent",
         datacenter: str = "dc1",
         reap_interval_s: float = 0.05,
+        tls: AgentTls | None = None,
     ) -> None:
         self.token = token
         self.host = host
         self.ssl_context = ssl_context
         self.acl = dict(acl) if acl is not None else None
+        self.tls = tls
         self.node = node
         self.node_id = str(uuid.uuid4())
         self.datacenter = datacenter
@@ -433,7 +461,9 @@ class ConsulTestAgent:
     async def _run_grpc_check(self, check: AgentCheck) -> None:
         await asyncio.sleep(random.uniform(0, check.interval_s))
         while True:
-            ok, output = await grpc_health_check(check.grpc, check.grpc_use_tls, check.timeout_s)
+            ok, output = await grpc_health_check(
+                check.grpc, check.grpc_use_tls, check.timeout_s, self.tls, check.tls_server_name
+            )
             check.runs += 1
             self._set_status(check, "passing" if ok else "critical", output)
             await asyncio.sleep(check.interval_s)
@@ -599,6 +629,7 @@ class ConsulTestAgent:
                 )
             check.kind, check.grpc, check.interval_s = "grpc", str(grpc_target), interval
             check.grpc_use_tls = bool(_field(d, "GRPCUseTLS", False))
+            check.tls_server_name = str(_field(d, "TLSServerName", "") or "")
             check.timeout_s = _duration_field(d, "Timeout") or 10.0
         elif ttl > 0:
             check.kind, check.ttl_s = "ttl", ttl

@@ -23,6 +23,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.discovery.registry import Instance, Registry
+from mesh.security.identity import MeshIdentity
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -49,12 +50,20 @@ class HealthServer:
         await self.server.stop(grace)
 
 
-async def start_health_server(services: Sequence[str] = (), port: int = 0) -> HealthServer:
-    """A real grpc.aio server on 127.0.0.1 serving grpc.health.v1, all SERVING."""
+async def start_health_server(
+    services: Sequence[str] = (), port: int = 0, identity: MeshIdentity | None = None
+) -> HealthServer:
+    """A real grpc.aio server on 127.0.0.1 serving grpc.health.v1, all SERVING
+    (mTLS requiring a mesh client certificate with `identity`)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    target = f"127.0.0.1:{port}"
+    bound = (
+        server.add_insecure_port(target)
+        if identity is None
+        else server.add_secure_port(target, identity.server_credentials())
+    )
     await server.start()
     hs = HealthServer(server, health, bound, tuple(services))
     await hs.set_serving(True)

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from mesh.security.identity import MeshIdentity
+
 
 class PingServicer(ping_pb2_grpc.PingServiceServicer):
     """Echoes; fails with `error_code`, waits `sleep_ms`; names itself in `server`."""
@@ -92,11 +94,16 @@ async def start_ping_server(
     name: str = "ping",
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     port: int = 0,
+    identity: MeshIdentity | None = None,
 ) -> PingServer:
-    """A real grpc.aio server on loopback (a free port unless given)."""
+    """A real grpc.aio server on loopback (a free port unless given); mTLS with `identity`."""
     server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", 0)])
     servicer = PingServicer(name)
     ping_pb2_grpc.add_PingServiceServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    target = f"127.0.0.1:{port}"
+    if identity is None:
+        bound = server.add_insecure_port(target)
+    else:
+        bound = server.add_secure_port(target, identity.server_credentials())
     await server.start()
     return PingServer(server, servicer, bound)

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from base.errors import details_of
 from mesh.server import RunningService, ServiceDefinition, start_service
 from mesh.settings import Settings
+from tests.support.pki import mtls_channel, session_pki
 
 
 @dataclass
@@ -41,6 +42,7 @@ def service_settings(service: str, tmp_path: Path, **overrides: Any) -> Settings
         nats_url="",  # no relay: tests read the outbox table
         data_dir=str(tmp_path / "data"),
         drain_grace_s=1.0,
+        security=session_pki(),
     )
     return replace(base, **overrides)
 
@@ -67,7 +69,7 @@ async def serve(build: Build, settings: Settings, **build_kwargs: Any) -> Served
     definition = await build(settings, runtime, **build_kwargs)
     # The production chain (logging -> errors -> deadline; no tracing or metrics here).
     running = await start_service(definition, settings, runtime)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    channel = mtls_channel(f"127.0.0.1:{running.port}", settings.service)
     return Served(running, channel)
 
 

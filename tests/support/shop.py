@@ -44,6 +44,7 @@ from shop.users.v1 import users_pb2_grpc
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance, RegistryUnavailable
 from tests.support.nats import NatsServer
+from tests.support.pki import mtls_channel
 
 SERVICES: tuple[str, ...] = ("users", "inventory", "payments", "orders")
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -198,7 +199,7 @@ class ShopStack:
                 raise ShopError(f"{name} exited ({p.proc and p.proc.returncode}):\n{p.log_tail()}")
             with contextlib.suppress(RegistryUnavailable):
                 for inst in await self.registry.healthy(name):
-                    if inst.id == p.instance_id and await _serving(inst.address):
+                    if inst.id == p.instance_id and await _serving(inst.address, name):
                         p.instance = inst
                         return inst
             if time.monotonic() > deadline:
@@ -240,7 +241,7 @@ class ShopStack:
         if cached is not None:
             # The process moved (restart): calls on the old channel have ended by now.
             asyncio.get_running_loop().create_task(cached[1].close(None))
-        ch = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        ch = mtls_channel(address, name, options=[("grpc.use_local_subchannel_pool", 1)])
         self._channels[name] = (address, ch)
         return ch
 
@@ -268,8 +269,8 @@ class ShopStack:
         return orders_v2_grpc.OrderServiceStub(self.channel("orders"))  # type: ignore[return-value]
 
 
-async def _serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as ch:
+async def _serving(address: str, service: str) -> bool:
+    async with mtls_channel(address, service) as ch:
         try:
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0

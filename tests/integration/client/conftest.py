@@ -19,6 +19,7 @@ from mesh.client.channel import MeshChannel
 from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Registry
 from mesh.discovery.static import StaticRegistry
+from tests.support import pki
 from tests.support.mesh_client import SERVICE
 from tests.support.ping import PingServer, start_ping_server
 
@@ -42,10 +43,10 @@ class ChildServer:
 _CHILD = """
 import asyncio, sys
 from tests.support.ping import start_ping_server
-from tests.support.poll import eventually
+from tests.support.pki import identity
 
 async def main():
-    server = await start_ping_server(sys.argv[1])
+    server = await start_ping_server(sys.argv[1], identity=identity("ping"))
     print(server.port, flush=True)
     await server.server.wait_for_termination()
 
@@ -64,7 +65,9 @@ async def servers() -> AsyncIterator[Callable[..., Awaitable[PingServer]]]:
     started: list[PingServer] = []
 
     async def start(name: str, interceptors: Sequence[Any] = ()) -> PingServer:
-        server = await start_ping_server(name, interceptors=list(interceptors))
+        server = await start_ping_server(
+            name, interceptors=list(interceptors), identity=pki.identity(SERVICE)
+        )
         started.append(server)
         return server
 
@@ -105,6 +108,7 @@ async def channels() -> AsyncIterator[Callable[..., MeshChannel]]:
     def open_(registry: Registry, interceptors: Sequence[Any] = (), **options: Any) -> MeshChannel:
         options.setdefault("outlier_base_ejection_s", 0.3)
         options.setdefault("outlier_consecutive_failures", 3)
+        options.setdefault("identity", pki.identity("caller"))
         ch = open_channel(SERVICE, registry, interceptors, ClientOptions(**options))
         opened.append(ch)
         return ch

@@ -13,6 +13,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors import _fastpath
 from tests.support.mesh_client import instance, ready_count
+from tests.support.pki import mtls_channel
 from tests.support.poll import eventually
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -235,7 +236,7 @@ async def test_in_flight_counts_follow_calls(registry, two, channels) -> None:
 async def test_fenced_status_read_of_a_finished_grpc_call(servers) -> None:
     # Guards the private grpc.aio read the endpoints use (interceptors/_fastpath.py).
     server = await servers("guard")
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with mtls_channel(server.address, "ping") as channel:
         stub = ping_pb2_grpc.PingServiceStub(channel)
         ok = stub.Ping(ping_pb2.PingRequest())
         await ok

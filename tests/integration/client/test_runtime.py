@@ -19,6 +19,7 @@ from mesh.client.runtime import MeshRuntime
 from mesh.discovery.static import StaticRegistry
 from mesh.settings import ResilienceSettings, Settings
 from tests.support.mesh_client import UnavailableInterceptor, instance
+from tests.support.pki import session_pki
 from tests.support.poll import eventually
 
 
@@ -36,6 +37,7 @@ async def runtime(
     settings = Settings(
         service="caller",
         registry="none",
+        security=session_pki(),
         resilience=ResilienceSettings(
             default_deadline_s=3.0,
             lb_policy="round_robin",

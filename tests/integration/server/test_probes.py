@@ -13,6 +13,7 @@ import pytest
 from mesh.health import DependencyCheck, DependencyFailed, grpc_upstream_check, nats_check
 from tests.support.bootstrap import PING_SERVICE, Starter, make_settings
 from tests.support.nats import nats_server
+from tests.support.pki import mtls_channel
 
 
 async def test_nats_check_with_a_real_server(tmp_path: Path) -> None:
@@ -39,12 +40,12 @@ async def test_grpc_upstream_check(start: Starter) -> None:
         raise DependencyFailed("down")
 
     sick = await start(checks=[DependencyCheck("database", database_down, True)])
-    async with grpc.aio.insecure_channel(sick.address) as ch:
+    async with mtls_channel(sick.address, "ping") as ch:
         with pytest.raises(DependencyFailed, match="server is NOT_SERVING"):
             await grpc_upstream_check("sick", ch).probe()
 
     upstream = await start(settings=make_settings(instance_id="ping-2"))
-    async with grpc.aio.insecure_channel(upstream.address) as ch:
+    async with mtls_channel(upstream.address, "ping") as ch:
         await grpc_upstream_check("ping", ch).probe()
         await grpc_upstream_check("ping", ch, service=PING_SERVICE).probe()
         with pytest.raises(grpc.aio.AioRpcError):

@@ -18,6 +18,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
+from tests.support.pki import mtls_channel
 
 REPO = Path(__file__).resolve().parents[3]
 GRACE_S = 15.0  # long: the drain must end with the last call, far sooner
@@ -72,7 +73,7 @@ async def ping_process(tmp_path: Path) -> AsyncIterator[tuple[Process, Instance]
 async def refused(address: str) -> bool:
     """A new connection's call fails UNAVAILABLE (the listener is closed)."""
     options = [("grpc.use_local_subchannel_pool", 1)]
-    async with grpc.aio.insecure_channel(address, options=options) as ch:
+    async with mtls_channel(address, "ping", options=options) as ch:
         try:
             await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(), timeout=1)
         except grpc.aio.AioRpcError as err:
@@ -85,7 +86,7 @@ async def test_sigterm_drains_in_flight_deregisters_and_exits_0(tmp_path: Path) 
     async with ping_process(tmp_path) as (proc, instance):
         assert instance.id == "ping-proc"
         assert instance.meta["proto_packages"] == "shop.testing.v1"
-        async with grpc.aio.insecure_channel(instance.address) as ch:
+        async with mtls_channel(instance.address, "ping") as ch:
             # The read/write style of a bidi call (grpc-stubs only knows the iterator style).
             stream: Any = ping_pb2_grpc.PingServiceStub(ch).PingBidi()  # type: ignore[call-arg]
             await stream.write(ping_pb2.PingRequest(value="before"))

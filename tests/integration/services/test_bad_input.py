@@ -50,6 +50,7 @@ from services.payments.config import PaymentsConfig
 from services.payments.processor import APPROVE, DECLINE, PROCESSOR_ERROR, SLOW
 from services.users.app import build as build_users
 from services.users.config import UsersConfig
+from tests.support.pki import sync_mtls_channel
 from tests.support.postgres import PG_URL, pg_available
 from tests.support.services import Served, serve, service_settings
 
@@ -377,7 +378,7 @@ def test_every_rpc_is_covered(shop: Shop) -> None:
 
 @pytest.fixture(scope="module")
 def channels(shop: Shop) -> Iterator[dict[str, grpc.Channel]]:
-    chans = {name: grpc.insecure_channel(addr) for name, addr in shop.addresses.items()}
+    chans = {name: sync_mtls_channel(addr, name) for name, addr in shop.addresses.items()}
     yield chans
     for c in chans.values():
         c.close()

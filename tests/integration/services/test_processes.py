@@ -16,6 +16,7 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
+from tests.support.pki import mtls_channel
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,7 +61,7 @@ async def test_service_process_serves_and_stops_on_sigterm(service: str, tmp_pat
         sys.executable, "-m", f"services.{service}", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = mtls_channel(f"127.0.0.1:{port}", service)
     try:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 30

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 
+from tests.support.pki import mtls_channel
 from tests.support.shop import ShopStack
 from tests.support.shop_calls import address, card, create_v2, fails, new_product, new_user
 
@@ -191,7 +192,7 @@ async def test_arbitrary_requests_get_defined_codes(
 
 
 async def test_orders_still_serving_after_the_property_test(shop_sqlite_only: ShopStack) -> None:
-    async with grpc.aio.insecure_channel(shop_sqlite_only.address("orders")) as ch:
+    async with mtls_channel(shop_sqlite_only.address("orders"), "orders") as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert shop_sqlite_only.processes["orders"].running

@@ -108,6 +108,7 @@ async def local_mesh(
             run_dir=base,
             edge_port=edge_port or free_port(),
             edge_admin_port=edge_admin_port or free_port(),
+            edge_tls_port=free_port(),
             nats_url=server.url,
             nats_external=True,  # the test's own server (a test may stop it)
             observe=ObserveOptions(trace_sink_port=0, dashboard_port=0),

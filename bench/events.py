@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,7 +39,6 @@ from mesh.events import (
     new_envelope,
     outbox_migrations,
 )
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import nats_server
 

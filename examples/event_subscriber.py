@@ -1,6 +1,6 @@
 """Subscribe to the shop's events: a durable JetStream consumer of `user.*`.
 
-The envelope is the mesh's (`mesh.events.v1.Envelope`); the payload types are the
+The envelope is the mesh's (`meshproto.events.v1.Envelope`); the payload types are the
 shop's (`services.common.event_types.EVENTS`). Against `make run`'s own NATS, which
 admits only the identities mesh.toml names, run it with credentials that may create
 a durable consumer (NATS_URL of your own server, or a user you add). Each event
@@ -18,9 +18,9 @@ import asyncio
 import os
 
 from google.protobuf import json_format
+from meshproto.events.v1.envelope_pb2 import Envelope
 
 from mesh.events import EventBus
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS, shop_streams
 
 

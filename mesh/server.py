@@ -111,7 +111,7 @@ class ServiceDefinition:
     admin_routes: Sequence[AdminRoute] = ()
     """Extra endpoints on the admin HTTP port (e.g. sagas), beside /health and /metrics."""
     reflection: bool | None = None
-    """Server reflection; None: only for services not marked `(mesh.api.v1.internal)`."""
+    """Server reflection; None: only for services not marked `(meshproto.api.v1.internal)`."""
 
     def __post_init__(self) -> None:
         if not self.name:

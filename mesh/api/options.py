@@ -1,11 +1,11 @@
-"""Read the `mesh.api.v1` options from descriptors: the one place that knows how.
+"""Read the `meshproto.api.v1` options from descriptors: the one place that knows how.
 
-The options are declared once, next to each RPC (protos/mesh/api/v1/options.proto):
+The options are declared once, next to each RPC (protos/meshproto/api/v1/options.proto):
 
     service PaymentService {
-      option (mesh.api.v1.internal) = true;
-      option (mesh.api.v1.default_callers) = {services: ["orders"]};
-      rpc Charge(ChargeRequest) returns (Payment) { option (mesh.api.v1.idempotent) = true; }
+      option (meshproto.api.v1.internal) = true;
+      option (meshproto.api.v1.default_callers) = {services: ["orders"]};
+      rpc Charge(ChargeRequest) returns (Payment) { option (meshproto.api.v1.idempotent) = true; }
     }
 
 Every reader takes either a runtime descriptor (`ServiceDescriptor`,
@@ -29,9 +29,9 @@ from typing import TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from meshproto.api.v1 import options_pb2
 
 from interceptors._call import split_method
-from mesh.api.v1 import options_pb2
 
 ServiceLike = ServiceDescriptor | descriptor_pb2.ServiceDescriptorProto
 MethodLike = MethodDescriptor | descriptor_pb2.MethodDescriptorProto
@@ -44,7 +44,7 @@ ANY_CALLER = "*"
 
 
 class Access(enum.Enum):
-    """End-user access a method requires (`mesh.api.v1.Auth.Access`)."""
+    """End-user access a method requires (`meshproto.api.v1.Auth.Access`)."""
 
     PUBLIC = options_pb2.Auth.ACCESS_PUBLIC
     USER = options_pb2.Auth.ACCESS_USER
@@ -78,12 +78,12 @@ def method_options(method: MethodLike) -> descriptor_pb2.MethodOptions:
 
 
 def is_internal(service: ServiceLike) -> bool:
-    """`option (mesh.api.v1.internal) = true`: served inside the mesh only, never by the edge."""
+    """`option (meshproto.api.v1.internal) = true`: served in the mesh only, never by the edge."""
     return bool(service_options(service).Extensions[options_pb2.internal])
 
 
 def is_idempotent(method: MethodLike) -> bool:
-    """`option (mesh.api.v1.idempotent) = true`: safe to retry after the request was sent."""
+    """`option (meshproto.api.v1.idempotent) = true`: safe to retry after the request was sent."""
     return bool(method_options(method).Extensions[options_pb2.idempotent])
 
 

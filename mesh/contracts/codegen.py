@@ -9,7 +9,7 @@ Two owners, two output roots. protoc's Python output path follows the proto's
 path, so the shop's contracts (`protos/shop/...`) go to `generated/` (their own
 distribution, stubs + gRPC + `.pyi`), and the mesh's own contracts
 (`protos/mesh/...`: method options, the event envelope) are generated into the
-repository root, i.e. into the `mesh` package itself (`mesh/api/v1/options_pb2.py`),
+repository root, i.e. into the `mesh` package itself (`meshproto/api/v1/options_pb2.py`),
 so the runtime owns them and never imports an application's stubs. Mesh protos
 declare no services: they get `_pb2.py` + `.pyi` only, and the hand-written
 `__init__.py` files of `mesh/` are left alone.
@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 GENERATED = ROOT / "generated"
 DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
-# Contracts under protos/mesh/ belong to the mesh and are generated into ROOT.
-MESH_PROTO_DIR = "mesh"
-MESH_OUT = ROOT
+# Every contract is generated into generated/: the shop's (`shop`) and the mesh's own
+# (`meshproto`: its options and event envelope). They ship together as the
+# generated distribution, because the shop's stubs import the mesh's options.
+TYPED_PACKAGES = ("shop", "meshproto")
 
 
 # The edge's descriptor set also carries the google.rpc error details that
@@ -74,11 +75,6 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
         for p in proto_root.rglob("*.proto")
         if "baseline" not in p.relative_to(proto_root).parts
     )
-
-
-def is_mesh_proto(name: str) -> bool:
-    """Whether a contract file (relative to the proto root) is the mesh's own."""
-    return Path(name).parts[0] == MESH_PROTO_DIR
 
 
 def run_protoc(args: Sequence[str], *, proto_root: Path = PROTO_ROOT) -> None:
@@ -135,31 +131,15 @@ def generate(
     out_dir: Path,
     descriptor_set: Path,
     *,
-    mesh_out: Path | None = None,
     proto_root: Path = PROTO_ROOT,
 ) -> None:
     """Generate `*_pb2.py`, `*_pb2_grpc.py`, their `.pyi` and the descriptor set.
 
-    Application contracts go to `out_dir`; the mesh's own contracts to `mesh_out`
-    (the repository root in `make protos`), or nowhere when it is None. The
-    descriptor set holds both.
+    Every contract goes to `out_dir` (the shop's and the mesh's own); the
+    descriptor set holds them all.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     every = proto_files(proto_root)
-    files = [f for f in every if not is_mesh_proto(f)]
-    mesh_files = [f for f in every if is_mesh_proto(f)]
-    if mesh_out is not None and mesh_files:
-        mesh_out.mkdir(parents=True, exist_ok=True)
-        run_protoc(
-            [
-                _plugin("mypy"),
-                f"--python_out={mesh_out}",
-                f"--mypy_out={mesh_out}",
-                "--mypy_opt=quiet",
-                *mesh_files,
-            ],
-            proto_root=proto_root,
-        )
     run_protoc(
         [
             _plugin("mypy"),
@@ -170,7 +150,7 @@ def generate(
             f"--mypy_grpc_out={out_dir}",
             "--mypy_opt=quiet",
             "--mypy_grpc_opt=quiet",
-            *files,
+            *every,
         ],
         proto_root=proto_root,
     )
@@ -178,7 +158,9 @@ def generate(
         while pkg != out_dir:
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
-    (out_dir / "shop" / "py.typed").touch()
+    for typed in TYPED_PACKAGES:
+        if (out_dir / typed).is_dir():
+            (out_dir / typed / "py.typed").touch()
     write_descriptor_set(descriptor_set, [*every, *ERROR_DETAIL_FILES], proto_root=proto_root)
     # The same set as package data of the clients distribution: an installed edge
     # companion finds it through the package (`meshctl edge serve --descriptors
@@ -199,36 +181,17 @@ def generated_tree(root: Path) -> dict[str, bytes]:
     return out
 
 
-def mesh_generated_tree(root: Path) -> dict[str, bytes]:
-    """Relative path -> content of the mesh's generated modules (`mesh/**/*_pb2.py[i]`)."""
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted((root / MESH_PROTO_DIR).rglob("*_pb2.py*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 def regenerate_in_place() -> None:
-    """Regenerate into a temp dir, then replace generated/ and the mesh's `_pb2` modules
-    (no stale files left)."""
+    """Regenerate into a temp dir, then replace generated/ (no stale files left)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "generated"
-        tmp_mesh = Path(tmp) / "mesh-root"
         tmp_desc = Path(tmp) / "descriptors.binpb"
-        generate(tmp_out, tmp_desc, mesh_out=tmp_mesh)
+        generate(tmp_out, tmp_desc)
         for name in HANDWRITTEN:
             if (GENERATED / name).exists():
                 shutil.copyfile(GENERATED / name, tmp_out / name)
         shutil.rmtree(GENERATED, ignore_errors=True)
         shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
-        fresh = mesh_generated_tree(tmp_mesh)
-        for stale in set(mesh_generated_tree(MESH_OUT)) - set(fresh):
-            (MESH_OUT / stale).unlink()
-        for rel, data in fresh.items():
-            target = MESH_OUT / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists() or target.read_bytes() != data:
-                target.write_bytes(data)
         DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_desc, DESCRIPTOR_SET)
 

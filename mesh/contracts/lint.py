@@ -10,12 +10,12 @@ What buf does not know stays here:
 
 - package: `<org>.<name>.v<N>`, one major version per package (the major is
   what the HTTP rule checks bindings against).
-- http: every RPC of a public service (no `option (mesh.api.v1.internal)`)
+- http: every RPC of a public service (no `option (meshproto.api.v1.internal)`)
   has a `google.api.http` binding under `/api/v<N>/`, N being the package's
   major version; internal services have no HTTP bindings at all.
 - policy: every RPC of an internal service names its callers (its own
-  `option (mesh.api.v1.callers)` or the service's `default_callers`); every
-  RPC of a public service declares its end-user auth (`mesh.api.v1.auth`),
+  `option (meshproto.api.v1.callers)` or the service's `default_callers`); every
+  RPC of a public service declares its end-user auth (`meshproto.api.v1.auth`),
   and ACCESS_ROLES names at least one role. Nothing is reachable by default
   without someone having said who may reach it.
 
@@ -153,8 +153,8 @@ def _policy(
             yield Violation(
                 "policy",
                 element,
-                "internal RPC names no callers: add option (mesh.api.v1.callers) "
-                "or the service's (mesh.api.v1.default_callers)",
+                "internal RPC names no callers: add option (meshproto.api.v1.callers) "
+                "or the service's (meshproto.api.v1.default_callers)",
             )
         return
     auth = options.auth_of(method)
@@ -162,7 +162,7 @@ def _policy(
         yield Violation(
             "policy",
             element,
-            "public RPC declares no end-user auth: add option (mesh.api.v1.auth)",
+            "public RPC declares no end-user auth: add option (meshproto.api.v1.auth)",
         )
     elif auth.access is options.Access.ROLES and not auth.roles:
         yield Violation("policy", element, "ACCESS_ROLES names no roles")

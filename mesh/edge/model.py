@@ -1,7 +1,7 @@
 """What the edge needs to know about the contracts, read from a descriptor set.
 
 Services, major versions, HTTP bindings and visibility all come from the
-descriptors (`google.api.http`, `mesh.api.v1.internal`, `mesh.api.v1.idempotent`),
+descriptors (`google.api.http`, `meshproto.api.v1.internal`, `meshproto.api.v1.idempotent`),
 so the Envoy config never restates them by hand.
 """
 

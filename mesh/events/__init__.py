@@ -1,6 +1,6 @@
 """Events on NATS JetStream: envelopes, streams, transactional outbox, consumers, inbox.
 
-The envelope is the mesh's (`mesh.events.v1.Envelope`); the payloads, their
+The envelope is the mesh's (`meshproto.events.v1.Envelope`); the payloads, their
 types and the stream domains are the application's, passed in as `EventTypes`.
 """
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import nats
+from meshproto.events.v1 import envelope_pb2
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -32,7 +33,6 @@ from mesh.events.nats_connect import NatsClientAuth
 from mesh.events.outbox import Outbox
 from mesh.events.relay import OutboxRelay, RelayConfig
 from mesh.events.streams import StreamSpec, ensure_streams
-from mesh.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError
+from meshproto.events.v1 import envelope_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -49,7 +50,6 @@ from base.backoff import Backoff
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
 from mesh.events.streams import dlq_subject
-from mesh.events.v1 import envelope_pb2
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build, encode and decode `mesh.events.v1.Envelope`, and carry trace context.
+"""Build, encode and decode `meshproto.events.v1.Envelope`, and carry trace context.
 
 The envelope's `type` equals the NATS subject (`<domain>.<event>`), its `id` is
 the JetStream `Nats-Msg-Id` (server-side dedupe) and the consumers' inbox key.
@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
+from meshproto.events.v1 import envelope_pb2
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mesh.events.errors import UnknownEventError
 from mesh.events.types import EventTypes
-from mesh.events.v1 import envelope_pb2
 
 CONTENT_TYPE = "application/protobuf"
 HDR_MSG_ID = "Nats-Msg-Id"

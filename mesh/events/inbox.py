@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from meshproto.events.v1 import envelope_pb2
 from sqlalchemy import (
     Column,
     DateTime,
@@ -32,7 +33,6 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration, schema
-from mesh.events.v1 import envelope_pb2
 
 INBOX_TABLE = "mesh_inbox"
 INBOX_MIGRATION_VERSION = 9002

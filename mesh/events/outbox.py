@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from meshproto.events.v1 import envelope_pb2
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -34,7 +35,6 @@ from sqlalchemy.orm import Session
 
 from mesh.db import Migration, schema
 from mesh.events.envelope import encode
-from mesh.events.v1 import envelope_pb2
 
 OUTBOX_TABLE = "mesh_outbox"
 LEASE_TABLE = "mesh_outbox_lease"

@@ -1,6 +1,6 @@
 """A project's event types: each type (= NATS subject) and the payload message it carries.
 
-The mesh owns the envelope (`mesh.events.v1.Envelope`); an application owns its
+The mesh owns the envelope (`meshproto.events.v1.Envelope`); an application owns its
 payload messages and tells the mesh which one each event type carries:
 
     EVENTS = EventTypes({
@@ -26,9 +26,9 @@ from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from meshproto.events.v1 import envelope_pb2
 
 from mesh.events.errors import UnknownEventError
-from mesh.events.v1 import envelope_pb2
 
 M = TypeVar("M", bound=Message)
 

@@ -1,7 +1,7 @@
 """The caller policy declared in the contracts, for the server and for people.
 
 `method_callers(full_method)` is what a mesh server's caller-policy interceptor
-(interceptors/policy.py) asks: the `(mesh.api.v1.callers)` of the method, else
+(interceptors/policy.py) asks: the `(meshproto.api.v1.callers)` of the method, else
 its service's `default_callers`, read from the default descriptor pool (the
 generated modules a server imports register there). `policy_matrix` lists the
 same for every RPC of a descriptor set: `meshctl policy` prints it and the

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from meshproto.events.v1.envelope_pb2 import Envelope
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, TracerProvider
@@ -31,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.events import extract_context, unpack
 from mesh.events.errors import UnknownEventError
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.events import SubscriptionSpec
 from services.inventory.store import InventoryStore, Sale
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 
+from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.events import unpack
 from mesh.events.errors import UnknownEventError
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.events import SubscriptionSpec
 from services.orders.store import OrdersStore
 

@@ -12,8 +12,8 @@ from mesh.contracts import baseline, breaking, codegen
 from tests.support.proto_tree import ProtoTree
 
 RELEASED = [
-    "mesh.api.v1",
-    "mesh.events.v1",
+    "meshproto.api.v1",
+    "meshproto.events.v1",
     "shop.common.v1",
     "shop.events.v1",
     "shop.inventory.v1",
@@ -123,8 +123,8 @@ BREAKING = {
         ORDERS_V1,
         (
             "  rpc GetOrder(GetOrderRequest) returns (Order) {\n"
-            "    option (mesh.api.v1.auth) = {access: ACCESS_USER};\n"
-            "    option (mesh.api.v1.idempotent) = true;\n"
+            "    option (meshproto.api.v1.auth) = {access: ACCESS_USER};\n"
+            "    option (meshproto.api.v1.idempotent) = true;\n"
             '    option (google.api.http) = {get: "/api/v1/orders/{order_id}"};\n'
             "  }\n",
             "",
@@ -151,8 +151,8 @@ BREAKING = {
     "server streaming added": (
         USERS_V1,
         (
-            "returns (User) {\n    option (mesh.api.v1.callers)",
-            "returns (stream User) {\n    option (mesh.api.v1.callers)",
+            "returns (User) {\n    option (meshproto.api.v1.callers)",
+            "returns (stream User) {\n    option (meshproto.api.v1.callers)",
         ),
         'RPC "GetUser" on service "UserService" changed from server unary to server streaming. '
         "[buf RPC_SAME_SERVER_STREAMING]",
@@ -172,7 +172,7 @@ BREAKING = {
         USERS_V1,
         (
             "service UserService {\n",
-            "service UserService {\n  option (mesh.api.v1.internal) = true;\n",
+            "service UserService {\n  option (meshproto.api.v1.internal) = true;\n",
         ),
         "service shop.users.v1.UserService: became internal (the edge stops serving it)",
     ),
@@ -204,9 +204,9 @@ BREAKING = {
         'to "mail". [buf FIELD_SAME_JSON_NAME]',
     ),
     "extension renumbered": (
-        "mesh/api/v1/options.proto",
+        "meshproto/api/v1/options.proto",
         ("bool internal = 50001;", "bool internal = 50011;"),
-        "extension mesh.api.v1.internal: renumbered from 50001 to 50011",
+        "extension meshproto.api.v1.internal: renumbered from 50001 to 50011",
     ),
 }
 
@@ -347,7 +347,7 @@ COMPATIBLE = {
     ),
     "internal service became public": (
         "shop/testing/v1/ping.proto",
-        ("  option (mesh.api.v1.internal) = true;\n", ""),
+        ("  option (meshproto.api.v1.internal) = true;\n", ""),
     ),
 }
 

@@ -120,27 +120,27 @@ BAD = {
     ),
     "internal service without callers": (
         PAYMENTS_V1,
-        ('  option (mesh.api.v1.default_callers) = {services: ["orders"]};\n', ""),
+        ('  option (meshproto.api.v1.default_callers) = {services: ["orders"]};\n', ""),
         "shop.payments.v1.PaymentService rpc Charge: internal RPC names no callers: add option "
-        "(mesh.api.v1.callers) or the service's (mesh.api.v1.default_callers) [policy]",
+        "(meshproto.api.v1.callers) or the service's (meshproto.api.v1.default_callers) [policy]",
     ),
     "public rpc without auth": (
         USERS_V1,
         (
-            "    option (mesh.api.v1.auth) = {access: ACCESS_USER};\n"
-            "    option (mesh.api.v1.idempotent) = true;\n",
-            "    option (mesh.api.v1.idempotent) = true;\n",
+            "    option (meshproto.api.v1.auth) = {access: ACCESS_USER};\n"
+            "    option (meshproto.api.v1.idempotent) = true;\n",
+            "    option (meshproto.api.v1.idempotent) = true;\n",
         ),
         "shop.users.v1.UserService rpc GetUser: public RPC declares no end-user auth: add option "
-        "(mesh.api.v1.auth) [policy]",
+        "(meshproto.api.v1.auth) [policy]",
     ),
     "roles access without roles": (
         INVENTORY_V1,
         (
-            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
-            '    option (mesh.api.v1.auth) = {access: ACCESS_ROLES, roles: ["admin"]};',
-            '    option (mesh.api.v1.callers) = {services: ["edge", "orders"]};\n'
-            "    option (mesh.api.v1.auth) = {access: ACCESS_ROLES};",
+            '    option (meshproto.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            '    option (meshproto.api.v1.auth) = {access: ACCESS_ROLES, roles: ["admin"]};',
+            '    option (meshproto.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            "    option (meshproto.api.v1.auth) = {access: ACCESS_ROLES};",
         ),
         "shop.inventory.v1.InventoryService rpc AddStock: ACCESS_ROLES names no roles [policy]",
     ),

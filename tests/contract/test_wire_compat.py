@@ -67,9 +67,6 @@ def current_pool() -> descriptor_pool.DescriptorPool:
     """The default pool, holding every generated module: the shop's and the mesh's own."""
     for p in sorted(codegen.GENERATED.rglob("*_pb2.py")):
         importlib.import_module(".".join(p.relative_to(codegen.GENERATED).with_suffix("").parts))
-    for rel in codegen.mesh_generated_tree(codegen.MESH_OUT):
-        if rel.endswith("_pb2.py"):
-            importlib.import_module(rel.removesuffix(".py").replace("/", "."))
     return descriptor_pool.Default()
 
 
@@ -191,6 +188,6 @@ def test_every_released_package_is_exercised():
         "shop.events.v1",
         "shop.common.v1",
         "shop.testing.v1",
-        "mesh.api.v1",
-        "mesh.events.v1",
+        "meshproto.api.v1",
+        "meshproto.events.v1",
     }

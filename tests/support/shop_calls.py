@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 import nats
+from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.common.v1 import money_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2 as v1
@@ -18,7 +19,6 @@ from shop.users.v1 import users_pb2
 
 from base.errors import details_of
 from mesh.events import decode
-from mesh.events.v1.envelope_pb2 import Envelope
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import nats
 import nats.errors
+from meshproto.events.v1.envelope_pb2 import Envelope
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from sqlalchemy import text
@@ -27,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Inbox, SubscribeOptions, decode, inbox_migrations
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import shop_streams
 from tests.support.poll import eventually
 

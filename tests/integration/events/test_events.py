@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from meshproto.events.v1.envelope_pb2 import Envelope
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,7 +28,6 @@ from mesh.events import (
     new_envelope,
 )
 from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS
 from tests.support.events_db import Db
 from tests.support.nats import NatsServer

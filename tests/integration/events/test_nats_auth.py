@@ -12,12 +12,12 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+from meshproto.events.v1.envelope_pb2 import Envelope
 from nats.aio.client import Client as NATS
 from shop.events.v1 import events_pb2
 
 from mesh.events import EventBus, SubscribeOptions, new_envelope
 from mesh.events.nats_auth import owned_streams, stream_for
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_identities import event_identity
 from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import NatsServer

@@ -9,11 +9,11 @@ import contextlib
 import uuid
 from typing import Any
 
+from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 from sqlalchemy import text
 
 from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS
 from tests.support.events_db import Db
 from tests.support.poll import eventually

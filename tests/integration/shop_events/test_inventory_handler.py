@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from meshproto.events.v1.envelope_pb2 import Envelope
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh.db import create_engine, migrate, session_factory
 from mesh.events import Handler, Inbox, Outbox, new_envelope, unpack
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS
 from services.common.money import Amount
 from services.inventory import store

@@ -1,15 +1,15 @@
-"""The `mesh.api.v1` options read from descriptors: runtime ones, foreign pools, protos."""
+"""The `meshproto.api.v1` options read from descriptors: runtime ones, foreign pools, protos."""
 
 from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool
+from meshproto.api.v1 import options_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.payments.v1 import payments_pb2
 from shop.testing.v1 import ping_pb2
 from shop.users.v1 import users_pb2
 
 from mesh.api import options
-from mesh.api.v1 import options_pb2
 
 PING = "/shop.testing.v1.PingService/"
 
@@ -87,7 +87,7 @@ def test_a_pool_built_from_a_descriptor_set():
         descriptor_pb2.FileDescriptorProto(
             name="x/orders.proto",
             package="x.v1",
-            dependency=["shop/testing/v1/ping.proto", "mesh/api/v1/options.proto"],
+            dependency=["shop/testing/v1/ping.proto", "meshproto/api/v1/options.proto"],
             service=[_orders_service()],
             syntax="proto3",
         )

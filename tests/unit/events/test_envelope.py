@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from google.protobuf import wrappers_pb2
+from meshproto.events.v1 import envelope_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from shop.events.v1 import events_pb2
@@ -17,7 +18,6 @@ from mesh.events.envelope import decode, encode, extract_context, new_envelope
 from mesh.events.errors import EventsTimeoutError, PublishTimeoutError, UnknownEventError
 from mesh.events.streams import default_streams, dlq_subject
 from mesh.events.types import EventTypes, load_event_types, unpack
-from mesh.events.v1 import envelope_pb2
 from services.common.event_types import EVENTS
 
 # A registry of another project: the mesh needs no shop message to carry events.

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,7 +30,6 @@ from mesh.events import (
 from mesh.events.envelope import HDR_MSG_ID
 from mesh.events.inbox import inbox_table
 from mesh.events.streams import DAY_S
-from mesh.events.v1.envelope_pb2 import Envelope
 from services.common.event_types import EVENTS, shop_streams
 from services.common.events import EventPublisher, EventSubscriber, InboxPurge, SubscriptionSpec
 from tests.support.nats import NatsServer, nats_server

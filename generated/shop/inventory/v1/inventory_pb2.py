@@ -24,11 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"\xb4\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x05price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x08LineItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"n\n\x14\x43reateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x15\n\rinitial_stock\x18\x04 \x01(\x03\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x0f\x41\x64\x64StockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"F\n\x18\x43heckAvailabilityRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.shop.inventory.v1.LineItem\"`\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\trequested\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x12\n\nsufficient\x18\x04 \x01(\x08\"f\n\x19\x43heckAvailabilityResponse\x12\x15\n\rall_available\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"_\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12)\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\"\x84\x01\n\x0bReservation\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\"R\n\x13ReserveItemsRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.shop.inventory.v1.LineItem\",\n\x19\x43onfirmReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"<\n\x19ReleaseReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x97\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESERVATION_STATUS_HELD\x10\x01\x12 \n\x1cRESERVATION_STATUS_CONFIRMED\x10\x02\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x03\x32\xdd\x05\n\x10InventoryService\x12~\n\rCreateProduct\x12\'.shop.inventory.v1.CreateProductRequest\x1a\x1a.shop.inventory.v1.Product\"(\xaa\xb5\x18\t\x08\x03\x12\x05\x61\x64min\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/products:\x01*\x12\x7f\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"/\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/products/{product_id}\x12\x83\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\"\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/products\x12\x99\x01\n\x08\x41\x64\x64Stock\x12\".shop.inventory.v1.AddStockRequest\x1a\x1a.shop.inventory.v1.Product\"M\xa2\xb5\x18\x0e\n\x04\x65\x64ge\n\x06orders\xaa\xb5\x18\t\x08\x03\x12\x05\x61\x64min\x82\xd3\xe4\x93\x02(\"#/api/v1/products/{product_id}/stock:\x01*\x12\x99\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\")\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/availability:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64ge2\xd8\x02\n\x12ReservationService\x12\\\n\x0cReserveItems\x12&.shop.inventory.v1.ReserveItemsRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x12h\n\x12\x43onfirmReservation\x12,.shop.inventory.v1.ConfirmReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x12h\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x1a\x10\x88\xb5\x18\x01\x9a\xb5\x18\x08\n\x06ordersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!shop/inventory/v1/inventory.proto\x12\x11shop.inventory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emeshproto/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"\xb4\x01\n\x07Product\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x05price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x08LineItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"n\n\x14\x43reateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x15\n\rinitial_stock\x18\x04 \x01(\x03\"\'\n\x11GetProductRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\"<\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListProductsResponse\x12,\n\x08products\x18\x01 \x03(\x0b\x32\x1a.shop.inventory.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x0f\x41\x64\x64StockRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"F\n\x18\x43heckAvailabilityRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.shop.inventory.v1.LineItem\"`\n\x10ItemAvailability\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\trequested\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x12\n\nsufficient\x18\x04 \x01(\x08\"f\n\x19\x43heckAvailabilityResponse\x12\x15\n\rall_available\x18\x01 \x01(\x08\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.shop.inventory.v1.ItemAvailability\"_\n\x0cReservedItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12)\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\"\x84\x01\n\x0bReservation\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.shop.inventory.v1.ReservationStatus\x12.\n\x05items\x18\x03 \x03(\x0b\x32\x1f.shop.inventory.v1.ReservedItem\"R\n\x13ReserveItemsRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.shop.inventory.v1.LineItem\",\n\x19\x43onfirmReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"<\n\x19ReleaseReservationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x97\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESERVATION_STATUS_HELD\x10\x01\x12 \n\x1cRESERVATION_STATUS_CONFIRMED\x10\x02\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x03\x32\xdd\x05\n\x10InventoryService\x12~\n\rCreateProduct\x12\'.shop.inventory.v1.CreateProductRequest\x1a\x1a.shop.inventory.v1.Product\"(\xaa\xb5\x18\t\x08\x03\x12\x05\x61\x64min\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/products:\x01*\x12\x7f\n\nGetProduct\x12$.shop.inventory.v1.GetProductRequest\x1a\x1a.shop.inventory.v1.Product\"/\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/products/{product_id}\x12\x83\x01\n\x0cListProducts\x12&.shop.inventory.v1.ListProductsRequest\x1a\'.shop.inventory.v1.ListProductsResponse\"\"\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/products\x12\x99\x01\n\x08\x41\x64\x64Stock\x12\".shop.inventory.v1.AddStockRequest\x1a\x1a.shop.inventory.v1.Product\"M\xa2\xb5\x18\x0e\n\x04\x65\x64ge\n\x06orders\xaa\xb5\x18\t\x08\x03\x12\x05\x61\x64min\x82\xd3\xe4\x93\x02(\"#/api/v1/products/{product_id}/stock:\x01*\x12\x99\x01\n\x11\x43heckAvailability\x12+.shop.inventory.v1.CheckAvailabilityRequest\x1a,.shop.inventory.v1.CheckAvailabilityResponse\")\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/availability:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64ge2\xd8\x02\n\x12ReservationService\x12\\\n\x0cReserveItems\x12&.shop.inventory.v1.ReserveItemsRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x12h\n\x12\x43onfirmReservation\x12,.shop.inventory.v1.ConfirmReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x12h\n\x12ReleaseReservation\x12,.shop.inventory.v1.ReleaseReservationRequest\x1a\x1e.shop.inventory.v1.Reservation\"\x04\x90\xb5\x18\x01\x1a\x10\x88\xb5\x18\x01\x9a\xb5\x18\x08\n\x06ordersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,40 +55,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVATIONSERVICE'].methods_by_name['ConfirmReservation']._serialized_options = b'\220\265\030\001'
   _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseReservation']._loaded_options = None
   _globals['_RESERVATIONSERVICE'].methods_by_name['ReleaseReservation']._serialized_options = b'\220\265\030\001'
-  _globals['_RESERVATIONSTATUS']._serialized_start=1473
-  _globals['_RESERVATIONSTATUS']._serialized_end=1624
-  _globals['_PRODUCT']._serialized_start=175
-  _globals['_PRODUCT']._serialized_end=355
-  _globals['_LINEITEM']._serialized_start=357
-  _globals['_LINEITEM']._serialized_end=405
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=407
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=517
-  _globals['_GETPRODUCTREQUEST']._serialized_start=519
-  _globals['_GETPRODUCTREQUEST']._serialized_end=558
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=560
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=620
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=622
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=715
-  _globals['_ADDSTOCKREQUEST']._serialized_start=717
-  _globals['_ADDSTOCKREQUEST']._serialized_end=772
-  _globals['_CHECKAVAILABILITYREQUEST']._serialized_start=774
-  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=844
-  _globals['_ITEMAVAILABILITY']._serialized_start=846
-  _globals['_ITEMAVAILABILITY']._serialized_end=942
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=944
-  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=1046
-  _globals['_RESERVEDITEM']._serialized_start=1048
-  _globals['_RESERVEDITEM']._serialized_end=1143
-  _globals['_RESERVATION']._serialized_start=1146
-  _globals['_RESERVATION']._serialized_end=1278
-  _globals['_RESERVEITEMSREQUEST']._serialized_start=1280
-  _globals['_RESERVEITEMSREQUEST']._serialized_end=1362
-  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_start=1364
-  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_end=1408
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1410
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1470
-  _globals['_INVENTORYSERVICE']._serialized_start=1627
-  _globals['_INVENTORYSERVICE']._serialized_end=2360
-  _globals['_RESERVATIONSERVICE']._serialized_start=2363
-  _globals['_RESERVATIONSERVICE']._serialized_end=2707
+  _globals['_RESERVATIONSTATUS']._serialized_start=1478
+  _globals['_RESERVATIONSTATUS']._serialized_end=1629
+  _globals['_PRODUCT']._serialized_start=180
+  _globals['_PRODUCT']._serialized_end=360
+  _globals['_LINEITEM']._serialized_start=362
+  _globals['_LINEITEM']._serialized_end=410
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=412
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=522
+  _globals['_GETPRODUCTREQUEST']._serialized_start=524
+  _globals['_GETPRODUCTREQUEST']._serialized_end=563
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=565
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=625
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=627
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=720
+  _globals['_ADDSTOCKREQUEST']._serialized_start=722
+  _globals['_ADDSTOCKREQUEST']._serialized_end=777
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_start=779
+  _globals['_CHECKAVAILABILITYREQUEST']._serialized_end=849
+  _globals['_ITEMAVAILABILITY']._serialized_start=851
+  _globals['_ITEMAVAILABILITY']._serialized_end=947
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_start=949
+  _globals['_CHECKAVAILABILITYRESPONSE']._serialized_end=1051
+  _globals['_RESERVEDITEM']._serialized_start=1053
+  _globals['_RESERVEDITEM']._serialized_end=1148
+  _globals['_RESERVATION']._serialized_start=1151
+  _globals['_RESERVATION']._serialized_end=1283
+  _globals['_RESERVEITEMSREQUEST']._serialized_start=1285
+  _globals['_RESERVEITEMSREQUEST']._serialized_end=1367
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_start=1369
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_end=1413
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1415
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1475
+  _globals['_INVENTORYSERVICE']._serialized_start=1632
+  _globals['_INVENTORYSERVICE']._serialized_end=2365
+  _globals['_RESERVATIONSERVICE']._serialized_start=2368
+  _globals['_RESERVATIONSERVICE']._serialized_end=2712
 # @@protoc_insertion_point(module_scope)

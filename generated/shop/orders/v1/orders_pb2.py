@@ -24,10 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\"K\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"\xdf\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12\x13\n\x0btotal_cents\x18\x04 \x01(\x03\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v1.OrderStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x12\x43reateOrderRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12\x13\n\x0b\x63\x61rd_number\x18\x03 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"$\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\";\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x96\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x04\x32\xea\x03\n\x0cOrderService\x12i\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x1f\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/api/v1/orders:\x01*\x12o\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\"+\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/orders/{order_id}\x12u\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\" \x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/orders\x12{\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v1.CancelOrderRequest\x1a\x15.shop.orders.v1.Order\"1\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02%\" /api/v1/orders/{order_id}/cancel:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/orders/v1/orders.proto\x12\x0eshop.orders.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emeshproto/api/v1/options.proto\"K\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x18\n\x10unit_price_cents\x18\x03 \x01(\x03\"\xdf\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12\x13\n\x0btotal_cents\x18\x04 \x01(\x03\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v1.OrderStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x12\x43reateOrderRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.shop.orders.v1.OrderItem\x12\x13\n\x0b\x63\x61rd_number\x18\x03 \x01(\t\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"$\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\";\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v1.Order\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x96\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x02\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x03\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x04\x32\xea\x03\n\x0cOrderService\x12i\n\x0b\x43reateOrder\x12\".shop.orders.v1.CreateOrderRequest\x1a\x15.shop.orders.v1.Order\"\x1f\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/api/v1/orders:\x01*\x12o\n\x08GetOrder\x12\x1f.shop.orders.v1.GetOrderRequest\x1a\x15.shop.orders.v1.Order\"+\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/orders/{order_id}\x12u\n\nListOrders\x12!.shop.orders.v1.ListOrdersRequest\x1a\".shop.orders.v1.ListOrdersResponse\" \x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/orders\x12{\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v1.CancelOrderRequest\x1a\x15.shop.orders.v1.Order\"1\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02%\" /api/v1/orders/{order_id}/cancel:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,22 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\220\265\030\001\252\265\030\002\010\002\202\323\344\223\002\020\022\016/api/v1/orders'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\252\265\030\002\010\002\202\323\344\223\002%\" /api/v1/orders/{order_id}/cancel:\001*'
-  _globals['_ORDERSTATUS']._serialized_start=735
-  _globals['_ORDERSTATUS']._serialized_end=885
-  _globals['_ORDERITEM']._serialized_start=137
-  _globals['_ORDERITEM']._serialized_end=212
-  _globals['_ORDER']._serialized_start=215
-  _globals['_ORDER']._serialized_end=438
-  _globals['_CREATEORDERREQUEST']._serialized_start=440
-  _globals['_CREATEORDERREQUEST']._serialized_end=540
-  _globals['_GETORDERREQUEST']._serialized_start=542
-  _globals['_GETORDERREQUEST']._serialized_end=577
-  _globals['_LISTORDERSREQUEST']._serialized_start=579
-  _globals['_LISTORDERSREQUEST']._serialized_end=615
-  _globals['_LISTORDERSRESPONSE']._serialized_start=617
-  _globals['_LISTORDERSRESPONSE']._serialized_end=676
-  _globals['_CANCELORDERREQUEST']._serialized_start=678
-  _globals['_CANCELORDERREQUEST']._serialized_end=732
-  _globals['_ORDERSERVICE']._serialized_start=888
-  _globals['_ORDERSERVICE']._serialized_end=1378
+  _globals['_ORDERSTATUS']._serialized_start=740
+  _globals['_ORDERSTATUS']._serialized_end=890
+  _globals['_ORDERITEM']._serialized_start=142
+  _globals['_ORDERITEM']._serialized_end=217
+  _globals['_ORDER']._serialized_start=220
+  _globals['_ORDER']._serialized_end=443
+  _globals['_CREATEORDERREQUEST']._serialized_start=445
+  _globals['_CREATEORDERREQUEST']._serialized_end=545
+  _globals['_GETORDERREQUEST']._serialized_start=547
+  _globals['_GETORDERREQUEST']._serialized_end=582
+  _globals['_LISTORDERSREQUEST']._serialized_start=584
+  _globals['_LISTORDERSREQUEST']._serialized_end=620
+  _globals['_LISTORDERSRESPONSE']._serialized_start=622
+  _globals['_LISTORDERSRESPONSE']._serialized_end=681
+  _globals['_CANCELORDERREQUEST']._serialized_start=683
+  _globals['_CANCELORDERREQUEST']._serialized_end=737
+  _globals['_ORDERSERVICE']._serialized_start=893
+  _globals['_ORDERSERVICE']._serialized_end=1383
 # @@protoc_insertion_point(module_scope)

@@ -24,11 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/orders/v2/orders.proto\x12\x0eshop.orders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"d\n\x07\x41\x64\x64ress\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\"O\n\x0bPaymentCard\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"\\\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12)\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\"u\n\x0cStatusChange\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.shop.orders.v2.OrderStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9e\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v2.OrderItem\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v2.OrderStatus\x12\x34\n\x0estatus_history\x18\x06 \x03(\x0b\x32\x1c.shop.orders.v2.StatusChange\x12\x31\n\x10shipping_address\x18\x07 \x01(\x0b\x32\x17.shop.orders.v2.Address\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncard_last4\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x12\x43reateOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v2.OrderItem\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12)\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x1b.shop.orders.v2.PaymentCard\x12\x31\n\x10shipping_address\x18\x06 \x01(\x0b\x32\x17.shop.orders.v2.Address\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"K\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v2.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xc8\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x19\n\x15ORDER_STATUS_RESERVED\x10\x02\x12\x15\n\x11ORDER_STATUS_PAID\x10\x03\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x06\x32\xf2\x03\n\x0cOrderService\x12m\n\x0b\x43reateOrder\x12\".shop.orders.v2.CreateOrderRequest\x1a\x15.shop.orders.v2.Order\"#\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/api/v2/orders:\x01*\x12o\n\x08GetOrder\x12\x1f.shop.orders.v2.GetOrderRequest\x1a\x15.shop.orders.v2.Order\"+\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v2/orders/{order_id}\x12u\n\nListOrders\x12!.shop.orders.v2.ListOrdersRequest\x1a\".shop.orders.v2.ListOrdersResponse\" \x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v2/orders\x12\x7f\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v2.CancelOrderRequest\x1a\x15.shop.orders.v2.Order\"5\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02%\" /api/v2/orders/{order_id}/cancel:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshop/orders/v2/orders.proto\x12\x0eshop.orders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emeshproto/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"d\n\x07\x41\x64\x64ress\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\"O\n\x0bPaymentCard\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"\\\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12)\n\nunit_price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\"u\n\x0cStatusChange\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.shop.orders.v2.OrderStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9e\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v2.OrderItem\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.shop.orders.v2.OrderStatus\x12\x34\n\x0estatus_history\x18\x06 \x03(\x0b\x32\x1c.shop.orders.v2.StatusChange\x12\x31\n\x10shipping_address\x18\x07 \x01(\x0b\x32\x17.shop.orders.v2.Address\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x12\n\ncard_last4\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x12\x43reateOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x05items\x18\x03 \x03(\x0b\x32\x19.shop.orders.v2.OrderItem\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12)\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x1b.shop.orders.v2.PaymentCard\x12\x31\n\x10shipping_address\x18\x06 \x01(\x0b\x32\x17.shop.orders.v2.Address\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"K\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListOrdersResponse\x12%\n\x06orders\x18\x01 \x03(\x0b\x32\x15.shop.orders.v2.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xc8\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x19\n\x15ORDER_STATUS_RESERVED\x10\x02\x12\x15\n\x11ORDER_STATUS_PAID\x10\x03\x12\x1a\n\x16ORDER_STATUS_COMPLETED\x10\x04\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x05\x12\x17\n\x13ORDER_STATUS_FAILED\x10\x06\x32\xf2\x03\n\x0cOrderService\x12m\n\x0b\x43reateOrder\x12\".shop.orders.v2.CreateOrderRequest\x1a\x15.shop.orders.v2.Order\"#\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x13\"\x0e/api/v2/orders:\x01*\x12o\n\x08GetOrder\x12\x1f.shop.orders.v2.GetOrderRequest\x1a\x15.shop.orders.v2.Order\"+\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v2/orders/{order_id}\x12u\n\nListOrders\x12!.shop.orders.v2.ListOrdersRequest\x1a\".shop.orders.v2.ListOrdersResponse\" \x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v2/orders\x12\x7f\n\x0b\x43\x61ncelOrder\x12\".shop.orders.v2.CancelOrderRequest\x1a\x15.shop.orders.v2.Order\"5\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02%\" /api/v2/orders/{order_id}/cancel:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,28 +45,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\220\265\030\001\252\265\030\002\010\002\202\323\344\223\002\020\022\016/api/v2/orders'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\220\265\030\001\252\265\030\002\010\002\202\323\344\223\002%\" /api/v2/orders/{order_id}/cancel:\001*'
-  _globals['_ORDERSTATUS']._serialized_start=1459
-  _globals['_ORDERSTATUS']._serialized_end=1659
-  _globals['_ADDRESS']._serialized_start=165
-  _globals['_ADDRESS']._serialized_end=265
-  _globals['_PAYMENTCARD']._serialized_start=267
-  _globals['_PAYMENTCARD']._serialized_end=346
-  _globals['_ORDERITEM']._serialized_start=348
-  _globals['_ORDERITEM']._serialized_end=440
-  _globals['_STATUSCHANGE']._serialized_start=442
-  _globals['_STATUSCHANGE']._serialized_end=559
-  _globals['_ORDER']._serialized_start=562
-  _globals['_ORDER']._serialized_end=976
-  _globals['_CREATEORDERREQUEST']._serialized_start=979
-  _globals['_CREATEORDERREQUEST']._serialized_end=1200
-  _globals['_GETORDERREQUEST']._serialized_start=1202
-  _globals['_GETORDERREQUEST']._serialized_end=1237
-  _globals['_LISTORDERSREQUEST']._serialized_start=1239
-  _globals['_LISTORDERSREQUEST']._serialized_end=1314
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1316
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1400
-  _globals['_CANCELORDERREQUEST']._serialized_start=1402
-  _globals['_CANCELORDERREQUEST']._serialized_end=1456
-  _globals['_ORDERSERVICE']._serialized_start=1662
-  _globals['_ORDERSERVICE']._serialized_end=2160
+  _globals['_ORDERSTATUS']._serialized_start=1464
+  _globals['_ORDERSTATUS']._serialized_end=1664
+  _globals['_ADDRESS']._serialized_start=170
+  _globals['_ADDRESS']._serialized_end=270
+  _globals['_PAYMENTCARD']._serialized_start=272
+  _globals['_PAYMENTCARD']._serialized_end=351
+  _globals['_ORDERITEM']._serialized_start=353
+  _globals['_ORDERITEM']._serialized_end=445
+  _globals['_STATUSCHANGE']._serialized_start=447
+  _globals['_STATUSCHANGE']._serialized_end=564
+  _globals['_ORDER']._serialized_start=567
+  _globals['_ORDER']._serialized_end=981
+  _globals['_CREATEORDERREQUEST']._serialized_start=984
+  _globals['_CREATEORDERREQUEST']._serialized_end=1205
+  _globals['_GETORDERREQUEST']._serialized_start=1207
+  _globals['_GETORDERREQUEST']._serialized_end=1242
+  _globals['_LISTORDERSREQUEST']._serialized_start=1244
+  _globals['_LISTORDERSREQUEST']._serialized_end=1319
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1321
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1405
+  _globals['_CANCELORDERREQUEST']._serialized_start=1407
+  _globals['_CANCELORDERREQUEST']._serialized_end=1461
+  _globals['_ORDERSERVICE']._serialized_start=1667
+  _globals['_ORDERSERVICE']._serialized_end=2165
 # @@protoc_insertion_point(module_scope)

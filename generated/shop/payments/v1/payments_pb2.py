@@ -23,11 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/payments/v1/payments.proto\x12\x10shop.payments.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"O\n\x0bPaymentCard\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"\xe3\x01\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.shop.payments.v1.PaymentStatus\x12\x12\n\ncard_last4\x18\x05 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\rChargeRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x04\x63\x61rd\x18\x03 \x01(\x0b\x32\x1d.shop.payments.v1.PaymentCard\"0\n\rRefundRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x11GetPaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07saga_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key*\x86\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATUS_CAPTURED\x10\x01\x12\x1b\n\x17PAYMENT_STATUS_DECLINED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\x8e\x02\n\x0ePaymentService\x12J\n\x06\x43harge\x12\x1f.shop.payments.v1.ChargeRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x12J\n\x06Refund\x12\x1f.shop.payments.v1.RefundRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x12R\n\nGetPayment\x12#.shop.payments.v1.GetPaymentRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x1a\x10\x88\xb5\x18\x01\x9a\xb5\x18\x08\n\x06ordersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshop/payments/v1/payments.proto\x12\x10shop.payments.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emeshproto/api/v1/options.proto\x1a\x1ashop/common/v1/money.proto\"O\n\x0bPaymentCard\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\texp_month\x18\x02 \x01(\x05\x12\x10\n\x08\x65xp_year\x18\x03 \x01(\x05\x12\x0b\n\x03\x63vc\x18\x04 \x01(\t\"\xe3\x01\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.shop.payments.v1.PaymentStatus\x12\x12\n\ncard_last4\x18\x05 \x01(\t\x12\x16\n\x0e\x64\x65\x63line_reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\rChargeRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.shop.common.v1.Money\x12+\n\x04\x63\x61rd\x18\x03 \x01(\x0b\x32\x1d.shop.payments.v1.PaymentCard\"0\n\rRefundRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x11GetPaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07saga_id\x18\x02 \x01(\tH\x00\x42\x05\n\x03key*\x86\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATUS_CAPTURED\x10\x01\x12\x1b\n\x17PAYMENT_STATUS_DECLINED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\x8e\x02\n\x0ePaymentService\x12J\n\x06\x43harge\x12\x1f.shop.payments.v1.ChargeRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x12J\n\x06Refund\x12\x1f.shop.payments.v1.RefundRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x12R\n\nGetPayment\x12#.shop.payments.v1.GetPaymentRequest\x1a\x19.shop.payments.v1.Payment\"\x04\x90\xb5\x18\x01\x1a\x10\x88\xb5\x18\x01\x9a\xb5\x18\x08\n\x06ordersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,18 +42,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE'].methods_by_name['Refund']._serialized_options = b'\220\265\030\001'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\220\265\030\001'
-  _globals['_PAYMENTSTATUS']._serialized_start=690
-  _globals['_PAYMENTSTATUS']._serialized_end=824
-  _globals['_PAYMENTCARD']._serialized_start=141
-  _globals['_PAYMENTCARD']._serialized_end=220
-  _globals['_PAYMENT']._serialized_start=223
-  _globals['_PAYMENT']._serialized_end=450
-  _globals['_CHARGEREQUEST']._serialized_start=452
-  _globals['_CHARGEREQUEST']._serialized_end=568
-  _globals['_REFUNDREQUEST']._serialized_start=570
-  _globals['_REFUNDREQUEST']._serialized_end=618
-  _globals['_GETPAYMENTREQUEST']._serialized_start=620
-  _globals['_GETPAYMENTREQUEST']._serialized_end=687
-  _globals['_PAYMENTSERVICE']._serialized_start=827
-  _globals['_PAYMENTSERVICE']._serialized_end=1097
+  _globals['_PAYMENTSTATUS']._serialized_start=695
+  _globals['_PAYMENTSTATUS']._serialized_end=829
+  _globals['_PAYMENTCARD']._serialized_start=146
+  _globals['_PAYMENTCARD']._serialized_end=225
+  _globals['_PAYMENT']._serialized_start=228
+  _globals['_PAYMENT']._serialized_end=455
+  _globals['_CHARGEREQUEST']._serialized_start=457
+  _globals['_CHARGEREQUEST']._serialized_end=573
+  _globals['_REFUNDREQUEST']._serialized_start=575
+  _globals['_REFUNDREQUEST']._serialized_end=623
+  _globals['_GETPAYMENTREQUEST']._serialized_start=625
+  _globals['_GETPAYMENTREQUEST']._serialized_end=692
+  _globals['_PAYMENTSERVICE']._serialized_start=832
+  _globals['_PAYMENTSERVICE']._serialized_end=1102
 # @@protoc_insertion_point(module_scope)

@@ -22,10 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/testing/v1/ping.proto\x12\x0fshop.testing.v1\x1a\x19mesh/api/v1/options.proto\"Q\n\x0bPingRequest\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x10\n\x08sleep_ms\x18\x04 \x01(\x05\">\n\x0cPingResponse\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x05\x12\x0e\n\x06server\x18\x03 \x01(\t2\xd0\x02\n\x0bPingService\x12I\n\x04Ping\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse\"\x04\x90\xb5\x18\x01\x12O\n\x08PingList\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse\"\x04\x90\xb5\x18\x01\x30\x01\x12K\n\nPingStream\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse(\x01\x12K\n\x08PingBidi\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse(\x01\x30\x01\x1a\x0b\x88\xb5\x18\x01\x9a\xb5\x18\x03\n\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/testing/v1/ping.proto\x12\x0fshop.testing.v1\x1a\x1emeshproto/api/v1/options.proto\"Q\n\x0bPingRequest\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x10\n\x08sleep_ms\x18\x04 \x01(\x05\">\n\x0cPingResponse\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x05\x12\x0e\n\x06server\x18\x03 \x01(\t2\xd0\x02\n\x0bPingService\x12I\n\x04Ping\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse\"\x04\x90\xb5\x18\x01\x12O\n\x08PingList\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse\"\x04\x90\xb5\x18\x01\x30\x01\x12K\n\nPingStream\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse(\x01\x12K\n\x08PingBidi\x12\x1c.shop.testing.v1.PingRequest\x1a\x1d.shop.testing.v1.PingResponse(\x01\x30\x01\x1a\x0b\x88\xb5\x18\x01\x9a\xb5\x18\x03\n\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGSERVICE'].methods_by_name['Ping']._serialized_options = b'\220\265\030\001'
   _globals['_PINGSERVICE'].methods_by_name['PingList']._loaded_options = None
   _globals['_PINGSERVICE'].methods_by_name['PingList']._serialized_options = b'\220\265\030\001'
-  _globals['_PINGREQUEST']._serialized_start=74
-  _globals['_PINGREQUEST']._serialized_end=155
-  _globals['_PINGRESPONSE']._serialized_start=157
-  _globals['_PINGRESPONSE']._serialized_end=219
-  _globals['_PINGSERVICE']._serialized_start=222
-  _globals['_PINGSERVICE']._serialized_end=558
+  _globals['_PINGREQUEST']._serialized_start=79
+  _globals['_PINGREQUEST']._serialized_end=160
+  _globals['_PINGRESPONSE']._serialized_start=162
+  _globals['_PINGRESPONSE']._serialized_end=224
+  _globals['_PINGSERVICE']._serialized_start=227
+  _globals['_PINGSERVICE']._serialized_end=563
 # @@protoc_insertion_point(module_scope)

@@ -24,10 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from mesh.api.v1 import options_pb2 as mesh_dot_api_dot_v1_dot_options__pb2
+from meshproto.api.v1 import options_pb2 as meshproto_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mesh/api/v1/options.proto\"\x80\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x07Profile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\"]\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xa8\x02\n\x14\x41uthenticateResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x04 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x06 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05roles\x18\x08 \x03(\t\"/\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"[\n\x17ValidateSessionResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15RefreshSessionRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xe2\x01\n\x16RefreshSessionResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\"-\n\x14RevokeSessionRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse2\x99\x07\n\x0bUserService\x12\x63\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a\x13.shop.users.v1.User\"\x1e\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x12\"\r/api/v1/users:\x01*\x12z\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\";\x90\xb5\x18\x01\xa2\xb5\x18\x0e\n\x04\x65\x64ge\n\x06orders\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/users/{user_id}\x12x\n\nDeleteUser\x12 .shop.users.v1.DeleteUserRequest\x1a!.shop.users.v1.DeleteUserResponse\"%\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/users/{user_id}\x12z\n\x0c\x41uthenticate\x12\".shop.users.v1.AuthenticateRequest\x1a#.shop.users.v1.AuthenticateResponse\"!\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/sessions:\x01*\x12\x90\x01\n\x0fValidateSession\x12%.shop.users.v1.ValidateSessionRequest\x1a&.shop.users.v1.ValidateSessionResponse\".\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/sessions/validate:\x01*\x12\x88\x01\n\x0eRefreshSession\x12$.shop.users.v1.RefreshSessionRequest\x1a%.shop.users.v1.RefreshSessionResponse\")\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/sessions:refresh:\x01*\x12\x88\x01\n\rRevokeSession\x12#.shop.users.v1.RevokeSessionRequest\x1a$.shop.users.v1.RevokeSessionResponse\",\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/sessions:revoke:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/users/v1/users.proto\x12\rshop.users.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emeshproto/api/v1/options.proto\"\x80\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x07Profile\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\"]\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\'\n\x07profile\x18\x03 \x01(\x0b\x32\x16.shop.users.v1.Profile\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xa8\x02\n\x14\x41uthenticateResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x04 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x06 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05roles\x18\x08 \x03(\t\"/\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"[\n\x17ValidateSessionResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15RefreshSessionRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xe2\x01\n\x16RefreshSessionResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\"-\n\x14RevokeSessionRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse2\x99\x07\n\x0bUserService\x12\x63\n\nCreateUser\x12 .shop.users.v1.CreateUserRequest\x1a\x13.shop.users.v1.User\"\x1e\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x12\"\r/api/v1/users:\x01*\x12z\n\x07GetUser\x12\x1d.shop.users.v1.GetUserRequest\x1a\x13.shop.users.v1.User\";\x90\xb5\x18\x01\xa2\xb5\x18\x0e\n\x04\x65\x64ge\n\x06orders\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/users/{user_id}\x12x\n\nDeleteUser\x12 .shop.users.v1.DeleteUserRequest\x1a!.shop.users.v1.DeleteUserResponse\"%\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/users/{user_id}\x12z\n\x0c\x41uthenticate\x12\".shop.users.v1.AuthenticateRequest\x1a#.shop.users.v1.AuthenticateResponse\"!\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/api/v1/sessions:\x01*\x12\x90\x01\n\x0fValidateSession\x12%.shop.users.v1.ValidateSessionRequest\x1a&.shop.users.v1.ValidateSessionResponse\".\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/sessions/validate:\x01*\x12\x88\x01\n\x0eRefreshSession\x12$.shop.users.v1.RefreshSessionRequest\x1a%.shop.users.v1.RefreshSessionResponse\")\xaa\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/sessions:refresh:\x01*\x12\x88\x01\n\rRevokeSession\x12#.shop.users.v1.RevokeSessionRequest\x1a$.shop.users.v1.RevokeSessionResponse\",\x90\xb5\x18\x01\xaa\xb5\x18\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/sessions:revoke:\x01*\x1a\n\x9a\xb5\x18\x06\n\x04\x65\x64geb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,34 +50,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERSERVICE'].methods_by_name['RefreshSession']._serialized_options = b'\252\265\030\002\010\001\202\323\344\223\002\035\"\030/api/v1/sessions:refresh:\001*'
   _globals['_USERSERVICE'].methods_by_name['RevokeSession']._loaded_options = None
   _globals['_USERSERVICE'].methods_by_name['RevokeSession']._serialized_options = b'\220\265\030\001\252\265\030\002\010\002\202\323\344\223\002\034\"\027/api/v1/sessions:revoke:\001*'
-  _globals['_USER']._serialized_start=135
-  _globals['_USER']._serialized_end=263
-  _globals['_PROFILE']._serialized_start=265
-  _globals['_PROFILE']._serialized_end=296
-  _globals['_CREATEUSERREQUEST']._serialized_start=298
-  _globals['_CREATEUSERREQUEST']._serialized_end=391
-  _globals['_GETUSERREQUEST']._serialized_start=393
-  _globals['_GETUSERREQUEST']._serialized_end=426
-  _globals['_DELETEUSERREQUEST']._serialized_start=428
-  _globals['_DELETEUSERREQUEST']._serialized_end=464
-  _globals['_DELETEUSERRESPONSE']._serialized_start=466
-  _globals['_DELETEUSERRESPONSE']._serialized_end=503
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=505
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=559
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=562
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=858
-  _globals['_VALIDATESESSIONREQUEST']._serialized_start=860
-  _globals['_VALIDATESESSIONREQUEST']._serialized_end=907
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=909
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=1000
-  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1002
-  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1048
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1051
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1277
-  _globals['_REVOKESESSIONREQUEST']._serialized_start=1279
-  _globals['_REVOKESESSIONREQUEST']._serialized_end=1324
-  _globals['_REVOKESESSIONRESPONSE']._serialized_start=1326
-  _globals['_REVOKESESSIONRESPONSE']._serialized_end=1349
-  _globals['_USERSERVICE']._serialized_start=1352
-  _globals['_USERSERVICE']._serialized_end=2273
+  _globals['_USER']._serialized_start=140
+  _globals['_USER']._serialized_end=268
+  _globals['_PROFILE']._serialized_start=270
+  _globals['_PROFILE']._serialized_end=301
+  _globals['_CREATEUSERREQUEST']._serialized_start=303
+  _globals['_CREATEUSERREQUEST']._serialized_end=396
+  _globals['_GETUSERREQUEST']._serialized_start=398
+  _globals['_GETUSERREQUEST']._serialized_end=431
+  _globals['_DELETEUSERREQUEST']._serialized_start=433
+  _globals['_DELETEUSERREQUEST']._serialized_end=469
+  _globals['_DELETEUSERRESPONSE']._serialized_start=471
+  _globals['_DELETEUSERRESPONSE']._serialized_end=508
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=510
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=564
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=567
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=863
+  _globals['_VALIDATESESSIONREQUEST']._serialized_start=865
+  _globals['_VALIDATESESSIONREQUEST']._serialized_end=912
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=914
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=1005
+  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1007
+  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1053
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1056
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1282
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=1284
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=1329
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=1331
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=1354
+  _globals['_USERSERVICE']._serialized_start=1357
+  _globals['_USERSERVICE']._serialized_end=2278
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ from opentelemetry import trace
 
 from interceptors._handler import StreamBehaviour, UnaryBehaviour, WrappingServerInterceptor
 
-log = logging.getLogger("mesh.policy")
+log = logging.getLogger(__name__)
 
 ANY_CALLER = "*"
 NO_IDENTITY = "-"

@@ -38,7 +38,7 @@ from mesh.security.pki import KeyPair, PkiError, describe, dns_name, spiffe_id
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
 
-log = logging.getLogger("mesh.security")
+log = logging.getLogger(__name__)
 
 # Renew when this fraction of the lifetime is left (cert-manager's default is 1/3 too).
 RENEW_REMAINING = 1 / 3

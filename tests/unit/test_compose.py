@@ -23,7 +23,7 @@ from opentelemetry.sdk import environment_variables as otel_env
 
 from base.settings import specs
 from mesh.local.topology import load_topology
-from mesh.settings import ResilienceSettings, Settings
+from mesh.settings import ResilienceSettings, SecuritySettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -61,7 +61,11 @@ def test_every_module_it_runs_exists() -> None:
 
 
 def test_every_env_var_is_read_by_the_code() -> None:
-    declared = {spec.env for cls in (Settings, ResilienceSettings) for _, spec in specs(cls)}
+    declared = {
+        spec.env
+        for cls in (Settings, ResilienceSettings, SecuritySettings)
+        for _, spec in specs(cls)
+    }
     standard_otel = {
         v for m in (otel_env, otel_api_env) for k, v in vars(m).items() if k.startswith("OTEL_")
     }

@@ -118,7 +118,7 @@ async def test_mesh_tls_off_serves_plaintext_and_says_so_loudly(
     )
     security = dataclasses.replace(pki.session_pki(), tls=False)
     settings = Settings(service="ping", registry="none", security=security)
-    with caplog.at_level(logging.WARNING, logger="mesh.security"):
+    with caplog.at_level(logging.WARNING, logger="mesh.security.identity"):
         running = await start_service(definition, settings, _Runtime())
     try:
         assert "MESH_TLS=off" in caplog.text and "!!!" in caplog.text

@@ -45,7 +45,7 @@ async def test_allowed_callers_get_in_and_others_are_refused_before_the_handler(
     try:
         assert await _ping(server, "orders") == grpc.StatusCode.OK
         assert server.servicer.calls == 1
-        with caplog.at_level(logging.WARNING, logger="mesh.policy"):
+        with caplog.at_level(logging.WARNING, logger="interceptors.policy"):
             assert await _ping(server, "inventory") == grpc.StatusCode.PERMISSION_DENIED
         assert server.servicer.calls == 1  # the handler never ran
         assert denials == [(PING, "inventory", grpc.StatusCode.PERMISSION_DENIED)]

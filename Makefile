@@ -3,14 +3,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Both distributions' metadata: an editable install maps its top-level packages when
+# installed, so a package added to either must reinstall.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml generated/pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install tools protos baseline readme-settings test test-fast lint run demo bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@echo "make: installing shop-mesh into $(VENV) (first run, or pyproject.toml changed; ~30 s)"
+$(STAMP): pyproject.toml generated/pyproject.toml
+	@echo "make: installing shop-mesh into $(VENV) (first run, or a pyproject.toml changed; ~30 s)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ./generated -e '.[dev]'

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.consul_agent import AgentTls
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -209,7 +212,12 @@ class Stack:
         self.running.append(Running(name, proc, log))
 
     def dead(self) -> list[str]:
+        """Processes that failed (a one-shot service that exited 0 is done, not dead)."""
         return [f"{r.name} exited {r.proc.returncode}" for r in self.running if r.proc.poll()]
+
+    def completed(self, name: str) -> bool:
+        """compose's `service_completed_successfully`: that process exited with 0."""
+        return any(r.name == name and r.proc.poll() == 0 for r in self.running)
 
     def stop(self) -> None:
         for r in reversed(self.running):
@@ -247,6 +255,19 @@ def our_env(c: Container, work: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def consul_tls(c: Container) -> AgentTls | None:
+    """The agent's `tls { defaults { ca_file cert_file key_file } }` from its `-hcl` flag
+    (what its gRPC checks present), read from the files compose mounts for it."""
+    hcl = " ".join(c.command)
+    paths = {
+        k: re.search(rf'{k}\s*=\s*"([^"]+)"', hcl) for k in ("ca_file", "cert_file", "key_file")
+    }
+    if not all(paths.values()):
+        return None
+    read = {k: Path(m.group(1)).read_bytes() for k, m in paths.items() if m is not None}
+    return AgentTls(read["ca_file"], read["cert_file"], read["key_file"])
 
 
 def nats_argv(c: Container, work: Path) -> list[str]:
@@ -434,8 +455,12 @@ async def _run(work: Path) -> dict[str, Any]:
                     await asyncio.to_thread(
                         wait_for, f"{dep} to be healthy", lambda d=by_image[dep]: healthy(d), stack
                     )
+                elif condition == "service_completed_successfully":
+                    await asyncio.to_thread(
+                        wait_for, f"{dep} to complete", lambda d=dep: stack.completed(d), stack
+                    )
             if c.image.startswith("hashicorp/consul"):
-                agent = ConsulTestAgent(host=c.address, port=8500)
+                agent = ConsulTestAgent(host=c.address, port=8500, tls=consul_tls(c))
                 await agent.start()
             elif c.image.startswith("nats"):
                 stack.spawn(c.name, nats_argv(c, work), {"PATH": os.environ.get("PATH", "")})

@@ -34,7 +34,8 @@ class _Default:
 
 async def default_runtime() -> MeshRuntime:
     """The process's default runtime (settings from the environment; service name from
-    MESH_SERVICE, else "mesh-client"), created on first use in this event loop."""
+    MESH_SERVICE, else "mesh-client"; the PKI of the running `meshctl up` unless
+    MESH_PKI_DIR names one), created on first use in this event loop."""
     from mesh.client.runtime import MeshRuntime
     from mesh.settings import Settings
 
@@ -44,7 +45,14 @@ async def default_runtime() -> MeshRuntime:
     assert _Default.lock is not None
     async with _Default.lock:
         if _Default.runtime is None:
-            settings = Settings.from_env(os.environ.get("MESH_SERVICE") or "mesh-client")
+            env = dict(os.environ)
+            if not env.get("MESH_PKI_DIR"):  # the running mesh's CA, as its registry
+                from mesh.discovery.locate import locate
+
+                recorded = locate(env).pki_dir
+                if recorded is not None:
+                    env["MESH_PKI_DIR"] = str(recorded)
+            settings = Settings.from_env(env.get("MESH_SERVICE") or "mesh-client", env)
             _Default.runtime = await MeshRuntime.create(settings)
         return _Default.runtime
 

@@ -118,7 +118,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         registry = _registry(run_dir)
         recorded = settings.registry == "embedded"
         if recorded:  # so that `mesh.connect` in any process of this user finds this mesh
-            locate.record(_registry_dir(run_dir))
+            locate.record(
+                _registry_dir(run_dir),
+                pki_dir=Path(os.environ.get("MESH_PKI_DIR") or run_dir / "pki"),
+            )
         try:
             options = UpOptions(
                 run_dir=run_dir,

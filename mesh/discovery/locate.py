@@ -39,6 +39,8 @@ class RegistryLocation:
 
     directory: Path
     how: str
+    # The running mesh's PKI (its CA), so a client with no settings can speak mTLS to it.
+    pki_dir: Path | None = None
 
     def describe(self) -> str:
         return f"embedded registry {self.directory} ({self.how})"
@@ -59,12 +61,22 @@ def record_file(env: Mapping[str, str] | None = None) -> Path:
 
 
 def record(
-    registry_dir: Path, *, pid: int | None = None, env: Mapping[str, str] | None = None
+    registry_dir: Path,
+    *,
+    pki_dir: Path | None = None,
+    pid: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
-    """Record `registry_dir` as the running mesh's (atomically; directory 0700, file 0600)."""
+    """Record `registry_dir` (and the mesh's `pki_dir`) as the running mesh's (atomically;
+    directory 0700, file 0600)."""
     path = record_file(env)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = {"registry_dir": str(registry_dir.resolve()), "pid": pid or os.getpid()}
+    data: dict[str, object] = {
+        "registry_dir": str(registry_dir.resolve()),
+        "pid": pid or os.getpid(),
+    }
+    if pki_dir is not None:
+        data["pki_dir"] = str(pki_dir.resolve())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -100,7 +112,12 @@ def locate(env: Mapping[str, str] | None = None) -> RegistryLocation:
         return RegistryLocation(
             fallback, f"per-user default; the `meshctl up` recorded in {path} (pid {pid}) is gone"
         )
-    return RegistryLocation(directory, f"recorded by `meshctl up` (pid {pid}) in {path}")
+    pki = data.get("pki_dir")
+    return RegistryLocation(
+        directory,
+        f"recorded by `meshctl up` (pid {pid}) in {path}",
+        Path(str(pki)) if pki else None,
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -137,9 +137,9 @@ BAD = {
     "roles access without roles": (
         INVENTORY_V1,
         (
-            '    option (meshproto.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            '"mesh-client", "orders"]};\n'
             '    option (meshproto.api.v1.auth) = {access: ACCESS_ROLES, roles: ["admin"]};',
-            '    option (meshproto.api.v1.callers) = {services: ["edge", "orders"]};\n'
+            '"mesh-client", "orders"]};\n'
             "    option (meshproto.api.v1.auth) = {access: ACCESS_ROLES};",
         ),
         "shop.inventory.v1.InventoryService rpc AddStock: ACCESS_ROLES names no roles [policy]",

@@ -89,6 +89,8 @@ async def test_only_orders_may_charge(payments: tuple[RunningService, Payments])
     assert await _charge(svc.address, "inventory") == grpc.StatusCode.PERMISSION_DENIED
     # belt and braces beside "no route at the edge": the edge's identity is refused too
     assert await _charge(svc.address, "edge") == grpc.StatusCode.PERMISSION_DENIED
+    # a developer's `mesh.connect` process may call what the edge may, never payments
+    assert await _charge(svc.address, "mesh-client") == grpc.StatusCode.PERMISSION_DENIED
     assert servicer.calls == 1  # no handler ran for the refused calls
     text = await _metrics(svc.admin_port)
     assert (

@@ -30,9 +30,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Callers(_message.Message):
     """Service identities (the `<service>` of `spiffe://<trust-domain>/svc/<service>`)
-    allowed to call a method. The edge gateway calls as `edge`; `*` means any
-    identity of the mesh (for shared, harmless lookups). An empty list allows
-    nobody.
+    allowed to call a method. The edge gateway calls as `edge`; a developer's own
+    process using `mesh.connect` with no MESH_SERVICE calls as `mesh-client` (it
+    needs the mesh CA's key to get a certificate, so it is the mesh operator's);
+    `*` means any identity of the mesh (for shared, harmless lookups). An empty
+    list allows nobody.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

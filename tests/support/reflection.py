@@ -11,13 +11,22 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from tests.support import pki
+
 V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 
 
 async def _ask(
-    target: str, request: reflection_pb2.ServerReflectionRequest
+    target: str, request: reflection_pb2.ServerReflectionRequest, callee: str = ""
 ) -> reflection_pb2.ServerReflectionResponse:
-    async with grpc.aio.insecure_channel(target) as channel:
+    # A service of the mesh speaks mTLS (`callee` names it); the edge's plaintext
+    # listener does not.
+    opened = (
+        pki.mtls_channel(target, callee, caller="edge")
+        if callee
+        else grpc.aio.insecure_channel(target)
+    )
+    async with opened as channel:
         call = channel.stream_stream(
             V1_METHOD,
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
@@ -28,20 +37,20 @@ async def _ask(
     raise AssertionError("no reflection reply")
 
 
-async def list_services_v1(target: str) -> list[str]:
+async def list_services_v1(target: str, callee: str = "") -> list[str]:
     """The service names `target` lists over reflection v1."""
-    reply = await _ask(target, reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await _ask(target, reflection_pb2.ServerReflectionRequest(list_services=""), callee)
     if reply.HasField("error_response"):
         raise AssertionError(reply.error_response.error_message)
     return sorted(s.name for s in reply.list_services_response.service)
 
 
 async def file_containing_symbol_v1(
-    target: str, symbol: str
+    target: str, symbol: str, callee: str = ""
 ) -> list[descriptor_pb2.FileDescriptorProto]:
     """The files (the one defining `symbol`, then its imports) over reflection v1."""
     reply = await _ask(
-        target, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        target, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol), callee
     )
     if reply.HasField("error_response"):
         raise AssertionError(reply.error_response.error_message)

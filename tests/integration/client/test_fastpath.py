@@ -31,7 +31,7 @@ from mesh.client.runtime import MeshRuntime
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
 from mesh.server import server_interceptors
-from mesh.settings import Settings
+from mesh.settings import SecuritySettings, Settings
 from tests.support.ping import start_ping_server
 from tests.support.poll import eventually
 
@@ -140,14 +140,15 @@ async def _run(fast: bool) -> dict[str, Any]:
     assert all(_fastpath.selected().values()) is fast
     server_provider, server_spans = _provider()
     server_rt = await MeshRuntime.create(
-        Settings(service="ping", registry="none"),
+        # Plaintext: the comparison is of the chains, not of TLS.
+        Settings(service="ping", registry="none", security=SecuritySettings(tls=False)),
         registry=StaticRegistry([]),
         tracer_provider=server_provider,
     )
     server = await start_ping_server("p", interceptors=server_interceptors(server_rt))
     client_provider, client_spans = _provider()
     client_rt = await MeshRuntime.create(
-        Settings(service="caller", registry="none"),
+        Settings(service="caller", registry="none", security=SecuritySettings(tls=False)),
         registry=StaticRegistry([Instance("p-0", "ping", "127.0.0.1", server.port)]),
         tracer_provider=client_provider,
     )

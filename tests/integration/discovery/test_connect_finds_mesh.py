@@ -20,6 +20,7 @@ import pytest
 
 from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
+from tests.support.pki import session_pki
 from tests.support.poll import eventually
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,6 +47,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
         XDG_RUNTIME_DIR=str(tmp_path / "runtime"),
         OTEL_TRACES_EXPORTER="none",
         OTEL_METRICS_EXPORTER="none",
+        MESH_PKI_DIR=session_pki().pki_dir,  # the mesh's CA (`meshctl up` records its own)
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "generated")]),
     )
     return env
@@ -85,8 +87,10 @@ async def test_connect_with_no_settings_finds_the_recorded_mesh(
     tmp_path: Path, ping_mesh: Path
 ) -> None:
     env = user_env(tmp_path)
-    locate.record(ping_mesh, env=env)  # what `meshctl up` does; this test's pid is the owner
-    code, out = await run_client(env)
+    # What `meshctl up` does (this test's pid is the owner): the registry and the PKI.
+    locate.record(ping_mesh, pki_dir=Path(session_pki().pki_dir), env=env)
+    client_env = {k: v for k, v in env.items() if k != "MESH_PKI_DIR"}  # no settings at all
+    code, out = await run_client(client_env)
     assert code == 0, out
     assert out.split()[:2] == ["found", "ping-1"], out
 

@@ -17,6 +17,7 @@ from mesh.discovery.static import StaticRegistry
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
+from tests.support import pki
 from tests.support.envoy import start_envoy
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -42,7 +43,12 @@ async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> 
     )
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
     listen, admin = free_port(), free_port()
-    options = local_options(tmp_path, listen_port=listen, admin_port=admin)
+    options = local_options(
+        tmp_path,
+        listen_port=listen,
+        admin_port=admin,
+        **pki.edge_options(tls_listen_port=free_port()),
+    )
     config, _ = render_files(tmp_path, options)
     sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
     await sync.start()

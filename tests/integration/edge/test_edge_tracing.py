@@ -17,6 +17,7 @@ from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import write_endpoints
 from mesh.local.traces.receiver import serve
 from mesh.local.traces.store import SpanWriter, connect, trace_spans
+from tests.support import pki
 from tests.support.envoy import start_envoy, validate
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -25,7 +26,7 @@ MODEL = build_model(load_descriptor_set(DESCRIPTORS).file)
 
 
 def test_no_tracer_without_a_collector(tmp_path: Path) -> None:
-    config = render(MODEL, local_options(tmp_path))
+    config = render(MODEL, local_options(tmp_path, **pki.edge_options()))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     assert "tracing" not in hcm["typed_config"]
     assert OTLP_CLUSTER not in {c["name"] for c in config["static_resources"]["clusters"]}
@@ -33,7 +34,13 @@ def test_no_tracer_without_a_collector(tmp_path: Path) -> None:
 
 def _edge_files(tmp_path: Path, **overrides: object) -> tuple[Path, int, int]:
     listen, admin = free_port(), free_port()
-    options = local_options(tmp_path, listen_port=listen, admin_port=admin, **overrides)
+    options = local_options(
+        tmp_path,
+        listen_port=listen,
+        admin_port=admin,
+        **pki.edge_options(tls_listen_port=free_port()),
+        **overrides,
+    )
     config, _ = render_files(tmp_path, options)
     for cluster in MODEL.clusters:  # Envoy checks the EDS files exist
         write_endpoints(Path(options.eds_dir), cluster, [])

@@ -83,8 +83,8 @@ async def test_grpc_health_per_service_and_overall(start: Starter) -> None:
 
 
 async def test_reflection_v1_for_newer_clients(start: Starter) -> None:
-    svc = await start()
-    assert await list_services_v1(svc.address) == sorted(
+    svc = await start(reflection=True)  # PingService is internal: reflection is opt-in
+    assert await list_services_v1(svc.address, "ping") == sorted(
         [
             PING_SERVICE,
             "grpc.health.v1.Health",
@@ -92,7 +92,7 @@ async def test_reflection_v1_for_newer_clients(start: Starter) -> None:
             "grpc.reflection.v1alpha.ServerReflection",
         ]
     )
-    files = await file_containing_symbol_v1(svc.address, PING_SERVICE)
+    files = await file_containing_symbol_v1(svc.address, PING_SERVICE, "ping")
     assert files[0].name == "shop/testing/v1/ping.proto"
     assert "PingBidi" in [m.name for m in files[0].service[0].method]
 

@@ -15,10 +15,10 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.orders.v2 import orders_pb2
 
 from tests.support.chaos import (
@@ -53,18 +53,20 @@ async def shopper(stack: Stack) -> AsyncIterator[Shopper]:
 
 
 async def _serving_again(stack: Stack, name: str, old_address: str) -> bool:
-    """`name` registered at a new address and answering its gRPC health check."""
+    """`name` registered at a new address and healthy by its own admin `/health` (the gRPC
+    port speaks mTLS with the stack's CA; the admin port answers plain HTTP)."""
     inst = next((i for i in await stack.registry.healthy("orders") if i.id == name), None)
     if inst is None or inst.address == old_address:
         return False
+    url = f"http://{inst.host}:{inst.meta['admin_port']}/health"
     try:
-        async with grpc.aio.insecure_channel(inst.address) as ch:
-            res = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(), timeout=0.5
-            )
-    except grpc.aio.AioRpcError:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(url, timeout=aiohttp.ClientTimeout(total=0.5)) as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
         return False
-    return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def _books_balance(stack: Stack, shopper: Shopper) -> list[orders_pb2.Order]:

@@ -51,7 +51,7 @@ def user_env(stack: Any, home: Path) -> dict[str, str]:
     }
     env["XDG_STATE_HOME"] = str(home / "state")
     env["XDG_RUNTIME_DIR"] = str(home / "runtime")
-    locate.record(stack.base / "registry", env=env)
+    locate.record(stack.base / "registry", pki_dir=stack.base / "pki", env=env)
     return env
 
 

@@ -105,7 +105,7 @@ class Shopper:
         self.outcomes[code.name] += 1
         return code
 
-    async def settle(self, keys: list[str], within_s: float = 30.0) -> None:
+    async def settle(self, keys: list[str], within_s: float = 60.0) -> None:
         """Repeat CreateOrder with the same keys, as a client does after UNAVAILABLE, until
         each has a definite answer (an order, or a business error)."""
         deadline = time.monotonic() + within_s

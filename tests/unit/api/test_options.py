@@ -36,10 +36,10 @@ def test_callers_fall_back_to_the_service_default():
     assert options.callers_of(charge) == frozenset({"orders"})
     # GetUser names its own callers; DeleteUser takes the service's default.
     assert options.callers_of(_method(users_pb2, "UserService", "GetUser")) == frozenset(
-        {"edge", "orders"}
+        {"edge", "mesh-client", "orders"}
     )
     assert options.callers_of(_method(users_pb2, "UserService", "DeleteUser")) == frozenset(
-        {"edge"}
+        {"edge", "mesh-client"}
     )
 
 

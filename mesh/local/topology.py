@@ -35,16 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD
-=======
-from mesh.edge.spec import (
-    DEFAULT_JWKS_CACHE_S,
-    DEFAULT_JWKS_PATH,
-    NO_EDGE_SPEC,
-    EdgeSpec,
-    JwtSpec,
-)
->>>>>>> e73456c (options test: public services admit mesh-client)
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
 

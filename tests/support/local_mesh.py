@@ -20,11 +20,6 @@ from typing import Any
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
-<<<<<<< HEAD
-=======
-from mesh.edge.render import project_edge_spec
-from mesh.edge.spec import EdgeSpec
->>>>>>> e73456c (options test: public services admit mesh-client)
 from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, load_topology

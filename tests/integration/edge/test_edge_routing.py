@@ -405,7 +405,8 @@ async def test_a_renewed_edge_certificate_is_served_without_a_restart(edge: Edge
 
     store = pki.store()
     before = format(store.load("edge").certificate.serial_number, "x")
-    assert before in served_serials()
+    # The TLS listener's secret arrives by SDS, possibly after the clusters are healthy.
+    assert await eventually(lambda: before in served_serials())
     renewed = store.issue("edge", extra_dns=["localhost"], extra_ips=["127.0.0.1"])
     serial = format(renewed.certificate.serial_number, "x")
     assert await eventually(lambda: serial in served_serials() and before not in served_serials())

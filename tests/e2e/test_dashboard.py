@@ -54,10 +54,15 @@ async def test_dashboard_shows_instances_and_a_trace_with_its_waterfall(stack: A
     conn = connect(stack.base / DB_NAME, readonly=True)
 
     def stored() -> set[str] | None:
-        services = {s.service for s in trace_spans(conn, trace_id)}
-        return services if {"edge", "users"} <= services else None
+        # Envoy exports its spans in batches: the ingress span (the trace's root,
+        # which the dashboard's row shows with the path) ends last and may be
+        # exported after the router's egress span. Wait for both.
+        spans = trace_spans(conn, trace_id)
+        services = {s.service for s in spans}
+        edge_spans = [s for s in spans if s.service == "edge"]
+        return services if "users" in services and len(edge_spans) >= 2 else None
 
-    await eventually(stored, 20, "the edge's and users' spans of the trace")
+    await eventually(stored, 20, "the edge's two spans and users' span of the trace")
     await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

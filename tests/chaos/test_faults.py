@@ -180,7 +180,7 @@ async def test_nats_down_for_10s_during_orders(stack: Stack, shopper: Shopper) -
             codes = await asyncio.gather(*(shopper.place(k) for k in batch))
             assert set(codes) == {grpc.StatusCode.OK}, shopper.outcomes
         # The outage lasts 10 s: the scenario, not a wait for an effect.
-        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))  # poll: the outage window
     finally:
         await stack.nats.start()
     orders = await _books_balance(stack, shopper)

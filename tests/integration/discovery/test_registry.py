@@ -164,7 +164,7 @@ async def test_unreachable_registry_keeps_last_snapshot_logs_once_and_recovers(
 
     await wait_until(logged_outage, 2.0, "the outage was logged")
     # Many retries happen in this window (backoff capped at 0.2 s): still one line.
-    await asyncio.sleep(1.0)  # an observation window, not synchronisation
+    await asyncio.sleep(1.0)  # poll: an observation window, not synchronisation
     assert len(outage_lines()) == 1, outage_lines()
     assert len(watch.snapshots) == yielded, "a watch must keep its last snapshot during an outage"
     assert not watch.ended.is_set()

@@ -169,7 +169,7 @@ async def test_slow_card_and_deadlines(served: Served, engine: AsyncEngine) -> N
         except grpc.RpcError as exc:
             assert rpc_error_details(exc).reason == "CHARGE_IN_PROGRESS", exc
             assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll
     assert again.status == pay.PAYMENT_STATUS_CAPTURED
     assert [e.type for e in await outbox_events(engine)] == ["payment.completed"] * 2
 

@@ -312,7 +312,7 @@ async def test_events_reach_jetstream(sqlite_engine: AsyncEngine, tmp_path: Path
                     break
                 except NotFoundError:
                     assert time.monotonic() < deadline, "user.created never reached JetStream"
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # poll
             envelope = decode(msg.data or b"")
             assert unpack(envelope, events_pb2.UserCreated).user_id == user.user_id
             while True:  # and marks the row sent once JetStream acked it
@@ -323,7 +323,7 @@ async def test_events_reach_jetstream(sqlite_engine: AsyncEngine, tmp_path: Path
                 if unsent == 0:
                     break
                 assert time.monotonic() < deadline, "the outbox row was never marked sent"
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll
         finally:
             await bus.close()
             await s.close()

@@ -158,7 +158,7 @@ class TrafficServerInterceptor(ServerBase):
         if handler is None or not self._rules:
             return handler
         method: str = handler_call_details.method
-        faults = self._methods.get(method, _MISSING)
+        faults: _MethodFaults | None = self._methods.get(method, _MISSING)
         if faults is _MISSING or (faults is not None and faults.handler is not handler):
             rule = next((r for r in self._rules if r.matches(method)), None)
             faults = None if rule is None else _MethodFaults(rule, handler)

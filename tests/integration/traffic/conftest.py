@@ -85,4 +85,3 @@ async def store(registry_dir: Path) -> AsyncIterator[FilePolicyStore]:
     s = FilePolicyStore(registry_dir)
     yield s
     await s.close()
-

@@ -46,8 +46,10 @@ async def shares(stub: Any, calls: int = CALLS, **kwargs: Any) -> dict[str, floa
 async def connected(client: MeshRuntime, ready: int) -> tuple[Any, MeshChannel]:
     channel = client.channel("ping")
     await eventually(
-        lambda: sum(ep.state is grpc.ChannelConnectivity.READY for ep in channel.pool.endpoints())
-        >= ready,
+        lambda: (
+            sum(ep.state is grpc.ChannelConnectivity.READY for ep in channel.pool.endpoints())
+            >= ready
+        ),
         30,
         f"{ready} connected instances",
     )
@@ -103,9 +105,7 @@ async def test_header_override_reaches_only_its_subset(
     assert time.monotonic() - started < 2.0  # not a wait for the deadline
 
 
-async def test_track_propagates_from_the_incoming_call(
-    fleet: Fleet, client: MeshRuntime
-) -> None:
+async def test_track_propagates_from_the_incoming_call(fleet: Fleet, client: MeshRuntime) -> None:
     """A handler's outgoing calls carry and prefer the incoming call's track; a service
     without that track is still reachable (the override is strict only where it is set)."""
     from interceptors.traffic import incoming_track
@@ -140,9 +140,11 @@ async def test_fault_abort_share_and_subset(
     )
     await store.put(policy, 0)
     await eventually(
-        lambda: green.service.definition is not None
-        and client.traffic.current("ping") is not None
-        and bool(green.runtime.traffic.current("ping")),
+        lambda: (
+            green.service.definition is not None
+            and client.traffic.current("ping") is not None
+            and bool(green.runtime.traffic.current("ping"))
+        ),
         10,
         "the green instance to follow the policy",
     )

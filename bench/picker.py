@@ -190,8 +190,45 @@ async def main(levels: Sequence[int], seconds: float, rounds: int, network: bool
     for name, us in per_call.items():
         print(f"  {name:<14} {us:6.2f} µs  ({us - base:+.2f})")
     print(f"  of which the track check on a call without one: {track_check_us():.3f} µs")
+    server = await server_costs()
+    print("\nserver CPU per call, the traffic interceptor alone (fake handler, no network)")
+    for name, us in server.items():
+        print(f"  {name:<34} {us:6.2f} µs")
     if network:
         await compare_calls(levels, seconds, rounds)
+
+
+async def server_costs(calls: int = 30_000) -> dict[str, float]:
+    """CPU µs per call of a handler alone, then behind the traffic interceptor without
+    faults, and with a fault rule that never fires (the per-call draw)."""
+    import grpc
+
+    from bench.rpc import _FakeServicerContext, _HandlerCallDetails, _run_interceptors
+    from interceptors.traffic import FaultRule, TrafficServerInterceptor
+
+    response = ping_pb2.PingResponse(value="x")
+
+    async def ping(request: Any, context: Any) -> ping_pb2.PingResponse:
+        return response
+
+    handler = grpc.unary_unary_rpc_method_handler(ping)
+    metadata = (("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),)
+    details = _HandlerCallDetails("/shop.testing.v1.PingService/Ping", metadata)
+    context = _FakeServicerContext(metadata)
+    idle_rule = [FaultRule(abort_fraction=0.0, delay_fraction=1e-9, delay_s=0.001)]
+    out: dict[str, float] = {}
+    for name, chain in (
+        ("handler only", []),
+        ("+ traffic, no fault", [TrafficServerInterceptor()]),
+        ("+ traffic, a fault (not firing)", [TrafficServerInterceptor(idle_rule)]),
+    ):
+
+        async def one(chain: list[Any] = chain) -> Any:
+            h = await _run_interceptors(iter(chain), lambda _d: handler, details)
+            return await h.unary_unary(None, context)
+
+        out[name] = await _cpu_per_call(one, calls)
+    return out
 
 
 def track_check_us(n: int = 300_000) -> float:

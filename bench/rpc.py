@@ -96,10 +96,13 @@ class _ServerRuntime:
     tracer_provider: Any
 
 
-def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
+def server_chain(
+    log_level: str, trust_domain: str = "", *, fused: bool | None = None
+) -> list[Any]:
     """The mesh server chain as services run it: the runtime's default tracer provider
     (parentbased_always_on), spans batched to an exporter that drops them, metrics in
-    their own registry, access log lines at `log_level` written to /dev/null."""
+    their own registry, access log lines at `log_level` written to /dev/null, sampled
+    as the defaults say (MESH_ACCESS_LOG_EVERY...); `fused` None: as MESH_FASTPATH says."""
     from prometheus_client import CollectorRegistry
 
     from interceptors.metrics import RpcMetrics
@@ -117,7 +120,8 @@ def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
     prometheus = CollectorRegistry()
     metrics = RpcMetrics(prometheus)
     chain = server_interceptors(
-        _ServerRuntime(None, prometheus, metrics, provider)  # type: ignore[arg-type]
+        _ServerRuntime(None, prometheus, metrics, provider),  # type: ignore[arg-type]
+        fused=fused,
     )
     if trust_domain:  # with mTLS, as mesh.server.start_service adds it
         from mesh.security.policy import caller_policy
@@ -494,7 +498,8 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
     )
     method = "/shop.testing.v1.PingService/Ping"
     query: Callable[[Any], Any] = lambda details: handler  # noqa: E731
-    chain = server_chain(log_level)
+    chain = server_chain(log_level, fused=False)
+    fused = server_chain(log_level, fused=True)
     steps: list[tuple[str, float]] = []
     raw = ping_pb2.PingRequest(value="bench").SerializeToString()
     variants: list[tuple[str, list[Any], str]] = [("handler only", [], "00")]
@@ -506,6 +511,8 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
             label += f" ({log_level})"
         variants.append((label, chain[: i + 1], "00"))
     variants.append(("full, sampled", chain, "01"))
+    variants.append(("fused (default)", fused, "00"))
+    variants.append(("fused, sampled", fused, "01"))
     for label, interceptors, flags in variants:
         metadata = (("traceparent", TRACE.format(flags=flags)),)
         details = _HandlerCallDetails(method, metadata)

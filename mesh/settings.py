@@ -362,6 +362,19 @@ class Settings:
     stream_max_msgs: int = setting(
         "MESH_STREAM_MAX_MSGS", 1_000_000, _AT_LEAST_ONE, "message limit of each stream"
     )
+    access_log_every: int = setting(
+        "MESH_ACCESS_LOG_EVERY",
+        100,
+        _AT_LEAST_ONE,
+        "access log sampling: one line per N successful, fast, untraced calls (marked "
+        "`sample=N`); every failed, slow or traced call always gets its line; 1: every call",
+    )
+    access_log_slow_ms: float = setting(
+        "MESH_ACCESS_LOG_SLOW_MS",
+        100.0,
+        _POSITIVE,
+        "calls at least this long always get an access line",
+    )
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod

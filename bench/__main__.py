@@ -40,6 +40,24 @@ def _traces(args: Sequence[str]) -> None:
     traces.cli(list(args))
 
 
+def _whole(args: Sequence[str]) -> None:
+    from bench import whole
+
+    whole.cli(list(args))
+
+
+def _growth(args: Sequence[str]) -> None:
+    from bench import growth
+
+    growth.cli(list(args))
+
+
+def _summary(args: Sequence[str]) -> None:
+    from bench import summary
+
+    summary.cli(list(args))
+
+
 def _tokens(args: Sequence[str]) -> None:
     from bench import tokens
 
@@ -54,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "fastpath": _fastpath,
         "traces": _traces,
         "tokens": _tokens,
+        "whole": _whole,
+        "growth": _growth,
+        "summary": _summary,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])

@@ -550,15 +550,17 @@ async def _turns(
     seconds: float,
     rounds: int,
     cpu_of: Callable[[Result], float],
-) -> None:
-    """Each level: the modes take turns; one line per mode, ratios to the first."""
+) -> dict[int, dict[str, Result]]:
+    """Each level: the modes take turns; one line per mode, ratios to the first.
+    Returns the merged results per level and mode."""
+    out: dict[int, dict[str, Result]] = {}
     for level in levels:
         runs: dict[str, list[Result]] = {m: [] for m in modes}
         for i in range(rounds):
             for name, (call, server) in modes.items():
                 warmup = 0.2 if i == 0 else 0.0
                 runs[name].append(await drive(call, level, seconds / rounds, warmup, server))
-        results = {name: merge(rs) for name, rs in runs.items()}
+        results = out[level] = {name: merge(rs) for name, rs in runs.items()}
         base = next(iter(results.values()))
         for name, r in results.items():
             print(
@@ -566,6 +568,7 @@ async def _turns(
                 f" {r.cpu_us:>9.0f} {r.server_cpu_us:>9.0f} {r.rps / base.rps:>8.2f}"
                 f" {cpu_of(r) / cpu_of(base):>8.2f}"
             )
+    return out
 
 
 async def compare(server: Server, levels: Sequence[int], seconds: float, rounds: int) -> None:
@@ -596,7 +599,7 @@ async def compare(server: Server, levels: Sequence[int], seconds: float, rounds:
 
 async def compare_servers(
     bare_server: Server, chain_server: Server, levels: Sequence[int], seconds: float, rounds: int
-) -> None:
+) -> dict[int, dict[str, Result]]:
     """The server side: a bare client calling a bare server vs one with the mesh chain."""
     bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}")
     chain_channel = grpc.aio.insecure_channel(f"127.0.0.1:{chain_server.port}")
@@ -615,9 +618,10 @@ async def compare_servers(
         f"\nserver side: a bare client; the server bare or with the mesh chain; {rounds} x"
         f" {seconds / rounds:.1f}s turns per mode and level (cpu/bare: server CPU)"
     )
-    await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
+    out = await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
     await bare_channel.close(None)
     await chain_channel.close(None)
+    return out
 
 
 async def breakdown(port: int, seconds: float, level: int) -> None:
@@ -734,6 +738,19 @@ async def handshakes(plain_port: int, tls_port: int, identity: MeshIdentity, n: 
     print(f"  handshake +{t_wall - p_wall:.2f} ms wall, +{t_cpu - p_cpu:.2f} ms client CPU")
 
 
+async def server_side(
+    levels: Sequence[int], seconds: float, rounds: int, log_level: str = "INFO"
+) -> dict[int, dict[str, Result]]:
+    """Only the server-side comparison (bare server vs the mesh chain), its own servers."""
+    bare_server = start_server()
+    chain_server = start_server(chain=True, log_level=log_level)
+    try:
+        return await compare_servers(bare_server, chain_server, levels, seconds, rounds)
+    finally:
+        bare_server.stop()
+        chain_server.stop()
+
+
 async def main(
     levels: Sequence[int],
     seconds: float,
@@ -741,7 +758,11 @@ async def main(
     network_breakdown: bool,
     server_log_level: str,
     tls_only: bool = False,
+    server_only: bool = False,
 ) -> None:
+    if server_only:
+        await server_side(levels, seconds, rounds, server_log_level)
+        return
     bare_server = start_server()
     if tls_only:
         try:
@@ -794,6 +815,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         help="also measure CPU per call over the network as the chain grows (noisy)",
     )
     p.add_argument("--tls-only", action="store_true", help="only the mTLS comparison")
+    p.add_argument("--server-only", action="store_true", help="only the server-side comparison")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
@@ -805,6 +827,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
             a.network_breakdown,
             a.server_log_level,
             a.tls_only,
+            a.server_only,
         )
     )
 

@@ -1,7 +1,11 @@
-"""`python -m bench [rpc|events|fastpath|traces|tokens] [options]`: the benchmarks.
+"""`python -m bench [name] [options]`: the benchmarks.
 
-With no name: `bench.rpc`, `bench.events`, then `bench.tokens` (about two and a half minutes).
-With a name, only that one, with its own options (`python -m bench rpc --help`).
+Names: rpc, whole, growth, events, fastpath, traces, tokens, summary.
+With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
+`bench.tokens`, each printing its tables, then the summary block (`bench.summary`'s
+headline set, measured again at its own budget; its JSON object is the last line).
+About ten minutes. With a name, only that one, with its own options
+(`python -m bench whole --help`); `python -m bench summary` alone takes under three.
 """
 
 from __future__ import annotations
@@ -88,6 +92,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     _events(_DEFAULT_EVENTS_ARGS)
     print("\n== bench.tokens ==", flush=True)
     _tokens(_DEFAULT_TOKENS_ARGS)
+    print("\n== bench.whole ==", flush=True)
+    _whole([])
+    print("\n== bench.growth ==", flush=True)
+    _growth([])
+    print("\n== summary ==", flush=True)
+    from bench import summary
+
+    summary.print_block(summary.collect(summary.Budget()))
 
 
 if __name__ == "__main__":

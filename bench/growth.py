@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from bench.rpc import Result, _tls_channel, drive, merge, mesh_runtime, pick_cost_us, start_server
@@ -66,9 +65,7 @@ async def _stream_call(stub: Any, request: ping_pb2.PingRequest) -> int:
     return n
 
 
-async def payloads_and_streams(
-    seconds: float, rounds: int, inflight: int
-) -> list[GrowthRow]:
+async def payloads_and_streams(seconds: float, rounds: int, inflight: int) -> list[GrowthRow]:
     rows: list[GrowthRow] = []
     with tempfile.TemporaryDirectory(prefix="bench-growth-") as tmp:
         security = SecuritySettings(pki_dir=str(Path(tmp) / "pki"))
@@ -143,7 +140,7 @@ def picks(counts: Sequence[int]) -> dict[int, dict[str, float]]:
     return out
 
 
-async def _first_with(watch: Any, n: int, timeout: float) -> float:
+async def _first_with(watch: Any, n: int, limit_s: float) -> float:
     """Seconds until `watch` yields a list of `n` instances."""
     t = time.perf_counter()
 
@@ -152,7 +149,7 @@ async def _first_with(watch: Any, n: int, timeout: float) -> float:
             if len(instances) >= n:
                 return
 
-    await asyncio.wait_for(wait(), timeout)
+    await asyncio.wait_for(wait(), limit_s)
     return time.perf_counter() - t
 
 
@@ -178,7 +175,7 @@ async def embedded_watch(counts: Sequence[int]) -> dict[int, tuple[float, float]
                 for _ in range(polls):
                     scanner.healthy()
                 poll_us = (time.process_time() - cpu0) / polls * 1e6
-                watch = registry.watch("ping")
+                watch: Any = registry.watch("ping")
                 await _first_with(watch, n, 10)
                 await asyncio.sleep(0.2)  # a quiet directory: the next poll trusts its mtime
                 t = time.perf_counter()
@@ -213,7 +210,7 @@ async def consul_watch(counts: Sequence[int]) -> dict[int, tuple[float, float]]:
         try:
             async with aiohttp.ClientSession() as http:
 
-                async def put(i: int) -> None:
+                async def put(i: int, agent: ConsulTestAgent = agent) -> None:
                     body = {
                         "Name": "ping", "ID": f"ping-{i}", "Address": "127.0.0.1",
                         "Port": 1 + i, "Check": {"TTL": "3600s", "Status": "passing"},
@@ -230,7 +227,7 @@ async def consul_watch(counts: Sequence[int]) -> dict[int, tuple[float, float]]:
                 for _ in range(queries):
                     await registry.healthy("ping")
                 query_ms = (time.perf_counter() - t) / queries * 1e3
-                watch = registry.watch("ping")
+                watch: Any = registry.watch("ping")
                 await _first_with(watch, n, 10)
                 t = time.perf_counter()
                 await put(n)

@@ -96,9 +96,7 @@ class _ServerRuntime:
     tracer_provider: Any
 
 
-def server_chain(
-    log_level: str, trust_domain: str = "", *, fused: bool | None = None
-) -> list[Any]:
+def server_chain(log_level: str, trust_domain: str = "", *, fused: bool | None = None) -> list[Any]:
     """The mesh server chain as services run it: the runtime's default tracer provider
     (parentbased_always_on), spans batched to an exporter that drops them, metrics in
     their own registry, access log lines at `log_level` written to /dev/null, sampled

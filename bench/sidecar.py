@@ -81,9 +81,7 @@ def _hcm(name: str, cluster: str, *, retries: bool, sample_percent: float) -> di
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
-            "@type": _t(
-                "filters.network.http_connection_manager.v3.HttpConnectionManager"
-            ),
+            "@type": _t("filters.network.http_connection_manager.v3.HttpConnectionManager"),
             "stat_prefix": name,
             "codec_type": "HTTP2",
             "tracing": {

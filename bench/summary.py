@@ -85,9 +85,7 @@ async def server_headline(budget: Budget) -> dict[str, Any]:
     results = await server_side(budget.levels, budget.seconds, budget.rounds)
     steps = dict(await server_chain_costs("INFO", calls=500 if budget.smoke else 5000))
     return {
-        "server_ratio": _by_level(
-            {lv: r["mesh"].rps / r["bare"].rps for lv, r in results.items()}
-        ),
+        "server_ratio": _by_level({lv: r["mesh"].rps / r["bare"].rps for lv, r in results.items()}),
         "server_ratio_sampled": _by_level(
             {lv: r["mesh+tr"].rps / r["bare"].rps for lv, r in results.items()}
         ),
@@ -104,9 +102,7 @@ async def whole_headline(budget: Budget) -> dict[str, Any]:
         "both_ratio": _by_level({lv: out.ratio("mesh", "direct", lv) for lv in levels}),
         "both_p99_ratio": _by_level({lv: out.p99_ratio("mesh", "direct", lv) for lv in levels}),
         "sidecar_speedup": _by_level({lv: out.ratio("mesh", "sidecar", lv) for lv in levels}),
-        "sidecar_p99_ratio": _by_level(
-            {lv: out.p99_ratio("mesh", "sidecar", lv) for lv in levels}
-        ),
+        "sidecar_p99_ratio": _by_level({lv: out.p99_ratio("mesh", "sidecar", lv) for lv in levels}),
     }
 
 
@@ -154,6 +150,22 @@ def collect(budget: Budget, only: Sequence[str] = ()) -> dict[str, Any]:
     return summary
 
 
+def print_block(summary: dict[str, Any]) -> None:
+    """The headline figures, one per line, then the JSON object (last line)."""
+    for key in KEYS:
+        value = summary.get(key)
+        if isinstance(value, dict):
+            shown = "  ".join(f"{level}: {v:.2f}" for level, v in value.items())
+        else:
+            shown = "n/a" if value is None else str(value)
+        print(f"  {key:<22} {shown}")
+    if summary.get("missing"):
+        print(f"  (not measured here: {', '.join(summary['missing'])})")
+    for name, error in (summary.get("errors") or {}).items():
+        print(f"  {name} FAILED: {error}")
+    print(json.dumps(summary), flush=True)
+
+
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
@@ -169,8 +181,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.ERROR)
     budget = SMOKE if a.smoke else Budget(seconds=a.seconds, rounds=max(1, a.rounds))
     only = [x.strip() for x in a.only.split(",") if x.strip()]
-    summary = collect(budget, only)
-    print(json.dumps(summary, sort_keys=False), flush=True)
+    print_block(collect(budget, only))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ async def run(
                 via = ping_pb2_grpc.PingServiceStub(channels[-1])
                 modes["sidecar"] = (via.Ping, _WithEnvoys(app, envoys))
             for call, _ in modes.values():
-                await call(ping_pb2.PingRequest(), timeout=10)
+                await asyncio.wait_for(call(ping_pb2.PingRequest()), 10)
             _print_header(
                 f"\nboth sides, mTLS: direct (bare client+server), mesh, sidecar pair; {rounds}"
                 f" x {seconds / rounds:.1f}s turns (server us: sidecar includes both Envoys)"

@@ -20,10 +20,13 @@ the server chain together, so with N > 1 only these calls get one:
 
 - every call that did not end OK (any status code, not only server faults);
 - every slow call (`slow_ms`, the mesh's `MESH_ACCESS_LOG_SLOW_MS`);
-- every call whose trace is sampled (its line and its span go together);
-- one in N of the others (successful, fast, trace unsampled), counted per
-  interceptor; such a line carries `sample=N` (field `sample_every`): it
-  stands for N calls, so counts from the log stay right (to within N).
+- one in N of the others (successful and fast), counted per interceptor; such
+  a line carries `sample=N` (field `sample_every`): it stands for N calls, so
+  counts from the log stay right (to within N).
+
+A sampled trace does not force a line: with the default sampler
+(parentbased_always_on) every call is traced, and its span already holds what
+the line would (method, status, duration, peer).
 
 N = 1 (the default here) logs every call, as before. Counts per method and
 code are always complete in the metrics (`grpc_server_handled_total`).
@@ -100,15 +103,9 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
         if state is None:
             return
         seconds = time.perf_counter() - state.start
-        span_context = trace.get_current_span().get_span_context()
         sample = 1
-        if (
-            self.sample_every > 1
-            and code is _OK
-            and seconds < self._slow_s
-            and not span_context.trace_flags.sampled
-        ):
-            # A successful, fast, untraced call: one in N is logged, standing for N.
+        if self.sample_every > 1 and code is _OK and seconds < self._slow_s:
+            # A successful, fast call: one in N is logged, standing for N.
             self._skipped += 1
             if self._skipped < self.sample_every:
                 return
@@ -118,6 +115,7 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
         if not self._log.isEnabledFor(level):
             return
         duration_ms = round(seconds * 1000, 2)
+        span_context = trace.get_current_span().get_span_context()
         trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         peer = state.context.peer() or ""
         extra: dict[str, Any] = {

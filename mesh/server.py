@@ -142,7 +142,7 @@ def server_interceptors(
     (MESH_ACCESS_LOG_EVERY / _SLOW_MS; their defaults without settings).
 
     `fused` (default: unless MESH_FASTPATH=0) makes it one interceptor doing the
-    six's work (interceptors/fused.py, same results, ~3× less CPU); either way
+    six's work (interceptors/fused.py, same results, a fraction of the CPU); either way
     the list is what extra interceptors (caller policy, a service's) follow.
     """
     if settings is None:
@@ -317,9 +317,7 @@ async def start_service(
     and renewed in the background until the service stops).
     """
     identity, owns_identity = _server_identity(definition.name, settings, runtime, identity)
-    chain = list(
-        server_interceptors(runtime, settings) if interceptors is None else interceptors
-    )
+    chain = list(server_interceptors(runtime, settings) if interceptors is None else interceptors)
     if identity is not None:
         # Who may call what (the contracts' callers), before any handler and the
         # service's own interceptors run.

@@ -94,9 +94,8 @@ async def _outcome(call: Any) -> tuple[Any, ...]:
         details = err.details() or ""
         if "internal error (id " in details:  # a random error id per call
             details = details.split("(id ")[0]
-        trailing = {
-            k: v for k, v in (err.trailing_metadata() or ()) if k == "grpc-status-details-bin"
-        }
+        metadata: Any = err.trailing_metadata() or ()
+        trailing = {k: v for k, v in metadata if k == "grpc-status-details-bin"}
         return err.code().name, details, bool(trailing)
     return "OK", result
 
@@ -109,7 +108,7 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
     chain = server_interceptors(runtime, fused=fused)  # type: ignore[arg-type]
     assert isinstance(chain[0], FusedServerInterceptor) is fused
     if access_every != 1:
-        for interceptor in (chain[0].observers if fused else chain):  # type: ignore[attr-defined]
+        for interceptor in chain[0].observers if fused else chain:  # type: ignore[attr-defined]
             if hasattr(interceptor, "sample_every"):
                 interceptor.sample_every = access_every
     records = _Records()
@@ -126,7 +125,8 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         stub = ping_pb2_grpc.PingServiceStub(channel)
-        raw = channel.unary_unary(PING)  # bytes in, bytes out: an undecodable body
+        # bytes in, bytes out: an undecodable body
+        raw = channel.unary_unary(PING, None, None)  # type: ignore[arg-type]
         outcomes = []
         for tp in (UNSAMPLED, SAMPLED):
             md = _md(tp)
@@ -140,7 +140,9 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
                     stub.Ping(ping_pb2.PingRequest(sleep_ms=2000), metadata=md, timeout=0.2)
                 ),
                 await _outcome(raw(b"\xff\xff\xff", metadata=md)),
-                await _outcome(stub.PingList(ping_pb2.PingRequest(value="l", count=3), metadata=md)),
+                await _outcome(
+                    stub.PingList(ping_pb2.PingRequest(value="l", count=3), metadata=md)
+                ),
                 await _outcome(stub.PingList(ping_pb2.PingRequest(value="not-found"), metadata=md)),
                 await _outcome(stub.PingStream(_requests(3), metadata=md)),
                 await _outcome(stub.PingBidi(_requests(2), metadata=md)),
@@ -205,17 +207,42 @@ async def test_fused_and_separate_chains_give_the_same_results() -> None:
 
 
 @pytest.mark.parametrize("fused", [True, False])
-async def test_sampled_access_log_keeps_failures_and_traced_calls(fused: bool) -> None:
+async def test_sampled_access_log_keeps_every_failure(fused: bool) -> None:
     every = 4
     result = await _scenario(fused, access_every=every)
     access = [line for line in result["log"] if line[0] == "interceptors.logging"]
-    ok_untraced = [
-        line for line in access if line[3] == "OK" and line[4] and line[5] != 1
-    ]
-    # Every failure, sampled or not, has its line; every call of the sampled trace too.
+    # Every failure has its line, traced or not.
     failures = [line for line in access if line[3] != "OK"]
     assert len(failures) == 2 * 7
-    traced_ok = [line for line in access if line[3] == "OK" and line[5] == 1]
-    assert len(traced_ok) == 4  # Ping, PingList, PingStream, PingBidi of the sampled trace
-    # The 4 successful untraced calls: one line standing for 4.
-    assert [line[5] for line in ok_untraced] == [every]
+    # The 8 successful calls (4 per trace): two lines, each standing for 4.
+    ok = [line for line in access if line[3] == "OK"]
+    assert [line[5] for line in ok] == [every, every]
+
+
+async def test_slow_calls_always_get_their_line() -> None:
+    from interceptors.logging import LoggingServerInterceptor
+
+    logger = logging.getLogger("test.fused.slow")
+    records = _Records()
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    chain = [
+        FusedServerInterceptor([LoggingServerInterceptor(logger, sample_every=1000, slow_ms=50)])
+    ]
+    server = grpc.aio.server(interceptors=chain, options=[("grpc.so_reuseport", 0)])
+    ping_pb2_grpc.add_PingServiceServicer_to_server(PingServicer("p"), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ping_pb2_grpc.PingServiceStub(channel)
+            for _ in range(5):
+                await stub.Ping(ping_pb2.PingRequest(value="fast"))
+            await stub.Ping(ping_pb2.PingRequest(value="slow", sleep_ms=80))
+    finally:
+        await server.stop(None)
+        logger.removeHandler(records)
+    [line] = [r for r in records.records]
+    assert "code=OK" in line.getMessage() and "sample=" not in line.getMessage()
+    assert line.duration_ms >= 50  # type: ignore[attr-defined]

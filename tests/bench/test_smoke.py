@@ -53,3 +53,17 @@ def test_growth() -> None:
 def test_rpc_server_side() -> None:
     out = _bench("rpc", "--server-only", "--seconds", "0.2", "--rounds", "1", "--levels", "2")
     assert "mesh+tr" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("fastpath", "--number", "2000", "--calls", "500"),
+        ("traces", "--seconds", "0.2", "--rounds", "1", "--levels", "1"),
+        ("tokens", "--seconds", "0.3", "--concurrency", "2"),
+        ("events", "--events", "300", "--producers", "1", "--per-tx", "10"),
+    ],
+    ids=lambda args: args[0],
+)
+def test_the_other_benchmarks(args: tuple[str, ...]) -> None:
+    assert _bench(*args).strip()

@@ -509,6 +509,11 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
             label += f" ({log_level})"
         variants.append((label, chain[: i + 1], "00"))
     variants.append(("full, sampled", chain, "01"))
+    every_call = server_chain(log_level, fused=False)
+    for interceptor in every_call:
+        if hasattr(interceptor, "sample_every"):
+            interceptor.sample_every = 1  # as before MESH_ACCESS_LOG_EVERY
+    variants.append(("separate, every call logged", every_call, "00"))
     variants.append(("fused (default)", fused, "00"))
     variants.append(("fused, sampled", fused, "01"))
     for label, interceptors, flags in variants:

@@ -366,8 +366,8 @@ class Settings:
         "MESH_ACCESS_LOG_EVERY",
         100,
         _AT_LEAST_ONE,
-        "access log sampling: one line per N successful, fast, untraced calls (marked "
-        "`sample=N`); every failed, slow or traced call always gets its line; 1: every call",
+        "access log sampling: one line per N successful, fast calls (marked `sample=N`); "
+        "every failed or slow call always gets its line; 1: every call",
     )
     access_log_slow_ms: float = setting(
         "MESH_ACCESS_LOG_SLOW_MS",

@@ -96,11 +96,14 @@ class _ServerRuntime:
     tracer_provider: Any
 
 
-def server_chain(log_level: str, trust_domain: str = "", *, fused: bool | None = None) -> list[Any]:
+def server_chain(
+    log_level: str, trust_domain: str = "", *, fused: bool | None = None, before: bool = False
+) -> list[Any]:
     """The mesh server chain as services run it: the runtime's default tracer provider
     (parentbased_always_on), spans batched to an exporter that drops them, metrics in
     their own registry, access log lines at `log_level` written to /dev/null, sampled
-    as the defaults say (MESH_ACCESS_LOG_EVERY...); `fused` None: as MESH_FASTPATH says."""
+    as the defaults say (MESH_ACCESS_LOG_EVERY...); `fused` None: as MESH_FASTPATH says.
+    `before`: the chain as it was before issue 15 (six interceptors, every call logged)."""
     from prometheus_client import CollectorRegistry
 
     from interceptors.metrics import RpcMetrics
@@ -119,8 +122,12 @@ def server_chain(log_level: str, trust_domain: str = "", *, fused: bool | None =
     metrics = RpcMetrics(prometheus)
     chain = server_interceptors(
         _ServerRuntime(None, prometheus, metrics, provider),  # type: ignore[arg-type]
-        fused=fused,
+        fused=False if before else fused,
     )
+    if before:
+        for interceptor in chain:
+            if hasattr(interceptor, "sample_every"):
+                interceptor.sample_every = 1
     if trust_domain:  # with mTLS, as mesh.server.start_service adds it
         from mesh.security.policy import caller_policy
 
@@ -128,7 +135,7 @@ def server_chain(log_level: str, trust_domain: str = "", *, fused: bool | None =
     return chain
 
 
-def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str) -> None:
+def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str, before: bool) -> None:
     async def main() -> None:
         from tests.support.ping import start_ping_server
 
@@ -137,7 +144,9 @@ def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str) -> None:
             identity = MeshIdentity.load("ping", SecuritySettings(pki_dir=pki_dir))
         trust = identity.trust_domain if identity is not None else ""
         server = await start_ping_server(
-            "bench", server_chain(log_level, trust) if chain else (), identity=identity
+            "bench",
+            server_chain(log_level, trust, before=before) if chain else (),
+            identity=identity,
         )
         conn.send(server.port)
         await server.server.wait_for_termination()
@@ -167,11 +176,13 @@ class Server:
         self.proc.join(5)
 
 
-def start_server(chain: bool = False, log_level: str = "INFO", pki_dir: str = "") -> Server:
+def start_server(
+    chain: bool = False, log_level: str = "INFO", pki_dir: str = "", before: bool = False
+) -> Server:
     """A ping server in a child process; mTLS as `ping` from `pki_dir`'s CA when given."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir), daemon=True)
+    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir, before), daemon=True)
     proc.start()
     if not parent.poll(30):
         proc.kill()
@@ -601,7 +612,12 @@ async def compare(server: Server, levels: Sequence[int], seconds: float, rounds:
 
 
 async def compare_servers(
-    bare_server: Server, chain_server: Server, levels: Sequence[int], seconds: float, rounds: int
+    bare_server: Server,
+    chain_server: Server,
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    before_server: Server | None = None,
 ) -> dict[int, dict[str, Result]]:
     """The server side: a bare client calling a bare server vs one with the mesh chain."""
     bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}")
@@ -615,6 +631,12 @@ async def compare_servers(
         "mesh": (functools.partial(to_chain.Ping, metadata=unsampled), chain_server),
         "mesh+tr": (functools.partial(to_chain.Ping, metadata=sampled), chain_server),
     }
+    channels = [bare_channel, chain_channel]
+    if before_server is not None:  # the chain before issue 15, side by side
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{before_server.port}"))
+        to_before = ping_pb2_grpc.PingServiceStub(channels[-1])
+        await to_before.Ping(ping_pb2.PingRequest(), timeout=10)
+        modes["before"] = (functools.partial(to_before.Ping, metadata=unsampled), before_server)
     for stub in (to_bare, to_chain):
         await stub.Ping(ping_pb2.PingRequest(), timeout=10)
     _print_header(
@@ -622,8 +644,8 @@ async def compare_servers(
         f" {seconds / rounds:.1f}s turns per mode and level (cpu/bare: server CPU)"
     )
     out = await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
-    await bare_channel.close(None)
-    await chain_channel.close(None)
+    for channel in channels:
+        await channel.close(None)
     return out
 
 
@@ -742,16 +764,26 @@ async def handshakes(plain_port: int, tls_port: int, identity: MeshIdentity, n: 
 
 
 async def server_side(
-    levels: Sequence[int], seconds: float, rounds: int, log_level: str = "INFO"
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    log_level: str = "INFO",
+    *,
+    before: bool = False,
 ) -> dict[int, dict[str, Result]]:
-    """Only the server-side comparison (bare server vs the mesh chain), its own servers."""
+    """Only the server-side comparison (bare server vs the mesh chain), its own servers;
+    `before`: also the chain as it was before issue 15 (mode "before", unsampled)."""
     bare_server = start_server()
     chain_server = start_server(chain=True, log_level=log_level)
+    before_server = start_server(chain=True, log_level=log_level, before=True) if before else None
     try:
-        return await compare_servers(bare_server, chain_server, levels, seconds, rounds)
+        return await compare_servers(
+            bare_server, chain_server, levels, seconds, rounds, before_server
+        )
     finally:
-        bare_server.stop()
-        chain_server.stop()
+        for server in (bare_server, chain_server, before_server):
+            if server is not None:
+                server.stop()
 
 
 async def main(
@@ -764,7 +796,7 @@ async def main(
     server_only: bool = False,
 ) -> None:
     if server_only:
-        await server_side(levels, seconds, rounds, server_log_level)
+        await server_side(levels, seconds, rounds, server_log_level, before=True)
         return
     bare_server = start_server()
     if tls_only:

@@ -85,6 +85,23 @@ class FusedServerInterceptor(ServerBase):
     def _hooks(self, method: str) -> tuple[tuple[Begin, Any], ...]:
         return tuple((o.begin, o.prepare(method)) for o in self.observers)
 
+    def _begin_all(self, method: str) -> tuple[Callable[[Any], Sequence[Any]], int]:
+        """`begin_all(context)`: every observer's `begin`, outermost first, their states in
+        order. The mesh's four observers get a function without a loop (per call)."""
+        hooks = self._hooks(method)
+        if len(hooks) == 4:
+            (b0, p0), (b1, p1), (b2, p2), (b3, p3) = hooks
+
+            def begin4(context: Any) -> Sequence[Any]:
+                return (b0(p0, context), b1(p1, context), b2(p2, context), b3(p3, context))
+
+            return begin4, 4
+
+        def begin_n(context: Any) -> Sequence[Any]:
+            return [begin(prepared, context) for begin, prepared in hooks]
+
+        return begin_n, len(hooks)
+
     def _wrap(self, method: str, handler: Any) -> grpc.RpcMethodHandler[Any, Any]:
         h = handler
         # Decoding: unary requests with a deserializer are parsed by the wrapper.
@@ -122,12 +139,12 @@ class FusedServerInterceptor(ServerBase):
     def _wrap_unary(
         self, method: str, behaviour: UnaryBehaviour, parse: Callable[[bytes], Any] | None
     ) -> UnaryBehaviour:
-        hooks = self._hooks(method)
+        begin_all, _ = self._begin_all(method)
         ends = tuple(reversed([o.end for o in self.observers]))
         translate = self._errors
 
         async def fused(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            states = [begin(prepared, context) for begin, prepared in hooks]
+            states = begin_all(context)
             try:
                 try:
                     if parse is not None:

@@ -72,7 +72,7 @@ class Budget:
     """A run that only shows the benchmark works (CI); figures meaningless."""
 
 
-SMOKE = Budget(seconds=0.2, rounds=1, levels=(1, 4), smoke=True)
+SMOKE = Budget(seconds=0.1, rounds=1, levels=(2,), smoke=True)
 
 
 def _by_level(values: dict[int, float]) -> dict[str, float]:
@@ -83,7 +83,7 @@ async def server_headline(budget: Budget) -> dict[str, Any]:
     from bench.rpc import server_chain_costs, server_side
 
     results = await server_side(budget.levels, budget.seconds, budget.rounds)
-    steps = dict(await server_chain_costs("INFO", calls=500 if budget.smoke else 5000))
+    steps = dict(await server_chain_costs("INFO", calls=200 if budget.smoke else 5000))
     return {
         "server_ratio": _by_level({lv: r["mesh"].rps / r["bare"].rps for lv, r in results.items()}),
         "server_ratio_sampled": _by_level(

@@ -1,9 +1,10 @@
 """One short run of each benchmark: they keep working (figures are not checked).
 
 Benchmarks are not timed tests; this runs each one as `python -m bench ...` with
-tiny durations (all of them in well under a minute on a quiet box) and checks
-it finished and printed its tables; `bench summary --smoke` must end with one
-JSON object holding every headline key.
+tiny durations and checks it finished and printed its tables; `bench summary
+--smoke` (bench.rpc's server side, bench.whole with the Envoy pair) must end with one
+JSON object holding every headline key. Most of the time is process start-up (ping
+servers, Envoys, the users service for bench.tokens).
 """
 
 from __future__ import annotations
@@ -39,20 +40,15 @@ def test_summary_prints_every_headline_key_as_json_on_its_last_line() -> None:
     assert set(KEYS) <= set(summary)
     assert summary["errors"] == {}
     for key in ("server_ratio", "server_ratio_sampled", "both_ratio", "sidecar_speedup"):
-        assert set(summary[key]) == {"1", "4"}, key
+        assert set(summary[key]) == {"2"}, key
         assert all(v > 0 for v in summary[key].values()), key
 
 
 def test_growth() -> None:
     out = _bench(
-        "growth", "--seconds", "0.2", "--rounds", "1", "--inflight", "2", "--instances", "3"
+        "growth", "--seconds", "0.1", "--rounds", "1", "--inflight", "2", "--instances", "3"
     )
     assert "stream of 1000" in out and "embedded registry" in out and "Consul" in out
-
-
-def test_rpc_server_side() -> None:
-    out = _bench("rpc", "--server-only", "--seconds", "0.2", "--rounds", "1", "--levels", "2")
-    assert "mesh+tr" in out
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from typing import Any
 
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from bench.rpc import Result, _tls_channel, drive, merge, mesh_runtime, pick_cost_us, start_server
+from bench.rpc import Result, _tls_channel, drive, merge, mesh_runtime, start_server
 from bench.whole import _client_provider
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
@@ -132,16 +132,40 @@ async def payloads_and_streams(seconds: float, rounds: int, inflight: int) -> li
     return rows
 
 
-def picks(counts: Sequence[int]) -> dict[int, dict[str, float]]:
-    """µs per pick, the least of five runs (a loaded box only ever adds time)."""
+def picks(counts: Sequence[int], n_picks: int = 20_000) -> dict[int, dict[str, float]]:
+    """µs of CPU per pick (process time, loop included), the least of five runs: on a
+    loaded box wall-clock differences (bench.rpc.pick_cost_us) drown in preemption."""
+    import random
+
+    from mesh.balancer.picker import P2CPicker, RoundRobinPicker
+
+    rng = random.Random(7)
     out: dict[int, dict[str, float]] = {}
     for n in counts:
-        runs = [pick_cost_us(n, picks=20_000) for _ in range(5)]
-        out[n] = {kind: min(r[kind] for r in runs) for kind in runs[0]}
-    print("\npicker cost per pick (µs):")
+        endpoints = [_Endpoint(rng.randrange(5)) for _ in range(n)]
+        out[n] = {}
+        for name, picker in (
+            ("round_robin", RoundRobinPicker[_Endpoint](rng)),
+            ("p2c", P2CPicker[_Endpoint](rng)),
+        ):
+            picker.update(endpoints)
+            pick = picker.pick
+            best = float("inf")
+            for _ in range(5):
+                t = time.process_time()
+                for _ in range(n_picks):
+                    pick()
+                best = min(best, time.process_time() - t)
+            out[n][name] = best / n_picks * 1e6
+    print("\npicker CPU per pick (µs, loop included):")
     for n, c in out.items():
         print(f"  {n:>4} instances: round_robin {c['round_robin']:.3f}, p2c {c['p2c']:.3f}")
     return out
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    inflight: int = 0
 
 
 async def _first_with(watch: Any, n: int, limit_s: float) -> float:

@@ -1,8 +1,11 @@
-"""`python -m bench [rpc|events|fastpath|traces|tokens|picker] [options]`: the benchmarks.
+"""`python -m bench [name] [options]`: the benchmarks.
 
-With no name: `bench.rpc`, `bench.events`, `bench.tokens`, then `bench.picker` (about three
-minutes).
-With a name, only that one, with its own options (`python -m bench rpc --help`).
+Names: rpc, whole, growth, events, fastpath, traces, tokens, picker, summary.
+With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
+`bench.tokens`, `bench.picker`, each printing its tables, then the summary block (`bench.summary`'s
+headline set, measured again at its own budget; its JSON object is the last line).
+About ten minutes. With a name, only that one, with its own options
+(`python -m bench whole --help`); `python -m bench summary` alone takes under three.
 """
 
 from __future__ import annotations
@@ -42,6 +45,24 @@ def _traces(args: Sequence[str]) -> None:
     traces.cli(list(args))
 
 
+def _whole(args: Sequence[str]) -> None:
+    from bench import whole
+
+    whole.cli(list(args))
+
+
+def _growth(args: Sequence[str]) -> None:
+    from bench import growth
+
+    growth.cli(list(args))
+
+
+def _summary(args: Sequence[str]) -> None:
+    from bench import summary
+
+    summary.cli(list(args))
+
+
 def _tokens(args: Sequence[str]) -> None:
     from bench import tokens
 
@@ -63,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "traces": _traces,
         "tokens": _tokens,
         "picker": _picker,
+        "whole": _whole,
+        "growth": _growth,
+        "summary": _summary,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])
@@ -78,6 +102,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     _tokens(_DEFAULT_TOKENS_ARGS)
     print("\n== bench.picker ==", flush=True)
     _picker(_DEFAULT_PICKER_ARGS)
+    print("\n== bench.whole ==", flush=True)
+    _whole([])
+    print("\n== bench.growth ==", flush=True)
+    _growth([])
+    print("\n== summary ==", flush=True)
+    from bench import summary
+
+    summary.print_block(summary.collect(summary.Budget()))
 
 
 if __name__ == "__main__":

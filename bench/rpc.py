@@ -96,10 +96,14 @@ class _ServerRuntime:
     tracer_provider: Any
 
 
-def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
+def server_chain(
+    log_level: str, trust_domain: str = "", *, fused: bool | None = None, before: bool = False
+) -> list[Any]:
     """The mesh server chain as services run it: the runtime's default tracer provider
     (parentbased_always_on), spans batched to an exporter that drops them, metrics in
-    their own registry, access log lines at `log_level` written to /dev/null."""
+    their own registry, access log lines at `log_level` written to /dev/null, sampled
+    as the defaults say (MESH_ACCESS_LOG_EVERY...); `fused` None: as MESH_FASTPATH says.
+    `before`: the chain as it was before issue 15 (six interceptors, every call logged)."""
     from prometheus_client import CollectorRegistry
 
     from interceptors.metrics import RpcMetrics
@@ -117,8 +121,13 @@ def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
     prometheus = CollectorRegistry()
     metrics = RpcMetrics(prometheus)
     chain = server_interceptors(
-        _ServerRuntime(None, prometheus, metrics, provider)  # type: ignore[arg-type]
+        _ServerRuntime(None, prometheus, metrics, provider),  # type: ignore[arg-type]
+        fused=False if before else fused,
     )
+    if before:
+        for interceptor in chain:
+            if hasattr(interceptor, "sample_every"):
+                interceptor.sample_every = 1
     if trust_domain:  # with mTLS, as mesh.server.start_service adds it
         from mesh.security.policy import caller_policy
 
@@ -126,7 +135,7 @@ def server_chain(log_level: str, trust_domain: str = "") -> list[Any]:
     return chain
 
 
-def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str) -> None:
+def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str, before: bool) -> None:
     async def main() -> None:
         from tests.support.ping import start_ping_server
 
@@ -135,7 +144,9 @@ def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str) -> None:
             identity = MeshIdentity.load("ping", SecuritySettings(pki_dir=pki_dir))
         trust = identity.trust_domain if identity is not None else ""
         server = await start_ping_server(
-            "bench", server_chain(log_level, trust) if chain else (), identity=identity
+            "bench",
+            server_chain(log_level, trust, before=before) if chain else (),
+            identity=identity,
         )
         conn.send(server.port)
         await server.server.wait_for_termination()
@@ -165,11 +176,13 @@ class Server:
         self.proc.join(5)
 
 
-def start_server(chain: bool = False, log_level: str = "INFO", pki_dir: str = "") -> Server:
+def start_server(
+    chain: bool = False, log_level: str = "INFO", pki_dir: str = "", before: bool = False
+) -> Server:
     """A ping server in a child process; mTLS as `ping` from `pki_dir`'s CA when given."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir), daemon=True)
+    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir, before), daemon=True)
     proc.start()
     if not parent.poll(30):
         proc.kill()
@@ -494,7 +507,8 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
     )
     method = "/shop.testing.v1.PingService/Ping"
     query: Callable[[Any], Any] = lambda details: handler  # noqa: E731
-    chain = server_chain(log_level)
+    chain = server_chain(log_level, fused=False)
+    fused = server_chain(log_level, fused=True)
     steps: list[tuple[str, float]] = []
     raw = ping_pb2.PingRequest(value="bench").SerializeToString()
     variants: list[tuple[str, list[Any], str]] = [("handler only", [], "00")]
@@ -506,6 +520,13 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
             label += f" ({log_level})"
         variants.append((label, chain[: i + 1], "00"))
     variants.append(("full, sampled", chain, "01"))
+    every_call = server_chain(log_level, fused=False)
+    for interceptor in every_call:
+        if hasattr(interceptor, "sample_every"):
+            interceptor.sample_every = 1  # as before MESH_ACCESS_LOG_EVERY
+    variants.append(("separate, every call logged", every_call, "00"))
+    variants.append(("fused (default)", fused, "00"))
+    variants.append(("fused, sampled", fused, "01"))
     for label, interceptors, flags in variants:
         metadata = (("traceparent", TRACE.format(flags=flags)),)
         details = _HandlerCallDetails(method, metadata)
@@ -543,15 +564,17 @@ async def _turns(
     seconds: float,
     rounds: int,
     cpu_of: Callable[[Result], float],
-) -> None:
-    """Each level: the modes take turns; one line per mode, ratios to the first."""
+) -> dict[int, dict[str, Result]]:
+    """Each level: the modes take turns; one line per mode, ratios to the first.
+    Returns the merged results per level and mode."""
+    out: dict[int, dict[str, Result]] = {}
     for level in levels:
         runs: dict[str, list[Result]] = {m: [] for m in modes}
         for i in range(rounds):
             for name, (call, server) in modes.items():
                 warmup = 0.2 if i == 0 else 0.0
                 runs[name].append(await drive(call, level, seconds / rounds, warmup, server))
-        results = {name: merge(rs) for name, rs in runs.items()}
+        results = out[level] = {name: merge(rs) for name, rs in runs.items()}
         base = next(iter(results.values()))
         for name, r in results.items():
             print(
@@ -559,6 +582,7 @@ async def _turns(
                 f" {r.cpu_us:>9.0f} {r.server_cpu_us:>9.0f} {r.rps / base.rps:>8.2f}"
                 f" {cpu_of(r) / cpu_of(base):>8.2f}"
             )
+    return out
 
 
 async def compare(server: Server, levels: Sequence[int], seconds: float, rounds: int) -> None:
@@ -588,8 +612,13 @@ async def compare(server: Server, levels: Sequence[int], seconds: float, rounds:
 
 
 async def compare_servers(
-    bare_server: Server, chain_server: Server, levels: Sequence[int], seconds: float, rounds: int
-) -> None:
+    bare_server: Server,
+    chain_server: Server,
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    before_server: Server | None = None,
+) -> dict[int, dict[str, Result]]:
     """The server side: a bare client calling a bare server vs one with the mesh chain."""
     bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}")
     chain_channel = grpc.aio.insecure_channel(f"127.0.0.1:{chain_server.port}")
@@ -602,15 +631,22 @@ async def compare_servers(
         "mesh": (functools.partial(to_chain.Ping, metadata=unsampled), chain_server),
         "mesh+tr": (functools.partial(to_chain.Ping, metadata=sampled), chain_server),
     }
+    channels = [bare_channel, chain_channel]
+    if before_server is not None:  # the chain before issue 15, side by side
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{before_server.port}"))
+        to_before = ping_pb2_grpc.PingServiceStub(channels[-1])
+        await to_before.Ping(ping_pb2.PingRequest(), timeout=10)
+        modes["before"] = (functools.partial(to_before.Ping, metadata=unsampled), before_server)
     for stub in (to_bare, to_chain):
         await stub.Ping(ping_pb2.PingRequest(), timeout=10)
     _print_header(
         f"\nserver side: a bare client; the server bare or with the mesh chain; {rounds} x"
         f" {seconds / rounds:.1f}s turns per mode and level (cpu/bare: server CPU)"
     )
-    await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
-    await bare_channel.close(None)
-    await chain_channel.close(None)
+    out = await _turns(modes, levels, seconds, rounds, lambda r: r.server_cpu_us)
+    for channel in channels:
+        await channel.close(None)
+    return out
 
 
 async def breakdown(port: int, seconds: float, level: int) -> None:
@@ -727,6 +763,29 @@ async def handshakes(plain_port: int, tls_port: int, identity: MeshIdentity, n: 
     print(f"  handshake +{t_wall - p_wall:.2f} ms wall, +{t_cpu - p_cpu:.2f} ms client CPU")
 
 
+async def server_side(
+    levels: Sequence[int],
+    seconds: float,
+    rounds: int,
+    log_level: str = "INFO",
+    *,
+    before: bool = False,
+) -> dict[int, dict[str, Result]]:
+    """Only the server-side comparison (bare server vs the mesh chain), its own servers;
+    `before`: also the chain as it was before issue 15 (mode "before", unsampled)."""
+    bare_server = start_server()
+    chain_server = start_server(chain=True, log_level=log_level)
+    before_server = start_server(chain=True, log_level=log_level, before=True) if before else None
+    try:
+        return await compare_servers(
+            bare_server, chain_server, levels, seconds, rounds, before_server
+        )
+    finally:
+        for server in (bare_server, chain_server, before_server):
+            if server is not None:
+                server.stop()
+
+
 async def main(
     levels: Sequence[int],
     seconds: float,
@@ -734,7 +793,11 @@ async def main(
     network_breakdown: bool,
     server_log_level: str,
     tls_only: bool = False,
+    server_only: bool = False,
 ) -> None:
+    if server_only:
+        await server_side(levels, seconds, rounds, server_log_level, before=True)
+        return
     bare_server = start_server()
     if tls_only:
         try:
@@ -787,6 +850,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         help="also measure CPU per call over the network as the chain grows (noisy)",
     )
     p.add_argument("--tls-only", action="store_true", help="only the mTLS comparison")
+    p.add_argument("--server-only", action="store_true", help="only the server-side comparison")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
@@ -798,6 +862,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
             a.network_breakdown,
             a.server_log_level,
             a.tls_only,
+            a.server_only,
         )
     )
 

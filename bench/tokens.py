@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from mesh.server import start_service
-from mesh.settings import Settings
+from mesh.settings import SecuritySettings, Settings
 from services.users.app import build
 from services.users.config import UsersConfig
 from services.users.signing_keys import SigningKey, thumbprint
@@ -86,6 +86,8 @@ async def rpc_rates(profile: str, seconds: float, concurrency: int) -> dict[str,
         settings = Settings(
             service="users", instance_id=f"bench-{uuid.uuid4().hex[:6]}", registry="none",
             nats_url="", data_dir=tmp, drain_grace_s=0.5,
+            # What is measured is the password and token work, not TLS (bench.rpc has that).
+            security=SecuritySettings(tls=False),
         )  # fmt: skip
         runtime = _Runtime()
         # No throttle in the way: the bench logs in successfully only.

@@ -323,10 +323,17 @@ span_drop_bounds: Callable[[Any], Bounds | None] = _public_span_drop_bounds
 None: the SDK must decide (see interceptors/_spans.py)."""
 
 
+FUSE_SERVER_CHAIN: bool = True
+"""Not a private read, but switched with them: `mesh.server.server_interceptors` builds
+the fused server chain (`interceptors/fused.py`) when True, the six separate interceptors
+(the reference it is compared with) when the fast paths are forced off."""
+
+
 def use_fastpath(enabled: bool) -> None:
     """Select the private reads (where capable) or force the public APIs everywhere."""
     global status_now, CALL_TYPES, MULTICALLABLE_OPTIONS, counter_inc, histogram_raw
-    global span_drop_bounds
+    global span_drop_bounds, FUSE_SERVER_CHAIN
+    FUSE_SERVER_CHAIN = enabled
     use = {name: enabled and capable for name, capable in CAPABLE.items()}
     status_now = _private_status_now if use["grpc_status"] else _public_status_now
     CALL_TYPES = _grpc_call_types() if use["grpc_call_types"] else frozenset()

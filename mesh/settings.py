@@ -369,6 +369,19 @@ class Settings:
         "the instance's subset for traffic policies (`blue`, `green`...), registered as `track`",
         shown_default="`MESH_VERSION`",
     )
+    access_log_every: int = setting(
+        "MESH_ACCESS_LOG_EVERY",
+        100,
+        _AT_LEAST_ONE,
+        "access log sampling: one line per N successful, fast calls (marked `sample=N`); "
+        "every failed or slow call always gets its line; 1: every call",
+    )
+    access_log_slow_ms: float = setting(
+        "MESH_ACCESS_LOG_SLOW_MS",
+        100.0,
+        _POSITIVE,
+        "calls at least this long always get an access line",
+    )
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod

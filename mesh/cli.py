@@ -10,6 +10,7 @@ meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
 meshctl policy [--markdown]  who may call what (the contracts' callers)
+meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -31,6 +32,7 @@ from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
 from mesh.events.nats_connect import NatsClientAuth
+from mesh.k8s import render as k8s_render
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
 from mesh.security import cli as security_cli
@@ -307,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     traces_command.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)
+    k8s_render.register(sub)
     return p
 
 

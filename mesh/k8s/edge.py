@@ -107,10 +107,20 @@ def deployment(options: K8sOptions) -> Manifest:
         "image": options.image_ref,
         "imagePullPolicy": "IfNotPresent",
         "command": [
-            "python", "-m", "mesh.cli", "edge", "serve", "--host", "127.0.0.1",
-            "--port", str(edge.meta_port), "--eds-dir", edge.eds_dir,
-            "--descriptors", "shop:descriptors.binpb",
-        ],  # fmt: skip
+            "python",
+            "-m",
+            "mesh.cli",
+            "edge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(edge.meta_port),
+            "--eds-dir",
+            edge.eds_dir,
+            "--descriptors",
+            edge.descriptor_path,
+        ],
         "env": [
             field_env("HOST_IP", "status.hostIP"),
             {"name": "CONSUL_HTTP_ADDR", "value": f"$(HOST_IP):{CONSUL_HTTP_PORT}"},
@@ -125,10 +135,21 @@ def deployment(options: K8sOptions) -> Manifest:
             ),
         ],
         "resources": options.resources.as_dict(),
+        # A native sidecar (an init container that keeps running, Kubernetes 1.29+):
+        # Envoy starts only once this has started, and it listens only after writing
+        # every EDS file, which Envoy needs to exist at start (compose: depends_on).
+        "restartPolicy": "Always",
+        "startupProbe": {
+            "tcpSocket": {"port": edge.meta_port},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
         "readinessProbe": {"tcpSocket": {"port": edge.meta_port}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": edge.meta_port}, "periodSeconds": 10},
         "securityContext": {**container_security(), "runAsUser": MESH_UID},
         "volumeMounts": [
+            # The descriptor set Envoy transcodes with: reflection answers the same.
+            {"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True},
             {"name": "edge-meta-pki", "mountPath": PKI_MOUNT, "readOnly": True},
             {"name": "eds", "mountPath": edge.eds_dir},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -151,7 +172,8 @@ def deployment(options: K8sOptions) -> Manifest:
                     "automountServiceAccountToken": False,
                     # Both users read the Secrets through this group (files 0440).
                     "securityContext": pod_security(MESH_UID),
-                    "containers": [envoy, meta],
+                    "initContainers": [meta],
+                    "containers": [envoy],
                     "volumes": [
                         {"name": "envoy-config", "configMap": {"name": CONFIG_MAP}},
                         secret_volume("edge-pki", pki_secret(EDGE)),

@@ -232,7 +232,12 @@ def postgres_manifests(spec: ServiceSpec, options: K8sOptions) -> list[Manifest]
     }
     return [
         service(
-            name, options, {"app": name}, [("postgres", POSTGRES_PORT)], labels=labels, headless=True
+            name,
+            options,
+            {"app": name},
+            [("postgres", POSTGRES_PORT)],
+            labels=labels,
+            headless=True,
         ),
         statefulset,
     ]

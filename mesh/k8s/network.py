@@ -25,15 +25,13 @@ from mesh.api.options import ANY_CALLER
 from mesh.edge.model import EdgeModel
 from mesh.k8s.edge import edge_options
 from mesh.k8s.infra import (
-    NATS_CLIENT_PORT,
     NATS_CLUSTER_PORT,
-    NATS_SERVICE,
     POSTGRES_PORT,
     postgres_name,
 )
 from mesh.k8s.objects import Manifest, metadata
 from mesh.k8s.options import IDENTITY_LABEL, K8sOptions
-from mesh.k8s.workloads import admin_port, grpc_port
+from mesh.k8s.workloads import NATS_CLIENT_PORT, NATS_SERVICE, admin_port, grpc_port
 from mesh.local.topology import ServiceSpec
 from mesh.security.policy import PolicyRow
 
@@ -67,9 +65,7 @@ def service_callers(
 def _identity_peer(names: Iterable[str]) -> dict[str, Any]:
     return {
         "podSelector": {
-            "matchExpressions": [
-                {"key": IDENTITY_LABEL, "operator": "In", "values": sorted(names)}
-            ]
+            "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "In", "values": sorted(names)}]
         }
     }
 

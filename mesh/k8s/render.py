@@ -140,6 +140,7 @@ def cmd_secrets(args: argparse.Namespace) -> int:
         topology.event_types(),
         options,
         material,
+        edge_names=tuple(args.edge_name or ()),
     )
     print(f"wrote {path} (key material: keep it out of git; `kubectl apply -f {path}`)")
     return 0
@@ -165,6 +166,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     secrets = sub.add_parser("secrets", help="Secrets with key material (never commit them)")
     secrets.add_argument("--material", default="", help="directory (default <run-dir>/k8s)")
     secrets.add_argument("--namespace", default="", help="namespace (default shop-mesh)")
+    secrets.add_argument(
+        "--edge-name",
+        action="append",
+        help="a DNS name or IP clients reach the edge by (repeatable; re-issues its certificate)",
+    )
     secrets.set_defaults(fn=cmd_secrets)
 
 

@@ -26,6 +26,7 @@ with a CA on a cluster (cert-manager) write the same Secret names from it instea
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ from mesh.k8s.objects import Manifest, dump_all, metadata
 from mesh.k8s.options import K8sOptions
 from mesh.k8s.workloads import db_secret, nats_secret, pki_secret
 from mesh.local.topology import ServiceSpec
-from mesh.security.cli import ensure_identities
+from mesh.security.cli import EDGE_LOCAL_DNS, EDGE_LOCAL_IPS, ensure_identities
 from mesh.security.store import write_atomically
 from mesh.settings import Settings, security_from_env
 
@@ -78,18 +79,39 @@ def _kept(path: Path, make: bytes) -> bytes:
 
 
 def pki_secrets(
-    identities: Sequence[str], options: K8sOptions, material: Path
+    identities: Sequence[str],
+    options: K8sOptions,
+    material: Path,
+    edge_names: Sequence[str] = (),
 ) -> list[Manifest]:
+    """`edge_names`: DNS names (or IPs) clients reach the edge's LoadBalancer by; given,
+    the edge's certificate is re-issued with them (besides localhost/127.0.0.1)."""
     env = {**os.environ, "MESH_PKI_DIR": str(material / "pki")}
     security = dataclasses.replace(security_from_env(env), trust_domain=options.trust_domain)
     store = ensure_identities(security, identities)
+    if edge_names:
+        ips = [n for n in edge_names if _is_ip(n)]
+        dns = [n for n in edge_names if not _is_ip(n)]
+        store.issue(EDGE, extra_dns=(*EDGE_LOCAL_DNS, *dns), extra_ips=(*EDGE_LOCAL_IPS, *ips))
     ca = store.ca_cert_path.read_text()
     out = []
     for name in identities:
         pair = store.load(name)
-        data = {"ca.crt": ca, f"{name}.crt": pair.cert_pem.decode(), f"{name}.key": pair.key_pem.decode()}
+        data = {
+            "ca.crt": ca,
+            f"{name}.crt": pair.cert_pem.decode(),
+            f"{name}.key": pair.key_pem.decode(),
+        }
         out.append(_secret(pki_secret(name), options, data))
     return out
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def nats_secrets(
@@ -135,13 +157,14 @@ def write_secrets(
     types: EventTypes | None,
     options: K8sOptions,
     material: Path,
+    edge_names: Sequence[str] = (),
 ) -> Path:
     """Make or reuse the material in `material` and write its secrets.yaml (0600)."""
     material.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(material, 0o700)
     identities = [*(s.name for s in services), EDGE, EDGE_META, CONSUL_IDENTITY]
     docs = [
-        *pki_secrets(identities, options, material),
+        *pki_secrets(identities, options, material, edge_names),
         *(nats_secrets(event_identities, types, options, material) if event_identities else []),
         *database_secrets(services, options, material),
     ]

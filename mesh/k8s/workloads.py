@@ -134,7 +134,11 @@ def deployment(spec: ServiceSpec, track: str, options: K8sOptions, *, nats: bool
         "securityContext": container_security(),
         "volumeMounts": [
             {"name": "pki", "mountPath": PKI_MOUNT, "readOnly": True},
-            *([{"name": "nats-seed", "mountPath": NATS_SEED_MOUNT, "readOnly": True}] if nats else []),
+            *(
+                [{"name": "nats-seed", "mountPath": NATS_SEED_MOUNT, "readOnly": True}]
+                if nats
+                else []
+            ),
             {"name": "data", "mountPath": "/data"},
             {"name": "tmp", "mountPath": "/tmp"},
         ],

@@ -35,7 +35,7 @@ from mesh.k8s.objects import (
     secret_volume,
     service,
 )
-from mesh.k8s.options import IDENTITY_LABEL, K8sOptions
+from mesh.k8s.options import K8sOptions
 from mesh.k8s.workloads import NATS_CLIENT_PORT, NATS_SERVICE, db_secret, pki_secret
 from mesh.local.topology import ServiceSpec
 
@@ -262,7 +262,8 @@ def consul_values(options: K8sOptions) -> dict[str, Any]:
         }
     }
     return {
-        "global": {"name": "consul", "datacenter": "dc1"},
+        # The version compose runs (its dev agent); chart 1.x.
+        "global": {"name": "consul", "datacenter": "dc1", "image": "hashicorp/consul:1.20"},
         "server": {"replicas": 3, "storage": "10Gi"},
         "client": {
             "enabled": True,
@@ -271,7 +272,6 @@ def consul_values(options: K8sOptions) -> dict[str, Any]:
                 {"type": "secret", "name": pki_secret(CONSUL_IDENTITY), "load": False}
             ],
             "extraConfig": json.dumps(tls),
-            "extraLabels": {IDENTITY_LABEL: CONSUL_IDENTITY},
         },
         "ui": {"enabled": True},
         "connectInject": {"enabled": False},

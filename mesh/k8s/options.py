@@ -87,5 +87,6 @@ class K8sOptions:
             raise K8sOptionsError(
                 f"--active: {self.active_track!r} is not one of the tracks {list(self.tracks)}"
             )
-        if self.nats_replicas < 1 or self.nats_replicas % 2 == 0:
-            raise K8sOptionsError("nats_replicas: an odd number (JetStream's RAFT quorum)")
+        if self.nats_replicas not in (1, 3, 5):
+            # An odd count for JetStream's RAFT quorum; also MESH_STREAM_REPLICAS.
+            raise K8sOptionsError("nats_replicas: 1, 3 or 5")

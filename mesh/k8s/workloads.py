@@ -100,6 +100,8 @@ def _env(spec: ServiceSpec, track: str, options: K8sOptions, nats: bool) -> list
         "MESH_LOG_LEVEL": "INFO",
         "NATS_URL": f"nats://{NATS_SERVICE}:{NATS_CLIENT_PORT}",
         **({"NATS_NKEY_SEED_FILE": NATS_SEED_FILE} if nats else {}),
+        # Every stream on each server of the JetStream cluster (survives losing one).
+        "MESH_STREAM_REPLICAS": str(options.nats_replicas),
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }

@@ -127,8 +127,6 @@ def deployment(options: K8sOptions) -> Manifest:
             *env_list(
                 {
                     "MESH_REGISTRY": "consul",
-                    "MESH_PKI_DIR": PKI_MOUNT,
-                    "MESH_TRUST_DOMAIN": options.trust_domain,
                     "PYTHONUNBUFFERED": "1",
                     "PYTHONDONTWRITEBYTECODE": "1",
                 }
@@ -150,7 +148,6 @@ def deployment(options: K8sOptions) -> Manifest:
         "volumeMounts": [
             # The descriptor set Envoy transcodes with: reflection answers the same.
             {"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True},
-            {"name": "edge-meta-pki", "mountPath": PKI_MOUNT, "readOnly": True},
             {"name": "eds", "mountPath": edge.eds_dir},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -170,14 +167,13 @@ def deployment(options: K8sOptions) -> Manifest:
                 "metadata": {"labels": labels},
                 "spec": {
                     "automountServiceAccountToken": False,
-                    # Both users read the Secrets through this group (files 0440).
+                    # Envoy (uid 101) reads the edge Secret through this group (files 0440).
                     "securityContext": pod_security(MESH_UID),
                     "initContainers": [meta],
                     "containers": [envoy],
                     "volumes": [
                         {"name": "envoy-config", "configMap": {"name": CONFIG_MAP}},
                         secret_volume("edge-pki", pki_secret(EDGE)),
-                        secret_volume("edge-meta-pki", pki_secret(EDGE_META)),
                         empty_dir("eds", memory=True, size="16Mi"),
                         empty_dir("tmp"),
                     ],

@@ -4,7 +4,7 @@
 `.run/k8s`, git-ignored with the rest of `.run/`) and writes `DIR/secrets.yaml`
 (0600) for `kubectl apply -f`:
 
-- `<identity>-pki` per mesh identity (each service, `edge`, `edge-meta`, `consul`):
+- `<identity>-pki` per mesh identity (each service, `edge`, `consul`):
   `ca.crt`, `<identity>.crt`, `<identity>.key` from the mesh PKI in `DIR/pki`
   (`meshctl pki`'s store: the CA is created once, a certificate re-issued when
   missing or past two thirds of its lifetime; MESH_CERT_LIFETIME_S sets it). The CA
@@ -37,7 +37,6 @@ from mesh.api.options import EDGE
 from mesh.events.nats_auth import MESHCTL, EventIdentity, new_user_seed, public_key, render_users
 from mesh.events.streams import default_streams
 from mesh.events.types import EventTypes
-from mesh.k8s.edge import EDGE_META
 from mesh.k8s.infra import (
     CONSUL_IDENTITY,
     NATS_AUTH_FILE,
@@ -162,7 +161,7 @@ def write_secrets(
     """Make or reuse the material in `material` and write its secrets.yaml (0600)."""
     material.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(material, 0o700)
-    identities = [*(s.name for s in services), EDGE, EDGE_META, CONSUL_IDENTITY]
+    identities = [*(s.name for s in services), EDGE, CONSUL_IDENTITY]
     docs = [
         *pki_secrets(identities, options, material, edge_names),
         *(nats_secrets(event_identities, types, options, material) if event_identities else []),

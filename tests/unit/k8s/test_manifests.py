@@ -417,3 +417,35 @@ def test_bad_render_options_are_refused_with_exit_2(
     assert meshctl(["k8s", "render", "--out", str(tmp_path / "x"), *argv]) == 2
     assert "meshctl k8s render:" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_dependent_env_vars_are_defined_before_use(committed: list[Doc]) -> None:
+    """`$(HOST_IP)` expands only if HOST_IP comes earlier in the list (else it stays literal)."""
+    for dep in _kind(committed, "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        for c in [*pod["containers"], *pod.get("initContainers", [])]:
+            seen: set[str] = set()
+            for e in c.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                    assert ref in seen, f"{dep['metadata']['name']}/{c['name']}: {e['name']}"
+                seen.add(e["name"])
+
+
+def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
+    from mesh.security.pki import describe
+
+    material = tmp_path / "k8s"
+    argv = ["k8s", "secrets", "--material", str(material), "--edge-name", "shop.example.com",
+            "--edge-name", "203.0.113.7"]  # fmt: skip
+    assert meshctl(argv) == 0
+    docs = [d for d in yaml.safe_load_all((material / "secrets.yaml").read_text()) if d]
+    edge = _named(docs, "Secret", "edge-pki")["stringData"]
+    info = describe(edge["edge.crt"].encode())
+    assert {"shop.example.com", "localhost"} <= set(info.dns_names)
+    assert "203.0.113.7" in info.ip_addresses
+    # Without the option the names stay those of a local edge.
+    plain = tmp_path / "plain"
+    assert meshctl(["k8s", "secrets", "--material", str(plain)]) == 0
+    docs = [d for d in yaml.safe_load_all((plain / "secrets.yaml").read_text()) if d]
+    info = describe(_named(docs, "Secret", "edge-pki")["stringData"]["edge.crt"].encode())
+    assert "shop.example.com" not in info.dns_names

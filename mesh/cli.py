@@ -8,9 +8,9 @@ meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
+meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
 meshctl policy [--markdown]  who may call what (the contracts' callers)
-meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     traces_command.register(sub)
+    k8s_render.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)
-    k8s_render.register(sub)
     return p
 
 

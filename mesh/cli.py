@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="descriptor set: a path or package:resource (default: the checkout's envoy/)",
     )
     serve.set_defaults(fn=cmd_edge_serve)
+    k8s_render.register(sub)
     events = add(sub, "events", "events on NATS").add_subparsers(
         dest="events_command", required=True, metavar="<events command>"
     )
@@ -307,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     traces_command.register(sub)
-    k8s_render.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)
     return p

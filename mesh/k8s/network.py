@@ -11,8 +11,10 @@ reaches inventory's port because it may call CheckAvailability, though not
 ReserveItems); the mTLS caller policy stays what decides per method.
 
 Besides the callers: the Consul client agents run each instance's gRPC health
-check (TLS, the `consul` identity), and Prometheus pods (label
-`app.kubernetes.io/name: prometheus`) may scrape the admin port. Kubelet probes
+check (TLS, the `consul` identity), Prometheus pods (label
+`app.kubernetes.io/name: prometheus`) may scrape the admin port, and the edge may
+fetch the end-user token keys (JWKS) from the token issuer's admin port when it
+verifies tokens. Kubelet probes
 come from the node and are not subject to these policies on common CNIs.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh.api.options import ANY_CALLER
+from mesh.api.options import ANY_CALLER, EDGE
 from mesh.edge.model import EdgeModel
 from mesh.k8s.edge import edge_options
 from mesh.k8s.infra import (
@@ -89,15 +91,29 @@ def _port(port: int) -> list[dict[str, Any]]:
     return [{"protocol": "TCP", "port": port}]
 
 
+def jwks_service(options: K8sOptions) -> str | None:
+    """The registry service on whose admin port the edge fetches the end-user token keys
+    (its `jwt_authn` JWKS, `EdgeOptions.auth`), or None when the edge verifies no tokens.
+
+    Read by name: edges without end-user auth have no `auth` options at all."""
+    auth = getattr(edge_options(options), "auth", None)
+    if auth is None or not getattr(auth, "enabled", False):
+        return None
+    name = getattr(auth, "jwks_service", None)
+    return name if isinstance(name, str) else None
+
+
 def service_policy(
     spec: ServiceSpec, callers: frozenset[str] | None, options: K8sOptions
 ) -> Manifest:
     grpc_from = [ANY_IDENTITY] if callers is None else [_identity_peer(callers)] if callers else []
+    admin_from = [{"podSelector": {"matchLabels": PROMETHEUS_LABELS}}]
+    if spec.name == jwks_service(options):
+        admin_from.append(_identity_peer([EDGE]))
     rules = [
         {"from": [*grpc_from, {"podSelector": {"matchLabels": CONSUL_CLIENT_LABELS}}],
          "ports": _port(grpc_port(spec))},
-        {"from": [{"podSelector": {"matchLabels": PROMETHEUS_LABELS}}],
-         "ports": _port(admin_port(spec))},
+        {"from": admin_from, "ports": _port(admin_port(spec))},
     ]  # fmt: skip
     return _policy(f"{spec.name}-callers", options, {"app": spec.name}, rules)
 

@@ -449,3 +449,36 @@ def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all((plain / "secrets.yaml").read_text()) if d]
     info = describe(_named(docs, "Secret", "edge-pki")["stringData"]["edge.crt"].encode())
     assert "shop.example.com" not in info.dns_names
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_edge_reaches_the_token_issuers_admin_port_only_when_it_verifies_tokens(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """The edge's jwt_authn fetches the JWKS from the issuer's admin port (when the edge
+    has end-user auth): that port, and no other service's, admits the edge's pods."""
+    from types import SimpleNamespace
+
+    from mesh.k8s import network
+
+    auth = SimpleNamespace(enabled=enabled, jwks_service="users")
+    port = network.edge_options(K8sOptions()).tls_listen_port
+    fake = SimpleNamespace(auth=auth, tls_listen_port=port)
+    monkeypatch.setattr(network, "edge_options", lambda _o: fake)
+    policies = network.network_policies(
+        TOPOLOGY.services,
+        load_rows(),
+        build_model(load_descriptor_set(DESCRIPTORS).file),
+        K8sOptions(),
+    )
+    for spec in TOPOLOGY.services:
+        policy = _named(policies, "NetworkPolicy", f"{spec.name}-callers")
+        admin = next(
+            r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == spec.admin_port
+        )
+        edge_peer = {
+            "podSelector": {
+                "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "In", "values": ["edge"]}]
+            }
+        }
+        assert (edge_peer in admin["from"]) == (enabled and spec.name == "users"), spec.name

@@ -460,9 +460,10 @@ def test_the_edge_reaches_the_token_issuers_admin_port_only_when_it_verifies_tok
     from types import SimpleNamespace
 
     from mesh.k8s import network
+    from mesh.k8s.edge import edge_options
 
     auth = SimpleNamespace(enabled=enabled, jwks_service="users")
-    port = network.edge_options(K8sOptions()).tls_listen_port
+    port = edge_options(K8sOptions()).tls_listen_port
     fake = SimpleNamespace(auth=auth, tls_listen_port=port)
     monkeypatch.setattr(network, "edge_options", lambda _o: fake)
     policies = network.network_policies(

@@ -11,9 +11,11 @@ NetworkPolicies equal to the contracts' caller policy, no key material committed
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
+import contextlib
 import re
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -26,9 +28,10 @@ import yaml
 
 from base.settings import specs
 from mesh.cli import main as meshctl
-from mesh.edge.envoy_config import eds_document
+from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
+from mesh.edge.serve import serve_edge
 from mesh.k8s.network import service_callers
 from mesh.k8s.options import IDENTITY_LABEL, KUBERNETES_VERSION, MESH_UID, K8sOptions
 from mesh.k8s.render import CONSUL_VALUES, DEPLOY_DIR, render_manifests, write_manifests
@@ -37,6 +40,8 @@ from mesh.security.policy import load_rows
 from mesh.settings import ResilienceSettings, SecuritySettings, Settings
 from mesh.tools import nats_server_binary
 from tests.support.envoy import validate as envoy_validate
+from tests.support.poll import eventually
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 TOPOLOGY = load_topology(ROOT / "mesh.toml")
@@ -353,9 +358,12 @@ def test_secrets_are_private_and_kept_across_runs(material: Path, secrets: list[
     assert before == after
 
 
-def test_edge_envoy_config_is_valid_for_the_real_envoy(
+async def test_edge_envoy_config_is_valid_for_the_real_envoy(
     tmp_path: Path, committed: list[Doc], secrets: list[Doc]
 ) -> None:
+    """The ConfigMap's envoy.yaml, the edge-pki Secret's files, and the EDS files the
+    companion writes before it listens (Envoy, in the pod, starts only after its native
+    sidecar has started): the real Envoy accepts them."""
     cm = _named(committed, "ConfigMap", "edge-envoy")
     assert base64.b64decode(cm["binaryData"]["descriptors.binpb"]) == DESCRIPTORS.read_bytes()
     config, pki, eds = tmp_path / "envoy", tmp_path / "pki", tmp_path / "eds"
@@ -375,16 +383,42 @@ def test_edge_envoy_config_is_valid_for_the_real_envoy(
 
     for name, text in cm["data"].items():
         (config / name).write_text(local(text))
-    # What the companion (a native sidecar Envoy waits for) writes before it listens.
-    for cluster in build_model(load_descriptor_set(DESCRIPTORS).file).clusters:
-        (eds / f"{cluster}.json").write_text(json.dumps(eds_document(cluster, [])))
     sidecar = _named(committed, "Deployment", "edge")["spec"]["template"]["spec"]["initContainers"]
     assert [(c["name"], c["restartPolicy"]) for c in sidecar] == [("edge-meta", "Always")]
+    assert sidecar[0]["startupProbe"]["tcpSocket"]["port"] == 9190
     envoy_yaml = yaml.safe_load((config / "envoy.yaml").read_text())
     meta = next(c for c in envoy_yaml["static_resources"]["clusters"] if c["name"] == "edge_meta")
     assert "127.0.0.1" in str(meta), "the companion runs in the edge's pod"
-    result = envoy_validate(config / "envoy.yaml")
+
+    # The companion itself (`meshctl edge serve`, the sidecar's command) on an empty
+    # registry: once its port answers (the sidecar's startup probe), Envoy may start.
+    registry = EmbeddedRegistry(tmp_path / "registry")
+    stop = asyncio.Event()
+    port = free_port()
+    companion = asyncio.create_task(
+        serve_edge(
+            registry,
+            host="127.0.0.1",
+            port=port,
+            eds_dir=eds,
+            descriptors=config / "descriptors.binpb",
+            stop=stop,
+        )
+    )
+    try:
+        await eventually(lambda: _listening(port), 30, "the companion listening")
+        result = await asyncio.to_thread(envoy_validate, config / "envoy.yaml")
+    finally:
+        stop.set()
+        await companion
+        await registry.close()
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
 
 
 def test_a_release_renders_one_services_green_track(tmp_path: Path) -> None:

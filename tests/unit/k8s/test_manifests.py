@@ -421,6 +421,15 @@ async def test_edge_envoy_config_is_valid_for_the_real_envoy(
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
 
 
+def test_every_config_map_fits_the_api_servers_limit(committed: list[Doc]) -> None:
+    """A ConfigMap holds at most 1 MiB (etcd's object limit): the edge's carries the
+    Envoy config and two descriptor sets, which grow with the contracts."""
+    for cm in _kind(committed, "ConfigMap"):
+        size = sum(len(v.encode()) for v in cm.get("data", {}).values())
+        size += sum(len(base64.b64decode(v)) for v in cm.get("binaryData", {}).values())
+        assert size < 1024 * 1024 * 3 // 4, (cm["metadata"]["name"], size)
+
+
 def _listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
         return True

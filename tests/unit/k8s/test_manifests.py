@@ -532,3 +532,31 @@ def test_the_edge_reaches_the_token_issuers_admin_port_only_when_it_verifies_tok
             }
         }
         assert (edge_peer in admin["from"]) == (enabled and spec.name == "users"), spec.name
+
+
+def test_any_topology_renders_a_service_no_contract_names_admits_no_caller(
+    tmp_path: Path,
+) -> None:
+    """Generic over the topology: a service with free ports (0 locally) gets the pod
+    defaults, and with no RPC in the contracts its gRPC port admits only the Consul
+    agents' health checks; no event identities: no NATS seed mounted."""
+    from mesh.local.topology import parse_topology
+
+    doc = {"services": {"billing": {"module": "acme.billing", "instances": 3}}}
+    topology = parse_topology(doc, tmp_path / "mesh.toml")
+    files = render_manifests(topology, K8sOptions(namespace="acme", tag="2.0.0"))
+    docs = [d for ds in files.values() for d in ds]
+    for d in docs:
+        kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+    dep = _named(docs, "Deployment", "billing-blue")
+    assert dep["metadata"]["namespace"] == "acme"
+    assert dep["spec"]["replicas"] == 3
+    ports = {p["name"]: p["containerPort"] for p in _containers(dep)[0]["ports"]}
+    assert ports == {"grpc": 50051, "admin": 9100}
+    env = {e["name"] for e in _containers(dep)[0]["env"]}
+    assert "NATS_NKEY_SEED_FILE" not in env
+    policy = _named(docs, "NetworkPolicy", "billing-callers")
+    grpc_rule = policy["spec"]["ingress"][0]
+    assert grpc_rule["from"] == [
+        {"podSelector": {"matchLabels": {"app": "consul", "component": "client"}}}
+    ]

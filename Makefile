@@ -26,6 +26,7 @@ tools: install
 protos: install
 	$(PY) -m mesh.contracts.codegen
 	$(PY) -m mesh.edge.render
+	$(PY) -m mesh.k8s.render
 
 # Record today's contracts as released (the baseline breaking changes are checked against).
 baseline: install

@@ -8,6 +8,7 @@ meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
+meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
 meshctl policy [--markdown]  who may call what (the contracts' callers)
 meshctl traffic show|set|clear <service>   subset weights and faults (blue=90 green=10)
@@ -32,6 +33,7 @@ from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
 from mesh.events.nats_connect import NatsClientAuth
+from mesh.k8s import render as k8s_render
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
 from mesh.security import cli as security_cli
@@ -299,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="descriptor set: a path or package:resource (default: the checkout's envoy/)",
     )
     serve.set_defaults(fn=cmd_edge_serve)
+    k8s_render.register(sub)
     events = add(sub, "events", "events on NATS").add_subparsers(
         dest="events_command", required=True, metavar="<events command>"
     )

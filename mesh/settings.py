@@ -359,6 +359,12 @@ class Settings:
         _AT_LEAST_ONE,
         "size limit of each JetStream stream the service declares (oldest dropped first)",
     )
+    stream_replicas: int = setting(
+        "MESH_STREAM_REPLICAS",
+        1,
+        Parser(int, "a whole number from 1 to 5", lambda v: 1 <= v <= 5),
+        "copies of each stream on a JetStream cluster (3 on the Kubernetes manifests' cluster)",
+    )
     stream_max_msgs: int = setting(
         "MESH_STREAM_MAX_MSGS", 1_000_000, _AT_LEAST_ONE, "message limit of each stream"
     )

@@ -45,6 +45,9 @@ class StreamSpec:
     # Size limits (-1: none); at a limit the oldest messages go first (discard OLD).
     max_bytes: int = -1
     max_msgs: int = -1
+    # Copies on a JetStream cluster (MESH_STREAM_REPLICAS): 3 on the Kubernetes
+    # manifests' 3-node cluster, so a stream survives losing a server; 1 on one server.
+    replicas: int = 1
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -58,7 +61,7 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             max_msgs=self.max_msgs,
             duplicate_window=self.duplicate_window_s,
-            num_replicas=1,
+            num_replicas=self.replicas,
         )
 
 
@@ -71,6 +74,7 @@ def default_streams(
     duplicate_window_s: float = 120.0,
     max_bytes: int = -1,
     max_msgs: int = -1,
+    replicas: int = 1,
 ) -> list[StreamSpec]:
     """One stream per domain plus the dead-letter stream, each within `max_bytes` and
     `max_msgs` (services pass MESH_STREAM_MAX_BYTES / MESH_STREAM_MAX_MSGS).
@@ -87,6 +91,7 @@ def default_streams(
             duplicate_window_s=duplicate_window_s,
             max_bytes=max_bytes,
             max_msgs=max_msgs,
+            replicas=replicas,
         )
         for d in domains
     ]
@@ -99,6 +104,7 @@ def default_streams(
             duplicate_window_s=duplicate_window_s,
             max_bytes=max_bytes,
             max_msgs=max_msgs,
+            replicas=replicas,
         )
     )
     return specs

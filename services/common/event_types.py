@@ -28,13 +28,19 @@ EVENTS = EventTypes(
 
 
 def shop_streams(
-    *, duplicate_window_s: float = 120.0, max_bytes: int = -1, max_msgs: int = -1
+    *,
+    duplicate_window_s: float = 120.0,
+    max_bytes: int = -1,
+    max_msgs: int = -1,
+    replicas: int = 1,
 ) -> list[StreamSpec]:
     """One stream per shop domain (USER, ORDER, PAYMENT, INVENTORY) plus the DLQ; the
-    limits (-1: none) are the services' MESH_STREAM_MAX_BYTES / MESH_STREAM_MAX_MSGS."""
+    limits (-1: none) are the services' MESH_STREAM_MAX_BYTES / MESH_STREAM_MAX_MSGS,
+    the copies their MESH_STREAM_REPLICAS."""
     return default_streams(
         EVENTS.domains,
         duplicate_window_s=duplicate_window_s,
         max_bytes=max_bytes,
         max_msgs=max_msgs,
+        replicas=replicas,
     )

@@ -57,7 +57,11 @@ def bus_access(settings: Settings) -> BusAccess:
     """The service's access from its settings: its identity's credentials, the stream
     limits, and only its own streams to declare (the NATS permissions allow no other)."""
     streams = tuple(
-        shop_streams(max_bytes=settings.stream_max_bytes, max_msgs=settings.stream_max_msgs)
+        shop_streams(
+            max_bytes=settings.stream_max_bytes,
+            max_msgs=settings.stream_max_msgs,
+            replicas=settings.stream_replicas,
+        )
     )
     identity = event_identity(settings.service)
     declares = tuple(owned_streams(identity, streams)) if identity is not None else streams

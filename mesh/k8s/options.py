@@ -1,0 +1,92 @@
+"""What the Kubernetes renderer takes besides the topology.
+
+Tracks are the traffic policy's subset keys (`MESH_TRACK`, the registry metadata
+`track`): every service gets one Deployment per track. The active track runs the
+topology's instance count; the others are rendered at zero replicas, ready to be
+scaled up with a new image for a blue-green release (a Deployment at zero replicas
+is not autoscaled: its HPA starts acting once it is scaled up).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The Kubernetes version whose schemas the tests validate the manifests against.
+KUBERNETES_VERSION = "1.31.0"
+DEFAULT_TRACKS = ("blue", "green")
+# The Dockerfile's unprivileged user.
+MESH_UID = 10001
+# Inside a container: where the mesh PKI Secret and the NATS seed Secret are mounted.
+PKI_MOUNT = "/etc/shop-mesh/pki"
+NATS_SEED_MOUNT = "/etc/shop-mesh/nats"
+NATS_SEED_FILE = f"{NATS_SEED_MOUNT}/seed"
+# A label every mesh workload's pods carry: the service identity their certificate
+# names (spiffe://<trust domain>/svc/<identity>). NetworkPolicies select callers by it.
+IDENTITY_LABEL = "shop-mesh/identity"
+PART_OF = "shop-mesh"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+class K8sOptionsError(ValueError):
+    """An option the manifests cannot be rendered with; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    cpu_limit: str = "1"
+    memory_limit: str = "512Mi"
+
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class K8sOptions:
+    namespace: str = "shop-mesh"
+    image: str = "shop-mesh"
+    tag: str = "0.1.0"
+    tracks: tuple[str, ...] = DEFAULT_TRACKS
+    active_track: str = "blue"
+    # Only these services' workload files (a release renders one service's green track).
+    only_services: tuple[str, ...] = ()
+    trust_domain: str = "mesh.local"
+    envoy_image: str = "envoyproxy/envoy:v1.40.0"
+    nats_image: str = "nats:2.10-alpine"
+    nats_replicas: int = 3
+    nats_storage: str = "10Gi"
+    postgres_image: str = "postgres:16-alpine"
+    postgres_storage: str = "10Gi"
+    resources: Resources = Resources()
+    # HPA: at most this many times the topology's instances, at this CPU utilisation.
+    hpa_max_factor: int = 4
+    hpa_cpu_percent: int = 70
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image}:{self.tag}"
+
+    def check(self) -> None:
+        if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise K8sOptionsError(f"--namespace: {self.namespace!r} is not a DNS label")
+        if not _TAG.match(self.tag):
+            raise K8sOptionsError(f"--tag: {self.tag!r} is not an image tag (and label value)")
+        if not self.tracks:
+            raise K8sOptionsError("--tracks: at least one track")
+        for track in self.tracks:
+            if not _DNS_LABEL.match(track) or len(track) > 20:
+                raise K8sOptionsError(f"--tracks: {track!r} is not a short DNS label")
+        if self.active_track not in self.tracks:
+            raise K8sOptionsError(
+                f"--active: {self.active_track!r} is not one of the tracks {list(self.tracks)}"
+            )
+        if self.nats_replicas not in (1, 3, 5):
+            # An odd count for JetStream's RAFT quorum; also MESH_STREAM_REPLICAS.
+            raise K8sOptionsError("nats_replicas: 1, 3 or 5")

@@ -1,0 +1,562 @@
+"""The Kubernetes manifests (`meshctl k8s render`), checked without a cluster.
+
+No cluster exists where these run: every rendered document is validated offline
+against the JSON schemas of Kubernetes 1.31 that the `kubernetes-validate` wheel
+ships (strict: unknown fields are errors), the NATS config (with the `nats-auth`
+Secret it includes) by the real nats-server's `-t`, and the edge's Envoy config by
+the real Envoy's `--mode validate`. The rest is structure: probes, resources and
+non-root everywhere, one Deployment per track, NATS a 3-node JetStream cluster,
+NetworkPolicies equal to the contracts' caller policy, no key material committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]  # no stubs
+import pytest
+import yaml
+
+from base.settings import specs
+from mesh.cli import main as meshctl
+from mesh.discovery.embedded import EmbeddedRegistry
+from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.render import DESCRIPTORS
+from mesh.edge.serve import serve_edge
+from mesh.k8s.network import service_callers
+from mesh.k8s.options import IDENTITY_LABEL, KUBERNETES_VERSION, MESH_UID, K8sOptions
+from mesh.k8s.render import CONSUL_VALUES, DEPLOY_DIR, render_manifests, write_manifests
+from mesh.local.topology import load_topology
+from mesh.security.policy import load_rows
+from mesh.settings import ResilienceSettings, SecuritySettings, Settings
+from mesh.tools import nats_server_binary
+from tests.support.envoy import validate as envoy_validate
+from tests.support.poll import eventually
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+TOPOLOGY = load_topology(ROOT / "mesh.toml")
+Doc = dict[str, Any]
+
+
+def _docs(directory: Path) -> list[Doc]:
+    return [
+        d
+        for f in sorted(directory.glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d is not None
+    ]
+
+
+def _kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _named(docs: list[Doc], kind: str, name: str) -> Doc:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def _containers(doc: Doc) -> list[Doc]:
+    containers: list[Doc] = doc["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+@pytest.fixture(scope="module")
+def committed() -> list[Doc]:
+    return _docs(DEPLOY_DIR)
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`meshctl k8s secrets` into a temporary directory (the CA and keys live there)."""
+    out = tmp_path_factory.mktemp("k8s-material") / "k8s"
+    assert meshctl(["k8s", "secrets", "--material", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def secrets(material: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all((material / "secrets.yaml").read_text()) if d]
+
+
+def test_committed_copy_is_current(tmp_path: Path) -> None:
+    options = K8sOptions()
+    write_manifests(tmp_path, render_manifests(TOPOLOGY, options), options)
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.yaml"))
+    kept = sorted(p.relative_to(DEPLOY_DIR) for p in DEPLOY_DIR.rglob("*.yaml"))
+    assert fresh == kept, "deploy/k8s/ is stale: run `meshctl k8s render`"
+    for rel in fresh:
+        assert (tmp_path / rel).read_text() == (DEPLOY_DIR / rel).read_text(), (
+            f"deploy/k8s/{rel} is stale: run `meshctl k8s render`"
+        )
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas(
+    committed: list[Doc], secrets: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*_args: object) -> None:
+        raise AssertionError("schema validation tried the network")
+
+    # Offline: the schemas come from the wheel, never fetched while the tests run.
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert len(committed) > 50
+    for doc in [*committed, *secrets]:
+        version = kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert version == "1.31", (doc["kind"], doc["metadata"]["name"], version)
+
+
+def test_validation_is_real_an_unknown_or_mistyped_field_fails(committed: list[Doc]) -> None:
+    deployment = _kind(committed, "Deployment")[0]
+    typo = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, KUBERNETES_VERSION, strict=True)
+    wrong_type = {**deployment, "spec": {**deployment["spec"], "replicas": "two"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong_type, KUBERNETES_VERSION, strict=True)
+
+
+def test_one_deployment_per_service_and_track_with_the_policy_labels(
+    committed: list[Doc],
+) -> None:
+    options = K8sOptions()
+    for spec in TOPOLOGY.services:
+        for track in options.tracks:
+            dep = _named(committed, "Deployment", f"{spec.name}-{track}")
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            assert labels["app"] == spec.name
+            assert labels["track"] == track
+            assert labels["version"] == options.tag
+            assert labels[IDENTITY_LABEL] == spec.name
+            assert dep["spec"]["selector"]["matchLabels"] == {"app": spec.name, "track": track}
+            env = {e["name"]: e for e in _containers(dep)[0]["env"]}
+            assert env["MESH_TRACK"]["value"] == track
+            assert env["MESH_VERSION"]["value"] == options.tag
+            assert env["MESH_GRPC_PORT"]["value"] == str(spec.grpc_port)
+            assert _containers(dep)[0]["image"] == f"shop-mesh:{options.tag}"
+            # The active track runs the topology's instances; the other waits at zero.
+            expected = spec.instances if track == options.active_track else 0
+            assert dep["spec"]["replicas"] == expected
+            for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
+                other = _named(committed, kind, f"{spec.name}-{track}")
+                assert other["metadata"]["labels"]["track"] == track
+            hpa = _named(committed, "HorizontalPodAutoscaler", f"{spec.name}-{track}")
+            assert hpa["apiVersion"] == "autoscaling/v2"
+            assert hpa["spec"]["scaleTargetRef"]["name"] == f"{spec.name}-{track}"
+            assert hpa["spec"]["minReplicas"] == spec.instances
+
+
+def test_every_workload_has_probes_resources_and_runs_as_non_root(committed: list[Doc]) -> None:
+    workloads = _kind(committed, "Deployment") + _kind(committed, "StatefulSet")
+    assert workloads
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
+        assert pod["automountServiceAccountToken"] is False
+        for c in [*pod["containers"], *pod.get("initContainers", [])]:
+            where = f"{w['metadata']['name']}/{c['name']}"
+            assert c.get("readinessProbe") and c.get("livenessProbe"), where
+            assert set(c["resources"]) == {"requests", "limits"}, where
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            uid = sc.get("runAsUser", pod["securityContext"]["runAsUser"])
+            assert uid != 0, where
+    for spec in TOPOLOGY.services:
+        dep = _named(committed, "Deployment", f"{spec.name}-blue")
+        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == MESH_UID
+        probe = _containers(dep)[0]["readinessProbe"]
+        # mTLS-only gRPC port: the kubelet's plaintext grpc probe could never pass; the
+        # admin port's /health is grpc.health.v1's twin.
+        assert probe["httpGet"] == {"path": "/health", "port": spec.admin_port}
+        assert "grpc" not in _containers(dep)[0]["livenessProbe"]
+
+
+def test_every_env_var_of_a_service_is_a_setting_the_code_reads(committed: list[Doc]) -> None:
+    declared = {
+        spec.env
+        for cls in (Settings, ResilienceSettings, SecuritySettings)
+        for _, spec in specs(cls)
+    }
+    # HOST_IP only builds CONSUL_HTTP_ADDR; MESH_TRACK is the traffic policy's subset key
+    # (declared by mesh/traffic's settings).
+    extra = {"HOST_IP", "MESH_TRACK", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+    for spec in TOPOLOGY.services:
+        env = _containers(_named(committed, "Deployment", f"{spec.name}-blue"))[0]["env"]
+        for var in (e["name"] for e in env):
+            if var.endswith("_DATABASE_URL"):
+                assert var == f"{spec.name.upper()}_DATABASE_URL"
+            else:
+                assert var in declared | extra | set(spec.env), f"{spec.name}: {var}"
+
+
+def test_nats_is_a_three_node_jetstream_cluster(committed: list[Doc]) -> None:
+    sts = _named(committed, "StatefulSet", "nats")
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["serviceName"] == "nats-headless"
+    assert _named(committed, "Service", "nats-headless")["spec"]["clusterIP"] == "None"
+    claims = sts["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["data"]
+    conf = _named(committed, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert re.search(r"^jetstream \{\n  store_dir: /data", conf, re.M)
+    routes = re.findall(r"nats://(nats-\d)\.nats-headless\.shop-mesh\.svc:6222", conf)
+    assert routes == ["nats-0", "nats-1", "nats-2"]
+    assert "include ./auth/auth.conf" in conf
+
+
+def _nats_dir(tmp_path: Path, committed: list[Doc], auth: str) -> Path:
+    (tmp_path / "auth").mkdir(parents=True)
+    (tmp_path / "auth" / "auth.conf").write_text(auth)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(_named(committed, "ConfigMap", "nats-config")["data"]["nats.conf"])
+    return conf
+
+
+def _nats_check(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [nats_server_binary(), "--config", str(conf), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+def test_nats_accepts_the_config_with_the_rendered_auth_and_refuses_a_broken_one(
+    tmp_path: Path, committed: list[Doc], secrets: list[Doc]
+) -> None:
+    auth = _named(secrets, "Secret", "nats-auth")["stringData"]["auth.conf"]
+    assert "nkey:" in auth and "permissions" in auth
+    ok = _nats_check(_nats_dir(tmp_path / "ok", committed, auth))
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    broken = _nats_check(_nats_dir(tmp_path / "broken", committed, auth.replace("}", "", 1)))
+    assert broken.returncode != 0
+
+
+def test_payments_admits_only_orders_pods_and_every_policy_mirrors_the_contracts(
+    committed: list[Doc],
+) -> None:
+    policies = _kind(committed, "NetworkPolicy")
+    payments = _named(committed, "NetworkPolicy", "payments-callers")
+    grpc_rule = next(r for r in payments["spec"]["ingress"] if r["ports"][0]["port"] == 50054)
+    mesh_peers = [p for p in grpc_rule["from"] if "matchExpressions" in p.get("podSelector", {})]
+    assert mesh_peers == [
+        {
+            "podSelector": {
+                "matchExpressions": [
+                    {"key": IDENTITY_LABEL, "operator": "In", "values": ["orders"]}
+                ]
+            }
+        }
+    ]
+    # No other rule of any policy on payments' pods admits its gRPC port.
+    on_payments = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"].get("matchLabels", {}).get("app") == "payments"
+    ]
+    for p in on_payments:
+        for rule in p["spec"]["ingress"]:
+            if rule is not grpc_rule:
+                assert all(port["port"] != 50054 for port in rule.get("ports", [])), p
+    # Every service's gRPC port admits exactly the callers `meshctl policy` lists.
+    model = build_model(load_descriptor_set(DESCRIPTORS).file)
+    callers = service_callers(load_rows(), model)
+    assert callers["payments"] == frozenset({"orders"})
+    for spec in TOPOLOGY.services:
+        rule = _named(committed, "NetworkPolicy", f"{spec.name}-callers")["spec"]["ingress"][0]
+        exprs = [p["podSelector"]["matchExpressions"][0] for p in rule["from"]
+                 if "matchExpressions" in p["podSelector"]]  # fmt: skip
+        assert exprs == [
+            {"key": IDENTITY_LABEL, "operator": "In", "values": sorted(callers[spec.name] or ())}
+        ]
+    # Default deny: a pod no policy selects admits nothing.
+    deny = _named(committed, "NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    # A service's database admits only that service's pods.
+    db = _named(committed, "NetworkPolicy", "payments-postgres")
+    assert db["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"] == [
+        "payments"
+    ]
+
+
+def test_callers_union_any_identity_wins_and_unknown_services_are_ignored() -> None:
+    from mesh.security.policy import PolicyRow
+
+    model = build_model(load_descriptor_set(DESCRIPTORS).file)
+    rows = [
+        PolicyRow("shop.users.v1.UserService", "A", False, frozenset({"edge"})),
+        PolicyRow("shop.users.v1.UserService", "B", False, frozenset({"orders"})),
+        PolicyRow("shop.payments.v1.PaymentService", "C", True, frozenset({"*"})),
+        PolicyRow("shop.payments.v1.PaymentService", "D", True, frozenset({"orders"})),
+        PolicyRow("no.such.v1.Service", "E", True, frozenset({"x"})),
+    ]
+    assert service_callers(rows, model) == {
+        "users": frozenset({"edge", "orders"}),
+        "payments": None,
+    }
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+
+
+def test_no_key_material_is_committed_and_every_referenced_secret_is_made(
+    committed: list[Doc], secrets: list[Doc]
+) -> None:
+    assert _kind(committed, "Secret") == []
+    for path in DEPLOY_DIR.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "PRIVATE KEY" not in text, path
+            assert not re.search(r"\bSU[A-Z2-7]{56}\b", text), f"{path}: an nkey seed"
+    made = {d["metadata"]["name"]: d for d in secrets}
+    for node in _walk(committed):
+        if not isinstance(node, dict):
+            continue
+        ref = (
+            node.get("secret", {}).get("secretName")
+            if isinstance(node.get("secret"), dict)
+            else None
+        )
+        key_ref = node.get("secretKeyRef")
+        if ref:
+            assert ref in made, f"a volume names Secret {ref}, which `meshctl k8s secrets` lacks"
+        if key_ref:
+            assert key_ref["key"] in made[key_ref["name"]]["stringData"], key_ref
+    # The Helm values name the consul identity's Secret too.
+    values = yaml.safe_load((DEPLOY_DIR / CONSUL_VALUES).read_text())
+    assert values["client"]["extraVolumes"][0]["name"] in made
+
+
+def test_secrets_are_private_and_kept_across_runs(material: Path, secrets: list[Doc]) -> None:
+    assert stat.S_IMODE(material.stat().st_mode) == 0o700
+    assert stat.S_IMODE((material / "secrets.yaml").stat().st_mode) == 0o600
+    orders = next(d for d in secrets if d["metadata"]["name"] == "orders-pki")["stringData"]
+    assert "PRIVATE KEY" in orders["orders.key"] and "orders.crt" in orders
+    before = (
+        (material / "pki" / "ca.crt").read_bytes(),
+        (material / "db" / "orders.password").read_bytes(),
+    )
+    assert meshctl(["k8s", "secrets", "--material", str(material)]) == 0
+    after = (
+        (material / "pki" / "ca.crt").read_bytes(),
+        (material / "db" / "orders.password").read_bytes(),
+    )
+    assert before == after
+
+
+async def test_edge_envoy_config_is_valid_for_the_real_envoy(
+    tmp_path: Path, committed: list[Doc], secrets: list[Doc]
+) -> None:
+    """The ConfigMap's envoy.yaml, the edge-pki Secret's files, and the EDS files the
+    companion writes before it listens (Envoy, in the pod, starts only after its native
+    sidecar has started): the real Envoy accepts them."""
+    cm = _named(committed, "ConfigMap", "edge-envoy")
+    assert base64.b64decode(cm["binaryData"]["descriptors.binpb"]) == DESCRIPTORS.read_bytes()
+    config, pki, eds = tmp_path / "envoy", tmp_path / "pki", tmp_path / "eds"
+    for d in (config, pki, eds):
+        d.mkdir()
+    for name, b64 in cm["binaryData"].items():
+        (config / name).write_bytes(base64.b64decode(b64))
+    for name, data in _named(secrets, "Secret", "edge-pki")["stringData"].items():
+        (pki / name).write_text(data)
+
+    def local(text: str) -> str:
+        return (
+            text.replace("/etc/envoy", str(config))
+            .replace("/etc/shop-mesh/pki", str(pki))
+            .replace("/var/run/envoy/eds", str(eds))
+        )
+
+    for name, text in cm["data"].items():
+        (config / name).write_text(local(text))
+    sidecar = _named(committed, "Deployment", "edge")["spec"]["template"]["spec"]["initContainers"]
+    assert [(c["name"], c["restartPolicy"]) for c in sidecar] == [("edge-meta", "Always")]
+    assert sidecar[0]["startupProbe"]["tcpSocket"]["port"] == 9190
+    envoy_yaml = yaml.safe_load((config / "envoy.yaml").read_text())
+    meta = next(c for c in envoy_yaml["static_resources"]["clusters"] if c["name"] == "edge_meta")
+    assert "127.0.0.1" in str(meta), "the companion runs in the edge's pod"
+
+    # The companion itself (`meshctl edge serve`, the sidecar's command) on an empty
+    # registry: once its port answers (the sidecar's startup probe), Envoy may start.
+    registry = EmbeddedRegistry(tmp_path / "registry")
+    stop = asyncio.Event()
+    port = free_port()
+    companion = asyncio.create_task(
+        serve_edge(
+            registry,
+            host="127.0.0.1",
+            port=port,
+            eds_dir=eds,
+            descriptors=config / "descriptors.binpb",
+            stop=stop,
+        )
+    )
+    try:
+        await eventually(lambda: _listening(port), 30, "the companion listening")
+        result = await asyncio.to_thread(envoy_validate, config / "envoy.yaml")
+    finally:
+        stop.set()
+        await companion
+        await registry.close()
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+
+
+def test_every_config_map_fits_the_api_servers_limit(committed: list[Doc]) -> None:
+    """A ConfigMap holds at most 1 MiB (etcd's object limit): the edge's carries the
+    Envoy config and two descriptor sets, which grow with the contracts."""
+    for cm in _kind(committed, "ConfigMap"):
+        size = sum(len(v.encode()) for v in cm.get("data", {}).values())
+        size += sum(len(base64.b64decode(v)) for v in cm.get("binaryData", {}).values())
+        assert size < 1024 * 1024 * 3 // 4, (cm["metadata"]["name"], size)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def test_a_release_renders_one_services_green_track(tmp_path: Path) -> None:
+    out = tmp_path / "green"
+    argv = ["k8s", "render", "--out", str(out), "--service", "orders", "--tracks", "green",
+            "--tag", "1.1.0"]  # fmt: skip
+    assert meshctl(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["30-orders.yaml"]
+    docs = _docs(out)
+    dep = _named(docs, "Deployment", "orders-green")
+    assert dep["spec"]["replicas"] == 2
+    assert _containers(dep)[0]["image"] == "shop-mesh:1.1.0"
+    env = {e["name"]: e.get("value") for e in _containers(dep)[0]["env"]}
+    assert (env["MESH_TRACK"], env["MESH_VERSION"]) == ("green", "1.1.0")
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-blue")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--service", "nosuch"],
+        ["--tag", "bad tag"],
+        ["--namespace", "Not_A_Label"],
+        ["--tracks", "blue", "--active", "green"],
+    ],
+)
+def test_bad_render_options_are_refused_with_exit_2(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert meshctl(["k8s", "render", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert "meshctl k8s render:" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_dependent_env_vars_are_defined_before_use(committed: list[Doc]) -> None:
+    """`$(HOST_IP)` expands only if HOST_IP comes earlier in the list (else it stays literal)."""
+    for dep in _kind(committed, "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        for c in [*pod["containers"], *pod.get("initContainers", [])]:
+            seen: set[str] = set()
+            for e in c.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                    assert ref in seen, f"{dep['metadata']['name']}/{c['name']}: {e['name']}"
+                seen.add(e["name"])
+
+
+def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
+    from mesh.security.pki import describe
+
+    material = tmp_path / "k8s"
+    argv = ["k8s", "secrets", "--material", str(material), "--edge-name", "shop.example.com",
+            "--edge-name", "203.0.113.7"]  # fmt: skip
+    assert meshctl(argv) == 0
+    docs = [d for d in yaml.safe_load_all((material / "secrets.yaml").read_text()) if d]
+    edge = _named(docs, "Secret", "edge-pki")["stringData"]
+    info = describe(edge["edge.crt"].encode())
+    assert {"shop.example.com", "localhost"} <= set(info.dns_names)
+    assert "203.0.113.7" in info.ip_addresses
+    # Without the option the names stay those of a local edge.
+    plain = tmp_path / "plain"
+    assert meshctl(["k8s", "secrets", "--material", str(plain)]) == 0
+    docs = [d for d in yaml.safe_load_all((plain / "secrets.yaml").read_text()) if d]
+    info = describe(_named(docs, "Secret", "edge-pki")["stringData"]["edge.crt"].encode())
+    assert "shop.example.com" not in info.dns_names
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_edge_reaches_the_token_issuers_admin_port_only_when_it_verifies_tokens(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """The edge's jwt_authn fetches the JWKS from the issuer's admin port (when the edge
+    has end-user auth): that port, and no other service's, admits the edge's pods."""
+    from types import SimpleNamespace
+
+    from mesh.k8s import network
+    from mesh.k8s.edge import edge_options
+
+    auth = SimpleNamespace(enabled=enabled, jwks_service="users")
+    port = edge_options(K8sOptions()).tls_listen_port
+    fake = SimpleNamespace(auth=auth, tls_listen_port=port)
+    monkeypatch.setattr(network, "edge_options", lambda _o: fake)
+    policies = network.network_policies(
+        TOPOLOGY.services,
+        load_rows(),
+        build_model(load_descriptor_set(DESCRIPTORS).file),
+        K8sOptions(),
+    )
+    for spec in TOPOLOGY.services:
+        policy = _named(policies, "NetworkPolicy", f"{spec.name}-callers")
+        admin = next(
+            r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == spec.admin_port
+        )
+        edge_peer = {
+            "podSelector": {
+                "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "In", "values": ["edge"]}]
+            }
+        }
+        assert (edge_peer in admin["from"]) == (enabled and spec.name == "users"), spec.name
+
+
+def test_any_topology_renders_a_service_no_contract_names_admits_no_caller(
+    tmp_path: Path,
+) -> None:
+    """Generic over the topology: a service with free ports (0 locally) gets the pod
+    defaults, and with no RPC in the contracts its gRPC port admits only the Consul
+    agents' health checks; no event identities: no NATS seed mounted."""
+    from mesh.local.topology import parse_topology
+
+    doc = {"services": {"billing": {"module": "acme.billing", "instances": 3}}}
+    topology = parse_topology(doc, tmp_path / "mesh.toml")
+    files = render_manifests(topology, K8sOptions(namespace="acme", tag="2.0.0"))
+    docs = [d for ds in files.values() for d in ds]
+    for d in docs:
+        kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+    dep = _named(docs, "Deployment", "billing-blue")
+    assert dep["metadata"]["namespace"] == "acme"
+    assert dep["spec"]["replicas"] == 3
+    ports = {p["name"]: p["containerPort"] for p in _containers(dep)[0]["ports"]}
+    assert ports == {"grpc": 50051, "admin": 9100}
+    env = {e["name"] for e in _containers(dep)[0]["env"]}
+    assert "NATS_NKEY_SEED_FILE" not in env
+    policy = _named(docs, "NetworkPolicy", "billing-callers")
+    grpc_rule = policy["spec"]["ingress"][0]
+    assert grpc_rule["from"] == [
+        {"podSelector": {"matchLabels": {"app": "consul", "component": "client"}}}
+    ]

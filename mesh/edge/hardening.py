@@ -48,7 +48,8 @@ from mesh.edge.model import EdgeModel
 _HCM = "envoy.filters.network.http_connection_manager"
 _RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 _TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
-_TRANSCODER_TYPE = "grpc_json_transcoder.v3.GrpcJsonTranscoder"
+_BUFFER = "envoy.filters.http.buffer"
+_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3"
 _RATE_LIMIT_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 )
@@ -68,16 +69,17 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def strict_paths(model: EdgeModel) -> list[str]:
-    """gRPC paths of the strict methods, versioned and unversioned (the router
-    rewrites an unversioned one only after the rate limit has seen it)."""
-    paths = set()
+def strict_methods(model: EdgeModel) -> dict[str, list[str]]:
+    """The strict methods: their unversioned gRPC path (one bucket per method and
+    client, whichever major is called) -> every gRPC path it is called by. The
+    router rewrites an unversioned path only after the rate limit has seen it."""
+    found: dict[str, set[str]] = {}
     for svc in model.public:
         for m in svc.methods:
             if m.strict_rate_limit:
-                paths.add(f"/{svc.full_name}/{m.name}")
-                paths.add(f"/{svc.unversioned_name}/{m.name}")
-    return sorted(paths)
+                key = f"/{svc.unversioned_name}/{m.name}"
+                found.setdefault(key, {key}).add(f"/{svc.full_name}/{m.name}")
+    return {key: sorted(paths) for key, paths in sorted(found.items())}
 
 
 def _bucket(tokens: int, fill_interval_s: float, per_fill: int | None = None) -> dict[str, Any]:
@@ -120,14 +122,42 @@ def _per_client(limits: EdgeLimits) -> dict[str, Any]:
 def strict_rate_limit_filter(model: EdgeModel, limits: EdgeLimits) -> dict[str, Any] | None:
     """The rate limit filter of the strict methods, or None if the contracts mark none.
 
-    `strict_rate_limit_per_min` calls per minute per address, refilled one at a
-    time, so a client that waits `retry-after` seconds may try once more."""
-    paths = strict_paths(model)
-    if not paths:
+    Each strict method has a bucket per client address: `strict_rate_limit_per_min`
+    calls, refilled one at a time, so a client that waits `retry-after` seconds
+    may try once more."""
+    methods = strict_methods(model)
+    if not methods:
         return None
     per_min = limits.strict_rate_limit_per_min
     interval = 60.0 / per_min
-    regex = "^(" + "|".join(re.escape(p) for p in paths) + ")$"
+    descriptors = []
+    rate_limits = []
+    for key, paths in methods.items():
+        descriptors.append(
+            {
+                "entries": [
+                    {"key": _STRICT_KEY, "value": key},
+                    {"key": _REMOTE_ADDRESS, "value": ""},
+                ],
+                "token_bucket": _bucket(per_min, interval, 1),
+            }
+        )
+        regex = "^(" + "|".join(re.escape(p) for p in paths) + ")$"
+        path_match = {"name": ":path", "string_match": {"safe_regex": {"regex": regex}}}
+        rate_limits.append(
+            {
+                "actions": [
+                    {
+                        "header_value_match": {
+                            "descriptor_key": _STRICT_KEY,
+                            "descriptor_value": key,
+                            "headers": [path_match],
+                        }
+                    },
+                    {"remote_address": {}},
+                ]
+            }
+        )
     return {
         "name": "envoy.filters.http.local_ratelimit.strict",
         "typed_config": {
@@ -138,34 +168,8 @@ def strict_rate_limit_filter(model: EdgeModel, limits: EdgeLimits) -> dict[str, 
             "always_consume_default_token_bucket": False,
             "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
             "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "descriptors": [
-                {
-                    "entries": [
-                        {"key": _STRICT_KEY, "value": "true"},
-                        {"key": _REMOTE_ADDRESS, "value": ""},
-                    ],
-                    "token_bucket": _bucket(per_min, interval, 1),
-                }
-            ],
-            "rate_limits": [
-                {
-                    "actions": [
-                        {
-                            "header_value_match": {
-                                "descriptor_key": _STRICT_KEY,
-                                "descriptor_value": "true",
-                                "headers": [
-                                    {
-                                        "name": ":path",
-                                        "string_match": {"safe_regex": {"regex": regex}},
-                                    }
-                                ],
-                            }
-                        },
-                        {"remote_address": {}},
-                    ]
-                }
-            ],
+            "descriptors": descriptors,
+            "rate_limits": rate_limits,
             "max_dynamic_descriptors": limits.rate_limit_clients,
             "rate_limited_as_resource_exhausted": True,
             "response_headers_to_add": _retry_after(math.ceil(interval)),
@@ -182,9 +186,11 @@ def _connection_manager(hcm: dict[str, Any], model: EdgeModel, limits: EdgeLimit
         {
             "use_remote_address": True,
             "xff_num_trusted_hops": limits.xff_trusted_hops,
-            # No address is internal (not even loopback or RFC 1918): every client is
-            # external, so its x-envoy-* control headers are dropped, not obeyed.
-            "internal_address_config": {"cidr_ranges": []},
+            # No `internal_address_config`: since Envoy 1.33 (runtime guard
+            # explicit_internal_address_config) no address is internal by default,
+            # loopback and RFC 1918 included, so every client is external and its
+            # x-envoy-* control headers are dropped, not obeyed. An explicit config
+            # with no ranges would bring back the old RFC 1918 + loopback default.
             "strip_trailing_host_dot": True,
             "normalize_path": True,
             "merge_slashes": True,
@@ -214,21 +220,35 @@ def _connection_manager(hcm: dict[str, Any], model: EdgeModel, limits: EdgeLimit
     if strict is not None:
         at = next(i for i, f in enumerate(filters) if f["name"] == _TRANSCODER)
         filters.insert(at + 1, strict)
-    for f in filters:
-        _limit_body(f.get("typed_config", {}), limits)
+    at = next(i for i, f in enumerate(filters) if f["name"] == _TRANSCODER)
+    filters.insert(at, _body_limit(limits))
     for vhost in hcm["route_config"]["virtual_hosts"]:
         for route in vhost["routes"]:
-            for config in route.get("typed_per_filter_config", {}).values():
-                _limit_body(config, limits)
+            per_filter = route.setdefault("typed_per_filter_config", {})
+            if _TRANSCODER not in per_filter:
+                per_filter[_BUFFER] = {"@type": f"{_BUFFER_TYPE}.BufferPerRoute", "disabled": True}
             action = route.get("route")
             # A route without a timeout carries streams: the idle timeout is not theirs.
             if action is not None and action.get("timeout") == "0s":
                 action.setdefault("idle_timeout", "0s")
 
 
-def _limit_body(config: dict[str, Any], limits: EdgeLimits) -> None:
-    if str(config.get("@type", "")).endswith(_TRANSCODER_TYPE):
-        config["max_request_body_size"] = limits.max_request_body_bytes
+def _body_limit(limits: EdgeLimits) -> dict[str, Any]:
+    """REST bodies are read whole before transcoding, up to the limit (413 beyond).
+
+    Only REST requests: a versioned REST path matches no route before the
+    transcoder has turned it into a gRPC path, an unversioned one matches a
+    route with its own transcoder; every other route (gRPC, reflection, health)
+    disables the buffer, so streams are never held back. A gRPC message is
+    bounded by the services' own limit (4 MiB, RESOURCE_EXHAUSTED beyond) and
+    passes under HTTP/2 flow control, never whole in the edge's memory."""
+    return {
+        "name": _BUFFER,
+        "typed_config": {
+            "@type": f"{_BUFFER_TYPE}.Buffer",
+            "max_request_bytes": limits.max_request_body_bytes,
+        },
+    }
 
 
 def _upstream_http2(cluster: dict[str, Any]) -> None:

@@ -36,9 +36,10 @@ class EdgeLimits:
     )
     max_request_headers_kb: int = setting(
         "MESH_EDGE_MAX_REQUEST_HEADERS_KB",
-        32,
+        16,
         _AT_LEAST_ONE,
-        "request headers larger than this answer 431 (HTTP/2: the stream is reset)",
+        "request headers larger than this answer 431 (HTTP/2: the stream is reset); the "
+        "services' gRPC limit is 8 KiB (soft) to 16 KiB",
     )
     max_request_body_bytes: int = setting(
         "MESH_EDGE_MAX_REQUEST_BODY_BYTES",

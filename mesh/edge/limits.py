@@ -73,7 +73,7 @@ class EdgeLimits:
     )
     max_concurrent_streams: int = setting(
         "MESH_EDGE_MAX_CONCURRENT_STREAMS",
-        100,
+        1000,
         _AT_LEAST_ONE,
         "HTTP/2 streams one client connection may have open",
     )

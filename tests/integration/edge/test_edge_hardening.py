@@ -216,9 +216,7 @@ async def test_payments_is_unreachable_by_any_spelling(edge: Edge) -> None:
         "/api/v1/payments/s1",
         "//api/v1/payments/s1",
     ]:
-        res = await asyncio.to_thread(
-            lambda p=path: edge.send("POST", p, body_bytes(), headers=grpc_headers)
-        )
+        res = await asyncio.to_thread(edge.send, "POST", path, None, headers=grpc_headers)
         assert res.status != 200 or res.headers.get("grpc-status") not in (None, "0"), (path, res)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -227,10 +225,6 @@ async def test_payments_is_unreachable_by_any_spelling(edge: Edge) -> None:
             )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert not [c for c in edge.seen.calls if c[0] == "GetPayment"]
-
-
-def body_bytes() -> None:
-    return None
 
 
 async def test_header_names_with_underscores_are_rejected(edge: Edge) -> None:
@@ -334,8 +328,11 @@ async def test_grpc_login_flood_gets_resource_exhausted_with_retry_after(edge: E
             except grpc.aio.AioRpcError as err:
                 codes.append(err.code())
                 if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    meta = dict((k, v) for k, v in (err.trailing_metadata() or ()))
-                    meta.update((k, v) for k, v in (err.initial_metadata() or ()))
+                    pairs: list[Any] = [
+                        *(err.trailing_metadata() or ()),
+                        *(err.initial_metadata() or ()),
+                    ]
+                    meta = {str(p[0]): p[1] for p in pairs}
                     assert meta.get("retry-after") == str(60 // STRICT_PER_MIN), meta
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes

@@ -29,9 +29,10 @@ from mesh.discovery.registry import Instance
 from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
-from mesh.edge.sync import EndpointSync
+from mesh.edge.sync import EndpointSync, write_endpoints
 from tests.support import pki
 from tests.support.envoy import EnvoyProcess, start_envoy
+from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.raw_http import RawResponse, request
 from tests.support.stand_ins import MemoryRegistry
@@ -346,3 +347,43 @@ async def test_grpc_login_flood_gets_resource_exhausted_with_retry_after(edge: E
             inventory_pb2.GetProductRequest(product_id="p-grpc"), timeout=10
         )
         assert product.product_id == "p-grpc"
+
+
+async def test_overload_manager_watches_heap_and_connections(edge: Edge) -> None:
+    stats = await asyncio.to_thread(edge.envoy.admin, "/stats?filter=overload")
+    for name in [
+        "envoy.resource_monitors.fixed_heap.pressure",
+        "envoy.resource_monitors.global_downstream_max_connections.pressure",
+        "envoy.overload_actions.stop_accepting_requests.active: 0",
+    ]:
+        assert name in stats, stats
+
+
+async def test_an_edge_over_its_heap_budget_refuses_requests(tmp_path: Path) -> None:
+    """A heap budget below what Envoy already uses: requests answer 503 at once."""
+    model = build_model(load_descriptor_set(DESCRIPTORS).file)
+    listen, admin = free_port(), free_port()
+    options = local_options(
+        tmp_path,
+        listen_port=listen,
+        admin_port=admin,
+        meta_port=free_port(),
+        limits=EdgeLimits(max_heap_bytes=1024 * 1024),
+        **pki.edge_options(tls_listen_port=free_port()),
+    )
+    config, _ = render_files(tmp_path, options)
+    for cluster in model.clusters:
+        write_endpoints(Path(options.eds_dir), cluster, [])
+    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    try:
+
+        def refused() -> bool:
+            stats = envoy.admin("/stats?filter=stop_accepting_requests.active")
+            return "stop_accepting_requests.active: 1" in stats
+
+        await eventually(refused, 10, "the overload manager to stop accepting requests")
+        res = await asyncio.to_thread(request, listen, "GET", "/api/v1/products/p1")
+        assert res.status == 503, res
+        assert b"overload" in res.body.lower() or "overload" in str(res.headers).lower(), res
+    finally:
+        envoy.stop()

@@ -15,9 +15,11 @@ edge proxy" in Envoy's docs), with figures from `EdgeLimits`:
   clients. Header names with `_` are rejected (400): a backend might read
   `x_mesh_user_id` as `x-mesh-user-id` behind the edge's back.
 - Sizes: request headers (431 over HTTP/1.1, a reset over HTTP/2) and REST bodies
-  (413: the transcoder's own limit; gRPC messages stream through under HTTP/2
-  flow control and the services refuse one over 4 MiB with RESOURCE_EXHAUSTED);
-  32 KiB connection buffers; HTTP/2 streams and windows per connection.
+  (413 from Envoy's buffer filter, see `_body_limit`; the transcoder's own
+  `max_request_body_size` let a 3 MiB body through in Envoy 1.40); gRPC messages
+  stream through under HTTP/2 flow control and the services refuse one over
+  4 MiB with RESOURCE_EXHAUSTED; 32 KiB connection buffers; HTTP/2 streams and
+  windows per connection (1,000 streams, not the guide's 100: see EdgeLimits).
 - Timeouts: request headers (slowloris), the whole request (only when no public
   method streams requests: there is no per-route override), idle streams
   (routes with no timeout, the streaming ones, are exempt: a watch may be

@@ -57,6 +57,7 @@ from base.settings import (
 )
 from interceptors.breaker import BreakerConfig
 from interceptors.retry import RetryBudget, RetryPolicy
+from mesh.edge.limits import EdgeLimits
 
 __all__ = [
     "LOG_LEVELS",
@@ -434,6 +435,7 @@ def readme_tables() -> dict[str, str]:
     return {
         "mesh": markdown_table([Settings, SecuritySettings]),
         "mesh-resilience": markdown_table([ResilienceSettings]),
+        "mesh-edge": markdown_table([EdgeLimits]),
     }
 
 

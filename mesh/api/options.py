@@ -87,6 +87,12 @@ def is_idempotent(method: MethodLike) -> bool:
     return bool(method_options(method).Extensions[options_pb2.idempotent])
 
 
+def has_strict_rate_limit(method: MethodLike) -> bool:
+    """`option (meshproto.api.v1.rate_limit) = {strict: true}`: the edge's stricter
+    per-client limit applies (sign-up, login: what an abuser repeats)."""
+    return bool(method_options(method).Extensions[options_pb2.rate_limit].strict)
+
+
 def default_callers(service: ServiceLike) -> frozenset[str] | None:
     """The service's `default_callers`, or None when it declares none."""
     options = service_options(service)

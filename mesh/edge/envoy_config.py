@@ -9,13 +9,15 @@ all, so the edge cannot reach them by gRPC or REST.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from mesh.edge.hardening import harden
+from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import EdgeModel, HttpBinding, Service
 
 ACCEPT_VERSION = "accept-version"
@@ -76,6 +78,8 @@ class EdgeOptions:
     # The file-based SDS document naming the edge's certificate files (render_files
     # writes it): Envoy watches the PKI directory and reloads a renewed certificate.
     sds_path: str = "/etc/envoy/edge_sds.yaml"
+    # What the edge accepts from a client (sizes, timeouts, rates): mesh/edge/hardening.py.
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
 
 
 def _type(extension: str) -> str:
@@ -595,7 +599,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     if options.otlp_port:
         hcm["tracing"] = _tracing(options)
         clusters.append(_otlp_cluster(options))
-    return {
+    bootstrap = {
         "node": {"id": "shop-mesh-edge", "cluster": "edge"},
         "admin": {
             "address": {
@@ -610,6 +614,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    return harden(bootstrap, model, options.limits)
 
 
 def eds_document(cluster: str, endpoints: list[tuple[str, int]]) -> dict[str, Any]:

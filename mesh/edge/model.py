@@ -43,6 +43,8 @@ class Method:
     server_streaming: bool
     idempotent: bool
     bindings: tuple[HttpBinding, ...]
+    # `(meshproto.api.v1.rate_limit) = {strict: true}`: the stricter per-client limit.
+    strict_rate_limit: bool = False
 
     @property
     def streaming(self) -> bool:
@@ -121,6 +123,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
                     server_streaming=meth.server_streaming,
                     idempotent=options.is_idempotent(meth),
                     bindings=_bindings(meth),
+                    strict_rate_limit=options.has_strict_rate_limit(meth),
                 )
                 for meth in svc.method
             )

@@ -25,6 +25,7 @@ from typing import Any
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
@@ -219,6 +220,7 @@ class LocalMesh:
             **self.observe.edge_options(self.o.env),
             tls_listen_port=self.o.edge_tls_port,
             **self.pki.edge_options,
+            limits=edge_limits_from_env(self.o.env),
         )
         config, _ = render_files(edge_dir, options)
         self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))

@@ -53,7 +53,7 @@ BAD = {
     "field without comment": (
         USERS_V1,
         ("  // Login email, unique, stored lower case.\n", ""),
-        'shop/users/v1/users.proto:94: Field "email" should have a non-empty comment for '
+        'shop/users/v1/users.proto:96: Field "email" should have a non-empty comment for '
         "documentation. [buf COMMENT_FIELD]",
     ),
     "trailing comment only": (
@@ -62,19 +62,19 @@ BAD = {
             "  // Login email, unique, stored lower case.\n  string email = 2;",
             "  string email = 2; // Login email.",
         ),
-        'shop/users/v1/users.proto:94: Field "email" should have a non-empty comment for '
+        'shop/users/v1/users.proto:96: Field "email" should have a non-empty comment for '
         "documentation. [buf COMMENT_FIELD]",
     ),
     "message without comment": (
         USERS_V1,
         ("// What a customer tells about themselves.\n", ""),
-        'shop/users/v1/users.proto:102: Message "Profile" should have a non-empty comment for '
+        'shop/users/v1/users.proto:104: Message "Profile" should have a non-empty comment for '
         "documentation. [buf COMMENT_MESSAGE]",
     ),
     "rpc without comment": (
         USERS_V1,
         ("  // Returns one account by id (NOT_FOUND if there is none).\n", ""),
-        'shop/users/v1/users.proto:24: RPC "GetUser" should have a non-empty comment for '
+        'shop/users/v1/users.proto:25: RPC "GetUser" should have a non-empty comment for '
         "documentation. [buf COMMENT_RPC]",
     ),
     "service without comment": (
@@ -157,7 +157,7 @@ BAD = {
     "camel case field": (
         USERS_V1,
         ("  string email = 2;\n  // Public", "  string emailAddress = 2;\n  // Public"),
-        'shop/users/v1/users.proto:95: Field name "emailAddress" should be lower_snake_case, '
+        'shop/users/v1/users.proto:97: Field name "emailAddress" should be lower_snake_case, '
         'such as "email_address". [buf FIELD_LOWER_SNAKE_CASE]',
     ),
     "snake case message": (
@@ -167,7 +167,7 @@ BAD = {
             "// A note.\nmessage user_note {\n  // Text.\n  string text = 1;\n}\n\n"
             "// Request of GetUser.",
         ),
-        'shop/users/v1/users.proto:119: Message name "user_note" should be PascalCase, such as '
+        'shop/users/v1/users.proto:121: Message name "user_note" should be PascalCase, such as '
         '"UserNote". [buf MESSAGE_PASCAL_CASE]',
     ),
     "enum value without prefix": (

@@ -79,6 +79,7 @@ def clean_env() -> dict[str, str]:
 
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
+_TEST_EDGE_LIMITS = {"MESH_EDGE_STRICT_RATE_LIMIT_PER_MIN": "600"}
 
 
 def free_port_shop() -> tuple[ServiceSpec, ...]:
@@ -115,7 +116,10 @@ async def local_mesh(
             services=services or free_port_shop(),
             ready_timeout_s=60,
             grace_s=10,
-            env={**clean_env(), **(env or {})},
+            # Test stacks sign up and log in many users from one address (127.0.0.1) within
+            # a minute: the edge's strict per-client limit (20/min) is raised here and
+            # tested on an edge of its own (tests/integration/edge/test_edge_hardening.py).
+            env={**clean_env(), **_TEST_EDGE_LIMITS, **(env or {})},
             warm_spares=warm_spares,
         )
         mesh = LocalMesh(options, registry, supervisor)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshproto/api/v1/options.proto\x12\x10meshproto.api.v1\x1a google/protobuf/descriptor.proto\"\x1b\n\x07\x43\x61llers\x12\x10\n\x08services\x18\x01 \x03(\t\"\x9c\x01\n\x04\x41uth\x12-\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x1d.meshproto.api.v1.Auth.Access\x12\r\n\x05roles\x18\x02 \x03(\t\"V\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x10\n\x0c\x41\x43\x43\x45SS_ROLES\x10\x03:3\n\x08internal\x12\x1f.google.protobuf.ServiceOptions\x18\xd1\x86\x03 \x01(\x08:U\n\x0f\x64\x65\x66\x61ult_callers\x12\x1f.google.protobuf.ServiceOptions\x18\xd3\x86\x03 \x01(\x0b\x32\x19.meshproto.api.v1.Callers:4\n\nidempotent\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:L\n\x07\x63\x61llers\x12\x1e.google.protobuf.MethodOptions\x18\xd4\x86\x03 \x01(\x0b\x32\x19.meshproto.api.v1.Callers:F\n\x04\x61uth\x12\x1e.google.protobuf.MethodOptions\x18\xd5\x86\x03 \x01(\x0b\x32\x16.meshproto.api.v1.Authb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshproto/api/v1/options.proto\x12\x10meshproto.api.v1\x1a google/protobuf/descriptor.proto\"\x1b\n\x07\x43\x61llers\x12\x10\n\x08services\x18\x01 \x03(\t\"\x9c\x01\n\x04\x41uth\x12-\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x1d.meshproto.api.v1.Auth.Access\x12\r\n\x05roles\x18\x02 \x03(\t\"V\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x10\n\x0c\x41\x43\x43\x45SS_ROLES\x10\x03\"\x1b\n\tRateLimit\x12\x0e\n\x06strict\x18\x01 \x01(\x08:3\n\x08internal\x12\x1f.google.protobuf.ServiceOptions\x18\xd1\x86\x03 \x01(\x08:U\n\x0f\x64\x65\x66\x61ult_callers\x12\x1f.google.protobuf.ServiceOptions\x18\xd3\x86\x03 \x01(\x0b\x32\x19.meshproto.api.v1.Callers:4\n\nidempotent\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:L\n\x07\x63\x61llers\x12\x1e.google.protobuf.MethodOptions\x18\xd4\x86\x03 \x01(\x0b\x32\x19.meshproto.api.v1.Callers:F\n\x04\x61uth\x12\x1e.google.protobuf.MethodOptions\x18\xd5\x86\x03 \x01(\x0b\x32\x16.meshproto.api.v1.Auth:Q\n\nrate_limit\x12\x1e.google.protobuf.MethodOptions\x18\xda\x86\x03 \x01(\x0b\x32\x1b.meshproto.api.v1.RateLimitb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTH']._serialized_end=272
   _globals['_AUTH_ACCESS']._serialized_start=186
   _globals['_AUTH_ACCESS']._serialized_end=272
+  _globals['_RATELIMIT']._serialized_start=274
+  _globals['_RATELIMIT']._serialized_end=301
 # @@protoc_insertion_point(module_scope)

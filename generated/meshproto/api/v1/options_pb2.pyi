@@ -112,11 +112,37 @@ class Auth(_message.Message):
 
 Global___Auth: _TypeAlias = Auth  # noqa: Y015
 
+@_typing.final
+class RateLimit(_message.Message):
+    """How the edge throttles the calls of one client (one remote address) to a method."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRICT_FIELD_NUMBER: _builtins.int
+    strict: _builtins.bool
+    """The edge's stricter per-client limit applies (besides the general one): for
+    methods an abuser repeats to guess passwords or farm accounts (sign-up,
+    login), which cost the service far more than a read (a password hash).
+    """
+    def __init__(
+        self,
+        *,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
+
 INTERNAL_FIELD_NUMBER: _builtins.int
 DEFAULT_CALLERS_FIELD_NUMBER: _builtins.int
 IDEMPOTENT_FIELD_NUMBER: _builtins.int
 CALLERS_FIELD_NUMBER: _builtins.int
 AUTH_FIELD_NUMBER: _builtins.int
+RATE_LIMIT_FIELD_NUMBER: _builtins.int
 internal: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, _builtins.bool]
 """An internal service is served inside the mesh only: it has no HTTP
 bindings and the edge gateway never routes to it (gRPC or REST).
@@ -133,3 +159,5 @@ auth: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, G
 """End-user authentication for the method (public services declare it on
 every method).
 """
+rate_limit: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___RateLimit]
+"""Per-client throttling at the edge; unset: the general per-client limit only."""

@@ -17,6 +17,13 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from mesh.edge.model import EdgeModel, HttpBinding, Service
+from mesh.edge.subsets import (
+    RUNTIME_FILE,
+    cluster_subset_options,
+    fault_filters,
+    runtime_layer,
+    track_header_filter,
+)
 
 ACCEPT_VERSION = "accept-version"
 META_CLUSTER = "edge_meta"
@@ -84,6 +91,11 @@ def _type(extension: str) -> str:
 
 def eds_path(options: EdgeOptions, cluster: str) -> str:
     return f"{options.eds_dir}/{cluster}.json"
+
+
+def runtime_path(options: EdgeOptions) -> str:
+    """The RTDS file (traffic-policy faults) beside the EDS files (mesh/edge/subsets.py)."""
+    return f"{options.eds_dir}/{RUNTIME_FILE}"
 
 
 def edge_descriptor_set(
@@ -378,6 +390,7 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         "type": "EDS",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
+        **cluster_subset_options(),  # traffic-policy subsets and weights
         "typed_extension_protocol_options": _HTTP2_OPTIONS,
         "eds_cluster_config": {
             "eds_config": {
@@ -515,6 +528,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             ],
         },
         "http_filters": [
+            track_header_filter(),  # x-mesh-track selects a subset
             {
                 "name": "envoy.filters.http.local_ratelimit",
                 "typed_config": {
@@ -540,6 +554,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     options.descriptor_path, [s.full_name for s in model.public]
                 ),
             },
+            *fault_filters(model.clusters),  # traffic-policy faults, by runtime
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -597,6 +612,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
         clusters.append(_otlp_cluster(options))
     return {
         "node": {"id": "shop-mesh-edge", "cluster": "edge"},
+        "layered_runtime": runtime_layer(runtime_path(options)),
         "admin": {
             "address": {
                 "socket_address": {

@@ -41,6 +41,7 @@ from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
 from mesh.security.local import local_pki
 from mesh.tools import envoy_binary
+from mesh.traffic.file_store import FilePolicyStore
 
 STATE_FILE = "up.json"
 PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
@@ -221,7 +222,12 @@ class LocalMesh:
             **self.pki.edge_options,
         )
         config, _ = render_files(edge_dir, options)
-        self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))
+        self.sync = EndpointSync(
+            self.registry,
+            model.clusters,
+            Path(options.eds_dir),
+            policies=FilePolicyStore(run / "registry"),  # traffic policies: subsets, faults
+        )
         await self.sync.start()
         spec = ProcessSpec(
             name="envoy",

@@ -51,6 +51,7 @@ from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.security.pki import PkiError
 from mesh.security.policy import caller_policy
 from mesh.settings import Settings, SettingsError
+from mesh.traffic.server import serve_traffic
 
 if TYPE_CHECKING:
     from mesh.client.runtime import MeshRuntime
@@ -308,6 +309,11 @@ async def start_service(
                 settings.security.trust_domain, metrics.record_denial if metrics else None
             )
         )
+    # Traffic policy: `x-mesh-track` propagation and this instance's injected faults
+    # (after the caller policy: a refused caller is refused, not faulted).
+    track = settings.track or settings.version
+    traffic, _ = serve_traffic(definition.name, track, getattr(runtime, "traffic", None))
+    chain.append(traffic)
     chain += definition.interceptors
     server = grpc.aio.server(
         interceptors=chain,
@@ -376,6 +382,7 @@ async def start_service(
                 "proto_packages": ",".join(proto_packages(definition.service_names)),
                 "admin_port": str(admin_port),
                 "health_service": "",
+                "track": track,
             },
         )
         running = RunningService(

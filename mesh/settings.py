@@ -362,6 +362,13 @@ class Settings:
     stream_max_msgs: int = setting(
         "MESH_STREAM_MAX_MSGS", 1_000_000, _AT_LEAST_ONE, "message limit of each stream"
     )
+    track: str = setting(
+        "MESH_TRACK",
+        "",
+        TEXT,
+        "the instance's subset for traffic policies (`blue`, `green`...), registered as `track`",
+        shown_default="`MESH_VERSION`",
+    )
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod
@@ -384,6 +391,7 @@ class Settings:
             "instance_id": f"{service}-{uuid.uuid4().hex[:8]}",
             "registry": "consul" if consul else "embedded",
             "database_url": database_url,
+            "track": read_field(cls, "version", e),
         }
         settings = load(
             cls,

@@ -13,6 +13,14 @@ anyway (Envoy's panic mode) rather than failing every call. Removed instances
 are drained: no new calls, and the channel closes once their calls in flight
 have finished (or after `drain_timeout_s`).
 When the registry is unreachable the pool keeps its last known instances.
+
+Subsets (mesh/traffic): each instance belongs to its `track`. With a traffic
+policy that has weights (`set_policy`), `pick` chooses a subset by weight and
+then an instance inside it (mesh/balancer/subsets.py, which documents the
+fallback when a subset has no usable instance); without one, `pick` is the plain
+picker over all candidates, exactly as before. `pick_track` serves the header
+override (`x-mesh-track`): only that track's instances (ejected ones too when
+all of them are ejected, since the caller asked for that subset explicitly).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,8 +41,10 @@ from interceptors._call import local_error
 from mesh.balancer.endpoint import Endpoint
 from mesh.balancer.outlier import OutlierConfig
 from mesh.balancer.picker import Picker, make_picker
+from mesh.balancer.subsets import SubsetPicker
 from mesh.discovery.registry import Instance, Registry
 from mesh.settings import RESILIENCE_DEFAULTS
+from mesh.traffic.policy import TrafficPolicy, track_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,7 @@ _READY = grpc.ChannelConnectivity.READY
 _STANDBY = (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING)
 _IDLE = grpc.ChannelConnectivity.IDLE
 _SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+_USABLE = (_READY, *_STANDBY)
 
 ChannelFactory = Callable[[Instance], grpc.aio.Channel]
 EjectionHook = Callable[[Instance], None]
@@ -92,6 +104,7 @@ class EndpointPool:
         drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
         on_ejection: EjectionHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.service = service
         self._registry = registry
@@ -100,9 +113,16 @@ class EndpointPool:
         self._drain_timeout_s = drain_timeout_s
         self._on_ejection = on_ejection
         self._clock = clock
+        self._lb_policy = lb_policy
         self._picker: Picker[Endpoint] = make_picker(lb_policy)
-        # Bound once so the hot path is one attribute load and one call.
+        # Bound once so the hot path is one attribute load and one call; with a
+        # weighted traffic policy it is the subset picker's (set_policy).
         self.pick: Callable[[], Endpoint | None] = self._picker.pick
+        self._policy: TrafficPolicy | None = None
+        self._subsets: SubsetPicker[Endpoint] = SubsetPicker(self._picker, rng)
+        # track → its picker (kept across refreshes: round-robin keeps its place).
+        self._tracks: dict[str, Picker[Endpoint]] = {}
+        self._known_tracks: frozenset[str] = frozenset()
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._draining: dict[Endpoint, asyncio.TimerHandle | None] = {}
         self._followers: dict[Endpoint, asyncio.Task[None]] = {}
@@ -112,6 +132,7 @@ class EndpointPool:
         self._watch_task: asyncio.Task[None] | None = None
         self._all_drained: asyncio.Future[None] | None = None
         self._snapshots = 0
+        self._usable_tracks: frozenset[str] = frozenset()
         self._registry_down = False
         self._closed = False
         # Called once when the pool closes (e.g. unsubscribing from certificate renewals).
@@ -142,7 +163,7 @@ class EndpointPool:
         if grace_s:
             for key in list(self._endpoints):
                 self._drain(self._endpoints.pop(key), grace_s)
-            self._picker.update(())
+            self._clear_pickers()
             if self._draining:
                 self._all_drained = asyncio.get_running_loop().create_future()
                 await self._all_drained
@@ -159,7 +180,7 @@ class EndpointPool:
         self._draining.clear()
         self._releases.clear()
         self._followers.clear()
-        self._picker.update(())
+        self._clear_pickers()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(ch.close(None) for ch in channels), return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -167,26 +188,31 @@ class EndpointPool:
 
     # -- waiting ---------------------------------------------------------------------------
 
-    async def wait_for_endpoint(self, wait_s: float | None) -> Endpoint:
-        """An endpoint as soon as one is a candidate; UNAVAILABLE after `wait_s` seconds."""
+    async def wait_for_endpoint(self, wait_s: float | None, track: str | None = None) -> Endpoint:
+        """An endpoint as soon as one is a candidate; UNAVAILABLE after `wait_s` seconds.
+
+        With `track`, only an endpoint of that track (the header override), and
+        UNAVAILABLE at once when the registry has been read and lists none."""
         loop = asyncio.get_running_loop()
         deadline = None if wait_s is None else loop.time() + wait_s
         while True:
-            ep = self.pick()
+            ep = self.pick() if track is None else self.pick_track(track)
             if ep is not None:
                 return ep
             if self._closed:
                 raise no_instance_error(self.service, "client closed")
+            if track is not None and self._snapshots and not self.has_track(track):
+                raise no_instance_error(self.service, self._why_none(track))
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                raise no_instance_error(self.service, self._why_none())
+                raise no_instance_error(self.service, self._why_none(track))
             if self._changed is None:
                 self._changed = loop.create_future()
             try:
                 # Shielded: the future is shared by every waiter.
                 await asyncio.wait_for(asyncio.shield(self._changed), remaining)
             except TimeoutError:
-                raise no_instance_error(self.service, self._why_none()) from None
+                raise no_instance_error(self.service, self._why_none(track)) from None
 
     async def wait_ready(self) -> None:
         """Wait until at least one instance is connected (bound it with asyncio.timeout)."""
@@ -209,7 +235,10 @@ class EndpointPool:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _why_none(self) -> str:
+    def _why_none(self, track: str | None = None) -> str:
+        if track is not None:
+            shown = ", ".join(sorted(self._known_tracks)) or "none"
+            return f"none in subset {track!r} (x-mesh-track); tracks here: {shown}"
         eps = list(self._endpoints.values())
         if not eps:
             if not self._snapshots:
@@ -244,6 +273,48 @@ class EndpointPool:
     @property
     def registry_reachable(self) -> bool:
         return not self._registry_down
+
+    @property
+    def policy(self) -> TrafficPolicy | None:
+        return self._policy
+
+    @property
+    def subset_shares(self) -> dict[str, float]:
+        """The share of picks each usable subset gets now ({} without a weighted policy)."""
+        if self._policy is None or not self._policy.split:
+            return {}
+        usable = [t for t, w in self._policy.weights.items() if w > 0 and self._usable(t)]
+        return dict(zip(usable, self._subsets.shares, strict=True))
+
+    # -- traffic policy --------------------------------------------------------------------
+
+    def set_policy(self, policy: TrafficPolicy | None) -> None:
+        """Follow `policy` (None or no weights: one pool); applies to the next pick."""
+        if self._closed:
+            return
+        self._policy = policy
+        split = policy is not None and policy.split
+        self.pick = self._subsets.pick if split else self._picker.pick
+        self._refresh()
+
+    def has_track(self, track: str) -> bool:
+        """Whether any current instance belongs to `track`."""
+        return track in self._known_tracks
+
+    def pick_track(self, track: str) -> Endpoint | None:
+        """An endpoint of `track` only (the header override); None when it has none usable."""
+        picker = self._tracks.get(track)
+        return None if picker is None else picker.pick()
+
+    def _clear_pickers(self) -> None:
+        """No candidates anywhere (closing): no pick may return a draining endpoint."""
+        self._picker.update(())
+        self._subsets.update(())
+        self._tracks = {}
+        self._known_tracks = self._usable_tracks = frozenset()
+
+    def _usable(self, track: str) -> bool:
+        return track in self._usable_tracks
 
     # -- registry --------------------------------------------------------------------------
 
@@ -375,15 +446,39 @@ class EndpointPool:
         turn a degraded service into an unavailable one.
         """
         eps = self._endpoints.values()
-        live = [ep for ep in eps if not ep.outlier.ejected]
-        candidates = (
-            [ep for ep in live if ep.state is _READY]
-            or [ep for ep in live if ep.state in _STANDBY]
-            or [ep for ep in eps if ep.state is _READY]
-            or [ep for ep in eps if ep.state in _STANDBY]
-        )
-        self._picker.update(candidates)
+        self._picker.update(_preferred(eps))
+        self._refresh_tracks(eps)
         self._wake()
+
+    def _refresh_tracks(self, eps: Iterable[Endpoint]) -> None:
+        """Per-track pickers (same preference, within the track) and the weights table."""
+        by_track: dict[str, list[Endpoint]] = {}
+        for ep in eps:
+            by_track.setdefault(track_of(ep.instance), []).append(ep)
+        self._known_tracks = frozenset(by_track)
+        if len(by_track) <= 1 and (self._policy is None or not self._policy.split):
+            # One track, no weights: the override needs only that track's picker,
+            # which is the whole pool's; nothing else to keep.
+            self._tracks = {t: self._picker for t in by_track}
+            self._usable_tracks = frozenset(t for t, members in by_track.items() if _live(members))
+            return
+        usable = set()
+        for track, members in by_track.items():
+            picker = self._tracks.get(track)
+            if picker is None or picker is self._picker:
+                picker = make_picker(self._lb_policy)
+            picker.update(_preferred(members))
+            self._tracks[track] = picker
+            if _live(members):
+                usable.add(track)
+        for track in [t for t in self._tracks if t not in by_track]:
+            del self._tracks[track]
+        self._usable_tracks = frozenset(usable)
+        policy = self._policy
+        if policy is not None and policy.split:
+            self._subsets.update(
+                [(w, self._tracks[t]) for t, w in policy.weights.items() if t in usable]
+            )
 
     # -- outcomes (EndpointListener) -------------------------------------------------------
 
@@ -421,3 +516,21 @@ class EndpointPool:
     def endpoint_drained(self, endpoint: Endpoint) -> None:
         if endpoint in self._draining:
             self._close_endpoint(endpoint)
+
+
+def _live(eps: Iterable[Endpoint]) -> bool:
+    """Whether any endpoint is usable without panic: not ejected, connected or connecting."""
+    return any(not ep.outlier.ejected and ep.state in _USABLE for ep in eps)
+
+
+def _preferred(eps: Iterable[Endpoint]) -> list[Endpoint]:
+    """The candidates among `eps`: connected and not ejected; else connecting and not
+    ejected; else (panic) connected, then connecting, ejected or not."""
+    eps = list(eps)
+    live = [ep for ep in eps if not ep.outlier.ejected]
+    return (
+        [ep for ep in live if ep.state is _READY]
+        or [ep for ep in live if ep.state in _STANDBY]
+        or [ep for ep in eps if ep.state is _READY]
+        or [ep for ep in eps if ep.state in _STANDBY]
+    )

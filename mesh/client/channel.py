@@ -29,6 +29,7 @@ from typing import Any, Final
 import grpc
 from grpc.aio import ClientCallDetails, Metadata
 
+from interceptors.traffic import TRACK_KEY, incoming_track
 from mesh.balancer.endpoint import Endpoint
 from mesh.balancer.pool import EndpointPool
 from mesh.client.calls import (
@@ -90,10 +91,17 @@ class _MultiCallableBase:
         self, details: ClientCallDetails, request: Any, owner: MeshCallBase | None = None
     ) -> Any:
         """The innermost continuation: pick an instance, start the call there."""
-        ep: Endpoint | None = self._mesh._pick()
         timeout = details.timeout
-        if ep is None:
-            ep, timeout = await self._mesh._wait_for_endpoint(timeout)
+        metadata = details.metadata
+        if type(metadata) is not Metadata:  # an interceptor of the user's may pass a tuple
+            metadata = Metadata.from_tuple(tuple(metadata or ()))
+        ep: Endpoint | None
+        if TRACK_KEY in metadata or incoming_track.get() is not None:
+            ep, timeout, metadata = await self._mesh._pick_track(metadata, timeout)
+        else:
+            ep = self._mesh.pool.pick()
+            if ep is None:
+                ep, timeout = await self._mesh._wait_for_endpoint(timeout)
         method = details.method
         mc = getattr(ep, self._kind).get(method)
         if mc is None:
@@ -101,7 +109,7 @@ class _MultiCallableBase:
         call = mc(
             request,
             timeout=timeout,
-            metadata=details.metadata,
+            metadata=metadata,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )
@@ -257,7 +265,6 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         self.service = pool.service
         self.interceptors = tuple(interceptors)
         self._no_deadline_wait_s = no_deadline_wait_s
-        self._pick = pool.pick
         ic = self.interceptors
         self._uu = [
             i.intercept_unary_unary
@@ -282,7 +289,37 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._closed = False
         pool.start()
 
-    async def _wait_for_endpoint(self, call_timeout: float | None) -> tuple[Endpoint, float | None]:
+    async def _pick_track(
+        self, metadata: Metadata, call_timeout: float | None
+    ) -> tuple[Endpoint, float | None, Metadata]:
+        """The pick of a call with a track: the header override (`x-mesh-track`).
+
+        In the call's own metadata, it is strict: only that subset's instances,
+        UNAVAILABLE when the service has none. Propagated from the incoming call
+        (interceptors.traffic.incoming_track), it is forwarded in the outgoing
+        metadata and preferred: that subset when this service has it, the usual
+        pick otherwise, so testing a green release of one service through the
+        edge does not need a green instance of every service it calls.
+        """
+        explicit = metadata.get(TRACK_KEY)
+        if explicit is not None:
+            track = explicit if isinstance(explicit, str) else explicit.decode()
+        else:
+            track = incoming_track.get() or ""
+            metadata = Metadata(*metadata, (TRACK_KEY, track))
+            if not self.pool.has_track(track):
+                ep = self.pool.pick()
+                if ep is None:
+                    ep, call_timeout = await self._wait_for_endpoint(call_timeout)
+                return ep, call_timeout, metadata
+        ep = self.pool.pick_track(track)
+        if ep is None:
+            ep, call_timeout = await self._wait_for_endpoint(call_timeout, track)
+        return ep, call_timeout, metadata
+
+    async def _wait_for_endpoint(
+        self, call_timeout: float | None, track: str | None = None
+    ) -> tuple[Endpoint, float | None]:
         """Wait (like wait_for_ready) for an instance, at most `no_instance_wait_s` and
         never past the call's deadline; the endpoint and the call's remaining timeout.
 
@@ -293,7 +330,7 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         started = loop.time()
         wait = self._no_deadline_wait_s
         ep = await self.pool.wait_for_endpoint(
-            wait if call_timeout is None else min(wait, call_timeout)
+            wait if call_timeout is None else min(wait, call_timeout), track
         )
         if call_timeout is not None:
             call_timeout = max(call_timeout - (loop.time() - started), 0.001)

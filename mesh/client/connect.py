@@ -21,6 +21,7 @@ from mesh.client.channel import MeshChannel
 from mesh.discovery.registry import Instance, Registry
 from mesh.settings import RESILIENCE_DEFAULTS as _DEFAULTS
 from mesh.settings import LbPolicy, ResilienceSettings
+from mesh.traffic.watcher import PolicyWatcher
 
 # Every instance gets its own connection (gRPC shares subchannels between
 # channels with identical options otherwise), and reconnects are quick: the
@@ -153,11 +154,13 @@ def open_channel(
     options: ClientOptions | None = None,
     *,
     on_ejection: EjectionHook | None = None,
+    policies: PolicyWatcher | None = None,
 ) -> MeshChannel:
     """A MeshChannel to `service`'s healthy instances (call inside a running event loop).
 
     `interceptors` are grpc.aio client interceptors, outermost first. The
     channel starts watching the registry at once; close it with `await ch.close()`.
+    With `policies`, the channel follows `service`'s traffic policy (subset weights).
     """
     opts = options or ClientOptions()
     pool = EndpointPool(
@@ -172,4 +175,6 @@ def open_channel(
     if opts.identity is not None and opts.credentials is None:
         # A renewed certificate: new connections (with it) to every instance.
         pool.close_hooks.append(opts.identity.on_change(pool.reconnect))
+    if policies is not None:
+        pool.close_hooks.append(policies.subscribe(service, pool.set_policy))
     return MeshChannel(pool, interceptors, no_deadline_wait_s=opts.no_instance_wait_s)

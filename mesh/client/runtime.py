@@ -38,6 +38,8 @@ from mesh.client.connect import ClientOptions, open_channel
 from mesh.discovery.registry import Instance, Registry
 from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.settings import Settings
+from mesh.traffic.stores import policy_store_for
+from mesh.traffic.watcher import PolicyWatcher
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class MeshRuntime:
             on_change=self.metrics.on_breaker_change,
         )
         self.idempotent = IdempotentMethods()
+        # Traffic policies (subset weights, faults) from the store beside the registry,
+        # one shared watch per service: client pools and this process's server follow them.
+        self.traffic = PolicyWatcher(policy_store_for(registry))
         self.channels: list[MeshChannel] = []
         self._shared: dict[tuple[str, ClientOptions], MeshChannel] = {}
         # One budget per called service: retries against one service must not
@@ -185,7 +190,9 @@ class MeshRuntime:
         def on_ejection(instance: Instance) -> None:
             metrics.record_ejection(service, instance.id)
 
-        channel = open_channel(service, self.registry, chain, opts, on_ejection=on_ejection)
+        channel = open_channel(
+            service, self.registry, chain, opts, on_ejection=on_ejection, policies=self.traffic
+        )
         self.channels.append(channel)
         if shareable:
             self._shared[key] = channel
@@ -214,6 +221,7 @@ class MeshRuntime:
         await asyncio.gather(*(ch.close() for ch in self.channels), return_exceptions=True)
         self.channels.clear()
         self._shared.clear()
+        await self.traffic.close()
         if self.identity is not None:
             await self.identity.close()
         if self._owns_registry:

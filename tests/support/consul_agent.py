@@ -14,6 +14,14 @@ dev agent that the mesh uses, and it really runs the health checks:
   `index` + `wait` (held until the service's index moves past `index` or
   `wait` + up to wait/16 of jitter elapses), answering `X-Consul-Index`.
 * `GET /v1/agent/services`, `GET /v1/agent/checks`, `GET /v1/status/leader`.
+* KV, one key at a time: `GET /v1/kv/:key` (a JSON list with base64 `Value`,
+  `Flags`, `CreateIndex`, `ModifyIndex`, `LockIndex`; 404 when absent; blocking
+  `index` + `wait` on the key's ModifyIndex, or on the KV table's index when the
+  key is absent, as Consul does), `PUT /v1/kv/:key` (raw body, `?flags`, `?cas`:
+  0 = only if absent, else only if ModifyIndex matches; answers `true`/`false`;
+  bodies over 512 KiB are refused with 413) and `DELETE /v1/kv/:key` (`?cas`, a
+  missing key deletes "successfully"). `?recurse`, `?keys`, `?acquire` and
+  `?release` are not implemented (400, so a test cannot silently rely on them).
 * gRPC checks: grpc.health.v1 Check on a fresh connection every `Interval`
   (first run staggered randomly within one interval, as Consul does), with
   `Timeout`; SERVING is passing, anything else critical. Status changes bump
@@ -34,6 +42,9 @@ dev agent that the mesh uses, and it really runs the health checks:
   `/v1/agent/services|checks` leave out what the token may not read, with
   `X-Consul-Results-Filtered-By-ACLs: true`. No token is the anonymous token
   (no rights); a token the agent does not know gets 403 "ACL not found".
+  KV reads and writes need `key_prefix` read / write on the key: without it the
+  request is refused with 403 "Permission denied" (single-key KV requests are
+  refused, not filtered).
 
 Deliberate differences from a real agent, to keep tests fast: intervals
 below 1 s and DeregisterCriticalServiceAfter below 1 min are honoured (Consul
@@ -49,6 +60,7 @@ run and connections are refused.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import ipaddress
@@ -142,16 +154,24 @@ _CHECK_KEYS = frozenset(
     )
 )
 _MAX_WAIT_S = 600.0
+_MAX_KV_VALUE = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class AclPolicy:
     """What one token may do: `service "<name>" { policy = "write" | "read" }` rules
-    (exact names; write implies read) and `key_prefix "<p>" { policy = "read" }`."""
+    (exact names; write implies read) and `key_prefix "<p>" { policy = "read" | "write" }`."""
 
     service_write: tuple[str, ...] = ()
     service_read: tuple[str, ...] = ()
     key_read: tuple[str, ...] = ()
+    key_write: tuple[str, ...] = ()
+
+    def may_read_key(self, key: str) -> bool:
+        return any(key.startswith(p) for p in (*self.key_read, *self.key_write))
+
+    def may_write_key(self, key: str) -> bool:
+        return any(key.startswith(p) for p in self.key_write)
 
     def may_write(self, service: str) -> bool:
         return service in self.service_write
@@ -246,6 +266,14 @@ class AgentService:
     port: int
     tags: list[str]
     meta: dict[str, str]
+    create_index: int
+    modify_index: int
+
+
+@dataclass
+class KvEntry:
+    value: bytes
+    flags: int
     create_index: int
     modify_index: int
 
@@ -353,6 +381,8 @@ class ConsulTestAgent:
         self._checks: dict[str, AgentCheck] = {}
         self._index = 1
         self._service_index: dict[str, int] = {}
+        self._kv: dict[str, KvEntry] = {}
+        self._kv_index = 0
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -382,6 +412,9 @@ class ConsulTestAgent:
                 web.get("/v1/agent/services", self._agent_services),
                 web.get("/v1/agent/checks", self._agent_checks),
                 web.get("/v1/status/leader", self._leader),
+                web.get("/v1/kv/{key:.+}", self._kv_get),
+                web.put("/v1/kv/{key:.+}", self._kv_put),
+                web.delete("/v1/kv/{key:.+}", self._kv_delete),
             ]
         )
         # A short shutdown timeout: held blocking queries are cut, as when an agent dies.
@@ -426,6 +459,8 @@ class ConsulTestAgent:
             self._drop_check(check_id)
         self._services.clear()
         self._service_index.clear()
+        self._kv.clear()
+        self._kv_index = 0
         self._index = 1
 
     # -- state --------------------------------------------------------------------
@@ -789,6 +824,124 @@ class ConsulTestAgent:
 
     async def _leader(self, request: web.Request) -> web.Response:
         return web.json_response("127.0.0.1:8300")
+
+    # -- KV -----------------------------------------------------------------------
+
+    def kv_value(self, key: str) -> bytes | None:
+        """The stored value of `key` (for assertions), None when absent."""
+        entry = self._kv.get(key)
+        return None if entry is None else entry.value
+
+    def _key_index(self, key: str) -> int:
+        entry = self._kv.get(key)
+        return entry.modify_index if entry is not None else max(self._kv_index, 1)
+
+    def _kv_key(self, request: web.Request, write: bool) -> str:
+        for unsupported in ("recurse", "keys", "acquire", "release", "separator"):
+            if unsupported in request.query:
+                raise BadRequest(f"?{unsupported} is not implemented by the test agent")
+        key = request.match_info["key"]
+        policy = self._policy(request)
+        if policy is not None:
+            allowed = policy.may_write_key(key) if write else policy.may_read_key(key)
+            if not allowed:
+                raise PermissionDenied(
+                    f"token lacks permission 'key:{'write' if write else 'read'}' on {key!r}"
+                )
+        return key
+
+    def _kv_touch(self, key: str) -> int:
+        self._index += 1
+        self._kv_index = self._index
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self._index
+
+    @staticmethod
+    def _cas(request: web.Request) -> int | None:
+        raw = request.query.get("cas")
+        if raw is None:
+            return None
+        try:
+            cas = int(raw)
+        except ValueError:
+            raise BadRequest(f"Invalid CAS index: {raw!r}") from None
+        if cas < 0:
+            raise BadRequest(f"Invalid CAS index: {raw!r}")
+        return cas
+
+    async def _kv_get(self, request: web.Request) -> web.Response:
+        key = self._kv_key(request, write=False)
+        q = request.query
+        try:
+            index = int(q.get("index", "0") or "0")
+        except ValueError:
+            raise BadRequest("Invalid index") from None
+        wait_s = parse_go_duration(q["wait"]) if q.get("wait") else 300.0
+        if index > 0:
+            loop = asyncio.get_running_loop()
+            wait_s = min(wait_s, _MAX_WAIT_S)
+            deadline = loop.time() + wait_s + random.uniform(0, wait_s / 16)
+            while self._key_index(key) <= index:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        headers = {
+            "X-Consul-Index": str(self._key_index(key)),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+        entry = self._kv.get(key)
+        if entry is None:
+            return web.Response(status=404, headers=headers)
+        doc = {
+            "LockIndex": 0,
+            "Key": key,
+            "Flags": entry.flags,
+            "Value": base64.b64encode(entry.value).decode() if entry.value else None,
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.modify_index,
+        }
+        return web.json_response([doc], headers=headers)
+
+    async def _kv_put(self, request: web.Request) -> web.Response:
+        key = self._kv_key(request, write=True)
+        cas = self._cas(request)
+        raw_flags = request.query.get("flags", "0") or "0"
+        try:
+            flags = int(raw_flags)
+        except ValueError:
+            raise BadRequest(f"Invalid flags: {raw_flags!r}") from None
+        body = await request.read()
+        if len(body) > _MAX_KV_VALUE:
+            return web.Response(
+                status=413,
+                text=f"Request body(len={len(body)}) too large, max size: {_MAX_KV_VALUE} bytes",
+            )
+        existing = self._kv.get(key)
+        if cas is not None and (
+            (cas == 0 and existing is not None)
+            or (cas != 0 and (existing is None or existing.modify_index != cas))
+        ):
+            return web.json_response(False)
+        index = self._kv_touch(key)
+        create = existing.create_index if existing is not None else index
+        self._kv[key] = KvEntry(body, flags, create, index)
+        return web.json_response(True)
+
+    async def _kv_delete(self, request: web.Request) -> web.Response:
+        key = self._kv_key(request, write=True)
+        cas = self._cas(request)
+        existing = self._kv.get(key)
+        if cas is not None and (existing is None or existing.modify_index != cas):
+            return web.json_response(existing is None)
+        if existing is not None:
+            del self._kv[key]
+            self._kv_touch(key)
+        return web.json_response(True)
 
 
 def _meta_key_ok(key: object) -> bool:

@@ -10,15 +10,16 @@ its log until it ends (`--detach`: return at once; `release status` shows it).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mesh.local.status import supervised
 from mesh.local.topology import DEFAULT_TOPOLOGY, TopologyError, load_topology
 from mesh.release.source import SourceError, check_migrations, prepare_source
-from mesh.release.state import TERMINAL, describe, load, load_all, send, wait_reply
+from mesh.release.state import CONTROLLER_FILE, TERMINAL, describe, load, load_all, send, wait_reply
 
 
 def _steps(text: str) -> list[int]:
@@ -58,7 +59,13 @@ def register(sub: Any) -> None:
 
 
 def _mesh_running(run_dir: Path) -> bool:
-    return bool(supervised(run_dir))
+    """Whether a `meshctl up` with a release controller runs in `run_dir`."""
+    try:
+        pid = int(json.loads((run_dir.resolve() / "releases" / CONTROLLER_FILE).read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def cmd_start(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,7 +50,7 @@ from mesh.edge.envoy_config import write_atomically
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec
 from mesh.release import analysis
-from mesh.release.state import Release, load_all, releases_dir, save
+from mesh.release.state import CONTROLLER_FILE, Release, load_all, releases_dir, save
 from mesh.traffic.policy import (
     InvalidPolicy,
     PolicyConflict,
@@ -116,7 +117,8 @@ class ReleaseController:
         self._releases: dict[str, Release] = {}
 
     async def start(self) -> None:
-        releases_dir(self.run_dir)
+        directory = releases_dir(self.run_dir)
+        write_atomically(directory / CONTROLLER_FILE, json.dumps({"pid": os.getpid()}).encode())
         for old in load_all(self.run_dir):  # a mesh stopped mid-release
             if old.active:
                 old.phase = "failed"
@@ -126,6 +128,8 @@ class ReleaseController:
         self._task = asyncio.create_task(self._serve())
 
     async def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.run_dir / "releases" / CONTROLLER_FILE).unlink()
         tasks = [t for t in (self._task, *self._running.values()) if t is not None]
         for t in tasks:
             t.cancel()

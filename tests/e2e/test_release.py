@@ -16,6 +16,7 @@ import dataclasses
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -189,14 +190,23 @@ def _list_products_served(admin: str) -> float:
     )
 
 
-async def served(stack: Stack) -> dict[str, float]:
-    """ListProducts calls served so far per track, from each instance's /metrics."""
+def _raw_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, f"{dict(r.headers)} {r.read()[:200]!r}"
+    except urllib.error.HTTPError as err:
+        return err.code, f"{dict(err.headers)} {err.read()[:200]!r}"
+
+
+async def served(stack: Stack, by: str = "track") -> dict[str, float]:
+    """ListProducts calls served so far per track (or per instance id), from each
+    instance's /metrics."""
     out: dict[str, float] = {}
     for inst in await stack.registry.healthy(SERVICE):
         admin = f"{inst.host}:{inst.meta['admin_port']}"
         n = await asyncio.to_thread(_list_products_served, admin)
-        track = inst.meta.get("track", "")
-        out[track] = out.get(track, 0.0) + n
+        key = inst.id if by == "id" else inst.meta.get("track", "")
+        out[key] = out.get(key, 0.0) + n
     return out
 
 
@@ -323,3 +333,53 @@ async def test_a_faulty_release_is_rolled_back(stack: Stack, runtime: MeshRuntim
     assert failed <= 0.10 * calls, (traffic.failed, calls)
     assert {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)} == current
     await set_policy(stack, lambda p: TrafficPolicy(SERVICE, {}, ()))  # the fault goes
+
+
+async def test_the_edge_injects_the_policys_faults_without_a_restart(stack: Stack) -> None:
+    envoy_pid = stack.mesh.envoy_child.proc.pid if stack.mesh.envoy_child else None
+    fault = Fault(abort_percent=100, abort_status="RESOURCE_EXHAUSTED")
+    await set_policy(stack, lambda p: TrafficPolicy(SERVICE, {}, (fault,)))
+    request = inventory_pb2.ListProductsRequest(page_size=1)
+    async with grpc.aio.insecure_channel(stack.edge.address) as channel:
+        edge = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+        async def aborted_by_envoy() -> grpc.aio.AioRpcError | None:
+            try:
+                await edge.ListProducts(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if "fault filter abort" in (exc.details() or ""):
+                    return exc
+            return None
+
+        err = await eventually(aborted_by_envoy, 20, "Envoy aborting", interval_s=0.1)
+        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The unversioned REST path: its route names the cluster before transcoding.
+        url = f"http://{stack.edge.address}/api/products"
+
+        async def rest_aborted_by_envoy() -> tuple[int, str] | None:
+            status, body = await asyncio.to_thread(_raw_get, url)
+            return (status, body) if "fault filter abort" in body else None
+
+        status, body = await eventually(rest_aborted_by_envoy, 20, "REST aborted", interval_s=0.1)
+        assert status == 429, body  # RESOURCE_EXHAUSTED as REST
+        before = await served(stack, by="id")
+        for _ in range(5):
+            assert await aborted_by_envoy() is not None
+            assert await rest_aborted_by_envoy() is not None
+        after = await served(stack, by="id")
+        # Aborted at the edge: no instance saw them.
+        assert {i: after[i] for i in before if i in after} == {
+            i: before[i] for i in after if i in before
+        }
+
+        await set_policy(stack, lambda p: TrafficPolicy(SERVICE, {}, ()))
+
+        async def served_again() -> bool:
+            try:
+                await edge.ListProducts(request, timeout=10)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await eventually(served_again, 20, "the fault lifted", interval_s=0.1)
+    assert stack.mesh.envoy_child is not None and stack.mesh.envoy_child.proc.pid == envoy_pid

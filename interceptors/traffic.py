@@ -42,6 +42,8 @@ from interceptors._handler import (
 )
 
 TRACK_KEY = "x-mesh-track"
+# Methods a "*" fault never touches (they can still be named explicitly).
+INFRASTRUCTURE = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # The `x-mesh-track` of the server call being handled (None: none, or not in a call).
 incoming_track: ContextVar[str | None] = ContextVar("shop_mesh_incoming_track", default=None)
@@ -66,8 +68,13 @@ class FaultRule:
             raise ValueError("a fault cannot abort with OK")
 
     def matches(self, method: str) -> bool:
+        """Whether the rule covers `method`; "*" leaves out health checks and reflection
+        (a registry's health check must not see injected failures: it would deregister
+        the instance instead of rehearsing a failure of its API)."""
         m = self.method
-        return m == "*" or m == method or (m.endswith("/*") and method.startswith(m[:-1]))
+        if m == "*":
+            return not method.startswith(INFRASTRUCTURE)
+        return m == method or (m.endswith("/*") and method.startswith(m[:-1]))
 
 
 def _aborting(

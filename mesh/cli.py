@@ -10,6 +10,7 @@ meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
 meshctl pki init|issue|rotate|show   the mesh CA and service certificates
 meshctl policy [--markdown]  who may call what (the contracts' callers)
+meshctl traffic show|set|clear <service>   subset weights and faults (blue=90 green=10)
 
 `up`, `status`, `demo` and `events tail` read the project's topology file
 (`--topology PATH`, default `./mesh.toml`): its services, their instances and
@@ -38,6 +39,7 @@ from mesh.security import cli as security_cli
 from mesh.security import policy as security_policy
 from mesh.settings import Settings, SettingsError
 from mesh.tools import MissingToolError
+from mesh.traffic import cli as traffic_cli
 
 
 def _settings() -> Settings:
@@ -309,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     release_cli.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)
+    traffic_cli.register(sub)
     return p
 
 

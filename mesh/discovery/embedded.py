@@ -114,12 +114,21 @@ def ensure_private_dir(directory: Path) -> None:
         )
 
 
+# Directories of the registry that are not services (mesh/traffic/file_store.py).
+RESERVED_SERVICE_NAMES = frozenset({"traffic"})
+
+
 def check_name(kind: str, value: str) -> None:
     """Service names and instance ids are file names here: refuse anything else."""
     if not _SAFE_NAME.match(value) or value.endswith(_SUFFIX):
         raise ValueError(
             f"{kind} {value!r} must be 1-200 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
+        )
+    if kind == "service" and value in RESERVED_SERVICE_NAMES:
+        raise ValueError(
+            f"service name {value!r} is reserved by the embedded registry (its directory"
+            " holds the traffic policies)"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
+from mesh.traffic.policy import describe_policy, track_of
 
 _BREAKER = {0: "closed", 1: "half-open", 2: "open"}
 
@@ -100,7 +101,7 @@ async def print_status(
     no mesh is running and where it looked, and returns 1."""
     names = services
     procs = supervised(run_dir) if run_dir is not None else {}
-    rows = [("service", "instance", "grpc", "health", "restarts", "breakers (not closed)")]
+    rows = [("service", "instance", "track", "grpc", "health", "restarts", "breakers (not closed)")]
     seen = False
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -112,7 +113,7 @@ async def print_status(
                 return 1
             seen = seen or bool(instances)
             if not instances:
-                rows.append((name, "-", "-", "no healthy instance", "", ""))
+                rows.append((name, "-", "-", "-", "no healthy instance", "", ""))
             for inst in sorted(instances, key=lambda i: i.id):
                 st = await instance_status(session, inst)
                 health = st["health"]
@@ -120,7 +121,15 @@ async def print_status(
                     health += f" ({', '.join(st['failing'])})"
                 restarts = str(procs.get(inst.id, {}).get("restarts", "-"))
                 rows.append(
-                    (name, inst.id, inst.address, health, restarts, " ".join(st["breakers"]))
+                    (
+                        name,
+                        inst.id,
+                        track_of(inst),
+                        inst.address,
+                        health,
+                        restarts,
+                        " ".join(st["breakers"]),
+                    )
                 )
     if not seen and not procs:
         print(
@@ -133,6 +142,8 @@ async def print_status(
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for line in await policy_lines(registry, names):
+        print(line)
     for line in _loud(procs):
         print(line)
     if run_dir is not None:
@@ -144,3 +155,25 @@ async def print_status(
             if release.log:
                 print(f"  last: {release.log[-1]['message']}")
     return 0
+
+
+async def policy_lines(registry: Registry, services: tuple[str, ...]) -> list[str]:
+    """One line per service with a traffic policy (weights, faults, revision)."""
+    from mesh.traffic.stores import policy_store_for
+
+    store = policy_store_for(registry)
+    if store is None:
+        return []
+    out = []
+    try:
+        for name in services:
+            try:
+                policy = await store.get(name)
+            except Exception as exc:  # status must print whatever it can
+                out.append(f"traffic {name}: unreadable policy ({exc})")
+                continue
+            if policy is not None:
+                out.append(f"traffic {name}: {describe_policy(policy)}")
+    finally:
+        await store.close()
+    return out

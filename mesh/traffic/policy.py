@@ -26,8 +26,9 @@ JSON form (what the stores hold and `meshctl traffic show` prints):
 policy against the registry: weights summing to 100, no unknown subset, no subset
 with a positive weight and no healthy instance. Limits: subsets are known only
 through the instances that are registered now, so a subset whose instances are
-all gone is "unknown"; a weight of 0 is accepted for a subset that is registered
-but has no healthy instance (what a rollback writes while green is failing).
+all gone is "unknown"; a weight of 0 is accepted for any subset, registered or
+not, healthy or not (what a rollback writes while green is failing or gone: it
+sends no traffic anywhere).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "ANY",
     "DEFAULT_FAULT_STATUS",
     "FAULT_STATUSES",
+    "INFRASTRUCTURE_METHODS",
     "MAX_DELAY_MS",
     "TRACK_HEADER",
     "Fault",
@@ -50,6 +52,7 @@ __all__ = [
     "PolicyConflict",
     "PolicyStore",
     "TrafficPolicy",
+    "describe_policy",
     "parse_weights",
     "subset_counts",
     "track_of",
@@ -60,6 +63,9 @@ __all__ = [
 TRACK_HEADER = "x-mesh-track"
 # "every method" / "every subset" in a fault.
 ANY = "*"
+# What a "*" fault never touches: a registry's health check must not see injected
+# failures (it would deregister the instance). Naming them explicitly still works.
+INFRASTRUCTURE_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 DEFAULT_FAULT_STATUS = "UNAVAILABLE"
 # Statuses a fault may abort with (grpc.StatusCode names, OK excluded).
 FAULT_STATUSES = frozenset(
@@ -137,7 +143,8 @@ def check_subset_name(name: object, what: str = "subset") -> str:
 class Fault:
     """Abort and/or delay a share of the calls to `method` on the instances of `subset`.
 
-    `method` is "*", "/pkg.Service/*" or a full method name "/pkg.Service/Method";
+    `method` is "*" (every method but health checks and reflection), "/pkg.Service/*"
+    or a full method name "/pkg.Service/Method";
     `subset` is "*" (every instance) or a track. A call first draws the abort (with
     `abort_percent` %) and, when not aborted, the delay (with `delay_percent` %):
     abort and delay are independent draws, as in Istio.
@@ -174,10 +181,13 @@ class Fault:
             raise InvalidPolicy("a fault must abort or delay something (all percents are 0)")
 
     def applies_to(self, method: str, track: str) -> bool:
-        """Whether this fault covers `method` (full name) on an instance of `track`."""
+        """Whether this fault covers `method` (full name) on an instance of `track`.
+        "*" leaves out health checks and reflection (`INFRASTRUCTURE_METHODS`)."""
         if self.subset not in (ANY, track):
             return False
-        if self.method == ANY or self.method == method:
+        if self.method == ANY:
+            return not method.startswith(INFRASTRUCTURE_METHODS)
+        if self.method == method:
             return True
         return self.method.endswith("/*") and method.startswith(self.method[:-1])
 
@@ -339,6 +349,23 @@ class TrafficPolicy:
         return cls.from_json(doc)
 
 
+def describe_fault(fault: Fault) -> str:
+    """One fault in words, e.g. "green * abort 20% UNAVAILABLE"."""
+    parts = [fault.subset, fault.method]
+    if fault.abort_percent:
+        parts.append(f"abort {_json_number(fault.abort_percent)}% {fault.abort_status}")
+    if fault.delay_percent:
+        parts.append(f"delay {_json_number(fault.delay_percent)}% {fault.delay_ms}ms")
+    return " ".join(parts)
+
+
+def describe_policy(policy: TrafficPolicy) -> str:
+    """One line: "blue=90 green=10; faults: green * abort 20% UNAVAILABLE (revision 3)"."""
+    weights = " ".join(f"{k}={v}" for k, v in policy.weights.items()) or "one pool"
+    faults = "; ".join(describe_fault(f) for f in policy.faults)
+    return f"{weights}{'; faults: ' + faults if faults else ''} (revision {policy.revision})"
+
+
 def parse_weights(pairs: Iterable[str]) -> dict[str, int]:
     """`["blue=90", "green=10"]` → {"blue": 90, "green": 10} (the CLI form)."""
     weights: dict[str, int] = {}
@@ -395,11 +422,13 @@ def validate(
     known = healthy | set(known_subsets or ())
     shown = ", ".join(sorted(known)) or "none"
     for name, weight in policy.weights.items():
+        if weight == 0:
+            continue  # no traffic: nothing to serve it
         if name not in known:
             raise InvalidPolicy(
                 f"unknown subset {name!r} of {policy.service!r} (registered tracks: {shown})"
             )
-        if weight > 0 and name not in healthy:
+        if name not in healthy:
             raise InvalidPolicy(
                 f"subset {name!r} of {policy.service!r} has no healthy instance;"
                 f" it cannot take {weight}% of the traffic"

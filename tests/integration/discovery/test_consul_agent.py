@@ -194,3 +194,54 @@ async def test_re_registration_keeps_the_check_status(agent: Agent) -> None:
     await agent.register({**service, "Tags": ["v2"]})  # the same id again
     _, passing, _ = await agent.get(f"/v1/health/service/{name}", passing="1")
     assert [e["Service"]["Tags"] for e in passing] == [["v2"]]
+
+
+async def _kv(agent: Agent, method: str, key: str, data: bytes | None = None, **params: str) -> Any:
+    url = f"{agent.base}/v1/kv/{key}"
+    async with agent.session.request(
+        method, url, data=data, params=params, headers=agent.headers
+    ) as r:
+        body = await r.json() if r.content_type == "application/json" else await r.text()
+        return r.status, body, dict(r.headers)
+
+
+async def test_kv_cas_and_blocking_like_consul(agent: Agent) -> None:
+    """What the traffic policy store relies on: 404 with an index, base64 values,
+    CAS by ModifyIndex (0: only if absent), blocking queries on one key."""
+    import base64
+
+    key = f"shop-mesh/test/{_name()}"
+    status, _, headers = await _kv(agent, "GET", key)
+    assert status == 404 and int(headers["X-Consul-Index"]) >= 1
+    status, ok, _ = await _kv(agent, "PUT", key, b"one", cas="0")
+    assert (status, ok) == (200, True)
+    status, ok, _ = await _kv(agent, "PUT", key, b"again", cas="0")
+    assert (status, ok) == (200, False)  # exists: cas=0 refuses
+    status, [entry], headers = await _kv(agent, "GET", key)
+    assert base64.b64decode(entry["Value"]) == b"one" and entry["Key"] == key
+    modify = entry["ModifyIndex"]
+    assert int(headers["X-Consul-Index"]) == modify
+    status, ok, _ = await _kv(agent, "PUT", key, b"two", cas=str(modify + 1000))
+    assert ok is False
+    status, ok, _ = await _kv(agent, "PUT", key, b"two", cas=str(modify))
+    assert ok is True
+    status, [entry], _ = await _kv(agent, "GET", key)
+    assert base64.b64decode(entry["Value"]) == b"two" and entry["ModifyIndex"] > modify
+
+    async def change_soon() -> None:
+        await asyncio.sleep(0.2)
+        await _kv(agent, "PUT", key, b"three")
+
+    changer = asyncio.create_task(change_soon())
+    async with asyncio.timeout(5):  # woke on the change, not after the 10 s wait
+        _, [entry], _ = await _kv(agent, "GET", key, index=str(entry["ModifyIndex"]), wait="10s")
+    await changer
+    assert base64.b64decode(entry["Value"]) == b"three"
+    status, ok, _ = await _kv(agent, "DELETE", key, cas="1")
+    assert ok is False  # wrong index: kept
+    status, ok, _ = await _kv(agent, "DELETE", key, cas=str(entry["ModifyIndex"]))
+    assert ok is True
+    status, _, _ = await _kv(agent, "GET", key)
+    assert status == 404
+    status, _, _ = await _kv(agent, "PUT", key, b"x", cas="not-a-number")
+    assert status == 400

@@ -130,6 +130,7 @@ async def test_registers_instance_with_bound_port_and_meta(
         "proto_packages": "shop.testing.v1",
         "admin_port": str(svc.admin_port),
         "health_service": "",
+        "track": "1.2.3",  # MESH_TRACK defaults to the version
     }
 
 

@@ -113,3 +113,37 @@ async def test_consul_kv_acl_and_malformed_value() -> None:
         finally:
             for s in (writer, reader, other):
                 await s.close()
+
+
+async def test_registry_finds_its_store_and_watchers_follow_it(tmp_path: Path) -> None:
+    """policy_store_for: the file store beside an embedded registry, Consul KV (same agent,
+    same token) beside a Consul registry; a PolicyWatcher delivers changes to subscribers."""
+    from mesh.discovery.consul import ConsulRegistry
+    from mesh.discovery.embedded import EmbeddedRegistry
+    from mesh.traffic.stores import policy_store_for
+    from mesh.traffic.watcher import PolicyWatcher
+
+    directory = tmp_path / "registry"
+    embedded = policy_store_for(EmbeddedRegistry(directory))
+    assert isinstance(embedded, FilePolicyStore) and embedded.registry_dir == directory
+    acl = {"svc": AclPolicy(key_write=("shop-mesh/traffic/",))}
+    async with consul_test_agent(acl=acl) as agent:
+        registry = ConsulRegistry(agent.address, "svc")
+        store = policy_store_for(registry)
+        assert isinstance(store, ConsulPolicyStore)
+        watcher = PolicyWatcher(store)
+        seen: list[TrafficPolicy | None] = []
+        try:
+            watcher.subscribe("orders", seen.append)
+            await eventually(lambda: seen == [None], 10, "the initial 'no policy'")
+            writer = ConsulPolicyStore(agent.address, "svc")
+            stored = await writer.put(SPLIT, 0)
+            await writer.close()
+            await eventually(lambda: seen[-1] == stored, 10, "the change")
+            assert watcher.current("orders") == stored
+            late: list[TrafficPolicy | None] = []
+            watcher.subscribe("orders", late.append)
+            assert late == [stored]  # a new subscriber gets the current policy at once
+        finally:
+            await watcher.close()
+            await registry.close()

@@ -58,3 +58,11 @@ async def test_watch_sees_changes_and_skips_broken_files(registry_dir: Path) -> 
     finally:
         await store.close()
         await asyncio.wait_for(task, 5)
+
+
+def test_the_traffic_directory_is_not_a_service() -> None:
+    from mesh.discovery.embedded import check_name
+
+    with pytest.raises(ValueError, match="reserved"):
+        check_name("service", "traffic")
+    check_name("instance id", "traffic")  # only service names are directories

@@ -106,6 +106,10 @@ def test_fault_matching_by_method_and_subset() -> None:
     assert fault.applies_to("/shop.orders.v1.Orders/PlaceOrder", "green")
     assert not fault.applies_to("/shop.orders.v1.Orders/PlaceOrder", "blue")
     assert not fault.applies_to("/shop.orders.v2.Orders/PlaceOrder", "green")
+    assert not Fault(abort_percent=1).applies_to("/grpc.health.v1.Health/Check", "any")
+    assert Fault(method="/grpc.health.v1.Health/*", abort_percent=1).applies_to(
+        "/grpc.health.v1.Health/Check", "any"
+    )
     exact = Fault(method="/a.B/C", abort_percent=1)
     assert exact.applies_to("/a.B/C", "any") and not exact.applies_to("/a.B/D", "any")
 
@@ -139,5 +143,6 @@ def test_validate_against_the_registry() -> None:
         validate(policy, {"blue"}, known_subsets={"blue", "green"})
     # A weight of 0 for a registered but unhealthy subset is a rollback: accepted.
     validate(TrafficPolicy("orders", {"blue": 100, "green": 0}), {"blue"}, {"blue", "green"})
+    validate(TrafficPolicy("orders", {"blue": 100, "green": 0}), {"blue"})  # green gone
     with pytest.raises(InvalidPolicy, match="fault names unknown subset 'red'"):
         validate(TrafficPolicy("orders", faults=(Fault(subset="red", abort_percent=1),)), {"b"})

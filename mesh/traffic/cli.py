@@ -1,0 +1,184 @@
+"""`meshctl traffic show|set|clear <service>`: read and change a service's traffic policy.
+
+    meshctl traffic show orders
+    meshctl traffic set orders blue=90 green=10
+    meshctl traffic set orders blue=100 --fault subset=green,abort_percent=20
+    meshctl traffic set orders blue=100 --no-faults
+    meshctl traffic clear orders                      # back to one pool
+
+The registry (hence the store) is the one the other commands use: Consul when
+CONSUL_HTTP_ADDR / MESH_REGISTRY say so (KV `shop-mesh/traffic/<service>`), else
+the embedded registry of `--run-dir` (`.run/registry`), else the running
+`meshctl up` recorded for this user (mesh/discovery/locate.py); MESH_REGISTRY_DIR
+overrides. `set` validates against the registry (mesh/traffic/admin.py) and
+refuses an invalid policy with exit 2, the old policy staying in force; a
+concurrent change (someone else wrote first) is exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mesh.discovery.registry import Registry, RegistryUnavailable
+from mesh.settings import Settings
+from mesh.traffic.policy import (
+    Fault,
+    InvalidPolicy,
+    PolicyConflict,
+    PolicyStore,
+    describe_policy,
+    parse_weights,
+    subset_counts,
+    track_of,
+)
+
+
+def open_registry(run_dir: Path) -> Registry:
+    """The registry `meshctl` reads (see the module docstring)."""
+    from mesh.discovery import create_registry
+    from mesh.discovery.locate import locate
+
+    settings = Settings.from_env("meshctl")
+    if settings.registry == "embedded" and not settings.registry_dir:
+        local = run_dir.resolve() / "registry"
+        directory = local if local.is_dir() else locate().directory
+        settings = replace(settings, registry_dir=str(directory))
+    return create_registry(settings)
+
+
+def _store(registry: Registry) -> PolicyStore:
+    from mesh.traffic.stores import policy_store_for
+
+    store = policy_store_for(registry)
+    if store is None:
+        raise SystemExit("meshctl traffic: MESH_REGISTRY=none keeps no traffic policies")
+    return store
+
+
+async def _show(registry: Registry, store: PolicyStore, service: str, as_json: bool) -> int:
+    policy = await store.get(service)
+    instances = await registry.healthy(service)
+    if as_json:
+        print(json.dumps(policy.to_json() if policy is not None else None, indent=2))
+        return 0
+    where = getattr(store, "describe", lambda: "")()
+    if policy is None:
+        print(f"{service}: no traffic policy (one pool){f'; stored in {where}' if where else ''}")
+    else:
+        print(f"{service}: {describe_policy(policy)}{f'; stored in {where}' if where else ''}")
+    counts = subset_counts(instances)
+    weights = dict(policy.weights) if policy is not None else {}
+    rows = [("track", "healthy", "weight", "instances")]
+    for track in sorted(set(counts) | set(weights)):
+        ids = " ".join(sorted(i.id for i in instances if track_of(i) == track))
+        weight = f"{weights[track]}%" if track in weights else ("-" if weights else "all")
+        rows.append((track, str(counts.get(track, 0)), weight, ids or "-"))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+async def _set(registry: Registry, store: PolicyStore, args: argparse.Namespace) -> int:
+    from mesh.traffic.admin import change_policy
+
+    service: str = args.service
+    before = None
+    try:
+        before = await store.get(service)
+        weights = parse_weights(args.weights)
+        faults: list[Fault] | None = None
+        if args.no_faults:
+            faults = []
+        if args.fault:
+            faults = [Fault.parse(text) for text in args.fault]
+        stored = await change_policy(
+            store, registry, service, weights, faults, expected_revision=args.revision
+        )
+    except InvalidPolicy as exc:
+        kept = (
+            f"the old policy stays: {describe_policy(before)}"
+            if before is not None
+            else "no policy was stored (one pool stays)"
+        )
+        print(f"meshctl traffic set: refused: {exc}; {kept}", file=sys.stderr)
+        return 2
+    except PolicyConflict as exc:
+        print(f"meshctl traffic set: {exc}", file=sys.stderr)
+        return 1
+    print(f"{service}: {describe_policy(stored)}")
+    return 0
+
+
+async def _clear(store: PolicyStore, service: str, revision: int | None) -> int:
+    try:
+        await store.delete(service, revision)
+    except PolicyConflict as exc:
+        print(f"meshctl traffic clear: {exc}", file=sys.stderr)
+        return 1
+    print(f"{service}: no traffic policy (one pool)")
+    return 0
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        registry = open_registry(Path(args.run_dir))
+        store = _store(registry)
+        try:
+            if args.traffic_command == "show":
+                return await _show(registry, store, args.service, args.json)
+            if args.traffic_command == "set":
+                return await _set(registry, store, args)
+            return await _clear(store, args.service, args.revision)
+        except RegistryUnavailable as exc:
+            print(f"meshctl traffic: registry unreachable: {exc}", file=sys.stderr)
+            return 1
+        except InvalidPolicy as exc:  # a malformed stored policy, on show
+            print(f"meshctl traffic: the stored policy is malformed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+            await registry.close()
+
+    return asyncio.run(main())
+
+
+def register(sub: Any) -> None:
+    """Add `traffic` to meshctl's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run-dir", default=argparse.SUPPRESS)
+    traffic = sub.add_parser(
+        "traffic", help="show or change a service's traffic policy", parents=[common]
+    ).add_subparsers(dest="traffic_command", required=True, metavar="<traffic command>")
+    show = traffic.add_parser("show", help="the policy and the service's tracks", parents=[common])
+    show.add_argument("service")
+    show.add_argument("--json", action="store_true", help="the stored policy as JSON")
+    show.set_defaults(fn=cmd_traffic)
+    set_ = traffic.add_parser(
+        "set", help="weights per subset (summing to 100) and faults", parents=[common]
+    )
+    set_.add_argument("service")
+    set_.add_argument("weights", nargs="*", help="subset=percent, e.g. blue=90 green=10")
+    set_.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="key=value,... e.g. subset=green,abort_percent=20,abort_status=UNAVAILABLE"
+        " or method=/pkg.Service/*,delay_percent=50,delay_ms=200 (repeatable; replaces"
+        " the current faults)",
+    )
+    set_.add_argument("--no-faults", action="store_true", help="remove every fault")
+    set_.add_argument(
+        "--revision", type=int, default=None, help="only if the stored policy is at this revision"
+    )
+    set_.set_defaults(fn=cmd_traffic)
+    clear = traffic.add_parser("clear", help="remove the policy (one pool)", parents=[common])
+    clear.add_argument("service")
+    clear.add_argument("--revision", type=int, default=None)
+    clear.set_defaults(fn=cmd_traffic)

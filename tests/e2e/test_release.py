@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -249,9 +250,8 @@ async def check_track_header(stack: Stack, runtime: MeshRuntime, green: str) -> 
     for _ in range(10):
         await stub.ListProducts(request, metadata=header, timeout=10)
     after = await served(stack)
-    # All 30 on green (at 0 % the steady load sends green nothing: weight 1 in 100 000 at
-    # the edge, 0 in the pickers), so none of them went to blue.
     assert after.get(green, 0) - before.get(green, 0) == 30
+    assert after.get("blue", 0) - before.get("blue", 0) == 0
 
 
 async def check_refused_policy(stack: Stack) -> None:
@@ -262,35 +262,42 @@ async def check_refused_policy(stack: Stack) -> None:
     healthy = subset_counts(await stack.registry.healthy(SERVICE))
     with pytest.raises(InvalidPolicy, match="purple"):
         validate(TrafficPolicy(SERVICE, {"blue": 50, "purple": 50}), healthy)
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "mesh.cli", "--run-dir", str(stack.base), "traffic", "set",
+         SERVICE, "blue=50", "purple=50"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=TOPOLOGY.parent,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "CONSUL_"))},
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "purple" in refused.stderr + refused.stdout
     assert await store.get(SERVICE) == kept
 
 
 async def test_a_faulty_green_is_rolled_back_in_its_first_step(
     stack: Stack, runtime: MeshRuntime
 ) -> None:
+    started = await asyncio.to_thread(
+        meshctl, stack, "start", SERVICE, "--version", "2.0.0", "--steps", "0,10,50,100",
+        "--bake", "12", "--detach",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+    state = await eventually(
+        lambda: _shifting_at(stack, 0), 60, "green started, at 0 %", interval_s=0.1
+    )
+    assert (state.old_track, state.new_track) == ("blue", "green")
+    # While green takes no traffic yet: the header override and a refused policy.
+    await check_track_header(stack, runtime, "green")
+    await check_refused_policy(stack)
+    # Green turns faulty (20 % UNAVAILABLE, applied by the green instances).
+    fault = Fault(subset="green", abort_percent=20, abort_status="UNAVAILABLE")
+    await set_policy(
+        stack, lambda p: TrafficPolicy(SERVICE, dict(p.weights) if p else {}, (fault,))
+    )
+    assert _shifting_at(stack, 0) is not None, "step 1 ended before the fault was set"
     async with steady_load(stack, runtime) as traffic:
-        started = await asyncio.to_thread(
-            meshctl, stack, "start", SERVICE, "--version", "2.0.0", "--steps", "0,10,50,100",
-            "--bake", "8", "--detach",
-        )  # fmt: skip
-        assert started.returncode == 0, started.stderr + started.stdout
-        state = await eventually(
-            lambda: _shifting_at(stack, 0), 60, "green started, at 0 %", interval_s=0.1
-        )
-        assert (state.old_track, state.new_track) == ("blue", "green")
-        # While green takes no traffic yet: the header override and a refused policy.
-        await check_track_header(stack, runtime, "green")
-        await check_refused_policy(stack)
-        # Green turns faulty (20 % UNAVAILABLE, applied by the green instances).
-        fault = Fault(subset="green", abort_percent=20, abort_status="UNAVAILABLE")
-        await set_policy(
-            stack, lambda p: TrafficPolicy(SERVICE, dict(p.weights) if p else {}, (fault,))
-        )
-        assert _shifting_at(stack, 0) is not None, "step 1 ended before the fault was set"
-        calls_before, failed_before = traffic.total, traffic.total_failed
         state = await wait_phase(stack, ("promoted", "rolled back", "aborted", "failed"), 60)
-        calls = traffic.total - calls_before
-        failed = traffic.total_failed - failed_before
+    calls, failed = traffic.total, traffic.total_failed
     assert state.phase == "rolled back", state.log
     assert "regression at 10%" in state.reason, state.reason
     assert [w["weight"] for w in state.windows] == [0, 10], state.windows  # its first step

@@ -76,7 +76,7 @@ EdgeHosts = Callable[[str], Awaitable[set[str] | None]]
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    settle_s: float = 1.0  # after a weight change, before the step's window opens
+    settle_s: float = 2.0  # after a weight change, before the step's window opens
     check_s: float = 1.0  # analysis interval within a bake
     healthy_timeout_s: float = 60.0
     poll_s: float = 0.2  # request directory poll

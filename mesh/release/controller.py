@@ -156,6 +156,9 @@ class ReleaseController:
                     reply = await self.handle(doc)
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     reply = {"ok": False, "error": f"bad request: {exc}"}
+                except Exception as exc:  # a registry outage: answered, the loop goes on
+                    log.exception("release request %s failed", path.name)
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 out = path.with_name(path.name.replace(".json", ".reply.json"))
                 write_atomically(out, json.dumps(reply).encode())
                 with contextlib.suppress(OSError):

@@ -36,6 +36,7 @@ from mesh.events.nats_connect import NatsClientAuth
 from mesh.k8s import render as k8s_render
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
+from mesh.release import cli as release_cli
 from mesh.security import cli as security_cli
 from mesh.security import policy as security_policy
 from mesh.settings import Settings, SettingsError
@@ -310,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     traces_command.register(sub)
+    release_cli.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)
     traffic_cli.register(sub)

@@ -49,6 +49,7 @@ from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
 from mesh.api.options import is_internal
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
+from mesh.instance_info import instance_info
 from mesh.reflection import enable_reflection
 from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.security.pki import PkiError
@@ -331,6 +332,8 @@ async def start_service(
     # Traffic policy: `x-mesh-track` propagation and this instance's injected faults
     # (after the caller policy: a refused caller is refused, not faulted).
     track = settings.track or settings.version
+    if runtime.metrics is not None:  # `/metrics` says this instance's version and track
+        instance_info(runtime.metrics.registry, definition.name, settings.version, track)
     traffic, _ = serve_traffic(definition.name, track, getattr(runtime, "traffic", None))
     chain.append(traffic)
     chain += definition.interceptors

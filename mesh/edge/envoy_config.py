@@ -19,6 +19,13 @@ from google.protobuf import descriptor_pb2
 from mesh.edge.hardening import harden
 from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import EdgeModel, HttpBinding, Service
+from mesh.edge.subsets import (
+    RUNTIME_FILE,
+    cluster_subset_options,
+    fault_filters,
+    runtime_layer,
+    track_header_filter,
+)
 
 ACCEPT_VERSION = "accept-version"
 META_CLUSTER = "edge_meta"
@@ -88,6 +95,11 @@ def _type(extension: str) -> str:
 
 def eds_path(options: EdgeOptions, cluster: str) -> str:
     return f"{options.eds_dir}/{cluster}.json"
+
+
+def runtime_path(options: EdgeOptions) -> str:
+    """The RTDS file (traffic-policy faults) beside the EDS files (mesh/edge/subsets.py)."""
+    return f"{options.eds_dir}/{RUNTIME_FILE}"
 
 
 def edge_descriptor_set(
@@ -382,6 +394,7 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         "type": "EDS",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
+        **cluster_subset_options(),  # traffic-policy subsets and weights
         "typed_extension_protocol_options": _HTTP2_OPTIONS,
         "eds_cluster_config": {
             "eds_config": {
@@ -519,6 +532,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             ],
         },
         "http_filters": [
+            track_header_filter(),  # x-mesh-track selects a subset
             {
                 "name": "envoy.filters.http.local_ratelimit",
                 "typed_config": {
@@ -538,6 +552,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     "rate_limited_as_resource_exhausted": True,
                 },
             },
+            *fault_filters(model.clusters),  # traffic-policy faults, by runtime
             {
                 "name": _TRANSCODER,
                 "typed_config": _transcoder(
@@ -601,6 +616,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
         clusters.append(_otlp_cluster(options))
     bootstrap = {
         "node": {"id": "shop-mesh-edge", "cluster": "edge"},
+        "layered_runtime": runtime_layer(runtime_path(options)),
         "admin": {
             "address": {
                 "socket_address": {

@@ -18,6 +18,7 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, descriptor_source
 from mesh.edge.sync import EndpointSync
+from mesh.traffic.stores import policy_store_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ async def serve_edge(
     fds = load_descriptor_set(descriptor_source(descriptors))
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry, host=host, port=port)
-    sync = EndpointSync(registry, model.clusters, eds_dir)
+    sync = EndpointSync(registry, model.clusters, eds_dir, policies=policy_store_for(registry))
     done = stop or asyncio.Event()
     if stop is None:
         loop = asyncio.get_running_loop()

@@ -17,6 +17,12 @@ keeps one code path for names and literals. Limits: a name that does not
 resolve is left out (logged once per change of outcome) until it resolves; every
 address a name resolves to becomes an endpoint (health checks drop the ones that
 do not answer).
+
+Traffic policy (`mesh/edge/subsets.py`): given a policy store, the syncer also
+watches each cluster's policy; every endpoint carries its instance's track and a
+weight derived from the policy, and the policies' edge faults go to the RTDS file
+beside the EDS files. A policy change rewrites the cluster's EDS file (and the RTDS
+file) at once; Envoy reloads both on the rename, no restart.
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry
-from mesh.edge.envoy_config import eds_document, write_atomically
+from mesh.edge.envoy_config import write_atomically
+from mesh.edge.subsets import (
+    RUNTIME_FILE,
+    TrackedEndpoint,
+    eds_document,
+    fault_runtime,
+    rtds_document,
+)
+from mesh.traffic.policy import PolicyStore, TrafficPolicy, track_of
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +62,28 @@ async def resolve_host(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def write_endpoints(eds_dir: Path, cluster: str, endpoints: Sequence[Endpoint]) -> None:
+def write_endpoints(
+    eds_dir: Path,
+    cluster: str,
+    endpoints: Sequence[Endpoint | TrackedEndpoint],
+    policy: TrafficPolicy | None = None,
+) -> None:
+    """The cluster's EDS file; plain (host, port) endpoints get the track "" (none).
+    Also writes an empty runtime file if there is none yet: Envoy refuses to start
+    without the RTDS file its config names."""
     eds_dir.mkdir(parents=True, exist_ok=True)
-    doc = eds_document(cluster, sorted(endpoints))
+    if not (eds_dir / RUNTIME_FILE).exists():
+        write_runtime(eds_dir, {})
+    tracked = [e if isinstance(e, TrackedEndpoint) else TrackedEndpoint(*e, "") for e in endpoints]
+    doc = eds_document(cluster, tracked, policy)
     write_atomically(eds_dir / f"{cluster}.json", json.dumps(doc, indent=1).encode())
+
+
+def write_runtime(eds_dir: Path, policies: dict[str, TrafficPolicy | None]) -> None:
+    """The RTDS file holding the policies' edge faults (empty: no fault)."""
+    eds_dir.mkdir(parents=True, exist_ok=True)
+    doc = rtds_document(fault_runtime(policies))
+    write_atomically(eds_dir / RUNTIME_FILE, json.dumps(doc, indent=1).encode())
 
 
 class EndpointSync:
@@ -66,6 +98,7 @@ class EndpointSync:
         *,
         resolve_interval_s: float = 10.0,
         resolver: Resolver = resolve_host,
+        policies: PolicyStore | None = None,
     ) -> None:
         self._registry = registry
         self._clusters = clusters
@@ -74,21 +107,26 @@ class EndpointSync:
         self._resolver = resolver
         self._tasks: list[asyncio.Task[None]] = []
         self._unresolved: set[str] = set()
-        self.snapshots: dict[str, list[Endpoint]] = {}
+        self._policy_store = policies
+        self.policies: dict[str, TrafficPolicy | None] = {}
+        self.snapshots: dict[str, list[TrackedEndpoint]] = {}
+        self._published: dict[str, tuple[list[TrackedEndpoint], TrafficPolicy | None]] = {}
 
     def prepare(self) -> None:
         """Envoy needs every EDS file to exist before it starts: write empty ones."""
         for cluster in self._clusters:
             if not (self._eds_dir / f"{cluster}.json").exists():
                 write_endpoints(self._eds_dir, cluster, [])
+        if not (self._eds_dir / RUNTIME_FILE).exists():
+            write_runtime(self._eds_dir, {})
 
     async def start(self) -> None:
         self.prepare()
         self._tasks = [asyncio.create_task(self._follow(c)) for c in self._clusters]
 
-    async def resolve(self, instances: Sequence[Instance]) -> list[Endpoint]:
+    async def resolve(self, instances: Sequence[Instance]) -> list[TrackedEndpoint]:
         """IP endpoints of `instances`; hosts that do not resolve are left out (logged)."""
-        out: set[Endpoint] = set()
+        out: set[TrackedEndpoint] = set()
         for instance in instances:
             try:
                 addresses = await self._resolver(instance.host)
@@ -105,19 +143,38 @@ class EndpointSync:
             if instance.host in self._unresolved:
                 self._unresolved.discard(instance.host)
                 log.info("edge: %s resolves again: %s", instance.host, addresses)
-            out.update((address, instance.port) for address in addresses)
+            track = track_of(instance)
+            out.update(TrackedEndpoint(address, instance.port, track) for address in addresses)
         return sorted(out)
 
     async def _publish(self, cluster: str, instances: Sequence[Instance]) -> None:
         endpoints = await self.resolve(instances)
-        if self.snapshots.get(cluster) != endpoints:
-            self.snapshots[cluster] = endpoints
-            write_endpoints(self._eds_dir, cluster, endpoints)
-            log.info("edge endpoints for %s: %s", cluster, endpoints)
+        self.snapshots[cluster] = endpoints
+        policy = self.policies.get(cluster)
+        if self._published.get(cluster) != (endpoints, policy):
+            self._published[cluster] = (endpoints, policy)
+            write_endpoints(self._eds_dir, cluster, endpoints, policy)
+            shown = [(e.address, e.port, e.track) for e in endpoints]
+            log.info("edge endpoints for %s: %s", cluster, shown)
+
+    async def _watch_policy(self, cluster: str, changed: asyncio.Event) -> None:
+        """Follow the cluster's traffic policy; each change re-renders its endpoints
+        and the runtime's faults."""
+        assert self._policy_store is not None
+        async for policy in self._policy_store.watch(cluster):
+            self.policies[cluster] = policy
+            write_runtime(self._eds_dir, self.policies)
+            log.info("edge traffic policy for %s: %s", cluster, policy and policy.to_json())
+            changed.set()
 
     async def _follow(self, cluster: str) -> None:
         latest: list[Instance] | None = None
         changed = asyncio.Event()
+        policy_watch = (
+            asyncio.create_task(self._watch_policy(cluster, changed))
+            if self._policy_store is not None
+            else None
+        )
 
         async def watch() -> None:
             nonlocal latest
@@ -145,9 +202,11 @@ class EndpointSync:
                     watcher.result()  # a watch that failed fails the sync, as before
                     return
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, policy_watch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -146,6 +146,14 @@ async def print_status(
         print(line)
     for line in _loud(procs):
         print(line)
+    if run_dir is not None:
+        from mesh.release.state import describe, load_all
+
+        for release in load_all(run_dir):
+            for line in ["release " + "\n".join(describe(release))]:
+                print(line)
+            if release.log:
+                print(f"  last: {release.log[-1]['message']}")
     return 0
 
 

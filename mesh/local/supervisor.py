@@ -77,6 +77,7 @@ class Child:
     last_exit: int | None = None
     started_at: float = field(default_factory=time.monotonic)
     failures: deque[float] = field(default_factory=deque)
+    retiring: bool = False  # stopped for good on purpose (`retire`): never restarted
 
     @property
     def running(self) -> bool:
@@ -245,7 +246,7 @@ class Supervisor:
             code = child.proc.returncode
             assert code is not None
             child.last_exit = code
-            if self._stopping.is_set():
+            if self._stopping.is_set() or child.retiring:
                 child.state = "stopped"
                 self._write_state()
                 return
@@ -329,6 +330,17 @@ class Supervisor:
         if child.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await child.task
+
+    async def retire(self, child: Child, grace_s: float) -> None:
+        """Stop one child for good while the rest runs (a release's drained subset):
+        SIGTERM (it drains and deregisters), killed after `grace_s`, then dropped from
+        the state file; not restarted, and not a reason for `exited`."""
+        child.retiring = True
+        await self.stop(child, grace_s)
+        child.state = "stopped"
+        if child in self.children:
+            self.children.remove(child)
+        self._write_state()
 
     async def stop_all(
         self, grace_s: float, *, order: Sequence[Callable[[Child], bool]] = ()

@@ -16,6 +16,7 @@ file at its root, and `meshctl up|status|demo|events tail` read it
     grpc_port = 50052              # the first instance's ports; 0 = a free port
     admin_port = 9102
     env = { ORDERS_CALL_TIMEOUT_S = "3" }   # optional, added to the instance's environment
+    migrations = "services.orders.store:migrations"  # optional: `meshctl release` checks them
 
 Services start in file order. The first instance of each service takes its
 fixed ports; extra instances take free ports and are found through the
@@ -44,7 +45,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {"event_types", "event_identities", "demo", "services"}
-_SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env"}
+_SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env", "migrations"}
 
 
 class TopologyError(ValueError):
@@ -62,6 +63,7 @@ class ServiceSpec:
     instances: int = 1
     module: str = ""  # run as `python -m <module>`
     env: Mapping[str, str] = field(default_factory=dict)
+    migrations: str = ""  # "package.module:function" returning the service's migrations
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,12 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
             isinstance(v, str) and _ENV_NAME.match(k) for k, v in env.items()
         ):
             raise fail(f"{key}.env", 'expected a table of NAME = "string" pairs')
-        services.append(ServiceSpec(name, grpc_port, admin_port, instances, module, dict(env)))
+        migrations = table.get("migrations", "")
+        if not isinstance(migrations, str) or (migrations and ":" not in migrations):
+            raise fail(f"{key}.migrations", f"expected 'package.module:NAME', got {migrations!r}")
+        services.append(
+            ServiceSpec(name, grpc_port, admin_port, instances, module, dict(env), migrations)
+        )
     ports = [p for s in services for p in (s.grpc_port, s.admin_port) if p]
     if len(ports) != len(set(ports)):
         dup = sorted({p for p in ports if ports.count(p) > 1})

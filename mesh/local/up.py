@@ -40,8 +40,10 @@ from mesh.local.progress import StartupProgress
 from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
+from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.local import local_pki
 from mesh.tools import envoy_binary
+from mesh.traffic.file_store import FilePolicyStore
 
 STATE_FILE = "up.json"
 PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
@@ -130,6 +132,7 @@ class LocalMesh:
         self.observe = Observability(options.observe, options.run_dir.resolve())
         self.progress = StartupProgress(supervisor)
         self.prometheus: PrometheusTargets | None = None
+        self.releases: ReleaseController | None = None
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
@@ -223,7 +226,10 @@ class LocalMesh:
             limits=edge_limits_from_env(self.o.env),
         )
         config, _ = render_files(edge_dir, options)
-        self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))
+        self.policies = FilePolicyStore(run / "registry")  # traffic policies: subsets, faults
+        self.sync = EndpointSync(
+            self.registry, model.clusters, Path(options.eds_dir), policies=self.policies
+        )
         await self.sync.start()
         spec = ProcessSpec(
             name="envoy",
@@ -238,6 +244,8 @@ class LocalMesh:
             env=dict(self.o.env),
         )
         self.envoy_child = await self.sup.start(spec)
+        self.releases = start_releases(self, run)  # `meshctl release` (mesh/release/)
+        await self.releases.start()
 
     async def wait_ready(self) -> dict[str, list[Instance]]:
         """Every instance healthy and routed by the edge; says which ones it still waits
@@ -282,6 +290,8 @@ class LocalMesh:
     async def stop(self) -> None:
         services = {s.name for s in self.o.services}
         await self.observe.stop()
+        if self.releases is not None:
+            await self.releases.stop()
         # Services drain and deregister first, then the edge, then the broker.
         await self.sup.stop_all(
             self.o.grace_s,

@@ -82,6 +82,10 @@ def test_another_project_runs_its_own_modules(tmp_path: Path) -> None:
             'services.notes.env: expected a table of NAME = "string" pairs',
         ),
         ("[services.Notes]\nmodule = 'n'\n", "services.Notes: service names are lower case"),
+        (
+            MINIMAL + 'migrations = "notes.store"\n',
+            "services.notes.migrations: expected 'package.module:NAME'",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -90,6 +94,13 @@ def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str)
         load_topology(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+def test_the_shops_services_name_their_migrations_for_releases() -> None:
+    shop = load_topology(Path(__file__).resolve().parents[3] / "mesh.toml")
+    assert {s.name: s.migrations for s in shop.services}["orders"] == (
+        "services.orders.store:migrations"
+    )
 
 
 def test_an_event_registry_that_does_not_import(tmp_path: Path) -> None:

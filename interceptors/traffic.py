@@ -40,6 +40,7 @@ from interceptors._handler import (
     UnaryBehaviour,
     wrap_handler,
 )
+from interceptors.policy import peer_identity
 
 TRACK_KEY = "x-mesh-track"
 # Methods a "*" fault never touches (they can still be named explicitly).
@@ -58,6 +59,8 @@ class FaultRule:
     abort_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     delay_fraction: float = 0.0
     delay_s: float = 0.0
+    # Peers (SPIFFE ids) that already apply this fault themselves: their calls skip it.
+    exempt: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not (0 <= self.abort_fraction <= 1 and 0 <= self.delay_fraction <= 1):
@@ -77,23 +80,33 @@ class FaultRule:
         return m == method or (m.endswith("/*") and method.startswith(m[:-1]))
 
 
+def _exempt(rule: FaultRule, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the call's peer already applied `rule` (see FaultRule.exempt)."""
+    return bool(rule.exempt) and peer_identity(context) in rule.exempt
+
+
 def _aborting(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode
+    handler: grpc.RpcMethodHandler[Any, Any], rule: FaultRule
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    code = rule.abort_code
     details = f"fault injected: {code.name}"
 
-    def unary(_behaviour: UnaryBehaviour) -> UnaryBehaviour:
+    def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
         async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if _exempt(rule, context):
+                return await behaviour(request, context)
             await context.abort(code, details)
 
         return abort
 
-    def stream(_behaviour: StreamBehaviour) -> StreamBehaviour:
+    def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
         async def abort(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            await context.abort(code, details)
-            yield  # pragma: no cover  (makes this an async generator)
+            if not _exempt(rule, context):
+                await context.abort(code, details)
+            async for response in behaviour(request, context):
+                yield response
 
         return abort
 
@@ -101,11 +114,14 @@ def _aborting(
 
 
 def _delayed(
-    handler: grpc.RpcMethodHandler[Any, Any], delay_s: float
+    handler: grpc.RpcMethodHandler[Any, Any], rule: FaultRule
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    delay_s = rule.delay_s
+
     def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
         async def delayed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await asyncio.sleep(delay_s)  # the injected delay itself
+            if not _exempt(rule, context):
+                await asyncio.sleep(delay_s)  # the injected delay itself
             return await behaviour(request, context)
 
         return delayed
@@ -114,7 +130,8 @@ def _delayed(
         async def delayed(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            await asyncio.sleep(delay_s)  # the injected delay itself
+            if not _exempt(rule, context):
+                await asyncio.sleep(delay_s)  # the injected delay itself
             async for response in behaviour(request, context):
                 yield response
 
@@ -131,8 +148,8 @@ class _MethodFaults:
     def __init__(self, rule: FaultRule, handler: grpc.RpcMethodHandler[Any, Any]) -> None:
         self.rule = rule
         self.handler = handler
-        self.aborting = _aborting(handler, rule.abort_code) if rule.abort_fraction else None
-        self.delayed = _delayed(handler, rule.delay_s) if rule.delay_fraction else None
+        self.aborting = _aborting(handler, rule) if rule.abort_fraction else None
+        self.delayed = _delayed(handler, rule) if rule.delay_fraction else None
 
 
 class TrafficServerInterceptor(ServerBase):

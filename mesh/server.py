@@ -46,13 +46,13 @@ from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
 from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
-from mesh.api.options import is_internal
+from mesh.api.options import EDGE, is_internal
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.instance_info import instance_info
 from mesh.reflection import enable_reflection
 from mesh.security.identity import MeshIdentity, warn_if_plaintext
-from mesh.security.pki import PkiError
+from mesh.security.pki import PkiError, spiffe_id
 from mesh.security.policy import caller_policy
 from mesh.settings import Settings, SettingsError
 from mesh.traffic.server import serve_traffic
@@ -334,7 +334,9 @@ async def start_service(
     track = settings.track or settings.version
     if runtime.metrics is not None:  # `/metrics` says this instance's version and track
         instance_info(runtime.metrics.registry, definition.name, settings.version, track)
-    traffic, _ = serve_traffic(definition.name, track, getattr(runtime, "traffic", None))
+    # The edge applies the service-wide fault itself: its calls skip it here (mTLS only).
+    edge = None if identity is None else spiffe_id(settings.security.trust_domain, EDGE)
+    traffic, _ = serve_traffic(definition.name, track, getattr(runtime, "traffic", None), edge)
     chain.append(traffic)
     chain += definition.interceptors
     server = grpc.aio.server(

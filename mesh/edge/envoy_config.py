@@ -552,13 +552,15 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     "rate_limited_as_resource_exhausted": True,
                 },
             },
-            *fault_filters(model.clusters),  # traffic-policy faults, by runtime
             {
                 "name": _TRANSCODER,
                 "typed_config": _transcoder(
                     options.descriptor_path, [s.full_name for s in model.public]
                 ),
             },
+            # Traffic-policy faults, by runtime; after the transcoder, where every call
+            # (gRPC or transcoded REST) is routed to its cluster (mesh/edge/subsets.py).
+            *fault_filters(model.clusters),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import grpc
@@ -347,19 +349,23 @@ async def test_the_edge_injects_the_policys_faults_without_a_restart(stack: Stac
 
         err = await eventually(aborted_by_envoy, 20, "Envoy aborting", interval_s=0.1)
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        # The unversioned REST path: its route names the cluster before transcoding.
-        url = f"http://{stack.edge.address}/api/products"
+        # REST, unversioned and versioned: faulted after transcoding, answered as REST.
+        urls = [f"http://{stack.edge.address}/api/{v}products" for v in ("", "v1/")]
 
-        async def rest_aborted_by_envoy() -> tuple[int, str] | None:
+        async def rest_aborted_by_envoy(url: str) -> tuple[int, str] | None:
             status, body = await asyncio.to_thread(_raw_get, url)
             return (status, body) if "fault filter abort" in body else None
 
-        status, body = await eventually(rest_aborted_by_envoy, 20, "REST aborted", interval_s=0.1)
-        assert status == 429, body  # RESOURCE_EXHAUSTED as REST
+        for url in urls:
+            status, body = await eventually(
+                functools.partial(rest_aborted_by_envoy, url), 20, "REST aborted", interval_s=0.1
+            )
+            assert status == 429, body  # RESOURCE_EXHAUSTED as REST
         before = await served(stack, by="id")
         for _ in range(5):
             assert await aborted_by_envoy() is not None
-            assert await rest_aborted_by_envoy() is not None
+            for url in urls:
+                assert await rest_aborted_by_envoy(url) is not None
         after = await served(stack, by="id")
         # Aborted at the edge: no instance saw them.
         assert {i: after[i] for i in before if i in after} == {
@@ -377,3 +383,66 @@ async def test_the_edge_injects_the_policys_faults_without_a_restart(stack: Stac
 
         await eventually(served_again, 20, "the fault lifted", interval_s=0.1)
     assert stack.mesh.envoy_child is not None and stack.mesh.envoy_child.proc.pid == envoy_pid
+
+
+async def test_a_service_wide_fault_hits_each_call_once(stack: Stack, runtime: MeshRuntime) -> None:
+    """A service-wide 50 % abort (ABORTED: no client or Envoy retry hides it) lands at
+    ~50 % through the edge for gRPC, unversioned and versioned REST (the edge aborts,
+    the instances skip the edge's calls: not ~75 %), and at ~50 % for a direct
+    proxyless call (the instance aborts)."""
+    n, percent = 200, 50
+    fault = Fault(abort_percent=percent, abort_status="ABORTED")
+    await set_policy(stack, lambda p: TrafficPolicy(SERVICE, {}, (fault,)))
+    request = inventory_pb2.ListProductsRequest(page_size=1)
+    direct = await runtime.connect(SERVICE, inventory_pb2_grpc.InventoryServiceStub)
+    rest = [f"http://{stack.edge.address}/api/{v}products" for v in ("", "v1/")]
+    try:
+        async with (
+            grpc.aio.insecure_channel(stack.edge.address) as channel,
+            aiohttp.ClientSession() as http,
+        ):
+            edge = inventory_pb2_grpc.InventoryServiceStub(channel)
+
+            async def grpc_call(stub: Any) -> str | None:
+                try:
+                    await stub.ListProducts(request, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() is grpc.StatusCode.ABORTED, exc
+                    return exc.details() or ""
+                return None
+
+            async def rest_call(url: str) -> str | None:
+                async with http.get(url) as r:
+                    body = await r.text()
+                    if r.status == 200:
+                        return None
+                    assert r.status == 409, (r.status, body)  # ABORTED as REST
+                    return body
+
+            async def both_applied() -> bool:
+                seen = {await grpc_call(edge) for _ in range(20)}
+                seen |= {await grpc_call(direct) for _ in range(20)}
+                return any(s and "fault filter abort" in s for s in seen) and any(
+                    s and "fault injected" in s for s in seen
+                )
+
+            await eventually(both_applied, 20, "edge and instances faulting", interval_s=0.1)
+            calls: dict[str, Callable[[], Awaitable[str | None]]] = {
+                "grpc via edge": lambda: grpc_call(edge),
+                "rest": lambda: rest_call(rest[0]),
+                "rest v1": lambda: rest_call(rest[1]),
+                "proxyless": lambda: grpc_call(direct),
+            }
+            outcomes = {name: [await call() for _ in range(n)] for name, call in calls.items()}
+    finally:
+        await set_policy(stack, lambda p: TrafficPolicy(SERVICE, {}, ()))
+    # 4 standard deviations of a binomial(n, p) share: ±0.14 at n=200, p=0.5 (the
+    # double fault, 0.75, is 8 of its own deviations above the bound).
+    bound = 4 * (percent / 100 * (1 - percent / 100) / n) ** 0.5
+    for name, failures in outcomes.items():
+        failed = [f for f in failures if f is not None]
+        share = len(failed) / n
+        print(f"{name}: {len(failed)}/{n} aborted")
+        assert abs(share - percent / 100) <= bound, (name, share)
+        by = "fault injected" if name == "proxyless" else "fault filter abort"
+        assert all(by in f for f in failed), (name, {f for f in failed if by not in f})

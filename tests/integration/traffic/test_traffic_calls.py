@@ -9,9 +9,11 @@ stays inside them with overwhelming probability (≥ 3.4 standard deviations).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,8 +22,10 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.client.channel import MeshChannel
 from mesh.client.runtime import MeshRuntime
+from mesh.settings import Settings
 from mesh.traffic.file_store import FilePolicyStore
 from mesh.traffic.policy import TrafficPolicy
+from tests.support.pki import session_pki
 from tests.support.poll import eventually
 
 Fleet = Callable[..., Awaitable[Any]]
@@ -196,3 +200,46 @@ async def test_fault_delay_per_method(
     started = time.monotonic()
     replies = [r async for r in stub.PingList(ping_pb2.PingRequest(count=2))]
     assert len(replies) == 2 and time.monotonic() - started < 0.3
+
+
+async def test_the_edges_calls_skip_the_fault_the_edge_applies(
+    fleet: Fleet, client: MeshRuntime, store: FilePolicyStore, registry_dir: Path
+) -> None:
+    """The service-wide fault is drawn by the Envoy edge, so an instance skips it for a
+    caller holding the edge's identity (mTLS) and applies it to any other caller; a
+    subset's fault still hits the edge's calls (the edge does not apply those)."""
+    green = await fleet("green")
+    env = {"MESH_REGISTRY": "embedded", "MESH_REGISTRY_DIR": str(registry_dir)}
+    settings = dataclasses.replace(Settings.from_env("edge", env), security=session_pki())
+    edge = await MeshRuntime.create(settings)
+    try:
+        stubs = {}
+        for name, runtime in (("edge", edge), ("caller", client)):
+            raw = runtime.channel("ping", interceptors=())  # no retries
+            pool = raw.pool
+            await eventually(lambda: len(pool.endpoints()) == 1, 30, "the instance")  # noqa: B023
+            stubs[name] = ping_pb2_grpc.PingServiceStub(raw)
+
+        async def aborted(stub: Any) -> int:
+            n = 0
+            for _ in range(20):
+                try:
+                    await stub.Ping(ping_pb2.PingRequest(), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.details() == "fault injected: ABORTED", exc
+                    n += 1
+            return n
+
+        def follows(subset: str) -> bool:
+            policy = green.runtime.traffic.current("ping")
+            return policy is not None and policy.faults[0].subset == subset
+
+        for revision, subset in enumerate(("*", "green")):
+            fault = {"subset": subset, "abort_percent": 100, "abort_status": "ABORTED"}
+            doc = {"service": "ping", "faults": [fault]}
+            await store.put(TrafficPolicy.from_json(doc), revision)
+            await eventually(lambda: follows(subset), 10, "the policy followed")  # noqa: B023
+            assert await aborted(stubs["caller"]) == 20
+            assert await aborted(stubs["edge"]) == (20 if subset == "green" else 0)
+    finally:
+        await edge.close()

@@ -55,8 +55,11 @@ def test_the_edge_applies_service_wide_faults_only() -> None:
     policy = TrafficPolicy(
         "inventory",
         faults=(
-            Fault(abort_percent=20, abort_status="RESOURCE_EXHAUSTED"),
-            Fault(delay_percent=50, delay_ms=300),
+            Fault(
+                abort_percent=20, abort_status="RESOURCE_EXHAUSTED", delay_percent=50, delay_ms=300
+            ),
+            # Never the first match (server chain): the edge leaves it out too.
+            Fault(delay_percent=10, delay_ms=900),
             Fault(subset="green", abort_percent=100),  # the green instances apply this one
             Fault(method="/shop.inventory.v1.InventoryService/*", abort_percent=100),
         ),

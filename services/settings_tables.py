@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 
 from base.settings import main, markdown_table
+from services.common.secrets import SecretsConfig
 from services.inventory.config import InventoryConfig
 from services.orders.config import OrdersConfig
-from services.common.secrets import SecretsConfig
 from services.payments.config import PaymentsConfig
 from services.users.config import UsersConfig
 

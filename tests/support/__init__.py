@@ -14,6 +14,7 @@ Waiting: `poll` (`eventually`: poll with a deadline, never sleep-and-hope).
 Per area: `ping_calls` (the four arities through plain channels), `mesh_client`,
 `discovery`, `bootstrap` + `stand_ins` (mesh.server), `events_db`, `saga` +
 `saga_scenario` + `saga_crash_worker`, `services` (one service in-process),
-`shop_calls`, `shop_events`, `orders_domain`, `edge` (REST and grpcurl clients),
+`shop_calls`, `shop_events`, `orders_domain`, `end_user` (direct calls as an end user),
+`edge` (REST and grpcurl clients),
 `proto_tree` (an editable copy of protos/).
 """

@@ -19,7 +19,9 @@ requirement before the handler runs:
   already (the callers policy says which services may call what), and its
   background work (a saga resumed after a restart) has no end user at all. For
   them `calling_service` is set, so handlers can tell "a service acting on its
-  own authority" from "an anonymous caller".
+  own authority" from "an anonymous caller" (on methods with a requirement, and
+  on calls carrying an end user: a call of a public or internal method without
+  one costs no TLS auth-context read at all).
 
 Client side, `EndUserClientInterceptor` adds the two keys from
 `current_end_user` to every outgoing call that does not carry them already, so
@@ -158,8 +160,11 @@ class EndUserServerInterceptor(WrappingServerInterceptor):
         self, method: str, need: Requirement | None, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[EndUser | None, str | None]:
         """(the end user, the service acting on its own authority), or the call is aborted."""
+        metadata = context.invocation_metadata()
+        if need is None and not any(key == USER_ID_KEY for key, _ in metadata or ()):
+            return None, None  # nothing to check or believe: no TLS auth context read
         caller = self._caller(context)
-        user = parse_end_user(context.invocation_metadata()) if caller in self._trusted else None
+        user = parse_end_user(metadata) if caller in self._trusted else None
         own = caller if caller in self._own else None
         if need is None or own is not None:
             return user, own

@@ -37,6 +37,7 @@ being non-empty and at most `MAX_USER_ID_CHARS`. A caller with no TLS identity
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
@@ -119,11 +120,23 @@ def parse_end_user(metadata: Any) -> EndUser | None:
             if roles is not None:
                 return None
             roles = value if isinstance(value, str) else ""
-    if not user_id or len(user_id) > MAX_USER_ID_CHARS or not user_id.isprintable():
+    if not user_id:
+        return None
+    return _end_user(user_id, roles)
+
+
+@functools.lru_cache(maxsize=4096)
+def _end_user(user_id: str, roles: str | None) -> EndUser | None:
+    """Parsed once per (user, roles) seen recently: the per-call cost is a cache hit."""
+    if len(user_id) > MAX_USER_ID_CHARS or not user_id.isprintable():
         return None
     if roles is None or len(roles) > MAX_ROLES_CHARS:
         return EndUser(user_id)
     return EndUser(user_id, frozenset(r for r in (p.strip() for p in roles.split(",")) if r))
+
+
+def _carries_user(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    return any(key == USER_ID_KEY for key, _ in context.invocation_metadata() or ())
 
 
 class EndUserServerInterceptor(WrappingServerInterceptor):
@@ -161,8 +174,6 @@ class EndUserServerInterceptor(WrappingServerInterceptor):
     ) -> tuple[EndUser | None, str | None]:
         """(the end user, the service acting on its own authority), or the call is aborted."""
         metadata = context.invocation_metadata()
-        if need is None and not any(key == USER_ID_KEY for key, _ in metadata or ()):
-            return None, None  # nothing to check or believe: no TLS auth context read
         caller = self._caller(context)
         user = parse_end_user(metadata) if caller in self._trusted else None
         own = caller if caller in self._own else None
@@ -198,6 +209,8 @@ class EndUserServerInterceptor(WrappingServerInterceptor):
         admit = self._admit
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if need is None and not _carries_user(context):
+                return await behaviour(request, context)  # nothing to check or believe
             user, own = await admit(method, need, context)
             user_token = current_end_user.set(user)
             own_token = calling_service.set(own)
@@ -216,10 +229,11 @@ class EndUserServerInterceptor(WrappingServerInterceptor):
         async def guarded(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            user, own = await admit(method, need, context)
-            # An async generator's body runs in the call's task context; set once.
-            current_end_user.set(user)
-            calling_service.set(own)
+            if need is not None or _carries_user(context):
+                user, own = await admit(method, need, context)
+                # An async generator's body runs in the call's task context; set once.
+                current_end_user.set(user)
+                calling_service.set(own)
             async for response in behaviour(request, context):
                 yield response
 

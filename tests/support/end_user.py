@@ -16,6 +16,7 @@ users' metadata, or `end_user=None` for a channel that adds nothing.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import grpc
@@ -70,3 +71,34 @@ class EndUserDefaults(ClientInterceptor):
 
     intercept_unary_unary = intercept_unary_stream = intercept  # type: ignore[assignment]
     intercept_stream_unary = intercept_stream_stream = intercept  # type: ignore[assignment]
+
+
+class _SyncDetails(
+    namedtuple(
+        "_SyncDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class SyncEndUserDefaults(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc,type-arg]
+    """The blocking-API twin of `EndUserDefaults` (unary calls, what the sync tests make)."""
+
+    def __init__(self, user: EndUser) -> None:
+        self._pairs = user.metadata()
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        from mesh.security.end_user import method_requirement
+
+        metadata = list(details.metadata or ())
+        if method_requirement(details.method) is not None and not any(
+            key in (USER_ID_KEY, ROLES_KEY) for key, _ in metadata
+        ):
+            details = _SyncDetails(
+                details.method, details.timeout, [*metadata, *self._pairs],
+                details.credentials, details.wait_for_ready,
+                getattr(details, "compression", None),
+            )  # fmt: skip
+        return continuation(details, request)

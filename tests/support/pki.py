@@ -29,7 +29,7 @@ from mesh.security.identity import MeshIdentity
 from mesh.security.pki import KeyPair, create_ca, issue
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
-from tests.support.end_user import OPERATOR, EndUserDefaults
+from tests.support.end_user import OPERATOR, EndUserDefaults, SyncEndUserDefaults
 
 # The identity a test client uses by default to reach each shop service: one its policy allows.
 DEFAULT_CALLER: dict[str, str] = {
@@ -189,14 +189,20 @@ def mtls_channel(
     return cast(grpc.aio.Channel, PolicyChannel(make, callee))  # duck-typed for stubs
 
 
-def sync_mtls_channel(address: str, callee: str) -> grpc.Channel:
-    """The blocking-API twin of `mtls_channel` (each method as an allowed identity)."""
+def sync_mtls_channel(
+    address: str, callee: str, *, end_user: EndUser | None = OPERATOR
+) -> grpc.Channel:
+    """The blocking-API twin of `mtls_channel` (each method as an allowed identity; unary
+    calls of methods that need an end user act for `end_user`)."""
     name = f"{callee}.{session_pki().trust_domain}"
 
     def make(who: str) -> grpc.Channel:
-        return grpc.secure_channel(
+        channel = grpc.secure_channel(
             address, credentials(pair(who)), options=[("grpc.ssl_target_name_override", name)]
         )
+        if end_user is None:
+            return channel
+        return grpc.intercept_channel(channel, SyncEndUserDefaults(end_user))
 
     return cast(grpc.Channel, SyncPolicyChannel(make, callee))
 

@@ -2,7 +2,8 @@
 
 `start_service` starts a `grpc.aio` server with the service's servicers behind
 the server interceptor chain (tracing → metrics → logging → errors → deadline →
-decoding, outermost first; then the caller policy), on an mTLS port requiring a client
+decoding, outermost first; then the caller policy and the end-user
+context, mesh/security/end_user.py), on an mTLS port requiring a client
 certificate from the mesh CA (mesh/security/; MESH_TLS=off: plaintext, warned),
 grpc.health.v1 following the service's dependencies, server reflection (v1alpha,
 which grpcurl 1.8.6 speaks, and v1; public services only by default), the admin HTTP port
@@ -51,6 +52,7 @@ from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.instance_info import instance_info
 from mesh.reflection import enable_reflection
+from mesh.security.end_user import end_user_policy
 from mesh.security.identity import MeshIdentity, warn_if_plaintext
 from mesh.security.pki import PkiError, spiffe_id
 from mesh.security.policy import caller_policy
@@ -329,6 +331,16 @@ async def start_service(
                 settings.security.trust_domain, metrics.record_denial if metrics else None
             )
         )
+    # The end user the call acts for, and the methods' end-user requirements (after the
+    # caller policy: whose metadata is believed depends on who the caller is).
+    chain.append(
+        end_user_policy(
+            definition.name,
+            definition.service_names,
+            settings.security.trust_domain if identity is not None else None,
+            runtime.metrics.record_denial if runtime.metrics else None,
+        )
+    )
     # Traffic policy: `x-mesh-track` propagation and this instance's injected faults
     # (after the caller policy: a refused caller is refused, not faulted).
     track = settings.track or settings.version

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from base.settings import main, markdown_table
+from services.common.secrets import SecretsConfig
 from services.inventory.config import InventoryConfig
 from services.orders.config import OrdersConfig
 from services.payments.config import PaymentsConfig
@@ -21,7 +22,7 @@ from services.users.config import UsersConfig
 def readme_tables() -> dict[str, str]:
     """The shop's tables, by marker name."""
     return {
-        "shop": markdown_table([UsersConfig, InventoryConfig, PaymentsConfig]),
+        "shop": markdown_table([SecretsConfig, UsersConfig, InventoryConfig, PaymentsConfig]),
         "orders": markdown_table([OrdersConfig]),
     }
 

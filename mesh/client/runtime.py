@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from interceptors.breaker import BreakerClientInterceptor, BreakerConfig, BreakerSet
 from interceptors.deadline import DeadlineClientInterceptor
+from interceptors.end_user import EndUserClientInterceptor
 from interceptors.metrics import MetricsClientInterceptor, RpcMetrics
 from interceptors.retry import RetryBudget, RetryClientInterceptor, RetryPolicy
 from interceptors.tracing import TracingClientInterceptor, make_tracer_provider
@@ -137,12 +138,16 @@ class MeshRuntime:
         self, service: str, *, default_deadline_s: float | None = None
     ) -> list[Any]:
         """The client chain for calls to `service`, outermost first:
-        deadline → retry → breaker → tracing → metrics (then the pick)."""
+        end user → deadline → retry → breaker → tracing → metrics (then the pick).
+
+        The end user (interceptors/end_user.py) is the incoming call's, or the one set
+        with `mesh.as_user`: every attempt carries it."""
         r = self.settings.resilience
         budget = self._budgets.get(service)
         if budget is None:
             budget = self._budgets[service] = RetryBudget(ratio=r.retry_budget_ratio)
         chain: list[Any] = [
+            EndUserClientInterceptor(),
             DeadlineClientInterceptor(default_deadline_s or r.default_deadline_s),
             RetryClientInterceptor(
                 RetryPolicy(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import time
@@ -157,6 +158,10 @@ class LocalMesh:
         base_env.update(self.observe.service_env(base_env))
         self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
         base_env.update(self.pki.env)
+        # One secret per run that the services derive their signing keys from (page
+        # tokens); a user's own MESH_SERVICE_SECRET wins. Never written to disk.
+        if not base_env.get("MESH_SERVICE_SECRET"):
+            base_env["MESH_SERVICE_SECRET"] = secrets.token_urlsafe(32)
         specs = service_processes(run, base_env, nats_url=self.nats_url, services=self.o.services)
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:

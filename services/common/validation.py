@@ -7,7 +7,10 @@ every bad field in one INVALID_ARGUMENT. The servicer calls `raise_if_any()` onc
 
 Strings that reach a database are checked for control characters: besides being
 meaningless in names, a NUL is rejected by PostgreSQL and would otherwise surface
-as INTERNAL instead of INVALID_ARGUMENT.
+as INTERNAL instead of INVALID_ARGUMENT. Text fields also refuse Unicode format
+characters (category Cf: bidi overrides such as U+202E, zero-width spaces and
+joiners, the BOM), which make a name display as something else than it is.
+Limit: emoji sequences joined with U+200D (family emoji) are refused too.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 
+_CONTROL = frozenset({"Cc", "Cs", "Co", "Cn"})
+
+
 def has_control_chars(value: str) -> bool:
-    """True for C0/C1 controls (NUL, newline, escape...) and other unassigned/format codes."""
-    return any(unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in value)
+    """True for C0/C1 controls (NUL, newline, escape...), surrogates, private-use and
+    unassigned code points."""
+    return any(unicodedata.category(ch) in _CONTROL for ch in value)
+
+
+def has_format_chars(value: str) -> bool:
+    """True for Unicode format characters (Cf): bidi overrides, zero-width characters."""
+    return any(unicodedata.category(ch) == "Cf" for ch in value)
 
 
 def is_uuid(value: str) -> bool:
@@ -76,6 +88,8 @@ def text_field(
         return text
     if has_control_chars(text):
         v.add(path, "must not contain control characters")
+    elif has_format_chars(text):
+        v.add(path, "must not contain invisible format characters (bidi overrides, zero-width)")
     return text
 
 

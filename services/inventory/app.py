@@ -13,6 +13,8 @@ from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.common.events import EventSubscriber, bus_access
+from services.common.pagination import set_key
+from services.common.secrets import service_key
 from services.inventory import store
 from services.inventory.config import InventoryConfig
 from services.inventory.events import CONSUMER, InventoryEventHandlers
@@ -47,6 +49,7 @@ async def build(
     PostgreSQL schema); `config` replaces `InventoryConfig.from_env()`.
     """
     cfg = config or InventoryConfig.from_env()
+    set_key(service_key(NAME, "page-token"))
     db = await open_database(settings, store.migrations(), engine=engine)
     inventory = store.InventoryStore(
         db.sessions, db.outbox, low_stock_threshold=cfg.low_stock_threshold

@@ -6,6 +6,7 @@ from typing import Any
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
+from services.common import access
 from services.common.db import db_guard
 from services.common.pagination import encode_page_token
 from services.common.timestamps import to_timestamp
@@ -61,6 +62,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def CreateProduct(
         self, request: inventory_pb2.CreateProductRequest, context: Context
     ) -> inventory_pb2.Product:
+        access.require_admin("creating a product")  # the contract says so; checked again here
         new = validation.create_product(request)
         return product_to_proto(await self.store.create_product(new))
 
@@ -92,6 +94,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def AddStock(
         self, request: inventory_pb2.AddStockRequest, context: Context
     ) -> inventory_pb2.Product:
+        # Admins, and orders' cancel saga returning sold units (a service's own authority).
+        access.require_admin("adding stock")
         return product_to_proto(await self.store.add_stock(validation.add_stock(request)))
 
     @db_guard

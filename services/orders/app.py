@@ -25,6 +25,8 @@ from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.common.db import database_url
 from services.common.events import EventSubscriber, bus_access
+from services.common.pagination import set_key
+from services.common.secrets import service_key
 from services.orders import store
 from services.orders.config import OrdersConfig
 from services.orders.events import CONSUMER, OrderEventHandlers
@@ -81,6 +83,7 @@ async def build(
     PostgreSQL schema); `config` replaces `OrdersConfig.from_env()`.
     """
     cfg = config or OrdersConfig.from_env()
+    set_key(service_key(NAME, "page-token"))
     owned = engine is None
     if engine is None:
         engine = create_engine(database_url(settings))

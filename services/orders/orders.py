@@ -89,8 +89,9 @@ class Orders:
             raise NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND")
         return order
 
-    async def list_all(self, user_id: str) -> list[Order]:
-        return await self.store.list_for_user(user_id)
+    async def list_all(self, user_id: str, limit: int | None = None) -> list[Order]:
+        """The user's orders, newest first; at most `limit` of them."""
+        return await self.store.list_for_user(user_id, limit=limit)
 
     async def page(self, user_id: str, size: int, after: tuple[int, str] | None) -> Page:
         found = await self.store.list_for_user(user_id, limit=size + 1, after=after)

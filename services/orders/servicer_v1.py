@@ -4,6 +4,11 @@ v1 speaks whole US cents: an order in another currency (placed through v2) is
 not representable, so GetOrder answers FAILED_PRECONDITION for it and
 ListOrders leaves it out. RESERVED and PAID, which v1 does not know, show as
 PENDING (the saga is still running).
+
+v1 ListOrders has no paging fields: it answers the user's newest
+`V1_LIST_LIMIT` orders (fewer when some are not representable in v1); older
+ones are listed by v2, page by page. Every method acts for the caller's own
+account (services/orders/ownership.py).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from base.errors import FailedPrecondition
 from services.common.db import db_guard
-from services.orders import validation
+from services.orders import ownership, validation
 from services.orders.model import Order, OrderStatus
 from services.orders.orders import Orders
+
+# The most orders v1 ListOrders answers with (the wire contract has no page token).
+V1_LIST_LIMIT = 100
 
 Context = Any  # grpc.aio.ServicerContext; unused: errors travel as exceptions
 
@@ -73,19 +81,26 @@ class OrderServicerV1(orders_pb2_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        return to_proto(await self.orders.place(validation.create_order_v1(request)))
+        actor, user_id = ownership.requested_user(request.user_id)
+        cmd = validation.create_order_v1(request, user_id=user_id)
+        ownership.check_place(actor, cmd.user_id)
+        return to_proto(await self.orders.place(cmd))
 
     @db_guard
     async def GetOrder(
         self, request: orders_pb2.GetOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        return to_proto(await self.orders.get(validation.order_id(request.order_id)))
+        oid = validation.order_id(request.order_id)
+        return to_proto(await ownership.visible_order(self.orders, oid))
 
     @db_guard
     async def ListOrders(
         self, request: orders_pb2.ListOrdersRequest, context: Context
     ) -> orders_pb2.ListOrdersResponse:
-        found = await self.orders.list_all(validation.list_orders_v1(request))
+        actor, requested = ownership.requested_user(request.user_id)
+        user_id = validation.list_orders_v1(request, user_id=requested)
+        ownership.check_list(actor, user_id)
+        found = await self.orders.list_all(user_id, limit=V1_LIST_LIMIT)
         return orders_pb2.ListOrdersResponse(
             orders=[to_proto(o) for o in found if representable(o)]
         )
@@ -95,4 +110,5 @@ class OrderServicerV1(orders_pb2_grpc.OrderServiceServicer):
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.Order:
         order_id, reason = validation.cancel_order(request.order_id, request.reason)
+        await ownership.visible_order(self.orders, order_id)
         return to_proto(await self.orders.cancel(order_id, reason))

@@ -9,7 +9,7 @@ from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from services.common.db import db_guard
 from services.common.pagination import encode_page_token
-from services.orders import validation
+from services.orders import ownership, validation
 from services.orders.model import Order, OrderStatus
 from services.orders.orders import Orders
 from services.orders.servicer_v1 import timestamp
@@ -77,19 +77,25 @@ class OrderServicerV2(orders_pb2_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        return to_proto(await self.orders.place(validation.create_order_v2(request)))
+        actor, user_id = ownership.requested_user(request.user_id)
+        cmd = validation.create_order_v2(request, user_id=user_id)
+        ownership.check_place(actor, cmd.user_id)
+        return to_proto(await self.orders.place(cmd))
 
     @db_guard
     async def GetOrder(
         self, request: orders_pb2.GetOrderRequest, context: Context
     ) -> orders_pb2.Order:
-        return to_proto(await self.orders.get(validation.order_id(request.order_id)))
+        oid = validation.order_id(request.order_id)
+        return to_proto(await ownership.visible_order(self.orders, oid))
 
     @db_guard
     async def ListOrders(
         self, request: orders_pb2.ListOrdersRequest, context: Context
     ) -> orders_pb2.ListOrdersResponse:
-        user_id, size, after = validation.list_orders_v2(request)
+        actor, requested = ownership.requested_user(request.user_id)
+        user_id, size, after = validation.list_orders_v2(request, user_id=requested)
+        ownership.check_list(actor, user_id)
         page = await self.orders.page(user_id, size, after)
         token = (
             "" if page.next_cursor is None
@@ -104,4 +110,5 @@ class OrderServicerV2(orders_pb2_grpc.OrderServiceServicer):
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.Order:
         order_id, reason = validation.cancel_order(request.order_id, request.reason)
+        await ownership.visible_order(self.orders, order_id)
         return to_proto(await self.orders.cancel(order_id, reason))

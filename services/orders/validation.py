@@ -122,9 +122,10 @@ def fingerprint(order: PlaceOrder) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def create_order_v1(request: v1.CreateOrderRequest) -> PlaceOrder:
+def create_order_v1(request: v1.CreateOrderRequest, user_id: str | None = None) -> PlaceOrder:
+    """`user_id`: the one to validate instead of the request's (the caller's own when empty)."""
     v = Violations()
-    user_id = uuid_field(v, "user_id", request.user_id)
+    user_id = uuid_field(v, "user_id", request.user_id if user_id is None else user_id)
     lines = _items(v, request.items)
     number = card_number_field(v, "card_number", request.card_number)
     v.raise_if_any()
@@ -132,11 +133,14 @@ def create_order_v1(request: v1.CreateOrderRequest) -> PlaceOrder:
     return PlaceOrder(user_id, lines, V1_CURRENCY, Card(number), api_version=1)
 
 
-def create_order_v2(request: v2.CreateOrderRequest, now: datetime | None = None) -> PlaceOrder:
+def create_order_v2(
+    request: v2.CreateOrderRequest, now: datetime | None = None, user_id: str | None = None
+) -> PlaceOrder:
+    """`user_id`: the one to validate instead of the request's (the caller's own when empty)."""
     v = Violations()
     key = text_field(v, "idempotency_key", request.idempotency_key, max_len=MAX_KEY_CHARS,
                      strip=False)  # fmt: skip
-    user_id = uuid_field(v, "user_id", request.user_id)
+    user_id = uuid_field(v, "user_id", request.user_id if user_id is None else user_id)
     lines = _items(v, request.items)
     currency = currency_field(v, "currency_code", request.currency_code)
     card = _card_v2(v, request, now or datetime.now(UTC))
@@ -161,19 +165,19 @@ def cancel_order(order_id_value: str, reason: str) -> tuple[str, str]:
     return oid, why
 
 
-def list_orders_v1(request: v1.ListOrdersRequest) -> str:
+def list_orders_v1(request: v1.ListOrdersRequest, user_id: str | None = None) -> str:
     v = Violations()
-    user_id = uuid_field(v, "user_id", request.user_id)
+    user_id = uuid_field(v, "user_id", request.user_id if user_id is None else user_id)
     v.raise_if_any()
     return user_id
 
 
 def list_orders_v2(
-    request: v2.ListOrdersRequest,
+    request: v2.ListOrdersRequest, user_id: str | None = None
 ) -> tuple[str, int, tuple[int, str] | None]:
     """(user_id, page size, cursor after which the page starts)."""
     v = Violations()
-    user_id = uuid_field(v, "user_id", request.user_id)
+    user_id = uuid_field(v, "user_id", request.user_id if user_id is None else user_id)
     size = page_size_field(v, "page_size", request.page_size, default=V2_DEFAULT_PAGE_SIZE,
                            maximum=V2_MAX_PAGE_SIZE)  # fmt: skip
     cursor = page_token_field(v, "page_token", PAGE_KIND, request.page_token)

@@ -1,7 +1,9 @@
 """gRPC `shop.users.v1.UserService`: validate, call the accounts logic, map to protobuf.
 
 Domain errors (`base.errors`) are raised and mapped to statuses by the
-server's error interceptor.
+server's error interceptor. GetUser and DeleteUser act on the caller's own
+account, or any account for an admin (services/common/access.py); another
+account answers PERMISSION_DENIED whether or not it exists.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
+from services.common import access
 from services.common.db import db_guard
 from services.common.timestamps import to_timestamp
 from services.users import validation
@@ -41,13 +44,16 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
 
     @db_guard
     async def GetUser(self, request: users_pb2.GetUserRequest, context: Context) -> users_pb2.User:
-        return user_to_proto(await self.accounts.store.get_user(validation.user_id(request)))
+        user_id = validation.user_id(request)
+        access.require_self_or_admin(user_id, "reading the account")
+        return user_to_proto(await self.accounts.store.get_user(user_id))
 
     @db_guard
     async def DeleteUser(
         self, request: users_pb2.DeleteUserRequest, context: Context
     ) -> users_pb2.DeleteUserResponse:
         user_id = validation.user_id(request)
+        access.require_self_or_admin(user_id, "deleting the account")
         await self.accounts.store.delete_user(user_id)
         return users_pb2.DeleteUserResponse(user_id=user_id)
 

@@ -14,7 +14,8 @@ Waiting: `poll` (`eventually`: poll with a deadline, never sleep-and-hope).
 Per area: `ping_calls` (the four arities through plain channels), `mesh_client`,
 `discovery`, `bootstrap` + `stand_ins` (mesh.server), `events_db`, `saga` +
 `saga_scenario` + `saga_crash_worker`, `services` (one service in-process),
-`shop_calls`, `shop_events`, `orders_domain`, `edge` (REST and grpcurl clients),
+`shop_calls`, `shop_events`, `orders_domain`, `end_user` (direct calls as an end user),
+`edge` (REST and grpcurl clients),
 `raw_http` (one HTTP/1.1 request exactly as written, from a chosen source address),
 `proto_tree` (an editable copy of protos/).
 """

@@ -23,10 +23,13 @@ from typing import Any, cast
 
 import grpc
 
+from interceptors.arity import for_channel
+from interceptors.end_user import EndUser
 from mesh.security.identity import MeshIdentity
 from mesh.security.pki import KeyPair, create_ca, issue
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
+from tests.support.end_user import OPERATOR, EndUserDefaults, SyncEndUserDefaults
 
 # The identity a test client uses by default to reach each shop service: one its policy allows.
 DEFAULT_CALLER: dict[str, str] = {
@@ -162,15 +165,23 @@ def mtls_channel(
     caller: str | None = None,
     pair_: KeyPair | None = None,
     options: list[tuple[str, Any]] | None = None,
+    end_user: EndUser | None = OPERATOR,
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to `callee` at `address` as `caller` (or holding `pair_`); with
-    neither, a `PolicyChannel` calling each method as an identity allowed to."""
+    neither, a `PolicyChannel` calling each method as an identity allowed to.
+
+    Calls of methods that need an end user and carry none act for `end_user`
+    (default: the admin `OPERATOR`, tests/support/end_user.py; None: none)."""
     name = f"{callee}.{session_pki().trust_domain}"
     args = [("grpc.ssl_target_name_override", name), *(options or [])]
+    chain = [] if end_user is None else for_channel(EndUserDefaults(end_user))
 
     def make(who: str | None, presented: KeyPair | None = None) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(
-            address, credentials(presented or pair(who or "orders")), options=args
+            address,
+            credentials(presented or pair(who or "orders")),
+            options=args,
+            interceptors=chain,
         )
 
     if caller is not None or pair_ is not None:
@@ -178,14 +189,20 @@ def mtls_channel(
     return cast(grpc.aio.Channel, PolicyChannel(make, callee))  # duck-typed for stubs
 
 
-def sync_mtls_channel(address: str, callee: str) -> grpc.Channel:
-    """The blocking-API twin of `mtls_channel` (each method as an allowed identity)."""
+def sync_mtls_channel(
+    address: str, callee: str, *, end_user: EndUser | None = OPERATOR
+) -> grpc.Channel:
+    """The blocking-API twin of `mtls_channel` (each method as an allowed identity; unary
+    calls of methods that need an end user act for `end_user`)."""
     name = f"{callee}.{session_pki().trust_domain}"
 
     def make(who: str) -> grpc.Channel:
-        return grpc.secure_channel(
+        channel = grpc.secure_channel(
             address, credentials(pair(who)), options=[("grpc.ssl_target_name_override", name)]
         )
+        if end_user is None:
+            return channel
+        return grpc.intercept_channel(channel, SyncEndUserDefaults(end_user))
 
     return cast(grpc.Channel, SyncPolicyChannel(make, callee))
 

@@ -57,9 +57,10 @@ def sample(rt: MeshRuntime, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def test_the_chain_is_deadline_retry_breaker_tracing_metrics(runtime) -> None:
+async def test_the_chain_is_end_user_deadline_retry_breaker_tracing_metrics(runtime) -> None:
     names = [type(i).__name__ for i in runtime.client_interceptors("ping")]
     assert names == [
+        "EndUserClientInterceptor",
         "DeadlineClientInterceptor",
         "RetryClientInterceptor",
         "BreakerClientInterceptor",

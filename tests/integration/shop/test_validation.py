@@ -115,7 +115,7 @@ async def test_list_get_cancel_validation(shop: ShopStack) -> None:
         assert f.code is grpc.StatusCode.INVALID_ARGUMENT and set(f.violations) == {"page_size"}
     f = await fails(o2.ListOrders(v2.ListOrdersRequest(user_id=GOOD_ID, page_token="garbage!")))
     assert set(f.violations) == {"page_token"}
-    f = await fails(o1.ListOrders(v1.ListOrdersRequest(user_id="")))
+    f = await fails(o1.ListOrders(v1.ListOrdersRequest(user_id="not-a-uuid")))
     assert set(f.violations) == {"user_id"}
     f = await fails(o2.GetOrder(v2.GetOrderRequest(order_id="123")))
     assert set(f.violations) == {"order_id"}

@@ -20,7 +20,13 @@ from services.common.money import (
     MoneyOverflow,
     total,
 )
-from services.common.pagination import PageTokenError, decode_page_token, encode_page_token
+from services.common.pagination import (
+    PageTokenError,
+    decode_page_token,
+    encode_page_token,
+    set_key,
+)
+from services.common.secrets import Secret, derive_key, service_key
 from services.common.validation import (
     money_field,
     page_size_field,
@@ -87,6 +93,49 @@ def test_page_tokens_round_trip_and_reject_anything_else() -> None:
             decode_page_token("inventory.products", bad)
 
 
+def test_page_tokens_are_signed_with_the_services_key() -> None:
+    set_key(derive_key(Secret("a test secret of the shop"), "inventory", "page-token"))
+    token = encode_page_token("inventory.products", {"sku": "B-2", "t": 2**63 - 1})
+    body, _, tag = token.partition(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+    def signed_elsewhere(content: object) -> str:
+        raw = base64.urlsafe_b64encode(json.dumps(content).encode()).decode().rstrip("=")
+        return f"{raw}.{tag}"
+
+    for bad in [
+        body,  # no tag
+        f"{body}.",
+        f"{body}.{tag[:-2]}",
+        f"{body}x.{tag}",
+        signed_elsewhere({**payload, "c": {"sku": "A-1", "t": 1}}),
+        "." + tag,
+        f"{body}.{tag}\u00e9",
+    ]:
+        with pytest.raises(PageTokenError):
+            decode_page_token("inventory.products", bad)
+    # Another secret (another mesh, another service): not this service's token.
+    set_key(derive_key(Secret("a test secret of the shop"), "orders", "page-token"))
+    with pytest.raises(PageTokenError, match="not one this service issued"):
+        decode_page_token("inventory.products", token)
+    # A cursor beyond int64 is refused even when signed (a database would fail on it).
+    huge = encode_page_token("inventory.products", {"t": 2**70})
+    with pytest.raises(PageTokenError, match="malformed"):
+        decode_page_token("inventory.products", huge)
+
+
+def test_service_keys_come_from_the_shared_secret() -> None:
+    env = {"MESH_SERVICE_SECRET": "s" * 32}
+    assert service_key("orders", "page-token", env) == service_key("orders", "page-token", env)
+    assert service_key("orders", "page-token", env) != service_key("inventory", "page-token", env)
+    # Unset: random per process (two calls, two keys); too short: refused, value not shown.
+    assert service_key("orders", "page-token", {}) != service_key("orders", "page-token", {})
+    with pytest.raises(SettingsError) as err:
+        service_key("orders", "page-token", {"MESH_SERVICE_SECRET": "short-secret"})
+    assert "short-secret" not in str(err.value)
+    assert "short" not in repr(Secret("short-secret"))
+
+
 # -- field checks -------------------------------------------------------------------------
 
 
@@ -116,7 +165,14 @@ def test_text_field() -> None:
     text_field(v, "newline", "a\nb", max_len=10)
     assert text_field(v, "empty_ok", "", min_len=0, max_len=10) == ""
     assert text_field(v, "emoji", "🙂 ok", max_len=10) == "🙂 ok"
-    assert set(violations(v)) == {"blank", "long", "nul", "newline"}
+    text_field(v, "bidi", "moc\u202egoogle", max_len=20)
+    text_field(v, "zero_width", "Ada\u200bLovelace", max_len=20)
+    text_field(v, "isolate", "\u2066x\u2069", max_len=20)
+    text_field(v, "bom", "\ufeffAda", max_len=20)
+    assert set(violations(v)) == {
+        "blank", "long", "nul", "newline", "bidi", "zero_width", "isolate", "bom",
+    }  # fmt: skip
+    assert "format characters" in violations(v)["bidi"]
 
 
 def test_money_field() -> None:

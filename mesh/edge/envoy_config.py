@@ -16,6 +16,8 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from mesh.edge import jwt_authn
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import EdgeModel, HttpBinding, Service
 
 ACCEPT_VERSION = "accept-version"
@@ -76,6 +78,8 @@ class EdgeOptions:
     # The file-based SDS document naming the edge's certificate files (render_files
     # writes it): Envoy watches the PKI directory and reloads a renewed certificate.
     sds_path: str = "/etc/envoy/edge_sds.yaml"
+    # End-user JWT verification (mesh/edge/jwt_authn.py): issuer, audiences, JWKS source.
+    auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
 
 
 def _type(extension: str) -> str:
@@ -540,6 +544,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     options.descriptor_path, [s.full_name for s in model.public]
                 ),
             },
+            *jwt_authn.http_filters(model, options.auth, _META_PREFIXES),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -592,6 +597,11 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     if options.tls:
         listeners.append(listener("edge_tls", options.tls_listen_port, True))
     clusters = [meta_cluster, *(_cluster(c, options) for c in model.clusters)]
+    clusters += jwt_authn.jwks_cluster(
+        options.auth, eds_path(options, jwt_authn.JWKS_CLUSTER), options.eds_dir
+    )
+    if mappers := jwt_authn.local_reply_mappers(options.auth):
+        hcm["local_reply_config"] = {"mappers": mappers}
     if options.otlp_port:
         hcm["tracing"] = _tracing(options)
         clusters.append(_otlp_cluster(options))

@@ -43,6 +43,9 @@ class Method:
     server_streaming: bool
     idempotent: bool
     bindings: tuple[HttpBinding, ...]
+    # The end-user access it declares (`meshproto.api.v1.auth`); None: not declared,
+    # which the edge treats as "a user is required" (fail closed).
+    auth: options.AuthRule | None = None
 
     @property
     def streaming(self) -> bool:
@@ -121,6 +124,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
                     server_streaming=meth.server_streaming,
                     idempotent=options.is_idempotent(meth),
                     bindings=_bindings(meth),
+                    auth=options.auth_of(meth),
                 )
                 for meth in svc.method
             )

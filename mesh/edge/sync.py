@@ -17,6 +17,12 @@ keeps one code path for names and literals. Limits: a name that does not
 resolve is left out (logged once per change of outcome) until it resolves; every
 address a name resolves to becomes an endpoint (health checks drop the ones that
 do not answer).
+
+Besides the gRPC clusters (named after their registry service, at the instances'
+gRPC port), `port_clusters` adds clusters at another port an instance registers in
+its meta: `{"jwks": ("users", "admin_port")}` points the edge's JWKS fetch at the
+users instances' admin ports (mesh/edge/jwt_authn.py). An instance without that
+meta key (or with a non-numeric one) is left out of such a cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry
@@ -66,9 +72,13 @@ class EndpointSync:
         *,
         resolve_interval_s: float = 10.0,
         resolver: Resolver = resolve_host,
+        port_clusters: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self._registry = registry
-        self._clusters = clusters
+        # cluster -> (registry service, meta key of the port; "" = the gRPC port)
+        self._sources: dict[str, tuple[str, str]] = {c: (c, "") for c in clusters}
+        self._sources.update(port_clusters or {})
+        self._clusters = list(self._sources)
         self._eds_dir = eds_dir
         self._resolve_interval_s = resolve_interval_s
         self._resolver = resolver
@@ -86,10 +96,17 @@ class EndpointSync:
         self.prepare()
         self._tasks = [asyncio.create_task(self._follow(c)) for c in self._clusters]
 
-    async def resolve(self, instances: Sequence[Instance]) -> list[Endpoint]:
-        """IP endpoints of `instances`; hosts that do not resolve are left out (logged)."""
+    async def resolve(self, instances: Sequence[Instance], port_meta: str = "") -> list[Endpoint]:
+        """IP endpoints of `instances` (at the port named by meta key `port_meta`, else
+        the gRPC port); hosts that do not resolve are left out (logged)."""
         out: set[Endpoint] = set()
         for instance in instances:
+            port = instance.port
+            if port_meta:
+                raw = instance.meta.get(port_meta, "")
+                if not raw.isdigit() or not 0 < int(raw) < 65536:
+                    continue
+                port = int(raw)
             try:
                 addresses = await self._resolver(instance.host)
             except OSError as exc:
@@ -105,11 +122,11 @@ class EndpointSync:
             if instance.host in self._unresolved:
                 self._unresolved.discard(instance.host)
                 log.info("edge: %s resolves again: %s", instance.host, addresses)
-            out.update((address, instance.port) for address in addresses)
+            out.update((address, port) for address in addresses)
         return sorted(out)
 
     async def _publish(self, cluster: str, instances: Sequence[Instance]) -> None:
-        endpoints = await self.resolve(instances)
+        endpoints = await self.resolve(instances, self._sources[cluster][1])
         if self.snapshots.get(cluster) != endpoints:
             self.snapshots[cluster] = endpoints
             write_endpoints(self._eds_dir, cluster, endpoints)
@@ -122,7 +139,7 @@ class EndpointSync:
         async def watch() -> None:
             nonlocal latest
             try:
-                async for instances in self._registry.watch(cluster):
+                async for instances in self._registry.watch(self._sources[cluster][0]):
                     latest = list(instances)
                     changed.set()
             finally:

@@ -25,6 +25,7 @@ from typing import Any
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
@@ -221,7 +222,12 @@ class LocalMesh:
             **self.pki.edge_options,
         )
         config, _ = render_files(edge_dir, options)
-        self.sync = EndpointSync(self.registry, model.clusters, Path(options.eds_dir))
+        self.sync = EndpointSync(
+            self.registry,
+            model.clusters,
+            Path(options.eds_dir),
+            port_clusters=jwks_sources(options.auth),
+        )
         await self.sync.start()
         spec = ProcessSpec(
             name="envoy",

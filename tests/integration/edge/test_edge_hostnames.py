@@ -14,8 +14,8 @@ from pathlib import Path
 
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
-from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.jwt_authn import jwks_sources
+from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from tests.support import pki

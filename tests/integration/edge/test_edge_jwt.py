@@ -307,9 +307,7 @@ async def test_client_supplied_end_user_headers_never_reach_a_service(edge: Edge
     # A public route without a token: the forged headers are removed too.
     status, _, _ = await asyncio.to_thread(edge.http, "GET", "/api/v1/products/p1", None, forged)
     assert status == 200
-    code = await edge.get_order(
-        ("authorization", f"Bearer {token}"), ("x-mesh-user-id", "user-b")
-    )
+    code = await edge.get_order(("authorization", f"Bearer {token}"), ("x-mesh-user-id", "user-b"))
     assert code == grpc.StatusCode.OK
     assert len(edge.seen) == 3
     assert edge.seen[0]["x-mesh-user-id"] == "user-a" and "x-mesh-roles" not in edge.seen[0]

@@ -41,7 +41,6 @@ from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.reflection import file_containing_symbol_v1, list_services_v1
 
-
 # Routing is under test here, with stand-in upstreams and no token issuer: end-user
 # auth is off (it has its own tests in test_edge_jwt.py).
 NO_END_USER_AUTH = EdgeAuthOptions(enabled=False)

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from mesh.edge.envoy_config import OTLP_CLUSTER, render
-from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.jwt_authn import JWKS_CLUSTER
+from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import write_endpoints
 from mesh.local.traces.receiver import serve

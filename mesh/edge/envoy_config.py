@@ -172,9 +172,6 @@ def _grpc_route(
     return {"match": match, "route": action}
 
 
-_HEDGE_HEADROOM = 2
-
-
 def _retry_policy(idempotent: bool, options: EdgeOptions) -> dict[str, Any]:
     """Retries on another host: any call whose request never reached an upstream
     (refused connection or stream), and idempotent calls also on UNAVAILABLE, a reset
@@ -184,19 +181,13 @@ def _retry_policy(idempotent: bool, options: EdgeOptions) -> dict[str, Any]:
     a frozen one (SIGSTOP, a GC pause) costs the try timeout, not the route timeout."""
     retry_on = ["connect-failure", "refused-stream"]
     extra: dict[str, Any] = {}
-    retries = options.idempotent_retries
     if idempotent:
         retry_on += ["unavailable", "reset", "gateway-error"]
         extra["per_try_timeout"] = f"{options.idempotent_try_timeout_s:g}s"
-        # Hedges count against num_retries too. Under load every try can outlast the
-        # per-try timeout, and two hedges left no retry for the reset that a SIGKILLed
-        # instance causes a moment later (all tries on it fail at once): the chaos kill
-        # test's failed reads. Headroom keeps `idempotent_retries` for failures.
-        retries += _HEDGE_HEADROOM
     return {
         **extra,
         "retry_on": ",".join(retry_on),
-        "num_retries": retries,
+        "num_retries": options.idempotent_retries,
         "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
         "retry_host_predicate": [
             {

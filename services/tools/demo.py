@@ -61,8 +61,10 @@ def curl(
     body: Any = None,
     headers: dict[str, str] | None = None,
     token: Token | None = None,
+    mask: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """One HTTP call through the edge, shown as the curl command that does it."""
+    """One HTTP call through the edge, shown as the curl command that does it (each
+    `mask` key, a secret, shown as its value, e.g. a password as `$ADMIN_PASSWORD`)."""
     url = f"http://{edge}{path}"
     hdrs = (
         {"content-type": "application/json", **(headers or {})}
@@ -79,6 +81,8 @@ def curl(
         + [f'-H "{k}: {v}"' for k, v in shown_hdrs.items()]
         + ([f"-d '{data}'"] if data else [])
     )
+    for secret, shown_as in (mask or {}).items():
+        shown = shown.replace(secret, shown_as)
     exe = shutil.which("curl")
     if exe:
         argv = [exe, "-s", "-w", "\n%{http_code}", "-X", method, url]
@@ -142,8 +146,11 @@ def create_admin(email: str, password: str) -> None:
     _expect(res.returncode == 0, "create-admin failed")
 
 
-def log_in(edge: str, email: str, password: str, name: str) -> Token:
-    status, session = curl(edge, "POST", "/api/v1/sessions", {"email": email, "password": password})
+def log_in(
+    edge: str, email: str, password: str, name: str, mask: dict[str, str] | None = None
+) -> Token:
+    body = {"email": email, "password": password}
+    status, session = curl(edge, "POST", "/api/v1/sessions", body, mask=mask)
     _expect(status == 200, f"logging in {email} failed")
     return name, str(session.get("accessToken") or session.get("access_token"))
 
@@ -175,7 +182,9 @@ def story(edge: str) -> None:
     print("\n== 3. the first admin adds a product (creating products needs the admin role)")
     admin_email, admin_password = f"admin.{tag}@example.com", secrets.token_urlsafe(18)
     create_admin(admin_email, admin_password)
-    admin = log_in(edge, admin_email, admin_password, "ADMIN_TOKEN")
+    admin = log_in(
+        edge, admin_email, admin_password, "ADMIN_TOKEN", mask={admin_password: "$ADMIN_PASSWORD"}
+    )
     status, product = curl(
         edge,
         "POST",

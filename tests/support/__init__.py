@@ -15,5 +15,6 @@ Per area: `ping_calls` (the four arities through plain channels), `mesh_client`,
 `discovery`, `bootstrap` + `stand_ins` (mesh.server), `events_db`, `saga` +
 `saga_scenario` + `saga_crash_worker`, `services` (one service in-process),
 `shop_calls`, `shop_events`, `orders_domain`, `edge` (REST and grpcurl clients),
+`edge_tokens` (sign up / log in / create-admin through the edge: access tokens),
 `proto_tree` (an editable copy of protos/).
 """

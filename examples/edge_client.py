@@ -2,6 +2,8 @@
 
 Needs nothing but the `shop-clients` wheel (the generated stubs and grpcio):
 no mesh runtime, no registry. Envoy routes each call to a healthy instance.
+Signing up and logging in are public; every other call carries the access token
+(`authorization: Bearer <token>` metadata), which the edge verifies.
 
     python examples/edge_client.py [--edge localhost:8080]
 """
@@ -19,15 +21,22 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 async def main(edge: str) -> None:
     async with grpc.aio.insecure_channel(edge) as channel:
         users = users_pb2_grpc.UserServiceStub(channel)
+        email, password = f"edge-{uuid.uuid4().hex[:8]}@example.com", "correct horse battery"
         created = await users.CreateUser(
             users_pb2.CreateUserRequest(
-                email=f"edge-{uuid.uuid4().hex[:8]}@example.com",
-                password="correct horse battery",
+                email=email,
+                password=password,
                 profile=users_pb2.Profile(display_name="Edge Example"),
             ),
             timeout=10,
         )
-        fetched = await users.GetUser(users_pb2.GetUserRequest(user_id=created.user_id), timeout=10)
+        session = await users.Authenticate(
+            users_pb2.AuthenticateRequest(email=email, password=password), timeout=10
+        )
+        token = (("authorization", f"Bearer {session.access_token}"),)
+        fetched = await users.GetUser(
+            users_pb2.GetUserRequest(user_id=created.user_id), metadata=token, timeout=10
+        )
         print(f"created and fetched user {fetched.user_id} <{fetched.email}> through {edge}")
 
 

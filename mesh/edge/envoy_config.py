@@ -16,7 +16,9 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from mesh.edge import jwt_authn
 from mesh.edge.hardening import harden
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import EdgeModel, HttpBinding, Service
 from mesh.edge.subsets import (
@@ -87,6 +89,8 @@ class EdgeOptions:
     sds_path: str = "/etc/envoy/edge_sds.yaml"
     # What the edge accepts from a client (sizes, timeouts, rates): mesh/edge/hardening.py.
     limits: EdgeLimits = field(default_factory=EdgeLimits)
+    # End-user JWT verification (mesh/edge/jwt_authn.py): issuer, audiences, JWKS source.
+    auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
 
 
 def _type(extension: str) -> str:
@@ -558,6 +562,8 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     options.descriptor_path, [s.full_name for s in model.public]
                 ),
             },
+            # End users first: an unauthenticated call is refused, not faulted.
+            *jwt_authn.http_filters(model, options.auth, _META_PREFIXES),
             # Traffic-policy faults, by runtime; after the transcoder, where every call
             # (gRPC or transcoded REST) is routed to its cluster (mesh/edge/subsets.py).
             *fault_filters(model.clusters),
@@ -613,6 +619,11 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     if options.tls:
         listeners.append(listener("edge_tls", options.tls_listen_port, True))
     clusters = [meta_cluster, *(_cluster(c, options) for c in model.clusters)]
+    clusters += jwt_authn.jwks_cluster(
+        options.auth, eds_path(options, jwt_authn.JWKS_CLUSTER), options.eds_dir
+    )
+    if mappers := jwt_authn.local_reply_mappers(options.auth):
+        hcm["local_reply_config"] = {"mappers": mappers}
     if options.otlp_port:
         hcm["tracing"] = _tracing(options)
         clusters.append(_otlp_cluster(options))

@@ -45,6 +45,9 @@ class Method:
     bindings: tuple[HttpBinding, ...]
     # `(meshproto.api.v1.rate_limit) = {strict: true}`: the stricter per-client limit.
     strict_rate_limit: bool = False
+    # The end-user access it declares (`meshproto.api.v1.auth`); None: not declared,
+    # which the edge treats as "a user is required" (fail closed).
+    auth: options.AuthRule | None = None
 
     @property
     def streaming(self) -> bool:
@@ -124,6 +127,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
                     idempotent=options.is_idempotent(meth),
                     bindings=_bindings(meth),
                     strict_rate_limit=options.has_strict_rate_limit(meth),
+                    auth=options.auth_of(meth),
                 )
                 for meth in svc.method
             )

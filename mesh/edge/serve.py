@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, descriptor_source
@@ -36,7 +37,14 @@ async def serve_edge(
     fds = load_descriptor_set(descriptor_source(descriptors))
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry, host=host, port=port)
-    sync = EndpointSync(registry, model.clusters, eds_dir, policies=policy_store_for(registry))
+    # The JWKS cluster of the rendered config (envoy/envoy.yaml: default auth options).
+    sync = EndpointSync(
+        registry,
+        model.clusters,
+        eds_dir,
+        policies=policy_store_for(registry),
+        port_clusters=jwks_sources(EdgeAuthOptions()),
+    )
     done = stop or asyncio.Event()
     if stop is None:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,12 @@ watches each cluster's policy; every endpoint carries its instance's track and a
 weight derived from the policy, and the policies' edge faults go to the RTDS file
 beside the EDS files. A policy change rewrites the cluster's EDS file (and the RTDS
 file) at once; Envoy reloads both on the rename, no restart.
+
+Besides the gRPC clusters (named after their registry service, at the instances'
+gRPC port), `port_clusters` adds clusters at another port an instance registers in
+its meta: `{"jwks": ("users", "admin_port")}` points the edge's JWKS fetch at the
+users instances' admin ports (mesh/edge/jwt_authn.py). An instance without that
+meta key (or with a non-numeric one) is left out of such a cluster.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry
@@ -99,9 +105,13 @@ class EndpointSync:
         resolve_interval_s: float = 10.0,
         resolver: Resolver = resolve_host,
         policies: PolicyStore | None = None,
+        port_clusters: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self._registry = registry
-        self._clusters = clusters
+        # cluster -> (registry service, meta key of the port; "" = the gRPC port)
+        self._sources: dict[str, tuple[str, str]] = {c: (c, "") for c in clusters}
+        self._sources.update(port_clusters or {})
+        self._clusters = list(self._sources)
         self._eds_dir = eds_dir
         self._resolve_interval_s = resolve_interval_s
         self._resolver = resolver
@@ -124,10 +134,19 @@ class EndpointSync:
         self.prepare()
         self._tasks = [asyncio.create_task(self._follow(c)) for c in self._clusters]
 
-    async def resolve(self, instances: Sequence[Instance]) -> list[TrackedEndpoint]:
-        """IP endpoints of `instances`; hosts that do not resolve are left out (logged)."""
+    async def resolve(
+        self, instances: Sequence[Instance], port_meta: str = ""
+    ) -> list[TrackedEndpoint]:
+        """IP endpoints of `instances` (at the port named by meta key `port_meta`, else
+        the gRPC port); hosts that do not resolve are left out (logged)."""
         out: set[TrackedEndpoint] = set()
         for instance in instances:
+            port = instance.port
+            if port_meta:
+                raw = instance.meta.get(port_meta, "")
+                if not raw.isdigit() or not 0 < int(raw) < 65536:
+                    continue
+                port = int(raw)
             try:
                 addresses = await self._resolver(instance.host)
             except OSError as exc:
@@ -144,11 +163,11 @@ class EndpointSync:
                 self._unresolved.discard(instance.host)
                 log.info("edge: %s resolves again: %s", instance.host, addresses)
             track = track_of(instance)
-            out.update(TrackedEndpoint(address, instance.port, track) for address in addresses)
+            out.update(TrackedEndpoint(address, port, track) for address in addresses)
         return sorted(out)
 
     async def _publish(self, cluster: str, instances: Sequence[Instance]) -> None:
-        endpoints = await self.resolve(instances)
+        endpoints = await self.resolve(instances, self._sources[cluster][1])
         self.snapshots[cluster] = endpoints
         policy = self.policies.get(cluster)
         if self._published.get(cluster) != (endpoints, policy):
@@ -172,14 +191,14 @@ class EndpointSync:
         changed = asyncio.Event()
         policy_watch = (
             asyncio.create_task(self._watch_policy(cluster, changed))
-            if self._policy_store is not None
+            if self._policy_store is not None and not self._sources[cluster][1]
             else None
         )
 
         async def watch() -> None:
             nonlocal latest
             try:
-                async for instances in self._registry.watch(cluster):
+                async for instances in self._registry.watch(self._sources[cluster][0]):
                     latest = list(instances)
                     changed.set()
             finally:

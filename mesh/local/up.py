@@ -26,6 +26,7 @@ from typing import Any
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
@@ -233,7 +234,11 @@ class LocalMesh:
         config, _ = render_files(edge_dir, options)
         self.policies = FilePolicyStore(run / "registry")  # traffic policies: subsets, faults
         self.sync = EndpointSync(
-            self.registry, model.clusters, Path(options.eds_dir), policies=self.policies
+            self.registry,
+            model.clusters,
+            Path(options.eds_dir),
+            policies=self.policies,
+            port_clusters=jwks_sources(options.auth),
         )
         await self.sync.start()
         spec = ProcessSpec(

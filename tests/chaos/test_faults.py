@@ -30,6 +30,7 @@ from tests.support.chaos import (
     p99,
     sales,
 )
+from tests.support.edge_tokens import admin
 from tests.support.local_mesh import Stack, local_mesh
 from tests.support.poll import eventually
 
@@ -48,7 +49,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 async def shopper(stack: Stack) -> AsyncIterator[Shopper]:
     async with grpc.aio.insecure_channel(stack.edge.address) as channel:
         s = Shopper(channel)
-        await s.setup(STOCK)
+        await s.setup(STOCK, (await admin(stack)).metadata)
         yield s
 
 
@@ -116,7 +117,9 @@ async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: S
         while not stop_reading.is_set():
             try:
                 got = await shopper.orders.GetOrder(
-                    orders_pb2.GetOrderRequest(order_id=seed.order_id), timeout=10
+                    orders_pb2.GetOrderRequest(order_id=seed.order_id),
+                    metadata=shopper.auth,
+                    timeout=10,
                 )
                 assert got.order_id == seed.order_id
             except grpc.aio.AioRpcError as err:

@@ -5,7 +5,9 @@ environment it reads from docker-compose.yml, in private namespaces where the
 container names resolve (see its docstring for what differs from a container),
 with the Consul-API test agent in Consul's place, a real nats-server and the
 real Envoy on the checked-in config. Through the edge: grpcurl lists the public
-services, an order is placed by REST, and payments cannot be reached. Skipped,
+services, an anonymous order is refused (401), a user logs in and orders by REST
+(the product added by an admin made with `create-admin`), and payments cannot be
+reached. Skipped,
 with the reason, where the namespaces cannot be made (not root).
 """
 
@@ -36,6 +38,7 @@ def test_compose_topology_serves_through_the_edge(tmp_path: Path) -> None:
     assert not any("Payment" in s or "Reservation" in s for s in listed), listed
     assert report["create_user"] == 200
     assert report["create_product"] == 200
+    assert report["anonymous_order"] == 401, report  # the edge verifies end-user tokens
     assert report["create_order"] == 200, report
     assert report["order_status"] in ("ORDER_STATUS_COMPLETED", "COMPLETED"), report
     assert int(report["product_after_order"]["available"]) == 3, report

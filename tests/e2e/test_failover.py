@@ -8,29 +8,28 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-import uuid
 
 import grpc
 import pytest
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from tests.support.e2e_stack import GRPC_CALLS, call_ok, v2_order_request
+from tests.support.e2e_stack import call_ok, new_ctx, run_calls, v2_order_request
 from tests.support.local_mesh import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def _an_order(stack: Stack) -> str:
-    ctx = {"tag": uuid.uuid4().hex[:8]}
-    for method, build, remember in GRPC_CALLS[:5]:
-        remember(ctx, await call_ok(stack, method, build(ctx)))
+async def _an_order(stack: Stack) -> tuple[str, str]:
+    """An order made through the edge, and its owner's access token."""
+    ctx = await run_calls(stack, await new_ctx(stack), 5)
     order = await call_ok(
         stack,
         "shop.orders.v2.OrderService/CreateOrder",
         v2_order_request(ctx["user_id"], ctx["product_id"]),
+        f"authorization: Bearer {ctx['access']}",
     )
-    return str(order["orderId"])
+    return str(order["orderId"]), ctx["access"]
 
 
 def _handled(inst: Instance, method: str) -> float:
@@ -46,12 +45,16 @@ def _handled(inst: Instance, method: str) -> float:
 
 
 async def test_killed_instance_then_new_instance(stack: Stack) -> None:
-    order_id = await _an_order(stack)
+    order_id, token = await _an_order(stack)
     async with grpc.aio.insecure_channel(stack.edge.address) as ch:
         stub = orders_pb2_grpc.OrderServiceStub(ch)
 
         async def get() -> orders_pb2.Order:
-            return await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id), timeout=10)
+            return await stub.GetOrder(
+                orders_pb2.GetOrderRequest(order_id=order_id),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
 
         # Both instances serve; kill one the hard way (no drain, no deregistration).
         stack.child("orders-2").proc.kill()

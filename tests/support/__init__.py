@@ -17,5 +17,6 @@ Per area: `ping_calls` (the four arities through plain channels), `mesh_client`,
 `shop_calls`, `shop_events`, `orders_domain`, `end_user` (direct calls as an end user),
 `edge` (REST and grpcurl clients),
 `raw_http` (one HTTP/1.1 request exactly as written, from a chosen source address),
+`edge_tokens` (sign up / log in / create-admin through the edge: access tokens),
 `proto_tree` (an editable copy of protos/).
 """

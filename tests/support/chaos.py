@@ -46,6 +46,8 @@ class Shopper:
     channel: grpc.aio.Channel
     user_id: str = ""
     product_id: str = ""
+    # The user's access token as call metadata (the edge requires it on orders calls).
+    auth: tuple[tuple[str, str], ...] = ()
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -56,18 +58,23 @@ class Shopper:
     def inventory(self) -> inventory_pb2_grpc.InventoryServiceAsyncStub:
         return inventory_pb2_grpc.InventoryServiceStub(self.channel)
 
-    async def setup(self, stock: int) -> None:
+    async def setup(self, stock: int, admin: tuple[tuple[str, str], ...]) -> None:
+        """Sign up and log in (public calls), then create the product as `admin`
+        (an admin's access token as call metadata)."""
         tag = uuid.uuid4().hex[:10]
         users = users_pb2_grpc.UserServiceStub(self.channel)
+        email, password = f"chaos.{tag}@example.com", "correct horse battery staple"
         user = await users.CreateUser(
             users_pb2.CreateUserRequest(
-                email=f"chaos.{tag}@example.com",
-                password="correct horse battery staple",
-                profile=users_pb2.Profile(display_name="Chaos"),
+                email=email, password=password, profile=users_pb2.Profile(display_name="Chaos")
             ),
             timeout=10,
         )
         self.user_id = user.user_id
+        session = await users.Authenticate(
+            users_pb2.AuthenticateRequest(email=email, password=password), timeout=10
+        )
+        self.auth = (("authorization", f"Bearer {session.access_token}"),)
         product = await self.inventory.CreateProduct(
             inventory_pb2.CreateProductRequest(
                 sku=f"CHAOS-{tag}",
@@ -75,6 +82,7 @@ class Shopper:
                 price=money_pb2.Money(currency_code="USD", amount_minor=PRICE_MINOR),
                 initial_stock=stock,
             ),
+            metadata=admin,
             timeout=10,
         )
         self.product_id = product.product_id
@@ -98,7 +106,7 @@ class Shopper:
     async def place(self, key: str) -> grpc.StatusCode:
         """One CreateOrder; its status code (OK, or the error's)."""
         try:
-            await self.orders.CreateOrder(self.order_request(key), timeout=90)
+            await self.orders.CreateOrder(self.order_request(key), metadata=self.auth, timeout=90)
             code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
             code = err.code()
@@ -121,6 +129,7 @@ class Shopper:
         while True:
             page = await self.orders.ListOrders(
                 orders_pb2.ListOrdersRequest(user_id=self.user_id, page_size=100, page_token=token),
+                metadata=self.auth,
                 timeout=10,
             )
             out.extend(page.orders)
@@ -130,7 +139,9 @@ class Shopper:
 
     async def product(self) -> inventory_pb2.Product:
         return await self.inventory.GetProduct(
-            inventory_pb2.GetProductRequest(product_id=self.product_id), timeout=10
+            inventory_pb2.GetProductRequest(product_id=self.product_id),
+            metadata=self.auth,
+            timeout=10,
         )
 
 

@@ -289,11 +289,12 @@ def envoy_argv(c: Container) -> list[str]:
 # -- checks ---------------------------------------------------------------------------
 
 
-def http(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def http(base: str, method: str, path: str, body: Any = None, token: str = "") -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        base + path, data=data, method=method, headers={"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             text = r.read().decode()
@@ -333,7 +334,26 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def exercise(edge: str, admin: str, stack: Stack) -> dict[str, Any]:
+def log_in(base: str, email: str, password: str) -> str:
+    """An access token from `POST /api/v1/sessions` through the edge."""
+    status, session = http(base, "POST", "/api/v1/sessions", {"email": email, "password": password})
+    if status != 200:
+        raise RuntimeError(f"Authenticate {email} answered {status}: {session}")
+    return str(session["accessToken"])
+
+
+def create_admin(users_env: Mapping[str, str], email: str, password: str) -> None:
+    """`python -m services.users.admin create-admin` with the users container's environment."""
+    res = subprocess.run(
+        [sys.executable, "-m", "services.users.admin", "create-admin", "--email", email],
+        input=f"{password}\n", env=dict(users_env), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"create-admin: {res.stdout}{res.stderr}")
+
+
+def exercise(edge: str, admin: str, stack: Stack, users_env: Mapping[str, str]) -> dict[str, Any]:
     for cluster in ("users", "orders", "inventory"):
         wait_for(f"the edge to route to {cluster}", lambda c=cluster: routable(admin, c), stack)
     report: dict[str, Any] = {}
@@ -354,6 +374,9 @@ def exercise(edge: str, admin: str, stack: Stack) -> dict[str, Any]:
     report["create_user"] = status
     if status != 200:
         raise RuntimeError(f"CreateUser answered {status}: {user}")
+    token = log_in(base, f"smoke.{tag}@example.com", "correct horse battery staple")
+    create_admin(users_env, f"admin.{tag}@example.com", "admin horse battery staple")
+    admin_token = log_in(base, f"admin.{tag}@example.com", "admin horse battery staple")
     status, product = http(
         base,
         "POST",
@@ -364,6 +387,7 @@ def exercise(edge: str, admin: str, stack: Stack) -> dict[str, Any]:
             "price": {"currency_code": "USD", "amount_minor": "1999"},
             "initial_stock": "5",
         },
+        admin_token,
     )
     report["create_product"] = status
     if status != 200:
@@ -381,17 +405,19 @@ def exercise(edge: str, admin: str, stack: Stack) -> dict[str, Any]:
             "country_code": "GB",
         },
     }
-    status, placed = http(base, "POST", "/api/v2/orders", order)
+    report["anonymous_order"] = http(base, "POST", "/api/v2/orders", order)[0]
+    status, placed = http(base, "POST", "/api/v2/orders", order, token)
     report["create_order"] = status
     report["create_order_body"] = placed
     report["order_status"] = placed.get("status") if isinstance(placed, dict) else placed
     status, stock = http(base, "GET", f"/api/v1/products/{product['productId']}")
     report["product_after_order"] = stock
     refund = grpcurl(
-        "-plaintext", "-d", '{"saga_id": "x"}', edge, "shop.payments.v1.PaymentService/Refund"
-    )
+        "-plaintext", "-H", f"authorization: Bearer {token}", "-d", '{"saga_id": "x"}', edge,
+        "shop.payments.v1.PaymentService/Refund",
+    )  # fmt: skip
     report["payments_grpc"] = {"exit": refund.returncode, "out": refund.stdout + refund.stderr}
-    report["payments_rest"] = http(base, "POST", "/api/v1/payments/refund", {})[0]
+    report["payments_rest"] = http(base, "POST", "/api/v1/payments/refund", {}, token)[0]
     return report
 
 
@@ -476,7 +502,8 @@ async def _run(work: Path) -> dict[str, Any]:
                 raise RuntimeError(f"{c.name}: no stand-in for image {c.image}")
         if not edge:
             raise RuntimeError("docker-compose.yml has no Envoy service")
-        report = await asyncio.to_thread(exercise, edge, admin, stack)
+        users_env = our_env(by_image["users"], work)
+        report = await asyncio.to_thread(exercise, edge, admin, stack, users_env)
         report["containers"] = sorted(by_image)
         return report
     finally:

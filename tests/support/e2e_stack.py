@@ -1,4 +1,9 @@
-"""Calls through the edge of the whole mesh the e2e tests start (`tests.support.local_mesh`)."""
+"""Calls through the edge of the whole mesh the e2e tests start (`tests.support.local_mesh`).
+
+Every call carries the access token its method's `(meshproto.api.v1.auth)` option asks
+for (`auth_headers`): none for public methods, the context's user (`access`, set by
+Authenticate) for user methods, an admin (`admin`, made by `new_ctx`) for role methods.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from mesh.api.options import Access
+from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.render import DESCRIPTORS
+from tests.support.edge_tokens import admin
 from tests.support.local_mesh import Stack
 
 GOOD_CARD = "4242424242424242"
@@ -41,6 +50,45 @@ async def call_ok(
 
 
 Ctx = dict[str, str]
+
+_ACCESS = {
+    f"{svc.full_name}/{m.name}": m.auth.access if m.auth else Access.USER
+    for svc in build_model(load_descriptor_set(DESCRIPTORS).file).public
+    for m in svc.methods
+}
+
+
+def bearer_for(ctx: Ctx, method: str) -> str | None:
+    """The access token `method` (`pkg.Service/Method`) needs from this context, if any."""
+    access = _ACCESS[method]
+    if access is Access.PUBLIC:
+        return None
+    return ctx["admin"] if access is Access.ROLES else ctx["access"]
+
+
+def auth_headers(ctx: Ctx, method: str) -> tuple[str, ...]:
+    """grpcurl `-H` headers for `method`."""
+    token = bearer_for(ctx, method)
+    return (f"authorization: Bearer {token}",) if token else ()
+
+
+def rest_auth_headers(ctx: Ctx, method: str) -> dict[str, str]:
+    token = bearer_for(ctx, method)
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+async def new_ctx(stack: Stack) -> Ctx:
+    """A fresh context with a unique tag and an admin's access token."""
+    return {"tag": uuid.uuid4().hex[:8], "admin": (await admin(stack)).access_token}
+
+
+async def run_calls(stack: Stack, ctx: Ctx, count: int | None = None) -> Ctx:
+    """The first `count` (all) GRPC_CALLS by grpcurl, each with the token it needs."""
+    for method, build, remember in GRPC_CALLS[:count]:
+        remember(ctx, await call_ok(stack, method, build(ctx), *auth_headers(ctx, method)))
+    return ctx
+
+
 # (method, request built from what earlier calls returned, what to remember)
 GRPC_CALLS: list[
     tuple[str, Callable[[Ctx], dict[str, Any]], Callable[[Ctx, dict[str, Any]], None]]
@@ -54,15 +102,17 @@ GRPC_CALLS: list[
         },
         lambda c, r: c.update(user_id=r["userId"]),
     ),
-    ("shop.users.v1.UserService/GetUser", lambda c: {"user_id": c["user_id"]}, lambda c, r: None),
     (
         "shop.users.v1.UserService/Authenticate",
         lambda c: {
             "email": f"e2e.{c['tag']}@example.com",
             "password": "correct horse battery staple",
         },
-        lambda c, r: c.update(token=r["sessionToken"], refresh=r["refreshToken"]),
+        lambda c, r: c.update(
+            token=r["sessionToken"], refresh=r["refreshToken"], access=r["accessToken"]
+        ),
     ),
+    ("shop.users.v1.UserService/GetUser", lambda c: {"user_id": c["user_id"]}, lambda c, r: None),
     (
         "shop.users.v1.UserService/ValidateSession",
         lambda c: {"session_token": c["token"]},

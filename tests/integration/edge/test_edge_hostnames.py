@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
+from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
@@ -50,7 +51,9 @@ async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> 
         **pki.edge_options(tls_listen_port=free_port()),
     )
     config, _ = render_files(tmp_path, options)
-    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
+    sync = EndpointSync(
+        registry, model.clusters, Path(options.eds_dir), port_clusters=jwks_sources(options.auth)
+    )
     await sync.start()
     await eventually(lambda: all(sync.snapshots.get(s) for s in ports), 10, "EDS written")
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")

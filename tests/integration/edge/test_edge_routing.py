@@ -29,6 +29,7 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from mesh.discovery.registry import Instance
+from mesh.edge.jwt_authn import JWKS_CLUSTER, EdgeAuthOptions
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
@@ -39,6 +40,10 @@ from tests.support.envoy import EnvoyProcess, start_envoy, validate
 from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.reflection import file_containing_symbol_v1, list_services_v1
+
+# Routing is under test here, with stand-in upstreams and no token issuer: end-user
+# auth is off (it has its own tests in test_edge_jwt.py).
+NO_END_USER_AUTH = EdgeAuthOptions(enabled=False)
 
 
 class _Registry:
@@ -140,6 +145,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
         admin_port=admin,
         meta_port=meta.port,
         **pki.edge_options(tls_listen_port=tls_port),
+        auth=NO_END_USER_AUTH,
     )
     config, _ = render_files(tmp_path, options)
     sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
@@ -164,7 +170,7 @@ def test_rendered_config_validates(tmp_path: Path) -> None:
     )
     config, _ = render_files(tmp_path, options)
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
-    for cluster in model.clusters:  # Envoy checks the EDS files exist
+    for cluster in [*model.clusters, JWKS_CLUSTER]:  # Envoy checks the EDS files exist
         write_endpoints(Path(options.eds_dir), cluster, [])
     result = validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -360,6 +366,7 @@ async def test_the_edge_refuses_an_upstream_holding_another_identity(tmp_path: P
         admin_port=admin,
         meta_port=meta.port,
         **pki.edge_options(tls_listen_port=free_port()),
+        auth=NO_END_USER_AUTH,
     )
     config, _ = render_files(tmp_path, options)
     sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))

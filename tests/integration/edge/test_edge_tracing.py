@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from mesh.edge.envoy_config import OTLP_CLUSTER, render
+from mesh.edge.jwt_authn import JWKS_CLUSTER
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import write_endpoints
@@ -42,7 +43,7 @@ def _edge_files(tmp_path: Path, **overrides: object) -> tuple[Path, int, int]:
         **overrides,
     )
     config, _ = render_files(tmp_path, options)
-    for cluster in MODEL.clusters:  # Envoy checks the EDS files exist
+    for cluster in [*MODEL.clusters, JWKS_CLUSTER]:  # Envoy checks the EDS files exist
         write_endpoints(Path(options.eds_dir), cluster, [])
     return config, listen, admin
 

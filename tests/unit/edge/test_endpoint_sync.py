@@ -82,3 +82,27 @@ async def test_a_name_that_moves_is_followed_without_a_registry_change(tmp_path:
     finally:
         await registry.close()
         await sync.stop()
+
+
+async def test_a_port_cluster_uses_the_port_in_the_registry_meta(tmp_path: Path) -> None:
+    registry = StaticRegistry(
+        [
+            Instance(id="u1", service="users", host="127.0.0.1", port=50051,
+                     meta={"admin_port": "9101"}),
+            Instance(id="u2", service="users", host="127.0.0.2", port=50051),  # no meta
+            Instance(id="u3", service="users", host="127.0.0.3", port=50051,
+                     meta={"admin_port": "x"}),
+        ]
+    )  # fmt: skip
+    sync = EndpointSync(
+        registry, ["users"], tmp_path, port_clusters={"jwks": ("users", "admin_port")}
+    )
+    await sync.start()
+    try:
+        await eventually(lambda: sync.snapshots.get("jwks"), 5, "the jwks snapshot")
+        assert _hosts(tmp_path, "jwks") == [("127.0.0.1", 9101)]
+        await eventually(lambda: sync.snapshots.get("users"), 5, "the users snapshot")
+        assert len(_hosts(tmp_path, "users")) == 3  # the gRPC cluster is unchanged
+    finally:
+        await registry.close()
+        await sync.stop()

@@ -1,4 +1,4 @@
-"""`python -m bench [rpc|events|fastpath|traces|tokens] [options]`: the benchmarks.
+"""`python -m bench [rpc|events|orders|fastpath|traces|tokens] [options]`: the benchmarks.
 
 With no name: `bench.rpc`, `bench.events`, then `bench.tokens` (about two and a half minutes).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
@@ -28,6 +28,12 @@ def _events(args: Sequence[str]) -> None:
     events.cli()
 
 
+def _orders(args: Sequence[str]) -> None:
+    from bench import orders
+
+    orders.cli(list(args))
+
+
 def _fastpath(args: Sequence[str]) -> None:
     from bench import fastpath
 
@@ -51,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     benches = {
         "rpc": _rpc,
         "events": _events,
+        "orders": _orders,
         "fastpath": _fastpath,
         "traces": _traces,
         "tokens": _tokens,

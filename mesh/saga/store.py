@@ -151,7 +151,7 @@ class SagaStore:
             c.status == bindparam("k_status"),
             c.completed == bindparam("k_completed"),
         )
-        new_values = {name: bindparam(f"v_{name}") for name in _STATE_COLUMNS}
+        new_values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in _STATE_COLUMNS}
         self._write_any = (
             update(self.table)
             .where(*moved)
@@ -170,7 +170,7 @@ class SagaStore:
         if stmt is None:
             ins: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
             columns = ("saga_id", "name", "owner", "lease_until", "created_at", *_STATE_COLUMNS)
-            values = {name: bindparam(name) for name in columns}
+            values: dict[str, Any] = {name: bindparam(name) for name in columns}
             stmt = self._inserts[dialect] = ins(self.table).values(values).on_conflict_do_nothing()
         return stmt
 

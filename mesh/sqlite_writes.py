@@ -9,12 +9,18 @@ poll, throughput collapses and latency climbs to seconds (measured with
 `python -m bench orders`: p50 3.9 s at 4 orders/s on the loaded 2-core box).
 
 `SerialWriteSession` (what `mesh.db.session_factory` makes for SQLite engines)
-takes a per-process `asyncio.Lock` before the first INSERT/UPDATE/DELETE of a
-transaction and releases it when that transaction ends (commit or rollback), so
+takes a per-process `asyncio.Lock` before a transaction's first statement when
+that statement is an INSERT/UPDATE/DELETE (the saga runner's steps start with
+their conditional UPDATE for this reason) and releases it when that transaction
+ends (commit or rollback), so
 the writers of one process queue in the event loop and the next one starts the
 moment the previous commits. Reads never take it (WAL readers do not block
 writers). Nothing about durability or isolation changes: the same statements run
 in the same transactions; only the waiting moves from SQLite's sleeps to a queue.
+
+A transaction that reads before it writes does not queue: holding a read snapshot
+while waiting would make its write fail outright (SQLITE_BUSY_SNAPSHOT) whenever
+another writer commits first; it meets SQLite's busy handler as before.
 
 Limits: writers in *other* processes (the second orders instance) still meet
 SQLite's busy handler, one per process instead of one per coroutine. A statement
@@ -41,6 +47,7 @@ from sqlalchemy.sql.elements import TextClause
 log = logging.getLogger(__name__)
 
 _HELD = "mesh_sqlite_write_lock"
+_BUSY = "mesh_sqlite_tx_started"
 _WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 # engine -> event loop -> lock (an asyncio.Lock belongs to one loop; tests run many).
 _locks: weakref.WeakKeyDictionary[
@@ -78,6 +85,7 @@ class _SyncSession(Session):
 def _release(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
         return
+    session.info.pop(_BUSY, None)
     lock = session.info.pop(_HELD, None)
     if lock is not None and lock.locked():
         lock.release()
@@ -90,8 +98,16 @@ class SerialWriteSession(AsyncSession):
     wait_s = 5.0
 
     async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        if _HELD not in self.sync_session.info and is_write(statement):
-            await self._take_write_lock()
+        info = self.sync_session.info
+        if _HELD not in info and is_write(statement):
+            if _BUSY in info:
+                # The transaction read first: waiting in the queue with its read snapshot
+                # would make the write fail at once (SQLITE_BUSY_SNAPSHOT) if another
+                # writer commits meanwhile. Left to SQLite, as without this module.
+                info[_HELD] = None
+            else:
+                await self._take_write_lock()
+        info[_BUSY] = True
         return await super().execute(statement, *args, **kwargs)
 
     async def _take_write_lock(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 import sqlite3
@@ -103,10 +104,8 @@ async def _purge(url: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # made by the first producer
             await js.purge_stream("USER")
-        except nats.js.errors.NotFoundError:
-            pass  # created by the first producer
     finally:
         await nc.close()
 
@@ -187,9 +186,8 @@ def _drain(
     after = sorted(t for t in handled.values() if t >= restarted)
     for k, t in enumerate(after):
         j = bisect.bisect_left(commits, t - 0.5)
-        if j == 0 or prefix_max[j - 1] <= t:
-            if t - restarted > 0.5:
-                return backlog, (k + 1) / (t - restarted)
+        if (j == 0 or prefix_max[j - 1] <= t) and t - restarted > 0.5:
+            return backlog, (k + 1) / (t - restarted)
     return backlog, 0.0
 
 
@@ -220,8 +218,10 @@ async def measure(
             if lag_stop_s:
                 # Enough events to produce through the stop and the catch-up.
                 lag_n = int(half_rate * (lag_stop_s + 20))
-                lag = await run_phase(srv.url, base, "lag", lag_n, rate=half_rate, per_tx=per_tx,
-                                      producers=producers, stop_s=lag_stop_s, batch=batch)  # fmt: skip
+                lag = await run_phase(
+                    srv.url, base, "lag", lag_n, rate=half_rate, per_tx=per_tx,
+                    producers=producers, stop_s=lag_stop_s, batch=batch,
+                )  # fmt: skip
                 out.update({
                     "lag_stop_s": lag_stop_s,
                     "lag_backlog": lag.backlog,
@@ -235,7 +235,7 @@ async def measure(
 async def headline_events(duration_s: float = 10.0) -> dict[str, Any]:
     """For `bench summary`: full speed and half rate over about `duration_s` seconds in all
     (no lag phase): {"events_per_s", "half_p99_ms", ...}."""
-    n = max(2000, int(duration_s * 1500))
+    n = max(1000, int(duration_s * 1500))
     return await measure(n, per_tx=50, producers=4, lag_stop_s=0.0, batch=256)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class Shop:
 
     async def close(self) -> None:
         await self.http.close()
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def post(self, path: str, doc: Any, token: str = "") -> tuple[int, Any]:
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -216,7 +217,7 @@ async def run_level(
     seconds: float,
     accounts: list[Account],
     products: list[str],
-    during: Callable[[], Awaitable[None]] | None = None,
+    during: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Level:
     place = shop.order_rest if api == "rest" else shop.order_grpc
     level = Level(api, clients, seconds)
@@ -243,7 +244,7 @@ async def run_level(
     await asyncio.gather(*(client(k, warm_until, False) for k in range(clients)))
     before = {name: cpu_s(pid) for name, pid in pids.items()}
     start = time.monotonic()
-    extra = [asyncio.create_task(during())] if during is not None else []
+    extra: list[asyncio.Task[None]] = [asyncio.create_task(during())] if during else []
     await asyncio.gather(*(client(k, start + seconds, True) for k in range(clients)))
     level.seconds = time.monotonic() - start
     after = {name: cpu_s(pid) for name, pid in pids.items()}
@@ -262,7 +263,9 @@ async def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
     return {n: round((cpu_s(p) - before[n]) * 1e3 / seconds, 1) for n, p in pids.items()}
 
 
-async def hop_costs(shop: Shop, pids: dict[str, int], product: str, seconds: float) -> dict[str, float]:
+async def hop_costs(
+    shop: Shop, pids: dict[str, int], product: str, seconds: float
+) -> dict[str, float]:
     """CPU ms per cheap request through the edge (GetProduct, 16 in flight): the edge's
     share and the serving instances' share (= one server-side mesh hop)."""
     inv = [n for n in pids if n.startswith("inventory")]
@@ -297,8 +300,8 @@ async def profile_orders(pid: int, seconds: float, out: Path) -> list[str]:
     """py-spy record of the orders process for `seconds`: the top five self costs and the
     top five project frames by inclusive time (empty if py-spy is missing or may not
     attach)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
         return ["(py-spy not installed: pip install py-spy)"]
     proc = await asyncio.create_subprocess_exec(
         spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
@@ -306,9 +309,14 @@ async def profile_orders(pid: int, seconds: float, out: Path) -> list[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()
-    if proc.returncode != 0 or not out.exists():
+    raw = await asyncio.to_thread(lambda: out.read_text() if out.exists() else "")
+    if proc.returncode != 0 or not raw:
         return [f"(py-spy failed: {err.decode()[-300:].strip()})"]
-    return top_costs(out.read_text())
+    return top_costs(raw)
+
+
+async def _profile_into(out: list[str], pid: int, seconds: float, base: Path) -> None:
+    out.extend(await profile_orders(pid, seconds, base / "orders.spy"))
 
 
 def top_costs(raw: str, k: int = 5) -> list[str]:
@@ -346,21 +354,18 @@ async def measure(
             tag = uuid.uuid4().hex[:8]
             accounts = await asyncio.gather(*(shop.sign_up(tag, i) for i in range(USERS)))
             products = [await shop.product(tag, i, accounts[0].token) for i in range(PRODUCTS)]
-            idle = await idle_cpu(pids, 2.0)
+            idle = await idle_cpu(pids, min(2.0, seconds))
             hops = await hop_costs(shop, pids, products[0], min(3.0, seconds))
             rows: list[dict[str, Any]] = []
             profiled: list[str] = []
             for api in apis:
                 for clients in levels:
-                    during = None
-                    target = next((n for n in pids if n.startswith("orders")), "")
+                    during: Callable[[], Coroutine[Any, Any, None]] | None = None
+                    target = next((p for n, p in pids.items() if n.startswith("orders")), 0)
                     if profile and api == apis[0] and clients == 16 and target:
-
-                        async def during() -> None:
-                            spy_s = max(1.0, seconds - 1)
-                            profiled.extend(
-                                await profile_orders(pids[target], spy_s, base / "orders.spy")
-                            )
+                        during = functools.partial(
+                            _profile_into, profiled, target, max(1.0, seconds - 1), base
+                        )
 
                     level = await run_level(
                         shop, pids, api, clients, seconds, list(accounts), products, during

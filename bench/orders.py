@@ -297,15 +297,15 @@ async def hop_costs(
 
 
 async def profile_orders(pid: int, seconds: float, out: Path) -> list[str]:
-    """py-spy record of the orders process for `seconds`: the top five self costs and the
-    top five project frames by inclusive time (empty if py-spy is missing or may not
-    attach)."""
+    """py-spy record (`--gil`: only the thread running Python, so idle waits do not count)
+    of the orders process for `seconds`: the top five self costs and the top five project
+    frames by inclusive time (a line saying why if py-spy is missing or may not attach)."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return ["(py-spy not installed: pip install py-spy)"]
     proc = await asyncio.create_subprocess_exec(
         spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-        "--format", "raw", "--nonblocking", "--output", str(out),
+        "--format", "raw", "--gil", "--output", str(out),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()
@@ -338,8 +338,13 @@ def top_costs(raw: str, k: int = 5) -> list[str]:
     if not total:
         return ["(no samples)"]
     ours = ("(mesh/", "(services/", "(interceptors/", "(base/")
-    out = [f"self {100 * c / total:5.1f}%  {f}" for f, c in selfc.most_common(k)]
-    project = [(f, c) for f, c in incl.most_common() if any(p in f for p in ours)]
+    entry = ("main (", "<module> (", "run_service (")
+    out = [f"self {100 * c / total:5.1f}%  {f}" for f, c in selfc.most_common(k) if f]
+    project = [
+        (f, c)
+        for f, c in incl.most_common()
+        if any(p in f for p in ours) and not f.startswith(entry)
+    ]
     out += [f"incl {100 * c / total:5.1f}%  {f}" for f, c in project[:k]]
     return out
 

@@ -62,7 +62,7 @@ def _cpu_s() -> float:
 async def producer(a: argparse.Namespace) -> dict[str, float | int]:
     engine = create_engine(f"sqlite+aiosqlite:///{a.db}")
     await migrate(engine, outbox_migrations())
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, serial_writes=True)  # one writing process
     outbox = Outbox()
     bus = await EventBus.connect(a.url, name=f"bench-producer-{a.tag}", streams=shop_streams())
     await bus.ensure_streams()
@@ -112,7 +112,7 @@ async def producer(a: argparse.Namespace) -> dict[str, float | int]:
 async def consumer(a: argparse.Namespace) -> dict[str, float | int]:
     engine = create_engine(f"sqlite+aiosqlite:///{a.db}")
     await migrate(engine, [THINGS, *inbox_migrations()])
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, serial_writes=True)  # one writing process
     inbox = Inbox(sessions, a.durable)
     stamps: list[str] = []
     done = asyncio.Event()

@@ -21,8 +21,9 @@ def test_is_write_knows_dml_and_text() -> None:
 
 async def test_writers_queue_and_every_commit_lands(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, serial_writes=True)
     assert sessions.class_ is SerialWriteSession
+    assert session_factory(engine).class_ is not SerialWriteSession  # off by default
     try:
         async with sessions.begin() as s:
             await s.execute(text("CREATE TABLE t (x INTEGER)"))
@@ -51,7 +52,7 @@ async def test_a_rollback_releases_the_lock_and_a_read_first_tx_does_not_queue(
     tmp_path: Path,
 ) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, serial_writes=True)
     try:
         async with sessions.begin() as s:
             await s.execute(text("CREATE TABLE t (x INTEGER)"))

@@ -87,15 +87,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-# SQLite connections kept open per engine: enough for a service's concurrent
-# transactions, so that a load peak does not open (and, past pool_size, close again) a
-# connection and its worker thread per transaction; SQLAlchemy's default of 5
-# overflowed at 16 concurrent orders. PostgreSQL keeps SQLAlchemy's defaults (its
-# connections are a server resource shared by every instance).
-POOL_SIZE = 20
-MAX_OVERFLOW = 20
-
-
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
 
@@ -105,10 +96,6 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     checkpoint (never corrupt the database). synchronous=FULL would fsync the WAL
     on every commit to survive that too, at one fsync per transaction."""
     url = normalise_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        kwargs.setdefault("pool_size", POOL_SIZE)
-        kwargs.setdefault("max_overflow", MAX_OVERFLOW)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

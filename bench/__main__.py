@@ -1,6 +1,7 @@
 """`python -m bench [name] [options]`: the benchmarks.
 
-Names: rpc, whole, growth, events, fastpath, traces, tokens, picker, summary.
+Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, summary.
+`orders` starts a whole `meshctl up` stack and is run by name only.
 With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
 `bench.tokens`, `bench.picker`, each printing its tables, then the summary block (`bench.summary`'s
 headline set, measured again at its own budget; its JSON object is the last line).
@@ -31,6 +32,12 @@ def _events(args: Sequence[str]) -> None:
     # bench.events parses sys.argv itself.
     sys.argv = ["python -m bench events", *args]
     events.cli()
+
+
+def _orders(args: Sequence[str]) -> None:
+    from bench import orders
+
+    orders.cli(list(args))
 
 
 def _fastpath(args: Sequence[str]) -> None:
@@ -80,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     benches = {
         "rpc": _rpc,
         "events": _events,
+        "orders": _orders,
         "fastpath": _fastpath,
         "traces": _traces,
         "tokens": _tokens,

@@ -1,185 +1,277 @@
-"""Events end to end: outbox (SQLite) -> relay -> JetStream -> idempotent consumer (SQLite).
+"""Events end to end, producer and consumer in their own processes, as in the shop.
 
-Run: `python -m bench.events [--events N] [--producers P]`. Starts its own
-nats-server (tests/support/nats.py). Two services' databases, as in the shop: a
-producer whose transactions each insert one outbox row, and a consumer whose
-handler applies each event through the inbox in its own transaction. Prints
-throughput (first commit to last handled), commit-to-handle latency p50/p99 at
-full speed, then p50/p99 with the producer paced at half that rate.
+Run: `python -m bench events [--events N] [--lag-stop-s 10]`. Starts its own
+nats-server (tests/support/nats.py, never the machine's 4222) and, per phase, a
+producer service process and a consumer service process (`bench.events_proc`):
+outbox (SQLite, one transaction per `per_tx` events) -> outbox relay -> JetStream ->
+durable pull consumer -> inbox (SQLite, one transaction per fetched batch).
 
-Defaults: 4 producers committing 50 events per transaction, so the producers'
-own SQLite commits are not what limits the pipeline under test (with one
-producer and 20 events per transaction the producer tops out near 3,000
-events/s on a 2-core box and the figure measures SQLite, not the relay).
+Phases:
+1. full speed: the producer commits N events flat out; events/s = N / (first
+   commit -> last handled), plus commit -> handled p50/p99 (queueing included).
+2. half rate: the producer paced at half the full-speed rate; commit -> handled
+   p50/p99, the latency a consumer sees when the pipeline is not saturated.
+3. lag: paced at half rate; the consumer process is stopped (SIGTERM) for
+   `--lag-stop-s` seconds while production goes on, then a new consumer process
+   (same durable, same database) catches up: the drain rate is what it handled
+   per second until it caught up, reported against the produce rate.
+
+Every event is checked as handled exactly once in the consumer's database (the
+inbox dedupes redeliveries). `headline_events(duration_s)` is what `bench summary`
+calls. CPU seconds per process come from each process's own rusage.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
+import json
 import logging
-import statistics
+import sqlite3
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from meshproto.events.v1.envelope_pb2 import Envelope
-from shop.events.v1 import events_pb2
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+import nats
 
-from mesh.db import Migration, create_engine, migrate, session_factory
-from mesh.events import (
-    EventBus,
-    Inbox,
-    Outbox,
-    RelayConfig,
-    SubscribeOptions,
-    inbox_migrations,
-    new_envelope,
-    outbox_migrations,
-)
-from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import nats_server
 
-THINGS = Migration(1, "things", ("CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, n INTEGER)",))
+_PROC = [sys.executable, "-m", "bench.events_proc"]
 
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+
+def _stamps(path: Path) -> dict[str, float]:
+    """Event id -> earliest stamp (a redelivered event is stamped again; the first counts)."""
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        i, t = line.split(" ")
+        v = float(t)
+        if i not in out or v < out[i]:
+            out[i] = v
+    return out
+
+
+@dataclass
+class Phase:
+    events: int
+    elapsed_s: float  # first commit -> last handled
+    lat_ms: list[float]
+    producer: dict[str, Any]
+    consumers: list[dict[str, Any]]
+    handled_once: bool
+    drain_per_s: float = 0.0
+    backlog: int = 0
+
+    @property
+    def per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *_PROC, *args, stdout=asyncio.subprocess.PIPE, stderr=None
+    )
+
+
+async def _last_json(proc: asyncio.subprocess.Process, within_s: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    out, _ = await asyncio.wait_for(proc.communicate(), within_s)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench.events_proc failed ({proc.returncode}): {out.decode()[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+async def _wait_ready(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    if b"ready" not in line:
+        raise RuntimeError(f"consumer did not start: {line!r}")
+
+
+async def _purge(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # made by the first producer
+            await js.purge_stream("USER")
+    finally:
+        await nc.close()
+
+
+def _handled_once(db: Path, ids: set[str]) -> bool:
+    with sqlite3.connect(db) as c:
+        rows = [r[0] for r in c.execute("SELECT id FROM things")]
+    return len(rows) == len(set(rows)) and set(rows) == ids
 
 
 async def run_phase(
-    n: int,
-    producers: int,
-    per_tx: int,
-    batch: bool,
-    rate: float | None,
-    base: Path,
-    url: str,
-    tag: str,
-) -> tuple[float, list[float]]:
-    prod_engine = create_engine(f"sqlite+aiosqlite:///{base / f'producer-{tag}.db'}")
-    cons_engine = create_engine(f"sqlite+aiosqlite:///{base / f'consumer-{tag}.db'}")
-    await migrate(prod_engine, outbox_migrations())
-    await migrate(cons_engine, [THINGS, *inbox_migrations()])
-    prod_sessions, cons_sessions = session_factory(prod_engine), session_factory(cons_engine)
-    outbox = Outbox()
-    bus = await EventBus.connect(url, name=f"bench-{tag}", streams=shop_streams())
-    await bus.ensure_streams()
-    await bus.js.purge_stream("USER")  # each phase starts from an empty stream
+    url: str, base: Path, tag: str, n: int, *, rate: float, per_tx: int, producers: int,
+    stop_s: float = 0.0, batch: int = 256,
+) -> Phase:  # fmt: skip
+    """One producer process and one consumer process (two in turn when `stop_s`)."""
+    await _purge(url)
+    pdb, cdb = base / f"producer-{tag}.db", base / f"consumer-{tag}.db"
+    pst, cst = base / f"produced-{tag}.txt", base / f"handled-{tag}.txt"
+    common = ["--url", url, "--stamps", str(cst), "--db", str(cdb), "--durable", f"bench-{tag}"]
+    consumer = await _spawn("consumer", *common, "--expect", str(n), "--batch", str(batch))
+    await _wait_ready(consumer)
+    producer = await _spawn(
+        "producer", "--url", url, "--db", str(pdb), "--stamps", str(pst), "--tag", tag,
+        "--events", str(n), "--producers", str(producers), "--per-tx", str(per_tx),
+        "--rate", str(rate),
+    )  # fmt: skip
+    consumers: list[dict[str, Any]] = []
+    backlog, drain = 0, 0.0
+    if stop_s:
+        # Let it run a while at rate, stop the consumer, wait, start another, time the catch-up.
+        await asyncio.sleep(min(3.0, n / rate / 4))  # steady state before the stop
+        consumer.terminate()
+        consumers.append(await _last_json(consumer, 60))
+        await asyncio.sleep(stop_s)  # the outage being measured
+        consumer = await _spawn("consumer", *common, "--expect", "0", "--batch", str(batch))
+        await _wait_ready(consumer)
+        restarted = time.monotonic()
+    prod = await _last_json(producer, 600)
+    if stop_s:
+        # The producer is done; wait until the consumer has handled everything.
+        deadline = time.monotonic() + 120
+        cdb_ids = 0
+        while time.monotonic() < deadline:  # poll the consumer's database
+            with sqlite3.connect(cdb) as c:
+                cdb_ids = c.execute("SELECT count(*) FROM things").fetchone()[0]
+            if cdb_ids >= n:
+                break
+            await asyncio.sleep(0.2)
+        consumer.terminate()
+    consumers.append(await _last_json(consumer, 120))
+    produced, handled = _stamps(pst), _stamps(cst)
+    if stop_s:
+        backlog, drain = _drain(produced, handled, restarted)
+    lat = [(handled[i] - t) * 1e3 for i, t in produced.items() if i in handled]
+    elapsed = max(handled.values()) - min(produced.values()) if handled else 0.0
+    return Phase(n, elapsed, lat, prod, consumers, _handled_once(cdb, set(produced)),
+                 drain, backlog)  # fmt: skip
 
-    committed: dict[str, float] = {}
-    latencies: list[float] = []
-    done = asyncio.Event()
-    inbox = Inbox(cons_sessions, f"bench-{tag}")
 
-    async def apply(env: Envelope, session: AsyncSession) -> None:
-        await session.execute(text("INSERT INTO things (id, n) VALUES (:i, 1)"), {"i": env.id})
+def _drain(
+    produced: dict[str, float], handled: dict[str, float], restarted: float
+) -> tuple[int, float]:
+    """(backlog at the restart, events/s the restarted consumer handled until it caught up).
 
-    async def apply_many(envs: list[Envelope], session: AsyncSession) -> None:
-        await session.execute(
-            text("INSERT INTO things (id, n) VALUES (:i, 1)"), [{"i": e.id} for e in envs]
-        )
-
-    idempotent = inbox.idempotent(apply)
-    idempotent_batch = inbox.idempotent_batch(apply_many)
-
-    async def batch_handler(envs: list[Envelope]) -> None:
-        await idempotent_batch(envs)
-        now = time.perf_counter()
-        latencies.extend(now - committed[e.id] for e in envs)
-        if len(latencies) >= n:
-            done.set()
-
-    async def handler(env: Envelope) -> None:
-        await idempotent(env)
-        latencies.append(time.perf_counter() - committed[env.id])
-        if len(latencies) >= n:
-            done.set()
-
-    await bus.subscribe(
-        "user.*",
-        handler,
-        durable=f"bench-{tag}",
-        options=SubscribeOptions(),
-        batch_handler=batch_handler if batch else None,
+    Caught up: the first moment t after the restart by which every event committed
+    before t - 0.5 s was handled (half a second of normal commit -> handled latency)."""
+    commits = sorted(produced.values())
+    h_by_commit = [handled.get(i, float("inf")) for i, _ in
+                   sorted(produced.items(), key=lambda kv: kv[1])]  # fmt: skip
+    prefix_max: list[float] = []
+    m = float("-inf")
+    for h in h_by_commit:
+        m = max(m, h)
+        prefix_max.append(m)
+    backlog = bisect.bisect_left(commits, restarted) - sum(
+        1 for t in handled.values() if t < restarted
     )
-    bus.relay(prod_sessions, outbox, config=RelayConfig()).start()
-
-    envs = [
-        new_envelope(
-            events_pb2.UserCreated(user_id=str(i), email=f"{i}@x"),
-            types=EVENTS,
-            source="b",
-            subject=str(i),
-        )
-        for i in range(n)
-    ]
-    per = n // producers
-    start = time.perf_counter()
-
-    async def produce(k: int) -> None:
-        mine = envs[k * per : (k + 1) * per]
-        for j in range(0, len(mine), per_tx):
-            chunk = mine[j : j + per_tx]
-            if rate is not None:
-                due = start + (j * producers + k * per_tx) / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # pacing the load, not synchronisation
-            async with prod_sessions.begin() as s:
-                await outbox.add_many(s, chunk)
-                # Stamped just before the commit: the relay may run before we resume.
-                t = time.perf_counter()
-                for env in chunk:
-                    committed[env.id] = t
-
-    await asyncio.gather(*(produce(k) for k in range(producers)))
-    produced_in = time.perf_counter() - start
-    await asyncio.wait_for(done.wait(), 120)
-    elapsed = time.perf_counter() - start
-    await bus.close()
-    await prod_engine.dispose()
-    await cons_engine.dispose()
-    print(f"  [{tag}] produced (committed) in {produced_in:.2f}s, handled all in {elapsed:.2f}s")
-    return elapsed, latencies
+    after = sorted(t for t in handled.values() if t >= restarted)
+    for k, t in enumerate(after):
+        j = bisect.bisect_left(commits, t - 0.5)
+        if (j == 0 or prefix_max[j - 1] <= t) and t - restarted > 0.5:
+            return backlog, (k + 1) / (t - restarted)
+    return backlog, 0.0
 
 
-async def main(n: int, producers: int, per_tx: int, batch: bool) -> None:
+async def measure(
+    n: int, *, per_tx: int, producers: int, lag_stop_s: float, batch: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
         base = Path(tmp)
         async with nats_server(base / "nats") as srv:
-            elapsed, lat = await run_phase(n, producers, per_tx, batch, None, base, srv.url, "full")
-            rate = n / elapsed
-            print(
-                f"full speed : {rate:8.0f} events/s end to end ({n} events, {producers} producers,"
-                f" {per_tx} events/tx, consumer {'batch' if batch else 'per-event'} tx)"
-            )
-            print(
-                f"             commit->handle p50 {pct(lat, 50) * 1e3:6.1f} ms"
-                f"  p99 {pct(lat, 99) * 1e3:6.1f} ms"
-            )
-            _, lat2 = await run_phase(n, producers, per_tx, batch, rate / 2, base, srv.url, "half")
-            print(f"half rate  : {rate / 2:8.0f} events/s paced")
-            print(
-                f"             commit->handle p50 {pct(lat2, 50) * 1e3:6.1f} ms"
-                f"  p99 {pct(lat2, 99) * 1e3:6.1f} ms"
-                f"  (mean {statistics.mean(lat2) * 1e3:.1f} ms)"
-            )
+            full = await run_phase(srv.url, base, "full", n, rate=0.0, per_tx=per_tx,
+                                   producers=producers, batch=batch)  # fmt: skip
+            half_rate = full.per_s / 2
+            half = await run_phase(srv.url, base, "half", n, rate=half_rate, per_tx=per_tx,
+                                   producers=producers, batch=batch)  # fmt: skip
+            out: dict[str, Any] = {
+                "events_per_s": round(full.per_s),
+                "full_p50_ms": round(pct(full.lat_ms, 50), 1),
+                "full_p99_ms": round(pct(full.lat_ms, 99), 1),
+                "half_rate_per_s": round(half_rate),
+                "half_p50_ms": round(pct(half.lat_ms, 50), 1),
+                "half_p99_ms": round(pct(half.lat_ms, 99), 1),
+                "exactly_once": full.handled_once and half.handled_once,
+                "cpu_s_per_1k": {
+                    "producer": round(full.producer["cpu_s"] / n * 1000, 3),
+                    "consumer": round(sum(c["cpu_s"] for c in full.consumers) / n * 1000, 3),
+                },
+            }
+            if lag_stop_s:
+                # Enough events to produce through the stop and the catch-up.
+                lag_n = int(half_rate * (lag_stop_s + 20))
+                lag = await run_phase(
+                    srv.url, base, "lag", lag_n, rate=half_rate, per_tx=per_tx,
+                    producers=producers, stop_s=lag_stop_s, batch=batch,
+                )  # fmt: skip
+                out.update({
+                    "lag_stop_s": lag_stop_s,
+                    "lag_backlog": lag.backlog,
+                    "lag_drain_per_s": round(lag.drain_per_s),
+                    "lag_drain_vs_produce": round(lag.drain_per_s / half_rate, 2),
+                })  # fmt: skip
+                out["exactly_once"] = out["exactly_once"] and lag.handled_once
+            return out
+
+
+async def headline_events(duration_s: float = 10.0) -> dict[str, Any]:
+    """For `bench summary`: full speed and half rate over about `duration_s` seconds in all
+    (no lag phase): {"events_per_s", "half_p99_ms", ...}."""
+    n = max(1000, int(duration_s * 1500))
+    return await measure(n, per_tx=50, producers=4, lag_stop_s=0.0, batch=256)
+
+
+def report(r: dict[str, Any], n: int) -> None:
+    print(f"full speed : {r['events_per_s']:8d} events/s end to end ({n} events;"
+          f" p50 {r['full_p50_ms']} ms, p99 {r['full_p99_ms']} ms commit->handled)")  # fmt: skip
+    print(f"half rate  : {r['half_rate_per_s']:8d} events/s paced; commit->handled"
+          f" p50 {r['half_p50_ms']} ms, p99 {r['half_p99_ms']} ms")  # fmt: skip
+    if "lag_drain_per_s" in r:
+        print(f"lag        : consumer stopped {r['lag_stop_s']} s ({r['lag_backlog']} behind);"
+              f" drained at {r['lag_drain_per_s']} events/s ="
+              f" {r['lag_drain_vs_produce']}x the produce rate")  # fmt: skip
+    print(f"exactly once in the consumer's database: {r['exactly_once']};"
+          f" CPU s per 1,000 events: {r['cpu_s_per_1k']}")  # fmt: skip
+    print(json.dumps(r))
 
 
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--events", type=int, default=10_000)
-    p.add_argument("--producers", type=int, default=4)
+    p.add_argument("--events", type=int, default=30_000)
+    p.add_argument("--producers", type=int, default=4, help="committing coroutines")
     p.add_argument("--per-tx", type=int, default=50, help="events per producer transaction")
-    p.add_argument("--per-event", action="store_true", help="consumer: one transaction per event")
+    p.add_argument("--batch", type=int, default=256, help="consumer fetch batch")
+    p.add_argument("--lag-stop-s", type=float, default=10.0, help="0: no lag phase")
     a = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main(a.events, a.producers, a.per_tx, not a.per_event))
+    r = asyncio.run(measure(a.events, per_tx=a.per_tx, producers=a.producers,
+                            lag_stop_s=a.lag_stop_s, batch=a.batch))  # fmt: skip
+    report(r, a.events)
 
 
 if __name__ == "__main__":
     cli()
+
+
+async def headline(budget: Any) -> dict[str, Any]:
+    """`bench summary`'s entry (bench/summary.py `HEADLINES`): `headline_events` sized by
+    the summary's budget (a smoke budget: a few thousand events)."""
+    return await headline_events(2.0 if getattr(budget, "smoke", False) else 10.0)

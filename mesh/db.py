@@ -58,6 +58,8 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
+from mesh.sqlite_writes import SerialWriteSession
+
 
 def normalise_url(url: str) -> str:
     """Pick the async driver for plain URLs (postgresql:// -> asyncpg, sqlite:// -> aiosqlite)."""
@@ -86,7 +88,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for `url`; SQLite gets WAL, foreign keys and a busy timeout."""
+    """An async engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
+
+    Durability on SQLite: WAL with synchronous=NORMAL. A commit is atomic and
+    consistent, and survives a crash of the process (the WAL is in the OS's page
+    cache); a power loss or OS crash can lose the last commits before the next
+    checkpoint (never corrupt the database). synchronous=FULL would fsync the WAL
+    on every commit to survive that too, at one fsync per transaction."""
     url = normalise_url(url)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
@@ -94,7 +102,13 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
+def session_factory(engine: AsyncEngine, *, serial_writes: bool = False) -> async_sessionmaker[Any]:
+    """Sessions of `engine`. With `serial_writes` on SQLite, their writing transactions
+    queue per process (`mesh.sqlite_writes`) instead of sleeping in SQLite's busy
+    handler: only for a database one process writes (it starves other processes
+    writing the same file; see that module)."""
+    if serial_writes and engine.dialect.name == "sqlite":
+        return async_sessionmaker(engine, expire_on_commit=False, class_=SerialWriteSession)
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

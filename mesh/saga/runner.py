@@ -76,6 +76,15 @@ class _Outcome:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A remote step's completion not yet committed: it commits in the transaction of
+    the local step that follows (one transaction fewer per remote step)."""
+
+    before: SagaState  # the state the row holds
+    step: str
+
+
 class _ActionError(Exception):
     """A local step's action failed inside the transaction (unwrapped by the caller)."""
 
@@ -377,11 +386,14 @@ class SagaRunner:
 
     async def _drive(self, definition: SagaDefinition, state: SagaState) -> _Outcome:
         error: BaseException | None = None
+        unrecorded: _Unrecorded | None = None
         try:
             while True:
                 move = next_move(state, definition)
                 if isinstance(move, Forward):
-                    state, failed = await self._forward(definition, state, move.index)
+                    state, failed, unrecorded = await self._forward(
+                        definition, state, move.index, unrecorded
+                    )
                     error = failed or error
                 elif isinstance(move, Compensate):
                     state = await self._compensate(definition, state, move.index)
@@ -424,10 +436,17 @@ class SagaRunner:
         )
 
     async def _forward(
-        self, definition: SagaDefinition, state: SagaState, index: int
-    ) -> tuple[SagaState, BaseException | None]:
-        """Run step `index` (retrying transient errors); returns the recorded state and the
-        step's error if it failed for good (then the state is COMPENSATING/COMPENSATED)."""
+        self,
+        definition: SagaDefinition,
+        state: SagaState,
+        index: int,
+        unrecorded: _Unrecorded | None = None,
+    ) -> tuple[SagaState, BaseException | None, _Unrecorded | None]:
+        """Run step `index` (retrying transient errors); returns the state, the step's
+        error if it failed for good (then the state is COMPENSATING/COMPENSATED), and
+        whether the state is still to be recorded (a remote step followed by a local
+        one: `unrecorded` is then passed to that local step, whose transaction records
+        both; `unrecorded` is only ever given to a local step)."""
         step = definition.steps[index]
         attempt = 0
         while True:
@@ -435,12 +454,17 @@ class SagaRunner:
             ctx = self._context(state, step, Phase.FORWARD, attempt)
             try:
                 if step.local:
-                    return await self._local(definition, state, step, ctx), None
+                    after = await self._local(definition, state, step, ctx, unrecorded)
+                    return after, None, None
                 update = await step.action(ctx)
             except _StoreFailure:
                 raise
             except Exception as raised:
                 exc = raised.error if isinstance(raised, _ActionError) else raised
+                if isinstance(raised, _ActionError):
+                    # _local recorded the remote step before it (if any) once its
+                    # action failed: the row now holds `state`.
+                    unrecorded = None
                 kind = self.classify(exc)
                 if kind is ErrorKind.TRANSIENT and attempt < step.retry.max_attempts:
                     self.metrics.step_retries.labels(definition.name, step.name, "forward").inc()
@@ -452,16 +476,24 @@ class SagaRunner:
                     and kind is ErrorKind.TRANSIENT
                     and step.compensate_after_transient_failure
                 )
-                return await self._fail(definition, state, step, kind, exc, effect), exc
+                failed = await self._fail(definition, state, step, kind, exc, effect)
+                return failed, exc, None
             try:
                 after = step_done(state, definition, update, _now_ms())
             except (TypeError, ValueError) as exc:
                 # The step did its work but returned data we cannot store: undo it.
                 log.error("saga %s/%s: step %s returned non-JSON data: %r",
                           state.name, state.saga_id, step.name, exc)  # fmt: skip
-                return await self._fail(definition, state, step, ErrorKind.BUSINESS, exc, True), exc
+                failed = await self._fail(definition, state, step, ErrorKind.BUSINESS, exc, True)
+                return failed, exc, None
+            move = next_move(after, definition)
+            if isinstance(move, Forward) and definition.steps[move.index].local:
+                # Recorded by the next (local) step's transaction: a crash before it
+                # commits re-runs this step with the same idempotency key, exactly as a
+                # crash between the call and its own commit would.
+                return after, None, _Unrecorded(state, step.name)
             await self._commit(definition, state, after, TransitionEvent.STEP_COMPLETED, step.name)
-            return after, None
+            return after, None, None
 
     async def _fail(
         self,
@@ -546,10 +578,20 @@ class SagaRunner:
     # -- transactions ----------------------------------------------------------------
 
     async def _local(
-        self, definition: SagaDefinition, state: SagaState, step: Step, ctx: SagaContext
+        self,
+        definition: SagaDefinition,
+        state: SagaState,
+        step: Step,
+        ctx: SagaContext,
+        unrecorded: _Unrecorded | None = None,
     ) -> SagaState:
         """A local step or compensation: its writes, the saga row and the transition hook
-        commit in one transaction. An action error rolls all back (raised as _ActionError)."""
+        commit in one transaction. An action error rolls all back (raised as _ActionError).
+
+        With `unrecorded` (the remote step before it completed into `state` but was not
+        committed), the transaction first records that step (its conditional UPDATE also
+        checks ownership and takes the write lock, as `lock` does); if the action fails,
+        that step is recorded on its own before the error is raised."""
         forward = ctx.phase is Phase.FORWARD
         action = step.action if forward else step.compensation
         assert action is not None
@@ -558,7 +600,11 @@ class SagaRunner:
 
         async def attempt() -> SagaState:
             async with self.store.sessions() as session, session.begin():
-                await self.store.lock(session, state, self.owner, self._lease_until())
+                if unrecorded is None:
+                    await self.store.lock(session, state, self.owner, self._lease_until())
+                else:
+                    await self._write(session, definition, unrecorded.before, state,
+                                      TransitionEvent.STEP_COMPLETED, unrecorded.step)  # fmt: skip
                 try:
                     update = await action(replace(ctx, session=session))
                     if forward:
@@ -574,6 +620,9 @@ class SagaRunner:
         try:
             return await self._with_db_retry(state.saga_id, attempt)
         except _ActionError:
+            if unrecorded is not None:
+                await self._commit(definition, unrecorded.before, state,
+                                   TransitionEvent.STEP_COMPLETED, unrecorded.step)  # fmt: skip
             raise
         except LeaseLost as exc:
             if writing and await self._landed(writing[-1]):

@@ -664,3 +664,39 @@ async def test_crash_while_compensating_resumes_backward_after_restart(
     assert all(c.failed_step == "c" for c in script.calls)
     assert sample(reg, "saga_compensated_total", saga="crashy") == 1
     assert await runner.recover() == 0  # nothing left
+
+
+async def test_a_remote_step_is_recorded_with_the_local_step_after_it(
+    db: Db, runners: Runners
+) -> None:
+    # One transaction fewer per remote step: charge (remote) commits with confirm (local).
+    script = Script()
+    seen: list[tuple[str, str | None, Any]] = []
+    base = order_saga(script)
+
+    async def hook(session: Any, t: SagaTransition) -> None:
+        await log_transition(session, t)
+        # The transaction object itself (kept alive here, so never confused with another).
+        seen.append((t.event.value, t.step, session.sync_session.get_transaction()))
+
+    runner = runners(SagaDefinition(base.name, base.steps, on_transition=hook))
+    result = await runner.run("order", "o1", {})
+    assert result.status is SagaStatus.COMPLETED
+    tx = {step: txid for _, step, txid in seen}
+    assert tx["charge"] is tx["confirm"]
+    assert tx["create"] is not tx["charge"]
+    assert ("step_completed", "RUNNING", "charge") in await saga_log(db, "o1")
+
+
+async def test_a_failing_local_step_still_records_the_remote_step_before_it(
+    db: Db, runners: Runners
+) -> None:
+    script = Script()
+    runner = runners(order_saga(script, confirm_fails=True))
+    with pytest.raises(FailedPrecondition, match="expired"):
+        await runner.run("order", "o1", {})
+    log = await saga_log(db, "o1")
+    # charge's completion was recorded on its own once confirm failed, then undone.
+    assert ("step_completed", "RUNNING", "charge") in log
+    assert script.steps(COMPENSATE) == ["charge"]
+    assert [c.step for c in script.calls].count("charge") == 2  # forward once, undo once

@@ -26,6 +26,7 @@ from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from mesh.discovery.registry import Instance
+from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
@@ -59,6 +60,10 @@ class Inventory(inventory_pb2_grpc.InventoryServiceServicer):
         if request.product_id == "slow":
             await asyncio.sleep(SLOW_MS / 1000)
         return inventory_pb2.Product(product_id=request.product_id, name="thing")
+
+    async def CreateProduct(self, request: Any, context: Any) -> inventory_pb2.Product:
+        self.seen.calls["CreateProduct", request.name] += 1
+        return inventory_pb2.Product(product_id="made", name=request.name)
 
 
 class Users(users_pb2_grpc.UserServiceServicer):
@@ -132,7 +137,11 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
         **pki.edge_options(tls_listen_port=free_port()),
     )
     config, _ = render_files(tmp_path, options)
-    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
+    # End-user auth stays on (as in production); no users instance publishes a JWKS
+    # here, so no token verifies: the public routes these tests use need none.
+    sync = EndpointSync(
+        registry, model.clusters, Path(options.eds_dir), port_clusters=jwks_sources(options.auth)
+    )
     await sync.start()
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:
@@ -206,6 +215,39 @@ async def test_case_trailing_slash_and_params_reach_no_other_method(edge: Edge) 
     assert "GetPayment" not in reached
 
 
+async def test_path_tricks_do_not_bypass_the_login(edge: Edge) -> None:
+    """An admin-only write without a token, however spelled, is refused before any
+    upstream sees it (REST and gRPC): normalisation happens before the auth filter."""
+    doc = {"name": "smuggled", "price": {"currencyCode": "EUR", "amountMinor": "100"}}
+    for path in [
+        "/api/v1/products",
+        "//api/v1/products",
+        "/api//v1//products",
+        "/api/v1/users/../products",
+        "/api/v1/users/%2e%2e/products",
+        "/api/v1/./products",
+        "/api/v1/products/",
+        "/api/v1/products;x=1",
+        "/API/V1/PRODUCTS",
+    ]:
+        res = await asyncio.to_thread(edge.send, "POST", path, doc)
+        assert res.status in (400, 401, 404), (path, res)
+        if ";" not in path and "%" not in path and not path.isupper():
+            assert res.status == 401, (path, res)  # the route it spells, then the login
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
+    svc = "shop.inventory.v1.InventoryService"
+    for path in [
+        f"/{svc}/CreateProduct",
+        f"//{svc}/CreateProduct",
+        f"/shop.users.v1.UserService/../../{svc}/CreateProduct",
+        f"/{svc}/CreateProduct/",
+        "/shop.inventory.InventoryService/CreateProduct",
+    ]:
+        res = await asyncio.to_thread(edge.send, "POST", path, None, headers=grpc_headers)
+        assert res.status != 200 or res.headers.get("grpc-status") not in (None, "0"), (path, res)
+    assert not [c for c in edge.seen.calls if c[0] == "CreateProduct"]
+
+
 async def test_payments_is_unreachable_by_any_spelling(edge: Edge) -> None:
     grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
     svc = "shop.payments.v1.PaymentService"
@@ -229,7 +271,11 @@ async def test_payments_is_unreachable_by_any_spelling(edge: Edge) -> None:
             await payments_pb2_grpc.PaymentServiceStub(ch).GetPayment(
                 payments_pb2.GetPaymentRequest(saga_id="s1"), timeout=10
             )
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # Unrouted: the end-user filter fails closed before the router answers.
+        assert err.value.code() in (
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.UNIMPLEMENTED,
+        )
     assert not [c for c in edge.seen.calls if c[0] == "GetPayment"]
 
 
@@ -372,7 +418,7 @@ async def test_an_edge_over_its_heap_budget_refuses_requests(tmp_path: Path) -> 
         **pki.edge_options(tls_listen_port=free_port()),
     )
     config, _ = render_files(tmp_path, options)
-    for cluster in model.clusters:
+    for cluster in [*model.clusters, *jwks_sources(options.auth)]:
         write_endpoints(Path(options.eds_dir), cluster, [])
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:

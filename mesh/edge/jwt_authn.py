@@ -269,17 +269,37 @@ def local_reply_mappers(auth: EdgeAuthOptions) -> list[dict[str, Any]]:
     answer: grpc-status 16 (UNAUTHENTICATED, mapped from 401) and the reason as message."""
     if not auth.enabled:
         return []
+    refused = {"and_filter": {"filters": [_jwt_failed(), _jwt_reply()]}}
     return [
         {
-            "filter": {"and_filter": {"filters": [_jwt_failed(), _rest_request()]}},
+            "filter": {"and_filter": {"filters": [_jwt_failed(), _jwt_reply(), _rest_request()]}},
             "status_code": 401,
             "body_format_override": {
                 "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%"},
                 "content_type": "application/json",
             },
         },
-        {"filter": _jwt_failed(), "status_code": 401},
+        {"filter": refused, "status_code": 401},
     ]
+
+
+def _jwt_reply() -> dict[str, Any]:
+    """The local reply is the filter's own refusal (401, or 403 for a wrong audience).
+    Needed beside `_jwt_failed`: on a public route a missing or absent token is recorded
+    as a failure too while the request goes on, and a later local reply of another
+    filter (a fault abort 429, "no healthy upstream" 503) must keep its own status."""
+
+    def code(value: int) -> dict[str, Any]:
+        return {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": value, "runtime_key": f"mesh.jwt.reply_{value}"},
+                }
+            }
+        }
+
+    return {"or_filter": {"filters": [code(401), code(403)]}}
 
 
 def jwks_cluster(auth: EdgeAuthOptions, eds_file: str, eds_dir: str) -> list[dict[str, Any]]:

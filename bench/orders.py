@@ -156,6 +156,28 @@ class Shop:
         # The access token (a JWT) is what the edge verifies; older stacks ignore it.
         return Account(user["userId"], auth.get("accessToken") or auth.get("sessionToken", ""))
 
+    async def admin(self, stack: Stack, tag: str) -> Account:
+        """An admin (products need the role): `create-admin` against the stack's users
+        database with the users service's environment, then a login through the edge."""
+        email = f"bench.admin.{tag}@example.com"
+        users = next(c for c in stack.supervisor.children if c.spec.service == "users")
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.users.admin", "create-admin", "--email", email],
+            input=f"{PASSWORD}\n",
+            env=dict(users.spec.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"create-admin: {res.stdout}{res.stderr}")
+        status, auth = await self.post("/api/v1/sessions", {"email": email, "password": PASSWORD})
+        if status != 200:
+            raise RuntimeError(f"Authenticate answered {status}: {auth}")
+        return Account(auth["userId"], auth["accessToken"])
+
     async def product(self, tag: str, i: int, token: str) -> str:
         doc = {
             "sku": f"BENCH-{tag}-{i}",
@@ -358,7 +380,8 @@ async def measure(
             pids = processes(stack)
             tag = uuid.uuid4().hex[:8]
             accounts = await asyncio.gather(*(shop.sign_up(tag, i) for i in range(USERS)))
-            products = [await shop.product(tag, i, accounts[0].token) for i in range(PRODUCTS)]
+            seller = await shop.admin(stack, tag)
+            products = [await shop.product(tag, i, seller.token) for i in range(PRODUCTS)]
             idle = await idle_cpu(pids, min(2.0, seconds))
             hops = await hop_costs(shop, pids, products[0], min(3.0, seconds))
             rows: list[dict[str, Any]] = []

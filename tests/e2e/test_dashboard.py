@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from mesh.local.traces.store import DB_NAME, connect, trace_spans
+from tests.support.edge_tokens import admin, sign_up
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -42,10 +43,12 @@ async def test_dashboard_shows_instances_and_a_trace_with_its_waterfall(stack: A
     assert dashboard is not None
     trace_id = secrets.token_hex(16)
     parent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    # An unknown user: NOT_FOUND from users, through the edge, traced end to end.
-    # -rpc-header: on the call only (grpcurl's reflection requests would share the trace).
+    # An unknown user asked by an admin: NOT_FOUND from users, through the edge, traced
+    # end to end. -rpc-header: on the call only (grpcurl's reflection requests would
+    # share the trace).
+    operator = await admin(stack)
     res = await stack.grpcurl(
-        "-rpc-header", f"traceparent: {parent}",
+        "-rpc-header", f"traceparent: {parent}", "-rpc-header", operator.grpcurl,
         "-d", json.dumps({"user_id": str(uuid.uuid4())}),
         stack.edge.address, "shop.users.v1.UserService/GetUser",
     )  # fmt: skip
@@ -103,23 +106,22 @@ async def _grpc(stack: Any, method: str, request: dict[str, Any], *headers: str)
 
 async def test_an_order_is_one_trace_from_the_edge_through_the_nats_hop(stack: Any) -> None:
     tag = secrets.token_hex(4)
-    user = await _grpc(stack, "shop.users.v1.UserService/CreateUser", {
-        "email": f"trace.{tag}@example.com", "password": "correct horse battery staple",
-        "profile": {"display_name": "Tracy"},
-    })  # fmt: skip
+    buyer = await sign_up(stack, f"trace.{tag}@example.com")
+    seller = await admin(stack)
     product = await _grpc(stack, "shop.inventory.v1.InventoryService/CreateProduct", {
         "sku": f"TRACE-{tag}", "name": "Teapot",
         "price": {"currency_code": "USD", "amount_minor": 1999}, "initial_stock": 5,
-    })  # fmt: skip
+    }, seller.grpcurl)  # fmt: skip
     trace_id = secrets.token_hex(16)
     await _grpc(
         stack,
         "shop.orders.v1.OrderService/CreateOrder",
         {
-            "user_id": user["userId"],
+            "user_id": buyer.user_id,
             "items": [{"product_id": product["productId"], "quantity": 1}],
             "card_number": "4242424242424242",
         },
+        buyer.grpcurl,
         f"traceparent: 00-{trace_id}-{secrets.token_hex(8)}-01",
     )
     conn = connect(stack.base / DB_NAME, readonly=True)

@@ -91,8 +91,9 @@ async def test_header_override_reaches_only_its_subset(
     fleet: Fleet, client: MeshRuntime, store: FilePolicyStore
 ) -> None:
     blue, green = await fleet("blue"), await fleet("green")
-    stub, _ = await connected(client, 2)
-    await store.put(TrafficPolicy("ping", {"blue": 100, "green": 0}), 0)
+    stub, channel = await connected(client, 2)
+    stored = await store.put(TrafficPolicy("ping", {"blue": 100, "green": 0}), 0)
+    await eventually(lambda: channel.pool.policy == stored, 10, "the client to follow")
     got = await shares(stub, 200, metadata=(("x-mesh-track", "green"),))
     assert got == {"green": 100.0}
     assert green.servicer.calls == 200

@@ -1,6 +1,7 @@
-"""`python -m bench [rpc|events|fastpath|traces|tokens] [options]`: the benchmarks.
+"""`python -m bench [rpc|events|fastpath|traces|tokens|edge-auth] [options]`: the benchmarks.
 
-With no name: `bench.rpc`, `bench.events`, then `bench.tokens` (about two and a half minutes).
+With no name: `bench.rpc`, `bench.events`, `bench.tokens`, then `bench.edge_auth` (about
+three minutes).
 With a name, only that one, with its own options (`python -m bench rpc --help`).
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 # Modest defaults for the combined run; each benchmark's own defaults apply when run by name.
 _DEFAULT_EVENTS_ARGS = ["--events", "10000"]
 _DEFAULT_TOKENS_ARGS = ["--seconds", "3"]
+_DEFAULT_EDGE_AUTH_ARGS = ["--seconds", "6", "--rounds", "3"]
 
 
 def _rpc(args: Sequence[str]) -> None:
@@ -46,6 +48,12 @@ def _tokens(args: Sequence[str]) -> None:
     tokens.cli(list(args))
 
 
+def _edge_auth(args: Sequence[str]) -> None:
+    from bench import edge_auth
+
+    edge_auth.cli(list(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     benches = {
@@ -54,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "fastpath": _fastpath,
         "traces": _traces,
         "tokens": _tokens,
+        "edge-auth": _edge_auth,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])
@@ -67,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _events(_DEFAULT_EVENTS_ARGS)
     print("\n== bench.tokens ==", flush=True)
     _tokens(_DEFAULT_TOKENS_ARGS)
+    print("\n== bench.edge_auth ==", flush=True)
+    _edge_auth(_DEFAULT_EDGE_AUTH_ARGS)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def _picker(args: Sequence[str]) -> None:
     from bench import picker
 
     picker.cli(list(args))
+
+
 def _edge_auth(args: Sequence[str]) -> None:
     from bench import edge_auth
 

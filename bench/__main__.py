@@ -1,11 +1,12 @@
 """`python -m bench [name] [options]`: the benchmarks.
 
-Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, summary.
+Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, edge-auth,
+summary.
 `orders` starts a whole `meshctl up` stack and is run by name only.
 With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
-`bench.tokens`, `bench.picker`, each printing its tables, then the summary block (`bench.summary`'s
-headline set, measured again at its own budget; its JSON object is the last line).
-About ten minutes. With a name, only that one, with its own options
+`bench.tokens`, `bench.picker`, `bench.edge_auth`, each printing its tables, then the
+summary block (`bench.summary`'s headline set, measured again at its own budget; its
+JSON object is the last line). About ten minutes. With a name, only that one, with its own options
 (`python -m bench whole --help`); `python -m bench summary` alone takes under three.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 _DEFAULT_EVENTS_ARGS = ["--events", "10000"]
 _DEFAULT_TOKENS_ARGS = ["--seconds", "3"]
 _DEFAULT_PICKER_ARGS = ["--seconds", "2", "--rounds", "4"]
+_DEFAULT_EDGE_AUTH_ARGS = ["--seconds", "6", "--rounds", "3"]
 
 
 def _rpc(args: Sequence[str]) -> None:
@@ -82,6 +84,12 @@ def _picker(args: Sequence[str]) -> None:
     picker.cli(list(args))
 
 
+def _edge_auth(args: Sequence[str]) -> None:
+    from bench import edge_auth
+
+    edge_auth.cli(list(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     benches = {
@@ -114,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _whole([])
     print("\n== bench.growth ==", flush=True)
     _growth([])
+    print("\n== bench.edge_auth ==", flush=True)
+    _edge_auth(_DEFAULT_EDGE_AUTH_ARGS)
     print("\n== summary ==", flush=True)
     from bench import summary
 

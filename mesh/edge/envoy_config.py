@@ -72,8 +72,9 @@ class EdgeOptions:
     otlp_port: int = 0
     # Share of requests the edge starts a sampled trace for (Envoy's random_sampling).
     trace_sample_percent: float = 100.0
-    # An idempotent call not answered within this is hedged to another host (the first
-    # answer wins): a frozen instance costs a read this long, not the route timeout.
+    # An idempotent read (every HTTP binding a GET) not answered within this is hedged to
+    # another host (the first answer wins): a frozen instance costs a read this long, not
+    # the route timeout. Idempotent writes are retried on failure only, never hedged.
     idempotent_try_timeout_s: float = 0.5
     # mTLS to the upstreams as the edge's own identity (`edge`), each upstream's
     # identity checked per cluster (URI SAN spiffe://<trust-domain>/svc/<cluster>),
@@ -166,6 +167,7 @@ def _grpc_route(
     idempotent: bool,
     options: EdgeOptions,
     *,
+    hedged: bool = False,
     header: str | None = None,
     rewrite: str | None = None,
 ) -> dict[str, Any]:
@@ -180,25 +182,31 @@ def _grpc_route(
     if method_streaming:
         action["idle_timeout"] = "0s"
     if not method_streaming:
-        action["retry_policy"] = _retry_policy(idempotent, options)
-        if idempotent:
+        action["retry_policy"] = _retry_policy(idempotent, options, hedged=hedged)
+        if hedged:
             action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     if rewrite is not None:
         action["prefix_rewrite"] = rewrite
     return {"match": match, "route": action}
 
 
-def _retry_policy(idempotent: bool, options: EdgeOptions) -> dict[str, Any]:
+def _retry_policy(
+    idempotent: bool, options: EdgeOptions, *, hedged: bool = False
+) -> dict[str, Any]:
     """Retries on another host: any call whose request never reached an upstream
-    (refused connection or stream), and idempotent calls also on UNAVAILABLE, a reset
-    or no answer within `idempotent_try_timeout_s` (the upstream may have seen the
-    request; repeating it is harmless). That last one is hedged — the first try stays
-    in flight and the first answer wins — so a slow but live host loses nothing, and
-    a frozen one (SIGSTOP, a GC pause) costs the try timeout, not the route timeout."""
+    (refused connection or stream), and idempotent calls also on UNAVAILABLE or a reset
+    (the upstream may have seen the request; repeating it is harmless). Idempotent
+    reads (`hedged`) also get no answer within `idempotent_try_timeout_s` retried, as a
+    hedge — the first try stays in flight and the first answer wins — so a slow but
+    live host loses nothing, and a frozen one (SIGSTOP, a GC pause) costs the try
+    timeout, not the route timeout. Writes are never hedged: a saga-starting call that
+    is slow because the shop is saturated would otherwise be sent two or three times
+    (measured by the orders benchmark), multiplying the load exactly then."""
     retry_on = ["connect-failure", "refused-stream"]
     extra: dict[str, Any] = {}
     if idempotent:
         retry_on += ["unavailable", "reset", "gateway-error"]
+    if hedged:
         extra["per_try_timeout"] = f"{options.idempotent_try_timeout_s:g}s"
     return {
         **extra,
@@ -222,7 +230,14 @@ def _grpc_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
     for svc in model.public:
         for m in svc.methods:
             routes.append(
-                _grpc_route(f"/{svc.full_name}/{m.name}", svc, m.streaming, m.idempotent, options)
+                _grpc_route(
+                    f"/{svc.full_name}/{m.name}",
+                    svc,
+                    m.streaming,
+                    m.idempotent,
+                    options,
+                    hedged=m.hedged,
+                )
             )
     # Unversioned gRPC names: `accept-version` pins a major, the latest by default.
     for unversioned in sorted({s.unversioned_name for s in model.public}):
@@ -239,6 +254,7 @@ def _grpc_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
                         options,
                         header=header,
                         rewrite=f"/{svc.full_name}/{m.name}",
+                        hedged=m.hedged,
                     )
                 )
     return routes

@@ -53,6 +53,19 @@ class Method:
     def streaming(self) -> bool:
         return self.client_streaming or self.server_streaming
 
+    @property
+    def hedged(self) -> bool:
+        """Whether the edge may send a second copy of a call still in flight: only an
+        idempotent read (every HTTP binding a GET). An idempotent write (an order with
+        its idempotency key) is retried when it fails, never duplicated while it runs:
+        under load a hedge would double the work exactly when the service is slowest."""
+        return (
+            self.idempotent
+            and not self.streaming
+            and bool(self.bindings)
+            and all(b.verb == "get" for b in self.bindings)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Service:

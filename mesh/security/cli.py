@@ -95,6 +95,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
         if args.pki_command == "init":
             created = store.init_ca()
             print(f"{'created' if created else 'kept'} the mesh CA {store.ca_cert_path}")
+            made = store.ensure_service_secret()
+            print(f"{'created' if made else 'kept'} the services' shared secret in {store.dir}")
             for name in args.names:
                 _issue(store, name)
                 print(f"issued {name}: {store.cert_path(name)}")

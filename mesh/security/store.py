@@ -4,6 +4,8 @@ Layout of `<pki_dir>` (MESH_PKI_DIR, default `.run/pki`; the directory is 0700):
 
     ca.crt  ca.key            the mesh CA (or MESH_CA_CERT_FILE / MESH_CA_KEY_FILE: your own)
     <name>.crt  <name>.key    an identity issued by `meshctl pki issue <name>` (keys 0600)
+    service-secret            the secret the services derive their signing keys from
+                              (`meshctl pki init` makes it, 0600; MESH_SERVICE_SECRET wins)
 
 Every file is written atomically (a temporary file in the same directory,
 fsynced, then renamed), so a process reloading a certificate never reads half
@@ -21,6 +23,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import secrets
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +33,7 @@ from mesh.settings import SecuritySettings
 
 CA_LIFETIME = dt.timedelta(days=365)
 CA_NAME = "ca"
+SERVICE_SECRET_FILE = "service-secret"
 
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -110,6 +114,20 @@ class PkiStore:
             ca = create_ca(self.trust_domain, CA_LIFETIME)
             write_atomically(self.ca_key_path, ca.key_pem, 0o600)
             write_atomically(self.ca_cert_path, ca.cert_pem, 0o644)
+            return True
+
+    def ensure_service_secret(self) -> bool:
+        """Write a random shared secret (0600) unless there is one; True when created.
+
+        Instances that share this directory (compose's `pki` volume) then sign what they
+        hand out — page tokens — with the same keys, so a token from one instance is
+        valid on another. It is never printed."""
+        path = self.dir / SERVICE_SECRET_FILE
+        self.ensure_dir()
+        with self._locked():
+            if path.is_file():
+                return False
+            write_atomically(path, secrets.token_urlsafe(32).encode(), 0o600)
             return True
 
     def ca_bundle(self) -> bytes:

@@ -6,10 +6,12 @@ comes from the deployment's secret store. Each service derives its own keys
 from it, per purpose (`derive_key(secret, "orders", "page-token")`), so a key
 of one service signs nothing another accepts.
 
-Unset, a process makes a random secret of its own and warns: its tokens are
-then valid on that instance only, and only until it restarts (secure, not
-shared). It is never a constant in the code. The value is never logged:
-`Secret`'s repr hides it.
+Unset, the secret `meshctl pki init` wrote into the PKI directory
+(`<MESH_PKI_DIR>/service-secret`, 0600: compose's `pki-init` writes it into the
+shared `pki` volume) is used. With neither, a process makes a random secret of
+its own and warns: its tokens are then valid on that instance only, and only
+until it restarts (secure, not shared). It is never a constant in the code.
+The value is never logged: `Secret`'s repr hides it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from base.settings import Parser, SettingsError, load, setting
 
@@ -73,11 +76,25 @@ def derive_key(secret: Secret, service: str, purpose: str) -> bytes:
     return hmac.new(secret.reveal(), f"{service}\0{purpose}".encode(), hashlib.sha256).digest()
 
 
+def _secret_from_pki_dir(env: Mapping[str, str] | None) -> Secret:
+    """The shared secret `meshctl pki init` wrote beside the certificates, if readable."""
+    from mesh.security.store import SERVICE_SECRET_FILE
+    from mesh.settings import SecuritySettings
+
+    path = Path(load(SecuritySettings, env).pki_dir) / SERVICE_SECRET_FILE
+    try:
+        return Secret(path.read_text(encoding="utf-8").strip())
+    except OSError:
+        return Secret("")
+
+
 def service_key(service: str, purpose: str, env: Mapping[str, str] | None = None) -> bytes:
     """The key from MESH_SERVICE_SECRET, or (unset) a random one for this process, warned."""
     secret = SecretsConfig.from_env(env).service_secret
     if secret and len(secret.reveal()) < MIN_SECRET_CHARS:
         raise SettingsError(f"MESH_SERVICE_SECRET is too short: use {MIN_SECRET_CHARS}+ characters")
+    if not secret:
+        secret = _secret_from_pki_dir(env)
     if not secret:
         log.warning(
             "MESH_SERVICE_SECRET is not set: %s signs its %s with a random key of this process "

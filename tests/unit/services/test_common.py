@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from shop.common.v1 import money_pb2
 
 from base.errors import InvalidArgument, Violations
-from mesh.settings import SettingsError
+from mesh.security.store import SERVICE_SECRET_FILE, PkiStore
+from mesh.settings import SecuritySettings, SettingsError
 from services.common.cards import CardInput, card_number_field, cvc_field, expiry_fields, luhn_ok
 from services.common.money import (
     MAX_AMOUNT_MINOR,
@@ -124,16 +127,37 @@ def test_page_tokens_are_signed_with_the_services_key() -> None:
         decode_page_token("inventory.products", huge)
 
 
-def test_service_keys_come_from_the_shared_secret() -> None:
+def test_service_keys_come_from_the_shared_secret(tmp_path: Path) -> None:
     env = {"MESH_SERVICE_SECRET": "s" * 32}
     assert service_key("orders", "page-token", env) == service_key("orders", "page-token", env)
     assert service_key("orders", "page-token", env) != service_key("inventory", "page-token", env)
-    # Unset: random per process (two calls, two keys); too short: refused, value not shown.
-    assert service_key("orders", "page-token", {}) != service_key("orders", "page-token", {})
+    # Unset, no shared file: random per process (two calls, two keys); too short: refused,
+    # value not shown.
+    bare = {"MESH_PKI_DIR": str(tmp_path / "none")}
+    assert service_key("orders", "page-token", bare) != service_key("orders", "page-token", bare)
     with pytest.raises(SettingsError) as err:
         service_key("orders", "page-token", {"MESH_SERVICE_SECRET": "short-secret"})
     assert "short-secret" not in str(err.value)
     assert "short" not in repr(Secret("short-secret"))
+
+
+def test_instances_sharing_a_pki_directory_share_the_secret_pki_init_wrote(
+    tmp_path: Path,
+) -> None:
+    store = PkiStore(SecuritySettings(pki_dir=str(tmp_path / "pki")))
+    store.ensure_dir()
+    assert store.ensure_service_secret() is True
+    assert store.ensure_service_secret() is False  # kept, never replaced
+    path = tmp_path / "pki" / SERVICE_SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    env = {"MESH_PKI_DIR": str(tmp_path / "pki")}
+    # Two instances (two calls) derive the same key; MESH_SERVICE_SECRET still wins.
+    assert service_key("orders", "page-token", env) == service_key("orders", "page-token", env)
+    assert service_key("orders", "page-token", env) == derive_key(
+        Secret(path.read_text()), "orders", "page-token"
+    )
+    own = {**env, "MESH_SERVICE_SECRET": "o" * 32}
+    assert service_key("orders", "page-token", own) != service_key("orders", "page-token", env)
 
 
 # -- field checks -------------------------------------------------------------------------

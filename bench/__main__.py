@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "whole": _whole,
         "growth": _growth,
         "summary": _summary,
+        "edge-auth": _edge_auth,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])

@@ -414,6 +414,10 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         "type": "EDS",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
+        # A host the registry dropped (deregistered on drain, a retired release subset)
+        # leaves at once: by default Envoy keeps a removed host while it still passes
+        # active health checks, and sent it requests after its server had stopped.
+        "ignore_health_on_host_removal": True,
         **cluster_subset_options(),  # traffic-policy subsets and weights
         "typed_extension_protocol_options": _HTTP2_OPTIONS,
         "eds_cluster_config": {

@@ -92,7 +92,9 @@ def decode_page_token(kind: str, token: str) -> dict[str, str | int]:
         raise PageTokenError("page token is too long")
     body, dot, tag = token.partition(".")
     try:
-        if not dot or not hmac.compare_digest(_unb64(tag), _tag(body)):
+        # The tag's text against the canonical encoding, not its decoded bytes: base64
+        # ignores a last character's unused bits, so a decode would accept altered text.
+        if not dot or not hmac.compare_digest(tag.encode("ascii"), _b64(_tag(body)).encode()):
             raise PageTokenError("page token is not one this service issued")
         payload = json.loads(_unb64(body))
     except (UnicodeError, binascii.Error, ValueError) as exc:

@@ -141,6 +141,19 @@ def test_service_keys_come_from_the_shared_secret(tmp_path: Path) -> None:
     assert "short" not in repr(Secret("short-secret"))
 
 
+def test_a_page_token_with_its_tag_text_altered_is_refused_even_if_it_decodes_alike() -> None:
+    """Base64 ignores the unused low bits of a last character ('A' and 'B' can decode to
+    the same bytes): the tag is compared as text, so no altered spelling passes."""
+    token = encode_page_token("inventory.products", {"t": 1})
+    body, _, tag = token.partition(".")
+    for last in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+        if last == tag[-1]:
+            continue
+        with pytest.raises(PageTokenError):
+            decode_page_token("inventory.products", f"{body}.{tag[:-1]}{last}")
+    assert decode_page_token("inventory.products", token) == {"t": 1}
+
+
 def test_instances_sharing_a_pki_directory_share_the_secret_pki_init_wrote(
     tmp_path: Path,
 ) -> None:

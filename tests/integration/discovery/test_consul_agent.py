@@ -122,7 +122,7 @@ async def test_blocking_query_holds_until_a_change_or_the_wait(agent: Agent) -> 
     assert headers["X-Consul-Index"] == index  # nothing changed
 
     async def change_soon() -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # poll: the change lands while the blocking query waits
         await agent.put(f"/v1/agent/check/pass/service:{name}")
 
     changer = asyncio.create_task(change_soon())
@@ -229,7 +229,7 @@ async def test_kv_cas_and_blocking_like_consul(agent: Agent) -> None:
     assert base64.b64decode(entry["Value"]) == b"two" and entry["ModifyIndex"] > modify
 
     async def change_soon() -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # poll: the change lands while the blocking query waits
         await _kv(agent, "PUT", key, b"three")
 
     changer = asyncio.create_task(change_soon())

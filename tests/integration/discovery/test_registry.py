@@ -264,7 +264,7 @@ async def test_consul_watch_uses_blocking_queries(
     await registry.register(instance_for(server, service))
     await watch.wait_ids({f"{service}-1"}, within_s=1.0)
     before = agent.calls["GET /v1/health/service/{name}"]
-    await asyncio.sleep(1.0)  # idle: a poller would query ~every poll interval
+    await asyncio.sleep(1.0)  # poll: an idle second measured; a poller would query ~every interval
     assert agent.calls["GET /v1/health/service/{name}"] - before <= 1
 
 

@@ -58,7 +58,7 @@ class Inventory(inventory_pb2_grpc.InventoryServiceServicer):
     async def GetProduct(self, request: Any, context: Any) -> inventory_pb2.Product:
         self.seen.calls["GetProduct", request.product_id] += 1
         if request.product_id == "slow":
-            await asyncio.sleep(SLOW_MS / 1000)
+            await asyncio.sleep(SLOW_MS / 1000)  # poll: the stand-in's deliberate slowness
         return inventory_pb2.Product(product_id=request.product_id, name="thing")
 
     async def CreateProduct(self, request: Any, context: Any) -> inventory_pb2.Product:

@@ -168,7 +168,7 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
             10,
             "the server side of the timed-out calls logged",
         )
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: one loop turn for the handlers' finally blocks
     finally:
         await channel.close(None)
         await server.stop(None)

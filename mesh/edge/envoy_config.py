@@ -450,9 +450,23 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
                 {"retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 16}}
             ]
         },
+        # Ejects a host that cannot be reached (connect failures, resets, timeouts: errors
+        # of local origin), never one for the answers it gives: a service's own
+        # UNAVAILABLE usually means one of *its* dependencies is down, and Envoy counts a
+        # trailers-only gRPC UNAVAILABLE as a 503, so 5xx ejection took a live instance out
+        # (tests/integration/edge/test_edge_routing.py), which leaves the edge no healthy
+        # host while the other instance is being restarted: the likely cause of reads
+        # failing in the chaos test's kill (6 of 114, once). Retries on another host
+        # (`previous_hosts`) already route each call around an instance that answers
+        # UNAVAILABLE; active health checks take a sick one out.
         "outlier_detection": {
-            "consecutive_5xx": 5,
-            "consecutive_gateway_failure": 3,
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 3,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
             "interval": "2s",
             "base_ejection_time": "5s",
             "max_ejection_percent": 50,

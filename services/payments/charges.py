@@ -3,9 +3,11 @@
 Charge: the saga's payment row is claimed (PENDING) before the processor is
 called, then settled as CAPTURED or DECLINED. A repeat of a settled charge
 returns the first result (a decline is raised again); a repeat with another
-amount or card is refused. A processor outage or a cancelled call (deadline)
-drops the claim, so the charge can be retried. Only the card's last four digits
-are ever logged or stored.
+amount or card is refused. A processor outage or a cancelled call (deadline, or
+the caller's process killed) drops the claim, so the charge can be retried; a
+claim left behind by a crashed payments process goes stale after
+`PAYMENTS_STALE_CLAIM_S`, and then a charge takes it over and a refund voids it.
+Only the card's last four digits are ever logged or stored.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Payments:
         for _ in range(_ATTEMPTS):
             existing = await self.store.by_saga(req.saga_id)
             if existing is None:
-                claim = await self.store.claim(req.saga_id, req.amount, req.card.last4)
+                claim = await self._claim(req)
                 if claim is None:
                     continue  # a concurrent call claimed it first: look again
                 return await self._charge(claim, req)
@@ -79,6 +81,24 @@ class Payments:
                 raise _declined(existing)
             return existing  # CAPTURED or REFUNDED: the first result
         raise Aborted(f"charge of saga {req.saga_id} kept conflicting; retry", reason="CONFLICT")
+
+    async def _claim(self, req: ChargeInput) -> PaymentRow | None:
+        """The claim's insert commits in a worker thread even when this call is
+        cancelled while it waits for the commit (found by the chaos test: an orders
+        instance SIGKILLed mid-charge left PENDING behind, and the saga's refund was
+        told "in progress" until the claim went stale). So the insert runs shielded,
+        and a cancelled caller deletes what it claimed before the cancellation goes on."""
+        insert = asyncio.ensure_future(self.store.claim(req.saga_id, req.amount, req.card.last4))
+        try:
+            return await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(insert))
+            raise
+
+    async def _release(self, insert: asyncio.Future[PaymentRow | None]) -> None:
+        claim = await insert
+        if claim is not None:
+            await self.store.unclaim(claim.payment_id)
 
     def _check_same_charge(self, existing: PaymentRow, req: ChargeInput) -> None:
         if existing.status == VOIDED:
@@ -122,7 +142,10 @@ class Payments:
             if payment.status == VOIDED:
                 raise _not_found("saga_id", saga_id)
             if payment.status == PENDING:
-                raise _in_progress(saga_id)
+                if not await self.store.void_stale(saga_id, self.config.stale_claim_s, reason):
+                    raise _in_progress(saga_id)
+                log.warning("saga %s: a stale pending charge voided by its refund", saga_id)
+                raise _not_found("saga_id", saga_id)
             if payment.status in (DECLINED, REFUNDED):
                 return payment  # nothing captured, or refunded before: no-op
             refunded = await self.store.refund(payment, reason)

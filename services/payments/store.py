@@ -14,7 +14,8 @@ happen to a saga's payment:
 - `unclaim` deletes the claim when the processor failed or the call was
   cancelled, so a retry charges afresh;
 - `void` records a saga refunded before any charge (a compensation that
-  overtook its charge) as VOIDED: a later charge of it finds the row and is
+  overtook its charge) as VOIDED, and `void_stale` a saga refunded after its
+  charge died (a claim older than the stale limit): a later charge of it finds the row and is
   refused instead of capturing money nobody will refund.
 
 PENDING and VOIDED are internal: the API shows them as "no payment" (NOT_FOUND).
@@ -161,6 +162,20 @@ class PaymentsStore:
                 .where(p.saga_id == saga_id, p.status == PENDING)
                 .where(p.updated_at < now - timedelta(seconds=older_than_s))
                 .values(updated_at=now)
+            )
+        return bool(getattr(res, "rowcount", 0))
+
+    async def void_stale(self, saga_id: str, older_than_s: float, reason: str) -> bool:
+        """PENDING -> VOIDED for a claim whose charge died long ago (the refund of a saga
+        whose charge crashed); True if this caller voided it. A later charge is refused."""
+        p = self._t.payments.c
+        now = utcnow()
+        async with self._sessions.begin() as s:
+            res = await s.execute(
+                update(self._t.payments)
+                .where(p.saga_id == saga_id, p.status == PENDING)
+                .where(p.updated_at < now - timedelta(seconds=older_than_s))
+                .values(status=VOIDED, refund_reason=reason, updated_at=now)
             )
         return bool(getattr(res, "rowcount", 0))
 

@@ -123,7 +123,7 @@ async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: S
                 )
                 assert got.order_id == seed.order_id
             except grpc.aio.AioRpcError as err:
-                read_failures.append(err.code().name)
+                read_failures.append(f"{err.code().name}: {err.details()}")
             reads += 1
 
     keys = [uuid.uuid4().hex for _ in range(199)]

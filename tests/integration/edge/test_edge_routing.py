@@ -74,6 +74,8 @@ class Users(users_pb2_grpc.UserServiceServicer):
     async def GetUser(self, request: Any, context: Any) -> users_pb2.User:
         if request.user_id == "missing":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such user")
+        if request.user_id == "dependency-down":  # the service's own answer, not a dead host
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable")
         return users_pb2.User(user_id=request.user_id, email="a@example.com")
 
     async def CreateUser(self, request: Any, context: Any) -> users_pb2.User:
@@ -97,7 +99,9 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         return payments_pb2.Payment(payment_id="leaked")
 
 
-async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, Instance]:
+async def _upstream(
+    name: str, register: list[Any], index: int = 1
+) -> tuple[grpc.aio.Server, Instance]:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     for add, servicer in register:
         add(servicer, server)
@@ -106,7 +110,7 @@ async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, In
     port = server.add_secure_port("127.0.0.1:0", pki.identity(name).server_credentials())
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, Instance(id=f"{name}-1", service=name, host="127.0.0.1", port=port)
+    return server, Instance(id=f"{name}-{index}", service=name, host="127.0.0.1", port=port)
 
 
 class Edge(EdgeClient):
@@ -119,8 +123,12 @@ class Edge(EdgeClient):
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     servers = []
+    # Two users instances: enough for the edge to eject one (at most half may be).
     users, users_i = await _upstream(
         "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users())]
+    )
+    users2, users2_i = await _upstream(
+        "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users())], index=2
     )
     orders, orders_i = await _upstream(
         "orders",
@@ -132,8 +140,8 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     payments, payments_i = await _upstream(
         "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments())]
     )
-    servers = [users, orders, payments]
-    registry = _Registry([users_i, orders_i, payments_i])
+    servers = [users, users2, orders, payments]
+    registry = _Registry([users_i, users2_i, orders_i, payments_i])
     fds = load_descriptor_set(DESCRIPTORS)
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry)
@@ -152,8 +160,8 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     await sync.start()
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:
-        for cluster in ("users", "orders"):
-            await asyncio.to_thread(envoy.wait_healthy, cluster)
+        await asyncio.to_thread(envoy.wait_healthy, "users", 2)
+        await asyncio.to_thread(envoy.wait_healthy, "orders")
         yield Edge(envoy, listen, tls_port)
     finally:
         envoy.stop()
@@ -256,6 +264,25 @@ async def test_health_through_edge_follows_registry(edge: Edge) -> None:
                 health_pb2.HealthCheckRequest(service="shop.payments.v1.PaymentService")
             )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_live_host_answering_unavailable_is_not_ejected(edge: Edge) -> None:
+    """A service's own UNAVAILABLE (one of its dependencies is down) is an answer, not a
+    dead host: the edge retries it on the other host but ejects neither. Envoy counts
+    such an answer as a 503: with 5xx ejection on, a live instance was ejected, and when
+    the other one was dead the edge had no healthy host left (the chaos test's reads)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        stub = users_pb2_grpc.UserServiceStub(ch)
+        for _ in range(4):  # each is tried three times (an idempotent read): 12 in a row
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetUser(users_pb2.GetUserRequest(user_id="dependency-down"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "dependency" in (err.value.details() or ""), err.value.details()
+        got = await stub.GetUser(users_pb2.GetUserRequest(user_id="u9"), timeout=5)
+        assert got.user_id == "u9"
+    stats = await asyncio.to_thread(edge.envoy.admin, "/stats?filter=cluster.users.outlier")
+    assert "ejections_enforced_total: 0" in stats, stats
+    assert edge.envoy.healthy_hosts("users") == 2
 
 
 async def test_grpc_by_versioned_path(edge: Edge) -> None:

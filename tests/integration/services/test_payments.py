@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from services.payments.processor import (
     PROCESSOR_ERROR,
     SLOW,
 )
+from services.payments.store import PaymentRow, PaymentsStore
 from tests.support.services import (
     Served,
     dump_text,
@@ -207,6 +209,76 @@ async def test_a_crashed_claim_is_taken_over(served: Served, engine: AsyncEngine
         )
     p = await payments(served).Charge(charge_req(sid))
     assert p.status == pay.PAYMENT_STATUS_CAPTURED
+
+
+async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
+    served: Served, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's insert commits in a worker thread; a caller cancelled while it waits
+    for the commit (its deadline, or its process killed) must not leave PENDING behind,
+    which would answer the saga's refund "in progress" until the claim went stale."""
+    real_claim = PaymentsStore.claim
+
+    async def slow_to_return(self: PaymentsStore, *args: Any) -> PaymentRow | None:
+        row = await real_claim(self, *args)  # committed
+        await asyncio.sleep(SLOW_DELAY_S)  # ... and the caller is cancelled meanwhile
+        return row
+
+    monkeypatch.setattr(PaymentsStore, "claim", slow_to_return)
+    sid = saga()
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def claims() -> int:
+        async with engine.connect() as conn:
+            query = text("SELECT COUNT(*) FROM payments WHERE saga_id = :s")
+            return int(await conn.scalar(query, {"s": sid}) or 0)
+
+    deadline = time.monotonic() + 5
+    while await claims():
+        assert time.monotonic() < deadline, "the cancelled charge's claim was left behind"
+        await asyncio.sleep(0.05)  # poll
+    monkeypatch.setattr(PaymentsStore, "claim", real_claim)
+    assert (await payments(served).Charge(charge_req(sid))).status == pay.PAYMENT_STATUS_CAPTURED
+
+
+async def test_a_refund_voids_a_stale_claim(served: Served, engine: AsyncEngine) -> None:
+    sid = saga()
+    async with engine.begin() as conn:  # a charge that claimed the saga and died, long ago
+        await conn.execute(
+            text(
+                "INSERT INTO payments (payment_id, saga_id, status, currency, amount_minor,"
+                " card_last4, decline_reason, refund_reason, created_at, updated_at)"
+                " VALUES (:p, :s, 'PENDING', 'EUR', 4200, '4242', '', '', :t, :t)"
+            ),
+            {"p": str(uuid.uuid4()), "s": sid, "t": datetime.now(UTC) - timedelta(hours=1)},
+        )
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Refund(pay.RefundRequest(saga_id=sid, reason="compensation"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was captured
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Charge(charge_req(sid))
+    assert rpc_error_details(err.value).reason == "SAGA_VOIDED"
+
+
+async def test_a_refund_of_a_fresh_claim_is_told_to_wait(
+    served: Served, engine: AsyncEngine
+) -> None:
+    sid = saga()
+    charging = asyncio.ensure_future(payments(served).Charge(charge_req(sid, SLOW)))
+    deadline = time.monotonic() + 5
+    while True:  # the slow charge has claimed the saga
+        async with engine.connect() as conn:
+            if await conn.scalar(text("SELECT status FROM payments WHERE saga_id = :s"),
+                                 {"s": sid}) == "PENDING":  # fmt: skip
+                break
+        assert time.monotonic() < deadline, "the charge never claimed the saga"
+        await asyncio.sleep(0.02)  # poll
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Refund(pay.RefundRequest(saga_id=sid))
+    assert rpc_error_details(err.value).reason == "CHARGE_IN_PROGRESS"
+    assert (await charging).status == pay.PAYMENT_STATUS_CAPTURED
 
 
 async def test_refund_once_and_refund_before_charge(served: Served, engine: AsyncEngine) -> None:

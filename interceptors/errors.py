@@ -54,6 +54,16 @@ async def _abort_internal(
     await _abort_with(context, status)
 
 
+async def _abort_for(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception
+) -> None:
+    """Abort with the status of what a handler raised: a `ServiceError`'s own, else INTERNAL."""
+    if isinstance(error, ServiceError):
+        await _abort_with(context, status_for(error))
+    else:
+        await _abort_internal(context, method, error)
+
+
 class ErrorServerInterceptor(WrappingServerInterceptor):
     """Turns what a handler raises into a status (all four arities).
 
@@ -73,10 +83,8 @@ class ErrorServerInterceptor(WrappingServerInterceptor):
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise
-            except ServiceError as err:
-                await _abort_with(context, status_for(err))
             except Exception as err:
-                await _abort_internal(context, method, err)
+                await _abort_for(context, method, err)
 
         return translated
 
@@ -89,9 +97,7 @@ class ErrorServerInterceptor(WrappingServerInterceptor):
                     yield response
             except grpc.aio.AbortError:
                 raise
-            except ServiceError as err:
-                await _abort_with(context, status_for(err))
             except Exception as err:
-                await _abort_internal(context, method, err)
+                await _abort_for(context, method, err)
 
         return translated

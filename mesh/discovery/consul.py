@@ -10,9 +10,10 @@
   registering, so a serving instance is visible at once instead of after the
   agent's first (staggered) check.
 * **Healthy instances** come from `GET /v1/health/service/<name>?passing`;
-  `watch()` chains blocking queries (`index` + `wait`), so a change arrives as
-  soon as the agent sees it. If the returned index goes backwards (agent or
-  cluster rebuilt) the watch starts over from index 0, as Consul documents.
+  `watch()` chains blocking queries (`index` + `wait`, mesh/discovery/consul_watch.py),
+  so a change arrives as soon as the agent sees it. If the returned index goes
+  backwards (agent or cluster rebuilt) the watch starts over from index 0, as
+  Consul documents.
 * **TLS**: an `https://` address verifies the agent with `ca_file` (CONSUL_CACERT)
   or the system's CAs, and presents `client_cert`/`client_key`
   (CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY) when the agent verifies clients.
@@ -48,9 +49,9 @@ import aiohttp
 import consul
 import consul.aio
 import consul.exceptions
-from aiolimiter import AsyncLimiter
 
 from base.backoff import Backoff
+from mesh.discovery.consul_watch import BlockingQueries, go_duration
 from mesh.discovery.health_probe import ClientIdentity, HealthProbe
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import Instance, RegistryUnavailable
@@ -97,14 +98,6 @@ def read_token(token: str, token_file: str) -> str:
     if not value:
         raise ConsulAclError(f"CONSUL_HTTP_TOKEN_FILE={token_file} is empty")
     return value
-
-
-def go_duration(seconds: float) -> str:
-    """A Go duration string as Consul parses it ("1s", "250ms")."""
-    if seconds <= 0:
-        raise ValueError("durations must be positive")
-    ms = round(seconds * 1000)
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def parse_address(address: str) -> tuple[str, str, int]:
@@ -207,7 +200,6 @@ class ConsulRegistry:
         self._check_timeout = go_duration(check_timeout_s)
         self._deregister_after = go_duration(deregister_critical_after_s)
         self._probe_before_register = probe_before_register
-        self._wait_s = blocking_wait_s
         self._request_timeout_s = request_timeout_s
         self._resync_interval_s = resync_interval_s
         self._retry_initial_s = retry_initial_s
@@ -216,7 +208,13 @@ class ConsulRegistry:
             raise ValueError("a Consul client key needs its certificate (CONSUL_CLIENT_CERT)")
         self._verify: bool | str = ca_file or True
         self._cert = (client_cert, client_key) if client_key else (client_cert or None)
-        self._watch_queries_per_s = watch_queries_per_s
+        self._blocking = BlockingQueries(
+            wait_s=blocking_wait_s,
+            request_timeout_s=request_timeout_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+            queries_per_s=watch_queries_per_s,
+        )
         self._consul: Any = None
         self._own: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
@@ -374,17 +372,9 @@ class ConsulRegistry:
 
     async def _query(self, service: str, index: int) -> tuple[int, list[Instance]]:
         client = self._client()
-        blocking = index > 0
-        call = client.health.service(
-            service,
-            passing=True,
-            index=index if blocking else None,
-            wait=go_duration(self._wait_s) if blocking else None,
-        )
-        # Consul adds up to wait/16 of jitter to a blocking query.
-        timeout = self._request_timeout_s + (self._wait_s * 17 / 16 if blocking else 0)
+        call = client.health.service(service, passing=True, **self._blocking.params(index))
         try:
-            raw_index, entries = await asyncio.wait_for(call, timeout)
+            raw_index, entries = await asyncio.wait_for(call, self._blocking.timeout_s(index))
             instances = sorted((instance_from_entry(e) for e in entries or ()), key=lambda i: i.id)
             return int(raw_index), instances
         except consul.exceptions.ACLPermissionDenied as exc:
@@ -404,41 +394,16 @@ class ConsulRegistry:
         return instances
 
     async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
-        index = 0
         last: list[tuple[Instance, list[tuple[str, str]]]] | None = None
-        backoff = Backoff(self._retry_initial_s, self._retry_max_s)
-        # Consul's advice for blocking queries: rate-limit the loop, so a service
-        # whose index moves on every call (or an agent answering at once) cannot
-        # turn a watch into a busy loop. Bursts pass; the average is capped.
-        limiter = AsyncLimiter(self._watch_queries_per_s, 1.0)
-        while not self._closer.closed:
-            try:
-                await self._closer.run(limiter.acquire())
-            except Closed:
-                return
-            try:
-                new_index, instances = await self._closer.run(self._query(service, index))
-            except Closed:
-                return
-            except RegistryUnavailable as exc:
-                self._reads.failed(exc)
-                # After an outage ask without blocking: the answer confirms the
-                # recovery at once instead of after a full `wait` on the old index.
-                index = 0
-                try:
-                    await self._closer.sleep(backoff.next())
-                except Closed:
-                    return
-                continue
-            self._reads.ok()
-            backoff.reset()
-            # Consul's rules: an index that goes backwards means start over;
-            # an index is never below 1.
-            index = 0 if new_index < index else max(new_index, 1)
-            key = _snapshot_key(instances)
-            if key != last:
-                last = key
-                yield instances
+        answers = self._blocking.follow(
+            lambda index: self._query(service, index), self._closer, self._reads
+        )
+        async with contextlib.aclosing(answers):
+            async for instances in answers:
+                key = _snapshot_key(instances)
+                if key != last:
+                    last = key
+                    yield instances
 
     async def close(self) -> None:
         self._closer.close()

@@ -1,10 +1,11 @@
 """Traffic policies in Consul KV: the key `shop-mesh/traffic/<service>` holds the policy's JSON.
 
 * **Read / watch**: `GET /v1/kv/<key>`; `watch()` chains blocking queries (`index`
-  + `wait`), so a change arrives as soon as the agent has it, rate-limited like the
-  registry's watches (Consul's advice) and starting over from index 0 when the
-  index goes backwards. A missing key is "no policy" (404, whose `X-Consul-Index`
-  is still a valid index to block on). A malformed value is logged and skipped.
+  + `wait`) with the registry's loop (mesh/discovery/consul_watch.py), so a change
+  arrives as soon as the agent has it, rate-limited (Consul's advice) and starting
+  over from index 0 when the index goes backwards. A missing key is "no policy"
+  (404, whose `X-Consul-Index` is still a valid index to block on). A malformed
+  value is logged and skipped.
 * **Write**: `put(policy, expected_revision)` reads the key, compares the stored
   policy's `revision` with the expected one, then writes with `?cas=<ModifyIndex>`
   (0: only if the key is still absent): a writer that raced us makes Consul answer
@@ -21,6 +22,7 @@ One store object belongs to one event loop (its aiohttp session is bound to it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
 from collections.abc import AsyncIterator
@@ -29,16 +31,9 @@ from typing import Any
 import consul
 import consul.aio
 import consul.exceptions
-from aiolimiter import AsyncLimiter
 
-from base.backoff import Backoff
-from mesh.discovery.consul import (
-    _AGENT_ERRORS,
-    ConsulAclError,
-    ConsulRegistry,
-    go_duration,
-    parse_address,
-)
+from mesh.discovery.consul import _AGENT_ERRORS, ConsulAclError, ConsulRegistry, parse_address
+from mesh.discovery.consul_watch import BlockingQueries
 from mesh.discovery.embedded import check_name
 from mesh.discovery.lifecycle import Availability, Closed, Closer
 from mesh.discovery.registry import RegistryUnavailable
@@ -77,11 +72,14 @@ class ConsulPolicyStore:
         self._dc = datacenter
         self._verify = verify
         self._cert = cert
-        self._wait_s = blocking_wait_s
         self._request_timeout_s = request_timeout_s
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
-        self._watch_queries_per_s = watch_queries_per_s
+        self._blocking = BlockingQueries(
+            wait_s=blocking_wait_s,
+            request_timeout_s=request_timeout_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+            queries_per_s=watch_queries_per_s,
+        )
         self._consul: Any = None
         self._closer = Closer()
         self._reads = Availability(
@@ -131,15 +129,9 @@ class ConsulPolicyStore:
     async def _read(self, service: str, index: int = 0) -> tuple[int, int, bytes | None]:
         """(X-Consul-Index, ModifyIndex or 0, raw value or None)."""
         key = key_of(service)
-        blocking = index > 0
-        call = self._client().kv.get(
-            key,
-            index=index if blocking else None,
-            wait=go_duration(self._wait_s) if blocking else None,
-        )
-        timeout = self._request_timeout_s + (self._wait_s * 17 / 16 if blocking else 0)
+        call = self._client().kv.get(key, **self._blocking.params(index))
         try:
-            raw_index, entry = await asyncio.wait_for(call, timeout)
+            raw_index, entry = await asyncio.wait_for(call, self._blocking.timeout_s(index))
         except consul.exceptions.ACLPermissionDenied as exc:
             raise self._acl(f"read {key}", exc) from None
         except _AGENT_ERRORS as exc:
@@ -224,41 +216,29 @@ class ConsulPolicyStore:
 
     async def watch(self, service: str) -> AsyncIterator[TrafficPolicy | None]:
         key_of(service)
-        index = 0
         first = True
         last: TrafficPolicy | None = None
-        backoff = Backoff(self._retry_initial_s, self._retry_max_s)
-        limiter = AsyncLimiter(self._watch_queries_per_s, 1.0)
-        while not self._closer.closed:
-            try:
-                await self._closer.run(limiter.acquire())
-                new_index, _, value = await self._closer.run(self._read(service, index))
-            except Closed:
-                return
-            except RegistryUnavailable as exc:
-                self._reads.failed(exc)
-                index = 0
+
+        async def value_at(index: int) -> tuple[int, bytes | None]:
+            new_index, _, value = await self._read(service, index)
+            return new_index, value
+
+        answers = self._blocking.follow(value_at, self._closer, self._reads)
+        async with contextlib.aclosing(answers):
+            async for value in answers:
                 try:
-                    await self._closer.sleep(backoff.next())
-                except Closed:
-                    return
-                continue
-            self._reads.ok()
-            backoff.reset()
-            index = 0 if new_index < index else max(new_index, 1)
-            try:
-                policy = self._parse(service, value)
-            except InvalidPolicy as exc:
-                log.warning(
-                    "ignoring traffic policy in %s, keeping the last good one: %s",
-                    key_of(service),
-                    exc,
-                )
-                continue
-            if first or policy != last:
-                first = False
-                last = policy
-                yield policy
+                    policy = self._parse(service, value)
+                except InvalidPolicy as exc:
+                    log.warning(
+                        "ignoring traffic policy in %s, keeping the last good one: %s",
+                        key_of(service),
+                        exc,
+                    )
+                    continue
+                if first or policy != last:
+                    first = False
+                    last = policy
+                    yield policy
 
     async def close(self) -> None:
         self._closer.close()

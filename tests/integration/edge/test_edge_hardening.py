@@ -19,19 +19,17 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
-from mesh.discovery.registry import Instance
 from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.limits import EdgeLimits
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync, write_endpoints
 from tests.support import pki
+from tests.support.edge_stand_ins import start_upstream
 from tests.support.envoy import EnvoyProcess, start_envoy
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -88,17 +86,6 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         return payments_pb2.Payment(payment_id="leaked")
 
 
-async def _upstream(name: str, add: Any, servicer: Any) -> tuple[grpc.aio.Server, Instance]:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    add(servicer, server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port("127.0.0.1:0", pki.identity(name).server_credentials())
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, Instance(id=f"{name}-1", service=name, host="127.0.0.1", port=port)
-
-
 @dataclass
 class Edge:
     envoy: EnvoyProcess
@@ -115,12 +102,15 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     tmp_path: Path = tmp_path_factory.mktemp("hardened-edge")
     seen = Seen()
     started = [
-        await _upstream(
-            "inventory", inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen)
+        await start_upstream(
+            "inventory",
+            [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))],
         ),
-        await _upstream("users", users_pb2_grpc.add_UserServiceServicer_to_server, Users(seen)),
-        await _upstream(
-            "payments", payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments(seen)
+        await start_upstream(
+            "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users(seen))]
+        ),
+        await start_upstream(
+            "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments(seen))]
         ),
     ]
     registry = MemoryRegistry()

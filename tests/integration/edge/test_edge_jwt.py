@@ -26,46 +26,18 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from mesh.edge.jwt_authn import JWKS_CLUSTER, jwks_sources
-from mesh.edge.meta import EdgeMeta
-from mesh.edge.model import build_model, load_descriptor_set
-from mesh.edge.render import DESCRIPTORS, local_options, render_files
-from mesh.edge.sync import EndpointSync
-from tests.support import pki
-from tests.support.envoy import EnvoyProcess, start_envoy
+from mesh.edge.jwt_authn import JWKS_CLUSTER
+from tests.support.edge_stand_ins import FixedRegistry, running_edge, start_upstream
+from tests.support.envoy import EnvoyProcess
 from tests.support.poll import eventually
 from tests.support.ports import free_port
 
 ISSUER = "shop-mesh/users"
 AUDIENCE = "shop-mesh"
-
-
-class _Registry:
-    def __init__(self, instances: list[Instance]) -> None:
-        self._instances = instances
-        self._closed = asyncio.Event()
-
-    async def register(self, instance: Instance) -> None:
-        self._instances.append(instance)
-
-    async def deregister(self, instance_id: str) -> None:
-        self._instances = [i for i in self._instances if i.id != instance_id]
-
-    async def healthy(self, service: str) -> list[Instance]:
-        return [i for i in self._instances if i.service == service]
-
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
-        yield await self.healthy(service)
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        self._closed.set()
 
 
 Seen = list[dict[str, str]]
@@ -134,18 +106,6 @@ class Issuer:
         return jwt.encode(claims or self.claims(), key, algorithm="EdDSA", headers={"kid": kid})
 
 
-async def _upstream(name: str, register: list[Any]) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    for add, servicer in register:
-        add(servicer, server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port("127.0.0.1:0", pki.identity(name).server_credentials())
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, port
-
-
 class Edge:
     def __init__(self, envoy: EnvoyProcess, port: int, issuer: Issuer, seen: Seen) -> None:
         self.envoy = envoy
@@ -204,49 +164,29 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     await runner.setup()
     jwks_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", jwks_port).start()
-    orders, orders_port = await _upstream(
+    orders, orders_i = await start_upstream(
         "orders", [(orders_pb2_grpc.add_OrderServiceServicer_to_server, Orders(seen))]
     )
-    inventory, inventory_port = await _upstream(
+    inventory, inventory_i = await start_upstream(
         "inventory", [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))]
     )
     # No users gRPC server: only its admin port (the JWKS) is registered and used.
-    registry = _Registry(
+    registry = FixedRegistry(
         [
-            Instance(id="orders-1", service="orders", host="127.0.0.1", port=orders_port),
-            Instance(id="inv-1", service="inventory", host="127.0.0.1", port=inventory_port),
+            orders_i,
+            inventory_i,
             Instance(id="users-1", service="users", host="127.0.0.1", port=1,
                      meta={"admin_port": str(jwks_port)}),
         ]
     )  # fmt: skip
-    fds = load_descriptor_set(DESCRIPTORS)
-    model = build_model(fds.file)
-    meta = EdgeMeta(fds, model, registry)
-    await meta.start()
-    listen, admin = free_port(), free_port()
-    options = local_options(
-        tmp_path,
-        listen_port=listen,
-        admin_port=admin,
-        meta_port=meta.port,
-        **pki.edge_options(tls_listen_port=free_port()),
-    )
-    config, _ = render_files(tmp_path, options)
-    sync = EndpointSync(
-        registry, model.clusters, Path(options.eds_dir), port_clusters=jwks_sources(options.auth)
-    )
-    await sync.start()
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:
-        for cluster in ("orders", "inventory"):
-            await asyncio.to_thread(envoy.wait_healthy, cluster)
-        e = Edge(envoy, listen, issuer, seen)
-        await _jwks_fetched(e)
-        yield e
+        async with running_edge(tmp_path, registry) as running:
+            for cluster in ("orders", "inventory"):
+                await asyncio.to_thread(running.envoy.wait_healthy, cluster)
+            e = Edge(running.envoy, running.port, issuer, seen)
+            await _jwks_fetched(e)
+            yield e
     finally:
-        envoy.stop()
-        await sync.stop()
-        await meta.stop()
         await registry.close()
         await orders.stop(None)
         await inventory.stop(None)

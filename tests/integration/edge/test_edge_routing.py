@@ -30,13 +30,13 @@ from shop.users.v1 import users_pb2, users_pb2_grpc
 
 from mesh.discovery.registry import Instance
 from mesh.edge.jwt_authn import JWKS_CLUSTER, EdgeAuthOptions
-from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
-from mesh.edge.sync import EndpointSync, write_endpoints
+from mesh.edge.sync import write_endpoints
 from tests.support import pki
 from tests.support.edge import EdgeClient
-from tests.support.envoy import EnvoyProcess, start_envoy, validate
+from tests.support.edge_stand_ins import FixedRegistry, running_edge, start_upstream
+from tests.support.envoy import EnvoyProcess, validate
 from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.reflection import file_containing_symbol_v1, list_services_v1
@@ -44,30 +44,6 @@ from tests.support.reflection import file_containing_symbol_v1, list_services_v1
 # Routing is under test here, with stand-in upstreams and no token issuer: end-user
 # auth is off (it has its own tests in test_edge_jwt.py).
 NO_END_USER_AUTH = EdgeAuthOptions(enabled=False)
-
-
-class _Registry:
-    """Fixed instances; enough for the edge (it only watches)."""
-
-    def __init__(self, instances: list[Instance]) -> None:
-        self._instances = instances
-        self._closed = asyncio.Event()
-
-    async def register(self, instance: Instance) -> None:
-        self._instances.append(instance)
-
-    async def deregister(self, instance_id: str) -> None:
-        self._instances = [i for i in self._instances if i.id != instance_id]
-
-    async def healthy(self, service: str) -> list[Instance]:
-        return [i for i in self._instances if i.service == service]
-
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
-        yield await self.healthy(service)
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        self._closed.set()
 
 
 class Users(users_pb2_grpc.UserServiceServicer):
@@ -99,20 +75,6 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         return payments_pb2.Payment(payment_id="leaked")
 
 
-async def _upstream(
-    name: str, register: list[Any], index: int = 1
-) -> tuple[grpc.aio.Server, Instance]:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    for add, servicer in register:
-        add(servicer, server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port("127.0.0.1:0", pki.identity(name).server_credentials())
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, Instance(id=f"{name}-{index}", service=name, host="127.0.0.1", port=port)
-
-
 class Edge(EdgeClient):
     def __init__(self, envoy: EnvoyProcess, port: int, tls_port: int) -> None:
         super().__init__(port)
@@ -122,51 +84,31 @@ class Edge(EdgeClient):
 
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    servers = []
     # Two users instances: enough for the edge to eject one (at most half may be).
-    users, users_i = await _upstream(
+    users, users_i = await start_upstream(
         "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users())]
     )
-    users2, users2_i = await _upstream(
+    users2, users2_i = await start_upstream(
         "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users())], index=2
     )
-    orders, orders_i = await _upstream(
+    orders, orders_i = await start_upstream(
         "orders",
         [
             (orders_v1_grpc.add_OrderServiceServicer_to_server, OrdersV1()),
             (orders_v2_grpc.add_OrderServiceServicer_to_server, OrdersV2()),
         ],
     )
-    payments, payments_i = await _upstream(
+    payments, payments_i = await start_upstream(
         "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments())]
     )
     servers = [users, users2, orders, payments]
-    registry = _Registry([users_i, users2_i, orders_i, payments_i])
-    fds = load_descriptor_set(DESCRIPTORS)
-    model = build_model(fds.file)
-    meta = EdgeMeta(fds, model, registry)
-    await meta.start()
-    listen, admin, tls_port = free_port(), free_port(), free_port()
-    options = local_options(
-        tmp_path,
-        listen_port=listen,
-        admin_port=admin,
-        meta_port=meta.port,
-        **pki.edge_options(tls_listen_port=tls_port),
-        auth=NO_END_USER_AUTH,
-    )
-    config, _ = render_files(tmp_path, options)
-    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
-    await sync.start()
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    registry = FixedRegistry([users_i, users2_i, orders_i, payments_i])
     try:
-        await asyncio.to_thread(envoy.wait_healthy, "users", 2)
-        await asyncio.to_thread(envoy.wait_healthy, "orders")
-        yield Edge(envoy, listen, tls_port)
+        async with running_edge(tmp_path, registry, auth=NO_END_USER_AUTH) as running:
+            await asyncio.to_thread(running.envoy.wait_healthy, "users", 2)
+            await asyncio.to_thread(running.envoy.wait_healthy, "orders")
+            yield Edge(running.envoy, running.port, running.tls_port)
     finally:
-        envoy.stop()
-        await sync.stop()
-        await meta.stop()
         await registry.close()
         for s in servers:
             await s.stop(None)
@@ -381,40 +323,21 @@ async def test_the_edge_refuses_an_upstream_holding_another_identity(tmp_path: P
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_secure_port("127.0.0.1:0", pki.identity("orders").server_credentials())
     await server.start()
-    registry = _Registry([Instance(id="rogue", service="users", host="127.0.0.1", port=port)])
-    fds = load_descriptor_set(DESCRIPTORS)
-    model = build_model(fds.file)
-    meta = EdgeMeta(fds, model, registry)
-    await meta.start()
-    listen, admin = free_port(), free_port()
-    options = local_options(
-        tmp_path,
-        listen_port=listen,
-        admin_port=admin,
-        meta_port=meta.port,
-        **pki.edge_options(tls_listen_port=free_port()),
-        auth=NO_END_USER_AUTH,
-    )
-    config, _ = render_files(tmp_path, options)
-    sync = EndpointSync(registry, model.clusters, Path(options.eds_dir))
-    await sync.start()
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    registry = FixedRegistry([Instance(id="rogue", service="users", host="127.0.0.1", port=port)])
     try:
-        status, _ = await asyncio.to_thread(
-            EdgeClient(listen).http, "GET", "/api/v1/users/u1", None
-        )
-        assert status == 503
+        async with running_edge(tmp_path, registry, auth=NO_END_USER_AUTH) as running:
+            status, _ = await asyncio.to_thread(
+                EdgeClient(running.port).http, "GET", "/api/v1/users/u1", None
+            )
+            assert status == 503
 
-        def san_failures() -> int:
-            stats = envoy.admin("/stats?filter=cluster.users.ssl.fail_verify_san")
-            return int(stats.rsplit(":", 1)[-1].strip() or 0)
+            def san_failures() -> int:
+                stats = running.envoy.admin("/stats?filter=cluster.users.ssl.fail_verify_san")
+                return int(stats.rsplit(":", 1)[-1].strip() or 0)
 
-        assert await eventually(san_failures) >= 1
-        assert envoy.healthy_hosts("users") == 0
+            assert await eventually(san_failures) >= 1
+            assert running.envoy.healthy_hosts("users") == 0
     finally:
-        envoy.stop()
-        await sync.stop()
-        await meta.stop()
         await registry.close()
         await server.stop(None)
 

@@ -8,13 +8,13 @@ import pytest
 
 from mesh.discovery.consul import (
     ConsulRegistry,
-    go_duration,
     grpc_check_target,
     instance_from_entry,
     parse_address,
     service_meta,
     service_tags,
 )
+from mesh.discovery.consul_watch import go_duration
 from mesh.discovery.registry import Instance
 
 ORDERS = Instance(

@@ -154,20 +154,16 @@ class PaymentsStore:
 
     async def take_over_stale(self, saga_id: str, older_than_s: float) -> bool:
         """Re-claim a PENDING payment left by a crashed charge; True if this caller got it."""
-        p = self._t.payments.c
-        now = utcnow()
-        async with self._sessions.begin() as s:
-            res = await s.execute(
-                update(self._t.payments)
-                .where(p.saga_id == saga_id, p.status == PENDING)
-                .where(p.updated_at < now - timedelta(seconds=older_than_s))
-                .values(updated_at=now)
-            )
-        return bool(getattr(res, "rowcount", 0))
+        return await self._update_stale(saga_id, older_than_s)
 
     async def void_stale(self, saga_id: str, older_than_s: float, reason: str) -> bool:
         """PENDING -> VOIDED for a claim whose charge died long ago (the refund of a saga
         whose charge crashed); True if this caller voided it. A later charge is refused."""
+        return await self._update_stale(saga_id, older_than_s, status=VOIDED, refund_reason=reason)
+
+    async def _update_stale(self, saga_id: str, older_than_s: float, **values: str) -> bool:
+        """Touch (and change) the saga's PENDING row if it is older than `older_than_s`;
+        the update's condition decides between concurrent callers."""
         p = self._t.payments.c
         now = utcnow()
         async with self._sessions.begin() as s:
@@ -175,7 +171,7 @@ class PaymentsStore:
                 update(self._t.payments)
                 .where(p.saga_id == saga_id, p.status == PENDING)
                 .where(p.updated_at < now - timedelta(seconds=older_than_s))
-                .values(status=VOIDED, refund_reason=reason, updated_at=now)
+                .values(updated_at=now, **values)
             )
         return bool(getattr(res, "rowcount", 0))
 

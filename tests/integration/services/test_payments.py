@@ -195,9 +195,8 @@ async def test_concurrent_duplicate_charges_capture_once(
         assert await conn.scalar(text("SELECT COUNT(*) FROM payments")) == 1
 
 
-async def test_a_crashed_claim_is_taken_over(served: Served, engine: AsyncEngine) -> None:
-    sid = saga()
-    # A charge that claimed the saga and died before settling, long ago.
+async def _stale_claim(engine: AsyncEngine, saga_id: str) -> None:
+    """The PENDING row of a charge that claimed the saga an hour ago and died."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -205,8 +204,13 @@ async def test_a_crashed_claim_is_taken_over(served: Served, engine: AsyncEngine
                 " card_last4, decline_reason, refund_reason, created_at, updated_at)"
                 " VALUES (:p, :s, 'PENDING', 'EUR', 4200, '4242', '', '', :t, :t)"
             ),
-            {"p": str(uuid.uuid4()), "s": sid, "t": datetime.now(UTC) - timedelta(hours=1)},
+            {"p": str(uuid.uuid4()), "s": saga_id, "t": datetime.now(UTC) - timedelta(hours=1)},
         )
+
+
+async def test_a_crashed_claim_is_taken_over(served: Served, engine: AsyncEngine) -> None:
+    sid = saga()
+    await _stale_claim(engine, sid)  # a charge that claimed the saga and died, long ago
     p = await payments(served).Charge(charge_req(sid))
     assert p.status == pay.PAYMENT_STATUS_CAPTURED
 
@@ -245,15 +249,7 @@ async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
 
 async def test_a_refund_voids_a_stale_claim(served: Served, engine: AsyncEngine) -> None:
     sid = saga()
-    async with engine.begin() as conn:  # a charge that claimed the saga and died, long ago
-        await conn.execute(
-            text(
-                "INSERT INTO payments (payment_id, saga_id, status, currency, amount_minor,"
-                " card_last4, decline_reason, refund_reason, created_at, updated_at)"
-                " VALUES (:p, :s, 'PENDING', 'EUR', 4200, '4242', '', '', :t, :t)"
-            ),
-            {"p": str(uuid.uuid4()), "s": sid, "t": datetime.now(UTC) - timedelta(hours=1)},
-        )
+    await _stale_claim(engine, sid)  # a charge that claimed the saga and died, long ago
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Refund(pay.RefundRequest(saga_id=sid, reason="compensation"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was captured

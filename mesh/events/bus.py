@@ -127,7 +127,7 @@ class EventBus:
         config: RelayConfig | None = None,
     ) -> OutboxRelay:
         """An outbox relay publishing through this bus (call `.start()`); stopped by `close()`."""
-        r = OutboxRelay(sessions, self.js, outbox, config=config)
+        r = OutboxRelay(sessions, self.js, outbox, config=config, nc=self.nc)
         self.relays.append(r)
         return r
 

@@ -114,7 +114,7 @@ class EventBus:
         """Create or update durable pull consumer `durable` on `subject` and start consuming."""
         sub = Subscription(self.js, subject=subject, durable=durable, handler=handler,
                            stream=stream, options=options, tracer=self.tracer,
-                           batch_handler=batch_handler)  # fmt: skip
+                           batch_handler=batch_handler, nc=self.nc)  # fmt: skip
         await sub.start()
         self.subscriptions.append(sub)
         return sub

@@ -11,10 +11,14 @@ import nats.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from shop.events.v1 import events_pb2
 
+from mesh.events import SubscribeOptions, Subscription, new_envelope
 from mesh.events.batch_publish import BatchPublisher
 from mesh.events.errors import PublishTimeoutError
 from mesh.events.pull import PullFetcher
+from services.common.event_types import EVENTS
+from tests.support.poll import eventually
 
 
 def _msg(i: int, event_id: str | None = None) -> tuple[str, bytes, dict[str, str]]:
@@ -82,3 +86,28 @@ async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: An
             await fetcher.fetch(10, timeout_s=0.5)
     finally:
         await fetcher.close()
+
+
+async def test_subscription_without_the_connection_uses_nats_py_fetch(bus_factory: Any) -> None:
+    """The public fallback: a Subscription given only the JetStream context."""
+    bus = await bus_factory()
+    seen: list[str] = []
+
+    async def handler(env: Any) -> None:
+        seen.append(env.id)
+
+    sub = Subscription(bus.js, subject="user.*", durable="plain", handler=handler,
+                       options=SubscribeOptions(fetch_timeout_s=0.5))  # fmt: skip
+    await sub.start()
+    try:
+        envs = [
+            new_envelope(events_pb2.UserCreated(user_id=f"u{i}"), types=EVENTS, source="t",
+                         subject=f"u{i}")
+            for i in range(3)
+        ]  # fmt: skip
+        for env in envs:
+            await bus.publish(env)
+        await eventually(lambda: len(seen) == 3, what="handled through nats-py's fetch")
+        assert seen == [e.id for e in envs] and sub._fetcher is None
+    finally:
+        await sub.stop()

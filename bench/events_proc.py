@@ -12,8 +12,10 @@ Both write `<event id> <time>` lines (CLOCK_MONOTONIC, which every process on th
 machine shares) to a stamps file: the producer when the event's transaction is
 about to commit, the consumer when the event's transaction has committed. The
 orchestrator (`bench.events`) joins them. Each process prints one JSON line of
-counters (and its CPU seconds) on exit; the consumer exits once it has handled
-`--expect` events, or on SIGTERM (after letting its batch in hand finish).
+counters on exit, with its CPU seconds in all and at start-up (when it was ready to
+work: the orchestrator tells the per-event cost from the imports); the consumer
+exits once it has handled `--expect` events, or on SIGTERM (after letting its batch
+in hand finish).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ async def producer(a: argparse.Namespace) -> dict[str, float | int]:
     relay.start()
     stamps: list[str] = []
     n, per_tx, coros = a.events, a.per_tx, a.producers
+    cpu_start = _cpu_s()
     start = time.monotonic()
 
     async def produce(k: int) -> None:
@@ -106,7 +109,8 @@ async def producer(a: argparse.Namespace) -> dict[str, float | int]:
     await bus.close()
     await engine.dispose()
     return {"committed": len(stamps), "committed_s": committed_s, "published_s": published_s,
-            "relay_failures": relay.failures, "cpu_s": _cpu_s()}  # fmt: skip
+            "relay_failures": relay.failures, "cpu_s": _cpu_s(),
+            "cpu_start_s": cpu_start}  # fmt: skip
 
 
 async def consumer(a: argparse.Namespace) -> dict[str, float | int]:
@@ -153,13 +157,14 @@ async def consumer(a: argparse.Namespace) -> dict[str, float | int]:
     sub = await bus.subscribe(
         SUBJECT, handler, durable=a.durable, options=options, batch_handler=batch_handler
     )
+    cpu_start = _cpu_s()
     print(json.dumps({"ready": True}), flush=True)
     await done.wait()
     await bus.close()  # lets the batch in hand finish
     await asyncio.to_thread(_append, Path(a.stamps), "".join(stamps))
     await engine.dispose()
     return {"handled": handled, "subscription_handled": sub.stats.handled,
-            "failed": sub.stats.failed, "cpu_s": _cpu_s()}  # fmt: skip
+            "failed": sub.stats.failed, "cpu_s": _cpu_s(), "cpu_start_s": cpu_start}  # fmt: skip
 
 
 def cli() -> None:

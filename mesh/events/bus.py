@@ -114,7 +114,7 @@ class EventBus:
         """Create or update durable pull consumer `durable` on `subject` and start consuming."""
         sub = Subscription(self.js, subject=subject, durable=durable, handler=handler,
                            stream=stream, options=options, tracer=self.tracer,
-                           batch_handler=batch_handler)  # fmt: skip
+                           batch_handler=batch_handler, nc=self.nc)  # fmt: skip
         await sub.start()
         self.subscriptions.append(sub)
         return sub
@@ -127,7 +127,7 @@ class EventBus:
         config: RelayConfig | None = None,
     ) -> OutboxRelay:
         """An outbox relay publishing through this bus (call `.start()`); stopped by `close()`."""
-        r = OutboxRelay(sessions, self.js, outbox, config=config)
+        r = OutboxRelay(sessions, self.js, outbox, config=config, nc=self.nc)
         self.relays.append(r)
         return r
 

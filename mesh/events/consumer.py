@@ -40,6 +40,7 @@ import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError
 from meshproto.events.v1 import envelope_pb2
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -49,6 +50,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 from base.backoff import Backoff
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
+from mesh.events.pull import PullFetcher
 from mesh.events.streams import dlq_subject
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,13 @@ class Subscription:
         options: SubscribeOptions | None = None,
         tracer: Tracer | None = None,
         batch_handler: BatchHandler | None = None,
+        nc: NATS | None = None,
     ) -> None:
         self.js = js
+        # Given the connection (as `EventBus.subscribe` does), fetches go through
+        # `mesh.events.pull` (about a fifth less CPU per event than nats-py's fetch).
+        self._nc = nc
+        self._fetcher: PullFetcher | None = None
         self.batch_handler = batch_handler
         self.subject = subject
         self.durable = durable
@@ -180,9 +187,9 @@ class Subscription:
         backoff = Backoff(0.1, self.options.rebind_backoff_max_s)
         while not self._stopping:
             try:
-                psub = await self._bind()
+                await self._bind()
                 backoff.reset()
-                await self._consume(psub)
+                await self._consume()
             except asyncio.CancelledError:
                 if self._stopping:
                     return
@@ -195,7 +202,7 @@ class Subscription:
                 self.bound.clear()
                 await asyncio.sleep(delay)  # backoff, not synchronisation
 
-    async def _bind(self) -> JetStreamContext.PullSubscription:
+    async def _bind(self) -> None:
         if self.stream is None:
             self.stream = await self.js.find_stream_name_by_subject(self.subject)
         cfg = self.consumer_config()
@@ -205,32 +212,46 @@ class Subscription:
             # An existing durable with settings the server will not change in
             # place: keep using it rather than fail the service's start.
             log.warning("consumer %s exists with other settings: %s", self.durable, exc)
-        if self._psub is None:
+        if self._psub is None and self._fetcher is None:
             # One pull subscription (one inbox) for the loop's whole life, across re-binds
             # and reconnects (the client re-subscribes it). Unsubscribing on a transient
             # error lost messages: the server still hands the next message to a pull
             # request sent before (or buffered during) the outage, and what sat in the old
             # inbox's queue was dropped; each then waited ack_wait (30 s) for redelivery.
             # Kept, those messages land in this inbox and the next fetch takes them.
-            self._psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+            if self._nc is not None:
+                self._fetcher = PullFetcher(self._nc, self.stream, self.durable)
+                await self._fetcher.start()
+            else:
+                self._psub = await self.js.pull_subscribe_bind(
+                    durable=self.durable, stream=self.stream
+                )
             self.stats.pull_subscriptions += 1
         self.stats.rebinds += 1
         self.bound.set()
-        return self._psub
 
     async def _unbind(self) -> None:
         psub, self._psub = self._psub, None
-        if psub is not None:
-            with contextlib.suppress(Exception):
+        fetcher, self._fetcher = self._fetcher, None
+        with contextlib.suppress(Exception):
+            if psub is not None:
                 await psub.unsubscribe()
+            if fetcher is not None:
+                await fetcher.close()
 
-    async def _consume(self, psub: JetStreamContext.PullSubscription) -> None:
+    async def _fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+        if self._fetcher is not None:
+            return await self._fetcher.fetch(batch, timeout_s)
+        assert self._psub is not None
+        return await self._psub.fetch(batch, timeout=timeout_s)
+
+    async def _consume(self) -> None:
         opts = self.options
         last_seen = time.monotonic()
         while not self._stopping:
             self._fetching = True
             try:
-                msgs = await psub.fetch(opts.batch, timeout=opts.fetch_timeout_s)
+                msgs = await self._fetch(opts.batch, opts.fetch_timeout_s)
             except nats.errors.TimeoutError:
                 if time.monotonic() - last_seen >= opts.check_consumer_every_s:
                     last_seen = time.monotonic()

@@ -185,7 +185,12 @@ class EventPublisher(BackgroundBus):
     async def _on_connected(self, bus: EventBus) -> None:
         # Made here rather than by `bus.relay()`, which takes no holder.
         self.relay = OutboxRelay(
-            self._sessions, bus.js, self._outbox, config=self._relay_config, holder=self._holder
+            self._sessions,
+            bus.js,
+            self._outbox,
+            config=self._relay_config,
+            holder=self._holder,
+            nc=bus.nc,
         )
         self.relay.start()
         log.info("%s: relaying outbox events to %s", self.name, redact_url(self.nats_url))

@@ -1,0 +1,113 @@
+"""The relay's batch publisher and the consumer's pull fetcher against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import nats.errors
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from shop.events.v1 import events_pb2
+
+from mesh.events import SubscribeOptions, Subscription, new_envelope
+from mesh.events.batch_publish import BatchPublisher
+from mesh.events.errors import PublishTimeoutError
+from mesh.events.pull import PullFetcher
+from services.common.event_types import EVENTS
+from tests.support.poll import eventually
+
+
+def _msg(i: int, event_id: str | None = None) -> tuple[str, bytes, dict[str, str]]:
+    return ("user.created", f"body {i}".encode(), {"Nats-Msg-Id": event_id or uuid.uuid4().hex})
+
+
+async def test_batch_publisher_reports_each_message(bus_factory: Any) -> None:
+    bus = await bus_factory()
+    pub = BatchPublisher(bus.nc)
+    before = (await bus.js.stream_info("USER")).state.messages
+    dup = uuid.uuid4().hex
+    msgs = [_msg(i) for i in range(300)] + [_msg(300, dup), _msg(301, dup)]
+    msgs.insert(5, ("no.stream.here", b"x", {"Nats-Msg-Id": "n"}))
+    results = await pub.publish(msgs, timeout_s=5.0)
+    assert isinstance(results[5], NoStreamResponseError)
+    assert results[:5] + results[6:] == [None] * 302  # a duplicate is acked too
+    assert (await bus.js.stream_info("USER")).state.messages == before + 301
+    # No time to answer: a timeout per message, nothing raised; the late answers of that
+    # batch are ignored, and the next batch (same subscription) gets its own.
+    timed_out = await pub.publish([_msg(i) for i in range(50)], timeout_s=0.0)
+    assert all(isinstance(r, PublishTimeoutError) for r in timed_out)
+    assert await pub.publish([_msg(0)], timeout_s=5.0) == [None]
+    await pub.close()
+
+
+async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: Any) -> None:
+    bus = await bus_factory()
+    durable = f"pf-{uuid.uuid4().hex[:8]}"
+    await bus.js.add_consumer(
+        "USER",
+        ConsumerConfig(durable_name=durable, filter_subject="user.created",
+                       ack_policy=AckPolicy.EXPLICIT),
+    )  # fmt: skip
+    info = await bus.js.consumer_info("USER", durable)
+    first = info.num_pending
+    for i in range(25):
+        await bus.js.publish("user.created", f"m{i}".encode())
+    fetcher = PullFetcher(bus.nc, "USER", durable)
+    try:
+        got: list[Any] = []
+        while len(got) < first + 25:
+            batch = await fetcher.fetch(10, timeout_s=2.0)
+            assert 1 <= len(batch) <= 10
+            got.extend(batch)
+            for m in batch:
+                await m.ack()
+        assert [m.data for m in got[first:]] == [f"m{i}".encode() for i in range(25)]
+        assert got[-1].metadata.num_delivered == 1
+        # Nothing left: a waiting request, then a timeout within the time given.
+        t0 = time.monotonic()
+        with pytest.raises(nats.errors.TimeoutError):
+            await fetcher.fetch(10, timeout_s=0.4)
+        assert time.monotonic() - t0 < 1.5
+        # A message published while a fetch waits is returned at once.
+        waiting = asyncio.ensure_future(fetcher.fetch(10, timeout_s=5.0))
+        await asyncio.sleep(0.1)  # let the waiting request reach the server first
+        t0 = time.monotonic()
+        await bus.js.publish("user.created", b"late")
+        (late,) = await waiting
+        assert late.data == b"late" and time.monotonic() - t0 < 1.0
+        await late.ack()
+        # The consumer gone: the server's 503 surfaces as an error (the loop re-binds).
+        await bus.js.delete_consumer("USER", durable)
+        with pytest.raises((ServiceUnavailableError, nats.errors.TimeoutError)):
+            await fetcher.fetch(10, timeout_s=0.5)
+    finally:
+        await fetcher.close()
+
+
+async def test_subscription_without_the_connection_uses_nats_py_fetch(bus_factory: Any) -> None:
+    """The public fallback: a Subscription given only the JetStream context."""
+    bus = await bus_factory()
+    seen: list[str] = []
+
+    async def handler(env: Any) -> None:
+        seen.append(env.id)
+
+    sub = Subscription(bus.js, subject="user.*", durable="plain", handler=handler,
+                       options=SubscribeOptions(fetch_timeout_s=0.5))  # fmt: skip
+    await sub.start()
+    try:
+        envs = [
+            new_envelope(events_pb2.UserCreated(user_id=f"u{i}"), types=EVENTS, source="t",
+                         subject=f"u{i}")
+            for i in range(3)
+        ]  # fmt: skip
+        for env in envs:
+            await bus.publish(env)
+        await eventually(lambda: len(seen) == 3, what="handled through nats-py's fetch")
+        assert seen == [e.id for e in envs] and sub._fetcher is None
+    finally:
+        await sub.stop()

@@ -14,7 +14,9 @@ tracer is the SDK's with one of its own samplers (`interceptors._spans`):
 client side only the `traceparent` header (new ids, the parent's trace id
 when there is one, flag 00, the parent's `tracestate`), server side a
 non-recording span made current, exactly what the SDK's would be. Otherwise
-`start_span` with the attributes (the sampler sees them; no setting after).
+`start_span` with the attributes (the sampler sees them; no setting after); a
+span the SDK's sampler would record is a `LeanSpan` where the fence allows (the
+same exported span as the SDK's, made for a quarter of the CPU).
 Status and `end()` happen only for recording spans; header formatting and
 parsing are done directly rather than through the propagator API; per-method
 names and attributes are computed once.
@@ -191,7 +193,9 @@ class TracingClientInterceptor(ClientInterceptor):
                 parent.trace_state if parent.is_valid else None,
             )
             return await continuation(details, request)
-        span = self._spans.start_span(method.span_name, None, SpanKind.CLIENT, method.attributes)
+        span = self._spans.start_span(
+            method.span_name, parent, SpanKind.CLIENT, method.attributes, remote=False
+        )
         span_context = span.get_span_context()
         if span_context.is_valid:
             details = _traced_details(
@@ -255,13 +259,8 @@ class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall])
             # Not sampled: the SDK's non-recording span, made without the SDK.
             span = NonRecordingSpan(self._spans.dropped_context(remote, *dropped))
         else:
-            parent = (
-                trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
-                if remote.is_valid
-                else _EMPTY
-            )
             span = self._spans.start_span(
-                prepared.span_name, parent, SpanKind.SERVER, prepared.attributes
+                prepared.span_name, remote, SpanKind.SERVER, prepared.attributes, remote=True
             )
         # The parent context held only the caller's span, which this one replaces.
         token = otel_context.attach(trace.set_span_in_context(span, _EMPTY))

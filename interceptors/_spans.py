@@ -167,6 +167,20 @@ class SpanShortcut:
             span_id = self._ids.generate_span_id()
         return trace_id, span_id
 
+    def drop_remote(self, trace_id: int, sampled: bool) -> int | None:
+        """`drop` for a remote parent known by its trace id and sampled flag (no SpanContext
+        made for it): the dropped span's id, or None: make the parent, call `drop` again
+        (it answers alike) then `start_span`."""
+        bounds = self._bounds
+        if bounds is None or not _fastpath.tracer_enabled(self._tracer):
+            return None
+        if trace_id & _LIMIT < (bounds[1] if sampled else bounds[2]):
+            return None
+        span_id = getrandbits(64) if self._random_ids else self._ids.generate_span_id()
+        while not span_id:
+            span_id = self._ids.generate_span_id()
+        return span_id
+
     def dropped_context(self, parent: SpanContext, trace_id: int, span_id: int) -> SpanContext:
         """The span context of the span `drop` gave ids for, as the SDK would make it."""
         if parent.is_valid:

@@ -67,6 +67,8 @@ _TRACER_NAME = "shop_mesh.interceptors"
 _EMPTY = Context()
 _HEX_DASH = "0123456789abcdef-"
 _ODD_HEX = frozenset("13579bdf")
+_SAMPLED_TRACEPARENT = "00-%032x-%016x-01"
+_UNSAMPLED_TRACEPARENT = "00-%032x-%016x-00"
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SERVER_FAULTS = frozenset(
     {
@@ -96,8 +98,13 @@ def _method(full_method: str) -> _Method:
 
 def format_traceparent(span_context: SpanContext) -> str:
     """The W3C `traceparent` value for a span context."""
-    flags = "01" if span_context.trace_flags.sampled else "00"
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags}"
+    # %-formatting: the fastest way to format it (measured against an f-string's specs).
+    return (
+        _SAMPLED_TRACEPARENT if span_context.trace_flags.sampled else _UNSAMPLED_TRACEPARENT
+    ) % (
+        span_context.trace_id,
+        span_context.span_id,
+    )
 
 
 def _traceparent_fields(traceparent: str) -> tuple[int, int, bool] | None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -62,11 +61,8 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-@dataclass(slots=True)
-class _Call:
-    method: str
-    context: grpc.aio.ServicerContext[Any, Any]
-    start: float
+# (method, context, start): a tuple, the cheapest per-call record.
+_Call = tuple[str, "grpc.aio.ServicerContext[Any, Any]", float]
 
 
 class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | None"]):
@@ -97,12 +93,13 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
     ) -> _Call | None:
         if prepared is None or not self._log.isEnabledFor(logging.WARNING):
             return None
-        return _Call(prepared, context, time.perf_counter())
+        return prepared, context, time.perf_counter()
 
     def end(self, state: _Call | None, code: grpc.StatusCode, error: BaseException | None) -> None:
         if state is None:
             return
-        seconds = time.perf_counter() - state.start
+        method, context, start = state
+        seconds = time.perf_counter() - start
         sample = 1
         if self.sample_every > 1 and code is _OK and seconds < self._slow_s:
             # A successful, fast call: one in N is logged, standing for N.
@@ -117,9 +114,9 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
         duration_ms = round(seconds * 1000, 2)
         span_context = trace.get_current_span().get_span_context()
         trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
-        peer = state.context.peer() or ""
+        peer = context.peer() or ""
         extra: dict[str, Any] = {
-            "rpc_method": state.method,
+            "rpc_method": method,
             "rpc_code": code.name,
             "duration_ms": duration_ms,
             "trace_id": trace_id,
@@ -130,13 +127,13 @@ class LoggingServerInterceptor(ObservingServerInterceptor[str | None, "_Call | N
             self._log.log(
                 level,
                 "rpc method=%s code=%s duration_ms=%.2f trace_id=%s peer=%s sample=%d",
-                state.method, code.name, duration_ms, trace_id or "-", peer or "-", sample,
+                method, code.name, duration_ms, trace_id or "-", peer or "-", sample,
                 extra=extra,
             )  # fmt: skip
             return
         self._log.log(
             level,
             "rpc method=%s code=%s duration_ms=%.2f trace_id=%s peer=%s",
-            state.method, code.name, duration_ms, trace_id or "-", peer or "-",
+            method, code.name, duration_ms, trace_id or "-", peer or "-",
             extra=extra,
         )  # fmt: skip

@@ -14,7 +14,9 @@ tracer is the SDK's with one of its own samplers (`interceptors._spans`):
 client side only the `traceparent` header (new ids, the parent's trace id
 when there is one, flag 00, the parent's `tracestate`), server side a
 non-recording span made current, exactly what the SDK's would be. Otherwise
-`start_span` with the attributes (the sampler sees them; no setting after).
+`start_span` with the attributes (the sampler sees them; no setting after); a
+span the SDK's sampler would record is a `LeanSpan` where the fence allows (the
+same exported span as the SDK's, made for a quarter of the CPU).
 Status and `end()` happen only for recording spans; header formatting and
 parsing are done directly rather than through the propagator API; per-method
 names and attributes are computed once.
@@ -63,7 +65,10 @@ _TRACE_KEYS = (TRACEPARENT, TRACESTATE)
 _FLAGS = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
 _TRACER_NAME = "shop_mesh.interceptors"
 _EMPTY = Context()
-_HEX = "0123456789abcdef"
+_HEX_DASH = "0123456789abcdef-"
+_ODD_HEX = frozenset("13579bdf")
+_SAMPLED_TRACEPARENT = "00-%032x-%016x-01"
+_UNSAMPLED_TRACEPARENT = "00-%032x-%016x-00"
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SERVER_FAULTS = frozenset(
     {
@@ -93,15 +98,21 @@ def _method(full_method: str) -> _Method:
 
 def format_traceparent(span_context: SpanContext) -> str:
     """The W3C `traceparent` value for a span context."""
-    flags = "01" if span_context.trace_flags.sampled else "00"
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags}"
+    # %-formatting: the fastest way to format it (measured against an f-string's specs).
+    return (
+        _SAMPLED_TRACEPARENT if span_context.trace_flags.sampled else _UNSAMPLED_TRACEPARENT
+    ) % (
+        span_context.trace_id,
+        span_context.span_id,
+    )
 
 
-def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
-    """The remote span context of a W3C `traceparent` (+ `tracestate`), None if invalid.
+def _traceparent_fields(traceparent: str) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of a W3C `traceparent`, None if invalid.
 
     The canonical version-00 form (55 characters, every call from a W3C tracer) is
-    checked by slicing, ~3 times cheaper than the regular expression other forms go through.
+    checked by slicing (the three dashes in place, nothing but hex digits and them),
+    several times cheaper than the regular expression other forms go through.
     """
     tp = traceparent
     if (
@@ -109,30 +120,37 @@ def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanCo
         and tp[2] == "-"
         and tp[35] == "-"
         and tp[52] == "-"
-        and tp[:2] == "00"
-        and not tp[3:35].strip(_HEX)
-        and not tp[36:52].strip(_HEX)
-        and not tp[53:].strip(_HEX)
+        and tp[0] == "0"
+        and tp[1] == "0"
+        and tp.count("-") == 3
+        and not tp.strip(_HEX_DASH)
     ):
-        version, trace_hex, span_hex, flags, rest = "00", tp[3:35], tp[36:52], tp[53:], None
+        trace_id, span_id = int(tp[3:35], 16), int(tp[36:52], 16)
+        sampled = tp[54] in _ODD_HEX  # flags' low bit: the sampled flag
     else:
         match = _TRACEPARENT_RE.fullmatch(tp.strip())
         if match is None:
             return None
         version, trace_hex, span_hex, flags, rest = match.groups()
-    # Version ff is forbidden; version 00 has exactly four fields.
-    if version == "ff" or (version == "00" and rest):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+        # Version ff is forbidden; version 00 has exactly four fields.
+        if version == "ff" or (version == "00" and rest):
+            return None
+        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+        sampled = bool(int(flags, 16) & TraceFlags.SAMPLED)
     if trace_id == 0 or span_id == 0:
         return None
+    return trace_id, span_id, sampled
+
+
+def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The remote span context of a W3C `traceparent` (+ `tracestate`), None if invalid."""
+    fields = _traceparent_fields(traceparent)
+    if fields is None:
+        return None
+    trace_id, span_id, sampled = fields
     state = TraceState.from_header([tracestate]) if tracestate else None
     return SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=_FLAGS[int(flags, 16) & TraceFlags.SAMPLED],
-        trace_state=state,
+        trace_id, span_id, is_remote=True, trace_flags=_FLAGS[sampled], trace_state=state
     )
 
 
@@ -191,7 +209,9 @@ class TracingClientInterceptor(ClientInterceptor):
                 parent.trace_state if parent.is_valid else None,
             )
             return await continuation(details, request)
-        span = self._spans.start_span(method.span_name, None, SpanKind.CLIENT, method.attributes)
+        span = self._spans.start_span(
+            method.span_name, parent, SpanKind.CLIENT, method.attributes, remote=False
+        )
         span_context = span.get_span_context()
         if span_context.is_valid:
             details = _traced_details(
@@ -216,24 +236,19 @@ class TracingClientInterceptor(ClientInterceptor):
     intercept_stream_unary = intercept_stream_stream = intercept  # type: ignore[assignment]
 
 
-def _remote_parent(metadata: Any) -> SpanContext:
-    """The caller's span context from `traceparent`/`tracestate`; invalid when none."""
+def _trace_headers(metadata: Any) -> tuple[str | None, str | None]:
+    """The caller's `traceparent` and `tracestate` values (None where absent)."""
     traceparent = tracestate = None
     for key, value in metadata or ():
         if key == TRACEPARENT:
             traceparent = value
         elif key == TRACESTATE:
             tracestate = value
-    if traceparent is None:
-        return INVALID_SPAN_CONTEXT
-    return parse_traceparent(traceparent, tracestate) or INVALID_SPAN_CONTEXT
+    return traceparent, tracestate
 
 
-@dataclass(slots=True)
-class _ServerCall:
-    span: Span
-    token: object
-    task: asyncio.Task[Any] | None
+# (span, context token, the task that attached it): a tuple, the cheapest per-call record.
+_ServerCall = tuple[Span, object, "asyncio.Task[Any] | None"]
 
 
 class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall]):
@@ -248,31 +263,54 @@ class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall])
         return _method(method)
 
     def begin(self, prepared: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> _ServerCall:
-        remote = _remote_parent(context.invocation_metadata())
-        dropped = self._spans.drop(remote)
+        traceparent, tracestate = _trace_headers(context.invocation_metadata())
+        fields = None if traceparent is None else _traceparent_fields(traceparent)
         span: Span
-        if dropped is not None:
-            # Not sampled: the SDK's non-recording span, made without the SDK.
-            span = NonRecordingSpan(self._spans.dropped_context(remote, *dropped))
+        if fields is not None:
+            trace_id, span_id, sampled = fields
+            state = TraceState.from_header([tracestate]) if tracestate else None
+            dropped_id = self._spans.drop_remote(trace_id, sampled)
+            if dropped_id is not None:
+                # Not sampled: the SDK's non-recording span, made without the SDK and
+                # without the caller's span context (a remote parent's flags keep only
+                # the sampled bit: no random-id flag to inherit).
+                span = NonRecordingSpan(
+                    SpanContext(
+                        trace_id, dropped_id, is_remote=False, trace_flags=_FLAGS[0],
+                        trace_state=state,
+                    )
+                )  # fmt: skip
+            else:
+                remote = SpanContext(
+                    trace_id, span_id, is_remote=True, trace_flags=_FLAGS[sampled],
+                    trace_state=state,
+                )  # fmt: skip
+                span = self._spans.start_span(
+                    prepared.span_name, remote, SpanKind.SERVER, prepared.attributes, remote=True
+                )
         else:
-            parent = (
-                trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
-                if remote.is_valid
-                else _EMPTY
-            )
-            span = self._spans.start_span(
-                prepared.span_name, parent, SpanKind.SERVER, prepared.attributes
-            )
+            # No (valid) caller trace: a root.
+            dropped = self._spans.drop(INVALID_SPAN_CONTEXT)
+            if dropped is not None:
+                span = NonRecordingSpan(self._spans.dropped_context(INVALID_SPAN_CONTEXT, *dropped))
+            else:
+                span = self._spans.start_span(
+                    prepared.span_name,
+                    INVALID_SPAN_CONTEXT,
+                    SpanKind.SERVER,
+                    prepared.attributes,
+                    remote=True,
+                )
         # The parent context held only the caller's span, which this one replaces.
         token = otel_context.attach(trace.set_span_in_context(span, _EMPTY))
-        return _ServerCall(span, token, asyncio.current_task())
+        return span, token, asyncio.current_task()
 
     def end(self, state: _ServerCall, code: grpc.StatusCode, error: BaseException | None) -> None:
         # A streaming behaviour may be finalised by the loop in another task,
         # where the token means nothing (and detaching would log an error).
-        if asyncio.current_task() is state.task:
-            otel_context.detach(state.token)  # type: ignore[arg-type]
-        span = state.span
+        span, token, task = state
+        if asyncio.current_task() is task:
+            otel_context.detach(token)  # type: ignore[arg-type]
         if not span.is_recording():
             return
         span.set_attribute("rpc.grpc.status_code", code.value[0])

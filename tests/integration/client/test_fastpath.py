@@ -58,6 +58,7 @@ def test_every_private_read_is_capable_on_the_pinned_libraries() -> None:
         "grpc_registered_method": True,
         "prometheus": True,
         "otel_sampler": True,
+        "otel_lean_span": True,
     }
 
 

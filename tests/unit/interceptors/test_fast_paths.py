@@ -220,7 +220,83 @@ async def test_sampled_parent_still_gets_a_recorded_child_span(
     sent = parse_traceparent(sent_headers(srv.servicer)[0]["traceparent"])
     assert sent is not None and sent.trace_flags.sampled
     assert (sent.trace_id, sent.span_id) == (TRACE_ID, span.context.span_id)
-    assert started == ["shop.testing.v1.PingService/Ping"]
+    assert started == []  # recorded by a LeanSpan: the SDK's start_span is not called
+
+
+class StartWatcher(SimpleSpanProcessor):
+    """A processor that looks at spans as they start: the SDK's Span is then needed."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started = getattr(self, "started", 0) + 1
+
+
+def exported(lean: bool, root: bool, watcher: bool = False) -> Any:
+    """One SERVER span made through SpanShortcut.start_span, used as the interceptors and a
+    handler might, ended; the lean path or the SDK's; its exported ReadableSpan."""
+    tp, exporter = provider(sampling.ParentBased(sampling.ALWAYS_ON))
+    if watcher:
+        tp.add_span_processor(StartWatcher(InMemorySpanExporter()))
+    shortcut = SpanShortcut(tp.get_tracer("t"))
+    if not lean:
+        shortcut._parts = None  # the SDK's start_span
+    parent = (
+        trace.INVALID_SPAN_CONTEXT
+        if root
+        else SpanContext(
+            TRACE_ID,
+            SPAN_ID,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=TraceState([("vendor", "abc")]),
+        )
+    )
+    assert shortcut.drop(parent) is None
+    attributes = {"rpc.system": "grpc", "rpc.method": "Ping"}
+    span = shortcut.start_span("S/Ping", parent, SpanKind.SERVER, attributes, remote=True)
+    span.set_attribute("handler.items", [1, 2])  # not a plain value: BoundedAttributes
+    span.add_event("picked", {"n": 3})
+    span.add_link(SpanContext(TRACE_ID, 5, is_remote=False), {"why": "batch"})
+    span.update_name("S/Ping2")
+    span.set_attribute("rpc.grpc.status_code", 13)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, "INTERNAL"))
+    span.record_exception(ValueError("bad"))
+    span.end()
+    span.set_attribute("late", 1)  # ignored, as by the SDK
+    assert attributes == {"rpc.system": "grpc", "rpc.method": "Ping"}  # never written
+    [out] = exporter.get_finished_spans()
+    return span, out
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_lean_span_exports_what_the_sdks_span_would(root: bool) -> None:
+    def fields(out: Any) -> Any:
+        ctx = out.context
+        return (
+            out.name,
+            out.kind,
+            dict(out.attributes),
+            (out.status.status_code, out.status.description),
+            [(e.name, dict(e.attributes) if e.name != "exception" else sorted(e.attributes))
+             for e in out.events],
+            [(link.context.span_id, dict(link.attributes)) for link in out.links],
+            (ctx.trace_flags, ctx.trace_state, ctx.is_remote, ctx.trace_id if not root else 0),
+            out.parent,
+            out.resource.attributes,
+            out.instrumentation_scope,
+            (out.dropped_attributes, out.dropped_events, out.dropped_links),
+            out.end_time >= out.start_time,
+        )  # fmt: skip
+
+    lean_span, lean = exported(True, root)
+    sdk_span, sdk = exported(False, root)
+    assert type(lean_span).__name__ == "LeanSpan" and type(sdk_span).__name__ == "_Span"
+    assert fields(lean) == fields(sdk)
+    assert lean.to_json()  # as an exporter would serialise it
+
+
+def test_a_processor_watching_starts_gets_the_sdks_span() -> None:
+    span, _ = exported(True, False, watcher=True)
+    assert type(span).__name__ == "_Span"
 
 
 class ListedIds(IdGenerator):

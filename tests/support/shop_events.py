@@ -143,11 +143,15 @@ async def stream_events(nats_url: str, stream: str, subject: str) -> list[RawEve
     try:
         sub = await nc.jetstream().pull_subscribe(subject, stream=stream)
         out: list[RawEvent] = []
-        while True:
+        # Read until the consumer has nothing pending (not until a fetch times out: on a
+        # loaded box the first fetch can take longer than any short timeout).
+        deadline = time.monotonic() + 20
+        while (await sub.consumer_info()).num_pending:
+            assert time.monotonic() < deadline, f"{stream}/{subject}: not read within 20 s"
             try:
-                msgs: list[Msg] = await sub.fetch(256, timeout=0.5)
+                msgs: list[Msg] = await sub.fetch(256, timeout=2)
             except nats.errors.TimeoutError:
-                break
+                continue
             for m in msgs:
                 await m.ack()
                 out.append(RawEvent(dict(m.headers or {}), decode(m.data)))

@@ -207,6 +207,12 @@ class Step:
     # A transient failure (deadline exceeded...) leaves the remote effect unknown:
     # compensate this step too. Its compensation must then accept "nothing to undo".
     compensate_after_transient_failure: bool = True
+    # A local step whose forward action's first statement writes (INSERT/UPDATE/DELETE):
+    # its transaction then starts with the action, and the saga row's conditional UPDATE
+    # at its end (the ownership check) is the only saga statement. Without it the runner
+    # first takes the write lock with a statement of its own: on SQLite a transaction that
+    # reads first fails outright (busy, retried) when another writer commits meanwhile.
+    writes_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

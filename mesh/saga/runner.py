@@ -591,18 +591,27 @@ class SagaRunner:
         With `unrecorded` (the remote step before it completed into `state` but was not
         committed), the transaction first records that step (its conditional UPDATE also
         checks ownership and takes the write lock, as `lock` does); if the action fails,
-        that step is recorded on its own before the error is raised."""
+        that step is recorded on its own before the error is raised.
+
+        A forward step that `writes_first` skips that first statement: its action takes
+        the write lock, and one conditional UPDATE at the end moves the row from what it
+        holds (`unrecorded.before` or `state`) to the step's end, checking ownership;
+        both transitions' hooks still run in the transaction. A lost lease then rolls
+        the action back with everything else, as before."""
         forward = ctx.phase is Phase.FORWARD
         action = step.action if forward else step.compensation
         assert action is not None
         event = TransitionEvent.STEP_COMPLETED if forward else TransitionEvent.STEP_COMPENSATED
         writing: list[SagaState] = []
+        lock_first = not (forward and step.writes_first)
+        # What the saga row holds when the step's own transition is written.
+        held = state if lock_first or unrecorded is None else unrecorded.before
 
         async def attempt() -> SagaState:
             async with self.store.sessions() as session, session.begin():
-                if unrecorded is None:
+                if lock_first and unrecorded is None:
                     await self.store.lock(session, state, self.owner, self._lease_until())
-                else:
+                elif lock_first and unrecorded is not None:
                     await self._write(session, definition, unrecorded.before, state,
                                       TransitionEvent.STEP_COMPLETED, unrecorded.step)  # fmt: skip
                 try:
@@ -614,7 +623,10 @@ class SagaRunner:
                 except Exception as exc:
                     raise _ActionError(exc) from exc
                 writing.append(after)
-                await self._write(session, definition, state, after, event, step.name)
+                if not lock_first and unrecorded is not None:
+                    await self._hook(definition, session, unrecorded.before, state,
+                                     TransitionEvent.STEP_COMPLETED, unrecorded.step)  # fmt: skip
+                await self._write(session, definition, state, after, event, step.name, held=held)
             return after
 
         try:
@@ -693,10 +705,26 @@ class SagaRunner:
         event: TransitionEvent,
         step: str | None,
         take_over: bool = False,
+        *,
+        held: SagaState | None = None,
     ) -> None:
+        """Record `before` → `after`; the row's conditional UPDATE expects `held` (what
+        the row holds, when an earlier transition of this transaction was not written)
+        or else `before`."""
         await self.store.write(
-            session, before, after, self.owner, self._lease_until(), take_over=take_over
+            session, held or before, after, self.owner, self._lease_until(), take_over=take_over
         )
+        await self._hook(definition, session, before, after, event, step)
+
+    async def _hook(
+        self,
+        definition: SagaDefinition,
+        session: AsyncSession,
+        before: SagaState,
+        after: SagaState,
+        event: TransitionEvent,
+        step: str | None,
+    ) -> None:
         if definition.on_transition is not None:
             await definition.on_transition(
                 session, SagaTransition(event, step, before.status, after)

@@ -350,14 +350,15 @@ class InventoryStore:
         return Reservation(saga_id, status, lines)
 
     async def reserve(self, saga_id: str, lines: Sequence[Line]) -> Reservation:
-        """Take stock for every line, all or nothing; the saga's existing reservation if any."""
-        existing = await self.reservation(saga_id)
-        if existing is not None:
-            return existing
+        """Take stock for every line, all or nothing; the saga's existing reservation if any.
+
+        The usual call is the saga's first: the reservation row's insert (its primary key
+        is the saga id) is the check, and the existing one is read only when it is there."""
         try:
             return await self._reserve(saga_id, lines)
         except IntegrityError:
-            # A concurrent call with the same saga id won the primary key.
+            # Reserved (or released) before, or a concurrent call with the same saga id
+            # won the primary key.
             existing = await self.reservation(saga_id)
             if existing is None:
                 raise
@@ -370,14 +371,19 @@ class InventoryStore:
             await s.execute(insert(self._t.reservations).values(
                 saga_id=saga_id, status=HELD, reason="", created_at=now,
                 updated_at=now))  # fmt: skip
+            prices: dict[str, Amount] = {}
             for line in ordered:
-                res = await s.execute(
+                # RETURNING the price: no second statement to read it.
+                taken = (await s.execute(
                     update(self._t.products)
                     .where(p.product_id == line.product_id, p.available >= line.quantity)
                     .values(available=p.available - line.quantity,
                             reserved=p.reserved + line.quantity)
-                )  # fmt: skip
-                if not getattr(res, "rowcount", 0):
+                    .returning(p.price_currency, p.price_minor)
+                )).first()  # fmt: skip
+                if taken is not None:
+                    prices[line.product_id] = Amount(taken.price_currency, taken.price_minor)
+                else:
                     available = await s.scalar(
                         select(p.available).where(p.product_id == line.product_id)
                     )
@@ -393,16 +399,6 @@ class InventoryStore:
                             "available": str(available),
                         },
                     )
-            prices = {
-                r.product_id: Amount(r.price_currency, r.price_minor)
-                for r in (
-                    await s.execute(
-                        select(p.product_id, p.price_currency, p.price_minor).where(
-                            p.product_id.in_([x.product_id for x in ordered])
-                        )
-                    )
-                ).all()
-            }
             reserved = tuple(
                 ReservedLine(x.product_id, x.quantity, prices[x.product_id]) for x in ordered
             )

@@ -11,7 +11,10 @@ Placing an order (`order.place.v1`), each step idempotent by the saga id:
     confirm_stock       inventory.ConfirmReservation
     complete_order  L   COMPLETED + `order.completed` (outbox, same transaction)
 
-L = local: runs in the transaction that records the saga's progress. When the
+L = local: runs in the transaction that records the saga's progress. Each local
+step's first statement writes (`writes_first`: the runner adds no statement before
+it; the advances of record_prices and record_payment carry the cancellation check
+in their WHERE, the order row is read only when they match nothing). When the
 saga ends COMPENSATED, `order.compensation.completed` is written to the outbox
 in the transaction of that last transition.
 
@@ -133,6 +136,32 @@ def _lines(data: Mapping[str, Any]) -> list[tuple[str, int]]:
     return [(str(p), int(q)) for p, q in data["lines"]]
 
 
+def _priced(data: Mapping[str, Any]) -> tuple[dict[str, int], int]:
+    """The unit prices inventory reserved at, by product, and the order total (minor
+    units); FailedPrecondition when a price is in another currency or a sum overflows."""
+    currency = data["currency"]
+    prices: dict[str, int] = {}
+    amounts: list[Amount] = []
+    for product_id, quantity, price_currency, minor in data.get("reserved", []):
+        if price_currency != currency:
+            raise FailedPrecondition(
+                f"product {product_id} is priced in {price_currency}, the order is in {currency}",
+                reason="CURRENCY_MISMATCH",
+                metadata={"product_id": product_id},
+            )
+        prices[product_id] = int(minor)
+        try:
+            amounts.append(Amount(currency, int(minor)).times(int(quantity)))
+        except MoneyError as exc:
+            raise FailedPrecondition(str(exc), reason="AMOUNT_TOO_LARGE") from exc
+    try:
+        return prices, total(amounts, currency).minor
+    except MoneyError as exc:
+        raise FailedPrecondition(
+            f"the order total is too large: {exc}", reason="AMOUNT_TOO_LARGE"
+        ) from exc
+
+
 def _compensated(ctx: SagaContext) -> dict[str, Any]:
     """Update recording that ctx.step was undone (the order of undoing is kept)."""
     return {"compensated": [*ctx.data.get("compensated", []), ctx.step]}
@@ -175,15 +204,18 @@ class OrderSagas:
             [
                 Step("validate_user", self.validate_user, retry=REMOTE_RETRY),
                 Step("create_order", self.create_order, self.fail_order, local=True,
-                     retry=LOCAL_RETRY),
+                     retry=LOCAL_RETRY, writes_first=True),
                 Step("reserve_stock", self.reserve_stock, self.release_stock, retry=REMOTE_RETRY,
                      compensation_retry=undo),
-                Step("record_prices", self.record_prices, local=True, retry=LOCAL_RETRY),
+                Step("record_prices", self.record_prices, local=True, retry=LOCAL_RETRY,
+                     writes_first=True),
                 Step("charge", self.charge, self.refund, retry=CHARGE_RETRY,
                      compensation_retry=undo),
-                Step("record_payment", self.record_payment, local=True, retry=LOCAL_RETRY),
+                Step("record_payment", self.record_payment, local=True, retry=LOCAL_RETRY,
+                     writes_first=True),
                 Step("confirm_stock", self.confirm_stock, retry=CONFIRM_RETRY),
-                Step("complete_order", self.complete_order, local=True, retry=LOCAL_RETRY),
+                Step("complete_order", self.complete_order, local=True, retry=LOCAL_RETRY,
+                     writes_first=True),
             ],
             on_transition=self.on_place_transition,
         )  # fmt: skip
@@ -192,9 +224,10 @@ class OrderSagas:
             [
                 Step("refund_payment", self.cancel_refund, retry=CONFIRM_RETRY),
                 Step("return_stock", self.cancel_restock, retry=CONFIRM_RETRY),
-                Step("mark_cancelled", self.mark_cancelled, local=True, retry=LOCAL_RETRY),
+                Step("mark_cancelled", self.mark_cancelled, local=True, retry=LOCAL_RETRY,
+                     writes_first=True),
             ],
-        )
+        )  # fmt: skip
         return {place.name: place, cancel.name: cancel}
 
     # -- the place saga ------------------------------------------------------------------
@@ -275,31 +308,14 @@ class OrderSagas:
         return _compensated(ctx)
 
     async def record_prices(self, ctx: SagaContext) -> dict[str, Any]:
-        order_id, currency = ctx.data["order_id"], ctx.data["currency"]
-        await self._refuse_if_cancelled(ctx.tx, order_id)
-        prices: dict[str, int] = {}
-        amounts: list[Amount] = []
-        for product_id, quantity, price_currency, minor in ctx.data.get("reserved", []):
-            if price_currency != currency:
-                raise FailedPrecondition(
-                    f"product {product_id} is priced in {price_currency}, the order is in "
-                    f"{currency}",
-                    reason="CURRENCY_MISMATCH",
-                    metadata={"product_id": product_id},
-                )
-            prices[product_id] = int(minor)
-            try:
-                amounts.append(Amount(currency, int(minor)).times(int(quantity)))
-            except MoneyError as exc:
-                raise FailedPrecondition(str(exc), reason="AMOUNT_TOO_LARGE") from exc
+        order_id = ctx.data["order_id"]
         try:
-            total_minor = total(amounts, currency).minor
-        except MoneyError as exc:
-            raise FailedPrecondition(
-                f"the order total is too large: {exc}", reason="AMOUNT_TOO_LARGE"
-            ) from exc
-        await self.store.set_prices(ctx.tx, order_id, prices, total_minor)
-        await self.store.advance(ctx.tx, order_id, OrderStatus.RESERVED)
+            prices, total_minor = _priced(ctx.data)
+        except FailedPrecondition:
+            await self._refuse_if_cancelled(ctx.tx, order_id)  # that reason comes first
+            raise
+        await self.store.set_item_prices(ctx.tx, order_id, prices)
+        await self._progress(ctx.tx, order_id, OrderStatus.RESERVED, {"total_minor": total_minor})
         return {"total_minor": total_minor}
 
     async def charge(self, ctx: SagaContext) -> dict[str, Any]:
@@ -388,9 +404,8 @@ class OrderSagas:
 
     async def record_payment(self, ctx: SagaContext) -> None:
         order_id = ctx.data["order_id"]
-        await self._refuse_if_cancelled(ctx.tx, order_id)
-        await self.store.set_payment(ctx.tx, order_id, ctx.data["payment_id"])
-        await self.store.advance(ctx.tx, order_id, OrderStatus.PAID)
+        await self._progress(ctx.tx, order_id, OrderStatus.PAID,
+                             {"payment_id": ctx.data["payment_id"]})  # fmt: skip
         self.cards.drop(ctx.saga_id)
 
     async def confirm_stock(self, ctx: SagaContext) -> None:
@@ -413,6 +428,19 @@ class OrderSagas:
         await self.outbox.add(
             ctx.tx, new_envelope(payload, types=EVENTS, source=SOURCE, subject=order_id)
         )
+
+    async def _progress(
+        self, s: AsyncSession, order_id: str, to: OrderStatus, values: Mapping[str, Any]
+    ) -> None:
+        """Advance the order to `to` with `values` unless it was flagged for cancellation
+        (then FailedPrecondition ORDER_CANCELLED). One UPDATE in the usual case: the flag is
+        a condition of the advance, and the order row is read only when nothing matched
+        (flagged, or already at `to` or further: `payment.completed` can get there first;
+        the values are then set on their own, as before)."""
+        if await self.store.advance(s, order_id, to, values=values, uncancelled=True):
+            return
+        await self._refuse_if_cancelled(s, order_id)
+        await self.store.set_values(s, order_id, values)
 
     async def _refuse_if_cancelled(self, s: AsyncSession, order_id: str) -> None:
         head = await self.store.head(s, order_id)

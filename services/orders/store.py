@@ -275,9 +275,11 @@ class OrdersStore:
         reason: str = "",
         at_us: int | None = None,
         values: Mapping[str, Any] | None = None,
+        uncancelled: bool = False,
     ) -> bool:
-        """Move the order to `to` if it is in `allowed_from`, recording the change in its
-        history; False (nothing written) when it is not."""
+        """Move the order to `to` if it is in `allowed_from` (and, with `uncancelled`, not
+        flagged for cancellation), recording the change in its history; False (nothing
+        written) when it is not."""
         at = now_us() if at_us is None else at_us
         c = self.t.orders.c
         sets: dict[str, Any] = {
@@ -288,11 +290,11 @@ class OrdersStore:
         }
         if to in (OrderStatus.FAILED, OrderStatus.CANCELLED):
             sets["failure_reason"] = reason
+        where = [c.order_id == order_id, c.status.in_([f.value for f in allowed_from])]
+        if uncancelled:
+            where.append(c.cancel_reason.is_(None))
         res = await s.execute(
-            update(self.t.orders)
-            .where(c.order_id == order_id, c.status.in_([f.value for f in allowed_from]))
-            .values(**sets)
-            .returning(c.history_len)
+            update(self.t.orders).where(*where).values(**sets).returning(c.history_len)
         )
         position = res.scalar_one_or_none()
         if position is None:
@@ -311,14 +313,18 @@ class OrdersStore:
         to: OrderStatus,
         *,
         values: Mapping[str, Any] | None = None,
+        uncancelled: bool = False,
     ) -> bool:
         """Forward progress of a placement (PENDING → RESERVED → PAID → COMPLETED);
-        a no-op when the order is already there or further (never backwards)."""
+        a no-op when the order is already there or further (never backwards), or, with
+        `uncancelled`, flagged for cancellation."""
         behind = [st for st in IN_FLIGHT if PROGRESS[st] < PROGRESS[to]]
-        return await self.transition(s, order_id, to, allowed_from=behind, values=values)
+        return await self.transition(
+            s, order_id, to, allowed_from=behind, values=values, uncancelled=uncancelled
+        )
 
-    async def set_prices(
-        self, s: AsyncSession, order_id: str, prices: Mapping[str, int], total_minor: int
+    async def set_item_prices(
+        self, s: AsyncSession, order_id: str, prices: Mapping[str, int]
     ) -> None:
         i = self.t.items.c
         for product_id, price in prices.items():
@@ -327,17 +333,11 @@ class OrdersStore:
                 .where(i.order_id == order_id, i.product_id == product_id)
                 .values(unit_price_minor=price)
             )
-        await s.execute(
-            update(self.t.orders)
-            .where(self.t.orders.c.order_id == order_id)
-            .values(total_minor=total_minor)
-        )
 
-    async def set_payment(self, s: AsyncSession, order_id: str, payment_id: str) -> None:
+    async def set_values(self, s: AsyncSession, order_id: str, values: Mapping[str, Any]) -> None:
+        """Set columns of the order row (e.g. `total_minor`, `payment_id`), status unchanged."""
         c = self.t.orders.c
-        await s.execute(
-            update(self.t.orders).where(c.order_id == order_id).values(payment_id=payment_id)
-        )
+        await s.execute(update(self.t.orders).where(c.order_id == order_id).values(**values))
 
     async def request_cancel_of_user(self, s: AsyncSession, user_id: str, reason: str) -> list[str]:
         """Flag the user's orders in flight so their sagas compensate; returns their ids."""

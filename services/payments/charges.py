@@ -64,6 +64,11 @@ class Payments:
         self.config = config
 
     async def charge(self, req: ChargeInput) -> PaymentRow:
+        # The usual charge is the saga's first: claim at once (the claim's unique saga id
+        # is the check), and read the existing row only when the claim finds one.
+        claim = await self._claim(req)
+        if claim is not None:
+            return await self._charge(claim, req)
         for _ in range(_ATTEMPTS):
             existing = await self.store.by_saga(req.saga_id)
             if existing is None:

@@ -188,18 +188,26 @@ class PaymentsStore:
         status = DECLINED if decline_reason else CAPTURED
         amount = _amount_of(claim)
         async with self._sessions.begin() as s:
-            await s.execute(
-                update(self._t.payments)
-                .where(p.payment_id == claim.payment_id, p.status == PENDING)
-                .values(status=status, decline_reason=decline_reason, updated_at=utcnow())
-            )
+            # RETURNING: the settled row without a second statement to read it back.
+            changed = (
+                await s.execute(
+                    update(self._t.payments)
+                    .where(p.payment_id == claim.payment_id, p.status == PENDING)
+                    .values(status=status, decline_reason=decline_reason, updated_at=utcnow())
+                    .returning(*self._t.payments.c)
+                )
+            ).first()
             if status == CAPTURED:
                 await self._outbox.add(s, new_envelope(
                     events_pb2.PaymentCompleted(
                         payment_id=claim.payment_id, saga_id=claim.saga_id,
                         amount=amount.to_proto(), card_last4=claim.card_last4),
                     types=EVENTS, source=SOURCE, subject=claim.payment_id))  # fmt: skip
-            settled = await self._get(s, "payment_id", claim.payment_id)
+            settled = (
+                self._row(changed)
+                if changed is not None
+                else await self._get(s, "payment_id", claim.payment_id)
+            )
         if settled is None:
             raise LookupError(f"payment {claim.payment_id} vanished while settling")
         return settled

@@ -218,8 +218,11 @@ async def test_classifier_is_pluggable(db: Db, runners: Runners) -> None:
 # -- local steps and hooks ---------------------------------------------------------------
 
 
-def order_saga(script: Script, confirm_fails: bool = False) -> SagaDefinition:
-    """Local steps around a remote one, like the shop's order saga."""
+def order_saga(
+    script: Script, confirm_fails: bool = False, writes_first: bool = False
+) -> SagaDefinition:
+    """Local steps around a remote one, like the shop's order saga (whose local steps
+    write first: `writes_first` drops the runner's own first statement)."""
 
     async def create(ctx: SagaContext) -> dict[str, Any]:
         await ctx.tx.execute(
@@ -242,9 +245,9 @@ def order_saga(script: Script, confirm_fails: bool = False) -> SagaDefinition:
     return SagaDefinition(
         "order",
         [
-            Step("create", create, cancel, local=True),
+            Step("create", create, cancel, local=True, writes_first=writes_first),
             script.step("charge", retry=FAST_RETRY),
-            Step("confirm", confirm, local=True, retry=FAST_RETRY),
+            Step("confirm", confirm, local=True, retry=FAST_RETRY, writes_first=writes_first),
         ],
         on_transition=log_transition,
     )
@@ -255,9 +258,12 @@ async def order_status(db: Db, order_id: str) -> str | None:
     return str(value) if value is not None else None
 
 
-async def test_local_steps_commit_with_the_saga(db: Db, runners: Runners) -> None:
+@pytest.mark.parametrize("writes_first", [False, True])
+async def test_local_steps_commit_with_the_saga(
+    db: Db, runners: Runners, writes_first: bool
+) -> None:
     script = Script()
-    runner = runners(order_saga(script))
+    runner = runners(order_saga(script, writes_first=writes_first))
     result = await runner.run("order", "o1", {})
     assert result.data["order"] == "created"
     assert await order_status(db, "o1") == "CONFIRMED"
@@ -268,9 +274,12 @@ async def test_local_steps_commit_with_the_saga(db: Db, runners: Runners) -> Non
     assert await order_status(db, "o2") == "CANCELLED"
 
 
-async def test_failing_local_step_rolls_back_its_writes(db: Db, runners: Runners) -> None:
+@pytest.mark.parametrize("writes_first", [False, True])
+async def test_failing_local_step_rolls_back_its_writes(
+    db: Db, runners: Runners, writes_first: bool
+) -> None:
     script = Script()
-    runner = runners(order_saga(script, confirm_fails=True))
+    runner = runners(order_saga(script, confirm_fails=True, writes_first=writes_first))
     with pytest.raises(FailedPrecondition, match="expired"):
         await runner.run("order", "o1", {})
     # confirm's UPDATE rolled back with the failed step; create was compensated.
@@ -666,13 +675,14 @@ async def test_crash_while_compensating_resumes_backward_after_restart(
     assert await runner.recover() == 0  # nothing left
 
 
+@pytest.mark.parametrize("writes_first", [False, True])
 async def test_a_remote_step_is_recorded_with_the_local_step_after_it(
-    db: Db, runners: Runners
+    db: Db, runners: Runners, writes_first: bool
 ) -> None:
     # One transaction fewer per remote step: charge (remote) commits with confirm (local).
     script = Script()
     seen: list[tuple[str, str | None, Any]] = []
-    base = order_saga(script)
+    base = order_saga(script, writes_first=writes_first)
 
     async def hook(session: Any, t: SagaTransition) -> None:
         await log_transition(session, t)
@@ -688,11 +698,12 @@ async def test_a_remote_step_is_recorded_with_the_local_step_after_it(
     assert ("step_completed", "RUNNING", "charge") in await saga_log(db, "o1")
 
 
+@pytest.mark.parametrize("writes_first", [False, True])
 async def test_a_failing_local_step_still_records_the_remote_step_before_it(
-    db: Db, runners: Runners
+    db: Db, runners: Runners, writes_first: bool
 ) -> None:
     script = Script()
-    runner = runners(order_saga(script, confirm_fails=True))
+    runner = runners(order_saga(script, confirm_fails=True, writes_first=writes_first))
     with pytest.raises(FailedPrecondition, match="expired"):
         await runner.run("order", "o1", {})
     log = await saga_log(db, "o1")
@@ -700,3 +711,32 @@ async def test_a_failing_local_step_still_records_the_remote_step_before_it(
     assert ("step_completed", "RUNNING", "charge") in log
     assert script.steps(COMPENSATE) == ["charge"]
     assert [c.step for c in script.calls].count("charge") == 2  # forward once, undo once
+
+
+async def test_a_write_first_local_step_rolls_back_when_the_lease_was_lost(
+    db: Db, runners: Runners
+) -> None:
+    # No lock statement before the action: the conditional UPDATE at its end finds the
+    # row taken over and the whole transaction, the action's INSERT too, rolls back.
+    async def steal(ctx: SagaContext) -> None:
+        async with db.sessions.begin() as s:
+            await s.execute(
+                text("UPDATE mesh_saga SET owner = 'thief' WHERE saga_id = :i"), {"i": ctx.saga_id}
+            )
+
+    async def create(ctx: SagaContext) -> None:
+        await ctx.tx.execute(
+            text("INSERT INTO orders (id, status) VALUES (:i, 'PENDING')"), {"i": ctx.saga_id}
+        )
+
+    runner = runners(
+        SagaDefinition(
+            "stolen",
+            [Step("steal", steal), Step("create", create, local=True, writes_first=True)],
+        )
+    )
+    with pytest.raises(SagaBusy):
+        await runner.run("stolen", "s1", {})
+    assert await order_status(db, "s1") is None
+    row = await runner.store.get("s1")
+    assert row is not None and row.completed == 0

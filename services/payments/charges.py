@@ -129,7 +129,10 @@ class Payments:
             log.info("saga %s: charge of card ****%s not done (%s)", req.saga_id,
                      req.card.last4, type(exc).__name__)  # fmt: skip
             raise
-        settled = await self.store.settle(claim, decision.decline_code)
+        # The processor has decided: the decision is recorded even if this call is
+        # cancelled now (a cancelled settle would leave the claim PENDING, and the saga's
+        # refund "in progress", until the claim went stale).
+        settled = await asyncio.shield(self.store.settle(claim, decision.decline_code))
         log.info("saga %s: payment %s of %s on card ****%s %s", req.saga_id, settled.payment_id,
                  req.amount, req.card.last4, settled.status.lower())  # fmt: skip
         if settled.status == DECLINED:

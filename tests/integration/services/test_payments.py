@@ -247,6 +247,35 @@ async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
     assert (await payments(served).Charge(charge_req(sid))).status == pay.PAYMENT_STATUS_CAPTURED
 
 
+async def test_a_charge_cancelled_after_the_processor_decided_is_recorded(
+    served: Served, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the processor has answered, the outcome is recorded even if the caller is
+    cancelled before the settle commits: a PENDING row left there would block the saga's
+    refund until the claim went stale."""
+    real_settle = PaymentsStore.settle
+
+    async def slow_to_settle(self: PaymentsStore, *args: Any) -> PaymentRow:
+        await asyncio.sleep(SLOW_DELAY_S)  # the caller is cancelled meanwhile
+        return await real_settle(self, *args)
+
+    monkeypatch.setattr(PaymentsStore, "settle", slow_to_settle)
+    sid = saga()
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    async def status() -> str | None:
+        async with engine.connect() as conn:
+            query = text("SELECT status FROM payments WHERE saga_id = :s")
+            return await conn.scalar(query, {"s": sid})  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + 5
+    while await status() != "CAPTURED":
+        assert time.monotonic() < deadline, f"the decided charge stayed {await status()}"
+        await asyncio.sleep(0.05)  # poll
+
+
 async def test_a_refund_voids_a_stale_claim(served: Served, engine: AsyncEngine) -> None:
     sid = saga()
     await _stale_claim(engine, sid)  # a charge that claimed the saga and died, long ago

@@ -25,7 +25,7 @@ class PaymentsConfig:
         "PAYMENTS_STALE_CLAIM_S",
         60.0,
         number(minimum=1.0),
-        "a charge claimed by a process that died is taken over by a retry after this",
+        "after this, a dead process's charge claim is taken over by a retry or voided by a refund",
     )
 
     @classmethod

@@ -57,7 +57,7 @@ def test_growth() -> None:
         ("fastpath", "--number", "2000", "--calls", "500"),
         ("traces", "--seconds", "0.2", "--rounds", "1", "--levels", "1"),
         ("tokens", "--seconds", "0.3", "--concurrency", "2"),
-        ("events", "--events", "300", "--producers", "1", "--per-tx", "10"),
+        ("events", "--events", "300", "--producers", "1", "--per-tx", "10", "--lag-stop-s", "1"),
     ],
     ids=lambda args: args[0],
 )

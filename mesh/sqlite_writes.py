@@ -34,7 +34,7 @@ the kernel, gets its turn (not a strict FIFO: the kernel wakes every waiter and 
 first to run wins). A holder killed with SIGKILL releases it with its fds. Measured on
 the shop (two orders, two inventory instances; `python -m bench orders`, 16 clients,
 2-core box): p99 0.9 s instead of 1.9-2.9 s, 36 instead of 31 orders/s; the chaos
-test's orders-1 served again after 0.7-0.8 s. It is on in the shop
+test's orders-1 served again after 0.7-1.4 s. It is on in the shop
 (`services/common/bootstrap.py`).
 
 A transaction that reads before it writes does not queue: holding a read snapshot

@@ -104,9 +104,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine, *, serial_writes: bool = False) -> async_sessionmaker[Any]:
     """Sessions of `engine`. With `serial_writes` on SQLite, their writing transactions
-    queue per process (`mesh.sqlite_writes`) instead of sleeping in SQLite's busy
-    handler: only for a database one process writes (it starves other processes
-    writing the same file; see that module)."""
+    queue per process and take a file lock beside the database across processes
+    (`mesh.sqlite_writes`) instead of sleeping in SQLite's busy handler."""
     if serial_writes and engine.dialect.name == "sqlite":
         return async_sessionmaker(engine, expire_on_commit=False, class_=SerialWriteSession)
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -55,7 +55,7 @@ async def open_database(
         if owns:
             await eng.dispose()
         raise
-    return Database(eng, session_factory(eng), Outbox(), owns_engine=owns)
+    return Database(eng, session_factory(eng, serial_writes=True), Outbox(), owns_engine=owns)
 
 
 def service_definition(

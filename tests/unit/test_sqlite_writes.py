@@ -1,15 +1,20 @@
-"""mesh.sqlite_writes: writing transactions of one process queue on a lock (real SQLite)."""
+"""mesh.sqlite_writes: writing transactions queue on a process and a file lock (real SQLite)."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from mesh.db import create_engine, session_factory
-from mesh.sqlite_writes import SerialWriteSession, is_write, write_lock
+from mesh.sqlite_writes import SerialWriteSession, is_write, lock_path, write_lock
 
 
 def test_is_write_knows_dml_and_text() -> None:
@@ -69,4 +74,88 @@ async def test_a_rollback_releases_the_lock_and_a_read_first_tx_does_not_queue(
         async with sessions() as s:
             assert (await s.execute(text("SELECT x FROM t"))).scalars().all() == [2]
     finally:
+        await engine.dispose()
+
+
+def _waiting_for_file_lock() -> bool:
+    return any(t.name == "sqlite-write-lock" for t in threading.enumerate())
+
+
+async def _poll(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_writer_of_another_engine_starts_right_after_the_holder_commits(
+    tmp_path: Path,
+) -> None:
+    # Two engines on one file: two processes as far as locks go (each has its own
+    # process lock; the file lock beside the database is what they share).
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    first, second = create_engine(url), create_engine(url)
+    try:
+        a, b = (
+            session_factory(first, serial_writes=True),
+            session_factory(second, serial_writes=True),
+        )
+        async with a.begin() as s:
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+        assert lock_path(first.sync_engine) == f"{tmp_path / 'x.db'}.write-lock"
+
+        async def other() -> float:
+            async with b.begin() as s:
+                await s.execute(text("INSERT INTO t VALUES (2)"))
+                return time.monotonic()
+
+        async with a.begin() as s:
+            await s.execute(text("INSERT INTO t VALUES (1)"))
+            waiter = asyncio.create_task(other())
+            await _poll(_waiting_for_file_lock)  # blocked in flock, not in SQLite's sleeps
+        committed = time.monotonic()
+        wrote = await asyncio.wait_for(waiter, 5)
+        assert wrote - committed < 0.05  # woken by the kernel, not a busy-handler poll
+        async with b() as s:
+            assert (await s.execute(text("SELECT x FROM t ORDER BY x"))).scalars().all() == [1, 2]
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_a_sigkilled_holder_releases_the_file_lock(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    sessions = session_factory(engine, serial_writes=True)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n",
+        f"{db}.write-lock",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
+        async with sessions() as s:  # DDL takes no lock
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+            await s.commit()
+
+        async def write() -> None:
+            async with sessions.begin() as s:
+                await s.execute(text("INSERT INTO t VALUES (1)"))
+
+        task = asyncio.create_task(write())
+        await _poll(_waiting_for_file_lock)
+        assert not task.done()
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(task, 5)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
         await engine.dispose()

@@ -401,12 +401,7 @@ class LeanSpan(Span):
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
         limits = self._parts.limits
-        bounded = BoundedAttributes(
-            limits.max_event_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
+        bounded = _bounded(limits.max_event_attributes, limits, attributes)
         if self._ended("add_event"):
             return
         if self._events is None:
@@ -417,12 +412,7 @@ class LeanSpan(Span):
         if not (context and (context.is_valid or (attributes or context.trace_state))):
             return
         limits = self._parts.limits
-        bounded = BoundedAttributes(
-            limits.max_link_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
+        bounded = _bounded(limits.max_link_attributes, limits, attributes)
         if self._ended("add_link"):
             return
         if self._links is None:
@@ -499,3 +489,10 @@ class LeanSpan(Span):
                 parts.instrumentation_scope,
             )
         )
+
+
+def _bounded(max_count: int | None, limits: Any, attributes: Attributes) -> BoundedAttributes:
+    """An event's or a link's attributes under the span limits, as the SDK bounds them."""
+    return BoundedAttributes(
+        max_count, attributes, max_value_len=limits.max_attribute_length, immutable=True
+    )

@@ -162,7 +162,7 @@ async def test_call_waiting_for_an_instance_takes_one_that_appears(
 ) -> None:
     stub = ping_pb2_grpc.PingServiceStub(channels(registry))
     waiting = asyncio.ensure_future(stub.Ping(ping_pb2.PingRequest(value="late"), timeout=5))
-    await asyncio.sleep(0.1)  # the call is waiting, not failed
+    await asyncio.sleep(0.1)  # poll: a deliberate wait; the call must still be pending
     assert not waiting.done()
     late = await servers("late")
     await registry.register(instance("late", late.port))

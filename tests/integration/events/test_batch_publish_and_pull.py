@@ -74,7 +74,10 @@ async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: An
         assert time.monotonic() - t0 < 1.5
         # A message published while a fetch waits is returned at once.
         waiting = asyncio.ensure_future(fetcher.fetch(10, timeout_s=5.0))
-        await asyncio.sleep(0.1)  # let the waiting request reach the server first
+        # The waiting request has reached the server (the consumer counts it).
+        await eventually(
+            lambda: _waiting_requests(bus, durable), 5, "the fetch's request at the server"
+        )
         t0 = time.monotonic()
         await bus.js.publish("user.created", b"late")
         (late,) = await waiting
@@ -86,6 +89,10 @@ async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: An
             await fetcher.fetch(10, timeout_s=0.5)
     finally:
         await fetcher.close()
+
+
+async def _waiting_requests(bus: Any, durable: str) -> int:
+    return int((await bus.js.consumer_info("USER", durable)).num_waiting or 0)
 
 
 async def test_subscription_without_the_connection_uses_nats_py_fetch(bus_factory: Any) -> None:

@@ -262,7 +262,7 @@ async def test_consumer_survives_nats_restart_under_load(
         for i in range(0, len(envs), 4):
             async with db.sessions.begin() as s:
                 await outbox.add_many(s, envs[i : i + 4])
-            await asyncio.sleep(0.005)  # pacing the load, not synchronisation
+            await asyncio.sleep(0.005)  # poll: pacing the load, not synchronisation
 
     producer = asyncio.create_task(produce())
     await eventually(lambda: len(rec.applied) >= 40, what="traffic flowing")

@@ -222,10 +222,11 @@ async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
     for the commit (its deadline, or its process killed) must not leave PENDING behind,
     which would answer the saga's refund "in progress" until the claim went stale."""
     real_claim = PaymentsStore.claim
+    caller_gone = asyncio.Event()
 
     async def slow_to_return(self: PaymentsStore, *args: Any) -> PaymentRow | None:
         row = await real_claim(self, *args)  # committed
-        await asyncio.sleep(SLOW_DELAY_S)  # ... and the caller is cancelled meanwhile
+        await caller_gone.wait()  # ... and returns only after the caller was cancelled
         return row
 
     monkeypatch.setattr(PaymentsStore, "claim", slow_to_return)
@@ -233,6 +234,7 @@ async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    caller_gone.set()
 
     async def claims() -> int:
         async with engine.connect() as conn:
@@ -254,9 +256,10 @@ async def test_a_charge_cancelled_after_the_processor_decided_is_recorded(
     cancelled before the settle commits: a PENDING row left there would block the saga's
     refund until the claim went stale."""
     real_settle = PaymentsStore.settle
+    caller_gone = asyncio.Event()
 
     async def slow_to_settle(self: PaymentsStore, *args: Any) -> PaymentRow:
-        await asyncio.sleep(SLOW_DELAY_S)  # the caller is cancelled meanwhile
+        await caller_gone.wait()  # the settle starts only after the caller was cancelled
         return await real_settle(self, *args)
 
     monkeypatch.setattr(PaymentsStore, "settle", slow_to_settle)
@@ -264,6 +267,7 @@ async def test_a_charge_cancelled_after_the_processor_decided_is_recorded(
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    caller_gone.set()
 
     async def status() -> str | None:
         async with engine.connect() as conn:

@@ -109,13 +109,19 @@ class WrappingServerInterceptor(ServerBase, ABC):
         hit = self._wrapped.get(method)
         if hit is not None and hit[0] is handler:
             return hit[1]
-        wrapped = wrap_handler(
+        wrapped = self.wrap_method(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def wrap_method(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` wrapped for `method`, once (interceptors.registered runs the chain so)."""
+        return wrap_handler(
             handler,
             lambda b: self.wrap_unary(method, b),
             lambda b: self.wrap_stream(method, b),
         )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     @abstractmethod
     def wrap_unary(self, method: str, behaviour: UnaryBehaviour) -> UnaryBehaviour:

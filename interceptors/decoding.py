@@ -61,15 +61,22 @@ class MalformedRequestInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
+        if handler is None:
+            return None
         method: str = handler_call_details.method
         hit = self._wrapped.get(method)
         if hit is not None and hit[0] is handler:
             return hit[1]
-        wrapped = self._wrap(method, handler)
+        wrapped = self.wrap_method(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    def wrap_method(self, method: str, handler: Any) -> Any:
+        """`handler` for `method`, parsing unary requests itself (once per method;
+        interceptors.registered runs the chain so); others are returned as they are."""
+        if handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        return self._wrap(method, handler)
 
     @staticmethod
     def _wrap(method: str, handler: Any) -> Any:

@@ -81,6 +81,10 @@ class FusedServerInterceptor(ServerBase):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def wrap_method(self, method: str, handler: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` wrapped for `method`, once (interceptors.registered runs the chain so)."""
+        return self._wrap(method, handler)
+
     def _hooks(self, method: str) -> tuple[tuple[Begin, Any], ...]:
         return tuple((o.begin, o.prepare(method)) for o in self.observers)
 

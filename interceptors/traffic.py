@@ -1,7 +1,9 @@
 """Server side of traffic management: the incoming call's track, and fault injection.
 
 `TrafficServerInterceptor` does two small things per call, both in
-`intercept_service` (no wrapper around the behaviour unless a fault fires):
+`intercept_service` (no wrapper around the behaviour unless a fault fires), or
+in the one wrapper `wrap_method` puts around the method's handler when the chain
+is applied at registration (interceptors/registered.py):
 
 * **Track propagation.** When the incoming call carries `x-mesh-track`, its value
   goes to the contextvar `incoming_track` for the handler's task, so the calls the
@@ -174,14 +176,18 @@ class TrafficServerInterceptor(ServerBase):
     async def intercept_service(  # type: ignore[override]  # None: no such method
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == TRACK_KEY:
-                incoming_track.set(value if isinstance(value, str) else value.decode())
-                break
+        track = _track(handler_call_details.invocation_metadata)
+        if track is not None:
+            incoming_track.set(track)
         handler = await continuation(handler_call_details)
         if handler is None or not self._rules:
             return handler
-        method: str = handler_call_details.method
+        return self._pick(handler_call_details.method, handler)
+
+    def _pick(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The handler this call runs: `handler`, or its aborting/delayed variant."""
         faults: _MethodFaults | None = self._methods.get(method, _MISSING)
         if faults is _MISSING or (faults is not None and faults.handler is not handler):
             rule = next((r for r in self._rules if r.matches(method)), None)
@@ -195,6 +201,61 @@ class TrafficServerInterceptor(ServerBase):
         if faults.delayed is not None and self._random() < rule.delay_fraction:
             return faults.delayed
         return handler
+
+    def wrap_method(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` for `method` doing, per call, what `intercept_service` does per call
+        (interceptors.registered runs the chain so): the track, then the fault draw."""
+        pick = self._pick
+
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def traffic(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                track = _track(context.invocation_metadata())
+                if track is not None:
+                    incoming_track.set(track)
+                if self._rules:
+                    picked = pick(method, handler)
+                    if picked is not handler:
+                        return await _behaviour(picked)(request, context)
+                return await behaviour(request, context)
+
+            return traffic
+
+        def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
+            async def traffic(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                # An async generator's body runs in the call's task context.
+                track = _track(context.invocation_metadata())
+                if track is not None:
+                    incoming_track.set(track)
+                run = behaviour
+                if self._rules:
+                    picked = pick(method, handler)
+                    if picked is not handler:
+                        run = _behaviour(picked)
+                async for response in run(request, context):
+                    yield response
+
+            return traffic
+
+        return wrap_handler(handler, unary, stream)
+
+
+def _track(metadata: Any) -> str | None:
+    """The call's `x-mesh-track`, or None."""
+    for key, value in metadata or ():
+        if key == TRACK_KEY:
+            return value if isinstance(value, str) else value.decode()  # type: ignore[no-any-return]
+    return None
+
+
+def _behaviour(handler: Any) -> Any:
+    """A handler's behaviour, whatever its arity."""
+    if handler.request_streaming:
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
 _MISSING: Any = object()

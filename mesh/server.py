@@ -45,6 +45,7 @@ from interceptors.errors import ErrorServerInterceptor
 from interceptors.fused import FusedServerInterceptor
 from interceptors.logging import LoggingServerInterceptor
 from interceptors.metrics import MetricsServerInterceptor, RpcMetrics
+from interceptors.registered import chained_server
 from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
 from mesh.api.options import EDGE, is_internal
@@ -351,19 +352,23 @@ async def start_service(
     traffic, _ = serve_traffic(definition.name, track, getattr(runtime, "traffic", None), edge)
     chain.append(traffic)
     chain += definition.interceptors
-    server = grpc.aio.server(
-        interceptors=chain,
+    # The chain wraps each method's handler once, as it is registered: no grpc.aio
+    # interceptor runs per call (interceptors/registered.py), unless the service brings
+    # one of its own that decides per call (then it and what precedes it stay interceptors).
+    registrar = chained_server(
+        chain,
         # A second server on the same port must fail, not silently share its traffic.
         options=[("grpc.so_reuseport", 0)],
     )
+    server = registrar.server
     for add, servicer in definition.servicers:
-        add(servicer, server)
+        add(servicer, registrar)
 
     health_servicer = DrainingHealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reflected = _reflected(definition)
     if reflected:
-        enable_reflection([*reflected, HEALTH_SERVICE], server)
+        enable_reflection([*reflected, HEALTH_SERVICE], registrar)
     # NOT_SERVING until the dependencies have been probed once.
     for svc in ("", *definition.service_names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)

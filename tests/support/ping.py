@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from interceptors.registered import chained_server
 from mesh.security.identity import MeshIdentity
 
 
@@ -95,11 +96,19 @@ async def start_ping_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     port: int = 0,
     identity: MeshIdentity | None = None,
+    *,
+    registered: bool = False,
 ) -> PingServer:
-    """A real grpc.aio server on loopback (a free port unless given); mTLS with `identity`."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", 0)])
+    """A real grpc.aio server on loopback (a free port unless given); mTLS with `identity`.
+
+    `registered`: the interceptors wrap the handlers once, at registration, as
+    `mesh.server.start_service` runs its chain (interceptors/registered.py)."""
+    registrar = chained_server(
+        interceptors, registered=registered, options=[("grpc.so_reuseport", 0)]
+    )
+    server = registrar.server
     servicer = PingServicer(name)
-    ping_pb2_grpc.add_PingServiceServicer_to_server(servicer, server)
+    ping_pb2_grpc.add_PingServiceServicer_to_server(servicer, registrar)
     target = f"127.0.0.1:{port}"
     if identity is None:
         bound = server.add_insecure_port(target)

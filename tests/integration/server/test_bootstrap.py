@@ -375,3 +375,27 @@ async def test_mesh_interceptor_chain_is_wired(start: Starter, runtime: StandInR
     # tracing: one server span per call.
     spans = [s for s in runtime.spans.get_finished_spans() if s.name.endswith("/Ping")]
     assert len(spans) == 3
+
+
+async def test_the_chain_runs_without_a_grpc_interceptor(
+    start: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole chain (mesh chain, caller policy, end user, traffic) is wrapped around
+    each handler once, at registration (interceptors/registered.py): grpc.aio runs no
+    interceptor per call, and health and reflection are still served."""
+    given: list[Any] = []
+    real = grpc.aio.server
+
+    def spy(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        given.append(kwargs.get("interceptors"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", spy)
+    svc = await start(reflection=True)
+    assert given == [None]
+    async with mtls_channel(svc.address, "ping") as ch:
+        assert (await ping_pb2_grpc.PingServiceStub(ch).Ping(ping_pb2.PingRequest(value="x"))).value
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert "shop.testing.v1.PingService" in await list_services_v1(svc.address, "ping")

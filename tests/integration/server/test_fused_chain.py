@@ -2,9 +2,11 @@
 
 The same calls run against a real server with `mesh.server.server_interceptors(...,
 fused=True)` and with `fused=False` (the six interceptors, what MESH_FASTPATH=0
-runs): statuses, details and error details, metric values, recorded spans and
-access-log lines must be identical, for every arity, a domain error, a bug, an
-abort, a deadline, an undecodable body, and sampled and unsampled callers. Then
+runs), each both as grpc.aio interceptors and wrapped once at registration (as
+`mesh.server.start_service` runs it, interceptors/registered.py): statuses, details
+and error details, metric values, recorded spans and access-log lines must be
+identical, for every arity, a domain error, a bug, an abort, a deadline, an
+undecodable body, and sampled and unsampled callers. Then
 the access-log sampling rules (every failure, slow and traced call logged; one
 line in N of the rest, marked `sample=N`), for both chains.
 """
@@ -27,6 +29,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 from base.errors import FieldViolation, InvalidArgument, NotFound
 from interceptors.fused import FusedServerInterceptor
 from interceptors.metrics import RpcMetrics
+from interceptors.registered import chained_server, split_chain
 from mesh.server import server_interceptors
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually
@@ -115,7 +118,7 @@ async def _outcome(call: Any) -> tuple[Any, ...]:
     return "OK", result
 
 
-async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
+async def _scenario(fused: bool, access_every: int = 1, registered: bool = False) -> dict[str, Any]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampling.ParentBased(sampling.ALWAYS_OFF))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -133,8 +136,11 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
         logger.addHandler(records)
     old_level = access.level
     access.setLevel(logging.INFO)
-    server = grpc.aio.server(interceptors=chain, options=[("grpc.so_reuseport", 0)])
-    ping_pb2_grpc.add_PingServiceServicer_to_server(RaisingPing("p"), server)
+    registrar = chained_server(chain, registered=registered, options=[("grpc.so_reuseport", 0)])
+    # Registered: the whole chain runs without a grpc.aio interceptor.
+    assert (split_chain(chain)[0] == []) if registered else True
+    server = registrar.server
+    ping_pb2_grpc.add_PingServiceServicer_to_server(RaisingPing("p"), registrar)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -213,10 +219,13 @@ async def _scenario(fused: bool, access_every: int = 1) -> dict[str, Any]:
 
 
 async def test_fused_and_separate_chains_give_the_same_results() -> None:
+    separate = await _scenario(False)  # the reference: six grpc.aio interceptors
     fused = await _scenario(True)
-    separate = await _scenario(False)
-    for key in fused:
-        assert fused[key] == separate[key], key
+    fused_registered = await _scenario(True, registered=True)
+    separate_registered = await _scenario(False, registered=True)
+    for other in (fused, fused_registered, separate_registered):
+        for key in separate:
+            assert other[key] == separate[key], key
     codes = {o[0] for o in fused["outcomes"]}
     assert codes >= {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "INTERNAL", "PERMISSION_DENIED"}
     assert "DEADLINE_EXCEEDED" in codes
@@ -227,10 +236,11 @@ async def test_fused_and_separate_chains_give_the_same_results() -> None:
     assert any(line[0] == "interceptors.errors" and line[-1] for line in fused["log"])
 
 
+@pytest.mark.parametrize("registered", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-async def test_sampled_access_log_keeps_every_failure(fused: bool) -> None:
+async def test_sampled_access_log_keeps_every_failure(fused: bool, registered: bool) -> None:
     every = 4
-    result = await _scenario(fused, access_every=every)
+    result = await _scenario(fused, access_every=every, registered=registered)
     access = [line for line in result["log"] if line[0] == "interceptors.logging"]
     # Every failure has its line, traced or not.
     failures = [line for line in access if line[3] != "OK"]

@@ -1,5 +1,7 @@
 """The traffic server interceptor on a real loopback server: the incoming track reaches the
-handler's context, faults abort or delay their share, and no rule costs no wrapper."""
+handler's context, faults abort or delay their share, and no rule costs no wrapper; the
+same as a grpc.aio interceptor and wrapped once at registration (`registered`, as
+mesh.server.start_service runs it: interceptors/registered.py)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,12 @@ class SeenTrack(ObservingServerInterceptor[None, None]):
         pass
 
 
-async def test_incoming_track_reaches_the_handler_and_only_its_call() -> None:
+@pytest.mark.parametrize("registered", [False, True])
+async def test_incoming_track_reaches_the_handler_and_only_its_call(registered: bool) -> None:
     seen = SeenTrack()
-    server = await start_ping_server(interceptors=[TrafficServerInterceptor(), seen])
+    server = await start_ping_server(
+        interceptors=[TrafficServerInterceptor(), seen], registered=registered
+    )
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = ping_pb2_grpc.PingServiceStub(channel)
@@ -46,12 +51,13 @@ async def test_incoming_track_reaches_the_handler_and_only_its_call() -> None:
         await server.stop(None)
 
 
-async def test_abort_share_follows_the_rule_and_changes_live() -> None:
+@pytest.mark.parametrize("registered", [False, True])
+async def test_abort_share_follows_the_rule_and_changes_live(registered: bool) -> None:
     traffic = TrafficServerInterceptor(
         [FaultRule("/shop.testing.v1.PingService/Ping", abort_fraction=0.2)],
         rng=random.Random(11),
     )
-    server = await start_ping_server(interceptors=[traffic])
+    server = await start_ping_server(interceptors=[traffic], registered=registered)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = ping_pb2_grpc.PingServiceStub(channel)
@@ -79,9 +85,10 @@ async def test_abort_share_follows_the_rule_and_changes_live() -> None:
         await server.stop(None)
 
 
-async def test_delay_applies_to_streams_too() -> None:
+@pytest.mark.parametrize("registered", [False, True])
+async def test_delay_applies_to_streams_too(registered: bool) -> None:
     traffic = TrafficServerInterceptor([FaultRule(delay_fraction=1.0, delay_s=0.2)])
-    server = await start_ping_server(interceptors=[traffic])
+    server = await start_ping_server(interceptors=[traffic], registered=registered)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = ping_pb2_grpc.PingServiceStub(channel)

@@ -17,8 +17,11 @@ Server side, a bare grpc.aio client calling (each call carries a traceparent):
 
   bare      the ping server without interceptors
   mesh      the ping server with the mesh server chain (mesh.server.server_interceptors:
-            tracing, metrics, logging, errors, deadline), the caller's trace unsampled
+            tracing, metrics, logging, errors, deadline), the caller's trace unsampled,
+            wrapped around the handler at registration as services run it
   mesh+tr   the same, the caller's trace sampled (the server records every span)
+  (--server-only adds `before`, the chain before issue 15, and `mesh-int`, the mesh
+  chain as grpc.aio interceptors, as services ran it before the registered chain)
 
 Printed: calls/s, p50/p99 latency, client CPU per call (time.process_time of
 this process / calls), server CPU per call (the server process's, likewise),
@@ -136,7 +139,9 @@ def server_chain(
     return chain
 
 
-def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str, before: bool) -> None:
+def _serve(
+    conn: Connection, chain: bool, log_level: str, pki_dir: str, before: bool, registered: bool
+) -> None:
     async def main() -> None:
         from tests.support.ping import start_ping_server
 
@@ -149,7 +154,7 @@ def _serve(conn: Connection, chain: bool, log_level: str, pki_dir: str, before: 
             server_chain(log_level, trust, before=before) if chain else (),
             identity=identity,
             # As mesh.server.start_service runs its chain (before issue 15: interceptors).
-            registered=not before,
+            registered=registered and not before,
         )
         conn.send(server.port)
         await server.server.wait_for_termination()
@@ -180,12 +185,19 @@ class Server:
 
 
 def start_server(
-    chain: bool = False, log_level: str = "INFO", pki_dir: str = "", before: bool = False
+    chain: bool = False,
+    log_level: str = "INFO",
+    pki_dir: str = "",
+    before: bool = False,
+    registered: bool = True,
 ) -> Server:
-    """A ping server in a child process; mTLS as `ping` from `pki_dir`'s CA when given."""
+    """A ping server in a child process; mTLS as `ping` from `pki_dir`'s CA when given.
+    `registered`: the chain wrapped at registration (as services run it), else as
+    grpc.aio interceptors (as they did until the registered chain)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(child, chain, log_level, pki_dir, before), daemon=True)
+    args = (child, chain, log_level, pki_dir, before, registered)
+    proc = ctx.Process(target=_serve, args=args, daemon=True)
     proc.start()
     if not parent.poll(30):
         proc.kill()
@@ -629,8 +641,11 @@ async def compare_servers(
     seconds: float,
     rounds: int,
     before_server: Server | None = None,
+    interceptors_server: Server | None = None,
 ) -> dict[int, dict[str, Result]]:
-    """The server side: a bare client calling a bare server vs one with the mesh chain."""
+    """The server side: a bare client calling a bare server vs one with the mesh chain.
+    `interceptors_server` (mode "mesh-int", unsampled): the same chain run as grpc.aio
+    interceptors instead of wrapped at registration."""
     bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}")
     chain_channel = grpc.aio.insecure_channel(f"127.0.0.1:{chain_server.port}")
     to_bare = ping_pb2_grpc.PingServiceStub(bare_channel)
@@ -648,6 +663,12 @@ async def compare_servers(
         to_before = ping_pb2_grpc.PingServiceStub(channels[-1])
         await to_before.Ping(ping_pb2.PingRequest(), timeout=10)
         modes["before"] = (functools.partial(to_before.Ping, metadata=unsampled), before_server)
+    if interceptors_server is not None:
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{interceptors_server.port}"))
+        to_int = ping_pb2_grpc.PingServiceStub(channels[-1])
+        await to_int.Ping(ping_pb2.PingRequest(), timeout=10)
+        mesh_int = functools.partial(to_int.Ping, metadata=unsampled)
+        modes["mesh-int"] = (mesh_int, interceptors_server)
     for stub in (to_bare, to_chain):
         await stub.Ping(ping_pb2.PingRequest(), timeout=10)
     _print_header(
@@ -787,12 +808,13 @@ async def server_side(
     bare_server = start_server()
     chain_server = start_server(chain=True, log_level=log_level)
     before_server = start_server(chain=True, log_level=log_level, before=True) if before else None
+    int_server = start_server(chain=True, log_level=log_level, registered=False) if before else None
     try:
         return await compare_servers(
-            bare_server, chain_server, levels, seconds, rounds, before_server
+            bare_server, chain_server, levels, seconds, rounds, before_server, int_server
         )
     finally:
-        for server in (bare_server, chain_server, before_server):
+        for server in (bare_server, chain_server, before_server, int_server):
             if server is not None:
                 server.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
@@ -9,7 +10,7 @@ import grpc
 import pytest
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from interceptors.policy import CallerPolicyServerInterceptor
+from interceptors.policy import CallerPolicyServerInterceptor, peer_identity
 from mesh.security.pki import issue, service_of
 from tests.support import pki
 from tests.support.ping import PingServer, start_ping_server
@@ -108,3 +109,30 @@ async def test_no_identity_is_unauthenticated_on_a_server_that_lets_it_in() -> N
         assert denials == [(PING, "-", grpc.StatusCode.UNAUTHENTICATED)]
     finally:
         await server.stop(None)
+
+
+class _Context:
+    """A servicer context stand-in counting its auth-context reads."""
+
+    def __init__(self, peer: bytes | None) -> None:
+        self.peer, self.reads = peer, 0
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        self.reads += 1
+        return {} if self.peer is None else {"peer_spiffe_id": [self.peer]}
+
+
+async def test_the_peer_identity_is_read_once_per_call_and_only_for_it() -> None:
+    async def call(context: _Context) -> list[str | None]:
+        return [peer_identity(context), peer_identity(context)]  # type: ignore[arg-type]
+
+    a, b, none = _Context(b"spiffe://d/svc/a"), _Context(b"spiffe://d/svc/b"), _Context(None)
+    assert await call(a) == ["spiffe://d/svc/a"] * 2 and a.reads == 1
+    # Another call in the same task (a test's, or one a handler awaits) reads its own.
+    assert await call(b) == ["spiffe://d/svc/b"] * 2 and b.reads == 1
+    assert await call(none) == [None, None] and none.reads == 1
+    # Each call runs in its own task: one call's reading is not another's.
+    c = _Context(b"spiffe://d/svc/c")
+    results = await asyncio.gather(*(asyncio.create_task(call(x)) for x in (a, c)))
+    assert results == [["spiffe://d/svc/a"] * 2, ["spiffe://d/svc/c"] * 2]
+    assert peer_identity(b) == "spiffe://d/svc/b" and b.reads == 2  # type: ignore[arg-type]

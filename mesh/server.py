@@ -113,7 +113,11 @@ class ServiceDefinition:
     """Awaited after the drain (each one even if an earlier one fails)."""
     tags: Sequence[str] = ()
     interceptors: Sequence[ServerInterceptor] = ()
-    """Extra server interceptors (auth, validation), innermost, after the mesh chain."""
+    """Extra server interceptors (auth, validation), innermost, after the mesh chain.
+
+    One with a `wrap_method` (interceptors/registered.py) is applied once per method at
+    registration like the mesh chain; one without runs per call as a grpc.aio interceptor,
+    and so, to keep the order, does the chain before it (~10 µs a call each)."""
     check_interval_s: float = 5.0
     check_timeout_s: float = 2.0
     admin_routes: Sequence[AdminRoute] = ()
@@ -314,7 +318,9 @@ async def start_service(
     Order: listen → admin port → on_start hooks → first dependency probe
     (health SERVING/NOT_SERVING) → register → periodic probing.
     `interceptors` replaces the mesh chain (`server_interceptors(runtime)`)
-    when given; `definition.interceptors` always come after it.
+    when given; `definition.interceptors` always come after it. The chain is
+    wrapped around each method's handler when it is registered, not run by
+    grpc.aio per call (interceptors/registered.py).
 
     With `settings.security.tls` (the default) the port requires a client
     certificate from the mesh CA and presents `identity` (default: the

@@ -70,6 +70,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from interceptors import _fastpath
 from interceptors.registered import split_chain, wrap_method
 from mesh.balancer.picker import P2CPicker, RoundRobinPicker
 from mesh.client.runtime import MeshRuntime
@@ -452,15 +453,20 @@ async def chain_costs(calls: int = 20_000) -> list[tuple[str, float]]:
     rt = await mesh_runtime(1, tracer(False))
     rt_on = await mesh_runtime(1, tracer(True))
     full = rt.client_interceptors("ping")
-    names = ["deadline", "retry", "breaker", "tracing(off)", "metrics"]
-    chains: list[tuple[str, list[Any]]] = [("runner + pick", [])]
-    chains += [(f"+ {name}", full[: i + 1]) for i, name in enumerate(names)]
-    chains.append(("full, tracing on", rt_on.client_interceptors("ping")))
+    names = ["end user", "deadline", "retry", "breaker", "tracing(off)", "metrics"]
+    # Partial chains run as separate interceptors; the full ones fused (mesh/client/fused.py)
+    # unless marked "separate" (the six interceptors, as with MESH_FASTPATH=0).
+    chains: list[tuple[str, list[Any], bool]] = [("runner + pick", [], True)]
+    chains += [(f"+ {name}", full[: i + 1], True) for i, name in enumerate(names)]
+    chains.append(("full, tracing on, separate", rt_on.client_interceptors("ping"), False))
+    chains.append(("full, tracing on", rt_on.client_interceptors("ping"), True))
     steps: list[tuple[str, float]] = []
     request = ping_pb2.PingRequest()
-    for label, chain in chains:
+    for label, chain, fuse in chains:
         pool = EndpointPool("ping", registry, lambda _i: _FakeChannel())  # type: ignore[arg-type,return-value]
+        _fastpath.FUSE_CLIENT_CHAIN = fuse and any(_fastpath.selected().values())
         channel = MeshChannel(pool, chain)
+        _fastpath.FUSE_CLIENT_CHAIN = any(_fastpath.selected().values())
         await asyncio.wait_for(channel.channel_ready(), 5)
         stub = ping_pb2_grpc.PingServiceStub(channel)
         steps.append((label, await _cpu_per_call(functools.partial(stub.Ping, request), calls)))

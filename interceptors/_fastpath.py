@@ -427,6 +427,11 @@ span_parts: Callable[[Any], SpanParts | None] = _public_span_parts
 SDK's `start_span` (see interceptors/_spans.py)."""
 
 
+FUSE_CLIENT_CHAIN: bool = True
+"""Not a private read either: a mesh channel runs the standard client chain of its
+unary-unary calls as one coroutine (`mesh/client/fused.py`) when True, as the six separate
+interceptors when the fast paths are forced off. Read when a channel is made."""
+
 FUSE_SERVER_CHAIN: bool = True
 """Not a private read, but switched with them: `mesh.server.server_interceptors` builds
 the fused server chain (`interceptors/fused.py`) when True, the six separate interceptors
@@ -436,8 +441,9 @@ the fused server chain (`interceptors/fused.py`) when True, the six separate int
 def use_fastpath(enabled: bool) -> None:
     """Select the private reads (where capable) or force the public APIs everywhere."""
     global status_now, CALL_TYPES, MULTICALLABLE_OPTIONS, counter_inc, histogram_raw
-    global span_drop_bounds, span_parts, FUSE_SERVER_CHAIN
+    global span_drop_bounds, span_parts, FUSE_SERVER_CHAIN, FUSE_CLIENT_CHAIN
     FUSE_SERVER_CHAIN = enabled
+    FUSE_CLIENT_CHAIN = enabled
     use = {name: enabled and capable for name, capable in CAPABLE.items()}
     status_now = _private_status_now if use["grpc_status"] else _public_status_now
     CALL_TYPES = _grpc_call_types() if use["grpc_call_types"] else frozenset()

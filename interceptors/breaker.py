@@ -300,14 +300,11 @@ class BreakerClientInterceptor(ClientInterceptor):
         self._service = service
         self._by_method: dict[Any, tuple[str, CircuitBreaker]] = {}
 
-    @returns_call
-    async def intercept(
-        self,
-        continuation: Continuation,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        details = client_call_details
+    def admit(self, details: grpc.aio.ClientCallDetails) -> tuple[CircuitBreaker, int]:
+        """The method's breaker and the admission ticket to release with the call's code;
+        raises UNAVAILABLE (local, "breaker-open") when the breaker does not admit it.
+
+        Shared by `intercept` and the mesh's fused client chain (mesh/client/fused.py)."""
         entry = self._by_method.get(details.method)
         if entry is None:
             name = method_name(details)
@@ -326,6 +323,17 @@ class BreakerClientInterceptor(ClientInterceptor):
                     f"{breaker.config.half_open_calls} probe calls already in flight"
                 )
             raise local_error(grpc.StatusCode.UNAVAILABLE, text, "breaker-open")
+        return breaker, ticket
+
+    @returns_call
+    async def intercept(
+        self,
+        continuation: Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = client_call_details
+        breaker, ticket = self.admit(details)
         try:
             call = await continuation(details, request)
         except grpc.aio.AioRpcError as err:

@@ -56,6 +56,11 @@ class DeadlineClientInterceptor(ClientInterceptor):
             details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
         )
 
+    def unary_details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        """A unary-response call's details with its timeout (what `intercept_unary_unary`
+        sends on; shared with the mesh's fused client chain, mesh/client/fused.py)."""
+        return self._details(details, self._default)
+
     @returns_call
     async def intercept_unary_unary(
         self,

@@ -243,7 +243,9 @@ class EndUserServerInterceptor(WrappingServerInterceptor):
 class EndUserClientInterceptor(ClientInterceptor):
     """Adds the current end user's metadata to every call that does not carry it already."""
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details_for(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        """`details` with the current end user's metadata, unless the call sets its own
+        (shared with the mesh's fused client chain, mesh/client/fused.py)."""
         user = current_end_user.get()
         if user is None:
             return details
@@ -259,7 +261,7 @@ class EndUserClientInterceptor(ClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(self.details_for(client_call_details), request)
 
     intercept_unary_unary = intercept_unary_stream = intercept  # type: ignore[assignment]
     intercept_stream_unary = intercept_stream_stream = intercept  # type: ignore[assignment]

@@ -218,6 +218,15 @@ class MetricsClientInterceptor(ClientInterceptor):
         # Keyed by details.method as given (bytes from grpc.aio): no decoding per call.
         self._series: dict[Any, RpcSeries] = {}
 
+    def series(self, details: grpc.aio.ClientCallDetails) -> RpcSeries:
+        """The method's series (shared with the mesh's fused client chain)."""
+        series = self._series.get(details.method)
+        if series is None:
+            series = self._series[details.method] = self._metrics.client_series(
+                self._service, method_name(details)
+            )
+        return series
+
     @returns_call
     async def intercept(
         self,
@@ -226,11 +235,7 @@ class MetricsClientInterceptor(ClientInterceptor):
         request: Any,
     ) -> Any:
         details = client_call_details
-        series = self._series.get(details.method)
-        if series is None:
-            series = self._series[details.method] = self._metrics.client_series(
-                self._service, method_name(details)
-            )
+        series = self.series(details)
         start = time.perf_counter()
         try:
             call = await continuation(details, request)

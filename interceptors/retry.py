@@ -264,6 +264,34 @@ class RetryClientInterceptor(ClientInterceptor):
             return new
         return replace_call_details(new, timeout=max(deadline - self._clock(), 0.0))
 
+    # -- what the mesh's fused client chain (mesh/client/fused.py) runs of this policy --
+
+    def begin(self, details: grpc.aio.ClientCallDetails) -> float | None:
+        """Count an original call in the budget; its absolute deadline (this clock) or None."""
+        self._budget.record_call()
+        timeout = details.timeout
+        return None if timeout is None else self._clock() + timeout
+
+    def delay_after(
+        self,
+        details: grpc.aio.ClientCallDetails,
+        attempt: int,
+        error: grpc.aio.AioRpcError,
+        deadline: float | None,
+    ) -> float | None:
+        """Seconds to wait before retrying after attempt `attempt` failed with `error`, or
+        None: do not retry (budget spent and metrics recorded as `intercept_*` does)."""
+        return self._delay(details, attempt, _failure_of_error(error), deadline)
+
+    async def backoff(self, delay: float) -> None:
+        await self._sleep(delay)
+
+    def next_details(
+        self, details: grpc.aio.ClientCallDetails, attempt: int, deadline: float | None
+    ) -> grpc.aio.ClientCallDetails:
+        """The details of attempt number `attempt` (its header, the time left)."""
+        return self._attempt_details(details, attempt, deadline)
+
     @returns_call
     async def intercept_unary_unary(
         self,

@@ -154,7 +154,8 @@ def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanCo
     )
 
 
-def _end_client_span(span: Span, code: grpc.StatusCode, details: str) -> None:
+def end_client_span(span: Span, code: grpc.StatusCode, details: str) -> None:
+    """Status code attribute, error status for any non-OK code, then end."""
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code is not grpc.StatusCode.OK:
         description = f"{code.name}: {details}" if details else code.name
@@ -186,14 +187,11 @@ class TracingClientInterceptor(ClientInterceptor):
         self._spans = SpanShortcut(self._tracer)
         self._methods: dict[Any, _Method] = {}
 
-    @returns_call
-    async def intercept(
-        self,
-        continuation: Continuation,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        details = client_call_details
+    def begin(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Any]:
+        """The details to send (with the trace headers) and the recording span to end when
+        the call finishes, or None when nothing is recorded (only the ids propagate).
+
+        Shared by `intercept` and the mesh's fused client chain (mesh/client/fused.py)."""
         method = self._methods.get(details.method)
         if method is None:
             raw: str | bytes = details.method
@@ -208,7 +206,7 @@ class TracingClientInterceptor(ClientInterceptor):
                 "00-%032x-%016x-00" % dropped,  # noqa: UP031 - the fastest way to format it
                 parent.trace_state if parent.is_valid else None,
             )
-            return await continuation(details, request)
+            return details, None
         span = self._spans.start_span(
             method.span_name, parent, SpanKind.CLIENT, method.attributes, remote=False
         )
@@ -218,17 +216,29 @@ class TracingClientInterceptor(ClientInterceptor):
                 details, format_traceparent(span_context), span_context.trace_state
             )
         if not span.is_recording():
+            return details, None
+        return details, span
+
+    @returns_call
+    async def intercept(
+        self,
+        continuation: Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details, span = self.begin(client_call_details)
+        if span is None:
             return await continuation(details, request)
         try:
             call = await continuation(details, request)
         except grpc.aio.AioRpcError as err:
-            _end_client_span(span, err.code(), err.details() or "")
+            end_client_span(span, err.code(), err.details() or "")
             raise
         except BaseException as exc:
             span.record_exception(exc)
-            _end_client_span(span, grpc.StatusCode.CANCELLED, "")
+            end_client_span(span, grpc.StatusCode.CANCELLED, "")
             raise
-        when_done(call, lambda code, text: _end_client_span(span, code, text))
+        when_done(call, lambda code, text: end_client_span(span, code, text))
         return call
 
     intercept_unary_unary = intercept_unary_stream = intercept

@@ -46,6 +46,7 @@ from mesh.client.calls import (
     stream_unary_link,
     unary_link,
 )
+from mesh.client.fused import fuse
 from mesh.settings import RESILIENCE_DEFAULTS
 
 Serializer = Callable[[Any], bytes] | None
@@ -126,6 +127,8 @@ class MeshUnaryUnaryMultiCallable(_MultiCallableBase, grpc.aio.UnaryUnaryMultiCa
         super().__init__(mesh, "uu", method, ser, deser)
         # Built once per method: a call allocates no continuations.
         self._chain = fold_chain(mesh._uu, self._start, unary_link)
+        if mesh._fused is not None:
+            self._chain = mesh._fused.bind(self._chain)
 
     def __call__(  # type: ignore[override]
         self,
@@ -266,9 +269,11 @@ class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         self.interceptors = tuple(interceptors)
         self._no_deadline_wait_s = no_deadline_wait_s
         ic = self.interceptors
+        # The standard chain of unary-unary calls runs fused (mesh/client/fused.py).
+        self._fused, fused_rest = fuse(ic)
         self._uu = [
             i.intercept_unary_unary
-            for i in ic
+            for i in (fused_rest if self._fused is not None else ic)
             if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)
         ]
         self._us = [

@@ -120,6 +120,9 @@ class OutboxRelay:
             .order_by(self._t.outbox.c.seq)
             .limit(self.config.batch)
         )
+        self._lease_holder = select(self._t.lease.c.holder, self._t.lease.c.expires_at).where(
+            self._t.lease.c.name == self.LEASE_NAME
+        )
         # The same, leaving out rows acked but not yet marked sent.
         self._select_after_unmarked = self._select.where(
             self._t.outbox.c.seq.not_in(bindparam("unmarked", expanding=True))
@@ -292,6 +295,14 @@ class OutboxRelay:
         now_ms = int(time.time() * 1000)
         expires = now_ms + int(self.config.lease_s * 1000)
         lease = self._t.lease
+        if self._lease_until == 0.0:
+            # A standby looks before it writes: while another holder's lease runs, its
+            # try is a read, not two write transactions (UPDATE, then a failing INSERT)
+            # queueing for the database's write lock every `lease_s / 3`.
+            async with self._sessions() as s:
+                held = (await s.execute(self._lease_holder)).first()
+            if held is not None and held.holder != self.holder and held.expires_at >= now_ms:
+                return False
         async with self._sessions.begin() as s:
             res = await s.execute(
                 update(lease)

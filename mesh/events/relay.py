@@ -8,7 +8,16 @@ connection (`nc`, as `EventBus.relay` does) it publishes through
 the JetStream context, through `publish_async` (about twice the CPU per event).
 A crash between publish and mark republishes on the next start;
 JetStream drops the copy inside the stream's duplicate window and consumers'
-inboxes drop it after. While NATS is down publishes time out and the relay
+inboxes drop it after.
+
+`run()` marks acked rows sent in bulk (every `mark_every_s`, or once `mark_max`
+rows wait, when the relay stops and before a failure is raised) rather than after
+every round: at one event per commit each round is usually one row, and its own
+write transaction (the database's write lock) cost as much as the rest of the
+round. Until marked, acked rows are left out of the next rounds' reads by their
+`seq` (in memory); a crash or a takeover in between republishes at most
+`mark_every_s` of them, the case above. `publish_pending()` called on its own
+still marks at once. While NATS is down publishes time out and the relay
 retries with backoff; nothing is lost because the rows stay unsent.
 
 Several instances of one service may share a database: a lease row
@@ -37,7 +46,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -60,6 +69,10 @@ class RelayConfig:
     lease_s: float = 10.0
     keep_sent_s: float = 3600.0
     purge_every_s: float = 60.0
+    # Acked rows are marked sent in one transaction per this interval (or `mark_max`
+    # rows) by `run()`: at most this much is republished after a crash (deduped).
+    mark_every_s: float = 0.5
+    mark_max: int = 256
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
 
@@ -91,6 +104,9 @@ class OutboxRelay:
         self._lease_until = 0.0
         self._last_purge = 0.0
         self.published = 0
+        # Acked, not yet marked sent (run() marks them in bulk); since when.
+        self._unmarked: list[int] = []
+        self._unmarked_since = 0.0
         self.failures = 0
         self.last_error: BaseException | None = None
         self._select = (
@@ -103,6 +119,13 @@ class OutboxRelay:
             .where(self._t.outbox.c.sent_at.is_(None))
             .order_by(self._t.outbox.c.seq)
             .limit(self.config.batch)
+        )
+        self._lease_holder = select(self._t.lease.c.holder, self._t.lease.c.expires_at).where(
+            self._t.lease.c.name == self.LEASE_NAME
+        )
+        # The same, leaving out rows acked but not yet marked sent.
+        self._select_after_unmarked = self._select.where(
+            self._t.outbox.c.seq.not_in(bindparam("unmarked", expanding=True))
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -128,6 +151,8 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(Exception):
+            await self._flush_marks()
+        with contextlib.suppress(Exception):
             await self._release_lease()
         if self._batch is not None:
             with contextlib.suppress(Exception):
@@ -138,13 +163,14 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 if not await self._hold_lease():
+                    await self._flush_marks()  # a takeover republishes the rest: deduped
                     await self._outbox.wait_committed(self.config.lease_s / 3)
                     continue
-                sent = await self.publish_pending()
+                sent = await self._publish_round()
                 backoff.reset()
                 await self._maybe_purge()
                 if sent < self.config.batch:
-                    await self._outbox.wait_committed(self.config.poll_interval_s)
+                    await self._outbox.wait_committed(self._idle_wait_s())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS down, DB busy: retry, the rows are safe
@@ -158,9 +184,31 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows; returns how many were acked and marked sent."""
+        sent = await self._publish_round()
+        await self._flush_marks()
+        return sent
+
+    def _idle_wait_s(self) -> float:
+        """How long an idle relay waits for a commit: the poll interval, or less when
+        acked rows are due to be marked sent."""
+        if not self._unmarked:
+            return self.config.poll_interval_s
+        due = self._unmarked_since + self.config.mark_every_s - time.monotonic()
+        return max(0.0, min(self.config.poll_interval_s, due))
+
+    async def _publish_round(self) -> int:
+        """Publish one batch of unsent rows (less those acked but not yet marked); the
+        acked ones join the rows to mark, marked when due (`_flush_marks`). Returns how
+        many were acked."""
         async with self._sessions() as s:
-            rows = (await s.execute(self._select)).all()
+            if self._unmarked:
+                query = self._select_after_unmarked
+                rows = (await s.execute(query, {"unmarked": self._unmarked})).all()
+            else:
+                rows = (await s.execute(self._select)).all()
         if not rows:
+            if self._marks_due():
+                await self._flush_marks()
             return 0
         if self._batch is not None:
             outgoing = [(subj, body, json.loads(hdrs)) for _, subj, body, hdrs in rows]
@@ -169,12 +217,31 @@ class OutboxRelay:
             results = await self._publish_each(rows)
         acked = [row[0] for row, r in zip(rows, results, strict=True) if r is None]
         if acked:
-            await self._mark_sent(acked)
+            if not self._unmarked:
+                self._unmarked_since = time.monotonic()
+            self._unmarked.extend(acked)
             self.published += len(acked)
         error = next((r for r in results if r is not None), None)
         if error is not None:
+            await self._flush_marks()
             raise error
+        if self._marks_due():
+            await self._flush_marks()
         return len(acked)
+
+    def _marks_due(self) -> bool:
+        return bool(self._unmarked) and (
+            len(self._unmarked) >= self.config.mark_max
+            or time.monotonic() - self._unmarked_since >= self.config.mark_every_s
+        )
+
+    async def _flush_marks(self) -> None:
+        """Mark every acked row sent, in one transaction. Kept for the next try if the
+        database refuses (the rows stay left out of the reads meanwhile)."""
+        if not self._unmarked:
+            return
+        await self._mark_sent(self._unmarked)
+        self._unmarked = []
 
     async def _publish_each(
         self, rows: Sequence[Row[Any, Any, Any, Any]]
@@ -228,6 +295,14 @@ class OutboxRelay:
         now_ms = int(time.time() * 1000)
         expires = now_ms + int(self.config.lease_s * 1000)
         lease = self._t.lease
+        if self._lease_until == 0.0:
+            # A standby looks before it writes: while another holder's lease runs, its
+            # try is a read, not two write transactions (UPDATE, then a failing INSERT)
+            # queueing for the database's write lock every `lease_s / 3`.
+            async with self._sessions() as s:
+                held = (await s.execute(self._lease_holder)).first()
+            if held is not None and held.holder != self.holder and held.expires_at >= now_ms:
+                return False
         async with self._sessions.begin() as s:
             res = await s.execute(
                 update(lease)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -216,6 +217,11 @@ class UsersStore:
         self._sessions = sessions
         self._outbox = outbox
         self._t = Tables()
+        # GetUser runs once per order: its statement is built once (bound parameter).
+        u = self._t.users.c
+        self._get_user = select(u.user_id, u.email, u.display_name, u.created_at).where(
+            u.user_id == bindparam("uid")
+        )
 
     async def email_taken(self, email: str) -> bool:
         async with self._sessions() as s:
@@ -249,15 +255,8 @@ class UsersStore:
         return row
 
     async def get_user(self, user_id: str) -> UserRow:
-        u = self._t.users.c
         async with self._sessions() as s:
-            found = (
-                await s.execute(
-                    select(u.user_id, u.email, u.display_name, u.created_at).where(
-                        u.user_id == user_id
-                    )
-                )
-            ).first()
+            found = (await s.execute(self._get_user, {"uid": user_id})).first()
         if found is None:
             raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND")
         return UserRow(found.user_id, found.email, found.display_name, as_utc(found.created_at))

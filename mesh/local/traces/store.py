@@ -51,6 +51,9 @@ CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_seen ON traces (seen);
 """
 
+# One encoder for every span's attributes (json.dumps builds one per call).
+_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 # A candidate root replaces the stored one when it is a real root and the stored one is
 # not, or when neither is and it started earlier.
 _UPSERT_TRACE = """
@@ -163,13 +166,7 @@ class SpanWriter:
         per_trace: dict[str, dict[str, Any]] = {}
         for r in rows:
             t = per_trace.get(r.trace_id)
-            root = not r.parent_id
-            candidate = {
-                "root_name": route_name(r),
-                "root_service": r.service,
-                "root_start_ns": r.start_ns,
-                "has_root": int(root),
-            }
+            root = int(not r.parent_id)
             if t is None:
                 per_trace[r.trace_id] = {
                     "trace_id": r.trace_id,
@@ -178,17 +175,22 @@ class SpanWriter:
                     "spans": 1,
                     "errors": int(r.error),
                     "seen": now,
-                    **candidate,
+                    "root_name": route_name(r),
+                    "root_service": r.service,
+                    "root_start_ns": r.start_ns,
+                    "has_root": root,
                 }
                 continue
             t["start_ns"] = min(t["start_ns"], r.start_ns)
             t["end_ns"] = max(t["end_ns"], r.end_ns)
             t["spans"] += 1
             t["errors"] += int(r.error)
-            if int(root) > t["has_root"] or (
-                int(root) == t["has_root"] and r.start_ns < t["root_start_ns"]
-            ):
-                t.update(candidate)
+            # The root candidate's name is worked out only when it wins.
+            if root > t["has_root"] or (root == t["has_root"] and r.start_ns < t["root_start_ns"]):
+                t["root_name"] = route_name(r)
+                t["root_service"] = r.service
+                t["root_start_ns"] = r.start_ns
+                t["has_root"] = root
         with self._conn:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -196,7 +198,7 @@ class SpanWriter:
                     (
                         r.trace_id, r.span_id, r.parent_id, r.service, r.name, r.kind,
                         r.start_ns, r.end_ns, int(r.error), r.status,
-                        json.dumps(r.attributes, separators=(",", ":"), default=str),
+                        _to_json(r.attributes),
                     )
                     for r in rows
                 ],

@@ -353,3 +353,59 @@ async def test_batch_handler_applies_once_and_falls_back_to_one_by_one(
     assert set(got) == {e.subject for e in [*good, poison]}
     assert all(n == 1 for n in got.values())
     assert batches and batches[0] > 1
+
+
+async def unsent_rows(db: Db) -> int:
+    async with db.sessions() as s:
+        return int(
+            (
+                await s.execute(text("SELECT count(*) FROM mesh_outbox WHERE sent_at IS NULL"))
+            ).scalar_one()
+        )
+
+
+async def test_relay_marks_acked_rows_sent_in_bulk_and_never_republishes_them(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    # Marking every round cost a write transaction per event; run() marks in bulk, and
+    # the rows acked meanwhile are left out of its reads (else they would go out again).
+    bus = await bus_factory()
+    rec = Recorder()
+    await bus.subscribe("user.*", rec, durable="c7", options=FAST)
+    relay = bus.relay(db.sessions, outbox, config=replace(RELAY, mark_every_s=60.0))
+    relay.start()
+    try:
+        envs = [user_created() for _ in range(5)]
+        for env in envs:
+            await commit_event(db, outbox, env)  # one commit, one wake, one round each
+        await eventually(lambda: relay.published == 5, what="published")
+        assert await unsent_rows(db) == 5  # acked, not marked yet
+        # A later round reads past them: only the new row goes out.
+        last = user_created()
+        await commit_event(db, outbox, last)
+        await eventually(lambda: last.id in rec.deliveries, what="the sixth")
+        assert relay.published == 6
+        assert await stream_count(bus) == 6
+        assert await unsent_rows(db) == 6
+    finally:
+        await relay.stop()  # marks what is acked
+    assert await unsent_rows(db) == 0
+    assert sorted(rec.deliveries.values()) == [1] * 6
+
+
+async def test_relay_marks_rows_sent_once_due(db: Db, bus_factory: Any, outbox: Outbox) -> None:
+    bus = await bus_factory()
+    relay = bus.relay(db.sessions, outbox, config=replace(RELAY, mark_every_s=0.3))
+    relay.start()
+    try:
+        for _ in range(3):
+            await commit_event(db, outbox, user_created())
+        await eventually(lambda: relay.published == 3, what="published")
+
+        async def all_marked() -> bool:
+            return await unsent_rows(db) == 0
+
+        await eventually(all_marked, what="marked within mark_every_s, idle")
+        assert await stream_count(bus) == 3
+    finally:
+        await relay.stop()

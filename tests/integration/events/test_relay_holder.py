@@ -17,6 +17,7 @@ from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
 from services.common.event_types import EVENTS
 from tests.support.events_db import Db
 from tests.support.poll import eventually
+from tests.support.statements import recorded_statements
 
 # A lease far longer than the test may wait: publishing in time proves it was taken
 # back, not waited out.
@@ -79,3 +80,27 @@ async def test_relays_without_a_holder_get_one_each(db: Db, bus_factory: Any) ->
     relays = [OutboxRelay(db.sessions, bus.js, Outbox()) for _ in range(2)]
     assert relays[0].holder != relays[1].holder
     assert all(r.holder.startswith("relay-") for r in relays)
+
+
+async def test_a_standby_relay_only_reads_the_lease_while_it_is_held(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    # Each try of a standby used to be two write transactions (UPDATE, failing INSERT)
+    # queueing for the database's write lock; while the lease is live it is one read.
+    bus = await bus_factory()
+    leader = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
+    leader.start()
+    # lease_s / 3 between a standby's tries: 0.1 s here, under the leader's 60 s lease.
+    standby = OutboxRelay(db.sessions, bus.js, outbox, holder="users-2",
+                          config=RelayConfig(lease_s=0.3, poll_interval_s=0.05))  # fmt: skip
+    try:
+        await eventually(lambda: leader.is_leader, what="the leader's lease")
+        with recorded_statements(db.engine, ["mesh_outbox_lease"]) as seen:
+            standby.start()
+            await eventually(lambda: len(seen) >= 3, what="three tries of the standby")
+        assert all(s.startswith("SELECT") for s in seen), seen
+        assert not standby.is_leader and standby.published == 0
+        assert await lease_holder(db) == "users-1"
+    finally:
+        await standby.stop()
+        await leader.stop()

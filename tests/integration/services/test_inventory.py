@@ -28,6 +28,7 @@ from tests.support.services import (
     serve,
     service_settings,
 )
+from tests.support.statements import recorded_statements
 
 THRESHOLD = 5
 HELD = inv.RESERVATION_STATUS_HELD
@@ -419,3 +420,23 @@ async def test_concurrent_multi_line_reservations_in_any_order(served: Served) -
     assert results.count(True) == 20
     assert await stock(served, a.product_id) == (0, 20)
     assert await stock(served, b.product_id) == (0, 20)
+
+
+async def test_reserve_and_confirm_statements(served: Served, engine: AsyncEngine) -> None:
+    # Every order reserves and confirms: their statements are the inventory's share of
+    # an order's CPU. Confirming a HELD reservation: its status UPDATE (the check), the
+    # lines' SELECT, one UPDATE per line returning what the low-stock check needs.
+    a, b = await product(served, "A", 50), await product(served, "B", 50)
+    sid = saga()
+    tables = ("reservations", "reservation_items", "products", "mesh_outbox")
+    with recorded_statements(engine, tables) as reserve:
+        await reservations(served).ReserveItems(
+            inv.ReserveItemsRequest(saga_id=sid, items=lines((a.product_id, 1), (b.product_id, 2)))
+        )
+    # The reservation, one UPDATE per line, the lines (one executemany), the event.
+    assert len(reserve) == 5, reserve
+    with recorded_statements(engine, tables) as confirm:
+        await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))
+    assert len(confirm) == 4, confirm
+    assert await stock(served, a.product_id) == (49, 0)
+    assert await stock(served, b.product_id) == (48, 0)

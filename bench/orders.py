@@ -121,6 +121,16 @@ class Level:
         }
 
 
+def _body(text: str) -> Any:
+    """A reply's JSON, or its text when it is none: Envoy's own answers (a 503 "upstream
+    connect error", a 504 "upstream request timeout") are plain text, and a benchmark
+    under load must say which one it got rather than fail on decoding it."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 class Shop:
     """The bench's clients of the edge: REST (aiohttp, keep-alive) and gRPC (one channel)."""
 
@@ -137,12 +147,12 @@ class Shop:
     async def post(self, path: str, doc: Any, token: str = "") -> tuple[int, Any]:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         async with self.http.post(self.base + path, json=doc, headers=headers) as r:
-            return r.status, await r.json(content_type=None)
+            return r.status, _body(await r.text())
 
     async def get(self, path: str, token: str = "") -> tuple[int, Any]:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         async with self.http.get(self.base + path, headers=headers) as r:
-            return r.status, await r.json(content_type=None)
+            return r.status, _body(await r.text())
 
     async def sign_up(self, tag: str, i: int) -> Account:
         email = f"bench.{tag}.{i}@example.com"

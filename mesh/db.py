@@ -47,6 +47,7 @@ release check reads `incompatible(...)`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,24 +59,36 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
+from mesh import sqlite_driver as sqlite_driver_module
 from mesh.sqlite_writes import SerialWriteSession
 
 
+def sqlite_driver() -> str:
+    """The SQLAlchemy drivername of every SQLite engine: `sqlite+meshsqlite`
+    (`mesh.sqlite_driver`: statements on the event loop, one thread hand-off per writing
+    transaction), or `sqlite+aiosqlite` with `MESH_SQLITE_DRIVER=aiosqlite` (a thread
+    hand-off per DBAPI call; the fallback, and the comparison in `bench orders`)."""
+    if os.environ.get("MESH_SQLITE_DRIVER", "").strip().lower() == "aiosqlite":
+        return "sqlite+aiosqlite"
+    return f"sqlite+{sqlite_driver_module.DRIVER}"
+
+
 def normalise_url(url: str) -> str:
-    """Pick the async driver for plain URLs (postgresql:// -> asyncpg, sqlite:// -> aiosqlite)."""
+    """Pick the async driver: postgresql:// -> asyncpg; every SQLite URL (sqlite://,
+    sqlite+aiosqlite://, ...) -> `sqlite_driver()`."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername != "postgresql+asyncpg":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-    elif backend == "sqlite" and parsed.drivername != "sqlite+aiosqlite":
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "sqlite" and parsed.drivername != (driver := sqlite_driver()):
+        parsed = parsed.set(drivername=driver)
     return parsed.render_as_string(hide_password=False)
 
 
 def default_sqlite_url(data_dir: str | Path, service: str) -> str:
     path = Path(data_dir) / f"{service}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite+aiosqlite:///{path}"
+    return f"{sqlite_driver()}:///{path}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,183 @@
+"""mesh.sqlite_driver: statements on the loop, a worker thread only for COMMIT and for
+waiting on a lock another connection holds (real SQLite files)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mesh.db import create_engine, normalise_url, session_factory
+from mesh.sqlite_driver import DRIVER, Connection
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    async with eng.begin() as c:
+        await c.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY, v TEXT)"))
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+def _workers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "sqlite-worker")
+
+
+def test_every_sqlite_url_gets_the_mesh_driver_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for url in ("sqlite:///x.db", "sqlite+aiosqlite:///x.db", "sqlite+pysqlite:///x.db"):
+        assert normalise_url(url) == f"sqlite+{DRIVER}:///x.db"
+    monkeypatch.setenv("MESH_SQLITE_DRIVER", "aiosqlite")
+    assert normalise_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+
+
+async def test_reads_and_writes_run_on_the_loop_and_only_a_commit_hands_off(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def thread_id_function(dbapi_conn: Any, _record: Any) -> None:
+        # SELECT tid(): the thread SQLite runs the statement on.
+        dbapi_conn.create_function("tid", 0, lambda: threading.get_ident() % 1_000_000_007)
+
+    here = threading.get_ident() % 1_000_000_007
+    sessions = session_factory(engine, serial_writes=True)
+    try:
+        before = _workers()
+        async with sessions() as s:
+            assert (await s.execute(text("SELECT tid()"))).scalar() == here
+            async with engine.connect() as c:  # AsyncConnection insists its driver awaited
+                assert (await c.exec_driver_sql("SELECT tid()")).scalar() == here
+            await s.commit()  # nothing written: no hand-off
+        assert _workers() == before
+        async with sessions.begin() as s:
+            await s.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY, v INTEGER)"))
+            await s.execute(text("INSERT INTO t (x, v) VALUES (1, tid()), (2, tid())"))
+            rows = (await s.execute(text("SELECT x, v FROM t ORDER BY x"))).all()
+            assert [tuple(r) for r in rows] == [(1, here), (2, here)]
+            assert _workers() == before  # the statements ran here
+        assert _workers() == before + 1  # the commit went to the connection's worker
+    finally:
+        await engine.dispose()
+    # The commit landed: another connection (plain sqlite3) sees it.
+    with sqlite3.connect(tmp_path / "d.db") as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        conn = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # the write lock
+        conn.execute("INSERT INTO t (x, v) VALUES (10, 'held')")
+        held.set()
+        release.wait(5)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        await asyncio.to_thread(held.wait, 5)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)  # poll: counts loop turns during the wait
+
+        tick = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, release.set)
+        started = time.monotonic()
+        async with session_factory(engine).begin() as s:
+            await s.execute(text("INSERT INTO t (x, v) VALUES (11, 'waited')"))
+        waited = time.monotonic() - started
+        tick.cancel()
+        assert waited >= 0.25  # it waited for the holder's commit, it did not fail
+        assert ticks >= 10  # and the loop ran meanwhile
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join, 5)
+    async with engine.connect() as c:
+        got = (await c.execute(text("SELECT x FROM t ORDER BY x"))).scalars().all()
+    assert got == [10, 11]
+
+
+async def test_pragma_busy_timeout_sets_the_wait_and_a_wait_past_it_fails(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'b.db'}")  # mesh.db: busy_timeout=5000
+    try:
+        async with engine.begin() as c:
+            await c.execute(text("CREATE TABLE t (x INTEGER)"))
+            raw = (await c.get_raw_connection()).dbapi_connection
+            assert isinstance(raw, Connection) and raw.busy_timeout_ms == 5000
+            await c.exec_driver_sql("PRAGMA busy_timeout = 150")
+            assert raw.busy_timeout_ms == 150
+            # SQLite's own stays 0: a lock never puts the loop to sleep.
+            assert (await c.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 0
+        holder = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(sa_exc.OperationalError, match="locked"):
+                async with engine.begin() as c:
+                    await c.exec_driver_sql("PRAGMA busy_timeout = 150")
+                    await c.execute(text("INSERT INTO t VALUES (1)"))
+            assert 0.1 <= time.monotonic() - started < 3
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_wait_lets_the_worker_finish_and_the_connection_serves_on(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    holder = sqlite3.connect(tmp_path / "d.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    sessions = session_factory(engine)
+
+    async def write() -> None:
+        async with sessions.begin() as s:
+            await s.execute(text("INSERT INTO t (x, v) VALUES (20, 'x')"))
+
+    task = asyncio.create_task(write())
+    try:
+        await asyncio.sleep(0.1)  # poll: let it reach the wait on the worker
+        task.cancel()
+        await asyncio.sleep(0.1)  # poll: the cancellation waits for the worker...
+        assert not task.done()
+        holder.execute("ROLLBACK")  # ...which gets the lock now
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    async with sessions.begin() as s:  # the pool's connections still work
+        await s.execute(text("INSERT INTO t (x, v) VALUES (21, 'y')"))
+    async with engine.connect() as c:
+        got = (await c.execute(text("SELECT x FROM t ORDER BY x"))).scalars().all()
+    assert got == [21]

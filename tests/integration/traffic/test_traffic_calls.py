@@ -47,6 +47,40 @@ async def shares(stub: Any, calls: int = CALLS, **kwargs: Any) -> dict[str, floa
     return {k: 100 * v / calls for k, v in counts.items()}
 
 
+async def steady_shares(
+    stub: Any, channel: MeshChannel, weights: dict[str, int]
+) -> dict[str, float]:
+    """`shares(stub)` over a run in which the pool drew by `weights` all along.
+
+    A subset leaves the draw while none of its instances is usable (the pool's
+    documented behaviour: its health check flipped, it was ejected, its connection
+    dropped), which on a starved box can happen for a moment and shifts a run by
+    points. Such a run is measured again (up to three times in all, each one said in
+    the failure); a run during which the table stayed whole must hold the bounds.
+    """
+    wanted = {track: w / sum(weights.values()) for track, w in weights.items()}
+    disturbed: list[dict[str, float]] = []
+    for _ in range(3):
+        changes = 0
+
+        async def watch() -> None:
+            nonlocal changes
+            while True:
+                if channel.pool.subset_shares != wanted:
+                    changes += 1
+                await asyncio.sleep(0.005)  # poll: sampling the pool's table
+
+        watcher = asyncio.create_task(watch())
+        try:
+            got = await shares(stub)
+        finally:
+            watcher.cancel()
+        if not changes:
+            return got
+        disturbed.append(got)
+    raise AssertionError(f"the pool's subsets changed during every run: {disturbed}")
+
+
 async def connected(client: MeshRuntime, ready: int) -> tuple[Any, MeshChannel]:
     channel = client.channel("ping")
     await eventually(
@@ -68,7 +102,7 @@ async def test_weights_hold_over_real_calls_and_change_live(
     stub, channel = await connected(client, 3)
     stored = await store.put(TrafficPolicy("ping", {"blue": 90, "green": 10}), 0)
     await eventually(lambda: channel.pool.policy == stored, 10, "the client to follow")
-    got = await shares(stub)
+    got = await steady_shares(stub, channel, {"blue": 90, "green": 10})
     assert abs(got["blue"] - 90) <= 3 and abs(got["green"] - 10) <= 3, got
 
     # A change applies without a restart, within about a second (file store: 0.2 s polls).
@@ -76,7 +110,7 @@ async def test_weights_hold_over_real_calls_and_change_live(
     started = time.monotonic()
     await eventually(lambda: channel.pool.policy == changed, 10, "the change to apply")
     applied_s = time.monotonic() - started
-    got = await shares(stub)
+    got = await steady_shares(stub, channel, {"blue": 20, "green": 80})
     assert abs(got["blue"] - 20) <= 3 and abs(got["green"] - 80) <= 3, got
     assert applied_s < 3.0, f"the change took {applied_s:.2f} s to apply"
 

@@ -29,7 +29,7 @@ def bye(*_):
 signal.signal(signal.SIGTERM, bye)
 print("serving", flush=True)
 while True:
-    time.sleep(1)
+    time.sleep(1)  # poll: the child idles until SIGTERM
 """
 _FAST = RestartPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 

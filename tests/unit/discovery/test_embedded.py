@@ -120,7 +120,7 @@ def test_malformed_files_are_ignored_and_reported_once(
         for _ in range(3):
             assert [i.id for i in s.healthy()] == ["orders-1"]
             os.utime(d)  # force a re-read each time
-            time.sleep(0.001)
+            time.sleep(0.001)  # poll: the next utime gets a later mtime
     assert len([r for r in caplog.records if "junk.json" in r.getMessage()]) == 1
 
 

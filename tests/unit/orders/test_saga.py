@@ -99,7 +99,7 @@ async def test_lost_confirm_answer_returns_sold_units_once_per_line(
         current = await domain.store.get(order.order_id)
         if current is not None and current.status is OrderStatus.FAILED:
             break
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # poll
     else:
         raise AssertionError("the order never reached FAILED")
     assert sorted(domain.fake.added) == sorted([(P1, 2), (P2, 3)])

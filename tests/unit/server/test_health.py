@@ -130,7 +130,7 @@ async def test_periodic_probing_and_prompt_stop() -> None:
     async with asyncio.timeout(10):  # prompt: it does not wait out the 60 s interval
         await monitor.stop()
     calls = probe.calls
-    await asyncio.sleep(0.1)  # nothing may probe after stop
+    await asyncio.sleep(0.1)  # poll: a window in which nothing may probe after stop
     assert probe.calls == calls
 
 

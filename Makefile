@@ -37,11 +37,17 @@ readme-settings: install
 	$(PY) -m mesh.settings --write README.md
 	$(PY) -m services.settings_tables --write README.md
 
+# Two pytest-xdist workers (CI has 2 cores; the suite waits on processes and sockets
+# more than it computes). A module's tests, or a whole-shop package's, stay on one
+# worker (--dist loadgroup, groups set in tests/conftest.py) so their fixtures start once.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: install tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

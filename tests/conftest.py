@@ -19,11 +19,27 @@ if str(_GENERATED) not in sys.path:
 _SLOW_DIRS = ("tests/e2e/", "tests/integration/shop/", "tests/integration/shop_events/")
 
 
+# Packages whose package-scoped fixtures start the whole shop: under pytest-xdist
+# (`make test` runs two workers, --dist loadgroup) all their modules stay on one worker,
+# so the shop starts once, not once per worker.
+_SHARED_PACKAGES = ("tests/integration/shop/", "tests/integration/shop_events/")
+
+
+def _xdist_group(path: str) -> str:
+    """The worker group of a test file: its shared package, else the module itself (a
+    module's tests share module-scoped fixtures, so splitting them would start those twice)."""
+    for package in _SHARED_PACKAGES:
+        if f"/{package}" in path:
+            return package
+    return path
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.as_posix()
         if any(f"/{d}" in path for d in _SLOW_DIRS):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(path)))
 
 
 @pytest.fixture(autouse=True, scope="session")

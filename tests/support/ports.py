@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 
@@ -16,6 +17,19 @@ def _ephemeral_low() -> int:
         return 32768  # Linux's default range starts here
 
 
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of [low, high]: workers are separate processes,
+    so `_handed_out` cannot keep two of them from picking the same port for processes
+    that bind later; disjoint slices can. Without xdist the whole range."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return low, high
+    index = int(worker[2:]) % count
+    size = (high - low + 1) // count
+    return low + index * size, low + (index + 1) * size - 1
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range.
 
@@ -28,8 +42,8 @@ def free_port() -> int:
     SO_REUSEADDR, so not in TIME_WAIT either) and never returns a port twice.
     """
     high = _ephemeral_low() - 1
-    low = max(1024, min(20000, high - 2000))
-    if high - low < 1000:  # an unusual range: fall back to the kernel's pick
+    low, high = _worker_slice(max(1024, min(20000, high - 2000)), high)
+    if high - low < 500:  # an unusual range: fall back to the kernel's pick
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])

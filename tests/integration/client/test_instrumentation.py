@@ -16,6 +16,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 import mesh
 from mesh.instrumentation import client_interceptors, server_interceptor
 from tests.support.ping import start_ping_server
+from tests.support.poll import eventually
 
 PING = "/shop.testing.v1.PingService/Ping"
 
@@ -46,10 +47,16 @@ async def test_interceptors_trace_a_plain_channel_and_server_in_one_trace(spans)
                 await stub.Ping(ping_pb2.PingRequest(value="bad", error_code=5))
     finally:
         await ping.stop()
-    finished = exporter.get_finished_spans()
-    clients, servers = by_kind(finished, SpanKind.CLIENT), by_kind(finished, SpanKind.SERVER)
+
+    # grpc.aio's `abort` sends the status before it raises, so the client can see the error
+    # before the aborted handler's server span ends (seen under load): wait for both spans.
+    def both_server_spans() -> list[ReadableSpan] | None:
+        found = by_kind(exporter.get_finished_spans(), SpanKind.SERVER)
+        return found if len(found) == 2 else None
+
+    servers = await eventually(both_server_spans, what="both server spans ended")
+    clients = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
     assert [s.name for s in clients] == [PING, PING]
-    assert len(servers) == 2
     # The server span continues the client's trace: context crossed the wire.
     for client, server in zip(clients, servers, strict=True):
         assert server.context.trace_id == client.context.trace_id

@@ -7,10 +7,16 @@ inherited by the saga's own calls (the mesh propagates incoming deadlines; a
 compensation cut short by the caller's deadline would leave stock held).
 
 v2 idempotency: `order_idempotency_keys` maps (user, key) to the saga answering
-for it; its primary key decides between concurrent requests. A repeat gets the
-first saga's outcome: the order, or the same error. Only a saga that failed
-for a transient reason (a dependency was down) and was fully compensated lets
-the key start a new attempt, since UNAVAILABLE tells the client to retry.
+for it; its primary key decides between concurrent requests. The key row is
+inserted by the saga's CREATED hook, in the transaction that inserts the saga row
+(no transaction of its own): when the key is taken the hook raises `KeyTaken`,
+that transaction rolls back (no saga, no order), and the request reads who holds
+the key. A repeat gets the first saga's outcome: the order, or the same error. Only
+a saga that failed for a transient reason (a dependency was down) and was fully
+compensated lets the key start a new attempt, since UNAVAILABLE tells the client to
+retry; that attempt's saga is pointed at by `swap_key` (compare-and-set) before it
+starts, so a crash in between leaves a key whose saga never started, which the next
+repeat starts.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from mesh.saga import (
 from services.orders.config import OrdersConfig
 from services.orders.model import Order, OrderStatus, Page, PlaceOrder
 from services.orders.saga import CANCEL, PLACE, OrderSagas, place_data
-from services.orders.store import OrdersStore
+from services.orders.store import KeyTaken, OrdersStore
 from services.orders.upstream import UpstreamError, public_error
 
 log = logging.getLogger(__name__)
@@ -110,23 +116,27 @@ class Orders:
             return await self._place_new(str(uuid.uuid4()), cmd)
         for _ in range(_KEY_ROUNDS):
             fresh = str(uuid.uuid4())
-            claim = await self.store.claim_key(
-                cmd.user_id, cmd.idempotency_key, fresh, cmd.fingerprint
-            )
-            if claim.fingerprint != cmd.fingerprint:
+            try:
+                # The usual case: a new key, recorded with the saga row (CREATED hook).
+                return await self._place_new(fresh, cmd, key=True)
+            except KeyTaken:
+                pass  # rolled back: no saga, no order; follow whoever holds the key
+            holder = await self.store.find_key(cmd.user_id, cmd.idempotency_key)
+            if holder is None:  # pragma: no cover - keys are never deleted
+                continue
+            if holder.fingerprint != cmd.fingerprint:
                 raise FailedPrecondition(
                     "this idempotency key was used for a different order; use a new key",
                     reason="IDEMPOTENCY_KEY_REUSED",
                 )
-            if claim.created:
-                return await self._place_new(fresh, cmd)
-            state = await self.runner.store.get(claim.saga_id)
+            state = await self.runner.store.get(holder.saga_id)
             if state is None:
-                # The key was recorded but its saga never started (a crash in between).
-                existing = await self.store.get(claim.saga_id)
+                # Swapped to a new attempt whose saga has not started (yet, or ever: a
+                # crash in between). The key row exists already: start it without one.
+                existing = await self.store.get(holder.saga_id)
                 if existing is not None:
                     return existing
-                return await self._place_new(claim.saga_id, cmd)
+                return await self._place_new(holder.saga_id, cmd)
             failure = state.failure
             if (
                 state.status is SagaStatus.COMPENSATED
@@ -134,23 +144,28 @@ class Orders:
                 and failure.kind is ErrorKind.TRANSIENT
             ):
                 if await self.store.swap_key(
-                    cmd.user_id, cmd.idempotency_key, claim.saga_id, fresh
+                    cmd.user_id, cmd.idempotency_key, holder.saga_id, fresh
                 ):
                     return await self._place_new(fresh, cmd)
                 continue  # another retry swapped first: follow it
             # The first request's saga: its result, its failure, or wait for it.
-            return await self._place_new(claim.saga_id, cmd)
+            return await self._place_new(holder.saga_id, cmd)
         raise Aborted("the idempotency key kept changing hands; retry", reason="KEY_CONTENDED")
 
-    async def _place_new(self, saga_id: str, cmd: PlaceOrder) -> Order:
-        """Run (or join) place saga `saga_id` and answer with its order or its failure."""
+    async def _place_new(self, saga_id: str, cmd: PlaceOrder, *, key: bool = False) -> Order:
+        """Run (or join) place saga `saga_id` and answer with its order or its failure.
+
+        With `key`, a saga this call creates records `cmd`'s idempotency key in the
+        transaction of its row, and `KeyTaken` (nothing created) is raised when the
+        key is someone else's. Without it, a created saga records no key: the key row
+        already points at `saga_id` (swapped), or there is none (v1)."""
         if self.sagas.cards.get(saga_id) is None:
             # A repeated request brings the card again: a saga resumed after a
             # restart can then still be charged.
             self.sagas.cards.put(saga_id, cmd.card)
         data = place_data(
             saga_id, cmd.user_id, cmd.lines, cmd.currency, cmd.card.last4, cmd.shipping,
-            cmd.api_version,
+            cmd.api_version, (cmd.idempotency_key, cmd.fingerprint) if key else None,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
         # Dropped with the card once no task runs the saga here (`_forget`).
@@ -181,6 +196,8 @@ class Orders:
             task.add_done_callback(self._forget)
             try:
                 return await self._outcome(task, failed)
+            except KeyTaken:
+                raise  # for `place`: the key's holder answers
             except SagaBusy:
                 # Another instance (or request) holds the saga: wait for it to finish.
                 await asyncio.sleep(delay)  # polling the saga row

@@ -115,9 +115,11 @@ def place_data(
     card_last4: str,
     shipping: Address | None,
     api_version: int,
+    key: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The saga's initial data (JSON; no card number)."""
-    return {
+    """The saga's initial data (JSON; no card number). `key` (idempotency key,
+    fingerprint) is recorded by the CREATED hook, in the saga row's transaction."""
+    data: dict[str, Any] = {
         "order_id": order_id,
         "user_id": user_id,
         "lines": [[line.product_id, line.quantity] for line in lines],
@@ -130,6 +132,9 @@ def place_data(
               "country_code": shipping.country_code},
         "api_version": api_version,
     }  # fmt: skip
+    if key is not None:
+        data["idempotency_key"], data["fingerprint"] = key
+    return data
 
 
 def _lines(data: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -451,6 +456,13 @@ class OrderSagas:
 
     async def on_place_transition(self, session: AsyncSession, t: SagaTransition) -> None:
         saga = t.saga
+        if t.event is TransitionEvent.CREATED and "idempotency_key" in saga.data:
+            # With the saga row, or not at all: KeyTaken rolls the row back.
+            d = saga.data
+            await self.store.insert_key(
+                session, d["user_id"], d["idempotency_key"], saga.saga_id, d["fingerprint"]
+            )
+            return
         if t.event is TransitionEvent.STEP_FAILED and saga.failure is not None:
             waiter = self.failures.get(saga.saga_id)
             if waiter is not None:

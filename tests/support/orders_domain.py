@@ -1,28 +1,42 @@
 """The orders domain over a fake shop (in-process users/inventory/payments answers), for
-the orders unit tests (fixture `domain`: tests/unit/orders/conftest.py)."""
+the orders unit tests (fixture `domain`: tests/unit/orders/conftest.py) and the orders
+store's integration tests on SQLite and PostgreSQL (`open_domain` over a given engine)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
+from prometheus_client import CollectorRegistry
 from shop.common.v1 import money_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh.events import decode
-from mesh.saga import SagaRunner
+from mesh.db import migrate, session_factory
+from mesh.events import Outbox, decode
+from mesh.saga import SagaRunner, SagaStore
 from services.orders import store
+from services.orders.config import OrdersConfig
 from services.orders.model import Card, Line, PlaceOrder
 from services.orders.orders import Orders
-from services.orders.saga import OrderSagas
-from services.orders.upstream import UpstreamError
+from services.orders.saga import CardVault, OrderSagas
+from services.orders.upstream import UpstreamError, Upstreams
+
+# Short timeouts and backoffs: the fake shop answers at once, and the failure paths
+# should not make the tests wait.
+CONFIG = OrdersConfig(
+    call_timeout_s=1, charge_timeout_s=1, payment_settle_s=0.2, saga_lease_s=5,
+    compensation_reply_s=2, undo_backoff_max_s=0.05,
+)  # fmt: skip
 
 Fault = Callable[[Any], None]
 
@@ -135,12 +149,38 @@ class Domain:
 
     def order(self, user: str, lines: list[tuple[str, int]], *, key: str = "",
               number: str = "4242424242424242") -> PlaceOrder:  # fmt: skip
+        """A v2 command; its fingerprint is a digest of key and lines, as long as the
+        real one (the column holds 64 characters)."""
         return PlaceOrder(
             user, tuple(Line(p, q) for p, q in lines), "USD", Card(number, 12, 2040, "123"),
-            None, key, f"fp-{key}-{lines}", 2,
+            None, key, hashlib.sha256(f"{key}-{lines}".encode()).hexdigest(), 2,
         )  # fmt: skip
 
     async def events(self) -> list[Any]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(text("SELECT payload FROM mesh_outbox ORDER BY seq"))).all()
         return [decode(bytes(r[0])) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def open_domain(engine: AsyncEngine, *, lease_s: float = 5) -> AsyncIterator[Domain]:
+    """The orders domain (store, sagas, runner) over `engine`, migrated here, with a fresh
+    `FakeShop` as users, inventory and payments. The engine stays the caller's. No
+    recovery loop runs; the lease heartbeat writes every `lease_s / 3` while a saga runs
+    (a test counting statements wants that longer than the test)."""
+    await migrate(engine, store.migrations())
+    sessions = session_factory(engine)
+    fake = FakeShop()
+    orders_store = store.OrdersStore(sessions)
+    up = Upstreams(users=cast(Any, fake), inventory=cast(Any, fake),
+                   reservations=cast(Any, fake), payments=cast(Any, fake))  # fmt: skip
+    sagas = OrderSagas(orders_store, Outbox(), up, CardVault(), CONFIG)
+    runner = SagaRunner(
+        SagaStore(sessions), sagas.definitions(), CollectorRegistry(), lease_s=lease_s
+    )
+    orders = Orders(orders_store, runner, sagas, CONFIG)
+    try:
+        yield Domain(fake, orders_store, sagas, runner, orders, engine)
+    finally:
+        await orders.close(1)
+        await runner.close(1)

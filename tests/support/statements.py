@@ -1,8 +1,10 @@
-"""Counting the SQL statements a service runs, for tests that pin a hot path's cost.
+"""Counting the SQL statements and transactions a service runs, for tests that pin a
+hot path's cost.
 
-The shop's per-order CPU is mostly per statement (SQLAlchemy + the driver), so a
-test can hold a path to its number of statements. Only statements naming one of
+The shop's per-order CPU is mostly per statement (SQLAlchemy + the driver) and per
+transaction, so a test can hold a path to its numbers. Only statements naming one of
 `tables` count: health probes (`SELECT 1`) and the like running meanwhile do not.
+Commits count whatever they wrote: run nothing else on the engine meanwhile.
 """
 
 from __future__ import annotations
@@ -32,3 +34,19 @@ def recorded_statements(engine: AsyncEngine, tables: Sequence[str]) -> Iterator[
         yield seen
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@contextlib.contextmanager
+def recorded_commits(engine: AsyncEngine) -> Iterator[list[int]]:
+    """A list that gets one entry per COMMIT of `engine` while the block runs (a read
+    session closed without committing rolls back and does not count)."""
+    seen: list[int] = []
+
+    def record(_conn: Any) -> None:
+        seen.append(len(seen) + 1)
+
+    event.listen(engine.sync_engine, "commit", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "commit", record)

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 from services.orders.model import Line, OrderStatus
-from services.orders.store import NewOrder
+from services.orders.store import KeyHolder, KeyTaken, NewOrder
 from tests.support.orders_domain import Domain
 
 USER = str(uuid.uuid4())
@@ -67,13 +67,23 @@ async def test_keyset_pages_survive_equal_timestamps(domain: Domain) -> None:
     assert seen == expected
 
 
-async def test_one_claim_wins_a_key_and_swaps_are_compare_and_set(domain: Domain) -> None:
-    claims = await asyncio.gather(
-        *(domain.store.claim_key(USER, "k", str(uuid.uuid4()), "fp") for _ in range(10))
-    )
-    winners = [c for c in claims if c.created]
-    assert len(winners) == 1 and {c.saga_id for c in claims} == {winners[0].saga_id}
-    old = winners[0].saga_id
+async def test_one_insert_wins_a_key_and_swaps_are_compare_and_set(domain: Domain) -> None:
+    async def attempt(saga_id: str) -> bool:
+        try:
+            async with domain.store.sessions.begin() as s:
+                await domain.store.insert_key(s, USER, "k", saga_id, "fp")
+        except KeyTaken:
+            return False
+        return True
+
+    sagas = [str(uuid.uuid4()) for _ in range(10)]
+    won = await asyncio.gather(*(attempt(saga_id) for saga_id in sagas))
+    assert won.count(True) == 1
+    holder = await domain.store.find_key(USER, "k")
+    assert holder is not None and holder.saga_id == sagas[won.index(True)]
+    assert holder.fingerprint == "fp"
+    old = holder.saga_id
     assert await domain.store.swap_key(USER, "k", old, "new")
     assert not await domain.store.swap_key(USER, "k", old, "newer")
-    assert (await domain.store.claim_key(USER, "k", "x", "fp")).saga_id == "new"
+    assert (await domain.store.find_key(USER, "k")) == KeyHolder("new", "fp")
+    assert await domain.store.find_key(USER, "unknown") is None

@@ -1,8 +1,9 @@
 """`python -m bench [name] [options]`: the benchmarks.
 
 Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, edge-auth,
-summary.
-`orders` starts a whole `meshctl up` stack and is run by name only.
+policy, summary.
+`orders` starts a whole `meshctl up` stack and `policy` (the caller policy's cost per call)
+is a focused micro-benchmark: both are run by name only.
 With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
 `bench.tokens`, `bench.picker`, `bench.edge_auth`, each printing its tables, then the
 summary block (`bench.summary`'s headline set, measured again at its own budget; its
@@ -84,6 +85,12 @@ def _picker(args: Sequence[str]) -> None:
     picker.cli(list(args))
 
 
+def _policy(args: Sequence[str]) -> None:
+    from bench import policy
+
+    policy.cli(list(args))
+
+
 def _edge_auth(args: Sequence[str]) -> None:
     from bench import edge_auth
 
@@ -104,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "growth": _growth,
         "summary": _summary,
         "edge-auth": _edge_auth,
+        "policy": _policy,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])

@@ -58,6 +58,7 @@ def test_growth() -> None:
         ("traces", "--seconds", "0.2", "--rounds", "1", "--levels", "1"),
         ("tokens", "--seconds", "0.3", "--concurrency", "2"),
         ("events", "--events", "300", "--producers", "1", "--per-tx", "10", "--lag-stop-s", "1"),
+        ("policy", "--calls", "50", "--rounds", "1", "--channels", "2", "--in-flight", "2"),
     ],
     ids=lambda args: args[0],
 )

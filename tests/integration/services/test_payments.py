@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.events import unpack
 from services.payments.app import build
+from services.payments.charges import Payments
 from services.payments.config import PaymentsConfig
 from services.payments.processor import (
     APPROVE,
@@ -229,11 +230,24 @@ async def test_a_charge_cancelled_while_claiming_leaves_no_claim(
         await caller_gone.wait()  # ... and returns only after the caller was cancelled
         return row
 
+    # The client's deadline can fire before the server cancels the handler (the server
+    # times the call from its own arrival): the claim must return only once the handler
+    # was cancelled, or the charge just goes on and captures (seen under load).
+    real_release = Payments._release
+    handler_cancelled = asyncio.Event()
+
+    async def noting_release(self: Payments, insert: asyncio.Future[PaymentRow | None]) -> None:
+        handler_cancelled.set()
+        await real_release(self, insert)
+
     monkeypatch.setattr(PaymentsStore, "claim", slow_to_return)
+    monkeypatch.setattr(Payments, "_release", noting_release)
     sid = saga()
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    async with asyncio.timeout(5):
+        await handler_cancelled.wait()  # the server cancelled the handler mid-claim
     caller_gone.set()
 
     async def claims() -> int:

@@ -41,7 +41,7 @@ async def test_writers_queue_and_every_commit_lands(tmp_path: Path) -> None:
                 await s.execute(text("INSERT INTO t VALUES (:x)"), {"x": i})
                 inside += 1
                 most = max(most, inside)
-                await asyncio.sleep(0.001)  # hold the transaction open across the loop
+                await asyncio.sleep(0.001)  # poll: hold the transaction open across the loop
                 inside -= 1
 
         await asyncio.gather(*(writer(i) for i in range(30)))
@@ -85,7 +85,7 @@ async def _poll(condition: Callable[[], bool], within_s: float = 5.0) -> None:
     deadline = time.monotonic() + within_s
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # poll
 
 
 async def test_a_writer_of_another_engine_starts_right_after_the_holder_commits(
@@ -134,7 +134,7 @@ async def test_a_sigkilled_holder_releases_the_file_lock(tmp_path: Path) -> None
         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "print('held', flush=True)\n"
-        "time.sleep(60)\n",
+        "time.sleep(60)  # poll: holds the lock until the test kills it\n",
         f"{db}.write-lock",
         stdout=asyncio.subprocess.PIPE,
     )

@@ -43,7 +43,7 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
 async def test_closer_sleep_and_run_end_on_close() -> None:
     closer = Closer()
     await closer.sleep(0.01)  # not closed: just sleeps
-    assert await closer.run(asyncio.sleep(0, result=42)) == 42
+    assert await closer.run(asyncio.sleep(0, result=42)) == 42  # poll: a coroutine, no wait
 
     started = asyncio.Event()
     cancelled = asyncio.Event()

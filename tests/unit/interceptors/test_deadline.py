@@ -147,10 +147,11 @@ async def test_concurrent_server_calls_each_see_their_own_deadline(start_server)
     import asyncio
 
     seen: dict[str, float | None] = {}
+    all_in = asyncio.Barrier(3)
 
     class Probe(PingServicer):
         async def Ping(self, request, context):  # type: ignore[override]
-            await asyncio.sleep(0.05)  # overlap the two calls
+            await all_in.wait()  # the three calls overlap
             seen[request.value] = remaining_deadline()
             return ping_pb2.PingResponse()
 

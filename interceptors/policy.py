@@ -128,11 +128,16 @@ def _connection_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | N
     peer = _auth_identity(context)
     if entry is not None:
         _connections.pop(address, None)  # re-inserted below as the newest
-    elif len(_connections) >= MEMO_CONNECTIONS:
-        with contextlib.suppress(StopIteration, RuntimeError, KeyError):
-            del _connections[next(iter(_connections))]
-    _connections[address] = (key, identities, peer)
+    _keep(_connections, address, (key, identities, peer), MEMO_CONNECTIONS)
     return peer
+
+
+def _keep(memo: dict[Any, Any], key: Any, value: Any, cap: int) -> None:
+    """`memo[key] = value`, dropping the oldest entry first when `memo` holds `cap`."""
+    if len(memo) >= cap:
+        with contextlib.suppress(StopIteration, RuntimeError, KeyError):
+            del memo[next(iter(memo))]
+    memo[key] = value
 
 
 def forget_connections() -> None:
@@ -210,10 +215,7 @@ class CallerPolicyServerInterceptor(WrappingServerInterceptor):
             verdict = kept.get(peer, _UNKNOWN)
             if verdict is _UNKNOWN:
                 verdict = decide(method, allowed, peer)
-                if len(kept) >= MEMO_VERDICTS:
-                    with contextlib.suppress(StopIteration, RuntimeError, KeyError):
-                        del kept[next(iter(kept))]
-                kept[peer] = verdict
+                _keep(kept, peer, verdict, MEMO_VERDICTS)
             denial: Denial | None = verdict
             return denial
 

@@ -225,8 +225,10 @@ def _retry_policy(
         # not yet ejected) wins most picks, and `previous_hosts` rejects it only as often
         # as it may re-pick: with 2 instances ~3/4 of picks land on it, so 3 re-picks
         # left a retry on the dead host about a third of the time (a read failed in the
-        # chaos test's kill, 1 in 621); 10 leave it ~4 %. Re-picking costs nanoseconds.
-        "host_selection_retry_max_attempts": 10,
+        # chaos test's kill, 1 in 621); 10 left it ~6 % (1 read in 309 still failed, all
+        # three tries on the dead host, 2026-12-03); 50 leave it ~6e-7. Re-picking costs
+        # nanoseconds, and only on a retry.
+        "host_selection_retry_max_attempts": 50,
     }
 
 

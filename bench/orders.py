@@ -347,8 +347,12 @@ async def profile_orders(pid: int, seconds: float, out: Path) -> list[str]:
     return top_costs(raw)
 
 
-async def _profile_into(out: list[str], pid: int, seconds: float, base: Path) -> None:
+async def _profile_into(
+    out: list[str], pid: int, seconds: float, base: Path, keep: Path | None
+) -> None:
     out.extend(await profile_orders(pid, seconds, base / "orders.spy"))
+    if keep is not None and (base / "orders.spy").exists():
+        shutil.copyfile(base / "orders.spy", keep)
 
 
 def top_costs(raw: str, k: int = 5) -> list[str]:
@@ -382,7 +386,14 @@ def top_costs(raw: str, k: int = 5) -> list[str]:
 
 
 async def measure(
-    seconds: float, levels: list[int], apis: list[str], *, profile: bool, base: Path
+    seconds: float,
+    levels: list[int],
+    apis: list[str],
+    *,
+    profile: bool,
+    base: Path,
+    profile_process: str = "orders",
+    profile_raw: Path | None = None,
 ) -> dict[str, Any]:
     async with local_mesh(base / "stack") as stack:
         shop = Shop(stack.edge.port)
@@ -399,10 +410,15 @@ async def measure(
             for api in apis:
                 for clients in levels:
                     during: Callable[[], Coroutine[Any, Any, None]] | None = None
-                    target = next((p for n, p in pids.items() if n.startswith("orders")), 0)
+                    target = next((p for n, p in pids.items() if n.startswith(profile_process)), 0)
                     if profile and api == apis[0] and clients == 16 and target:
                         during = functools.partial(
-                            _profile_into, profiled, target, max(1.0, seconds - 1), base
+                            _profile_into,
+                            profiled,
+                            target,
+                            max(1.0, seconds - 1),
+                            base,
+                            profile_raw,
                         )
 
                     level = await run_level(
@@ -452,12 +468,23 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--levels", default="1,16,64")
     p.add_argument("--api", default="rest,grpc")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--profile-process", default="orders", help="which process py-spy records (name prefix)"
+    )
+    p.add_argument(
+        "--profile-raw", type=Path, default=None, help="keep py-spy's collapsed stacks here"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",")]
     apis = [x for x in a.api.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="bench-orders-") as tmp:
-        r = asyncio.run(measure(a.seconds, levels, apis, profile=a.profile, base=Path(tmp)))
+        r = asyncio.run(
+            measure(
+                a.seconds, levels, apis, profile=a.profile, base=Path(tmp),
+                profile_process=a.profile_process, profile_raw=a.profile_raw,
+            )
+        )  # fmt: skip
     h = r["hops"]
     print(
         f"per-hop costs: edge {h['edge_ms_per_request']} ms CPU per request, a server"
@@ -466,7 +493,7 @@ def cli(argv: list[str] | None = None) -> None:
     )
     print(f"idle CPU ms per second: {r['idle_cpu_ms_per_s']}")
     if r["profile"]:
-        print("orders process, py-spy (16 clients, REST):")
+        print(f"{a.profile_process} process, py-spy (16 clients, {apis[0]}):")
         for line in r["profile"]:
             print("  " + line)
     print(json.dumps(r))

@@ -70,12 +70,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.settings import read_field
 from interceptors import _fastpath
 from interceptors.registered import split_chain, wrap_method
 from mesh.balancer.picker import P2CPicker, RoundRobinPicker
 from mesh.client.runtime import MeshRuntime
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
+from mesh.gc_tuning import tune_after_start
 from mesh.security.identity import MeshIdentity
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings, Settings
@@ -157,6 +159,8 @@ def _serve(
             # As mesh.server.start_service runs its chain (before issue 15: interceptors).
             registered=registered and not before,
         )
+        if chain:  # as run_service does once a service serves
+            tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
         conn.send(server.port)
         await server.server.wait_for_termination()
 

@@ -12,6 +12,9 @@ turns (round-robin, so drift and the box's other load hit them alike):
   sidecar   bare client → client-side Envoy → (mTLS) → server-side Envoy → bare
             server (bench/sidecar.py: stats, tracing at 100 %, retries)
 
+The mesh server child and this process (the client of every mode) set Python's
+garbage collector as `run_service` does (`mesh/gc_tuning.py`, `MESH_GC_GEN0_THRESHOLD`).
+
 Printed per level: calls/s, p50/p99, client CPU per call, "server" CPU per call
 (the server process; for sidecar also both Envoys'), ratios to `direct`; then
 the headline ratios: mesh vs direct (RPS, p99) and mesh vs sidecar (RPS).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import tempfile
@@ -33,6 +37,7 @@ import grpc
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.settings import read_field
 from bench import sidecar
 from bench.rpc import (
     Call,
@@ -46,9 +51,10 @@ from bench.rpc import (
     start_server,
 )
 from interceptors.tracing import make_tracer_provider
+from mesh.gc_tuning import tune_after_start
 from mesh.security.identity import MeshIdentity
 from mesh.security.store import PkiStore
-from mesh.settings import SecuritySettings
+from mesh.settings import SecuritySettings, Settings
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -100,6 +106,7 @@ async def run(
         envoys: list[sidecar.Envoy] = []
         channels: list[grpc.aio.Channel] = []
         runtime = None
+        thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
         try:
             direct_server = start_server(pki_dir=security.pki_dir)
             mesh_server = start_server(chain=True, pki_dir=security.pki_dir)
@@ -143,6 +150,9 @@ async def run(
                 modes["sidecar"] = (via.Ping, _WithEnvoys(app, envoys))
             for call, _ in modes.values():
                 await asyncio.wait_for(call(ping_pb2.PingRequest()), 10)
+            # This process is the client of every mode; tuned as run_service tunes a
+            # service's process (the mesh server child is too), which helps `direct` alike.
+            tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
             _print_header(
                 f"\nboth sides, mTLS: direct (bare client+server), mesh, sidecar pair; {rounds}"
                 f" x {seconds / rounds:.1f}s turns (server us: sidecar includes both Envoys)"
@@ -166,6 +176,9 @@ async def run(
                 print(line)
             return out
         finally:
+            if not frozen:  # as it was before this run
+                gc.unfreeze()
+            gc.set_threshold(*thresholds)
             for ch in channels:
                 await ch.close(None)
             if runtime is not None:

@@ -50,6 +50,7 @@ from interceptors.tracing import TracingServerInterceptor
 from mesh.admin import AdminBindError, AdminIdentity, AdminRoute, AdminServer
 from mesh.api.options import EDGE, is_internal
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
+from mesh.gc_tuning import tune_after_start
 from mesh.health import DependencyCheck, DrainingHealthServicer, HealthMonitor, HealthReport
 from mesh.instance_info import instance_info
 from mesh.reflection import enable_reflection
@@ -572,6 +573,7 @@ async def _serve(build: Build, settings: Settings) -> None:
             log.info("stopped during start-up")
             return
         running = starting.result()
+        tune_after_start(settings.gc_gen0_threshold)
         await stop_requested.wait()
         await running.stop()
     finally:

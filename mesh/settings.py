@@ -389,6 +389,13 @@ class Settings:
         _POSITIVE,
         "calls at least this long always get an access line",
     )
+    gc_gen0_threshold: int = setting(
+        "MESH_GC_GEN0_THRESHOLD",
+        10_000,
+        whole(minimum=0),
+        "once serving, Python's GC skips what start-up made (`gc.freeze()`) and collects young "
+        "objects every N allocations instead of 700 (`mesh/gc_tuning.py`); 0: Python's defaults",
+    )
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod

@@ -50,10 +50,10 @@ async def spawn(tmp_path: Path, **env: str) -> Process:
 
 
 @asynccontextmanager
-async def ping_process(tmp_path: Path) -> AsyncIterator[tuple[Process, Instance]]:
+async def ping_process(tmp_path: Path, **env: str) -> AsyncIterator[tuple[Process, Instance]]:
     """The process, once it is registered and healthy; killed if the test leaves it running."""
     registry = EmbeddedRegistry(tmp_path / "registry", health_check=False)
-    proc = await spawn(tmp_path)
+    proc = await spawn(tmp_path, **env)
     try:
         deadline = time.monotonic() + 20
         while not (found := await registry.healthy("ping")):
@@ -127,6 +127,19 @@ async def test_sigint_stops_gracefully(tmp_path: Path) -> None:
         assert "KeyboardInterrupt" not in err.decode()
         assert await registry.healthy("ping") == []
     await registry.close()
+
+
+async def test_once_serving_gc_freezes_start_up_unless_turned_off(tmp_path: Path) -> None:
+    for threshold, tuned in (("", True), ("0", False)):
+        env = {"MESH_GC_GEN0_THRESHOLD": threshold} if threshold else {}
+        async with ping_process(tmp_path, **env) as (proc, _instance):
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), GRACE_S + 5) == 0
+            _out, err = await proc.communicate()
+        line = next((x for x in err.decode().splitlines() if "start-up objects frozen" in x), "")
+        assert bool(line) is tuned, err.decode()[-3000:]
+        if tuned:
+            assert "young collections every 10000 allocations" in line
 
 
 async def test_signal_during_start_up_exits_0_unregistered(tmp_path: Path) -> None:

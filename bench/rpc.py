@@ -159,8 +159,8 @@ def _serve(
             # As mesh.server.start_service runs its chain (before issue 15: interceptors).
             registered=registered and not before,
         )
-        if chain:  # as run_service does once a service serves
-            tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
+        if chain:
+            tune_gc_as_services_do()
         conn.send(server.port)
         await server.server.wait_for_termination()
 
@@ -172,6 +172,12 @@ def _serve(
 
     threading.Thread(target=cpu_clock, daemon=True).start()
     asyncio.run(main())
+
+
+def tune_gc_as_services_do() -> None:
+    """Python's collector as `run_service` sets it once a service serves
+    (`MESH_GC_GEN0_THRESHOLD` from this process's environment)."""
+    tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
 
 
 @dataclass

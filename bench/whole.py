@@ -37,7 +37,6 @@ import grpc
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from base.settings import read_field
 from bench import sidecar
 from bench.rpc import (
     Call,
@@ -49,12 +48,12 @@ from bench.rpc import (
     _turns,
     mesh_runtime,
     start_server,
+    tune_gc_as_services_do,
 )
 from interceptors.tracing import make_tracer_provider
-from mesh.gc_tuning import tune_after_start
 from mesh.security.identity import MeshIdentity
 from mesh.security.store import PkiStore
-from mesh.settings import SecuritySettings, Settings
+from mesh.settings import SecuritySettings
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -152,7 +151,7 @@ async def run(
                 await asyncio.wait_for(call(ping_pb2.PingRequest()), 10)
             # This process is the client of every mode; tuned as run_service tunes a
             # service's process (the mesh server child is too), which helps `direct` alike.
-            tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
+            tune_gc_as_services_do()
             _print_header(
                 f"\nboth sides, mTLS: direct (bare client+server), mesh, sidecar pair; {rounds}"
                 f" x {seconds / rounds:.1f}s turns (server us: sidecar includes both Envoys)"

@@ -494,7 +494,7 @@ class ConsulTestAgent:
         self._bump(check.service_name)
 
     async def _run_grpc_check(self, check: AgentCheck) -> None:
-        await asyncio.sleep(random.uniform(0, check.interval_s))
+        await asyncio.sleep(random.uniform(0, check.interval_s))  # poll: Consul staggers first runs
         while True:
             ok, output = await grpc_health_check(
                 check.grpc, check.grpc_use_tls, check.timeout_s, self.tls, check.tls_server_name

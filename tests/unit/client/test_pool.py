@@ -73,7 +73,7 @@ class Done:
 
 async def settle() -> None:
     for _ in range(5):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: loop turns (no time passes) for the fakes' callbacks
 
 
 @pytest.fixture

@@ -459,7 +459,7 @@ async def test_status_read_without_a_coroutine_is_grpcs_own(start_server, outcom
         stub = ping_pb2_grpc.PingServiceStub(ch)
         if outcome == "cancelled":
             call: Any = stub.Ping(ping_pb2.PingRequest(sleep_ms=5000))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # poll: one loop turn, so the call has started when cancelled
             call.cancel()
         else:
             error = NOT_FOUND if outcome == "error" else 0

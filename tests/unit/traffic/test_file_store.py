@@ -53,7 +53,8 @@ async def test_watch_sees_changes_and_skips_broken_files(registry_dir: Path) -> 
         stored = await store.put(TrafficPolicy("orders", {"blue": 100}), 0)
         await eventually(lambda: seen[-1] == stored, 5)
         (registry_dir / "traffic" / "orders.json").write_text("{not json")
-        await asyncio.sleep(0.3)  # several polls: the broken file must not replace the policy
+        # The broken file must not replace the policy over several of the store's polls.
+        await asyncio.sleep(0.3)  # poll
         assert seen[-1] == stored
     finally:
         await store.close()

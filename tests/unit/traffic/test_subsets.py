@@ -53,7 +53,7 @@ class FakeChannel:
 
 async def settle() -> None:
     for _ in range(5):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # poll: loop turns (no time passes) for the fakes' callbacks
 
 
 def subset_picker(weights: dict[str, int], seed: int = 7) -> SubsetPicker[Ep]:

@@ -1,5 +1,6 @@
-"""mesh.sqlite_driver: statements on the loop, a worker thread only for COMMIT and for
-waiting on a lock another connection holds (real SQLite files)."""
+"""mesh.sqlite_driver: statements and (in WAL with synchronous=NORMAL) COMMITs on the loop,
+checkpoints on a thread of their own, a worker thread only for a COMMIT that fsyncs and
+for waiting on a lock another connection holds (real SQLite files)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.db import create_engine, normalise_url, session_factory
-from mesh.sqlite_driver import DRIVER, Connection
+from mesh.sqlite_driver import DRIVER, Connection, _Checkpointer, wal_checkpoints
 
 
 @pytest.fixture
@@ -44,10 +45,10 @@ def test_every_sqlite_url_gets_the_mesh_driver_unless_told(
     assert normalise_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
 
 
-async def test_reads_and_writes_run_on_the_loop_and_only_a_commit_hands_off(
+async def test_reads_writes_and_commits_run_on_the_loop_in_wal_with_synchronous_normal(
     tmp_path: Path,
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    engine = create_engine(f"sqlite:///{tmp_path / 'd.db'}")  # mesh.db: WAL, NORMAL
 
     @event.listens_for(engine.sync_engine, "connect")
     def thread_id_function(dbapi_conn: Any, _record: Any) -> None:
@@ -63,18 +64,71 @@ async def test_reads_and_writes_run_on_the_loop_and_only_a_commit_hands_off(
             async with engine.connect() as c:  # AsyncConnection insists its driver awaited
                 assert (await c.exec_driver_sql("SELECT tid()")).scalar() == here
             await s.commit()  # nothing written: no hand-off
-        assert _workers() == before
         async with sessions.begin() as s:
             await s.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY, v INTEGER)"))
             await s.execute(text("INSERT INTO t (x, v) VALUES (1, tid()), (2, tid())"))
             rows = (await s.execute(text("SELECT x, v FROM t ORDER BY x"))).all()
             assert [tuple(r) for r in rows] == [(1, here), (2, here)]
-            assert _workers() == before  # the statements ran here
-        assert _workers() == before + 1  # the commit went to the connection's worker
+        assert _workers() == before  # the statements and the COMMIT ran here
+        async with engine.connect() as c:  # SQLite's own checkpoints are off once it commits
+            await c.execute(text("INSERT INTO t (x, v) VALUES (3, 3)"))
+            await c.commit()
+            assert (await c.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
     finally:
         await engine.dispose()
     # The commit landed: another connection (plain sqlite3) sees it.
     with sqlite3.connect(tmp_path / "d.db") as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (3,)
+
+
+async def test_the_checkpoint_thread_copies_the_wal_into_the_database_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.db"
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        async with engine.begin() as c:
+            await c.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY, v TEXT)"))
+        size = path.stat().st_size
+        for i in range(50):  # ~50 pages of rows, in the WAL once committed
+            async with engine.begin() as c:
+                await c.execute(
+                    text("INSERT INTO t (x, v) VALUES (:x, :v)"), {"x": i, "v": "v" * 4000}
+                )
+        # In WAL mode the database file grows only when a checkpoint copies pages into it.
+        deadline = time.monotonic() + 5
+        while True:
+            rounds, last = wal_checkpoints(str(path))
+            if last is not None and last[1] == last[2] and path.stat().st_size > size + 50 * 4000:
+                break
+            assert time.monotonic() < deadline, (rounds, last, path.stat().st_size)
+            await asyncio.sleep(0.05)  # poll
+        assert rounds >= 1
+        with sqlite3.connect(path) as other:
+            assert other.execute("SELECT count(*) FROM t").fetchone() == (50,)
+    finally:
+        await engine.dispose()
+    assert wal_checkpoints(str(path)) == (0, None)  # its thread stopped with the last connection
+    assert str(path) not in _Checkpointer._by_path
+
+
+async def test_a_commit_that_fsyncs_hands_off_to_the_worker(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        async with engine.begin() as c:
+            await c.execute(text("CREATE TABLE t (x INTEGER)"))
+        before = _workers()
+        async with engine.begin() as c:
+            await c.exec_driver_sql("PRAGMA synchronous = FULL")  # a COMMIT fsyncs the WAL
+            await c.execute(text("INSERT INTO t VALUES (0)"))
+        assert _workers() == before + 1  # the commit went to the connection's worker
+        async with engine.begin() as c:
+            await c.exec_driver_sql("PRAGMA synchronous = NORMAL")  # read again: on the loop
+            await c.execute(text("INSERT INTO t VALUES (1)"))
+        assert _workers() == before + 1
+    finally:
+        await engine.dispose()
+    with sqlite3.connect(tmp_path / "f.db") as other:
         assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
 
 

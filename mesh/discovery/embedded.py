@@ -200,6 +200,7 @@ def snapshot_key(instances: list[Instance]) -> list[tuple[Instance, list[tuple[s
 class _Entry:
     instance: Instance
     status: str
+    path: str  # the file, as a string: stat'ed every poll (pathlib's join costs more)
 
 
 class ServiceScanner:
@@ -237,15 +238,14 @@ class ServiceScanner:
         now = self._clock()
         alive: list[Instance] = []
         for name, entry in list(self._entries.items()):
-            path = self._dir / name
             try:
-                fst = os.stat(path)
+                fst = os.stat(entry.path)
             except FileNotFoundError:
                 del self._entries[name]
                 continue
             age = now - fst.st_mtime
             if age > self._gc_after_s:
-                self._collect(path, fst)
+                self._collect(Path(entry.path), fst)
             elif age <= self._ttl_s and entry.status == PASSING:
                 alive.append(entry.instance)
         return sorted(alive, key=lambda i: i.id)
@@ -264,7 +264,7 @@ class ServiceScanner:
                     self._bad.add(name)
                     log.warning("ignoring malformed registry file %s: %s", self._dir / name, exc)
                 continue
-            entries[name] = _Entry(instance, status)
+            entries[name] = _Entry(instance, status, str(self._dir / name))
         self._entries = entries
 
     def _collect(self, path: Path, seen: os.stat_result) -> None:

@@ -75,3 +75,16 @@ async def test_closer_run_passes_errors_through() -> None:
 
     with pytest.raises(ValueError, match="bad answer"):
         await Closer().run(boom())
+
+
+async def test_a_cancelled_sleep_is_cancelled_and_leaves_nothing_behind() -> None:
+    closer = Closer()
+    sleeping = asyncio.create_task(closer.sleep(60))
+    await asyncio.sleep(0)  # poll: let it start sleeping
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    assert not closer._sleepers  # its timer and future are gone
+    closer.close()  # nobody left to wake
+    with pytest.raises(Closed):
+        await closer.sleep(60)

@@ -177,6 +177,7 @@ class _Checkpointer:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         seen = 0
+        failing = False
         try:
             while not self._stop.wait(self.interval_s):
                 if self.commits == seen:
@@ -186,9 +187,15 @@ class _Checkpointer:
                     if conn is None:
                         conn = sqlite3.connect(self.path, timeout=0, check_same_thread=False)
                     row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # tried again after the next commits
-                    log.debug("sqlite checkpoint of %s failed: %r", self.path, exc)
+                except Exception as exc:  # tried again after the next commits
+                    # Said once per run of failures: meanwhile the WAL only grows.
+                    (log.debug if failing else log.warning)(
+                        "sqlite checkpoint of %s failed (the WAL grows until one works): %r",
+                        self.path, exc,
+                    )  # fmt: skip
+                    failing = True
                     continue
+                failing = False
                 self.rounds += 1
                 self.last = (int(row[0]), int(row[1]), int(row[2]))
         finally:

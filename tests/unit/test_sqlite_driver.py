@@ -5,6 +5,7 @@ for waiting on a lock another connection holds (real SQLite files)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -235,3 +236,24 @@ async def test_a_cancelled_wait_lets_the_worker_finish_and_the_connection_serves
     async with engine.connect() as c:
         got = (await c.execute(text("SELECT x FROM t ORDER BY x"))).scalars().all()
     assert got == [21]
+
+
+async def test_a_checkpoint_that_fails_is_said_once_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Checkpointer, "interval_s", 0.01)
+    caplog.set_level(logging.DEBUG, logger="mesh.sqlite_driver")
+    path = str(tmp_path / "gone" / "x.db")  # a directory that does not exist: cannot open
+    checkpointer = _Checkpointer.join(path)
+    try:
+        deadline = time.monotonic() + 5
+        while sum("checkpoint of" in r.getMessage() for r in caplog.records) < 3:
+            checkpointer.commits += 1  # as committers do
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)  # poll
+        said = [r for r in caplog.records if "checkpoint of" in r.getMessage()]
+        assert [r.levelno for r in said[:3]] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+        assert checkpointer.rounds == 0
+    finally:
+        checkpointer.leave()
+    assert wal_checkpoints(path) == (0, None)

@@ -11,9 +11,10 @@ decoding the body (and tools that only see headers, like `nats sub`, show it).
 
 from __future__ import annotations
 
-import uuid
+import os
+import time as _time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.message import Message
 from meshproto.events.v1 import envelope_pb2
@@ -31,10 +32,29 @@ HDR_TRACEPARENT = "traceparent"
 HDR_TRACESTATE = "tracestate"
 
 
+# W3C explicitly, not the globally configured propagator: the envelope fields are named
+# traceparent/tracestate whatever the process uses. Stateless: one serves every call.
+_W3C = TraceContextTextMapPropagator()
+
+
 def _propagator() -> TraceContextTextMapPropagator:
-    # W3C explicitly, not the globally configured propagator: the envelope
-    # fields are named traceparent/tracestate whatever the process uses.
-    return TraceContextTextMapPropagator()
+    return _W3C
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())`.
+
+    Why not that: every event pays for its id, and `uuid.UUID`'s constructor and `str`
+    are Python code (6.1 µs against 2.5 µs for this, on the 2-core box; an event's
+    envelope cost ~31 µs of the producer's ~170 µs per event in `bench events`). The
+    same 122 random bits from `os.urandom`, the same version and variant bits (RFC 9562
+    section 5.4); `tests/unit/events/test_envelope.py` parses them back with `uuid.UUID`.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # variant: RFC 4122 / 9562
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_envelope(
@@ -54,13 +74,16 @@ def new_envelope(
     about (CloudEvents' subject), not the NATS subject, which is the type.
     """
     env = envelope_pb2.Envelope(
-        id=event_id or str(uuid.uuid4()),
+        id=event_id or new_event_id(),
         type=types.type_of(payload),
         source=source,
         subject=subject,
         data_content_type=CONTENT_TYPE,
     )
-    env.time.FromDatetime(time or datetime.now(UTC))
+    if time is None:
+        env.time.FromNanoseconds(_time.time_ns())  # now (UTC); 1.2 µs, FromDatetime 5.8
+    else:
+        env.time.FromDatetime(time)
     env.data.Pack(payload)
     carrier: dict[str, str] = {}
     _propagator().inject(carrier, context=context)

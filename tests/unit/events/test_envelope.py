@@ -3,6 +3,8 @@ backoff."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +16,7 @@ from shop.events.v1 import events_pb2
 
 from base.backoff import Backoff
 from mesh.events.consumer import SubscribeOptions, Subscription
-from mesh.events.envelope import decode, encode, extract_context, new_envelope
+from mesh.events.envelope import decode, encode, extract_context, new_envelope, new_event_id
 from mesh.events.errors import EventsTimeoutError, PublishTimeoutError, UnknownEventError
 from mesh.events.streams import default_streams, dlq_subject
 from mesh.events.types import EventTypes, load_event_types, unpack
@@ -47,6 +49,29 @@ def test_new_envelope_fills_every_attribute() -> None:
     assert EVENTS.payload(env) == payload
     assert unpack(env, events_pb2.OrderCompensationCompleted) == payload
     assert env.traceparent == ""  # no active span
+
+
+def test_event_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text  # lower-case, hyphenated: what str(uuid4()) gives
+    # Every bit but the six fixed ones varies (a constant or biased bit would not).
+    bits = [int(i.replace("-", ""), 16) for i in ids]
+    fixed = {76, 77, 78, 79, 62, 63}  # version (bits 76-79) and variant (62-63), from the LSB
+    for bit in set(range(128)) - fixed:
+        ones = sum((b >> bit) & 1 for b in bits)
+        assert 800 < ones < 1200, bit
+
+
+def test_a_new_envelope_is_stamped_now_in_utc() -> None:
+    before = time.time_ns()
+    env = new_envelope(wrappers_pb2.StringValue(value="x"), types=NOTES, source="n", subject="s")
+    after = time.time_ns()
+    assert before <= env.time.ToNanoseconds() <= after
+    assert env.time.ToDatetime(tzinfo=UTC).tzinfo is UTC
 
 
 def test_any_project_registers_its_own_payloads() -> None:

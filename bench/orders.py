@@ -1,12 +1,16 @@
 """Orders through the edge: v2 CreateOrder over REST and gRPC on a `meshctl up` stack.
 
-Run: `python -m bench orders [--seconds 10] [--levels 1,16,64] [--api rest,grpc]`.
+Run: `python -m bench orders [--seconds 10] [--levels 1,16,64] [--api rest,grpc]
+[--database sqlite|postgresql]`.
 Starts the whole shop as `meshctl up` does (tests/support/local_mesh.py: its own
 nats-server, two orders and two inventory instances, users, payments, the Envoy
-edge), signs a few users up through the edge (CreateUser, then Authenticate for
-an access token sent as `authorization: Bearer ...` on every order), creates
-products with ample stock, then places orders at each concurrency level for
-`--seconds` and reports:
+edge), each service on its own SQLite file (the default, as `make run`) or, with
+`--database postgresql`, on a fresh database of its own on the PostgreSQL the tests
+use (127.0.0.1:5432, trust auth; `tests/support/shop.py`'s `pg_databases`, dropped
+afterwards; the two instances of a service share theirs), signs a few users up
+through the edge (CreateUser, then Authenticate for an access token sent as
+`authorization: Bearer ...` on every order), creates products with ample stock, then
+places orders at each concurrency level for `--seconds` and reports:
 
 - orders/s (completed orders only; anything else is counted as an error), p50/p99;
 - CPU per order per process (ms): utime + stime from /proc/<pid>/stat before and
@@ -50,6 +54,7 @@ import grpc
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from tests.support.local_mesh import Stack, local_mesh
+from tests.support.shop import pg_databases
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +399,30 @@ async def measure(
     base: Path,
     profile_process: str = "orders",
     profile_raw: Path | None = None,
+    database: str = "sqlite",
 ) -> dict[str, Any]:
-    async with local_mesh(base / "stack") as stack:
+    if database == "sqlite":
+        return await _measure(seconds, levels, apis, profile, base, profile_process, profile_raw)
+    if database != "postgresql":
+        raise ValueError(f"database {database!r}: sqlite or postgresql")
+    async with pg_databases() as urls:
+        env = {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
+        return await _measure(
+            seconds, levels, apis, profile, base, profile_process, profile_raw, env
+        )
+
+
+async def _measure(
+    seconds: float,
+    levels: list[int],
+    apis: list[str],
+    profile: bool,
+    base: Path,
+    profile_process: str,
+    profile_raw: Path | None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    async with local_mesh(base / "stack", env=env) as stack:
         shop = Shop(stack.edge.port)
         try:
             pids = processes(stack)
@@ -430,7 +457,13 @@ async def measure(
                     )
                     rows.append(row)
                     print(_line(row), flush=True)
-            return {"levels": rows, "hops": hops, "idle_cpu_ms_per_s": idle, "profile": profiled}
+            return {
+                "database": "postgresql" if env else "sqlite",
+                "levels": rows,
+                "hops": hops,
+                "idle_cpu_ms_per_s": idle,
+                "profile": profiled,
+            }
         finally:
             await shop.close()
 
@@ -446,11 +479,13 @@ def _line(r: dict[str, Any]) -> str:
     )
 
 
-async def headline_orders(duration_s: float = 10.0) -> dict[str, Any]:
+async def headline_orders(duration_s: float = 10.0, database: str = "sqlite") -> dict[str, Any]:
     """For `bench summary`: REST at 16 clients for `duration_s`:
     {"orders_per_s", "p50_ms", "p99_ms", "achieved_vs_bound", ...}."""
     with tempfile.TemporaryDirectory(prefix="bench-orders-") as tmp:
-        r = await measure(duration_s, [16], ["rest"], profile=False, base=Path(tmp))
+        r = await measure(
+            duration_s, [16], ["rest"], profile=False, base=Path(tmp), database=database
+        )
     row = r["levels"][0]
     return {
         "orders_per_s": row["orders_per_s"],
@@ -474,6 +509,12 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--profile-raw", type=Path, default=None, help="keep py-spy's collapsed stacks here"
     )
+    p.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="each service's database: its SQLite file, or a fresh database on 127.0.0.1:5432",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     levels = [int(x) for x in a.levels.split(",")]
@@ -483,6 +524,7 @@ def cli(argv: list[str] | None = None) -> None:
             measure(
                 a.seconds, levels, apis, profile=a.profile, base=Path(tmp),
                 profile_process=a.profile_process, profile_raw=a.profile_raw,
+                database=a.database,
             )
         )  # fmt: skip
     h = r["hops"]

@@ -12,6 +12,7 @@ import pytest
 
 from bench.events import headline_events
 from bench.orders import headline_orders
+from tests.support.postgres import pg_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -24,5 +25,13 @@ async def test_bench_events_smoke() -> None:
 
 async def test_bench_orders_smoke() -> None:
     r = await headline_orders(1.5)
+    assert r["orders_per_s"] > 0
+    assert r["orders_errors"] == 0
+
+
+async def test_bench_orders_smoke_on_postgresql() -> None:
+    if not await pg_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    r = await headline_orders(1.5, database="postgresql")
     assert r["orders_per_s"] > 0
     assert r["orders_errors"] == 0

@@ -100,8 +100,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int | None = None, **kwargs: Any) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
+
+    `pool_size`: PostgreSQL connections kept open (SQLAlchemy's `QueuePool`, whose
+    default is 5; services pass `MESH_DB_POOL_SIZE`, 10). Measured with `python -m
+    bench orders --database postgresql` (16 clients, 2-core box): with 5, connections
+    beyond the fifth were closed when returned and opened again for the next burst,
+    and the shop placed 19.6-20.9 orders/s at 69.5-75.9 ms of CPU per order; with 10
+    or 20, 24.5-25.5 orders/s at 62.7-64.5 ms. SQLite ignores it (its connections are
+    cheap to open; no measurable difference at 20).
 
     Durability on SQLite: WAL with synchronous=NORMAL. A commit is atomic and
     consistent, and survives a crash of the process (the WAL is in the OS's page
@@ -109,6 +117,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     checkpoint (never corrupt the database). synchronous=FULL would fsync the WAL
     on every commit to survive that too, at one fsync per transaction."""
     url = normalise_url(url)
+    if pool_size is not None and make_url(url).get_backend_name() == "postgresql":
+        kwargs["pool_size"] = pool_size
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

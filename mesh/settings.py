@@ -396,6 +396,13 @@ class Settings:
         "once serving, Python's GC skips what start-up made (`gc.freeze()`) and collects young "
         "objects every N allocations instead of 700 (`mesh/gc_tuning.py`); 0: Python's defaults",
     )
+    db_pool_size: int = setting(
+        "MESH_DB_POOL_SIZE",
+        10,
+        whole(minimum=1),
+        "PostgreSQL connections a service process keeps open (SQLAlchemy's pool; up to 10 more "
+        "while busy, closed when returned); SQLite files ignore it",
+    )
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @classmethod

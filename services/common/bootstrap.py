@@ -20,12 +20,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mesh.db import Migration, create_engine, session_factory
+from mesh.db import Migration, session_factory
 from mesh.events import Outbox, RelayConfig
 from mesh.health import database_check
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
-from services.common.db import database_url, prepare_database
+from services.common.db import prepare_database, service_engine
 from services.common.events import EventPublisher, bus_access
 
 
@@ -48,7 +48,7 @@ async def open_database(
 ) -> Database:
     """The engine for settings (or `engine`, which the caller keeps owning), migrated."""
     owns = engine is None
-    eng = create_engine(database_url(settings)) if engine is None else engine
+    eng = service_engine(settings) if engine is None else engine
     try:
         await prepare_database(eng, migrations)
     except BaseException:

@@ -1,7 +1,8 @@
 """Database plumbing every shop service repeats: URL, migrations, outage mapping.
 
 - `database_url(settings)`: `<SERVICE>_DATABASE_URL`, else the service's SQLite file
-  under MESH_DATA_DIR.
+  under MESH_DATA_DIR; `service_engine(settings)`: the engine for it, with the pool
+  size of `MESH_DB_POOL_SIZE`.
 - `migrate_with_retry`: two instances of one service starting together against one
   database race on the first migration; the loser's transaction fails (a table or a
   `schema_migrations` row already exists) and a second pass finds the step done.
@@ -23,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from base.errors import Unavailable
-from mesh.db import Migration, default_sqlite_url, migrate
+from mesh.db import Migration, create_engine, default_sqlite_url, migrate
 from mesh.server import ServiceStartError
 from mesh.settings import Settings
 
@@ -45,6 +46,12 @@ _OUTAGES: tuple[type[BaseException], ...] = (
 def database_url(settings: Settings) -> str:
     """The service's database: its `<SERVICE>_DATABASE_URL`, else `<data_dir>/<service>.db`."""
     return settings.database_url or default_sqlite_url(settings.data_dir, settings.service)
+
+
+def service_engine(settings: Settings) -> AsyncEngine:
+    """The engine of the service's database (`database_url`), its PostgreSQL pool sized
+    by `MESH_DB_POOL_SIZE`."""
+    return create_engine(database_url(settings), pool_size=settings.db_pool_size)
 
 
 async def migrate_with_retry(

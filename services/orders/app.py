@@ -15,7 +15,6 @@ from shop.users.v1 import users_pb2_grpc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh.db import create_engine
 from mesh.discovery.registry import Registry
 from mesh.health import registry_upstream_check
 from mesh.saga import SagaRunner, SagaStore
@@ -23,7 +22,7 @@ from mesh.saga.admin import saga_admin_routes
 from mesh.server import ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
-from services.common.db import database_url
+from services.common.db import service_engine
 from services.common.events import EventSubscriber, bus_access
 from services.common.pagination import set_key
 from services.common.secrets import service_key
@@ -86,7 +85,7 @@ async def build(
     set_key(service_key(NAME, "page-token"))
     owned = engine is None
     if engine is None:
-        engine = create_engine(database_url(settings))
+        engine = service_engine(settings)
         sqlite_busy_timeout(engine, cfg.sqlite_busy_timeout_ms)
     try:
         db = await open_database(settings, store.migrations(), engine=engine)

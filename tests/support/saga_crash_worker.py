@@ -22,8 +22,8 @@ from tests.support.saga_scenario import COMPENSATE, Script, crash_definition
 
 async def main(argv: list[str]) -> None:
     url, schema, mode, journal, owner, lease_s, saga_id = argv
-    kwargs = {"connect_args": {"server_settings": {"search_path": schema}}} if schema else {}
-    engine = create_engine(url, **kwargs)
+    connect_args = {"server_settings": {"search_path": schema}} if schema else None
+    engine = create_engine(url, connect_args=connect_args) if connect_args else create_engine(url)
     script = Script(Path(journal))
     if mode == "forward":
         script.gate("c")  # never released: the process dies in there

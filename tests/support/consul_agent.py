@@ -501,11 +501,11 @@ class ConsulTestAgent:
             )
             check.runs += 1
             self._set_status(check, "passing" if ok else "critical", output)
-            await asyncio.sleep(check.interval_s)
+            await asyncio.sleep(check.interval_s)  # poll: the check's interval, as an agent runs it
 
     async def _reap(self) -> None:
         while True:
-            await asyncio.sleep(self._reap_interval_s)
+            await asyncio.sleep(self._reap_interval_s)  # poll: the agent's reap period
             now = time.monotonic()
             for check in list(self._checks.values()):
                 if check.kind == "ttl" and now > check.ttl_deadline:

@@ -46,7 +46,7 @@ class SlowInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.delay_s = delay_s
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delay_s)  # poll: the delay is the loaded instance it stands for
         return await continuation(details)
 
 

@@ -114,7 +114,7 @@ class NatsServer:
             if port_no and _can_connect(port_no):
                 self.port = port_no
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # poll: see the loop's deadline
         await self.stop()
         raise TimeoutError(f"nats-server did not start within {ready_within_s}s")
 

@@ -204,7 +204,7 @@ class ShopStack:
                         return inst
             if time.monotonic() > deadline:
                 raise ShopError(f"{name} not healthy within {within_s}s:\n{p.log_tail()}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll: until healthy, with the deadline above
 
     async def stop(self, name: str, grace_s: float = 10.0) -> int | None:
         """Graceful stop (SIGTERM); returns the exit status. Calls in flight on the test's

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -44,7 +45,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,19 @@ def top_costs(raw: str, k: int = 5) -> list[str]:
     return out
 
 
+@contextlib.asynccontextmanager
+async def database_env(database: str) -> AsyncIterator[dict[str, str]]:
+    """The stack's `<SERVICE>_DATABASE_URL`s: none for SQLite (each service its file),
+    a fresh PostgreSQL database per service (dropped on exit) for "postgresql"."""
+    if database == "sqlite":
+        yield {}
+        return
+    if database != "postgresql":
+        raise ValueError(f"database {database!r}: sqlite or postgresql")
+    async with pg_databases() as urls:
+        yield {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
+
+
 async def measure(
     seconds: float,
     levels: list[int],
@@ -401,28 +415,10 @@ async def measure(
     profile_raw: Path | None = None,
     database: str = "sqlite",
 ) -> dict[str, Any]:
-    if database == "sqlite":
-        return await _measure(seconds, levels, apis, profile, base, profile_process, profile_raw)
-    if database != "postgresql":
-        raise ValueError(f"database {database!r}: sqlite or postgresql")
-    async with pg_databases() as urls:
-        env = {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
-        return await _measure(
-            seconds, levels, apis, profile, base, profile_process, profile_raw, env
-        )
-
-
-async def _measure(
-    seconds: float,
-    levels: list[int],
-    apis: list[str],
-    profile: bool,
-    base: Path,
-    profile_process: str,
-    profile_raw: Path | None,
-    env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    async with local_mesh(base / "stack", env=env) as stack:
+    async with (
+        database_env(database) as env,
+        local_mesh(base / "stack", env=env) as stack,
+    ):
         shop = Shop(stack.edge.port)
         try:
             pids = processes(stack)
@@ -458,7 +454,7 @@ async def _measure(
                     rows.append(row)
                     print(_line(row), flush=True)
             return {
-                "database": "postgresql" if env else "sqlite",
+                "database": database,
                 "levels": rows,
                 "hops": hops,
                 "idle_cpu_ms_per_s": idle,

@@ -37,10 +37,6 @@ HDR_TRACESTATE = "tracestate"
 _W3C = TraceContextTextMapPropagator()
 
 
-def _propagator() -> TraceContextTextMapPropagator:
-    return _W3C
-
-
 def new_event_id() -> str:
     """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())`.
 
@@ -86,7 +82,7 @@ def new_envelope(
         env.time.FromDatetime(time)
     env.data.Pack(payload)
     carrier: dict[str, str] = {}
-    _propagator().inject(carrier, context=context)
+    _W3C.inject(carrier, context=context)
     env.traceparent = carrier.get(HDR_TRACEPARENT, "")
     env.tracestate = carrier.get(HDR_TRACESTATE, "")
     return env
@@ -139,4 +135,4 @@ def extract_context(
         carrier[HDR_TRACEPARENT] = envelope.traceparent
         if envelope.tracestate:
             carrier[HDR_TRACESTATE] = envelope.tracestate
-    return _propagator().extract(carrier, context=Context())
+    return _W3C.extract(carrier, context=Context())

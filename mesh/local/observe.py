@@ -49,7 +49,8 @@ class ObserveOptions:
     trace_max_spans: int = DEFAULT_MAX_SPANS
     trace_max_age_s: float = DEFAULT_MAX_AGE_S
     dashboard_port: int = 9900  # 0: a free port
-    # How often spans leave a service for the sink (the SDK's default is 5 s).
+    # How often spans leave a service or the edge for the sink (the SDK's and Envoy's
+    # default is 5 s).
     export_delay_ms: int = 500
 
     @classmethod
@@ -144,7 +145,11 @@ class Observability:
                 percent = min(100.0, max(0.0, float(env.get("OTEL_TRACES_SAMPLER_ARG") or 1) * 100))
         elif sampler.endswith("always_off"):
             percent = 0.0
-        return {"otlp_port": self.sink_port, "trace_sample_percent": percent}
+        return {
+            "otlp_port": self.sink_port,
+            "trace_sample_percent": percent,
+            "trace_flush_ms": self.o.export_delay_ms,
+        }
 
     async def start_dashboard(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,7 @@ from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import write_endpoints
 from mesh.local.traces.receiver import serve
-from mesh.local.traces.store import SpanWriter, connect, trace_spans
+from mesh.local.traces.store import SpanRow, SpanWriter, connect, trace_spans
 from tests.support import pki
 from tests.support.envoy import start_envoy, validate
 from tests.support.poll import eventually
@@ -54,38 +54,49 @@ def test_config_with_tracer_validates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+class _CountingWriter(SpanWriter):
+    """The sink's writer, counting the export calls that reach it (one `add` each)."""
+
+    exports = 0
+
+    def add(self, rows: Sequence[SpanRow]) -> None:
+        self.exports += 1
+        super().add(rows)
+
+
 @pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+async def receiver(tmp_path: Path) -> AsyncIterator[tuple[int, Path, _CountingWriter]]:
     port = free_port()
-    writer = SpanWriter(tmp_path / "traces.db")
+    writer = _CountingWriter(tmp_path / "traces.db")
     stop = asyncio.Event()
     task = asyncio.create_task(serve(writer, port, stop))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         await asyncio.wait_for(ch.channel_ready(), 10)
     try:
-        yield port, tmp_path / "traces.db"
+        yield port, tmp_path / "traces.db", writer
     finally:
         stop.set()
         await task
         writer.close()
 
 
+def _get(listen: int) -> int:
+    """A request Envoy answers itself (no healthy orders instance), traced all the same."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/api/v1/orders/x") as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 async def test_envoy_exports_a_span_per_request_to_the_sink(
-    receiver: tuple[int, Path], tmp_path: Path
+    receiver: tuple[int, Path, _CountingWriter], tmp_path: Path
 ) -> None:
-    port, db = receiver
+    port, db, _ = receiver
     config, listen, admin = _edge_files(tmp_path / "edge", otlp_port=port)
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:
-        # No healthy orders instance: Envoy answers itself, and still traces the request.
-        def get() -> int:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{listen}/api/v1/orders/x") as r:
-                    return int(r.status)
-            except urllib.error.HTTPError as exc:
-                return exc.code
-
-        assert await asyncio.to_thread(get) >= 400
+        assert await asyncio.to_thread(_get, listen) >= 400
         conn = connect(db, readonly=True)
 
         def edge_spans() -> list[tuple[str, str]]:
@@ -94,5 +105,30 @@ async def test_envoy_exports_a_span_per_request_to_the_sink(
 
         spans = await eventually(edge_spans, 15, "Envoy's span in the sink")
         assert ("edge", "ingress") in spans
+    finally:
+        await asyncio.to_thread(envoy.stop)
+
+
+async def test_envoy_sends_its_spans_in_batches_on_the_flush_interval(
+    receiver: tuple[int, Path, _CountingWriter], tmp_path: Path
+) -> None:
+    """Envoy's default sends an export call every 5 spans (24 requests: 4 calls at once);
+    the rendered runtime holds them for `trace_flush_ms` or 512 spans, as `meshctl up`'s
+    services' batch processors do."""
+    port, db, writer = receiver
+    config, listen, admin = _edge_files(tmp_path / "edge", otlp_port=port, trace_flush_ms=1500)
+    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    try:
+        requests = 24
+        for _ in range(requests):
+            assert await asyncio.to_thread(_get, listen) >= 400
+        conn = connect(db, readonly=True)
+
+        def stored() -> int | None:
+            (n,) = conn.execute("SELECT count(*) FROM spans").fetchone()
+            return int(n) if n >= requests else None
+
+        assert await eventually(stored, 15, "the edge's spans in the sink") == requests
+        assert writer.exports <= 2  # one per interval the requests spanned
     finally:
         await asyncio.to_thread(envoy.stop)

@@ -59,6 +59,8 @@ def test_edge_samples_at_the_services_ratio(
     opts = _with_sink(tmp_path).edge_options(env)
     assert opts["otlp_port"] == 43170
     assert opts["trace_sample_percent"] == pytest.approx(percent)
+    # The edge's spans reach the sink as soon as the services' do.
+    assert opts["trace_flush_ms"] == ObserveOptions().export_delay_ms == 500
 
 
 def test_no_sink_no_edge_tracer(tmp_path: Path) -> None:

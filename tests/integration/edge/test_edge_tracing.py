@@ -116,7 +116,7 @@ async def test_envoy_sends_its_spans_in_batches_on_the_flush_interval(
     the rendered runtime holds them for `trace_flush_ms` or 512 spans, as `meshctl up`'s
     services' batch processors do."""
     port, db, writer = receiver
-    config, listen, admin = _edge_files(tmp_path / "edge", otlp_port=port, trace_flush_ms=1500)
+    config, listen, admin = _edge_files(tmp_path / "edge", otlp_port=port, trace_flush_ms=3000)
     envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
     try:
         requests = 24

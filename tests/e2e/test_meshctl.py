@@ -156,7 +156,7 @@ async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) 
     for _ in range(150):  # poll up to 30 s for the children to exit
         if not _processes_of(run_dir):
             break
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # poll, 30 s deadline above
     assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"
 
 

@@ -148,7 +148,8 @@ async def steady_load(
                 load_.count(path, True)
             except Exception as exc:  # every failure counts, whatever it is
                 load_.count(path, False, repr(exc)[:200])
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))  # pacing
+            # poll: pacing the load
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async with (
         grpc.aio.insecure_channel(stack.edge.address) as channel,
@@ -319,7 +320,7 @@ async def test_blue_to_green_under_steady_load(stack: Stack, runtime: MeshRuntim
         )  # fmt: skip
         assert started.returncode == 0, started.stderr + started.stdout
         state = await wait_phase(stack, ("promoted", "rolled back", "aborted", "failed"), 90)
-        await asyncio.sleep(1)  # the load goes on after the promotion (a measured tail)
+        await asyncio.sleep(1)  # poll: the load goes on after the promotion (a measured tail)
     assert state.phase == "promoted", state.log
     assert (state.old_track, state.new_track) == ("blue", "green")
     assert traffic.total_failed == 0, (traffic.failed, traffic.errors)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 
 def main() -> None:
@@ -16,7 +15,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("serving", flush=True)
     while True:
-        time.sleep(1)  # idle until signalled
+        signal.pause()  # idle until SIGTERM (its handler exits)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class PingServicer(ping_pb2_grpc.PingServiceServicer):
         self.metadata_seen.append(tuple(context.invocation_metadata() or ()))
         self.time_remaining_seen.append(context.time_remaining())
         if request.sleep_ms:
-            await asyncio.sleep(request.sleep_ms / 1000)
+            await asyncio.sleep(request.sleep_ms / 1000)  # poll: the delay the caller asked for
         if request.error_code:
             await context.abort(
                 grpc.StatusCode(_code(request.error_code)), f"asked to fail ({request.value})"

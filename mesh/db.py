@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from mesh import sqlite_driver as sqlite_driver_module
+from mesh.db_sessions import MeshSession, MeshSessionMaker
 from mesh.sqlite_writes import SerialWriteSession
 
 
@@ -128,10 +129,12 @@ def create_engine(url: str, *, pool_size: int | None = None, **kwargs: Any) -> A
 def session_factory(engine: AsyncEngine, *, serial_writes: bool = False) -> async_sessionmaker[Any]:
     """Sessions of `engine`. With `serial_writes` on SQLite, their writing transactions
     queue per process and take a file lock beside the database across processes
-    (`mesh.sqlite_writes`) instead of sleeping in SQLite's busy handler."""
+    (`mesh.sqlite_writes`) instead of sleeping in SQLite's busy handler. Either way a
+    session's `async with` end runs to the end through a task only if it suspends
+    (`mesh.db_sessions`)."""
     if serial_writes and engine.dialect.name == "sqlite":
-        return async_sessionmaker(engine, expire_on_commit=False, class_=SerialWriteSession)
-    return async_sessionmaker(engine, expire_on_commit=False)
+        return MeshSessionMaker(engine, expire_on_commit=False, class_=SerialWriteSession)
+    return MeshSessionMaker(engine, expire_on_commit=False, class_=MeshSession)
 
 
 TableFactory = Callable[[MetaData], Table]

@@ -70,9 +70,10 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
+
+from mesh.db_sessions import MeshSession
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _release(session: Session, transaction: SessionTransaction) -> None:
         lock.release()
 
 
-class SerialWriteSession(AsyncSession):
+class SerialWriteSession(MeshSession):
     """An AsyncSession whose writing transactions queue on the engine's process lock."""
 
     sync_session_class = _SyncSession

@@ -4,7 +4,7 @@ only when it suspends (real SQLite, both drivers)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,20 @@ def counting_tasks() -> Iterator[list[int]]:
         loop.set_task_factory(None)
 
 
-async def _table(engine: AsyncEngine) -> None:
-    async with engine.begin() as c:
-        await c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A SQLite file with table t (id, n NOT NULL), on the driver the environment picks."""
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        async with engine.begin() as c:
+            await c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    return int(engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
 
 
 async def test_an_end_that_never_suspends_runs_in_the_callers_task() -> None:
@@ -116,88 +127,78 @@ async def test_a_cancelled_caller_waits_for_the_end_then_is_cancelled() -> None:
 
 
 async def test_begin_commits_closes_and_makes_no_task_on_the_meshs_driver(
-    tmp_path: Path,
+    engine: AsyncEngine,
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     sessions = session_factory(engine)
     assert isinstance(sessions, MeshSessionMaker)
     assert sessions.class_ is MeshSession
-    try:
-        await _table(engine)
-        with counting_tasks() as made:
-            async with sessions.begin() as s:
-                await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
-            async with sessions() as s:
-                assert (await s.execute(text("SELECT n FROM t"))).scalar_one() == 1
-        assert made[0] == 0  # SQLAlchemy's own context managers make three
-        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
+    with counting_tasks() as made:
+        async with sessions.begin() as s:
+            await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+        async with sessions() as s:
+            assert (await s.execute(text("SELECT n FROM t"))).scalar_one() == 1
+    assert made[0] == 0  # SQLAlchemy's own context managers make three
+    assert _checked_out(engine) == 0
 
 
 async def test_begin_rolls_back_on_an_error_and_closes_when_the_commit_fails(
-    tmp_path: Path,
+    engine: AsyncEngine,
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'b.db'}")
     sessions = session_factory(engine, serial_writes=True)
-    try:
-        await _table(engine)
-        with pytest.raises(RuntimeError):
-            async with sessions.begin() as s:
-                await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
-                raise RuntimeError("the caller's own error")
-        closed: list[bool] = []
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as s:
+            await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+            raise RuntimeError("the caller's own error")
+    closed: list[bool] = []
 
-        def before_commit(session: Session) -> None:
-            session.execute(text("INSERT INTO t (id, n) VALUES (2, NULL)"))  # NOT NULL
+    def before_commit(session: Session) -> None:
+        session.execute(text("INSERT INTO t (id, n) VALUES (2, NULL)"))  # NOT NULL
 
-        def after_end(session: Session, _: Any) -> None:
-            closed.append(True)
+    def after_end(session: Session, _: Any) -> None:
+        closed.append(True)
 
-        with pytest.raises(IntegrityError):
-            async with sessions.begin() as s:
-                event.listen(s.sync_session, "before_commit", before_commit)
-                event.listen(s.sync_session, "after_transaction_end", after_end)
-                await s.execute(text("INSERT INTO t (id, n) VALUES (3, 3)"))
-        assert closed  # the failed commit's transaction ended
-        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        async with sessions() as s:
-            assert (await s.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
-    finally:
-        await engine.dispose()
+    with pytest.raises(IntegrityError):
+        async with sessions.begin() as s:
+            event.listen(s.sync_session, "before_commit", before_commit)
+            event.listen(s.sync_session, "after_transaction_end", after_end)
+            await s.execute(text("INSERT INTO t (id, n) VALUES (3, 3)"))
+    assert closed  # the failed commit's transaction ended
+    assert _checked_out(engine) == 0
+    async with sessions() as s:
+        assert (await s.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
 
 
+@pytest.fixture
+def aiosqlite_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESH_SQLITE_DRIVER", "aiosqlite")
+
+
+@pytest.mark.usefixtures("aiosqlite_driver")
 async def test_a_caller_cancelled_during_a_suspending_commit_still_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine,
 ) -> None:
     # aiosqlite hands every call to a thread: its COMMIT suspends, so the end goes on in
     # a task of its own and the caller's cancellation waits for it.
-    monkeypatch.setenv("MESH_SQLITE_DRIVER", "aiosqlite")
-    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
     assert engine.dialect.driver == "aiosqlite"
     sessions = session_factory(engine)
-    try:
-        await _table(engine)
 
-        async def writer() -> None:
-            async with sessions.begin() as s:
-                task = asyncio.current_task()
-                assert task is not None
+    async def writer() -> None:
+        async with sessions.begin() as s:
+            task = asyncio.current_task()
+            assert task is not None
 
-                def cancel_me(_: Session) -> None:
-                    task.cancel()  # lands at the COMMIT's first suspension
+            def cancel_me(_: Session) -> None:
+                task.cancel()  # lands at the COMMIT's first suspension
 
-                event.listen(s.sync_session, "before_commit", cancel_me)
-                await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+            event.listen(s.sync_session, "before_commit", cancel_me)
+            await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
 
-        with counting_tasks() as made, pytest.raises(asyncio.CancelledError):
-            await asyncio.create_task(writer())
-        assert made[0] == 2  # the writer, and one task for the end (SQLAlchemy makes two)
-        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        async with sessions() as s:
-            assert (await s.execute(text("SELECT n FROM t WHERE id = 1"))).scalar_one() == 1
-    finally:
-        await engine.dispose()
+    with counting_tasks() as made, pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(writer())
+    assert made[0] == 2  # the writer, and one task for the end (SQLAlchemy makes two)
+    assert _checked_out(engine) == 0
+    async with sessions() as s:
+        assert (await s.execute(text("SELECT n FROM t WHERE id = 1"))).scalar_one() == 1
 
 
 def test_rest_passes_a_thrown_error_into_the_coroutine() -> None:

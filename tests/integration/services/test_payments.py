@@ -270,17 +270,23 @@ async def test_a_charge_cancelled_after_the_processor_decided_is_recorded(
     cancelled before the settle commits: a PENDING row left there would block the saga's
     refund until the claim went stale."""
     real_settle = PaymentsStore.settle
+    settling = asyncio.Event()
     caller_gone = asyncio.Event()
 
     async def slow_to_settle(self: PaymentsStore, *args: Any) -> PaymentRow:
+        settling.set()  # the processor has decided
         await caller_gone.wait()  # the settle starts only after the caller was cancelled
         return await real_settle(self, *args)
 
     monkeypatch.setattr(PaymentsStore, "settle", slow_to_settle)
     sid = saga()
+    # The deadline must fall after the processor decided: 1 s leaves the claim and the
+    # processor room on a loaded CI box (0.1 s did not: the claim was still being made,
+    # and rightly dropped). The settle waits for `caller_gone`, so the deadline fires in it.
     with pytest.raises(grpc.RpcError) as err:
-        await payments(served).Charge(charge_req(sid), timeout=SLOW_DELAY_S / 3)
+        await payments(served).Charge(charge_req(sid), timeout=1.0)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert settling.is_set(), "the deadline fired before the processor decided"
     caller_gone.set()
 
     async def status() -> str | None:

@@ -102,6 +102,9 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lease_until = 0.0
+        # A standby that saw another holder's live lease looks again at this time (the
+        # earlier of lease_s / 3 and when that lease may lapse), not on every commit.
+        self._standby_until = 0.0
         self._last_purge = 0.0
         self.published = 0
         # Acked, not yet marked sent (run() marks them in bulk); since when.
@@ -164,7 +167,7 @@ class OutboxRelay:
             try:
                 if not await self._hold_lease():
                     await self._flush_marks()  # a takeover republishes the rest: deduped
-                    await self._outbox.wait_committed(self.config.lease_s / 3)
+                    await self._outbox.wait_committed(self._standby_wait_s())
                     continue
                 sent = await self._publish_round()
                 backoff.reset()
@@ -187,6 +190,12 @@ class OutboxRelay:
         sent = await self._publish_round()
         await self._flush_marks()
         return sent
+
+    def _standby_wait_s(self) -> float:
+        """How long a standby waits before its next look at the lease (a commit or a stop
+        wakes it sooner; a commit alone does not make it look)."""
+        until = self._standby_until - time.monotonic()
+        return until if until > 0 else self.config.lease_s / 3
 
     def _idle_wait_s(self) -> float:
         """How long an idle relay waits for a commit: the poll interval, or less when
@@ -298,10 +307,16 @@ class OutboxRelay:
         if self._lease_until == 0.0:
             # A standby looks before it writes: while another holder's lease runs, its
             # try is a read, not two write transactions (UPDATE, then a failing INSERT)
-            # queueing for the database's write lock every `lease_s / 3`.
+            # queueing for the database's write lock every `lease_s / 3`. And it looks
+            # only when that lease may have lapsed (or `lease_s / 3` on): its own
+            # process's commits wake it, but they are the holder's to publish.
+            if mono < self._standby_until:
+                return False
             async with self._sessions() as s:
                 held = (await s.execute(self._lease_holder)).first()
             if held is not None and held.holder != self.holder and held.expires_at >= now_ms:
+                lapses_in_s = (held.expires_at - now_ms) / 1000
+                self._standby_until = mono + min(self.config.lease_s / 3, lapses_in_s)
                 return False
         async with self._sessions.begin() as s:
             res = await s.execute(

@@ -104,3 +104,53 @@ async def test_a_standby_relay_only_reads_the_lease_while_it_is_held(
     finally:
         await standby.stop()
         await leader.stop()
+
+
+async def test_a_standby_does_not_look_at_the_lease_on_every_commit(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    # Commits of the standby's own process wake it (they share the outbox), but they are
+    # the holder's to publish: looking at the lease on each was a read session per commit.
+    bus = await bus_factory()
+    leader = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
+    leader.start()
+    # lease_s / 3 between a standby's looks: 2 s here, longer than the commits below take.
+    standby = OutboxRelay(db.sessions, bus.js, outbox, holder="users-2",
+                          config=RelayConfig(lease_s=6.0, poll_interval_s=0.05))  # fmt: skip
+    try:
+        await eventually(lambda: leader.is_leader, what="the leader's lease")
+        with recorded_statements(db.engine, ["mesh_outbox_lease"]) as seen:
+            standby.start()
+            await eventually(lambda: len(seen) >= 1, what="the standby's first look")
+            for _ in range(20):
+                async with db.sessions.begin() as s:
+                    await outbox.add(s, user_created())
+                await asyncio.sleep(0.01)  # poll: one commit at a time, each waking the relays
+            await eventually(lambda: leader.published == 20, within_s=5.0, what="published")
+        assert len(seen) == 1, seen  # one look in all, not one per commit
+        assert not standby.is_leader and standby.published == 0
+    finally:
+        await standby.stop()
+        await leader.stop()
+
+
+async def test_a_standby_takes_over_when_the_lease_lapses_not_a_third_of_its_own_later(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    bus = await bus_factory()
+    short = RelayConfig(lease_s=1.0, poll_interval_s=0.05, ack_timeout_s=1.0)
+    await crash_while_leading(OutboxRelay(db.sessions, bus.js, outbox, config=short,
+                                          holder="users-1"))  # fmt: skip
+    async with db.sessions.begin() as s:
+        await outbox.add(s, user_created())
+    # The standby's own lease is 30 s (a look every 10 s): it looks again when the dead
+    # holder's 1 s lease lapses, and publishes what was left.
+    standby = OutboxRelay(db.sessions, bus.js, Outbox(), holder="users-2",
+                          config=RelayConfig(lease_s=30.0, poll_interval_s=0.05))  # fmt: skip
+    standby.start()
+    try:
+        await eventually(lambda: standby.published == 1, within_s=4.0, what="the takeover")
+        assert standby.is_leader
+        assert await lease_holder(db) == "users-2"
+    finally:
+        await standby.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from meshproto.events.v1.envelope_pb2 import Envelope
@@ -82,23 +83,23 @@ async def test_relays_without_a_holder_get_one_each(db: Db, bus_factory: Any) ->
     assert all(r.holder.startswith("relay-") for r in relays)
 
 
-async def test_a_standby_relay_only_reads_the_lease_while_it_is_held(
-    db: Db, bus_factory: Any, outbox: Outbox
-) -> None:
-    # Each try of a standby used to be two write transactions (UPDATE, failing INSERT)
-    # queueing for the database's write lock; while the lease is live it is one read.
-    bus = await bus_factory()
+@contextlib.asynccontextmanager
+async def leading_and_standing_by(
+    db: Db, bus: Any, outbox: Outbox, standby_lease_s: float
+) -> AsyncIterator[tuple[OutboxRelay, OutboxRelay, list[str]]]:
+    """A leader holding a 60 s lease, then a standby (lease `standby_lease_s`: a look every
+    third of it) started inside `recorded_statements` on the lease table; both stopped
+    after. Yields (leader, standby, the lease statements seen since the standby started)."""
     leader = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
     leader.start()
-    # lease_s / 3 between a standby's tries: 0.1 s here, under the leader's 60 s lease.
-    standby = OutboxRelay(db.sessions, bus.js, outbox, holder="users-2",
-                          config=RelayConfig(lease_s=0.3, poll_interval_s=0.05))  # fmt: skip
+    config = RelayConfig(lease_s=standby_lease_s, poll_interval_s=0.05)
+    standby = OutboxRelay(db.sessions, bus.js, outbox, holder="users-2", config=config)
     try:
         await eventually(lambda: leader.is_leader, what="the leader's lease")
         with recorded_statements(db.engine, ["mesh_outbox_lease"]) as seen:
             standby.start()
-            await eventually(lambda: len(seen) >= 3, what="three tries of the standby")
-        assert all(s.startswith("SELECT") for s in seen), seen
+            await eventually(lambda: len(seen) >= 1, what="the standby's first look")
+            yield leader, standby, seen
         assert not standby.is_leader and standby.published == 0
         assert await lease_holder(db) == "users-1"
     finally:
@@ -106,32 +107,32 @@ async def test_a_standby_relay_only_reads_the_lease_while_it_is_held(
         await leader.stop()
 
 
+async def test_a_standby_relay_only_reads_the_lease_while_it_is_held(
+    db: Db, bus_factory: Any, outbox: Outbox
+) -> None:
+    # Each try of a standby used to be two write transactions (UPDATE, failing INSERT)
+    # queueing for the database's write lock; while the lease is live it is one read.
+    # A look every 0.1 s here, under the leader's 60 s lease.
+    async with leading_and_standing_by(db, await bus_factory(), outbox, 0.3) as (_, _, seen):
+        await eventually(lambda: len(seen) >= 3, what="three tries of the standby")
+        looks = list(seen)
+    assert all(s.startswith("SELECT") for s in looks), looks
+
+
 async def test_a_standby_does_not_look_at_the_lease_on_every_commit(
     db: Db, bus_factory: Any, outbox: Outbox
 ) -> None:
     # Commits of the standby's own process wake it (they share the outbox), but they are
     # the holder's to publish: looking at the lease on each was a read session per commit.
-    bus = await bus_factory()
-    leader = OutboxRelay(db.sessions, bus.js, outbox, config=LONG_LEASE, holder="users-1")
-    leader.start()
-    # lease_s / 3 between a standby's looks: 2 s here, longer than the commits below take.
-    standby = OutboxRelay(db.sessions, bus.js, outbox, holder="users-2",
-                          config=RelayConfig(lease_s=6.0, poll_interval_s=0.05))  # fmt: skip
-    try:
-        await eventually(lambda: leader.is_leader, what="the leader's lease")
-        with recorded_statements(db.engine, ["mesh_outbox_lease"]) as seen:
-            standby.start()
-            await eventually(lambda: len(seen) >= 1, what="the standby's first look")
-            for _ in range(20):
-                async with db.sessions.begin() as s:
-                    await outbox.add(s, user_created())
-                await asyncio.sleep(0.01)  # poll: one commit at a time, each waking the relays
-            await eventually(lambda: leader.published == 20, within_s=5.0, what="published")
-        assert len(seen) == 1, seen  # one look in all, not one per commit
-        assert not standby.is_leader and standby.published == 0
-    finally:
-        await standby.stop()
-        await leader.stop()
+    # A look every 2 s here, longer than the commits below take.
+    async with leading_and_standing_by(db, await bus_factory(), outbox, 6.0) as (leader, _, seen):
+        for _ in range(20):
+            async with db.sessions.begin() as s:
+                await outbox.add(s, user_created())
+            await asyncio.sleep(0.01)  # poll: one commit at a time, each waking the relays
+        await eventually(lambda: leader.published == 20, within_s=5.0, what="published")
+        looks = list(seen)
+    assert len(looks) == 1, looks  # one look in all, not one per commit
 
 
 async def test_a_standby_takes_over_when_the_lease_lapses_not_a_third_of_its_own_later(

@@ -85,7 +85,7 @@ async def test_an_end_that_suspends_gets_its_values_and_errors_through() -> None
     assert await run_to_end(end()) == "ab"
 
     async def fails_late() -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a suspension point before the error
         raise ValueError("late")
 
     with pytest.raises(ValueError, match="late"):

@@ -148,8 +148,8 @@ async def steady_load(
                 load_.count(path, True)
             except Exception as exc:  # every failure counts, whatever it is
                 load_.count(path, False, repr(exc)[:200])
-            # poll: pacing the load
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            pause = max(0.0, interval_s - (time.monotonic() - started))
+            await asyncio.sleep(pause)  # poll: pacing the load
 
     async with (
         grpc.aio.insecure_channel(stack.edge.address) as channel,

@@ -79,13 +79,13 @@ async def test_an_end_that_suspends_gets_its_values_and_errors_through() -> None
             await failing
         except KeyError as exc:  # the future's error reaches the coroutine
             got += str(exc.args[0])
-        await asyncio.sleep(0)  # a bare yield
+        await asyncio.sleep(0)  # poll: a bare yield, resumed on the next loop turn
         return got
 
     assert await run_to_end(end()) == "ab"
 
     async def fails_late() -> None:
-        await asyncio.sleep(0)  # a suspension point before the error
+        await asyncio.sleep(0)  # poll: a suspension point before the error
         raise ValueError("late")
 
     with pytest.raises(ValueError, match="late"):

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.edge.envoy_config import tracer_runtime
+from mesh.edge.envoy_config import EdgeOptions, tracer_runtime
+from mesh.edge.subsets import static_runtime_layer
 from mesh.tools import envoy_binary
 
 _HTTP2 = {
@@ -123,7 +124,9 @@ def _bootstrap(
     return {
         "node": {"id": name, "cluster": name},
         # Spans batched as the mesh's processes batch theirs (the SDK's 5 s, 512 spans).
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": tracer_runtime(5000)}]},
+        "layered_runtime": {
+            "layers": [static_runtime_layer(tracer_runtime(EdgeOptions().trace_flush_ms))]
+        },
         "admin": {"address": _address(admin_port)},
         "static_resources": {
             "listeners": [listener],

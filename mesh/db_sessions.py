@@ -113,10 +113,9 @@ class _Begin(Generic[S]):
 
     def __init__(self, session: S) -> None:
         self.session = session
-        self.transaction: AsyncSessionTransaction | None = None
+        self.transaction: AsyncSessionTransaction = session.begin()  # begins on entry
 
     async def __aenter__(self) -> S:
-        self.transaction = self.session.begin()
         await self.transaction.__aenter__()
         return self.session
 
@@ -130,8 +129,7 @@ class _Begin(Generic[S]):
 
     async def _end(self, type_: Any, value: Any, traceback: Any) -> None:
         try:
-            if self.transaction is not None:
-                await self.transaction.__aexit__(type_, value, traceback)
+            await self.transaction.__aexit__(type_, value, traceback)
         finally:
             await self.session.close()
 

@@ -251,10 +251,15 @@ def edge_fault(policy: TrafficPolicy | None) -> Fault | None:
     return next((f for f in policy.faults if f.subset == ANY and f.method == ANY), None)
 
 
+def static_runtime_layer(values: Mapping[str, int]) -> dict[str, Any]:
+    """A `layered_runtime` layer of fixed `values` (the lowest layer of a bootstrap)."""
+    return {"name": "static", "static_layer": dict(values)}
+
+
 def runtime_layer(runtime_path: str, static: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The bootstrap's `layered_runtime`: `static` values first (the lowest layer), then
     RTDS from the file the sync writes."""
-    first = [{"name": "static", "static_layer": dict(static)}] if static else []
+    first = [static_runtime_layer(static)] if static else []
     return {
         "layers": [
             *first,

@@ -73,7 +73,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
 
-from mesh.db_sessions import MeshSession
+from mesh.db_sessions import MeshSession, MeshSyncSession
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def is_write(statement: Any) -> bool:
     return False
 
 
-class _SyncSession(Session):
+class _SyncSession(MeshSyncSession):
     """The sync session under `SerialWriteSession`: releases the lock when its root
     transaction ends (after the COMMIT or ROLLBACK reached SQLite)."""
 

@@ -25,15 +25,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     func,
     insert,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from mesh.db import Migration, schema
+from mesh.db_sessions import after_commit
 from mesh.events.envelope import encode
 
 OUTBOX_TABLE = "mesh_outbox"
@@ -130,25 +129,10 @@ class Outbox:
         if not rows:
             return
         await session.execute(self._insert, rows)
-        self._watch(session.sync_session)
-
-    def _watch(self, sync_session: Session) -> None:
-        # Wake the relay right after this transaction commits (latency), and do
-        # nothing on rollback. The relay also polls, for rows committed by other
-        # processes and for rows left by a crash.
-        if sync_session.info.get("mesh_outbox_watch") is self:
-            return
-        sync_session.info["mesh_outbox_watch"] = self
-
-        def after_commit(s: Session) -> None:
-            s.info.pop("mesh_outbox_watch", None)
-            self._committed.set()
-
-        def after_rollback(s: Session) -> None:
-            s.info.pop("mesh_outbox_watch", None)
-
-        event.listen(sync_session, "after_commit", after_commit, once=True)
-        event.listen(sync_session, "after_rollback", after_rollback, once=True)
+        # Wake the relay right after this transaction commits (latency); nothing on
+        # rollback. The relay also polls, for rows committed by other processes and
+        # for rows left by a crash.
+        after_commit(session, self._committed.set)
 
     def notify(self) -> None:
         """Tell the relay that rows were committed (e.g. by raw SQL outside `add`)."""

@@ -46,11 +46,10 @@ from shop.events.v1 import events_pb2
 from shop.inventory.v1 import inventory_pb2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from base.errors import Aborted, FailedPrecondition
+from mesh.db_sessions import after_commit
 from mesh.events import Outbox, new_envelope
 from mesh.saga import (
     SagaContext,
@@ -469,13 +468,13 @@ class OrderSagas:
                 f = saga.failure
                 outcome = (f.code, f.message, f.reason)
 
-                def tell(_s: Session) -> None:
+                def tell() -> None:
                     # Only once the failure is recorded: a failure that did not commit
                     # is retried by recovery and may still end well.
                     if not waiter.done():
                         waiter.set_result(outcome)
 
-                event.listen(session.sync_session, "after_commit", tell, once=True)
+                after_commit(session, tell)
         if saga.status is SagaStatus.COMPENSATED and t.event in (
             TransitionEvent.STEP_FAILED,
             TransitionEvent.STEP_COMPENSATED,

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from mesh.db import create_engine, session_factory
-from mesh.db_sessions import MeshSession, MeshSessionMaker, run_to_end
+from mesh.db_sessions import MeshSession, MeshSessionMaker, after_commit, run_to_end
 
 
 @contextmanager
@@ -224,3 +224,77 @@ def test_rest_passes_a_thrown_error_into_the_coroutine() -> None:
     with pytest.raises(StopIteration) as stop:
         rest.throw(asyncio.CancelledError())
     assert stop.value.value == "handled"
+
+
+@pytest.mark.parametrize("serial_writes", [False, True])
+async def test_after_commit_runs_once_committed_and_never_after_a_rollback(
+    engine: AsyncEngine, serial_writes: bool
+) -> None:
+    sessions = session_factory(engine, serial_writes=serial_writes)
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+
+    async with sessions.begin() as s:
+        await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+        after_commit(s, first)
+        after_commit(s, first)  # queued once
+        after_commit(s, lambda: ran.append("second"))
+        assert ran == []  # not before the COMMIT
+    assert ran == ["first", "second"]
+
+    ran.clear()
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as s:
+            await s.execute(text("INSERT INTO t (id, n) VALUES (2, 2)"))
+            after_commit(s, first)
+            raise RuntimeError("rolled back")
+    async with sessions() as s:  # a session used again after a rollback: nothing carried
+        await s.execute(text("INSERT INTO t (id, n) VALUES (3, 3)"))
+        after_commit(s, first)
+        await s.rollback()
+        await s.execute(text("INSERT INTO t (id, n) VALUES (4, 4)"))
+        await s.commit()
+    assert ran == []
+    # The mesh's sessions need no listener of their own per session (SQLAlchemy's
+    # instance-level `event.listen` is what this replaces).
+    async with sessions() as s:
+        after_commit(s, first)
+        assert not s.sync_session.dispatch.after_commit.listeners
+
+
+async def test_a_failing_after_commit_callback_is_logged_and_the_others_run(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    sessions = session_factory(engine)
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise ValueError("a callback's bug")
+
+    async with sessions.begin() as s:
+        await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+        after_commit(s, broken)
+        after_commit(s, lambda: ran.append("next"))
+    assert ran == ["next"]
+    assert "after-commit callback" in caplog.text and "a callback's bug" in caplog.text
+    async with sessions() as s:  # the commit stands
+        assert (await s.execute(text("SELECT n FROM t"))).scalar_one() == 1
+
+
+async def test_after_commit_works_on_a_plain_sqlalchemy_session(engine: AsyncEngine) -> None:
+    ran: list[int] = []
+    async with AsyncSession(engine) as s:
+        async with s.begin():
+            await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+            after_commit(s, lambda: ran.append(1))
+        assert ran == [1]
+        async with s.begin():  # the next transaction of the same session: not again
+            await s.execute(text("INSERT INTO t (id, n) VALUES (2, 2)"))
+        with pytest.raises(RuntimeError):
+            async with s.begin():
+                await s.execute(text("INSERT INTO t (id, n) VALUES (3, 3)"))
+                after_commit(s, lambda: ran.append(3))
+                raise RuntimeError("rolled back")
+    assert ran == [1]

@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from mesh import sqlite_driver as sqlite_driver_module
+from mesh.db_greenlets import install as install_pooled_greenlets
 from mesh.db_sessions import MeshSession, MeshSessionMaker
 from mesh.sqlite_writes import SerialWriteSession
 
@@ -117,6 +118,7 @@ def create_engine(url: str, *, pool_size: int | None = None, **kwargs: Any) -> A
     cache); a power loss or OS crash can lose the last commits before the next
     checkpoint (never corrupt the database). synchronous=FULL would fsync the WAL
     on every commit to survive that too, at one fsync per transaction."""
+    install_pooled_greenlets()  # SQLAlchemy's asyncio calls on reused greenlets
     url = normalise_url(url)
     if pool_size is not None and make_url(url).get_backend_name() == "postgresql":
         kwargs["pool_size"] = pool_size

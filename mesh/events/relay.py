@@ -194,8 +194,7 @@ class OutboxRelay:
     def _standby_wait_s(self) -> float:
         """How long a standby waits before its next look at the lease (a commit or a stop
         wakes it sooner; a commit alone does not make it look)."""
-        until = self._standby_until - time.monotonic()
-        return until if until > 0 else self.config.lease_s / 3
+        return max(0.0, self._standby_until - time.monotonic())
 
     def _idle_wait_s(self) -> float:
         """How long an idle relay waits for a commit: the poll interval, or less when
@@ -315,7 +314,8 @@ class OutboxRelay:
             async with self._sessions() as s:
                 held = (await s.execute(self._lease_holder)).first()
             if held is not None and held.holder != self.holder and held.expires_at >= now_ms:
-                lapses_in_s = (held.expires_at - now_ms) / 1000
+                # Past the lapse by a millisecond: the next look finds it lapsed.
+                lapses_in_s = (held.expires_at - now_ms + 1) / 1000
                 self._standby_until = mono + min(self.config.lease_s / 3, lapses_in_s)
                 return False
         async with self._sessions.begin() as s:
@@ -338,6 +338,8 @@ class OutboxRelay:
             except IntegrityError:
                 got = False
         self._lease_until = mono + self.config.lease_s if got else 0.0
+        if not got:  # another holder won the write: its lease runs `lease_s` at most
+            self._standby_until = mono + self.config.lease_s / 3
         return got
 
     async def _release_lease(self) -> None:

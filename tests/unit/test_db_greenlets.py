@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,13 @@ from greenlet import getcurrent  # type: ignore[import-untyped]
 from sqlalchemy import exc, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import session as session_module
+from sqlalchemy.util import concurrency
 from sqlalchemy.util.concurrency import await_
 
 from mesh import db_greenlets
 from mesh.db import create_engine, session_factory
 
-Spawn = Callable[..., Awaitable[Any]]
+Spawn = Callable[..., Coroutine[Any, Any, Any]]
 SPAWNS = {"sqlalchemy": db_greenlets._ORIGINAL, "pooled": db_greenlets.greenlet_spawn}
 REQUEST = contextvars.ContextVar[str]("request")
 
@@ -108,7 +109,7 @@ async def test_a_cancelled_caller_cancels_the_body_and_the_next_call_works(spawn
         finally:
             unwound.append("finally")
 
-    task = asyncio.create_task(spawn(body))
+    task: asyncio.Task[Any] = asyncio.create_task(spawn(body))
     await entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -200,5 +201,5 @@ def test_a_changed_sqlalchemy_is_not_patched(monkeypatch: pytest.MonkeyPatch) ->
     def await_elsewhere(awaitable: Any) -> Any:  # an await_ that no longer uses `parent`
         return "not handed over"
 
-    monkeypatch.setattr(db_greenlets.concurrency, "await_", await_elsewhere)
+    monkeypatch.setattr(concurrency, "await_", await_elsewhere)
     assert not db_greenlets._capable()

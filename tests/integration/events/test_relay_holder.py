@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 from sqlalchemy import text
 
 from mesh.events import Outbox, OutboxRelay, RelayConfig, new_envelope
+from mesh.events import relay as relay_module
 from services.common.event_types import EVENTS
 from tests.support.events_db import Db
 from tests.support.poll import eventually
@@ -152,6 +155,46 @@ async def test_a_standby_takes_over_when_the_lease_lapses_not_a_third_of_its_own
     try:
         await eventually(lambda: standby.published == 1, within_s=4.0, what="the takeover")
         assert standby.is_leader
+        assert await lease_holder(db) == "users-2"
+    finally:
+        await standby.stop()
+
+
+class _WallClock:
+    """`time` for the relay module: the wall clock reads `first` once, then `after`."""
+
+    def __init__(self, first: float, after: float) -> None:
+        self.readings = [first]
+        self.after = after
+
+    def time(self) -> float:
+        return self.readings.pop() if self.readings else self.after
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
+async def test_a_standby_whose_look_finds_the_lease_at_its_last_millisecond_looks_again_at_once(
+    db: Db, bus_factory: Any, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look sees the holder's lease expiring this very millisecond (not yet lapsed);
+    # the standby used to find its next look already due when it computed its wait and
+    # fall back to a third of its own lease (10 s here) instead of looking again.
+    bus = await bus_factory()
+    expires_ms = int(time.time() * 1000) + 60_000
+    async with db.sessions.begin() as s:
+        await s.execute(
+            text("INSERT INTO mesh_outbox_lease (name, holder, expires_at) VALUES (:n, :h, :e)"),
+            {"n": OutboxRelay.LEASE_NAME, "h": "users-1", "e": expires_ms},
+        )
+        await outbox.add(s, user_created())
+    monkeypatch.setattr(relay_module, "time", _WallClock(expires_ms / 1000, expires_ms / 1000 + 1))
+    standby = OutboxRelay(db.sessions, bus.js, Outbox(), holder="users-2",
+                          config=RelayConfig(lease_s=30.0, poll_interval_s=0.05))  # fmt: skip
+    standby.start()
+    try:
+        await eventually(lambda: standby.published == 1, within_s=3.0, what="the takeover")
         assert await lease_holder(db) == "users-2"
     finally:
         await standby.stop()

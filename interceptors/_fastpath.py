@@ -486,4 +486,10 @@ def selected() -> dict[str, bool]:
     }
 
 
-use_fastpath(os.environ.get(ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"})
+def requested() -> bool:
+    """Whether the environment asks for the fast paths now (`MESH_FASTPATH`, on unless
+    0 / false / no / off): read at this import, and by `mesh.db_greenlets.install`."""
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+use_fastpath(requested())

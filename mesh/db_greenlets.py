@@ -36,7 +36,6 @@ mid-way (its caller's coroutine dropped) ends with it as SQLAlchemy's would; at 
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from sqlalchemy.ext.asyncio import result as _result_mod
 from sqlalchemy.ext.asyncio import session as _session_mod
 from sqlalchemy.util import concurrency
 
-from interceptors._fastpath import ENV_VAR
+from interceptors import _fastpath
 
 T = TypeVar("T")
 
@@ -189,6 +188,5 @@ def pooled() -> bool:
 
 def install() -> None:
     """What `mesh.db.create_engine` calls: pooled unless `MESH_FASTPATH=0` at this call."""
-    off = os.environ.get(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}
-    if not off and not pooled():
+    if _fastpath.requested() and not pooled():
         use_pooled_greenlets(True)

@@ -40,12 +40,12 @@ def spawn(request: pytest.FixtureRequest) -> Spawn:
 
 
 async def _value(v: Any) -> Any:
-    await asyncio.sleep(0)  # a real suspension of the driving task
+    await asyncio.sleep(0)  # poll: a real suspension of the driving task
     return v
 
 
 async def _fail(error: BaseException) -> None:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # poll: a real suspension before the error
     raise error
 
 

@@ -95,6 +95,13 @@ def _serve() -> None:
         job = getcurrent().parent.switch(answer)
 
 
+def _new_worker(parent: Any) -> _Worker:
+    """A worker started and waiting for its first job, switching back to `parent`."""
+    worker = _Worker(_serve, parent)
+    worker.switch()  # runs to its first wait (_IDLE)
+    return worker
+
+
 _local = threading.local()
 
 
@@ -116,8 +123,7 @@ async def greenlet_spawn(
         worker = idle.pop()
         worker.parent = caller
     else:
-        worker = _Worker(_serve, caller)
-        worker.switch()  # runs to its first wait (_IDLE)
+        worker = _new_worker(caller)
     worker.gr_context = caller.gr_context  # the caller's context variables, as SQLAlchemy
     switched = False
     result = worker.switch((fn, args, kwargs))
@@ -159,8 +165,7 @@ def _capable() -> bool:
         return concurrency.await_(marker)  # type: ignore[arg-type]
 
     try:
-        worker = _Worker(_serve, getcurrent())
-        worker.switch()
+        worker = _new_worker(getcurrent())
         handed = worker.switch((body, (), {}))
         if handed is not marker:
             return False

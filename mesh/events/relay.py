@@ -102,8 +102,9 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lease_until = 0.0
-        # A standby that saw another holder's live lease looks again at this time (the
-        # earlier of lease_s / 3 and when that lease may lapse), not on every commit.
+        # A standby looks at the lease again at this time, not on every commit: when the
+        # live lease it saw may lapse (at most lease_s / 3 on), or lease_s / 3 after
+        # another holder won the write.
         self._standby_until = 0.0
         self._last_purge = 0.0
         self.published = 0

@@ -46,9 +46,9 @@ import grpc
 from opentelemetry import trace
 
 from interceptors._handler import ObservingServerInterceptor
+from interceptors.plumbing import HEALTH_METHODS
 
 _OK = grpc.StatusCode.OK
-HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 _SERVER_FAULTS = frozenset(
     {
         grpc.StatusCode.UNKNOWN,

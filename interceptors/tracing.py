@@ -21,6 +21,11 @@ Status and `end()` happen only for recording spans; header formatting and
 parsing are done directly rather than through the propagator API; per-method
 names and attributes are computed once.
 
+Health checks (interceptors/plumbing.py) that carry no trace of their caller's
+start none: the probes arrive every few seconds per instance whether anyone uses
+the service or not, and would be most of an idle process's spans. Sent with a
+`traceparent` (a person debugging with grpcurl), one is traced like any call.
+
 The tracer comes from the TracerProvider given (never the global one), e.g.
 `make_tracer_provider(service, os.environ)`.
 """
@@ -43,6 +48,7 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import (
+    INVALID_SPAN,
     INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
@@ -57,6 +63,7 @@ from interceptors._call import split_method, when_done
 from interceptors._client import ClientInterceptor, Continuation, returns_call
 from interceptors._handler import ObservingServerInterceptor
 from interceptors._spans import SpanShortcut
+from interceptors.plumbing import is_health_check
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -86,6 +93,7 @@ _SERVER_FAULTS = frozenset(
 class _Method:
     span_name: str
     attributes: Mapping[str, str]
+    probe: bool = False  # a health check: no root span of its own
 
 
 def _method(full_method: str) -> _Method:
@@ -93,6 +101,7 @@ def _method(full_method: str) -> _Method:
     return _Method(
         f"{service}/{method}",
         {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        is_health_check(full_method),
     )
 
 
@@ -298,6 +307,8 @@ class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall])
                 span = self._spans.start_span(
                     prepared.span_name, remote, SpanKind.SERVER, prepared.attributes, remote=True
                 )
+        elif prepared.probe:
+            span = INVALID_SPAN  # a probe with no caller trace: untraced (module docstring)
         else:
             # No (valid) caller trace: a root.
             dropped = self._spans.drop(INVALID_SPAN_CONTEXT)

@@ -42,11 +42,10 @@ from interceptors._handler import (
     UnaryBehaviour,
     wrap_handler,
 )
+from interceptors.plumbing import PLUMBING_PREFIXES
 from interceptors.policy import peer_identity
 
 TRACK_KEY = "x-mesh-track"
-# Methods a "*" fault never touches (they can still be named explicitly).
-INFRASTRUCTURE = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # The `x-mesh-track` of the server call being handled (None: none, or not in a call).
 incoming_track: ContextVar[str | None] = ContextVar("shop_mesh_incoming_track", default=None)
@@ -78,7 +77,7 @@ class FaultRule:
         the instance instead of rehearsing a failure of its API)."""
         m = self.method
         if m == "*":
-            return not method.startswith(INFRASTRUCTURE)
+            return not method.startswith(PLUMBING_PREFIXES)  # named explicitly, they are hit
         return m == method or (m.endswith("/*") and method.startswith(m[:-1]))
 
 

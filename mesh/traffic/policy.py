@@ -40,6 +40,8 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from interceptors.plumbing import PLUMBING_PREFIXES
+
 __all__ = [
     "ANY",
     "DEFAULT_FAULT_STATUS",
@@ -65,7 +67,7 @@ TRACK_HEADER = "x-mesh-track"
 ANY = "*"
 # What a "*" fault never touches: a registry's health check must not see injected
 # failures (it would deregister the instance). Naming them explicitly still works.
-INFRASTRUCTURE_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+INFRASTRUCTURE_METHODS = PLUMBING_PREFIXES
 DEFAULT_FAULT_STATUS = "UNAVAILABLE"
 # Statuses a fault may abort with (grpc.StatusCode names, OK excluded).
 FAULT_STATUSES = frozenset(

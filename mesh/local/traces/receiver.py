@@ -27,13 +27,16 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from interceptors.plumbing import HEALTH_PREFIX
 from mesh.local.traces.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SPANS, SpanRow, SpanWriter
 
 log = logging.getLogger(__name__)
 
 # Roots that are probes, not requests: every instance is health-checked every few
-# seconds (Envoy, the registry), and kept they would bury the shop's traces.
-NOISE_ROOTS = ("grpc.health.v1.Health/",)
+# seconds (Envoy, the registry), and kept they would bury the shop's traces. The
+# mesh's own servers no longer start them (interceptors/plumbing.py); this keeps
+# other exporters' (an older mesh, another SDK) out too.
+NOISE_ROOTS = (HEALTH_PREFIX.lstrip("/"),)
 
 
 def _value(v: common_pb2.AnyValue) -> Any:

@@ -9,25 +9,15 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.server import RunningService, ServiceDefinition, start_service
 from mesh.settings import Settings
 from tests.support import pki
 from tests.support.ping import PingServicer
+from tests.support.server_runtime import StubRuntime
 
 PING = "shop.testing.v1.PingService"
-
-
-@dataclasses.dataclass
-class _Runtime:
-    """What start_service needs of a runtime: no registry, metrics or tracing."""
-
-    registry: None = None
-    metrics: None = None
-    tracer_provider: None = None
-    prometheus: CollectorRegistry = dataclasses.field(default_factory=CollectorRegistry)
 
 
 @pytest.fixture
@@ -38,7 +28,7 @@ async def server() -> AsyncIterator[RunningService]:
         service_names=[PING],
     )
     settings = Settings(service="ping", registry="none", security=pki.session_pki())
-    running = await start_service(definition, settings, _Runtime())
+    running = await start_service(definition, settings, StubRuntime(with_metrics=False))
     yield running
     await running.stop(0)
 
@@ -119,7 +109,7 @@ async def test_mesh_tls_off_serves_plaintext_and_says_so_loudly(
     security = dataclasses.replace(pki.session_pki(), tls=False)
     settings = Settings(service="ping", registry="none", security=security)
     with caplog.at_level(logging.WARNING, logger="mesh.security.identity"):
-        running = await start_service(definition, settings, _Runtime())
+        running = await start_service(definition, settings, StubRuntime(with_metrics=False))
     try:
         assert "MESH_TLS=off" in caplog.text and "!!!" in caplog.text
         async with grpc.aio.insecure_channel(running.address) as ch:

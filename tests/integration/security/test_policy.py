@@ -7,7 +7,6 @@ comes from `shop.payments.v1`'s options and is enforced before any handler.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
-from interceptors.metrics import RpcMetrics
 from mesh.security.policy import load_rows, render_markdown
 from mesh.server import RunningService, ServiceDefinition, start_service
 from mesh.settings import Settings
 from tests.support import pki
+from tests.support.server_runtime import StubRuntime
 
 PAYMENTS = "shop.payments.v1.PaymentService"
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -42,16 +40,6 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
         return payments_pb2.Payment(payment_id=request.payment_id)
 
 
-@dataclasses.dataclass
-class _Runtime:
-    prometheus: CollectorRegistry = dataclasses.field(default_factory=CollectorRegistry)
-    registry: None = None
-    tracer_provider: None = None
-
-    def __post_init__(self) -> None:
-        self.metrics = RpcMetrics(self.prometheus)
-
-
 @pytest.fixture
 async def payments() -> AsyncIterator[tuple[RunningService, Payments]]:
     servicer = Payments()
@@ -61,7 +49,7 @@ async def payments() -> AsyncIterator[tuple[RunningService, Payments]]:
         service_names=[PAYMENTS],
     )
     settings = Settings(service="payments", registry="none", security=pki.session_pki())
-    running = await start_service(definition, settings, _Runtime())
+    running = await start_service(definition, settings, StubRuntime())
     yield running, servicer
     await running.stop(0)
 

@@ -15,7 +15,6 @@ import time
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from mesh.client.runtime import MeshRuntime
@@ -27,17 +26,10 @@ from mesh.settings import Settings
 from tests.support import pki
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually
+from tests.support.server_runtime import StubRuntime
 
 LIFETIME_S = 4.5
 LOAD_S = 30.0  # the "30 s of steady load"
-
-
-@dataclasses.dataclass
-class _Runtime:
-    prometheus: CollectorRegistry = dataclasses.field(default_factory=CollectorRegistry)
-    registry: None = None
-    metrics: None = None
-    tracer_provider: None = None
 
 
 async def test_rotation_under_load_fails_no_call() -> None:
@@ -48,7 +40,9 @@ async def test_rotation_under_load_fails_no_call() -> None:
         service_names=["shop.testing.v1.PingService"],
     )
     server = await start_service(
-        definition, Settings(service="ping", registry="none", security=security), _Runtime()
+        definition,
+        Settings(service="ping", registry="none", security=security),
+        StubRuntime(with_metrics=False),
     )
     registry = StaticRegistry(
         [Instance(id="p1", service="ping", host="127.0.0.1", port=server.port)]
@@ -100,7 +94,9 @@ async def test_a_renewal_moves_clients_to_new_connections_and_drains_the_old() -
         service_names=["shop.testing.v1.PingService"],
     )
     server = await start_service(
-        definition, Settings(service="ping", registry="none", security=security), _Runtime()
+        definition,
+        Settings(service="ping", registry="none", security=security),
+        StubRuntime(with_metrics=False),
     )
     instance = Instance(id="p1", service="ping", host="127.0.0.1", port=server.port)
     runtime = await MeshRuntime.create(

@@ -23,16 +23,15 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from base.errors import FieldViolation, InvalidArgument, NotFound
 from interceptors.fused import FusedServerInterceptor
-from interceptors.metrics import RpcMetrics
 from interceptors.registered import chained_server, split_chain
 from mesh.server import server_interceptors
 from tests.support.ping import PingServicer
 from tests.support.poll import eventually
+from tests.support.server_runtime import StubRuntime
 
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
@@ -58,14 +57,6 @@ class RaisingPing(PingServicer):
             raise NotFound("no such list")
         async for response in super().PingList(request, context):
             yield response
-
-
-class _Runtime:
-    def __init__(self, provider: TracerProvider) -> None:
-        self.registry = None
-        self.prometheus = CollectorRegistry()
-        self.metrics = RpcMetrics(self.prometheus)
-        self.tracer_provider = provider
 
 
 class _Records(logging.Handler):
@@ -122,7 +113,7 @@ async def _scenario(fused: bool, access_every: int = 1, registered: bool = False
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampling.ParentBased(sampling.ALWAYS_OFF))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    runtime = _Runtime(provider)
+    runtime = StubRuntime(provider)
     chain = server_interceptors(runtime, fused=fused)  # type: ignore[arg-type]
     assert isinstance(chain[0], FusedServerInterceptor) is fused
     if access_every != 1:

@@ -18,24 +18,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
-from interceptors.metrics import RpcMetrics
 from interceptors.registered import chained_server
 from mesh.server import server_interceptors
 from tests.support.ping import PingServicer
+from tests.support.server_runtime import StubRuntime
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-class _Runtime:
-    def __init__(self, provider: TracerProvider) -> None:
-        self.registry = None
-        self.prometheus = CollectorRegistry()
-        self.metrics = RpcMetrics(self.prometheus)
-        self.tracer_provider = provider
 
 
 @pytest.mark.parametrize(("fused", "registered"), [(True, True), (True, False), (False, False)])
@@ -43,7 +34,7 @@ async def test_a_health_check_starts_no_trace_unless_its_caller_sent_one(fused, 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampling.ParentBased(sampling.ALWAYS_ON))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    runtime = _Runtime(provider)
+    runtime = StubRuntime(provider)
     chain = server_interceptors(runtime, fused=fused)  # type: ignore[arg-type]
     registrar = chained_server(chain, registered=registered, options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), registrar)

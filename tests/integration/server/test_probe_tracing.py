@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,7 +38,7 @@ async def test_a_health_check_starts_no_trace_unless_its_caller_sent_one(fused, 
     runtime = StubRuntime(provider)
     chain = server_interceptors(runtime, fused=fused)  # type: ignore[arg-type]
     registrar = chained_server(chain, registered=registered, options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), registrar)
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), registrar)
     ping_pb2_grpc.add_PingServiceServicer_to_server(PingServicer("p"), registrar)
     port = registrar.server.add_insecure_port("127.0.0.1:0")
     await registrar.server.start()

@@ -119,8 +119,6 @@ async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
 
 # Where a session keeps the callbacks `after_commit` queued for its transaction.
 _AFTER_COMMIT = "mesh_after_commit"
-# Set on a session that is not a MeshSyncSession once it has the two listeners.
-_LISTENING = "mesh_after_commit_listening"
 
 
 class MeshSyncSession(Session):
@@ -151,8 +149,9 @@ def after_commit(session: AsyncSession | Session, callback: Callable[[], None]) 
     """Run `callback()` once the session's current transaction has committed; never if it
     rolls back. A callback already queued for this transaction (`==`) is not queued twice."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
-    if not isinstance(sync, MeshSyncSession) and not sync.info.get(_LISTENING):
-        sync.info[_LISTENING] = True
+    if not isinstance(sync, MeshSyncSession) and not event.contains(
+        sync, "after_commit", _run_after_commit
+    ):
         event.listen(sync, "after_commit", _run_after_commit)
         event.listen(sync, "after_transaction_end", _drop_after_commit)
     queued: list[Callable[[], None]] = sync.info.setdefault(_AFTER_COMMIT, [])

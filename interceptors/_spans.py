@@ -245,6 +245,23 @@ class SpanShortcut:
                 self._preset.clear()
         return span
 
+    def span(
+        self,
+        name: str,
+        parent: SpanContext,
+        kind: SpanKind,
+        attributes: Mapping[str, AnyValue],
+        *,
+        remote: bool,
+    ) -> Span:
+        """`drop`, then either the SDK's non-recording span for the dropped ids or
+        `start_span`: for a caller that wants a span object whether or not it is sampled
+        (a root server span, a message consumer's span)."""
+        dropped = self.drop(parent)
+        if dropped is not None:
+            return NonRecordingSpan(self.dropped_context(parent, *dropped))
+        return self.start_span(name, parent, kind, attributes, remote=remote)
+
     def _check_plain(self, processors: tuple[Any, ...]) -> bool:
         if _fastpath.plain_processors(processors):
             self._plain = processors

@@ -311,17 +311,13 @@ class TracingServerInterceptor(ObservingServerInterceptor[_Method, _ServerCall])
             span = INVALID_SPAN  # a probe with no caller trace: untraced (module docstring)
         else:
             # No (valid) caller trace: a root.
-            dropped = self._spans.drop(INVALID_SPAN_CONTEXT)
-            if dropped is not None:
-                span = NonRecordingSpan(self._spans.dropped_context(INVALID_SPAN_CONTEXT, *dropped))
-            else:
-                span = self._spans.start_span(
-                    prepared.span_name,
-                    INVALID_SPAN_CONTEXT,
-                    SpanKind.SERVER,
-                    prepared.attributes,
-                    remote=True,
-                )
+            span = self._spans.span(
+                prepared.span_name,
+                INVALID_SPAN_CONTEXT,
+                SpanKind.SERVER,
+                prepared.attributes,
+                remote=True,
+            )
         # The parent context held only the caller's span, which this one replaces.
         token = otel_context.attach(trace.set_span_in_context(span, _EMPTY))
         return span, token, asyncio.current_task()

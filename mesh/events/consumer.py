@@ -48,6 +48,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
 from base.backoff import Backoff
+from interceptors._spans import SpanShortcut
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
 from mesh.events.pull import PullFetcher
@@ -130,6 +131,10 @@ class Subscription:
         self.stream = stream
         self.options = options or SubscribeOptions()
         self.tracer = tracer or trace.get_tracer("mesh.events")
+        # A message's span without the SDK's set-up where the SDK allows it (the RPC
+        # interceptors' shortcut): the SDK's span cost ~5 % of an inventory process's
+        # CPU under `bench orders`.
+        self._spans = SpanShortcut(self.tracer)
         self.stats = SubscriptionStats()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -338,14 +343,16 @@ class Subscription:
             "messaging.consumer.group.name": self.durable,
             "messaging.nats.delivery_count": delivered,
         }
-        with self.tracer.start_as_current_span(
+        span = self._spans.span(
             f"process {msg.subject}",
-            context=ctx,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+            trace.get_current_span(ctx).get_span_context(),
+            SpanKind.CONSUMER,
+            attributes,
+            remote=True,
+        )
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             try:
                 await self.handler(env)
             except Exception as exc:

@@ -139,11 +139,15 @@ class Outbox:
         self._committed.set()
 
     async def wait_committed(self, max_wait_s: float) -> bool:
-        """For the relay: wait for a commit signal or `max_wait_s`; True if signalled."""
-        try:
-            async with asyncio.timeout(max_wait_s):
-                await self._committed.wait()
-        except TimeoutError:
-            return False
+        """For the relay: wait for a commit signal or `max_wait_s`; True if signalled.
+
+        A signal already given (a commit while the relay was publishing: the common case
+        under load) returns at once, without arming a timer."""
+        if not self._committed.is_set():
+            try:
+                async with asyncio.timeout(max_wait_s):
+                    await self._committed.wait()
+            except TimeoutError:
+                return False
         self._committed.clear()
         return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import random
@@ -49,6 +48,7 @@ from mesh.saga.state import (
     Compensate,
     Forward,
     compensation_failed,
+    copy_data,
     new_saga,
     next_move,
     parked,
@@ -430,7 +430,7 @@ class SagaRunner:
             saga_name=state.name,
             step=step.name,
             phase=phase,
-            data=copy.deepcopy(dict(state.data)),
+            data=copy_data(state.data),
             attempt=attempt,
             failure=state.failure if phase is Phase.COMPENSATE else None,
         )

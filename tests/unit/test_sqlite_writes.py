@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import signal
 import sys
 import threading
@@ -14,7 +16,14 @@ import pytest
 from sqlalchemy import text
 
 from mesh.db import create_engine, session_factory
-from mesh.sqlite_writes import SerialWriteSession, is_write, lock_path, write_lock
+from mesh.sqlite_writes import (
+    SerialWriteSession,
+    file_lock_waits,
+    is_write,
+    lock_path,
+    take_file_lock,
+    write_lock,
+)
 
 
 def test_is_write_knows_dml_and_text() -> None:
@@ -78,7 +87,11 @@ async def test_a_rollback_releases_the_lock_and_a_read_first_tx_does_not_queue(
 
 
 def _waiting_for_file_lock() -> bool:
-    return any(t.name == "sqlite-write-lock" for t in threading.enumerate())
+    return file_lock_waits() > 0
+
+
+def _lock_threads() -> int:
+    return sum(t.name == "sqlite-write-lock" for t in threading.enumerate())
 
 
 async def _poll(condition: Callable[[], bool], within_s: float = 5.0) -> None:
@@ -159,3 +172,55 @@ async def test_a_sigkilled_holder_releases_the_file_lock(tmp_path: Path) -> None
             holder.kill()
         await holder.wait()
         await engine.dispose()
+
+
+async def test_waits_for_a_taken_file_lock_reuse_their_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other process (here: another fd) holds the lock; each wait blocks a thread in
+    # flock until it is released. Twenty waits one after another run on one thread, not
+    # twenty; three at once get three; a wait that gave up closes its fd when it gets
+    # the lock, so the lock is free again afterwards.
+    path = str(tmp_path / "w.write-lock")
+    loop = asyncio.get_running_loop()
+    blocking_flock_threads: set[int] = set()
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if not operation & fcntl.LOCK_NB:
+            blocking_flock_threads.add(threading.get_native_id())  # kernel ids: never reused
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+    async def contended_wait() -> None:
+        holder = await take_file_lock(path, loop.time() + 5)
+        assert holder is not None
+        waiter = asyncio.create_task(take_file_lock(path, loop.time() + 5))
+        await _poll(_waiting_for_file_lock)
+        os.close(holder)
+        fd = await asyncio.wait_for(waiter, 5)
+        assert fd is not None
+        os.close(fd)
+
+    for _ in range(20):
+        await contended_wait()
+    assert len(blocking_flock_threads) == 1
+    await _poll(lambda: file_lock_waits() == 0)
+
+    holder = await take_file_lock(path, loop.time() + 5)
+    assert holder is not None
+    waiters = [asyncio.create_task(take_file_lock(path, loop.time() + 5)) for _ in range(3)]
+    await _poll(lambda: file_lock_waits() == 3)
+    assert _lock_threads() >= 3  # one blocked thread per wait
+    gave_up = await take_file_lock(path, loop.time() + 0.05)
+    assert gave_up is None  # the deadline passed while the lock was held
+    os.close(holder)
+    for task in waiters:  # each gets the lock in turn (the kernel wakes one at a time)
+        fd = await asyncio.wait_for(task, 5)
+        assert fd is not None
+        os.close(fd)
+    await _poll(lambda: file_lock_waits() == 0)  # the gave-up wait took it and closed it
+    free = await take_file_lock(path, loop.time())  # free at once: nobody holds it
+    assert free is not None
+    os.close(free)

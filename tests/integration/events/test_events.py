@@ -322,6 +322,12 @@ async def test_trace_context_continues_in_the_handler(
     assert consumer_span.parent.span_id == producer.span_id
     assert consumer_span.kind == trace.SpanKind.CONSUMER
     assert seen[0][1] == consumer_span.context.span_id
+    assert consumer_span.context.trace_flags.sampled
+    assert consumer_span.attributes is not None
+    assert consumer_span.attributes["messaging.consumer.group.name"] == "c9"
+    assert consumer_span.attributes["messaging.message.id"] == env.id
+    assert consumer_span.attributes["messaging.nats.delivery_count"] == 1
+    assert consumer_span.end_time is not None and consumer_span.status.is_ok
 
 
 async def test_batch_handler_applies_once_and_falls_back_to_one_by_one(

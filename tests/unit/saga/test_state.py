@@ -16,6 +16,7 @@ from mesh.saga.state import (
     Forward,
     SagaStateError,
     compensation_failed,
+    copy_data,
     merge_data,
     new_saga,
     next_move,
@@ -65,6 +66,30 @@ def test_data_is_json_normalised_and_must_be_serialisable() -> None:
         merge_data({}, {"x": object()})
     with pytest.raises(TypeError):
         new_saga("id", "demo", {"x": {1, 2}}, now_ms=0)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), _json, max_size=6))
+def test_copy_data_is_a_deep_copy_of_json_data(data: dict[str, Any]) -> None:
+    state = new_saga("id", "demo", data, now_ms=0)
+    copied = copy_data(state.data)
+    assert copied == state.data
+
+    def containers(value: Any) -> list[int]:
+        if isinstance(value, dict):
+            return [id(value)] + [i for v in value.values() for i in containers(v)]
+        if isinstance(value, list):
+            return [id(value)] + [i for v in value for i in containers(v)]
+        return []
+
+    # No dict or list is shared: a step mutating its copy leaves the saga's data alone.
+    assert not set(containers(copied)) & set(containers(state.data))
 
 
 def test_business_failure_compensates_only_completed_steps_in_reverse() -> None:

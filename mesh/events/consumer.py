@@ -188,8 +188,12 @@ class Subscription:
 
     # -- loop --------------------------------------------------------------------
 
+    # How long a consumer that never bound waits quietly for its stream before warning.
+    STREAM_PATIENCE_S = 10.0
+
     async def run(self) -> None:
         backoff = Backoff(0.1, self.options.rebind_backoff_max_s)
+        started = time.monotonic()
         while not self._stopping:
             try:
                 await self._bind()
@@ -203,9 +207,24 @@ class Subscription:
                 # The pull subscription is kept (see _bind): only the consumer is re-checked.
                 self.stats.interruptions += 1
                 delay = backoff.next()
-                log.warning("consumer %s: %r; re-binding in %.2fs", self.durable, exc, delay)
+                self._log_interruption(exc, delay, time.monotonic() - started)
                 self.bound.clear()
                 await asyncio.sleep(delay)  # backoff, not synchronisation
+
+    def _log_interruption(self, exc: Exception, delay: float, since_start_s: float) -> None:
+        """A consumer that never bound and finds no stream is waiting for the service that
+        owns the stream to start (each service declares only its own streams): said once
+        at INFO, then quietly, and as a warning again after `STREAM_PATIENCE_S` (a subject
+        no stream will ever carry, or an owner that does not come up)."""
+        waiting = isinstance(exc, nats.js.errors.NotFoundError) and not self.stats.rebinds
+        if not waiting or since_start_s >= self.STREAM_PATIENCE_S:
+            log.warning("consumer %s: %r; re-binding in %.2fs", self.durable, exc, delay)
+        elif self.stats.interruptions == 1:
+            log.info("consumer %s: no stream carries %s yet (its owner declares it when it"
+                     " starts); waiting for it", self.durable, self.subject)  # fmt: skip
+        else:
+            log.debug("consumer %s: still no stream for %s; retrying in %.2fs",
+                      self.durable, self.subject, delay)  # fmt: skip
 
     async def _bind(self) -> None:
         if self.stream is None:

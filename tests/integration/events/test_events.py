@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -27,7 +29,12 @@ from mesh.events import (
     SubscribeOptions,
     new_envelope,
 )
-from mesh.events.consumer import HDR_DLQ_CONSUMER, HDR_DLQ_DELIVERIES, HDR_DLQ_ERROR
+from mesh.events.consumer import (
+    HDR_DLQ_CONSUMER,
+    HDR_DLQ_DELIVERIES,
+    HDR_DLQ_ERROR,
+    Subscription,
+)
 from services.common.event_types import EVENTS
 from tests.support.events_db import Db
 from tests.support.nats import NatsServer
@@ -291,6 +298,42 @@ async def test_consumer_rebinds_when_its_consumer_is_deleted(bus_factory: Any) -
     env = user_created()
     await bus.publish(env)
     await eventually(lambda: env.id in rec.applied, what="delivery after re-bind")
+
+
+async def test_a_consumer_waits_for_its_stream_quietly_then_binds(
+    bus_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each service declares only its own streams: a consumer that starts before the
+    # stream's owner finds none. It says so once (INFO, no warning) and binds as soon
+    # as the stream exists; the same error once it has bound (its consumer deleted) is
+    # still a warning (the test above).
+    bus = await bus_factory()
+    rec = Recorder()
+    caplog.set_level(logging.DEBUG, logger="mesh.events.consumer")
+    sub = Subscription(bus.js, subject="later.created", durable="w1", handler=rec,
+                       options=FAST, nc=bus.nc)  # fmt: skip
+    starting = asyncio.create_task(sub.start(bind_within_s=10))
+    try:
+        await eventually(lambda: sub.stats.interruptions >= 3, what="a few attempts")
+        consumer_lines = [r for r in caplog.records if r.name == "mesh.events.consumer"]
+        assert [r.levelno for r in consumer_lines if r.levelno >= logging.INFO] == [logging.INFO]
+        assert "no stream carries later.created yet" in consumer_lines[0].getMessage()
+        assert not starting.done()
+        await bus.js.add_stream(name="LATER", subjects=["later.*"])
+        await asyncio.wait_for(starting, 10)
+        env = new_envelope(
+            events_pb2.UserCreated(user_id="u-later"), types=EVENTS, source="test",
+            subject="u-later",
+        )  # fmt: skip
+        await bus.js.publish("later.created", env.SerializeToString())
+        await eventually(lambda: sub.stats.handled == 1, what="delivered once bound")
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                    and r.name == "mesh.events.consumer"]  # fmt: skip
+    finally:
+        starting.cancel()
+        await sub.stop(grace_s=1)
+        with contextlib.suppress(Exception):
+            await bus.js.delete_stream("LATER")
 
 
 async def test_trace_context_continues_in_the_handler(

@@ -73,6 +73,7 @@ import os
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -208,12 +209,12 @@ class _FlockWaiters:
         os.register_at_fork(after_in_child=self._reset)  # a child has none of the threads
 
     def _reset(self) -> None:
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job, not yet promised one
         self.busy = 0  # jobs running (threads inside flock or about to be)
 
-    def submit(self, job: Any) -> None:
+    def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             start = self._idle == 0
             if not start:

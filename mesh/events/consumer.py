@@ -106,6 +106,9 @@ def _header_value(text: str, limit: int = 1000) -> str:
 class Subscription:
     """A consume loop over one durable pull consumer."""
 
+    # How long a consumer that never bound waits quietly for its stream before warning.
+    STREAM_PATIENCE_S = 10.0
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -141,6 +144,7 @@ class Subscription:
         self._fetching = False
         self._psub: JetStreamContext.PullSubscription | None = None
         self.bound = asyncio.Event()
+        self._said_waiting = False  # the INFO line about a missing stream was written
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -188,9 +192,6 @@ class Subscription:
 
     # -- loop --------------------------------------------------------------------
 
-    # How long a consumer that never bound waits quietly for its stream before warning.
-    STREAM_PATIENCE_S = 10.0
-
     async def run(self) -> None:
         backoff = Backoff(0.1, self.options.rebind_backoff_max_s)
         started = time.monotonic()
@@ -219,7 +220,8 @@ class Subscription:
         waiting = isinstance(exc, nats.js.errors.NotFoundError) and not self.stats.rebinds
         if not waiting or since_start_s >= self.STREAM_PATIENCE_S:
             log.warning("consumer %s: %r; re-binding in %.2fs", self.durable, exc, delay)
-        elif self.stats.interruptions == 1:
+        elif not self._said_waiting:
+            self._said_waiting = True
             log.info("consumer %s: no stream carries %s yet (its owner declares it when it"
                      " starts); waiting for it", self.durable, self.subject)  # fmt: skip
         else:

@@ -131,7 +131,8 @@ class OutboxRelay:
         self._select_after_unmarked = self._select.where(
             self._t.outbox.c.seq.not_in(bindparam("unmarked", expanding=True))
         )
-        # Built once (an expanding IN): built per round, it cost more than it ran.
+        # Built once (an expanding IN): building it per round took ~40 µs of CPU (with its
+        # cache key), more than running it.
         self._mark = (
             update(self._t.outbox)
             .where(self._t.outbox.c.seq.in_(bindparam("seqs", expanding=True)))

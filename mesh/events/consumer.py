@@ -161,17 +161,23 @@ class Subscription:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self, bind_within_s: float = 10.0) -> None:
-        """Start the loop and wait until the consumer is created and bound."""
+        """Start the loop and wait until the consumer is created and bound.
+
+        Not bound in time: the loop is stopped before EventsTimeoutError is raised, so a
+        caller that tries again (a service whose stream's owner is slow to start) never
+        leaves a second loop running that nothing would stop."""
         if self._task is None or self._task.done():
             self._stopping = False
             self._task = asyncio.create_task(self.run(), name=f"consume-{self.durable}")
+        task = self._task
         bound = asyncio.ensure_future(self.bound.wait())
-        done, _ = await asyncio.wait({bound, self._task}, timeout=bind_within_s,
+        done, _ = await asyncio.wait({bound, task}, timeout=bind_within_s,
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         if bound not in done:
             bound.cancel()
-            if self._task in done:
-                self._task.result()  # raise what killed it
+            if task in done:
+                task.result()  # raise what killed it
+            await self.stop(grace_s=0)
             raise EventsTimeoutError(f"consumer {self.durable} not bound within {bind_within_s}s")
 
     async def stop(self, grace_s: float = 10.0) -> None:

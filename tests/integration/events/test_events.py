@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.events import (
+    EventsTimeoutError,
     Inbox,
     Outbox,
     OutboxRelay,
@@ -334,6 +335,21 @@ async def test_a_consumer_waits_for_its_stream_quietly_then_binds(
         await sub.stop(grace_s=1)
         with contextlib.suppress(Exception):
             await bus.js.delete_stream("LATER")
+
+
+async def test_a_consumer_not_bound_in_time_stops_its_loop(bus_factory: Any) -> None:
+    # A service retries a subscription that timed out (its stream's owner is slow to
+    # start); the timed-out one must not keep a loop of its own running.
+    bus = await bus_factory()
+    sub = Subscription(bus.js, subject="never.created", durable="w2", handler=Recorder(),
+                       options=FAST, nc=bus.nc)  # fmt: skip
+    with pytest.raises(EventsTimeoutError):
+        await sub.start(bind_within_s=0.3)
+    tries = sub.stats.interruptions
+    assert tries >= 1
+    await asyncio.sleep(0.3)  # poll: several backoffs (0.05 s) of a loop still running
+    assert sub.stats.interruptions == tries
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "consume-w2"]
 
 
 async def test_trace_context_continues_in_the_handler(

@@ -106,6 +106,12 @@ class HealthMonitor:
     first refresh), which is where gRPC health gets updated.
     """
 
+    # An optional dependency that has not been up since this monitor started (start-up
+    # order under `meshctl up`, a rollout starting callers first) is said once at INFO,
+    # and as a warning only if it still fails this long after the start: a newcomer's
+    # first screen should not be warnings about services that are seconds from ready.
+    STARTUP_PATIENCE_S = 10.0
+
     def __init__(
         self,
         checks: Sequence[DependencyCheck],
@@ -138,6 +144,9 @@ class HealthMonitor:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._born = time.monotonic()
+        self._seen_ok: set[str] = set()
+        self._awaited: set[str] = set()  # optional checks said at INFO, not up yet
 
     @property
     def report(self) -> HealthReport:
@@ -226,15 +235,37 @@ class HealthMonitor:
         if self.on_change is not None:
             await self.on_change(self._report)
 
-    @staticmethod
-    def _log_transition(before: CheckResult, after: CheckResult) -> None:
+    def _log_transition(self, before: CheckResult, after: CheckResult) -> None:
+        """A check's change of status, said once. A required check failing, or an optional
+        one that was up before, is a warning at once; an optional one not up yet since the
+        start is INFO, then a warning if it still fails after `STARTUP_PATIENCE_S`."""
+        name, kind = after.name, "required" if after.required else "optional"
+        if after.status == "ok":
+            self._seen_ok.add(name)
+        if name in self._awaited:
+            if after.status == "ok":
+                self._awaited.discard(name)
+                log.info("%s dependency %s is up", kind, name)
+            elif time.monotonic() - self._born >= self.STARTUP_PATIENCE_S:
+                self._awaited.discard(name)
+                log.warning("%s dependency %s failing, %gs after start: %s",
+                            kind, name, self.STARTUP_PATIENCE_S, after.error)  # fmt: skip
+            return
         if before.status == after.status:
             return
-        kind = "required" if after.required else "optional"
         if after.status == "failing":
-            log.warning("%s dependency %s failing: %s", kind, after.name, after.error)
+            if (
+                not after.required
+                and name not in self._seen_ok
+                and time.monotonic() - self._born < self.STARTUP_PATIENCE_S
+            ):
+                self._awaited.add(name)
+                log.info("%s dependency %s not up yet (%s); waiting for it",
+                         kind, name, after.error)  # fmt: skip
+                return
+            log.warning("%s dependency %s failing: %s", kind, name, after.error)
         elif before.status == "failing":
-            log.info("%s dependency %s recovered", kind, after.name)
+            log.info("%s dependency %s recovered", kind, name)
 
 
 # grpc.health.v1 ServingStatus values (grpc_health ships no type stubs).

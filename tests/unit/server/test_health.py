@@ -254,6 +254,59 @@ async def test_a_lone_timeout_does_not_fail_a_required_check() -> None:
         HealthMonitor([], timeouts_to_fail=0)
 
 
+def _said(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mesh.health"]
+    caplog.clear()
+    return said
+
+
+async def test_an_optional_dependency_not_up_yet_at_start_is_said_once_at_info(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up order (`meshctl up`): an optional upstream not up yet is INFO once, then
+    quiet; up later is INFO; failing after it was up is a warning. Still failing past
+    the patience is a warning once; a required check failing is a warning at once."""
+    caplog.set_level("INFO", logger="mesh.health")
+    users, db = Flaky(), Flaky()
+    users.error = DependencyFailed("no healthy instance of users")
+    checks = [DependencyCheck("db", db, True), DependencyCheck("users", users, False)]
+    monitor = HealthMonitor(checks)
+    await monitor.refresh()
+    await monitor.refresh()
+    waiting = "(DependencyFailed: no healthy instance of users); waiting for it"
+    assert _said(caplog) == [("INFO", f"optional dependency users not up yet {waiting}")]
+    users.error = None
+    await monitor.refresh()
+    assert _said(caplog) == [("INFO", "optional dependency users is up"),
+                             ("INFO", "health degraded -> healthy")]  # fmt: skip
+    users.error = DependencyFailed("no healthy instance of users")
+    db.error = ConnectionRefusedError("refused")
+    await monitor.refresh()
+    assert _said(caplog) == [
+        ("WARNING", "required dependency db failing: ConnectionRefusedError: refused"),
+        ("WARNING", "optional dependency users failing: "
+                    "DependencyFailed: no healthy instance of users"),
+        ("WARNING", "health healthy -> unhealthy"),
+    ]  # fmt: skip
+
+    late, other = Flaky(), Flaky()
+    late.error = other.error = DependencyFailed("down")
+    monitor = HealthMonitor([DependencyCheck("late", late, False)])
+    await monitor.refresh()
+    assert [level for level, _ in _said(caplog)] == ["INFO"]
+    monkeypatch.setattr(HealthMonitor, "STARTUP_PATIENCE_S", 0.0)
+    await monitor.refresh()
+    await monitor.refresh()
+    assert _said(caplog) == [
+        ("WARNING", "optional dependency late failing, 0s after start: DependencyFailed: down")
+    ]
+    # Past the patience from the start, a new monitor warns at once.
+    await HealthMonitor([DependencyCheck("other", other, False)]).refresh()
+    assert _said(caplog) == [
+        ("WARNING", "optional dependency other failing: DependencyFailed: down")
+    ]
+
+
 async def test_database_check_answers_while_the_pool_is_exhausted(tmp_path: Path) -> None:
     """Every pooled connection held by requests: the probe has its own, so it passes."""
     engine = create_engine(

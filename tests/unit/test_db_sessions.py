@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from mesh.db import create_engine, session_factory
-from mesh.db_sessions import MeshSession, MeshSessionMaker, after_commit, run_to_end
+from mesh.db_sessions import MeshSession, MeshSessionMaker, _Begin, after_commit, run_to_end
 
 
 @contextmanager
@@ -166,6 +166,33 @@ async def test_begin_rolls_back_on_an_error_and_closes_when_the_commit_fails(
     assert _checked_out(engine) == 0
     async with sessions() as s:
         assert (await s.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+
+
+async def test_begin_keeps_sqlalchemys_rules_for_savepoints_and_an_explicit_commit(
+    engine: AsyncEngine,
+) -> None:
+    """The transaction is begun on the loop and ended with the close in one call: a
+    savepoint inside still rolls back alone, a commit inside leaves nothing to end, and
+    a second `begin()` on a session already in a transaction is refused as before."""
+    sessions = session_factory(engine, serial_writes=True)
+    async with sessions.begin() as s:
+        await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
+        with pytest.raises(RuntimeError):
+            async with s.begin_nested():
+                await s.execute(text("INSERT INTO t (id, n) VALUES (2, 2)"))
+                raise RuntimeError("undo the savepoint only")
+    async with sessions.begin() as s:
+        await s.execute(text("INSERT INTO t (id, n) VALUES (3, 3)"))
+        await s.commit()
+    async with sessions() as s:
+        rows = (await s.execute(text("SELECT id FROM t ORDER BY id"))).scalars().all()
+    assert rows == [1, 3]
+    async with sessions() as s:
+        await s.execute(text("SELECT 1"))  # autobegun
+        with pytest.raises(InvalidRequestError):
+            async with _Begin(s):
+                pass
+    assert _checked_out(engine) == 0
 
 
 @pytest.fixture

@@ -25,17 +25,25 @@ transaction to the next while the other process slept in the busy handler (the
 chaos test that SIGKILLs orders-1 under 200 orders saw the restarted instance take
 5.4 s to > 10 s to serve again). So the holder of the process lock also takes an
 exclusive `flock` on `<database>.write-lock` beside the file, released (its fd
-closed) when the transaction ends, just before the process lock. A
-free file lock is taken at once; a taken one is waited for by a daemon thread blocked
-in `flock`, so the kernel wakes the waiter the moment the holder commits, instead of
-a sleep-poll; the event loop never blocks. Each process releases the file lock
-between its queued transactions, so a waiter of the other process, already blocked in
-the kernel, gets its turn (not a strict FIFO: the kernel wakes every waiter and the
-first to run wins). A holder killed with SIGKILL releases it with its fds. Measured on
-the shop (two orders, two inventory instances; `python -m bench orders`, 16 clients,
-2-core box): p99 0.9 s instead of 1.9-2.9 s, 36 instead of 31 orders/s; the chaos
-test's orders-1 served again after 0.7-1.4 s. It is on in the shop
+closed) when the transaction ends, just before the process lock. A free file lock is
+taken at once; a taken one is waited for by a daemon thread blocked in `flock`, so the
+kernel wakes the waiter the moment the holder commits, instead of a sleep-poll; the
+event loop never blocks. A holder killed with SIGKILL releases it with its fds.
+Measured on the shop (two orders, two inventory instances; `python -m bench orders`,
+16 clients, 2-core box): p99 0.9 s instead of 1.9-2.9 s, 36 instead of 31 orders/s;
+the chaos test's orders-1 served again after 0.7-1.4 s. It is on in the shop
 (`services/common/bootstrap.py`).
+
+A transaction that ends while another writer of its process is queued passes the file
+lock on to it (`_WriteQueue`), up to `KEEP_FOR` (8) transactions in a row; then it is
+released, so a waiter of the other process, already blocked in the kernel, gets its
+turn (not a strict FIFO: the kernel wakes every waiter and the first to run wins). Why
+not release it after every transaction, as until 5 Dec 2026: the other process's
+waiter then held the file lock until its own event loop came round to run its
+transaction (milliseconds under load), while every writer queued here waited behind
+it. Measured with `bench orders` (16 clients, three rounds, old and new alternating):
+p99 412-577 ms before, 328-382 ms after; orders/s and CPU per order within their
+spread (the median order is a little slower: 170-185 ms before, 182-195 ms after).
 
 A transaction that reads before it writes does not queue: holding a read snapshot
 while waiting would make its write fail outright (SQLITE_BUSY_SNAPSHOT) whenever
@@ -89,22 +97,91 @@ _HELD = "mesh_sqlite_write_lock"
 _FILE = "mesh_sqlite_write_file_lock"
 _BUSY = "mesh_sqlite_tx_started"
 _WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
-# engine -> event loop -> lock (an asyncio.Lock belongs to one loop; tests run many).
-_locks: weakref.WeakKeyDictionary[
-    Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+# engine -> event loop -> queue (an asyncio.Lock belongs to one loop; tests run many).
+_queues: weakref.WeakKeyDictionary[
+    Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriteQueue]
 ] = weakref.WeakKeyDictionary()
+
+
+class _WriteQueue:
+    """The writers of one engine in one event loop: the lock they queue on, how many wait
+    for it, and the file lock a writer that ended left to the next one (`kept`).
+
+    Why keep it: with two processes writing one file, each transaction used to take the
+    file lock and give it back. A writer of the other process, blocked in `flock`, then
+    got it, and held it until its own event loop came round to running its transaction
+    (under load, milliseconds: the loop has other callbacks queued first), while every
+    queued writer here waited. Passing the file lock on to the next writer of this process
+    skips that round trip; after `KEEP_FOR` transactions in a row the holder lets it go,
+    so the other process's writers still get their turn."""
+
+    KEEP_FOR = 8
+
+    __slots__ = ("kept", "lock", "streak", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0  # writers waiting for `lock`
+        self.kept: int | None = None  # an fd holding the file lock, for the next writer
+        self.streak = 0  # transactions in a row under one file lock
+
+    async def acquire(self, deadline: float) -> bool:
+        """Take `lock` (False when the loop's clock passes `deadline` first). A waiter that
+        gives up and leaves nobody behind it lets a kept file lock go."""
+        self.waiting += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.lock.acquire()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting -= 1
+            if self.waiting == 0 and not self.lock.locked():
+                self._let_go()
+
+    def take_kept(self) -> int | None:
+        """The file lock the previous writer left (this writer now holds it), or None."""
+        fd, self.kept = self.kept, None
+        if fd is None:
+            self.streak = 0
+        return fd
+
+    def end(self, fd: int | None) -> None:
+        """A writer's transaction ended (after its COMMIT or ROLLBACK): its file lock goes
+        to the next writer of this process if one waits and the streak allows, else back
+        to the other processes; then the lock is released."""
+        if fd is not None:
+            if self.waiting and self.streak < self.KEEP_FOR:
+                self.kept = fd
+                self.streak += 1
+            else:
+                os.close(fd)  # releases the file lock
+                self.streak = 0
+        self.lock.release()
+
+    def _let_go(self) -> None:
+        if self.kept is not None:
+            os.close(self.kept)
+            self.kept = None
+            self.streak = 0
+
+
+def write_queue(engine: Engine) -> _WriteQueue:
+    """The writers' queue of `engine` (its sync engine) in the running event loop."""
+    per_loop = _queues.get(engine)
+    if per_loop is None:
+        per_loop = _queues[engine] = weakref.WeakKeyDictionary()
+    loop = asyncio.get_running_loop()
+    q = per_loop.get(loop)
+    if q is None:
+        q = per_loop[loop] = _WriteQueue()
+    return q
 
 
 def write_lock(engine: Engine) -> asyncio.Lock:
     """The lock of `engine` (its sync engine) in the running event loop."""
-    per_loop = _locks.get(engine)
-    if per_loop is None:
-        per_loop = _locks[engine] = weakref.WeakKeyDictionary()
-    loop = asyncio.get_running_loop()
-    lock = per_loop.get(loop)
-    if lock is None:
-        lock = per_loop[loop] = asyncio.Lock()
-    return lock
+    return write_queue(engine).lock
 
 
 def is_write(statement: Any) -> bool:
@@ -127,11 +204,11 @@ def _release(session: Session, transaction: SessionTransaction) -> None:
         return
     session.info.pop(_BUSY, None)
     fd = session.info.pop(_FILE, None)
-    if fd is not None:
-        os.close(fd)  # releases the file lock (after the COMMIT or ROLLBACK)
-    lock = session.info.pop(_HELD, None)
-    if lock is not None and lock.locked():
-        lock.release()
+    q = session.info.pop(_HELD, None)
+    if q is not None:
+        q.end(fd)
+    elif fd is not None:
+        os.close(fd)
 
 
 class SerialWriteSession(MeshSession):
@@ -156,32 +233,30 @@ class SerialWriteSession(MeshSession):
     async def _take_write_lock(self) -> None:
         bind = self.sync_session.get_bind()
         engine = bind if isinstance(bind, Engine) else bind.engine
-        lock = write_lock(engine)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                await lock.acquire()
-        except TimeoutError:
+        q = write_queue(engine)
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        if not await q.acquire(deadline):
             log.warning("sqlite write lock not free within %.1fs; writing without it", self.wait_s)
             self.sync_session.info[_HELD] = None  # this transaction does not try again
             return
         # Released by _release when the transaction ends (the statement autobegins one if
         # none is open). The marker also keeps a second write of this transaction from
         # taking the lock again.
-        self.sync_session.info[_HELD] = lock
+        self.sync_session.info[_HELD] = q
+        fd = q.take_kept()  # the previous writer of this process left it to us
         path = lock_path(engine)
-        if path is None:
-            return
-        try:
-            fd = await take_file_lock(path, deadline)
-        except BaseException:
-            lock.release()
-            self.sync_session.info.pop(_HELD, None)
-            raise
-        if fd is None:
-            log.warning("sqlite write file lock not free in %.1fs; writing without it", self.wait_s)
-        else:
+        if fd is None and path is not None:
+            try:
+                fd = await take_file_lock(path, deadline)
+            except BaseException:
+                self.sync_session.info.pop(_HELD, None)
+                q.end(None)
+                raise
+            if fd is None:
+                log.warning(
+                    "sqlite write file lock not free in %.1fs; writing without it", self.wait_s
+                )
+        if fd is not None:
             self.sync_session.info[_FILE] = fd
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -23,6 +24,7 @@ from mesh.sqlite_writes import (
     lock_path,
     take_file_lock,
     write_lock,
+    write_queue,
 )
 
 
@@ -224,3 +226,113 @@ async def test_waits_for_a_taken_file_lock_reuse_their_threads(
     free = await take_file_lock(path, loop.time())  # free at once: nobody holds it
     assert free is not None
     os.close(free)
+
+
+def _file_lock_free(path: str) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases it too, when this took it
+
+
+async def test_queued_writers_of_a_process_pass_the_file_lock_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty writers queued in one process take the file lock once per `KEEP_FOR` + 1
+    transactions (not twenty times), and it is free again once the queue is empty."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    sessions = session_factory(engine, serial_writes=True)
+    takes = 0
+    real_take = take_file_lock
+
+    async def counting_take(path: str, deadline: float) -> int | None:
+        nonlocal takes
+        takes += 1
+        return await real_take(path, deadline)
+
+    monkeypatch.setattr("mesh.sqlite_writes.take_file_lock", counting_take)
+    try:
+        async with sessions() as s:  # DDL takes no lock
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+            await s.commit()
+
+        async def writer(i: int) -> None:
+            async with sessions.begin() as s:
+                await s.execute(text("INSERT INTO t VALUES (:x)"), {"x": i})
+                await asyncio.sleep(0)  # others queue meanwhile
+
+        await asyncio.gather(*(writer(i) for i in range(20)))
+        per_take = write_queue(engine.sync_engine).KEEP_FOR + 1
+        assert takes == -(-20 // per_take)  # 3 with KEEP_FOR = 8
+        assert _file_lock_free(str(lock_path(engine.sync_engine)))
+        async with sessions() as s:
+            assert (await s.execute(text("SELECT count(*) FROM t"))).scalar() == 20
+    finally:
+        await engine.dispose()
+
+
+async def test_the_other_process_gets_the_file_lock_between_streaks(tmp_path: Path) -> None:
+    """A process with a long queue of writers gives the file lock up after `KEEP_FOR`
+    transactions in a row: a writer of another engine on the file (another process, as
+    far as locks go), blocked in `flock`, commits long before that queue is drained."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'f.db'}"
+    first, second = create_engine(url), create_engine(url)
+    try:
+        a, b = (
+            session_factory(first, serial_writes=True),
+            session_factory(second, serial_writes=True),
+        )
+        async with a() as s:
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+            await s.commit()
+        order: list[str] = []
+
+        async def writer(sessions: Any, name: str) -> None:
+            async with sessions.begin() as s:
+                await s.execute(text("INSERT INTO t VALUES (1)"))
+                await asyncio.sleep(0.001)  # poll: a transaction that takes a little while
+            order.append(name)
+
+        many = [asyncio.create_task(writer(a, f"a{i}")) for i in range(40)]
+        await _poll(lambda: len(order) >= 1)
+        other = asyncio.create_task(writer(b, "b"))
+        await asyncio.wait_for(asyncio.gather(other, *many), 20)
+        # Kept without end, b would come last; the first streak ends after KEEP_FOR + 1.
+        streak = write_queue(first.sync_engine).KEEP_FOR + 1
+        assert order.index("b") < len(order) - streak, order
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_a_kept_file_lock_nobody_claims_is_let_go(tmp_path: Path) -> None:
+    """The writer a file lock was kept for is cancelled before it runs: with nobody else
+    queued, the lock goes back (the other processes are not locked out)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    sessions = session_factory(engine, serial_writes=True)
+    try:
+        async with sessions() as s:
+            await s.execute(text("CREATE TABLE t (x INTEGER)"))
+            await s.commit()
+        path = str(lock_path(engine.sync_engine))
+
+        async def second() -> None:
+            async with sessions.begin() as s:
+                await s.execute(text("INSERT INTO t VALUES (2)"))
+
+        async with sessions.begin() as s:
+            await s.execute(text("INSERT INTO t VALUES (1)"))
+            waiting = asyncio.create_task(second())
+            await _poll(lambda: write_queue(engine.sync_engine).waiting == 1)
+        waiting.cancel()  # woken by the end above, cancelled before it ran
+        assert write_queue(engine.sync_engine).kept is not None  # kept for it
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert write_queue(engine.sync_engine).kept is None
+        assert _file_lock_free(path)
+    finally:
+        await engine.dispose()

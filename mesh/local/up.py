@@ -283,10 +283,10 @@ class LocalMesh:
         progress = self.progress
 
         async def all_registered() -> bool:
+            for svc in self.o.services:  # first, so that a report names only the unhealthy
+                found[svc.name] = await self.registry.healthy(svc.name)
             if self.sup.exited.is_set():
                 raise UpError(progress.exited_report())
-            for svc in self.o.services:
-                found[svc.name] = await self.registry.healthy(svc.name)
             return progress.waiting_for(found) == []
 
         try:

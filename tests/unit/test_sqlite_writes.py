@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.db import create_engine, session_factory
 from mesh.sqlite_writes import (
@@ -103,18 +105,28 @@ async def _poll(condition: Callable[[], bool], within_s: float = 5.0) -> None:
         await asyncio.sleep(0.005)  # poll
 
 
-async def test_a_writer_of_another_engine_starts_right_after_the_holder_commits(
-    tmp_path: Path,
-) -> None:
-    # Two engines on one file: two processes as far as locks go (each has its own
-    # process lock; the file lock beside the database is what they share).
-    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+@contextlib.asynccontextmanager
+async def _two_processes(db: Path) -> AsyncIterator[tuple[AsyncEngine, Any, Any]]:
+    """Two engines on one file: two processes as far as locks go (each has its own
+    process lock; the file lock beside the database is what they share). Yields the
+    first engine and both session makers."""
+    url = f"sqlite+aiosqlite:///{db}"
     first, second = create_engine(url), create_engine(url)
     try:
-        a, b = (
+        yield (
+            first,
             session_factory(first, serial_writes=True),
             session_factory(second, serial_writes=True),
         )
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_a_writer_of_another_engine_starts_right_after_the_holder_commits(
+    tmp_path: Path,
+) -> None:
+    async with _two_processes(tmp_path / "x.db") as (first, a, b):
         async with a.begin() as s:
             await s.execute(text("CREATE TABLE t (x INTEGER)"))
         assert lock_path(first.sync_engine) == f"{tmp_path / 'x.db'}.write-lock"
@@ -133,9 +145,6 @@ async def test_a_writer_of_another_engine_starts_right_after_the_holder_commits(
         assert wrote - committed < 0.05  # woken by the kernel, not a busy-handler poll
         async with b() as s:
             assert (await s.execute(text("SELECT x FROM t ORDER BY x"))).scalars().all() == [1, 2]
-    finally:
-        await first.dispose()
-        await second.dispose()
 
 
 async def test_a_sigkilled_holder_releases_the_file_lock(tmp_path: Path) -> None:
@@ -279,13 +288,7 @@ async def test_the_other_process_gets_the_file_lock_between_streaks(tmp_path: Pa
     """A process with a long queue of writers gives the file lock up after `KEEP_FOR`
     transactions in a row: a writer of another engine on the file (another process, as
     far as locks go), blocked in `flock`, commits long before that queue is drained."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'f.db'}"
-    first, second = create_engine(url), create_engine(url)
-    try:
-        a, b = (
-            session_factory(first, serial_writes=True),
-            session_factory(second, serial_writes=True),
-        )
+    async with _two_processes(tmp_path / "f.db") as (first, a, b):
         async with a() as s:
             await s.execute(text("CREATE TABLE t (x INTEGER)"))
             await s.commit()
@@ -304,9 +307,6 @@ async def test_the_other_process_gets_the_file_lock_between_streaks(tmp_path: Pa
         # Kept without end, b would come last; the first streak ends after KEEP_FOR + 1.
         streak = write_queue(first.sync_engine).KEEP_FOR + 1
         assert order.index("b") < len(order) - streak, order
-    finally:
-        await first.dispose()
-        await second.dispose()
 
 
 async def test_a_kept_file_lock_nobody_claims_is_let_go(tmp_path: Path) -> None:

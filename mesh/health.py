@@ -145,7 +145,6 @@ class HealthMonitor:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._born = time.monotonic()
-        self._seen_ok: set[str] = set()
         self._awaited: set[str] = set()  # optional checks said at INFO, not up yet
 
     @property
@@ -240,8 +239,6 @@ class HealthMonitor:
         one that was up before, is a warning at once; an optional one not up yet since the
         start is INFO, then a warning if it still fails after `STARTUP_PATIENCE_S`."""
         name, kind = after.name, "required" if after.required else "optional"
-        if after.status == "ok":
-            self._seen_ok.add(name)
         if name in self._awaited:
             if after.status == "ok":
                 self._awaited.discard(name)
@@ -256,7 +253,7 @@ class HealthMonitor:
         if after.status == "failing":
             if (
                 not after.required
-                and name not in self._seen_ok
+                and before.status == "unknown"  # its first probe: never up since the start
                 and time.monotonic() - self._born < self.STARTUP_PATIENCE_S
             ):
                 self._awaited.add(name)

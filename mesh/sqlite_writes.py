@@ -143,8 +143,6 @@ class _WriteQueue:
     def take_kept(self) -> int | None:
         """The file lock the previous writer left (this writer now holds it), or None."""
         fd, self.kept = self.kept, None
-        if fd is None:
-            self.streak = 0
         return fd
 
     def end(self, fd: int | None) -> None:

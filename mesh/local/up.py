@@ -270,11 +270,12 @@ class LocalMesh:
         if await self.registry.healthy(service):
             return
         self.progress.step(f"waiting for {service} (the token issuer) before starting Envoy")
-        deadline = time.monotonic() + self.o.ready_timeout_s
-        while time.monotonic() < deadline and not self.sup.exited.is_set():
-            await asyncio.sleep(0.1)  # polling interval, not synchronisation
-            if await self.registry.healthy(service):
-                return
+
+        async def issuer_up_or_a_process_gone() -> bool:
+            return self.sup.exited.is_set() or bool(await self.registry.healthy(service))
+
+        with contextlib.suppress(UpError):  # timed out: Envoy starts anyway (see above)
+            await _poll(issuer_up_or_a_process_gone, self.o.ready_timeout_s, service)
 
     async def wait_ready(self) -> dict[str, list[Instance]]:
         """Every instance healthy and routed by the edge; says which ones it still waits

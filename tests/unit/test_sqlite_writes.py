@@ -272,7 +272,7 @@ async def test_queued_writers_of_a_process_pass_the_file_lock_on(
         async def writer(i: int) -> None:
             async with sessions.begin() as s:
                 await s.execute(text("INSERT INTO t VALUES (:x)"), {"x": i})
-                await asyncio.sleep(0)  # others queue meanwhile
+                await asyncio.sleep(0)  # poll: one turn of the loop; the others queue
 
         await asyncio.gather(*(writer(i) for i in range(20)))
         per_take = write_queue(engine.sync_engine).KEEP_FOR + 1

@@ -97,7 +97,7 @@ class Inbox:
     @asynccontextmanager
     async def handle(self, envelope: envelope_pb2.Envelope) -> AsyncIterator[InboxTx]:
         """A transaction that commits the handler's writes with the event id, once."""
-        async with self._sessions() as session, session.begin():
+        async with self._sessions.begin() as session:
             res = await session.execute(
                 self._claim,
                 {"c": self.consumer, "i": envelope.id, "t": envelope.type,
@@ -121,7 +121,7 @@ class Inbox:
 
         async def handler(envelopes: list[envelope_pb2.Envelope]) -> None:
             c = self._table.c
-            async with self._sessions() as session, session.begin():
+            async with self._sessions.begin() as session:
                 ids = [e.id for e in envelopes]
                 # Read which ids are known, then insert the rest in one
                 # executemany: two statements per batch instead of one per event.

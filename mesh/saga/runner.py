@@ -608,7 +608,7 @@ class SagaRunner:
         held = state if lock_first or unrecorded is None else unrecorded.before
 
         async def attempt() -> SagaState:
-            async with self.store.sessions() as session, session.begin():
+            async with self.store.sessions.begin() as session:
                 if lock_first and unrecorded is None:
                     await self.store.lock(session, state, self.owner, self._lease_until())
                 elif lock_first and unrecorded is not None:

@@ -272,6 +272,10 @@ class OrdersStore:
             k.user_id == bindparam("u"), k.idempotency_key == bindparam("k")
         )
         self._get = self._get_statement()
+        # `payment.completed` (once per order): the order its saga placed.
+        self._order_of_saga = select(t.orders.c.order_id).where(
+            t.orders.c.saga_id == bindparam("sid")
+        )
 
     # -- writes inside a caller's transaction -----------------------------------------
 
@@ -441,8 +445,7 @@ class OrdersStore:
 
     async def mark_paid_by_saga(self, s: AsyncSession, saga_id: str, payment_id: str) -> bool:
         """`payment.completed`: the order of `saga_id` is PAID unless it moved past that."""
-        c = self.t.orders.c
-        order_id = await s.scalar(select(c.order_id).where(c.saga_id == saga_id))
+        order_id = await s.scalar(self._order_of_saga, {"sid": saga_id})
         if order_id is None:
             return False
         return await self.advance(s, order_id, OrderStatus.PAID, values={"payment_id": payment_id})

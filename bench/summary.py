@@ -15,6 +15,8 @@ Keys:
   server_chain_us        server chain CPU per call without network (fused, unsampled)
   both_ratio             {level: RPS mesh client+server / bare client+server}, mTLS
   both_p99_ratio         {level: p99 mesh / p99 bare}
+  both_floor_ratio       {level: RPS bare client sending a deadline and a traceparent / bare}:
+                         what carrying them costs in gRPC alone, the ceiling of both_ratio
   sidecar_speedup        {level: RPS mesh / RPS bare client + two Envoys + bare server}
   sidecar_p99_ratio      {level: p99 mesh / p99 sidecar pair}
   events_per_s           events end to end (bench.events `headline`)
@@ -46,6 +48,7 @@ KEYS = (
     "server_chain_us",
     "both_ratio",
     "both_p99_ratio",
+    "both_floor_ratio",
     "sidecar_speedup",
     "sidecar_p99_ratio",
     "events_per_s",
@@ -101,6 +104,7 @@ async def whole_headline(budget: Budget) -> dict[str, Any]:
     return {
         "both_ratio": _by_level({lv: out.ratio("mesh", "direct", lv) for lv in levels}),
         "both_p99_ratio": _by_level({lv: out.p99_ratio("mesh", "direct", lv) for lv in levels}),
+        "both_floor_ratio": _by_level({lv: out.ratio("carried", "direct", lv) for lv in levels}),
         "sidecar_speedup": _by_level({lv: out.ratio("mesh", "sidecar", lv) for lv in levels}),
         "sidecar_p99_ratio": _by_level({lv: out.p99_ratio("mesh", "sidecar", lv) for lv in levels}),
     }

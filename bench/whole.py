@@ -6,6 +6,11 @@ process is the client. For each number of calls in flight the modes take
 turns (round-robin, so drift and the box's other load hit them alike):
 
   direct    bare grpc.aio client → bare grpc.aio server, mutual TLS
+  carried   the same bare pair, the client sending what any mesh's call carries: a
+            deadline (`timeout=`) and a fresh sampled W3C `traceparent` per call. Its
+            ratio to `direct` is the floor of `both_ratio`: what propagating deadlines
+            and trace context costs in gRPC itself (HPACK, a timer per call, the
+            server's parse), before any interceptor runs
   mesh      `MeshRuntime.connect` client (full chain) → the mesh server chain
             (fused, caller policy) — mTLS, default sampling (parentbased_always_on:
             every call traced; spans batched to an exporter that drops them)
@@ -17,7 +22,8 @@ garbage collector as `run_service` does (`mesh/gc_tuning.py`, `MESH_GC_GEN0_THRE
 
 Printed per level: calls/s, p50/p99, client CPU per call, "server" CPU per call
 (the server process; for sidecar also both Envoys'), ratios to `direct`; then
-the headline ratios: mesh vs direct (RPS, p99) and mesh vs sidecar (RPS).
+the headline ratios: mesh vs direct (RPS, p99), carried vs direct (the floor) and
+mesh vs sidecar (RPS).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import asyncio
 import gc
 import logging
 import os
+import random
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc.aio import Metadata
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.settings import default_of
 from bench import sidecar
 from bench.rpc import (
     Call,
@@ -53,7 +62,7 @@ from bench.rpc import (
 from interceptors.tracing import make_tracer_provider
 from mesh.security.identity import MeshIdentity
 from mesh.security.store import PkiStore
-from mesh.settings import SecuritySettings
+from mesh.settings import ResilienceSettings, SecuritySettings
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -86,6 +95,24 @@ class WholeResult:
         return self.results[level][mode].pct(99) / self.results[level][base].pct(99)
 
 
+# What `carried` sends: a mesh call's default deadline and a sampled traceparent.
+CARRIED_TIMEOUT_S: float = default_of(ResilienceSettings, "default_deadline_s")
+_TRACEPARENT = "00-%032x-%016x-01"
+
+
+def _carrying(call: Any) -> Call:
+    """`call` (a bare stub's method) with a deadline and a new trace context per call,
+    as a mesh client sends them (fresh ids from a PRNG, as the SDK's id generator)."""
+    bits = random.getrandbits
+
+    def carried(request: Any) -> Any:
+        traceparent = _TRACEPARENT % (bits(128) or 1, bits(64) or 1)
+        metadata = Metadata(("traceparent", traceparent))
+        return call(request, timeout=CARRIED_TIMEOUT_S, metadata=metadata)
+
+    return carried
+
+
 def _client_provider() -> Any:
     provider = make_tracer_provider("bench-client", {})  # the default: parentbased_always_on
     provider.add_span_processor(BatchSpanProcessor(DropSpans()))
@@ -116,6 +143,7 @@ async def run(
             mesh = await runtime.connect("ping", ping_pb2_grpc.PingServiceStub)
             modes: dict[str, tuple[Call, Any]] = {
                 "direct": (direct.Ping, direct_server),
+                "carried": (_carrying(direct.Ping), direct_server),
                 "mesh": (mesh.Ping, mesh_server),
             }
             if sidecars:
@@ -153,7 +181,8 @@ async def run(
             # service's process (the mesh server child is too), which helps `direct` alike.
             tune_gc_as_services_do()
             _print_header(
-                f"\nboth sides, mTLS: direct (bare client+server), mesh, sidecar pair; {rounds}"
+                f"\nboth sides, mTLS: direct (bare client+server), carried (bare, with a deadline"
+                f" and a traceparent), mesh, sidecar pair; {rounds}"
                 f" x {seconds / rounds:.1f}s turns (server us: sidecar includes both Envoys)"
             )
             results = await _turns(
@@ -165,6 +194,7 @@ async def run(
                 line = (
                     f"  {level:>3} in flight: mesh/direct {out.ratio('mesh', 'direct', level):.2f}"
                     f", p99 {out.p99_ratio('mesh', 'direct', level):.2f}x"
+                    f"; carried/direct {out.ratio('carried', 'direct', level):.2f} (the floor)"
                 )
                 if sidecars:
                     sc = results[level]["sidecar"]

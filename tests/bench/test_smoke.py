@@ -39,7 +39,13 @@ def test_summary_prints_every_headline_key_as_json_on_its_last_line() -> None:
     summary = json.loads(out.strip().splitlines()[-1])
     assert set(KEYS) <= set(summary)
     assert summary["errors"] == {}
-    for key in ("server_ratio", "server_ratio_sampled", "both_ratio", "sidecar_speedup"):
+    for key in (
+        "server_ratio",
+        "server_ratio_sampled",
+        "both_ratio",
+        "both_floor_ratio",
+        "sidecar_speedup",
+    ):
         assert set(summary[key]) == {"2"}, key
         assert all(v > 0 for v in summary[key].values()), key
 

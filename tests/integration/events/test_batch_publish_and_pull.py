@@ -9,7 +9,7 @@ from typing import Any
 
 import nats.errors
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from shop.events.v1 import events_pb2
 
@@ -87,6 +87,55 @@ async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: An
         await bus.js.delete_consumer("USER", durable)
         with pytest.raises((ServiceUnavailableError, nats.errors.TimeoutError)):
             await fetcher.fetch(10, timeout_s=0.5)
+    finally:
+        await fetcher.close()
+
+
+async def test_pull_fetcher_keeps_one_waiting_request_open_across_fetches(
+    bus_factory: Any,
+) -> None:
+    """Messages arriving one at a time, each fetched as it comes: the waiting request
+    that answered one fetch stays open for the next, so the fetcher's connection sends
+    little more than the acks (not a no_wait request and a waiting request per message),
+    and the server holds one waiting request, not one per message."""
+    publisher, consumer = await bus_factory("pub"), await bus_factory("con")
+    durable = f"pf-{uuid.uuid4().hex[:8]}"
+    await publisher.js.add_consumer(
+        "USER",
+        ConsumerConfig(durable_name=durable, filter_subject="user.created",
+                       ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW),
+    )  # fmt: skip
+    fetcher = PullFetcher(consumer.nc, "USER", durable)
+    try:
+        first = asyncio.ensure_future(fetcher.fetch(10, timeout_s=10.0))
+        await eventually(
+            lambda: _waiting_requests(publisher, durable), 5, "the fetch's request at the server"
+        )
+        await publisher.js.publish("user.created", b"m0")
+        (got,) = await first
+        await got.ack()
+        sent_before = consumer.nc.stats["out_msgs"]
+        for i in range(1, 9):  # within the first request's room of 10
+            fetching = asyncio.ensure_future(fetcher.fetch(10, timeout_s=10.0))
+            await publisher.js.publish("user.created", f"m{i}".encode())
+            (got,) = await fetching
+            assert got.data == f"m{i}".encode()
+            await got.ack()
+        # Eight acks; the old way added two requests per message (24 in all).
+        assert consumer.nc.stats["out_msgs"] - sent_before <= 8 + 1
+        assert await _waiting_requests(publisher, durable) <= 1
+        # Its room used up (10 messages), the next fetch asks again and is answered.
+        await publisher.js.publish("user.created", b"m9")
+        (got,) = await fetcher.fetch(10, timeout_s=5.0)
+        await got.ack()
+        fetching = asyncio.ensure_future(fetcher.fetch(10, timeout_s=5.0))
+        await eventually(
+            lambda: _waiting_requests(publisher, durable), 5, "a new request at the server"
+        )
+        await publisher.js.publish("user.created", b"m10")
+        (got,) = await fetching
+        assert got.data == b"m10"
+        await got.ack()
     finally:
         await fetcher.close()
 

@@ -74,10 +74,16 @@ def undo_point(definition: SagaDefinition, upto: int) -> int:
 def merge_data(data: Mapping[str, Any], update: Mapping[str, Any] | None) -> dict[str, Any]:
     """`data` updated with `update`, normalised through JSON so memory matches the DB.
 
+    Only `update` goes through JSON: `data` is a saga's data, normalised already (by
+    `new_saga`, an earlier merge, or read from its row), so the whole result is. An
+    order's data round-tripped whole at every step cost 3 % of an orders process's
+    CPU under `bench orders` (py-spy); a step's update is a key or two.
+
     Raises TypeError/ValueError when the result is not JSON-serialisable."""
-    merged = {**data, **(update or {})}
-    out: dict[str, Any] = json.loads(json.dumps(merged))
-    return out
+    if not update:
+        return dict(data)
+    normalised: dict[str, Any] = json.loads(json.dumps(dict(update)))
+    return {**data, **normalised}
 
 
 def copy_data(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def new_saga(saga_id: str, name: str, data: Mapping[str, Any], now_ms: int) -> S
         name=name,
         status=SagaStatus.RUNNING,
         completed=0,
-        data=merge_data(data, None),
+        data=json.loads(json.dumps(dict(data))),  # normalised once; merges keep it so
         created_at_ms=now_ms,
         updated_at_ms=now_ms,
     )

@@ -31,12 +31,13 @@ a new waiting request per message) left a waiting request open per message for i
 whole `expires`, and each one's 408 ended the current fetch's wait and started two
 more requests: at 100 messages/s the consumer's connection sent 8.2 and received 7.6
 NATS messages per message consumed and nats-server spent ~2 ms of CPU on each
-(measured, see the README's "Events" performance notes).
+(measured: the README's "A consumer at the shop's rates").
 
 Limits: one fetch at a time; the inbox lives as long as the fetcher (the client
 re-subscribes it after a reconnect), so a message answering a request sent before an
 outage still lands here. A waiting request the server forgot without a status (its
-restart without a reconnect of ours) is waited on until its `expires` has passed.
+restart without a reconnect of ours) is waited on until its `expires` and
+`_EXPIRY_GRACE_S` have passed, at most a fetch timeout plus a quarter second.
 """
 
 from __future__ import annotations

@@ -43,8 +43,15 @@ async def connect_nats(url: str, *, name: str, **options: Any) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.debug("nats %s: %r", name, exc)
 
+    connected: list[NATS] = []  # the client, once connected (the callbacks are made first)
+
     async def on_disconnect() -> None:
-        log.warning("nats %s: disconnected", name)
+        # nats-py calls this on our own close() too (marked closed by then): a service
+        # shutting down is no lost connection to warn about.
+        if connected and connected[0].is_closed:
+            log.info("nats %s: connection closed", name)
+        else:
+            log.warning("nats %s: disconnected", name)
 
     async def on_reconnect() -> None:
         log.info("nats %s: reconnected", name)
@@ -59,7 +66,9 @@ async def connect_nats(url: str, *, name: str, **options: Any) -> NATS:
         "reconnected_cb": on_reconnect,
     }
     opts.update(options)
-    return await nats.connect(servers=[url], **opts)
+    nc = await nats.connect(servers=[url], **opts)
+    connected.append(nc)
+    return nc
 
 
 class EventBus:

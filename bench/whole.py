@@ -33,7 +33,6 @@ import asyncio
 import gc
 import logging
 import os
-import random
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from typing import Any
 import grpc
 from grpc.aio import Metadata
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanContext, TraceFlags
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from base.settings import default_of
@@ -59,7 +60,7 @@ from bench.rpc import (
     start_server,
     tune_gc_as_services_do,
 )
-from interceptors.tracing import make_tracer_provider
+from interceptors.tracing import format_traceparent, make_tracer_provider
 from mesh.security.identity import MeshIdentity
 from mesh.security.store import PkiStore
 from mesh.settings import ResilienceSettings, SecuritySettings
@@ -97,17 +98,19 @@ class WholeResult:
 
 # What `carried` sends: a mesh call's default deadline and a sampled traceparent.
 CARRIED_TIMEOUT_S: float = default_of(ResilienceSettings, "default_deadline_s")
-_TRACEPARENT = "00-%032x-%016x-01"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def _carrying(call: Any) -> Call:
     """`call` (a bare stub's method) with a deadline and a new trace context per call,
-    as a mesh client sends them (fresh ids from a PRNG, as the SDK's id generator)."""
-    bits = random.getrandbits
+    as a mesh client sends them (the SDK's id generator, the mesh's formatting)."""
+    ids = RandomIdGenerator()
 
     def carried(request: Any) -> Any:
-        traceparent = _TRACEPARENT % (bits(128) or 1, bits(64) or 1)
-        metadata = Metadata(("traceparent", traceparent))
+        context = SpanContext(
+            ids.generate_trace_id(), ids.generate_span_id(), False, trace_flags=_SAMPLED
+        )
+        metadata = Metadata(("traceparent", format_traceparent(context)))
         return call(request, timeout=CARRIED_TIMEOUT_S, metadata=metadata)
 
     return carried

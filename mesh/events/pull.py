@@ -57,9 +57,9 @@ from nats.aio.subscription import Subscription
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
-_ENDED = frozenset({"404", "408", "409"})  # the request is over; not an error
-_NO_RESPONDERS = "503"
 _EMPTY = "404"  # the end of a no_wait request; 408 and 409 end a waiting one
+_ENDED = frozenset({_EMPTY, "408", "409"})  # the request is over; not an error
+_NO_RESPONDERS = "503"
 # How long after its `expires` a waiting request still counts as open without its 408.
 _EXPIRY_GRACE_S = 0.25
 

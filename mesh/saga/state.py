@@ -82,8 +82,14 @@ def merge_data(data: Mapping[str, Any], update: Mapping[str, Any] | None) -> dic
     Raises TypeError/ValueError when the result is not JSON-serialisable."""
     if not update:
         return dict(data)
-    normalised: dict[str, Any] = json.loads(json.dumps(dict(update)))
-    return {**data, **normalised}
+    return {**data, **_normalised(update)}
+
+
+def _normalised(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` through JSON: what the saga row will hold (tuples as lists, keys as
+    strings); TypeError/ValueError when it is not JSON-serialisable."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(data)))
+    return out
 
 
 def copy_data(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +117,7 @@ def new_saga(saga_id: str, name: str, data: Mapping[str, Any], now_ms: int) -> S
         name=name,
         status=SagaStatus.RUNNING,
         completed=0,
-        data=json.loads(json.dumps(dict(data))),  # normalised once; merges keep it so
+        data=_normalised(data),  # once; merge_data keeps it so
         created_at_ms=now_ms,
         updated_at_ms=now_ms,
     )

@@ -404,12 +404,6 @@ async def database_env(database: str) -> AsyncIterator[dict[str, str]]:
         yield {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
 
 
-# Every request of the bench comes from 127.0.0.1: the edge's per-client limit (1,000/s by
-# default, a protection against one abusive address) would cap the per-hop reads at about
-# that rate and answer the rest 429, so it is lifted for the bench's stack.
-LOAD_FROM_ONE_ADDRESS = {"MESH_EDGE_CLIENT_RATE_LIMIT_PER_S": "1000000"}
-
-
 async def measure(
     seconds: float,
     levels: list[int],
@@ -423,7 +417,7 @@ async def measure(
 ) -> dict[str, Any]:
     async with (
         database_env(database) as env,
-        local_mesh(base / "stack", env={**env, **LOAD_FROM_ONE_ADDRESS}) as stack,
+        local_mesh(base / "stack", env=env) as stack,
     ):
         shop = Shop(stack.edge.port)
         try:

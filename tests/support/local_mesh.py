@@ -79,7 +79,10 @@ def clean_env() -> dict[str, str]:
 
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
-_TEST_EDGE_LIMITS = {"MESH_EDGE_STRICT_RATE_LIMIT_PER_MIN": "600"}
+_TEST_EDGE_LIMITS = {
+    "MESH_EDGE_STRICT_RATE_LIMIT_PER_MIN": "600",
+    "MESH_EDGE_CLIENT_RATE_LIMIT_PER_S": "1000000",
+}
 
 
 def free_port_shop() -> tuple[ServiceSpec, ...]:
@@ -116,9 +119,10 @@ async def local_mesh(
             services=services or free_port_shop(),
             ready_timeout_s=60,
             grace_s=10,
-            # Test stacks sign up and log in many users from one address (127.0.0.1) within
-            # a minute: the edge's strict per-client limit (20/min) is raised here and
-            # tested on an edge of its own (tests/integration/edge/test_edge_hardening.py).
+            # Test stacks (and `bench orders`) sign up, log in and load the edge from one
+            # address (127.0.0.1): the edge's per-client limits (20 logins a minute, 1,000
+            # requests a second) are lifted here and tested on an edge of their own
+            # (tests/integration/edge/test_edge_hardening.py).
             env={**clean_env(), **_TEST_EDGE_LIMITS, **(env or {})},
             warm_spares=warm_spares,
         )

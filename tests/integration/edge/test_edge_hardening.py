@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from tests.support.stand_ins import MemoryRegistry
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 STRICT_PER_MIN = 6  # one call per 10 s once the burst is spent: retry-after 10
+# Far above what the other tests send from one address in a second; a flood passes it.
+CLIENT_PER_S = 200
 SLOW_MS = 400
 
 
@@ -123,7 +126,9 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
         listen_port=listen,
         admin_port=admin,
         meta_port=free_port(),
-        limits=EdgeLimits(strict_rate_limit_per_min=STRICT_PER_MIN),
+        limits=EdgeLimits(
+            strict_rate_limit_per_min=STRICT_PER_MIN, client_rate_limit_per_s=CLIENT_PER_S
+        ),
         **pki.edge_options(tls_listen_port=free_port()),
     )
     config, _ = render_files(tmp_path, options)
@@ -354,6 +359,29 @@ async def test_login_flood_from_one_address_gets_429_another_address_still_logs_
     # Reads from the flooding client are not strict.
     read = await asyncio.to_thread(_get, edge, "/api/v1/products/p-after-flood", source=flood)
     assert read.status == 200, read
+
+
+async def test_a_read_flood_from_one_address_gets_429_another_address_is_served(
+    edge: Edge,
+) -> None:
+    """The per-client limit of every route (`client_rate_limit_per_s`, burst the same):
+    three times the burst, twelve at a time, from one address."""
+    flood = "127.0.0.5"
+
+    def flood_reads() -> list[int]:
+        with ThreadPoolExecutor(12) as pool:
+            return list(
+                pool.map(
+                    lambda n: _get(edge, f"/api/v1/products/p-flood-{n}", source=flood).status,
+                    range(3 * CLIENT_PER_S),
+                )
+            )
+
+    statuses = await asyncio.to_thread(flood_reads)
+    assert set(statuses) <= {200, 429}, Counter(statuses)
+    assert statuses.count(429) > 0, Counter(statuses)
+    other = await asyncio.to_thread(_get, edge, "/api/v1/products/p-other", source="127.0.0.6")
+    assert other.status == 200, other
 
 
 async def test_grpc_login_flood_gets_resource_exhausted_with_retry_after(edge: Edge) -> None:

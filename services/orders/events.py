@@ -1,8 +1,9 @@
 """Events orders consumes: `user.deleted` and `payment.completed`.
 
-- `user.deleted`: the user's orders still being placed are flagged; their sagas
-  see the flag at their next local step, compensate (refund, release) and end
-  CANCELLED. Completed orders stay as they are.
+- `user.deleted`: the id is recorded (no new order of it is created, see
+  services/orders/known_users.py) and the user's orders still being placed are
+  flagged; their sagas see the flag at their next local step, compensate
+  (refund, release) and end CANCELLED. Completed orders stay as they are.
 - `payment.completed`: the saga's order is marked PAID. The saga does the same
   itself, so whichever comes first wins and the other changes nothing.
 
@@ -50,6 +51,7 @@ class OrderEventHandlers:
         except UnknownEventError as exc:
             log.warning("event on user.deleted ignored: %s", exc)
             return
+        await self.store.record_user_deleted(session, deleted.user_id)
         flagged = await self.store.request_cancel_of_user(
             session, deleted.user_id, USER_DELETED_REASON
         )

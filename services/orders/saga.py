@@ -2,7 +2,7 @@
 
 Placing an order (`order.place.v1`), each step idempotent by the saga id:
 
-    validate_user       users.GetUser                         (nothing to undo)
+    validate_user       users.GetUser, once per user here     (nothing to undo)
     create_order    L   order row PENDING                     ↩ order FAILED / CANCELLED
     reserve_stock       inventory.ReserveItems(saga id)       ↩ ReleaseReservation
     record_prices   L   unit prices + total, RESERVED
@@ -17,6 +17,11 @@ it; the advances of record_prices and record_payment carry the cancellation chec
 in their WHERE, the order row is read only when they match nothing). When the
 saga ends COMPENSATED, `order.compensation.completed` is written to the outbox
 in the transaction of that last transition.
+
+A user users confirmed once is not asked for again by this process
+(`KnownUsers`): `create_order` refuses a user whose `user.deleted` orders has
+handled, in the transaction that inserts the order (NOT_FOUND, as users would
+answer).
 
 Local steps up to `record_payment` refuse to go on once the order has been
 flagged for cancellation (its user was deleted): the saga then compensates and
@@ -48,7 +53,7 @@ from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from base.errors import Aborted, FailedPrecondition
+from base.errors import Aborted, FailedPrecondition, NotFound
 from mesh.db_sessions import after_commit
 from mesh.events import Outbox, new_envelope
 from mesh.saga import (
@@ -63,6 +68,7 @@ from mesh.saga import (
 from services.common.event_types import EVENTS
 from services.common.money import Amount, MoneyError, total
 from services.orders.config import OrdersConfig
+from services.orders.known_users import KnownUsers
 from services.orders.model import IN_FLIGHT, Address, Card, Line, OrderStatus
 from services.orders.store import NewOrder, OrdersStore, now_us
 from services.orders.upstream import Upstreams, call, has_reason
@@ -193,6 +199,7 @@ class OrderSagas:
         self.up = upstreams
         self.cards = cards
         self.config = config
+        self.known_users = KnownUsers()
         # Sagas of this process that failed forward (set in the transition hook):
         # CreateOrder answers from it when compensation takes long.
         self.failures: dict[str, asyncio.Future[tuple[str, str, str]]] = {}
@@ -237,9 +244,13 @@ class OrderSagas:
     # -- the place saga ------------------------------------------------------------------
 
     async def validate_user(self, ctx: SagaContext) -> None:
-        req = users_pb2.GetUserRequest(user_id=ctx.data["user_id"])
+        user_id = ctx.data["user_id"]
+        if user_id in self.known_users:
+            return  # a deletion since is refused by create_order
+        req = users_pb2.GetUserRequest(user_id=user_id)
         await call("users", functools.partial(
             self.up.users.GetUser, req, timeout=self.config.call_timeout_s))  # fmt: skip
+        self.known_users.add(user_id)
 
     async def create_order(self, ctx: SagaContext) -> None:
         d = ctx.data
@@ -260,6 +271,9 @@ class OrderSagas:
             ),
             now_us(),
         )  # fmt: skip
+        if await self.store.user_deleted(ctx.tx, d["user_id"]):
+            # Rolls the order back; nothing before this step needs undoing.
+            raise NotFound(f"user {d['user_id']} not found", reason="USER_NOT_FOUND")
 
     async def fail_order(self, ctx: SagaContext) -> dict[str, Any]:
         """Compensation of create_order: the order ends FAILED (CANCELLED when it was

@@ -157,12 +157,29 @@ def _order_idempotency_keys_v1(md: MetaData) -> Table:
     )
 
 
+def _deleted_users_v2(md: MetaData) -> Table:
+    # Ids from `user.deleted`: the saga refuses them although this process may
+    # remember users confirming them (services/orders/known_users.py).
+    return Table(
+        "deleted_users",
+        md,
+        Column("user_id", String(36), primary_key=True),
+        Column("deleted_us", BigInteger, nullable=False),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
         name="orders, items, status history, idempotency keys",
         creates=(_orders_v1, _order_items_v1, _order_status_history_v1, _order_idempotency_keys_v1),
         compatible_with_previous=True,  # new tables
+    ),
+    Migration(
+        version=2,
+        name="deleted users",
+        creates=(_deleted_users_v2,),
+        compatible_with_previous=True,  # a new table
     ),
 )
 
@@ -180,6 +197,7 @@ class Tables:
         self.items = md.tables["order_items"]
         self.history = md.tables["order_status_history"]
         self.keys = md.tables["order_idempotency_keys"]
+        self.deleted_users = md.tables["deleted_users"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +290,11 @@ class OrdersStore:
             k.user_id == bindparam("u"), k.idempotency_key == bindparam("k")
         )
         self._get = self._get_statement()
+        self._deleted_user_insert = text(
+            "INSERT INTO deleted_users (user_id, deleted_us) VALUES (:u, :t) ON CONFLICT DO NOTHING"
+        )
+        d = self.t.deleted_users.c
+        self._deleted_user_select = select(d.user_id).where(d.user_id == bindparam("u"))
         # `payment.completed` (once per order): the order its saga placed.
         self._order_of_saga = select(t.orders.c.order_id).where(
             t.orders.c.saga_id == bindparam("sid")
@@ -442,6 +465,15 @@ class OrdersStore:
             .returning(c.order_id)
         )
         return [str(r) for r in res.scalars().all()]
+
+    async def record_user_deleted(self, s: AsyncSession, user_id: str) -> None:
+        """`user.deleted`: remember the id, so that no new order of it is created."""
+        await s.execute(self._deleted_user_insert, {"u": user_id, "t": now_us()})
+
+    async def user_deleted(self, s: AsyncSession, user_id: str) -> bool:
+        """Whether `user.deleted` was handled for `user_id` (read in the caller's
+        transaction: `create_order` asks after inserting the order)."""
+        return await s.scalar(self._deleted_user_select, {"u": user_id}) is not None
 
     async def mark_paid_by_saga(self, s: AsyncSession, saga_id: str, payment_id: str) -> bool:
         """`payment.completed`: the order of `saga_id` is PAID unless it moved past that."""

@@ -160,6 +160,35 @@ async def test_user_deleted_cancels_orders_in_flight(shop: ShopStack) -> None:
     )
 
 
+async def test_a_deleted_user_orders_remembers_is_refused_once_the_event_is_handled(
+    shop: ShopStack,
+) -> None:
+    """After a first order orders no longer asks users about this user; the deletion's
+    event is what refuses the next order: NOT_FOUND, nothing reserved, no order row."""
+    user = await new_user(shop)
+    product = await new_product(shop, stock=5)
+    await shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)]))
+    await shop.users().DeleteUser(users_pb2.DeleteUserRequest(user_id=user))
+    engine = create_engine(shop.database_url("orders"))
+    try:
+
+        async def recorded() -> bool:
+            async with engine.connect() as conn:
+                found = await conn.scalar(
+                    text("SELECT count(*) FROM deleted_users WHERE user_id = :u"), {"u": user}
+                )
+            return bool(found)
+
+        await eventually(recorded, what="user.deleted recorded by orders")
+    finally:
+        await engine.dispose()
+
+    f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)])))
+    assert f.code is grpc.StatusCode.NOT_FOUND and f.reason == "USER_NOT_FOUND"
+    assert await stock(shop, product) == (4, 0)
+    assert len(await orders_of(shop, user)) == 1
+
+
 async def test_payment_completed_is_handled_once_and_changes_nothing_twice(
     shop: ShopStack,
 ) -> None:

@@ -12,9 +12,11 @@ from shop.events.v1 import events_pb2
 from shop.payments.v1 import payments_pb2
 
 from base.errors import FailedPrecondition, NotFound, Unavailable
-from mesh.events import unpack
+from mesh.events import new_envelope, unpack
 from mesh.saga import SagaStatus, StepRetry
+from services.common.event_types import EVENTS
 from services.orders import saga as saga_module
+from services.orders.events import OrderEventHandlers
 from services.orders.model import OrderStatus
 from services.orders.saga import PLACE, place_data
 from tests.support.orders_domain import Domain, fail
@@ -57,6 +59,39 @@ async def test_unknown_user_compensates_nothing_and_still_tells(domain: Domain) 
     [event] = await domain.events()
     assert event.type == "order.compensation.completed"
     assert list(unpack(event, events_pb2.OrderCompensationCompleted).compensated_steps) == []
+
+
+async def test_a_user_users_confirmed_is_not_asked_for_again(domain: Domain) -> None:
+    setup(domain)
+    for _ in range(3):
+        order = await domain.orders.place(domain.order(USER, [(P1, 1)]))
+        assert order.status is OrderStatus.COMPLETED
+    assert domain.fake.calls["GetUser"] == 1
+    assert len(domain.sagas.known_users) == 1
+
+
+async def test_a_deleted_user_this_process_knows_is_refused_without_asking(
+    domain: Domain,
+) -> None:
+    """users still answers for the user here (the fake keeps it): only the recorded
+    `user.deleted` stands between the remembered user and a new order."""
+    setup(domain)
+    await domain.orders.place(domain.order(USER, [(P1, 1)]))
+    deleted = new_envelope(
+        events_pb2.UserDeleted(user_id=USER), types=EVENTS, source="users", subject=USER
+    )
+    async with domain.store.sessions.begin() as s:
+        await OrderEventHandlers(domain.store).user_deleted(deleted, s)
+
+    with pytest.raises(NotFound) as exc:
+        await domain.orders.place(domain.order(USER, [(P1, 1)]))
+    assert exc.value.reason == "USER_NOT_FOUND"
+    assert domain.fake.calls["GetUser"] == 1  # remembered, not asked
+    assert domain.fake.calls["ReserveItems"] == 1  # the first order's only
+    [kept] = await domain.store.list_for_user(USER)  # the refused order was not created
+    assert kept.status is OrderStatus.COMPLETED
+    refusal = (await domain.events())[-1]
+    assert refusal.type == "order.compensation.completed"
 
 
 async def test_confirm_refused_refunds_releases_and_fails(domain: Domain) -> None:

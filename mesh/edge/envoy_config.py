@@ -561,6 +561,26 @@ def _otlp_cluster(options: EdgeOptions) -> dict[str, Any]:
     }
 
 
+# The access log's gRPC status. Envoy's %GRPC_STATUS% reads the downstream response,
+# where the transcoder has turned a REST call's grpc-status into the JSON body, and falls
+# back to gRPC's HTTP mapping: a declined card (FAILED_PRECONDITION, HTTP 400) was logged
+# as 13 INTERNAL, a missing product (NOT_FOUND, HTTP 404) as 12 UNIMPLEMENTED. So the
+# router copies an upstream's grpc-status response header (a gRPC error is
+# trailers-only) into x-grpc-status before the transcoder sees it, and the log prefers
+# it; an OK answer (grpc-status in trailers) and a local reply (JWT, rate limit) keep
+# Envoy's own reading.
+UPSTREAM_GRPC_STATUS = "x-grpc-status"
+UPSTREAM_GRPC_STATUS_HEADER = {
+    "header": {"key": UPSTREAM_GRPC_STATUS, "value": "%RESP(grpc-status)%"},
+    "keep_empty_value": False,
+    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
+GRPC_STATUS_LOG_FIELD = (
+    f"%CEL('{UPSTREAM_GRPC_STATUS}' in response.headers"
+    f" ? response.headers['{UPSTREAM_GRPC_STATUS}'] : response.grpc_status)%"
+)
+
+
 def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     """The complete Envoy bootstrap as a dict (dump it as YAML or JSON)."""
     access_log_format = {
@@ -568,7 +588,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
-        "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "grpc_status": GRPC_STATUS_LOG_FIELD,
         "duration_ms": "%DURATION%",
         "upstream": "%UPSTREAM_HOST%",
         "traceparent": "%REQ(TRACEPARENT)%",
@@ -599,6 +619,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                 {
                     "name": "edge",
                     "domains": ["*"],
+                    "response_headers_to_add": [UPSTREAM_GRPC_STATUS_HEADER],
                     "routes": meta_routes
                     + _rest_routes(model, options)
                     + _grpc_routes(model, options),

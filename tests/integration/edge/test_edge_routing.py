@@ -290,6 +290,57 @@ async def test_rest_errors(edge: Edge) -> None:
     assert status == 400
 
 
+# (path, HTTP status) of the access lines the test below waits for.
+LOGGED = [
+    ("/api/v1/users/missing", "404"),
+    ("/api/v1/users", "400"),
+    ("/api/v1/users/u1", "200"),
+    ("/shop.users.v1.UserService/GetUser", "200"),
+]
+
+
+def _access_lines(envoy: EnvoyProcess) -> list[dict[str, Any]]:
+    """The JSON access lines Envoy wrote so far (POST /reopen_logs flushes its buffer)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{envoy.admin_port}/reopen_logs", method="POST", data=b""
+    )
+    urllib.request.urlopen(req, timeout=2).close()
+    lines = envoy.log_path.read_text(errors="replace").splitlines()
+    return [json.loads(x) for x in lines if x.startswith("{") and '"grpc_status"' in x]
+
+
+async def test_the_access_log_carries_the_services_grpc_status_for_rest_calls(
+    edge: Edge,
+) -> None:
+    """The transcoder turns a REST call's grpc-status into the JSON body; Envoy's own
+    reading of the HTTP status logged NOT_FOUND (404) as 12 and FAILED_PRECONDITION (400)
+    as 13. The line carries the service's code, for gRPC and REST alike."""
+    missing = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/missing")
+    taken = await asyncio.to_thread(
+        edge.http, "POST", "/api/v1/users", b'{"email": "taken@example.com"}'
+    )
+    found = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/u1")
+    assert (missing[0], taken[0], found[0]) == (404, 400, 200)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await users_pb2_grpc.UserServiceStub(ch).GetUser(
+                users_pb2.GetUserRequest(user_id="missing"), timeout=5
+            )
+    assert denied.value.code() is grpc.StatusCode.NOT_FOUND
+
+    def logged() -> dict[tuple[str, str], str] | None:
+        seen = {
+            (x["path"], str(x["status"])): str(x["grpc_status"]) for x in _access_lines(edge.envoy)
+        }
+        return seen if all(k in seen for k in LOGGED) else None
+
+    seen = await eventually(lambda: asyncio.to_thread(logged), what="the four access lines")
+    assert seen[("/api/v1/users/missing", "404")] == "5"  # NOT_FOUND, not 12
+    assert seen[("/api/v1/users", "400")] == "9"  # FAILED_PRECONDITION, not 13
+    assert seen[("/api/v1/users/u1", "200")] == "0"
+    assert seen[("/shop.users.v1.UserService/GetUser", "200")] == "5"
+
+
 async def test_the_tls_listener_serves_grpc_and_rest_with_the_mesh_ca(edge: Edge) -> None:
     # grpc: verifying the edge certificate by the name a local client uses (localhost).
     creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem())

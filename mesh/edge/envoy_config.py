@@ -585,7 +585,8 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     """The complete Envoy bootstrap as a dict (dump it as YAML or JSON)."""
     access_log_format = {
         "time": "%START_TIME%",
-        "method": "%REQ(:METHOD)%",
+        # The client's method and path: the transcoder rewrites both for the upstream.
+        "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
         "grpc_status": GRPC_STATUS_LOG_FIELD,

@@ -314,7 +314,8 @@ async def test_the_access_log_carries_the_services_grpc_status_for_rest_calls(
 ) -> None:
     """The transcoder turns a REST call's grpc-status into the JSON body; Envoy's own
     reading of the HTTP status logged NOT_FOUND (404) as 12 and FAILED_PRECONDITION (400)
-    as 13. The line carries the service's code, for gRPC and REST alike."""
+    as 13. The line carries the service's code, for gRPC and REST alike, and the
+    client's method (the transcoder sends every REST call upstream as a POST)."""
     missing = await asyncio.to_thread(edge.http, "GET", "/api/v1/users/missing")
     taken = await asyncio.to_thread(
         edge.http, "POST", "/api/v1/users", b'{"email": "taken@example.com"}'
@@ -335,6 +336,10 @@ async def test_the_access_log_carries_the_services_grpc_status_for_rest_calls(
         return seen if all(k in seen for k in LOGGED) else None
 
     seen = await eventually(lambda: asyncio.to_thread(logged), what="the four access lines")
+    methods = {(x["path"], x["method"]) for x in _access_lines(edge.envoy)}
+    # The client's method, not the POST the transcoder turned it into.
+    assert ("/api/v1/users/missing", "GET") in methods
+    assert ("/api/v1/users", "POST") in methods
     assert seen[("/api/v1/users/missing", "404")] == "5"  # NOT_FOUND, not 12
     assert seen[("/api/v1/users", "400")] == "9"  # FAILED_PRECONDITION, not 13
     assert seen[("/api/v1/users/u1", "200")] == "0"

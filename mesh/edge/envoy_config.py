@@ -569,15 +569,15 @@ def _otlp_cluster(options: EdgeOptions) -> dict[str, Any]:
 # trailers-only) into x-grpc-status before the transcoder sees it, and the log prefers
 # it; an OK answer (grpc-status in trailers) and a local reply (JWT, rate limit) keep
 # Envoy's own reading.
-UPSTREAM_GRPC_STATUS = "x-grpc-status"
-UPSTREAM_GRPC_STATUS_HEADER = {
-    "header": {"key": UPSTREAM_GRPC_STATUS, "value": "%RESP(grpc-status)%"},
+_UPSTREAM_GRPC_STATUS = "x-grpc-status"
+_UPSTREAM_GRPC_STATUS_HEADER = {
+    "header": {"key": _UPSTREAM_GRPC_STATUS, "value": "%RESP(grpc-status)%"},
     "keep_empty_value": False,
     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
 }
-GRPC_STATUS_LOG_FIELD = (
-    f"%CEL('{UPSTREAM_GRPC_STATUS}' in response.headers"
-    f" ? response.headers['{UPSTREAM_GRPC_STATUS}'] : response.grpc_status)%"
+_GRPC_STATUS_LOG_FIELD = (
+    f"%CEL('{_UPSTREAM_GRPC_STATUS}' in response.headers"
+    f" ? response.headers['{_UPSTREAM_GRPC_STATUS}'] : response.grpc_status)%"
 )
 
 
@@ -589,7 +589,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
         "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
-        "grpc_status": GRPC_STATUS_LOG_FIELD,
+        "grpc_status": _GRPC_STATUS_LOG_FIELD,
         "duration_ms": "%DURATION%",
         "upstream": "%UPSTREAM_HOST%",
         "traceparent": "%REQ(TRACEPARENT)%",
@@ -620,7 +620,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                 {
                     "name": "edge",
                     "domains": ["*"],
-                    "response_headers_to_add": [UPSTREAM_GRPC_STATUS_HEADER],
+                    "response_headers_to_add": [_UPSTREAM_GRPC_STATUS_HEADER],
                     "routes": meta_routes
                     + _rest_routes(model, options)
                     + _grpc_routes(model, options),

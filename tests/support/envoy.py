@@ -8,6 +8,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh.local.up import routable_hosts
 from mesh.tools import envoy_binary
@@ -32,6 +33,16 @@ class EnvoyProcess:
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
             return r.read().decode()  # type: ignore[no-any-return]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The JSON access lines Envoy wrote to its stdout so far (the edge's access log
+        goes there); POST /reopen_logs flushes Envoy's buffer first."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/reopen_logs", method="POST", data=b""
+        )
+        urllib.request.urlopen(req, timeout=2).close()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(x) for x in lines if x.startswith("{")]
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,8 +17,11 @@ from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from base.errors import details_of
+from mesh.db import create_engine
 from mesh.events import decode
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack
@@ -115,6 +119,22 @@ class Failure:
     message: str
     reason: str
     violations: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def service_db(shop: ShopStack, service: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on `service`'s own database (SQLite file or PostgreSQL), disposed after."""
+    engine = create_engine(shop.database_url(service))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def count(engine: AsyncEngine, sql: str, **params: Any) -> int:
+    """`SELECT count(*) ...` with `params`, as an int."""
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(sql), params) or 0)
 
 
 async def fails(call: Awaitable[Any]) -> Failure:

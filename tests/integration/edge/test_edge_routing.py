@@ -299,16 +299,6 @@ LOGGED = [
 ]
 
 
-def _access_lines(envoy: EnvoyProcess) -> list[dict[str, Any]]:
-    """The JSON access lines Envoy wrote so far (POST /reopen_logs flushes its buffer)."""
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{envoy.admin_port}/reopen_logs", method="POST", data=b""
-    )
-    urllib.request.urlopen(req, timeout=2).close()
-    lines = envoy.log_path.read_text(errors="replace").splitlines()
-    return [json.loads(x) for x in lines if x.startswith("{") and '"grpc_status"' in x]
-
-
 async def test_the_access_log_carries_the_services_grpc_status_for_rest_calls(
     edge: Edge,
 ) -> None:
@@ -331,12 +321,12 @@ async def test_the_access_log_carries_the_services_grpc_status_for_rest_calls(
 
     def logged() -> dict[tuple[str, str], str] | None:
         seen = {
-            (x["path"], str(x["status"])): str(x["grpc_status"]) for x in _access_lines(edge.envoy)
+            (x["path"], str(x["status"])): str(x["grpc_status"]) for x in edge.envoy.access_lines()
         }
         return seen if all(k in seen for k in LOGGED) else None
 
     seen = await eventually(lambda: asyncio.to_thread(logged), what="the four access lines")
-    methods = {(x["path"], x["method"]) for x in _access_lines(edge.envoy)}
+    methods = {(x["path"], x["method"]) for x in edge.envoy.access_lines()}
     # The client's method, not the POST the transcoder turned it into.
     assert ("/api/v1/users/missing", "GET") in methods
     assert ("/api/v1/users", "POST") in methods

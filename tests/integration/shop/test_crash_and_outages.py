@@ -13,7 +13,6 @@ from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 from sqlalchemy import text
 
-from mesh.db import create_engine
 from tests.support.nats import NatsServer
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack
@@ -28,6 +27,7 @@ from tests.support.shop_calls import (
     new_user,
     orders_of,
     payment,
+    service_db,
     stock,
 )
 
@@ -53,20 +53,16 @@ async def isolated(
 
 async def saga_at_step(shop: ShopStack, step: int) -> str | None:
     """The id of a running order saga that has completed `step` steps, if any."""
-    engine = create_engine(shop.database_url("orders"))
-    try:
-        async with engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT saga_id FROM mesh_saga WHERE name = 'order.place.v1'"
-                        " AND status = 'RUNNING' AND completed = :n"
-                    ),
-                    {"n": step},
-                )
-            ).first()
-    finally:
-        await engine.dispose()
+    async with service_db(shop, "orders") as db, db.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT saga_id FROM mesh_saga WHERE name = 'order.place.v1'"
+                    " AND status = 'RUNNING' AND completed = :n"
+                ),
+                {"n": step},
+            )
+        ).first()
     return None if row is None else str(row[0])
 
 

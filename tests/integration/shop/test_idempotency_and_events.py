@@ -4,6 +4,7 @@ the event handlers, and 200 concurrent orders racing for 50 units."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc
 import pytest
@@ -13,9 +14,7 @@ from shop.inventory.v1 import inventory_pb2
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 from shop.users.v1 import users_pb2
-from sqlalchemy import text
 
-from mesh.db import create_engine
 from mesh.events import unpack
 from tests.support.poll import eventually
 from tests.support.shop import ShopStack
@@ -25,6 +24,7 @@ from tests.support.shop_calls import (
     StreamEvents,
     assert_consistent,
     card,
+    count,
     create_v1,
     create_v2,
     fails,
@@ -32,6 +32,7 @@ from tests.support.shop_calls import (
     new_user,
     orders_of,
     payment,
+    service_db,
     statuses,
     stock,
 )
@@ -169,19 +170,11 @@ async def test_a_deleted_user_orders_remembers_is_refused_once_the_event_is_hand
     product = await new_product(shop, stock=5)
     await shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)]))
     await shop.users().DeleteUser(users_pb2.DeleteUserRequest(user_id=user))
-    engine = create_engine(shop.database_url("orders"))
-    try:
-
-        async def recorded() -> bool:
-            async with engine.connect() as conn:
-                found = await conn.scalar(
-                    text("SELECT count(*) FROM deleted_users WHERE user_id = :u"), {"u": user}
-                )
-            return bool(found)
-
-        await eventually(recorded, what="user.deleted recorded by orders")
-    finally:
-        await engine.dispose()
+    async with service_db(shop, "orders") as db:
+        await eventually(
+            lambda: count(db, "SELECT count(*) FROM deleted_users WHERE user_id = :u", u=user),
+            what="user.deleted recorded by orders",
+        )
 
     f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)])))
     assert f.code is grpc.StatusCode.NOT_FOUND and f.reason == "USER_NOT_FOUND"
@@ -200,23 +193,13 @@ async def test_payment_completed_is_handled_once_and_changes_nothing_twice(
     async with StreamEvents(shop.nats_url, "payment.>", "PAYMENT") as events:
         completed = await events.wait_for("payment.completed", p.payment_id)
     assert unpack(completed, events_pb2.PaymentCompleted).saga_id == order.order_id
-    engine = create_engine(shop.database_url("orders"))
-    try:
-
-        async def handled() -> int:
-            async with engine.connect() as conn:
-                n = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM mesh_inbox WHERE consumer = 'orders'"
-                        " AND event_id = :id"
-                    ),
-                    {"id": completed.id},
-                )
-            return int(n or 0)
-
+    async with service_db(shop, "orders") as db:
+        handled = functools.partial(
+            count, db,
+            "SELECT count(*) FROM mesh_inbox WHERE consumer = 'orders' AND event_id = :id",
+            id=completed.id,
+        )  # fmt: skip
         assert await eventually(handled, what="payment.completed handled by orders") == 1
-    finally:
-        await engine.dispose()
     after = await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=order.order_id))
     # The saga marked it PAID first; the event found it further on and added nothing.
     assert statuses(after) == ["PENDING", "RESERVED", "PAID", "COMPLETED"]

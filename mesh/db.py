@@ -48,6 +48,7 @@ release check reads `incompatible(...)`).
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,12 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Table, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from mesh import sqlite_driver as sqlite_driver_module
@@ -137,6 +143,42 @@ def session_factory(engine: AsyncEngine, *, serial_writes: bool = False) -> asyn
     if serial_writes and engine.dialect.name == "sqlite":
         return MeshSessionMaker(engine, expire_on_commit=False, class_=SerialWriteSession)
     return MeshSessionMaker(engine, expire_on_commit=False, class_=MeshSession)
+
+
+_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:scope, :key)")
+_XACT_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:scope, :key)")
+
+
+def _int4(name: str) -> int:
+    """A stable signed 32-bit key for `name` (CRC-32: the same in every process,
+    unlike `hash`); two names may share a key, which only makes them wait on each other."""
+    return int.from_bytes(zlib.crc32(name.encode()).to_bytes(4, "big"), "big", signed=True)
+
+
+async def lock_until_end(
+    session: AsyncSession, scope: str, name: str, *, shared: bool = False
+) -> None:
+    """Hold a lock on (`scope`, `name`) until the session's transaction ends; `shared`
+    holders do not exclude each other, an exclusive holder excludes everyone.
+
+    For two transactions that must not both miss each other's work under read
+    committed, where no row exists yet to lock: e.g. one inserts a row for a key
+    and then checks for a marker, the other inserts the marker and then updates
+    the rows of that key. Each statement after the lock is taken sees what the
+    other committed, so whichever runs second sees the first's work.
+
+    PostgreSQL: a transaction-level advisory lock (`pg_advisory_xact_lock[_shared]`
+    with two int4 keys from the names), released at commit or rollback; a wait is
+    in the database, bounded by the server's `lock_timeout` (none by default).
+    SQLite: nothing to take. Its writers take turns for the whole transaction, so
+    the guarantee holds as long as the transaction has already written (the
+    stores' transactions start with a write; a transaction that only reads sees
+    one snapshot and is not covered). Limits: one database; keys are CRC-32 of the
+    names, so an unrelated (`scope`, `name`) may share a key and wait needlessly."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    statement = _XACT_LOCK_SHARED if shared else _XACT_LOCK
+    await session.execute(statement, {"scope": _int4(scope), "key": _int4(name)})
 
 
 TableFactory = Callable[[MetaData], Table]

@@ -18,8 +18,10 @@ Limits:
   as one in flight before; one whose stock was already confirmed stands, as before.
   Asking users on every order had the same window between its answer and
   `create_order`, only shorter.
-- On PostgreSQL (read committed) an order inserted in a transaction that overlaps
-  the handler's can miss both the record and the flag; SQLite serialises writers.
+- Overlapping transactions cannot both miss each other: SQLite's writers take
+  turns; on PostgreSQL (read committed) both take a per-user advisory lock, shared
+  by orders being created and exclusive for the deletion, so whichever runs second
+  sees the first's record or order (`OrdersStore.user_deleted`).
 - Bounded: past `capacity` ids the oldest is forgotten (and asked for again).
 """
 

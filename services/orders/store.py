@@ -54,7 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mesh.db import Migration, schema
+from mesh.db import Migration, lock_until_end, schema
 from mesh.events import inbox_migrations, outbox_migrations
 from mesh.saga import saga_migrations
 from services.orders.model import (
@@ -69,6 +69,9 @@ from services.orders.model import (
 
 # Transitions that record their reason in `failure_reason` as well.
 _REASONED = (OrderStatus.FAILED, OrderStatus.CANCELLED)
+# The lock scope that keeps `create_order` and the `user.deleted` handler from both
+# missing each other (`record_user_deleted`, `user_deleted`).
+_USER_DELETION = "orders.user_deletion"
 
 
 def now_us() -> int:
@@ -467,12 +470,22 @@ class OrdersStore:
         return [str(r) for r in res.scalars().all()]
 
     async def record_user_deleted(self, s: AsyncSession, user_id: str) -> None:
-        """`user.deleted`: remember the id, so that no new order of it is created."""
+        """`user.deleted`: remember the id, so that no new order of it is created.
+
+        Takes the user's deletion lock (exclusive) first: it waits for transactions
+        that inserted an order of the user and checked `user_deleted` (they hold it
+        shared) to end, so `request_cancel_of_user` after it in the same transaction
+        sees their orders (PostgreSQL, read committed; see `mesh.db.lock_until_end`)."""
+        await lock_until_end(s, _USER_DELETION, user_id)
         await s.execute(self._deleted_user_insert, {"u": user_id, "t": now_us()})
 
     async def user_deleted(self, s: AsyncSession, user_id: str) -> bool:
         """Whether `user.deleted` was handled for `user_id` (read in the caller's
-        transaction: `create_order` asks after inserting the order)."""
+        transaction: `create_order` asks after inserting the order). Holds the user's
+        deletion lock shared until that transaction ends: a deletion being handled
+        meanwhile either committed before (then this sees its record) or waits and
+        then flags the order this transaction inserted."""
+        await lock_until_end(s, _USER_DELETION, user_id, shared=True)
         return await s.scalar(self._deleted_user_select, {"u": user_id}) is not None
 
     async def mark_paid_by_saga(self, s: AsyncSession, saga_id: str, payment_id: str) -> bool:

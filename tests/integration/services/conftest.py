@@ -52,6 +52,18 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
+async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A PostgreSQL schema only: for what concerns PostgreSQL alone (its locking)."""
+    eng, schema = await _engine("postgresql", tmp_path)
+    try:
+        yield eng
+    finally:
+        async with eng.begin() as conn:
+            await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        await eng.dispose()
+
+
+@pytest.fixture
 async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     eng, _ = await _engine("sqlite", tmp_path)
     try:

@@ -1,7 +1,9 @@
 """The orders store and the order saga's database cost on SQLite and PostgreSQL: `get`'s
 one query against the list path's three, a keyed order's pinned statements and
 transactions, and a taken idempotency key's rollback (the fake shop stands in for
-users, inventory and payments, so every statement counted is orders')."""
+users, inventory and payments, so every statement counted is orders'); on PostgreSQL,
+an order's transaction and a `user.deleted` handler's overlapping without both missing
+each other."""
 
 from __future__ import annotations
 
@@ -11,13 +13,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from meshproto.events.v1.envelope_pb2 import Envelope
+from shop.events.v1 import events_pb2
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from base.errors import FailedPrecondition
+from mesh.events import new_envelope
+from services.common.event_types import EVENTS
+from services.orders.events import USER_DELETED_REASON, OrderEventHandlers
 from services.orders.model import Address, Card, Line, Order, OrderStatus, PlaceOrder
-from services.orders.store import NewOrder
+from services.orders.store import NewOrder, now_us
 from tests.support.orders_domain import Domain, fail, open_domain
+from tests.support.poll import eventually
 from tests.support.statements import recorded_commits, recorded_statements
 
 USER = str(uuid.uuid4())
@@ -124,3 +132,105 @@ async def test_a_taken_key_leaves_no_saga_behind(domain: Domain, engine: AsyncEn
         await domain.orders.place(domain.order(USER, [(P2, 1)], key="twice"))
     assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert await _count(engine, "mesh_saga") == 1 and await _count(engine, "orders") == 1
+
+
+# -- a deletion and an order overlapping on PostgreSQL (read committed) ---------------------
+
+
+@pytest.fixture
+async def pg_domain(pg_engine: AsyncEngine) -> AsyncIterator[Domain]:
+    async with open_domain(pg_engine) as d:
+        yield d
+
+
+async def _backend_pid(s: AsyncSession) -> int:
+    return int(await s.scalar(text("SELECT pg_backend_pid()")))
+
+
+async def _waits_for_a_lock(engine: AsyncEngine, pid: int) -> bool:
+    """Whether backend `pid` is waiting for an advisory lock (seen from another one)."""
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE pid = :pid AND locktype = 'advisory' AND NOT granted"
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query, {"pid": pid})).scalar_one()) > 0
+
+
+def _user_deleted(user_id: str) -> Envelope:
+    payload = events_pb2.UserDeleted(user_id=user_id)
+    return new_envelope(payload, types=EVENTS, source="users", subject=user_id)
+
+
+async def _insert_order(d: Domain, s: AsyncSession, user_id: str) -> str:
+    """What the saga's create_order does in its transaction: insert, then ask."""
+    order_id = str(uuid.uuid4())
+    new = NewOrder(order_id, order_id, user_id, [Line(P1, 1)], "USD", "4242", None)
+    await d.store.insert_order(s, new, now_us())
+    return order_id
+
+
+async def test_a_deletion_handled_while_an_order_is_created_waits_and_flags_it(
+    pg_domain: Domain, pg_engine: AsyncEngine
+) -> None:
+    """The order's transaction checked first and is still open: the handler waits for
+    it, then sees the order and flags it. Before the lock the handler ran at once,
+    saw no order (uncommitted) and the order, having seen no record, went through."""
+    d, user = pg_domain, str(uuid.uuid4())
+    handlers = OrderEventHandlers(d.store)
+    pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle() -> None:
+        async with d.store.sessions.begin() as s:
+            pid.set_result(await _backend_pid(s))
+            await handlers.user_deleted(_user_deleted(user), s)
+
+    async with d.store.sessions.begin() as s:
+        order_id = await _insert_order(d, s, user)
+        assert not await d.store.user_deleted(s, user)
+        handling = asyncio.create_task(handle())
+        waiting = await asyncio.wait_for(pid, 10)
+        what = "the handler waiting for the order's transaction"
+        await eventually(lambda: _waits_for_a_lock(pg_engine, waiting), what=what)
+        assert not handling.done()
+    await asyncio.wait_for(handling, 10)
+
+    async with d.store.sessions() as s:
+        head = await d.store.head(s, order_id)
+        assert head is not None and head.cancel_reason == USER_DELETED_REASON
+        assert await d.store.user_deleted(s, user)
+
+
+async def test_an_order_created_while_a_deletion_is_handled_waits_and_is_refused(
+    pg_domain: Domain, pg_engine: AsyncEngine
+) -> None:
+    """The handler's transaction is still open: the order's check waits for it and then
+    sees the record. Before the lock the check ran at once and saw nothing."""
+    d, user = pg_domain, str(uuid.uuid4())
+    pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def create() -> bool:
+        async with d.store.sessions.begin() as s:
+            pid.set_result(await _backend_pid(s))
+            await _insert_order(d, s, user)
+            return await d.store.user_deleted(s, user)
+
+    async with d.store.sessions.begin() as s:
+        await OrderEventHandlers(d.store).user_deleted(_user_deleted(user), s)
+        creating = asyncio.create_task(create())
+        waiting = await asyncio.wait_for(pid, 10)
+        what = "the order's check waiting for the handler's transaction"
+        await eventually(lambda: _waits_for_a_lock(pg_engine, waiting), what=what)
+        assert not creating.done()
+    assert await asyncio.wait_for(creating, 10) is True
+
+
+async def test_orders_of_one_user_do_not_wait_for_each_other(pg_domain: Domain) -> None:
+    """The order's side of the lock is shared: a second order of the user, its first
+    transaction still open, is checked at once."""
+    d, user = pg_domain, str(uuid.uuid4())
+    async with d.store.sessions.begin() as first:
+        await _insert_order(d, first, user)
+        assert not await d.store.user_deleted(first, user)
+        async with d.store.sessions.begin() as second:
+            await _insert_order(d, second, user)
+            assert not await asyncio.wait_for(d.store.user_deleted(second, user), 5)

@@ -12,7 +12,9 @@ through the edge (CreateUser, then Authenticate for an access token sent as
 `authorization: Bearer ...` on every order), creates products with ample stock, then
 places orders at each concurrency level for `--seconds` and reports:
 
-- orders/s (completed orders only; anything else is counted as an error), p50/p99;
+- orders/s (completed orders only; anything else is counted as an error), p50/p99
+  (the JSON row also has `latency_ms`: p10 to p99.9 and the maximum; at 16 clients
+  latency is queueing, and its spread tells whether a slow path or throughput is to blame);
 - CPU per order per process (ms): utime + stime from /proc/<pid>/stat before and
   after the level, for the edge (Envoy), each orders, inventory, payments and users
   instance and NATS;
@@ -85,6 +87,17 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
+# The spread reported beside p50/p99 (`latency_ms` in a level's JSON row).
+SPREAD = (10, 25, 50, 75, 90, 95, 99, 99.9)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """{"p10": ..., "p99.9": ..., "max": ...} in ms, rounded to 0.1."""
+    out = {f"p{p:g}": round(pct(values, p), 1) for p in SPREAD}
+    out["max"] = round(max(values, default=0.0), 1)
+    return out
+
+
 def processes(stack: Stack) -> dict[str, int]:
     """Process name -> pid: edge, each service instance, nats."""
     out: dict[str, int] = {}
@@ -124,6 +137,7 @@ class Level:
             "orders_per_s": round(self.orders_per_s, 1),
             "p50_ms": round(pct(self.latencies_ms, 50), 1),
             "p99_ms": round(pct(self.latencies_ms, 99), 1),
+            "latency_ms": spread(self.latencies_ms),
             "errors": dict(self.errors),
             "cpu_ms_per_order": self.cpu_ms_per_order,
             "cpu_ms_per_order_total": round(sum(self.cpu_ms_per_order.values()), 2),
@@ -490,6 +504,7 @@ async def headline_orders(duration_s: float = 10.0, database: str = "sqlite") ->
         "orders_per_s": row["orders_per_s"],
         "orders_p50_ms": row["p50_ms"],
         "orders_p99_ms": row["p99_ms"],
+        "orders_latency_ms": row["latency_ms"],
         "orders_cpu_ms": row["cpu_ms_per_order_total"],
         "orders_vs_bound": row["achieved_vs_bound"],
         "orders_errors": sum(row["errors"].values()),

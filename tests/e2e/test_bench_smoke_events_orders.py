@@ -27,6 +27,10 @@ async def test_bench_orders_smoke() -> None:
     r = await headline_orders(1.5)
     assert r["orders_per_s"] > 0
     assert r["orders_errors"] == 0
+    spread = r["orders_latency_ms"]
+    assert list(spread) == ["p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99.9", "max"]
+    assert list(spread.values()) == sorted(spread.values()) and spread["p10"] > 0
+    assert spread["p50"] == r["orders_p50_ms"] and spread["p99"] == r["orders_p99_ms"]
 
 
 async def test_bench_orders_smoke_on_postgresql() -> None:

@@ -7,6 +7,7 @@ after). PostgreSQL cases skip when nothing answers there.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -38,38 +39,41 @@ async def _engine(kind: str, tmp_path: Path, name: str = "service") -> tuple[Asy
     return engine, schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """The service's database engine (caller-owned: build() does not dispose it)."""
-    eng, schema = await _engine(request.param, tmp_path)
+async def _drop(eng: AsyncEngine, schema: str) -> None:
+    """Drop the PostgreSQL schema (if any) and dispose of the engine."""
+    if schema:
+        async with eng.begin() as conn:
+            await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    await eng.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _database(kind: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    eng, schema = await _engine(kind, tmp_path)
     try:
         yield eng
     finally:
-        if schema:
-            async with eng.begin() as conn:
-                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await eng.dispose()
+        await _drop(eng, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The service's database engine (caller-owned: build() does not dispose it)."""
+    async with _database(request.param, tmp_path) as eng:
+        yield eng
 
 
 @pytest.fixture
 async def pg_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """A PostgreSQL schema only: for what concerns PostgreSQL alone (its locking)."""
-    eng, schema = await _engine("postgresql", tmp_path)
-    try:
+    async with _database("postgresql", tmp_path) as eng:
         yield eng
-    finally:
-        async with eng.begin() as conn:
-            await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await eng.dispose()
 
 
 @pytest.fixture
 async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng, _ = await _engine("sqlite", tmp_path)
-    try:
+    async with _database("sqlite", tmp_path) as eng:
         yield eng
-    finally:
-        await eng.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -88,7 +92,4 @@ async def databases(
         yield make
     finally:
         for eng, schema in made:
-            if schema:
-                async with eng.begin() as conn:
-                    await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-            await eng.dispose()
+            await _drop(eng, schema)

@@ -162,7 +162,8 @@ def _user_deleted(user_id: str) -> Envelope:
 
 
 async def _insert_order(d: Domain, s: AsyncSession, user_id: str) -> str:
-    """What the saga's create_order does in its transaction: insert, then ask."""
+    """The first thing the saga's create_order does in its transaction: insert the order
+    (`user_deleted`, its check, is left to the test)."""
     order_id = str(uuid.uuid4())
     new = NewOrder(order_id, order_id, user_id, [Line(P1, 1)], "USD", "4242", None)
     await d.store.insert_order(s, new, now_us())

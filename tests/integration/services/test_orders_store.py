@@ -26,6 +26,7 @@ from services.orders.model import Address, Card, Line, Order, OrderStatus, Place
 from services.orders.store import NewOrder, now_us
 from tests.support.orders_domain import Domain, fail, open_domain
 from tests.support.poll import eventually
+from tests.support.shop_calls import count
 from tests.support.statements import recorded_commits, recorded_statements
 
 USER = str(uuid.uuid4())
@@ -109,8 +110,7 @@ async def test_a_keyed_order_costs_its_pinned_statements_and_transactions(
 
 
 async def _count(engine: AsyncEngine, table: str) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+    return await count(engine, f"SELECT count(*) FROM {table}")
 
 
 async def test_a_taken_key_leaves_no_saga_behind(domain: Domain, engine: AsyncEngine) -> None:
@@ -149,11 +149,8 @@ async def _backend_pid(s: AsyncSession) -> int:
 
 async def _waits_for_a_lock(engine: AsyncEngine, pid: int) -> bool:
     """Whether backend `pid` is waiting for an advisory lock (seen from another one)."""
-    query = text(
-        "SELECT count(*) FROM pg_locks WHERE pid = :pid AND locktype = 'advisory' AND NOT granted"
-    )
-    async with engine.connect() as conn:
-        return int((await conn.execute(query, {"pid": pid})).scalar_one()) > 0
+    waiting = "SELECT count(*) FROM pg_locks WHERE pid = :pid AND locktype = 'advisory'"
+    return await count(engine, f"{waiting} AND NOT granted", pid=pid) > 0
 
 
 def _user_deleted(user_id: str) -> Envelope:

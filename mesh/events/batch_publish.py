@@ -9,8 +9,10 @@ thousands of events per second that overhead was about half the relay's CPU (pro
 README, "Benchmark: `python -m bench events`"). Here one wildcard subscription per
 publisher takes the answers of a batch: message `i` of batch `g` gets the reply subject
 `<inbox>.<g>.<i>`, and an answer only marks slot `i`; a success is recognised without
-parsing JSON, only an error answer is parsed. Public nats-py API only (`NATS.publish`,
-`NATS.subscribe`, `NATS.new_inbox`); the client re-subscribes the inbox after a
+parsing JSON, only an error answer is parsed. The batch itself is written to the client
+as one (`mesh.events.nats_writes`, the fenced module that reads nats-py's internals;
+`NATS.publish` per message where that is off); otherwise public nats-py API
+(`NATS.subscribe`, `NATS.new_inbox`); the client re-subscribes the inbox after a
 reconnect, as it does for `publish_async`'s.
 
 Limits: one batch at a time per publisher (the relay's rounds are sequential; a second
@@ -30,9 +32,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from mesh.events.errors import PublishTimeoutError
-
-# (subject, payload, headers) of one message.
-Outgoing = tuple[str, bytes, dict[str, str] | None]
+from mesh.events.nats_writes import Outgoing, publish_batch
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
@@ -70,8 +70,7 @@ class BatchPublisher:
         self._results, self._left = results, len(messages)
         self._all_answered.clear()
         try:
-            for i, (subject, payload, headers) in enumerate(messages):
-                await self._nc.publish(subject, payload, reply=f"{reply}{i}", headers=headers)
+            await publish_batch(self._nc, messages, reply)
             if self._left:
                 async with asyncio.timeout(timeout_s):
                     await self._all_answered.wait()

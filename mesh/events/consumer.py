@@ -12,7 +12,8 @@ that is a child of the producer's `traceparent`, then
 
 With a `batch_handler`, a fetched batch is handed over in one call (one
 database transaction for many events, e.g. `Inbox.idempotent_batch`) inside a
-span linked to every producer's context, and acked when it returns; if it
+span linked to every producer's context, and acked when it returns (the acks
+written to the connection as one, `mesh.events.nats_writes`); if it
 raises, the batch is replayed one message at a time through `handler`, so a
 poison event gets its own nak, retries and dead letter while the rest pass.
 
@@ -51,6 +52,7 @@ from base.backoff import Backoff
 from interceptors._spans import SpanShortcut
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
+from mesh.events.nats_writes import ack_all
 from mesh.events.pull import PullFetcher
 from mesh.events.streams import dlq_subject
 
@@ -340,8 +342,7 @@ class Subscription:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 log.info("consumer %s: batch failed (%r); one by one", self.durable, exc)
                 return False
-        for m in msgs:
-            await m.ack()
+        await ack_all(msgs)
         self.stats.handled += len(msgs)
         return True
 

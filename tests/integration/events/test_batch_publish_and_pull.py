@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import nats.errors
@@ -13,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from shop.events.v1 import events_pb2
 
-from mesh.events import SubscribeOptions, Subscription, new_envelope
+from mesh.events import SubscribeOptions, Subscription, nats_writes, new_envelope
 from mesh.events.batch_publish import BatchPublisher
 from mesh.events.errors import PublishTimeoutError
 from mesh.events.pull import PullFetcher
@@ -25,7 +26,17 @@ def _msg(i: int, event_id: str | None = None) -> tuple[str, bytes, dict[str, str
     return ("user.created", f"body {i}".encode(), {"Nats-Msg-Id": event_id or uuid.uuid4().hex})
 
 
-async def test_batch_publisher_reports_each_message(bus_factory: Any) -> None:
+@pytest.fixture(params=["one write", "one publish each"])
+def batched(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Both ways of writing a batch (`mesh.events.nats_writes`)."""
+    on = request.param == "one write"
+    nats_writes.use_batched_writes(on)
+    assert nats_writes.batched() is on
+    yield on
+    nats_writes.use_batched_writes(True)
+
+
+async def test_batch_publisher_reports_each_message(bus_factory: Any, batched: bool) -> None:
     bus = await bus_factory()
     pub = BatchPublisher(bus.nc)
     before = (await bus.js.stream_info("USER")).state.messages
@@ -42,6 +53,67 @@ async def test_batch_publisher_reports_each_message(bus_factory: Any) -> None:
     assert all(isinstance(r, PublishTimeoutError) for r in timed_out)
     assert await pub.publish([_msg(0)], timeout_s=5.0) == [None]
     await pub.close()
+
+
+async def test_a_batch_arrives_as_its_messages_published_one_by_one(bus_factory: Any) -> None:
+    """Subject, reply, headers and payload as a subscriber sees them, both ways."""
+    bus = await bus_factory()
+    seen: list[Any] = []
+
+    async def take(m: Any) -> None:
+        seen.append((m.subject, m.reply, m.headers, m.data))
+
+    sub = await bus.nc.subscribe("bw.>", cb=take)
+    batch: list[Any] = [
+        ("bw.a", b"one", {"Nats-Msg-Id": "1", "traceparent": " 00-ab-cd-01 "}),
+        ("bw.b", b"", None),
+        ("bw.c", b"\x00bin\r\n", {"Multi": "a\r\nb", "": "x"}),
+    ]
+    got = {}
+    for on in (True, False):
+        nats_writes.use_batched_writes(on)
+        seen.clear()
+        await nats_writes.publish_batch(bus.nc, batch, "bw.reply.")
+        await eventually(lambda: len(seen) == len(batch), 5, "the batch at the subscriber")
+        got[on] = list(seen)
+    nats_writes.use_batched_writes(True)
+    assert got[True] == got[False]
+    headers = {"Nats-Msg-Id": "1", "traceparent": "00-ab-cd-01"}  # the value trimmed
+    assert got[True][0] == ("bw.a", "bw.reply.0", headers, b"one")
+    assert got[True][1][2] is None
+    await sub.unsubscribe()
+
+
+async def test_acks_written_as_one_ack_every_message_once(bus_factory: Any, batched: bool) -> None:
+    bus = await bus_factory()
+    durable = f"aa-{uuid.uuid4().hex[:8]}"
+    await bus.js.add_consumer(
+        "USER",
+        ConsumerConfig(durable_name=durable, filter_subject="user.updated",
+                       ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
+    )  # fmt: skip
+    for i in range(40):
+        await bus.js.publish("user.updated", f"m{i}".encode())
+    fetcher = PullFetcher(bus.nc, "USER", durable)
+    try:
+        got: list[Any] = []
+        while len(got) < 40:
+            got.extend(await fetcher.fetch(40 - len(got), timeout_s=2.0))
+        await nats_writes.ack_all(got)
+        # Acked twice: refused before anything is written, as Msg.ack refuses it.
+        with pytest.raises(nats.errors.MsgAlreadyAckdError):
+            await nats_writes.ack_all(got[:2])
+
+        async def all_acked() -> bool:
+            info = await bus.js.consumer_info("USER", durable)
+            floor, delivered = info.ack_floor.stream_seq, info.delivered.stream_seq
+            return bool(info.num_ack_pending == 0 and floor == delivered)
+
+        await eventually(all_acked, 5, "every message acked at the server")
+        with pytest.raises(nats.errors.TimeoutError):  # none comes back
+            await fetcher.fetch(10, timeout_s=0.3)
+    finally:
+        await fetcher.close()
 
 
 async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: Any) -> None:

@@ -51,17 +51,23 @@ def test_new_envelope_fills_every_attribute() -> None:
     assert env.traceparent == ""  # no active span
 
 
-def test_event_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+def test_event_ids_are_time_ordered_version_7_uuids_in_canonical_form() -> None:
+    before_ms = time.time_ns() // 1_000_000
     ids = [new_event_id() for _ in range(2000)]
+    after_ms = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
-        assert str(parsed) == text  # lower-case, hyphenated: what str(uuid4()) gives
-    # Every bit but the six fixed ones varies (a constant or biased bit would not).
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text  # lower-case, hyphenated: what str(UUID) gives
+        assert before_ms <= parsed.int >> 80 <= after_ms  # unix_ts_ms, the first 48 bits
+    # Ordered by their millisecond (the text sorts as the number does).
+    assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+    # Every bit after the timestamp but the six fixed ones varies (a constant or biased
+    # bit would not).
     bits = [int(i.replace("-", ""), 16) for i in ids]
     fixed = {76, 77, 78, 79, 62, 63}  # version (bits 76-79) and variant (62-63), from the LSB
-    for bit in set(range(128)) - fixed:
+    for bit in set(range(80)) - fixed:
         ones = sum((b >> bit) & 1 for b in bits)
         assert 800 < ones < 1200, bit
 

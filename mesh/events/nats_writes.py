@@ -22,10 +22,10 @@ the server's max payload, a closed or draining client) and raises the same error
 before anything is written, then hands the whole batch to the client in one
 `_send_command` and kicks its flusher as `publish` does; each header key is checked
 once and remembered. `ack_all` writes the acks (`Msg.ack`'s empty publish to each
-message's reply subject) the same way and marks each message acked. The private parts: `Client._send_command`, `_flush_queue`,
-`_flush_pending`, `_skip_subject_validation`, `stats`, `_max_payload`, the module's
-`_SUBJECT_INVALID_RE`, `_HEADER_KEY_RE`, `_HEADER_VALUE_NEWLINES`, and `Msg._client`,
-`_check_reply`, `_ackd`.
+message's reply subject) the same way and marks each message acked. The private parts:
+`Client._send_command`, `_flush_queue`, `_flush_pending`, `_skip_subject_validation`,
+`stats`, `_max_payload`, the module's `_SUBJECT_INVALID_RE`, `_HEADER_KEY_RE`,
+`_HEADER_VALUE_NEWLINES`, `NATS_HDR_LINE`, and `Msg._client`, `_check_reply`, `_ackd`.
 
 Selection: on when the capability check passes against the installed nats-py (those
 names exist with the shapes read here, and a batch written on an unconnected client

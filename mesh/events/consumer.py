@@ -183,7 +183,10 @@ class Subscription:
             raise EventsTimeoutError(f"consumer {self.durable} not bound within {bind_within_s}s")
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Let the batch in hand finish (up to `grace_s`), then stop; unacked ones come back."""
+        """Let the batch in hand finish (up to `grace_s`), then stop. Messages fetched but
+        not yet handled go back at once (`PullFetcher.close`: nak'ed, for the next
+        instance to fetch); a batch cut off by the grace period comes back after
+        `ack_wait`."""
         task, self._task = self._task, None
         self._stopping = True
         if task is not None:

@@ -43,6 +43,7 @@ restart without a reconnect of ours) is waited on until its `expires` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -58,6 +59,8 @@ from nats.aio.subscription import Subscription
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _EMPTY = "404"  # the end of a no_wait request; 408 and 409 end a waiting one
+# How long `close` waits for the server to confirm the inbox's end (one round trip).
+_DRAIN_TIMEOUT_S = 2.0
 _ENDED = frozenset({_EMPTY, "408", "409"})  # the request is over; not an error
 _NO_RESPONDERS = "503"
 # How long after its `expires` a waiting request still counts as open without its 408.
@@ -89,9 +92,32 @@ class PullFetcher:
             self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def close(self) -> None:
+        """Stop taking messages and hand back those received but not returned by a fetch.
+
+        The inbox is drained (nats-py: the server has the unsubscribe before the messages
+        already queued here reach the buffer), so the open waiting request ends with it
+        (the server stops delivering to a reply subject nobody listens on), then each
+        buffered message is nak'ed: redelivered at once to whichever instance fetches
+        next, instead of after `ack_wait` (30 s by default) as a message a stopped
+        consumer just held would be. A message the server sent before it saw the
+        unsubscribe but that arrives after the drain still waits for `ack_wait`: a window
+        of one round trip. Not connected (an outage), or no answer within
+        `_DRAIN_TIMEOUT_S`, the inbox is dropped without the round trip, as before."""
         sub, self._sub = self._sub, None
-        if sub is not None and not self._nc.is_closed:
-            await sub.unsubscribe()
+        if sub is None or self._nc.is_closed:
+            return
+        drained = False
+        if self._nc.is_connected:
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                    await sub.drain()
+                    drained = True
+        if not drained:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        held, self._buf = list(self._buf), deque()
+        for msg in held:
+            await msg.nak()
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS) if msg.headers else None

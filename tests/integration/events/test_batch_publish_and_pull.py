@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -239,3 +240,48 @@ async def test_subscription_without_the_connection_uses_nats_py_fetch(bus_factor
         assert seen == [e.id for e in envs] and sub._fetcher is None
     finally:
         await sub.stop()
+
+
+async def test_a_closed_fetcher_hands_back_what_it_holds_at_once(bus_factory: Any) -> None:
+    """A stopping consumer (a rolling restart) returns the messages it received but did
+    not hand out, and its open request takes no more: the next consumer of the durable
+    gets them now, not after `ack_wait` (30 s here)."""
+    bus = await bus_factory()
+    durable = f"hb-{uuid.uuid4().hex[:8]}"
+    await bus.js.add_consumer(
+        "USER",
+        ConsumerConfig(durable_name=durable, filter_subject="user.updated",
+                       ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
+    )  # fmt: skip
+    first = PullFetcher(bus.nc, "USER", durable)
+    # Nothing there: the fetch leaves a waiting request for 8 open and returns at the
+    # first of three messages; the other two land in its buffer.
+    waiting = asyncio.ensure_future(first.fetch(8, timeout_s=5.0))
+    await eventually(lambda: _waiting_requests(bus, durable), 5, "the waiting request")
+    for i in range(3):
+        await bus.js.publish("user.updated", f"a{i}".encode())
+    got = await waiting
+    await eventually(lambda: len(first._buf) + len(got) == 3, 5, "all three at the fetcher")
+    for m in got:
+        await m.ack()
+    handed = {m.data for m in got}
+    await first.close()
+    # Published after the stop: the old request (room for 5 more) must not take them.
+    for i in range(3):
+        await bus.js.publish("user.updated", f"b{i}".encode())
+    second = PullFetcher(bus.nc, "USER", durable)
+    try:
+        rest: list[Any] = []
+        t0 = time.monotonic()
+        while len(rest) < 5 and time.monotonic() - t0 < 5:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                rest.extend(await second.fetch(10, timeout_s=0.5))
+        for m in rest:
+            await m.ack()
+        expected = {f"a{i}".encode() for i in range(3)} - handed | {
+            f"b{i}".encode() for i in range(3)
+        }
+        assert {m.data for m in rest} == expected
+        assert time.monotonic() - t0 < 5  # not after ack_wait
+    finally:
+        await second.close()

@@ -110,7 +110,7 @@ class PullFetcher:
         if self._nc.is_connected:
             with contextlib.suppress(TimeoutError, nats.errors.Error):
                 async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                    await sub.drain()
+                    await sub.drain()  # type: ignore[no-untyped-call]
                     drained = True
         if not drained:
             with contextlib.suppress(nats.errors.Error):

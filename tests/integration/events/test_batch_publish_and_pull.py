@@ -23,6 +23,17 @@ from services.common.event_types import EVENTS
 from tests.support.poll import eventually
 
 
+async def _durable(bus: Any, tag: str, subject: str, **config: Any) -> str:
+    """A fresh durable pull consumer of `subject` on the USER stream, explicit acks."""
+    durable = f"{tag}-{uuid.uuid4().hex[:8]}"
+    await bus.js.add_consumer(
+        "USER",
+        ConsumerConfig(durable_name=durable, filter_subject=subject,
+                       ack_policy=AckPolicy.EXPLICIT, **config),
+    )  # fmt: skip
+    return durable
+
+
 def _msg(i: int, event_id: str | None = None) -> tuple[str, bytes, dict[str, str]]:
     return ("user.created", f"body {i}".encode(), {"Nats-Msg-Id": event_id or uuid.uuid4().hex})
 
@@ -87,12 +98,7 @@ async def test_a_batch_arrives_as_its_messages_published_one_by_one(bus_factory:
 
 async def test_acks_written_as_one_ack_every_message_once(bus_factory: Any, batched: bool) -> None:
     bus = await bus_factory()
-    durable = f"aa-{uuid.uuid4().hex[:8]}"
-    await bus.js.add_consumer(
-        "USER",
-        ConsumerConfig(durable_name=durable, filter_subject="user.updated",
-                       ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
-    )  # fmt: skip
+    durable = await _durable(bus, "aa", "user.updated", ack_wait=30)
     for i in range(40):
         await bus.js.publish("user.updated", f"m{i}".encode())
     fetcher = PullFetcher(bus.nc, "USER", durable)
@@ -119,12 +125,7 @@ async def test_acks_written_as_one_ack_every_message_once(bus_factory: Any, batc
 
 async def test_pull_fetcher_batches_keeps_the_rest_and_times_out(bus_factory: Any) -> None:
     bus = await bus_factory()
-    durable = f"pf-{uuid.uuid4().hex[:8]}"
-    await bus.js.add_consumer(
-        "USER",
-        ConsumerConfig(durable_name=durable, filter_subject="user.created",
-                       ack_policy=AckPolicy.EXPLICIT),
-    )  # fmt: skip
+    durable = await _durable(bus, "pf", "user.created")
     info = await bus.js.consumer_info("USER", durable)
     first = info.num_pending
     for i in range(25):
@@ -172,12 +173,7 @@ async def test_pull_fetcher_keeps_one_waiting_request_open_across_fetches(
     little more than the acks (not a no_wait request and a waiting request per message),
     and the server holds one waiting request, not one per message."""
     publisher, consumer = await bus_factory("pub"), await bus_factory("con")
-    durable = f"pf-{uuid.uuid4().hex[:8]}"
-    await publisher.js.add_consumer(
-        "USER",
-        ConsumerConfig(durable_name=durable, filter_subject="user.created",
-                       ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW),
-    )  # fmt: skip
+    durable = await _durable(publisher, "pf", "user.created", deliver_policy=DeliverPolicy.NEW)
     fetcher = PullFetcher(consumer.nc, "USER", durable)
     try:
         first = asyncio.ensure_future(fetcher.fetch(10, timeout_s=10.0))
@@ -247,12 +243,7 @@ async def test_a_closed_fetcher_hands_back_what_it_holds_at_once(bus_factory: An
     not hand out, and its open request takes no more: the next consumer of the durable
     gets them now, not after `ack_wait` (30 s here)."""
     bus = await bus_factory()
-    durable = f"hb-{uuid.uuid4().hex[:8]}"
-    await bus.js.add_consumer(
-        "USER",
-        ConsumerConfig(durable_name=durable, filter_subject="user.updated",
-                       ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
-    )  # fmt: skip
+    durable = await _durable(bus, "hb", "user.updated", ack_wait=30)
     first = PullFetcher(bus.nc, "USER", durable)
     # Nothing there: the fetch leaves a waiting request for 8 open and returns at the
     # first of three messages; the other two land in its buffer.

@@ -18,8 +18,7 @@ What: `publish_batch` encodes the batch's PUB/HPUB commands itself, byte for byt
 nats-py 2.16's `publish` does (tests/unit/events/test_nats_writes.py compares the two
 on every shape: headers or none, an empty header map, keys and values nats-py trims,
 replies), checks every message first as nats-py does (subject and reply, header keys,
-the server's max payload, a closed or draining client) and raises the same errors
-before anything is written, then hands the whole batch to the client in one
+the server's max payload) and raises the same errors before anything is written, then hands the whole batch to the client in one
 `_send_command` and kicks its flusher as `publish` does; each header key is checked
 once and remembered. `ack_all` writes the acks (`Msg.ack`'s empty publish to each
 message's reply subject) the same way and marks each message acked. The private parts:
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[str, bytes, dict[str, str] | None]
 
 _HDR_START: Final = b"NATS/1.0\r\n"
-_ACK: Final = b""  # nats-py's `Msg.ack` publishes an empty payload
 
 
 def _names() -> tuple[Any, Any, Any] | None:
@@ -163,13 +161,9 @@ async def _write(nc: NATS, blob: bytes, count: int, size: int) -> None:
 
 
 def _usable(nc: NATS) -> bool:
-    if not (_enabled and _fastpath.requested() and nc.is_connected):
-        return False
-    if nc.is_closed:
-        raise nats.errors.ConnectionClosedError
-    if nc.is_draining_pubs:
-        raise nats.errors.ConnectionDrainingError
-    return True
+    # Connected: neither closed nor draining nor reconnecting (each is its own status);
+    # in those `publish` decides (it raises, or buffers during a reconnect).
+    return _enabled and _fastpath.requested() and nc.is_connected
 
 
 async def publish_batch(nc: NATS, messages: Sequence[Outgoing], reply_prefix: str) -> None:

@@ -94,15 +94,15 @@ class PullFetcher:
     async def close(self) -> None:
         """Stop taking messages and hand back those received but not returned by a fetch.
 
-        The inbox is drained (nats-py: the server has the unsubscribe before the messages
-        already queued here reach the buffer), so the open waiting request ends with it
-        (the server stops delivering to a reply subject nobody listens on), then each
+        The inbox is drained (nats-py's `drain`: the unsubscribe, then a round trip, then
+        the messages queued here handed to the buffer), so the open waiting request ends
+        with it (the server stops delivering to a reply subject nobody listens on) and
+        whatever the server sent before it saw the unsubscribe is in the buffer. Then each
         buffered message is nak'ed: redelivered at once to whichever instance fetches
         next, instead of after `ack_wait` (30 s by default) as a message a stopped
-        consumer just held would be. A message the server sent before it saw the
-        unsubscribe but that arrives after the drain still waits for `ack_wait`: a window
-        of one round trip. Not connected (an outage), or no answer within
-        `_DRAIN_TIMEOUT_S`, the inbox is dropped without the round trip, as before."""
+        consumer just held would be. Not connected (an outage), or no answer within
+        `_DRAIN_TIMEOUT_S`, the inbox is dropped without the round trip, as before, and
+        only what is in the buffer already is nak'ed."""
         sub, self._sub = self._sub, None
         if sub is None or self._nc.is_closed:
             return

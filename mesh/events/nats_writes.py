@@ -18,9 +18,9 @@ What: `publish_batch` encodes the batch's PUB/HPUB commands itself, byte for byt
 nats-py 2.16's `publish` does (tests/unit/events/test_nats_writes.py compares the two
 on every shape: headers or none, an empty header map, keys and values nats-py trims,
 replies), checks every message first as nats-py does (subject and reply, header keys,
-the server's max payload) and raises the same errors before anything is written, then hands the whole batch to the client in one
-`_send_command` and kicks its flusher as `publish` does; each header key is checked
-once and remembered. `ack_all` writes the acks (`Msg.ack`'s empty publish to each
+the server's max payload) and raises the same errors before anything is written, then
+hands the whole batch to the client in one `_send_command` and kicks its flusher as
+`publish` does; each header key is checked once and remembered. `ack_all` writes the acks (`Msg.ack`'s empty publish to each
 message's reply subject) the same way and marks each message acked. The private parts:
 `Client._send_command`, `_flush_queue`, `_flush_pending`, `_skip_subject_validation`,
 `stats`, `_max_payload`, the module's `_SUBJECT_INVALID_RE`, `_HEADER_KEY_RE`,

@@ -20,8 +20,9 @@ on every shape: headers or none, an empty header map, keys and values nats-py tr
 replies), checks every message first as nats-py does (subject and reply, header keys,
 the server's max payload) and raises the same errors before anything is written, then
 hands the whole batch to the client in one `_send_command` and kicks its flusher as
-`publish` does; each header key is checked once and remembered. `ack_all` writes the acks (`Msg.ack`'s empty publish to each
-message's reply subject) the same way and marks each message acked. The private parts:
+`publish` does; each header key is checked once and remembered. `ack_all` writes the
+acks (`Msg.ack`'s empty publish to each message's reply subject) the same way and
+marks each message acked. The private parts:
 `Client._send_command`, `_flush_queue`, `_flush_pending`, `_skip_subject_validation`,
 `stats`, `_max_payload`, the module's `_SUBJECT_INVALID_RE`, `_HEADER_KEY_RE`,
 `_HEADER_VALUE_NEWLINES`, `NATS_HDR_LINE`, and `Msg._client`, `_check_reply`, `_ackd`.

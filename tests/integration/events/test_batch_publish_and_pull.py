@@ -276,3 +276,46 @@ async def test_a_closed_fetcher_hands_back_what_it_holds_at_once(bus_factory: An
         assert time.monotonic() - t0 < 5  # not after ack_wait
     finally:
         await second.close()
+
+
+async def test_a_stopped_subscription_hands_what_it_had_not_handled_to_the_next_at_once(
+    bus_factory: Any,
+) -> None:
+    """A rolling restart through the consume loop: the stopping instance finishes the
+    event in hand; the five its open request had brought in meanwhile reach the other
+    instance now, not after `ack_wait` (30 s)."""
+    bus = await bus_factory()
+    first: list[str] = []
+    second: list[str] = []
+    release = asyncio.Event()
+
+    async def busy(env: Any) -> None:
+        first.append(env.id)
+        await release.wait()  # the event in hand when the stop comes
+
+    async def other(env: Any) -> None:
+        second.append(env.id)
+
+    options = SubscribeOptions(batch=8, ack_wait_s=30, fetch_timeout_s=0.5)
+    envs = [
+        new_envelope(events_pb2.UserCreated(user_id=f"h{i}"), types=EVENTS, source="t",
+                     subject=f"h{i}")
+        for i in range(6)
+    ]  # fmt: skip
+    a = await bus.subscribe("user.*", busy, durable="handback", options=options)
+    await bus.publish(envs[0])
+    await eventually(lambda: first, 5, "the first event in hand")
+    for env in envs[1:]:
+        await bus.publish(env)
+    fetcher = a._fetcher
+    assert fetcher is not None
+    await eventually(lambda: len(fetcher._buf) == 5, 5, "the other five at the stopping fetcher")
+    stopping = asyncio.ensure_future(a.stop(grace_s=5))
+    release.set()
+    await stopping
+    assert first == [envs[0].id]
+    t0 = time.monotonic()
+    await bus.subscribe("user.*", other, durable="handback", options=options)
+    await eventually(lambda: len(second) == 5, 5, "the five at the other instance")
+    assert sorted(second) == sorted(e.id for e in envs[1:])
+    assert time.monotonic() - t0 < 5  # not after ack_wait

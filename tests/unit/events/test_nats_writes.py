@@ -108,17 +108,14 @@ def test_a_reply_prefix_with_whitespace_is_refused() -> None:
         encode_batch(_client(), [("ok", b"x", None)], "bad reply.")
 
 
-async def test_acking_twice_or_a_message_without_reply_is_refused_before_anything_is_written() -> (
-    None
-):
+async def test_unconnected_ack_all_refuses_as_msg_ack_does() -> None:
+    """Not connected, `ack_all` is `Msg.ack` per message, errors included (connected, it
+    checks them all before writing: the integration tests)."""
     nc = _client()
-    nc._flush_queue = None
     acked = Msg(nc, reply="$JS.ACK.a")
     acked._ackd = True
-    fresh = Msg(nc, reply="$JS.ACK.b")
-    # Unconnected, ack_all takes the public path: the same errors as Msg.ack.
     with pytest.raises(MsgAlreadyAckdError):
-        await nats_writes.ack_all([fresh, acked])
+        await nats_writes.ack_all([Msg(nc, reply="$JS.ACK.b"), acked])
     with pytest.raises(NotJSMessageError):
         await nats_writes.ack_all([Msg(nc, reply="")])
 

@@ -82,13 +82,15 @@ async def test_a_batch_arrives_as_its_messages_published_one_by_one(bus_factory:
         ("bw.c", b"\x00bin\r\n", {"Multi": "a\r\nb", "": "x"}),
     ]
     got = {}
-    for on in (True, False):
-        nats_writes.use_batched_writes(on)
-        seen.clear()
-        await nats_writes.publish_batch(bus.nc, batch, "bw.reply.")
-        await eventually(lambda: len(seen) == len(batch), 5, "the batch at the subscriber")
-        got[on] = list(seen)
-    nats_writes.use_batched_writes(True)
+    try:
+        for on in (True, False):
+            nats_writes.use_batched_writes(on)
+            seen.clear()
+            await nats_writes.publish_batch(bus.nc, batch, "bw.reply.")
+            await eventually(lambda: len(seen) == len(batch), 5, "the batch at the subscriber")
+            got[on] = list(seen)
+    finally:
+        nats_writes.use_batched_writes(True)
     assert got[True] == got[False]
     headers = {"Nats-Msg-Id": "1", "traceparent": "00-ab-cd-01"}  # the value trimmed
     assert got[True][0] == ("bw.a", "bw.reply.0", headers, b"one")

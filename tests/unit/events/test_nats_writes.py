@@ -7,8 +7,7 @@ sends both ways through a real nats-server."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import nats.errors
 import pytest
@@ -16,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import MsgAlreadyAckdError, NotJSMessageError
 
+from interceptors import _fastpath
 from mesh.events import nats_writes
 from mesh.events.nats_writes import Outgoing, encode_acks, encode_batch
 
@@ -34,18 +34,9 @@ def _client(max_payload: int = 1 << 20) -> NATS:
     return nc
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> None:
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-    raise AssertionError("expected to finish without suspending")
-
-
 def _public(nc: NATS, messages: list[Outgoing], prefix: str) -> bytes:
     for i, (subject, payload, headers) in enumerate(messages):
-        _run(nc.publish(subject, payload, reply=f"{prefix}{i}", headers=headers))
+        _fastpath._step(nc.publish(subject, payload, reply=f"{prefix}{i}", headers=headers))
     written = b"".join(nc._pending)
     nc._pending.clear()
     return written
@@ -74,7 +65,7 @@ def test_acks_are_what_msg_ack_writes() -> None:
     nc = _client()
     msgs = [Msg(nc, subject="s", reply=f"$JS.ACK.S.d.1.{i}.{i}.1700000000.0") for i in range(3)]
     for m in msgs:
-        _run(m.ack())
+        _fastpath._step(m.ack())
     expected = b"".join(nc._pending)
     assert encode_acks([Msg(nc, reply=m.reply) for m in msgs]) == expected
 

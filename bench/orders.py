@@ -20,8 +20,9 @@ places orders at each concurrency level for `--seconds` and reports:
   instance and NATS;
 - a lower bound of the CPU an order must cost, from measured per-hop costs: a cheap
   read through the edge (GetProduct, REST) gives the edge's CPU per request and a
-  server's CPU per call; an order is one edge request plus three mesh calls
-  (ReserveItems, Charge, ConfirmReservation; orders asks users about a user once),
+  server's CPU per call; an order is one edge request plus two mesh calls
+  (ReserveItems, Charge; orders asks users about a user once, and inventory confirms
+  the reservation on `order.completed` since 6 Dec 2026),
   each paying a client side and a server side (taken as two servers' cost), with
   no database work at all.
   bound orders/s = CPUs / that cost; achieved / bound is reported (the issue's
@@ -69,7 +70,7 @@ PRODUCTS = 8
 # Mesh calls an order makes besides the edge request (see the module docstring).
 # GetUser is not among them: orders asks users once per user and process, and the
 # bench's USERS place every order.
-MESH_CALLS_PER_ORDER = 3
+MESH_CALLS_PER_ORDER = 2
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -1,10 +1,11 @@
 """Events inventory consumes: `order.completed`.
 
-Each completed order is recorded as a sale (`sales` ledger, one row per line) and,
-for each of its products, stock is checked against INVENTORY_LOW_STOCK_THRESHOLD:
-an `inventory.low_stock` still due for this crossing goes to the outbox in the
-same transaction (ConfirmReservation normally reported it already; the flag on the
-product keeps it to one event per crossing, whoever gets there first).
+Each completed order confirms its reservation (HELD -> CONFIRMED: the held units
+are sold; the saga no longer calls ConfirmReservation) and is recorded as a sale
+(`sales` ledger, one row per line); for each of its products, stock is checked
+against INVENTORY_LOW_STOCK_THRESHOLD: an `inventory.low_stock` still due for this
+crossing goes to the outbox in the same transaction (the confirmation reports it
+first; the flag on the product keeps it to one event per crossing).
 
 The handler runs through the inbox (`mesh_inbox`, consumer "inventory"): the
 event id commits with the sale, so a redelivery (lost ack, relay republish after
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mesh.events import extract_context, unpack
 from mesh.events.errors import UnknownEventError
 from services.common.events import SubscriptionSpec
-from services.inventory.store import InventoryStore, Sale
+from services.inventory.store import RELEASED, InventoryStore, Sale
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class InventoryEventHandlers:
         ) as span:
             span_context = span.get_span_context()
             trace_id = f"{span_context.trace_id:032x}" if span_context.is_valid else ""
+            if order.saga_id:  # every order's event has one; a hand-made event may not
+                await self._confirm(session, order)
             lines = sale_lines(env.id, order.items)
             await self.store.record_sale(
                 session,
@@ -89,6 +92,19 @@ class InventoryEventHandlers:
                 env.id,
                 trace_id or "-",
             )
+
+    async def _confirm(self, session: AsyncSession, order: events_pb2.OrderCompleted) -> None:
+        """The order's reservation HELD -> CONFIRMED, in the inbox transaction: a completed
+        order's units are sold. Nothing to refuse here: the order is complete whatever
+        inventory holds, so a missing or released reservation is logged, and the sale is
+        recorded as the order says."""
+        reservation = await self.store.confirm_in(session, order.saga_id)
+        if reservation is None:
+            log.warning("order %s completed without a reservation of saga %s here",
+                        order.order_id, order.saga_id)  # fmt: skip
+        elif reservation.status == RELEASED:
+            log.warning("order %s completed, but its reservation (saga %s) was released",
+                        order.order_id, order.saga_id)  # fmt: skip
 
 
 def sale_lines(event_id: str, items: Sequence[events_pb2.EventLine]) -> tuple[tuple[str, int], ...]:

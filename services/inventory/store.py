@@ -462,33 +462,37 @@ class InventoryStore:
         the status is read only when it matches nothing (missing, released, confirmed
         before). Each line's UPDATE returns what the low-stock check needs."""
         async with self._sessions.begin() as s:
-            if not await self._set_status(s, saga_id, CONFIRMED, ""):
-                current = await self._read_reservation(s, saga_id)
-                if current is None:
-                    raise NotFound(
-                        f"saga {saga_id} has no reservation",
-                        reason="RESERVATION_NOT_FOUND",
-                        metadata={"saga_id": saga_id},
-                    )
-                if current.status == RELEASED:
-                    raise FailedPrecondition(
-                        f"the reservation of saga {saga_id} was released",
-                        reason="RESERVATION_RELEASED",
-                        metadata={"saga_id": saga_id},
-                    )
-                return current  # confirmed before: no-op
-            current = Reservation(saga_id, CONFIRMED, await self._reserved_lines(s, saga_id))
-            sold = []
-            for line in current.items:
-                row = (
-                    await s.execute(
-                        self._sell_reserved, {"pid": line.product_id, "q": line.quantity}
-                    )
-                ).first()
-                if row is not None:
-                    sold.append(row)
-            low = [r for r in sold if r.available < self._threshold and not r.low_stock_notified]
-            await self._notify_low(s, low)
+            current = await self.confirm_in(s, saga_id)
+            if current is None:
+                raise NotFound(
+                    f"saga {saga_id} has no reservation",
+                    reason="RESERVATION_NOT_FOUND",
+                    metadata={"saga_id": saga_id},
+                )
+            if current.status == RELEASED:
+                raise FailedPrecondition(
+                    f"the reservation of saga {saga_id} was released",
+                    reason="RESERVATION_RELEASED",
+                    metadata={"saga_id": saga_id},
+                )
+        return current
+
+    async def confirm_in(self, s: AsyncSession, saga_id: str) -> Reservation | None:
+        """`confirm`'s work in `s`, refusing nothing: the reservation as it ends (CONFIRMED,
+        or RELEASED as it was), None when there is none. What the `order.completed`
+        handler runs in its inbox transaction (a completed order's units are sold)."""
+        if not await self._set_status(s, saga_id, CONFIRMED, ""):
+            return await self._read_reservation(s, saga_id)  # confirmed before: no-op
+        current = Reservation(saga_id, CONFIRMED, await self._reserved_lines(s, saga_id))
+        sold = []
+        for line in current.items:
+            row = (
+                await s.execute(self._sell_reserved, {"pid": line.product_id, "q": line.quantity})
+            ).first()
+            if row is not None:
+                sold.append(row)
+        low = [r for r in sold if r.available < self._threshold and not r.low_stock_notified]
+        await self._notify_low(s, low)
         return current
 
     # -- sales -------------------------------------------------------------------
@@ -497,9 +501,11 @@ class InventoryStore:
         """Append the sale's lines to the ledger and emit any low-stock event still due,
         in `s` (the inbox transaction of the `order.completed` being handled).
 
-        The units left stock at ConfirmReservation, which already notified low stock
-        for this crossing; the check here is the same flag-guarded one, so it adds an
-        event only for a crossing nobody reported yet and never a second one.
+        The units left stock when the reservation was confirmed (`confirm_in`, just
+        before in the same transaction, or an earlier ConfirmReservation), which
+        notified low stock for this crossing; the check here is the same flag-guarded
+        one, so it adds an event only for a crossing nobody reported yet (a sale with
+        no reservation here) and never a second one.
         """
         if not sale.lines:
             return

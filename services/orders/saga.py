@@ -8,7 +8,7 @@ Placing an order (`order.place.v1`), each step idempotent by the saga id:
     record_prices   L   unit prices + total, RESERVED
     charge              payments.Charge(saga id)              ↩ Refund
     record_payment  L   payment id, PAID
-    confirm_stock       inventory.ConfirmReservation
+    confirm_stock       nothing since 6 Dec 2026 (inventory confirms on `order.completed`)
     complete_order  L   COMPLETED + `order.completed` (outbox, same transaction)
 
 L = local: runs in the transaction that records the saga's progress. Each local
@@ -25,7 +25,13 @@ answer).
 
 Local steps up to `record_payment` refuse to go on once the order has been
 flagged for cancellation (its user was deleted): the saga then compensates and
-the order ends CANCELLED. After the stock is confirmed the sale stands.
+the order ends CANCELLED. Once the payment is recorded the sale stands.
+
+The reservation is confirmed by inventory when it handles the order's
+`order.completed` (its saga id names the reservation), in the transaction that
+records the sale: the order does not wait for inventory's bookkeeping, and the
+units stay held (never available to another order) until then. Upgrading a running
+shop: inventory first, so that no completed order's reservation stays HELD.
 
 Cards are never stored: the card travels in memory (`CardVault`) from the
 CreateOrder call to the charge step. A saga resumed after a restart has no card;
@@ -84,7 +90,8 @@ REMOTE_RETRY = StepRetry(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=1.
 # Payments retries nothing itself and the mesh client retries UNAVAILABLE already;
 # each charge attempt may take the whole (long) charge deadline.
 CHARGE_RETRY = StepRetry(max_attempts=2, initial_backoff_s=0.1, max_backoff_s=1.0)
-# Confirming is the last remote step: giving up would undo a paid order.
+# The cancel saga's steps (a cancelled order's refund and restock): giving up would
+# leave it half undone.
 CONFIRM_RETRY = StepRetry(max_attempts=8, initial_backoff_s=0.1, max_backoff_s=2.0)
 # A refund or release that cannot reach its service keeps trying (for minutes, with
 # the default `undo_backoff_max_s`) before the saga parks: nothing is given up
@@ -427,10 +434,12 @@ class OrderSagas:
         self.cards.drop(ctx.saga_id)
 
     async def confirm_stock(self, ctx: SagaContext) -> None:
-        req = inventory_pb2.ConfirmReservationRequest(saga_id=ctx.saga_id)
-        await call("inventory", functools.partial(
-            self.up.reservations.ConfirmReservation, req,
-            timeout=self.config.call_timeout_s))  # fmt: skip
+        """Nothing to do any more: inventory confirms the reservation when it handles the
+        order's `order.completed` (with the sale, in one transaction), so an order no
+        longer waits for a call whose only effect is inventory's bookkeeping.
+
+        The step stays in its place: a saga's progress is recorded as a count of steps
+        done, so a saga recorded by an earlier release resumes at the right step."""
 
     async def complete_order(self, ctx: SagaContext) -> None:
         d = ctx.data

@@ -66,6 +66,24 @@ async def stock(shop: ShopStack, product_id: str) -> tuple[int, int]:
     return p.available, p.reserved
 
 
+async def stock_settles(
+    shop: ShopStack, product_id: str, expected: tuple[int, int], within_s: float = 10.0
+) -> None:
+    """Wait until a product's (available, reserved) is `expected`. A completed order's
+    units leave `reserved` when inventory handles its `order.completed`, just after the
+    order's answer, so a check right after an order polls rather than reads once."""
+    last: list[tuple[int, int]] = []
+
+    async def settled() -> bool:
+        last[:] = [await stock(shop, product_id)]
+        return last[0] == expected
+
+    try:
+        await eventually(settled, within_s, f"stock of {product_id} to be {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {last[0] if last else None}") from None
+
+
 async def payment(shop: ShopStack, saga_id: str) -> payments_pb2.Payment | None:
     """The saga's payment, or None when payments has none (never charged, or voided)."""
     try:

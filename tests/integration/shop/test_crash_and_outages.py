@@ -28,7 +28,7 @@ from tests.support.shop_calls import (
     orders_of,
     payment,
     service_db,
-    stock,
+    stock_settles,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -96,8 +96,8 @@ async def test_orders_killed_while_charging_recovers_to_a_consistent_end(
     await shop.start("orders")  # same instance id: it resumes its own sagas at once
 
     first = await final_order(shop, saga_id)
-    assert await stock(shop, product) == (5 - (2 if first.status == v2.ORDER_STATUS_COMPLETED
-                                               else 0), 0)  # fmt: skip
+    sold = 2 if first.status == v2.ORDER_STATUS_COMPLETED else 0
+    await stock_settles(shop, product, (5 - sold, 0))
     await assert_consistent(shop, [first])
     if first.status == v2.ORDER_STATUS_FAILED:
         # The card died with the process: the saga undid everything, the charge
@@ -108,7 +108,7 @@ async def test_orders_killed_while_charging_recovers_to_a_consistent_end(
     # The client retries with its key: the order it gets is completed, paid once.
     retried = await shop.orders_v2().CreateOrder(request, timeout=30)
     assert retried.status == v2.ORDER_STATUS_COMPLETED
-    assert await stock(shop, product) == (3, 0)
+    await stock_settles(shop, product, (3, 0))
     mine = await orders_of(shop, user)
     assert sum(o.status == v2.ORDER_STATUS_COMPLETED for o in mine) == 1
     await assert_consistent(shop, mine)
@@ -122,7 +122,7 @@ async def test_a_dependency_down_answers_unavailable(isolated: ShopStack) -> Non
     try:
         f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)]), timeout=30))
         assert f.code is grpc.StatusCode.UNAVAILABLE
-        assert await stock(shop, product) == (5, 0)
+        await stock_settles(shop, product, (5, 0))
     finally:
         await shop.start("users")
 
@@ -149,13 +149,13 @@ async def test_payments_down_holds_stock_until_the_charge_is_known_undone(
         assert f.code is grpc.StatusCode.UNAVAILABLE
         # Whether the card was charged is unknown while payments is down: the
         # reservation is kept until the refund (a void) goes through.
-        assert await stock(shop, product) == (3, 2)
+        await stock_settles(shop, product, (3, 2))
     finally:
         await shop.start("payments")
     [order] = await orders_of(shop, user)
     done = await final_order(shop, order.order_id)
     assert done.status == v2.ORDER_STATUS_FAILED
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
     assert await payment(shop, order.order_id) is None
 
 
@@ -172,6 +172,6 @@ async def test_processor_outage_fails_the_order_with_unavailable(isolated: ShopS
     [order] = await orders_of(shop, user)
     done = await final_order(shop, order.order_id)
     assert done.status == v2.ORDER_STATUS_FAILED
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
     p = await payment(shop, order.order_id)
     assert p is None or p.status != payments_pb2.PAYMENT_STATUS_CAPTURED

@@ -34,7 +34,7 @@ from tests.support.shop_calls import (
     payment,
     service_db,
     statuses,
-    stock,
+    stock_settles,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -50,14 +50,14 @@ async def test_same_key_returns_the_first_order_and_charges_once(shop: ShopStack
 
     assert second == first
     assert len(await orders_of(shop, user)) == 1
-    assert await stock(shop, product) == (8, 0)
+    await stock_settles(shop, product, (8, 0))
     p = await payment(shop, first.order_id)
     assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
     # The key is the user's: another user's identical key places its own order.
     other = await new_user(shop)
     theirs = await shop.orders_v2().CreateOrder(create_v2(other, [(product, 1)], key="checkout-1"))
     assert theirs.order_id != first.order_id
-    assert await stock(shop, product) == (7, 0)
+    await stock_settles(shop, product, (7, 0))
 
 
 async def test_concurrent_requests_with_one_key_place_one_order(shop: ShopStack) -> None:
@@ -70,7 +70,7 @@ async def test_concurrent_requests_with_one_key_place_one_order(shop: ShopStack)
     assert {r.order_id for r in replies} == {replies[0].order_id}
     assert all(r.status == v2.ORDER_STATUS_COMPLETED for r in replies)
     assert len(await orders_of(shop, user)) == 1
-    assert await stock(shop, product) == (7, 0)
+    await stock_settles(shop, product, (7, 0))
 
 
 async def test_same_key_with_another_order_is_refused(shop: ShopStack) -> None:
@@ -79,7 +79,7 @@ async def test_same_key_with_another_order_is_refused(shop: ShopStack) -> None:
     await shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)], key="k"))
     f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 2)], key="k")))
     assert f.code is grpc.StatusCode.FAILED_PRECONDITION and f.reason == "IDEMPOTENCY_KEY_REUSED"
-    assert await stock(shop, product) == (9, 0)
+    await stock_settles(shop, product, (9, 0))
 
 
 async def test_failed_order_replays_its_failure_for_the_same_key(shop: ShopStack) -> None:
@@ -91,7 +91,7 @@ async def test_failed_order_replays_its_failure_for_the_same_key(shop: ShopStack
     assert (again.code, again.reason, again.message) == (first.code, first.reason, first.message)
     assert first.code is grpc.StatusCode.FAILED_PRECONDITION
     assert len(await orders_of(shop, user)) == 1
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
 
 
 async def test_upstream_steps_rerun_with_the_same_saga_id_change_nothing(shop: ShopStack) -> None:
@@ -100,6 +100,8 @@ async def test_upstream_steps_rerun_with_the_same_saga_id_change_nothing(shop: S
     product = await new_product(shop, stock=5, price=400)
     order = await shop.orders_v2().CreateOrder(create_v2(user, [(product, 2)]))
     saga_id = order.order_id
+    # Confirmed once inventory has handled the order's order.completed.
+    await stock_settles(shop, product, (3, 0))
 
     again = await shop.reservations().ReserveItems(
         inventory_pb2.ReserveItemsRequest(
@@ -120,7 +122,7 @@ async def test_upstream_steps_rerun_with_the_same_saga_id_change_nothing(shop: S
     )  # fmt: skip
     first = await payment(shop, saga_id)
     assert first is not None and charged.payment_id == first.payment_id
-    assert await stock(shop, product) == (3, 0)
+    await stock_settles(shop, product, (3, 0))
     assert (await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=saga_id))) == order
 
 
@@ -141,7 +143,7 @@ async def test_user_deleted_cancels_orders_in_flight(shop: ShopStack) -> None:
         return bool(found) and found[0].status == v2.ORDER_STATUS_RESERVED
 
     await eventually(charging, what="the order reserved and being charged")
-    assert await stock(shop, product) == (3, 2)
+    await stock_settles(shop, product, (3, 2))
     await shop.users().DeleteUser(users_pb2.DeleteUserRequest(user_id=user))
 
     f = await fails(placing)
@@ -149,7 +151,7 @@ async def test_user_deleted_cancels_orders_in_flight(shop: ShopStack) -> None:
     [order] = await orders_of(shop, user)
     assert order.status == v2.ORDER_STATUS_CANCELLED
     assert "deleted" in order.failure_reason
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
     p = await payment(shop, order.order_id)
     assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_REFUNDED
     # Completed orders of a deleted user stay completed.
@@ -178,7 +180,7 @@ async def test_a_deleted_user_orders_remembers_is_refused_once_the_event_is_hand
 
     f = await fails(shop.orders_v2().CreateOrder(create_v2(user, [(product, 1)])))
     assert f.code is grpc.StatusCode.NOT_FOUND and f.reason == "USER_NOT_FOUND"
-    assert await stock(shop, product) == (4, 0)
+    await stock_settles(shop, product, (4, 0))
     assert len(await orders_of(shop, user)) == 1
 
 
@@ -224,7 +226,7 @@ async def test_200_concurrent_orders_for_50_units_sell_exactly_50(shop: ShopStac
     refused = [o for o in outcomes if not isinstance(o, v2.Order)]
     assert len(completed) == 50
     assert set(refused) == {grpc.StatusCode.FAILED_PRECONDITION}
-    assert await stock(shop, product) == (0, 0)
+    await stock_settles(shop, product, (0, 0))
     captured = 0
     for o in completed:
         p = await payment(shop, o.order_id)

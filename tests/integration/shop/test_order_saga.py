@@ -25,7 +25,7 @@ from tests.support.shop_calls import (
     orders_of,
     payment,
     statuses,
-    stock,
+    stock_settles,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -49,8 +49,8 @@ async def test_v2_happy_path_completes_and_every_service_agrees(shop: ShopStack)
     ]
     assert order.card_last4 == "4242" and order.failure_reason == ""
     assert order.shipping_address.city == "London"
-    assert await stock(shop, apples) == (7, 0)
-    assert await stock(shop, pears) == (4, 0)
+    await stock_settles(shop, apples, (7, 0))
+    await stock_settles(shop, pears, (4, 0))
     p = await payment(shop, order.order_id)
     assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
     assert p.amount.amount_minor == order.total.amount_minor and p.card_last4 == "4242"
@@ -70,7 +70,7 @@ async def test_v1_happy_path_and_v1_view_of_the_same_store(shop: ShopStack) -> N
     assert order.status == v1.ORDER_STATUS_COMPLETED
     assert order.total_cents == 1000
     assert [i.unit_price_cents for i in order.items] == [500]
-    assert await stock(shop, product) == (2, 0)
+    await stock_settles(shop, product, (2, 0))
     listed = await shop.orders_v1().ListOrders(v1.ListOrdersRequest(user_id=user))
     assert [o.order_id for o in listed.orders] == [order.order_id]
     as_v2 = await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=order.order_id))
@@ -100,7 +100,7 @@ async def test_unknown_user_is_not_found_and_nothing_is_held(shop: ShopStack) ->
     f = await fails(shop.orders_v2().CreateOrder(create_v2(UNKNOWN, [(product, 1)])))
     assert f.code is grpc.StatusCode.NOT_FOUND
     assert f.reason == "USER_NOT_FOUND"
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
     assert await orders_of(shop, UNKNOWN) == []
 
 
@@ -113,7 +113,7 @@ async def test_unknown_product_fails_the_order_and_releases_the_rest(shop: ShopS
     assert order.status == v2.ORDER_STATUS_FAILED
     assert UNKNOWN in order.failure_reason
     assert statuses(order) == ["PENDING", "FAILED"]
-    assert await stock(shop, product) == (5, 0)
+    await stock_settles(shop, product, (5, 0))
     assert await payment(shop, order.order_id) is None
 
 
@@ -125,8 +125,8 @@ async def test_insufficient_stock_fails_with_nothing_reserved_or_charged(shop: S
     assert f.code is grpc.StatusCode.FAILED_PRECONDITION and f.reason == "INSUFFICIENT_STOCK"
     [order] = await orders_of(shop, user)
     assert order.status == v2.ORDER_STATUS_FAILED and "insufficient stock" in order.failure_reason
-    assert await stock(shop, plenty) == (50, 0)
-    assert await stock(shop, scarce) == (1, 0)
+    await stock_settles(shop, plenty, (50, 0))
+    await stock_settles(shop, scarce, (1, 0))
     assert await payment(shop, order.order_id) is None
     async with OrderEvents(shop.nats_url) as events:
         comp = await events.wait_for("order.compensation.completed", order.order_id)
@@ -149,7 +149,7 @@ async def test_declined_card_releases_the_stock(shop: ShopStack, number: str, de
     [order] = await orders_of(shop, user)
     assert order.status == v2.ORDER_STATUS_FAILED
     assert statuses(order) == ["PENDING", "RESERVED", "FAILED"]
-    assert await stock(shop, product) == (3, 0)
+    await stock_settles(shop, product, (3, 0))
     p = await payment(shop, order.order_id)
     assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_DECLINED
     async with OrderEvents(shop.nats_url) as events:
@@ -170,7 +170,7 @@ async def test_price_in_another_currency_fails_and_releases(shop: ShopStack) -> 
     assert f.code is grpc.StatusCode.FAILED_PRECONDITION and f.reason == "CURRENCY_MISMATCH"
     [order] = await orders_of(shop, user)
     assert order.status == v2.ORDER_STATUS_FAILED
-    assert await stock(shop, eur) == (4, 0)
+    await stock_settles(shop, eur, (4, 0))
     assert await payment(shop, order.order_id) is None
 
 
@@ -178,7 +178,7 @@ async def test_cancel_refunds_and_returns_stock(shop: ShopStack) -> None:
     user = await new_user(shop)
     product = await new_product(shop, stock=6, price=700)
     order = await shop.orders_v2().CreateOrder(create_v2(user, [(product, 4)]))
-    assert await stock(shop, product) == (2, 0)
+    await stock_settles(shop, product, (2, 0))
 
     cancelled = await shop.orders_v2().CancelOrder(
         v2.CancelOrderRequest(order_id=order.order_id, reason="changed my mind")
@@ -188,12 +188,12 @@ async def test_cancel_refunds_and_returns_stock(shop: ShopStack) -> None:
     assert statuses(cancelled)[-2:] == ["COMPLETED", "CANCELLED"]
     p = await payment(shop, order.order_id)
     assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_REFUNDED
-    assert await stock(shop, product) == (6, 0)
+    await stock_settles(shop, product, (6, 0))
 
     # Cancelling again answers the order unchanged and gives nothing back twice.
     again = await shop.orders_v2().CancelOrder(v2.CancelOrderRequest(order_id=order.order_id))
     assert again == cancelled
-    assert await stock(shop, product) == (6, 0)
+    await stock_settles(shop, product, (6, 0))
     as_v1 = await shop.orders_v1().CancelOrder(v1.CancelOrderRequest(order_id=order.order_id))
     assert as_v1.status == v1.ORDER_STATUS_CANCELLED
 

@@ -27,7 +27,7 @@ from services.common.event_types import EVENTS
 from services.common.money import Amount
 from services.inventory import store
 from services.inventory.events import CONSUMER, InventoryEventHandlers
-from services.inventory.validation import NewProduct
+from services.inventory.validation import Line, NewProduct
 from tests.support.postgres import pg_available
 from tests.support.shop import PG_SERVER
 
@@ -130,6 +130,41 @@ async def test_a_redelivered_order_completed_records_the_sale_once(inventory: In
 
     assert await sales(inventory, order) == sorted([(a, 3), (b, 1)])
     assert await low_stock_events(inventory) == []
+
+
+async def test_order_completed_confirms_the_orders_reservation_once(inventory: Inventory) -> None:
+    """The saga no longer calls ConfirmReservation: the event confirms the held units."""
+    a, b = await product(inventory, 50), await product(inventory, 40)
+    order = str(uuid.uuid4())  # the event's saga_id is the order id here
+    await inventory.store.reserve(order, [Line(a, 2), Line(b, 1)])
+    assert (await inventory.store.get_product(a)).reserved == 2
+
+    env = completed(order, [(a, 2), (b, 1)])
+    await inventory.handle(env)
+    await inventory.handle(env)  # a redelivery: nothing twice
+
+    held = await inventory.store.reservation(order)
+    assert held is not None and held.status == store.CONFIRMED
+    got = [await inventory.store.get_product(p) for p in (a, b)]
+    assert [(x.available, x.reserved) for x in got] == [(48, 0), (39, 0)]
+    assert await sales(inventory, order) == sorted([(a, 2), (b, 1)])
+
+
+async def test_a_released_reservation_stays_released_and_the_sale_is_recorded(
+    inventory: Inventory,
+) -> None:
+    """Nothing to refuse: the order is complete whatever inventory holds (logged)."""
+    a = await product(inventory, 50)
+    order = str(uuid.uuid4())
+    await inventory.store.reserve(order, [Line(a, 2)])
+    await inventory.store.release(order, "test")
+
+    await inventory.handle(completed(order, [(a, 2)]))
+
+    held = await inventory.store.reservation(order)
+    assert held is not None and held.status == store.RELEASED
+    assert (await inventory.store.get_product(a)).reserved == 0
+    assert await sales(inventory, order) == [(a, 2)]
 
 
 async def test_low_stock_is_reported_once_per_crossing(inventory: Inventory) -> None:

@@ -105,8 +105,8 @@ async def test_an_order_reaches_each_subscriber_once_with_the_callers_trace(
     )
     assert f"6 x {product}" in line
 
-    # 10 - 6 < threshold: ConfirmReservation reported the crossing; the handler checked
-    # again in its transaction and added no second inventory.low_stock.
+    # 10 - 6 < threshold: the handler confirmed the order's reservation and reported the
+    # crossing in its transaction; the sale's own check found it reported: no second one.
     low = [
         (
             unpack(env, events_pb2.InventoryLowStock).available,

@@ -295,6 +295,7 @@ async def test_forged_or_tampered_page_tokens_are_invalid_arguments(shop: ShopSt
     )
     assert len(nxt.orders) == 1 and nxt.orders[0].order_id != page.orders[0].order_id
     body, _, tag = token.partition(".")
+    await new_product(shop, stock=1)  # a second product: a page of one has a next page
     products = await shop.inventory().ListProducts(inventory_pb2.ListProductsRequest(page_size=1))
     assert products.next_page_token
     bad = [

@@ -93,6 +93,11 @@ class _ActionError(Exception):
         self.error = error
 
 
+class _ChainBroken(Exception):
+    """A local step run in the transaction of the one before it failed: everything rolls
+    back and the steps run again one transaction each (cause chained)."""
+
+
 class _StoreFailure(Exception):
     """Recording a transition failed (cause chained): the drive stops, the saga waits."""
 
@@ -584,9 +589,16 @@ class SagaRunner:
         step: Step,
         ctx: SagaContext,
         unrecorded: _Unrecorded | None = None,
+        *,
+        chain: bool = True,
     ) -> SagaState:
         """A local step or compensation: its writes, the saga row and the transition hook
         commit in one transaction. An action error rolls all back (raised as _ActionError).
+
+        Forward, with `chain`, the local steps that directly follow run in the same
+        transaction (`_chain`): one commit for the run of them. If one of those fails,
+        everything rolls back and this step runs again alone (`chain=False`); the drive
+        loop then reaches the failing step as if nothing had been chained.
 
         With `unrecorded` (the remote step before it completed into `state` but was not
         committed), the transaction first records that step (its conditional UPDATE also
@@ -622,15 +634,24 @@ class SagaRunner:
                         after = step_compensated(state, definition, update, _now_ms())
                 except Exception as exc:
                     raise _ActionError(exc) from exc
-                writing.append(after)
                 if not lock_first and unrecorded is not None:
                     await self._hook(definition, session, unrecorded.before, state,
                                      TransitionEvent.STEP_COMPLETED, unrecorded.step)  # fmt: skip
-                await self._write(session, definition, state, after, event, step.name, held=held)
+                before, name = state, step.name
+                if forward and chain:
+                    before, name, after = await self._chain(
+                        session, definition, before, name, after
+                    )
+                writing.append(after)
+                await self._write(session, definition, before, after, event, name, held=held)
             return after
 
         try:
             return await self._with_db_retry(state.saga_id, attempt)
+        except _ChainBroken as broken:
+            log.info("saga %s/%s: %r in a chained step; the steps again one by one",
+                     state.name, state.saga_id, broken.__cause__)  # fmt: skip
+            return await self._local(definition, state, step, ctx, unrecorded, chain=False)
         except _ActionError:
             if unrecorded is not None:
                 await self._commit(definition, unrecorded.before, state,
@@ -642,6 +663,35 @@ class SagaRunner:
             raise _StoreFailure(repr(exc)) from exc
         except Exception as exc:
             raise _StoreFailure(repr(exc)) from exc
+
+    async def _chain(
+        self,
+        session: AsyncSession,
+        definition: SagaDefinition,
+        before: SagaState,
+        name: str,
+        state: SagaState,
+    ) -> tuple[SagaState, str, SagaState]:
+        """Run, in `session`, the forward local steps that directly follow step `name`
+        (which took the saga from `before` to `state` in this transaction, its
+        transition not yet written); each transition but the last gets its hook here.
+        Returns the transition left for the caller to write with the saga row (state
+        before the last step, its name, the state after it). Any error of a chained
+        step raises _ChainBroken: the transaction rolls back whole."""
+        while True:
+            move = next_move(state, definition)
+            if not isinstance(move, Forward) or not definition.steps[move.index].local:
+                return before, name, state
+            nxt = definition.steps[move.index]
+            await self._hook(definition, session, before, state,
+                             TransitionEvent.STEP_COMPLETED, name)  # fmt: skip
+            ctx = self._context(state, nxt, Phase.FORWARD, 1)
+            try:
+                update = await nxt.action(replace(ctx, session=session))
+                after = step_done(state, definition, update, _now_ms())
+            except Exception as exc:
+                raise _ChainBroken() from exc
+            before, name, state = state, nxt.name, after
 
     async def _commit(
         self,

@@ -8,10 +8,11 @@ Placing an order (`order.place.v1`), each step idempotent by the saga id:
     record_prices   L   unit prices + total, RESERVED
     charge              payments.Charge(saga id)              ↩ Refund
     record_payment  L   payment id, PAID
-    confirm_stock       nothing since 6 Dec 2026 (inventory confirms on `order.completed`)
+    confirm_stock   L   nothing since 6 Dec 2026 (inventory confirms on `order.completed`)
     complete_order  L   COMPLETED + `order.completed` (outbox, same transaction)
 
-L = local: runs in the transaction that records the saga's progress. Each local
+L = local: runs in the transaction that records the saga's progress; consecutive
+local steps share one (record_payment, confirm_stock, complete_order). Each local
 step's first statement writes (`writes_first`: the runner adds no statement before
 it; the advances of record_prices and record_payment carry the cancellation check
 in their WHERE, the order row is read only when they match nothing). When the
@@ -231,7 +232,8 @@ class OrderSagas:
                      compensation_retry=undo),
                 Step("record_payment", self.record_payment, local=True, retry=LOCAL_RETRY,
                      writes_first=True),
-                Step("confirm_stock", self.confirm_stock, retry=CONFIRM_RETRY),
+                Step("confirm_stock", self.confirm_stock, local=True, retry=LOCAL_RETRY,
+                     writes_first=True),
                 Step("complete_order", self.complete_order, local=True, retry=LOCAL_RETRY,
                      writes_first=True),
             ],
@@ -439,7 +441,9 @@ class OrderSagas:
         longer waits for a call whose only effect is inventory's bookkeeping.
 
         The step stays in its place: a saga's progress is recorded as a count of steps
-        done, so a saga recorded by an earlier release resumes at the right step."""
+        done, so a saga recorded by an earlier release resumes at the right step. It is
+        local, so the runner chains record_payment, it and complete_order into one
+        transaction."""
 
     async def complete_order(self, ctx: SagaContext) -> None:
         d = ctx.data

@@ -713,6 +713,97 @@ async def test_a_failing_local_step_still_records_the_remote_step_before_it(
     assert [c.step for c in script.calls].count("charge") == 2  # forward once, undo once
 
 
+def chained_saga(
+    script: Script, *, finish_fails: bool = False, writes_first: bool
+) -> SagaDefinition:
+    """pay (remote), then three local steps in a row: record, noop (nothing), finish."""
+
+    async def record(ctx: SagaContext) -> dict[str, Any]:
+        await ctx.tx.execute(
+            text("INSERT INTO orders (id, status) VALUES (:i, 'PAID')"), {"i": ctx.saga_id}
+        )
+        return {"recorded": True}
+
+    async def undo(ctx: SagaContext) -> None:
+        await ctx.tx.execute(
+            text("UPDATE orders SET status = 'UNDONE' WHERE id = :i"), {"i": ctx.saga_id}
+        )
+
+    async def noop(ctx: SagaContext) -> None:
+        return None
+
+    async def finish(ctx: SagaContext) -> None:
+        assert ctx.data["recorded"]  # what the step before it returned, in this transaction
+        await ctx.tx.execute(
+            text("UPDATE orders SET status = 'DONE' WHERE id = :i"), {"i": ctx.saga_id}
+        )
+        if finish_fails:
+            raise FailedPrecondition("cannot finish")
+
+    kw: dict[str, Any] = {"local": True, "retry": FAST_RETRY, "writes_first": writes_first}
+    return SagaDefinition(
+        "chained",
+        [
+            script.step("pay", retry=FAST_RETRY),
+            Step("record", record, undo, **kw),
+            Step("noop", noop, **kw),
+            Step("finish", finish, **kw),
+        ],
+        on_transition=log_transition,
+    )
+
+
+@pytest.mark.parametrize("writes_first", [False, True])
+async def test_consecutive_local_steps_commit_in_one_transaction(
+    db: Db, runners: Runners, writes_first: bool
+) -> None:
+    # One commit for record, noop and finish (and pay, recorded with the first of them),
+    # every transition still told to the hook, in order.
+    seen: list[tuple[str, str | None, Any]] = []
+    base = chained_saga(Script(), writes_first=writes_first)
+
+    async def hook(session: Any, t: SagaTransition) -> None:
+        await log_transition(session, t)
+        seen.append((t.event.value, t.step, session.sync_session.get_transaction()))
+
+    runner = runners(SagaDefinition(base.name, base.steps, on_transition=hook))
+    result = await runner.run("chained", "c1", {})
+    assert result.status is SagaStatus.COMPLETED and result.data["recorded"] is True
+    assert [(event, step) for event, step, _ in seen] == [
+        ("created", None),
+        ("step_completed", "pay"),
+        ("step_completed", "record"),
+        ("step_completed", "noop"),
+        ("step_completed", "finish"),
+    ]
+    assert len({id(tx) for _, step, tx in seen if step is not None}) == 1
+    assert await order_status(db, "c1") == "DONE"
+    row = await runner.store.get("c1")
+    assert row is not None and (row.status, row.completed) == (SagaStatus.COMPLETED, 4)
+
+
+@pytest.mark.parametrize("writes_first", [False, True])
+async def test_a_chained_step_that_fails_leaves_the_steps_before_it_as_run_alone(
+    db: Db, runners: Runners, writes_first: bool
+) -> None:
+    # finish fails in the shared transaction: all of it rolls back, record and noop run
+    # again, committed on their own, and finish fails as if nothing had been chained:
+    # the failure is finish's, its UPDATE is gone, record and pay are undone.
+    script = Script()
+    runner = runners(chained_saga(script, finish_fails=True, writes_first=writes_first))
+    with pytest.raises(FailedPrecondition, match="cannot finish"):
+        await runner.run("chained", "c1", {})
+    row = await runner.store.get("c1")
+    assert row is not None and row.status is SagaStatus.COMPENSATED
+    assert row.failure is not None and row.failure.step == "finish"
+    assert await order_status(db, "c1") == "UNDONE"
+    log = await saga_log(db, "c1")
+    assert ("step_completed", "RUNNING", "record") in log
+    assert ("step_completed", "RUNNING", "noop") in log
+    assert ("step_completed", "RUNNING", "finish") not in log
+    assert script.steps(COMPENSATE) == ["pay"]
+
+
 async def test_a_write_first_local_step_rolls_back_when_the_lease_was_lost(
     db: Db, runners: Runners
 ) -> None:

@@ -98,15 +98,16 @@ async def test_a_keyed_order_costs_its_pinned_statements_and_transactions(
     # An order's CPU in orders is mostly per statement and per transaction. A keyed
     # two-line order: the saga row with its key (1 transaction, 2 statements);
     # create_order: order, lines (executemany), history, saga row (4); record_prices:
-    # prices (executemany), advance, history, saga row (4); record_payment: advance,
-    # history, saga row (3); complete_order: advance, history, outbox, saga row (4);
-    # the answer: `get` (1). 18 statements in 5 transactions, whatever the line count.
+    # prices (executemany), advance, history, saga row (4); record_payment,
+    # confirm_stock (nothing) and complete_order, chained in one transaction: advance,
+    # history, advance, history, outbox, saga row (6); the answer: `get` (1).
+    # 17 statements in 4 transactions, whatever the line count.
     cmd = domain.order(USER, [(P1, 2), (P2, 1)], key="pinned")
     with recorded_statements(engine, TABLES) as seen, recorded_commits(engine) as commits:
         order = await domain.orders.place(cmd)
     assert order.status is OrderStatus.COMPLETED
-    assert len(seen) == 18, "\n".join(seen)
-    assert len(commits) == 5, "\n".join(seen)
+    assert len(seen) == 17, "\n".join(seen)
+    assert len(commits) == 4, "\n".join(seen)
 
 
 async def _count(engine: AsyncEngine, table: str) -> int:

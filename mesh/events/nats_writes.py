@@ -164,7 +164,7 @@ async def _write(nc: NATS, blob: bytes, count: int, size: int) -> None:
 def _usable(nc: NATS) -> bool:
     # Connected: neither closed nor draining nor reconnecting (each is its own status);
     # in those `publish` decides (it raises, or buffers during a reconnect).
-    return _enabled and _fastpath.requested() and nc.is_connected
+    return batched() and nc.is_connected
 
 
 async def publish_batch(nc: NATS, messages: Sequence[Outgoing], reply_prefix: str) -> None:

@@ -649,8 +649,8 @@ class SagaRunner:
         try:
             return await self._with_db_retry(state.saga_id, attempt)
         except _ChainBroken as broken:
-            log.info("saga %s/%s: %r in a chained step; the steps again one by one",
-                     state.name, state.saga_id, broken.__cause__)  # fmt: skip
+            log.info("saga %s/%s: a chained step failed (%r); running the steps one"
+                     " transaction each", state.name, state.saga_id, broken.__cause__)  # fmt: skip
             return await self._local(definition, state, step, ctx, unrecorded, chain=False)
         except _ActionError:
             if unrecorded is not None:

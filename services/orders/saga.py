@@ -93,7 +93,7 @@ REMOTE_RETRY = StepRetry(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=1.
 CHARGE_RETRY = StepRetry(max_attempts=2, initial_backoff_s=0.1, max_backoff_s=1.0)
 # The cancel saga's steps (a cancelled order's refund and restock): giving up would
 # leave it half undone.
-CONFIRM_RETRY = StepRetry(max_attempts=8, initial_backoff_s=0.1, max_backoff_s=2.0)
+CANCEL_RETRY = StepRetry(max_attempts=8, initial_backoff_s=0.1, max_backoff_s=2.0)
 # A refund or release that cannot reach its service keeps trying (for minutes, with
 # the default `undo_backoff_max_s`) before the saga parks: nothing is given up
 # while money may be captured.
@@ -242,8 +242,8 @@ class OrderSagas:
         cancel = SagaDefinition(
             CANCEL,
             [
-                Step("refund_payment", self.cancel_refund, retry=CONFIRM_RETRY),
-                Step("return_stock", self.cancel_restock, retry=CONFIRM_RETRY),
+                Step("refund_payment", self.cancel_refund, retry=CANCEL_RETRY),
+                Step("return_stock", self.cancel_restock, retry=CANCEL_RETRY),
                 Step("mark_cancelled", self.mark_cancelled, local=True, retry=LOCAL_RETRY,
                      writes_first=True),
             ],

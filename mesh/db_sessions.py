@@ -56,6 +56,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
+from mesh import db_lean
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -160,10 +162,48 @@ def after_commit(session: AsyncSession | Session, callback: Callable[[], None]) 
 
 
 class MeshSession(AsyncSession):
-    """An AsyncSession whose `async with` end runs through `run_to_end`, and whose
-    transactions run `after_commit`'s callbacks."""
+    """An AsyncSession whose `async with` end runs through `run_to_end`, whose
+    transactions run `after_commit`'s callbacks, and which runs statements marked with
+    `mesh.db_lean.lean` as driver SQL compiled once (`execute` and `scalar`; any other
+    call, or a statement the lean path would change, runs as SQLAlchemy runs it)."""
 
     sync_session_class = MeshSyncSession
+
+    async def execute(  # type: ignore[override]
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = None,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not execution_options and bind_arguments is None and not kw:
+            ready = db_lean.prepare(self.sync_session, statement, params)
+            if ready is not None:
+                return await self.run_sync(db_lean.run, statement, *ready)
+        options = {} if execution_options is None else {"execution_options": execution_options}
+        return await super().execute(
+            statement, params, bind_arguments=bind_arguments, **options, **kw
+        )
+
+    async def scalar(  # type: ignore[override]
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = None,
+        bind_arguments: Any = None,
+        **kw: Any,
+    ) -> Any:
+        if not execution_options and bind_arguments is None and not kw:
+            ready = db_lean.prepare(self.sync_session, statement, params)
+            if ready is not None:
+                return (await self.run_sync(db_lean.run, statement, *ready)).scalar()
+        options = {} if execution_options is None else {"execution_options": execution_options}
+        return await super().scalar(
+            statement, params, bind_arguments=bind_arguments, **options, **kw
+        )
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await run_to_end(self.close())

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration, schema
+from mesh.db_lean import lean
 
 INBOX_TABLE = "mesh_inbox"
 INBOX_MIGRATION_VERSION = 9002
@@ -89,9 +90,11 @@ class Inbox:
         self.consumer = consumer
         self._table = inbox_table()
         # Portable: SQLite >= 3.24 and PostgreSQL both take this form.
-        self._claim = text(
-            f"INSERT INTO {INBOX_TABLE} (consumer, event_id, event_type, handled_at)"
-            " VALUES (:c, :i, :t, :h) ON CONFLICT DO NOTHING"
+        self._claim = lean(
+            text(
+                f"INSERT INTO {INBOX_TABLE} (consumer, event_id, event_type, handled_at)"
+                " VALUES (:c, :i, :t, :h) ON CONFLICT DO NOTHING"
+            )
         )
 
     @asynccontextmanager

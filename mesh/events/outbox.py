@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.db import Migration, schema
+from mesh.db_lean import lean
 from mesh.db_sessions import after_commit
 from mesh.events.envelope import encode
 
@@ -105,7 +106,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self.tables = OutboxTables()
-        self._insert = insert(self.tables.outbox)
+        self._insert = lean(insert(self.tables.outbox))
         self._committed = asyncio.Event()
 
     async def add(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:

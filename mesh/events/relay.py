@@ -51,6 +51,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from base.backoff import Backoff
+from mesh.db_lean import lean
 from mesh.events.batch_publish import BatchPublisher
 from mesh.events.errors import PublishTimeoutError
 from mesh.events.outbox import Outbox
@@ -113,7 +114,7 @@ class OutboxRelay:
         self._unmarked_since = 0.0
         self.failures = 0
         self.last_error: BaseException | None = None
-        self._select = (
+        self._select = lean(
             select(
                 self._t.outbox.c.seq,
                 self._t.outbox.c.subject,
@@ -124,8 +125,10 @@ class OutboxRelay:
             .order_by(self._t.outbox.c.seq)
             .limit(self.config.batch)
         )
-        self._lease_holder = select(self._t.lease.c.holder, self._t.lease.c.expires_at).where(
-            self._t.lease.c.name == self.LEASE_NAME
+        self._lease_holder = lean(
+            select(self._t.lease.c.holder, self._t.lease.c.expires_at).where(
+                self._t.lease.c.name == self.LEASE_NAME
+            )
         )
         # The same, leaving out rows acked but not yet marked sent.
         self._select_after_unmarked = self._select.where(

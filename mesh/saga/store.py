@@ -33,6 +33,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration, schema
+from mesh.db_lean import lean
 from mesh.saga.model import SagaFailure, SagaState, SagaStatus
 
 SAGA_TABLE = "mesh_saga"
@@ -145,20 +146,21 @@ class SagaStore:
         self.sessions = sessions
         self.table = saga_table()
         c = self.table.c
-        self._get = select(self.table).where(c.saga_id == bindparam("k_id"))
+        self._get = lean(select(self.table).where(c.saga_id == bindparam("k_id")))
         moved = (
             c.saga_id == bindparam("k_id"),
             c.status == bindparam("k_status"),
             c.completed == bindparam("k_completed"),
         )
         new_values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in _STATE_COLUMNS}
-        self._write_any = (
+        write_any = (
             update(self.table)
             .where(*moved)
             .values(owner=bindparam("v_owner"), lease_until=bindparam("v_lease"), **new_values)
         )
-        self._write_ours = self._write_any.where(c.owner == bindparam("k_owner"))
-        self._lock = (
+        self._write_any = lean(write_any)
+        self._write_ours = lean(write_any.where(c.owner == bindparam("k_owner")))
+        self._lock = lean(
             update(self.table)
             .where(*moved, c.owner == bindparam("k_owner"))
             .values(lease_until=bindparam("v_lease"))
@@ -171,7 +173,9 @@ class SagaStore:
             ins: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
             columns = ("saga_id", "name", "owner", "lease_until", "created_at", *_STATE_COLUMNS)
             values: dict[str, Any] = {name: bindparam(name) for name in columns}
-            stmt = self._inserts[dialect] = ins(self.table).values(values).on_conflict_do_nothing()
+            stmt = self._inserts[dialect] = lean(
+                ins(self.table).values(values).on_conflict_do_nothing()
+            )
         return stmt
 
     # -- reads -------------------------------------------------------------------

@@ -63,6 +63,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from base.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from mesh.db import Migration, schema
+from mesh.db_lean import lean
 from mesh.events import Outbox, inbox_migrations, new_envelope, outbox_migrations
 from services.common.event_types import EVENTS
 from services.common.money import Amount
@@ -239,12 +240,15 @@ class InventoryStore:
         # (GetProduct) are built once, with bound parameters: building a Core statement
         # and its cache key per call cost about as much CPU as running it (py-spy --gil,
         # bench orders; GetProduct's read 410 -> 270 us of CPU, measured apart).
-        self._get_product = select(*self._product_cols).where(p.product_id == bindparam("pid"))
+        # Marked lean (mesh.db_lean): compiled once, run as driver SQL; rows read by name.
+        self._get_product = lean(
+            select(*self._product_cols).where(p.product_id == bindparam("pid"))
+        )
         r, i = self._t.reservations.c, self._t.items.c
-        self._insert_reservation = insert(self._t.reservations)
-        self._insert_items = insert(self._t.items)
+        self._insert_reservation = lean(insert(self._t.reservations))
+        self._insert_items = lean(insert(self._t.items))
         q = bindparam("q", type_=BigInteger)
-        self._take_stock = (
+        self._take_stock = lean(
             update(self._t.products)
             .where(p.product_id == bindparam("pid"), p.available >= q)
             .values(available=p.available - q, reserved=p.reserved + q)
@@ -252,26 +256,26 @@ class InventoryStore:
         )
         # Confirming takes the units out of `reserved`; RETURNING what the low-stock
         # check needs, instead of a SELECT after the updates.
-        self._sell_reserved = (
+        self._sell_reserved = lean(
             update(self._t.products)
             .where(p.product_id == bindparam("pid"))
             .values(reserved=p.reserved - q)
             .returning(p.product_id, p.sku, p.available, p.low_stock_notified)
         )
-        self._set_status_from_held = (
+        self._set_status_from_held = lean(
             update(self._t.reservations)
             .where(r.saga_id == bindparam("sid"), r.status == HELD)
             .values(status=bindparam("new_status"), updated_at=bindparam("now"))
         )
-        self._read_status = select(r.status).where(r.saga_id == bindparam("sid"))
-        self._read_items = (
+        self._read_status = lean(select(r.status).where(r.saga_id == bindparam("sid")))
+        self._read_items = lean(
             select(i.product_id, i.quantity, i.unit_price_currency, i.unit_price_minor)
             .where(i.saga_id == bindparam("sid"))
             .order_by(i.product_id)
         )
         # The sale of every `order.completed` (the inbox transaction): the ledger insert,
         # and the low-stock check per number of products (`_low_stock_check`).
-        self._insert_sales = insert(self._t.sales)
+        self._insert_sales = lean(insert(self._t.sales))
         self._low_stock_checks: dict[int, Any] = {}
 
     # -- products --------------------------------------------------------------
@@ -538,7 +542,7 @@ class InventoryStore:
                 .order_by(p.product_id)
             )
             if products <= MAX_LINES:  # an event's count is not bounded: keep sane ones
-                self._low_stock_checks[products] = stmt
+                self._low_stock_checks[products] = lean(stmt)
         return stmt
 
     async def _notify_low(self, s: AsyncSession, low: Sequence[Any]) -> None:

@@ -55,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mesh.db import Migration, lock_until_end, schema
+from mesh.db_lean import lean
 from mesh.events import inbox_migrations, outbox_migrations
 from mesh.saga import saga_migrations
 from services.orders.model import (
@@ -276,31 +277,39 @@ class OrdersStore:
         self._transitions: dict[tuple[Any, ...], Any] = {}
         # Built once (see the module docstring); executed with parameter dicts.
         t, i, k = self.t, self.t.items.c, self.t.keys.c
-        self._order_insert = insert(t.orders)
-        self._items_insert = insert(t.items)
-        self._history_insert = insert(t.history)
-        self._price_update = (
+        # Marked lean (mesh.db_lean): compiled once, run as driver SQL; rows read by name.
+        self._order_insert = lean(insert(t.orders))
+        self._items_insert = lean(insert(t.items))
+        self._history_insert = lean(insert(t.history))
+        self._price_update = lean(
             update(t.items)
             .where(i.order_id == bindparam("p_order"), i.product_id == bindparam("p_product"))
             .values(unit_price_minor=bindparam("p_price"))
         )
-        self._key_insert = text(
-            "INSERT INTO order_idempotency_keys"
-            " (user_id, idempotency_key, saga_id, fingerprint, created_us)"
-            " VALUES (:u, :k, :s, :f, :t) ON CONFLICT DO NOTHING"
+        self._key_insert = lean(
+            text(
+                "INSERT INTO order_idempotency_keys"
+                " (user_id, idempotency_key, saga_id, fingerprint, created_us)"
+                " VALUES (:u, :k, :s, :f, :t) ON CONFLICT DO NOTHING"
+            )
         )
-        self._key_select = select(k.saga_id, k.fingerprint).where(
-            k.user_id == bindparam("u"), k.idempotency_key == bindparam("k")
+        self._key_select = lean(
+            select(k.saga_id, k.fingerprint).where(
+                k.user_id == bindparam("u"), k.idempotency_key == bindparam("k")
+            )
         )
-        self._get = self._get_statement()
-        self._deleted_user_insert = text(
-            "INSERT INTO deleted_users (user_id, deleted_us) VALUES (:u, :t) ON CONFLICT DO NOTHING"
+        self._get = lean(self._get_statement())
+        self._deleted_user_insert = lean(
+            text(
+                "INSERT INTO deleted_users (user_id, deleted_us)"
+                " VALUES (:u, :t) ON CONFLICT DO NOTHING"
+            )
         )
         d = self.t.deleted_users.c
-        self._deleted_user_select = select(d.user_id).where(d.user_id == bindparam("u"))
+        self._deleted_user_select = lean(select(d.user_id).where(d.user_id == bindparam("u")))
         # `payment.completed` (once per order): the order its saga placed.
-        self._order_of_saga = select(t.orders.c.order_id).where(
-            t.orders.c.saga_id == bindparam("sid")
+        self._order_of_saga = lean(
+            select(t.orders.c.order_id).where(t.orders.c.saga_id == bindparam("sid"))
         )
 
     # -- writes inside a caller's transaction -----------------------------------------
@@ -415,7 +424,7 @@ class OrdersStore:
             where = [c.order_id == bindparam("t_id"), c.status.in_(statuses)]
             if uncancelled:
                 where.append(c.cancel_reason.is_(None))
-            stmt = update(self.t.orders).where(*where).values(**sets).returning(c.history_len)
+            stmt = lean(update(self.t.orders).where(*where).values(**sets).returning(c.history_len))
             self._transitions[key] = stmt
         return stmt
 

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from base.errors import AlreadyExists, NotFound
 from mesh.db import AddColumn, Migration, schema
+from mesh.db_lean import lean
 from mesh.events import Outbox, new_envelope, outbox_migrations
 from services.common.event_types import EVENTS
 from services.common.timestamps import as_utc, utcnow
@@ -217,10 +218,13 @@ class UsersStore:
         self._sessions = sessions
         self._outbox = outbox
         self._t = Tables()
-        # GetUser runs once per order: its statement is built once (bound parameter).
+        # GetUser runs once per order: its statement is built once (bound parameter),
+        # marked lean (mesh.db_lean; on SQLite its DateTime column makes it fall back).
         u = self._t.users.c
-        self._get_user = select(u.user_id, u.email, u.display_name, u.created_at).where(
-            u.user_id == bindparam("uid")
+        self._get_user = lean(
+            select(u.user_id, u.email, u.display_name, u.created_at).where(
+                u.user_id == bindparam("uid")
+            )
         )
 
     async def email_taken(self, email: str) -> bool:

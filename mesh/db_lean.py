@@ -1,0 +1,232 @@
+"""Hot statements compiled once and run as driver SQL: `lean(statement)` marks a Core
+statement built once (a store's prebuilt INSERT, UPDATE, DELETE, SELECT or `text()`),
+and the mesh's sessions (`mesh.db_sessions.MeshSession`) run it through
+`Connection.exec_driver_sql` with its parameters laid out by a plan made once per
+statement, dialect and parameter names, instead of through SQLAlchemy's per-execute
+work.
+
+Why: SQLAlchemy spends more CPU per statement than the statement costs. For each
+`session.execute(statement, params)` it builds the statement's cache key (a walk of the
+whole construct) to find its compiled form, sets up the ORM session's execution, looks
+up the transaction's connection, and builds an execution context that runs every
+parameter through the compiled statement's processors (`_init_compiled`). In a py-spy
+profile of an orders process under `bench orders` (6 Dec 2026, the 2-core box), the
+database work took ~34 % of the process's samples, and the driver and SQLite ~4 % of
+them; the same held in inventory and payments. Measured on a held SQLite file
+(`SerialWriteSession`, one INSERT and one UPDATE ... RETURNING per transaction), a lean
+statement cost 30-65 µs of CPU less than `session.execute` (the box drifts; see the
+README's `bench orders` section for the shop's figures).
+
+What a plan holds: the statement compiled for the dialect and the parameter names (what
+SQLAlchemy compiles too, `column_keys` included, so the SQL is the same string), each
+positional parameter's name, its default (a value bound in the statement, e.g.
+`.where(c.status == "HELD")`) and its type's bind processor for the dialect (e.g. a
+DateTime for SQLite). `exec_driver_sql` still fires the engine's cursor events
+(`before_cursor_execute`), wraps driver errors (`IntegrityError`...) and returns a
+buffered `CursorResult`.
+
+The contract of a lean statement (what differs, so it is opt-in per statement): rows are
+read by position or by name (`row.status`, `row._mapping["status"]`), not by Column
+object; `inserted_primary_key`, `returned_defaults` and `last_inserted_params` are not
+available. Everything else falls back, per call, to `session.execute` as usual, with
+nothing lost but the saving:
+
+- statements SQLAlchemy would not compile to one fixed string: expanding `IN` lists,
+  `literal_execute`, escaped parameter names, a non-positional paramstyle;
+- Python-side column defaults or `onupdate` (prefetched values), a parameter made by a
+  callable, a required parameter missing from `params` (SQLAlchemy raises its error);
+- result columns whose type converts values for the dialect (a SQLite DateTime);
+- several parameter sets for RETURNING, or for an INSERT on a dialect where SQLAlchemy
+  batches them into one multi-row INSERT (its "insertmanyvalues": asyncpg; not SQLite);
+- a session with execution options, `do_orm_execute` listeners, or an engine with
+  `before_execute`/`after_execute` listeners; a call with execution options or bind
+  arguments; ORM-enabled statements are refused by `lean()` itself;
+- `MESH_FASTPATH=0` when this module is imported, or `use_lean_statements(False)`
+  (tests and `bench`).
+
+A statement is known by identity: `lean()` keeps a weak reference, so a marked
+statement that goes away takes its plans with it. Plans are made on first use, per
+dialect (weakly) and per tuple of parameter names (the call's dict order), so a
+statement called with the same names in a different order gets a second, equal plan.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import TextClause
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
+
+from interceptors import _fastpath
+
+S = TypeVar("S")
+
+# An execution option every AsyncSession result gets: rows buffered before the greenlet
+# returns (SQLAlchemy's `_EXECUTE_OPTIONS` for `AsyncSession.execute`).
+_PREBUFFER: Final = {"prebuffer_rows": True}
+
+# Read once: the environment is too slow to read per statement (~1 µs).
+_enabled = _fastpath.requested()
+
+
+def use_lean_statements(enabled: bool) -> None:
+    """Run marked statements lean or through `session.execute` (tests, bench); the
+    default is on unless `MESH_FASTPATH=0` when this module was imported."""
+    global _enabled
+    _enabled = enabled
+
+
+def lean_statements() -> bool:
+    """Whether marked statements run lean now."""
+    return _enabled
+
+
+class _Param:
+    __slots__ = ("default", "name", "process", "required")
+
+    def __init__(self, bind: BindParameter[Any], dialect: Dialect) -> None:
+        self.name = bind.key
+        self.required = bool(bind.required)
+        self.default = None if self.required else bind.value
+        self.process: Callable[[Any], Any] | None = bind.type.dialect_impl(dialect).bind_processor(
+            dialect
+        )
+
+
+class Plan:
+    """A lean statement's SQL for one dialect and set of parameter names, and how a
+    call's parameters become the driver's positional ones."""
+
+    __slots__ = ("_params", "many", "sql")
+
+    def __init__(self, sql: str, params: Sequence[_Param], many: bool) -> None:
+        self.sql = sql
+        self._params = tuple(params)
+        self.many = many
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The positional parameters; KeyError if a required one is missing."""
+        out = []
+        for p in self._params:
+            value = params[p.name] if p.required else params.get(p.name, p.default)
+            out.append(value if p.process is None else p.process(value))
+        return tuple(out)
+
+
+def _result_types_plain(statement: Any, dialect: Dialect) -> bool:
+    """Whether no result column converts its values for `dialect` (driver rows are final)."""
+    if isinstance(statement, TextClause):
+        return True
+    columns = statement.selected_columns if statement.is_select else statement.exported_columns
+    for column in columns:
+        if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+            return False
+    return True
+
+
+def make_plan(statement: Any, dialect: Dialect, keys: Sequence[str], many: bool) -> Plan | None:
+    """The plan of `statement` for `dialect` called with parameter names `keys` (several
+    parameter sets with `many`), or None where the lean path would differ (the module's
+    list); compiled as `Connection.execute` compiles it."""
+    compiled = statement.compile(dialect=dialect, column_keys=sorted(keys), for_executemany=many)
+    if not compiled.positional or compiled.positiontup is None:
+        return None
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        return None
+    if compiled.escaped_bind_names:
+        return None
+    if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+        return None
+    returning = bool(getattr(compiled, "effective_returning", None))
+    if many and (returning or (statement.is_insert and dialect.use_insertmanyvalues_wo_returning)):
+        return None  # SQLAlchemy batches these into one INSERT (rowcounts differ)
+    if not _result_types_plain(statement, dialect):
+        return None
+    params = []
+    for name in compiled.positiontup:
+        bind = compiled.binds[name]
+        if bind.callable is not None:
+            return None
+        params.append(_Param(bind, dialect))
+    return Plan(compiled.string, params, many)
+
+
+class _Marked:
+    __slots__ = ("plans", "ref")
+
+    def __init__(self, statement: Any) -> None:
+        key = id(statement)
+        self.ref = weakref.ref(statement, lambda _r: _MARKED.pop(key, None))
+        self.plans: weakref.WeakKeyDictionary[
+            Dialect, dict[tuple[tuple[str, ...], bool], Plan | None]
+        ] = weakref.WeakKeyDictionary()
+
+
+_MARKED: dict[int, _Marked] = {}
+
+
+def lean(statement: S) -> S:
+    """Mark a Core statement built once to run lean in the mesh's sessions (returned as
+    is, so `self._insert = lean(insert(table))`). Its rows are read by position or name
+    (the module's contract); TypeError for an ORM-enabled statement."""
+    if not isinstance(statement, TextClause):
+        if getattr(statement, "is_select", False):
+            described = getattr(statement, "column_descriptions", [])
+        else:
+            described = [getattr(statement, "entity_description", {})]
+        if any(d.get("entity") is not None for d in described):
+            raise TypeError("lean() takes Core statements; this one selects ORM entities")
+    marked = _MARKED.get(id(statement))
+    if marked is None or marked.ref() is not statement:
+        _MARKED[id(statement)] = _Marked(statement)
+    return statement
+
+
+def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | None:
+    """(plan, driver parameters) to run `statement` with `params` lean in `sync`'s
+    transaction, or None to run it through `session.execute`."""
+    marked = _MARKED.get(id(statement))
+    if marked is None or marked.ref() is not statement or not _enabled:
+        return None
+    if sync.execution_options or sync.dispatch.do_orm_execute:
+        return None
+    engine = sync.get_bind(clause=statement)
+    dispatch = engine.dispatch
+    if dispatch.before_execute or dispatch.after_execute:
+        return None
+    if params is None:
+        sets: Sequence[Mapping[str, Any]] = ({},)
+    elif isinstance(params, Mapping):
+        sets = (params,)
+    elif isinstance(params, list | tuple) and params and isinstance(params[0], Mapping):
+        sets = params
+    else:
+        return None
+    many = len(sets) > 1
+    key = (tuple(sets[0]), many)
+    dialect = engine.dialect
+    by_keys = marked.plans.get(dialect)
+    if by_keys is None:
+        by_keys = marked.plans[dialect] = {}
+    try:
+        plan = by_keys[key]
+    except KeyError:
+        plan = by_keys[key] = make_plan(statement, dialect, key[0], many)
+    if plan is None:
+        return None
+    try:
+        args: Any = [plan.args(s) for s in sets] if many else plan.args(sets[0])
+    except KeyError:  # a required parameter missing: SQLAlchemy raises its own error
+        return None
+    return plan, args
+
+
+def run(sync: Session, statement: Any, plan: Plan, args: Any) -> Any:
+    """In the session's greenlet (`AsyncSession.run_sync`): `plan` on the transaction's
+    connection (begun here if it is the transaction's first statement)."""
+    conn = sync.connection(bind_arguments={"clause": statement})
+    return conn.exec_driver_sql(plan.sql, args, execution_options=_PREBUFFER)

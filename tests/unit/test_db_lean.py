@@ -64,7 +64,10 @@ BUMP = lean(
 BY_ID = lean(select(c.id, c.n, c.status, c.body).where(c.id == bindparam("k")))
 COUNT = lean(select(c.n).where(c.status == bindparam("s")).order_by(c.n))
 UPSERT_TEXT = lean(
-    text("INSERT INTO lean_t (id, n, status, flag) VALUES (:i, :n, 'TXT', false) ON CONFLICT DO NOTHING")
+    text(
+        "INSERT INTO lean_t (id, n, status, flag) VALUES (:i, :n, 'TXT', false)"
+        " ON CONFLICT DO NOTHING"
+    )
 )
 DROP = lean(delete(T).where(c.status == bindparam("s")))
 # Fall back: an expanding IN, a DateTime read back on SQLite (SQLAlchemy converts it),

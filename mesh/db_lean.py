@@ -198,11 +198,13 @@ def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | No
     dispatch = engine.dispatch
     if dispatch.before_execute or dispatch.after_execute:
         return None
+    # `type() is` first: an ABC's isinstance costs ~1 µs, and params are dicts or lists.
+    kind = type(params)
     if params is None:
         sets: Sequence[Mapping[str, Any]] = ({},)
-    elif isinstance(params, Mapping):
+    elif kind is dict or (kind is not list and isinstance(params, Mapping)):
         sets = (params,)
-    elif isinstance(params, list | tuple) and params and isinstance(params[0], Mapping):
+    elif isinstance(params, list | tuple) and params and isinstance(params[0], dict | Mapping):
         sets = params
     else:
         return None

@@ -307,6 +307,13 @@ class OrdersStore:
         )
         d = self.t.deleted_users.c
         self._deleted_user_select = lean(select(d.user_id).where(d.user_id == bindparam("u")))
+        o = self.t.orders.c
+        self._head = lean(
+            select(o.status, o.cancel_reason, o.cancel_saga_id).where(
+                o.order_id == bindparam("oid")
+            )
+        )
+        self._setters: dict[tuple[str, ...], Any] = {}
         # `payment.completed` (once per order): the order its saga placed.
         self._order_of_saga = lean(
             select(t.orders.c.order_id).where(t.orders.c.saga_id == bindparam("sid"))
@@ -353,12 +360,7 @@ class OrdersStore:
             raise KeyTaken(user_id, key)
 
     async def head(self, s: AsyncSession, order_id: str) -> OrderHead | None:
-        c = self.t.orders.c
-        row = (
-            await s.execute(
-                select(c.status, c.cancel_reason, c.cancel_saga_id).where(c.order_id == order_id)
-            )
-        ).first()
+        row = (await s.execute(self._head, {"oid": order_id})).first()
         if row is None:
             return None
         return OrderHead(OrderStatus(row.status), row.cancel_reason, row.cancel_saga_id)
@@ -459,9 +461,20 @@ class OrdersStore:
         )  # fmt: skip
 
     async def set_values(self, s: AsyncSession, order_id: str, values: Mapping[str, Any]) -> None:
-        """Set columns of the order row (e.g. `total_minor`, `payment_id`), status unchanged."""
-        c = self.t.orders.c
-        await s.execute(update(self.t.orders).where(c.order_id == order_id).values(**values))
+        """Set columns of the order row (e.g. `total_minor`, `payment_id`), status unchanged.
+        (Under load `payment.completed` often marks the order PAID before the saga's
+        step does; the step then sets its values with this: built once per column set.)"""
+        names = tuple(sorted(values))
+        stmt = self._setters.get(names)
+        if stmt is None:
+            c = self.t.orders.c
+            stmt = lean(
+                update(self.t.orders)
+                .where(c.order_id == bindparam("s_id"))
+                .values(**{name: bindparam(f"v_{name}") for name in names})
+            )
+            self._setters[names] = stmt
+        await s.execute(stmt, {"s_id": order_id, **{f"v_{k}": v for k, v in values.items()}})
 
     async def request_cancel_of_user(self, s: AsyncSession, user_id: str, reason: str) -> list[str]:
         """Flag the user's orders in flight so their sagas compensate; returns their ids."""

@@ -38,6 +38,23 @@ async def test_progress_never_goes_backwards_and_history_counts(domain: Domain) 
     assert order.payment_id == ""  # the late event changed nothing
 
 
+async def test_set_values_sets_the_columns_given_and_leaves_the_status(domain: Domain) -> None:
+    # What the saga's step does when `payment.completed` made the order PAID before it.
+    oid, other = await insert(domain, 1), await insert(domain, 2)
+    async with domain.store.sessions.begin() as s:
+        assert await domain.store.mark_paid_by_saga(s, oid, "pay-event")
+        await domain.store.set_values(s, oid, {"payment_id": "pay-step"})
+        await domain.store.set_values(s, oid, {"total_minor": 1500, "payment_id": "pay-2"})
+        await domain.store.set_values(s, other, {"payment_id": "pay-other"})
+        head = await domain.store.head(s, oid)
+    assert head is not None and head.status is OrderStatus.PAID and head.cancel_reason is None
+    order, untouched = await domain.store.get(oid), await domain.store.get(other)
+    assert order is not None and (order.payment_id, order.total_minor) == ("pay-2", 1500)
+    assert order.status is OrderStatus.PAID and len(order.history) == 2
+    assert untouched is not None and untouched.payment_id == "pay-other"
+    assert untouched.status is OrderStatus.PENDING and untouched.total_minor == 0
+
+
 async def test_cancel_flags_only_orders_in_flight(domain: Domain) -> None:
     pending, done, other = await insert(domain, 1), await insert(domain, 2), await insert(
         domain, 3, user=str(uuid.uuid4()))  # fmt: skip

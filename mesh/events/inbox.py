@@ -90,6 +90,7 @@ class Inbox:
         self.consumer = consumer
         self._table = inbox_table()
         # Portable: SQLite >= 3.24 and PostgreSQL both take this form.
+        self._record_many = lean(insert(self._table))  # a batch's new ids, executemany
         self._claim = lean(
             text(
                 f"INSERT INTO {INBOX_TABLE} (consumer, event_id, event_type, handled_at)"
@@ -158,7 +159,7 @@ class Inbox:
                     return
                 now = datetime.now(UTC)
                 await session.execute(
-                    insert(self._table),
+                    self._record_many,
                     [{"consumer": self.consumer, "event_id": e.id, "event_type": e.type,
                       "handled_at": now} for e in fresh],
                 )  # fmt: skip

@@ -119,17 +119,6 @@ class Inbox:
 
         return handler
 
-    def idempotent_each(self, fn: SessionHandler) -> BatchHandler:
-        """`idempotent_batch` for a per-event handler: the batch's new events run through
-        `fn` one after the other, in the batch's one transaction (what a consumer with
-        `idempotent(fn)` as its handler takes as its batch handler)."""
-
-        async def each(envelopes: list[envelope_pb2.Envelope], session: AsyncSession) -> None:
-            for envelope in envelopes:
-                await fn(envelope, session)
-
-        return self.idempotent_batch(each)
-
     def idempotent_batch(self, fn: BatchSessionHandler) -> BatchHandler:
         """Wrap `fn(new_envelopes, session)`: one transaction records all ids and runs `fn`
         on those not handled before (for `Subscription`'s batch mode: far fewer commits)."""

@@ -280,11 +280,8 @@ class EventSubscriber(BackgroundBus):
         for s in self.subscriptions:
             # The stream named, not looked up: the identity may not list streams.
             stream = stream_for(s.subject, self.access.streams).name
-            # A fetch of several events is handled in one inbox transaction (replayed
-            # one by one if it fails): under load, fewer commits per event.
             await bus.subscribe(s.subject, self.inbox.idempotent(s.handler), durable=s.durable,
-                                stream=stream, options=self.options,
-                                batch_handler=self.inbox.idempotent_each(s.handler))  # fmt: skip
+                                stream=stream, options=self.options)  # fmt: skip
         log.info("%s: consuming %s", self.name, ", ".join(s.subject for s in self.subscriptions))
 
     async def _purge_periodically(self) -> None:

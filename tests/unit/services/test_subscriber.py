@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from meshproto.events.v1.envelope_pb2 import Envelope
@@ -35,7 +34,6 @@ from services.common.event_types import EVENTS, shop_streams
 from services.common.events import EventPublisher, EventSubscriber, InboxPurge, SubscriptionSpec
 from tests.support.nats import NatsServer, nats_server
 from tests.support.poll import eventually
-from tests.support.statements import recorded_statements
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -173,74 +171,6 @@ async def test_events_published_while_stopped_are_handled_by_the_next_start(
         await eventually(handled, what="the event published while stopped")
     finally:
         await second.stop()
-
-
-async def _publish_while_stopped(
-    nats: NatsServer, sessions: Sessions, bus: EventBus, n: int
-) -> list[Envelope]:
-    """`n` user.deleted events waiting in the durable consumer, nobody fetching."""
-    first = subscriber(nats.url, sessions)
-    await first.start()
-    await asyncio.wait_for(first.ready.wait(), 10)
-    await first.stop()
-
-    async def no_waiting_pull() -> bool:
-        info = await bus.js.consumer_info("USER", "svc-user-deleted")
-        return not info.num_waiting
-
-    await eventually(no_waiting_pull, what="the stopped subscriber's last fetch to expire")
-    events = [user_deleted() for _ in range(n)]
-    for env in events:
-        await bus.publish(env)
-    return events
-
-
-async def _handle_all(
-    nats: NatsServer, sessions: Sessions, events: list[Envelope], handler: Any
-) -> list[str]:
-    """Start a subscriber running `handler` until every event has its effect; the
-    statements on mesh_inbox meanwhile."""
-    specs = [SubscriptionSpec("user.deleted", "svc-user-deleted", handler)]
-    sub = EventSubscriber(nats.url, sessions, "svc", specs, name="svc-1", options=FAST)
-    with recorded_statements(sessions.kw["bind"], ["mesh_inbox"]) as seen:
-        await sub.start()
-        try:
-
-            async def handled() -> bool:
-                return len(await effects(sessions)) == len(events)
-
-            await eventually(handled, what="every event handled")
-        finally:
-            await sub.stop()
-    assert await effects(sessions) == {env.subject: 1 for env in events}
-    return [st for st in seen if st.startswith("INSERT INTO mesh_inbox")]
-
-
-async def test_events_fetched_together_are_handled_in_one_inbox_transaction(
-    nats: NatsServer, sessions: Sessions, bus: EventBus
-) -> None:
-    events = await _publish_while_stopped(nats, sessions, bus, 5)
-    inserts = await _handle_all(nats, sessions, events, count_effect)
-    assert len(inserts) == 1, inserts  # one executemany for the five
-
-
-async def test_a_failing_event_makes_its_batch_run_one_by_one(
-    nats: NatsServer, sessions: Sessions, bus: EventBus
-) -> None:
-    events = await _publish_while_stopped(nats, sessions, bus, 5)
-    poison = events[2].subject
-    failed: list[str] = []
-
-    async def fails_once(env: Envelope, session: AsyncSession) -> None:
-        await count_effect(env, session)
-        if env.subject == poison and not failed:
-            failed.append(env.subject)
-            raise RuntimeError("the first try of this one fails")
-
-    inserts = await _handle_all(nats, sessions, events, fails_once)
-    assert failed == [poison]
-    # The batch's executemany (rolled back), then each event in a transaction of its own.
-    assert len(inserts) == 1 + len(events), inserts
 
 
 async def test_the_subscriber_connects_in_the_background_once_nats_is_up(

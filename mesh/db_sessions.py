@@ -196,14 +196,14 @@ class MeshSession(AsyncSession):
         bind_arguments: Any = None,
         **kw: Any,
     ) -> Any:
-        if not execution_options and bind_arguments is None and not kw:
-            ready = db_lean.prepare(self.sync_session, statement, params)
-            if ready is not None:
-                return (await self.run_sync(db_lean.run, statement, *ready)).scalar()
-        options = {} if execution_options is None else {"execution_options": execution_options}
-        return await super().scalar(
-            statement, params, bind_arguments=bind_arguments, **options, **kw
-        )
+        """`execute(...).scalar()`: what SQLAlchemy's does for a Core statement, through
+        this class's `execute` (so a subclass's `execute`, e.g. `SerialWriteSession`'s
+        write lock, sees scalar statements too, which AsyncSession's `scalar` bypasses)."""
+        result = await self.execute(
+            statement, params, execution_options=execution_options,
+            bind_arguments=bind_arguments, **kw,
+        )  # fmt: skip
+        return result.scalar()
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await run_to_end(self.close())

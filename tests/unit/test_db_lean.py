@@ -39,7 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mesh import db_lean
 from mesh.db import create_engine, session_factory
-from mesh.db_lean import lean, use_lean_statements
+from mesh.db_lean import lean, lean_statements, use_lean_statements
 from tests.support.postgres import PG_URL, pg_available
 
 md = MetaData()
@@ -79,6 +79,7 @@ NO_FLAG = lean(insert(T).values(status="DEF"))
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    was = lean_statements()
     if request.param == "sqlite":
         eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
         schema = ""
@@ -100,7 +101,7 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             async with eng.begin() as conn:
                 await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         await eng.dispose()
-        use_lean_statements(True)
+        use_lean_statements(was)
 
 
 @contextmanager

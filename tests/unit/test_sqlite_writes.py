@@ -84,8 +84,15 @@ async def test_a_rollback_releases_the_lock_and_a_read_first_tx_does_not_queue(
             await s.execute(text("SELECT count(*) FROM t"))
             await s.execute(text("INSERT INTO t VALUES (2)"))
             assert not write_lock(engine.sync_engine).locked()  # read first: left to SQLite
+        async with sessions.begin() as s:  # `scalar` goes through the same queue
+            assert await s.scalar(text("INSERT INTO t VALUES (3) RETURNING x")) == 3
+            assert write_lock(engine.sync_engine).locked()
+        async with sessions.begin() as s:
+            assert await s.scalar(text("SELECT count(*) FROM t")) == 2
+            await s.execute(text("INSERT INTO t VALUES (4)"))
+            assert not write_lock(engine.sync_engine).locked()  # read first, by scalar
         async with sessions() as s:
-            assert (await s.execute(text("SELECT x FROM t"))).scalars().all() == [2]
+            assert (await s.execute(text("SELECT x FROM t"))).scalars().all() == [2, 3, 4]
     finally:
         await engine.dispose()
 

@@ -5,8 +5,8 @@ PostgreSQL on 127.0.0.1:5432 (a schema of its own, dropped after)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -34,13 +34,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, StatementError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mesh import db_lean
 from mesh.db import create_engine, session_factory
 from mesh.db_lean import lean, lean_statements, use_lean_statements
-from tests.support.postgres import PG_URL, pg_available
+from tests.support.postgres import pg_schema_engine
 
 md = MetaData()
 T = Table(
@@ -80,28 +80,18 @@ NO_FLAG = lean(insert(T).values(status="DEF"))
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     was = lean_statements()
-    if request.param == "sqlite":
-        eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
-        schema = ""
-    else:
-        if not await pg_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-        schema = f"lean_{time.time_ns()}"
-        admin = create_async_engine(PG_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await admin.dispose()
-        eng = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
+            stack.push_async_callback(eng.dispose)
+        else:
+            eng = await stack.enter_async_context(pg_schema_engine("lean"))
         async with eng.begin() as conn:
             await conn.run_sync(md.create_all)
-        yield eng
-    finally:
-        if schema:
-            async with eng.begin() as conn:
-                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await eng.dispose()
-        use_lean_statements(was)
+        try:
+            yield eng
+        finally:
+            use_lean_statements(was)
 
 
 @contextmanager

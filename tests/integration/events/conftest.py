@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import (
-    create_async_engine,
-)
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.events import EventBus, Outbox, inbox_migrations, outbox_migrations
 from services.common.event_types import shop_streams
 from tests.support.events_db import Db
 from tests.support.nats import NatsServer, nats_server
-from tests.support.postgres import PG_URL, pg_available
+from tests.support.postgres import pg_schema_engine
 
 # A service table, to show the event committing with the state change.
 STATE = Migration(
@@ -52,27 +47,15 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[Db]:
 
 @contextlib.asynccontextmanager
 async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
-    schema = ""
-    if kind == "sqlite":
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
-    else:
-        if not await pg_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-        # A schema per test keeps parallel and repeated runs apart.
-        schema = f"t_{time.time_ns()}"
-        admin = create_async_engine(PG_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await admin.dispose()
-        engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
-    await migrate(engine, [STATE, *outbox_migrations(), *inbox_migrations()])
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "sqlite":
+            engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
+            stack.push_async_callback(engine.dispose)
+        else:
+            # A schema per test keeps parallel and repeated runs apart.
+            engine = await stack.enter_async_context(pg_schema_engine("t"))
+        await migrate(engine, [STATE, *outbox_migrations(), *inbox_migrations()])
         yield Db(engine, session_factory(engine))
-    finally:
-        if schema:
-            async with engine.begin() as conn:
-                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    create_async_engine,
 )
 
 from mesh.db import Migration, create_engine, migrate, session_factory
 from mesh.saga import saga_migrations
-from tests.support.postgres import PG_URL, pg_available
+from tests.support.postgres import PG_URL, pg_schema
 from tests.support.saga import Db, Runners
 
 # The orchestrating service's own tables: local steps and transition hooks write here.
@@ -38,29 +34,18 @@ def pg_engine(schema: str) -> AsyncEngine:
 
 @contextlib.asynccontextmanager
 async def database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
-    schema = ""
-    if kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
-        engine = create_engine(url)
-    else:
-        if not await pg_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-        # A schema per test keeps parallel and repeated runs apart.
-        schema = f"saga_{time.time_ns()}_{uuid.uuid4().hex[:6]}"
-        admin = create_async_engine(PG_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f"CREATE SCHEMA {schema}"))
-        await admin.dispose()
-        url = PG_URL
-        engine = pg_engine(schema)
-    await migrate(engine, [SERVICE_TABLES, *saga_migrations()])
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        schema = ""
+        if kind == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
+            engine = create_engine(url)
+        else:
+            schema = await stack.enter_async_context(pg_schema("saga"))
+            url = PG_URL
+            engine = pg_engine(schema)
+        stack.push_async_callback(engine.dispose)  # before the schema is dropped
+        await migrate(engine, [SERVICE_TABLES, *saga_migrations()])
         yield Db(kind, url, schema, engine, session_factory(engine))
-    finally:
-        if schema:
-            async with engine.begin() as conn:
-                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

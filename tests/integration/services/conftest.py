@@ -8,52 +8,30 @@ after). PostgreSQL cases skip when nothing answers there.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.db import create_engine
-from tests.support.postgres import PG_URL, pg_available
+from tests.support.postgres import pg_schema_engine
 
 
-async def _engine(kind: str, tmp_path: Path, name: str = "service") -> tuple[AsyncEngine, str]:
+async def _engine(stack: contextlib.AsyncExitStack, kind: str, tmp_path: Path,
+                  name: str = "service") -> AsyncEngine:  # fmt: skip
+    """A SQLite file, or a fresh PostgreSQL schema; `stack` drops and disposes of it."""
     if kind == "sqlite":
-        return create_engine(f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"), ""
-    if not await pg_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    schema = f"svc_{time.time_ns()}"
-    admin = create_async_engine(PG_URL)
-    async with admin.begin() as conn:
-        await conn.execute(text(f"CREATE SCHEMA {schema}"))
-    await admin.dispose()
-    engine = create_engine(
-        PG_URL,
-        connect_args={"server_settings": {"search_path": schema}},
-        pool_size=10,
-        max_overflow=10,
-    )
-    return engine, schema
-
-
-async def _drop(eng: AsyncEngine, schema: str) -> None:
-    """Drop the PostgreSQL schema (if any) and dispose of the engine."""
-    if schema:
-        async with eng.begin() as conn:
-            await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    await eng.dispose()
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}")
+        stack.push_async_callback(engine.dispose)
+        return engine
+    return await stack.enter_async_context(pg_schema_engine("svc", pool_size=10, max_overflow=10))
 
 
 @contextlib.asynccontextmanager
 async def _database(kind: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng, schema = await _engine(kind, tmp_path)
-    try:
-        yield eng
-    finally:
-        await _drop(eng, schema)
+    async with contextlib.AsyncExitStack() as stack:
+        yield await _engine(stack, kind, tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -82,14 +60,11 @@ async def databases(
 ) -> AsyncIterator[Callable[[], Awaitable[AsyncEngine]]]:
     """Make several databases of one kind (SQLite files or PostgreSQL schemas), all
     dropped and disposed after the test: for comparing two databases."""
-    made: list[tuple[AsyncEngine, str]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def make() -> AsyncEngine:
-        made.append(await _engine(request.param, tmp_path, f"db{len(made)}"))
-        return made[-1][0]
+        async def make() -> AsyncEngine:
+            made[0] += 1
+            return await _engine(stack, request.param, tmp_path, f"db{made[0]}")
 
-    try:
+        made = [0]
         yield make
-    finally:
-        for eng, schema in made:
-            await _drop(eng, schema)

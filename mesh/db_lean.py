@@ -101,12 +101,11 @@ class Plan:
     """A lean statement's SQL for one dialect and set of parameter names, and how a
     call's parameters become the driver's positional ones."""
 
-    __slots__ = ("_params", "many", "sql")
+    __slots__ = ("_params", "sql")
 
-    def __init__(self, sql: str, params: Sequence[_Param], many: bool) -> None:
+    def __init__(self, sql: str, params: Sequence[_Param]) -> None:
         self.sql = sql
         self._params = tuple(params)
-        self.many = many
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """The positional parameters; KeyError if a required one is missing."""
@@ -152,7 +151,7 @@ def make_plan(statement: Any, dialect: Dialect, keys: Sequence[str], many: bool)
         if bind.callable is not None:
             return None
         params.append(_Param(bind, dialect))
-    return Plan(compiled.string, params, many)
+    return Plan(compiled.string, params)
 
 
 class _Marked:

@@ -182,28 +182,16 @@ class MeshSession(AsyncSession):
             ready = db_lean.prepare(self.sync_session, statement, params)
             if ready is not None:
                 return await self.run_sync(db_lean.run, statement, *ready)
-        options = {} if execution_options is None else {"execution_options": execution_options}
         return await super().execute(
-            statement, params, bind_arguments=bind_arguments, **options, **kw
-        )
+            statement, params, execution_options=execution_options or {},
+            bind_arguments=bind_arguments, **kw,
+        )  # fmt: skip
 
-    async def scalar(  # type: ignore[override]
-        self,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = None,
-        bind_arguments: Any = None,
-        **kw: Any,
-    ) -> Any:
+    async def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:  # type: ignore[override]
         """`execute(...).scalar()`: what SQLAlchemy's does for a Core statement, through
         this class's `execute` (so a subclass's `execute`, e.g. `SerialWriteSession`'s
         write lock, sees scalar statements too, which AsyncSession's `scalar` bypasses)."""
-        result = await self.execute(
-            statement, params, execution_options=execution_options,
-            bind_arguments=bind_arguments, **kw,
-        )  # fmt: skip
-        return result.scalar()
+        return (await self.execute(statement, params, **kw)).scalar()
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         await run_to_end(self.close())

@@ -13,7 +13,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mesh.db import create_engine
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -41,10 +45,6 @@ async def pg_available(timeout_s: float = 3.0) -> bool:
 async def pg_schema(prefix: str) -> AsyncIterator[str]:
     """A fresh schema of the test PostgreSQL (a name per test keeps parallel and repeated
     runs apart), dropped after; skips the test when nothing answers."""
-    import pytest
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     if not await pg_available():
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     schema = f"{prefix}_{time.time_ns()}_{uuid.uuid4().hex[:6]}"
@@ -63,8 +63,6 @@ async def pg_schema(prefix: str) -> AsyncIterator[str]:
 async def pg_schema_engine(prefix: str, **engine_kw: Any) -> AsyncIterator[AsyncEngine]:
     """A mesh engine on a fresh schema (`pg_schema`: its search_path), disposed of
     before the schema is dropped."""
-    from mesh.db import create_engine
-
     async with pg_schema(prefix) as schema:
         connect_args = {"server_settings": {"search_path": schema}}
         engine = create_engine(PG_URL, connect_args=connect_args, **engine_kw)

@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import TextClause
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -229,5 +229,9 @@ def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | No
 def run(sync: Session, statement: Any, plan: Plan, args: Any) -> Any:
     """In the session's greenlet (`AsyncSession.run_sync`): `plan` on the transaction's
     connection (begun here if it is the transaction's first statement)."""
-    conn = sync.connection(bind_arguments={"clause": statement})
+    return run_on(sync.connection(bind_arguments={"clause": statement}), plan, args)
+
+
+def run_on(conn: Connection, plan: Plan, args: Any) -> Any:
+    """`plan` on `conn` (in a greenlet): a buffered `CursorResult`, as the session gives."""
     return conn.exec_driver_sql(plan.sql, args, execution_options=_PREBUFFER)

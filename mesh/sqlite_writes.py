@@ -198,8 +198,11 @@ class _SyncSession(MeshSyncSession):
 
 @event.listens_for(_SyncSession, "after_transaction_end")
 def _release(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None:
-        return
+    if transaction.parent is None:
+        _release_locks(session)
+
+
+def _release_locks(session: Session) -> None:
     session.info.pop(_BUSY, None)
     fd = session.info.pop(_FILE, None)
     q = session.info.pop(_HELD, None)
@@ -210,10 +213,17 @@ def _release(session: Session, transaction: SessionTransaction) -> None:
 
 
 class SerialWriteSession(MeshSession):
-    """An AsyncSession whose writing transactions queue on the engine's process lock."""
+    """An AsyncSession whose writing transactions queue on the engine's process lock
+    (released when the transaction ends: by `_release` for the session's own, by
+    `transaction_ended` for a lean transaction, `mesh.db_sessions._LeanTransaction`)."""
 
     sync_session_class = _SyncSession
+    own_listeners = MeshSession.own_listeners | {_release}
     wait_s = 5.0
+
+    def transaction_ended(self, sync: Session) -> None:
+        super().transaction_ended(sync)
+        _release_locks(sync)
 
     async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         info = self.sync_session.info

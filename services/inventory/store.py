@@ -48,6 +48,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -56,6 +57,7 @@ from sqlalchemy import (
     false,
     insert,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -255,12 +257,19 @@ class InventoryStore:
             .returning(p.price_currency, p.price_minor)
         )
         # Confirming takes the units out of `reserved`; RETURNING what the low-stock
-        # check needs, instead of a SELECT after the updates.
+        # check needs, instead of a SELECT after the updates. The flag is read as the
+        # driver gives it (0/1 on SQLite, a bool on PostgreSQL; only its truth is used):
+        # as a Boolean, SQLite would convert it, which keeps a statement off the lean path.
         self._sell_reserved = lean(
             update(self._t.products)
             .where(p.product_id == bindparam("pid"))
             .values(reserved=p.reserved - q)
-            .returning(p.product_id, p.sku, p.available, p.low_stock_notified)
+            .returning(
+                p.product_id,
+                p.sku,
+                p.available,
+                type_coerce(p.low_stock_notified, Integer).label("low_stock_notified"),
+            )
         )
         self._set_status_from_held = lean(
             update(self._t.reservations)

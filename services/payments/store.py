@@ -24,7 +24,7 @@ PENDING and VOIDED are internal: the API shows them as "no payment" (NOT_FOUND).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -125,8 +125,9 @@ class PaymentsStore:
         p = self._t.payments.c
         # Marked lean (mesh.db_lean): compiled once, run as driver SQL; rows read by name.
         self._insert = lean(insert(self._t.payments))
-        # (RETURNING its DateTime columns: lean on PostgreSQL; SQLite converts them, so
-        # there it runs through session.execute, as mesh.db_lean falls back.)
+        # RETURNING only the key: the settled row is the claim with what the UPDATE set
+        # (a PENDING payment's other columns never change). Returning its DateTime
+        # columns made SQLite convert them, which kept it off the lean path there.
         self._settle = lean(
             update(self._t.payments)
             .where(p.payment_id == bindparam("pid"), p.status == PENDING)
@@ -135,7 +136,7 @@ class PaymentsStore:
                 decline_reason=bindparam("reason"),
                 updated_at=bindparam("now"),
             )
-            .returning(*self._t.payments.c)
+            .returning(p.payment_id)
         )
 
     @staticmethod
@@ -206,11 +207,11 @@ class PaymentsStore:
         """PENDING -> CAPTURED (publishing `payment.completed`) or DECLINED."""
         status = DECLINED if decline_reason else CAPTURED
         amount = _amount_of(claim)
+        now = utcnow()
         async with self._sessions.begin() as s:
-            # RETURNING: the settled row without a second statement to read it back.
             changed = (
                 await s.execute(self._settle, {"pid": claim.payment_id, "new_status": status,
-                                               "reason": decline_reason, "now": utcnow()})
+                                               "reason": decline_reason, "now": now})
             ).first()  # fmt: skip
             if status == CAPTURED:
                 await self._outbox.add(s, new_envelope(
@@ -219,7 +220,7 @@ class PaymentsStore:
                         amount=amount.to_proto(), card_last4=claim.card_last4),
                     types=EVENTS, source=SOURCE, subject=claim.payment_id))  # fmt: skip
             settled = (
-                self._row(changed)
+                replace(claim, status=status, decline_reason=decline_reason, updated_at=now)
                 if changed is not None
                 else await self._get(s, "payment_id", claim.payment_id)
             )

@@ -4,19 +4,34 @@ only when it suspends (real SQLite, both drivers)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mesh.db import create_engine, session_factory
+from mesh.db_lean import lean, lean_statements, use_lean_statements
 from mesh.db_sessions import MeshSession, MeshSessionMaker, _Begin, after_commit, run_to_end
+from mesh.sqlite_writes import write_lock
+from tests.support.postgres import pg_schema_engine
 
 
 @contextmanager
@@ -325,3 +340,265 @@ async def test_after_commit_works_on_a_plain_sqlalchemy_session(engine: AsyncEng
                 after_commit(s, lambda: ran.append(3))
                 raise RuntimeError("rolled back")
     assert ran == [1]
+
+
+# -- the lean transaction of a `begin()` block (statements marked with mesh.db_lean.lean)
+
+_md = MetaData()
+_T = Table("t", _md, Column("id", Integer, primary_key=True), Column("n", Integer, nullable=False))
+_ADD = lean(insert(_T))
+_SET = lean(update(_T).where(_T.c.id == bindparam("k")).values(n=bindparam("v")))
+_N = lean(select(_T.c.n).where(_T.c.id == bindparam("k")))
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Row(_Base):
+    __tablename__ = "t"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """Table t (id, n NOT NULL) on a SQLite file or a fresh PostgreSQL schema."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
+            stack.push_async_callback(eng.dispose)
+        else:
+            eng = await stack.enter_async_context(pg_schema_engine("leantx"))
+        async with eng.begin() as conn:
+            await conn.run_sync(_md.create_all)
+        yield eng
+
+
+@contextmanager
+def checkouts(engine: AsyncEngine) -> Iterator[list[int]]:
+    """Counts the connections taken from `engine`'s pool inside the block."""
+    taken = [0]
+
+    def checkout(*_: Any) -> None:
+        taken[0] += 1
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    try:
+        yield taken
+    finally:
+        event.remove(engine.sync_engine, "checkout", checkout)
+
+
+async def _ns(engine: AsyncEngine) -> dict[int, int]:
+    async with engine.connect() as conn:
+        return {r.id: r.n for r in await conn.execute(select(_T))}
+
+
+@pytest.mark.parametrize("serial_writes", [False, True])
+async def test_a_block_of_lean_statements_commits_on_one_connection_without_the_orm_transaction(
+    any_engine: AsyncEngine, serial_writes: bool
+) -> None:
+    sessions = session_factory(any_engine, serial_writes=serial_writes)
+    ran: list[str] = []
+    with checkouts(any_engine) as taken:
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 1, "n": 1})
+            await s.execute(_SET, {"k": 1, "v": 2})
+            assert await s.scalar(_N, {"k": 1}) == 2
+            assert s.in_transaction()
+            assert s.get_transaction() is None  # the ORM session was never begun
+            after_commit(s, lambda: ran.append("committed"))
+            assert ran == []
+    assert taken == [1]
+    assert ran == ["committed"]
+    assert await _ns(any_engine) == {1: 2}
+    assert _checked_out(any_engine) == 0
+    if serial_writes:
+        assert not write_lock(any_engine.sync_engine).locked()
+
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as s:
+            await s.execute(_SET, {"k": 1, "v": 3})
+            after_commit(s, lambda: ran.append("rolled back"))
+            raise RuntimeError("the caller's own error")
+    assert ran == ["committed"]
+    assert await _ns(any_engine) == {1: 2}
+    assert _checked_out(any_engine) == 0
+    if serial_writes:
+        assert not write_lock(any_engine.sync_engine).locked()
+    with pytest.raises(IntegrityError):  # the driver's error, as SQLAlchemy's
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 2, "n": 2})
+            await s.execute(_ADD, {"id": 1, "n": 9})
+    assert await _ns(any_engine) == {1: 2}
+    assert _checked_out(any_engine) == 0
+
+
+async def test_whatever_else_the_block_does_joins_the_same_transaction(
+    any_engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(any_engine, serial_writes=True)
+    with checkouts(any_engine) as taken:
+        with pytest.raises(RuntimeError):
+            async with sessions.begin() as s:
+                await s.execute(_ADD, {"id": 1, "n": 1})  # lean: the block's connection
+                await s.execute(text("INSERT INTO t (id, n) VALUES (2, 2)"))  # the session's
+                s.add(_Row(id=3, n=3))
+                await s.flush()
+                await s.execute(_SET, {"k": 2, "v": 20})
+                assert (await s.execute(text("SELECT count(*) FROM t"))).scalar_one() == 3
+                raise RuntimeError("undo all four")
+        assert await _ns(any_engine) == {}
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 1, "n": 1})
+            await s.execute(text("INSERT INTO t (id, n) VALUES (2, 2)"))
+            s.add(_Row(id=3, n=3))  # pending: flushed by the commit
+            await s.execute(_SET, {"k": 2, "v": 20})
+    assert taken == [3]  # one connection per block, and the read between them
+    assert await _ns(any_engine) == {1: 1, 2: 20, 3: 3}
+    async with sessions.begin() as s:
+        s.add(_Row(id=4, n=4))  # no statement at all: the session's own end flushes it
+    assert (await _ns(any_engine))[4] == 4
+    async with sessions.begin() as s:
+        row = _Row(id=5, n=5)
+        s.add(row)
+        await s.commit()
+        await s.execute(_SET, {"k": 1, "v": 10})
+        row.n = 50  # a change to an object the session holds: flushed at the end
+    assert (await _ns(any_engine))[5] == 50
+    assert (await _ns(any_engine))[1] == 10
+    assert _checked_out(any_engine) == 0
+
+
+async def test_an_explicit_commit_or_rollback_ends_what_the_block_wrote(
+    any_engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(any_engine, serial_writes=True)
+    ran: list[int] = []
+    async with sessions.begin() as s:
+        await s.execute(_ADD, {"id": 1, "n": 1})
+        after_commit(s, lambda: ran.append(1))
+        await s.commit()
+        assert ran == [1]
+        assert await _ns(any_engine) == {1: 1}  # seen from another connection
+        await s.execute(_ADD, {"id": 2, "n": 2})
+        await s.rollback()
+        await s.execute(_ADD, {"id": 3, "n": 3})  # a new transaction, committed at the end
+    assert await _ns(any_engine) == {1: 1, 3: 3}
+    assert ran == [1]
+    assert _checked_out(any_engine) == 0
+    if any_engine.dialect.name == "sqlite":
+        assert not write_lock(any_engine.sync_engine).locked()
+
+
+async def test_the_sessions_own_listeners_still_fire_and_a_failed_commit_loses_nothing_else(
+    any_engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(any_engine, serial_writes=True)
+    seen: list[str] = []
+    async with sessions.begin() as s:
+        await s.execute(_ADD, {"id": 1, "n": 1})
+        event.listen(s.sync_session, "before_commit", lambda _s: seen.append("before_commit"))
+        event.listen(s.sync_session, "after_commit", lambda _s: seen.append("after_commit"))
+    assert seen == ["before_commit", "after_commit"]
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 2, "n": 2})
+            event.listen(s.sync_session, "after_rollback", lambda _s: seen.append("rollback"))
+            raise RuntimeError("rolled back")
+    assert seen[-1] == "rollback"
+    ran: list[int] = []
+
+    def fail(_s: Session) -> None:
+        raise ValueError("refused at commit")
+
+    with pytest.raises(ValueError, match="refused at commit"):
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 3, "n": 3})
+            after_commit(s, lambda: ran.append(3))
+            event.listen(s.sync_session, "before_commit", fail)
+    assert ran == []
+    assert await _ns(any_engine) == {1: 1}
+    assert _checked_out(any_engine) == 0
+    if any_engine.dialect.name == "sqlite":
+        assert not write_lock(any_engine.sync_engine).locked()
+
+
+async def test_a_lean_block_is_one_transaction_and_cannot_be_begun_twice(
+    any_engine: AsyncEngine,
+) -> None:
+    sessions = session_factory(any_engine)
+    async with sessions.begin() as s:
+        await s.execute(_ADD, {"id": 1, "n": 1})
+        with pytest.raises(InvalidRequestError):
+            async with _Begin(s):
+                pass
+    was = lean_statements()
+    use_lean_statements(False)  # off: the session's own transaction, as before
+    try:
+        async with sessions.begin() as s:
+            await s.execute(_ADD, {"id": 2, "n": 2})
+            assert s.get_transaction() is not None
+    finally:
+        use_lean_statements(was)
+    assert await _ns(any_engine) == {1: 1, 2: 2}
+
+
+async def test_a_caller_cancelled_during_a_lean_commit_still_commits(
+    any_engine: AsyncEngine,
+) -> None:
+    """PostgreSQL's COMMIT suspends (asyncpg): the block's end goes on in a task of its
+    own and the caller's cancellation waits for it, as for the session's own end."""
+    if any_engine.dialect.name != "postgresql":
+        pytest.skip("the mesh's SQLite driver commits without suspending")
+    sessions = session_factory(any_engine)
+
+    async def writer() -> None:
+        async with sessions.begin() as s:
+            task = asyncio.current_task()
+            assert task is not None
+
+            def cancel_me(_conn: Any) -> None:
+                task.cancel()  # lands at the COMMIT's first suspension
+
+            event.listen(any_engine.sync_engine, "commit", cancel_me, once=True)
+            await s.execute(_ADD, {"id": 1, "n": 1})
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(writer())
+    assert await _ns(any_engine) == {1: 1}
+    assert _checked_out(any_engine) == 0
+
+
+async def test_a_plain_session_block_runs_lean_and_keeps_what_only_a_commit_keeps(
+    any_engine: AsyncEngine,
+) -> None:
+    """`async with maker() as s`: lean statements on a connection of the block's own;
+    what is not committed is rolled back at the end, as the session's close does."""
+    sessions = session_factory(any_engine, serial_writes=True)
+    ran: list[int] = []
+    with checkouts(any_engine) as taken:
+        async with sessions() as s:
+            await s.execute(_ADD, {"id": 1, "n": 1})
+            after_commit(s, lambda: ran.append(1))
+            assert s.get_transaction() is None and s.in_transaction()
+            with pytest.raises(InvalidRequestError):  # as an autobegun session refuses it
+                s.begin()
+            await s.commit()
+            await s.execute(_ADD, {"id": 2, "n": 2})  # never committed
+            after_commit(s, lambda: ran.append(2))
+        async with sessions() as s:
+            assert await s.scalar(_N, {"k": 1}) == 1
+            assert await s.scalar(_N, {"k": 2}) is None
+    assert taken == [2]
+    assert ran == [1]
+    assert await _ns(any_engine) == {1: 1}
+    assert _checked_out(any_engine) == 0
+    if any_engine.dialect.name == "sqlite":
+        assert not write_lock(any_engine.sync_engine).locked()
+    async with sessions() as s:  # the session's own path after a lean statement
+        await s.execute(_SET, {"k": 1, "v": 5})
+        await s.execute(text("UPDATE t SET n = n + 1 WHERE id = 1"))
+        await s.commit()
+    assert await _ns(any_engine) == {1: 6}

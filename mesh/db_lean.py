@@ -31,8 +31,13 @@ object; `inserted_primary_key`, `returned_defaults` and `last_inserted_params` a
 available. Everything else falls back, per call, to `session.execute` as usual, with
 nothing lost but the saving:
 
-- statements SQLAlchemy would not compile to one fixed string: expanding `IN` lists,
-  `literal_execute`, escaped parameter names, a non-positional paramstyle;
+- statements SQLAlchemy would not compile to one fixed string: `literal_execute`,
+  escaped parameter names, a non-positional paramstyle; an expanding `IN` list of tuples,
+  several parameter sets with an expanding `IN`, or a 257th length of its lists
+  (`Expanding`: an `IN` list runs lean with a plan per length of its lists, the SQL
+  SQLAlchemy renders for that length, since 6 Dec 2026: the outbox relay's reads leave
+  out the rows it has published but not yet marked with `NOT IN (...)`, and that
+  fallback was ~10 % of a payments process's samples under `bench orders`);
 - Python-side column defaults or `onupdate` (prefetched values), a parameter made by a
   callable, a required parameter missing from `params` (SQLAlchemy raises its error);
 - result columns whose type converts values for the dialect (a SQLite DateTime);
@@ -127,14 +132,115 @@ def _result_types_plain(statement: Any, dialect: Dialect) -> bool:
     return True
 
 
-def make_plan(statement: Any, dialect: Dialect, keys: Sequence[str], many: bool) -> Plan | None:
+class _Item(_Param):
+    """A positional parameter that is one element of an expanding parameter's list."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, bind: BindParameter[Any], dialect: Dialect, index: int) -> None:
+        super().__init__(bind, dialect)
+        self.index = index
+
+
+class _ExpandedPlan(Plan):
+    """A plan for one length of each expanding parameter (`IN` lists)."""
+
+    __slots__ = ()
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for p in self._params:
+            if type(p) is _Item:
+                value = (params[p.name] if p.required else params.get(p.name, p.default))[p.index]
+            else:
+                value = params[p.name] if p.required else params.get(p.name, p.default)
+            out.append(value if p.process is None else p.process(value))
+        return tuple(out)
+
+
+class Expanding:
+    """The plans of a statement with expanding parameters (`IN` lists), one per length of
+    each list (made at first use of that length, as SQLAlchemy renders the lists at
+    execution: `SQLCompiler.construct_expanded_state`). Up to `MAX_LENGTHS` lengths are
+    kept; a call with another one falls back."""
+
+    MAX_LENGTHS = 256
+
+    __slots__ = ("_compile", "_lists", "_plans")
+
+    def __init__(self, compile_: Callable[[], Any], compiled: Any, names: Sequence[str]) -> None:
+        # Compiled again per new length: a compiled form holds its statement, and the
+        # plans must not keep a marked statement alive (`_Marked` forgets it with it).
+        self._compile = compile_
+        # (compiled name, required, default): an anonymous bind (a literal list) has a
+        # compiled name no call passes, so its list is its default.
+        self._lists = tuple(
+            (n, bool(compiled.binds[n].required), compiled.binds[n].value) for n in names
+        )
+        self._plans: dict[tuple[int, ...], Plan | None] = {}
+
+    def plan(self, params: Mapping[str, Any]) -> Plan | None:
+        """The plan for the lengths of `params`' lists, or None (a missing or non-list
+        value, too many lengths already: SQLAlchemy's path)."""
+        try:
+            lengths = tuple(
+                len(params[n] if required else params.get(n, default))
+                for n, required, default in self._lists
+            )
+        except (KeyError, TypeError):
+            return None
+        try:
+            return self._plans[lengths]
+        except KeyError:
+            if len(self._plans) >= self.MAX_LENGTHS:
+                return None
+        plan = self._plans[lengths] = self._make(params, lengths)
+        return plan
+
+    def _make(self, params: Mapping[str, Any], lengths: tuple[int, ...]) -> Plan | None:
+        compiled = self._compile()
+        if compiled is None:  # the statement is gone
+            return None
+        dialect = compiled.dialect
+        state = compiled.construct_expanded_state(dict(params))
+        if state.positiontup is None:
+            return None
+        item: dict[str, tuple[str, int]] = {}
+        for (key, _, _), length in zip(self._lists, lengths, strict=True):
+            names = state.parameter_expansion.get(key, [])
+            if len(names) != length:
+                return None
+            item.update((name, (key, i)) for i, name in enumerate(names))
+        out: list[_Param] = []
+        for name in state.positiontup:
+            if name in item:
+                key, index = item[name]
+                out.append(_Item(compiled.binds[key], dialect, index))
+            else:
+                bind = compiled.binds[name]
+                if bind.callable is not None:
+                    return None
+                out.append(_Param(bind, dialect))
+        return _ExpandedPlan(state.statement, out)
+
+
+def make_plan(
+    statement: Any, dialect: Dialect, keys: Sequence[str], many: bool
+) -> Plan | Expanding | None:
     """The plan of `statement` for `dialect` called with parameter names `keys` (several
-    parameter sets with `many`), or None where the lean path would differ (the module's
-    list); compiled as `Connection.execute` compiles it."""
-    compiled = statement.compile(dialect=dialect, column_keys=sorted(keys), for_executemany=many)
+    parameter sets with `many`), its plans per length of its `IN` lists (`Expanding`), or
+    None where the lean path would differ (the module's list); compiled as
+    `Connection.execute` compiles it."""
+    column_keys = sorted(keys)
+    compiled = statement.compile(dialect=dialect, column_keys=column_keys, for_executemany=many)
     if not compiled.positional or compiled.positiontup is None:
         return None
-    if compiled.post_compile_params or compiled.literal_execute_params:
+    if compiled.literal_execute_params:
+        return None
+    expanding = [compiled.bind_names[b] for b in compiled.post_compile_params]
+    if expanding and (
+        many or any(not b.expanding or b.type._is_tuple_type for b in compiled.post_compile_params)
+    ):
         return None
     if compiled.escaped_bind_names:
         return None
@@ -145,6 +251,18 @@ def make_plan(statement: Any, dialect: Dialect, keys: Sequence[str], many: bool)
         return None  # SQLAlchemy batches these into one INSERT (rowcounts differ)
     if not _result_types_plain(statement, dialect):
         return None
+    if expanding:
+        statement_ref, dialect_ref = weakref.ref(statement), weakref.ref(dialect)
+
+        def compile_again() -> Any:
+            stmt, dia = statement_ref(), dialect_ref()
+            return (
+                None
+                if stmt is None or dia is None
+                else stmt.compile(dialect=dia, column_keys=column_keys)
+            )
+
+        return Expanding(compile_again, compiled, expanding)
     params = []
     for name in compiled.positiontup:
         bind = compiled.binds[name]
@@ -158,10 +276,10 @@ class _Marked:
     __slots__ = ("plans", "ref")
 
     def __init__(self, statement: Any) -> None:
-        key = id(statement)
-        self.ref = weakref.ref(statement, lambda _r: _MARKED.pop(key, None))
+        key, marked = id(statement), _MARKED  # bound now: at exit the global may be None
+        self.ref = weakref.ref(statement, lambda _r: marked.pop(key, None))
         self.plans: weakref.WeakKeyDictionary[
-            Dialect, dict[tuple[tuple[str, ...], bool], Plan | None]
+            Dialect, dict[tuple[tuple[str, ...], bool], Plan | Expanding | None]
         ] = weakref.WeakKeyDictionary()
 
 
@@ -214,9 +332,11 @@ def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | No
     if by_keys is None:
         by_keys = marked.plans[dialect] = {}
     try:
-        plan = by_keys[key]
+        made = by_keys[key]
     except KeyError:
-        plan = by_keys[key] = make_plan(statement, dialect, key[0], many)
+        made = by_keys[key] = make_plan(statement, dialect, key[0], many)
+    # One parameter set for an Expanding (`make_plan` refuses many).
+    plan = made.plan(sets[0]) if isinstance(made, Expanding) else made
     if plan is None:
         return None
     try:

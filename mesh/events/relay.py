@@ -131,12 +131,12 @@ class OutboxRelay:
             )
         )
         # The same, leaving out rows acked but not yet marked sent.
-        self._select_after_unmarked = self._select.where(
-            self._t.outbox.c.seq.not_in(bindparam("unmarked", expanding=True))
+        self._select_after_unmarked = lean(
+            self._select.where(self._t.outbox.c.seq.not_in(bindparam("unmarked", expanding=True)))
         )
         # Built once (an expanding IN): building it per round took ~40 µs of CPU (with its
         # cache key), more than running it.
-        self._mark = (
+        self._mark = lean(
             update(self._t.outbox)
             .where(self._t.outbox.c.seq.in_(bindparam("seqs", expanding=True)))
             .values(sent_at=bindparam("now"))

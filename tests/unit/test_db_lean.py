@@ -31,6 +31,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError, StatementError
@@ -70,9 +71,17 @@ UPSERT_TEXT = lean(
     )
 )
 DROP = lean(delete(T).where(c.status == bindparam("s")))
-# Fall back: an expanding IN, a DateTime read back on SQLite (SQLAlchemy converts it),
-# a flag the insert leaves to its Python-side default.
+# Expanding IN lists: a plan per length of each list (a literal list is a default).
 IN_LIST = lean(select(c.id).where(c.id.in_(bindparam("ids", expanding=True))).order_by(c.id))
+NOT_IN = lean(
+    select(c.id)
+    .where(c.id.not_in(bindparam("ids", expanding=True)), c.status.in_(["NEW", "OLD"]))
+    .order_by(c.id)
+)
+SET_IN = lean(update(T).where(c.id.in_(bindparam("ids", expanding=True))).values(n=bindparam("n")))
+# Fall back: a tuple IN, a DateTime read back on SQLite (SQLAlchemy converts it), a flag
+# the insert leaves to its Python-side default.
+TUPLE_IN = lean(select(c.id).where(tuple_(c.id, c.n).in_(bindparam("pairs", expanding=True))))
 WITH_AT = lean(select(c.id, c.at).where(c.id == bindparam("k")))
 NO_FLAG = lean(insert(T).values(status="DEF"))
 
@@ -139,10 +148,14 @@ async def _workload(engine: AsyncEngine) -> list[Any]:
         out.append(row._mapping["status"] if row else None)
         out.append(await s.scalar(BY_ID, {"k": "r2"}))
         out.append(list((await s.execute(COUNT, {"s": "NEW"})).scalars()))
-        out.append((await s.execute(IN_LIST, {"ids": ["r2", "r0"]})).scalars().all())
+        for ids in (["r2", "r0"], ["r1"], [], ["r0", "r1", "r2"], ["r1", "nobody"]):
+            out.append((await s.execute(IN_LIST, {"ids": ids})).scalars().all())
+            out.append((await s.execute(NOT_IN, {"ids": ids})).scalars().all())
+        out.append((await s.execute(TUPLE_IN, {"pairs": [("r0", 0), ("r1", 0)]})).scalars().all())
         at_row = (await s.execute(WITH_AT, {"k": "r0"})).first()
         out.append(at_row.at.astimezone(UTC) if at_row else None)
     async with sessions.begin() as s:
+        out.append((await s.execute(SET_IN, {"ids": ["r0", "r2", "none"], "n": 5})).rowcount)
         await s.execute(NO_FLAG, {"id": "d", "n": 0})
         out.append((await s.execute(DROP, {"s": "TXT"})).rowcount)
     async with sessions() as s:
@@ -172,7 +185,7 @@ async def test_marked_statements_give_what_session_execute_gives(engine: AsyncEn
     # The same statements reached the database; most of them as driver SQL.
     assert len(on) == len(off)
     fell_back = len(on) - sum(on)
-    # IN_LIST, NO_FLAG and the two unmarked selects are compiled; WITH_AT too on
+    # TUPLE_IN, NO_FLAG and the two unmarked selects are compiled; WITH_AT too on
     # SQLite, where SQLAlchemy converts the DateTime it reads (asyncpg returns datetimes).
     assert fell_back == (5 if engine.dialect.name == "sqlite" else 4), on
     assert expected[3] == ("r1", 11) and expected[5] is None
@@ -212,14 +225,22 @@ async def test_options_and_orm_listeners_take_sqlalchemys_path(engine: AsyncEngi
     assert seen == [False]
 
 
-def test_only_the_marked_object_is_lean_and_it_is_forgotten_with_it() -> None:
+async def test_only_the_marked_object_is_lean_and_it_is_forgotten_with_it(
+    engine: AsyncEngine,
+) -> None:
     stmt = lean(select(c.id).where(c.id == bindparam("k")))
     derived = stmt.where(c.n > 1)
     assert id(stmt) in db_lean._MARKED and id(derived) not in db_lean._MARKED
-    key = id(stmt)
-    del stmt
+    in_list = lean(select(c.id).where(c.id.in_(bindparam("ids", expanding=True))))
+    with compiled_or_driver(engine) as seen:
+        async with session_factory(engine)() as s:  # plans made, for one length each
+            await s.execute(stmt, {"k": "a"})
+            await s.execute(in_list, {"ids": ["a", "b"]})
+    assert seen == [True, True]
+    keys = id(stmt), id(in_list)
+    del stmt, derived, in_list
     gc.collect()
-    assert key not in db_lean._MARKED
+    assert not set(keys) & set(db_lean._MARKED)  # their plans do not keep them alive
 
 
 def test_orm_statements_are_refused() -> None:
@@ -235,3 +256,20 @@ def test_orm_statements_are_refused() -> None:
     with pytest.raises(TypeError, match="ORM"):
         lean(insert(Thing))
     lean(select(Thing.__table__))  # the table itself is Core
+
+
+async def test_an_in_list_runs_lean_per_length_up_to_a_bound(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_lean.Expanding, "MAX_LENGTHS", 2)
+    sessions = session_factory(engine)
+    async with sessions.begin() as s:
+        await s.execute(INSERT, [{"id": f"x{i}", "n": i, "status": "NEW", "flag": False,
+                                  "at": None, "body": None} for i in range(4)])  # fmt: skip
+    stmt = lean(select(c.id).where(c.id.in_(bindparam("ids", expanding=True))).order_by(c.id))
+    with compiled_or_driver(engine) as seen:
+        async with sessions() as s:
+            for ids in (["x1"], ["x0", "x3"], ["x2"], ["x0", "x1", "x2"], ["x3", "x2"]):
+                assert (await s.execute(stmt, {"ids": ids})).scalars().all() == sorted(ids)
+    # Lengths 1 and 2 got plans; a third length takes SQLAlchemy's path.
+    assert seen == [True, True, True, False, True]

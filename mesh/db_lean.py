@@ -65,6 +65,7 @@ from sqlalchemy import TextClause
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.types import TupleType
 
 from interceptors import _fastpath
 
@@ -150,10 +151,9 @@ class _ExpandedPlan(Plan):
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
         for p in self._params:
+            value = params[p.name] if p.required else params.get(p.name, p.default)
             if type(p) is _Item:
-                value = (params[p.name] if p.required else params.get(p.name, p.default))[p.index]
-            else:
-                value = params[p.name] if p.required else params.get(p.name, p.default)
+                value = value[p.index]
             out.append(value if p.process is None else p.process(value))
         return tuple(out)
 
@@ -239,7 +239,10 @@ def make_plan(
         return None
     expanding = [compiled.bind_names[b] for b in compiled.post_compile_params]
     if expanding and (
-        many or any(not b.expanding or b.type._is_tuple_type for b in compiled.post_compile_params)
+        many
+        or any(
+            not b.expanding or isinstance(b.type, TupleType) for b in compiled.post_compile_params
+        )
     ):
         return None
     if compiled.escaped_bind_names:

@@ -11,10 +11,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh.db import create_engine
@@ -70,3 +71,20 @@ async def pg_schema_engine(prefix: str, **engine_kw: Any) -> AsyncIterator[Async
             yield engine
         finally:
             await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def engine_with(
+    kind: str, sqlite_file: Path, prefix: str, metadata: MetaData
+) -> AsyncIterator[AsyncEngine]:
+    """A mesh engine with `metadata`'s tables: on the SQLite file `sqlite_file` (kind
+    "sqlite") or on a fresh PostgreSQL schema (kind "postgresql", `pg_schema_engine`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "sqlite":
+            engine = create_engine(f"sqlite:///{sqlite_file}")
+            stack.push_async_callback(engine.dispose)
+        else:
+            engine = await stack.enter_async_context(pg_schema_engine(prefix))
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        yield engine

@@ -5,7 +5,6 @@ PostgreSQL on 127.0.0.1:5432 (a schema of its own, dropped after)."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -39,9 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mesh import db_lean
-from mesh.db import create_engine, session_factory
+from mesh.db import session_factory
 from mesh.db_lean import lean, lean_statements, use_lean_statements
-from tests.support.postgres import pg_schema_engine
+from tests.support.postgres import engine_with
 
 md = MetaData()
 T = Table(
@@ -89,14 +88,7 @@ NO_FLAG = lean(insert(T).values(status="DEF"))
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     was = lean_statements()
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
-            stack.push_async_callback(eng.dispose)
-        else:
-            eng = await stack.enter_async_context(pg_schema_engine("lean"))
-        async with eng.begin() as conn:
-            await conn.run_sync(md.create_all)
+    async with engine_with(request.param, tmp_path / "lean.db", "lean", md) as eng:
         try:
             yield eng
         finally:

@@ -4,8 +4,7 @@ only when it suspends (real SQLite, both drivers)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from mesh.db import create_engine, session_factory
 from mesh.db_lean import lean, lean_statements, use_lean_statements
 from mesh.db_sessions import MeshSession, MeshSessionMaker, _Begin, after_commit, run_to_end
 from mesh.sqlite_writes import write_lock
-from tests.support.postgres import pg_schema_engine
+from tests.support.postgres import engine_with
 
 
 @contextmanager
@@ -215,6 +214,23 @@ def aiosqlite_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESH_SQLITE_DRIVER", "aiosqlite")
 
 
+async def _write_cancelled_at_commit(
+    sessions: Any, listen: Callable[[Any, Callable[..., object]], None], *statement: Any
+) -> None:
+    """Runs `statement` in a `begin()` block whose task `listen(session, cancel)`
+    arranges to cancel at the COMMIT's first suspension; returns once cancelled."""
+
+    async def writer() -> None:
+        async with sessions.begin() as s:
+            task = asyncio.current_task()
+            assert task is not None
+            listen(s, lambda *_: task.cancel())
+            await s.execute(*statement)
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(writer())
+
+
 @pytest.mark.usefixtures("aiosqlite_driver")
 async def test_a_caller_cancelled_during_a_suspending_commit_still_commits(
     engine: AsyncEngine,
@@ -224,19 +240,13 @@ async def test_a_caller_cancelled_during_a_suspending_commit_still_commits(
     assert engine.dialect.driver == "aiosqlite"
     sessions = session_factory(engine)
 
-    async def writer() -> None:
-        async with sessions.begin() as s:
-            task = asyncio.current_task()
-            assert task is not None
+    def before_commit(s: Any, cancel: Callable[..., object]) -> None:
+        event.listen(s.sync_session, "before_commit", cancel)
 
-            def cancel_me(_: Session) -> None:
-                task.cancel()  # lands at the COMMIT's first suspension
-
-            event.listen(s.sync_session, "before_commit", cancel_me)
-            await s.execute(text("INSERT INTO t (id, n) VALUES (1, 1)"))
-
-    with counting_tasks() as made, pytest.raises(asyncio.CancelledError):
-        await asyncio.create_task(writer())
+    with counting_tasks() as made:
+        await _write_cancelled_at_commit(
+            sessions, before_commit, text("INSERT INTO t (id, n) VALUES (1, 1)")
+        )
     assert made[0] == 2  # the writer, and one task for the end (SQLAlchemy makes two)
     assert _checked_out(engine) == 0
     async with sessions() as s:
@@ -364,14 +374,7 @@ class _Row(_Base):
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """Table t (id, n NOT NULL) on a SQLite file or a fresh PostgreSQL schema."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            eng = create_engine(f"sqlite:///{tmp_path / 'lean.db'}")
-            stack.push_async_callback(eng.dispose)
-        else:
-            eng = await stack.enter_async_context(pg_schema_engine("leantx"))
-        async with eng.begin() as conn:
-            await conn.run_sync(_md.create_all)
+    async with engine_with(request.param, tmp_path / "lean.db", "leantx", _md) as eng:
         yield eng
 
 
@@ -388,6 +391,12 @@ def checkouts(engine: AsyncEngine) -> Iterator[list[int]]:
         yield taken
     finally:
         event.remove(engine.sync_engine, "checkout", checkout)
+
+
+def _all_released(engine: AsyncEngine) -> None:
+    """Every connection back in the pool, and no SQLite write lock held."""
+    assert _checked_out(engine) == 0
+    assert not write_lock(engine.sync_engine).locked()
 
 
 async def _ns(engine: AsyncEngine) -> dict[int, int]:
@@ -413,9 +422,7 @@ async def test_a_block_of_lean_statements_commits_on_one_connection_without_the_
     assert taken == [1]
     assert ran == ["committed"]
     assert await _ns(any_engine) == {1: 2}
-    assert _checked_out(any_engine) == 0
-    if serial_writes:
-        assert not write_lock(any_engine.sync_engine).locked()
+    _all_released(any_engine)
 
     with pytest.raises(RuntimeError):
         async with sessions.begin() as s:
@@ -424,9 +431,7 @@ async def test_a_block_of_lean_statements_commits_on_one_connection_without_the_
             raise RuntimeError("the caller's own error")
     assert ran == ["committed"]
     assert await _ns(any_engine) == {1: 2}
-    assert _checked_out(any_engine) == 0
-    if serial_writes:
-        assert not write_lock(any_engine.sync_engine).locked()
+    _all_released(any_engine)
     with pytest.raises(IntegrityError):  # the driver's error, as SQLAlchemy's
         async with sessions.begin() as s:
             await s.execute(_ADD, {"id": 2, "n": 2})
@@ -487,9 +492,7 @@ async def test_an_explicit_commit_or_rollback_ends_what_the_block_wrote(
         await s.execute(_ADD, {"id": 3, "n": 3})  # a new transaction, committed at the end
     assert await _ns(any_engine) == {1: 1, 3: 3}
     assert ran == [1]
-    assert _checked_out(any_engine) == 0
-    if any_engine.dialect.name == "sqlite":
-        assert not write_lock(any_engine.sync_engine).locked()
+    _all_released(any_engine)
 
 
 async def test_the_sessions_own_listeners_still_fire_and_a_failed_commit_loses_nothing_else(
@@ -520,9 +523,7 @@ async def test_the_sessions_own_listeners_still_fire_and_a_failed_commit_loses_n
             event.listen(s.sync_session, "before_commit", fail)
     assert ran == []
     assert await _ns(any_engine) == {1: 1}
-    assert _checked_out(any_engine) == 0
-    if any_engine.dialect.name == "sqlite":
-        assert not write_lock(any_engine.sync_engine).locked()
+    _all_released(any_engine)
 
 
 async def test_a_lean_block_is_one_transaction_and_cannot_be_begun_twice(
@@ -554,19 +555,10 @@ async def test_a_caller_cancelled_during_a_lean_commit_still_commits(
         pytest.skip("the mesh's SQLite driver commits without suspending")
     sessions = session_factory(any_engine)
 
-    async def writer() -> None:
-        async with sessions.begin() as s:
-            task = asyncio.current_task()
-            assert task is not None
+    def at_commit(_s: Any, cancel: Callable[..., object]) -> None:
+        event.listen(any_engine.sync_engine, "commit", cancel, once=True)
 
-            def cancel_me(_conn: Any) -> None:
-                task.cancel()  # lands at the COMMIT's first suspension
-
-            event.listen(any_engine.sync_engine, "commit", cancel_me, once=True)
-            await s.execute(_ADD, {"id": 1, "n": 1})
-
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.create_task(writer())
+    await _write_cancelled_at_commit(sessions, at_commit, _ADD, {"id": 1, "n": 1})
     assert await _ns(any_engine) == {1: 1}
     assert _checked_out(any_engine) == 0
 
@@ -594,9 +586,7 @@ async def test_a_plain_session_block_runs_lean_and_keeps_what_only_a_commit_keep
     assert taken == [2]
     assert ran == [1]
     assert await _ns(any_engine) == {1: 1}
-    assert _checked_out(any_engine) == 0
-    if any_engine.dialect.name == "sqlite":
-        assert not write_lock(any_engine.sync_engine).locked()
+    _all_released(any_engine)
     async with sessions() as s:  # the session's own path after a lean statement
         await s.execute(_SET, {"k": 1, "v": 5})
         await s.execute(text("UPDATE t SET n = n + 1 WHERE id = 1"))

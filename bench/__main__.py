@@ -1,9 +1,10 @@
 """`python -m bench [name] [options]`: the benchmarks.
 
 Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, edge-auth,
-policy, summary.
-`orders` starts a whole `meshctl up` stack and `policy` (the caller policy's cost per call)
-is a focused micro-benchmark: both are run by name only.
+policy, db, summary.
+`orders` starts a whole `meshctl up` stack; `policy` (the caller policy's cost per call)
+and `db` (a session's transaction against a lean one) are focused micro-benchmarks: all
+three are run by name only.
 With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
 `bench.tokens`, `bench.picker`, `bench.edge_auth`, each printing its tables, then the
 summary block (`bench.summary`'s headline set, measured again at its own budget; its
@@ -53,6 +54,12 @@ def _traces(args: Sequence[str]) -> None:
     from bench import traces
 
     traces.cli(list(args))
+
+
+def _db(args: Sequence[str]) -> None:
+    from bench import db
+
+    db.cli(list(args))
 
 
 def _whole(args: Sequence[str]) -> None:
@@ -112,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "summary": _summary,
         "edge-auth": _edge_auth,
         "policy": _policy,
+        "db": _db,
     }
     if args and args[0] in benches:
         benches[args[0]](args[1:])

@@ -65,6 +65,7 @@ def test_growth() -> None:
         ("tokens", "--seconds", "0.3", "--concurrency", "2"),
         ("events", "--events", "300", "--producers", "1", "--per-tx", "10", "--lag-stop-s", "1"),
         ("policy", "--calls", "50", "--rounds", "1", "--channels", "2", "--in-flight", "2"),
+        ("db", "--rounds", "1", "--transactions", "20"),
     ],
     ids=lambda args: args[0],
 )

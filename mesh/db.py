@@ -67,6 +67,7 @@ from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from mesh import sqlite_driver as sqlite_driver_module
 from mesh.db_greenlets import install as install_pooled_greenlets
+from mesh.db_lean import lean
 from mesh.db_sessions import MeshSession, MeshSessionMaker
 from mesh.sqlite_writes import SerialWriteSession
 
@@ -145,8 +146,9 @@ def session_factory(engine: AsyncEngine, *, serial_writes: bool = False) -> asyn
     return MeshSessionMaker(engine, expire_on_commit=False, class_=MeshSession)
 
 
-_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:scope, :key)")
-_XACT_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:scope, :key)")
+# Lean (`mesh.db_lean`): orders takes the shared one in every order's first transaction.
+_XACT_LOCK = lean(text("SELECT pg_advisory_xact_lock(:scope, :key)"))
+_XACT_LOCK_SHARED = lean(text("SELECT pg_advisory_xact_lock_shared(:scope, :key)"))
 
 
 def _int4(name: str) -> int:

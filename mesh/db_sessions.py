@@ -37,9 +37,10 @@ on every transaction that adds an event (three or four an order). The mesh's ses
 at class level, registered once; any other session gets them as instance listeners the
 first time it is given a callback.
 
-`maker.begin()` blocks run lean transactions (`_LeanTransaction`): the block's lean
-statements (`mesh.db_lean`) run on a connection the first of them takes, without the ORM
-session's transaction machinery; anything else the block does joins that transaction.
+`async with maker.begin()` and `async with maker()` blocks run lean transactions
+(`_LeanTransaction`): the block's lean statements (`mesh.db_lean`) run on a connection the
+first of them takes, without the ORM session's transaction machinery; anything else the
+block does joins that transaction.
 
 Limits: only the two ends this module makes cheaper (`MeshSessionMaker.begin()`'s
 context manager and `MeshSession.__aexit__`); an explicit `await session.commit()` or
@@ -181,8 +182,10 @@ _TRANSACTION_EVENTS = (
 
 
 class _LeanTransaction:
-    """The transaction of a `maker.begin()` block on a connection of its own, begun by
-    its first lean statement, with the ORM session never begun unless something needs it.
+    """The transaction of a session's block (`async with maker.begin()`, which commits at
+    its end, or `async with maker()`, which rolls back what is left) on a connection of its
+    own, begun by its first lean statement, the ORM session never begun unless something
+    needs it.
 
     Why: for a block of lean statements (`mesh.db_lean`), the ORM session's transaction
     machinery costs more than the statements. Its SessionTransaction's state machine,

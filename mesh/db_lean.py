@@ -208,7 +208,7 @@ class Expanding:
         item: dict[str, tuple[str, int]] = {}
         for (key, _, _), length in zip(self._lists, lengths, strict=True):
             names = state.parameter_expansion.get(key, [])
-            if len(names) != length:
+            if len(names) != length:  # a guard: one name per element, in order, or no plan
                 return None
             item.update((name, (key, i)) for i, name in enumerate(names))
         out: list[_Param] = []

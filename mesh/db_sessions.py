@@ -256,22 +256,21 @@ class _LeanTransaction:
         rolls back what is left, as the session's close does. Then closes both."""
         conn = self.conn
         commit = begun and (not exc_info or exc_info[0] is None)
-        used = True  # whether the session holds anything its close must clear
+        in_session = True  # whether the session took part (its close must clear it)
         try:
             if not sync.in_transaction() and session.listens(sync):
                 if conn is not None:
-                    sync.connection()  # the session joins `conn`
+                    self.join(sync)
                 elif commit:
                     sync.begin()  # no lean statement ran: the session's own end, as before
-            if sync.in_transaction():
+            in_session = sync.in_transaction()
+            if in_session:
                 if begun:
                     transaction = sync.get_transaction()
                     assert transaction is not None
                     transaction.__exit__(*(exc_info or (None, None, None)))  # events and all
                 else:
                     sync.close()  # rolls back, as the session's own end
-            else:
-                used = False
             if conn is not None and conn.in_transaction():
                 if commit:
                     conn.commit()
@@ -285,7 +284,7 @@ class _LeanTransaction:
                     conn.close()
             finally:
                 session.transaction_ended(sync)
-                if used or sync.identity_map:
+                if in_session or sync.identity_map:
                     sync.close()
 
 
@@ -346,19 +345,21 @@ class MeshSession(AsyncSession):
         write lock, sees scalar statements too, which AsyncSession's `scalar` bypasses)."""
         return (await self.execute(statement, params, **kw)).scalar()
 
-    async def commit(self) -> None:
+    async def _join_lean(self) -> None:
+        """Hand a lean transaction to the session, so what ends the session's ends it."""
         if self._lean is not None:
             await self.run_sync(self._lean.join)
+
+    async def commit(self) -> None:
+        await self._join_lean()
         await super().commit()
 
     async def rollback(self) -> None:
-        if self._lean is not None:
-            await self.run_sync(self._lean.join)
+        await self._join_lean()
         await super().rollback()
 
     async def close(self) -> None:
-        if self._lean is not None:
-            await self.run_sync(self._lean.join)
+        await self._join_lean()
         await super().close()
 
     def in_transaction(self) -> bool:

@@ -10,11 +10,15 @@ session's own transaction.
   write, session   `async with sessions.begin()`: an UPDATE and an INSERT, both
                    statements marked lean (`mesh.db_lean`), the lean transaction off
                    (the ORM session's own transaction, as before 6 Dec 2026)
-  write, lean      the same block, a lean transaction (the default)
+  write, lean      the same block, a lean transaction (the default): on SQLite its
+                   statements run on the driver's cursor (`mesh.db_cursor`)
+  write, lean/sql  the same, its statements through `exec_driver_sql` (SQLite only;
+                   the cursor path off, as before 6 Dec 2026's ninth session)
   write, bare      `async with engine.connect()` + `begin()`, the same two statements as
                    driver SQL: what no session costs (no write queue, no plan lookup)
   read, session    `async with sessions()`: one lean SELECT, the session's own transaction
   read, lean       the same, a lean transaction
+  read, lean/sql   the same, through `exec_driver_sql` (SQLite only)
 
 SQLite: a held file with the shop's settings (`mesh.db.create_engine`: WAL,
 synchronous=NORMAL) and `SerialWriteSession` (`serial_writes=True`, as the shop). With
@@ -38,7 +42,7 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh import db
+from mesh import db, db_cursor
 from mesh.db_lean import Plan, lean, make_plan
 from mesh.db_sessions import MeshSessionMaker
 from mesh.sqlite_writes import SerialWriteSession
@@ -103,13 +107,25 @@ def _modes(engine: AsyncEngine) -> dict[str, Callable[[], Awaitable[None]]]:
             await conn.exec_driver_sql(update_plan.sql, update_plan.args({"k": 1, "v": "x"}))
             await conn.exec_driver_sql(insert_plan.sql, insert_plan.args({"v": "y"}))
 
-    return {
+    async def without_cursor(step: Awaitable[None]) -> None:
+        db_cursor.use_cursor(False)
+        try:
+            await step
+        finally:
+            db_cursor.use_cursor(True)
+
+    modes: dict[str, Callable[[], Awaitable[None]]] = {
         "write, session": lambda: write(own_tx),
         "write, lean": lambda: write(lean_tx),
+        "write, lean/sql": lambda: without_cursor(write(lean_tx)),
         "write, bare": bare,
         "read, session": lambda: read(own_tx),
         "read, lean": lambda: read(lean_tx),
+        "read, lean/sql": lambda: without_cursor(read(lean_tx)),
     }
+    if engine.dialect.name != "sqlite":  # the cursor path is the mesh SQLite driver's
+        del modes["write, lean/sql"], modes["read, lean/sql"]
+    return modes
 
 
 async def run(rounds: int, transactions: int, database: str) -> dict[str, float]:

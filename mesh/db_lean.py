@@ -68,6 +68,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TupleType
 
 from interceptors import _fastpath
+from mesh import db_cursor
 
 S = TypeVar("S")
 
@@ -107,11 +108,12 @@ class Plan:
     """A lean statement's SQL for one dialect and set of parameter names, and how a
     call's parameters become the driver's positional ones."""
 
-    __slots__ = ("_params", "sql")
+    __slots__ = ("_params", "columns", "sql")
 
     def __init__(self, sql: str, params: Sequence[_Param]) -> None:
         self.sql = sql
         self._params = tuple(params)
+        self.columns: db_cursor.Columns | None = None  # its result's, once run on the cursor
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """The positional parameters; KeyError if a required one is missing."""
@@ -306,9 +308,11 @@ def lean(statement: S) -> S:
     return statement
 
 
-def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | None:
+def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan | None, Any] | None:
     """(plan, driver parameters) to run `statement` with `params` lean in `sync`'s
-    transaction, or None to run it through `session.execute`."""
+    transaction; (None, `params`) for a marked statement that has no plan for this call
+    but may run compiled on the transaction's connection (`run_compiled_on`: what a
+    lean transaction does with it); None to run it through `session.execute`."""
     marked = _MARKED.get(id(statement))
     if marked is None or marked.ref() is not statement or not _enabled:
         return None
@@ -341,7 +345,7 @@ def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan, Any] | No
     # One parameter set for an Expanding (`make_plan` refuses many).
     plan = made.plan(sets[0]) if isinstance(made, Expanding) else made
     if plan is None:
-        return None
+        return None, params  # compiled, on a connection (`run_compiled_on`)
     try:
         args: Any = [plan.args(s) for s in sets] if many else plan.args(sets[0])
     except KeyError:  # a required parameter missing: SQLAlchemy raises its own error
@@ -356,5 +360,17 @@ def run(sync: Session, statement: Any, plan: Plan, args: Any) -> Any:
 
 
 def run_on(conn: Connection, plan: Plan, args: Any) -> Any:
-    """`plan` on `conn` (in a greenlet): a buffered `CursorResult`, as the session gives."""
+    """`plan` on `conn` (in a greenlet): a buffered result, as the session gives: on the
+    driver's cursor where `mesh.db_cursor` may (the mesh's SQLite driver), else
+    SQLAlchemy's `CursorResult`."""
+    if db_cursor.usable(conn, args):
+        result, plan.columns = db_cursor.run(conn, plan.sql, args, plan.columns)
+        return result
     return conn.exec_driver_sql(plan.sql, args, execution_options=_PREBUFFER)
+
+
+def run_compiled_on(conn: Connection, statement: Any, params: Any) -> Any:
+    """A marked statement without a plan for this call (`prepare`'s (None, params)) on
+    `conn`, as SQLAlchemy compiles and runs it: what `session.execute` does for a Core
+    statement, without the ORM session around it (in a greenlet; a buffered result)."""
+    return conn.execute(statement, params, execution_options=_PREBUFFER)

@@ -221,11 +221,14 @@ class _LeanTransaction:
         self.conn: Connection | None = None
         self.saved: tuple[Any, Any] = (None, None)
 
-    def run(self, sync: Session, plan: db_lean.Plan, args: Any) -> Any:
-        """In the session's greenlet: a lean statement on the block's connection."""
+    def run(self, sync: Session, statement: Any, plan: db_lean.Plan | None, args: Any) -> Any:
+        """In the session's greenlet: a lean statement on the block's connection, as
+        driver SQL (`plan`) or, where it has no plan for this call, compiled."""
         conn = self.conn
         if conn is None:
             conn = self._open(sync)
+        if plan is None:
+            return db_lean.run_compiled_on(conn, statement, args)
         return db_lean.run_on(conn, plan, args)
 
     def _open(self, sync: Session) -> Connection:
@@ -330,10 +333,12 @@ class MeshSession(AsyncSession):
             sync = self.sync_session
             ready = db_lean.prepare(sync, statement, params)
             if ready is not None:
+                plan, args = ready
                 lean = self._lean
                 if lean is not None and not sync.in_transaction():
-                    return await self.run_sync(lean.run, *ready)
-                return await self.run_sync(db_lean.run, statement, *ready)
+                    return await self.run_sync(lean.run, statement, plan, args)
+                if plan is not None:
+                    return await self.run_sync(db_lean.run, statement, plan, args)
         return await super().execute(
             statement, params, execution_options=execution_options or {},
             bind_arguments=bind_arguments, **kw,

@@ -359,6 +359,11 @@ _T = Table("t", _md, Column("id", Integer, primary_key=True), Column("n", Intege
 _ADD = lean(insert(_T))
 _SET = lean(update(_T).where(_T.c.id == bindparam("k")).values(n=bindparam("v")))
 _N = lean(select(_T.c.n).where(_T.c.id == bindparam("k")))
+# Marked, but with no plan (a value rendered into the SQL): compiled by SQLAlchemy.
+_SET_RENDERED = lean(
+    update(_T).where(_T.c.id == bindparam("k", literal_execute=True)).values(n=bindparam("v"))
+)
+_N_RENDERED = lean(select(_T.c.n).where(_T.c.id == bindparam("k", literal_execute=True)))
 
 
 class _Base(DeclarativeBase):
@@ -544,6 +549,49 @@ async def test_a_lean_block_is_one_transaction_and_cannot_be_begun_twice(
     finally:
         use_lean_statements(was)
     assert await _ns(any_engine) == {1: 1, 2: 2}
+
+
+async def test_a_marked_statement_without_a_plan_runs_compiled_in_the_blocks_transaction(
+    any_engine: AsyncEngine,
+) -> None:
+    """A marked statement the lean path cannot run as driver SQL (here a value rendered
+    into the SQL; in the shop, a DateTime read back on SQLite) runs as SQLAlchemy
+    compiles it, on the block's connection: the ORM session is still not begun."""
+    sessions = session_factory(any_engine, serial_writes=True)
+    compiled: list[bool] = []
+
+    def record(_c: Any, _cur: Any, _sql: str, _p: Any, context: Any, _m: Any) -> None:
+        compiled.append(context.compiled is not None)
+
+    event.listen(any_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        with checkouts(any_engine) as taken:
+            async with sessions.begin() as s:
+                await s.execute(_ADD, {"id": 1, "n": 1})
+                await s.execute(_SET_RENDERED, {"k": 1, "v": 5})
+                assert await s.scalar(_N_RENDERED, {"k": 1}) == 5
+                assert s.get_transaction() is None  # one connection, no ORM transaction
+            async with sessions() as s:  # a block with no driver-SQL statement at all
+                assert await s.scalar(_N_RENDERED, {"k": 1}) == 5
+                assert s.get_transaction() is None
+            with pytest.raises(RuntimeError):
+                async with sessions.begin() as s:
+                    await s.execute(_SET_RENDERED, {"k": 1, "v": 9})
+                    raise RuntimeError("rolled back")
+    finally:
+        event.remove(any_engine.sync_engine, "before_cursor_execute", record)
+    assert taken == [3]
+    assert compiled == [False, True, True, True, True]
+    assert await _ns(any_engine) == {1: 5}
+    _all_released(any_engine)
+    was = lean_statements()
+    use_lean_statements(False)  # off: the session's own transaction, as before
+    try:
+        async with sessions() as s:
+            assert await s.scalar(_N_RENDERED, {"k": 1}) == 5
+            assert s.get_transaction() is not None
+    finally:
+        use_lean_statements(was)
 
 
 async def test_a_caller_cancelled_during_a_lean_commit_still_commits(

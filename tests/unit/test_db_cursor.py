@@ -1,0 +1,284 @@
+"""mesh.db_cursor: lean statements on the mesh SQLite driver's cursor give what
+`exec_driver_sql` gives (rows, names, rowcounts, errors, invalidation), and step aside
+wherever SQLAlchemy would do more (events, logging, no transaction, another driver).
+Real SQLite files; PostgreSQL, when it answers, for the stepping aside."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mesh import db_cursor, db_lean
+from mesh.db import session_factory
+from mesh.db_lean import Plan, lean, make_plan
+from tests.support.postgres import engine_with
+
+md = MetaData()
+T = Table(
+    "cur_t",
+    md,
+    Column("id", String(36), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+)
+c = T.c
+ADD = lean(insert(T))
+BUMP = lean(
+    update(T)
+    .where(c.id == bindparam("k"))
+    .values(n=c.n + bindparam("by", type_=BigInteger))
+    .returning(c.id, c.n)
+)
+SET = lean(update(T).where(c.status == bindparam("s")).values(status=bindparam("to")))
+BY_STATUS = lean(select(c.id, c.n).where(c.status == bindparam("s")).order_by(c.id))
+IN_LIST = lean(select(c.id).where(c.id.in_(bindparam("ids", expanding=True))).order_by(c.id))
+COUNTED = lean(select((c.n * 2).label("twice"), c.id).where(c.id == bindparam("k")))
+DROP = lean(delete(T).where(c.status == bindparam("s")))
+UPSERT = lean(
+    text("INSERT INTO cur_t (id, n, status) VALUES (:i, :n, 'TXT') ON CONFLICT DO NOTHING")
+)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with engine_with("sqlite", tmp_path / "cursor.db", "cursor", md) as eng:
+        yield eng
+    db_cursor.use_cursor(True)
+
+
+@contextmanager
+def on_cursor(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The SQL of every statement that ran on the driver's cursor in the block."""
+    ran: list[str] = []
+    run = db_cursor.run
+
+    def counted(conn: Connection, sql: str, *rest: Any) -> Any:
+        ran.append(sql)
+        return run(conn, sql, *rest)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(db_cursor, "run", counted)
+        yield ran
+
+
+async def _workload(engine: AsyncEngine) -> list[Any]:
+    """Each kind of lean statement the shop runs, and every way its results are read."""
+    sessions = session_factory(engine, serial_writes=True)
+    out: list[Any] = []
+    async with sessions.begin() as s:
+        for i in range(4):
+            res = await s.execute(ADD, {"id": f"r{i}", "n": i, "status": "NEW"})
+            out.append(res.rowcount)
+        res = await s.execute(BUMP, {"k": "r1", "by": 10})
+        row = res.first()
+        out += [tuple(row), row.id, row.n, row._mapping["n"], list(row._mapping)]
+        out.append((await s.execute(BUMP, {"k": "nobody", "by": 1})).first())
+        out.append((await s.execute(SET, {"s": "NEW", "to": "OLD"})).rowcount)
+        out.append((await s.execute(UPSERT, {"i": "t1", "n": 7})).rowcount)
+        out.append((await s.execute(UPSERT, {"i": "t1", "n": 8})).rowcount)
+    async with sessions() as s:
+        out.append((await s.execute(BY_STATUS, {"s": "OLD"})).all())
+        out.append((await s.execute(BY_STATUS, {"s": "OLD"})).scalars().all())
+        out.append((await s.execute(BY_STATUS, {"s": "OLD"})).mappings().all())
+        out.append([tuple(r) for r in await s.execute(BY_STATUS, {"s": "OLD"})])
+        out.append(list((await s.execute(BY_STATUS, {"s": "none"})).keys()))
+        out.append((await s.execute(BY_STATUS, {"s": "none"})).first())
+        out.append(await s.scalar(COUNTED, {"k": "r1"}))
+        out.append((await s.execute(COUNTED, {"k": "r1"})).one()._asdict())
+        out.append((await s.execute(COUNTED, {"k": "r9"})).one_or_none())
+        try:
+            (await s.execute(COUNTED, {"k": "r9"})).one()
+        except NoResultFound as exc:
+            out.append(str(exc))
+        for ids in (["r2", "r0"], ["r1"], []):
+            out.append((await s.execute(IN_LIST, {"ids": ids})).scalars().all())
+    async with sessions.begin() as s:
+        out.append((await s.execute(DROP, {"s": "TXT"})).rowcount)
+    async with engine.connect() as conn:
+        out.append((await conn.execute(select(T).order_by(c.id))).all())
+    return out
+
+
+async def _reset(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(T))
+
+
+async def test_the_cursor_gives_what_exec_driver_sql_gives(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert db_cursor.AVAILABLE  # this SQLAlchemy passes the fence: the path under test runs
+    db_cursor.use_cursor(False)
+    statements: list[str] = []
+
+    def count(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        statements.append(sql)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        with on_cursor(monkeypatch) as off:
+            expected = await _workload(engine)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    await _reset(engine)
+    db_cursor.use_cursor(True)
+    with on_cursor(monkeypatch) as on:
+        got = await _workload(engine)
+    assert got == expected
+    assert off == []
+    assert on == statements[:-1]  # every lean statement (not the last, unmarked read)
+    assert expected[:4] == [1, 1, 1, 1] and expected[4] == ("r1", 11)
+    assert expected[-1][0] == ("r0", 0, "OLD")
+
+
+async def _duplicate(engine: AsyncEngine) -> IntegrityError:
+    sessions = session_factory(engine, serial_writes=True)
+    with pytest.raises(IntegrityError) as caught:
+        async with sessions.begin() as s:
+            await s.execute(ADD, {"id": "dup", "n": 1, "status": "NEW"})
+            await s.execute(ADD, {"id": "dup", "n": 2, "status": "NEW"})
+    return caught.value
+
+
+async def test_errors_are_sqlalchemys_and_nothing_is_kept(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_cursor.use_cursor(False)
+    expected = await _duplicate(engine)
+    db_cursor.use_cursor(True)
+    with on_cursor(monkeypatch) as on:
+        got = await _duplicate(engine)
+    assert len(on) == 2
+    assert type(got.orig) is type(expected.orig)
+    assert (got.statement, got.params, str(got)) == (
+        expected.statement,
+        expected.params,
+        str(expected),
+    )
+    async with engine.connect() as conn:  # the block rolled back
+        assert (await conn.execute(select(c.id))).all() == []
+
+
+async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:
+    """A statement on a connection whose database handle was closed under it: the
+    error SQLAlchemy raises, and whether it invalidated the connection."""
+    plan = make_plan(ADD, engine.dialect, ("id", "n", "status"), False)
+    assert isinstance(plan, Plan)
+    args = plan.args({"id": "x", "n": 1, "status": "NEW"})
+    async with engine.connect() as conn:
+        await conn.begin()
+
+        def closed_then_run(sync: Connection) -> tuple[DBAPIError, bool]:
+            sync.connection.dbapi_connection._sqlite.close()  # type: ignore[union-attr]
+            with pytest.raises(DBAPIError) as caught:
+                db_lean.run_on(sync, plan, args)
+            return caught.value, sync.invalidated
+
+        return await conn.run_sync(closed_then_run)
+
+
+async def test_a_lost_connection_is_invalidated_as_sqlalchemy_does(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_cursor.use_cursor(False)
+    expected, expected_invalidated = await _on_a_closed_database(engine)
+    db_cursor.use_cursor(True)
+    with on_cursor(monkeypatch) as on:
+        got, invalidated = await _on_a_closed_database(engine)
+    assert len(on) == 1
+    assert expected_invalidated and invalidated
+    assert got.connection_invalidated and expected.connection_invalidated
+    assert str(got) == str(expected)
+
+
+async def test_it_steps_aside_for_listeners_logging_and_no_transaction(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sessions = session_factory(engine, serial_writes=True)
+    seen: list[str] = []
+    errors: list[str] = []
+
+    def before(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        seen.append(sql)
+
+    def failed(ctx: Any) -> None:
+        errors.append(type(ctx.original_exception).__name__)
+
+    with on_cursor(monkeypatch) as on:
+        event.listen(engine.sync_engine, "before_cursor_execute", before)
+        try:
+            async with sessions.begin() as s:
+                await s.execute(ADD, {"id": "a", "n": 1, "status": "NEW"})
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", before)
+        assert len(seen) == 1 and on == []  # the listener saw it: SQLAlchemy ran it
+
+        event.listen(engine.sync_engine, "handle_error", failed)
+        try:
+            await _duplicate(engine)
+        finally:
+            event.remove(engine.sync_engine, "handle_error", failed)
+        assert errors == ["IntegrityError"] and on == []
+
+        engine.sync_engine.echo = True  # statements logged: SQLAlchemy logs them
+        try:
+            with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+                async with sessions.begin() as s:
+                    await s.execute(ADD, {"id": "b", "n": 2, "status": "NEW"})
+        finally:
+            engine.sync_engine.echo = False
+        assert any("INSERT INTO cur_t" in r.getMessage() for r in caplog.records)
+        assert on == []
+
+        plan = make_plan(ADD, engine.dialect, ("id", "n", "status"), False)
+        assert isinstance(plan, Plan)
+        args = plan.args({"id": "c", "n": 3, "status": "NEW"})
+        async with engine.connect() as conn:  # not begun: SQLAlchemy begins it
+            await conn.run_sync(lambda sync: db_lean.run_on(sync, plan, args))
+            await conn.commit()
+        assert on == []
+
+        async with sessions.begin() as s:  # and with none of that, the cursor
+            await s.execute(ADD, {"id": "d", "n": 4, "status": "NEW"})
+        assert len(on) == 1
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(c.id).order_by(c.id))).scalars().all() == [
+            "a",
+            "b",
+            "c",
+            "d",
+        ]
+
+
+async def test_another_driver_takes_sqlalchemys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine_with("postgresql", tmp_path / "unused.db", "cursorpg", md) as eng:
+        sessions = session_factory(eng)
+        with on_cursor(monkeypatch) as on:
+            async with sessions.begin() as s:
+                await s.execute(ADD, {"id": "p", "n": 1, "status": "NEW"})
+                assert (await s.execute(BY_STATUS, {"s": "NEW"})).all() == [("p", 1)]
+        assert on == []

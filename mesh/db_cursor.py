@@ -23,18 +23,23 @@ invalidation of a connection whose state is unknown (an interrupted statement).
 Where it steps aside (`exec_driver_sql` runs the statement, as before): another driver
 (PostgreSQL's adapter keeps per-statement state in its execution context); a
 connection not in a transaction (SQLAlchemy would begin one); execution options on the
-connection; listeners for `before_cursor_execute`, `after_cursor_execute`,
-`handle_error`, `do_execute` or `do_execute_no_params`; statement logging on (`echo`,
-or the `sqlalchemy.engine` logger at INFO); several parameter sets; result columns
-whose names SQLAlchemy would change or could not tell apart (a dot, a repeat).
+connection; any event listener added to the connection, its engine or its dialect
+(`before_cursor_execute`, `handle_error`, `do_execute`...: SQLAlchemy would run them);
+statement logging on (`echo`, or the `sqlalchemy.engine` logger at INFO); several
+parameter sets. Result keys are the cursor description's names, as `exec_driver_sql`
+gives them (SQLite 3.10+ reports `table.column` names as they are, and SQLAlchemy then
+leaves them; a repeated name reads as its last column in both).
 
 Private SQLAlchemy, fenced here: `SimpleResultMetaData` (the metadata of a result built
-from rows, `sqlalchemy.engine.result`, not in SQLAlchemy's documentation) and
-`Connection._handle_dbapi_exception`. Both are checked when this module is imported;
-if either is missing or different (another SQLAlchemy), `AVAILABLE` is false and every
-lean statement takes `exec_driver_sql`. `MESH_FASTPATH=0` turns it off too.
-`tests/unit/test_db_cursor.py` runs the shop's kinds of statements both ways and
-requires equal results, rowcounts, errors and events.
+from rows, `sqlalchemy.engine.result`, not in SQLAlchemy's documentation),
+`Connection._handle_dbapi_exception`, and the `_has_events` flags of a connection, an
+engine and a dialect (what SQLAlchemy itself tests before looking for listeners; the
+listener collections themselves cost ~4 µs a statement to ask). All are checked when
+this module is imported; if one is missing or different (another SQLAlchemy),
+`AVAILABLE` is false and every lean statement takes `exec_driver_sql`.
+`MESH_FASTPATH=0` turns it off too. `tests/unit/test_db_cursor.py` runs the shop's
+kinds of statements both ways and requires equal results, rowcounts, errors and
+invalidation, and that SQLAlchemy's path runs wherever it would do more.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy.engine import Connection, IteratorResult
+from sqlalchemy.engine import Connection, Dialect, Engine, IteratorResult
 
 from interceptors import _fastpath
 from mesh.sqlite_driver import DRIVER
@@ -57,6 +62,7 @@ try:  # the fence: SQLAlchemy's internals this module relies on
     AVAILABLE: Final = (
         sqlite3.sqlite_version_info >= (3, 10)
         and _fastpath.requested()
+        and all(getattr(cls, "_has_events", None) is False for cls in (Connection, Engine, Dialect))
         and list(inspect.signature(_handle_error).parameters)[:6]
         == ["self", "e", "statement", "parameters", "cursor", "context"]
     )
@@ -101,15 +107,13 @@ def usable(conn: Connection, args: Any) -> bool:
     dialect = conn.dialect
     if dialect.driver != DRIVER or not conn.in_transaction() or conn.get_execution_options():
         return False
-    events = conn.dispatch
-    if events.before_cursor_execute or events.after_cursor_execute:
+    engine = conn.engine
+    # SQLAlchemy's own test before it looks at any listener: whether one was ever added
+    # to the connection, its engine or its dialect (it stays set after a removal, so
+    # this path stays off then too: the cautious side).
+    if conn._has_events or engine._has_events or dialect._has_events:
         return False
-    dialect_events = dialect.dispatch
-    if dialect_events.handle_error or dialect_events.do_execute:
-        return False
-    if dialect_events.do_execute_no_params:
-        return False
-    return not conn.engine.logger.isEnabledFor(logging.INFO)
+    return not engine.logger.isEnabledFor(logging.INFO)
 
 
 def run(

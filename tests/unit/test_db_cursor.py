@@ -56,6 +56,7 @@ BY_STATUS = lean(select(c.id, c.n).where(c.status == bindparam("s")).order_by(c.
 IN_LIST = lean(select(c.id).where(c.id.in_(bindparam("ids", expanding=True))).order_by(c.id))
 COUNTED = lean(select((c.n * 2).label("twice"), c.id).where(c.id == bindparam("k")))
 DROP = lean(delete(T).where(c.status == bindparam("s")))
+ADD_SQL = "INSERT INTO cur_t (id, n, status) VALUES (?, ?, ?)"
 UPSERT = lean(
     text("INSERT INTO cur_t (id, n, status) VALUES (:i, :n, 'TXT') ON CONFLICT DO NOTHING")
 )
@@ -130,6 +131,10 @@ async def test_the_cursor_gives_what_exec_driver_sql_gives(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert db_cursor.AVAILABLE  # this SQLAlchemy passes the fence: the path under test runs
+    with on_cursor(monkeypatch) as on:
+        got = await _workload(engine)
+    await _reset(engine)
+    # Then as before, every statement seen by a listener (which keeps the cursor off).
     db_cursor.use_cursor(False)
     statements: list[str] = []
 
@@ -142,10 +147,6 @@ async def test_the_cursor_gives_what_exec_driver_sql_gives(
             expected = await _workload(engine)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
-    await _reset(engine)
-    db_cursor.use_cursor(True)
-    with on_cursor(monkeypatch) as on:
-        got = await _workload(engine)
     assert got == expected
     assert off == []
     assert on == statements[:-1]  # every lean statement (not the last, unmarked read)
@@ -213,63 +214,57 @@ async def test_a_lost_connection_is_invalidated_as_sqlalchemy_does(
     assert str(got) == str(expected)
 
 
+async def _add(engine: AsyncEngine, key: str) -> None:
+    async with session_factory(engine, serial_writes=True).begin() as s:
+        await s.execute(ADD, {"id": key, "n": 1, "status": "NEW"})
+
+
+@pytest.mark.parametrize("what", ["nothing", "listener", "handle_error", "echo", "no transaction"])
 async def test_it_steps_aside_for_listeners_logging_and_no_transaction(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    what: str,
 ) -> None:
-    sessions = session_factory(engine, serial_writes=True)
+    """With any of these SQLAlchemy does more than run the statement, so it runs it (a
+    fresh engine each: a listener once added keeps the cursor path off, cautiously)."""
     seen: list[str] = []
-    errors: list[str] = []
 
     def before(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
         seen.append(sql)
 
     def failed(ctx: Any) -> None:
-        errors.append(type(ctx.original_exception).__name__)
+        seen.append(type(ctx.original_exception).__name__)
 
     with on_cursor(monkeypatch) as on:
-        event.listen(engine.sync_engine, "before_cursor_execute", before)
-        try:
-            async with sessions.begin() as s:
-                await s.execute(ADD, {"id": "a", "n": 1, "status": "NEW"})
-        finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", before)
-        assert len(seen) == 1 and on == []  # the listener saw it: SQLAlchemy ran it
-
-        event.listen(engine.sync_engine, "handle_error", failed)
-        try:
+        if what == "nothing":  # the control: the cursor
+            await _add(engine, "a")
+            assert len(on) == 1
+            return
+        if what == "listener":
+            event.listen(engine.sync_engine, "before_cursor_execute", before)
+            await _add(engine, "a")
+            assert seen == [ADD_SQL]
+        elif what == "handle_error":
+            event.listen(engine.sync_engine, "handle_error", failed)
             await _duplicate(engine)
-        finally:
-            event.remove(engine.sync_engine, "handle_error", failed)
-        assert errors == ["IntegrityError"] and on == []
-
-        engine.sync_engine.echo = True  # statements logged: SQLAlchemy logs them
-        try:
+            assert seen == ["IntegrityError"]
+        elif what == "echo":  # statements logged: SQLAlchemy logs them
+            engine.sync_engine.echo = True
             with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
-                async with sessions.begin() as s:
-                    await s.execute(ADD, {"id": "b", "n": 2, "status": "NEW"})
-        finally:
-            engine.sync_engine.echo = False
-        assert any("INSERT INTO cur_t" in r.getMessage() for r in caplog.records)
+                await _add(engine, "a")
+            assert any(ADD_SQL in r.getMessage() for r in caplog.records)
+        else:
+            plan = make_plan(ADD, engine.dialect, ("id", "n", "status"), False)
+            assert isinstance(plan, Plan)
+            args = plan.args({"id": "a", "n": 1, "status": "NEW"})
+            async with engine.connect() as conn:  # not begun: SQLAlchemy begins it
+                await conn.run_sync(lambda sync: db_lean.run_on(sync, plan, args))
+                await conn.commit()
         assert on == []
-
-        plan = make_plan(ADD, engine.dialect, ("id", "n", "status"), False)
-        assert isinstance(plan, Plan)
-        args = plan.args({"id": "c", "n": 3, "status": "NEW"})
-        async with engine.connect() as conn:  # not begun: SQLAlchemy begins it
-            await conn.run_sync(lambda sync: db_lean.run_on(sync, plan, args))
-            await conn.commit()
-        assert on == []
-
-        async with sessions.begin() as s:  # and with none of that, the cursor
-            await s.execute(ADD, {"id": "d", "n": 4, "status": "NEW"})
-        assert len(on) == 1
-    async with engine.connect() as conn:
-        assert (await conn.execute(select(c.id).order_by(c.id))).scalars().all() == [
-            "a",
-            "b",
-            "c",
-            "d",
-        ]
+    if what != "handle_error":
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(c.id))).scalars().all() == ["a"]
 
 
 async def test_another_driver_takes_sqlalchemys_path(

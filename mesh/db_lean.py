@@ -23,13 +23,18 @@ positional parameter's name, its default (a value bound in the statement, e.g.
 `.where(c.status == "HELD")`) and its type's bind processor for the dialect (e.g. a
 DateTime for SQLite). `exec_driver_sql` still fires the engine's cursor events
 (`before_cursor_execute`), wraps driver errors (`IntegrityError`...) and returns a
-buffered `CursorResult`.
+buffered `CursorResult`. On the mesh's SQLite driver the plan runs on the driver's
+cursor instead, where nothing but the statement would happen (`mesh.db_cursor`).
 
 The contract of a lean statement (what differs, so it is opt-in per statement): rows are
 read by position or by name (`row.status`, `row._mapping["status"]`), not by Column
 object; `inserted_primary_key`, `returned_defaults` and `last_inserted_params` are not
-available. Everything else falls back, per call, to `session.execute` as usual, with
-nothing lost but the saving:
+available. Everything else runs per call as SQLAlchemy compiles it, with nothing lost
+but the saving: on the lean transaction's connection (`run_compiled_on`, since 6 Dec
+2026's ninth session: a block whose only statement had no plan, GetProduct's read of a
+DateTime on SQLite, began the ORM session for it), else through `session.execute`, and
+always through `session.execute` where the session or engine asks for more (execution
+options, ORM or execute listeners):
 
 - statements SQLAlchemy would not compile to one fixed string: `literal_execute`,
   escaped parameter names, a non-positional paramstyle; an expanding `IN` list of tuples,

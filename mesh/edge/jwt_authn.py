@@ -82,7 +82,7 @@ class EdgeAuthOptions:
     jwks_cache_s: int = 300  # = the issuer's Cache-Control max-age
     failed_refetch_s: float = 1.0
     fetch_timeout_s: float = 2.0
-    clock_skew_s: int = 30
+    clock_skew_s: int = 30  # at least 1: Envoy reads 0 as its own default, 60
 
 
 def jwks_sources(auth: EdgeAuthOptions) -> dict[str, tuple[str, str]]:
@@ -118,6 +118,10 @@ def jwt_filter(
 ) -> dict[str, Any]:
     """The `jwt_authn` filter: the provider and one rule per public path, then the
     catch-all that requires a token. `open_prefixes` (reflection, health) are public."""
+    if auth.clock_skew_s < 1:
+        raise ValueError(
+            f"clock_skew_s={auth.clock_skew_s}: at least 1 (Envoy reads 0 as its default, 60 s)"
+        )
     rules: list[dict[str, Any]] = [
         {"match": {"path": p}, "requires": _optional_token()} for p in public_paths(model)
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mesh.edge.envoy_config import EdgeOptions, render
 from mesh.edge.jwt_authn import (
     FILTER,
@@ -67,3 +69,11 @@ def test_the_issuer_is_configurable_and_auth_can_be_left_out() -> None:
     assert "local_reply_config" not in hcm
     clusters = render(MODEL, off)["static_resources"]["clusters"]
     assert JWKS_CLUSTER not in [c["name"] for c in clusters]
+
+
+def test_a_clock_skew_envoy_would_read_as_a_minute_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        _hcm(EdgeOptions(auth=EdgeAuthOptions(clock_skew_s=0)))
+    hcm = _hcm(EdgeOptions(auth=EdgeAuthOptions(clock_skew_s=1)))
+    jwt = next(f for f in hcm["http_filters"] if f["name"] == FILTER)
+    assert jwt["typed_config"]["providers"]["end_user"]["clock_skew_seconds"] == 1

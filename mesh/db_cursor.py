@@ -100,6 +100,17 @@ class Columns:
         self.meta = SimpleResultMetaData(names)
 
 
+def quiet(bind: Connection | Engine) -> bool:
+    """Whether no event listener was ever added to `bind` (a connection, or an engine)
+    or its engine: SQLAlchemy's own first test, `_has_events`, without asking the listener
+    collections. False when the fence is down: then ask them."""
+    if not AVAILABLE:
+        return False
+    if isinstance(bind, Connection):
+        return not (bind._has_events or bind.engine._has_events)
+    return not bind._has_events
+
+
 def usable(conn: Connection, args: Any) -> bool:
     """Whether a lean statement with driver parameters `args` may run on `conn`'s cursor."""
     if not (AVAILABLE and _enabled) or type(args) is not tuple:
@@ -107,13 +118,12 @@ def usable(conn: Connection, args: Any) -> bool:
     dialect = conn.dialect
     if dialect.driver != DRIVER or not conn.in_transaction() or conn.get_execution_options():
         return False
-    engine = conn.engine
     # SQLAlchemy's own test before it looks at any listener: whether one was ever added
     # to the connection, its engine or its dialect (it stays set after a removal, so
     # this path stays off then too: the cautious side).
-    if conn._has_events or engine._has_events or dialect._has_events:
+    if not quiet(conn) or dialect._has_events:
         return False
-    return not engine.logger.isEnabledFor(logging.INFO)
+    return not conn.engine.logger.isEnabledFor(logging.INFO)
 
 
 def run(

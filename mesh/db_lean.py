@@ -324,9 +324,10 @@ def prepare(sync: Session, statement: Any, params: Any) -> tuple[Plan | None, An
     if sync.execution_options or sync.dispatch.do_orm_execute:
         return None
     engine = sync.get_bind(clause=statement)
-    dispatch = engine.dispatch
-    if dispatch.before_execute or dispatch.after_execute:
-        return None
+    if not db_cursor.quiet(engine):
+        dispatch = engine.dispatch
+        if dispatch.before_execute or dispatch.after_execute:
+            return None
     # `type() is` first: an ABC's isinstance costs ~1 µs, and params are dicts or lists.
     kind = type(params)
     if params is None:

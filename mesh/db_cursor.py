@@ -16,9 +16,11 @@ the same SQL and parameters, through the same driver; the result is buffered (ev
 fetched before it returns, as `prebuffer_rows` does) and reads as SQLAlchemy's does: a
 `LeanResult` is an `IteratorResult` (`first`, `all`, `one`, `scalar`, `scalars`,
 `mappings`, rows by position or by name, `row._mapping`) with the cursor's `rowcount`.
-An error goes through SQLAlchemy's own handling (`Connection._handle_dbapi_exception`):
-the same `IntegrityError`/`OperationalError`..., `handle_error` events, and the same
-invalidation of a connection whose state is unknown (an interrupted statement).
+A driver error, or an interruption, goes through SQLAlchemy's own handling
+(`Connection._handle_dbapi_exception`): the same `IntegrityError`/`OperationalError`...,
+and the same invalidation of a connection whose state is unknown (an interrupted
+statement, a closed database); any other error passes as it is, as it does through
+`exec_driver_sql`.
 
 Where it steps aside (`exec_driver_sql` runs the statement, as before): another driver
 (PostgreSQL's adapter keeps per-statement state in its execution context); a
@@ -139,9 +141,12 @@ def run(
         rows: Sequence[Any] = cursor.fetchall() if description is not None else ()
         rowcount = cursor.rowcount
     except BaseException as e:
-        # SQLAlchemy's own path: its error types, events and invalidation (the fence).
-        _handle_error(conn, e, sql, args, cursor, None)
-        raise  # pragma: no cover  (the handler always raises)
+        # A driver error, or an interruption (cancellation, exit): SQLAlchemy's own
+        # handling, with its error types, events and invalidation (the fence). Any other
+        # error passes as it is, as `exec_driver_sql` lets it.
+        if isinstance(e, conn.dialect.loaded_dbapi.Error) or not isinstance(e, Exception):
+            _handle_error(conn, e, sql, args, cursor, None)
+        raise
     finally:
         cursor.close()
     names = () if description is None else tuple(d[0] for d in description)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh import db_cursor, db_lean
+from mesh import db_cursor, db_lean, sqlite_driver
 from mesh.db import session_factory
 from mesh.db_lean import Plan, lean, make_plan
 from tests.support.postgres import engine_with
@@ -180,6 +180,33 @@ async def test_errors_are_sqlalchemys_and_nothing_is_kept(
     )
     async with engine.connect() as conn:  # the block rolled back
         assert (await conn.execute(select(c.id))).all() == []
+
+
+async def _a_bug_in_the_driver(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What a block sees when the driver's cursor raises an error that is not a DBAPI one."""
+
+    def broken(*_: Any) -> Any:
+        raise TypeError("a bug in the driver")
+
+    sessions = session_factory(engine, serial_writes=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite_driver.Cursor, "execute", broken)
+        with pytest.raises(TypeError) as caught:
+            async with sessions.begin() as s:
+                await s.execute(ADD, {"id": "bug", "n": 1, "status": "NEW"})
+    return caught.value
+
+
+async def test_an_error_that_is_not_the_drivers_passes_as_it_is(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_cursor.use_cursor(False)
+    expected = await _a_bug_in_the_driver(engine, monkeypatch)
+    db_cursor.use_cursor(True)
+    with on_cursor(monkeypatch) as on:
+        got = await _a_bug_in_the_driver(engine, monkeypatch)
+    assert len(on) == 1
+    assert type(got) is type(expected) is TypeError and str(got) == str(expected)
 
 
 async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:

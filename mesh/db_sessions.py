@@ -181,6 +181,12 @@ _TRANSACTION_EVENTS = (
 )
 
 
+def _already_begun() -> InvalidRequestError:
+    """What SQLAlchemy's session raises for a second `begin()` (a lean block refuses it
+    the same way)."""
+    return InvalidRequestError("A transaction is already begun on this Session.")
+
+
 class _LeanTransaction:
     """The transaction of a session's block (`async with maker.begin()`, which commits at
     its end, or `async with maker()`, which rolls back what is left) on a connection of its
@@ -393,7 +399,7 @@ class MeshSession(AsyncSession):
     def begin(self) -> Any:
         if self._lean is not None and self._lean.conn is not None:
             # As an autobegun session refuses it: a lean statement began the transaction.
-            raise InvalidRequestError("A transaction is already begun on this Session.")
+            raise _already_begun()
         return super().begin()
 
     async def __aenter__(self: S) -> S:
@@ -431,7 +437,7 @@ class _Begin(Generic[S]):
     async def __aenter__(self) -> S:
         session = self.session
         if session._lean is not None:
-            raise InvalidRequestError("A transaction is already begun on this Session.")
+            raise _already_begun()
         if session._start_lean():
             return session
         transaction = session.sync_session.begin()

@@ -6,10 +6,10 @@ Real SQLite files; PostgreSQL, when it answers, for the stepping aside."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import (
@@ -34,6 +34,8 @@ from mesh import db_cursor, db_lean, sqlite_driver
 from mesh.db import session_factory
 from mesh.db_lean import Plan, lean, make_plan
 from tests.support.postgres import engine_with
+
+T_ = TypeVar("T_")
 
 md = MetaData()
 T = Table(
@@ -82,6 +84,19 @@ def on_cursor(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     with monkeypatch.context() as patched:
         patched.setattr(db_cursor, "run", counted)
         yield ran
+
+
+async def both_ways(
+    monkeypatch: pytest.MonkeyPatch, step: Callable[[], Awaitable[T_]]
+) -> tuple[T_, T_, list[str]]:
+    """`step` through `exec_driver_sql`, then with the cursor path on: what each gave,
+    and the SQL of the statements that ran on the cursor the second time."""
+    db_cursor.use_cursor(False)
+    expected = await step()
+    db_cursor.use_cursor(True)
+    with on_cursor(monkeypatch) as on:
+        got = await step()
+    return expected, got, on
 
 
 async def _workload(engine: AsyncEngine) -> list[Any]:
@@ -166,11 +181,7 @@ async def _duplicate(engine: AsyncEngine) -> IntegrityError:
 async def test_errors_are_sqlalchemys_and_nothing_is_kept(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_cursor.use_cursor(False)
-    expected = await _duplicate(engine)
-    db_cursor.use_cursor(True)
-    with on_cursor(monkeypatch) as on:
-        got = await _duplicate(engine)
+    expected, got, on = await both_ways(monkeypatch, lambda: _duplicate(engine))
     assert len(on) == 2
     assert type(got.orig) is type(expected.orig)
     assert (got.statement, got.params, str(got)) == (
@@ -200,11 +211,9 @@ async def _a_bug_in_the_driver(engine: AsyncEngine, monkeypatch: pytest.MonkeyPa
 async def test_an_error_that_is_not_the_drivers_passes_as_it_is(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_cursor.use_cursor(False)
-    expected = await _a_bug_in_the_driver(engine, monkeypatch)
-    db_cursor.use_cursor(True)
-    with on_cursor(monkeypatch) as on:
-        got = await _a_bug_in_the_driver(engine, monkeypatch)
+    expected, got, on = await both_ways(
+        monkeypatch, lambda: _a_bug_in_the_driver(engine, monkeypatch)
+    )
     assert len(on) == 1
     assert type(got) is type(expected) is TypeError and str(got) == str(expected)
 
@@ -230,11 +239,8 @@ async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:
 async def test_a_lost_connection_is_invalidated_as_sqlalchemy_does(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db_cursor.use_cursor(False)
-    expected, expected_invalidated = await _on_a_closed_database(engine)
-    db_cursor.use_cursor(True)
-    with on_cursor(monkeypatch) as on:
-        got, invalidated = await _on_a_closed_database(engine)
+    before, after, on = await both_ways(monkeypatch, lambda: _on_a_closed_database(engine))
+    (expected, expected_invalidated), (got, invalidated) = before, after
     assert len(on) == 1
     assert expected_invalidated and invalidated
     assert got.connection_invalidated and expected.connection_invalidated

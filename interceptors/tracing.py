@@ -59,6 +59,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.status import Status, StatusCode
 
+from interceptors import _fastpath
 from interceptors._call import split_method, when_done
 from interceptors._client import ClientInterceptor, Continuation, returns_call
 from interceptors._handler import ObservingServerInterceptor
@@ -387,9 +388,10 @@ def _sampler(env: Mapping[str, str]) -> sampling.Sampler:
 
 
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
-    # Imported here: the OTLP exporter pulls in its own grpc channel machinery.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+    # The SDK's OTLP/gRPC exporter, its batches encoded by interceptors.otlp_spans where
+    # `_fastpath` selects it (imported there at the first call: the exporter pulls in its
+    # own grpc channel machinery).
+    exporter_class = _fastpath.otlp_span_exporter()
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
@@ -399,11 +401,12 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     headers_raw = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get(
         "OTEL_EXPORTER_OTLP_HEADERS"
     )
-    return OTLPSpanExporter(
+    exporter: SpanExporter = exporter_class(
         endpoint=endpoint or None,
         insecure=None if insecure_raw is None else insecure_raw.strip().lower() == "true",
         headers=_pairs(headers_raw) if headers_raw else None,
     )
+    return exporter
 
 
 def _int_var(env: Mapping[str, str], name: str) -> int | None:

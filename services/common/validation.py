@@ -41,12 +41,20 @@ _CONTROL = frozenset({"Cc", "Cs", "Co", "Cn"})
 
 def has_control_chars(value: str) -> bool:
     """True for C0/C1 controls (NUL, newline, escape...), surrogates, private-use and
-    unassigned code points."""
+    unassigned code points. ASCII text is checked in C: its only non-printable
+    characters are its controls (category Cc), so `isprintable()` says the same as the
+    per-character categories (tests/unit/services/test_validation.py compares them for
+    every ASCII character); an order's text fields cost ~250 Python steps otherwise."""
+    if value.isascii():
+        return not value.isprintable()
     return any(unicodedata.category(ch) in _CONTROL for ch in value)
 
 
 def has_format_chars(value: str) -> bool:
-    """True for Unicode format characters (Cf): bidi overrides, zero-width characters."""
+    """True for Unicode format characters (Cf): bidi overrides, zero-width characters.
+    ASCII has none."""
+    if value.isascii():
+        return False
     return any(unicodedata.category(ch) == "Cf" for ch in value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from services.common.pagination import (
 )
 from services.common.secrets import Secret, derive_key, service_key
 from services.common.validation import (
+    has_control_chars,
+    has_format_chars,
     money_field,
     page_size_field,
     page_token_field,
@@ -210,6 +213,20 @@ def test_text_field() -> None:
         "blank", "long", "nul", "newline", "bidi", "zero_width", "isolate", "bom",
     }  # fmt: skip
     assert "format characters" in violations(v)["bidi"]
+
+
+def test_ascii_text_is_judged_as_the_unicode_categories_judge_it() -> None:
+    """The C check of ASCII text agrees with the per-character categories, character by
+    character and inside longer text (DEL and the C0 controls are the controls)."""
+    for code in range(128):
+        ch = chr(code)
+        controls = unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"}
+        assert has_control_chars(ch) is controls, repr(ch)
+        assert has_control_chars(f"ab{ch}cd") is controls, repr(ch)
+        assert has_format_chars(f"ab{ch}cd") is (unicodedata.category(ch) == "Cf")
+    assert not has_control_chars("")
+    assert has_control_chars("é\x7f") and has_control_chars("é\x85")  # C1 outside ASCII
+    assert has_format_chars("é\u200d") and not has_format_chars("é")
 
 
 def test_money_field() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,8 +34,7 @@ from tests.support.ping import PingServicer
 from tests.support.poll import eventually
 from tests.support.server_runtime import StubRuntime
 
-SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+SPAN = "b7ad6b7169203331"
 PING = "/shop.testing.v1.PingService/Ping"
 
 
@@ -60,12 +60,19 @@ class RaisingPing(PingServicer):
 
 
 class _Records(logging.Handler):
-    def __init__(self) -> None:
+    """The records logged; with `trace_id`, none of another trace (a scenario's calls
+    have their own: a late access line of an earlier scenario's call, or of another
+    test's server still finishing, must not count as this one's). Records without a
+    trace id (the error interceptor's) are kept."""
+
+    def __init__(self, trace_id: str | None = None) -> None:
         super().__init__(logging.DEBUG)
+        self.trace_id = trace_id
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if getattr(record, "trace_id", self.trace_id) == self.trace_id or self.trace_id is None:
+            self.records.append(record)
 
 
 async def _requests(n: int) -> AsyncIterator[ping_pb2.PingRequest]:
@@ -120,7 +127,8 @@ async def _scenario(fused: bool, access_every: int = 1, registered: bool = False
         for interceptor in chain[0].observers if fused else chain:  # type: ignore[attr-defined]
             if hasattr(interceptor, "sample_every"):
                 interceptor.sample_every = access_every
-    records = _Records()
+    trace_id = secrets.token_hex(16)  # this scenario's calls' trace
+    records = _Records(trace_id)
     access = logging.getLogger("interceptors.logging")
     errors = logging.getLogger("interceptors.errors")
     for logger in (access, errors):
@@ -140,7 +148,7 @@ async def _scenario(fused: bool, access_every: int = 1, registered: bool = False
         # bytes in, bytes out: an undecodable body
         raw = channel.unary_unary(PING, None, None)  # type: ignore[arg-type]
         outcomes = []
-        for tp in (UNSAMPLED, SAMPLED):
+        for tp in (f"00-{trace_id}-{SPAN}-00", f"00-{trace_id}-{SPAN}-01"):
             md = _md(tp)
             outcomes += [
                 await _outcome(stub.Ping(ping_pb2.PingRequest(value="a"), metadata=md)),
@@ -200,7 +208,7 @@ async def _scenario(fused: bool, access_every: int = 1, registered: bool = False
             "-" if _timed_out(getattr(r, "rpc_code", "")) else r.levelname,
             getattr(r, "rpc_method", ""),
             _race(getattr(r, "rpc_code", "")),
-            getattr(r, "trace_id", ""),
+            getattr(r, "trace_id", "") == trace_id,
             getattr(r, "sample_every", 1),
             r.exc_info is not None,
         )

@@ -112,7 +112,7 @@ def random_spans(seed: int, count: int = 200) -> list[ReadableSpan]:
 
 def as_dict_span(span: ReadableSpan) -> ReadableSpan:
     return ReadableSpan(
-        span.name, span.get_span_context(), span.parent, span.resource, dict(span.attributes),
+        span.name, span.get_span_context(), span.parent, span.resource, dict(span.attributes or {}),
         span.events, span.links, span.kind, None, span.status, span.start_time,
         span.end_time, span.instrumentation_scope,
     )  # fmt: skip

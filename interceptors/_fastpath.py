@@ -435,7 +435,9 @@ def _probe_spans() -> list[Any]:
         1 << 100, 1 << 60, is_remote=True, trace_flags=TraceFlags(1),
         trace_state=TraceState([("k", "v")]),
     )  # fmt: skip
-    attributes: dict[str, Any] = {"s": "é", "b": False, "i": -(1 << 40), "f": 0.5, "y": b"\x00", "l": ["a", 1]}
+    attributes: dict[str, Any] = {
+        "s": "é", "b": False, "i": -(1 << 40), "f": 0.5, "y": b"\x00", "l": ["a", 1],
+    }  # fmt: skip
     with tracer.start_as_current_span(
         "probe/server", set_span_in_context(NonRecordingSpan(remote)), SpanKind.SERVER,
         attributes, [Link(remote, {"l": True})],

@@ -35,9 +35,9 @@ fallback, and what it measured
   into a BatchSpanProcessor), 2026-12-02.
 
 - `otlp_span_exporter`: the OTLP/gRPC span exporter's private `_translate_data`,
-  overridden to parse the batch from `interceptors.otlp_spans`' bytes (checked at the
-  first export: its request must equal the SDK encoder's for a probe batch of every
-  shape). Public: the SDK's exporter as it is. 6.9 vs 29.7 per exported mesh span,
+  overridden to parse the batch from `interceptors.otlp_spans`' bytes (checked when the
+  first OTLP exporter is made: its request must equal the SDK encoder's for a probe
+  batch of every shape). Public: the SDK's exporter as it is. 6.9 vs 29.7 per exported mesh span,
   2026-12-06, opentelemetry-exporter-otlp-proto-grpc 1.45.2.
 
 - `MEMO_CALLER` (no private read, switched with them): the server's caller
@@ -428,7 +428,9 @@ def _probe_spans() -> list[Any]:
     from opentelemetry.trace.status import Status, StatusCode
 
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource({"service.name": "probe"}, "https://probe"))
+    provider = TracerProvider(
+        resource=Resource({"service.name": "probe"}, "https://probe"), shutdown_on_exit=False
+    )
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("probe", "1.0", "https://scope", {"scope.k": 1})
     remote = SpanContext(

@@ -21,9 +21,9 @@ int; sequences as arrays, mappings as key-value lists, None as an empty value), 
 attribute it cannot encode (an int beyond int64, a string that is not valid Unicode)
 skipped with a logged error, as it does. Equality is checked, not assumed: parsed back,
 the bytes must equal `encode_spans`' message (tests/unit/interceptors/test_otlp_spans.py
-on random spans of every shape; `interceptors._fastpath` checks a probe batch at the
-first export and keeps the SDK's encoder if they differ, as after an OTel upgrade that
-changed what is sent).
+on random spans of every shape; `interceptors._fastpath` checks a probe batch when the
+process makes its first OTLP exporter and keeps the SDK's encoder if they differ, as
+after an OTel upgrade that changed what is sent).
 
 How it stays cheap: plain loops over the spans' public `ReadableSpan` properties, no
 message objects; an attribute of a plain type (str, bool, int) is encoded once

@@ -79,6 +79,7 @@ built, and the module-level functions are looked up per call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -480,22 +481,23 @@ def _lean_otlp_exporter() -> type[Any] | None:
         return None
 
 
-_OTLP_CHECK: list[type[Any] | None] = []  # the check's answer, once made
+@functools.cache
+def _checked_lean_otlp_exporter() -> type[Any] | None:
+    """`_lean_otlp_exporter`'s answer, checked once per process (it imports the exporter)."""
+    lean = _lean_otlp_exporter()
+    if lean is None:
+        log.info("fast path otlp_encoder off: the installed exporter is not shaped as expected")
+    return lean
 
 
 def otlp_span_exporter() -> type[Any]:
     """The OTLP/gRPC span exporter class to build: with the fast path (`LEAN_OTLP`) and a
-    passing check (made here once, at the first call: it imports the exporter), the
-    lean one; else the SDK's `OTLPSpanExporter`."""
+    passing check (made at the first call), the lean one; else the SDK's
+    `OTLPSpanExporter`."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    if not LEAN_OTLP:
-        return OTLPSpanExporter
-    if not _OTLP_CHECK:
-        _OTLP_CHECK.append(_lean_otlp_exporter())
-        if _OTLP_CHECK[0] is None:
-            log.info("fast path otlp_encoder off: the installed exporter is not shaped as expected")
-    return _OTLP_CHECK[0] or OTLPSpanExporter
+    lean = _checked_lean_otlp_exporter() if LEAN_OTLP else None
+    return lean or OTLPSpanExporter
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -587,7 +589,7 @@ def selected() -> dict[str, bool]:
         "prometheus": counter_inc is _private_counter_inc,
         "otel_sampler": span_drop_bounds is _private_span_drop_bounds,
         "otel_lean_span": span_parts is _private_span_parts,
-        "otlp_encoder": otlp_span_exporter() is _OTLP_CHECK[0] if LEAN_OTLP else False,
+        "otlp_encoder": LEAN_OTLP and _checked_lean_otlp_exporter() is not None,
     }
 
 

@@ -112,8 +112,7 @@ def _value(value: Any) -> bytes:
         return b"\x21" + _double(value)
     if value is None:
         return b""
-    if isinstance(value, bool):
-        return _value(bool(value))
+    # Subclasses (bool has none), in OTel's order.
     if isinstance(value, str):
         return _value(str(value))
     if isinstance(value, int):

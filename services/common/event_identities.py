@@ -20,10 +20,7 @@ SHOP_EVENTS: tuple[EventIdentity, ...] = (
     EventIdentity(
         "orders",
         publishes=("order",),
-        consumes=(
-            Consumes("user.deleted", "orders-user-deleted"),
-            Consumes("payment.completed", "orders-payment-completed"),
-        ),
+        consumes=(Consumes("user.deleted", "orders-user-deleted"),),
     ),
     EventIdentity(
         "inventory",

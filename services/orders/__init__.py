@@ -6,6 +6,6 @@
 - `saga`: the order saga (user → order → stock → charge → confirm) and the cancel saga.
 - `orders`: the domain layer the servicers call (place, get, list, cancel).
 - `servicer_v1`, `servicer_v2`: thin mappers between the protos and the domain.
-- `events`: `user.deleted` and `payment.completed` handlers.
+- `events`: the `user.deleted` handler.
 - `app`: assembly; `__main__`: `python -m services.orders`.
 """

@@ -27,7 +27,7 @@ class OrderStatus(StrEnum):
 
 
 # Forward progress of a placement; a transition never moves an order backwards
-# (the `payment.completed` handler and the saga may both mark an order PAID).
+# (an advance to where the order is already, or behind it, changes nothing).
 PROGRESS: dict[OrderStatus, int] = {
     OrderStatus.PENDING: 0,
     OrderStatus.RESERVED: 1,

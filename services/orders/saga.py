@@ -466,8 +466,9 @@ class OrderSagas:
         """Advance the order to `to` with `values` unless it was flagged for cancellation
         (then FailedPrecondition ORDER_CANCELLED). One UPDATE in the usual case: the flag is
         a condition of the advance, and the order row is read only when nothing matched
-        (flagged, or already at `to` or further: `payment.completed` can get there first;
-        the values are then set on their own, as before)."""
+        (flagged; or already at `to` or further, which nothing in the shop does since
+        orders stopped consuming `payment.completed`: the values are then set on their
+        own)."""
         if await self.store.advance(s, order_id, to, values=values, uncancelled=True):
             return
         await self._refuse_if_cancelled(s, order_id)

@@ -314,10 +314,6 @@ class OrdersStore:
             )
         )
         self._setters: dict[tuple[str, ...], Any] = {}
-        # `payment.completed` (once per order): the order its saga placed.
-        self._order_of_saga = lean(
-            select(t.orders.c.order_id).where(t.orders.c.saga_id == bindparam("sid"))
-        )
 
     # -- writes inside a caller's transaction -----------------------------------------
 
@@ -461,9 +457,9 @@ class OrdersStore:
         )  # fmt: skip
 
     async def set_values(self, s: AsyncSession, order_id: str, values: Mapping[str, Any]) -> None:
-        """Set columns of the order row (e.g. `total_minor`, `payment_id`), status unchanged.
-        (Under load `payment.completed` often marks the order PAID before the saga's
-        step does; the step then sets its values with this: built once per column set.)"""
+        """Set columns of the order row (e.g. `total_minor`, `payment_id`), status unchanged
+        (a saga step whose advance found the order there already sets its values with
+        this): built once per column set."""
         names = tuple(sorted(values))
         stmt = self._setters.get(names)
         if stmt is None:
@@ -509,13 +505,6 @@ class OrdersStore:
         then flags the order this transaction inserted."""
         await lock_until_end(s, _USER_DELETION, user_id, shared=True)
         return await s.scalar(self._deleted_user_select, {"u": user_id}) is not None
-
-    async def mark_paid_by_saga(self, s: AsyncSession, saga_id: str, payment_id: str) -> bool:
-        """`payment.completed`: the order of `saga_id` is PAID unless it moved past that."""
-        order_id = await s.scalar(self._order_of_saga, {"sid": saga_id})
-        if order_id is None:
-            return False
-        return await self.advance(s, order_id, OrderStatus.PAID, values={"payment_id": payment_id})
 
     # -- idempotency keys, cancel sagas, restocking (own transactions) ---------------------
 

@@ -186,6 +186,15 @@ async def acked_through(nats_url: str, stream: str, durable: str, seq: int) -> b
         await nc.close()
 
 
+async def consumers_of(nats_url: str, stream: str) -> list[str]:
+    """The names of the durable consumers `stream` has."""
+    nc = await nats.connect(nats_url)
+    try:
+        return sorted(c.name for c in await nc.jetstream().consumers_info(stream))
+    finally:
+        await nc.close()
+
+
 def trace_id_of(traceparent: str) -> str:
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 else ""

@@ -93,6 +93,15 @@ def payment_completed() -> Envelope:
     )
 
 
+def order_completed() -> Envelope:
+    return new_envelope(
+        events_pb2.OrderCompleted(order_id="o-1", user_id="u-1", saga_id="s-1"),
+        types=EVENTS,
+        source="test",
+        subject="o-1",
+    )
+
+
 async def test_anonymous_connections_are_refused(nats_srv: NatsServer) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(nats_srv.url, allow_reconnect=False, max_reconnect_attempts=0)
@@ -132,37 +141,37 @@ async def test_orders_publishing_payment_completed_is_rejected_by_the_server(
         await admin.close()
 
 
-async def test_payments_publishing_payment_completed_is_handled_once_by_orders(
+async def test_orders_publishing_order_completed_is_handled_once_by_inventory(
     nats_srv: NatsServer,
 ) -> None:
-    payments = await bus_as(nats_srv, "payments")
     orders = await bus_as(nats_srv, "orders")
+    inventory = await bus_as(nats_srv, "inventory")
     handled: list[str] = []
 
     async def handler(env: Envelope) -> None:
         handled.append(env.id)
 
     try:
-        await payments.ensure_streams()
         await orders.ensure_streams()
-        stream = stream_for("payment.completed", STREAMS).name
-        await orders.subscribe("payment.completed", handler,
-                               durable="orders-payment-completed", stream=stream)  # fmt: skip
-        env = payment_completed()
-        ack = await payments.publish(env)
-        assert ack.stream == "PAYMENT"
+        await inventory.ensure_streams()
+        stream = stream_for("order.completed", STREAMS).name
+        await inventory.subscribe("order.completed", handler,
+                                  durable="inventory-order-completed", stream=stream)  # fmt: skip
+        env = order_completed()
+        ack = await orders.publish(env)
+        assert ack.stream == "ORDER"
 
         async def acked() -> bool:
-            info = await orders.js.consumer_info("PAYMENT", "orders-payment-completed")
+            info = await inventory.js.consumer_info("ORDER", "inventory-order-completed")
             return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= ack.seq
 
-        await eventually(acked, what="orders' consumer to ack the event")
-        info = await orders.js.consumer_info("PAYMENT", "orders-payment-completed")
+        await eventually(acked, what="inventory's consumer to ack the event")
+        info = await inventory.js.consumer_info("ORDER", "inventory-order-completed")
         assert info.num_ack_pending == 0 and info.num_redelivered == 0
         assert handled == [env.id]
     finally:
+        await inventory.close()
         await orders.close()
-        await payments.close()
 
 
 async def test_a_service_cannot_subscribe_outside_its_grants(
@@ -193,6 +202,8 @@ async def test_a_service_cannot_use_another_services_consumer_or_stream(
     js = orders.nc.jetstream(timeout=1.0)
     with pytest.raises(nats.errors.TimeoutError):
         await js.consumer_info("ORDER", "inventory-order-completed")
+    with pytest.raises(nats.errors.TimeoutError):  # retired: orders no longer consumes it
+        await js.consumer_info("PAYMENT", "orders-payment-completed")
     with pytest.raises(nats.errors.TimeoutError):
         await js.delete_stream("PAYMENT")
     with pytest.raises(nats.errors.TimeoutError):
@@ -200,6 +211,10 @@ async def test_a_service_cannot_use_another_services_consumer_or_stream(
     await eventually(
         lambda: orders.violation("$JS.API.CONSUMER.INFO.ORDER.inventory-order-completed"),
         what="the foreign consumer refused",
+    )
+    await eventually(
+        lambda: orders.violation("$JS.API.CONSUMER.INFO.PAYMENT.orders-payment-completed"),
+        what="the retired consumer refused",
     )
     await eventually(lambda: orders.violation("$JS.API.STREAM.DELETE.PAYMENT"),
                      what="the stream deletion refused")  # fmt: skip
@@ -228,25 +243,25 @@ async def test_meshctl_observer_reads_events_but_publishes_nothing(
 
 
 async def test_a_consumer_dead_letters_under_its_own_identity(nats_srv: NatsServer) -> None:
-    """The DLQ grant is enough: orders parks a poison `payment.completed` in
-    `dlq.payment.completed` (its own dead letters, nothing wider)."""
-    payments = await bus_as(nats_srv, "payments")
+    """The DLQ grant is enough: inventory parks a poison `order.completed` in
+    `dlq.order.completed` (its own dead letters, nothing wider)."""
     orders = await bus_as(nats_srv, "orders")
+    inventory = await bus_as(nats_srv, "inventory")
 
     async def poison(env: Envelope) -> None:
         raise RuntimeError("cannot handle this one")
 
     try:
-        await payments.ensure_streams()
         await orders.ensure_streams()
-        sub = await orders.subscribe("payment.completed", poison,
-                                     durable="orders-payment-completed", stream="PAYMENT",
-                                     options=SubscribeOptions(max_deliver=1))  # fmt: skip
-        await payments.publish(payment_completed())
+        await inventory.ensure_streams()
+        sub = await inventory.subscribe("order.completed", poison,
+                                        durable="inventory-order-completed", stream="ORDER",
+                                        options=SubscribeOptions(max_deliver=1))  # fmt: skip
+        await orders.publish(order_completed())
         await eventually(lambda: sub.stats.dead_lettered == 1, what="the dead letter")
     finally:
+        await inventory.close()
         await orders.close()
-        await payments.close()
     admin = await nats.connect(nats_srv.admin_url)
     try:
         info = await admin.jetstream().stream_info("DLQ")

@@ -157,11 +157,6 @@ async def test_events_written_while_nats_is_down_arrive_once_after_it_restarts(
         assert (sold_product, units, event_id) == (product, quantity, done.event_id)
         assert await handled_by(shop, "inventory", "inventory", done.event_id) == 1
 
-        async def orders_handled(event_id: str = paid.event_id) -> int:
-            return await handled_by(shop, "orders", "orders", event_id)
-
-        assert await eventually(orders_handled, what="payment.completed handled by orders") == 1
-
     # JetStream holds each event once, whatever the relays retried.
     published = [
         e

@@ -59,14 +59,17 @@ def test_the_readme_permission_matrix_is_current() -> None:
         ("inventory", "user.deleted", False),
         ("users", "user.deleted", True),
         ("orders", "order.compensation.completed", True),
-        ("orders", "dlq.payment.completed", True),
+        ("orders", "dlq.user.deleted", True),
+        ("orders", "dlq.payment.completed", False),  # no longer consumed by orders
         ("orders", "dlq.order.completed", False),  # inventory's dead letters, not orders'
+        ("inventory", "dlq.order.completed", True),
         ("payments", "dlq.payment.completed", False),  # consumes nothing
         ("orders", "$JS.API.STREAM.DELETE.ORDER", False),
         ("orders", "$JS.API.STREAM.CREATE.PAYMENT", False),
         ("orders", "$JS.API.CONSUMER.MSG.NEXT.ORDER.inventory-order-completed", False),
         ("inventory", "$JS.API.CONSUMER.MSG.NEXT.ORDER.inventory-order-completed", True),
         ("orders", "$JS.API.CONSUMER.CREATE.USER.orders-user-deleted.user.>", False),
+        ("orders", "$JS.API.CONSUMER.MSG.NEXT.PAYMENT.orders-payment-completed", False),
         ("meshctl", "payment.completed", False),
     ],
 )

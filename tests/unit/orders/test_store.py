@@ -30,19 +30,20 @@ async def test_progress_never_goes_backwards_and_history_counts(domain: Domain) 
         assert not await domain.store.advance(s, oid, OrderStatus.RESERVED)  # behind: no-op
         assert not await domain.store.advance(s, oid, OrderStatus.PAID)  # there already
         assert await domain.store.advance(s, oid, OrderStatus.COMPLETED)
-        assert not await domain.store.mark_paid_by_saga(s, oid, "late-event")
+        assert not await domain.store.advance(  # behind, with values: nothing written
+            s, oid, OrderStatus.PAID, values={"payment_id": "late"})  # fmt: skip
     order = await domain.store.get(oid)
     assert order is not None and order.status is OrderStatus.COMPLETED
     assert [c.status for c in order.history] == [
         OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.COMPLETED]  # fmt: skip
-    assert order.payment_id == ""  # the late event changed nothing
+    assert order.payment_id == ""  # the late advance changed nothing
 
 
 async def test_set_values_sets_the_columns_given_and_leaves_the_status(domain: Domain) -> None:
-    # What the saga's step does when `payment.completed` made the order PAID before it.
+    # What the saga's step does when its advance found the order PAID already.
     oid, other = await insert(domain, 1), await insert(domain, 2)
     async with domain.store.sessions.begin() as s:
-        assert await domain.store.mark_paid_by_saga(s, oid, "pay-event")
+        assert await domain.store.advance(s, oid, OrderStatus.PAID)
         await domain.store.set_values(s, oid, {"payment_id": "pay-step"})
         await domain.store.set_values(s, oid, {"total_minor": 1500, "payment_id": "pay-2"})
         await domain.store.set_values(s, other, {"payment_id": "pay-other"})

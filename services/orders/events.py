@@ -15,9 +15,10 @@ PAID): the saga records the payment itself, in the transaction of its
 `record_payment` step, so the handler only ever raced the saga to the same state.
 It cost an event delivery, a consume, an inbox transaction of four statements and
 two more statements in the saga's step whenever it won (most of the time), about a
-tenth of an order's CPU across the shop (`python -m bench orders`: 16 clients,
-two alternating pairs, 94.8 and 113.1 orders/s without it against 82.3 and 100.0
-with it). A charge whose answer is lost is found again by the resumed saga
+tenth of an order's CPU across the shop (`python -m bench orders`, 16 clients, nine
+alternating pairs: 10.5 % less CPU per order and 13 % more orders/s at the medians;
+README, "Orders no longer consume `payment.completed`"). A charge whose answer is
+lost is found again by the resumed saga
 (`OrderSagas.charge` asks payments for the saga's payment). Payments still
 publishes the event, for integrations.
 """

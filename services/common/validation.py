@@ -43,7 +43,7 @@ def has_control_chars(value: str) -> bool:
     """True for C0/C1 controls (NUL, newline, escape...), surrogates, private-use and
     unassigned code points. ASCII text is checked in C: its only non-printable
     characters are its controls (category Cc), so `isprintable()` says the same as the
-    per-character categories (tests/unit/services/test_validation.py compares them for
+    per-character categories (tests/unit/services/test_common.py compares them for
     every ASCII character); an order's text fields cost ~250 Python steps otherwise."""
     if value.isascii():
         return not value.isprintable()

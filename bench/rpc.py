@@ -58,7 +58,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -178,6 +178,20 @@ def tune_gc_as_services_do() -> None:
     """Python's collector as `run_service` sets it once a service serves
     (`MESH_GC_GEN0_THRESHOLD` from this process's environment)."""
     tune_after_start(read_field(Settings, "gc_gen0_threshold", os.environ))
+
+
+@contextlib.contextmanager
+def gc_as_services() -> Iterator[None]:
+    """This process's collector as a service's (`tune_gc_as_services_do`) for the block,
+    then as it was: thresholds restored, and unfrozen if nothing was frozen before."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    tune_gc_as_services_do()
+    try:
+        yield
+    finally:
+        if not frozen:
+            gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 @dataclass
@@ -444,6 +458,39 @@ async def _cpu_per_call(call: Callable[[], Awaitable[Any]], calls: int) -> float
     return best
 
 
+async def _cpu_per_call_in_turns(
+    variants: Sequence[tuple[str, Callable[[], Awaitable[Any]]]], calls: int, rounds: int = 5
+) -> list[tuple[str, float]]:
+    """Microseconds of CPU per call of each variant, best of `rounds` runs of `calls` //
+    `rounds` calls, the variants taking turns (forward, then backward, ...).
+
+    Why turns: a chain's cost is a difference of two variants (the chain minus the
+    handler alone), and this box slows by a third for seconds at a time. Measured one
+    variant after the other, a slow second fell on some variants and not others:
+    `bench summary` printed `server_chain_us` 12.2 where the same code measured
+    7.6-8.2 alone (6 Dec 2026; once, right after the server-side load, the handler
+    alone cost twice its usual 0.8 µs). Taking turns puts every variant in every
+    moment, so their differences hold.
+
+    Python's collector runs as in a service (`gc_as_services`: the process's objects
+    frozen, young collections every `MESH_GC_GEN0_THRESHOLD` allocations): with
+    Python's defaults, a collection's cost grows with whatever the benchmark process
+    holds by then, which is not the chain's cost."""
+    with gc_as_services():
+        for _, call in variants:
+            for _ in range(500):
+                await call()
+        per_run = max(1, calls // rounds)
+        best = {label: float("inf") for label, _ in variants}
+        for i in range(rounds):
+            for label, call in variants if i % 2 == 0 else variants[::-1]:
+                cpu0 = time.process_time()
+                for _ in range(per_run):
+                    await call()
+                best[label] = min(best[label], (time.process_time() - cpu0) / per_run * 1e6)
+    return [(label, best[label]) for label, _ in variants]
+
+
 def _print_steps(title: str, steps: Sequence[tuple[str, float]]) -> None:
     """Steps are cumulative; the last one, a variant of the one before, shows no delta."""
     print(title)
@@ -470,20 +517,24 @@ async def chain_costs(calls: int = 20_000) -> list[tuple[str, float]]:
     chains += [(f"+ {name}", full[: i + 1], True) for i, name in enumerate(names)]
     chains.append(("full, tracing on, separate", rt_on.client_interceptors("ping"), False))
     chains.append(("full, tracing on", rt_on.client_interceptors("ping"), True))
-    steps: list[tuple[str, float]] = []
     request = ping_pb2.PingRequest()
-    for label, chain, fuse in chains:
-        pool = EndpointPool("ping", registry, lambda _i: _FakeChannel())  # type: ignore[arg-type,return-value]
-        _fastpath.FUSE_CLIENT_CHAIN = fuse and any(_fastpath.selected().values())
-        channel = MeshChannel(pool, chain)
-        _fastpath.FUSE_CLIENT_CHAIN = any(_fastpath.selected().values())
-        await asyncio.wait_for(channel.channel_ready(), 5)
-        stub = ping_pb2_grpc.PingServiceStub(channel)
-        steps.append((label, await _cpu_per_call(functools.partial(stub.Ping, request), calls)))
-        await channel.close()
-    await rt.close()
-    await rt_on.close()
-    return steps
+    channels: list[MeshChannel] = []
+    variants: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+    try:
+        for label, chain, fuse in chains:
+            pool = EndpointPool("ping", registry, lambda _i: _FakeChannel())  # type: ignore[arg-type,return-value]
+            _fastpath.FUSE_CLIENT_CHAIN = fuse and any(_fastpath.selected().values())
+            channels.append(MeshChannel(pool, chain))
+            _fastpath.FUSE_CLIENT_CHAIN = any(_fastpath.selected().values())
+            await asyncio.wait_for(channels[-1].channel_ready(), 5)
+            stub = ping_pb2_grpc.PingServiceStub(channels[-1])
+            variants.append((label, functools.partial(stub.Ping, request)))
+        return await _cpu_per_call_in_turns(variants, calls)
+    finally:
+        for channel in channels:
+            await channel.close()
+        await rt.close()
+        await rt_on.close()
 
 
 class _FakeServicerContext:
@@ -540,7 +591,6 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
     query: Callable[[Any], Any] = lambda details: handler  # noqa: E731
     chain = server_chain(log_level, fused=False)
     fused = server_chain(log_level, fused=True)
-    steps: list[tuple[str, float]] = []
     raw = ping_pb2.PingRequest(value="bench").SerializeToString()
     variants: list[tuple[str, list[Any], str]] = [("handler only", [], "00")]
     for i, interceptor in enumerate(chain):
@@ -562,6 +612,7 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
     registered = wrap_method(split_chain(fused)[1], method, handler)
     variants.append(("fused, registered", [], "00"))
     queries = {"fused, registered": lambda details: registered}
+    calls_of: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     for label, interceptors, flags in variants:
         metadata = (("traceparent", TRACE.format(flags=flags)),)
         details = _HandlerCallDetails(method, metadata)
@@ -580,8 +631,8 @@ async def server_chain_costs(log_level: str, calls: int = 20_000) -> list[tuple[
             response = await h.unary_unary(parse(raw) if parse else raw, context)
             return serialise(response) if serialise else response
 
-        steps.append((label, await _cpu_per_call(one, calls)))
-    return steps
+        calls_of.append((label, one))
+    return await _cpu_per_call_in_turns(calls_of, calls)
 
 
 # -- the run --------------------------------------------------------------------------------

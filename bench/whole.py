@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import tempfile
@@ -56,9 +55,9 @@ from bench.rpc import (
     _print_header,
     _tls_channel,
     _turns,
+    gc_as_services,
     mesh_runtime,
     start_server,
-    tune_gc_as_services_do,
 )
 from interceptors.tracing import format_traceparent, make_tracer_provider
 from mesh.security.identity import MeshIdentity
@@ -135,7 +134,6 @@ async def run(
         envoys: list[sidecar.Envoy] = []
         channels: list[grpc.aio.Channel] = []
         runtime = None
-        thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
         try:
             direct_server = start_server(pki_dir=security.pki_dir)
             mesh_server = start_server(chain=True, pki_dir=security.pki_dir)
@@ -180,17 +178,17 @@ async def run(
                 modes["sidecar"] = (via.Ping, _WithEnvoys(app, envoys))
             for call, _ in modes.values():
                 await asyncio.wait_for(call(ping_pb2.PingRequest()), 10)
-            # This process is the client of every mode; tuned as run_service tunes a
-            # service's process (the mesh server child is too), which helps `direct` alike.
-            tune_gc_as_services_do()
             _print_header(
                 f"\nboth sides, mTLS: direct (bare client+server), carried (bare, with a deadline"
                 f" and a traceparent), mesh, sidecar pair; {rounds}"
                 f" x {seconds / rounds:.1f}s turns (server us: sidecar includes both Envoys)"
             )
-            results = await _turns(
-                modes, levels, seconds, rounds, lambda r: r.cpu_us + r.server_cpu_us
-            )
+            # This process is the client of every mode; tuned as run_service tunes a
+            # service's process (the mesh server child is too), which helps `direct` alike.
+            with gc_as_services():
+                results = await _turns(
+                    modes, levels, seconds, rounds, lambda r: r.cpu_us + r.server_cpu_us
+                )
             out = WholeResult(results)
             print("\nmesh vs direct (RPS, p99) and mesh vs sidecar (RPS, p50, p99):")
             for level in levels:
@@ -208,9 +206,6 @@ async def run(
                 print(line)
             return out
         finally:
-            if not frozen:  # as it was before this run
-                gc.unfreeze()
-            gc.set_threshold(*thresholds)
             for ch in channels:
                 await ch.close(None)
             if runtime is not None:

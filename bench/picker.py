@@ -22,7 +22,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
@@ -30,7 +30,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 from bench.rpc import (
     PLAINTEXT,
     Result,
-    _cpu_per_call,
+    _cpu_per_call_in_turns,
     _FakeChannel,
     drive,
     merge,
@@ -105,20 +105,23 @@ async def pick_costs(picks: int = 200_000) -> dict[str, dict[str, float]]:
 async def call_costs(calls: int = 20_000) -> dict[str, float]:
     """Client CPU µs per call through MeshChannel (no interceptors, fake calls)."""
     request = ping_pb2.PingRequest()
-    out: dict[str, float] = {}
-    for name, policy, metadata in (
-        ("no policy", None, None),
-        ("subsets 90/10", SPLIT, None),
-        ("header", None, HEADER),
-    ):
-        pool = await _fake_pool("p2c")
-        pool.set_policy(policy)
-        channel = MeshChannel(pool, [])
-        stub = ping_pb2_grpc.PingServiceStub(channel)
-        call = functools.partial(stub.Ping, request, metadata=metadata)
-        out[name] = await _cpu_per_call(call, calls)
-        await channel.close()
-    return out
+    channels: list[MeshChannel] = []
+    variants: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+    try:
+        for name, policy, metadata in (
+            ("no policy", None, None),
+            ("subsets 90/10", SPLIT, None),
+            ("header", None, HEADER),
+        ):
+            pool = await _fake_pool("p2c")
+            pool.set_policy(policy)
+            channels.append(MeshChannel(pool, []))
+            stub = ping_pb2_grpc.PingServiceStub(channels[-1])
+            variants.append((name, functools.partial(stub.Ping, request, metadata=metadata)))
+        return dict(await _cpu_per_call_in_turns(variants, calls))
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 async def _runtime(ports: Sequence[int]) -> MeshRuntime:
@@ -216,7 +219,7 @@ async def server_costs(calls: int = 30_000) -> dict[str, float]:
     details = _HandlerCallDetails("/shop.testing.v1.PingService/Ping", metadata)
     context = _FakeServicerContext(metadata)
     idle_rule = [FaultRule(abort_fraction=0.0, delay_fraction=1e-9, delay_s=0.001)]
-    out: dict[str, float] = {}
+    variants: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     for name, chain in (
         ("handler only", []),
         ("+ traffic, no fault", [TrafficServerInterceptor()]),
@@ -227,8 +230,8 @@ async def server_costs(calls: int = 30_000) -> dict[str, float]:
             h = await _run_interceptors(iter(chain), lambda _d: handler, details)
             return await h.unary_unary(None, context)
 
-        out[name] = await _cpu_per_call(one, calls)
-    return out
+        variants.append((name, one))
+    return dict(await _cpu_per_call_in_turns(variants, calls))
 
 
 def track_check_us(n: int = 300_000) -> float:

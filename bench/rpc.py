@@ -445,19 +445,6 @@ class _FakeChannel:
         self._forever.set()
 
 
-async def _cpu_per_call(call: Callable[[], Awaitable[Any]], calls: int) -> float:
-    """Best of three runs of `calls` // 3 calls, in microseconds of CPU per call."""
-    for _ in range(500):
-        await call()
-    best = float("inf")
-    for _ in range(3):
-        cpu0 = time.process_time()
-        for _ in range(calls // 3):
-            await call()
-        best = min(best, (time.process_time() - cpu0) / (calls // 3) * 1e6)
-    return best
-
-
 async def _cpu_per_call_in_turns(
     variants: Sequence[tuple[str, Callable[[], Awaitable[Any]]]], calls: int, rounds: int = 5
 ) -> list[tuple[str, float]]:

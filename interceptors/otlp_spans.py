@@ -146,25 +146,19 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     parts = []
     for key, value in attributes.items():
         kind = type(value)
-        if kind in _KEPT:
-            # The type is part of the key: True == 1 == 1.0, but they encode differently.
-            index = (key, kind, value)
-            encoded = memo.get(index)
-            if encoded is None:
-                try:
-                    encoded = _field(tag, _key_value(key, value))
-                except Exception as error:
-                    log.error("Failed to encode key %s: %s", key, error)
-                    continue
-                if len(memo) >= MEMO_ENTRIES:
-                    memo.clear()
-                memo[index] = encoded
-        else:
+        # The type is part of the key: True == 1 == 1.0, but they encode differently.
+        index = (key, kind, value) if kind in _KEPT else None
+        encoded = memo.get(index) if index is not None else None
+        if encoded is None:
             try:
                 encoded = _field(tag, _key_value(key, value))
             except Exception as error:
                 log.error("Failed to encode key %s: %s", key, error)
                 continue
+            if index is not None:
+                if len(memo) >= MEMO_ENTRIES:
+                    memo.clear()
+                memo[index] = encoded
         parts.append(encoded)
     return b"".join(parts)
 

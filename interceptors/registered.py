@@ -3,7 +3,7 @@
 grpc.aio runs every server interceptor on every call: a coroutine, a
 `functools.partial` and a trip through its interceptor pipeline each, before
 the behaviour even starts (~10 µs of server CPU per call for one pass-through
-interceptor on the 2-core box, README "Whole-mesh performance"). Yet the mesh's
+interceptor on the 2-core box, docs/performance-log.md, "Quiet box, 2026-12-02"). Yet the mesh's
 server interceptors decide nothing at that point: they only wrap the method's
 handler, the same way for every call of the method.
 

@@ -15,7 +15,7 @@ database work took ~34 % of the process's samples, and the driver and SQLite ~4 
 them; the same held in inventory and payments. Measured on a held SQLite file
 (`SerialWriteSession`, one INSERT and one UPDATE ... RETURNING per transaction), a lean
 statement cost 30-65 µs of CPU less than `session.execute` (the box drifts; see the
-README's `bench orders` section for the shop's figures).
+orders part of docs/performance-log.md for the shop's figures).
 
 What a plan holds: the statement compiled for the dialect and the parameter names (what
 SQLAlchemy compiles too, `column_keys` included, so the SQL is the same string), each

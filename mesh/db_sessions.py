@@ -424,7 +424,7 @@ class _Begin(Generic[S]):
     transaction is begun here, on the loop (`Session.begin()` does no I/O: the
     connection is taken by the first statement), and its end and the session's close
     run in one `run_sync` call. Measured on a held SQLite file (one UPDATE per
-    transaction, `SerialWriteSession`): see the README's "Statements per order" notes.
+    transaction, `SerialWriteSession`): see "Statements per order" in docs/performance-log.md.
     Where the session can (`MeshSession._start_lean`), the block is a
     `_LeanTransaction` instead."""
 

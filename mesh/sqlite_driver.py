@@ -2,19 +2,20 @@
 thread and sends to a worker thread only what can wait: a lock another connection holds
 (SQLITE_BUSY), a COMMIT that fsyncs; WAL checkpoints run on a thread of their own.
 
-Why hand-written (measured, see the README's `bench orders` section): with aiosqlite
-(SQLAlchemy's `sqlite+aiosqlite`) every statement crosses to the connection's thread and
-back three or four times (cursor, execute, fetchall, close), each crossing a queue put, a
-thread wake-up, a GIL hand-over and a self-pipe write back to the loop, plus a greenlet
-switch on SQLAlchemy's side; on the shop those crossings were the top self cost of an
-orders process and most of a statement's ~150 µs of CPU. A statement on a small WAL
-database in the page cache takes a few to tens of microseconds in SQLite itself, less
-than one crossing. So this driver runs it where it is asked for, and crosses only to
-wait (a lock, an fsync) instead of three or four times per statement. No
-well-kept library does this: aiosqlite and SQLAlchemy's other SQLite dialects are
-either thread-per-call or synchronous. It is a SQLAlchemy dialect (`sqlite+meshsqlite`,
-registered through the public dialect registry) over the standard `sqlite3` module;
-SQLite, its locking and its durability are exactly those of `sqlite3`.
+Why hand-written (measured: "SQLite statements on the event loop" in
+docs/performance-log.md): with aiosqlite (SQLAlchemy's `sqlite+aiosqlite`) every
+statement crosses to the connection's thread and back three or four times (cursor,
+execute, fetchall, close), each crossing a queue put, a thread wake-up, a GIL hand-over
+and a self-pipe write back to the loop, plus a greenlet switch on SQLAlchemy's side; on
+the shop those crossings were the top self cost of an orders process and most of a
+statement's ~150 µs of CPU. A statement on a small WAL database in the page cache takes
+a few to tens of microseconds in SQLite itself, less than one crossing. So this driver
+runs it where it is asked for, and crosses only to wait (a lock, an fsync) instead of
+three or four times per statement. No well-kept library does this: aiosqlite and
+SQLAlchemy's other SQLite dialects are either thread-per-call or synchronous. It is a
+SQLAlchemy dialect (`sqlite+meshsqlite`, registered through the public dialect registry)
+over the standard `sqlite3` module; SQLite, its locking and its durability are exactly
+those of `sqlite3`.
 
 What may block, and where it runs:
 

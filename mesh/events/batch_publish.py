@@ -6,7 +6,7 @@ with a 503 status message when no stream takes the subject. nats-py's `publish_a
 does this per message with a semaphore wait, a NUID plus a random token, a Future with
 a done callback, and a PubAck dataclass parsed from every answer; in the outbox relay at
 thousands of events per second that overhead was about half the relay's CPU (profile:
-README, "Benchmark: `python -m bench events`"). Here one wildcard subscription per
+docs/performance-log.md, "Events"). Here one wildcard subscription per
 publisher takes the answers of a batch: message `i` of batch `g` gets the reply subject
 `<inbox>.<g>.<i>`, and an answer only marks slot `i`; a success is recognised without
 parsing JSON, only an error answer is parsed. The batch itself is written to the client

@@ -50,7 +50,7 @@ def new_event_id() -> str:
     -m bench events` on the 2-core box (three alternating pairs, with
     `mesh.events.nats_writes` on both sides): the consumer's CPU per event 47-49 µs with
     random ids, 32-37 µs with these, and 10,750-11,314 events/s end to end against
-    13,774-15,407 (README, "Benchmark: `python -m bench events`"). Ordering is by
+    13,774-15,407 (docs/performance-log.md, "Time-ordered event ids"). Ordering is by
     millisecond only (within one, the random bits decide), and across machines only as
     good as their clocks: nothing may rely on it; the time is in the envelope anyway.
 

@@ -12,7 +12,7 @@ four headers, their PubAcks taken by `BatchPublisher`, alternating, two runs eac
 one. At full speed the producer's single core is what limits `bench events` (the relay
 shares it with the service's own commits): there the relay's publishing fell from 16 %
 to 7 % of the producer's samples (py-spy) and the producer's CPU per event by a tenth
-(README, "Benchmark: `python -m bench events`").
+(docs/performance-log.md, "A batch written as one").
 
 What: `publish_batch` encodes the batch's PUB/HPUB commands itself, byte for byte as
 nats-py 2.16's `publish` does (tests/unit/events/test_nats_writes.py compares the two

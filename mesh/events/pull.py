@@ -7,8 +7,8 @@ sends up to `n` messages to that inbox, then (if it delivered fewer) a status me
 a request it drops (leadership change, too many waiting); 100 is a heartbeat. nats-py's
 `PullSubscription.fetch` waits for each message of a batch with `next_msg`, which makes
 a task, a uuid4 and a `wait_for` per message: a fifth of the consumer's CPU at
-thousands of events per second (profile: README, "Benchmark: `python -m bench
-events`"). Here a callback appends the inbox's messages to a buffer and a fetch waits
+thousands of events per second (profile: docs/performance-log.md,
+"Events"). Here a callback appends the inbox's messages to a buffer and a fetch waits
 on one event per step. Public nats-py API only (`NATS.subscribe`, `NATS.publish`,
 `NATS.new_inbox`; the messages are ordinary `Msg`s with `ack`/`nak`/`metadata`).
 
@@ -31,7 +31,7 @@ a new waiting request per message) left a waiting request open per message for i
 whole `expires`, and each one's 408 ended the current fetch's wait and started two
 more requests: at 100 messages/s the consumer's connection sent 8.2 and received 7.6
 NATS messages per message consumed and nats-server spent ~2 ms of CPU on each
-(measured: the README's "A consumer at the shop's rates").
+(measured: "A consumer at the shop's rates" in docs/performance-log.md).
 
 Limits: one fetch at a time; the inbox lives as long as the fetcher (the client
 re-subscribes it after a reconnect), so a message answering a request sent before an

@@ -17,7 +17,7 @@ It cost an event delivery, a consume, an inbox transaction of four statements an
 two more statements in the saga's step whenever it won (most of the time), about a
 tenth of an order's CPU across the shop (`python -m bench orders`, 16 clients, nine
 alternating pairs: 10.5 % less CPU per order and 13 % more orders/s at the medians;
-README, "Orders no longer consume `payment.completed`"). A charge whose answer is
+docs/performance-log.md, "Orders no longer consume `payment.completed`"). A charge whose answer is
 lost is found again by the resumed saga
 (`OrderSagas.charge` asks payments for the saga's payment). Payments still
 publishes the event, for integrations.

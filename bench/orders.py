@@ -60,6 +60,7 @@ import aiohttp
 import grpc
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
+from bench import host
 from tests.support.local_mesh import Stack, local_mesh
 from tests.support.shop import pg_databases
 
@@ -479,6 +480,7 @@ async def measure(
                     rows.append(row)
                     print(_line(row), flush=True)
             return {
+                "host": host.describe(),
                 "database": database,
                 "levels": rows,
                 "hops": hops,
@@ -557,6 +559,7 @@ def cli(argv: list[str] | None = None) -> None:
         f" {h['bound_cpu_ms_per_order']} ms CPU per order = {h['bound_orders_per_s']} orders/s"
     )
     print(f"idle CPU ms per second: {r['idle_cpu_ms_per_s']}")
+    print(f"host: {host.line(r['host'])}")
     if r["profile"]:
         print(f"{a.profile_process} process, py-spy (16 clients, {apis[0]}):")
         for line in r["profile"]:

@@ -22,6 +22,8 @@ Keys:
   events_per_s           events end to end (bench.events `headline`)
   orders_per_s           orders through the edge (bench.orders `headline`)
 
+Also `host` (bench/host.py): the CPU, how many, and which Python build ran it.
+
 `--smoke` shrinks every budget to a fraction of a second (the CI smoke test);
 the default budget keeps the whole run under three minutes on the 2-core box.
 """
@@ -39,6 +41,8 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from bench import host
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +155,7 @@ def collect(budget: Budget, only: Sequence[str] = ()) -> dict[str, Any]:
     summary["errors"] = errors
     summary["seconds"] = seconds
     summary["budget"] = asdict(budget)
+    summary["host"] = host.describe()
     return summary
 
 
@@ -167,6 +172,8 @@ def print_block(summary: dict[str, Any]) -> None:
         print(f"  (not measured here: {', '.join(summary['missing'])})")
     for name, error in (summary.get("errors") or {}).items():
         print(f"  {name} FAILED: {error}")
+    if summary.get("host"):
+        print(f"  host: {host.line(summary['host'])}")
     print(json.dumps(summary), flush=True)
 
 

@@ -591,7 +591,15 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
         "status": "%RESPONSE_CODE%",
         "grpc_status": _GRPC_STATUS_LOG_FIELD,
         "duration_ms": "%DURATION%",
+        # The last upstream tried, how many tries the request took (retries and hedges
+        # included) and, for a request that failed at the edge, why: Envoy's response
+        # flags (UF upstream connection failure, URX retry limit reached, UO overflow...)
+        # and the transport's own reason (a TLS or connect error), so a failed call can
+        # be told apart from the upstream's own error without Envoy's debug log.
         "upstream": "%UPSTREAM_HOST%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "flags": "%RESPONSE_FLAGS%",
+        "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
         "traceparent": "%REQ(TRACEPARENT)%",
         "request_id": "%REQ(X-REQUEST-ID)%",
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,11 @@ def test_summary_prints_every_headline_key_as_json_on_its_last_line() -> None:
     ):
         assert set(summary[key]) == {"2"}, key
         assert all(v > 0 for v in summary[key].values()), key
+    # What ran it, so a figure can be told apart from another box's or interpreter's.
+    assert summary["host"]["python"] == f"CPython {platform.python_version()}"
+    assert summary["host"]["executable"] == os.path.realpath(sys.executable)
+    assert summary["host"]["cpus"] == os.cpu_count()
+    assert f"{os.cpu_count()} CPUs" in out
 
 
 def test_growth() -> None:

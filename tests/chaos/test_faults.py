@@ -161,7 +161,11 @@ async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: S
 
     assert killed.is_set() and victim.restarts == 1
     assert back_s < 5.0, f"orders-1 took {back_s:.2f}s to serve again"
-    assert read_failures == [], f"{len(read_failures)}/{reads} idempotent reads failed"
+    assert stack.edge_access_lines("/GetOrder"), "the edge logged no read to explain"
+    assert not read_failures, (  # with the edge's own account: which host, tries, why
+        f"{len(read_failures)}/{reads} idempotent reads failed: {read_failures[:3]}; the"
+        f" edge logged: {stack.edge_access_lines('/GetOrder', failed=True)[:5]}"
+    )
     fivexx = {k: c for k, c in codes.items() if c in SERVER_ERRORS}
     assert set(fivexx.values()) <= {grpc.StatusCode.UNAVAILABLE}, shopper.outcomes
     assert len(fivexx) <= at_kill, f"{len(fivexx)} UNAVAILABLE, {at_kill} in flight at the kill"

@@ -10,6 +10,7 @@ ones.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,28 @@ class Stack:
 
     def child(self, name: str) -> Child:
         return next(c for c in self.supervisor.children if c.spec.name == name)
+
+    def edge_access_lines(
+        self, path_suffix: str = "", *, failed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Envoy's access lines so far (from `base/stack.log`, where the supervisor writes
+        every process's output), those whose path ends with `path_suffix` (and, `failed`,
+        whose gRPC status is not OK): what a failed call through the edge tried
+        (`upstream`, `attempts`) and why it failed (`flags`, `upstream_failure`), for a
+        test's failure message."""
+        lines = []
+        for raw in (self.base / "stack.log").read_text(errors="replace").splitlines():
+            name, sep, rest = raw.partition("| ")
+            if sep and name.strip() == "envoy" and rest.startswith("{"):
+                try:
+                    line = json.loads(rest)
+                except ValueError:
+                    continue
+                if str(line.get("path", "")).endswith(path_suffix) and (
+                    not failed or str(line.get("grpc_status")) != "0"
+                ):
+                    lines.append(line)
+        return lines
 
     async def start_instance(self, service: str, name: str) -> Child:
         """One more instance of `service`, as `meshctl up` starts extra instances."""

@@ -227,6 +227,31 @@ async def test_a_live_host_answering_unavailable_is_not_ejected(edge: Edge) -> N
     assert edge.envoy.healthy_hosts("users") == 2
 
 
+async def test_the_access_log_says_how_many_tries_a_call_took_and_why_it_failed(
+    edge: Edge,
+) -> None:
+    """A call the edge retried to the end carries its tries and Envoy's response flags
+    (URX: the retry limit reached), one answered at once a single try and no flag, so a
+    failed read in a log can be told from the service's own error (the chaos test's
+    kill of an instance: which host, how many tries, why) without Envoy's debug log."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        stub = users_pb2_grpc.UserServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetUser(users_pb2.GetUserRequest(user_id="dependency-down"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        await stub.GetUser(users_pb2.GetUserRequest(user_id="u7"), timeout=5)
+
+    def lines() -> list[dict[str, Any]] | None:
+        got = [x for x in edge.envoy.access_lines() if x["path"].endswith("/GetUser")]
+        return got if len(got) >= 2 else None
+
+    failed, answered = await eventually(lambda: asyncio.to_thread(lines), what="two GetUser lines")
+    assert (failed["grpc_status"], failed["attempts"]) == ("14", 3), failed
+    assert "URX" in failed["flags"], failed
+    assert (answered["grpc_status"], answered["attempts"], answered["flags"]) == ("0", 1, "-")
+    assert answered["upstream"].startswith("127.0.0.1:"), answered
+
+
 async def test_grpc_by_versioned_path(edge: Edge) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
         v1 = await orders_v1_grpc.OrderServiceStub(ch).GetOrder(

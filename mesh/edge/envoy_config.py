@@ -460,12 +460,12 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         # retry is a failed call the other instance would have answered (an idempotent
         # read failed, 1 in 289). 50 % with a floor of 128 left 0 refused in three kills,
         # but an instance that dies holding more than 128 calls still had the rest
-        # refused: two stand-ins, 300 slow reads in flight, one stopped: 11-33 reads
-        # failed and `upstream_rq_retry_overflow` counted them (2026-12-06; the chaos
-        # test's kill lost 2 reads of 6,239 once). A percentage cannot cover it: the budget
+        # refused: two stand-in processes, 300 slow reads in flight, one SIGKILLed: 32-79
+        # reads failed in 5 runs of 6 (2026-12-06; the chaos test's kill lost 2 reads of
+        # 6,239 once). A percentage cannot cover it: the budget
         # counts the calls in flight, and the dead instance's calls are no longer in
-        # flight when they ask for their retries (100 % still refused 7 of ~150 when the
-        # dead one had held more than the survivor). So the floor is the cluster's own
+        # flight when they ask for their retries (100 % still refused 7 of ~150, the
+        # dead one stopped in-process). So the floor is the cluster's own
         # request limit, Envoy's default `max_requests` (1,024): below it no retry is
         # refused for budget (tests/integration/edge/test_edge_failover.py: 0 refused
         # of 300 in flight). What bounds retries is per call: at most 2, with back-off,

@@ -451,30 +451,22 @@ def _cluster(name: str, options: EdgeOptions) -> dict[str, Any]:
         # No merge window: a host that passed its first health check (or a new
         # instance) takes traffic at once instead of up to 1 s later.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}, "update_merge_window": "0s"},
-        # Retries (hedges included) in flight: a budget instead of Envoy's default of 3
-        # for the whole cluster, which a frozen host overflows at once (the overflowing
-        # calls then wait the route timeout on it). When one instance of two dies, half
-        # the calls in flight fail at once and each needs its retry: with 25 % of the
-        # requests in flight (floor 16) the chaos test's kill saw 60-112 retries refused
-        # (upstream_rq_retry_overflow, 2026-12-03), with 50 % still 22-34, and a refused
-        # retry is a failed call the other instance would have answered (an idempotent
-        # read failed, 1 in 289). 50 % with a floor of 128 left 0 refused in three kills,
-        # but an instance that dies holding more than 128 calls still had the rest
-        # refused: two stand-in processes, 300 slow reads in flight, one SIGKILLed: 32-79
-        # reads failed in 5 runs of 6 (2026-12-06; the chaos test's kill lost 2 reads of
-        # 6,239 once). A percentage cannot cover it: the budget
-        # counts the calls in flight, and the dead instance's calls are no longer in
-        # flight when they ask for their retries (100 % still refused 7 of ~150, the
-        # dead one stopped in-process). So the floor is the cluster's own
-        # request limit, Envoy's default `max_requests` (1,024): below it no retry is
-        # refused for budget (tests/integration/edge/test_edge_failover.py: 0 refused
-        # of 300 in flight). What bounds retries is per call: at most 2, with back-off,
-        # on another host; plus outlier ejection and the listener's rate limit.
-        "circuit_breakers": {
-            "thresholds": [
-                {"retry_budget": {"budget_percent": {"value": 50.0}, "min_retry_concurrency": 1024}}
-            ]
-        },
+        # Retries (hedges included) in flight: as many as the cluster's own request limit
+        # (Envoy's default `max_requests`, 1,024), instead of Envoy's default of 3, which a
+        # frozen host overflows at once (the overflowing calls then wait the route timeout
+        # on it). When an instance dies, every call it held needs its retry at once, and a
+        # refused retry is a failed call the other instance would have answered. Budgets
+        # that scale with the calls in flight refused them: 25 % (floor 16) refused 60-112
+        # in the chaos test's kill (2026-12-03), 50 % 22-34; 50 % with a floor of 128
+        # refused whatever a dead instance held beyond 128 (two stand-in processes, 300 slow
+        # reads in flight, one SIGKILLed: 32-79 reads failed in 5 runs of 6, 2026-12-06; the
+        # chaos test's kill lost 2 reads of 6,239 once). No percentage covers it: a budget
+        # counts the calls in flight, and the dead instance's calls are no longer in flight
+        # when they ask for their retries (100 % still refused 7 of ~150). With 1,024: 0
+        # refused (tests/integration/edge/test_edge_failover.py). What bounds retries is per
+        # call: at most 2, with back-off, on another host; then outlier ejection and the
+        # listener's rate limit.
+        "circuit_breakers": {"thresholds": [{"max_retries": 1024}]},
         # Ejects a host that cannot be reached (connect failures, resets, timeouts: errors
         # of local origin), never one for the answers it gives: a service's own
         # UNAVAILABLE usually means one of *its* dependencies is down, and Envoy counts a

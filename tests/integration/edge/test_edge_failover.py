@@ -10,8 +10,8 @@ termination") in 5 runs of 6 though the other instance would have answered them,
 way 2 reads of 6,239 failed in the chaos test's kill of orders-1
 (tests/chaos/test_faults.py); with 100 % and the same floor, still some (the budget
 counts the calls in flight, and the dead instance's are no longer in flight when they
-ask for their retries). The edge's floor is now the cluster's request limit (1,024;
-`mesh/edge/envoy_config.py`).
+ask for their retries). The edge now allows as many retries in flight as the cluster's
+request limit (1,024; `mesh/edge/envoy_config.py`).
 """
 
 from __future__ import annotations

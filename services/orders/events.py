@@ -10,16 +10,15 @@ effect. The subscription is a durable consumer shared by every orders instance,
 so each event is handled by one of them. Connecting, subscribing and stopping is
 `EventSubscriber`'s job (services/common/events.py).
 
-Why not `payment.completed` (consumed until 6 Dec 2026, marking the saga's order
-PAID): the saga records the payment itself, in the transaction of its
-`record_payment` step, so the handler only ever raced the saga to the same state.
-It cost an event delivery, a consume, an inbox transaction of four statements and
-two more statements in the saga's step whenever it won (most of the time), about a
-tenth of an order's CPU across the shop (`python -m bench orders`, 16 clients, nine
-alternating pairs: 10.5 % less CPU per order and 13 % more orders/s at the medians;
-docs/performance-log.md, "Orders no longer consume `payment.completed`"). A charge whose answer is
-lost is found again by the resumed saga
-(`OrderSagas.charge` asks payments for the saga's payment). Payments still
+Why not `payment.completed` (consumed until 6 Dec 2026, marking the saga's order PAID):
+the saga records the payment itself, in the transaction of its `record_payment` step, so
+the handler only ever raced the saga to the same state. It cost an event delivery, a
+consume, an inbox transaction of four statements and two more statements in the saga's
+step whenever it won (most of the time), about a tenth of an order's CPU across the shop
+(`python -m bench orders`, 16 clients, nine alternating pairs: 10.5 % less CPU per order
+and 13 % more orders/s at the medians; docs/performance-log.md, "Orders no longer
+consume `payment.completed`"). A charge whose answer is lost is found again by the
+resumed saga (`OrderSagas.charge` asks payments for the saga's payment). Payments still
 publishes the event, for integrations.
 """
 

@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mesh.discovery.registry import Instance, Registry
 from tests.support.consul_agent import ConsulTestAgent
 from tests.support.health_server import HealthServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.support.ready_child import ready_child
 
 HEALTH_SERVICE = "shop.disc.v1.Disc"
 
@@ -119,18 +115,6 @@ async def registering_process(
     backend: Backend, service: str, instance_id: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Another OS process serving gRPC health and registered in `backend`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.health_server",
-        "--service", service, "--id", instance_id, *backend.process_args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.startswith(b"READY "), f"child did not start: {line!r}"
+    args = ("--service", service, "--id", instance_id, *backend.process_args)
+    async with ready_child("tests.support.health_server", *args, timeout_s=20) as (proc, _):
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()

@@ -1,5 +1,5 @@
 """A stand-in `orders` upstream in a process of its own, to be killed with its calls in
-flight: `python -m tests.support.slow_upstream --index N --delay-s S`.
+flight: `python -m tests.support.slow_upstream [--delay-s S]`.
 
 It serves `shop.orders.v2.OrderService/GetOrder` (answered after `--delay-s`) and gRPC
 health with the `orders` mesh identity (the test run's CA: MESH_PKI_DIR is inherited),
@@ -26,13 +26,13 @@ class SlowOrders(orders_pb2_grpc.OrderServiceServicer):
         self.delay_s = delay_s
 
     async def GetOrder(self, request: Any, context: Any) -> orders_pb2.Order:
-        await asyncio.sleep(self.delay_s)  # a slow read
+        await asyncio.sleep(self.delay_s)  # poll: the delay is the slow read it stands for
         return orders_pb2.Order(order_id=request.order_id)
 
 
-async def _serve(index: int, delay_s: float) -> None:
+async def _serve(delay_s: float) -> None:
     add = orders_pb2_grpc.add_OrderServiceServicer_to_server
-    server, instance = await start_upstream("orders", [(add, SlowOrders(delay_s))], index=index)
+    server, instance = await start_upstream("orders", [(add, SlowOrders(delay_s))])
     print(f"READY {instance.port}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
     await server.stop(None)
@@ -40,10 +40,9 @@ async def _serve(index: int, delay_s: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--index", type=int, default=1)
     p.add_argument("--delay-s", type=float, default=0.45)
     a = p.parse_args()
-    asyncio.run(_serve(a.index, a.delay_s))
+    asyncio.run(_serve(a.delay_s))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import re
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -34,28 +30,9 @@ from mesh.discovery.registry import Instance
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from tests.support.edge_stand_ins import FixedRegistry, running_edge
 from tests.support.poll import eventually
+from tests.support.ready_child import ready_child
 
 IN_FLIGHT = 300
-ROOT = Path(__file__).resolve().parents[3]
-
-
-@asynccontextmanager
-async def slow_upstream(index: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, Instance]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.slow_upstream", "--index", str(index),
-        cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert line.startswith("READY "), line
-        port = int(line.split()[1])
-        yield proc, Instance(id=f"orders-{index}", service="orders", host="127.0.0.1", port=port)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 def _stat(stats: str, name: str) -> int:
@@ -66,8 +43,14 @@ def _stat(stats: str, name: str) -> int:
 
 @pytest.mark.slow
 async def test_every_call_of_a_dead_instance_is_retried_on_the_other(tmp_path: Path) -> None:
-    async with slow_upstream(1) as (victim, first), slow_upstream(2) as (_, second):
-        registry = FixedRegistry([first, second])
+    async with (
+        ready_child("tests.support.slow_upstream") as (victim, port1),
+        ready_child("tests.support.slow_upstream") as (_, port2),
+    ):
+        registry = FixedRegistry(
+            [Instance(id=f"orders-{i}", service="orders", host="127.0.0.1", port=port)
+             for i, port in ((1, port1), (2, port2))]
+        )  # fmt: skip
         try:
             async with running_edge(
                 tmp_path, registry, auth=EdgeAuthOptions(enabled=False)

@@ -228,14 +228,16 @@ async def test_waits_for_a_taken_file_lock_reuse_their_threads(
 
     holder = await take_file_lock(path, loop.time() + 5)
     assert holder is not None
-    waiters = [asyncio.create_task(take_file_lock(path, loop.time() + 5)) for _ in range(3)]
+    # Deadlines far beyond the test's own waits: under CI's load the three hand-overs
+    # after the polls below took longer than 5 s once, and a waiter gave up (None).
+    waiters = [asyncio.create_task(take_file_lock(path, loop.time() + 60)) for _ in range(3)]
     await _poll(lambda: file_lock_waits() == 3)
     assert _lock_threads() >= 3  # one blocked thread per wait
     gave_up = await take_file_lock(path, loop.time() + 0.05)
     assert gave_up is None  # the deadline passed while the lock was held
     os.close(holder)
     for task in waiters:  # each gets the lock in turn (the kernel wakes one at a time)
-        fd = await asyncio.wait_for(task, 5)
+        fd = await asyncio.wait_for(task, 60)
         assert fd is not None
         os.close(fd)
     await _poll(lambda: file_lock_waits() == 0)  # the gave-up wait took it and closed it

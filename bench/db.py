@@ -10,15 +10,17 @@ session's own transaction.
   write, session   `async with sessions.begin()`: an UPDATE and an INSERT, both
                    statements marked lean (`mesh.db_lean`), the lean transaction off
                    (the ORM session's own transaction, as before 6 Dec 2026)
-  write, lean      the same block, a lean transaction (the default): on SQLite its
-                   statements run on the driver's cursor (`mesh.db_cursor`)
-  write, lean/sql  the same, its statements through `exec_driver_sql` (SQLite only;
-                   the cursor path off, as before 6 Dec 2026's ninth session)
+  write, lean      the same block, a lean transaction (the default): its statements run
+                   on the driver's cursor (`mesh.db_cursor`; on PostgreSQL since 6 Dec
+                   2026's fourteenth session)
+  write, lean/sql  the same, its statements through `exec_driver_sql` (the cursor path
+                   off, as before 6 Dec 2026's ninth session, and on PostgreSQL before
+                   the fourteenth)
   write, bare      `async with engine.connect()` + `begin()`, the same two statements as
                    driver SQL: what no session costs (no write queue, no plan lookup)
   read, session    `async with sessions()`: one lean SELECT, the session's own transaction
   read, lean       the same, a lean transaction
-  read, lean/sql   the same, through `exec_driver_sql` (SQLite only)
+  read, lean/sql   the same, through `exec_driver_sql`
 
 SQLite: a held file with the shop's settings (`mesh.db.create_engine`: WAL,
 synchronous=NORMAL) and `SerialWriteSession` (`serial_writes=True`, as the shop). With
@@ -123,8 +125,6 @@ def _modes(engine: AsyncEngine) -> dict[str, Callable[[], Awaitable[None]]]:
         "read, lean": lambda: read(lean_tx),
         "read, lean/sql": lambda: without_cursor(read(lean_tx)),
     }
-    if engine.dialect.name != "sqlite":  # the cursor path is the mesh SQLite driver's
-        del modes["write, lean/sql"], modes["read, lean/sql"]
     return modes
 
 

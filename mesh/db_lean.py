@@ -23,8 +23,9 @@ positional parameter's name, its default (a value bound in the statement, e.g.
 `.where(c.status == "HELD")`) and its type's bind processor for the dialect (e.g. a
 DateTime for SQLite). `exec_driver_sql` still fires the engine's cursor events
 (`before_cursor_execute`), wraps driver errors (`IntegrityError`...) and returns a
-buffered `CursorResult`. On the mesh's SQLite driver the plan runs on the driver's
-cursor instead, where nothing but the statement would happen (`mesh.db_cursor`).
+buffered `CursorResult`. On the mesh's SQLite driver and SQLAlchemy's asyncpg adapter
+the plan runs on the driver's cursor instead, where nothing but the statement would
+happen (`mesh.db_cursor`).
 
 The contract of a lean statement (what differs, so it is opt-in per statement): rows are
 read by position or by name (`row.status`, `row._mapping["status"]`), not by Column
@@ -367,7 +368,7 @@ def run(sync: Session, statement: Any, plan: Plan, args: Any) -> Any:
 
 def run_on(conn: Connection, plan: Plan, args: Any) -> Any:
     """`plan` on `conn` (in a greenlet): a buffered result, as the session gives: on the
-    driver's cursor where `mesh.db_cursor` may (the mesh's SQLite driver), else
+    driver's cursor where `mesh.db_cursor` may (the mesh's SQLite driver, asyncpg), else
     SQLAlchemy's `CursorResult`."""
     if db_cursor.usable(conn, args):
         result, plan.columns = db_cursor.run(conn, plan.sql, args, plan.columns)

@@ -1,7 +1,8 @@
-"""mesh.db_cursor: lean statements on the mesh SQLite driver's cursor give what
-`exec_driver_sql` gives (rows, names, rowcounts, errors, invalidation), and step aside
-wherever SQLAlchemy would do more (events, logging, no transaction, another driver).
-Real SQLite files; PostgreSQL, when it answers, for the stepping aside."""
+"""mesh.db_cursor: lean statements on the driver's cursor (the mesh SQLite driver's,
+SQLAlchemy's asyncpg adapter's) give what `exec_driver_sql` gives (rows, names,
+rowcounts, errors, invalidation), and step aside wherever SQLAlchemy would do more
+(events, logging, no transaction, another driver). Real SQLite files, and the tests'
+PostgreSQL when it answers (those cases skip otherwise)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh import db_cursor, db_lean, sqlite_driver
 from mesh.db import session_factory
 from mesh.db_lean import Plan, lean, make_plan
-from tests.support.postgres import engine_with
+from tests.support.postgres import PG_URL, engine_with
 
 T_ = TypeVar("T_")
 
@@ -69,6 +71,24 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     async with engine_with("sqlite", tmp_path / "cursor.db", "cursor", md) as eng:
         yield eng
     db_cursor.use_cursor(True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The mesh SQLite driver's engine, then SQLAlchemy's asyncpg one (skipped when the
+    tests' PostgreSQL does not answer)."""
+    async with engine_with(request.param, tmp_path / "cursor.db", "cursor", md) as eng:
+        yield eng
+    db_cursor.use_cursor(True)
+
+
+def cursor_class(engine: AsyncEngine) -> type:
+    """The class of the DBAPI cursors `engine`'s connections make."""
+    return (
+        sqlite_driver.Cursor
+        if engine.dialect.name == "sqlite"
+        else sa_asyncpg.AsyncAdapt_asyncpg_cursor
+    )
 
 
 @contextmanager
@@ -143,9 +163,11 @@ async def _reset(engine: AsyncEngine) -> None:
 
 
 async def test_the_cursor_gives_what_exec_driver_sql_gives(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    any_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert db_cursor.AVAILABLE  # this SQLAlchemy passes the fence: the path under test runs
+    engine = any_engine
+    # This SQLAlchemy passes the fence: the path under test runs.
+    assert engine.dialect.driver in db_cursor.DRIVERS
     with on_cursor(monkeypatch) as on:
         got = await _workload(engine)
     await _reset(engine)
@@ -179,8 +201,9 @@ async def _duplicate(engine: AsyncEngine) -> IntegrityError:
 
 
 async def test_errors_are_sqlalchemys_and_nothing_is_kept(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    any_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine = any_engine
     expected, got, on = await both_ways(monkeypatch, lambda: _duplicate(engine))
     assert len(on) == 2
     assert type(got.orig) is type(expected.orig)
@@ -201,7 +224,7 @@ async def _a_bug_in_the_driver(engine: AsyncEngine, monkeypatch: pytest.MonkeyPa
 
     sessions = session_factory(engine, serial_writes=True)
     with monkeypatch.context() as patched:
-        patched.setattr(sqlite_driver.Cursor, "execute", broken)
+        patched.setattr(cursor_class(engine), "execute", broken)
         with pytest.raises(TypeError) as caught:
             async with sessions.begin() as s:
                 await s.execute(ADD, {"id": "bug", "n": 1, "status": "NEW"})
@@ -209,13 +232,24 @@ async def _a_bug_in_the_driver(engine: AsyncEngine, monkeypatch: pytest.MonkeyPa
 
 
 async def test_an_error_that_is_not_the_drivers_passes_as_it_is(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    any_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine = any_engine
     expected, got, on = await both_ways(
         monkeypatch, lambda: _a_bug_in_the_driver(engine, monkeypatch)
     )
     assert len(on) == 1
     assert type(got) is type(expected) is TypeError and str(got) == str(expected)
+
+
+def close_under(sync: Connection) -> None:
+    """Close the driver's connection under SQLAlchemy: SQLite's database handle, or the
+    asyncpg connection's socket (as a server that went away leaves it)."""
+    dbapi_connection: Any = sync.connection.dbapi_connection
+    if sync.dialect.name == "sqlite":
+        dbapi_connection._sqlite.close()
+    else:
+        dbapi_connection._connection.terminate()
 
 
 async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:
@@ -228,7 +262,7 @@ async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:
         await conn.begin()
 
         def closed_then_run(sync: Connection) -> tuple[DBAPIError, bool]:
-            sync.connection.dbapi_connection._sqlite.close()  # type: ignore[union-attr]
+            close_under(sync)
             with pytest.raises(DBAPIError) as caught:
                 db_lean.run_on(sync, plan, args)
             return caught.value, sync.invalidated
@@ -237,8 +271,9 @@ async def _on_a_closed_database(engine: AsyncEngine) -> tuple[DBAPIError, bool]:
 
 
 async def test_a_lost_connection_is_invalidated_as_sqlalchemy_does(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    any_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine = any_engine
     before, after, on = await both_ways(monkeypatch, lambda: _on_a_closed_database(engine))
     (expected, expected_invalidated), (got, invalidated) = before, after
     assert len(on) == 1
@@ -303,10 +338,99 @@ async def test_it_steps_aside_for_listeners_logging_and_no_transaction(
 async def test_another_driver_takes_sqlalchemys_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with engine_with("postgresql", tmp_path / "unused.db", "cursorpg", md) as eng:
-        sessions = session_factory(eng)
+    monkeypatch.setenv("MESH_SQLITE_DRIVER", "aiosqlite")
+    async with engine_with("sqlite", tmp_path / "aio.db", "unused", md) as eng:
+        assert eng.dialect.driver == "aiosqlite"
+        sessions = session_factory(eng, serial_writes=True)
         with on_cursor(monkeypatch) as on:
             async with sessions.begin() as s:
                 await s.execute(ADD, {"id": "p", "n": 1, "status": "NEW"})
                 assert (await s.execute(BY_STATUS, {"s": "NEW"})).all() == [("p", 1)]
         assert on == []
+
+
+async def _schema_of(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(text("SELECT current_schema()"))).scalar_one())
+
+
+async def _stale_then_fresh(engine: AsyncEngine, admin: AsyncEngine, to: str) -> list[Any]:
+    """COUNTED prepared on the pooled connection, `n` retyped to `to` by another
+    connection, COUNTED again in a transaction (the stale prepared statement: asyncpg
+    refuses it), then once more in the next: what each gave (the error's type)."""
+    sessions = session_factory(engine)
+    out: list[Any] = []
+    async with sessions() as s:
+        await s.execute(ADD, {"id": "k", "n": 3, "status": "NEW"})
+        out.append((await s.execute(COUNTED, {"k": "k"})).one()._asdict())
+        await s.rollback()
+    async with admin.begin() as conn:
+        await conn.execute(text(f"ALTER TABLE cur_t ALTER COLUMN n TYPE {to}"))
+    for _ in range(2):
+        try:
+            async with sessions.begin() as s:
+                await s.execute(ADD, {"id": "k", "n": 3, "status": "NEW"})
+                out.append((await s.execute(COUNTED, {"k": "k"})).one()._asdict())
+                await s.execute(DROP, {"s": "NEW"})
+        except DBAPIError as exc:
+            out.append(type(exc.orig).__name__)
+    return out
+
+
+async def test_a_stale_prepared_statement_is_prepared_again_as_sqlalchemy_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a column retyped under a prepared statement makes its next run fail
+    once (asyncpg's InvalidCachedStatementError, in a transaction); SQLAlchemy's asyncpg
+    execution context then invalidates the dialect's cache, and the statement is
+    prepared again. On the cursor path `run` does both duties: the same failure, then
+    success. The control: with the invalidation made a no-op, the statement stays stale."""
+    stale = "InvalidCachedStatementError"
+    async with engine_with("postgresql", tmp_path / "unused.db", "stale", md) as engine:
+        schema = await _schema_of(engine)
+        admin = create_async_engine(
+            PG_URL, connect_args={"server_settings": {"search_path": schema}}
+        )
+        try:
+            db_cursor.use_cursor(False)
+            expected = await _stale_then_fresh(engine, admin, "numeric")
+            db_cursor.use_cursor(True)
+            with on_cursor(monkeypatch) as on:
+                got = await _stale_then_fresh(engine, admin, "bigint")
+                with monkeypatch.context() as patched:
+                    patched.setattr(engine.dialect, "_invalidate_schema_cache", lambda: None)
+                    control = await _stale_then_fresh(engine, admin, "numeric")
+        finally:
+            await admin.dispose()
+            db_cursor.use_cursor(True)
+    row = {"twice": 6, "id": "k"}
+    assert expected == [row, stale, row]
+    assert got == [row, stale, row]
+    assert control == [row, stale, stale]
+    assert len(on) >= 6  # the statements of the cursor runs took the cursor path
+
+
+def test_the_asyncpg_fence_knows_what_the_execution_context_does() -> None:
+    """The cursor path does what SQLAlchemy's asyncpg execution context does per
+    statement, as long as that context does nothing more: a context that does more, or
+    an adapter without what the path sets and calls, keeps asyncpg off it."""
+    context = sa_asyncpg.PGExecutionContext_asyncpg
+    cursor = sa_asyncpg.AsyncAdapt_asyncpg_cursor
+    dialect = sa_asyncpg.PGDialect_asyncpg
+    assert db_cursor.asyncpg_duties_known(context, cursor, dialect)
+    assert db_cursor.ASYNCPG in db_cursor.DRIVERS
+
+    class DoesMore(context):  # type: ignore[misc,valid-type]
+        def pre_exec(self) -> None:
+            super().pre_exec()
+            self.cursor.arraysize = 50
+
+    class NoSlot:
+        __slots__ = ("_description",)
+
+    class NoInvalidation:
+        pass
+
+    assert not db_cursor.asyncpg_duties_known(DoesMore, cursor, dialect)
+    assert not db_cursor.asyncpg_duties_known(context, NoSlot, dialect)
+    assert not db_cursor.asyncpg_duties_known(context, cursor, NoInvalidation)

@@ -27,11 +27,11 @@ A driver error, or an interruption, goes through SQLAlchemy's own handling
 and the same invalidation of a connection whose state is unknown (an interrupted
 statement, a closed database, a server that went away); any other error passes as it
 is, as it does through `exec_driver_sql`. On the asyncpg adapter, the two things its
-execution context does per statement are done here too (`_AsyncpgDuties`): the cursor
-is told when the dialect last invalidated its cache of types and prepared statements
-(so a statement prepared before a schema change is prepared again), and an
-`InvalidCachedStatementError` or `InternalServerError` invalidates that cache, so the
-next statement is prepared afresh.
+execution context does per statement are done here too (`asyncpg_duties_known` checks
+that they are all it does): the cursor is told when the dialect last invalidated its
+cache of types and prepared statements (so a statement prepared before a schema change
+is prepared again), and an `InvalidCachedStatementError` or `InternalServerError`
+invalidates that cache, so the next statement is prepared afresh.
 
 Where it steps aside (`exec_driver_sql` runs the statement, as before): another driver
 (aiosqlite, psycopg...); a connection not in a transaction (SQLAlchemy would begin one);
@@ -117,6 +117,7 @@ def asyncpg_duties_known(context: type, cursor: type, dialect: type) -> bool:
     return (
         names == _ASYNCPG_CONTEXT_NAMES
         and "_invalidate_schema_cache_asof" in slots
+        and hasattr(dialect, "_invalidate_schema_cache_asof")
         and callable(getattr(dialect, "_invalidate_schema_cache", None))
     )
 

@@ -429,8 +429,13 @@ def test_the_asyncpg_fence_knows_what_the_execution_context_does() -> None:
         __slots__ = ("_description",)
 
     class NoInvalidation:
-        pass
+        _invalidate_schema_cache_asof = 0
+
+    class NoTimestamp:
+        def _invalidate_schema_cache(self) -> None:
+            pass
 
     assert not db_cursor.asyncpg_duties_known(DoesMore, cursor, dialect)
     assert not db_cursor.asyncpg_duties_known(context, NoSlot, dialect)
     assert not db_cursor.asyncpg_duties_known(context, cursor, NoInvalidation)
+    assert not db_cursor.asyncpg_duties_known(context, cursor, NoTimestamp)

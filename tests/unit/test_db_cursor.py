@@ -30,12 +30,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import db_cursor, db_lean, sqlite_driver
 from mesh.db import session_factory
 from mesh.db_lean import Plan, lean, make_plan
-from tests.support.postgres import PG_URL, engine_with
+from tests.support.postgres import engine_with
 
 T_ = TypeVar("T_")
 
@@ -349,23 +349,19 @@ async def test_another_driver_takes_sqlalchemys_path(
         assert on == []
 
 
-async def _schema_of(engine: AsyncEngine) -> str:
-    async with engine.connect() as conn:
-        return str((await conn.execute(text("SELECT current_schema()"))).scalar_one())
-
-
-async def _stale_then_fresh(engine: AsyncEngine, admin: AsyncEngine, to: str) -> list[Any]:
-    """COUNTED prepared on the pooled connection, `n` retyped to `to` by another
-    connection, COUNTED again in a transaction (the stale prepared statement: asyncpg
-    refuses it), then once more in the next: what each gave (the error's type)."""
+async def _stale_then_fresh(engine: AsyncEngine, other: AsyncConnection, to: str) -> list[Any]:
+    """COUNTED prepared on the pooled connection, `n` retyped to `to` on `other` (a
+    second connection of the engine, held aside), COUNTED again in a transaction (the
+    stale prepared statement: asyncpg refuses it), then once more in the next: what each
+    gave (the error's type)."""
     sessions = session_factory(engine)
     out: list[Any] = []
     async with sessions() as s:
         await s.execute(ADD, {"id": "k", "n": 3, "status": "NEW"})
         out.append((await s.execute(COUNTED, {"k": "k"})).one()._asdict())
         await s.rollback()
-    async with admin.begin() as conn:
-        await conn.execute(text(f"ALTER TABLE cur_t ALTER COLUMN n TYPE {to}"))
+    await other.execute(text(f"ALTER TABLE cur_t ALTER COLUMN n TYPE {to}"))
+    await other.commit()
     for _ in range(2):
         try:
             async with sessions.begin() as s:
@@ -386,22 +382,20 @@ async def test_a_stale_prepared_statement_is_prepared_again_as_sqlalchemy_does(
     prepared again. On the cursor path `run` does both duties: the same failure, then
     success. The control: with the invalidation made a no-op, the statement stays stale."""
     stale = "InvalidCachedStatementError"
-    async with engine_with("postgresql", tmp_path / "unused.db", "stale", md) as engine:
-        schema = await _schema_of(engine)
-        admin = create_async_engine(
-            PG_URL, connect_args={"server_settings": {"search_path": schema}}
-        )
+    async with (
+        engine_with("postgresql", tmp_path / "unused.db", "stale", md) as engine,
+        engine.connect() as other,
+    ):
         try:
             db_cursor.use_cursor(False)
-            expected = await _stale_then_fresh(engine, admin, "numeric")
+            expected = await _stale_then_fresh(engine, other, "numeric")
             db_cursor.use_cursor(True)
             with on_cursor(monkeypatch) as on:
-                got = await _stale_then_fresh(engine, admin, "bigint")
+                got = await _stale_then_fresh(engine, other, "bigint")
                 with monkeypatch.context() as patched:
                     patched.setattr(engine.dialect, "_invalidate_schema_cache", lambda: None)
-                    control = await _stale_then_fresh(engine, admin, "numeric")
+                    control = await _stale_then_fresh(engine, other, "numeric")
         finally:
-            await admin.dispose()
             db_cursor.use_cursor(True)
     row = {"twice": 6, "id": "k"}
     assert expected == [row, stale, row]

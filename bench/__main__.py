@@ -1,10 +1,11 @@
 """`python -m bench [name] [options]`: the benchmarks.
 
-Names: rpc, whole, growth, events, orders, fastpath, traces, tokens, picker, edge-auth,
-policy, db, summary.
-`orders` starts a whole `meshctl up` stack; `policy` (the caller policy's cost per call)
-and `db` (a session's transaction against a lean one) are focused micro-benchmarks: all
-three are run by name only.
+Names: rpc, whole, growth, events, orders, side-by-side, fastpath, traces, tokens, picker,
+edge-auth, policy, db, summary.
+`orders` starts a whole `meshctl up` stack and `side-by-side` two of them, one setting
+apart (a lever's cost, B / A, measured at the same moment); `policy` (the caller policy's
+cost per call) and `db` (a session's transaction against a lean one) are focused
+micro-benchmarks: these four are run by name only.
 With no name (`make bench`): `bench.rpc`, `bench.whole`, `bench.growth`, `bench.events`,
 `bench.tokens`, `bench.picker`, `bench.edge_auth`, each printing its tables, then the
 summary block (`bench.summary`'s headline set, measured again at its own budget; its
@@ -42,6 +43,12 @@ def _orders(args: Sequence[str]) -> None:
     from bench import orders
 
     orders.cli(list(args))
+
+
+def _side_by_side(args: Sequence[str]) -> None:
+    from bench import side_by_side
+
+    side_by_side.cli(list(args))
 
 
 def _fastpath(args: Sequence[str]) -> None:
@@ -110,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rpc": _rpc,
         "events": _events,
         "orders": _orders,
+        "side-by-side": _side_by_side,
         "fastpath": _fastpath,
         "traces": _traces,
         "tokens": _tokens,

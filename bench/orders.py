@@ -270,6 +270,16 @@ class Shop:
         return orders_pb2.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
 
 
+async def prepare(shop: Shop, stack: Stack) -> tuple[list[Account], list[str]]:
+    """The bench's customers (signed up and logged in through the edge) and products
+    with ample stock (made by an admin), for placing orders on `stack`."""
+    tag = uuid.uuid4().hex[:8]
+    accounts = await asyncio.gather(*(shop.sign_up(tag, i) for i in range(USERS)))
+    seller = await shop.admin(stack, tag)
+    products = [await shop.product(tag, i, seller.token) for i in range(PRODUCTS)]
+    return list(accounts), products
+
+
 async def run_level(
     shop: Shop,
     pids: dict[str, int],
@@ -448,10 +458,7 @@ async def measure(
         shop = Shop(stack.edge.port)
         try:
             pids = processes(stack)
-            tag = uuid.uuid4().hex[:8]
-            accounts = await asyncio.gather(*(shop.sign_up(tag, i) for i in range(USERS)))
-            seller = await shop.admin(stack, tag)
-            products = [await shop.product(tag, i, seller.token) for i in range(PRODUCTS)]
+            accounts, products = await prepare(shop, stack)
             idle = await idle_cpu(pids, min(2.0, seconds))
             hops = await hop_costs(shop, pids, products[0], min(3.0, seconds))
             rows: list[dict[str, Any]] = []

@@ -1,0 +1,308 @@
+"""Two `meshctl up` stacks loaded at the same moment, one setting apart: CPU per order, B / A.
+
+Run: `python -m bench side-by-side --b KEY=VALUE [--b KEY=VALUE ...] [--a KEY=VALUE ...]
+[--b-instances orders=1,inventory=1] [--rounds 5] [--seconds 10] [--clients 16]
+[--api rest|grpc] [--database sqlite|postgresql]`.
+
+Why: the 2-core box this project is measured on drifts by 10-25 % within minutes.
+Two runs of `bench orders` one after the other could not tell a 9 % lever (tracing
+every call) from nothing: three pairs came out either way. Taking turns does not help
+at this scale either: two stacks loaded in alternating 5 s turns spread an A/A ratio
+over 0.81-1.20. Two stacks loaded at the same moment share whatever state the box is
+in: in two A/A runs of five 10 s rounds every round's ratio was within 0.96-1.04. That
+is how this benchmark measures: ratios side by side in one run, as `bench rpc` and
+`bench whole` do for single calls.
+
+What it does: starts stack A (the defaults, plus `--a` settings) and stack B (`--b`
+settings, `--b-instances`), each the whole shop as `bench orders` starts it
+(tests/support/local_mesh.py: its own nats-server, Envoy edge, trace sink and
+databases, every port free). The settings go into every process's environment, the
+edge's included, as a user's shell would give them to `meshctl up` (the developer's
+own MESH_* / OTEL_* / NATS_* / CONSUL_* are left out, as for every test stack). It
+signs customers up and makes products on each, then runs `--rounds` rounds: in each,
+both stacks take orders for `--seconds` at once, half the `--clients` each (8 and 8
+for the default 16, so the box carries what `bench orders` puts on it at 16). Per
+round and as medians it reports each side's orders/s, p50/p99 and CPU per order (all
+the stack's processes: utime + stime from /proc), per service (instances summed, so
+a topology with fewer instances compares), and B / A. With no `--b` at all it is an
+A/A run: the method's own spread on this box.
+
+Limits:
+- The box runs two stacks, so each runs at half the rate with twice the processes
+  around it. CPU per order is higher than one stack's (~17 ms against ~12.5 ms at 16
+  clients on the 2-core box), so compare the ratios, not the figures, with `bench
+  orders`. A lever whose effect depends on load (batching) may show differently at
+  this rate.
+- Only what settings or instance counts change. Two commits, or two interpreters,
+  are two runs of `bench orders`, or one setting that switches the code path (as
+  `MESH_FASTPATH=0` does).
+- CPU per order is the figure to compare. The orders/s ratio is printed but says
+  little: the kernel shares the cores among threads, not stacks, so a stack with
+  fewer processes (`--b-instances orders=1`) gets a smaller share and places fewer
+  orders even when each costs less.
+- The load generator (this process) serves both stacks and counts in neither.
+- The read through the edge that `bench orders` uses for its per-hop bound is not
+  measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import statistics
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import host
+from bench.orders import Account, Shop, database_env, prepare, processes, run_level
+from mesh.local.topology import ServiceSpec
+from tests.support.local_mesh import Stack, free_port_shop, local_mesh
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What `summarise` gives each side as the median over the rounds.
+_MEDIANS = ("orders_per_s", "cpu_ms_per_order_total", "p50_ms", "p99_ms")
+
+
+@dataclass
+class Side:
+    """One of the two stacks: what differs, and its rounds' rows."""
+
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    instances: dict[str, int] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"env": self.env, "instances": self.instances}
+
+
+@dataclass
+class _Loaded:
+    """A side's running stack and what it places orders with."""
+
+    stack: Stack
+    shop: Shop
+    pids: dict[str, int]
+    accounts: list[Account]
+    products: list[str]
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` (an environment variable); ValueError with what is wrong."""
+    key, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.fullmatch(key):
+        raise ValueError(f"{text!r} is not KEY=VALUE with KEY an environment variable name")
+    return key, value
+
+
+def parse_instances(text: str, known: Sequence[str]) -> dict[str, int]:
+    """`orders=1,inventory=1` -> {"orders": 1, "inventory": 1}; ValueError naming the
+    service or count that is wrong."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, count = part.partition("=")
+        if name not in known:
+            raise ValueError(f"no service {name!r} in mesh.toml (known: {', '.join(known)})")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{part!r}: the instance count must be a whole number >= 1")
+        out[name] = int(count)
+    return out
+
+
+def topology(instances: dict[str, int]) -> tuple[ServiceSpec, ...]:
+    """The shop on free ports, with the instance counts `instances` sets."""
+    return tuple(
+        dataclasses.replace(s, instances=instances.get(s.name, s.instances))
+        for s in free_port_shop()
+    )
+
+
+def by_service(cpu_ms_per_order: dict[str, float]) -> dict[str, float]:
+    """Per process (`orders-1`, `orders-2`, `edge`...) -> per service (instances summed)."""
+    out: dict[str, float] = {}
+    for name, ms in cpu_ms_per_order.items():
+        service = re.sub(r"-\d+$", "", name)
+        out[service] = round(out.get(service, 0.0) + ms, 2)
+    return out
+
+
+def ratio(b: float, a: float) -> float:
+    return round(b / a, 3) if a else 0.0
+
+
+def summarise(a: Side, b: Side) -> dict[str, Any]:
+    """Medians over the rounds, and the spread of the round-by-round ratios."""
+    pairs = list(zip(a.rows, b.rows, strict=True))
+    cpu = [ratio(rb["cpu_ms_per_order_total"], ra["cpu_ms_per_order_total"]) for ra, rb in pairs]
+    rate = [ratio(rb["orders_per_s"], ra["orders_per_s"]) for ra, rb in pairs]
+
+    def medians(side: Side) -> dict[str, float]:
+        return {k: round(float(statistics.median(r[k] for r in side.rows)), 2) for k in _MEDIANS}
+
+    def services(side: Side) -> dict[str, float]:
+        names = sorted({n for r in side.rows for n in r["cpu_ms_per_service"]})
+        return {
+            n: round(statistics.median(r["cpu_ms_per_service"].get(n, 0.0) for r in side.rows), 2)
+            for n in names
+        }
+
+    return {
+        "cpu_ratio": round(statistics.median(cpu), 3),
+        "cpu_ratio_rounds": cpu,
+        "orders_ratio": round(statistics.median(rate), 3),
+        "orders_ratio_rounds": rate,
+        "a": medians(a),
+        "b": medians(b),
+        "a_cpu_ms_per_service": services(a),
+        "b_cpu_ms_per_service": services(b),
+        "errors": {
+            side.label: sum(sum(r["errors"].values()) for r in side.rows) for side in (a, b)
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def _loaded(side: Side, base: Path, database: str) -> AsyncIterator[_Loaded]:
+    async with (
+        database_env(database) as db_env,
+        local_mesh(
+            base / side.label, topology(side.instances), env={**db_env, **side.env}
+        ) as stack,
+    ):
+        shop = Shop(stack.edge.port)
+        try:
+            accounts, products = await prepare(shop, stack)
+            yield _Loaded(stack, shop, processes(stack), accounts, products)
+        finally:
+            await shop.close()
+
+
+async def measure(
+    a: Side,
+    b: Side,
+    *,
+    rounds: int,
+    seconds: float,
+    clients: int,
+    api: str,
+    base: Path,
+    database: str = "sqlite",
+    report: bool = True,
+) -> dict[str, Any]:
+    """Both stacks up, then `rounds` rounds of orders on both at once, `clients // 2`
+    each (at least one); `a.rows` and `b.rows` get each round's `bench orders` row."""
+    each = max(1, clients // 2)
+    async with _loaded(a, base, database) as la, _loaded(b, base, database) as lb:
+        for n in range(rounds):
+            # Which side's clients start first alternates (a start-order bias would show
+            # in an A/A run as a ratio that flips with the round).
+            pair = [(a, la), (b, lb)] if n % 2 == 0 else [(b, lb), (a, la)]
+            levels = await asyncio.gather(*(
+                run_level(x.shop, x.pids, api, each, seconds, list(x.accounts), x.products)
+                for _, x in pair
+            ))  # fmt: skip
+            for (side, _), level in zip(pair, levels, strict=True):
+                row = level.row()
+                row["cpu_ms_per_service"] = by_service(row["cpu_ms_per_order"])
+                side.rows.append(row)
+            if report:
+                print(_round_line(n + 1, a.rows[-1], b.rows[-1]), flush=True)
+    return {
+        "host": host.describe(),
+        "database": database,
+        "api": api,
+        "clients_each": each,
+        "seconds": seconds,
+        "a_setup": a.describe(),
+        "b_setup": b.describe(),
+        **summarise(a, b),
+        "rounds": [{"a": ra, "b": rb} for ra, rb in zip(a.rows, b.rows, strict=True)],
+    }
+
+
+def _round_line(n: int, ra: dict[str, Any], rb: dict[str, Any]) -> str:
+    def side(r: dict[str, Any]) -> str:
+        errs = f", {sum(r['errors'].values())} errors" if r["errors"] else ""
+        return (
+            f"{r['orders_per_s']:6.1f} orders/s {r['cpu_ms_per_order_total']:6.2f} ms CPU/order"
+            f" (p99 {r['p99_ms']:.0f} ms{errs})"
+        )
+
+    return (
+        f"round {n}: A {side(ra)} | B {side(rb)} | B/A CPU per order "
+        f"{ratio(rb['cpu_ms_per_order_total'], ra['cpu_ms_per_order_total']):.3f},"
+        f" orders/s {ratio(rb['orders_per_s'], ra['orders_per_s']):.3f}"
+    )
+
+
+def print_report(r: dict[str, Any]) -> None:
+    cpu = r["cpu_ratio_rounds"]
+    rate = r["orders_ratio_rounds"]
+    print(
+        f"\nB/A CPU per order: {r['cpu_ratio']:.3f} (median of {len(cpu)} rounds;"
+        f" {min(cpu):.3f}-{max(cpu):.3f}); B/A orders/s: {r['orders_ratio']:.3f}"
+        f" ({min(rate):.3f}-{max(rate):.3f})"
+    )
+    print(f"A: {r['a_setup']}\nB: {r['b_setup']}")
+    print(f"{'CPU ms per order':18s} {'A':>8s} {'B':>8s} {'B-A':>8s}")
+    sa, sb = r["a_cpu_ms_per_service"], r["b_cpu_ms_per_service"]
+    for name in sorted(set(sa) | set(sb)):
+        va, vb = sa.get(name, 0.0), sb.get(name, 0.0)
+        print(f"  {name:16s} {va:8.2f} {vb:8.2f} {vb - va:+8.2f}")
+    ta, tb = r["a"]["cpu_ms_per_order_total"], r["b"]["cpu_ms_per_order_total"]
+    print(f"  {'all':16s} {ta:8.2f} {tb:8.2f} {tb - ta:+8.2f}")
+    print(f"host: {host.line(r['host'])}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench side-by-side",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of stack A (repeatable)")  # fmt: skip
+    p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of stack B (repeatable); none: an A/A run")  # fmt: skip
+    p.add_argument("--a-instances", default="", metavar="SERVICE=N,...",
+                   help="instances of services in stack A (default: mesh.toml's)")  # fmt: skip
+    p.add_argument("--b-instances", default="", metavar="SERVICE=N,...",
+                   help="instances of services in stack B (default: mesh.toml's)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=10.0, help="per round")
+    p.add_argument("--clients", type=int, default=16, help="in all; half on each stack")
+    p.add_argument("--api", choices=("rest", "grpc"), default="rest")
+    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    args = p.parse_args(argv)
+    known = [s.name for s in free_port_shop()]
+    try:
+        a = Side("a", dict(parse_setting(x) for x in args.a),
+                 parse_instances(args.a_instances, known))  # fmt: skip
+        b = Side("b", dict(parse_setting(x) for x in args.b),
+                 parse_instances(args.b_instances, known))  # fmt: skip
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.rounds < 1 or args.seconds <= 0 or args.clients < 1:
+        p.error("--rounds and --clients must be >= 1 and --seconds > 0")
+    logging.basicConfig(level=logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="bench-side-by-side-") as tmp:
+        r = asyncio.run(
+            measure(a, b, rounds=args.rounds, seconds=args.seconds, clients=args.clients,
+                    api=args.api, base=Path(tmp), database=args.database)
+        )  # fmt: skip
+    print_report(r)
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    cli()

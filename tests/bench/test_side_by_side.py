@@ -1,0 +1,61 @@
+"""bench/side_by_side.py's own logic: settings, instance counts, per-service sums, ratios.
+
+The stacks themselves run in tests/e2e/test_bench_smoke_side_by_side.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.side_by_side import Side, by_service, parse_instances, parse_setting, summarise
+
+KNOWN = ["users", "orders", "inventory", "payments"]
+
+
+def test_a_setting_is_key_equals_value_and_the_value_may_hold_anything() -> None:
+    assert parse_setting("OTEL_TRACES_SAMPLER=always_off") == ("OTEL_TRACES_SAMPLER", "always_off")
+    assert parse_setting("GRPC_EXPERIMENTS=-a,-b=c") == ("GRPC_EXPERIMENTS", "-a,-b=c")
+    assert parse_setting("MESH_X=") == ("MESH_X", "")
+
+
+@pytest.mark.parametrize("bad", ["MESH_FASTPATH", "=1", "1X=1", "A B=1", "MESH-X=1"])
+def test_a_setting_that_is_not_an_environment_variable_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_setting(bad)
+
+
+def test_instance_counts_name_known_services() -> None:
+    assert parse_instances("orders=1, inventory=3", KNOWN) == {"orders": 1, "inventory": 3}
+    assert parse_instances("", KNOWN) == {}
+    with pytest.raises(ValueError, match="no service 'order'"):
+        parse_instances("order=1", KNOWN)
+    for bad in ("orders=0", "orders=x", "orders"):
+        with pytest.raises(ValueError, match="whole number"):
+            parse_instances(bad, KNOWN)
+
+
+def test_instances_are_summed_per_service_so_topologies_compare() -> None:
+    per_process = {"orders-1": 2.5, "orders-2": 2.75, "edge": 0.9, "inventory-1": 1.5,
+                   "traces": 0.3}  # fmt: skip
+    assert by_service(per_process) == {"orders": 5.25, "edge": 0.9, "inventory": 1.5,
+                                       "traces": 0.3}  # fmt: skip
+
+
+def _row(rate: float, cpu: float, **per_service: float) -> dict[str, object]:
+    return {"orders_per_s": rate, "cpu_ms_per_order_total": cpu, "p50_ms": 100.0,
+            "p99_ms": 200.0, "errors": {}, "cpu_ms_per_service": per_service}  # fmt: skip
+
+
+def test_the_summary_is_the_median_of_the_rounds_ratios_with_their_spread() -> None:
+    a, b = Side("a"), Side("b")
+    a.rows = [_row(50, 20.0, orders=8.0), _row(40, 25.0, orders=10.0), _row(60, 16.0, orders=6.0)]
+    b.rows = [_row(55, 18.0, orders=7.0), _row(44, 22.5, orders=9.0), _row(60, 16.0)]
+    s = summarise(a, b)
+    assert s["cpu_ratio_rounds"] == [0.9, 0.9, 1.0]
+    assert s["cpu_ratio"] == 0.9
+    assert s["orders_ratio_rounds"] == [1.1, 1.1, 1.0]
+    assert s["orders_ratio"] == 1.1
+    assert s["a"]["cpu_ms_per_order_total"] == 20.0
+    # A service a round did not report counts as 0 there (B's third round).
+    assert s["b_cpu_ms_per_service"] == {"orders": 7.0}
+    assert s["errors"] == {"a": 0, "b": 0}

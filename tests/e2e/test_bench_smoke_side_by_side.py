@@ -1,0 +1,44 @@
+"""One short run of `bench side-by-side`, to keep it working (figures are not asserted).
+
+What is asserted is what the benchmark promises: both stacks take orders at the same
+time with none failing, and each side's settings and instance counts reach its own
+processes only: B logs every CreateOrder (`MESH_ACCESS_LOG_EVERY=1`) and runs one orders
+instance, while A, set to log one call in a million and none for being slow, logs none
+and keeps mesh.toml's two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.side_by_side import Side, measure
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+CREATE_ORDER = "method=/shop.orders.v2.OrderService/CreateOrder"
+
+
+def _access_lines(stack_log: Path) -> int:
+    return sum(CREATE_ORDER in line for line in stack_log.read_text(errors="replace").splitlines())
+
+
+async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
+    a = Side("a", {"MESH_ACCESS_LOG_EVERY": "1000000", "MESH_ACCESS_LOG_SLOW_MS": "600000"})
+    b = Side("b", {"MESH_ACCESS_LOG_EVERY": "1"}, {"orders": 1})
+    r = await measure(a, b, rounds=1, seconds=2.0, clients=4, api="rest", base=tmp_path,
+                      report=False)  # fmt: skip
+    assert r["errors"] == {"a": 0, "b": 0}
+    ra, rb = r["rounds"][0]["a"], r["rounds"][0]["b"]
+    assert ra["clients"] == rb["clients"] == 2
+    assert ra["orders_per_s"] > 0 and rb["orders_per_s"] > 0
+    assert r["cpu_ratio"] > 0 and r["orders_ratio"] > 0
+    # B's topology: one orders instance; A keeps mesh.toml's two.
+    assert {"orders-1", "orders-2"} <= set(ra["cpu_ms_per_order"])
+    assert "orders-1" in rb["cpu_ms_per_order"] and "orders-2" not in rb["cpu_ms_per_order"]
+    assert set(ra["cpu_ms_per_service"]) == set(rb["cpu_ms_per_service"])
+    # Each side's settings reached its own services (B's warm-up orders are logged too).
+    placed_b = round(rb["orders_per_s"] * r["seconds"])
+    assert _access_lines(tmp_path / "b" / "stack.log") >= placed_b > 0
+    assert _access_lines(tmp_path / "a" / "stack.log") == 0

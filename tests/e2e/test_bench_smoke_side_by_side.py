@@ -38,6 +38,7 @@ async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
     assert {"orders-1", "orders-2"} <= set(ra["cpu_ms_per_order"])
     assert "orders-1" in rb["cpu_ms_per_order"] and "orders-2" not in rb["cpu_ms_per_order"]
     assert set(ra["cpu_ms_per_service"]) == set(rb["cpu_ms_per_service"])
+    assert "load_cpu_ms_per_order" not in ra  # the load generator serves both sides
     # Each side's settings reached its own services (B's warm-up orders are logged too).
     placed_b = round(rb["orders_per_s"] * r["seconds"])
     assert _access_lines(tmp_path / "b" / "stack.log") >= placed_b > 0

@@ -298,7 +298,10 @@ async def test_a_stopped_subscription_hands_what_it_had_not_handled_to_the_next_
     async def other(env: Any) -> None:
         second.append(env.id)
 
-    options = SubscribeOptions(batch=8, ack_wait_s=30, fetch_timeout_s=0.5)
+    # The fetch timeout is the waiting request's `expires`: the five published below must
+    # reach the request the first fetch left open, so it must outlive a loaded box's
+    # publishes (at 0.5 s it expired first once in CI, and the five never came).
+    options = SubscribeOptions(batch=8, ack_wait_s=30, fetch_timeout_s=10)
     envs = [
         new_envelope(events_pb2.UserCreated(user_id=f"h{i}"), types=EVENTS, source="t",
                      subject=f"h{i}")

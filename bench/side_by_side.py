@@ -1,8 +1,8 @@
 """Two `meshctl up` stacks loaded at the same moment, one setting apart: CPU per order, B / A.
 
 Run: `python -m bench side-by-side --b KEY=VALUE [--b KEY=VALUE ...] [--a KEY=VALUE ...]
-[--b-instances orders=1,inventory=1] [--rounds 5] [--seconds 10] [--clients 16]
-[--api rest|grpc] [--database sqlite|postgresql]`.
+[--b-instances orders=1,inventory=1] [--b-python PATH] [--rounds 5] [--seconds 10]
+[--clients 16] [--api rest|grpc] [--database sqlite|postgresql]`.
 
 Why: the 2-core box this project is measured on drifts by 10-25 % within minutes.
 Two runs of `bench orders` one after the other could not tell a 9 % lever (tracing
@@ -14,7 +14,7 @@ is how this benchmark measures: ratios side by side in one run, as `bench rpc` a
 `bench whole` do for single calls.
 
 What it does: starts stack A (the defaults, plus `--a` settings) and stack B (`--b`
-settings, `--b-instances`), each the whole shop as `bench orders` starts it
+settings, `--b-instances`, `--b-python`), each the whole shop as `bench orders` starts it
 (tests/support/local_mesh.py: its own nats-server, Envoy edge, trace sink and
 databases, every port free). The settings go into every process's environment, the
 edge's included, as a user's shell would give them to `meshctl up` (the developer's
@@ -33,9 +33,12 @@ Limits:
   clients on the 2-core box), so compare the ratios, not the figures, with `bench
   orders`. A lever whose effect depends on load (batching) may show differently at
   this rate.
-- Only what settings or instance counts change. Two commits, or two interpreters,
-  are two runs of `bench orders`, or one setting that switches the code path (as
-  `MESH_FASTPATH=0` does).
+- Settings, instance counts and the interpreter. `--b-python` runs B's services and
+  trace sink under another venv's interpreter (made with `make install PYTHON=...` in
+  another checkout of the same commit): they run from this directory, so the code is
+  this checkout's and the packages that venv's. The edge, nats-server and the load
+  generator are the same programs on both sides. Two commits are two runs of `bench
+  orders`, or one setting that switches the code path (as `MESH_FASTPATH=0` does).
 - CPU per order is the figure to compare. The orders/s ratio is printed but says
   little: the kernel shares the cores among threads, not stacks, so a stack with
   fewer processes (`--b-instances orders=1`) gets a smaller share and places fewer
@@ -51,12 +54,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,10 +84,12 @@ class Side:
     label: str
     env: dict[str, str] = field(default_factory=dict)
     instances: dict[str, int] = field(default_factory=dict)
+    python: str | None = None  # another interpreter for the services (None: this one)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
-        return {"env": self.env, "instances": self.instances}
+        return {"env": self.env, "instances": self.instances,
+                "python": interpreter(self.python or sys.executable)}  # fmt: skip
 
 
 @dataclass
@@ -117,6 +125,30 @@ def parse_instances(text: str, known: Sequence[str]) -> dict[str, int]:
             raise ValueError(f"{part!r}: the instance count must be a whole number >= 1")
         out[name] = int(count)
     return out
+
+
+@functools.cache
+def interpreter(python: str) -> str:
+    """`CPython 3.11.7 (/path/to/python3.11)`: the version and the real executable of
+    `python`; ValueError when it cannot run or cannot import the project."""
+    probe = (
+        "import os, platform, sys, mesh, services, shop;"
+        "print(platform.python_implementation(), platform.python_version(),"
+        " f'({os.path.realpath(sys.executable)})')"
+    )
+    try:
+        done = subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError as exc:
+        raise ValueError(f"{python}: {exc.strerror or exc}") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise ValueError(
+            f"{python} cannot import the project ({last}); make its venv with"
+            " `make install PYTHON=...` in a checkout of this commit"
+        )
+    return done.stdout.strip()
 
 
 def topology(instances: dict[str, int]) -> tuple[ServiceSpec, ...]:
@@ -176,7 +208,10 @@ async def _loaded(side: Side, base: Path, database: str) -> AsyncIterator[_Loade
     async with (
         database_env(database) as db_env,
         local_mesh(
-            base / side.label, topology(side.instances), env={**db_env, **side.env}
+            base / side.label,
+            topology(side.instances),
+            env={**db_env, **side.env},
+            python=side.python,
         ) as stack,
     ):
         shop = Shop(stack.edge.port)
@@ -198,11 +233,16 @@ async def measure(
     base: Path,
     database: str = "sqlite",
     report: bool = True,
+    on_start: Callable[[Side, dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
     """Both stacks up, then `rounds` rounds of orders on both at once, `clients // 2`
-    each (at least one); `a.rows` and `b.rows` get each round's `bench orders` row."""
+    each (at least one); `a.rows` and `b.rows` get each round's `bench orders` row.
+    `on_start(side, pids)` sees each side's processes once both are up."""
     each = max(1, clients // 2)
     async with _loaded(a, base, database) as la, _loaded(b, base, database) as lb:
+        if on_start is not None:
+            on_start(a, la.pids)
+            on_start(b, lb.pids)
         for n in range(rounds):
             # Which side's clients start first alternates (a start-order bias would show
             # in an A/A run as a ratio that flips with the round).
@@ -280,6 +320,10 @@ def cli(argv: list[str] | None = None) -> None:
                    help="instances of services in stack A (default: mesh.toml's)")  # fmt: skip
     p.add_argument("--b-instances", default="", metavar="SERVICE=N,...",
                    help="instances of services in stack B (default: mesh.toml's)")  # fmt: skip
+    p.add_argument("--a-python", default=None, metavar="PATH",
+                   help="the interpreter of stack A's services (default: this one)")  # fmt: skip
+    p.add_argument("--b-python", default=None, metavar="PATH",
+                   help="the interpreter of stack B's services (another venv's)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=10.0, help="per round")
     p.add_argument("--clients", type=int, default=16, help="in all; half on each stack")
@@ -289,9 +333,10 @@ def cli(argv: list[str] | None = None) -> None:
     known = [s.name for s in free_port_shop()]
     try:
         a = Side("a", dict(parse_setting(x) for x in args.a),
-                 parse_instances(args.a_instances, known))  # fmt: skip
+                 parse_instances(args.a_instances, known), args.a_python)  # fmt: skip
         b = Side("b", dict(parse_setting(x) for x in args.b),
-                 parse_instances(args.b_instances, known))  # fmt: skip
+                 parse_instances(args.b_instances, known), args.b_python)  # fmt: skip
+        a.describe(), b.describe()  # probes the interpreters (cached) before any stack starts
     except ValueError as exc:
         p.error(str(exc))
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1:

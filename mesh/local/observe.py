@@ -95,14 +95,16 @@ class Observability:
         self.admin_token = secrets.token_urlsafe(32)
         self.dashboard: Dashboard | None = None
 
-    async def start_sink(self, sup: Supervisor, env: Mapping[str, str]) -> None:
+    async def start_sink(
+        self, sup: Supervisor, env: Mapping[str, str], *, python: str = sys.executable
+    ) -> None:
         import asyncio
 
         self.sink_port = pick_port(self.o.trace_sink_port)
         spec = ProcessSpec(
             name="traces",
             argv=(
-                sys.executable, "-m", "mesh.local.traces", "--db", str(self.traces_db),
+                python, "-m", "mesh.local.traces", "--db", str(self.traces_db),
                 "--port", str(self.sink_port), "--max-spans", str(self.o.trace_max_spans),
                 "--max-age-s", str(self.o.trace_max_age_s),
             ),

@@ -206,8 +206,10 @@ def service_processes(
     *,
     nats_url: str,
     services: tuple[ServiceSpec, ...],
+    python: str = sys.executable,
 ) -> list[ProcessSpec]:
-    """One ProcessSpec per instance, all sharing the run dir's registry and data dir.
+    """One ProcessSpec per instance, all sharing the run dir's registry and data dir,
+    each run as `python -m <module>`.
 
     Instances of one service share its database (one SQLite file in WAL mode,
     or the `<SERVICE>_DATABASE_URL` the user set): a service's data is the
@@ -233,7 +235,7 @@ def service_processes(
             out.append(
                 ProcessSpec(
                     name=f"{svc.name}-{i}",
-                    argv=(sys.executable, "-m", svc.module),
+                    argv=(python, "-m", svc.module),
                     env=env,
                     service=svc.name,
                 )

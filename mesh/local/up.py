@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -74,6 +75,11 @@ class UpOptions:
     event_identities: tuple[EventIdentity, ...] = ()
     streams: tuple[StreamSpec, ...] = ()
     edge_tls_port: int = 8443  # the edge's TLS listener (mTLS on)
+    # The interpreter that runs the services and the trace sink (they run from the
+    # current directory, so it must have the project's packages: another venv's made by
+    # `make install PYTHON=...`; `bench side-by-side --b-python` compares two). Children
+    # on another interpreter get no warm spare: a restart of one starts cold.
+    python: str = sys.executable
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -155,7 +161,7 @@ class LocalMesh:
                 " `meshctl down` stops it)"
             )
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
-        await self.observe.start_sink(self.sup, self.o.env)
+        await self.observe.start_sink(self.sup, self.o.env, python=self.o.python)
         base_env.update(self.observe.service_env(base_env))
         self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
         base_env.update(self.pki.env)
@@ -163,7 +169,9 @@ class LocalMesh:
         # tokens); a user's own MESH_SERVICE_SECRET wins. Never written to disk.
         if not base_env.get("MESH_SERVICE_SECRET"):
             base_env["MESH_SERVICE_SECRET"] = secrets.token_urlsafe(32)
-        specs = service_processes(run, base_env, nats_url=self.nats_url, services=self.o.services)
+        specs = service_processes(
+            run, base_env, nats_url=self.nats_url, services=self.o.services, python=self.o.python
+        )
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:
             if self.nats_local is not None:  # each service its own NATS identity

@@ -2,13 +2,15 @@
 
 What is asserted is what the benchmark promises: both stacks take orders at the same
 time with none failing, and each side's settings and instance counts reach its own
-processes only: B logs every CreateOrder (`MESH_ACCESS_LOG_EVERY=1`) and runs one orders
-instance, while A, set to log one call in a million and none for being slow, logs none
-and keeps mesh.toml's two.
+processes only: B logs every CreateOrder (`MESH_ACCESS_LOG_EVERY=1`), runs one orders
+instance and runs its services on the interpreter it was given (a script in front of
+this one that marks their environment), while A, set to log one call in a million and
+none for being slow, logs none, keeps mesh.toml's two and runs on this interpreter.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +26,32 @@ def _access_lines(stack_log: Path) -> int:
     return sum(CREATE_ORDER in line for line in stack_log.read_text(errors="replace").splitlines())
 
 
+def _python_marking(path: Path) -> str:
+    """An interpreter for stack B: this one, behind a script that marks the processes
+    it starts (`SIDE_BY_SIDE_PYTHON=b` in their environment)."""
+    path.write_text(f'#!/bin/sh\nSIDE_BY_SIDE_PYTHON=b exec "{sys.executable}" "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def _marked(pid: int) -> bool:
+    return b"SIDE_BY_SIDE_PYTHON=b" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
     a = Side("a", {"MESH_ACCESS_LOG_EVERY": "1000000", "MESH_ACCESS_LOG_SLOW_MS": "600000"})
-    b = Side("b", {"MESH_ACCESS_LOG_EVERY": "1"}, {"orders": 1})
+    b = Side("b", {"MESH_ACCESS_LOG_EVERY": "1"}, {"orders": 1},
+             python=_python_marking(tmp_path / "python-b"))  # fmt: skip
+    seen: dict[str, list[bool]] = {}
+
+    def look(side: Side, pids: dict[str, int]) -> None:
+        # The services and the trace sink, not the edge and nats-server (not Python).
+        seen[side.label] = [
+            _marked(pid) for name, pid in pids.items() if name not in ("edge", "nats")
+        ]
+
     r = await measure(a, b, rounds=1, seconds=2.0, clients=4, api="rest", base=tmp_path,
-                      report=False)  # fmt: skip
+                      report=False, on_start=look)  # fmt: skip
     assert r["errors"] == {"a": 0, "b": 0}
     ra, rb = r["rounds"][0]["a"], r["rounds"][0]["b"]
     assert ra["clients"] == rb["clients"] == 2
@@ -39,6 +62,10 @@ async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
     assert "orders-1" in rb["cpu_ms_per_order"] and "orders-2" not in rb["cpu_ms_per_order"]
     assert set(ra["cpu_ms_per_service"]) == set(rb["cpu_ms_per_service"])
     assert "load_cpu_ms_per_order" not in ra  # the load generator serves both sides
+    # B's services and trace sink ran on B's interpreter, A's on this one.
+    assert seen["b"] and all(seen["b"]), seen
+    assert seen["a"] and not any(seen["a"]), seen
+    assert r["b_setup"]["python"] == r["a_setup"]["python"]  # the script runs this one
     # Each side's settings reached its own services (B's warm-up orders are logged too).
     placed_b = round(rb["orders_per_s"] * r["seconds"])
     assert _access_lines(tmp_path / "b" / "stack.log") >= placed_b > 0

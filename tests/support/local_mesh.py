@@ -123,6 +123,7 @@ async def local_mesh(
     edge_admin_port: int = 0,
     nats: NatsServer | None = None,
     warm_spares: bool = True,
+    python: str | None = None,
 ) -> AsyncIterator[Stack]:
     """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
     on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error)."""
@@ -149,6 +150,8 @@ async def local_mesh(
             env={**clean_env(), **_TEST_EDGE_LIMITS, **(env or {})},
             warm_spares=warm_spares,
         )
+        if python is not None:  # the services and the trace sink on another interpreter
+            options = replace(options, python=python)
         mesh = LocalMesh(options, registry, supervisor)
         try:
             await mesh.start()

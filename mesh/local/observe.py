@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -95,9 +94,7 @@ class Observability:
         self.admin_token = secrets.token_urlsafe(32)
         self.dashboard: Dashboard | None = None
 
-    async def start_sink(
-        self, sup: Supervisor, env: Mapping[str, str], *, python: str = sys.executable
-    ) -> None:
+    async def start_sink(self, sup: Supervisor, env: Mapping[str, str], *, python: str) -> None:
         import asyncio
 
         self.sink_port = pick_port(self.o.trace_sink_port)

@@ -206,10 +206,10 @@ def service_processes(
     *,
     nats_url: str,
     services: tuple[ServiceSpec, ...],
-    python: str = sys.executable,
+    python: str,
 ) -> list[ProcessSpec]:
     """One ProcessSpec per instance, all sharing the run dir's registry and data dir,
-    each run as `python -m <module>`.
+    each run as `<python> -m <module>` (`UpOptions.python`).
 
     Instances of one service share its database (one SQLite file in WAL mode,
     or the `<SERVICE>_DATABASE_URL` the user set): a service's data is the

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,10 +47,11 @@ def test_another_project_runs_its_own_modules(tmp_path: Path) -> None:
     topology = load_topology(path)
     assert topology.event_types() is None and topology.demo_module == ""
     procs = service_processes(
-        tmp_path, {"HOME": "/h"}, nats_url="nats://n", services=topology.services
-    )
+        tmp_path, {"HOME": "/h"}, nats_url="nats://n", services=topology.services,
+        python="/opt/other/bin/python",
+    )  # fmt: skip
     assert [p.name for p in procs] == ["notes-1", "notes-2"]
-    assert procs[0].argv == (sys.executable, "-m", "notes.server")
+    assert procs[0].argv == ("/opt/other/bin/python", "-m", "notes.server")
     assert procs[0].env["MESH_GRPC_PORT"] == "6000" and procs[1].env["MESH_GRPC_PORT"] == "0"
     assert procs[1].env["NOTES_MODE"] == "fast" and procs[1].env["HOME"] == "/h"
 

@@ -1,8 +1,9 @@
 """What ran a benchmark: the CPU, how many, and which Python build.
 
-Why the Python build: the same code on the same box ran the shop's orders 12-18 % cheaper
-in CPU under Debian's `/usr/bin/python3.11` (a static interpreter built with PGO and LTO)
-than under a pyenv build with its defaults (`--enable-shared`, no `--enable-optimizations`:
+Why the Python build: the same code on the same box ran the shop's orders ~7 % cheaper in
+CPU (side by side, `bench side-by-side --b-python`; 12-18 % in sequential pairs) under
+Debian's `/usr/bin/python3.11` (a static interpreter built with PGO and LTO) than under a
+pyenv build with its defaults (`--enable-shared`, no `--enable-optimizations`:
 the interpreter in a position-independent `libpython3.11.so`, without profile-guided
 layout); see the README's "Which Python runs it". A figure without its interpreter cannot
 be compared with another box's. Whether the build used PGO is not recorded by every

@@ -1,7 +1,7 @@
 """Two `meshctl up` stacks loaded at the same moment, one setting apart: CPU per order, B / A.
 
 Run: `python -m bench side-by-side --b KEY=VALUE [--b KEY=VALUE ...] [--a KEY=VALUE ...]
-[--b-instances orders=1,inventory=1] [--b-python PATH] [--rounds 5] [--seconds 10]
+[--b-instances orders=1,inventory=1] [--b-python PATH] [--rounds 6] [--seconds 10]
 [--clients 16] [--api rest|grpc] [--database sqlite|postgresql]`.
 
 Why: the 2-core box this project is measured on drifts by 10-25 % within minutes.
@@ -9,9 +9,16 @@ Two runs of `bench orders` one after the other could not tell a 9 % lever (traci
 every call) from nothing: three pairs came out either way. Taking turns does not help
 at this scale either: two stacks loaded in alternating 5 s turns spread an A/A ratio
 over 0.81-1.20. Two stacks loaded at the same moment share whatever state the box is
-in: in two A/A runs of five 10 s rounds every round's ratio was within 0.96-1.04. That
-is how this benchmark measures: ratios side by side in one run, as `bench rpc` and
-`bench whole` do for single calls.
+in: in A/A runs of five 10 s rounds every round's ratio was within 0.95-1.04. That is
+how this benchmark measures: ratios side by side in one run, as `bench rpc` and `bench
+whole` do for single calls.
+
+One bias remains, and the rounds are split to cancel it: the stack started first costs
+~2 % more CPU per order (A/A with A started first: medians 0.991 and 0.981, every
+round but one below 1; with B started first: 1.023). So the first half of the rounds
+runs on a pair of stacks with A's started first, the second half on a new pair with
+B's started first, and B / A is the geometric mean of the two passes' medians, which
+cancels a start-order factor (`summarise`); that factor is printed too.
 
 What it does: starts stack A (the defaults, plus `--a` settings) and stack B (`--b`
 settings, `--b-instances`, `--b-python`), each the whole shop as `bench orders` starts it
@@ -19,7 +26,8 @@ settings, `--b-instances`, `--b-python`), each the whole shop as `bench orders` 
 databases, every port free). The settings go into every process's environment, the
 edge's included, as a user's shell would give them to `meshctl up` (the developer's
 own MESH_* / OTEL_* / NATS_* / CONSUL_* are left out, as for every test stack). It
-signs customers up and makes products on each, then runs `--rounds` rounds: in each,
+signs customers up and makes products on each, then runs `--rounds` rounds (two
+passes, above): in each,
 both stacks take orders for `--seconds` at once, half the `--clients` each (8 and 8
 for the default 16, so the box carries what `bench orders` puts on it at 16). Per
 round and as medians it reports each side's orders/s, p50/p99 and CPU per order (all
@@ -57,6 +65,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import re
 import statistics
 import subprocess
@@ -173,10 +182,25 @@ def ratio(b: float, a: float) -> float:
 
 
 def summarise(a: Side, b: Side) -> dict[str, Any]:
-    """Medians over the rounds, and the spread of the round-by-round ratios."""
+    """The B / A CPU ratio, each side's medians over the rounds, and the round-by-round
+    ratios.
+
+    The CPU ratio is the geometric mean of the two passes' medians (rows carry their
+    `pass`: 1, A's stack started first; 2, B's): if the stack started first costs a
+    factor f more, pass 1 measures r / f and pass 2 r * f, and their geometric mean is
+    r; `start_order_effect` is that f. With one pass (a single round), its median."""
     pairs = list(zip(a.rows, b.rows, strict=True))
     cpu = [ratio(rb["cpu_ms_per_order_total"], ra["cpu_ms_per_order_total"]) for ra, rb in pairs]
     rate = [ratio(rb["orders_per_s"], ra["orders_per_s"]) for ra, rb in pairs]
+    per_pass: dict[int, list[float]] = {}
+    for (ra, _), value in zip(pairs, cpu, strict=True):
+        per_pass.setdefault(int(ra.get("pass", 1)), []).append(value)
+    pass_medians = [float(statistics.median(v)) for _, v in sorted(per_pass.items())]
+    if len(pass_medians) == 2:
+        cpu_ratio = math.sqrt(pass_medians[0] * pass_medians[1])
+        start_effect = math.sqrt(pass_medians[1] / pass_medians[0])
+    else:
+        cpu_ratio, start_effect = pass_medians[0], 1.0
 
     def medians(side: Side) -> dict[str, float]:
         return {k: round(float(statistics.median(r[k] for r in side.rows)), 2) for k in _MEDIANS}
@@ -189,8 +213,10 @@ def summarise(a: Side, b: Side) -> dict[str, Any]:
         }
 
     return {
-        "cpu_ratio": round(statistics.median(cpu), 3),
+        "cpu_ratio": round(cpu_ratio, 3),
         "cpu_ratio_rounds": cpu,
+        "cpu_ratio_passes": [round(m, 3) for m in pass_medians],
+        "start_order_effect": round(start_effect, 3),
         "orders_ratio": round(statistics.median(rate), 3),
         "orders_ratio_rounds": rate,
         "a": medians(a),
@@ -204,11 +230,11 @@ def summarise(a: Side, b: Side) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _loaded(side: Side, base: Path, database: str) -> AsyncIterator[_Loaded]:
+async def _loaded(side: Side, run_dir: Path, database: str) -> AsyncIterator[_Loaded]:
     async with (
         database_env(database) as db_env,
         local_mesh(
-            base / side.label,
+            run_dir,
             topology(side.instances),
             env={**db_env, **side.env},
             python=side.python,
@@ -235,30 +261,32 @@ async def measure(
     report: bool = True,
     on_start: Callable[[Side, dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
-    """Both stacks up, then `rounds` rounds of orders on both at once, `clients // 2`
-    each (at least one); `a.rows` and `b.rows` get each round's `bench orders` row.
-    `on_start(side, pids)` sees each side's processes once both are up."""
+    """`rounds` rounds of orders on both stacks at once, `clients // 2` each (at least
+    one); `a.rows` and `b.rows` get each round's `bench orders` row. The rounds come in
+    two passes, each on stacks of its own: A's stack started first, then (the second
+    half of the rounds) B's, because the stack started first costs ~2 % more (module
+    docstring). `on_start(side, pids)` sees each side's processes once both are up."""
     each = max(1, clients // 2)
-    async with _loaded(a, base, database) as la, _loaded(b, base, database) as lb:
-        if on_start is not None:
-            on_start(a, la.pids)
-            on_start(b, lb.pids)
-        for n in range(rounds):
-            # Which side's clients start first alternates (a start-order bias would show
-            # in an A/A run as a ratio that flips with the round).
-            pair = [(a, la), (b, lb)] if n % 2 == 0 else [(b, lb), (a, la)]
-            levels = await asyncio.gather(*(
-                run_level(x.shop, x.pids, api, each, seconds, list(x.accounts), x.products)
-                for _, x in pair
-            ))  # fmt: skip
-            for (side, _), level in zip(pair, levels, strict=True):
-                row = level.row()
-                # This process loads both stacks: its CPU is neither side's.
-                del row["load_cpu_ms_per_order"]
-                row["cpu_ms_per_service"] = by_service(row["cpu_ms_per_order"])
-                side.rows.append(row)
-            if report:
-                print(_round_line(n + 1, a.rows[-1], b.rows[-1]), flush=True)
+    first_pass = (rounds + 1) // 2
+    n = 0
+    for number, (x, y, count) in enumerate(((a, b, first_pass), (b, a, rounds - first_pass))):
+        if count == 0:
+            continue
+        suffix = "" if number == 0 else f"-{number + 1}"
+        async with (
+            _loaded(x, base / f"{x.label}{suffix}", database) as lx,
+            _loaded(y, base / f"{y.label}{suffix}", database) as ly,
+        ):
+            loaded = {x.label: lx, y.label: ly}
+            if on_start is not None:
+                on_start(a, loaded[a.label].pids)
+                on_start(b, loaded[b.label].pids)
+            for _ in range(count):
+                n += 1
+                await _round(a, loaded[a.label], b, loaded[b.label], api, each, seconds)
+                a.rows[-1]["pass"] = b.rows[-1]["pass"] = number + 1
+                if report:
+                    print(_round_line(n, number + 1, a.rows[-1], b.rows[-1]), flush=True)
     return {
         "host": host.describe(),
         "database": database,
@@ -272,7 +300,24 @@ async def measure(
     }
 
 
-def _round_line(n: int, ra: dict[str, Any], rb: dict[str, Any]) -> str:
+async def _round(
+    a: Side, la: _Loaded, b: Side, lb: _Loaded, api: str, clients: int, seconds: float
+) -> None:
+    """One round on both stacks at once; each side's row appended to its `rows`."""
+    pair = [(a, la), (b, lb)]
+    levels = await asyncio.gather(*(
+        run_level(x.shop, x.pids, api, clients, seconds, list(x.accounts), x.products)
+        for _, x in pair
+    ))  # fmt: skip
+    for (side, _), level in zip(pair, levels, strict=True):
+        row = level.row()
+        # This process loads both stacks: its CPU is neither side's.
+        del row["load_cpu_ms_per_order"]
+        row["cpu_ms_per_service"] = by_service(row["cpu_ms_per_order"])
+        side.rows.append(row)
+
+
+def _round_line(n: int, number: int, ra: dict[str, Any], rb: dict[str, Any]) -> str:
     def side(r: dict[str, Any]) -> str:
         errs = f", {sum(r['errors'].values())} errors" if r["errors"] else ""
         return (
@@ -281,7 +326,7 @@ def _round_line(n: int, ra: dict[str, Any], rb: dict[str, Any]) -> str:
         )
 
     return (
-        f"round {n}: A {side(ra)} | B {side(rb)} | B/A CPU per order "
+        f"round {n} (pass {number}): A {side(ra)} | B {side(rb)} | B/A CPU per order "
         f"{ratio(rb['cpu_ms_per_order_total'], ra['cpu_ms_per_order_total']):.3f},"
         f" orders/s {ratio(rb['orders_per_s'], ra['orders_per_s']):.3f}"
     )
@@ -290,9 +335,11 @@ def _round_line(n: int, ra: dict[str, Any], rb: dict[str, Any]) -> str:
 def print_report(r: dict[str, Any]) -> None:
     cpu = r["cpu_ratio_rounds"]
     rate = r["orders_ratio_rounds"]
+    passes = " and ".join(f"{m:.3f}" for m in r["cpu_ratio_passes"])
     print(
-        f"\nB/A CPU per order: {r['cpu_ratio']:.3f} (median of {len(cpu)} rounds;"
-        f" {min(cpu):.3f}-{max(cpu):.3f}); B/A orders/s: {r['orders_ratio']:.3f}"
+        f"\nB/A CPU per order: {r['cpu_ratio']:.3f} (pass medians {passes}; {len(cpu)} rounds"
+        f" {min(cpu):.3f}-{max(cpu):.3f}; the stack started first costs"
+        f" x{r['start_order_effect']:.3f}); B/A orders/s: {r['orders_ratio']:.3f}"
         f" ({min(rate):.3f}-{max(rate):.3f})"
     )
     print(f"A: {r['a_setup']}\nB: {r['b_setup']}")
@@ -324,7 +371,7 @@ def cli(argv: list[str] | None = None) -> None:
                    help="the interpreter of stack A's services (default: this one)")  # fmt: skip
     p.add_argument("--b-python", default=None, metavar="PATH",
                    help="the interpreter of stack B's services (another venv's)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=6, help="half with each stack started first")
     p.add_argument("--seconds", type=float, default=10.0, help="per round")
     p.add_argument("--clients", type=int, default=16, help="in all; half on each stack")
     p.add_argument("--api", choices=("rest", "grpc"), default="rest")

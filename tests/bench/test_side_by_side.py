@@ -41,9 +41,10 @@ def test_instances_are_summed_per_service_so_topologies_compare() -> None:
                                        "traces": 0.3}  # fmt: skip
 
 
-def _row(rate: float, cpu: float, **per_service: float) -> dict[str, object]:
+def _row(rate: float, cpu: float, n: int = 1, **per_service: float) -> dict[str, object]:
     return {"orders_per_s": rate, "cpu_ms_per_order_total": cpu, "p50_ms": 100.0,
-            "p99_ms": 200.0, "errors": {}, "cpu_ms_per_service": per_service}  # fmt: skip
+            "p99_ms": 200.0, "errors": {}, "cpu_ms_per_service": per_service,
+            "pass": n}  # fmt: skip
 
 
 def test_the_summary_is_the_median_of_the_rounds_ratios_with_their_spread() -> None:
@@ -52,10 +53,27 @@ def test_the_summary_is_the_median_of_the_rounds_ratios_with_their_spread() -> N
     b.rows = [_row(55, 18.0, orders=7.0), _row(44, 22.5, orders=9.0), _row(60, 16.0)]
     s = summarise(a, b)
     assert s["cpu_ratio_rounds"] == [0.9, 0.9, 1.0]
-    assert s["cpu_ratio"] == 0.9
+    assert s["cpu_ratio"] == 0.9  # one pass: its median
+    assert s["start_order_effect"] == 1.0
     assert s["orders_ratio_rounds"] == [1.1, 1.1, 1.0]
     assert s["orders_ratio"] == 1.1
     assert s["a"]["cpu_ms_per_order_total"] == 20.0
     # A service a round did not report counts as 0 there (B's third round).
     assert s["b_cpu_ms_per_service"] == {"orders": 7.0}
     assert s["errors"] == {"a": 0, "b": 0}
+
+
+def test_two_passes_cancel_the_start_order_factor() -> None:
+    # True ratio 1.0; the stack started first costs 2 % more: pass 1 (A first) sees
+    # B cheaper, pass 2 (B first) B dearer.
+    a, b = Side("a"), Side("b")
+    a.rows = [_row(50, 10.2, 1), _row(50, 10.2, 1), _row(50, 10.0, 2), _row(50, 10.0, 2)]
+    b.rows = [_row(50, 10.0, 1), _row(50, 10.0, 1), _row(50, 10.2, 2), _row(50, 10.2, 2)]
+    s = summarise(a, b)
+    assert s["cpu_ratio_passes"] == [0.98, 1.02]
+    assert s["cpu_ratio"] == 1.0
+    assert s["start_order_effect"] == 1.02
+    # A real difference survives it: B 10 % cheaper under the same start-order factor.
+    for row in b.rows:
+        row["cpu_ms_per_order_total"] = round(float(row["cpu_ms_per_order_total"]) * 0.9, 4)
+    assert summarise(a, b)["cpu_ratio"] == 0.9

@@ -50,10 +50,15 @@ def describe() -> dict[str, Any]:
     }
 
 
+def python_line(host: dict[str, Any]) -> str:
+    """The interpreter part of `line`: 'CPython 3.11.2 (/usr/bin/python3.11, static
+    interpreter)'."""
+    shared = host.get("libpython_shared")
+    build = {True: "shared libpython", False: "static interpreter", None: "build unknown"}[shared]
+    return f"{host.get('python')} ({host.get('executable')}, {build})"
+
+
 def line(host: dict[str, Any]) -> str:
     """One line for the tables: 'AMD EPYC, 2 CPUs, CPython 3.11.2 (/usr/bin/python3.11,
     static interpreter)'."""
-    shared = host.get("libpython_shared")
-    build = {True: "shared libpython", False: "static interpreter", None: "build unknown"}[shared]
-    python = f"{host.get('python')} ({host.get('executable')}, {build})"
-    return f"{host.get('cpu')}, {host.get('cpus')} CPUs, {python}"
+    return f"{host.get('cpu')}, {host.get('cpus')} CPUs, {python_line(host)}"

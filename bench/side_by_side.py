@@ -138,12 +138,12 @@ def parse_instances(text: str, known: Sequence[str]) -> dict[str, int]:
 
 @functools.cache
 def interpreter(python: str) -> str:
-    """`CPython 3.11.7 (/path/to/python3.11)`: the version and the real executable of
-    `python`; ValueError when it cannot run or cannot import the project."""
+    """`python` as `bench.host` describes an interpreter (run in it: version, real
+    executable, shared libpython or static); ValueError when it cannot run or cannot
+    import the project."""
     probe = (
-        "import os, platform, sys, mesh, services, shop;"
-        "print(platform.python_implementation(), platform.python_version(),"
-        " f'({os.path.realpath(sys.executable)})')"
+        "import json, mesh, services, shop; from bench import host;"
+        " print(json.dumps(host.describe()))"
     )
     try:
         done = subprocess.run(
@@ -157,7 +157,7 @@ def interpreter(python: str) -> str:
             f"{python} cannot import the project ({last}); make its venv with"
             " `make install PYTHON=...` in a checkout of this commit"
         )
-    return done.stdout.strip()
+    return host.python_line(json.loads(done.stdout))
 
 
 def topology(instances: dict[str, int]) -> tuple[ServiceSpec, ...]:

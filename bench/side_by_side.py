@@ -79,7 +79,10 @@ from typing import Any
 from bench import host
 from bench.orders import Account, Shop, database_env, prepare, processes, run_level
 from mesh.local.topology import ServiceSpec
-from tests.support.local_mesh import Stack, free_port_shop, local_mesh
+from mesh.release.source import SourceError, prepare_source, remove_source
+from tests.support.local_mesh import TOPOLOGY, Stack, free_port_shop, local_mesh
+
+_ROOT = TOPOLOGY.parent  # this checkout: the repository the refs are checked out of
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What `summarise` gives each side as the median over the rounds.
@@ -94,11 +97,29 @@ class Side:
     env: dict[str, str] = field(default_factory=dict)
     instances: dict[str, int] = field(default_factory=dict)
     python: str | None = None  # another interpreter for the services (None: this one)
+    ref: str = ""  # a git ref the services run from ("": the current tree)
+    source: Path | None = None  # that ref's worktree, once made (`use_ref`)
+    commit: str = ""  # and its commit
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
+        code = f"{self.ref} ({self.commit})" if self.ref else str(self.source or "the current tree")
         return {"env": self.env, "instances": self.instances,
-                "python": interpreter(self.python or sys.executable)}  # fmt: skip
+                "python": interpreter(self.python or sys.executable), "code": code}  # fmt: skip
+
+    def use_ref(self, base: Path) -> None:
+        """The side's ref checked out as a worktree under `base` (`source`, `commit`),
+        checked to import under the side's interpreter; SourceError or ValueError."""
+        if not self.ref:
+            return
+        self.source = prepare_source(_ROOT, base, self.label, self.ref)
+        self.commit = _git(self.source, "rev-parse", "--short", "HEAD")
+        check_tree(self.python or sys.executable, self.source)
+
+    def drop_ref(self) -> None:
+        if self.source is not None:
+            remove_source(_ROOT, self.source)
+            self.source = None
 
 
 @dataclass
@@ -158,6 +179,31 @@ def interpreter(python: str) -> str:
             " `make install PYTHON=...` in a checkout of this commit"
         )
     return host.python_line(json.loads(done.stdout))
+
+
+def check_tree(python: str, tree: Path) -> None:
+    """ValueError unless `python` imports the project's code from `tree` as the stack's
+    children will run it (`mesh.local.topology.RUN_FROM`: the tree first on sys.path),
+    and from there, not from the venv's own install of another checkout."""
+    probe = (
+        "import mesh.local.traces as m, services.orders as s; print(m.__file__); print(s.__file__)"
+    )
+    done = subprocess.run(
+        [python, "-c", probe], cwd=tree, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise ValueError(f"{tree}: {python} cannot import its code ({last})")
+    outside = [
+        f for f in done.stdout.split() if not Path(f).resolve().is_relative_to(tree.resolve())
+    ]
+    if outside:
+        raise ValueError(f"{tree}: {python} cannot import its code (it found {outside[0]})")
+
+
+def _git(tree: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "?"
 
 
 def topology(instances: dict[str, int]) -> tuple[ServiceSpec, ...]:
@@ -238,6 +284,7 @@ async def _loaded(side: Side, run_dir: Path, database: str) -> AsyncIterator[_Lo
             topology(side.instances),
             env={**db_env, **side.env},
             python=side.python,
+            source=side.source,
         ) as stack,
     ):
         shop = Shop(stack.edge.port)
@@ -371,6 +418,10 @@ def cli(argv: list[str] | None = None) -> None:
                    help="the interpreter of stack A's services (default: this one)")  # fmt: skip
     p.add_argument("--b-python", default=None, metavar="PATH",
                    help="the interpreter of stack B's services (another venv's)")  # fmt: skip
+    p.add_argument("--a-ref", default="", metavar="GIT_REF",
+                   help="a commit for stack A's services (default: the current tree)")  # fmt: skip
+    p.add_argument("--b-ref", default="", metavar="GIT_REF",
+                   help="a commit for stack B's services (default: the current tree)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=6, help="half with each stack started first")
     p.add_argument("--seconds", type=float, default=10.0, help="per round")
     p.add_argument("--clients", type=int, default=16, help="in all; half on each stack")
@@ -380,9 +431,9 @@ def cli(argv: list[str] | None = None) -> None:
     known = [s.name for s in free_port_shop()]
     try:
         a = Side("a", dict(parse_setting(x) for x in args.a),
-                 parse_instances(args.a_instances, known), args.a_python)  # fmt: skip
+                 parse_instances(args.a_instances, known), args.a_python, args.a_ref)  # fmt: skip
         b = Side("b", dict(parse_setting(x) for x in args.b),
-                 parse_instances(args.b_instances, known), args.b_python)  # fmt: skip
+                 parse_instances(args.b_instances, known), args.b_python, args.b_ref)  # fmt: skip
         a.describe(), b.describe()  # probes the interpreters (cached) before any stack starts
     except ValueError as exc:
         p.error(str(exc))
@@ -390,10 +441,19 @@ def cli(argv: list[str] | None = None) -> None:
         p.error("--rounds and --clients must be >= 1 and --seconds > 0")
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-side-by-side-") as tmp:
-        r = asyncio.run(
-            measure(a, b, rounds=args.rounds, seconds=args.seconds, clients=args.clients,
-                    api=args.api, base=Path(tmp), database=args.database)
-        )  # fmt: skip
+        try:
+            try:
+                a.use_ref(Path(tmp))
+                b.use_ref(Path(tmp))
+            except (SourceError, ValueError) as exc:
+                p.error(str(exc))
+            r = asyncio.run(
+                measure(a, b, rounds=args.rounds, seconds=args.seconds, clients=args.clients,
+                        api=args.api, base=Path(tmp), database=args.database)
+            )  # fmt: skip
+        finally:
+            a.drop_ref()
+            b.drop_ref()
     print_report(r)
     print(json.dumps(r))
 

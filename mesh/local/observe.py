@@ -30,7 +30,7 @@ from mesh.discovery.registry import Registry
 from mesh.local.dashboard.collect import Collector
 from mesh.local.dashboard.server import Dashboard
 from mesh.local.supervisor import Supervisor
-from mesh.local.topology import ProcessSpec
+from mesh.local.topology import ProcessSpec, module_argv
 from mesh.local.traces.store import DB_NAME, DEFAULT_MAX_AGE_S, DEFAULT_MAX_SPANS
 from mesh.settings import Settings
 
@@ -94,16 +94,18 @@ class Observability:
         self.admin_token = secrets.token_urlsafe(32)
         self.dashboard: Dashboard | None = None
 
-    async def start_sink(self, sup: Supervisor, env: Mapping[str, str], *, python: str) -> None:
+    async def start_sink(
+        self, sup: Supervisor, env: Mapping[str, str], *, python: str, source: Path | None
+    ) -> None:
         import asyncio
 
         self.sink_port = pick_port(self.o.trace_sink_port)
         spec = ProcessSpec(
             name="traces",
-            argv=(
-                python, "-m", "mesh.local.traces", "--db", str(self.traces_db),
+            argv=module_argv(
+                python, "mesh.local.traces", "--db", str(self.traces_db),
                 "--port", str(self.sink_port), "--max-spans", str(self.o.trace_max_spans),
-                "--max-age-s", str(self.o.trace_max_age_s),
+                "--max-age-s", str(self.o.trace_max_age_s), source=source,
             ),
             env=dict(env),
         )  # fmt: skip

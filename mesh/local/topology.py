@@ -113,6 +113,27 @@ class Topology:
         return tuple(value)
 
 
+# Runs a module from another source tree, as `python -m` would from that tree: the
+# tree is the working directory and first on sys.path, the module's own arguments
+# follow it (`python -c RUN_FROM <tree> <module> [args...]`). Packages not in the tree
+# (the venv's: grpc, the generated stubs...) still come from the interpreter's venv.
+RUN_FROM: str = (
+    "import os, runpy, sys; root, module = sys.argv[1], sys.argv[2]; os.chdir(root);"
+    " sys.path[0] = root; sys.argv = [module, *sys.argv[3:]];"
+    " runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
+def module_argv(
+    python: str, module: str, *args: str, source: Path | None = None
+) -> tuple[str, ...]:
+    """`python -m module args...`; with `source`, the same run from that source tree
+    (`RUN_FROM`: a release's other version, `bench side-by-side --b-ref`)."""
+    if source is None:
+        return (python, "-m", module, *args)
+    return (python, "-c", RUN_FROM, str(source), module, *args)
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessSpec:
     """One process to supervise: a name for its log prefix, argv and environment."""
@@ -207,9 +228,11 @@ def service_processes(
     nats_url: str,
     services: tuple[ServiceSpec, ...],
     python: str,
+    source: Path | None,
 ) -> list[ProcessSpec]:
     """One ProcessSpec per instance, all sharing the run dir's registry and data dir,
-    each run as `<python> -m <module>` (`UpOptions.python`).
+    each run as `<python> -m <module>` (`UpOptions.python`), from the source tree
+    `source` when one is given (`UpOptions.source`, `module_argv`).
 
     Instances of one service share its database (one SQLite file in WAL mode,
     or the `<SERVICE>_DATABASE_URL` the user set): a service's data is the
@@ -235,7 +258,7 @@ def service_processes(
             out.append(
                 ProcessSpec(
                     name=f"{svc.name}-{i}",
-                    argv=(python, "-m", svc.module),
+                    argv=module_argv(python, svc.module, source=source),
                     env=env,
                     service=svc.name,
                 )

@@ -80,6 +80,11 @@ class UpOptions:
     # `make install PYTHON=...`; `bench side-by-side --b-python` compares two). Children
     # on another interpreter get no warm spare: a restart of one starts cold.
     python: str = sys.executable
+    # Another source tree the services and the trace sink run from (None: the current
+    # directory's), as a release runs its new version (`topology.module_argv`): `bench
+    # side-by-side --b-ref` compares two commits. This process (the edge's config, the
+    # supervisor) stays the current tree's. Such children get no warm spare either.
+    source: Path | None = None
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -161,7 +166,9 @@ class LocalMesh:
                 " `meshctl down` stops it)"
             )
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
-        await self.observe.start_sink(self.sup, self.o.env, python=self.o.python)
+        await self.observe.start_sink(
+            self.sup, self.o.env, python=self.o.python, source=self.o.source
+        )
         base_env.update(self.observe.service_env(base_env))
         self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
         base_env.update(self.pki.env)
@@ -170,8 +177,9 @@ class LocalMesh:
         if not base_env.get("MESH_SERVICE_SECRET"):
             base_env["MESH_SERVICE_SECRET"] = secrets.token_urlsafe(32)
         specs = service_processes(
-            run, base_env, nats_url=self.nats_url, services=self.o.services, python=self.o.python
-        )
+            run, base_env, nats_url=self.nats_url, services=self.o.services,
+            python=self.o.python, source=self.o.source,
+        )  # fmt: skip
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:
             if self.nats_local is not None:  # each service its own NATS identity

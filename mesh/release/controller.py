@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.envoy_config import write_atomically
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec
+from mesh.local.topology import ProcessSpec, module_argv
 from mesh.release import analysis
 from mesh.release.state import CONTROLLER_FILE, Release, load_all, releases_dir, save
 from mesh.traffic.policy import (
@@ -62,13 +62,6 @@ from mesh.traffic.policy import (
 )
 
 log = logging.getLogger(__name__)
-
-# Runs a module from another source tree: that tree first on sys.path, its cwd.
-_RUN_FROM = (
-    "import os, runpy, sys; root, module = sys.argv[1], sys.argv[2]; os.chdir(root);"
-    " sys.path[0] = root; sys.argv = [module]; runpy.run_module(module, run_name='__main__',"
-    " alter_sys=True)"
-)
 
 # Routable hosts of one cluster as "ip:port", from the edge (None: the edge is unknown).
 EdgeHosts = Callable[[str], Awaitable[set[str] | None]]
@@ -275,7 +268,7 @@ class ReleaseController:
                 module = argv[-1] if len(argv) == 3 and argv[1] == "-m" else ""
                 if not module:
                     raise RuntimeError(f"{template.spec.name} is not run as `python -m`")
-                argv = (sys.executable, "-c", _RUN_FROM, release.source, module)
+                argv = module_argv(sys.executable, module, source=Path(release.source))
             spec = ProcessSpec(name=iid, argv=argv, env=env, service=release.service)
             children.append(await self.sup.start(spec))
             release.new_instances.append(iid)

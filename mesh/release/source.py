@@ -51,6 +51,20 @@ def prepare_source(root: Path, run_dir: Path, version: str, ref: str) -> Path:
     return target
 
 
+def remove_source(root: Path, tree: Path) -> None:
+    """Undo `prepare_source`: the worktree `tree` of `root`'s repository, removed with
+    whatever was written in it (`git worktree remove --force`); SourceError if git
+    refuses."""
+    done = subprocess.run(
+        ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SourceError(f"git worktree remove {tree}: {done.stderr.strip()}")
+
+
 def migrations_of(tree: Path, ref: str) -> list[tuple[int, str, bool]]:
     """(version, name, compatible_with_previous) of `ref` as the code in `tree` has it."""
     done = subprocess.run(

@@ -5,9 +5,19 @@ The stacks themselves run in tests/e2e/test_bench_smoke_side_by_side.py.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from bench.side_by_side import Side, by_service, parse_instances, parse_setting, summarise
+from bench.side_by_side import (
+    Side,
+    by_service,
+    check_tree,
+    parse_instances,
+    parse_setting,
+    summarise,
+)
 
 KNOWN = ["users", "orders", "inventory", "payments"]
 
@@ -77,3 +87,16 @@ def test_two_passes_cancel_the_start_order_factor() -> None:
     for row in b.rows:
         row["cpu_ms_per_order_total"] = round(float(row["cpu_ms_per_order_total"]) * 0.9, 4)
     assert summarise(a, b)["cpu_ratio"] == 0.9
+
+
+def test_a_tree_the_interpreter_cannot_run_the_shop_from_is_refused(tmp_path: Path) -> None:
+    check_tree(sys.executable, Path(__file__).resolve().parents[2])  # this checkout runs
+    # A tree without the shop's code: the venv's install would supply this checkout's.
+    with pytest.raises(ValueError, match=f"{tmp_path}: .* cannot import its code"):
+        check_tree(sys.executable, tmp_path)
+
+
+def test_a_side_says_which_code_it_ran() -> None:
+    assert Side("a").describe()["code"] == "the current tree"
+    assert Side("b", ref="main~2", commit="0123abc").describe()["code"] == "main~2 (0123abc)"
+    assert Side("b", source=Path("/t/copy")).describe()["code"] == "/t/copy"

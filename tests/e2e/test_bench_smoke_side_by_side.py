@@ -6,10 +6,14 @@ processes only: B logs every CreateOrder (`MESH_ACCESS_LOG_EVERY=1`), runs one o
 instance and runs its services on the interpreter it was given (a script in front of
 this one that marks their environment), while A, set to log one call in a million and
 none for being slow, logs none, keeps mesh.toml's two and runs on this interpreter.
+B's services and trace sink also run from another source tree (what `--b-ref` checks
+a commit out to): a copy of the project's packages whose `mesh` package notes the
+process that imported it.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +38,24 @@ def _python_marking(path: Path) -> str:
     return str(path)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _source_noting_its_importers(tree: Path) -> Path:
+    """A copy of the project's code whose `mesh` package writes `tree/ran/<pid>` when a
+    process imports it."""
+    for package in ("base", "interceptors", "mesh", "services"):
+        shutil.copytree(ROOT / package, tree / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (tree / "ran").mkdir()
+    init = tree / "mesh" / "__init__.py"
+    init.write_text(
+        init.read_text() + "\nimport os as _os, pathlib as _pathlib\n"
+        "(_pathlib.Path(__file__).parents[1] / 'ran' / str(_os.getpid())).touch()\n"
+    )
+    return tree
+
+
 def _marked(pid: int) -> bool:
     return b"SIDE_BY_SIDE_PYTHON=b" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
@@ -41,14 +63,15 @@ def _marked(pid: int) -> bool:
 async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
     a = Side("a", {"MESH_ACCESS_LOG_EVERY": "1000000", "MESH_ACCESS_LOG_SLOW_MS": "600000"})
     b = Side("b", {"MESH_ACCESS_LOG_EVERY": "1"}, {"orders": 1},
-             python=_python_marking(tmp_path / "python-b"))  # fmt: skip
+             python=_python_marking(tmp_path / "python-b"),
+             source=_source_noting_its_importers(tmp_path / "tree-b"))  # fmt: skip
     seen: dict[str, list[bool]] = {}
+    python_pids: dict[str, set[int]] = {}
 
     def look(side: Side, pids: dict[str, int]) -> None:
         # The services and the trace sink, not the edge and nats-server (not Python).
-        seen[side.label] = [
-            _marked(pid) for name, pid in pids.items() if name not in ("edge", "nats")
-        ]
+        python_pids[side.label] = {p for n, p in pids.items() if n not in ("edge", "nats")}
+        seen[side.label] = [_marked(pid) for pid in python_pids[side.label]]
 
     r = await measure(a, b, rounds=1, seconds=2.0, clients=4, api="rest", base=tmp_path,
                       report=False, on_start=look)  # fmt: skip
@@ -66,6 +89,12 @@ async def test_two_stacks_one_setting_apart(tmp_path: Path) -> None:
     assert seen["b"] and all(seen["b"]), seen
     assert seen["a"] and not any(seen["a"]), seen
     assert r["b_setup"]["python"] == r["a_setup"]["python"]  # the script runs this one
+    # B's ran the copy's code, in the copy; A's this checkout's, here.
+    noted = {int(p.name) for p in (tmp_path / "tree-b" / "ran").iterdir()}
+    assert python_pids["b"] and python_pids["b"] <= noted, (python_pids, noted)
+    assert not python_pids["a"] & noted
+    assert r["b_setup"]["code"] == str(tmp_path / "tree-b")
+    assert r["a_setup"]["code"] == "the current tree"
     # Each side's settings reached its own services (B's warm-up orders are logged too).
     placed_b = round(rb["orders_per_s"] * r["seconds"])
     assert _access_lines(tmp_path / "b" / "stack.log") >= placed_b > 0

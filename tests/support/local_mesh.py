@@ -124,6 +124,7 @@ async def local_mesh(
     nats: NatsServer | None = None,
     warm_spares: bool = True,
     python: str | None = None,
+    source: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
     on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error)."""
@@ -152,6 +153,8 @@ async def local_mesh(
         )
         if python is not None:  # the services and the trace sink on another interpreter
             options = replace(options, python=python)
+        if source is not None:  # ... or from another source tree
+            options = replace(options, source=source)
         mesh = LocalMesh(options, registry, supervisor)
         try:
             await mesh.start()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mesh.cli import main as meshctl
-from mesh.local.topology import TopologyError, load_topology, service_processes
+from mesh.local.topology import (
+    RUN_FROM,
+    TopologyError,
+    load_topology,
+    module_argv,
+    service_processes,
+)
 from services.common.event_types import EVENTS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,12 +56,36 @@ def test_another_project_runs_its_own_modules(tmp_path: Path) -> None:
     assert topology.event_types() is None and topology.demo_module == ""
     procs = service_processes(
         tmp_path, {"HOME": "/h"}, nats_url="nats://n", services=topology.services,
-        python="/opt/other/bin/python",
+        python="/opt/other/bin/python", source=None,
     )  # fmt: skip
     assert [p.name for p in procs] == ["notes-1", "notes-2"]
     assert procs[0].argv == ("/opt/other/bin/python", "-m", "notes.server")
     assert procs[0].env["MESH_GRPC_PORT"] == "6000" and procs[1].env["MESH_GRPC_PORT"] == "0"
     assert procs[1].env["NOTES_MODE"] == "fast" and procs[1].env["HOME"] == "/h"
+    other = service_processes(
+        tmp_path, {}, nats_url="nats://n", services=topology.services,
+        python="/opt/other/bin/python", source=Path("/src/v2"),
+    )  # fmt: skip
+    assert other[1].argv == ("/opt/other/bin/python", "-c", RUN_FROM, "/src/v2", "notes.server")
+
+
+def test_a_module_runs_from_another_source_tree_with_its_arguments(tmp_path: Path) -> None:
+    """What a release's new version and `bench side-by-side --b-ref` run: the tree's
+    module, not the current directory's one of the same name, in the tree, with its
+    arguments."""
+    for tree, says in ((tmp_path / "here", "here"), (tmp_path / "there", "there")):
+        (tree / "notes").mkdir(parents=True)
+        (tree / "notes" / "__init__.py").write_text("")
+        (tree / "notes" / "__main__.py").write_text(
+            f"import os, sys\nprint({says!r}, os.getcwd(), __name__, sys.argv[1:], sep='|')\n"
+        )
+    argv = module_argv(sys.executable, "notes", "--db", "x y", source=tmp_path / "there")
+    done = subprocess.run(argv, cwd=tmp_path / "here", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"there|{tmp_path / 'there'}|__main__|['--db', 'x y']"
+    plain = module_argv(sys.executable, "notes", "--db", "x y")
+    done = subprocess.run(plain, cwd=tmp_path / "here", capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"here|{tmp_path / 'here'}|__main__|['--db', 'x y']"
 
 
 @pytest.mark.parametrize(

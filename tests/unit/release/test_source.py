@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from mesh.release.source import SourceError, check_migrations
+from mesh.release.source import SourceError, check_migrations, prepare_source, remove_source
 
 TEMPLATE = """
 from mesh.db import Migration
@@ -44,3 +45,32 @@ def test_the_running_versions_own_steps_are_not_checked_again(tmp_path: Path) ->
     running = tree(tmp_path, "a", V1, CONTRACT)  # already applied by the running version
     release = tree(tmp_path, "b", V1, CONTRACT, EXPAND)
     assert check_migrations(running, release, "svc.store:migrations") == ["2 (a nullable column)"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_ref_is_checked_out_as_a_worktree_and_removed_again(tmp_path: Path) -> None:
+    """What a release from a git ref and `bench side-by-side --b-ref` use."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "code.py").write_text("V = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v1")
+    (repo / "code.py").write_text("V = 2\n")  # uncommitted: not in the ref's tree
+    tree = prepare_source(repo, tmp_path / "run", "b", "HEAD")
+    assert tree == (tmp_path / "run" / "releases" / "b").resolve()
+    assert (tree / "code.py").read_text() == "V = 1\n"
+    assert prepare_source(repo, tmp_path / "run", "b", "HEAD") == tree  # reused
+    (tree / "written.txt").write_text("by a run")
+    remove_source(repo, tree)
+    assert not tree.exists()
+    assert str(tree) not in _git(repo, "worktree", "list")
+    with pytest.raises(SourceError, match="git worktree remove"):
+        remove_source(repo, tree)
+    with pytest.raises(SourceError, match="no-such-ref"):
+        prepare_source(repo, tmp_path / "run", "c", "no-such-ref")

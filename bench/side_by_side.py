@@ -1,8 +1,9 @@
 """Two `meshctl up` stacks loaded at the same moment, one setting apart: CPU per order, B / A.
 
 Run: `python -m bench side-by-side --b KEY=VALUE [--b KEY=VALUE ...] [--a KEY=VALUE ...]
-[--b-instances orders=1,inventory=1] [--b-python PATH] [--rounds 6] [--seconds 10]
-[--clients 16] [--api rest|grpc] [--database sqlite|postgresql]`.
+[--b-instances orders=1,inventory=1] [--b-python PATH] [--a-ref REF --b-ref REF]
+[--rounds 6] [--seconds 10] [--clients 16] [--api rest|grpc] [--database
+sqlite|postgresql]`.
 
 Why: the 2-core box this project is measured on drifts by 10-25 % within minutes.
 Two runs of `bench orders` one after the other could not tell a 9 % lever (tracing
@@ -21,7 +22,7 @@ B's started first, and B / A is the geometric mean of the two passes' medians, w
 cancels a start-order factor (`summarise`); that factor is printed too.
 
 What it does: starts stack A (the defaults, plus `--a` settings) and stack B (`--b`
-settings, `--b-instances`, `--b-python`), each the whole shop as `bench orders` starts it
+settings, `--b-instances`, `--b-python`, `--b-ref`), each the whole shop as `bench orders` starts it
 (tests/support/local_mesh.py: its own nats-server, Envoy edge, trace sink and
 databases, every port free). The settings go into every process's environment, the
 edge's included, as a user's shell would give them to `meshctl up` (the developer's
@@ -41,12 +42,20 @@ Limits:
   clients on the 2-core box), so compare the ratios, not the figures, with `bench
   orders`. A lever whose effect depends on load (batching) may show differently at
   this rate.
-- Settings, instance counts and the interpreter. `--b-python` runs B's services and
-  trace sink under another venv's interpreter (made with `make install PYTHON=...` in
-  another checkout of the same commit): they run from this directory, so the code is
-  this checkout's and the packages that venv's. The edge, nats-server and the load
-  generator are the same programs on both sides. Two commits are two runs of `bench
-  orders`, or one setting that switches the code path (as `MESH_FASTPATH=0` does).
+- Settings, instance counts, the interpreter and the code. `--b-python` runs B's
+  services and trace sink under another venv's interpreter (made with `make install
+  PYTHON=...` in another checkout of the same commit): they run from this directory,
+  so the code is this checkout's and the packages that venv's. `--b-ref REF` runs them
+  from a git worktree of REF instead (made under the run's temp dir and removed after,
+  `mesh.release.source`; run as a release runs its new version,
+  `mesh.local.topology.RUN_FROM`): that commit's services, mesh and interceptors, with
+  this venv's packages and generated stubs (the interpreter must import the code from
+  the worktree, or the run is refused). Everything else is this checkout's: the edge's
+  routes, the stack's start-up, nats-server and the load generator, so refs that
+  changed the contracts or what `meshctl up` hands a service do not compare. Give both
+  sides a ref (`--a-ref HEAD --b-ref HEAD~1`): a side run from a worktree cost 1-3 %
+  more than one run from this directory in A/A runs (1.029, 1.030, and 0.988 with the
+  sides swapped), two worktrees 0.998.
 - CPU per order is the figure to compare. The orders/s ratio is printed but says
   little: the kernel shares the cores among threads, not stacks, so a stack with
   fewer processes (`--b-instances orders=1`) gets a smaller share and places fewer

@@ -132,6 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 run_dir=run_dir,
                 nats_url=settings.nats_url,
                 services=topology.services,
+                project_dir=topology.root,
                 observe=ObserveOptions.from_settings(settings),
                 nats_external=bool(os.environ.get("NATS_URL")),
                 event_identities=topology.event_identities(),

@@ -157,6 +157,7 @@ class Supervisor:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", str(LAUNCHER), str(os.getpid()), *(argv or spec.argv),
             env=dict(spec.env),
+            cwd=spec.cwd,
             stdin=stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -136,12 +136,14 @@ def module_argv(
 
 @dataclass(frozen=True, slots=True)
 class ProcessSpec:
-    """One process to supervise: a name for its log prefix, argv and environment."""
+    """One process to supervise: a name for its log prefix, argv, environment and the
+    directory it runs in (`cwd`; None: the supervisor's)."""
 
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str]
     service: str = ""
+    cwd: str | None = None
 
 
 def load_topology(path: Path = DEFAULT_TOPOLOGY) -> Topology:
@@ -229,9 +231,12 @@ def service_processes(
     services: tuple[ServiceSpec, ...],
     python: str,
     source: Path | None,
+    project_dir: Path | None,
 ) -> list[ProcessSpec]:
     """One ProcessSpec per instance, all sharing the run dir's registry and data dir,
-    each run as `<python> -m <module>` (`UpOptions.python`), from the source tree
+    each run as `<python> -m <module>` (`UpOptions.python`) in the project's directory
+    (`project_dir`, the topology file's: where `python -m` finds the project's modules,
+    wherever `meshctl up` was started; None: the supervisor's), or from the source tree
     `source` when one is given (`UpOptions.source`, `module_argv`).
 
     Instances of one service share its database (one SQLite file in WAL mode,
@@ -261,6 +266,7 @@ def service_processes(
                     argv=module_argv(python, svc.module, source=source),
                     env=env,
                     service=svc.name,
+                    cwd=None if project_dir is None else str(project_dir),
                 )
             )
     return out

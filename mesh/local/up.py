@@ -85,6 +85,10 @@ class UpOptions:
     # side-by-side --b-ref` compares two commits. This process (the edge's config, the
     # supervisor) stays the current tree's. Such children get no warm spare either.
     source: Path | None = None
+    # The project's directory (the topology file's): the services run in it, so that
+    # `python -m <module>` finds the project's modules wherever `meshctl up` was started
+    # (None: this process's directory).
+    project_dir: Path | None = None
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -178,7 +182,7 @@ class LocalMesh:
             base_env["MESH_SERVICE_SECRET"] = secrets.token_urlsafe(32)
         specs = service_processes(
             run, base_env, nats_url=self.nats_url, services=self.o.services,
-            python=self.o.python, source=self.o.source,
+            python=self.o.python, source=self.o.source, project_dir=self.o.project_dir,
         )  # fmt: skip
         self.progress.step(f"starting {len(specs)} service instances")
         for spec in specs:

@@ -41,14 +41,14 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.envoy_config import write_atomically
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec, module_argv
+from mesh.local.topology import module_argv
 from mesh.release import analysis
 from mesh.release.state import CONTROLLER_FILE, Release, load_all, releases_dir, save
 from mesh.traffic.policy import (
@@ -269,7 +269,7 @@ class ReleaseController:
                 if not module:
                     raise RuntimeError(f"{template.spec.name} is not run as `python -m`")
                 argv = module_argv(sys.executable, module, source=Path(release.source))
-            spec = ProcessSpec(name=iid, argv=argv, env=env, service=release.service)
+            spec = replace(template.spec, name=iid, argv=argv, env=env, service=release.service)
             children.append(await self.sup.start(spec))
             release.new_instances.append(iid)
         where = release.source or "the current tree"

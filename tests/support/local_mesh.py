@@ -23,7 +23,7 @@ from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
 from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec, ServiceSpec, load_topology
+from mesh.local.topology import ServiceSpec, load_topology
 from mesh.local.up import LocalMesh, UpError, UpOptions
 from tests.support.edge import EdgeClient
 from tests.support.nats import NatsServer, nats_server
@@ -89,7 +89,7 @@ class Stack:
         template = next(c for c in self.supervisor.children if c.spec.service == service)
         env = {**template.spec.env, "MESH_INSTANCE_ID": name}
         env["MESH_GRPC_PORT"] = env["MESH_ADMIN_PORT"] = "0"
-        spec = ProcessSpec(name=name, argv=template.spec.argv, env=env, service=service)
+        spec = replace(template.spec, name=name, env=env)
         return await self.supervisor.start(spec)
 
 
@@ -142,6 +142,7 @@ async def local_mesh(
             nats_external=True,  # the test's own server (a test may stop it)
             observe=ObserveOptions(trace_sink_port=0, dashboard_port=0),
             services=services or free_port_shop(),
+            project_dir=TOPOLOGY.parent,
             ready_timeout_s=60,
             grace_s=10,
             # Test stacks (and `bench orders`) sign up, log in and load the edge from one

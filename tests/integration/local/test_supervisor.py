@@ -9,12 +9,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mesh.local.supervisor import Child, RestartPolicy, Supervisor
-from mesh.local.topology import ProcessSpec
+from mesh.local.topology import ProcessSpec, load_topology, service_processes
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 # Appends its instance id to a file, answers SIGTERM by appending "<name> stopped", then idles.
 _SERVE = """
 import os, signal, sys, time
-out = open(sys.argv[1], "a", buffering=1)
+out = open(sys.argv[1] if len(sys.argv) > 1 else os.environ["SERVE_LOG"], "a", buffering=1)
 out.write("start " + os.environ["MESH_INSTANCE_ID"] + "\\n")
 def bye(*_):
     out.write("stopped " + os.environ["MESH_INSTANCE_ID"] + "\\n"); sys.exit(0)
@@ -41,6 +42,10 @@ def _spec(name: str, code: str, *args: str, service: str = "svc") -> ProcessSpec
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def _holds(path: Path, lines: list[str]) -> Callable[[], bool]:
+    return lambda: _lines(path) == lines
 
 
 async def test_a_killed_child_comes_back_with_its_instance_id(tmp_path: Path) -> None:
@@ -153,3 +158,40 @@ async def test_a_restart_takes_the_warm_spare_and_keeps_the_instance(tmp_path: P
     assert sup.spares == {}
     with pytest.raises(ProcessLookupError):
         os.kill(new, 0)
+
+
+async def test_a_service_runs_in_its_projects_directory_wherever_up_was_started(
+    tmp_path: Path,
+) -> None:
+    """`meshctl up --topology other/mesh.toml` from anywhere: the services run in the
+    project's directory, where `python -m` finds its modules (until 6 Dec 2026 they ran
+    in the directory `up` was started from, and a project not installed in the venv
+    crash-looped on ModuleNotFoundError)."""
+    project = tmp_path / "project"
+    (project / "notesx").mkdir(parents=True)
+    (project / "notesx" / "__init__.py").write_text("")
+    (project / "notesx" / "server.py").write_text(_SERVE)
+    (project / "mesh.toml").write_text(
+        '[services.notes]\nmodule = "notesx.server"\ngrpc_port = 0\nadmin_port = 0\n'
+    )
+    topology = load_topology(project / "mesh.toml")
+    assert Path.cwd() != project
+    for project_dir in (topology.root, None):
+        log = tmp_path / f"log-{project_dir is None}"
+        env = {**os.environ, "SERVE_LOG": str(log)}
+        (spec,) = service_processes(
+            tmp_path / "run", env, nats_url="nats://n", services=topology.services,
+            python=sys.executable, source=None, project_dir=project_dir,
+        )  # fmt: skip
+        out = io.StringIO()
+        sup = Supervisor(out=out, colour=False)
+        policy = RestartPolicy(max_failures=1, initial_backoff_s=0.01, max_backoff_s=0.05)
+        await sup.start(spec, policy=policy)
+        try:
+            if project_dir is not None:
+                await eventually(_holds(log, ["start notes-1"]), 10, "a start")
+            else:  # the control: the supervisor's directory has no such module
+                await asyncio.wait_for(sup.exited.wait(), 20)
+                assert "No module named 'notesx'" in out.getvalue()
+        finally:
+            await sup.stop_all(5)

@@ -56,15 +56,16 @@ def test_another_project_runs_its_own_modules(tmp_path: Path) -> None:
     assert topology.event_types() is None and topology.demo_module == ""
     procs = service_processes(
         tmp_path, {"HOME": "/h"}, nats_url="nats://n", services=topology.services,
-        python="/opt/other/bin/python", source=None,
+        python="/opt/other/bin/python", source=None, project_dir=tmp_path,
     )  # fmt: skip
     assert [p.name for p in procs] == ["notes-1", "notes-2"]
     assert procs[0].argv == ("/opt/other/bin/python", "-m", "notes.server")
     assert procs[0].env["MESH_GRPC_PORT"] == "6000" and procs[1].env["MESH_GRPC_PORT"] == "0"
     assert procs[1].env["NOTES_MODE"] == "fast" and procs[1].env["HOME"] == "/h"
+    assert procs[0].cwd == procs[1].cwd == str(tmp_path)  # the project's modules are there
     other = service_processes(
         tmp_path, {}, nats_url="nats://n", services=topology.services,
-        python="/opt/other/bin/python", source=Path("/src/v2"),
+        python="/opt/other/bin/python", source=Path("/src/v2"), project_dir=None,
     )  # fmt: skip
     assert other[1].argv == ("/opt/other/bin/python", "-c", RUN_FROM, "/src/v2", "notes.server")
 

@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -268,7 +267,8 @@ class ReleaseController:
                 module = argv[-1] if len(argv) == 3 and argv[1] == "-m" else ""
                 if not module:
                     raise RuntimeError(f"{template.spec.name} is not run as `python -m`")
-                argv = module_argv(sys.executable, module, source=Path(release.source))
+                argv = module_argv(argv[0], module, source=Path(release.source))
+            # The template's interpreter and directory; the source tree's code when one is given.
             spec = replace(template.spec, name=iid, argv=argv, env=env, service=release.service)
             children.append(await self.sup.start(spec))
             release.new_instances.append(iid)

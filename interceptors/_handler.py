@@ -13,7 +13,9 @@ untouched, so one wrapper per kind covers all four arities. Wrapped handlers
 are cached per method while the inner handler object stays the same, so a
 call costs a dict lookup, not new closures and a new handler. Synchronous
 behaviours (only possible with a migration thread pool) are passed through
-unwrapped, with a warning: the mesh serves async servicers only.
+unwrapped, with a warning: the mesh serves async servicers only. A method the
+servicer does not implement is not one of them by the time a wrapper sees it
+(`answering_unimplemented`, applied where the chain is registered).
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ M = TypeVar("M")
 S = TypeVar("S")
 
 
+def behaviour_of(handler: Any) -> tuple[Any, Callable[..., Any]]:
+    """(the handler's behaviour, grpc's factory of a handler of the same arity)."""
+    h = handler
+    if h.request_streaming and h.response_streaming:
+        return h.stream_stream, grpc.stream_stream_rpc_method_handler
+    if h.request_streaming:
+        return h.stream_unary, grpc.stream_unary_rpc_method_handler
+    if h.response_streaming:
+        return h.unary_stream, grpc.unary_stream_rpc_method_handler
+    return h.unary_unary, grpc.unary_unary_rpc_method_handler
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary: Callable[[UnaryBehaviour], UnaryBehaviour],
@@ -51,14 +65,7 @@ def wrap_handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A new handler of the same arity whose behaviour is wrapped."""
     h: Any = handler
-    if h.request_streaming and h.response_streaming:
-        behaviour, factory = h.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif h.request_streaming:
-        behaviour, factory = h.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif h.response_streaming:
-        behaviour, factory = h.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behaviour, factory = h.unary_unary, grpc.unary_unary_rpc_method_handler
+    behaviour, factory = behaviour_of(h)
     if inspect.isasyncgenfunction(behaviour):
         wrapped: Any = wrap_stream(behaviour)
     elif inspect.iscoroutinefunction(behaviour):
@@ -72,6 +79,56 @@ def wrap_handler(
         response_serializer=h.response_serializer,
     )
     return new
+
+
+def answering_unimplemented(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+    """`handler`, or, when its behaviour is grpc's generated answer for a method the
+    servicer does not implement, the same handler with an async behaviour giving that
+    answer: UNIMPLEMENTED "Method not implemented!".
+
+    Why: the generated `*Servicer` base class answers such a method synchronously
+    (`context.set_code(UNIMPLEMENTED)`, then `raise NotImplementedError`), which a
+    chain of async wrappers cannot wrap: each passed it through with a warning (three
+    per method in a service's log), and grpc.aio logged the raise as an unexpected
+    error on every call and answered `Unexpected <class 'NotImplementedError'>: ...`.
+    Answered async, the call goes through the chain like any other (metrics, access
+    log, span) with grpc's own details."""
+    h: Any = handler
+    behaviour, factory = behaviour_of(h)
+    if not _generated_default(behaviour):
+        return handler
+    return factory(
+        _unimplemented_stream if h.response_streaming else _unimplemented,
+        request_deserializer=h.request_deserializer,
+        response_serializer=h.response_serializer,
+    )
+
+
+def _generated_default(behaviour: Any) -> bool:
+    """Whether `behaviour` is grpc's generated answer for a method the servicer does not
+    implement: a synchronous method of the generated `*Servicer` base class."""
+    func = getattr(behaviour, "__func__", None)
+    return (
+        func is not None
+        and not inspect.iscoroutinefunction(func)
+        and not inspect.isasyncgenfunction(func)
+        and str(getattr(func, "__module__", "")).endswith("_pb2_grpc")
+        and func.__qualname__.split(".")[0].endswith("Servicer")
+    )
+
+
+_NOT_IMPLEMENTED = "Method not implemented!"  # what grpc's generated base class says
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_IMPLEMENTED)
+
+
+async def _unimplemented_stream(
+    request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_IMPLEMENTED)
+    yield  # an async generator, as a streaming response's behaviour is  # pragma: no cover
 
 
 def status_of(

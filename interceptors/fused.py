@@ -41,6 +41,7 @@ from interceptors._handler import (
     ObservingServerInterceptor,
     StreamBehaviour,
     UnaryBehaviour,
+    behaviour_of,
     status_of,
 )
 from interceptors.decoding import _parse
@@ -143,14 +144,7 @@ class FusedServerInterceptor(ServerBase):
                 return _parse(method, deserialize, raw)
 
             deserializer = None
-        if h.request_streaming and h.response_streaming:
-            behaviour, factory = h.stream_stream, grpc.stream_stream_rpc_method_handler
-        elif h.request_streaming:
-            behaviour, factory = h.stream_unary, grpc.stream_unary_rpc_method_handler
-        elif h.response_streaming:
-            behaviour, factory = h.unary_stream, grpc.unary_stream_rpc_method_handler
-        else:
-            behaviour, factory = h.unary_unary, grpc.unary_unary_rpc_method_handler
+        behaviour, factory = behaviour_of(h)
         if inspect.isasyncgenfunction(behaviour):
             wrapped: Any = self._wrap_stream(method, behaviour, parse)
         elif inspect.iscoroutinefunction(behaviour):

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 
+from interceptors._handler import answering_unimplemented
+
 # Generic in the type stubs only.
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -66,7 +68,9 @@ def split_chain(
 
 
 def wrap_method(wrappers: Sequence[MethodWrapper], method: str, handler: Handler) -> Handler:
-    """`handler` wrapped by every wrapper, the first one outermost."""
+    """`handler` wrapped by every wrapper, the first one outermost (a method the
+    servicer does not implement first made async: `answering_unimplemented`)."""
+    handler = answering_unimplemented(handler)
     for wrapper in reversed(wrappers):
         handler = wrapper.wrap_method(method, handler)
     return handler

@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,7 @@ class LocalMesh:
         self.nats_url = options.nats_url
         self.nats_local: LocalNats | None = None
         self.clusters: list[str] = []
+        self.internal_clusters: list[str] = []  # services whose contracts are all internal
         self.observe = Observability(options.observe, options.run_dir.resolve())
         self.progress = StartupProgress(supervisor)
         self.prometheus: PrometheusTargets | None = None
@@ -239,6 +240,7 @@ class LocalMesh:
         fds = load_descriptor_set(DESCRIPTORS)
         model = build_model(fds.file)
         self.clusters = model.clusters
+        self.internal_clusters = sorted({s.cluster for s in model.services} - set(model.clusters))
         self.meta = EdgeMeta(fds, model, self.registry)
         await self.meta.start()
         options = local_options(
@@ -380,7 +382,28 @@ def routable_hosts(clusters_json: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def table(instances: Mapping[str, list[Instance]], edge_port: int, nats_url: str) -> str:
+def unrouted(services: Iterable[str], routed: Iterable[str], internal: Iterable[str]) -> list[str]:
+    """A line for each service of the topology the edge does not route, and why: its
+    contracts are all internal (`meshproto.api.v1.internal`), or the edge's descriptor
+    set has none of them (a project's own contracts need their own descriptor set)."""
+    routed, internal = set(routed), set(internal)
+    out = []
+    for name in sorted(set(services) - routed):
+        if name in internal:
+            out.append(f"{name} is internal: not routed by the edge")
+        else:
+            out.append(f"{name} is not routed by the edge: no contract of it in {DESCRIPTORS}")
+    return out
+
+
+def table(
+    instances: Mapping[str, list[Instance]],
+    edge_port: int,
+    nats_url: str,
+    notes: Sequence[str] = (),
+) -> str:
+    """What `meshctl up` prints once the mesh is up: the instances, where the edge and
+    NATS are, and `notes` (the services the edge does not route: `unrouted`)."""
     rows = [("service", "instance", "grpc", "admin", "version")]
     for name in sorted(instances):
         for i in sorted(instances[name], key=lambda i: i.id):
@@ -391,7 +414,7 @@ def table(instances: Mapping[str, list[Instance]], edge_port: int, nats_url: str
     lines.append("")
     nats = redact_urls(nats_url)
     lines.append(f"edge (gRPC + REST): http://127.0.0.1:{edge_port}   nats: {nats}")
-    lines.append("payments is internal: not routed by the edge")
+    lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -423,7 +446,8 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
                 await ready
             return 0
         stopped.cancel()
-        print(table(ready.result(), options.edge_port, mesh.nats_url), flush=True)
+        notes = unrouted((s.name for s in options.services), mesh.clusters, mesh.internal_clusters)
+        print(table(ready.result(), options.edge_port, mesh.nats_url, notes), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
         if mesh.prometheus is not None:
             print(f"prometheus scrape config: {mesh.prometheus.config_file}", flush=True)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from shop.testing.v1 import ping_pb2_grpc
 
 from mesh.server import RunningService, ServiceDefinition
@@ -49,3 +50,14 @@ async def http_get(port: int, path: str) -> tuple[int, str, str]:
 async def health_json(port: int) -> tuple[int, dict[str, Any]]:
     status, _ctype, body = await http_get(port, "/health")
     return status, json.loads(body)
+
+
+async def handled_calls(admin_port: int) -> set[tuple[str, str]]:
+    """(grpc_method, grpc_code) of every call the service's /metrics counts as handled."""
+    _status, _ctype, text = await http_get(admin_port, "/metrics")
+    return {
+        (sample.labels["grpc_method"], sample.labels["grpc_code"])
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "grpc_server_handled_total" and sample.value > 0
+    }

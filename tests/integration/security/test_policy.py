@@ -126,3 +126,26 @@ async def test_meshctl_policy_prints_the_matrix(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(f"{PAYMENTS}/Charge"))
     assert line.split()[1:] == ["orders", "[internal]"]
+
+
+async def test_a_method_the_servicer_lacks_is_refused_to_a_caller_the_policy_refuses(
+    payments: tuple[RunningService, Payments],
+) -> None:
+    """Refund is left to grpc's generated base class here: an allowed caller learns it is
+    UNIMPLEMENTED, any other is refused first, as for every method (until 6 Dec 2026 such
+    a method bypassed the chain, so anyone with a mesh certificate got UNIMPLEMENTED)."""
+    svc, _ = payments
+
+    async def refund(caller: str) -> grpc.StatusCode:
+        async with pki.mtls_channel(svc.address, "payments", caller=caller) as ch:
+            try:
+                await payments_pb2_grpc.PaymentServiceStub(ch).Refund(
+                    payments_pb2.RefundRequest(), timeout=3
+                )
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+        return grpc.StatusCode.OK
+
+    assert await refund("orders") == grpc.StatusCode.UNIMPLEMENTED
+    assert await refund("inventory") == grpc.StatusCode.PERMISSION_DENIED
+    assert await refund("mesh-client") == grpc.StatusCode.PERMISSION_DENIED

@@ -122,7 +122,7 @@ class Side:
         if not self.ref:
             return
         self.source = prepare_source(_ROOT, base, self.label, self.ref)
-        self.commit = _git(self.source, "rev-parse", "--short", "HEAD")
+        self.commit = _commit_of(self.source)
         check_tree(self.python or sys.executable, self.source)
 
     def drop_ref(self) -> None:
@@ -210,8 +210,11 @@ def check_tree(python: str, tree: Path) -> None:
         raise ValueError(f"{tree}: {python} cannot import its code (it found {outside[0]})")
 
 
-def _git(tree: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+def _commit_of(tree: Path) -> str:
+    """The short commit checked out in `tree` ("?" if git cannot say)."""
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     return done.stdout.strip() if done.returncode == 0 else "?"
 
 

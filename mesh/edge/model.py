@@ -99,6 +99,11 @@ class EdgeModel:
     def clusters(self) -> list[str]:
         return sorted({s.cluster for s in self.public})
 
+    @property
+    def internal_clusters(self) -> list[str]:
+        """Clusters whose services are all internal: never routed by the edge."""
+        return sorted({s.cluster for s in self.services} - set(self.clusters))
+
     def versions_of(self, unversioned_name: str) -> list[Service]:
         """Public services sharing an unversioned name, oldest major first."""
         found = [s for s in self.public if s.unversioned_name == unversioned_name]

@@ -30,7 +30,7 @@ from mesh.discovery.registry import Instance, Registry
 from mesh.edge.jwt_authn import jwks_sources
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
-from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.events.nats_auth import MESHCTL, EventIdentity
@@ -146,7 +146,7 @@ class LocalMesh:
         self.nats_url = options.nats_url
         self.nats_local: LocalNats | None = None
         self.clusters: list[str] = []
-        self.internal_clusters: list[str] = []  # services whose contracts are all internal
+        self.edge_model: EdgeModel | None = None
         self.observe = Observability(options.observe, options.run_dir.resolve())
         self.progress = StartupProgress(supervisor)
         self.prometheus: PrometheusTargets | None = None
@@ -240,7 +240,7 @@ class LocalMesh:
         fds = load_descriptor_set(DESCRIPTORS)
         model = build_model(fds.file)
         self.clusters = model.clusters
-        self.internal_clusters = sorted({s.cluster for s in model.services} - set(model.clusters))
+        self.edge_model = model
         self.meta = EdgeMeta(fds, model, self.registry)
         await self.meta.start()
         options = local_options(
@@ -382,13 +382,15 @@ def routable_hosts(clusters_json: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def unrouted(services: Iterable[str], routed: Iterable[str], internal: Iterable[str]) -> list[str]:
-    """A line for each service of the topology the edge does not route, and why: its
-    contracts are all internal (`meshproto.api.v1.internal`), or the edge's descriptor
-    set has none of them (a project's own contracts need their own descriptor set)."""
-    routed, internal = set(routed), set(internal)
+def unrouted(services: Iterable[str], model: EdgeModel | None) -> list[str]:
+    """A line for each service of the topology the edge (`model`) does not route, and
+    why: its contracts are all internal (`meshproto.api.v1.internal`), or the edge's
+    descriptor set has none of them (a project's own contracts need their own set)."""
+    if model is None:  # no edge started
+        return []
+    internal = set(model.internal_clusters)
     out = []
-    for name in sorted(set(services) - routed):
+    for name in sorted(set(services) - set(model.clusters)):
         if name in internal:
             out.append(f"{name} is internal: not routed by the edge")
         else:
@@ -446,7 +448,7 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
                 await ready
             return 0
         stopped.cancel()
-        notes = unrouted((s.name for s in options.services), mesh.clusters, mesh.internal_clusters)
+        notes = unrouted((s.name for s in options.services), mesh.edge_model)
         print(table(ready.result(), options.edge_port, mesh.nats_url, notes), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
         if mesh.prometheus is not None:

@@ -66,7 +66,7 @@ async def build(settings, runtime):
                 log.info("ping answered %s from %s", reply.value, reply.server)
             except Exception as exc:
                 log.info("ping failed: %s", exc)
-            await asyncio.sleep(0.2)  # the pace of the calls
+            await asyncio.sleep(0.2)  # poll: the pace of the calls
 
     async def start():
         tasks.append(asyncio.create_task(calls()))

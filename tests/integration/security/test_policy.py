@@ -54,15 +54,18 @@ async def payments() -> AsyncIterator[tuple[RunningService, Payments]]:
     await running.stop(0)
 
 
-async def _charge(address: str, caller: str) -> grpc.StatusCode:
+async def _call(address: str, caller: str, method: str, request: Any) -> grpc.StatusCode:
+    """The status of one PaymentService call made as `caller`."""
     async with pki.mtls_channel(address, "payments", caller=caller) as ch:
         try:
-            await payments_pb2_grpc.PaymentServiceStub(ch).Charge(
-                payments_pb2.ChargeRequest(), timeout=3
-            )
+            await getattr(payments_pb2_grpc.PaymentServiceStub(ch), method)(request, timeout=3)
         except grpc.aio.AioRpcError as err:
             return err.code()
     return grpc.StatusCode.OK
+
+
+async def _charge(address: str, caller: str) -> grpc.StatusCode:
+    return await _call(address, caller, "Charge", payments_pb2.ChargeRequest())
 
 
 async def _metrics(port: int) -> str:
@@ -137,14 +140,7 @@ async def test_a_method_the_servicer_lacks_is_refused_to_a_caller_the_policy_ref
     svc, _ = payments
 
     async def refund(caller: str) -> grpc.StatusCode:
-        async with pki.mtls_channel(svc.address, "payments", caller=caller) as ch:
-            try:
-                await payments_pb2_grpc.PaymentServiceStub(ch).Refund(
-                    payments_pb2.RefundRequest(), timeout=3
-                )
-            except grpc.aio.AioRpcError as err:
-                return err.code()
-        return grpc.StatusCode.OK
+        return await _call(svc.address, caller, "Refund", payments_pb2.RefundRequest())
 
     assert await refund("orders") == grpc.StatusCode.UNIMPLEMENTED
     assert await refund("inventory") == grpc.StatusCode.PERMISSION_DENIED

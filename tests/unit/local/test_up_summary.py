@@ -3,29 +3,26 @@ come from the edge's contracts, not from a list of the shop's (the mesh knows no
 
 from __future__ import annotations
 
-from mesh.edge.model import build_model, load_descriptor_set
+from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 from mesh.local.up import table, unrouted
 
 
-def _edge() -> tuple[list[str], list[str]]:
-    model = build_model(load_descriptor_set(DESCRIPTORS).file)
-    internal = sorted({s.cluster for s in model.services} - set(model.clusters))
-    return model.clusters, internal
+def _edge() -> EdgeModel:
+    return build_model(load_descriptor_set(DESCRIPTORS).file)
 
 
 def test_the_shops_internal_service_is_named_as_internal() -> None:
-    routed, internal = _edge()
-    assert unrouted(["payments", "inventory", "users", "orders"], routed, internal) == [
+    model = _edge()
+    assert unrouted(["payments", "inventory", "users", "orders"], model) == [
         "payments is internal: not routed by the edge"
     ]
     # A reduced topology names only what it runs.
-    assert unrouted(["orders", "inventory"], routed, internal) == []
+    assert unrouted(["orders", "inventory"], model) == []
 
 
 def test_another_projects_service_is_named_as_missing_from_the_edges_contracts() -> None:
-    routed, internal = _edge()
-    assert unrouted(["ping", "users"], routed, internal) == [
+    assert unrouted(["ping", "users"], _edge()) == [
         f"ping is not routed by the edge: no contract of it in {DESCRIPTORS}"
     ]
 

@@ -4,6 +4,7 @@ meshctl up [--detach]        the whole mesh locally (nats-server, services, Envo
 meshctl down                 stop a running `up`
 meshctl status               instances, health, restarts and breaker states
 meshctl demo                 the project's demo (the module mesh.toml names)
+meshctl contracts build      a project's stubs and edge descriptor set from its protos
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.contracts import codegen
 from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
@@ -133,6 +135,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 nats_url=settings.nats_url,
                 services=topology.services,
                 project_dir=topology.root,
+                edge_descriptors=topology.edge_descriptors(),
+                edge_auth=topology.edge.auth,
                 observe=ObserveOptions.from_settings(settings),
                 nats_external=bool(os.environ.get("NATS_URL")),
                 event_identities=topology.event_identities(),
@@ -226,6 +230,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 eds_dir=Path(args.eds_dir),
                 **({"descriptors": args.descriptors} if args.descriptors else {}),
+                **({"jwks_service": args.jwks_service} if args.jwks_service else {}),
             )
         finally:
             await registry.close()
@@ -302,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="descriptor set: a path or package:resource (default: the checkout's envoy/)",
     )
+    serve.add_argument(
+        "--jwks-service",
+        default="",
+        help="registry service serving the end users' keys (default: the shop's users)",
+    )
     serve.set_defaults(fn=cmd_edge_serve)
     k8s_render.register(sub)
     events = add(sub, "events", "events on NATS").add_subparsers(
@@ -312,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     traces_command.register(sub)
+    codegen.register(sub)
     release_cli.register(sub)
     security_cli.register(sub)
     security_policy.register(sub)

@@ -56,8 +56,9 @@ class CodegenError(RuntimeError):
     """protoc rejected the contracts; the message is protoc's own."""
 
 
-def include_paths(proto_root: Path = PROTO_ROOT) -> list[str]:
-    """Where protoc finds imports: our protos, well-known types, google/api."""
+def include_paths(proto_root: Path = PROTO_ROOT, *more: Path) -> list[str]:
+    """Where protoc finds imports: our protos (then `more` roots), well-known types,
+    google/api."""
     import google.api  # googleapis-common-protos ships annotations.proto
 
     # grpcio-tools ships no type information (no stubs, no py.typed).
@@ -65,7 +66,7 @@ def include_paths(proto_root: Path = PROTO_ROOT) -> list[str]:
 
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     googleapis = Path(google.api.__path__[0]).parent.parent
-    return [str(proto_root), str(wkt), str(googleapis)]
+    return [str(proto_root), *map(str, more), str(wkt), str(googleapis)]
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
@@ -77,10 +78,12 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
     )
 
 
-def run_protoc(args: Sequence[str], *, proto_root: Path = PROTO_ROOT) -> None:
+def run_protoc(
+    args: Sequence[str], *, proto_root: Path = PROTO_ROOT, more: Sequence[Path] = ()
+) -> None:
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
-    argv = ["protoc", *(f"-I{p}" for p in include_paths(proto_root)), *args]
+    argv = ["protoc", *(f"-I{p}" for p in include_paths(proto_root, *more)), *args]
     # protoc writes its diagnostics to stderr itself; the code is all we get.
     if protoc.main(argv) != 0:
         raise CodegenError(f"protoc failed: {' '.join(argv)}")
@@ -100,6 +103,7 @@ def write_descriptor_set(
     *,
     source_info: bool = False,
     proto_root: Path = PROTO_ROOT,
+    more: Sequence[Path] = (),
 ) -> None:
     """Write a FileDescriptorSet of `files` (default: all) and their imports."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +116,7 @@ def write_descriptor_set(
             *(files or proto_files(proto_root)),
         ],
         proto_root=proto_root,
+        more=more,
     )
 
 
@@ -138,8 +143,24 @@ def generate(
     Every contract goes to `out_dir` (the shop's and the mesh's own); the
     descriptor set holds them all.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     every = proto_files(proto_root)
+    _write_stubs(out_dir, every, proto_root=proto_root)
+    for typed in TYPED_PACKAGES:
+        if (out_dir / typed).is_dir():
+            (out_dir / typed / "py.typed").touch()
+    write_descriptor_set(descriptor_set, [*every, *ERROR_DETAIL_FILES], proto_root=proto_root)
+    # The same set as package data of the clients distribution: an installed edge
+    # companion finds it through the package (`meshctl edge serve --descriptors
+    # shop:descriptors.binpb`), not through a checkout's envoy/ directory.
+    (out_dir / "shop" / PACKAGED_DESCRIPTORS).write_bytes(descriptor_set.read_bytes())
+
+
+def _write_stubs(
+    out_dir: Path, files: Sequence[str], *, proto_root: Path, more: Sequence[Path] = ()
+) -> None:
+    """`*_pb2.py`, `*_pb2_grpc.py` and their `.pyi` for `files`, with the (empty)
+    `__init__.py` of every package on the way."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     run_protoc(
         [
             _plugin("mypy"),
@@ -150,22 +171,39 @@ def generate(
             f"--mypy_grpc_out={out_dir}",
             "--mypy_opt=quiet",
             "--mypy_grpc_opt=quiet",
-            *every,
+            *files,
         ],
         proto_root=proto_root,
+        more=more,
     )
     for pkg in sorted({p.parent for p in out_dir.rglob("*_pb2.py")}):
         while pkg != out_dir:
             (pkg / "__init__.py").touch()
             pkg = pkg.parent
-    for typed in TYPED_PACKAGES:
-        if (out_dir / typed).is_dir():
-            (out_dir / typed / "py.typed").touch()
-    write_descriptor_set(descriptor_set, [*every, *ERROR_DETAIL_FILES], proto_root=proto_root)
-    # The same set as package data of the clients distribution: an installed edge
-    # companion finds it through the package (`meshctl edge serve --descriptors
-    # shop:descriptors.binpb`), not through a checkout's envoy/ directory.
-    (out_dir / "shop" / PACKAGED_DESCRIPTORS).write_bytes(descriptor_set.read_bytes())
+
+
+def build_project(protos: Path, out_dir: Path) -> Path:
+    """Another project's contracts: stubs for every `.proto` under `protos` into
+    `out_dir`, and the descriptor set its edge serves (`out_dir/descriptors.binpb`, named
+    by mesh.toml's `[edge] descriptors`), which is returned.
+
+    The project's files may import the mesh's options (`meshproto/api/v1/options.proto`:
+    `internal`, `callers`, `auth`...) and google/api's HTTP annotations: they resolve
+    from this checkout's `protos/` and the installed googleapis protos. Their stubs are
+    not written again (the venv's `generated` distribution has them), and the set
+    carries them and the error details, as the shop's does (`ERROR_DETAIL_FILES`).
+    Limit: the mesh's `.proto` sources come from a checkout of this repository (they are
+    not package data); an installed mesh without it cannot compile such imports.
+    """
+    files = proto_files(protos)
+    if not files:
+        raise CodegenError(f"{protos}: no .proto files under it")
+    _write_stubs(out_dir, files, proto_root=protos, more=[PROTO_ROOT])
+    descriptor_set = out_dir / PACKAGED_DESCRIPTORS
+    write_descriptor_set(
+        descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=protos, more=[PROTO_ROOT]
+    )
+    return descriptor_set
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:
@@ -194,6 +232,26 @@ def regenerate_in_place() -> None:
         shutil.copytree(tmp_out, GENERATED, ignore=shutil.ignore_patterns("__pycache__"))
         DESCRIPTOR_SET.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_desc, DESCRIPTOR_SET)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    try:
+        written = build_project(Path(args.protos), Path(args.out))
+    except CodegenError as exc:  # protoc has printed its diagnostics
+        print(f"meshctl contracts build: {exc}", file=sys.stderr)
+        return 1
+    print(f"stubs in {args.out}/, the edge's descriptor set in {written}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `contracts build` to meshctl's commands: a project's own contracts."""
+    contracts = subparsers.add_parser("contracts", help="a project's own contracts")
+    sub = contracts.add_subparsers(dest="contracts_command", required=True, metavar="<command>")
+    build = sub.add_parser("build", help="stubs and the edge's descriptor set from .proto files")
+    build.add_argument("--protos", default="protos", help="the .proto files' root (default protos)")
+    build.add_argument("--out", default="gen", help="where stubs and descriptors.binpb go")
+    build.set_defaults(fn=cmd_build)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -96,6 +96,11 @@ def _public(methods: list[Method]) -> bool:
     return all(m.auth is not None and m.auth.access is Access.PUBLIC for m in methods)
 
 
+def login_required(model: EdgeModel) -> bool:
+    """Whether any method the edge routes needs a verified token."""
+    return any(not _public([m]) for svc in model.public for m in svc.methods)
+
+
 def public_paths(model: EdgeModel) -> list[str]:
     """gRPC paths (versioned and unversioned) that need no token, sorted."""
     paths: set[str] = set()

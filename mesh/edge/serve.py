@@ -31,19 +31,22 @@ async def serve_edge(
     port: int,
     eds_dir: Path,
     descriptors: str | Path = DESCRIPTORS,
+    jwks_service: str = EdgeAuthOptions().jwks_service,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT when no event is given)."""
+    """Run until `stop` is set (or SIGTERM/SIGINT when no event is given). `jwks_service`
+    is the registry service whose instances serve the end users' keys (the rendered
+    config's `[edge.auth] jwks_service`: the shop's `users` by default)."""
     fds = load_descriptor_set(descriptor_source(descriptors))
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry, host=host, port=port)
-    # The JWKS cluster of the rendered config (envoy/envoy.yaml: default auth options).
+    # The JWKS cluster of the rendered config: its endpoints are the issuer's instances.
     sync = EndpointSync(
         registry,
         model.clusters,
         eds_dir,
         policies=policy_store_for(registry),
-        port_clusters=jwks_sources(EdgeAuthOptions()),
+        port_clusters=jwks_sources(EdgeAuthOptions(jwks_service=jwks_service)),
     )
     done = stop or asyncio.Event()
     if stop is None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mesh.api.options import EDGE
 from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import build_model, load_descriptor_set
-from mesh.edge.render import COMPOSE_OPTIONS, DESCRIPTORS, EDGE_DESCRIPTORS_NAME, HEADER, SDS_NAME
+from mesh.edge.render import COMPOSE_OPTIONS, EDGE_DESCRIPTORS_NAME, HEADER, SDS_NAME
 from mesh.k8s.objects import (
     Manifest,
     container_security,
@@ -44,9 +46,10 @@ ENVOY_UID = 101  # the envoyproxy/envoy image's `envoy` user
 CONFIG_MAP = "edge-envoy"
 
 
-def edge_options(options: K8sOptions) -> EdgeOptions:
+def edge_options(options: K8sOptions, auth: EdgeAuthOptions) -> EdgeOptions:
     return replace(
         COMPOSE_OPTIONS,
+        auth=auth,
         meta_address="127.0.0.1",
         trust_domain=options.trust_domain,
         ca_cert_path=f"{PKI_MOUNT}/ca.crt",
@@ -55,10 +58,10 @@ def edge_options(options: K8sOptions) -> EdgeOptions:
     )
 
 
-def config_map(options: K8sOptions) -> Manifest:
+def config_map(options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions) -> Manifest:
     """envoy.yaml, its SDS document and both descriptor sets (binary data)."""
-    edge = edge_options(options)
-    fds = load_descriptor_set(DESCRIPTORS)
+    edge = edge_options(options, auth)
+    fds = load_descriptor_set(descriptors)
     model = build_model(fds.file)
     edge_fds = edge_descriptor_set(fds, model).SerializeToString(deterministic=True)
 
@@ -71,14 +74,14 @@ def config_map(options: K8sOptions) -> Manifest:
         "metadata": metadata(CONFIG_MAP, options, {"app": EDGE}),
         "data": {"envoy.yaml": text(render(model, edge)), SDS_NAME: text(sds_document(edge))},
         "binaryData": {
-            "descriptors.binpb": base64.b64encode(DESCRIPTORS.read_bytes()).decode(),
+            "descriptors.binpb": base64.b64encode(descriptors.read_bytes()).decode(),
             EDGE_DESCRIPTORS_NAME: base64.b64encode(edge_fds).decode(),
         },
     }
 
 
-def deployment(options: K8sOptions) -> Manifest:
-    edge = edge_options(options)
+def deployment(options: K8sOptions, auth: EdgeAuthOptions) -> Manifest:
+    edge = edge_options(options, auth)
     labels = {"app": EDGE, "app.kubernetes.io/name": EDGE, IDENTITY_LABEL: EDGE}
     envoy = {
         "name": "envoy",
@@ -120,6 +123,8 @@ def deployment(options: K8sOptions) -> Manifest:
             edge.eds_dir,
             "--descriptors",
             edge.descriptor_path,
+            "--jwks-service",
+            auth.jwks_service,
         ],
         "env": [
             field_env("HOST_IP", "status.hostIP"),
@@ -183,8 +188,10 @@ def deployment(options: K8sOptions) -> Manifest:
     }
 
 
-def edge_manifests(options: K8sOptions) -> list[Manifest]:
-    edge = edge_options(options)
+def edge_manifests(options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions) -> list[Manifest]:
+    """The edge for the project's contracts (`descriptors`) and token issuer (`auth`):
+    `[edge]` in its mesh.toml (`Topology.edge_descriptors()`, `Topology.edge.auth`)."""
+    edge = edge_options(options, auth)
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -192,8 +199,8 @@ def edge_manifests(options: K8sOptions) -> list[Manifest]:
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": EDGE}}},
     }
     return [
-        config_map(options),
-        deployment(options),
+        config_map(options, descriptors, auth),
+        deployment(options, auth),
         pdb,
         service(
             EDGE,

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mesh.api.options import ANY_CALLER, EDGE
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import EdgeModel
 from mesh.k8s.edge import edge_options
 from mesh.k8s.infra import (
@@ -91,24 +92,18 @@ def _port(port: int) -> list[dict[str, Any]]:
     return [{"protocol": "TCP", "port": port}]
 
 
-def jwks_service(options: K8sOptions) -> str | None:
-    """The registry service on whose admin port the edge fetches the end-user token keys
-    (its `jwt_authn` JWKS, `EdgeOptions.auth`), or None when the edge verifies no tokens.
-
-    Read by name: edges without end-user auth have no `auth` options at all."""
-    auth = getattr(edge_options(options), "auth", None)
-    if auth is None or not getattr(auth, "enabled", False):
-        return None
-    name = getattr(auth, "jwks_service", None)
-    return name if isinstance(name, str) else None
-
-
 def service_policy(
-    spec: ServiceSpec, callers: frozenset[str] | None, options: K8sOptions
+    spec: ServiceSpec,
+    callers: frozenset[str] | None,
+    options: K8sOptions,
+    jwks_service: str | None = None,
 ) -> Manifest:
+    """Who may reach `spec`'s ports: its callers' identities on gRPC, Prometheus on the
+    admin port, and the edge there too when `spec` is the end users' token issuer
+    (`jwks_service`: the edge's `jwt_authn` fetches its keys from that port)."""
     grpc_from = [ANY_IDENTITY] if callers is None else [_identity_peer(callers)] if callers else []
     admin_from = [{"podSelector": {"matchLabels": PROMETHEUS_LABELS}}]
-    if spec.name == jwks_service(options):
+    if spec.name == jwks_service:
         admin_from.append(_identity_peer([EDGE]))
     rules = [
         {"from": [*grpc_from, {"podSelector": {"matchLabels": CONSUL_CLIENT_LABELS}}],
@@ -123,8 +118,10 @@ def network_policies(
     rows: Iterable[PolicyRow],
     model: EdgeModel,
     options: K8sOptions,
+    auth: EdgeAuthOptions,
 ) -> list[Manifest]:
     specs = list(services)
+    issuer = auth.jwks_service if auth.enabled else None
     callers = service_callers(rows, model)
     deny = {
         "apiVersion": "networking.k8s.io/v1",
@@ -134,14 +131,14 @@ def network_policies(
     }
     out = [deny]
     # A service no contract names (no RPC in the descriptor set) admits no caller.
-    out += [service_policy(s, callers.get(s.name, frozenset()), options) for s in specs]
+    out += [service_policy(s, callers.get(s.name, frozenset()), options, issuer) for s in specs]
     out.append(
         _policy(
             "edge-listeners",
             options,
             {"app": "edge"},
             # Anyone: the public TLS listener (not the plaintext one, not the admin).
-            [{"ports": _port(edge_options(options).tls_listen_port)}],
+            [{"ports": _port(edge_options(options, auth).tls_listen_port)}],
         )
     )
     out.append(

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mesh.edge.model import build_model, load_descriptor_set
-from mesh.edge.render import DESCRIPTORS, ROOT
+from mesh.edge.render import ROOT
 from mesh.k8s.edge import edge_manifests
 from mesh.k8s.infra import consul_values, nats_manifests, postgres_manifests
 from mesh.k8s.network import network_policies
@@ -41,11 +41,10 @@ HEADER = (
 )
 
 
-def render_manifests(
-    topology: Topology, options: K8sOptions, descriptors: Path = DESCRIPTORS
-) -> dict[Path, list[Manifest]]:
+def render_manifests(topology: Topology, options: K8sOptions) -> dict[Path, list[Manifest]]:
     """Every file of the output directory (relative path -> its documents), in apply
-    order; only the selected services' workload files when `options.only_services`."""
+    order; only the selected services' workload files when `options.only_services`. The
+    edge serves the topology's contracts and trusts its token issuer (`[edge]`)."""
     options.check()
     known = {s.name for s in topology.services}
     unknown = sorted(set(options.only_services) - known)
@@ -72,10 +71,11 @@ def render_manifests(
             spec, options, nats=spec.name in with_nats
         )
     if not options.only_services:
-        files[Path("40-edge.yaml")] = edge_manifests(options)
+        descriptors = topology.edge_descriptors()
+        files[Path("40-edge.yaml")] = edge_manifests(options, descriptors, topology.edge.auth)
         model = build_model(load_descriptor_set(descriptors).file)
         files[Path("50-network-policies.yaml")] = network_policies(
-            topology.services, load_rows(descriptors), model, options
+            topology.services, load_rows(descriptors), model, options, topology.edge.auth
         )
     return files
 

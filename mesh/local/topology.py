@@ -18,6 +18,14 @@ file at its root, and `meshctl up|status|demo|events tail` read it
     env = { ORDERS_CALL_TIMEOUT_S = "3" }   # optional, added to the instance's environment
     migrations = "services.orders.store:migrations"  # optional: `meshctl release` checks them
 
+    [edge]                                   # optional: what the edge serves (default: the shop's)
+    descriptors = "gen/descriptors.binpb"    # the project's contracts (`meshctl contracts build`)
+    [edge.auth]                              # who issues end-user tokens (all three, or none)
+    issuer = "notes/accounts"                # the tokens' `iss`
+    audiences = ["notes"]                    # accepted `aud` values
+    jwks_service = "accounts"                # serves /.well-known/jwks.json on its admin port
+    jwks_path = "/.well-known/jwks.json"     # optional
+
 Services start in file order. The first instance of each service takes its
 fixed ports; extra instances take free ports and are found through the
 registry. Errors name the file and the key (`mesh.toml: services.orders.instances:
@@ -36,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
 
@@ -44,8 +53,12 @@ DEFAULT_TOPOLOGY = Path("mesh.toml")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOP_KEYS = {"event_types", "event_identities", "demo", "services"}
+_TOP_KEYS = {"event_types", "event_identities", "demo", "services", "edge"}
 _SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env", "migrations"}
+_EDGE_KEYS = {"descriptors", "auth"}
+_AUTH_KEYS = {"issuer", "audiences", "jwks_service", "jwks_path"}
+_AUTH_REQUIRED = ("issuer", "audiences", "jwks_service")
+_DEFAULT_AUTH = EdgeAuthOptions()
 
 
 class TopologyError(ValueError):
@@ -67,6 +80,18 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeSpec:
+    """What the edge serves for the project (`[edge]`): its contracts' descriptor set
+    and who issues its end users' tokens. Without the table, the edge serves this
+    checkout's contracts (`envoy/descriptors.binpb`, the shop's) and trusts the shop's
+    issuer (`EdgeAuthOptions()`): a project of its own names both, or its services run
+    on the mesh without being routed."""
+
+    descriptors: str = ""  # a path from the project's directory, or package:resource
+    auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     """A parsed `mesh.toml`."""
 
@@ -75,6 +100,7 @@ class Topology:
     event_types_ref: str = ""  # "package.module:NAME"
     demo_module: str = ""
     event_identities_ref: str = ""  # "package.module:NAME" of EventIdentity entries
+    edge: EdgeSpec = EdgeSpec()
 
     @property
     def root(self) -> Path:
@@ -91,6 +117,28 @@ class Topology:
             return load_event_types(self.event_types_ref)
         except ValueError as exc:
             raise TopologyError(f"{self.path}: event_types: {exc}") from exc
+
+    def edge_descriptors(self) -> Path:
+        """The descriptor set the edge serves, checked to be there and to parse: the
+        project's (`[edge] descriptors`), or this checkout's when the file names none."""
+        from google.protobuf.message import DecodeError
+
+        from mesh.edge.model import load_descriptor_set
+        from mesh.edge.render import DESCRIPTORS, descriptor_source
+
+        ref = self.edge.descriptors
+        if not ref:
+            return DESCRIPTORS
+        try:
+            path = descriptor_source(ref)
+            path = path if path.is_absolute() else self.root / path
+            load_descriptor_set(path)
+        except (OSError, DecodeError) as exc:
+            raise TopologyError(
+                f"{self.path}: edge.descriptors: {exc} (`meshctl contracts build` writes"
+                " a project's set from its protos)"
+            ) from None
+        return path
 
     def event_identities(self) -> tuple[EventIdentity, ...]:
         """The project's NATS identities, imported now (empty if the file names none)."""
@@ -207,7 +255,52 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
     demo = doc.get("demo", "")
     if not isinstance(demo, str) or (demo and not _MODULE.match(demo)):
         raise fail("demo", f"expected a Python module name, got {demo!r}")
-    return Topology(path, tuple(services), event_types, demo, identities)
+    edge = _edge(doc.get("edge", {}), fail)
+    return Topology(path, tuple(services), event_types, demo, identities, edge)
+
+
+def _edge(table: Any, fail: _Fail) -> EdgeSpec:
+    """`[edge]` and `[edge.auth]`. The issuer's keys come all together: a project
+    naming its issuer but keeping the shop's audience (or its JWKS service) would
+    trust tokens it never meant to. The JWKS service may be outside the file (an
+    issuer another project runs, found in the same registry): `meshctl up` says so."""
+    if not isinstance(table, dict):
+        raise fail("edge", "expected a table")
+    _unknown(table, _EDGE_KEYS, "edge", fail)
+    descriptors = table.get("descriptors", "")
+    if not isinstance(descriptors, str):
+        raise fail("edge.descriptors", f"expected a path, got {descriptors!r}")
+    auth_doc = table.get("auth")
+    if auth_doc is None:
+        return EdgeSpec(descriptors)
+    if not isinstance(auth_doc, dict):
+        raise fail("edge.auth", "expected a table")
+    _unknown(auth_doc, _AUTH_KEYS, "edge.auth", fail)
+    missing = [k for k in _AUTH_REQUIRED if k not in auth_doc]
+    if missing:
+        raise fail(f"edge.auth.{missing[0]}", f"missing (give {', '.join(_AUTH_REQUIRED)})")
+    issuer, audiences = auth_doc["issuer"], auth_doc["audiences"]
+    if not isinstance(issuer, str) or not issuer:
+        raise fail("edge.auth.issuer", f"expected the tokens' iss, got {issuer!r}")
+    if (
+        not isinstance(audiences, list)
+        or not audiences
+        or not all(isinstance(a, str) and a for a in audiences)
+    ):
+        raise fail("edge.auth.audiences", f"expected a list of aud values, got {audiences!r}")
+    jwks_service = auth_doc["jwks_service"]
+    if not isinstance(jwks_service, str) or not _NAME.match(jwks_service):
+        raise fail("edge.auth.jwks_service", f"expected a service name, got {jwks_service!r}")
+    jwks_path = auth_doc.get("jwks_path", _DEFAULT_AUTH.jwks_path)
+    if not isinstance(jwks_path, str) or not jwks_path.startswith("/"):
+        raise fail("edge.auth.jwks_path", f"expected a path starting with /, got {jwks_path!r}")
+    auth = EdgeAuthOptions(
+        issuer=issuer,
+        audiences=tuple(audiences),
+        jwks_service=jwks_service,
+        jwks_path=jwks_path,
+    )
+    return EdgeSpec(descriptors, auth)
 
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, fail: _Fail) -> None:

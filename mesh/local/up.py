@@ -27,7 +27,7 @@ from typing import Any
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
-from mesh.edge.jwt_authn import jwks_sources
+from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources, login_required
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
@@ -89,6 +89,10 @@ class UpOptions:
     # `python -m <module>` finds the project's modules wherever `meshctl up` was started
     # (None: this process's directory).
     project_dir: Path | None = None
+    # What the edge serves: the project's contracts (`[edge] descriptors` in mesh.toml,
+    # default this checkout's) and its end users' token issuer (`[edge.auth]`).
+    edge_descriptors: Path = DESCRIPTORS
+    edge_auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
 
 
 def free_port_options(options: UpOptions) -> UpOptions:
@@ -237,7 +241,7 @@ class LocalMesh:
 
     async def _start_edge(self, run: Path) -> None:
         edge_dir = run / "edge"
-        fds = load_descriptor_set(DESCRIPTORS)
+        fds = load_descriptor_set(self.o.edge_descriptors)
         model = build_model(fds.file)
         self.clusters = model.clusters
         self.edge_model = model
@@ -252,8 +256,10 @@ class LocalMesh:
             tls_listen_port=self.o.edge_tls_port,
             **self.pki.edge_options,
             limits=edge_limits_from_env(self.o.env),
+            descriptor_path=str(self.o.edge_descriptors),
+            auth=self.o.edge_auth,
         )
-        config, _ = render_files(edge_dir, options)
+        config, _ = render_files(edge_dir, options, self.o.edge_descriptors)
         self.policies = FilePolicyStore(run / "registry")  # traffic policies: subsets, faults
         self.sync = EndpointSync(
             self.registry,
@@ -382,19 +388,33 @@ def routable_hosts(clusters_json: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def unrouted(services: Iterable[str], model: EdgeModel | None) -> list[str]:
-    """A line for each service of the topology the edge (`model`) does not route, and
-    why: its contracts are all internal (`meshproto.api.v1.internal`), or the edge's
-    descriptor set has none of them (a project's own contracts need their own set)."""
+def edge_notes(
+    services: Iterable[str],
+    model: EdgeModel | None,
+    descriptors: Path = DESCRIPTORS,
+    auth: EdgeAuthOptions = EdgeAuthOptions(),  # noqa: B008 (frozen: shared safely)
+) -> list[str]:
+    """What a user should know of the edge (`model`, read from `descriptors`): a line for
+    each service of the topology it does not route, and why (its contracts are all
+    internal, `meshproto.api.v1.internal`, or the set has none of them: a project's own
+    contracts need their own set, `[edge] descriptors`); and one when methods need a
+    login but the token issuer is not in the topology (every such call answers 401
+    until an issuer of that name registers; Envoy retries its key fetch meanwhile)."""
     if model is None:  # no edge started
         return []
+    names = set(services)
     internal = set(model.internal_clusters)
     out = []
-    for name in sorted(set(services) - set(model.clusters)):
+    for name in sorted(names - set(model.clusters)):
         if name in internal:
             out.append(f"{name} is internal: not routed by the edge")
         else:
-            out.append(f"{name} is not routed by the edge: no contract of it in {DESCRIPTORS}")
+            out.append(f"{name} is not routed by the edge: no contract of it in {descriptors}")
+    if auth.enabled and auth.jwks_service not in names and login_required(model):
+        out.append(
+            f"the edge's token issuer {auth.jwks_service!r} is not in this topology: methods"
+            " that need a login answer 401 (name your issuer in mesh.toml's [edge.auth])"
+        )
     return out
 
 
@@ -405,7 +425,7 @@ def table(
     notes: Sequence[str] = (),
 ) -> str:
     """What `meshctl up` prints once the mesh is up: the instances, where the edge and
-    NATS are, and `notes` (the services the edge does not route: `unrouted`)."""
+    NATS are, and `notes` (what to know of the edge: `edge_notes`)."""
     rows = [("service", "instance", "grpc", "admin", "version")]
     for name in sorted(instances):
         for i in sorted(instances[name], key=lambda i: i.id):
@@ -448,7 +468,12 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
                 await ready
             return 0
         stopped.cancel()
-        notes = unrouted((s.name for s in options.services), mesh.edge_model)
+        notes = edge_notes(
+            (s.name for s in options.services),
+            mesh.edge_model,
+            options.edge_descriptors,
+            options.edge_auth,
+        )
         print(table(ready.result(), options.edge_port, mesh.nats_url, notes), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
         if mesh.prometheus is not None:

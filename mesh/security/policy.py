@@ -97,7 +97,13 @@ def load_rows(descriptors: Path | None = None) -> list[PolicyRow]:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    rows = load_rows(Path(args.descriptors) if args.descriptors else None)
+    from mesh.local.topology import load_topology
+
+    descriptors = Path(args.descriptors) if args.descriptors else None
+    topology = Path(args.topology)
+    if descriptors is None and topology.is_file():  # the project's own contracts, if named
+        descriptors = load_topology(topology).edge_descriptors()
+    rows = load_rows(descriptors)
     print(render_markdown(rows) if args.markdown else render_text(rows))
     return 0
 
@@ -106,5 +112,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add `policy` to meshctl's commands."""
     p = subparsers.add_parser("policy", help="who may call what (from the contracts)")
     p.add_argument("--markdown", action="store_true", help="as the README's table")
-    p.add_argument("--descriptors", default="", help="a descriptor set (default: envoy/'s)")
+    p.add_argument(
+        "--descriptors",
+        default="",
+        help="a descriptor set (default: mesh.toml's [edge] descriptors, else envoy/'s)",
+    )
     p.set_defaults(fn=cmd_policy)

@@ -6,17 +6,33 @@ through the mesh (discovery, mTLS, the chains) every 0.2 s and logs the answer.
 
 What a user sees is asserted: both come up from the project's directory, the calls
 succeed, `up` names the services the edge does not route and why, and nothing warns
-about the methods ping leaves unimplemented; Ctrl-C stops it all."""
+about the methods ping leaves unimplemented; Ctrl-C stops it all.
+
+Then a project with an edge of its own: its contracts compiled by `meshctl contracts
+build`, named in its mesh.toml's `[edge]` with its own token issuer (`[edge.auth]`, an
+`accounts` service publishing an ES256 key). Through the real Envoy: the public method
+answers anyone, the method needing a login refuses the anonymous caller and tokens the
+project did not issue (another key, the shop's issuer and audience) and answers its own
+token with the user it names."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.nats import nats_server
 
@@ -102,14 +118,36 @@ def _project(root: Path) -> Path:
     return root / "mesh.toml"
 
 
-async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> None:
-    topology = _project(tmp_path / "project")
+class Up:
+    """A `meshctl up` the test started: its output so far, read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    async def until(self, text: str, count: int = 1) -> None:
+        assert self.proc.stdout is not None
+        while sum(text in line for line in self.lines) < count:
+            raw = await self.proc.stdout.readline()
+            assert raw, f"meshctl up ended before {text!r}:\n" + "\n".join(self.lines[-40:])
+            self.lines.append(raw.decode().rstrip())
+
+    def edge_url(self) -> str:
+        line = next(x for x in self.lines if x.startswith("edge (gRPC + REST): "))
+        return line.removeprefix("edge (gRPC + REST): ").split()[0]
+
+
+@contextlib.asynccontextmanager
+async def meshctl_up(topology: Path, tmp_path: Path) -> AsyncIterator[Up]:
+    """`meshctl up --free-ports --topology` started from another directory, with an
+    outside nats-server (the projects name no NATS identities); on exit Ctrl-C, and the
+    whole output is in `lines` (asserted to end with "mesh stopped" and code 0)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     async with nats_server(tmp_path / "nats") as server:
-        env["NATS_URL"] = server.url  # the project names no NATS identities of its own
+        env["NATS_URL"] = server.url
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mesh.cli", "--run-dir", str(tmp_path / "run"),
             "up", "--free-ports", "--topology", str(topology),
@@ -117,26 +155,28 @@ async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> N
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         assert proc.stdout is not None
-        lines: list[str] = []
-
-        async def until(text: str, count: int = 1) -> None:
-            while sum(text in line for line in lines) < count:
-                raw = await proc.stdout.readline()  # type: ignore[union-attr]
-                assert raw, f"meshctl up ended before {text!r}:\n" + "\n".join(lines[-40:])
-                lines.append(raw.decode().rstrip())
-
+        up = Up(proc)
         try:
             async with asyncio.timeout(90):
-                await until("mesh is up")
-                await until("ping answered hi from own-project", 5)
+                await up.until("mesh is up")
+            yield up
         finally:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
             async with asyncio.timeout(60):
                 rest = (await proc.stdout.read()).decode()
                 code = await proc.wait()
-    text = "\n".join(lines) + rest
+            up.lines.extend(rest.splitlines())
+    text = "\n".join(up.lines)
     assert code == 0, text[-3000:]
     assert "mesh stopped" in rest
+
+
+async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> None:
+    topology = _project(tmp_path / "project")
+    async with meshctl_up(topology, tmp_path) as up:
+        async with asyncio.timeout(60):
+            await up.until("ping answered hi from own-project", 5)
+    text = "\n".join(up.lines)
     for name in ("ping-1", "ping-2", "caller-1"):
         assert f"{name} " in text
     for service in ("caller", "ping"):
@@ -144,3 +184,172 @@ async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> N
     assert "payments" not in text  # the shop's, not this project's
     assert "No module named" not in text
     assert "not intercepting" not in text and "NotImplementedError" not in text
+    # Its edge is the shop's (no [edge] table): the shop's issuer is named as missing.
+    assert "the edge's token issuer 'users' is not in this topology" in text
+
+
+ECHO_PROTO = """
+syntax = "proto3";
+
+package notes.echo.v1;
+
+import "google/api/annotations.proto";
+import "meshproto/api/v1/options.proto";
+
+service EchoService {
+  rpc Echo(EchoRequest) returns (EchoReply) {
+    option (google.api.http) = {post: "/api/v1/echo", body: "*"};
+    option (meshproto.api.v1.auth) = {access: ACCESS_PUBLIC};
+  }
+  rpc WhoAmI(WhoAmIRequest) returns (WhoAmIReply) {
+    option (google.api.http) = {get: "/api/v1/whoami"};
+    option (meshproto.api.v1.auth) = {access: ACCESS_USER};
+  }
+}
+
+message EchoRequest { string text = 1; }
+message EchoReply { string text = 1; }
+message WhoAmIRequest {}
+message WhoAmIReply { string user_id = 1; }
+"""
+
+ECHO = """
+from interceptors.end_user import current_end_user
+from mesh.server import ServiceDefinition, run_service
+from notes.echo.v1 import echo_pb2, echo_pb2_grpc
+
+
+class Echo(echo_pb2_grpc.EchoServiceServicer):
+    async def Echo(self, request, context):
+        return echo_pb2.EchoReply(text=request.text)
+
+    async def WhoAmI(self, request, context):
+        return echo_pb2.WhoAmIReply(user_id=current_end_user.get().user_id)
+
+
+async def build(settings, runtime):
+    return ServiceDefinition(
+        name="echo",
+        servicers=[(echo_pb2_grpc.add_EchoServiceServicer_to_server, Echo())],
+        service_names=["notes.echo.v1.EchoService"],
+    )
+
+
+if __name__ == "__main__":
+    run_service("echo", build, grpc_port=0, admin_port=0)
+"""
+
+ACCOUNTS = """
+from pathlib import Path
+
+from aiohttp import web
+
+from mesh.admin import AdminRoute
+from mesh.server import ServiceDefinition, run_service
+
+JWKS = Path("jwks.json").read_text()  # the project's directory: meshctl up runs it there
+
+
+async def jwks(request):
+    return web.Response(text=JWKS, content_type="application/jwk-set+json")
+
+
+async def build(settings, runtime):
+    return ServiceDefinition(
+        name="accounts", servicers=[], service_names=[],
+        admin_routes=[AdminRoute("GET", "/.well-known/jwks.json", jwks)],
+    )
+
+
+if __name__ == "__main__":
+    run_service("accounts", build, grpc_port=0, admin_port=0)
+"""
+
+EDGE_TOPOLOGY = """
+[services.echo]
+module = "echoproj.server"
+
+[services.accounts]
+module = "accountsproj.server"
+
+[edge]
+descriptors = "descriptors.binpb"
+
+[edge.auth]
+issuer = "notes/accounts"
+audiences = ["notes"]
+jwks_service = "accounts"
+"""
+
+
+def _signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _token(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": "notes/accounts", "aud": "notes", "sub": "alice", "iat": now,
+            "exp": now + 300, **claims}  # fmt: skip
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": "notes-1"})
+
+
+def _edge_project(root: Path, key: ec.EllipticCurvePrivateKey) -> Path:
+    (root / "protos" / "notes" / "echo" / "v1").mkdir(parents=True)
+    (root / "protos" / "notes" / "echo" / "v1" / "echo.proto").write_text(ECHO_PROTO)
+    for package, code in (("echoproj", ECHO), ("accountsproj", ACCOUNTS)):
+        (root / package).mkdir()
+        (root / package / "__init__.py").write_text("")
+        (root / package / "server.py").write_text(code)
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="notes-1", alg="ES256", use="sig")
+    (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    (root / "mesh.toml").write_text(EDGE_TOPOLOGY)
+    # As a user would: the project's stubs (importable from its directory) and the set.
+    built = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "contracts", "build", "--out", "."],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert (root / "descriptors.binpb").is_file()
+    assert (root / "notes" / "echo" / "v1" / "echo_pb2_grpc.py").is_file()
+    # `meshctl policy` in the project reads its contracts, not the shop's.
+    policy = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "policy"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "notes.echo.v1.EchoService/WhoAmI" in policy.stdout, policy.stderr
+    assert "shop." not in policy.stdout
+    return root / "mesh.toml"
+
+
+async def _get(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as res:
+        return res.status, await res.json(content_type=None)
+
+
+async def test_a_project_with_an_edge_of_its_own(tmp_path: Path) -> None:
+    key = _signing_key()
+    topology = _edge_project(tmp_path / "project", key)
+    async with meshctl_up(topology, tmp_path) as up:
+        edge = up.edge_url()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{edge}/api/v1/echo", json={"text": "hi"}) as res,
+        ):
+            assert (res.status, await res.json()) == (200, {"text": "hi"})
+        whoami = f"{edge}/api/v1/whoami"
+        assert await _get(whoami, _token(key)) == (200, {"userId": "alice"})
+        # The attacker's requests: no token, another key, the shop's issuer or audience.
+        status, body = await _get(whoami)
+        assert status == 401, body
+        assert (await _get(whoami, _token(_signing_key())))[0] == 401
+        assert (await _get(whoami, _token(key, iss="shop-mesh/users")))[0] == 401
+        assert (await _get(whoami, _token(key, aud="shop-mesh")))[0] == 401
+        assert (await _get(whoami, _token(key, exp=int(time.time()) - 120)))[0] == 401
+    text = "\n".join(up.lines)
+    assert "echo is not routed" not in text
+    assert f"accounts is not routed by the edge: no contract of it in {topology.parent}" in text
+    assert "is not in this topology" not in text
+    assert "users" not in text and "payments" not in text  # nothing of the shop's
+    assert "Jwks async fetching" not in text  # Envoy fetched the keys at once

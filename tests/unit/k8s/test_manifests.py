@@ -502,24 +502,19 @@ def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_edge_reaches_the_token_issuers_admin_port_only_when_it_verifies_tokens(
-    monkeypatch: pytest.MonkeyPatch, enabled: bool
+    enabled: bool,
 ) -> None:
     """The edge's jwt_authn fetches the JWKS from the issuer's admin port (when the edge
     has end-user auth): that port, and no other service's, admits the edge's pods."""
-    from types import SimpleNamespace
-
+    from mesh.edge.jwt_authn import EdgeAuthOptions
     from mesh.k8s import network
-    from mesh.k8s.edge import edge_options
 
-    auth = SimpleNamespace(enabled=enabled, jwks_service="users")
-    port = edge_options(K8sOptions()).tls_listen_port
-    fake = SimpleNamespace(auth=auth, tls_listen_port=port)
-    monkeypatch.setattr(network, "edge_options", lambda _o: fake)
     policies = network.network_policies(
         TOPOLOGY.services,
         load_rows(),
         build_model(load_descriptor_set(DESCRIPTORS).file),
         K8sOptions(),
+        EdgeAuthOptions(enabled=enabled),
     )
     for spec in TOPOLOGY.services:
         policy = _named(policies, "NetworkPolicy", f"{spec.name}-callers")
@@ -560,3 +555,64 @@ def test_any_topology_renders_a_service_no_contract_names_admits_no_caller(
     assert grpc_rule["from"] == [
         {"podSelector": {"matchLabels": {"app": "consul", "component": "client"}}}
     ]
+
+
+NOTES_PROTO = """
+syntax = "proto3";
+package notes.notes.v1;
+import "google/api/annotations.proto";
+import "meshproto/api/v1/options.proto";
+
+service NoteService {
+  rpc GetNote(GetNoteRequest) returns (Note) {
+    option (google.api.http) = {get: "/api/v1/notes/{note_id}"};
+    option (meshproto.api.v1.auth) = {access: ACCESS_USER};
+  }
+}
+message GetNoteRequest { string note_id = 1; }
+message Note { string note_id = 1; }
+"""
+
+
+def test_a_projects_edge_serves_its_contracts_and_trusts_its_issuer(tmp_path: Path) -> None:
+    """`[edge]` in another project's mesh.toml reaches its manifests: the ConfigMap
+    carries its descriptor set and an Envoy config for its routes and issuer, the
+    companion syncs the keys from its issuer, and only that issuer's admin port admits
+    the edge."""
+    from mesh.contracts.codegen import build_project
+
+    (tmp_path / "protos" / "notes" / "notes" / "v1").mkdir(parents=True)
+    (tmp_path / "protos" / "notes" / "notes" / "v1" / "notes.proto").write_text(NOTES_PROTO)
+    descriptors = build_project(tmp_path / "protos", tmp_path)
+    (tmp_path / "mesh.toml").write_text(
+        '[services.notes]\nmodule = "notes.server"\n'
+        '[services.accounts]\nmodule = "accounts.server"\n'
+        '[edge]\ndescriptors = "descriptors.binpb"\n'
+        '[edge.auth]\nissuer = "notes/accounts"\naudiences = ["notes"]\n'
+        'jwks_service = "accounts"\n'
+    )
+    files = render_manifests(load_topology(tmp_path / "mesh.toml"), K8sOptions())
+    docs = [d for ds in files.values() for d in ds]
+    cm = _named(docs, "ConfigMap", "edge-envoy")
+    assert base64.b64decode(cm["binaryData"]["descriptors.binpb"]) == descriptors.read_bytes()
+    envoy = yaml.safe_load(cm["data"]["envoy.yaml"])
+    clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
+    assert "notes" in clusters and "orders" not in clusters
+    text = cm["data"]["envoy.yaml"]
+    assert "issuer: notes/accounts" in text and "shop-mesh/users" not in text
+    companion = next(
+        c
+        for c in _named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["initContainers"]
+        if c["name"] == "edge-meta"
+    )
+    args = companion["command"]
+    assert args[args.index("--jwks-service") + 1] == "accounts"
+    edge_peer = {
+        "podSelector": {
+            "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "In", "values": ["edge"]}]
+        }
+    }
+    for name, admits in (("accounts", True), ("notes", False)):
+        policy = _named(docs, "NetworkPolicy", f"{name}-callers")
+        admin = policy["spec"]["ingress"][1]
+        assert (edge_peer in admin["from"]) is admits, name

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from mesh.cli import main as meshctl
+from mesh.edge.jwt_authn import EdgeAuthOptions
+from mesh.edge.render import DESCRIPTORS
 from mesh.local.topology import (
     RUN_FROM,
     TopologyError,
@@ -119,6 +121,34 @@ def test_a_module_runs_from_another_source_tree_with_its_arguments(tmp_path: Pat
             MINIMAL + 'migrations = "notes.store"\n',
             "services.notes.migrations: expected 'package.module:NAME'",
         ),
+        (MINIMAL + '[edge]\ndescriptor = "x"\n', "edge.descriptor: unknown key"),
+        (MINIMAL + "[edge]\ndescriptors = 1\n", "edge.descriptors: expected a path"),
+        (
+            MINIMAL + '[edge.auth]\nissuer = "notes"\naudiences = ["notes"]\n',
+            "edge.auth.jwks_service: missing (give issuer, audiences, jwks_service)",
+        ),
+        (
+            MINIMAL + '[edge.auth]\nissuer = "notes"\naudiences = "notes"\njwks_service = "a"\n',
+            "edge.auth.audiences: expected a list of aud values",
+        ),
+        (
+            MINIMAL + '[edge.auth]\nissuer = ""\naudiences = ["n"]\njwks_service = "a"\n',
+            "edge.auth.issuer: expected the tokens' iss",
+        ),
+        (
+            MINIMAL + '[edge.auth]\nissuer = "n"\naudiences = ["n"]\njwks_service = "A b"\n',
+            "edge.auth.jwks_service: expected a service name",
+        ),
+        (
+            MINIMAL + '[edge.auth]\nissuer = "n"\naudiences = ["n"]\njwks_service = "a"\n'
+            'jwks_path = "keys"\n',
+            "edge.auth.jwks_path: expected a path starting with /",
+        ),
+        (
+            MINIMAL + '[edge.auth]\nissuer = "n"\naudiences = ["n"]\njwks_service = "a"\n'
+            "enabled = false\n",
+            "edge.auth.enabled: unknown key",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -127,6 +157,45 @@ def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str)
         load_topology(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+def test_the_edge_serves_the_shops_contracts_unless_the_project_names_its_own(
+    tmp_path: Path,
+) -> None:
+    shop = load_topology(ROOT / "mesh.toml")
+    assert shop.edge_descriptors() == DESCRIPTORS
+    assert shop.edge.auth == EdgeAuthOptions()
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "descriptors.binpb").write_bytes(DESCRIPTORS.read_bytes())
+    own = load_topology(
+        write(
+            tmp_path,
+            MINIMAL
+            + '[edge]\ndescriptors = "gen/descriptors.binpb"\n'
+            + '[edge.auth]\nissuer = "notes/accounts"\naudiences = ["notes", "notes-admin"]\n'
+            + 'jwks_service = "accounts"\n',
+        )
+    )
+    assert own.edge_descriptors() == tmp_path / "gen" / "descriptors.binpb"
+    assert own.edge.auth == EdgeAuthOptions(
+        issuer="notes/accounts", audiences=("notes", "notes-admin"), jwks_service="accounts"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"), [(None, "No such file"), (b"\xff not a descriptor set", "Error")]
+)
+def test_an_edge_descriptor_set_that_is_not_there_or_does_not_parse(
+    tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    if content is not None:
+        (tmp_path / "set.binpb").write_bytes(content)
+    topology = load_topology(write(tmp_path, MINIMAL + '[edge]\ndescriptors = "set.binpb"\n'))
+    with pytest.raises(TopologyError) as caught:
+        topology.edge_descriptors()
+    assert str(caught.value).startswith(f"{tmp_path / 'mesh.toml'}: edge.descriptors: ")
+    assert problem in str(caught.value)
+    assert "meshctl contracts build" in str(caught.value)
 
 
 def test_the_shops_services_name_their_migrations_for_releases() -> None:

@@ -1,11 +1,22 @@
 """What `meshctl up` prints once the mesh is up: the services the edge does not route
-come from the edge's contracts, not from a list of the shop's (the mesh knows no shop)."""
+come from the edge's contracts, not from a list of the shop's (the mesh knows no shop),
+and a missing token issuer is named when some method needs a login."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+from mesh.api.options import Access
+from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from mesh.local.up import table, unrouted
+from mesh.local.up import edge_notes, table
+
+ISSUER_MISSING = (
+    "the edge's token issuer 'users' is not in this topology: methods that need a login"
+    " answer 401 (name your issuer in mesh.toml's [edge.auth])"
+)
 
 
 def _edge() -> EdgeModel:
@@ -14,17 +25,42 @@ def _edge() -> EdgeModel:
 
 def test_the_shops_internal_service_is_named_as_internal() -> None:
     model = _edge()
-    assert unrouted(["payments", "inventory", "users", "orders"], model) == [
+    assert edge_notes(["payments", "inventory", "users", "orders"], model) == [
         "payments is internal: not routed by the edge"
     ]
     # A reduced topology names only what it runs.
-    assert unrouted(["orders", "inventory"], model) == []
+    assert edge_notes(["orders", "users"], model) == []
 
 
 def test_another_projects_service_is_named_as_missing_from_the_edges_contracts() -> None:
-    assert unrouted(["ping", "users"], _edge()) == [
+    assert edge_notes(["ping", "users"], _edge()) == [
         f"ping is not routed by the edge: no contract of it in {DESCRIPTORS}"
     ]
+    elsewhere = Path("/project/gen/descriptors.binpb")
+    assert edge_notes(["ping", "users"], _edge(), elsewhere) == [
+        f"ping is not routed by the edge: no contract of it in {elsewhere}"
+    ]
+
+
+def test_a_missing_token_issuer_is_named_when_a_method_needs_a_login() -> None:
+    model = _edge()  # the shop's: most methods need a user
+    assert edge_notes(["orders", "inventory"], model) == [ISSUER_MISSING]
+    accounts = EdgeAuthOptions(issuer="notes", audiences=("notes",), jwks_service="accounts")
+    assert ISSUER_MISSING not in edge_notes(["orders", "accounts"], model, auth=accounts)
+    assert not any("issuer" in n for n in edge_notes(["orders", "accounts"], model, auth=accounts))
+    assert edge_notes(["orders"], model, auth=accounts)[-1].startswith(
+        "the edge's token issuer 'accounts' is not in this topology"
+    )
+    # Only public methods: no login is ever asked, so no issuer is missed.
+    only_public = EdgeModel(
+        tuple(
+            replace(s, methods=public)
+            for s in model.public
+            if (public := tuple(m for m in s.methods if m.auth and m.auth.access is Access.PUBLIC))
+        )
+    )
+    assert only_public.services, "the shop has public methods (GetProduct...)"
+    assert edge_notes(["inventory"], only_public) == []
 
 
 def test_the_summary_ends_with_the_notes() -> None:

@@ -250,7 +250,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = contracts.add_subparsers(dest="contracts_command", required=True, metavar="<command>")
     build = sub.add_parser("build", help="stubs and the edge's descriptor set from .proto files")
     build.add_argument("--protos", default="protos", help="the .proto files' root (default protos)")
-    build.add_argument("--out", default="gen", help="where stubs and descriptors.binpb go")
+    build.add_argument(
+        "--out",
+        default=".",
+        help="where stubs and descriptors.binpb go (default: here, importable by `python -m`)",
+    )
     build.set_defaults(fn=cmd_build)
 
 

@@ -306,7 +306,7 @@ def _edge_project(root: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     (root / "mesh.toml").write_text(EDGE_TOPOLOGY)
     # As a user would: the project's stubs (importable from its directory) and the set.
     built = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "contracts", "build", "--out", "."],
+        [sys.executable, "-m", "mesh.cli", "contracts", "build"],
         cwd=root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr

@@ -397,9 +397,10 @@ def edge_notes(
     """What a user should know of the edge (`model`, read from `descriptors`): a line for
     each service of the topology it does not route, and why (its contracts are all
     internal, `meshproto.api.v1.internal`, or the set has none of them: a project's own
-    contracts need their own set, `[edge] descriptors`); and one when methods need a
-    login but the token issuer is not in the topology (every such call answers 401
-    until an issuer of that name registers; Envoy retries its key fetch meanwhile)."""
+    contracts need their own set, `[edge] descriptors`); and one when the token issuer
+    is not in the topology: until an instance of it registers, every call needing a
+    login (or bearing a token) answers 401, and Envoy logs its failed key fetch every
+    second (`failed_refetch_s`), which the line explains."""
     if model is None:  # no edge started
         return []
     names = set(services)
@@ -410,10 +411,12 @@ def edge_notes(
             out.append(f"{name} is internal: not routed by the edge")
         else:
             out.append(f"{name} is not routed by the edge: no contract of it in {descriptors}")
-    if auth.enabled and auth.jwks_service not in names and login_required(model):
+    if auth.enabled and auth.jwks_service not in names:
+        refused = "methods that need a login" if login_required(model) else "calls with a token"
         out.append(
-            f"the edge's token issuer {auth.jwks_service!r} is not in this topology: methods"
-            " that need a login answer 401 (name your issuer in mesh.toml's [edge.auth])"
+            f"the edge's token issuer {auth.jwks_service!r} is not in this topology: {refused}"
+            " answer 401, and Envoy logs a failed key fetch every second (name your issuer"
+            " in mesh.toml's [edge.auth])"
         )
     return out
 

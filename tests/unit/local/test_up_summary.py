@@ -15,7 +15,8 @@ from mesh.local.up import edge_notes, table
 
 ISSUER_MISSING = (
     "the edge's token issuer 'users' is not in this topology: methods that need a login"
-    " answer 401 (name your issuer in mesh.toml's [edge.auth])"
+    " answer 401, and Envoy logs a failed key fetch every second (name your issuer in"
+    " mesh.toml's [edge.auth])"
 )
 
 
@@ -51,7 +52,7 @@ def test_a_missing_token_issuer_is_named_when_a_method_needs_a_login() -> None:
     assert edge_notes(["orders"], model, auth=accounts)[-1].startswith(
         "the edge's token issuer 'accounts' is not in this topology"
     )
-    # Only public methods: no login is ever asked, so no issuer is missed.
+    # Only public methods: no login is ever asked, but a token sent must verify.
     only_public = EdgeModel(
         tuple(
             replace(s, methods=public)
@@ -60,7 +61,10 @@ def test_a_missing_token_issuer_is_named_when_a_method_needs_a_login() -> None:
         )
     )
     assert only_public.services, "the shop has public methods (GetProduct...)"
-    assert edge_notes(["inventory"], only_public) == []
+    assert edge_notes(["inventory"], only_public) == [
+        ISSUER_MISSING.replace("methods that need a login", "calls with a token")
+    ]
+    assert edge_notes(["inventory", "users"], only_public) == []
 
 
 def test_the_summary_ends_with_the_notes() -> None:

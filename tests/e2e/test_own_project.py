@@ -12,8 +12,9 @@ Then a project with an edge of its own: its contracts compiled by `meshctl contr
 build`, named in its mesh.toml's `[edge]` with its own token issuer (`[edge.auth]`, an
 `accounts` service publishing an ES256 key). Through the real Envoy: the public method
 answers anyone, the method needing a login refuses the anonymous caller and tokens the
-project did not issue (another key, the shop's issuer and audience) and answers its own
-token with the user it names."""
+project did not issue (another key, an expired one, the shop's issuer and audience) and
+answers its own token with the user it names, over REST and over gRPC (grpcurl), whose
+reflection lists the project's contracts and none of the shop's."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.edge import EdgeClient
 from tests.support.nats import nats_server
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(180)]
@@ -322,31 +323,45 @@ def _edge_project(root: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     return root / "mesh.toml"
 
 
-async def _get(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as res:
-        return res.status, await res.json(content_type=None)
-
-
 async def test_a_project_with_an_edge_of_its_own(tmp_path: Path) -> None:
     key = _signing_key()
     topology = _edge_project(tmp_path / "project", key)
     async with meshctl_up(topology, tmp_path) as up:
-        edge = up.edge_url()
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{edge}/api/v1/echo", json={"text": "hi"}) as res,
-        ):
-            assert (res.status, await res.json()) == (200, {"text": "hi"})
-        whoami = f"{edge}/api/v1/whoami"
-        assert await _get(whoami, _token(key)) == (200, {"userId": "alice"})
-        # The attacker's requests: no token, another key, the shop's issuer or audience.
-        status, body = await _get(whoami)
-        assert status == 401, body
-        assert (await _get(whoami, _token(_signing_key())))[0] == 401
-        assert (await _get(whoami, _token(key, iss="shop-mesh/users")))[0] == 401
-        assert (await _get(whoami, _token(key, aud="shop-mesh")))[0] == 401
-        assert (await _get(whoami, _token(key, exp=int(time.time()) - 120)))[0] == 401
+        edge = EdgeClient(int(up.edge_url().rsplit(":", 1)[1]))
+
+        def whoami(token: str | None) -> int:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            status, body = edge.json("GET", "/api/v1/whoami", headers=headers)
+            assert status == 401 or body == {"userId": "alice"}, (status, body)
+            return status
+
+        def through_the_edge() -> None:
+            assert edge.json("POST", "/api/v1/echo", {"text": "hi"}) == (200, {"text": "hi"})
+            assert whoami(_token(key)) == 200
+            # The attacker's requests: no token, another key, an expired token, the
+            # shop's issuer or audience.
+            for token in (
+                None,
+                _token(_signing_key()),
+                _token(key, exp=int(time.time()) - 120),
+                _token(key, iss="shop-mesh/users"),
+                _token(key, aud="shop-mesh"),
+            ):
+                assert whoami(token) == 401
+            # gRPC through the edge: its reflection lists the project's contracts only.
+            listed = edge.grpcurl(edge.address, "list")
+            assert "notes.echo.v1.EchoService" in listed.stdout.split(), listed.stderr
+            assert "shop." not in listed.stdout
+            echoed = edge.call("notes.echo.v1.EchoService/Echo", {"text": "grpc"})
+            assert json.loads(echoed.stdout) == {"text": "grpc"}, echoed.stderr
+            mine = edge.call(
+                "notes.echo.v1.EchoService/WhoAmI", {}, f"authorization: Bearer {_token(key)}"
+            )
+            assert json.loads(mine.stdout) == {"userId": "alice"}, mine.stderr
+            anonymous = edge.call("notes.echo.v1.EchoService/WhoAmI", {})
+            assert "Code: Unauthenticated" in anonymous.stderr, anonymous.stderr
+
+        await asyncio.to_thread(through_the_edge)
     text = "\n".join(up.lines)
     assert "echo is not routed" not in text
     assert f"accounts is not routed by the edge: no contract of it in {topology.parent}" in text

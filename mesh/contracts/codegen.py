@@ -37,6 +37,7 @@ DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
 # (`meshproto`: its options and event envelope). They ship together as the
 # generated distribution, because the shop's stubs import the mesh's options.
 TYPED_PACKAGES = ("shop", "meshproto")
+MESH_PROTOS = "meshproto"  # the mesh's own contracts (options, envelope): shipped as sources too
 
 
 # The edge's descriptor set also carries the google.rpc error details that
@@ -153,6 +154,11 @@ def generate(
     # companion finds it through the package (`meshctl edge serve --descriptors
     # shop:descriptors.binpb`), not through a checkout's envoy/ directory.
     (out_dir / "shop" / PACKAGED_DESCRIPTORS).write_bytes(descriptor_set.read_bytes())
+    # The mesh's own contracts as sources beside their stubs: another project's protos
+    # import them (`meshctl contracts build`), from a checkout or an installed wheel.
+    for name in every:
+        if Path(name).parts[0] == MESH_PROTOS:
+            (out_dir / name).write_bytes((proto_root / name).read_bytes())
 
 
 def _write_stubs(
@@ -189,21 +195,33 @@ def build_project(protos: Path, out_dir: Path) -> Path:
 
     The project's files may import the mesh's options (`meshproto/api/v1/options.proto`:
     `internal`, `callers`, `auth`...) and google/api's HTTP annotations: they resolve
-    from this checkout's `protos/` and the installed googleapis protos. Their stubs are
-    not written again (the venv's `generated` distribution has them), and the set
-    carries them and the error details, as the shop's does (`ERROR_DETAIL_FILES`).
-    Limit: the mesh's `.proto` sources come from a checkout of this repository (they are
-    not package data); an installed mesh without it cannot compile such imports.
+    from the installed `meshproto` package (the clients distribution ships its sources,
+    `generate`) and the installed googleapis protos, so no checkout is needed. Their
+    stubs are not written again (that distribution has them), and the set carries them
+    and the error details, as the shop's does (`ERROR_DETAIL_FILES`).
     """
     files = proto_files(protos)
     if not files:
         raise CodegenError(f"{protos}: no .proto files under it")
-    _write_stubs(out_dir, files, proto_root=protos, more=[PROTO_ROOT])
+    mesh = [mesh_proto_root()]
+    _write_stubs(out_dir, files, proto_root=protos, more=mesh)
     descriptor_set = out_dir / PACKAGED_DESCRIPTORS
     write_descriptor_set(
-        descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=protos, more=[PROTO_ROOT]
+        descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=protos, more=mesh
     )
     return descriptor_set
+
+
+def mesh_proto_root() -> Path:
+    """The directory the installed `meshproto` package's `.proto` sources are imported
+    from (`meshproto/api/v1/options.proto` under it): generated/ in a checkout, the
+    site-packages of an installed clients wheel."""
+    import meshproto
+
+    root = Path(meshproto.__path__[0]).parent
+    if not (root / MESH_PROTOS / "api" / "v1" / "options.proto").is_file():
+        raise CodegenError(f"{root}: the installed meshproto package ships no .proto sources")
+    return root
 
 
 def generated_tree(root: Path) -> dict[str, bytes]:

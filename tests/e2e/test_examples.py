@@ -127,6 +127,8 @@ async def test_clients_wheel_alone_calls_the_edge(stack: Any, tmp_path: Path) ->
     clients = zipfile.ZipFile(wheels["shop_clients-0.1.0-py3-none-any.whl"]).namelist()
     runtime = zipfile.ZipFile(wheels["shop_mesh-0.1.0-py3-none-any.whl"]).namelist()
     assert "shop/orders/v2/orders_pb2_grpc.pyi" in clients and "shop/py.typed" in clients
+    # The mesh's own contracts as sources: another project's protos import them.
+    assert "meshproto/api/v1/options.proto" in clients
     assert not [n for n in clients if n.startswith(("mesh/", "services/", "interceptors/"))]
     assert not [n for n in runtime if n.startswith("shop/")], "the runtime must not ship shop/"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cli import main as meshctl
-from mesh.contracts.codegen import CodegenError, build_project
+from mesh.contracts.codegen import PROTO_ROOT, CodegenError, build_project, mesh_proto_root
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.security.policy import policy_matrix
 
@@ -52,6 +52,17 @@ def test_a_projects_contracts_with_the_meshs_options(tmp_path: Path) -> None:
     )
     (row,) = policy_matrix(fds.file)
     assert row.callers == frozenset({"edge", "search"})
+
+
+def test_the_meshs_contracts_are_imported_from_the_installed_package() -> None:
+    # generated/ here (the clients distribution, sources shipped beside the stubs), not
+    # a checkout's protos/: an installed wheel compiles a project's contracts too.
+    root = mesh_proto_root()
+    assert (root / "meshproto" / "__init__.py").is_file()
+    for name in ("api/v1/options.proto", "events/v1/envelope.proto"):
+        assert (root / "meshproto" / name).read_bytes() == (
+            PROTO_ROOT / "meshproto" / name
+        ).read_bytes()
 
 
 def test_no_protos_is_an_error(tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 eds_dir=Path(args.eds_dir),
                 **({"descriptors": args.descriptors} if args.descriptors else {}),
-                **({"jwks_service": args.jwks_service} if args.jwks_service else {}),
+                **({"jwks_service": args.jwks_service} if args.jwks_service is not None else {}),
             )
         finally:
             await registry.close()
@@ -309,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--jwks-service",
-        default="",
-        help="registry service serving the end users' keys (default: the shop's users)",
+        default=None,
+        help="registry service serving the end users' keys (default: the shop's users;"
+        " empty: the edge has no issuer)",
     )
     serve.set_defaults(fn=cmd_edge_serve)
     k8s_render.register(sub)

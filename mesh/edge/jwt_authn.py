@@ -46,6 +46,9 @@ with the JSON `google.rpc.Status` body `{"code":16,"message":...}` for REST.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +63,25 @@ FAILURE_KEY = "jwt_failure"
 USER_HEADER = "x-mesh-user-id"
 ROLES_HEADER = "x-mesh-roles"
 _TYPE = "type.googleapis.com/envoy.extensions.filters.http"
+# An edge with no issuer: Envoy refuses an empty key set, so it gets one Ed25519 key
+# no one holds. Its `x` is a hash of a fixed sentence ("nothing up my sleeve"): signing
+# for it would need the discrete logarithm of a point nobody chose (or, if the bytes
+# are no curve point, nothing verifies at all). No token verifies; nothing is fetched.
+_NO_ONES_KEY = hashlib.sha256(b"shop-mesh edge: no issuer, no key anyone holds").digest()
+NO_KEYS = json.dumps(
+    {
+        "keys": [
+            {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "alg": "EdDSA",
+                "use": "sig",
+                "kid": "no-issuer",
+                "x": base64.urlsafe_b64encode(_NO_ONES_KEY).rstrip(b"=").decode(),
+            }
+        ]
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +92,11 @@ class EdgeAuthOptions:
     `aud` shop-mesh, the JWKS at `/.well-known/jwks.json` on the admin port of the
     registry service `users`); another issuer changes them here, not in mesh code.
     `enabled=False` renders no end-user auth at all: only for tests of routing with
-    stand-in upstreams, never for an edge that faces clients.
+    stand-in upstreams, never for an edge that faces clients. `jwks_service=""` is an
+    edge with no issuer (a project's `[edge]` without `[edge.auth]`): the rules stay,
+    the provider's key set is inline and holds only a key no one holds (`NO_KEYS`), so
+    no token verifies (401 wherever one is needed or sent) and nothing is fetched (no
+    key-fetch failures logged).
     """
 
     enabled: bool = True
@@ -85,9 +111,13 @@ class EdgeAuthOptions:
     clock_skew_s: int = 30  # at least 1: Envoy reads 0 as its own default, 60
 
 
+def _fetches_keys(auth: EdgeAuthOptions) -> bool:
+    return auth.enabled and bool(auth.jwks_service)
+
+
 def jwks_sources(auth: EdgeAuthOptions) -> dict[str, tuple[str, str]]:
     """Extra EDS clusters for the endpoint sync: cluster -> (registry service, meta port key)."""
-    if not auth.enabled:
+    if not _fetches_keys(auth):
         return {}
     return {JWKS_CLUSTER: (auth.jwks_service, auth.jwks_port_meta)}
 
@@ -132,25 +162,15 @@ def jwt_filter(
     ]
     rules += [{"match": {"prefix": p}, "requires": _optional_token()} for p in open_prefixes]
     rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}})
+    keys: dict[str, Any] = (
+        {"remote_jwks": _remote_jwks(auth)}
+        if _fetches_keys(auth)
+        else {"local_jwks": {"inline_string": NO_KEYS}}
+    )
+    claims = {"issuer": auth.issuer, "audiences": list(auth.audiences)}
     provider = {
-        "issuer": auth.issuer,
-        "audiences": list(auth.audiences),
-        "remote_jwks": {
-            "http_uri": {
-                "uri": f"http://{JWKS_CLUSTER}{auth.jwks_path}",
-                "cluster": JWKS_CLUSTER,
-                "timeout": f"{auth.fetch_timeout_s:g}s",
-            },
-            "cache_duration": f"{auth.jwks_cache_s}s",
-            "async_fetch": {
-                "fast_listener": True,
-                "failed_refetch_duration": f"{auth.failed_refetch_s:g}s",
-            },
-            "retry_policy": {
-                "num_retries": 2,
-                "retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"},
-            },
-        },
+        **{k: v for k, v in claims.items() if v},  # none without an issuer
+        **keys,
         # Only the Authorization header: a token in a query parameter ends up in logs.
         "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
         "forward": False,
@@ -164,6 +184,25 @@ def jwt_filter(
             "@type": f"{_TYPE}.jwt_authn.v3.JwtAuthentication",
             "providers": {PROVIDER: provider},
             "rules": rules,
+        },
+    }
+
+
+def _remote_jwks(auth: EdgeAuthOptions) -> dict[str, Any]:
+    return {
+        "http_uri": {
+            "uri": f"http://{JWKS_CLUSTER}{auth.jwks_path}",
+            "cluster": JWKS_CLUSTER,
+            "timeout": f"{auth.fetch_timeout_s:g}s",
+        },
+        "cache_duration": f"{auth.jwks_cache_s}s",
+        "async_fetch": {
+            "fast_listener": True,
+            "failed_refetch_duration": f"{auth.failed_refetch_s:g}s",
+        },
+        "retry_policy": {
+            "num_retries": 2,
+            "retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"},
         },
     }
 
@@ -314,7 +353,7 @@ def _jwt_reply() -> dict[str, Any]:
 def jwks_cluster(auth: EdgeAuthOptions, eds_file: str, eds_dir: str) -> list[dict[str, Any]]:
     """The cluster Envoy fetches the JWKS from: the issuer's admin ports, by file-based EDS
     (plain HTTP/1.1; a refused connection or a 5xx is retried on another instance)."""
-    if not auth.enabled:
+    if not _fetches_keys(auth):
         return []
     return [
         {

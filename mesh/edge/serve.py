@@ -36,7 +36,8 @@ async def serve_edge(
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when no event is given). `jwks_service`
     is the registry service whose instances serve the end users' keys (the rendered
-    config's `[edge.auth] jwks_service`: the shop's `users` by default)."""
+    config's `[edge.auth] jwks_service`: the shop's `users` by default; "" for an edge
+    with no issuer, whose config fetches no keys)."""
     fds = load_descriptor_set(descriptor_source(descriptors))
     model = build_model(fds.file)
     meta = EdgeMeta(fds, model, registry, host=host, port=port)

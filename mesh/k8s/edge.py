@@ -123,8 +123,7 @@ def deployment(options: K8sOptions, auth: EdgeAuthOptions) -> Manifest:
             edge.eds_dir,
             "--descriptors",
             edge.descriptor_path,
-            "--jwks-service",
-            auth.jwks_service,
+            f"--jwks-service={auth.jwks_service}",  # one word: it may be empty
         ],
         "env": [
             field_env("HOST_IP", "status.hostIP"),

@@ -121,7 +121,7 @@ def network_policies(
     auth: EdgeAuthOptions,
 ) -> list[Manifest]:
     specs = list(services)
-    issuer = auth.jwks_service if auth.enabled else None
+    issuer = auth.jwks_service if auth.enabled and auth.jwks_service else None
     callers = service_callers(rows, model)
     deny = {
         "apiVersion": "networking.k8s.io/v1",

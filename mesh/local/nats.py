@@ -60,8 +60,13 @@ class LocalNats:
         return (nats_server_binary(), "-c", str(self.config))
 
     def client_env(self, identity: str) -> dict[str, str]:
-        """The environment a process of `identity` connects with (URL and seed file)."""
-        return {"NATS_URL": self.url, "NATS_NKEY_SEED_FILE": str(self.seeds[identity])}
+        """The environment a process of `identity` connects with (URL and seed file). A
+        service the topology's event identities do not name gets the URL alone: the
+        server refuses it if it connects (it has no events to publish or consume)."""
+        seed = self.seeds.get(identity)
+        if seed is None:
+            return {"NATS_URL": self.url}
+        return {"NATS_URL": self.url, "NATS_NKEY_SEED_FILE": str(seed)}
 
     def with_identity(self, env: Mapping[str, str], identity: str) -> dict[str, str]:
         """`env` connecting as `identity` to this server: the user's own NATS_* settings

@@ -6,7 +6,7 @@ file at its root, and `meshctl up|status|demo|events tail` read it
 
     event_types = "services.common.event_types:EVENTS"   # optional: for `events tail`
     # optional: who publishes/consumes what on NATS (`meshctl up` renders the server's
-    # permissions from it; without it `up` needs NATS_URL to name your own server)
+    # permissions from it; without it no service gets NATS credentials from `up`)
     event_identities = "services.common.event_identities:SHOP_EVENTS"
     demo = "services.tools.demo"                          # optional: `meshctl demo` runs it
 
@@ -20,7 +20,8 @@ file at its root, and `meshctl up|status|demo|events tail` read it
 
     [edge]                                   # optional: what the edge serves (default: the shop's)
     descriptors = "gen/descriptors.binpb"    # the project's contracts (`meshctl contracts build`)
-    [edge.auth]                              # who issues end-user tokens (all three, or none)
+    [edge.auth]                              # who issues end-user tokens (all three keys;
+                                             # without it the project's edge trusts none)
     issuer = "notes/accounts"                # the tokens' `iss`
     audiences = ["notes"]                    # accepted `aud` values
     jwks_service = "accounts"                # serves /.well-known/jwks.json on its admin port
@@ -59,6 +60,7 @@ _EDGE_KEYS = {"descriptors", "auth"}
 _AUTH_KEYS = {"issuer", "audiences", "jwks_service", "jwks_path"}
 _AUTH_REQUIRED = ("issuer", "audiences", "jwks_service")
 _DEFAULT_AUTH = EdgeAuthOptions()
+NO_ISSUER = EdgeAuthOptions(issuer="", audiences=(), jwks_service="")
 
 
 class TopologyError(ValueError):
@@ -85,7 +87,8 @@ class EdgeSpec:
     and who issues its end users' tokens. Without the table, the edge serves this
     checkout's contracts (`envoy/descriptors.binpb`, the shop's) and trusts the shop's
     issuer (`EdgeAuthOptions()`): a project of its own names both, or its services run
-    on the mesh without being routed."""
+    on the mesh without being routed. A table without `[edge.auth]` is an edge that
+    trusts no issuer (`NO_ISSUER`): public methods answer anyone, the others 401."""
 
     descriptors: str = ""  # a path from the project's directory, or package:resource
     auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
@@ -271,8 +274,8 @@ def _edge(table: Any, fail: _Fail) -> EdgeSpec:
     if not isinstance(descriptors, str):
         raise fail("edge.descriptors", f"expected a path, got {descriptors!r}")
     auth_doc = table.get("auth")
-    if auth_doc is None:
-        return EdgeSpec(descriptors)
+    if auth_doc is None:  # a project's own edge with no issuer: no token verifies
+        return EdgeSpec(descriptors, NO_ISSUER if table else _DEFAULT_AUTH)
     if not isinstance(auth_doc, dict):
         raise fail("edge.auth", "expected a table")
     _unknown(auth_doc, _AUTH_KEYS, "edge.auth", fail)

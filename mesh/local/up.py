@@ -219,9 +219,11 @@ class LocalMesh:
             return
         parsed = urllib.parse.urlsplit(self.nats_url)
         if not self.o.event_identities:
-            raise UpError(
-                "the topology names no event_identities: `meshctl up` cannot give the services"
-                " NATS credentials (name them in mesh.toml, or set NATS_URL to your own server)"
+            # A project without events: the server still runs (`meshctl events tail`,
+            # the dashboard), authenticated, with no identity for any service; a service
+            # that connects anyway is refused ("Authorization Violation"), never let in.
+            self.progress.step(
+                "the topology names no event_identities: no service gets NATS credentials"
             )
         self.nats_local = prepare_local_nats(
             run / "nats",
@@ -400,7 +402,8 @@ def edge_notes(
     contracts need their own set, `[edge] descriptors`); and one when the token issuer
     is not in the topology: until an instance of it registers, every call needing a
     login (or bearing a token) answers 401, and Envoy logs its failed key fetch every
-    second (`failed_refetch_s`), which the line explains."""
+    second (`failed_refetch_s`), which the line explains. An edge with no issuer at all
+    (`jwks_service=""`) fetches nothing: a line only if some method needs a login."""
     if model is None:  # no edge started
         return []
     names = set(services)
@@ -411,7 +414,13 @@ def edge_notes(
             out.append(f"{name} is internal: not routed by the edge")
         else:
             out.append(f"{name} is not routed by the edge: no contract of it in {descriptors}")
-    if auth.enabled and auth.jwks_service not in names:
+    if auth.enabled and not auth.jwks_service:
+        if login_required(model):
+            out.append(
+                "the edge trusts no token issuer (mesh.toml's [edge] names no [edge.auth]):"
+                " methods that need a login answer 401"
+            )
+    elif auth.enabled and auth.jwks_service not in names:
         refused = "methods that need a login" if login_required(model) else "calls with a token"
         out.append(
             f"the edge's token issuer {auth.jwks_service!r} is not in this topology: {refused}"

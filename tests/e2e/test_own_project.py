@@ -35,7 +35,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.edge import EdgeClient
-from tests.support.nats import nats_server
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(180)]
 
@@ -140,36 +139,36 @@ class Up:
 
 @contextlib.asynccontextmanager
 async def meshctl_up(topology: Path, tmp_path: Path) -> AsyncIterator[Up]:
-    """`meshctl up --free-ports --topology` started from another directory, with an
-    outside nats-server (the projects name no NATS identities); on exit Ctrl-C, and the
-    whole output is in `lines` (asserted to end with "mesh stopped" and code 0)."""
+    """`meshctl up --free-ports --topology` started from another directory, with no
+    NATS_URL (the projects name no NATS identities: `up` runs its own server and gives no
+    service credentials); on exit Ctrl-C, and the whole output is in `lines` (asserted
+    to end with "mesh stopped" and code 0)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    async with nats_server(tmp_path / "nats") as server:
-        env["NATS_URL"] = server.url
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesh.cli", "--run-dir", str(tmp_path / "run"),
-            "up", "--free-ports", "--topology", str(topology),
-            cwd=elsewhere, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        up = Up(proc)
-        try:
-            async with asyncio.timeout(90):
-                await up.until("mesh is up")
-            yield up
-        finally:
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-            async with asyncio.timeout(60):
-                rest = (await proc.stdout.read()).decode()
-                code = await proc.wait()
-            up.lines.extend(rest.splitlines())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh.cli", "--run-dir", str(tmp_path / "run"),
+        "up", "--free-ports", "--topology", str(topology),
+        cwd=elsewhere, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    up = Up(proc)
+    try:
+        async with asyncio.timeout(90):
+            await up.until("mesh is up")
+        yield up
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        async with asyncio.timeout(60):
+            rest = (await proc.stdout.read()).decode()
+            code = await proc.wait()
+        up.lines.extend(rest.splitlines())
     text = "\n".join(up.lines)
     assert code == 0, text[-3000:]
     assert "mesh stopped" in rest
+    assert "no service gets NATS credentials" in text
 
 
 async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> None:

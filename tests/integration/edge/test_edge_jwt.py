@@ -31,6 +31,7 @@ from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
 from mesh.edge.jwt_authn import JWKS_CLUSTER
+from mesh.local.topology import NO_ISSUER
 from tests.support.edge_stand_ins import FixedRegistry, running_edge, start_upstream
 from tests.support.envoy import EnvoyProcess
 from tests.support.poll import eventually
@@ -325,3 +326,71 @@ async def test_forged_tokens_are_401_on_rest_and_unauthenticated_on_grpc(edge: E
         )
         assert status == 401, what
     assert edge.seen == []
+
+
+async def test_an_edge_with_no_issuer_verifies_no_token_and_fetches_nothing(
+    tmp_path: Path,
+) -> None:
+    """A project's `[edge]` without `[edge.auth]` (`NO_ISSUER`): public methods answer
+    anyone, every other one is 401, a token (even one a `users` instance's JWKS would
+    have verified) is refused everywhere, and Envoy has no key to fetch: no JWKS
+    cluster and no failed fetch in its log."""
+    seen: Seen = []
+    issuer = Issuer()
+    app = web.Application()
+
+    async def jwks(_request: web.Request) -> web.Response:
+        return web.json_response(issuer.jwks())
+
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    jwks_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", jwks_port).start()
+    orders, orders_i = await start_upstream(
+        "orders", [(orders_pb2_grpc.add_OrderServiceServicer_to_server, Orders(seen))]
+    )
+    inventory, inventory_i = await start_upstream(
+        "inventory", [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))]
+    )
+    # The shop's issuer is registered, with a key the test signs with: it must not count.
+    registry = FixedRegistry(
+        [
+            orders_i,
+            inventory_i,
+            Instance(id="users-1", service="users", host="127.0.0.1", port=1,
+                     meta={"admin_port": str(jwks_port)}),
+        ]
+    )  # fmt: skip
+    try:
+        async with running_edge(tmp_path, registry, auth=NO_ISSUER) as running:
+            for cluster in ("orders", "inventory"):
+                await asyncio.to_thread(running.envoy.wait_healthy, cluster)
+            e = Edge(running.envoy, running.port, issuer, seen)
+            token = bearer(issuer.token())
+            status, _, body = await asyncio.to_thread(e.http, "GET", "/api/v1/products/p1")
+            assert (status, body["productId"]) == (200, "p1")
+            for headers in ({}, token):
+                status, hdrs, _ = await asyncio.to_thread(
+                    e.http, "GET", "/api/v2/orders/o1", None, headers
+                )
+                assert status == 401 and "www-authenticate" in hdrs
+            status, _, _ = await asyncio.to_thread(
+                e.http, "GET", "/api/v1/products/p1", None, token
+            )
+            assert status == 401  # a token sent must verify, even on a public route
+            assert await e.get_order(("authorization", token["authorization"])) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+            assert [s.get("x-mesh-user-id") for s in seen] == [None]  # only the public read
+            stats = json.loads(
+                await asyncio.to_thread(running.envoy.admin, "/clusters?format=json")
+            )
+            assert JWKS_CLUSTER not in {c["name"] for c in stats["cluster_statuses"]}
+            log = running.envoy.log_path.read_text(errors="replace")
+            assert "Jwks async fetching" not in log and "jwks" not in log.lower(), log[-2000:]
+    finally:
+        await registry.close()
+        await orders.stop(None)
+        await inventory.stop(None)
+        await runner.cleanup()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import re
 import socket
 import stat
@@ -605,8 +606,7 @@ def test_a_projects_edge_serves_its_contracts_and_trusts_its_issuer(tmp_path: Pa
         for c in _named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["initContainers"]
         if c["name"] == "edge-meta"
     )
-    args = companion["command"]
-    assert args[args.index("--jwks-service") + 1] == "accounts"
+    assert "--jwks-service=accounts" in companion["command"]
     edge_peer = {
         "podSelector": {
             "matchExpressions": [{"key": IDENTITY_LABEL, "operator": "In", "values": ["edge"]}]
@@ -616,3 +616,27 @@ def test_a_projects_edge_serves_its_contracts_and_trusts_its_issuer(tmp_path: Pa
         policy = _named(docs, "NetworkPolicy", f"{name}-callers")
         admin = policy["spec"]["ingress"][1]
         assert (edge_peer in admin["from"]) is admits, name
+
+
+def test_a_projects_edge_with_no_issuer_fetches_no_keys(tmp_path: Path) -> None:
+    """`[edge]` without `[edge.auth]`: the companion syncs no key endpoints, Envoy gets
+    the inline key no one holds and no JWKS cluster, and no admin port admits the edge."""
+    from mesh.contracts.codegen import build_project
+    from mesh.edge.jwt_authn import JWKS_CLUSTER, NO_KEYS
+
+    (tmp_path / "protos" / "notes" / "notes" / "v1").mkdir(parents=True)
+    (tmp_path / "protos" / "notes" / "notes" / "v1" / "notes.proto").write_text(NOTES_PROTO)
+    build_project(tmp_path / "protos", tmp_path)
+    (tmp_path / "mesh.toml").write_text(
+        '[services.notes]\nmodule = "notes.server"\n[edge]\ndescriptors = "descriptors.binpb"\n'
+    )
+    files = render_manifests(load_topology(tmp_path / "mesh.toml"), K8sOptions())
+    docs = [d for ds in files.values() for d in ds]
+    envoy = yaml.safe_load(_named(docs, "ConfigMap", "edge-envoy")["data"]["envoy.yaml"])
+    assert JWKS_CLUSTER not in {c["name"] for c in envoy["static_resources"]["clusters"]}
+    assert json.dumps(NO_KEYS) in json.dumps(envoy)
+    spec = _named(docs, "Deployment", "edge")["spec"]["template"]["spec"]
+    companion = next(c for c in spec["initContainers"] if c["name"] == "edge-meta")
+    assert "--jwks-service=" in companion["command"]
+    admin = _named(docs, "NetworkPolicy", "notes-callers")["spec"]["ingress"][1]
+    assert "edge" not in json.dumps(admin["from"])

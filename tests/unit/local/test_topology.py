@@ -12,6 +12,7 @@ from mesh.cli import main as meshctl
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.render import DESCRIPTORS
 from mesh.local.topology import (
+    NO_ISSUER,
     RUN_FROM,
     TopologyError,
     load_topology,
@@ -177,6 +178,11 @@ def test_the_edge_serves_the_shops_contracts_unless_the_project_names_its_own(
         )
     )
     assert own.edge_descriptors() == tmp_path / "gen" / "descriptors.binpb"
+    # Its contracts without an issuer: an edge that trusts none (not the shop's users).
+    no_issuer = load_topology(
+        write(tmp_path, MINIMAL + '[edge]\ndescriptors = "gen/descriptors.binpb"\n')
+    )
+    assert no_issuer.edge.auth == NO_ISSUER
     assert own.edge.auth == EdgeAuthOptions(
         issuer="notes/accounts", audiences=("notes", "notes-admin"), jwks_service="accounts"
     )

@@ -11,6 +11,7 @@ from mesh.api.options import Access
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
+from mesh.local.topology import NO_ISSUER
 from mesh.local.up import edge_notes, table
 
 ISSUER_MISSING = (
@@ -65,6 +66,16 @@ def test_a_missing_token_issuer_is_named_when_a_method_needs_a_login() -> None:
         ISSUER_MISSING.replace("methods that need a login", "calls with a token")
     ]
     assert edge_notes(["inventory", "users"], only_public) == []
+
+
+def test_an_edge_with_no_issuer_is_named_only_when_a_method_needs_a_login() -> None:
+    model = _edge()
+    assert edge_notes(["orders", "users"], model, auth=NO_ISSUER) == [
+        "the edge trusts no token issuer (mesh.toml's [edge] names no [edge.auth]): methods"
+        " that need a login answer 401"
+    ]
+    only_public = EdgeModel(tuple(replace(s, methods=s.methods[:0]) for s in model.public))
+    assert edge_notes([], only_public, auth=NO_ISSUER) == []  # nothing fetched, nothing to say
 
 
 def test_the_summary_ends_with_the_notes() -> None:

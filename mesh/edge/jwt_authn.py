@@ -111,6 +111,10 @@ class EdgeAuthOptions:
     clock_skew_s: int = 30  # at least 1: Envoy reads 0 as its own default, 60
 
 
+# An edge that trusts no issuer: a project's `[edge]` without `[edge.auth]`.
+NO_ISSUER = EdgeAuthOptions(issuer="", audiences=(), jwks_service="")
+
+
 def _fetches_keys(auth: EdgeAuthOptions) -> bool:
     return auth.enabled and bool(auth.jwks_service)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.edge.jwt_authn import EdgeAuthOptions
+from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
 
@@ -60,7 +60,6 @@ _EDGE_KEYS = {"descriptors", "auth"}
 _AUTH_KEYS = {"issuer", "audiences", "jwks_service", "jwks_path"}
 _AUTH_REQUIRED = ("issuer", "audiences", "jwks_service")
 _DEFAULT_AUTH = EdgeAuthOptions()
-NO_ISSUER = EdgeAuthOptions(issuer="", audiences=(), jwks_service="")
 
 
 class TopologyError(ValueError):

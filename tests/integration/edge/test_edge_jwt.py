@@ -30,8 +30,7 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
 from mesh.discovery.registry import Instance
-from mesh.edge.jwt_authn import JWKS_CLUSTER
-from mesh.local.topology import NO_ISSUER
+from mesh.edge.jwt_authn import JWKS_CLUSTER, NO_ISSUER
 from tests.support.edge_stand_ins import FixedRegistry, running_edge, start_upstream
 from tests.support.envoy import EnvoyProcess
 from tests.support.poll import eventually

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from mesh.cli import main as meshctl
-from mesh.edge.jwt_authn import EdgeAuthOptions
+from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.edge.render import DESCRIPTORS
 from mesh.local.topology import (
-    NO_ISSUER,
     RUN_FROM,
     TopologyError,
     load_topology,

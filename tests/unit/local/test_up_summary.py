@@ -8,10 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from mesh.api.options import Access
-from mesh.edge.jwt_authn import EdgeAuthOptions
+from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from mesh.local.topology import NO_ISSUER
 from mesh.local.up import edge_notes, table
 
 ISSUER_MISSING = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import urllib.error
@@ -150,8 +151,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
+@contextlib.asynccontextmanager
+async def stand_in_edge(tmp_path: Path, **options: Any) -> AsyncIterator[Edge]:
+    """The real Envoy edge (rendered with `options`, e.g. `auth=`) before stand-in orders
+    and inventory servers that record what they see, and a `users` instance whose admin
+    port serves the test issuer's JWKS."""
     seen: Seen = []
     issuer = Issuer()
     app = web.Application()
@@ -180,17 +184,22 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
         ]
     )  # fmt: skip
     try:
-        async with running_edge(tmp_path, registry) as running:
+        async with running_edge(tmp_path, registry, **options) as running:
             for cluster in ("orders", "inventory"):
                 await asyncio.to_thread(running.envoy.wait_healthy, cluster)
-            e = Edge(running.envoy, running.port, issuer, seen)
-            await _jwks_fetched(e)
-            yield e
+            yield Edge(running.envoy, running.port, issuer, seen)
     finally:
         await registry.close()
         await orders.stop(None)
         await inventory.stop(None)
         await runner.cleanup()
+
+
+@pytest.fixture
+async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
+    async with stand_in_edge(tmp_path) as e:
+        await _jwks_fetched(e)
+        yield e
 
 
 async def _jwks_fetched(e: Edge) -> None:
@@ -331,65 +340,25 @@ async def test_an_edge_with_no_issuer_verifies_no_token_and_fetches_nothing(
     tmp_path: Path,
 ) -> None:
     """A project's `[edge]` without `[edge.auth]` (`NO_ISSUER`): public methods answer
-    anyone, every other one is 401, a token (even one a `users` instance's JWKS would
-    have verified) is refused everywhere, and Envoy has no key to fetch: no JWKS
-    cluster and no failed fetch in its log."""
-    seen: Seen = []
-    issuer = Issuer()
-    app = web.Application()
-
-    async def jwks(_request: web.Request) -> web.Response:
-        return web.json_response(issuer.jwks())
-
-    app.router.add_get("/.well-known/jwks.json", jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    jwks_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", jwks_port).start()
-    orders, orders_i = await start_upstream(
-        "orders", [(orders_pb2_grpc.add_OrderServiceServicer_to_server, Orders(seen))]
-    )
-    inventory, inventory_i = await start_upstream(
-        "inventory", [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))]
-    )
-    # The shop's issuer is registered, with a key the test signs with: it must not count.
-    registry = FixedRegistry(
-        [
-            orders_i,
-            inventory_i,
-            Instance(id="users-1", service="users", host="127.0.0.1", port=1,
-                     meta={"admin_port": str(jwks_port)}),
-        ]
-    )  # fmt: skip
-    try:
-        async with running_edge(tmp_path, registry, auth=NO_ISSUER) as running:
-            for cluster in ("orders", "inventory"):
-                await asyncio.to_thread(running.envoy.wait_healthy, cluster)
-            e = Edge(running.envoy, running.port, issuer, seen)
-            token = bearer(issuer.token())
-            status, _, body = await asyncio.to_thread(e.http, "GET", "/api/v1/products/p1")
-            assert (status, body["productId"]) == (200, "p1")
-            for headers in ({}, token):
-                status, hdrs, _ = await asyncio.to_thread(
-                    e.http, "GET", "/api/v2/orders/o1", None, headers
-                )
-                assert status == 401 and "www-authenticate" in hdrs
-            status, _, _ = await asyncio.to_thread(
-                e.http, "GET", "/api/v1/products/p1", None, token
+    anyone, every other one is 401, a token (even one the registered `users` instance's
+    JWKS would have verified) is refused everywhere, and Envoy has no key to fetch: no
+    JWKS cluster and no failed fetch in its log."""
+    async with stand_in_edge(tmp_path, auth=NO_ISSUER) as e:
+        token = bearer(e.issuer.token())
+        status, _, body = await asyncio.to_thread(e.http, "GET", "/api/v1/products/p1")
+        assert (status, body["productId"]) == (200, "p1")
+        for headers in ({}, token):
+            status, hdrs, _ = await asyncio.to_thread(
+                e.http, "GET", "/api/v2/orders/o1", None, headers
             )
-            assert status == 401  # a token sent must verify, even on a public route
-            assert await e.get_order(("authorization", token["authorization"])) == (
-                grpc.StatusCode.UNAUTHENTICATED
-            )
-            assert [s.get("x-mesh-user-id") for s in seen] == [None]  # only the public read
-            stats = json.loads(
-                await asyncio.to_thread(running.envoy.admin, "/clusters?format=json")
-            )
-            assert JWKS_CLUSTER not in {c["name"] for c in stats["cluster_statuses"]}
-            log = running.envoy.log_path.read_text(errors="replace")
-            assert "Jwks async fetching" not in log and "jwks" not in log.lower(), log[-2000:]
-    finally:
-        await registry.close()
-        await orders.stop(None)
-        await inventory.stop(None)
-        await runner.cleanup()
+            assert status == 401 and "www-authenticate" in hdrs
+        status, _, _ = await asyncio.to_thread(e.http, "GET", "/api/v1/products/p1", None, token)
+        assert status == 401  # a token sent must verify, even on a public route
+        assert await e.get_order(("authorization", token["authorization"])) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert [s.get("x-mesh-user-id") for s in e.seen] == [None]  # only the public read
+        stats = json.loads(await asyncio.to_thread(e.envoy.admin, "/clusters?format=json"))
+        assert JWKS_CLUSTER not in {c["name"] for c in stats["cluster_statuses"]}
+        log = e.envoy.log_path.read_text(errors="replace")
+        assert "jwks" not in log.lower(), log[-2000:]  # no fetch, so no failed fetch

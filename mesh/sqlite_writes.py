@@ -292,12 +292,16 @@ class _FlockWaiters:
         os.register_at_fork(after_in_child=self._reset)  # a child has none of the threads
 
     def _reset(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None] | None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job, not yet promised one
         self.busy = 0  # jobs running (threads inside flock or about to be)
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], Callable[[], None] | None]) -> None:
+        """Run `job` on an idle thread (or a new one). What `job` returns, if anything,
+        runs after the thread counts itself idle again: the job's completion is told
+        there, so the next wait it lets start finds this thread free instead of
+        starting another (under load the gap was wide enough to hit)."""
         with self._lock:
             start = self._idle == 0
             if not start:
@@ -311,15 +315,23 @@ class _FlockWaiters:
         jobs = self._jobs
         while True:
             job = jobs.get()
+            then = None
             try:
-                job()
+                then = job()
             except BaseException:  # a daemon thread has nobody else to tell
                 log.exception("sqlite write lock waiter failed")
             with self._lock:
                 self.busy -= 1
-                if self._idle >= self._keep:
-                    return
-                self._idle += 1
+                keep = self._idle < self._keep
+                if keep:
+                    self._idle += 1
+            if then is not None:
+                try:
+                    then()
+                except BaseException:
+                    log.exception("sqlite write lock waiter failed")
+            if not keep:
+                return
 
 
 _waiters = _FlockWaiters()
@@ -359,15 +371,18 @@ async def take_file_lock(path: str, deadline: float) -> int | None:
         if not got.done():
             got.set_result(None)
 
-    def wait() -> None:
+    def tell() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is going away
+            loop.call_soon_threadsafe(handed, None)
+
+    def wait() -> Callable[[], None] | None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with state:
             if flags["gave_up"]:
                 os.close(fd)
-                return
+                return None
             flags["handed"] = True
-        with contextlib.suppress(RuntimeError):  # the loop closed: the process is going away
-            loop.call_soon_threadsafe(handed, None)
+        return tell  # once this thread is idle again (`_FlockWaiters.submit`)
 
     _waiters.submit(wait)
     try:

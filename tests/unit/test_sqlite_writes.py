@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mesh.db import create_engine, session_factory
 from mesh.sqlite_writes import (
     SerialWriteSession,
+    _FlockWaiters,
     file_lock_waits,
     is_write,
     lock_path,
@@ -244,6 +245,31 @@ async def test_waits_for_a_taken_file_lock_reuse_their_threads(
     free = await take_file_lock(path, loop.time())  # free at once: nobody holds it
     assert free is not None
     os.close(free)
+
+
+def test_a_wait_told_done_finds_its_thread_idle_for_the_next() -> None:
+    # A job's completion is told after its thread counts itself idle again, so the wait
+    # it lets start reuses that thread. Told from inside the job (as before), a next
+    # wait submitted in the gap started a second thread: the test above failed so
+    # under load, once in a full run.
+    waiters = _FlockWaiters()
+    threads: set[int] = set()
+    idle_when_told: list[int] = []
+    for _ in range(50):
+        done = threading.Event()
+
+        def tell(done: threading.Event = done) -> None:
+            idle_when_told.append(waiters._idle)  # the thread already counts as idle
+            done.set()
+
+        def job(tell: Callable[[], None] = tell) -> Callable[[], None]:
+            threads.add(threading.get_native_id())
+            return tell
+
+        waiters.submit(job)
+        assert done.wait(5)
+    assert idle_when_told == [1] * 50
+    assert len(threads) == 1
 
 
 def _file_lock_free(path: str) -> bool:

@@ -124,10 +124,18 @@ def write_descriptor_set(
 def build_descriptor_set(
     proto_root: Path = PROTO_ROOT, *, source_info: bool = False
 ) -> descriptor_pb2.FileDescriptorSet:
-    """Compile every contract under proto_root (and its imports) into memory."""
+    """Compile every contract under proto_root (and its imports) into memory. A tree
+    without the mesh's own contracts (another project's) imports them from the installed
+    `meshproto` package, as `build_project` does."""
+    own = (proto_root / MESH_PROTOS / "api" / "v1" / "options.proto").is_file()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "descriptors.binpb"
-        write_descriptor_set(path, source_info=source_info, proto_root=proto_root)
+        write_descriptor_set(
+            path,
+            source_info=source_info,
+            proto_root=proto_root,
+            more=() if own else [mesh_proto_root()],
+        )
         fds = descriptor_pb2.FileDescriptorSet()
         fds.ParseFromString(path.read_bytes())
     return fds

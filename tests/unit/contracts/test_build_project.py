@@ -10,6 +10,7 @@ import pytest
 
 from mesh.cli import main as meshctl
 from mesh.contracts.codegen import PROTO_ROOT, CodegenError, build_project, mesh_proto_root
+from mesh.contracts.lint import lint_tree
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.security.policy import policy_matrix
 
@@ -52,6 +53,20 @@ def test_a_projects_contracts_with_the_meshs_options(tmp_path: Path) -> None:
     )
     (row,) = policy_matrix(fds.file)
     assert row.callers == frozenset({"edge", "search"})
+
+
+def test_a_projects_contracts_are_linted_by_the_meshs_rules(tmp_path: Path) -> None:
+    # `python -m mesh.contracts.lint --proto-root protos` in a project: its files only
+    # (not the mesh's options it imports), buf's rules and the mesh's.
+    (tmp_path / "notes" / "notes" / "v1").mkdir(parents=True)
+    undeclared = NOTES.replace(
+        "    option (meshproto.api.v1.auth) = {access: ACCESS_PUBLIC};\n", ""
+    )
+    (tmp_path / "notes" / "notes" / "v1" / "notes.proto").write_text(undeclared)
+    violations = lint_tree(tmp_path)
+    assert {v.rule for v in violations} >= {"policy", "buf COMMENT_SERVICE"}
+    assert all("meshproto" not in v.element for v in violations)
+    assert any("declares no end-user auth" in v.message for v in violations)
 
 
 def test_the_meshs_contracts_are_imported_from_the_installed_package() -> None:

@@ -119,6 +119,25 @@ async def test_a_seed_the_server_does_not_know_is_refused(
                            max_reconnect_attempts=0)  # fmt: skip
 
 
+async def test_a_service_no_event_identity_names_is_refused(nats_srv: NatsServer) -> None:
+    # What `meshctl up` hands a service its topology gives no NATS identity (a project
+    # without events): the URL alone. Connecting as that service, it is refused.
+    from mesh.events.nats_connect import client_auth
+    from mesh.settings import Settings
+
+    assert nats_srv.local is not None
+    env = nats_srv.local.client_env("notes")
+    assert "NATS_NKEY_SEED_FILE" not in env
+    auth = client_auth(Settings.from_env("notes", env))
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_srv.url, allow_reconnect=False, max_reconnect_attempts=0,
+                           **auth.connect_options())  # fmt: skip
+    # The control: a named service's environment connects.
+    named = client_auth(Settings.from_env("orders", nats_srv.local.client_env("orders")))
+    nc = await nats.connect(nats_srv.url, allow_reconnect=False, **named.connect_options())
+    await nc.close()
+
+
 async def test_orders_publishing_payment_completed_is_rejected_by_the_server(
     nats_srv: NatsServer, clients: list[Client]
 ) -> None:

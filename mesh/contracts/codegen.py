@@ -38,6 +38,8 @@ DESCRIPTOR_SET = ROOT / "envoy" / "descriptors.binpb"
 # generated distribution, because the shop's stubs import the mesh's options.
 TYPED_PACKAGES = ("shop", "meshproto")
 MESH_PROTOS = "meshproto"  # the mesh's own contracts (options, envelope): shipped as sources too
+# The file that tells a proto root holding the mesh's own contracts from one without.
+_MESH_OPTIONS = Path(MESH_PROTOS, "api", "v1", "options.proto")
 
 
 # The edge's descriptor set also carries the google.rpc error details that
@@ -127,7 +129,7 @@ def build_descriptor_set(
     """Compile every contract under proto_root (and its imports) into memory. A tree
     without the mesh's own contracts (another project's) imports them from the installed
     `meshproto` package, as `build_project` does."""
-    own = (proto_root / MESH_PROTOS / "api" / "v1" / "options.proto").is_file()
+    own = (proto_root / _MESH_OPTIONS).is_file()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "descriptors.binpb"
         write_descriptor_set(
@@ -227,7 +229,7 @@ def mesh_proto_root() -> Path:
     import meshproto
 
     root = Path(meshproto.__path__[0]).parent
-    if not (root / MESH_PROTOS / "api" / "v1" / "options.proto").is_file():
+    if not (root / _MESH_OPTIONS).is_file():
         raise CodegenError(f"{root}: the installed meshproto package ships no .proto sources")
     return root
 

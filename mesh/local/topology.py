@@ -59,7 +59,7 @@ _SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env", "migra
 _EDGE_KEYS = {"descriptors", "auth"}
 _AUTH_KEYS = {"issuer", "audiences", "jwks_service", "jwks_path"}
 _AUTH_REQUIRED = ("issuer", "audiences", "jwks_service")
-_DEFAULT_AUTH = EdgeAuthOptions()
+_DEFAULT_JWKS_PATH = EdgeAuthOptions().jwks_path
 
 
 class TopologyError(ValueError):
@@ -257,7 +257,7 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
     demo = doc.get("demo", "")
     if not isinstance(demo, str) or (demo and not _MODULE.match(demo)):
         raise fail("demo", f"expected a Python module name, got {demo!r}")
-    edge = _edge(doc.get("edge", {}), fail)
+    edge = EdgeSpec() if "edge" not in doc else _edge(doc["edge"], fail)
     return Topology(path, tuple(services), event_types, demo, identities, edge)
 
 
@@ -274,7 +274,7 @@ def _edge(table: Any, fail: _Fail) -> EdgeSpec:
         raise fail("edge.descriptors", f"expected a path, got {descriptors!r}")
     auth_doc = table.get("auth")
     if auth_doc is None:  # a project's own edge with no issuer: no token verifies
-        return EdgeSpec(descriptors, NO_ISSUER if table else _DEFAULT_AUTH)
+        return EdgeSpec(descriptors, NO_ISSUER)
     if not isinstance(auth_doc, dict):
         raise fail("edge.auth", "expected a table")
     _unknown(auth_doc, _AUTH_KEYS, "edge.auth", fail)
@@ -293,7 +293,7 @@ def _edge(table: Any, fail: _Fail) -> EdgeSpec:
     jwks_service = auth_doc["jwks_service"]
     if not isinstance(jwks_service, str) or not _NAME.match(jwks_service):
         raise fail("edge.auth.jwks_service", f"expected a service name, got {jwks_service!r}")
-    jwks_path = auth_doc.get("jwks_path", _DEFAULT_AUTH.jwks_path)
+    jwks_path = auth_doc.get("jwks_path", _DEFAULT_JWKS_PATH)
     if not isinstance(jwks_path, str) or not jwks_path.startswith("/"):
         raise fail("edge.auth.jwks_path", f"expected a path starting with /, got {jwks_path!r}")
     auth = EdgeAuthOptions(

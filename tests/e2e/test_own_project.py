@@ -109,13 +109,19 @@ module = "callerproj.server"
 """
 
 
-def _project(root: Path) -> Path:
-    for package, code in (("pingproj", PING), ("callerproj", CALLER)):
+def _write_project(root: Path, servers: dict[str, str], topology: str) -> Path:
+    """A project as a user lays it out: a package per service (`<name>/server.py`) and
+    its mesh.toml at the root, whose path is returned."""
+    for package, code in servers.items():
         (root / package).mkdir(parents=True)
         (root / package / "__init__.py").write_text("")
         (root / package / "server.py").write_text(code)
-    (root / "mesh.toml").write_text(TOPOLOGY)
+    (root / "mesh.toml").write_text(topology)
     return root / "mesh.toml"
+
+
+def _project(root: Path) -> Path:
+    return _write_project(root, {"pingproj": PING, "callerproj": CALLER}, TOPOLOGY)
 
 
 class Up:
@@ -296,14 +302,10 @@ def _token(key: ec.EllipticCurvePrivateKey, **claims: Any) -> str:
 def _edge_project(root: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     (root / "protos" / "notes" / "echo" / "v1").mkdir(parents=True)
     (root / "protos" / "notes" / "echo" / "v1" / "echo.proto").write_text(ECHO_PROTO)
-    for package, code in (("echoproj", ECHO), ("accountsproj", ACCOUNTS)):
-        (root / package).mkdir()
-        (root / package / "__init__.py").write_text("")
-        (root / package / "server.py").write_text(code)
+    _write_project(root, {"echoproj": ECHO, "accountsproj": ACCOUNTS}, EDGE_TOPOLOGY)
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="notes-1", alg="ES256", use="sig")
     (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
-    (root / "mesh.toml").write_text(EDGE_TOPOLOGY)
     # As a user would: the project's stubs (importable from its directory) and the set.
     built = subprocess.run(
         [sys.executable, "-m", "mesh.cli", "contracts", "build"],

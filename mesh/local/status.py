@@ -1,8 +1,12 @@
-"""`meshctl status`: every registered instance, its health and its breakers.
+"""`meshctl status`: every registered instance, its health and its breakers; then the
+mesh's own processes `meshctl up` supervises (the edge, nats-server, the trace sink).
 
 Health comes from each instance's admin `/health`; breaker states from its
 `/metrics` (`mesh_breaker_state`: 0 closed, 1 half-open, 2 open), so status
 shows what the processes themselves report, not what the registry assumes.
+The mesh's own processes register nowhere: their rows come from the
+supervisor's state file alone (state, restarts, how the last one ended), so a
+restarted Envoy or nats-server shows there as an instance's restarts do.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +82,36 @@ def supervised(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in doc.get("processes", [])}
 
 
+def _exit_text(code: int | None) -> str:
+    """A process's last exit as a person reads it: `-9` is `SIGKILL`."""
+    if code is None:
+        return "-"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def process_rows(procs: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The table of the supervised processes that are not service instances (in the
+    supervisor's start order), header first; only the header when there are none."""
+    rows: list[tuple[str, ...]] = [("process", "state", "restarts", "last exit")]
+    for name, p in procs.items():
+        if not p.get("service"):
+            rows.append((name, str(p["state"]), str(p["restarts"]), _exit_text(p["last_exit"])))
+    return rows
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def _loud(procs: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for name, p in sorted(procs.items()):
@@ -137,11 +173,11 @@ async def print_status(
             f" (looked in {looked_in}). Start one with `make run` or `meshctl up`."
         )
         return 1
-    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    _print_table(rows)
+    own = process_rows(procs)
+    if len(own) > 1:
+        print()
+        _print_table(own)
     for line in await policy_lines(registry, names):
         print(line)
     for line in _loud(procs):

@@ -1,8 +1,9 @@
 """Faults on the real `meshctl up` stack (LocalMesh: supervisor, services, Envoy edge), with
 traffic through the edge: an orders instance SIGKILLed mid-storm, nats-server down for
-10 s, an inventory instance frozen (SIGSTOP) for 10 s. One stack for the module: each
-scenario leaves it whole (the killed instance is back, NATS restarted, the frozen one
-resumed) and uses its own user and product, so the books are per test.
+10 s, an inventory instance frozen (SIGSTOP) for 10 s, the Envoy edge SIGKILLed, the
+trace sink SIGKILLed. One stack for the module: each scenario leaves it whole (the
+killed process is back, NATS restarted, the frozen one resumed) and uses its own user
+and product, so the books are per test.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -21,6 +25,7 @@ import pytest
 import pytest_asyncio
 from shop.orders.v2 import orders_pb2
 
+from mesh.local.traces.store import DB_NAME, recent_traces
 from tests.support.chaos import (
     PRICE_MINOR,
     SERVER_ERRORS,
@@ -222,3 +227,98 @@ async def test_inventory_instance_frozen_for_10s(stack: Stack, shopper: Shopper)
     assert worst < 1.0, f"p99 of reads {worst:.2f}s with an instance frozen"
     # Orders still go through once it is resumed.
     assert await shopper.place(uuid.uuid4().hex) == grpc.StatusCode.OK
+
+
+def _meshctl_status(stack: Stack) -> dict[str, list[str]]:
+    """`meshctl status` run as a person runs it against this stack's run directory:
+    its rows by their first column (service or process)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "status", "--run-dir", str(stack.base)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+
+
+async def _edge_answers(stack: Stack) -> bool:
+    """A public REST read through the edge on a new connection answers 200."""
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(
+                f"http://{stack.edge.address}/api/v1/products",
+                timeout=aiohttp.ClientTimeout(total=1),
+            ) as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def test_edge_killed_then_restarted_loses_no_order(stack: Stack, shopper: Shopper) -> None:
+    """SIGKILL the Envoy edge: `meshctl up` starts it again with the same config (routes,
+    the endpoints it last wrote, the JWT rules); calls made meanwhile fail UNAVAILABLE
+    and, retried with their idempotency keys once it is back, each makes one order."""
+    edge = stack.child("envoy")
+    restarts = edge.restarts
+    assert await _edge_answers(stack)
+    keys = [uuid.uuid4().hex for _ in range(20)]
+    os.kill(edge.proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    during = await asyncio.gather(*(shopper.place(k) for k in keys[:10]))
+    await eventually(lambda: _edge_answers(stack), 30, "the edge to answer again")
+    back_s = time.monotonic() - t0
+    print(
+        f"\nchaos: the edge answered again {back_s:.2f}s after SIGKILL;"
+        f" orders meanwhile: {Counter(c.name for c in during)}"
+    )
+    assert edge.restarts == restarts + 1 and edge.running
+    assert back_s < 10.0, f"the edge took {back_s:.2f}s to answer again"
+    # Nothing but "the edge is not there" while it was down, no half-made answer.
+    assert set(during) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, during
+    await shopper.settle(keys[:10])  # the client retries with the same keys
+    await shopper.settle(keys[10:])  # new orders through the restarted edge
+    # A login is still required on the restarted edge (its JWT rules came back with it).
+    status, _ = await stack.http("GET", f"/api/v2/orders/{uuid.uuid4()}")
+    assert status == 401
+    orders = await _books_balance(stack, shopper)
+    assert len(orders) == 20, f"{len(orders)} orders for 20 keys"
+    assert all(o.status == orders_pb2.ORDER_STATUS_COMPLETED for o in orders)
+    rows = _meshctl_status(stack)
+    assert rows["envoy"] == ["envoy", "running", str(restarts + 1), "SIGKILL"], rows
+    assert rows["traces"][:2] == ["traces", "running"], rows
+
+
+async def test_trace_sink_killed_orders_go_on_and_traces_return(
+    stack: Stack, shopper: Shopper
+) -> None:
+    """SIGKILL the local trace sink: orders go through while it is down (spans that
+    cannot be exported are dropped, nothing waits for them), and the traces of orders
+    placed after the supervisor started it again are stored."""
+    sink = stack.child("traces")
+    restarts = sink.restarts
+    os.kill(sink.proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    codes = await asyncio.gather(*(shopper.place(uuid.uuid4().hex) for _ in range(10)))
+    assert set(codes) == {grpc.StatusCode.OK}, shopper.outcomes
+    print(f"\nchaos: 10 orders placed {time.monotonic() - t0:.2f}s after the sink's SIGKILL")
+    await eventually(lambda: sink.restarts == restarts + 1 and sink.running, 15, "a new sink")
+    after_ns = time.time_ns()
+    conn = sqlite3.connect(f"file:{stack.base / DB_NAME}?mode=ro", uri=True)
+    try:
+
+        async def order_traced() -> bool:
+            # An order now, and its trace in the restarted sink: the services' exporters
+            # reconnect to it (export delay 0.5 s, then gRPC's reconnect backoff).
+            assert await shopper.place(uuid.uuid4().hex) == grpc.StatusCode.OK
+            return any(
+                t.start_ns >= after_ns and "CreateOrder" in t.root for t in recent_traces(conn, 200)
+            )
+
+        await eventually(order_traced, 30, "an order's trace in the restarted sink", interval_s=1)
+    finally:
+        conn.close()
+    print(f"chaos: an order's trace stored {time.monotonic() - t0:.2f}s after the SIGKILL")
+    rows = _meshctl_status(stack)
+    assert rows["traces"][:3] == ["traces", "running", str(restarts + 1)], rows
+    assert rows["traces"][3] == "SIGKILL", rows

@@ -24,7 +24,7 @@ from mesh.discovery.registry import Instance
 from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ServiceSpec, load_topology
-from mesh.local.up import LocalMesh, UpError, UpOptions
+from mesh.local.up import PROCESSES_FILE, LocalMesh, UpError, UpOptions
 from tests.support.edge import EdgeClient
 from tests.support.nats import NatsServer, nats_server
 from tests.support.ports import free_port
@@ -132,7 +132,9 @@ async def local_mesh(
     async with _nats(base, nats) as server:
         registry = EmbeddedRegistry(base / "registry")
         log = (base / "stack.log").open("a")
-        supervisor = Supervisor(out=log, colour=False)
+        # Its state file where `meshctl up` writes it: `meshctl status --run-dir base` reads
+        # this stack as it reads `make run`'s.
+        supervisor = Supervisor(out=log, colour=False, state_file=base / PROCESSES_FILE)
         options = UpOptions(
             run_dir=base,
             edge_port=edge_port or free_port(),

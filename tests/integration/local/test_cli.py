@@ -1,5 +1,6 @@
 """`meshctl` as a person types it: help, version, options after the subcommand, status
-with no mesh running, status of a mesh with an instance given up on."""
+with no mesh running, status of a mesh with an instance given up on, and of the mesh's
+own processes (the edge, nats-server, the trace sink)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,62 @@ def test_status_names_an_instance_given_up_on(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "!!! orders-1: GAVE UP after a crash loop (last exit 3, 4 restarts)" in r.stdout
     assert any(line.split()[:2] == ["orders", "-"] for line in r.stdout.splitlines())
+
+
+def test_status_shows_the_mesh_s_own_processes(tmp_path: Path) -> None:
+    """The edge, nats-server and the trace sink register nowhere: their rows come from the
+    supervisor's state file, with how the last run of each ended."""
+    procs = [
+        ("nats", "running", 0, None),
+        ("traces", "running", 1, 1),
+        ("envoy", "running", 2, -9),
+        ("orders-1", "running", 0, None),
+    ]
+    (tmp_path / "processes.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "processes": [
+                    {
+                        "name": name,
+                        "service": "orders" if name == "orders-1" else "",
+                        "pid": 1,
+                        "state": state,
+                        "restarts": restarts,
+                        "last_exit": last,
+                    }
+                    for name, state, restarts, last in procs
+                ],
+            }
+        )
+    )
+    r = _meshctl("status", "--run-dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("process ")))
+    assert lines[header].split() == ["process", "state", "restarts", "last", "exit"]
+    rows = [line.split() for line in lines[header + 2 : header + 5]]
+    assert rows == [
+        ["nats", "running", "0", "-"],
+        ["traces", "running", "1", "exit", "1"],
+        ["envoy", "running", "2", "SIGKILL"],
+    ]
+    # A service instance is in the instances' table, not this one.
+    assert not any(line.startswith("orders-1") for line in lines[header:])
+
+
+def test_status_without_a_live_up_shows_no_process_table(tmp_path: Path) -> None:
+    """A state file left by a `meshctl up` that is gone describes nothing running."""
+    (tmp_path / "processes.json").write_text(
+        json.dumps(
+            {
+                "pid": 2**22 + 1,  # above the kernel's pid_max: no such process
+                "processes": [{"name": "envoy", "service": "", "pid": 1, "state": "running",
+                               "restarts": 3, "last_exit": -9}],
+            }
+        )
+    )  # fmt: skip
+    r = _meshctl("status", "--run-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stdout.startswith("no mesh is running")
+    assert "envoy" not in r.stdout

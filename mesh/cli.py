@@ -96,7 +96,7 @@ def _where(run_dir: Path) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.local.observe import ObserveOptions
-    from mesh.local.up import UpError, UpOptions, free_port_options, run_up
+    from mesh.local.up import UpError, UpOptions, free_port_options, run_up, topology_events
 
     run_dir = Path(args.run_dir)
     topology = _topology(args)
@@ -116,10 +116,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("`meshctl status` shows it, `meshctl down` stops it")
         return 0
 
-    from mesh.events.streams import default_streams
-
-    types = topology.event_types()
-
     async def main() -> int:
         settings = _settings()
         registry = _registry(run_dir)
@@ -130,6 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 pki_dir=Path(os.environ.get("MESH_PKI_DIR") or run_dir / "pki"),
             )
         try:
+            identities, streams = topology_events(topology, settings)
             options = UpOptions(
                 run_dir=run_dir,
                 nats_url=settings.nats_url,
@@ -139,14 +136,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 edge_auth=topology.edge.auth,
                 observe=ObserveOptions.from_settings(settings),
                 nats_external=bool(os.environ.get("NATS_URL")),
-                event_identities=topology.event_identities(),
-                streams=tuple(
-                    default_streams(
-                        types.domains if types is not None else (),
-                        max_bytes=settings.stream_max_bytes,
-                        max_msgs=settings.stream_max_msgs,
-                    )
-                ),
+                event_identities=identities,
+                streams=streams,
             )
             if args.free_ports:
                 options = free_port_options(options)

@@ -35,16 +35,17 @@ from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.events.nats_auth import MESHCTL, EventIdentity
 from mesh.events.nats_connect import redact_urls
-from mesh.events.streams import StreamSpec
+from mesh.events.streams import StreamSpec, default_streams
 from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
 from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec, ServiceSpec, service_processes
+from mesh.local.topology import ProcessSpec, ServiceSpec, Topology, service_processes
 from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.local import local_pki
+from mesh.settings import Settings
 from mesh.tools import envoy_binary
 from mesh.traffic.file_store import FilePolicyStore
 
@@ -93,6 +94,21 @@ class UpOptions:
     # default this checkout's) and its end users' token issuer (`[edge.auth]`).
     edge_descriptors: Path = DESCRIPTORS
     edge_auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
+
+
+def topology_events(
+    topology: Topology, settings: Settings
+) -> tuple[tuple[EventIdentity, ...], tuple[StreamSpec, ...]]:
+    """What `up`'s own nats-server is configured with for `topology`: the services'
+    event identities, and the streams of the domains its event types name (within the
+    settings' stream limits), whose subjects those identities are allowed."""
+    types = topology.event_types()
+    streams = default_streams(
+        types.domains if types is not None else (),
+        max_bytes=settings.stream_max_bytes,
+        max_msgs=settings.stream_max_msgs,
+    )
+    return topology.event_identities(), tuple(streams)
 
 
 def free_port_options(options: UpOptions) -> UpOptions:

@@ -12,8 +12,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -27,13 +25,11 @@ from shop.orders.v2 import orders_pb2
 
 from mesh.local.traces.store import DB_NAME, recent_traces
 from tests.support.chaos import (
-    PRICE_MINOR,
     SERVER_ERRORS,
-    TERMINAL,
     Shopper,
-    captured,
+    books_balance,
+    meshctl_status,
     p99,
-    sales,
 )
 from tests.support.edge_tokens import admin
 from tests.support.local_mesh import Stack, local_mesh
@@ -73,37 +69,6 @@ async def _serving_again(stack: Stack, name: str, old_address: str) -> bool:
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
-
-
-async def _books_balance(stack: Stack, shopper: Shopper) -> list[orders_pb2.Order]:
-    """Every order terminal; stock, sales ledger and captured payments agree with them."""
-
-    async def all_terminal() -> list[orders_pb2.Order] | None:
-        orders = await shopper.all_orders()
-        return orders if orders and all(o.status in TERMINAL for o in orders) else None
-
-    orders: list[orders_pb2.Order] = await eventually(
-        all_terminal, 30, "every order to reach a terminal status"
-    )
-    completed = [o for o in orders if o.status == orders_pb2.ORDER_STATUS_COMPLETED]
-    assert 0 < len(completed) <= STOCK
-    data = stack.base / "data"
-
-    def ledger_complete() -> Counter[str] | None:
-        got = sales(data, shopper.product_id)
-        return got if sum(got.values()) >= len(completed) else None
-
-    ledger = await eventually(ledger_complete, 30, "the sales ledger to record every order")
-    assert set(ledger) == {o.order_id for o in completed}
-    assert set(ledger.values()) == {1}, "an order.completed was handled more than once"
-    # Each sale's transaction also confirmed its order's reservation.
-    product = await shopper.product()
-    assert product.reserved == 0
-    assert product.available + len(completed) == STOCK
-    count, money = captured(data, [o.order_id for o in orders])
-    assert (count, money) == (len(completed), sum(o.total.amount_minor for o in completed))
-    assert money == len(completed) * PRICE_MINOR
-    return orders
 
 
 async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: Shopper) -> None:
@@ -175,7 +140,7 @@ async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: S
     assert set(fivexx.values()) <= {grpc.StatusCode.UNAVAILABLE}, shopper.outcomes
     assert len(fivexx) <= at_kill, f"{len(fivexx)} UNAVAILABLE, {at_kill} in flight at the kill"
     await shopper.settle(list(fivexx))
-    orders = await _books_balance(stack, shopper)
+    orders = await books_balance(stack, shopper, STOCK)
     completed = sum(o.status == orders_pb2.ORDER_STATUS_COMPLETED for o in orders)
     print(f"chaos: {dict(shopper.outcomes)}; {at_kill} in flight at the kill; {completed} sold")
     # A repeated key whose first saga failed transiently gets a new order: 200 or more.
@@ -185,6 +150,7 @@ async def test_orders_instance_killed_during_200_orders(stack: Stack, shopper: S
 
 
 async def test_nats_down_for_10s_during_orders(stack: Stack, shopper: Shopper) -> None:
+    assert stack.nats is not None  # the module's stack: the test's own nats-server
     await stack.nats.stop()
     t0 = time.monotonic()
     try:
@@ -196,7 +162,7 @@ async def test_nats_down_for_10s_during_orders(stack: Stack, shopper: Shopper) -
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))  # poll: the outage window
     finally:
         await stack.nats.start()
-    orders = await _books_balance(stack, shopper)
+    orders = await books_balance(stack, shopper, STOCK)
     assert len(orders) == 30
     assert all(o.status == orders_pb2.ORDER_STATUS_COMPLETED for o in orders)
 
@@ -227,17 +193,6 @@ async def test_inventory_instance_frozen_for_10s(stack: Stack, shopper: Shopper)
     assert worst < 1.0, f"p99 of reads {worst:.2f}s with an instance frozen"
     # Orders still go through once it is resumed.
     assert await shopper.place(uuid.uuid4().hex) == grpc.StatusCode.OK
-
-
-def _meshctl_status(stack: Stack) -> dict[str, list[str]]:
-    """`meshctl status` run as a person runs it against this stack's run directory:
-    its rows by their first column (service or process)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "status", "--run-dir", str(stack.base)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    return {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
 
 
 async def _edge_answers(stack: Stack) -> bool:
@@ -281,10 +236,10 @@ async def test_edge_killed_then_restarted_loses_no_order(stack: Stack, shopper: 
     # A login is still required on the restarted edge (its JWT rules came back with it).
     status, _ = await stack.http("GET", f"/api/v2/orders/{uuid.uuid4()}")
     assert status == 401
-    orders = await _books_balance(stack, shopper)
+    orders = await books_balance(stack, shopper, STOCK)
     assert len(orders) == 20, f"{len(orders)} orders for 20 keys"
     assert all(o.status == orders_pb2.ORDER_STATUS_COMPLETED for o in orders)
-    rows = _meshctl_status(stack)
+    rows = meshctl_status(stack.base)
     assert rows["envoy"] == ["envoy", "running", str(restarts + 1), "SIGKILL"], rows
     assert rows["traces"][:2] == ["traces", "running"], rows
 
@@ -319,6 +274,6 @@ async def test_trace_sink_killed_orders_go_on_and_traces_return(
     finally:
         conn.close()
     print(f"chaos: an order's trace stored {time.monotonic() - t0:.2f}s after the SIGKILL")
-    rows = _meshctl_status(stack)
+    rows = meshctl_status(stack.base)
     assert rows["traces"][:3] == ["traces", "running", str(restarts + 1)], rows
     assert rows["traces"][3] == "SIGKILL", rows

@@ -205,14 +205,13 @@ async def test_public_reads_need_no_token(stack: Stack, world: World) -> None:
 async def test_the_demo_tells_the_story_with_tokens(stack: Stack) -> None:
     """`make demo`'s story against this stack: sign-up, login, the first admin, a refused
     anonymous call, orders with tokens (the demo exits 1 on any unexpected answer)."""
-    env = {
-        **clean_env(),
-        "MESH_DATA_DIR": str(stack.base / "data"),
-        "NATS_URL": stack.nats.url,
-    }
+    env = {**clean_env(), "MESH_DATA_DIR": str(stack.base / "data")}
+    # As a user runs it: `meshctl demo` watches the events as meshctl's read-only NATS
+    # identity of the mesh in the run dir (the stack runs `up`'s own nats-server).
     res = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.tools.demo", "--edge-port", str(stack.edge.port)],
+        [sys.executable, "-m", "mesh.cli", "--run-dir", str(stack.base), "demo",
+         "--edge-port", str(stack.edge.port)],
         env=env, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

@@ -18,15 +18,27 @@ import shutil
 import sys
 import venv
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from mesh.discovery import locate
+from tests.support.local_mesh import Stack, local_mesh
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
-# `stack` is tests/e2e/conftest.py's Stack (typed Any: test modules do not import conftests).
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """The e2e stack on the test's own nats-server, not `up`'s: the event subscriber
+    example makes a durable consumer, which `make run`'s NATS admits only for the
+    identities mesh.toml names (its docstring says so; `meshctl events tail` is the
+    read-only way in)."""
+    async with local_mesh(tmp_path_factory.mktemp("examples")) as s:
+        yield s
+
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -41,7 +53,7 @@ def readme_snippet() -> str:
     return str(blocks[0])
 
 
-def user_env(stack: Any, home: Path) -> dict[str, str]:
+def user_env(stack: Stack, home: Path) -> dict[str, str]:
     """A user's shell: no mesh settings at all, its own per-user state directory,
     in which the stack is recorded as `meshctl up` records itself."""
     env = {
@@ -65,26 +77,31 @@ async def run(*argv: str, env: dict[str, str] | None = None, timeout_s: float = 
     return text
 
 
-async def test_edge_client_example(stack: Any) -> None:
+async def test_edge_client_example(stack: Stack) -> None:
     out = await run(sys.executable, str(EXAMPLES / "edge_client.py"), "--edge", stack.edge.address)
     assert re.search(r"created and fetched user [0-9a-f-]{36} <edge-", out), out
 
 
-async def test_mesh_client_example_with_no_settings(stack: Any, tmp_path: Path) -> None:
+async def test_mesh_client_example_with_no_settings(stack: Stack, tmp_path: Path) -> None:
     out = await run(sys.executable, str(EXAMPLES / "mesh_client.py"), env=user_env(stack, tmp_path))
     assert re.search(r"user [0-9a-f-]{36} has 0 orders", out), out
 
 
-async def test_readme_snippet_runs_as_written(stack: Any, tmp_path: Path) -> None:
+async def test_readme_snippet_runs_as_written(stack: Stack, tmp_path: Path) -> None:
     script = tmp_path / "snippet.py"
     script.write_text(readme_snippet())
     out = await run(sys.executable, str(script), env=user_env(stack, tmp_path))
     assert re.fullmatch(r"[0-9a-f-]{36} 0 orders\n", out), out
 
 
-async def test_event_subscriber_example(stack: Any) -> None:
+def _nats_url(stack: Stack) -> str:
+    assert stack.nats is not None
+    return stack.nats.url
+
+
+async def test_event_subscriber_example(stack: Stack) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--nats", stack.nats.url,
+        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--nats", _nats_url(stack),
         "--count", "1", "--durable", "example-test", "--subject", "user.created",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -107,7 +124,7 @@ async def test_event_subscriber_example(stack: Any) -> None:
     assert rest.decode().startswith("user.created id="), rest.decode()
 
 
-async def test_clients_wheel_alone_calls_the_edge(stack: Any, tmp_path: Path) -> None:
+async def test_clients_wheel_alone_calls_the_edge(stack: Stack, tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     # Build from copies: an in-tree build leaves build/ trees behind in the checkout.
     src = tmp_path / "src"

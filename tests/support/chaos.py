@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -20,6 +22,9 @@ from shop.common.v1 import money_pb2
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
+
+from tests.support.local_mesh import Stack
+from tests.support.poll import eventually
 
 GOOD_CARD = "4242424242424242"
 PRICE_MINOR = 1999
@@ -178,3 +183,46 @@ def sales(data_dir: Path, product_id: str) -> Counter[str]:
 def p99(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def books_balance(stack: Stack, shopper: Shopper, stock: int) -> list[orders_pb2.Order]:
+    """Every order terminal; stock (`stock` at the start), sales ledger and captured
+    payments agree with them; each `order.completed` handled once. The orders."""
+
+    async def all_terminal() -> list[orders_pb2.Order] | None:
+        orders = await shopper.all_orders()
+        return orders if orders and all(o.status in TERMINAL for o in orders) else None
+
+    orders: list[orders_pb2.Order] = await eventually(
+        all_terminal, 30, "every order to reach a terminal status"
+    )
+    completed = [o for o in orders if o.status == orders_pb2.ORDER_STATUS_COMPLETED]
+    assert 0 < len(completed) <= stock
+    data = stack.base / "data"
+
+    def ledger_complete() -> Counter[str] | None:
+        got = sales(data, shopper.product_id)
+        return got if sum(got.values()) >= len(completed) else None
+
+    ledger = await eventually(ledger_complete, 30, "the sales ledger to record every order")
+    assert set(ledger) == {o.order_id for o in completed}
+    assert set(ledger.values()) == {1}, "an order.completed was handled more than once"
+    # Each sale's transaction also confirmed its order's reservation.
+    product = await shopper.product()
+    assert product.reserved == 0
+    assert product.available + len(completed) == stock
+    count, money = captured(data, [o.order_id for o in orders])
+    assert (count, money) == (len(completed), sum(o.total.amount_minor for o in completed))
+    assert money == len(completed) * PRICE_MINOR
+    return orders
+
+
+def meshctl_status(run_dir: Path) -> dict[str, list[str]]:
+    """`meshctl status --run-dir run_dir` run as a person runs it: its rows (instances,
+    then the mesh's own processes) by their first column."""
+    r = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "status", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}

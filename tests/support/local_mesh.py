@@ -24,7 +24,8 @@ from mesh.discovery.registry import Instance
 from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ServiceSpec, load_topology
-from mesh.local.up import PROCESSES_FILE, LocalMesh, UpError, UpOptions
+from mesh.local.up import PROCESSES_FILE, LocalMesh, UpError, UpOptions, topology_events
+from mesh.settings import Settings
 from tests.support.edge import EdgeClient
 from tests.support.nats import NatsServer, nats_server
 from tests.support.ports import free_port
@@ -38,7 +39,7 @@ class Stack:
     mesh: LocalMesh
     supervisor: Supervisor
     registry: EmbeddedRegistry
-    nats: NatsServer
+    nats: NatsServer | None  # the test's own server; None: `up` runs its own (`own_nats`)
     edge: EdgeClient
     instances: dict[str, list[Instance]]
     base: Path
@@ -122,14 +123,17 @@ async def local_mesh(
     edge_port: int = 0,
     edge_admin_port: int = 0,
     nats: NatsServer | None = None,
+    own_nats: bool = False,
     warm_spares: bool = True,
     python: str | None = None,
     source: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
-    on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error)."""
+    on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error).
+    NATS: the test's own nats-server (`nats`, or one started here), which a test may stop;
+    `own_nats`: the authenticated one `up` starts and supervises, as `make run` does."""
     await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
-    async with _nats(base, nats) as server:
+    async with _nats(base, nats, own_nats) as server:
         registry = EmbeddedRegistry(base / "registry")
         log = (base / "stack.log").open("a")
         # Its state file where `meshctl up` writes it: `meshctl status --run-dir base` reads
@@ -140,8 +144,9 @@ async def local_mesh(
             edge_port=edge_port or free_port(),
             edge_admin_port=edge_admin_port or free_port(),
             edge_tls_port=free_port(),
-            nats_url=server.url,
-            nats_external=True,  # the test's own server (a test may stop it)
+            # `up`'s own: on a free port, configured from the topology as `meshctl up` does.
+            nats_url=server.url if server is not None else f"nats://127.0.0.1:{free_port()}",
+            nats_external=server is not None,
             observe=ObserveOptions(trace_sink_port=0, dashboard_port=0),
             services=services or free_port_shop(),
             project_dir=TOPOLOGY.parent,
@@ -154,6 +159,11 @@ async def local_mesh(
             env={**clean_env(), **_TEST_EDGE_LIMITS, **(env or {})},
             warm_spares=warm_spares,
         )
+        if server is None:
+            identities, streams = topology_events(
+                load_topology(TOPOLOGY), Settings(service="meshctl")
+            )
+            options = replace(options, event_identities=identities, streams=streams)
         if python is not None:  # the services and the trace sink on another interpreter
             options = replace(options, python=python)
         if source is not None:  # ... or from another source tree
@@ -176,7 +186,12 @@ async def local_mesh(
 
 
 @asynccontextmanager
-async def _nats(base: Path, given: NatsServer | None) -> AsyncIterator[NatsServer]:
+async def _nats(
+    base: Path, given: NatsServer | None, own: bool
+) -> AsyncIterator[NatsServer | None]:
+    if own:
+        yield None
+        return
     if given is not None:
         yield given
         return

@@ -47,6 +47,8 @@ release check reads `incompatible(...)`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import (
@@ -70,6 +73,8 @@ from mesh.db_greenlets import install as install_pooled_greenlets
 from mesh.db_lean import lean
 from mesh.db_sessions import MeshSession, MeshSessionMaker
 from mesh.sqlite_writes import SerialWriteSession
+
+log = logging.getLogger(__name__)
 
 
 def sqlite_driver() -> str:
@@ -279,10 +284,38 @@ def ddl(migrations: Sequence[Migration], dialect: Dialect) -> dict[int, list[str
 
 
 async def migrate(
-    engine: AsyncEngine, migrations: Sequence[Migration], *, up_to: int | None = None
+    engine: AsyncEngine,
+    migrations: Sequence[Migration],
+    *,
+    up_to: int | None = None,
+    attempts: int = 5,
 ) -> list[int]:
     """Apply the migrations not yet recorded, in version order (those <= `up_to` if
-    given: tests build old databases); returns the versions applied."""
+    given: tests build old databases); returns the versions applied.
+
+    Instances of one service that start together against one database (`meshctl up`
+    gives a service's instances one SQLite file; Compose and Kubernetes one PostgreSQL
+    database) race on a step: the loser's transaction fails (its table, or its
+    `schema_migrations` row, is there already) and it reads the record again, up to
+    `attempts` times with a short backoff. Any other failure of the last attempt, a
+    database that does not answer included, is raised."""
+    applied: list[int] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            await _migrate_once(engine, migrations, up_to, applied)
+            return applied
+        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if attempt == attempts:
+                raise
+            log.info("migration raced with another instance (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(0.05 * attempt)  # backoff before re-reading schema_migrations
+    raise AssertionError("unreachable")
+
+
+async def _migrate_once(
+    engine: AsyncEngine, migrations: Sequence[Migration], up_to: int | None, applied: list[int]
+) -> None:
+    """One pass of `migrate`, appending each version it applies to `applied`."""
     ordered = _ordered(migrations)
     async with engine.begin() as conn:
         await conn.execute(
@@ -291,7 +324,6 @@ async def migrate(
                 " version INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL)"
             )
         )
-    applied: list[int] = []
     model = MetaData()  # the schema as of the migration being applied
     for m in ordered:
         if up_to is not None and m.version > up_to:
@@ -314,5 +346,4 @@ async def migrate(
                 text("INSERT INTO schema_migrations (version, name) VALUES (:v, :n)"),
                 {"v": m.version, "n": m.name},
             )
-            applied.append(m.version)
-    return applied
+        applied.append(m.version)  # after the commit: a step rolled back is not applied

@@ -22,11 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mesh.db import Migration, session_factory
 from mesh.events import Outbox, RelayConfig
+from mesh.events.service import EventPublisher
 from mesh.health import database_check
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.db import prepare_database, service_engine
-from services.common.events import EventPublisher, bus_access
+from services.common.events import bus_access
 
 
 @dataclass

@@ -3,9 +3,8 @@
 - `database_url(settings)`: `<SERVICE>_DATABASE_URL`, else the service's SQLite file
   under MESH_DATA_DIR; `service_engine(settings)`: the engine for it, with the pool
   size of `MESH_DB_POOL_SIZE`.
-- `migrate_with_retry`: two instances of one service starting together against one
-  database race on the first migration; the loser's transaction fails (a table or a
-  `schema_migrations` row already exists) and a second pass finds the step done.
+- `prepare_database`: the migrations (`mesh.db.migrate`, which outlasts a race with
+  an instance starting at the same time), a database that does not answer named.
 - `db_guard`: a database that is down, locked past its busy timeout or out of pool
   connections becomes UNAVAILABLE (retryable), not INTERNAL. Programming errors
   (bad SQL, constraint violations nobody handled) stay INTERNAL: they are bugs.
@@ -13,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -54,25 +52,10 @@ def service_engine(settings: Settings) -> AsyncEngine:
     return create_engine(database_url(settings), pool_size=settings.db_pool_size)
 
 
-async def migrate_with_retry(
-    engine: AsyncEngine, migrations: Sequence[Migration], *, attempts: int = 5
-) -> list[int]:
-    """`mesh.db.migrate`, retried when a concurrently starting instance wins a step."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await migrate(engine, migrations)
-        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-            if attempt == attempts:
-                raise
-            log.info("migration raced with another instance (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(0.05 * attempt)  # backoff before re-reading schema_migrations
-    raise AssertionError("unreachable")
-
-
 async def prepare_database(engine: AsyncEngine, migrations: Sequence[Migration]) -> None:
     """Migrate at start; an unreachable database is a start failure with a clear message."""
     try:
-        await migrate_with_retry(engine, migrations)
+        await migrate(engine, migrations)
     except _OUTAGES as exc:
         url = engine.url.render_as_string(hide_password=True)
         raise ServiceStartError(f"database {url} is unreachable: {exc}") from exc

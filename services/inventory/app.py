@@ -9,10 +9,11 @@ from opentelemetry.trace import TracerProvider
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mesh.events.service import EventSubscriber
 from mesh.server import AddServicer, ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
-from services.common.events import EventSubscriber, bus_access
+from services.common.events import bus_access
 from services.common.pagination import set_key
 from services.common.secrets import service_key
 from services.inventory import store

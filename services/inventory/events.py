@@ -16,7 +16,7 @@ trace (`traceparent` header); the handler's own span is its child, and the log
 line and the sale rows carry that trace id: a sale leads back to its CreateOrder.
 
 Connecting, subscribing and stopping is `EventSubscriber`'s job
-(services/common/events.py).
+(mesh/events/service.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.events import extract_context, unpack
 from mesh.events.errors import UnknownEventError
-from services.common.events import SubscriptionSpec
+from mesh.events.service import SubscriptionSpec
 from services.inventory.store import RELEASED, InventoryStore, Sale
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.discovery.registry import Registry
+from mesh.events.service import EventSubscriber
 from mesh.health import registry_upstream_check
 from mesh.saga import SagaRunner, SagaStore
 from mesh.saga.admin import saga_admin_routes
@@ -23,7 +24,7 @@ from mesh.server import ServiceDefinition
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
 from services.common.db import service_engine
-from services.common.events import EventSubscriber, bus_access
+from services.common.events import bus_access
 from services.common.pagination import set_key
 from services.common.secrets import service_key
 from services.orders import store

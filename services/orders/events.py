@@ -8,7 +8,7 @@ release) and end CANCELLED. Completed orders stay as they are.
 It runs through the inbox (consumer "orders"): a redelivered event has no second
 effect. The subscription is a durable consumer shared by every orders instance,
 so each event is handled by one of them. Connecting, subscribing and stopping is
-`EventSubscriber`'s job (services/common/events.py).
+`EventSubscriber`'s job (mesh/events/service.py).
 
 Why not `payment.completed` (consumed until 6 Dec 2026, marking the saga's order PAID):
 the saga records the payment itself, in the transaction of its `record_payment` step, so
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.events import unpack
 from mesh.events.errors import UnknownEventError
-from services.common.events import SubscriptionSpec
+from mesh.events.service import SubscriptionSpec
 from services.orders.store import OrdersStore
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,14 @@ build`, named in its mesh.toml's `[edge]` with its own token issuer (`[edge.auth
 answers anyone, the method needing a login refuses the anonymous caller and tokens the
 project did not issue (another key, an expired one, the shop's issuer and audience) and
 answers its own token with the user it names, over REST and over gRPC (grpcurl), whose
-reflection lists the project's contracts and none of the shop's."""
+reflection lists the project's contracts and none of the shop's.
+
+Then a project with events of its own (`event_types`, `event_identities`): `notes`
+writes notes and their `note.created` events in one transaction (the outbox), and two
+`search` instances index them through a durable consumer and their inbox, on `up`'s own
+nats-server with the credentials and permissions the project's identities give: every
+note indexed once, `meshctl events tail` decodes the project's payloads, and `search`'s
+credentials may not publish a note."""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,7 +42,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mesh.local.nats import local_client_env
 from tests.support.edge import EdgeClient
+from tests.support.poll import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(180)]
 
@@ -144,11 +154,13 @@ class Up:
 
 
 @contextlib.asynccontextmanager
-async def meshctl_up(topology: Path, tmp_path: Path) -> AsyncIterator[Up]:
+async def meshctl_up(
+    topology: Path, tmp_path: Path, *, identities: bool = False
+) -> AsyncIterator[Up]:
     """`meshctl up --free-ports --topology` started from another directory, with no
-    NATS_URL (the projects name no NATS identities: `up` runs its own server and gives no
-    service credentials); on exit Ctrl-C, and the whole output is in `lines` (asserted
-    to end with "mesh stopped" and code 0)."""
+    NATS_URL (`up` runs its own server; it gives no service credentials unless the
+    project names `identities`, which is asserted); on exit Ctrl-C, and the whole output
+    is in `lines` (asserted to end with "mesh stopped" and code 0)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
@@ -174,7 +186,7 @@ async def meshctl_up(topology: Path, tmp_path: Path) -> AsyncIterator[Up]:
     text = "\n".join(up.lines)
     assert code == 0, text[-3000:]
     assert "mesh stopped" in rest
-    assert "no service gets NATS credentials" in text
+    assert ("no service gets NATS credentials" in text) is not identities
 
 
 async def test_a_project_of_its_own_runs_from_its_directory(tmp_path: Path) -> None:
@@ -369,3 +381,229 @@ async def test_a_project_with_an_edge_of_its_own(tmp_path: Path) -> None:
     assert "is not in this topology" not in text
     assert "users" not in text and "payments" not in text  # nothing of the shop's
     assert "Jwks async fetching" not in text  # Envoy fetched the keys at once
+
+
+NOTES_EVENTS = """
+from google.protobuf.wrappers_pb2 import StringValue
+
+from mesh.events.nats_auth import Consumes, EventIdentity
+from mesh.events.types import EventTypes
+
+EVENTS = EventTypes({"note.created": StringValue})
+IDENTITIES = (
+    EventIdentity("notes", publishes=("note",)),
+    EventIdentity("search", consumes=(Consumes("note.created", "search-note-created"),)),
+)
+"""
+
+NOTES = """
+import asyncio, logging
+
+from google.protobuf.wrappers_pb2 import StringValue
+
+from mesh.db import create_engine, default_sqlite_url, migrate, session_factory
+from mesh.events import Outbox, new_envelope, outbox_migrations
+from mesh.events.service import EventPublisher, bus_access
+from mesh.server import ServiceDefinition, run_service
+from notesproj.events import EVENTS, IDENTITIES
+
+log = logging.getLogger("notes")
+
+
+async def build(settings, runtime):
+    engine = create_engine(default_sqlite_url(settings.data_dir, "notes"))
+    await migrate(engine, outbox_migrations())
+    sessions = session_factory(engine, serial_writes=True)
+    outbox = Outbox()
+    publisher = EventPublisher(
+        settings.nats_url, sessions, outbox, name=settings.instance_id,
+        holder=settings.instance_id, access=bus_access(settings, EVENTS.domains, IDENTITIES),
+    )
+    tasks = []
+
+    async def note(text, i):
+        async with sessions.begin() as s:  # the note's event commits with it
+            payload = StringValue(value=text)
+            await outbox.add(s, new_envelope(payload, types=EVENTS, source="notes", subject=str(i)))
+
+    async def write():
+        for i in range(20):
+            await note(f"note {i}", i)
+            await asyncio.sleep(0.02)  # poll: the pace of the notes
+        i = 0
+        while True:  # then a tick now and then, for `meshctl events tail` to see live
+            i += 1
+            await note(f"tick {i}", i)
+            await asyncio.sleep(0.2)  # poll: the pace of the ticks
+
+    async def start():
+        await publisher.start()
+        tasks.append(asyncio.create_task(write()))
+
+    async def stop():
+        tasks[0].cancel()
+        await publisher.stop()
+        await engine.dispose()
+
+    return ServiceDefinition(
+        name="notes", servicers=[], service_names=[], checks=[publisher.check()],
+        on_start=[start], on_stop=[stop],
+    )
+
+
+if __name__ == "__main__":
+    run_service("notes", build, grpc_port=0, admin_port=0)
+"""
+
+SEARCH = """
+import logging
+
+from sqlalchemy import text
+
+from mesh.db import Migration, create_engine, default_sqlite_url, migrate, session_factory
+from mesh.events import inbox_migrations
+from mesh.events.service import EventSubscriber, SubscriptionSpec, bus_access
+from mesh.server import ServiceDefinition, run_service
+from notesproj.events import EVENTS, IDENTITIES
+
+log = logging.getLogger("search")
+# No key on purpose: an event handled twice would show as two rows.
+INDEX = Migration(1, "indexed", statements=(
+    "CREATE TABLE indexed (event_id VARCHAR(64) NOT NULL, text VARCHAR(100) NOT NULL,"
+    " instance VARCHAR(64) NOT NULL)",
+))
+
+
+async def build(settings, runtime):
+    engine = create_engine(default_sqlite_url(settings.data_dir, "search"))
+    await migrate(engine, [INDEX, *inbox_migrations()])  # both instances, one file
+    sessions = session_factory(engine, serial_writes=True)
+
+    async def on_note(env, session):
+        note = EVENTS.payload(env)
+        await session.execute(
+            text("INSERT INTO indexed VALUES (:e, :t, :i)"),
+            {"e": env.id, "t": note.value, "i": settings.instance_id},
+        )
+
+    subscriber = EventSubscriber(
+        settings.nats_url, sessions, "search",
+        [SubscriptionSpec("note.created", "search-note-created", on_note)],
+        name=settings.instance_id, access=bus_access(settings, EVENTS.domains, IDENTITIES),
+    )
+
+    async def stop():
+        await subscriber.stop()
+        await engine.dispose()
+
+    return ServiceDefinition(
+        name="search", servicers=[], service_names=[], on_start=[subscriber.start],
+        on_stop=[stop],
+    )
+
+
+if __name__ == "__main__":
+    run_service("search", build, grpc_port=0, admin_port=0)
+"""
+
+EVENTS_TOPOLOGY = """
+event_types = "notesproj.events:EVENTS"
+event_identities = "notesproj.events:IDENTITIES"
+
+[services.notes]
+module = "notesproj.server"
+
+[services.search]
+module = "searchproj.server"
+instances = 2
+"""
+
+
+def _indexed(db: Path) -> list[tuple[str, str]]:
+    """(event id, text) of every row `search` wrote, read-only."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT event_id, text FROM indexed").fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        conn.close()
+
+
+def _credentials(run: Path, identity: str) -> tuple[str, str]:
+    """(seed file, URL) of `identity` on the nats-server `up` runs in `run`."""
+    env = local_client_env(run, identity)
+    return env["NATS_NKEY_SEED_FILE"], env["NATS_URL"]
+
+
+def _events_project(root: Path) -> Path:
+    topology = _write_project(root, {"notesproj": NOTES, "searchproj": SEARCH}, EVENTS_TOPOLOGY)
+    (root / "notesproj" / "events.py").write_text(NOTES_EVENTS)
+    return topology
+
+
+async def test_a_project_with_events_of_its_own(tmp_path: Path) -> None:
+    topology = _events_project(tmp_path / "project")
+    run = tmp_path / "run"
+    async with meshctl_up(topology, tmp_path, identities=True):
+        db = run / "data" / "search.db"
+
+        def all_notes() -> list[tuple[str, str]] | None:
+            rows = _indexed(db)
+            notes = [r for r in rows if r[1].startswith("note ")]
+            return rows if len({t for _, t in notes}) == 20 else None
+
+        rows = await eventually(all_notes, 60, "the 20 notes indexed by search")
+        # Each handled once, by one of the two instances (the durable is shared).
+        assert len({e for e, _ in rows}) == len(rows), "an event was indexed twice"
+        assert sorted(t for _, t in rows if t.startswith("note ")) == sorted(
+            f"note {i}" for i in range(20)
+        )
+        # meshctl's read-only identity sees them live, decoded with the project's types.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "NATS_"))}
+        tail = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "mesh.cli", "events", "tail", "note.created", "--limit", "2",
+             "--run-dir", str(run), "--topology", str(topology)],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        lines = [x for x in tail.stdout.splitlines() if "note.created" in x]
+        assert tail.returncode == 0 and len(lines) == 2, tail.stdout + tail.stderr
+        assert all('"tick ' in x and "source=notes" in x for x in lines), lines
+        # The attacker's publish: search's own credentials may not publish a note.
+        refused = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", PUBLISH_AS, *_credentials(run, "search")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert 'permissions violation for publish to "note.created"' in refused.stdout, refused
+        allowed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", PUBLISH_AS, *_credentials(run, "notes")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "published" in allowed.stdout, allowed.stdout + allowed.stderr
+
+
+# Publishes one core message on note.created as the identity of the given seed file.
+PUBLISH_AS = """
+import asyncio, sys
+import nats
+
+async def main(seed, url):  # seed file, URL
+    errors = []
+    async def on_error(e):
+        errors.append(e)
+    nc = await nats.connect(url, nkeys_seed=seed, error_cb=on_error,
+                            inbox_prefix=b"_INBOX." + seed.rsplit("/", 1)[1].split(".")[0].encode())
+    await nc.publish("note.created", b"forged")
+    await nc.flush()
+    await asyncio.sleep(0.5)
+    await nc.close()
+    print("errors:", errors)
+    print("published" if not errors else "refused")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""

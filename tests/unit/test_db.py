@@ -1,4 +1,5 @@
-"""Frozen migrations (mesh/db.py): a column added later reaches old and fresh databases alike.
+"""Frozen migrations (mesh/db.py): a column added later reaches old and fresh databases alike;
+instances starting together migrate one database once.
 
 Real SQLite files. The service-level upgrade tests, on PostgreSQL too, are in
 tests/integration/services/test_migrations.py.
@@ -6,11 +7,16 @@ tests/integration/services/test_migrations.py.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.db import AddColumn, Migration, create_engine, incompatible, migrate, schema
@@ -84,3 +90,76 @@ async def test_duplicate_versions_are_refused(engines):
         await migrate(engines("dup"), [V1, Migration(1, "again")])
     with pytest.raises(ValueError, match="duplicate"):
         schema([V1, V1])
+
+
+_INSTANCE = """
+import asyncio, json, sys
+from sqlalchemy import Column, Integer, MetaData, String, Table
+from mesh.db import Migration, create_engine, migrate
+
+def things(md):
+    return Table("things", md, Column("id", Integer, primary_key=True),
+                 Column("name", String(50), nullable=False))
+
+async def main():
+    engine = create_engine(f"sqlite+aiosqlite:///{sys.argv[1]}")
+    steps = [Migration(1, "things", creates=(things,)),
+             Migration(2, "index", statements=("CREATE INDEX ix_things_name ON things (name)",))]
+    print(json.dumps(await migrate(engine, steps, attempts=int(sys.argv[2]))))
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+
+
+async def _instances(db: Path, n: int, attempts: int) -> list[tuple[int, str]]:
+    """`n` processes migrating `db` at the same moment: (exit code, output) of each."""
+    argv = (sys.executable, "-c", _INSTANCE, str(db), str(attempts))
+    out, both = asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT
+    procs = [await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=both) for _ in range(n)]
+    outs = await asyncio.gather(*(p.communicate() for p in procs))
+    return [(p.returncode or 0, out.decode()) for p, (out, _) in zip(procs, outs, strict=True)]
+
+
+async def test_instances_starting_together_migrate_one_database_once(tmp_path: Path) -> None:
+    """Four processes migrate one SQLite file at once, as `meshctl up` starts a service's
+    instances: each ends with the whole schema, every step applied once."""
+    db = tmp_path / "shared.db"
+    ran = await _instances(db, 4, attempts=5)
+    assert all(code == 0 for code, _ in ran), ran
+    applied = [v for _, out in ran for v in json.loads(out.splitlines()[-1])]
+    assert sorted(applied) == [1, 2]
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT version FROM schema_migrations"))).all()
+    finally:
+        await engine.dispose()
+    assert sorted(rows) == [(1,), (2,)]
+
+
+def _losing_once(failures: list[int], times: int) -> Callable[[Any], None]:
+    """A migration step that fails as a step does when another instance committed it
+    first (`times` times), then does nothing."""
+
+    def run(conn: Any) -> None:
+        if len(failures) < times:
+            failures.append(1)
+            raise sa_exc.IntegrityError("INSERT INTO schema_migrations", {}, Exception("taken"))
+
+    return run
+
+
+async def test_a_step_lost_to_another_instance_is_read_again(engines):
+    failures: list[int] = []
+    step = Migration(1, "things", creates=(_things_v1,), run=_losing_once(failures, 2))
+    assert await migrate(engines("raced"), [step]) == [1]
+    assert failures == [1, 1]
+
+
+async def test_a_step_that_keeps_failing_is_raised_after_the_attempts(engines):
+    failures: list[int] = []
+    step = Migration(1, "things", creates=(_things_v1,), run=_losing_once(failures, 99))
+    with pytest.raises(sa_exc.IntegrityError):
+        await migrate(engines("broken"), [step], attempts=3)
+    assert len(failures) == 3

@@ -1,6 +1,6 @@
-"""services.common.events: the shared subscriber (background connect, durable consumers
-through the inbox, stop, inbox purge) and the publisher's lease holder, on a real
-nats-server and a real SQLite database."""
+"""mesh.events.service: the subscriber (background connect, durable consumers through the
+inbox, stop, inbox purge) and the publisher's lease holder, on a real nats-server and a
+real SQLite database; the shop's event types serve as any project's would."""
 
 from __future__ import annotations
 
@@ -29,14 +29,22 @@ from mesh.events import (
 )
 from mesh.events.envelope import HDR_MSG_ID
 from mesh.events.inbox import inbox_table
+from mesh.events.service import (
+    BusAccess,
+    EventPublisher,
+    EventSubscriber,
+    InboxPurge,
+    SubscriptionSpec,
+)
 from mesh.events.streams import DAY_S
 from services.common.event_types import EVENTS, shop_streams
-from services.common.events import EventPublisher, EventSubscriber, InboxPurge, SubscriptionSpec
 from tests.support.nats import NatsServer, nats_server
 from tests.support.poll import eventually
 
 Sessions = async_sessionmaker[AsyncSession]
 
+# No credentials (the test's nats-server has none); every stream declared and known.
+ACCESS = BusAccess(streams=tuple(shop_streams()), declares=tuple(shop_streams()))
 FAST = SubscribeOptions(backoff_s=(0.05,), fetch_timeout_s=0.5, check_consumer_every_s=1.0)
 EFFECTS = Migration(
     version=1,
@@ -104,7 +112,9 @@ def subscriber(url: str, sessions: Sessions, purge: InboxPurge | None = None) ->
         SubscriptionSpec("user.deleted", "svc-user-deleted", count_effect),
         SubscriptionSpec("payment.completed", "svc-payment-completed", count_effect),
     ]
-    return EventSubscriber(url, sessions, "svc", specs, name="svc-1", options=FAST, purge=purge)
+    return EventSubscriber(
+        url, sessions, "svc", specs, name="svc-1", options=FAST, purge=purge, access=ACCESS
+    )
 
 
 async def acked_through(bus: EventBus, stream: str, durable: str, seq: int) -> bool:
@@ -254,7 +264,8 @@ async def test_the_publisher_relays_under_the_holder_it_is_given(
 ) -> None:
     outbox = Outbox()
     pub = EventPublisher(nats.url, sessions, outbox, name="svc-1", holder="svc-1",
-                         relay_config=RelayConfig(poll_interval_s=0.05))  # fmt: skip
+                         relay_config=RelayConfig(poll_interval_s=0.05),
+                         access=ACCESS)  # fmt: skip
     await pub.start()
     try:
         await asyncio.wait_for(pub.ready.wait(), 10)

@@ -100,9 +100,33 @@ def normalise_url(url: str) -> str:
 
 
 def default_sqlite_url(data_dir: str | Path, service: str) -> str:
+    """The service's SQLite file in `data_dir`, made private first (`private_sqlite_file`)."""
     path = Path(data_dir) / f"{service}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_sqlite_file(path)
     return f"{sqlite_driver()}:///{path}"
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Make `path`, a service's SQLite database, readable by its owner only before SQLite
+    opens it: a directory made here is 0700, the file 0600 (created empty if missing,
+    which SQLite takes as a new database; an existing one is narrowed to 0600).
+
+    Why: a service's database holds its secrets (the users service's token signing keys,
+    password hashes); readable by others on the machine, anyone there could sign an
+    administrator's token. SQLite would create it 0644 under the usual umask; its WAL
+    and shared-memory files take the database file's mode, so they follow. Limits: an
+    existing directory's mode is left as it is (it may be shared on purpose), and the
+    file's mode is all that guards it there."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode goes through the umask
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("%s was readable by others; narrowed to 0600 (it holds secrets)", path)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -175,6 +175,10 @@ class LocalMesh:
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
         ensure_private_dir(run / "registry")  # 0700: who can write it can register
+        # The services' databases hold their secrets (signing keys, password hashes):
+        # up's own data directory is 0700, an older run's 0755 narrowed too.
+        (run / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(run / "data", 0o700)
         await self._start_nats(run)
         busy = [
             p

@@ -81,6 +81,9 @@ async def _anonymous_refused(url: str) -> bool:
 
 async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    # A data directory as an older `up` left it (0755): narrowed to 0700 at start.
+    (run_dir / "data").mkdir(parents=True)
+    os.chmod(run_dir / "data", 0o755)
     # Someone else's open NATS beside it: `up` must run its own, never reuse one.
     async with nats_server(tmp_path / "nats") as foreign:
         proc = await _meshctl_up(run_dir)
@@ -108,6 +111,14 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             for seed in (run_dir / "nats").glob("*.nk"):
                 assert stat.S_IMODE(seed.stat().st_mode) == 0o600
                 assert seed.read_text().strip() not in table
+            # The services' databases (users': its token signing keys) are the user's only.
+            data = run_dir / "data"
+            assert stat.S_IMODE(data.stat().st_mode) == 0o700
+            files = {f.name: stat.S_IMODE(f.stat().st_mode) for f in data.iterdir()}
+            assert "users.db" in files and "users.db-wal" in files, files
+            assert {
+                n: m for n, m in files.items() if m & 0o077 and n.endswith((".db", "-wal", "-shm"))
+            } == {}, files
             # Recorded for `mesh.connect` in other processes of this user (no settings).
             state = {"XDG_STATE_HOME": str(tmp_path / "state")}
             assert locate.locate(state).directory == (run_dir / "registry").resolve()

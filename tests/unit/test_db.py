@@ -1,5 +1,5 @@
 """Frozen migrations (mesh/db.py): a column added later reaches old and fresh databases alike;
-instances starting together migrate one database once.
+instances starting together migrate one database once; a service's SQLite file is private.
 
 Real SQLite files. The service-level upgrade tests, on PostgreSQL too, are in
 tests/integration/services/test_migrations.py.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +21,15 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mesh.db import AddColumn, Migration, create_engine, incompatible, migrate, schema
+from mesh.db import (
+    AddColumn,
+    Migration,
+    create_engine,
+    default_sqlite_url,
+    incompatible,
+    migrate,
+    schema,
+)
 from tests.support.schema import describe
 
 
@@ -163,3 +173,41 @@ async def test_a_step_that_keeps_failing_is_raised_after_the_attempts(engines):
     with pytest.raises(sa_exc.IntegrityError):
         await migrate(engines("broken"), [step], attempts=3)
     assert len(failures) == 3
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_a_service_database_is_private_to_its_owner(tmp_path: Path) -> None:
+    """The directory made 0700, the file 0600 before SQLite opens it, and the WAL and
+    shared-memory files SQLite makes beside it follow the file's mode."""
+    data = tmp_path / "run" / "data"
+    url = default_sqlite_url(data, "users")
+    assert _mode(data) == 0o700 and _mode(data / "users.db") == 0o600
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE keys (pem TEXT)"))
+            await conn.execute(text("INSERT INTO keys VALUES ('-----BEGIN PRIVATE KEY-----')"))
+        made = sorted(p.name for p in data.iterdir())
+        assert {"users.db-wal", "users.db-shm"} <= set(made), made
+        for name in made:
+            assert _mode(data / name) & 0o077 == 0, f"{name} is {_mode(data / name):o}"
+    finally:
+        await engine.dispose()
+
+
+def test_a_database_readable_by_others_is_narrowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    db = shared / "users.db"
+    db.write_bytes(b"")
+    os.chmod(db, 0o644)
+    default_sqlite_url(shared, "users")
+    assert _mode(db) == 0o600
+    assert "narrowed to 0600" in caplog.text
+    assert _mode(shared) == 0o755  # a directory it did not make is left as it is

@@ -25,8 +25,8 @@ from mesh.events import Outbox, RelayConfig
 from mesh.events.service import EventPublisher
 from mesh.health import database_check
 from mesh.server import AddServicer, ServiceDefinition
+from mesh.service_db import prepare_database, service_engine
 from mesh.settings import Settings
-from services.common.db import prepare_database, service_engine
 from services.common.events import bus_access
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 
+from mesh.service_db import db_guard
 from services.common import access
-from services.common.db import db_guard
 from services.common.pagination import encode_page_token
 from services.common.timestamps import to_timestamp
 from services.inventory import validation

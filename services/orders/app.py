@@ -21,9 +21,9 @@ from mesh.health import registry_upstream_check
 from mesh.saga import SagaRunner, SagaStore
 from mesh.saga.admin import saga_admin_routes
 from mesh.server import ServiceDefinition
+from mesh.service_db import service_engine
 from mesh.settings import Settings
 from services.common.bootstrap import open_database, service_definition
-from services.common.db import service_engine
 from services.common.events import bus_access
 from services.common.pagination import set_key
 from services.common.secrets import service_key

@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from shop.orders.v1 import orders_pb2, orders_pb2_grpc
 
 from base.errors import FailedPrecondition
-from services.common.db import db_guard
+from mesh.service_db import db_guard
 from services.orders import ownership, validation
 from services.orders.model import Order, OrderStatus
 from services.orders.orders import Orders

@@ -7,7 +7,7 @@ from typing import Any
 from shop.common.v1 import money_pb2
 from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 
-from services.common.db import db_guard
+from mesh.service_db import db_guard
 from services.common.pagination import encode_page_token
 from services.orders import ownership, validation
 from services.orders.model import Order, OrderStatus

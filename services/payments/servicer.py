@@ -6,7 +6,7 @@ from typing import Any
 
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
-from services.common.db import db_guard
+from mesh.service_db import db_guard
 from services.common.timestamps import to_timestamp
 from services.payments import validation
 from services.payments.charges import Payments

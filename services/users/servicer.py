@@ -12,8 +12,8 @@ from typing import Any
 
 from shop.users.v1 import users_pb2, users_pb2_grpc
 
+from mesh.service_db import db_guard
 from services.common import access
-from services.common.db import db_guard
 from services.common.timestamps import to_timestamp
 from services.users import validation
 from services.users.accounts import Accounts

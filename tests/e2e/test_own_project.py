@@ -401,18 +401,19 @@ import asyncio, logging
 
 from google.protobuf.wrappers_pb2 import StringValue
 
-from mesh.db import create_engine, default_sqlite_url, migrate, session_factory
+from mesh.db import session_factory
 from mesh.events import Outbox, new_envelope, outbox_migrations
 from mesh.events.service import EventPublisher, bus_access
 from mesh.server import ServiceDefinition, run_service
+from mesh.service_db import prepare_database, service_engine
 from notesproj.events import EVENTS, IDENTITIES
 
 log = logging.getLogger("notes")
 
 
 async def build(settings, runtime):
-    engine = create_engine(default_sqlite_url(settings.data_dir, "notes"))
-    await migrate(engine, outbox_migrations())
+    engine = service_engine(settings)  # .run/data/notes.db under meshctl up
+    await prepare_database(engine, outbox_migrations())
     sessions = session_factory(engine, serial_writes=True)
     outbox = Outbox()
     publisher = EventPublisher(
@@ -460,10 +461,11 @@ import logging
 
 from sqlalchemy import text
 
-from mesh.db import Migration, create_engine, default_sqlite_url, migrate, session_factory
+from mesh.db import Migration, session_factory
 from mesh.events import inbox_migrations
 from mesh.events.service import EventSubscriber, SubscriptionSpec, bus_access
 from mesh.server import ServiceDefinition, run_service
+from mesh.service_db import prepare_database, service_engine
 from notesproj.events import EVENTS, IDENTITIES
 
 log = logging.getLogger("search")
@@ -475,8 +477,8 @@ INDEX = Migration(1, "indexed", statements=(
 
 
 async def build(settings, runtime):
-    engine = create_engine(default_sqlite_url(settings.data_dir, "search"))
-    await migrate(engine, [INDEX, *inbox_migrations()])  # both instances, one file
+    engine = service_engine(settings)
+    await prepare_database(engine, [INDEX, *inbox_migrations()])  # both instances, one file
     sessions = session_factory(engine, serial_writes=True)
 
     async def on_note(env, session):

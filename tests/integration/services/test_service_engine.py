@@ -15,8 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from base.settings import SettingsError
+from mesh.service_db import service_engine
 from mesh.settings import Settings
-from services.common.db import service_engine
 from tests.support.postgres import PG_URL, pg_available
 
 

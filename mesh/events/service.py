@@ -11,7 +11,7 @@ Any service on the mesh uses them, a project's own as well:
 access = bus_access(settings, EVENTS.domains, IDENTITIES)   # mesh.toml's event_identities
 publisher = EventPublisher(settings.nats_url, sessions, outbox, name=settings.instance_id,
                            holder=settings.instance_id, access=access)
-subscriber = EventSubscriber(settings.nats_url, sessions, "notes",
+subscriber = EventSubscriber(settings.nats_url, sessions, "search",
                              [SubscriptionSpec("note.created", "search-note-created", on_note)],
                              name=settings.instance_id, access=access)
 # ServiceDefinition(on_start=[publisher.start, subscriber.start],
@@ -61,8 +61,7 @@ log = logging.getLogger(__name__)
 class BusAccess:
     """How a service reaches the bus: its NATS credentials, the streams it may read
     from (`streams`) and those it declares at start (`declares`: the ones it owns).
-    The default: no credentials and no streams (a NATS of the test's own, subjects
-    whose streams someone else declares)."""
+    Made by `bus_access`; a test against its own NATS may give the streams directly."""
 
     auth: NatsClientAuth = field(default_factory=NatsClientAuth)
     streams: tuple[StreamSpec, ...] = ()
@@ -101,11 +100,11 @@ class BackgroundBus(abc.ABC):
         nats_url: str,
         *,
         name: str,
+        access: BusAccess,
         tracer_provider: TracerProvider | None = None,
-        access: BusAccess | None = None,
     ) -> None:
         self.nats_url = nats_url
-        self.access = access or BusAccess()
+        self.access = access
         self.name = name
         self._tracer_provider = tracer_provider
         self.bus: EventBus | None = None
@@ -188,9 +187,9 @@ class EventPublisher(BackgroundBus):
         outbox: Outbox,
         *,
         name: str,
+        access: BusAccess,
         relay_config: RelayConfig | None = None,
         holder: str | None = None,
-        access: BusAccess | None = None,
     ) -> None:
         super().__init__(nats_url, name=name, access=access)
         self._sessions = sessions
@@ -267,10 +266,10 @@ class EventSubscriber(BackgroundBus):
         subscriptions: Sequence[SubscriptionSpec],
         *,
         name: str,
+        access: BusAccess,
         tracer_provider: TracerProvider | None = None,
         options: SubscribeOptions | None = None,
         purge: InboxPurge | None = None,
-        access: BusAccess | None = None,
     ) -> None:
         super().__init__(
             nats_url, name=f"{name}-sub", tracer_provider=tracer_provider, access=access

@@ -60,18 +60,35 @@ class EventIdentity:
     """One principal on the bus: the domains it publishes and what it consumes.
 
     `observer` identities (tools such as `meshctl events tail`) read every domain
-    subject with plain subscriptions and may publish nothing.
+    subject with plain subscriptions and may publish nothing. `monitor` identities
+    (the dashboard) ask JetStream for its streams' and consumers' state (message
+    counts, what each consumer has pending) and read no event at all.
     """
 
     name: str
     publishes: tuple[str, ...] = ()
     consumes: tuple[Consumes, ...] = ()
     observer: bool = False
+    monitor: bool = False
 
 
 # The read-only identity of meshctl's own tools (`events tail`, a project's demo): reads
 # every event subject, publishes nothing. Every mesh `meshctl up` runs knows it.
 MESHCTL = EventIdentity("meshctl", observer=True)
+# The dashboard `meshctl up` serves: JetStream's stream and consumer state, no event.
+DASHBOARD = EventIdentity("dashboard", monitor=True)
+# The mesh's own tools' identities, beside a topology's services' on every local NATS.
+MESH_TOOLS: tuple[EventIdentity, ...] = (MESHCTL, DASHBOARD)
+# What a monitor may ask JetStream (read-only requests; no message is ever returned).
+_MONITOR_REQUESTS = (
+    ("INFO", "the account's JetStream usage"),
+    ("STREAM.LIST", "every stream's config and state (message counts)"),
+    ("STREAM.NAMES", "the streams' names"),
+    ("STREAM.INFO.*", "a stream's config and state"),
+    ("CONSUMER.LIST.*", "a stream's consumers and what each has pending"),
+    ("CONSUMER.NAMES.*", "a stream's consumers' names"),
+    ("CONSUMER.INFO.*.*", "a consumer's state"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,13 @@ def owned_streams(identity: EventIdentity, streams: Sequence[StreamSpec]) -> lis
 
 def permissions(identity: EventIdentity, streams: Sequence[StreamSpec]) -> Permissions:
     """Every subject `identity` may publish to and subscribe to, each with its reason."""
+    if identity.monitor:
+        return Permissions(
+            publish=tuple(Grant(f"{JS_API}.{api}", why) for api, why in _MONITOR_REQUESTS),
+            subscribe=(
+                Grant(f"{inbox_prefix(identity.name)}.>", "JetStream's answers to it, only"),
+            ),
+        )
     if identity.observer:
         return Permissions(
             publish=(),
@@ -272,6 +296,10 @@ def matrix_markdown(identities: Sequence[EventIdentity], streams: Sequence[Strea
         if ident.observer:
             rows.append(f"| `{ident.name}` | nothing | subscribes to every event subject"
                         " (no `$JS.>`, `_INBOX.>`, `$SYS.>`) | none |")  # fmt: skip
+            continue
+        if ident.monitor:
+            rows.append(f"| `{ident.name}` | JetStream's read-only stream and consumer"
+                        " info requests | nothing (no event subject) | none |")  # fmt: skip
             continue
         pubs = [f"`{d}.>`" for d in ident.publishes]
         pubs += [f"`{dlq_subject(c.subject)}`" for c in ident.consumes]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.dashboard.collect import Collector
 from mesh.local.dashboard.server import Dashboard
 from mesh.local.supervisor import Supervisor
@@ -161,17 +162,16 @@ class Observability:
         nats_url: str,
         edge_admin_port: int,
         edge_port: int,
+        nats_auth: NatsClientAuth | None = None,
     ) -> str:
-        def processes() -> list[tuple[str, str, bool]]:
-            return [(c.spec.name, c.spec.service, c.running) for c in sup.children]
-
         collector = Collector(
             registry,
             services,
             nats_url=nats_url,
+            nats_auth=nats_auth,
             edge_admin_port=edge_admin_port,
             traces_db=self.traces_db,
-            processes=processes,
+            processes=sup.views,
         )
         self.dashboard = Dashboard(
             collector,

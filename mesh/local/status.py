@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
+from mesh.local.supervisor import ProcessView
 from mesh.traffic.policy import describe_policy, track_of
 
 _BREAKER = {0: "closed", 1: "half-open", 2: "open"}
@@ -82,25 +82,15 @@ def supervised(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in doc.get("processes", [])}
 
 
-def _exit_text(code: int | None) -> str:
-    """A process's last exit as a person reads it: `-9` is `SIGKILL`."""
-    if code is None:
-        return "-"
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit {code}"
-
-
 def process_rows(procs: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     """The table of the supervised processes that are not service instances (in the
     supervisor's start order), header first; only the header when there are none."""
     rows: list[tuple[str, ...]] = [("process", "state", "restarts", "last exit")]
-    for name, p in procs.items():
-        if not p.get("service"):
-            rows.append((name, str(p["state"]), str(p["restarts"]), _exit_text(p["last_exit"])))
+    for p in procs.values():
+        view = ProcessView(p["name"], p.get("service", ""), p["state"], p["restarts"],
+                           p["last_exit"])  # fmt: skip
+        if not view.service:
+            rows.append((view.name, view.state, str(view.restarts), view.last_exit_text))
     return rows
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -85,6 +86,38 @@ class Child:
 
     def tail(self, n: int = 20) -> str:
         return "\n".join(self.lines[-n:])
+
+
+def exit_text(code: int | None) -> str:
+    """A process's exit as a person reads it: `-9` is `SIGKILL`, `1` is `exit 1`."""
+    if code is None:
+        return "-"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessView:
+    """A supervised process as `meshctl status` (from the state file) and the dashboard
+    (from the supervisor itself) show it."""
+
+    name: str
+    service: str  # "" for the mesh's own processes (envoy, nats, traces)
+    state: str  # running | restarting | exited | gave up | stopped
+    restarts: int
+    last_exit: int | None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def last_exit_text(self) -> str:
+        return exit_text(self.last_exit)
 
 
 def _module_of(spec: ProcessSpec) -> str:
@@ -297,6 +330,13 @@ class Supervisor:
             child.state = "running"
             self._write_state()
 
+    def views(self) -> list[ProcessView]:
+        """Every child as `meshctl status` and the dashboard show it, in start order."""
+        return [
+            ProcessView(c.spec.name, c.spec.service, c.state, c.restarts, c.last_exit)
+            for c in self.children
+        ]
+
     def _write_state(self) -> None:
         """Each child's state for `meshctl status` (another process), replaced atomically."""
         if self.state_file is None:
@@ -304,15 +344,8 @@ class Supervisor:
         doc = {
             "pid": os.getpid(),
             "processes": [
-                {
-                    "name": c.spec.name,
-                    "service": c.spec.service,
-                    "pid": c.proc.pid,
-                    "state": c.state,
-                    "restarts": c.restarts,
-                    "last_exit": c.last_exit,
-                }
-                for c in self.children
+                {**dataclasses.asdict(v), "pid": c.proc.pid}
+                for v, c in zip(self.views(), self.children, strict=True)
             ],
         }
         with contextlib.suppress(OSError):

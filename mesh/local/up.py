@@ -33,8 +33,8 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
-from mesh.events.nats_auth import MESHCTL, EventIdentity
-from mesh.events.nats_connect import redact_urls
+from mesh.events.nats_auth import DASHBOARD, MESH_TOOLS, EventIdentity
+from mesh.events.nats_connect import NatsClientAuth, redact_urls
 from mesh.events.streams import StreamSpec, default_streams
 from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.observe import Observability, ObserveOptions
@@ -225,6 +225,15 @@ class LocalMesh:
             self.sup,
             [s.name for s in self.o.services],
             nats_url=self.nats_url,
+            # Our own NATS: the dashboard's read-only monitor identity; a user's NATS: as
+            # before, no credentials of ours.
+            nats_auth=(
+                NatsClientAuth.for_identity(
+                    DASHBOARD.name, nkey_seed_file=str(self.nats_local.seeds[DASHBOARD.name])
+                )
+                if self.nats_local is not None
+                else NatsClientAuth()
+            ),
             edge_admin_port=self.o.edge_admin_port,
             edge_port=self.o.edge_port,
         )
@@ -248,7 +257,7 @@ class LocalMesh:
         self.nats_local = prepare_local_nats(
             run / "nats",
             preferred_port=parsed.port or 4222,
-            identities=(*self.o.event_identities, MESHCTL),
+            identities=(*self.o.event_identities, *MESH_TOOLS),
             streams=self.o.streams,
         )
         self.nats_url = self.nats_local.url

@@ -4,7 +4,8 @@ One entry per service (the domain it publishes, the durable consumers it runs);
 mesh.toml names `SHOP_EVENTS` (`event_identities`), so the mesh renders the
 server's permissions without knowing the shop, and the services look up their
 own entry here. `meshctl`, the read-only identity of `meshctl events tail` and
-the demo, is the mesh's own (`mesh.events.nats_auth.MESHCTL`). The durable
+the demo, and `dashboard`, the dashboard's read-only JetStream monitor, are the mesh's
+own (`mesh.events.nats_auth.MESH_TOOLS`). The durable
 names are the services' own (services/*/events.py; a test checks they match): a
 consumer is granted by name, so a service cannot pull from, ack or delete another
 service's consumer. The README's permission matrix is rendered from this table
@@ -13,7 +14,7 @@ service's consumer. The README's permission matrix is rendered from this table
 
 from __future__ import annotations
 
-from mesh.events.nats_auth import MESHCTL, Consumes, EventIdentity
+from mesh.events.nats_auth import MESH_TOOLS, Consumes, EventIdentity
 
 SHOP_EVENTS: tuple[EventIdentity, ...] = (
     EventIdentity("users", publishes=("user",)),
@@ -30,7 +31,7 @@ SHOP_EVENTS: tuple[EventIdentity, ...] = (
     EventIdentity("payments", publishes=("payment",)),
 )
 
-IDENTITIES: tuple[EventIdentity, ...] = (*SHOP_EVENTS, MESHCTL)
+IDENTITIES: tuple[EventIdentity, ...] = (*SHOP_EVENTS, *MESH_TOOLS)
 
 
 def event_identity(name: str) -> EventIdentity | None:

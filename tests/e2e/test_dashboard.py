@@ -78,6 +78,17 @@ async def test_dashboard_shows_instances_and_a_trace_with_its_waterfall(stack: A
             ids = sorted(await rows.evaluate_all("rs => rs.map(r => r.dataset.instance)"))
             expected = sorted(i.id for group in stack.instances.values() for i in group)
             assert ids == expected and len(ids) == 6
+            # The mesh's own processes, as the supervisor sees them (up's own NATS here).
+            own = page.locator("tr[data-process]")
+            names = await own.evaluate_all("rs => rs.map(r => r.dataset.process)")
+            assert sorted(names) == ["envoy", "nats", "traces"], names
+            for text in await own.all_inner_texts():
+                assert "running" in text, text
+            # The streams from `up`'s authenticated NATS, read as the dashboard's monitor
+            # identity (it was refused, "Authorization Violation", before it had one).
+            streams = await page.inner_text("#streams")
+            assert "USER" in streams and "ORDER" in streams, streams
+            assert "Authorization Violation" not in await page.inner_text("main")
             row = page.locator(f'tr[data-trace="{trace_id}"]')
             await row.wait_for(timeout=10_000)  # there at once, or after a live refresh
             assert "/shop.users.v1.UserService/GetUser" in await row.inner_text()

@@ -26,15 +26,17 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.dashboard.metrics import MethodStats, Scrape, method_stats, parse_scrape
+from mesh.local.supervisor import ProcessView
 from mesh.local.traces.store import TraceSummary, connect, recent_traces
 
 # Probes, not traffic: left out of the per-method figures.
 PROBE_SERVICES = ("grpc.health.v1.", "grpc.reflection.")
 
-# (process name, service, running) of what the supervisor started: instances that
-# are down still show.
-Processes = Callable[[], Sequence[tuple[str, str, bool]]]
+# What the supervisor started: instances that are down still show, and the mesh's own
+# processes (the edge, nats-server, the trace sink) with their restarts.
+Processes = Callable[[], Sequence[ProcessView]]
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Snapshot:
     sagas: list[SagaView]
     traces: list[TraceSummary]
     notes: list[str]
+    processes: list[ProcessView] = field(default_factory=list)  # the mesh's own
 
 
 class Collector:
@@ -89,12 +92,16 @@ class Collector:
         edge_admin_port: int,
         traces_db: Path,
         processes: Processes | None = None,
+        nats_auth: NatsClientAuth | None = None,
         min_interval_s: float = 1.0,
         timeout_s: float = 1.5,
     ) -> None:
         self.registry = registry
         self.services = tuple(services)
         self.nats_url = nats_url
+        # How it asks JetStream for the streams' state: `meshctl up`'s own NATS admits
+        # the dashboard as its read-only monitor identity only.
+        self.nats_auth = nats_auth or NatsClientAuth()
         self.edge_admin_port = edge_admin_port
         self.traces_db = traces_db
         self.processes = processes
@@ -188,9 +195,11 @@ class Collector:
             breakers.extend((v.id, t, m, s) for t, m, s in scrape.breakers)
         for v in views:
             v.ejections = ejected.get(v.id, 0.0)
+        own = [p for p in self.processes() if not p.service] if self.processes else []
         return Snapshot(
-            time.monotonic(), views, methods, sorted(breakers), streams, sagas, traces, notes
-        )
+            time.monotonic(), views, methods, sorted(breakers), streams, sagas, traces, notes,
+            own,
+        )  # fmt: skip
 
     def _views(self, service: str, instances: list[Instance]) -> list[InstanceView]:
         return [
@@ -209,15 +218,15 @@ class Collector:
         if self.processes is None:
             return
         present = {v.id for v in views}
-        for name, service, running in self.processes():
-            if service in self.services and name not in present:
+        for p in self.processes():
+            if p.service in self.services and p.name not in present:
                 views.append(
                     InstanceView(
-                        service,
-                        name,
+                        p.service,
+                        p.name,
                         "-",
                         "",
-                        health="starting" if running else "down",
+                        health="starting" if p.running else "down",
                         registered=False,
                     )
                 )
@@ -328,6 +337,7 @@ class Collector:
             allow_reconnect=False,
             max_reconnect_attempts=0,
             error_cb=quiet,
+            **self.nats_auth.connect_options(),
         )
 
     async def _sagas(self, views: list[InstanceView]) -> list[SagaView]:

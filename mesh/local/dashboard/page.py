@@ -83,6 +83,7 @@ def panels(snap: Snapshot, csrf: str) -> str:
         parts.append(f'<p class="notes">{"<br>".join(_e(n) for n in snap.notes)}</p>')
     parts += [
         _topology(snap),
+        _processes(snap),
         _requests(snap),
         _traces(snap),
         _streams(snap),
@@ -111,6 +112,22 @@ def _topology(snap: Snapshot) -> str:
         "no instance registered",
     )
     return f'<section id="topology" class="wide"><h2>Topology</h2>{table}</section>'
+
+
+def _processes(snap: Snapshot) -> str:
+    """The mesh's own processes `meshctl up` supervises (none: no section)."""
+    if not snap.processes:
+        return ""
+    rows = []
+    for p in snap.processes:
+        cls = "ok" if p.running else ("bad" if p.state == "gave up" else "warn")
+        rows.append(
+            f'<tr data-process="{_e(p.name)}"><td>{_e(p.name)}</td>'
+            f'<td><span class="pill {cls}">{_e(p.state)}</span></td>'
+            f'<td class="num">{p.restarts}</td><td>{_e(p.last_exit_text)}</td></tr>'
+        )
+    table = _table(("process", "state", "#restarts", "last exit"), rows, "")
+    return f'<section id="processes"><h2>Mesh processes</h2>{table}</section>'
 
 
 def _requests(snap: Snapshot) -> str:

@@ -316,3 +316,46 @@ async def test_a_password_in_the_nats_url_is_never_shown(
     assert "on nats://***@127.0.0.1" in "".join(err)
     everything = out.getvalue() + "".join(err) + caplog.text + shown
     assert password not in everything
+
+
+async def test_the_dashboard_reads_the_streams_state_and_no_event(
+    nats_srv: NatsServer, clients: list[Client], tmp_path: Any
+) -> None:
+    """The dashboard's monitor identity: the streams' message counts and the consumers'
+    pending, through the dashboard's own collector; an event's content, a consumer of its
+    own, a deleted stream or a plain subscription to events are refused."""
+    from mesh.discovery.embedded import EmbeddedRegistry
+    from mesh.local.dashboard.collect import Collector
+
+    await publish_as_payments(nats_srv)  # PAYMENT holds one event
+    registry = EmbeddedRegistry(tmp_path / "registry")
+    collector = Collector(
+        registry, [], nats_url=nats_srv.url, edge_admin_port=0,
+        traces_db=tmp_path / "traces.db", nats_auth=nats_srv.auth_for("dashboard"),
+    )  # fmt: skip
+    notes: list[str] = []
+    try:
+        streams = await collector._streams(notes)
+    finally:
+        await collector.close()
+        await registry.close()
+    assert notes == []
+    assert {s.name: s.messages for s in streams}.get("PAYMENT") == 1
+    # The attacker's requests, as the dashboard's identity.
+    spy = await as_identity(nats_srv, "dashboard", clients)
+    assert spy.nc is not None
+    js = spy.nc.jetstream(timeout=1.0)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.get_msg("PAYMENT", 1)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.add_consumer("PAYMENT", durable_name="peek")
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.delete_stream("PAYMENT")
+    await spy.nc.subscribe("payment.>")
+    await spy.nc.flush()
+    await eventually(lambda: spy.violation("$JS.API.STREAM.MSG.GET.PAYMENT"),
+                     what="reading an event refused")  # fmt: skip
+    await eventually(lambda: spy.violation("$JS.API.STREAM.DELETE.PAYMENT"),
+                     what="deleting a stream refused")  # fmt: skip
+    await eventually(lambda: spy.violation('subscription to "payment.>"'),
+                     what="a subscription to events refused")  # fmt: skip

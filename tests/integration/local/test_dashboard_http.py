@@ -1,7 +1,9 @@
-"""The dashboard's HTTP rules on a real server: loopback, Host pinned, CSRF on every POST."""
+"""The dashboard's HTTP rules on a real server: loopback, Host pinned, CSRF on every POST;
+and the mesh's own processes as the supervisor sees them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.local.dashboard.collect import Collector
 from mesh.local.dashboard.server import Dashboard
+from mesh.local.supervisor import ProcessView
 from mesh.local.traces.store import SpanRow, SpanWriter
 from tests.support.ports import free_port
 
@@ -98,3 +101,35 @@ async def test_listens_on_loopback_only(dashboard: Dashboard) -> None:
     runner = dashboard._runner
     assert runner is not None
     assert all(addr[0] == "127.0.0.1" for addr in runner.addresses)
+
+
+async def test_the_mesh_s_own_processes_with_their_restarts(tmp_path: Path) -> None:
+    """The supervisor's view: the edge, nats-server and the trace sink in their own
+    table (a restart and how the last run ended; one given up on, marked bad); a service
+    instance that is down shows in the topology instead."""
+    views = [
+        ProcessView("nats", "", "gave up", 5, 1),
+        ProcessView("traces", "", "running", 0, None),
+        ProcessView("envoy", "", "running", 2, -9),
+        ProcessView("orders-1", "orders", "restarting", 1, -9),
+    ]
+    registry = EmbeddedRegistry(tmp_path / "registry")
+    collector = Collector(
+        registry, ["orders"], nats_url=f"nats://127.0.0.1:{free_port()}", edge_admin_port=0,
+        traces_db=tmp_path / "traces.db", processes=lambda: views,
+    )  # fmt: skip
+    board = Dashboard(collector, admin_token="admin-secret", csrf_token=CSRF)
+    await board.start(0)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(board.url) as r:
+            body = await r.text()
+    finally:
+        await board.stop()
+        await registry.close()
+    section = body.split('<section id="processes">', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r'<tr data-process="([^"]+)">(.*?)</tr>', section)
+    assert [name for name, _ in rows] == ["nats", "traces", "envoy"]
+    cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", row) for name, row in rows}
+    assert cells["envoy"][2:] == ["2", "SIGKILL"] and "pill ok" in cells["envoy"][1]
+    assert "pill bad" in cells["nats"][1] and cells["nats"][3] == "exit 1"
+    assert 'data-instance="orders-1"' in body and "down" in body

@@ -71,6 +71,18 @@ def test_the_readme_permission_matrix_is_current() -> None:
         ("orders", "$JS.API.CONSUMER.CREATE.USER.orders-user-deleted.user.>", False),
         ("orders", "$JS.API.CONSUMER.MSG.NEXT.PAYMENT.orders-payment-completed", False),
         ("meshctl", "payment.completed", False),
+        # The dashboard asks for state, never for a message, and changes nothing.
+        ("dashboard", "$JS.API.STREAM.LIST", True),
+        ("dashboard", "$JS.API.STREAM.INFO.ORDER", True),
+        ("dashboard", "$JS.API.CONSUMER.LIST.ORDER", True),
+        ("dashboard", "$JS.API.CONSUMER.INFO.ORDER.inventory-order-completed", True),
+        ("dashboard", "$JS.API.STREAM.MSG.GET.ORDER", False),
+        ("dashboard", "$JS.API.DIRECT.GET.ORDER", False),
+        ("dashboard", "$JS.API.CONSUMER.MSG.NEXT.ORDER.inventory-order-completed", False),
+        ("dashboard", "$JS.API.CONSUMER.CREATE.ORDER.peek.order.>", False),
+        ("dashboard", "$JS.API.CONSUMER.DELETE.ORDER.inventory-order-completed", False),
+        ("dashboard", "$JS.API.STREAM.PURGE.ORDER", False),
+        ("dashboard", "order.completed", False),
     ],
 )
 def test_each_identity_publishes_only_what_it_owns(
@@ -80,11 +92,17 @@ def test_each_identity_publishes_only_what_it_owns(
 
 
 def test_no_identity_gets_a_jetstream_api_wildcard() -> None:
+    """...but the dashboard's monitor, on read-only requests (state, never a message)."""
     for ident in IDENTITIES:
         perms = permissions(ident, STREAMS)
         for g in perms.publish:
             assert g.why, g
-            if g.subject.startswith("$JS.API"):
+            if not g.subject.startswith("$JS.API"):
+                continue
+            if ident.monitor:
+                kind = g.subject.split(".")[2:4]
+                assert kind[0] == "INFO" or kind[1] in ("LIST", "NAMES", "INFO"), g
+            else:
                 assert "*" not in g.subject and ">" not in g.subject, g
         services = [g.subject for g in perms.subscribe if not ident.observer]
         assert services in ([], [f"_INBOX.{ident.name}.>"])

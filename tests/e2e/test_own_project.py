@@ -16,12 +16,13 @@ project did not issue (another key, an expired one, the shop's issuer and audien
 answers its own token with the user it names, over REST and over gRPC (grpcurl), whose
 reflection lists the project's contracts and none of the shop's.
 
-Then a project with events of its own (`event_types`, `event_identities`): `notes`
-writes notes and their `note.created` events in one transaction (the outbox), and two
-`search` instances index them through a durable consumer and their inbox, on `up`'s own
-nats-server with the credentials and permissions the project's identities give: every
-note indexed once, `meshctl events tail` decodes the project's payloads, and `search`'s
-credentials may not publish a note."""
+Then a project with events of its own (`event_types`, `event_identities`), the one in
+examples/notes_project: `notes` writes notes and their `note.created` events in one
+transaction (the outbox), and two `search` instances index them through a durable
+consumer and their inbox, on `up`'s own nats-server with the credentials and
+permissions the project's identities give: every note indexed once, `meshctl events
+tail` decodes the project's payloads, and `search`'s credentials may not publish a
+note."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -383,142 +385,8 @@ async def test_a_project_with_an_edge_of_its_own(tmp_path: Path) -> None:
     assert "Jwks async fetching" not in text  # Envoy fetched the keys at once
 
 
-NOTES_EVENTS = """
-from google.protobuf.wrappers_pb2 import StringValue
-
-from mesh.events.nats_auth import Consumes, EventIdentity
-from mesh.events.types import EventTypes
-
-EVENTS = EventTypes({"note.created": StringValue})
-IDENTITIES = (
-    EventIdentity("notes", publishes=("note",)),
-    EventIdentity("search", consumes=(Consumes("note.created", "search-note-created"),)),
-)
-"""
-
-NOTES = """
-import asyncio, logging
-
-from google.protobuf.wrappers_pb2 import StringValue
-
-from mesh.db import session_factory
-from mesh.events import Outbox, new_envelope, outbox_migrations
-from mesh.events.service import EventPublisher, bus_access
-from mesh.server import ServiceDefinition, run_service
-from mesh.service_db import prepare_database, service_engine
-from notesproj.events import EVENTS, IDENTITIES
-
-log = logging.getLogger("notes")
-
-
-async def build(settings, runtime):
-    engine = service_engine(settings)  # .run/data/notes.db under meshctl up
-    await prepare_database(engine, outbox_migrations())
-    sessions = session_factory(engine, serial_writes=True)
-    outbox = Outbox()
-    publisher = EventPublisher(
-        settings.nats_url, sessions, outbox, name=settings.instance_id,
-        holder=settings.instance_id, access=bus_access(settings, EVENTS.domains, IDENTITIES),
-    )
-    tasks = []
-
-    async def note(text, i):
-        async with sessions.begin() as s:  # the note's event commits with it
-            payload = StringValue(value=text)
-            await outbox.add(s, new_envelope(payload, types=EVENTS, source="notes", subject=str(i)))
-
-    async def write():
-        for i in range(20):
-            await note(f"note {i}", i)
-            await asyncio.sleep(0.02)  # poll: the pace of the notes
-        i = 0
-        while True:  # then a tick now and then, for `meshctl events tail` to see live
-            i += 1
-            await note(f"tick {i}", i)
-            await asyncio.sleep(0.2)  # poll: the pace of the ticks
-
-    async def start():
-        await publisher.start()
-        tasks.append(asyncio.create_task(write()))
-
-    async def stop():
-        tasks[0].cancel()
-        await publisher.stop()
-        await engine.dispose()
-
-    return ServiceDefinition(
-        name="notes", servicers=[], service_names=[], checks=[publisher.check()],
-        on_start=[start], on_stop=[stop],
-    )
-
-
-if __name__ == "__main__":
-    run_service("notes", build, grpc_port=0, admin_port=0)
-"""
-
-SEARCH = """
-import logging
-
-from sqlalchemy import text
-
-from mesh.db import Migration, session_factory
-from mesh.events import inbox_migrations
-from mesh.events.service import EventSubscriber, SubscriptionSpec, bus_access
-from mesh.server import ServiceDefinition, run_service
-from mesh.service_db import prepare_database, service_engine
-from notesproj.events import EVENTS, IDENTITIES
-
-log = logging.getLogger("search")
-# No key on purpose: an event handled twice would show as two rows.
-INDEX = Migration(1, "indexed", statements=(
-    "CREATE TABLE indexed (event_id VARCHAR(64) NOT NULL, text VARCHAR(100) NOT NULL,"
-    " instance VARCHAR(64) NOT NULL)",
-))
-
-
-async def build(settings, runtime):
-    engine = service_engine(settings)
-    await prepare_database(engine, [INDEX, *inbox_migrations()])  # both instances, one file
-    sessions = session_factory(engine, serial_writes=True)
-
-    async def on_note(env, session):
-        note = EVENTS.payload(env)
-        await session.execute(
-            text("INSERT INTO indexed VALUES (:e, :t, :i)"),
-            {"e": env.id, "t": note.value, "i": settings.instance_id},
-        )
-
-    subscriber = EventSubscriber(
-        settings.nats_url, sessions, "search",
-        [SubscriptionSpec("note.created", "search-note-created", on_note)],
-        name=settings.instance_id, access=bus_access(settings, EVENTS.domains, IDENTITIES),
-    )
-
-    async def stop():
-        await subscriber.stop()
-        await engine.dispose()
-
-    return ServiceDefinition(
-        name="search", servicers=[], service_names=[], on_start=[subscriber.start],
-        on_stop=[stop],
-    )
-
-
-if __name__ == "__main__":
-    run_service("search", build, grpc_port=0, admin_port=0)
-"""
-
-EVENTS_TOPOLOGY = """
-event_types = "notesproj.events:EVENTS"
-event_identities = "notesproj.events:IDENTITIES"
-
-[services.notes]
-module = "notesproj.server"
-
-[services.search]
-module = "searchproj.server"
-instances = 2
-"""
+# The example project users start from (examples/notes_project), run as it is.
+NOTES_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "notes_project"
 
 
 def _indexed(db: Path) -> list[tuple[str, str]]:
@@ -541,9 +409,9 @@ def _credentials(run: Path, identity: str) -> tuple[str, str]:
 
 
 def _events_project(root: Path) -> Path:
-    topology = _write_project(root, {"notesproj": NOTES, "searchproj": SEARCH}, EVENTS_TOPOLOGY)
-    (root / "notesproj" / "events.py").write_text(NOTES_EVENTS)
-    return topology
+    """A copy of the example project, away from this checkout (as a user's would be)."""
+    shutil.copytree(NOTES_PROJECT, root, ignore=shutil.ignore_patterns("__pycache__", ".run"))
+    return root / "mesh.toml"
 
 
 async def test_a_project_with_events_of_its_own(tmp_path: Path) -> None:

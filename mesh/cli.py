@@ -96,13 +96,22 @@ def _where(run_dir: Path) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.local.observe import ObserveOptions
-    from mesh.local.up import UpError, UpOptions, free_port_options, run_up, topology_events
+    from mesh.local.up import (
+        UpError,
+        UpOptions,
+        free_port_options,
+        make_run_dir,
+        run_up,
+        topology_events,
+    )
 
     run_dir = Path(args.run_dir)
     topology = _topology(args)
+    make_run_dir(run_dir)  # before anything below creates it with the umask's mode
     if args.detach:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log = (run_dir / "up.log").open("ab")
+        # The log is the user's only, as the run directory is.
+        fd = os.open(run_dir / "up.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log = open(fd, "ab")  # noqa: SIM115 - handed to the child, which keeps writing it
         argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up",
                 "--topology", str(topology.path.resolve())]  # fmt: skip
         proc = subprocess.Popen(

@@ -481,10 +481,19 @@ def table(
     return "\n".join(lines)
 
 
+def make_run_dir(run_dir: Path) -> None:
+    """`up`'s run directory, made 0700 when it is made here: the mesh's state (its logs,
+    traces, databases, keys) is its user's. One that exists is left as it is (it may be a
+    directory the user chose; the secrets below it are in 0700 directories anyway)."""
+    if not run_dir.exists():
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(run_dir, 0o700)  # mkdir's mode goes through the umask
+
+
 async def run_up(options: UpOptions, registry: Registry) -> int:
     """Bring the mesh up and keep it in the foreground until a signal; returns an exit code."""
     run = options.run_dir.resolve()
-    run.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run)
     state = run / STATE_FILE
     if state.exists():
         with contextlib.suppress(ValueError, OSError):

@@ -196,3 +196,39 @@ async def test_start_up_says_what_it_waits_for_and_names_the_instance_that_fails
     assert "orders-1 (" not in report  # only the failing instance is named
     assert "mesh stopped" in text
     assert _processes_of(run_dir) == []
+
+
+async def test_detach_then_status_then_down(tmp_path: Path) -> None:
+    """`meshctl up --detach` as a user runs it: it returns at once, the mesh comes up in
+    the background with its log in the run directory (the user's only, as the directory
+    `up` made is), `meshctl status` reads it, and `meshctl down` stops it all."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+
+    async def meshctl(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+        return proc.returncode or 0, out.decode()
+
+    code, out = await meshctl("up", "--detach", "--free-ports")
+    assert code == 0 and "mesh starting in the background" in out, out
+    log = run_dir / "up.log"
+    try:
+        await eventually(lambda: "mesh is up" in log.read_text(), 90, "mesh is up in up.log")
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        code, out = await meshctl("status")
+        assert code == 0, out
+        rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()}
+        for name in ("users-1", "orders-1", "orders-2", "inventory-1", "payments-1"):
+            assert "healthy" in rows[name] or "degraded" in rows[name], out
+        assert any(line.split()[:2] == ["envoy", "running"] for line in out.splitlines()), out
+    finally:
+        code, out = await meshctl("down")
+    assert code == 0, out
+    await eventually(lambda: _processes_of(run_dir) == [], 30, "every process stopped")
+    await eventually(lambda: "mesh stopped" in log.read_text(), 10, "mesh stopped in up.log")

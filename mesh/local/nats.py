@@ -34,6 +34,7 @@ from mesh.events.nats_auth import (
     public_key,
     render_server_config,
 )
+from mesh.events.nats_connect import NatsClientAuth
 from mesh.events.streams import StreamSpec
 from mesh.tools import nats_server_binary
 
@@ -67,6 +68,15 @@ class LocalNats:
         if seed is None:
             return {"NATS_URL": self.url}
         return {"NATS_URL": self.url, "NATS_NKEY_SEED_FILE": str(seed)}
+
+    def client_auth(self, identity: str) -> NatsClientAuth:
+        """The in-process credentials of `identity` (its seed file and private inbox), as
+        `client_env` gives them to a process; none for an identity the server does not
+        know."""
+        seed = self.seeds.get(identity)
+        if seed is None:
+            return NatsClientAuth.for_identity(identity)
+        return NatsClientAuth.for_identity(identity, nkey_seed_file=str(seed))
 
     def with_identity(self, env: Mapping[str, str], identity: str) -> dict[str, str]:
         """`env` connecting as `identity` to this server: the user's own NATS_* settings

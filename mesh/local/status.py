@@ -71,26 +71,29 @@ async def instance_status(session: aiohttp.ClientSession, inst: Instance) -> dic
     return row
 
 
-def supervised(run_dir: Path) -> dict[str, dict[str, Any]]:
+def supervised(run_dir: Path) -> dict[str, ProcessView]:
     """The running `meshctl up`'s view of its processes (`processes.json`), by name;
     empty when no live `meshctl up` wrote one in `run_dir`."""
     try:
         doc = json.loads((run_dir / "processes.json").read_text())
         os.kill(int(doc["pid"]), 0)
+        return {
+            p["name"]: ProcessView(
+                p["name"], p.get("service", ""), p["state"], p["restarts"], p["last_exit"]
+            )
+            for p in doc.get("processes", [])
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    return {p["name"]: p for p in doc.get("processes", [])}
 
 
-def process_rows(procs: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+def process_rows(procs: dict[str, ProcessView]) -> list[tuple[str, ...]]:
     """The table of the supervised processes that are not service instances (in the
     supervisor's start order), header first; only the header when there are none."""
     rows: list[tuple[str, ...]] = [("process", "state", "restarts", "last exit")]
     for p in procs.values():
-        view = ProcessView(p["name"], p.get("service", ""), p["state"], p["restarts"],
-                           p["last_exit"])  # fmt: skip
-        if not view.service:
-            rows.append((view.name, view.state, str(view.restarts), view.last_exit_text))
+        if not p.service:
+            rows.append((p.name, p.state, str(p.restarts), p.last_exit_text))
     return rows
 
 
@@ -102,17 +105,17 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def _loud(procs: dict[str, dict[str, Any]]) -> list[str]:
+def _loud(procs: dict[str, ProcessView]) -> list[str]:
     out = []
     for name, p in sorted(procs.items()):
-        if p["state"] == "gave up":
+        if p.state == "gave up":
             out.append(
-                f"!!! {name}: GAVE UP after a crash loop (last exit {p['last_exit']},"
-                f" {p['restarts']} restarts); its log is in the `meshctl up` output."
+                f"!!! {name}: GAVE UP after a crash loop (last exit {p.last_exit},"
+                f" {p.restarts} restarts); its log is in the `meshctl up` output."
                 " The rest of the mesh keeps serving; restart the mesh to try it again."
             )
-        elif p["state"] in ("restarting", "exited"):
-            out.append(f"!   {name}: {p['state']} (last exit {p['last_exit']})")
+        elif p.state in ("restarting", "exited"):
+            out.append(f"!   {name}: {p.state} (last exit {p.last_exit})")
     return out
 
 
@@ -145,7 +148,8 @@ async def print_status(
                 health = st["health"]
                 if st.get("failing"):
                     health += f" ({', '.join(st['failing'])})"
-                restarts = str(procs.get(inst.id, {}).get("restarts", "-"))
+                view = procs.get(inst.id)
+                restarts = str(view.restarts) if view is not None else "-"
                 rows.append(
                     (
                         name,

@@ -50,6 +50,7 @@ from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
 
 DEFAULT_TOPOLOGY = Path("mesh.toml")
+DATA_DIR = "data"  # in the run directory: the services' SQLite files (MESH_DATA_DIR)
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -348,7 +349,7 @@ def service_processes(
                 **base_env,
                 **svc.env,
                 "MESH_REGISTRY_DIR": str(run_dir / "registry"),
-                "MESH_DATA_DIR": str(run_dir / "data"),
+                "MESH_DATA_DIR": str(run_dir / DATA_DIR),
                 "MESH_GRPC_PORT": str(svc.grpc_port if first else 0),
                 "MESH_ADMIN_PORT": str(svc.admin_port if first else 0),
                 "MESH_INSTANCE_ID": f"{svc.name}-{i}",

@@ -42,7 +42,13 @@ from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
 from mesh.local.prometheus import PrometheusTargets
 from mesh.local.supervisor import Child, Supervisor
-from mesh.local.topology import ProcessSpec, ServiceSpec, Topology, service_processes
+from mesh.local.topology import (
+    DATA_DIR,
+    ProcessSpec,
+    ServiceSpec,
+    Topology,
+    service_processes,
+)
 from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.local import local_pki
 from mesh.settings import Settings
@@ -177,8 +183,7 @@ class LocalMesh:
         ensure_private_dir(run / "registry")  # 0700: who can write it can register
         # The services' databases hold their secrets (signing keys, password hashes):
         # up's own data directory is 0700, an older run's 0755 narrowed too.
-        (run / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(run / "data", 0o700)
+        _private_dir(run / DATA_DIR, narrow=True)
         await self._start_nats(run)
         busy = [
             p
@@ -228,9 +233,7 @@ class LocalMesh:
             # Our own NATS: the dashboard's read-only monitor identity; a user's NATS: as
             # before, no credentials of ours.
             nats_auth=(
-                NatsClientAuth.for_identity(
-                    DASHBOARD.name, nkey_seed_file=str(self.nats_local.seeds[DASHBOARD.name])
-                )
+                self.nats_local.client_auth(DASHBOARD.name)
                 if self.nats_local is not None
                 else NatsClientAuth()
             ),
@@ -481,13 +484,18 @@ def table(
     return "\n".join(lines)
 
 
+def _private_dir(directory: Path, *, narrow: bool) -> None:
+    """`directory` made 0700 if missing; one that exists is made 0700 too when `narrow`."""
+    if narrow or not directory.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)  # mkdir's mode goes through the umask
+
+
 def make_run_dir(run_dir: Path) -> None:
     """`up`'s run directory, made 0700 when it is made here: the mesh's state (its logs,
     traces, databases, keys) is its user's. One that exists is left as it is (it may be a
     directory the user chose; the secrets below it are in 0700 directories anyway)."""
-    if not run_dir.exists():
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(run_dir, 0o700)  # mkdir's mode goes through the umask
+    _private_dir(run_dir, narrow=False)
 
 
 async def run_up(options: UpOptions, registry: Registry) -> int:

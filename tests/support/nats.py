@@ -82,7 +82,7 @@ class NatsServer:
         if self.local is None:
             return NatsClientAuth()
         assert event_identity(identity) is not None, identity
-        return NatsClientAuth.for_identity(identity, nkey_seed_file=str(self.local.seeds[identity]))
+        return self.local.client_auth(identity)
 
     @property
     def running(self) -> bool:

@@ -171,7 +171,8 @@ class Collector:
         for v in views:
             if v.registered:
                 v.edge = edge.get(v.address, "not routed" if edge else "")
-        self._known_down(views)
+        procs = list(self.processes()) if self.processes is not None else []
+        self._known_down(views, procs)
         methods: list[MethodStats] = []
         for name in self.services:
             pairs = [
@@ -195,7 +196,7 @@ class Collector:
             breakers.extend((v.id, t, m, s) for t, m, s in scrape.breakers)
         for v in views:
             v.ejections = ejected.get(v.id, 0.0)
-        own = [p for p in self.processes() if not p.service] if self.processes else []
+        own = [p for p in procs if not p.service]
         return Snapshot(
             time.monotonic(), views, methods, sorted(breakers), streams, sagas, traces, notes,
             own,
@@ -213,12 +214,12 @@ class Collector:
             for i in sorted(instances, key=lambda i: i.id)
         ]
 
-    def _known_down(self, views: list[InstanceView]) -> None:
+    def _known_down(self, views: list[InstanceView], procs: Sequence[ProcessView]) -> None:
         """Instances the supervisor started that are not registered (down, restarting)."""
-        if self.processes is None:
+        if not procs:
             return
         present = {v.id for v in views}
-        for p in self.processes():
+        for p in procs:
             if p.service in self.services and p.name not in present:
                 views.append(
                     InstanceView(

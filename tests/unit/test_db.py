@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -211,3 +214,34 @@ def test_a_database_readable_by_others_is_narrowed(
     assert _mode(db) == 0o600
     assert "narrowed to 0600" in caplog.text
     assert _mode(shared) == 0o755  # a directory it did not make is left as it is
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (util-linux) to read as another account",
+)
+def test_another_account_cannot_read_a_service_database() -> None:
+    """The attacker: another account on the machine (`nobody`) reading the users
+    service's database is refused; the control, a file as SQLite would have made it
+    (0644 in a 0755 directory), it reads."""
+    base = Path(tempfile.mkdtemp(prefix="mesh-db-modes-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)  # a place others may enter, as a checkout often is
+        default_sqlite_url(base / "data", "users")
+        secret = base / "data" / "users.db"
+        secret.write_bytes(b"-----BEGIN PRIVATE KEY-----")
+        control = base / "old.db"
+        control.write_bytes(b"-----BEGIN PRIVATE KEY-----")
+        os.chmod(control, 0o644)
+
+        def read_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+
+        refused = read_as_nobody(secret)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
+        assert read_as_nobody(control).stdout.startswith("-----BEGIN")
+    finally:
+        shutil.rmtree(base)

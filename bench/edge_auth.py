@@ -33,7 +33,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,12 +50,12 @@ from shop.orders.v2 import orders_pb2, orders_pb2_grpc
 from mesh.api.options import EDGE
 from mesh.discovery.registry import Instance
 from mesh.discovery.static import StaticRegistry
+from mesh.edge.admin import EnvoyAdmin, routable_hosts
 from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources
 from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
-from mesh.local.up import routable_hosts
 from mesh.security.cli import ensure_identities
 from mesh.security.identity import MeshIdentity
 from mesh.settings import SecuritySettings
@@ -112,13 +111,12 @@ def _cpu_ticks(pid: int) -> int:
 class Envoy:
     name: str
     proc: subprocess.Popen[bytes]
-    admin_port: int
+    admin_socket: str
     listen_port: int
     log_path: Path
 
     def admin(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
-            return r.read().decode()  # type: ignore[no-any-return]
+        return EnvoyAdmin(self.admin_socket).request("GET", path)
 
     def wait(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -128,7 +126,7 @@ class Envoy:
             try:
                 if ready():
                     return
-            except OSError:
+            except (OSError, RuntimeError):  # not listening yet; 503 until LIVE
                 pass
             time.sleep(0.05)  # poll
         raise TimeoutError(f"envoy {self.name}: {what}: {self.log_path.read_text()[-3000:]}")
@@ -142,7 +140,7 @@ class Envoy:
             self.proc.wait(5)
 
 
-def _start_envoy(name: str, config: Path, admin: int, listen: int, log: Path) -> Envoy:
+def _start_envoy(name: str, config: Path, admin: str, listen: int, log: Path) -> Envoy:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [envoy_binary(), "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn"],
@@ -282,11 +280,10 @@ async def run(seconds: float, rounds: int, levels: Sequence[int]) -> dict[tuple[
             for mode, auth in (("jwt", EdgeAuthOptions()), ("no-auth", replace(
                 EdgeAuthOptions(), enabled=False))):  # fmt: skip
                 run_dir = tmp / mode
-                listen, admin = _free_port(), _free_port()
+                listen = _free_port()
                 options = local_options(
                     run_dir,
                     listen_port=listen,
-                    admin_port=admin,
                     meta_port=meta.port,
                     access_log_path="/dev/null",
                     rate_limit_per_s=1_000_000,
@@ -306,7 +303,7 @@ async def run(seconds: float, rounds: int, levels: Sequence[int]) -> dict[tuple[
                 await sync.start()
                 syncs.append(sync)
                 envoys[mode] = await asyncio.to_thread(
-                    _start_envoy, mode, config, admin, listen, run_dir / "envoy.log"
+                    _start_envoy, mode, config, options.admin_socket, listen, run_dir / "envoy.log"
                 )
             stubs: dict[str, Any] = {}
             for mode, envoy in envoys.items():

@@ -17,6 +17,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from mesh.edge import jwt_authn
+from mesh.edge.admin import SOCKET_MODE
 from mesh.edge.hardening import harden
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.limits import EdgeLimits
@@ -61,6 +62,9 @@ class EdgeOptions:
     listen_port: int = 8080
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
+    # Set: the admin listens on this Unix socket (0600) instead of admin_address:port
+    # (mesh/edge/admin.py says why a local edge does).
+    admin_socket: str = ""
     meta_address: str = "127.0.0.1"
     meta_port: int = 9190
     unary_timeout_s: float = 30.0
@@ -534,6 +538,12 @@ def _tracing(options: EdgeOptions) -> dict[str, Any]:
     }
 
 
+def _admin_address(options: EdgeOptions) -> dict[str, Any]:
+    if options.admin_socket:
+        return {"pipe": {"path": options.admin_socket, "mode": SOCKET_MODE}}
+    return {"socket_address": {"address": options.admin_address, "port_value": options.admin_port}}
+
+
 def _otlp_cluster(options: EdgeOptions) -> dict[str, Any]:
     return {
         "name": OTLP_CLUSTER,
@@ -734,14 +744,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             runtime_path(options),
             tracer_runtime(options.trace_flush_ms) if options.otlp_port else None,
         ),
-        "admin": {
-            "address": {
-                "socket_address": {
-                    "address": options.admin_address,
-                    "port_value": options.admin_port,
-                }
-            }
-        },
+        "admin": {"address": _admin_address(options)},
         "static_resources": {
             "listeners": listeners,
             "clusters": clusters,

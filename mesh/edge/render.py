@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from mesh.edge.admin import SOCKET_NAME
 from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
 from mesh.edge.model import build_model, load_descriptor_set
 
@@ -80,6 +81,8 @@ def render_files(
 def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
     """Options for a local edge whose files live under run_dir.
 
+    Its admin is the Unix socket `<run_dir>/admin.sock` (mesh/edge/admin.py: on a
+    shared machine, loopback TCP would let any account stop or re-route the edge).
     The PKI files default to `<run_dir>/../pki` (`meshctl up`'s layout: edge/ and
     pki/ side by side in the run dir); tests pass their own paths.
     """
@@ -95,6 +98,7 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             cert_path=str(pki / "edge.crt"),
             key_path=str(pki / "edge.key"),
             sds_path=str(run_dir / SDS_NAME),
+            admin_socket=str(run_dir / SOCKET_NAME),
         ),
         **overrides,  # type: ignore[arg-type]
     )

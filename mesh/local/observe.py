@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.discovery.registry import Registry
+from mesh.edge.admin import EnvoyAdmin
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.dashboard.collect import Collector
 from mesh.local.dashboard.server import Dashboard
@@ -160,7 +161,7 @@ class Observability:
         services: Sequence[str],
         *,
         nats_url: str,
-        edge_admin_port: int,
+        edge_admin: EnvoyAdmin | None,
         edge_port: int,
         nats_auth: NatsClientAuth | None = None,
     ) -> str:
@@ -169,7 +170,7 @@ class Observability:
             services,
             nats_url=nats_url,
             nats_auth=nats_auth,
-            edge_admin_port=edge_admin_port,
+            edge_admin=edge_admin,
             traces_db=self.traces_db,
             processes=sup.views,
         )

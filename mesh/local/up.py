@@ -23,10 +23,10 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.admin import SOCKET_NAME, EnvoyAdmin, routable_hosts, socket_path_error
 from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources, login_required
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
@@ -67,7 +67,6 @@ class UpError(RuntimeError):
 class UpOptions:
     run_dir: Path = Path(".run")
     edge_port: int = 8080
-    edge_admin_port: int = 9901
     nats_url: str = "nats://127.0.0.1:4222"
     services: tuple[ServiceSpec, ...] = ()  # from the topology file (mesh.toml)
     ready_timeout_s: float = 60.0
@@ -101,6 +100,15 @@ class UpOptions:
     edge_descriptors: Path = DESCRIPTORS
     edge_auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
 
+    @property
+    def edge_dir(self) -> Path:
+        return self.run_dir.resolve() / "edge"
+
+    @property
+    def edge_admin(self) -> EnvoyAdmin:
+        """The edge's admin, on its Unix socket in the run directory (mesh/edge/admin.py)."""
+        return EnvoyAdmin(self.edge_dir / SOCKET_NAME)
+
 
 def topology_events(
     topology: Topology, settings: Settings
@@ -130,7 +138,6 @@ def free_port_options(options: UpOptions) -> UpOptions:
         options,
         nats_url=nats_url,
         edge_port=pick(),
-        edge_admin_port=pick(),
         edge_tls_port=pick(),
         services=tuple(replace(s, grpc_port=0, admin_port=0) for s in options.services),
         observe=replace(options.observe, trace_sink_port=0, dashboard_port=0),
@@ -191,7 +198,9 @@ class LocalMesh:
             for p in (s.grpc_port, s.admin_port)
             if p and not port_free(p)
         ]
-        for p in (self.o.edge_port, self.o.edge_admin_port, self.o.edge_tls_port):
+        if why := socket_path_error(Path(self.o.edge_admin.socket_path)):
+            raise UpError(why)
+        for p in (self.o.edge_port, self.o.edge_tls_port):
             if not port_free(p):
                 busy.append(p)
         if busy:
@@ -237,7 +246,7 @@ class LocalMesh:
                 if self.nats_local is not None
                 else NatsClientAuth()
             ),
-            edge_admin_port=self.o.edge_admin_port,
+            edge_admin=self.o.edge_admin,
             edge_port=self.o.edge_port,
         )
 
@@ -274,7 +283,8 @@ class LocalMesh:
         await _poll(up, 10, f"nats-server on {self.nats_url}")
 
     async def _start_edge(self, run: Path) -> None:
-        edge_dir = run / "edge"
+        edge_dir = self.o.edge_dir
+        _private_dir(edge_dir, narrow=True)  # its admin socket and keys' paths: ours only
         fds = load_descriptor_set(self.o.edge_descriptors)
         model = build_model(fds.file)
         self.clusters = model.clusters
@@ -284,7 +294,6 @@ class LocalMesh:
         options = local_options(
             edge_dir,
             listen_port=self.o.edge_port,
-            admin_port=self.o.edge_admin_port,
             meta_port=self.meta.port,
             **self.observe.edge_options(self.o.env),
             tls_listen_port=self.o.edge_tls_port,
@@ -365,17 +374,13 @@ class LocalMesh:
     async def _edge_ready(self) -> bool:
         import aiohttp
 
-        url = f"http://127.0.0.1:{self.o.edge_admin_port}"
+        admin = EnvoyAdmin(self.o.edge_admin.socket_path, timeout_s=1)
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s:
-                async with s.get(f"{url}/ready") as r:
-                    if (await r.text()).strip() != "LIVE":
-                        return False
-                async with s.get(f"{url}/clusters?format=json") as r:
-                    stats = json.loads(await r.text())
+            if (await admin.get("/ready")).strip() != "LIVE":
+                return False
+            healthy = routable_hosts(await admin.clusters())
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
-        healthy = routable_hosts(stats)
         started = {s.name for s in self.o.services}  # a reduced topology routes fewer
         return all(healthy.get(c, 0) >= 1 for c in self.clusters if c in started)
 
@@ -402,24 +407,6 @@ class LocalMesh:
             if child.spec.service:
                 with contextlib.suppress(Exception):
                     await self.registry.deregister(child.spec.env["MESH_INSTANCE_ID"])
-
-
-def routable_hosts(clusters_json: dict[str, Any]) -> dict[str, int]:
-    """Hosts per cluster Envoy will route to, from its admin `/clusters?format=json`.
-
-    A new host waits for its first active health check (`pending_active_hc`)
-    before it takes traffic; the edge is ready only when that has passed.
-    """
-    bad = ("failed_active_health_check", "pending_active_hc", "failed_outlier_check")
-    out: dict[str, int] = {}
-    for c in clusters_json.get("cluster_statuses", []):
-        out[c["name"]] = sum(
-            1
-            for h in c.get("host_statuses", [])
-            if h.get("health_status", {}).get("eds_health_status") == "HEALTHY"
-            and not any(h.get("health_status", {}).get(k) for k in bad)
-        )
-    return out
 
 
 def edge_notes(

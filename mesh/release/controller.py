@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mesh.discovery.registry import Instance, Registry
+from mesh.edge.admin import EnvoyAdmin, routed_hosts
 from mesh.edge.envoy_config import write_atomically
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import module_argv
@@ -433,33 +434,16 @@ class ReleaseController:
         self._log(release, f"release of {release.service} {release.version}: promoted")
 
 
-async def edge_hosts_from_admin(admin_port: int, cluster: str) -> set[str] | None:
-    """The hosts the Envoy edge routes to in `cluster` (None: no such cluster)."""
+async def edge_hosts_from_admin(admin: EnvoyAdmin, cluster: str) -> set[str] | None:
+    """The hosts the Envoy edge routes to in `cluster` (None: no such cluster; an empty
+    set when the edge does not answer)."""
     import aiohttp
 
-    url = f"http://127.0.0.1:{admin_port}/clusters?format=json"
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
-            s.get(url) as r,
-        ):
-            doc = json.loads(await r.text())
+        doc = await admin.clusters()
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return set()
-    for c in doc.get("cluster_statuses", []):
-        if c["name"] != cluster:
-            continue
-        out = set()
-        for h in c.get("host_statuses", []):
-            status = h.get("health_status", {})
-            if status.get("eds_health_status") == "HEALTHY" and not any(
-                status.get(k)
-                for k in ("failed_active_health_check", "pending_active_hc", "failed_outlier_check")
-            ):
-                sock = h["address"]["socket_address"]
-                out.add(f"{sock['address']}:{sock['port_value']}")
-        return out
-    return None
+    return routed_hosts(doc).get(cluster)
 
 
 class _MeshLike(Protocol):
@@ -478,10 +462,10 @@ class _MeshLike(Protocol):
 
 def start_releases(mesh: _MeshLike, run_dir: Path) -> ReleaseController:
     """The controller for `meshctl up`'s LocalMesh (its registry, supervisor, edge)."""
-    admin_port = int(mesh.o.edge_admin_port)
+    admin: EnvoyAdmin = mesh.o.edge_admin
 
     async def edge_hosts(cluster: str) -> set[str] | None:
-        return await edge_hosts_from_admin(admin_port, cluster)
+        return await edge_hosts_from_admin(admin, cluster)
 
     return ReleaseController(
         run_dir, mesh.registry, mesh.sup, mesh.policies, grace_s=mesh.o.grace_s,

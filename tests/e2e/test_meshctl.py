@@ -14,9 +14,11 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+import yaml
 
 from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
+from mesh.edge.admin import EnvoyAdmin
 from tests.support.nats import nats_server
 from tests.support.poll import eventually
 
@@ -82,8 +84,10 @@ async def _anonymous_refused(url: str) -> bool:
 async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # A data directory as an older `up` left it (0755): narrowed to 0700 at start.
-    (run_dir / "data").mkdir(parents=True)
-    os.chmod(run_dir / "data", 0o755)
+    # So is its edge directory, which holds the Envoy admin's socket.
+    for older in ("data", "edge"):
+        (run_dir / older).mkdir(parents=True)
+        os.chmod(run_dir / older, 0o755)
     # Someone else's open NATS beside it: `up` must run its own, never reuse one.
     async with nats_server(tmp_path / "nats") as foreign:
         proc = await _meshctl_up(run_dir)
@@ -119,6 +123,14 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             assert {
                 n: m for n, m in files.items() if m & 0o077 and n.endswith((".db", "-wal", "-shm"))
             } == {}, files
+            # The Envoy admin is a socket only this account may use, and on no TCP port.
+            edge = run_dir / "edge"
+            assert stat.S_IMODE(edge.stat().st_mode) == 0o700
+            admin = edge / "admin.sock"
+            assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+            assert (await EnvoyAdmin(admin).get("/ready")).strip() == "LIVE"
+            config = yaml.safe_load((edge / "envoy.yaml").read_text())
+            assert config["admin"]["address"] == {"pipe": {"path": str(admin), "mode": 0o600}}
             # Recorded for `mesh.connect` in other processes of this user (no settings).
             state = {"XDG_STATE_HOME": str(tmp_path / "state")}
             assert locate.locate(state).directory == (run_dir / "registry").resolve()

@@ -45,14 +45,12 @@ async def test_twenty_consecutive_starts_without_an_abort(tmp_path: Path) -> Non
 
 async def test_start_right_after_stop_on_the_same_fixed_ports(tmp_path: Path) -> None:
     services = (ServiceSpec("users", free_port(), free_port(), module="services.users"),)
-    edge, admin = free_port(), free_port()
-    used = [edge, admin, services[0].grpc_port, services[0].admin_port]
+    edge = free_port()
+    used = [edge, services[0].grpc_port, services[0].admin_port]
     async with nats_server(tmp_path / "nats") as nats:
 
         def start(name: str) -> AbstractAsyncContextManager[Stack]:
-            return local_mesh(
-                tmp_path / name, services, nats=nats, edge_port=edge, edge_admin_port=admin
-            )
+            return local_mesh(tmp_path / name, services, nats=nats, edge_port=edge)
 
         async with start("a") as stack:
             # Calls that reach users through the edge (a public login with a wrong

@@ -320,7 +320,7 @@ def wait_for(what: str, check: Any, stack: Stack, timeout_s: float = 60.0) -> An
 
 
 def routable(admin: str, cluster: str) -> bool:
-    from mesh.local.up import routable_hosts
+    from mesh.edge.admin import routable_hosts
 
     with urllib.request.urlopen(f"{admin}/clusters?format=json", timeout=2) as r:
         return routable_hosts(json.loads(r.read())).get(cluster, 0) > 0

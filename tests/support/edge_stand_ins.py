@@ -96,11 +96,10 @@ async def running_edge(
         meta = EdgeMeta(fds, model, registry)
         await meta.start()
         stack.push_async_callback(meta.stop)
-        listen, admin, tls_port = free_port(), free_port(), free_port()
+        listen, tls_port = free_port(), free_port()
         rendered = local_options(
             tmp_path,
             listen_port=listen,
-            admin_port=admin,
             meta_port=meta.port,
             **pki.edge_options(tls_listen_port=tls_port),
             **options,
@@ -114,6 +113,8 @@ async def running_edge(
         )
         await sync.start()
         stack.push_async_callback(sync.stop)
-        envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+        envoy = await asyncio.to_thread(
+            start_envoy, config, rendered.admin_socket, tmp_path / "envoy.log"
+        )
         stack.callback(envoy.stop)
         yield RunningEdge(envoy, listen, tls_port)

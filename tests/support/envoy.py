@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.local.up import routable_hosts
+from mesh.edge.admin import EnvoyAdmin, routable_hosts
 from mesh.tools import envoy_binary
 
 
@@ -27,20 +26,16 @@ def validate(config: Path) -> subprocess.CompletedProcess[str]:
 @dataclass
 class EnvoyProcess:
     proc: subprocess.Popen[bytes]
-    admin_port: int
+    admin_socket: str  # the local edge's admin is a Unix socket (mesh/edge/admin.py)
     log_path: Path
 
     def admin(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
-            return r.read().decode()  # type: ignore[no-any-return]
+        return EnvoyAdmin(self.admin_socket).request("GET", path)
 
     def access_lines(self) -> list[dict[str, Any]]:
         """The JSON access lines Envoy wrote to its stdout so far (the edge's access log
         goes there); POST /reopen_logs flushes Envoy's buffer first."""
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin_port}/reopen_logs", method="POST", data=b""
-        )
-        urllib.request.urlopen(req, timeout=2).close()
+        EnvoyAdmin(self.admin_socket).request("POST", "/reopen_logs")
         lines = self.log_path.read_text(errors="replace").splitlines()
         return [json.loads(x) for x in lines if x.startswith("{")]
 
@@ -52,7 +47,7 @@ class EnvoyProcess:
             try:
                 if self.admin("/ready").strip() == "LIVE":
                     return
-            except OSError:
+            except (OSError, RuntimeError):  # not listening yet; 503 until LIVE
                 pass
             time.sleep(0.05)  # poll
         raise TimeoutError(f"envoy not ready: {self.log_path.read_text()[-3000:]}")
@@ -79,14 +74,14 @@ class EnvoyProcess:
             self.proc.wait(5)
 
 
-def start_envoy(config: Path, admin_port: int, log_path: Path) -> EnvoyProcess:
+def start_envoy(config: Path, admin_socket: str, log_path: Path) -> EnvoyProcess:
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [envoy_binary(), "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    ep = EnvoyProcess(proc, admin_port, log_path)
+    ep = EnvoyProcess(proc, admin_socket, log_path)
     try:
         ep.wait_ready()
     except BaseException:

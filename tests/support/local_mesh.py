@@ -121,7 +121,6 @@ async def local_mesh(
     *,
     env: dict[str, str] | None = None,
     edge_port: int = 0,
-    edge_admin_port: int = 0,
     nats: NatsServer | None = None,
     own_nats: bool = False,
     warm_spares: bool = True,
@@ -142,7 +141,6 @@ async def local_mesh(
         options = UpOptions(
             run_dir=base,
             edge_port=edge_port or free_port(),
-            edge_admin_port=edge_admin_port or free_port(),
             edge_tls_port=free_port(),
             # `up`'s own: on a free port, configured from the topology as `meshctl up` does.
             nats_url=server.url if server is not None else f"nats://127.0.0.1:{free_port()}",

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from mesh.db import (
     migrate,
     schema,
 )
+from tests.support.other_account import as_nobody, needs_other_account
 from tests.support.schema import describe
 
 
@@ -216,10 +216,7 @@ def test_a_database_readable_by_others_is_narrowed(
     assert _mode(shared) == 0o755  # a directory it did not make is left as it is
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv (util-linux) to read as another account",
-)
+@needs_other_account
 def test_another_account_cannot_read_a_service_database() -> None:
     """The attacker: another account on the machine (`nobody`) reading the users
     service's database is refused; the control, a file as SQLite would have made it
@@ -233,15 +230,8 @@ def test_another_account_cannot_read_a_service_database() -> None:
         control = base / "old.db"
         control.write_bytes(b"-----BEGIN PRIVATE KEY-----")
         os.chmod(control, 0o644)
-
-        def read_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
-                capture_output=True, text=True, timeout=10, check=False,
-            )  # fmt: skip
-
-        refused = read_as_nobody(secret)
+        refused = as_nobody("cat", str(secret))
         assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused
-        assert read_as_nobody(control).stdout.startswith("-----BEGIN")
+        assert as_nobody("cat", str(control)).stdout.startswith("-----BEGIN")
     finally:
         shutil.rmtree(base)

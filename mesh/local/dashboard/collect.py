@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from mesh.discovery.registry import Instance, Registry, RegistryUnavailable
+from mesh.edge.admin import EnvoyAdmin, host_states
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.local.dashboard.metrics import MethodStats, Scrape, method_stats, parse_scrape
 from mesh.local.supervisor import ProcessView
@@ -89,7 +90,7 @@ class Collector:
         services: Sequence[str],
         *,
         nats_url: str,
-        edge_admin_port: int,
+        edge_admin: EnvoyAdmin | None,
         traces_db: Path,
         processes: Processes | None = None,
         nats_auth: NatsClientAuth | None = None,
@@ -102,7 +103,7 @@ class Collector:
         # How it asks JetStream for the streams' state: `meshctl up`'s own NATS admits
         # the dashboard as its read-only monitor identity only.
         self.nats_auth = nats_auth or NatsClientAuth()
-        self.edge_admin_port = edge_admin_port
+        self.edge_admin = edge_admin
         self.traces_db = traces_db
         self.processes = processes
         self.min_interval_s = min_interval_s
@@ -260,28 +261,14 @@ class Collector:
 
     async def _edge_hosts(self, notes: list[str]) -> dict[str, str]:
         """address -> the edge's view of it, from Envoy's admin `/clusters`."""
-        if not self.edge_admin_port:
+        if self.edge_admin is None:
             return {}
-        text = await self._get(f"http://127.0.0.1:{self.edge_admin_port}/clusters?format=json")
-        if text is None:
+        try:
+            doc = await self.edge_admin.clusters()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             notes.append("edge admin did not answer")
             return {}
-        out: dict[str, str] = {}
-        with contextlib.suppress(ValueError):
-            for cluster in json.loads(text).get("cluster_statuses", []):
-                for h in cluster.get("host_statuses", []):
-                    sa = h.get("address", {}).get("socket_address", {})
-                    hs = h.get("health_status", {})
-                    if hs.get("failed_outlier_check"):
-                        state = "ejected"
-                    elif hs.get("failed_active_health_check"):
-                        state = "failing health checks"
-                    elif hs.get("pending_active_hc"):
-                        state = "pending health check"
-                    else:
-                        state = "routed"
-                    out[f"{sa.get('address')}:{sa.get('port_value')}"] = state
-        return out
+        return {addr: state for hosts in host_states(doc).values() for addr, state in hosts.items()}
 
     async def _streams(self, notes: list[str]) -> list[StreamView]:
         from nats.errors import Error as NatsError

@@ -120,11 +120,10 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     for _, instance in started:
         await registry.register(instance)
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
-    listen, admin = free_port(), free_port()
+    listen = free_port()
     options = local_options(
         tmp_path,
         listen_port=listen,
-        admin_port=admin,
         meta_port=free_port(),
         limits=EdgeLimits(
             strict_rate_limit_per_min=STRICT_PER_MIN, client_rate_limit_per_s=CLIENT_PER_S
@@ -138,7 +137,9 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
         registry, model.clusters, Path(options.eds_dir), port_clusters=jwks_sources(options.auth)
     )
     await sync.start()
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    envoy = await asyncio.to_thread(
+        start_envoy, config, options.admin_socket, tmp_path / "envoy.log"
+    )
     try:
         for cluster in ("users", "inventory"):
             await asyncio.to_thread(envoy.wait_healthy, cluster)
@@ -426,11 +427,10 @@ async def test_overload_manager_watches_heap_and_connections(edge: Edge) -> None
 async def test_an_edge_over_its_heap_budget_refuses_requests(tmp_path: Path) -> None:
     """A heap budget below what Envoy already uses: requests answer 503 at once."""
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
-    listen, admin = free_port(), free_port()
+    listen = free_port()
     options = local_options(
         tmp_path,
         listen_port=listen,
-        admin_port=admin,
         meta_port=free_port(),
         limits=EdgeLimits(max_heap_bytes=1024 * 1024),
         **pki.edge_options(tls_listen_port=free_port()),
@@ -438,7 +438,9 @@ async def test_an_edge_over_its_heap_budget_refuses_requests(tmp_path: Path) -> 
     config, _ = render_files(tmp_path, options)
     for cluster in [*model.clusters, *jwks_sources(options.auth)]:
         write_endpoints(Path(options.eds_dir), cluster, [])
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    envoy = await asyncio.to_thread(
+        start_envoy, config, options.admin_socket, tmp_path / "envoy.log"
+    )
     try:
 
         def refused() -> bool:

@@ -43,11 +43,10 @@ async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> 
         [Instance(id=f"{s}-1", service=s, host="localhost", port=p) for s, p in ports.items()]
     )
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
-    listen, admin = free_port(), free_port()
+    listen = free_port()
     options = local_options(
         tmp_path,
         listen_port=listen,
-        admin_port=admin,
         **pki.edge_options(tls_listen_port=free_port()),
     )
     config, _ = render_files(tmp_path, options)
@@ -56,7 +55,9 @@ async def test_envoy_takes_endpoints_registered_by_host_name(tmp_path: Path) -> 
     )
     await sync.start()
     await eventually(lambda: all(sync.snapshots.get(s) for s in ports), 10, "EDS written")
-    envoy = await asyncio.to_thread(start_envoy, config, admin, tmp_path / "envoy.log")
+    envoy = await asyncio.to_thread(
+        start_envoy, config, options.admin_socket, tmp_path / "envoy.log"
+    )
     try:
         for service, port in ports.items():
 

@@ -115,9 +115,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
 
 
 def test_rendered_config_validates(tmp_path: Path) -> None:
-    options = local_options(
-        tmp_path, listen_port=free_port(), admin_port=free_port(), **pki.edge_options()
-    )
+    options = local_options(tmp_path, listen_port=free_port(), **pki.edge_options())
     config, _ = render_files(tmp_path, options)
     model = build_model(load_descriptor_set(DESCRIPTORS).file)
     for cluster in [*model.clusters, JWKS_CLUSTER]:  # Envoy checks the EDS files exist

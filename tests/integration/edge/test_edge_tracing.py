@@ -33,19 +33,18 @@ def test_no_tracer_without_a_collector(tmp_path: Path) -> None:
     assert OTLP_CLUSTER not in {c["name"] for c in config["static_resources"]["clusters"]}
 
 
-def _edge_files(tmp_path: Path, **overrides: object) -> tuple[Path, int, int]:
-    listen, admin = free_port(), free_port()
+def _edge_files(tmp_path: Path, **overrides: object) -> tuple[Path, int, str]:
+    listen = free_port()
     options = local_options(
         tmp_path,
         listen_port=listen,
-        admin_port=admin,
         **pki.edge_options(tls_listen_port=free_port()),
         **overrides,
     )
     config, _ = render_files(tmp_path, options)
     for cluster in [*MODEL.clusters, JWKS_CLUSTER]:  # Envoy checks the EDS files exist
         write_endpoints(Path(options.eds_dir), cluster, [])
-    return config, listen, admin
+    return config, listen, options.admin_socket
 
 
 def test_config_with_tracer_validates(tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ async def test_the_dashboard_reads_the_streams_state_and_no_event(
     await publish_as_payments(nats_srv)  # PAYMENT holds one event
     registry = EmbeddedRegistry(tmp_path / "registry")
     collector = Collector(
-        registry, [], nats_url=nats_srv.url, edge_admin_port=0,
+        registry, [], nats_url=nats_srv.url, edge_admin=None,
         traces_db=tmp_path / "traces.db", nats_auth=nats_srv.auth_for("dashboard"),
     )  # fmt: skip
     notes: list[str] = []

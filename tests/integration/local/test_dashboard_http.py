@@ -36,7 +36,7 @@ async def dashboard(tmp_path: Path) -> AsyncIterator[Dashboard]:
         registry,
         ["orders"],
         nats_url=f"nats://127.0.0.1:{free_port()}",  # nothing there: a note, not a failure
-        edge_admin_port=0,
+        edge_admin=None,
         traces_db=tmp_path / "traces.db",
     )
     board = Dashboard(collector, admin_token="admin-secret", csrf_token=CSRF)
@@ -115,7 +115,7 @@ async def test_the_mesh_s_own_processes_with_their_restarts(tmp_path: Path) -> N
     ]
     registry = EmbeddedRegistry(tmp_path / "registry")
     collector = Collector(
-        registry, ["orders"], nats_url=f"nats://127.0.0.1:{free_port()}", edge_admin_port=0,
+        registry, ["orders"], nats_url=f"nats://127.0.0.1:{free_port()}", edge_admin=None,
         traces_db=tmp_path / "traces.db", processes=lambda: views,
     )  # fmt: skip
     board = Dashboard(collector, admin_token="admin-secret", csrf_token=CSRF)

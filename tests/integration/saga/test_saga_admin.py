@@ -125,7 +125,7 @@ async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
         registry,
         ["orders"],
         nats_url=f"nats://127.0.0.1:{free_port()}",
-        edge_admin_port=0,
+        edge_admin=None,
         traces_db=tmp_path / "traces.db",
     )
     board = Dashboard(collector, admin_token=dashboard_token, csrf_token="page-token")

@@ -2,6 +2,11 @@
 
 - Listens on 127.0.0.1 only (port 9900 by default, `MESH_DASHBOARD_PORT`; a free
   one when that is taken: the URL printed by `meshctl up` is the real one).
+- Only the account that runs the mesh is served: every other account on the
+  machine also reaches 127.0.0.1, so each connection's owner is looked up in
+  the kernel's socket table (`mesh.local.peer_account`) and any other uid gets
+  403, before anything is read or done. Where the system cannot tell (not
+  Linux), `meshctl up` says at start that other accounts could use it.
 - Every request must name this server in `Host` (127.0.0.1, localhost or
   [::1] with its port), so a web page cannot reach it through DNS rebinding
   (403 otherwise).
@@ -18,12 +23,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
 
+from mesh.local import peer_account
 from mesh.local.dashboard import assets, page
 from mesh.local.dashboard.collect import Collector
 from mesh.local.traces.store import connect, find_trace_id, span_tree, trace_spans
@@ -52,11 +59,17 @@ class Dashboard:
         admin_token: str,
         links: Sequence[tuple[str, str]] = (),
         csrf_token: str | None = None,
+        owner_uid: int | None = None,
     ) -> None:
         self.collector = collector
         self.admin_token = admin_token
         self.links = tuple(links)
         self.csrf = csrf_token or secrets.token_urlsafe(32)
+        # The account served (default this process's; None once started: any account,
+        # where the system cannot tell).
+        self.owner_uid = (
+            (os.getuid() if owner_uid is None else owner_uid) if peer_account.available() else None
+        )
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -85,6 +98,12 @@ class Dashboard:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        if self.owner_uid is None:
+            log.warning(
+                "the dashboard cannot tell which account connects on this system (no %s):"
+                " every account on this machine can use it",
+                peer_account.TCP_TABLE,
+            )
         return self.port
 
     async def stop(self) -> None:
@@ -100,6 +119,10 @@ class Dashboard:
         allowed = {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
         if request.host not in allowed:
             return web.Response(status=403, text="this dashboard answers on loopback only\n")
+        if self.owner_uid is not None and self._peer_uid(request) != self.owner_uid:
+            return web.Response(
+                status=403, text="this dashboard answers the account that runs the mesh only\n"
+            )
         if request.method == "POST":
             form = await request.post()
             token = form.get("csrf")
@@ -112,6 +135,16 @@ class Dashboard:
         response = await handler(request)
         response.headers.update(_SECURITY_HEADERS)
         return response
+
+    @staticmethod
+    def _peer_uid(request: web.Request) -> int | None:
+        transport = request.transport
+        if transport is None:
+            return None
+        peer, ours = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
+            return None
+        return peer_account.peer_uid((peer[0], peer[1]), (ours[0], ours[1]))
 
     # -- pages -----------------------------------------------------------------------------
 

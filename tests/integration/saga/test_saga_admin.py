@@ -3,6 +3,8 @@ also from the dashboard's retry button (CSRF-checked, forwarded with the token).
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from mesh.local.dashboard.collect import Collector
 from mesh.local.dashboard.server import Dashboard
 from mesh.saga import SagaDefinition, SagaRunner, SagaStatus, StepRetry
 from mesh.saga.admin import saga_admin_routes
+from tests.support.other_account import as_nobody, needs_other_account
 from tests.support.ports import free_port
 from tests.support.saga_scenario import COMPENSATE, Script
 
@@ -143,3 +146,51 @@ async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
     row = await runner.store.get("s1")
     assert row is not None
     assert row.status is (SagaStatus.COMPENSATED if retried else SagaStatus.PARKED)
+
+
+@needs_other_account
+async def test_another_account_can_neither_see_the_dashboard_nor_retry_through_it(
+    runners: Any, serve: Serve, tmp_path: Path
+) -> None:
+    """The attacker: another account on the machine, which reaches 127.0.0.1 too and
+    knows the page's CSRF token (say it read it over the user's shoulder). The
+    dashboard would spend the mesh's admin token for it; it is refused before that,
+    and the saga stays parked. The control: the same POST from the mesh's account."""
+    script = Script()
+    runner = await _parked(runners, script)
+    script.heal("a", phase=COMPENSATE)
+    admin = urlsplit(await serve(runner, TOKEN))
+    registry = StaticRegistry(
+        [Instance("orders-1", "orders", "127.0.0.1", 1, meta={"admin_port": str(admin.port)})]
+    )
+    collector = Collector(
+        registry,
+        ["orders"],
+        nats_url=f"nats://127.0.0.1:{free_port()}",
+        edge_admin=None,
+        traces_db=tmp_path / "traces.db",
+    )
+    board = Dashboard(collector, admin_token=TOKEN, csrf_token="page-token")
+    await board.start(0)
+    retry = (
+        "curl", "-sS", "-o", "/dev/stdout", "-w", " HTTP %{http_code}", "--max-time", "10",
+        "-d", "csrf=page-token", "-d", "service=orders", "-d", "saga_id=s1",
+        f"{board.url}/sagas/retry",
+    )  # fmt: skip
+    try:
+        page = await asyncio.to_thread(as_nobody, "curl", "-sS", board.url)
+        assert "account that runs the mesh only" in page.stdout, page
+        assert "s1" not in page.stdout
+        refused = await asyncio.to_thread(as_nobody, *retry)
+        assert refused.stdout.endswith("HTTP 403"), refused
+        row = await runner.store.get("s1")
+        assert row is not None and row.status is SagaStatus.PARKED
+
+        done = await asyncio.to_thread(
+            subprocess.run, retry, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.stdout.endswith("HTTP 303"), done
+    finally:
+        await board.stop()
+    row = await runner.store.get("s1")
+    assert row is not None and row.status is SagaStatus.COMPENSATED

@@ -111,6 +111,10 @@ class HealthMonitor:
     # and as a warning only if it still fails this long after the start: a newcomer's
     # first screen should not be warnings about services that are seconds from ready.
     STARTUP_PATIENCE_S = 10.0
+    # Meanwhile such a dependency is probed this often instead of every `interval_s`:
+    # under `meshctl up` its callers start beside it, and a `meshctl status` right after
+    # "mesh is up" showed them degraded for up to `interval_s` after it was up.
+    STARTUP_RETRY_S = 0.5
 
     def __init__(
         self,
@@ -192,12 +196,19 @@ class HealthMonitor:
         while not self._stopping.is_set():
             # Waiting on the event (not a bare sleep) lets stop() end the loop at once.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                await asyncio.wait_for(self._stopping.wait(), self._next_wait())
                 return
             try:
                 await self.refresh()
             except Exception:  # an on_change failure must not end health probing
                 log.exception("health refresh failed")
+
+    def _next_wait(self) -> float:
+        """`interval_s`, or `STARTUP_RETRY_S` while a dependency is awaited (not up since
+        the start, within `STARTUP_PATIENCE_S`)."""
+        if self._awaited:
+            return min(self.interval_s, self.STARTUP_RETRY_S)
+        return self.interval_s
 
     async def _probe(self, check: DependencyCheck) -> CheckResult:
         started = time.perf_counter()

@@ -307,6 +307,26 @@ async def test_an_optional_dependency_not_up_yet_at_start_is_said_once_at_info(
     ]
 
 
+async def test_a_dependency_awaited_at_start_is_seen_up_long_before_the_interval() -> None:
+    """`meshctl status` right after "mesh is up": orders must not say degraded (users)
+    for a whole interval after users came up. Awaited, it is probed every
+    `STARTUP_RETRY_S`; once up, the monitor goes back to its interval."""
+    users = Flaky()
+    users.error = DependencyFailed("no healthy instance of users")
+    monitor = HealthMonitor([DependencyCheck("users", users, False)], interval_s=30)
+    assert (await monitor.refresh()).status == "degraded"
+    monitor.start()
+    try:
+        users.error = None
+        started = time.monotonic()
+        while monitor.report.status != "healthy":
+            assert time.monotonic() - started < 3, "still degraded: probed at the interval"
+            await asyncio.sleep(0.05)  # poll
+        assert monitor._next_wait() == 30
+    finally:
+        await monitor.stop()
+
+
 async def test_database_check_answers_while_the_pool_is_exhausted(tmp_path: Path) -> None:
     """Every pooled connection held by requests: the probe has its own, so it passes."""
     engine = create_engine(

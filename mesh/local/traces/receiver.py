@@ -6,6 +6,11 @@ exported span to the SQLite store. It runs as its own supervised process, not
 in `meshctl up`: a gRPC server in the supervisor would make forking its other
 children unsafe, and its CPU stays apart from the edge's meta server.
 
+It takes spans from the account that runs it only: every account on the machine
+reaches 127.0.0.1, and another's spans would show in the dashboard as the mesh's.
+Each export's peer is looked up in the kernel's socket table
+(`mesh.local.peer_account`, Linux) and another uid is answered PERMISSION_DENIED.
+
 Only traces: the exporters of metrics and logs are not pointed here. A batch
 that cannot be stored (disk full, a locked file) is answered UNAVAILABLE, so
 the exporter retries it and nothing is lost silently.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -28,6 +34,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from interceptors.plumbing import HEALTH_PREFIX
+from mesh.local import peer_account
 from mesh.local.traces.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SPANS, SpanRow, SpanWriter
 
 log = logging.getLogger(__name__)
@@ -84,14 +91,34 @@ def span_rows(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Span
 
 
 class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, writer: SpanWriter) -> None:
+    def __init__(self, writer: SpanWriter, owner_uid: int | None = None) -> None:
         self.writer = writer
+        self.port = 0  # where it listens, once bound: the other end of its peers' sockets
+        # The account served (None: any, where the system cannot tell which connects).
+        self.owner_uid = (
+            (os.getuid() if owner_uid is None else owner_uid) if peer_account.available() else None
+        )
+
+    def _foreign(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        if self.owner_uid is None:
+            return False
+        kind, _, address = context.peer().partition(":")
+        host, _, port = address.rpartition(":")
+        if kind != "ipv4" or not port.isdigit():
+            return True  # the sink listens on 127.0.0.1 only: anything else is not ours
+        uid = peer_account.peer_uid((host, int(port)), ("127.0.0.1", self.port))
+        return uid != self.owner_uid
 
     async def Export(
         self,
         request: trace_service_pb2.ExportTraceServiceRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if self._foreign(context):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this trace sink takes spans from the account that runs the mesh only",
+            )
         try:
             self.writer.add(span_rows(request))
         except sqlite3.Error as exc:
@@ -102,10 +129,11 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 async def serve(writer: SpanWriter, port: int, stop: asyncio.Event) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    receiver = TraceReceiver(writer)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        TraceReceiver(writer), server
+        receiver, server
     )
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = receiver.port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"trace sink listening on 127.0.0.1:{bound}, storing in {writer.path}", flush=True)
     await stop.wait()

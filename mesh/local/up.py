@@ -521,6 +521,8 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         )
         print(table(ready.result(), options.edge_port, mesh.nats_url, notes), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)
+        admin = options.edge_admin.socket_path
+        print(f"edge admin (your account only): curl --unix-socket {admin} http://edge/clusters")
         if mesh.prometheus is not None:
             print(f"prometheus scrape config: {mesh.prometheus.config_file}", flush=True)
         print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)

@@ -100,9 +100,8 @@ class Dashboard:
         self.port = int(runner.addresses[0][1])
         if self.owner_uid is None:
             log.warning(
-                "the dashboard cannot tell which account connects on this system (no %s):"
-                " every account on this machine can use it",
-                peer_account.TCP_TABLE,
+                "the dashboard cannot tell which account connects on this system (no Linux"
+                " sock_diag): every account on this machine can use it"
             )
         return self.port
 

@@ -25,6 +25,7 @@ that closed before the lookup is not found (None).
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import struct
 
@@ -86,3 +87,9 @@ def available() -> bool:
     except (OSError, AttributeError):
         return False
     return True
+
+
+def served_account() -> int | None:
+    """The uid a loopback server of this process should serve: this process's own, or
+    None (any account) where the system cannot tell who connects."""
+    return os.getuid() if available() else None

@@ -187,6 +187,8 @@ class LocalMesh:
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
+        if why := socket_path_error(Path(self.o.edge_admin.socket_path)):
+            raise UpError(why)  # before anything starts
         ensure_private_dir(run / "registry")  # 0700: who can write it can register
         # The services' databases hold their secrets (signing keys, password hashes):
         # up's own data directory is 0700, an older run's 0755 narrowed too.
@@ -198,8 +200,6 @@ class LocalMesh:
             for p in (s.grpc_port, s.admin_port)
             if p and not port_free(p)
         ]
-        if why := socket_path_error(Path(self.o.edge_admin.socket_path)):
-            raise UpError(why)
         for p in (self.o.edge_port, self.o.edge_tls_port):
             if not port_free(p):
                 busy.append(p)

@@ -129,6 +129,7 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             admin = edge / "admin.sock"
             assert stat.S_IMODE(admin.stat().st_mode) == 0o600
             assert (await EnvoyAdmin(admin).get("/ready")).strip() == "LIVE"
+            assert f"curl --unix-socket {admin.resolve()} http://edge/clusters" in table
             config = yaml.safe_load((edge / "envoy.yaml").read_text())
             assert config["admin"]["address"] == {"pipe": {"path": str(admin), "mode": 0o600}}
             # Recorded for `mesh.connect` in other processes of this user (no settings).

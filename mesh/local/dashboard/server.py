@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -59,17 +58,12 @@ class Dashboard:
         admin_token: str,
         links: Sequence[tuple[str, str]] = (),
         csrf_token: str | None = None,
-        owner_uid: int | None = None,
     ) -> None:
         self.collector = collector
         self.admin_token = admin_token
         self.links = tuple(links)
         self.csrf = csrf_token or secrets.token_urlsafe(32)
-        # The account served (default this process's; None once started: any account,
-        # where the system cannot tell).
-        self.owner_uid = (
-            (os.getuid() if owner_uid is None else owner_uid) if peer_account.available() else None
-        )
+        self.owner_uid = peer_account.served_account()  # None: any, where it cannot tell
         self.port = 0
         self._runner: web.AppRunner | None = None
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -91,13 +90,15 @@ def span_rows(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Span
 
 
 class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, writer: SpanWriter, owner_uid: int | None = None) -> None:
+    def __init__(self, writer: SpanWriter) -> None:
         self.writer = writer
         self.port = 0  # where it listens, once bound: the other end of its peers' sockets
-        # The account served (None: any, where the system cannot tell which connects).
-        self.owner_uid = (
-            (os.getuid() if owner_uid is None else owner_uid) if peer_account.available() else None
-        )
+        self.owner_uid = peer_account.served_account()  # None: any, where it cannot tell
+        if self.owner_uid is None:
+            log.warning(
+                "the trace sink cannot tell which account connects on this system (no Linux"
+                " sock_diag): every account on this machine can send it spans"
+            )
 
     def _foreign(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
         if self.owner_uid is None:

@@ -44,6 +44,18 @@ def test_status_with_no_mesh_says_so_and_where_it_looked(tmp_path: Path) -> None
         assert f"the embedded registry {run / 'registry'}" in r.stdout
 
 
+def test_up_in_a_run_directory_too_deep_for_the_admin_socket_says_so(tmp_path: Path) -> None:
+    """The edge's admin socket lives in the run directory, and a Unix socket's path has
+    107 bytes at most: `up` refuses at once, names the limit and the way out, and
+    starts nothing."""
+    deep = tmp_path / ("d" * 40) / ("e" * 40) / "run"
+    r = _meshctl("up", "--run-dir", str(deep))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "a Unix socket's path must be at most 107" in r.stderr
+    assert "--run-dir" in r.stderr
+    assert not (deep / "nats").exists() and not (deep / "edge").exists()
+
+
 def test_an_unknown_option_is_refused() -> None:
     r = _meshctl("status", "--no-such-option")
     assert r.returncode == 2

@@ -312,7 +312,7 @@ class LocalMesh:
             port_clusters=jwks_sources(options.auth),
         )
         await self.sync.start()
-        await self._wait_for_issuer(options.auth.jwks_service)
+        await self._wait_for_issuer(options.auth)
         spec = ProcessSpec(
             name="envoy",
             argv=(
@@ -329,21 +329,30 @@ class LocalMesh:
         self.releases = start_releases(self, run)  # `meshctl release` (mesh/release/)
         await self.releases.start()
 
-    async def _wait_for_issuer(self, service: str) -> None:
-        """Until `service`, the end users' token issuer, has a healthy instance (when it is
-        in the topology): Envoy's first JWKS fetch then finds it, instead of failing and
-        logging a warning every second until the issuer is up (six on a cold start). The
-        services start meanwhile; it costs Envoy's own start (~0.3 s) on the total. Gives up
-        quietly after the ready timeout, or once a process will not come back: Envoy then
-        starts anyway and keeps refetching, and `wait_ready` says what is missing and why."""
-        if service not in {s.name for s in self.o.services}:
+    async def _wait_for_issuer(self, auth: EdgeAuthOptions) -> None:
+        """Until the end users' token issuer (when it is in the topology) has a healthy
+        instance in the edge's JWKS endpoints file: Envoy's first JWKS fetch then finds it,
+        instead of failing and logging a warning every second until the issuer is up (six
+        on a cold start). The file, not the registry: the endpoint sync writes it a moment
+        after the registry lists the instance, and an Envoy started in that moment failed
+        its first fetch. The services start meanwhile; it costs Envoy's own start (~0.3 s)
+        on the total. Gives up quietly after the ready timeout, or once a process will not
+        come back: Envoy then starts anyway and keeps refetching, and `wait_ready` says
+        what is missing and why."""
+        service = auth.jwks_service
+        if service not in {s.name for s in self.o.services} or self.sync is None:
             return
-        if await self.registry.healthy(service):
+        sync = self.sync
+
+        def written() -> bool:
+            return all(sync.snapshots.get(cluster) for cluster in jwks_sources(auth))
+
+        if written():
             return
         self.progress.step(f"waiting for {service} (the token issuer) before starting Envoy")
 
         async def issuer_up_or_a_process_gone() -> bool:
-            return self.sup.exited.is_set() or bool(await self.registry.healthy(service))
+            return self.sup.exited.is_set() or written()
 
         with contextlib.suppress(UpError):  # timed out: Envoy starts anyway (see above)
             await _poll(issuer_up_or_a_process_gone, self.o.ready_timeout_s, service)

@@ -113,10 +113,11 @@ async def test_retry_without_the_right_token_is_refused(
     assert row is not None and row.status is SagaStatus.PARKED
 
 
-@pytest.mark.parametrize(("dashboard_token", "retried"), [(TOKEN, True), ("a-stale-token", False)])
-async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
-    runners: Any, serve: Serve, tmp_path: Path, dashboard_token: str, retried: bool
-) -> None:
+async def _dashboard_over_a_parked_saga(
+    runners: Any, serve: Serve, tmp_path: Path, dashboard_token: str
+) -> tuple[SagaRunner, Dashboard]:
+    """Saga `s1` parked (its compensation now healed) on an orders admin port, and a
+    started dashboard (CSRF token `page-token`) that knows that instance."""
     script = Script()
     runner = await _parked(runners, script)
     script.heal("a", phase=COMPENSATE)
@@ -133,6 +134,14 @@ async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
     )
     board = Dashboard(collector, admin_token=dashboard_token, csrf_token="page-token")
     await board.start(0)
+    return runner, board
+
+
+@pytest.mark.parametrize(("dashboard_token", "retried"), [(TOKEN, True), ("a-stale-token", False)])
+async def test_dashboard_retries_a_parked_saga_through_the_admin_port(
+    runners: Any, serve: Serve, tmp_path: Path, dashboard_token: str, retried: bool
+) -> None:
+    runner, board = await _dashboard_over_a_parked_saga(runners, serve, tmp_path, dashboard_token)
     try:
         async with aiohttp.ClientSession() as s:
             async with s.get(board.url) as r:
@@ -156,22 +165,7 @@ async def test_another_account_can_neither_see_the_dashboard_nor_retry_through_i
     knows the page's CSRF token (say it read it over the user's shoulder). The
     dashboard would spend the mesh's admin token for it; it is refused before that,
     and the saga stays parked. The control: the same POST from the mesh's account."""
-    script = Script()
-    runner = await _parked(runners, script)
-    script.heal("a", phase=COMPENSATE)
-    admin = urlsplit(await serve(runner, TOKEN))
-    registry = StaticRegistry(
-        [Instance("orders-1", "orders", "127.0.0.1", 1, meta={"admin_port": str(admin.port)})]
-    )
-    collector = Collector(
-        registry,
-        ["orders"],
-        nats_url=f"nats://127.0.0.1:{free_port()}",
-        edge_admin=None,
-        traces_db=tmp_path / "traces.db",
-    )
-    board = Dashboard(collector, admin_token=TOKEN, csrf_token="page-token")
-    await board.start(0)
+    runner, board = await _dashboard_over_a_parked_saga(runners, serve, tmp_path, TOKEN)
     retry = (
         "curl", "-sS", "-o", "/dev/stdout", "-w", " HTTP %{http_code}", "--max-time", "10",
         "-d", "csrf=page-token", "-d", "service=orders", "-d", "saga_id=s1",

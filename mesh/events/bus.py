@@ -41,7 +41,13 @@ async def connect_nats(url: str, *, name: str, **options: Any) -> NATS:
     """A NATS connection that reconnects forever (events wait out an outage, never drop)."""
 
     async def on_error(exc: Exception) -> None:
-        log.debug("nats %s: %r", name, exc)
+        # A permission the server refused is a mistake to be seen (a subject or a durable
+        # this identity was not granted): without this line the refused request only
+        # times out. The rest (reconnects) is said by the callbacks below.
+        if "permissions violation" in str(exc).lower():
+            log.warning("nats %s: refused by the server: %s", name, exc)
+        else:
+            log.debug("nats %s: %r", name, exc)
 
     connected: list[NATS] = []  # the client, once connected (the callbacks are made first)
 

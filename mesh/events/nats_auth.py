@@ -62,7 +62,9 @@ class EventIdentity:
     `observer` identities (tools such as `meshctl events tail`) read every domain
     subject with plain subscriptions and may publish nothing. `monitor` identities
     (the dashboard) ask JetStream for its streams' and consumers' state (message
-    counts, what each consumer has pending) and read no event at all.
+    counts, what each consumer has pending) and read no event at all. `local_only`
+    identities (an example, a developer's script) are provisioned by `meshctl up`
+    only: the Kubernetes secrets never carry their seed or their permissions.
     """
 
     name: str
@@ -70,6 +72,7 @@ class EventIdentity:
     consumes: tuple[Consumes, ...] = ()
     observer: bool = False
     monitor: bool = False
+    local_only: bool = False
 
 
 # The read-only identity of meshctl's own tools (`events tail`, a project's demo): reads
@@ -305,8 +308,9 @@ def matrix_markdown(identities: Sequence[EventIdentity], streams: Sequence[Strea
         pubs += [f"`{dlq_subject(c.subject)}`" for c in ident.consumes]
         cons = [f"`{c.subject}` ({c.durable})" for c in ident.consumes]
         owned = [f"`{s.name}`" for s in owned_streams(ident, streams)]
+        where = " (`meshctl up` only)" if ident.local_only else ""
         rows.append(
-            f"| `{ident.name}` | {', '.join(pubs) or 'nothing'} | {', '.join(cons) or 'nothing'}"
-            f" | {', '.join(owned) or 'none'} |"
+            f"| `{ident.name}`{where} | {', '.join(pubs) or 'nothing'}"
+            f" | {', '.join(cons) or 'nothing'} | {', '.join(owned) or 'none'} |"
         )
     return "\n".join(rows) + "\n"

@@ -127,7 +127,8 @@ def nats_secrets(
     (material / "nats").mkdir(mode=0o700, exist_ok=True)
     out: list[Manifest] = []
     users: list[tuple[EventIdentity, str]] = []
-    for ident in (*identities, MESHCTL):
+    deployed = [i for i in identities if not i.local_only]  # not an example's
+    for ident in (*deployed, MESHCTL):
         seed = _kept(material / "nats" / f"{ident.name}.nk", new_user_seed())
         users.append((ident, public_key(seed)))
         out.append(_secret(nats_secret(ident.name), options, {"seed": seed.decode()}))

@@ -29,6 +29,14 @@ SHOP_EVENTS: tuple[EventIdentity, ...] = (
         consumes=(Consumes("order.completed", "inventory-order-completed"),),
     ),
     EventIdentity("payments", publishes=("payment",)),
+    # Not a service: examples/event_subscriber.py, a consumer outside the services with a
+    # durable of its own (as a reporting job's would be). `meshctl up` provisions it; a
+    # Kubernetes deployment does not (`local_only`: user.created carries emails).
+    EventIdentity(
+        "event-subscriber-example",
+        consumes=(Consumes("user.created", "event-subscriber-example"),),
+        local_only=True,
+    ),
 )
 
 IDENTITIES: tuple[EventIdentity, ...] = (*SHOP_EVENTS, *MESH_TOOLS)

@@ -32,11 +32,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """The e2e stack on the test's own nats-server, not `up`'s: the event subscriber
-    example makes a durable consumer, which `make run`'s NATS admits only for the
-    identities mesh.toml names (its docstring says so; `meshctl events tail` is the
-    read-only way in)."""
-    async with local_mesh(tmp_path_factory.mktemp("examples")) as s:
+    """The e2e stack on `up`'s own authenticated nats-server, as `make run` runs it: the
+    event subscriber example is one of the identities mesh.toml names."""
+    async with local_mesh(tmp_path_factory.mktemp("examples"), own_nats=True) as s:
         yield s
 
 
@@ -94,21 +92,21 @@ async def test_readme_snippet_runs_as_written(stack: Stack, tmp_path: Path) -> N
     assert re.fullmatch(r"[0-9a-f-]{36} 0 orders\n", out), out
 
 
-def _nats_url(stack: Stack) -> str:
-    assert stack.nats is not None
-    return stack.nats.url
+def _no_nats_settings() -> dict[str, str]:
+    """The user's shell with no NATS settings: the example finds `up`'s NATS itself."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MESH_"))}
 
 
-async def test_event_subscriber_example(stack: Stack) -> None:
+async def test_event_subscriber_example_on_up_s_own_nats(stack: Stack) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--nats", _nats_url(stack),
-        "--count", "1", "--durable", "example-test", "--subject", "user.created",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--run-dir", str(stack.base),
+        "--count", "1", cwd=ROOT, env=_no_nats_settings(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdout is not None
     try:
         first = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert first.startswith(b"subscribed to user.created"), first
+        assert first.startswith(b"subscribed to user.created as event-subscriber-example"), first
         status, user = await stack.json(
             "POST", "/api/v1/users",
             {"email": "events-example@example.com", "password": "correct horse battery",
@@ -122,6 +120,36 @@ async def test_event_subscriber_example(stack: Stack) -> None:
             await proc.wait()
     assert proc.returncode == 0, rest.decode()
     assert rest.decode().startswith("user.created id="), rest.decode()
+
+
+async def test_event_subscriber_example_may_read_nothing_else(stack: Stack) -> None:
+    """Its identity is granted its own durable of `user.created` only: another
+    subject (orders, with payment details) is refused by the server, not read."""
+    out = await _fails(
+        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--run-dir", str(stack.base),
+        "--subject", "order.completed", "--durable", "peek", "--count", "1",
+    )  # fmt: skip
+    assert "subscribed to" not in out and "order.completed id=" not in out, out
+    refused = 'refused by the server: nats: permissions violation for publish to "$js.api.consumer'
+    assert refused in out, out
+    assert "may only consume user.created" in out and "Traceback" not in out, out
+
+
+async def test_event_subscriber_example_without_a_mesh_says_so(tmp_path: Path) -> None:
+    out = await _fails(
+        sys.executable, str(EXAMPLES / "event_subscriber.py"), "--run-dir", str(tmp_path)
+    )
+    assert f"no mesh is running in {tmp_path}" in out, out
+
+
+async def _fails(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=_no_nats_settings(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0, out.decode()
+    return out.decode()
 
 
 async def test_clients_wheel_alone_calls_the_edge(stack: Stack, tmp_path: Path) -> None:

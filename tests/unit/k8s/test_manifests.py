@@ -33,6 +33,7 @@ from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 from mesh.edge.serve import serve_edge
+from mesh.k8s.infra import NATS_AUTH_SECRET
 from mesh.k8s.network import service_callers
 from mesh.k8s.options import IDENTITY_LABEL, KUBERNETES_VERSION, MESH_UID, K8sOptions
 from mesh.k8s.render import CONSUL_VALUES, DEPLOY_DIR, render_manifests, write_manifests
@@ -640,3 +641,16 @@ def test_a_projects_edge_with_no_issuer_fetches_no_keys(tmp_path: Path) -> None:
     assert "--jwks-service=" in companion["command"]
     admin = _named(docs, "NetworkPolicy", "notes-callers")["spec"]["ingress"][1]
     assert "edge" not in json.dumps(admin["from"])
+
+
+def test_a_local_only_identity_gets_no_seed_and_no_grant_in_kubernetes(
+    secrets: list[Doc],
+) -> None:
+    """`event-subscriber-example` (examples/event_subscriber.py, user.created with its
+    emails) is `meshctl up`'s only; the services' identities are all there."""
+    made = {d["metadata"]["name"]: d for d in secrets}
+    assert "event-subscriber-example-nats" not in made
+    assert {f"{s}-nats" for s in ("users", "orders", "inventory", "payments")} <= set(made)
+    auth = next(d for d in secrets if d["metadata"]["name"] == NATS_AUTH_SECRET)
+    text = "\n".join(auth["stringData"].values())
+    assert "event-subscriber-example" not in text and "orders-user-deleted" in text

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import FileDescriptor
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.trace import SpanKind, StatusCode
 
 from interceptors.tracing import make_tracer_provider
 from mesh.local.traces.store import DB_NAME, connect, recent_traces, trace_spans
-from mesh.tools import grpcurl_binary
 from tests.support.other_account import as_nobody, needs_other_account
 from tests.support.poll import eventually
 from tests.support.ports import free_port
+from tests.support.span_export import span_export
 
 
 @pytest.fixture
@@ -107,56 +99,15 @@ async def test_another_account_cannot_write_spans_into_the_sink(sink: int, tmp_p
     """The attacker: another account (`nobody`) exporting a span to the sink on
     127.0.0.1, which the dashboard would show as the mesh's own, is refused
     PERMISSION_DENIED and nothing is stored. The control: the same request from the
-    mesh's account is stored. (grpcurl, copied where `nobody` may run it, with the OTLP
-    descriptors as a protoset: the sink serves no reflection.)"""
-    base = Path(tempfile.mkdtemp(prefix="mesh-sink-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        grpcurl = base / "grpcurl"
-        shutil.copy(grpcurl_binary(), grpcurl)
-        os.chmod(grpcurl, 0o755)
-        protoset = base / "otlp.protoset"
-        protoset.write_bytes(_protoset(trace_service_pb2.DESCRIPTOR).SerializeToString())
-        os.chmod(protoset, 0o644)
-
-        def export(name: str) -> tuple[str, ...]:
-            span = {"traceId": base64.b64encode(bytes(range(16))).decode(),
-                    "spanId": base64.b64encode(bytes(range(8))).decode(),
-                    "name": name, "kind": "SPAN_KIND_SERVER",
-                    "startTimeUnixNano": "1700000000000000000",
-                    "endTimeUnixNano": "1700000000001000000"}  # fmt: skip
-            body = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
-            return (
-                str(grpcurl), "-plaintext", "-protoset", str(protoset), "-d", json.dumps(body),
-                f"127.0.0.1:{sink}", "opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            )  # fmt: skip
-
-        refused = await asyncio.to_thread(as_nobody, *export("forged"))
+    mesh's account is stored."""
+    with span_export() as export:
+        refused = await asyncio.to_thread(as_nobody, *export.argv(sink, "forged"))
         assert refused.returncode != 0, refused
         assert "PermissionDenied" in refused.stderr and "account that runs" in refused.stderr
-        stored = await asyncio.to_thread(_run, list(export("ours")))
+        stored = await asyncio.to_thread(_run, list(export.argv(sink, "ours")))
         assert stored.returncode == 0, stored.stderr
-    finally:
-        shutil.rmtree(base)
     db = connect(tmp_path / DB_NAME, readonly=True)
     names = await eventually(
         lambda: {s.root for s in recent_traces(db)} or None, 10, "the control's span stored"
     )
     assert names == {"ours"}
-
-
-def _protoset(file: FileDescriptor) -> descriptor_pb2.FileDescriptorSet:
-    """`file` and everything it imports, dependencies first (what grpcurl reads)."""
-    out = descriptor_pb2.FileDescriptorSet()
-    seen: set[str] = set()
-
-    def add(f: FileDescriptor) -> None:
-        if f.name in seen:
-            return
-        seen.add(f.name)
-        for dep in f.dependencies:
-            add(dep)
-        f.CopyToProto(out.file.add())
-
-    add(file)
-    return out

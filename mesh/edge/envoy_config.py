@@ -65,6 +65,10 @@ class EdgeOptions:
     # Set: the admin listens on this Unix socket (0600) instead of admin_address:port
     # (mesh/edge/admin.py says why a local edge does).
     admin_socket: str = ""
+    # Set: a listener on listen_address:health_port answering only GET /ready (Envoy's
+    # health_check filter: 200 while serving, 503 once draining or failed), so that a
+    # kubelet probes it and the admin can stay on 127.0.0.1 (`_health_listener`).
+    health_port: int = 0
     meta_address: str = "127.0.0.1"
     meta_port: int = 9190
     unary_timeout_s: float = 30.0
@@ -750,7 +754,68 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
-    return harden(bootstrap, model, options.limits)
+    out = harden(bootstrap, model, options.limits)
+    if options.health_port:
+        out["static_resources"]["listeners"].append(_health_listener(options))
+    return out
+
+
+HEALTH_LISTENER = "health"
+HEALTH_PATH = "/ready"
+
+
+def _health_listener(options: EdgeOptions) -> dict[str, Any]:
+    """Readiness for probes without the admin (Envoy Gateway's pattern): the health_check
+    filter answers GET /ready itself (200 serving, 503 draining or after the admin's
+    /healthcheck/fail); every other request finds no route (404). Nothing here acts on
+    the edge, so it may listen where the kubelet reaches it. Added after `harden`: the
+    edge's routes, auth and limits are not its business; its own buffer limit is set."""
+    hcm = {
+        "stat_prefix": "health",
+        "route_config": {
+            "name": "health",
+            "virtual_hosts": [{"name": "health", "domains": ["*"], "routes": []}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.health_check",
+                "typed_config": {
+                    "@type": _type("filters.http.health_check.v3.HealthCheck"),
+                    "pass_through_mode": False,
+                    "headers": [{"name": ":path", "string_match": {"exact": HEALTH_PATH}}],
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _type("filters.http.router.v3.Router")},
+            },
+        ],
+    }
+    return {
+        "name": HEALTH_LISTENER,
+        "address": {
+            "socket_address": {
+                "address": options.listen_address,
+                "port_value": options.health_port,
+            }
+        },
+        "per_connection_buffer_limit_bytes": 32 * 1024,
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": _type(
+                                "filters.network.http_connection_manager.v3.HttpConnectionManager"
+                            ),
+                            **hcm,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def eds_document(cluster: str, endpoints: list[tuple[str, int]]) -> dict[str, Any]:

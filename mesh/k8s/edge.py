@@ -4,8 +4,12 @@ The Envoy config is the one `envoy/envoy.yaml` is rendered from (mesh/edge/), wi
 the compose paths and one difference: the companion (`meshctl edge serve`: the
 edge meta server, and the endpoint sync that writes Envoy's EDS files from Consul)
 runs in the same pod, so Envoy reaches it on 127.0.0.1 and reads the EDS files
-from a shared emptyDir. Envoy's admin listens on the pod's address so the kubelet
-can probe `/ready`; the edge's NetworkPolicy admits only the listener ports.
+from a shared emptyDir. Envoy's admin listens on 127.0.0.1 only: it stops the edge
+and rewrites its runtime, and a NetworkPolicy protects nothing on a cluster whose
+network plugin does not enforce it. The kubelet probes a listener of its own instead
+(`EDGE_HEALTH_PORT`, `GET /ready` and nothing else: Envoy's health_check filter, 503
+once draining), as Envoy Gateway does; the edge's NetworkPolicy admits only the TLS
+listener (the kubelet's probes are not subject to it).
 
 The Service exposes the TLS listener (8443, certificate from the mesh CA: the
 `edge-pki` Secret) as a LoadBalancer; the plaintext 8080 listener is not exposed
@@ -22,7 +26,13 @@ from typing import Any
 import yaml
 
 from mesh.api.options import EDGE
-from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
+from mesh.edge.envoy_config import (
+    HEALTH_PATH,
+    EdgeOptions,
+    edge_descriptor_set,
+    render,
+    sds_document,
+)
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import COMPOSE_OPTIONS, EDGE_DESCRIPTORS_NAME, HEADER, SDS_NAME
@@ -46,10 +56,15 @@ ENVOY_UID = 101  # the envoyproxy/envoy image's `envoy` user
 CONFIG_MAP = "edge-envoy"
 
 
+EDGE_HEALTH_PORT = 9902
+
+
 def edge_options(options: K8sOptions, auth: EdgeAuthOptions) -> EdgeOptions:
     return replace(
         COMPOSE_OPTIONS,
         auth=auth,
+        admin_address="127.0.0.1",
+        health_port=EDGE_HEALTH_PORT,
         meta_address="127.0.0.1",
         trust_domain=options.trust_domain,
         ca_cert_path=f"{PKI_MOUNT}/ca.crt",
@@ -92,11 +107,11 @@ def deployment(options: K8sOptions, auth: EdgeAuthOptions) -> Manifest:
         "ports": [
             {"name": "https", "containerPort": edge.tls_listen_port, "protocol": "TCP"},
             {"name": "http", "containerPort": edge.listen_port, "protocol": "TCP"},
-            {"name": "admin", "containerPort": edge.admin_port, "protocol": "TCP"},
+            {"name": "health", "containerPort": edge.health_port, "protocol": "TCP"},
         ],
         "resources": options.resources.as_dict(),
-        "readinessProbe": http_probe("/ready", edge.admin_port),
-        "livenessProbe": http_probe("/ready", edge.admin_port, period=10, failures=6),
+        "readinessProbe": http_probe(HEALTH_PATH, edge.health_port),
+        "livenessProbe": http_probe(HEALTH_PATH, edge.health_port, period=10, failures=6),
         "securityContext": {**container_security(), "runAsUser": ENVOY_UID},
         "volumeMounts": [
             {"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True},

@@ -32,10 +32,13 @@ class EnvoyProcess:
     def admin(self, path: str) -> str:
         return EnvoyAdmin(self.admin_socket).request("GET", path)
 
+    def admin_post(self, path: str) -> str:
+        return EnvoyAdmin(self.admin_socket).request("POST", path)
+
     def access_lines(self) -> list[dict[str, Any]]:
         """The JSON access lines Envoy wrote to its stdout so far (the edge's access log
         goes there); POST /reopen_logs flushes Envoy's buffer first."""
-        EnvoyAdmin(self.admin_socket).request("POST", "/reopen_logs")
+        self.admin_post("/reopen_logs")
         lines = self.log_path.read_text(errors="replace").splitlines()
         return [json.loads(x) for x in lines if x.startswith("{")]
 

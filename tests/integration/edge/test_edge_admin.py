@@ -14,6 +14,8 @@ import os
 import shutil
 import stat
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,5 +99,41 @@ async def test_another_account_cannot_use_the_edge_admin(open_dir: Path) -> None
         os.chmod(sock, 0o666)
         code, out = curl("GET", "/ready")
         assert code == 0 and out.startswith("LIVE"), out
+    finally:
+        envoy.stop()
+
+
+async def test_the_health_listener_answers_ready_and_nothing_else(tmp_path: Path) -> None:
+    """What a kubelet probes instead of the admin (Kubernetes keeps the admin on
+    127.0.0.1): GET /ready is 200 while the edge serves and 503 once the admin failed
+    its health; nothing of the admin is reachable there."""
+    health = free_port()
+    options = local_options(
+        tmp_path,
+        listen_port=free_port(),
+        health_port=health,
+        **pki.edge_options(tls_listen_port=free_port()),
+    )
+    config, _ = render_files(tmp_path, options)
+    for cluster in [*MODEL.clusters, JWKS_CLUSTER]:
+        write_endpoints(Path(options.eds_dir), cluster, [])
+    envoy = await asyncio.to_thread(start_envoy, config, options.admin_socket, tmp_path / "log")
+
+    def get(path: str, method: str = "GET") -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{health}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert await asyncio.to_thread(get, "/ready") == 200
+        for path, method in (("/quitquitquit", "POST"), ("/config_dump", "GET"),
+                             ("/healthcheck/fail", "POST")):  # fmt: skip
+            assert await asyncio.to_thread(get, path, method) == 404, path
+        await asyncio.to_thread(envoy.admin_post, "/healthcheck/fail")
+        assert await asyncio.to_thread(get, "/ready") == 503
+        assert envoy.proc.poll() is None
     finally:
         envoy.stop()

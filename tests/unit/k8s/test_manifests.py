@@ -654,3 +654,23 @@ def test_a_local_only_identity_gets_no_seed_and_no_grant_in_kubernetes(
     auth = next(d for d in secrets if d["metadata"]["name"] == NATS_AUTH_SECRET)
     text = "\n".join(auth["stringData"].values())
     assert "event-subscriber-example" not in text and "orders-user-deleted" in text
+
+
+def test_the_edge_admin_stays_in_its_pod_and_the_kubelet_probes_the_health_listener(
+    committed: list[Doc],
+) -> None:
+    """Envoy's admin stops the edge and rewrites its runtime: 127.0.0.1 only, no
+    container port, since a NetworkPolicy protects nothing where the network plugin
+    does not enforce it. The probes ask the health listener, which serves /ready only
+    (tests/integration/edge/test_edge_admin.py runs it in a real Envoy)."""
+    envoy_yaml = yaml.safe_load(_named(committed, "ConfigMap", "edge-envoy")["data"]["envoy.yaml"])
+    assert envoy_yaml["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    [health] = [x for x in envoy_yaml["static_resources"]["listeners"] if x["name"] == "health"]
+    port = health["address"]["socket_address"]["port_value"]
+    [envoy] = [
+        c for c in _containers(_named(committed, "Deployment", "edge")) if c["name"] == "envoy"
+    ]
+    assert {p["name"]: p["containerPort"] for p in envoy["ports"]}["health"] == port
+    assert "admin" not in {p["name"] for p in envoy["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert envoy[probe]["httpGet"] == {"path": "/ready", "port": port}, probe

@@ -33,7 +33,7 @@ from mesh.events import EventBus
 from mesh.events.errors import EventsTimeoutError
 from mesh.events.nats_auth import stream_for
 from mesh.events.streams import ensure_streams
-from mesh.local.nats import local_client_env
+from mesh.local.nats import nats_env
 from mesh.settings import Settings
 from services.common.event_types import EVENTS
 from services.common.events import bus_access
@@ -44,13 +44,8 @@ IDENTITY = "event-subscriber-example"
 def settings_for(run_dir: Path) -> Settings | None:
     """This script's settings: the user's NATS_URL, else the running mesh's NATS and
     this identity's seed (None: neither)."""
-    env = dict(os.environ)
-    if not env.get("NATS_URL"):
-        found = local_client_env(run_dir.resolve(), IDENTITY)
-        if not found:
-            return None
-        env.update(found)
-    return Settings.from_env(IDENTITY, env)
+    env = nats_env(os.environ, run_dir, IDENTITY)
+    return Settings.from_env(IDENTITY, env) if env.get("NATS_URL") else None
 
 
 async def main(settings: Settings, subject: str, count: int, durable: str) -> None:

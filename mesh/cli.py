@@ -54,12 +54,9 @@ def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth]:
     """NATS_URL and credentials of meshctl's own connections: the user's settings when
     NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`."""
     from mesh.events.nats_connect import client_auth
-    from mesh.local.nats import local_client_env
+    from mesh.local.nats import nats_env
 
-    env = dict(os.environ)
-    if not env.get("NATS_URL"):
-        env.update(local_client_env(run_dir.resolve()))
-    settings = Settings.from_env("meshctl", env)
+    settings = Settings.from_env("meshctl", nats_env(os.environ, run_dir))
     return settings.nats_url, client_auth(settings)
 
 
@@ -195,16 +192,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mesh.local.nats import local_client_env
+    from mesh.local.nats import nats_env
 
     topology = _topology(args)
     if not topology.demo_module:
         print(f"meshctl demo: {topology.path} names no demo module", file=sys.stderr)
         return 1
     argv = [sys.executable, "-m", topology.demo_module, "--edge-port", str(args.edge_port)]
-    env = dict(os.environ)
-    if not env.get("NATS_URL"):  # the demo watches events as meshctl's read-only identity
-        env.update(local_client_env(Path(args.run_dir).resolve()))
+    env = nats_env(os.environ, Path(args.run_dir))  # it watches events as meshctl's identity
     return subprocess.call(argv, cwd=topology.root, env=env)
 
 

@@ -72,6 +72,7 @@ from mesh import sqlite_driver as sqlite_driver_module
 from mesh.db_greenlets import install as install_pooled_greenlets
 from mesh.db_lean import lean
 from mesh.db_sessions import MeshSession, MeshSessionMaker
+from mesh.private_dir import private_dir
 from mesh.sqlite_writes import SerialWriteSession
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,7 @@ def private_sqlite_file(path: Path) -> None:
     and shared-memory files take the database file's mode, so they follow. Limits: an
     existing directory's mode is left as it is (it may be shared on purpose), and the
     file's mode is all that guards it there."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)  # mkdir's mode goes through the umask
+    private_dir(path.parent, narrow=False)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         if os.fstat(fd).st_mode & 0o077:

@@ -41,6 +41,11 @@ _NOT_ROUTED = (
 ROUTED = "routed"
 
 
+def socket_in(edge_dir: Path) -> Path:
+    """Where a local edge whose files are in `edge_dir` serves its admin."""
+    return edge_dir / SOCKET_NAME
+
+
 def socket_path_error(path: Path) -> str | None:
     """Why `path` cannot be the admin socket (None: it can)."""
     size = len(str(path).encode())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mesh.edge.admin import SOCKET_NAME
+from mesh.edge.admin import socket_in
 from mesh.edge.envoy_config import EdgeOptions, edge_descriptor_set, render, sds_document
 from mesh.edge.model import build_model, load_descriptor_set
 
@@ -98,7 +98,7 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             cert_path=str(pki / "edge.crt"),
             key_path=str(pki / "edge.key"),
             sds_path=str(run_dir / SDS_NAME),
-            admin_socket=str(run_dir / SOCKET_NAME),
+            admin_socket=str(socket_in(run_dir)),
         ),
         **overrides,  # type: ignore[arg-type]
     )

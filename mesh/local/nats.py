@@ -36,6 +36,7 @@ from mesh.events.nats_auth import (
 )
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.events.streams import StreamSpec
+from mesh.private_dir import private_dir
 from mesh.tools import nats_server_binary
 
 SERVER_INFO = "server.json"
@@ -123,8 +124,7 @@ def prepare_local_nats(
 ) -> LocalNats:
     """Credentials and config for a local nats-server in `directory` (see the module doc);
     `extra_users` are raw user entries added to the config (tests add an administrator)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    private_dir(directory, narrow=True)
     seeds: dict[str, Path] = {}
     users: list[tuple[EventIdentity, str]] = []
     for ident in identities:
@@ -160,3 +160,13 @@ def local_client_env(run_dir: Path, identity: str = MESHCTL.name) -> dict[str, s
         return {}
     seed = directory / f"{identity}.nk"
     return {"NATS_URL": url, "NATS_NKEY_SEED_FILE": str(seed)} if seed.exists() else {}
+
+
+def nats_env(env: Mapping[str, str], run_dir: Path, identity: str = MESHCTL.name) -> dict[str, str]:
+    """`env` for connecting as `identity`: the user's own NATS settings when NATS_URL is
+    set, else the NATS of the mesh `meshctl up` runs in `run_dir` with the identity's seed
+    (`local_client_env`; nothing added when it runs none)."""
+    out = dict(env)
+    if not out.get("NATS_URL"):
+        out.update(local_client_env(run_dir.resolve(), identity))
+    return out

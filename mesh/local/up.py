@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
-from mesh.edge.admin import SOCKET_NAME, EnvoyAdmin, routable_hosts, socket_path_error
+from mesh.edge.admin import EnvoyAdmin, routable_hosts, socket_in, socket_path_error
 from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources, login_required
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
@@ -49,6 +49,7 @@ from mesh.local.topology import (
     Topology,
     service_processes,
 )
+from mesh.private_dir import private_dir
 from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.local import local_pki
 from mesh.settings import Settings
@@ -107,7 +108,7 @@ class UpOptions:
     @property
     def edge_admin(self) -> EnvoyAdmin:
         """The edge's admin, on its Unix socket in the run directory (mesh/edge/admin.py)."""
-        return EnvoyAdmin(self.edge_dir / SOCKET_NAME)
+        return EnvoyAdmin(socket_in(self.edge_dir))
 
 
 def topology_events(
@@ -187,12 +188,12 @@ class LocalMesh:
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
-        if why := socket_path_error(Path(self.o.edge_admin.socket_path)):
+        if why := socket_path_error(socket_in(self.o.edge_dir)):
             raise UpError(why)  # before anything starts
         ensure_private_dir(run / "registry")  # 0700: who can write it can register
         # The services' databases hold their secrets (signing keys, password hashes):
         # up's own data directory is 0700, an older run's 0755 narrowed too.
-        _private_dir(run / DATA_DIR, narrow=True)
+        private_dir(run / DATA_DIR, narrow=True)
         await self._start_nats(run)
         busy = [
             p
@@ -284,7 +285,7 @@ class LocalMesh:
 
     async def _start_edge(self, run: Path) -> None:
         edge_dir = self.o.edge_dir
-        _private_dir(edge_dir, narrow=True)  # its admin socket and keys' paths: ours only
+        private_dir(edge_dir, narrow=True)  # its admin socket and keys' paths: ours only
         fds = load_descriptor_set(self.o.edge_descriptors)
         model = build_model(fds.file)
         self.clusters = model.clusters
@@ -480,18 +481,11 @@ def table(
     return "\n".join(lines)
 
 
-def _private_dir(directory: Path, *, narrow: bool) -> None:
-    """`directory` made 0700 if missing; one that exists is made 0700 too when `narrow`."""
-    if narrow or not directory.exists():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)  # mkdir's mode goes through the umask
-
-
 def make_run_dir(run_dir: Path) -> None:
     """`up`'s run directory, made 0700 when it is made here: the mesh's state (its logs,
     traces, databases, keys) is its user's. One that exists is left as it is (it may be a
     directory the user chose; the secrets below it are in 0700 directories anyway)."""
-    _private_dir(run_dir, narrow=False)
+    private_dir(run_dir, narrow=False)
 
 
 async def run_up(options: UpOptions, registry: Registry) -> int:

@@ -21,6 +21,7 @@ from mesh.edge.admin import SOCKET_MODE
 from mesh.edge.hardening import harden
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.limits import EdgeLimits
+from mesh.edge.local_replies import local_reply_config
 from mesh.edge.model import EdgeModel, HttpBinding, Service
 from mesh.edge.subsets import (
     RUNTIME_FILE,
@@ -737,8 +738,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     clusters += jwt_authn.jwks_cluster(
         options.auth, eds_path(options, jwt_authn.JWKS_CLUSTER), options.eds_dir
     )
-    if mappers := jwt_authn.local_reply_mappers(options.auth):
-        hcm["local_reply_config"] = {"mappers": mappers}
+    hcm["local_reply_config"] = local_reply_config(jwt_authn.local_reply_mappers(options.auth))
     if options.otlp_port:
         hcm["tracing"] = _tracing(options)
         clusters.append(_otlp_cluster(options))

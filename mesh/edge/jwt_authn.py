@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.api.options import Access
+from mesh.edge.local_replies import rest_request, status_body
 from mesh.edge.model import EdgeModel, Method
 
 FILTER = "envoy.filters.http.jwt_authn"
@@ -288,32 +289,6 @@ def _jwt_failed() -> dict[str, Any]:
     }
 
 
-def _rest_request() -> dict[str, Any]:
-    """A request that arrived as REST: not gRPC, or transcoded (the transcoder keeps the
-    original path in `x-envoy-original-path`). Envoy decides at arrival whether a local
-    reply is gRPC-shaped, so a transcoded request gets an HTTP one."""
-    return {
-        "or_filter": {
-            "filters": [
-                {
-                    "header_filter": {
-                        "header": {
-                            "name": "content-type",
-                            "string_match": {"prefix": "application/grpc"},
-                            "invert_match": True,
-                        }
-                    }
-                },
-                {
-                    "header_filter": {
-                        "header": {"name": "x-envoy-original-path", "present_match": True}
-                    }
-                },
-            ]
-        }
-    }
-
-
 def local_reply_mappers(auth: EdgeAuthOptions) -> list[dict[str, Any]]:
     """Local replies of a failed verification: always 401 (`jwt_authn` answers 403 for a
     wrong audience; for this edge that token is as invalid as any other), and for REST
@@ -324,12 +299,9 @@ def local_reply_mappers(auth: EdgeAuthOptions) -> list[dict[str, Any]]:
     refused = {"and_filter": {"filters": [_jwt_failed(), _jwt_reply()]}}
     return [
         {
-            "filter": {"and_filter": {"filters": [_jwt_failed(), _jwt_reply(), _rest_request()]}},
+            "filter": {"and_filter": {"filters": [_jwt_failed(), _jwt_reply(), rest_request()]}},
             "status_code": 401,
-            "body_format_override": {
-                "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%"},
-                "content_type": "application/json",
-            },
+            "body_format_override": status_body("UNAUTHENTICATED"),
         },
         {"filter": refused, "status_code": 401},
     ]

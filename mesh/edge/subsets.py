@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.edge.local_replies import GRPC_CODES, HTTP_OF
 from mesh.traffic.policy import ANY, TRACK_HEADER, Fault, TrafficPolicy
 
 LB_NAMESPACE = "envoy.lb"
@@ -67,46 +68,6 @@ RUNTIME_FILE = "runtime.rtds.json"
 # size): large so that a 0 % subset's weight of 1 is negligible, small enough that a
 # cluster's total stays far below Envoy's uint32 limit.
 WEIGHT_SCALE = 1000
-
-_GRPC_CODES = {
-    "CANCELLED": 1,
-    "UNKNOWN": 2,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6,
-    "PERMISSION_DENIED": 7,
-    "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9,
-    "ABORTED": 10,
-    "OUT_OF_RANGE": 11,
-    "UNIMPLEMENTED": 12,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
-    "DATA_LOSS": 15,
-    "UNAUTHENTICATED": 16,
-}
-
-
-# The HTTP status of each gRPC status, as Envoy's transcoder maps them.
-_HTTP_OF = {
-    "CANCELLED": 499,
-    "UNKNOWN": 500,
-    "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501,
-    "INTERNAL": 500,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
-}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -214,7 +175,7 @@ def fault_filter(cluster: str, grpc: bool) -> dict[str, Any]:
     present: dict[str, Any] = {"name": ORIGINAL_PATH, "present_match": True}
     if grpc:
         present["invert_match"] = True
-        abort: dict[str, Any] = {"grpc_status": _GRPC_CODES["UNAVAILABLE"]}
+        abort: dict[str, Any] = {"grpc_status": GRPC_CODES["UNAVAILABLE"]}
         status_key = {"abort_grpc_status_runtime": _runtime_key(cluster, "abort_grpc_status")}
     else:
         abort = {"http_status": 503}
@@ -291,8 +252,8 @@ def fault_runtime(policies: Mapping[str, TrafficPolicy | None]) -> dict[str, int
             continue
         if fault.abort_percent > 0:
             out[_runtime_key(cluster, "abort_percent")] = round(fault.abort_percent)
-            out[_runtime_key(cluster, "abort_grpc_status")] = _GRPC_CODES[fault.abort_status]
-            out[_runtime_key(cluster, "abort_http_status")] = _HTTP_OF[fault.abort_status]
+            out[_runtime_key(cluster, "abort_grpc_status")] = GRPC_CODES[fault.abort_status]
+            out[_runtime_key(cluster, "abort_http_status")] = HTTP_OF[fault.abort_status]
         if fault.delay_percent > 0 and fault.delay_ms > 0:
             out[_runtime_key(cluster, "delay_percent")] = round(fault.delay_percent)
             out[_runtime_key(cluster, "delay_ms")] = fault.delay_ms

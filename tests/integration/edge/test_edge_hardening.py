@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.rpc import error_details_pb2, status_pb2
 from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 from shop.users.v1 import users_pb2, users_pb2_grpc
@@ -60,6 +61,11 @@ class Inventory(inventory_pb2_grpc.InventoryServiceServicer):
         self.seen.calls["GetProduct", request.product_id] += 1
         if request.product_id == "slow":
             await asyncio.sleep(SLOW_MS / 1000)  # poll: the stand-in's deliberate slowness
+        if request.product_id == "p-missing":
+            status = status_pb2.Status(code=5, message="no product p-missing")
+            status.details.add().Pack(error_details_pb2.ErrorInfo(reason="PRODUCT_NOT_FOUND"))
+            details = (("grpc-status-details-bin", status.SerializeToString()),)
+            await context.abort(grpc.StatusCode.NOT_FOUND, status.message, details)
         return inventory_pb2.Product(product_id=request.product_id, name="thing")
 
     async def CreateProduct(self, request: Any, context: Any) -> inventory_pb2.Product:
@@ -153,6 +159,63 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
 
 def _get(edge: Edge, path: str, **kw: Any) -> RawResponse:
     return edge.send("GET", path, **kw)
+
+
+def _status_body(res: RawResponse) -> tuple[int, str]:
+    """The code and message of a JSON `google.rpc.Status` answer (anything else fails)."""
+    assert res.headers.get("content-type") == "application/json", res
+    doc = res.json()
+    assert set(doc) == {"code", "message"}, doc
+    return doc["code"], doc["message"]
+
+
+async def test_the_edges_own_rest_errors_are_status_json(edge: Edge) -> None:
+    """What Envoy answers itself to a REST caller (the transcoder refusing the request, no
+    route, no instance of the asked track) has the shape of a service's error: a JSON
+    Status whose code matches the HTTP status; nothing reaches the upstream."""
+    cases = [
+        ("POST", "/api/v1/users", b'{"email": "bad-json@example.com",', {}, 400, 3, "Unexpected"),
+        ("GET", "/api/v1/products?page_size=abc", None, {}, 400, 3, 'invalid value "abc"'),
+        ("GET", "/api/v1/no-such-thing/1", None, {}, 404, 5, "Could not resolve"),
+        ("GET", "/api/v1/products/p-purple", None, {"x-mesh-track": "purple"}, 503, 14,
+         "no healthy upstream"),
+    ]  # fmt: skip
+    for method, path, body, headers, status, code, text in cases:
+        res = await asyncio.to_thread(request, edge.port, method, path, body, headers)
+        assert res.status == status, (path, res)
+        got_code, message = _status_body(res)
+        assert got_code == code and text in message, (path, res)
+    assert edge.seen.calls["GetProduct", "p-purple"] == 0
+    assert not [c for c in edge.seen.calls if c[1] == "bad-json@example.com"]
+    # A service's own error keeps its details (the transcoder's body, not a local reply).
+    res = await asyncio.to_thread(_get, edge, "/api/v1/products/p-missing")
+    assert res.status == 404 and res.json()["details"][0]["reason"] == "PRODUCT_NOT_FOUND", res
+
+
+async def test_grpc_callers_still_get_grpc_statuses_from_the_edge(edge: Edge) -> None:
+    """The control: the same refusals to a gRPC caller are trailers-only gRPC statuses
+    with Envoy's text, not JSON."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        stub = inventory_pb2_grpc.InventoryServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetProduct(
+                inventory_pb2.GetProductRequest(product_id="p-grpc-purple"),
+                metadata=(("x-mesh-track", "purple"),),
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+        assert caught.value.details() == "no healthy upstream", caught.value
+        # A path no public route names needs a login first (default deny).
+        unknown = ch.unary_unary(
+            "/shop.inventory.v1.InventoryService/NoSuchMethod",
+            request_serializer=bytes,
+            response_deserializer=bytes,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unknown(b"", timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value
+        assert caught.value.details() == "Jwt is missing", caught.value
+    assert edge.seen.calls["GetProduct", "p-grpc-purple"] == 0
 
 
 async def test_path_tricks_end_on_the_canonical_route(edge: Edge) -> None:
@@ -295,6 +358,7 @@ async def test_oversized_body_is_refused_with_413(edge: Edge) -> None:
     too_big = {"email": "big@example.com", "password": "x" * (limit + 1024)}
     res = await asyncio.to_thread(edge.send, "POST", "/api/v1/users", too_big, source="127.0.0.5")
     assert res.status == 413, res
+    assert _status_body(res) == (8, "Payload Too Large"), res  # RESOURCE_EXHAUSTED, as gRPC
     assert edge.seen.calls["CreateUser", "big@example.com"] == 0
 
 
@@ -336,6 +400,7 @@ async def test_login_flood_from_one_address_gets_429_another_address_still_logs_
     limited = [r for r in answers if r.status == 429]
     assert limited, statuses
     assert limited[0].headers["retry-after"] == str(60 // STRICT_PER_MIN), limited[0]
+    assert _status_body(limited[0]) == (8, "local_rate_limited"), limited[0]  # RESOURCE_EXHAUSTED
     # The unversioned REST path, a spoofed x-forwarded-for and gRPC share the bucket.
     res = await asyncio.to_thread(edge.send, "POST", "/api/sessions", login, source=flood)
     assert res.status == 429, res

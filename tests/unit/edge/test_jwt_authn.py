@@ -10,8 +10,10 @@ from mesh.edge.jwt_authn import (
     JWKS_CLUSTER,
     EdgeAuthOptions,
     jwks_sources,
+    local_reply_mappers,
     public_paths,
 )
+from mesh.edge.local_replies import GRPC_OF_HTTP, local_reply_config
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 
@@ -54,7 +56,9 @@ def test_every_other_path_requires_a_token_and_the_filters_are_in_order() -> Non
     assert provider["forward"] is False
     assert provider["issuer"] == "shop-mesh/users" and provider["audiences"] == ["shop-mesh"]
     assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
-    assert len(hcm["local_reply_config"]["mappers"]) == 2
+    mappers = hcm["local_reply_config"]["mappers"]
+    assert mappers[:2] == local_reply_mappers(EdgeAuthOptions())  # the token's refusals first
+    assert len(mappers) == 2 + 1 + len(GRPC_OF_HTTP) + 1
 
 
 def test_the_issuer_is_configurable_and_auth_can_be_left_out() -> None:
@@ -66,7 +70,7 @@ def test_the_issuer_is_configurable_and_auth_can_be_left_out() -> None:
     off = EdgeOptions(auth=EdgeAuthOptions(enabled=False))
     hcm = _hcm(off)
     assert FILTER not in [f["name"] for f in hcm["http_filters"]]
-    assert "local_reply_config" not in hcm
+    assert hcm["local_reply_config"] == local_reply_config()  # no token mappers
     clusters = render(MODEL, off)["static_resources"]["clusters"]
     assert JWKS_CLUSTER not in [c["name"] for c in clusters]
 

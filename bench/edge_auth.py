@@ -56,8 +56,8 @@ from mesh.edge.meta import EdgeMeta
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
-from mesh.security.cli import ensure_identities
 from mesh.security.identity import MeshIdentity
+from mesh.security.identity_files import ensure_identities
 from mesh.settings import SecuritySettings
 from mesh.tools import envoy_binary
 

@@ -30,6 +30,7 @@ from mesh.edge.subsets import (
     runtime_layer,
     track_header_filter,
 )
+from mesh.security.store import PUBLISHED_DIR
 
 ACCEPT_VERSION = "accept-version"
 META_CLUSTER = "edge_meta"
@@ -95,6 +96,8 @@ class EdgeOptions:
     ca_cert_path: str = "/etc/shop-mesh/pki/ca.crt"
     cert_path: str = "/etc/shop-mesh/pki/edge.crt"
     key_path: str = "/etc/shop-mesh/pki/edge.key"
+    # The certificate's directory is a PkiStore's: watch its `published/` (_cert_watch_dir).
+    cert_published: bool = False
     tls_listen_port: int = 8443
     # The file-based SDS document naming the edge's certificate files (render_files
     # writes it): Envoy watches the PKI directory and reloads a renewed certificate.
@@ -365,6 +368,15 @@ def _certificate(options: EdgeOptions) -> dict[str, Any]:
     }
 
 
+def _cert_watch_dir(options: EdgeOptions) -> str:
+    """Where Envoy watches for a replaced certificate: with `cert_published` the PKI
+    directory's `published/` (one move once key and certificate are both written:
+    mesh/security/store.py), else the certificate's own directory (a Kubernetes secret
+    mount, whose files change together by one symlink swap)."""
+    directory = Path(options.cert_path).parent
+    return str(directory / PUBLISHED_DIR if options.cert_published else directory)
+
+
 def sds_document(options: EdgeOptions) -> dict[str, Any]:
     """The SDS file: the certificate and key files, and the directory Envoy watches for
     their replacement (written atomically by mesh/security/store.py, key first)."""
@@ -376,7 +388,7 @@ def sds_document(options: EdgeOptions) -> dict[str, Any]:
                 "tls_certificate": {
                     "certificate_chain": {"filename": options.cert_path},
                     "private_key": {"filename": options.key_path},
-                    "watched_directory": {"path": str(Path(options.cert_path).parent)},
+                    "watched_directory": {"path": _cert_watch_dir(options)},
                 },
             }
         ]

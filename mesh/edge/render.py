@@ -34,6 +34,7 @@ COMPOSE_OPTIONS = EdgeOptions(
     # compose file publishes it on the host's loopback only.
     admin_address="0.0.0.0",
     meta_address="edge-meta",
+    cert_published=True,  # the `pki` volume is a PkiStore's (`pki-init`, `pki-renew`)
 )
 
 HEADER = (
@@ -97,6 +98,7 @@ def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
             ca_cert_path=str(pki / "ca.crt"),
             cert_path=str(pki / "edge.crt"),
             key_path=str(pki / "edge.key"),
+            cert_published=True,
             sds_path=str(run_dir / SDS_NAME),
             admin_socket=str(socket_in(run_dir)),
         ),

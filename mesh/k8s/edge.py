@@ -70,6 +70,7 @@ def edge_options(options: K8sOptions, auth: EdgeAuthOptions) -> EdgeOptions:
         ca_cert_path=f"{PKI_MOUNT}/ca.crt",
         cert_path=f"{PKI_MOUNT}/{EDGE}.crt",
         key_path=f"{PKI_MOUNT}/{EDGE}.key",
+        cert_published=False,  # a Secret mount: its files change together (symlink swap)
     )
 
 

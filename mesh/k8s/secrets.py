@@ -48,7 +48,7 @@ from mesh.k8s.objects import Manifest, dump_all, metadata
 from mesh.k8s.options import K8sOptions
 from mesh.k8s.workloads import db_secret, nats_secret, pki_secret
 from mesh.local.topology import ServiceSpec
-from mesh.security.cli import EDGE_LOCAL_DNS, EDGE_LOCAL_IPS, ensure_identities
+from mesh.security.identity_files import ensure_identities, issue_identity
 from mesh.security.store import write_atomically
 from mesh.settings import Settings, security_from_env
 
@@ -91,7 +91,7 @@ def pki_secrets(
     if edge_names:
         ips = [n for n in edge_names if _is_ip(n)]
         dns = [n for n in edge_names if not _is_ip(n)]
-        store.issue(EDGE, extra_dns=(*EDGE_LOCAL_DNS, *dns), extra_ips=(*EDGE_LOCAL_IPS, *ips))
+        issue_identity(store, EDGE, dns, ips)
     ca = store.ca_cert_path.read_text()
     out = []
     for name in identities:

@@ -51,6 +51,7 @@ from mesh.local.topology import (
 )
 from mesh.private_dir import private_dir
 from mesh.release.controller import ReleaseController, start_releases
+from mesh.security.identity_files import IdentityFileRenewer
 from mesh.security.local import local_pki
 from mesh.settings import Settings
 from mesh.tools import envoy_binary
@@ -177,6 +178,7 @@ class LocalMesh:
         self.sync: EndpointSync | None = None
         self.nats_child: Child | None = None
         self.envoy_child: Child | None = None
+        self.cert_renewer: IdentityFileRenewer | None = None
         self.nats_url = options.nats_url
         self.nats_local: LocalNats | None = None
         self.clusters: list[str] = []
@@ -216,6 +218,9 @@ class LocalMesh:
         base_env.update(self.observe.service_env(base_env))
         self.pki = local_pki(run, self.o.env, [s.name for s in self.o.services])  # mTLS
         base_env.update(self.pki.env)
+        self.cert_renewer = self.pki.renewer  # Envoy reads its certificate from files
+        if self.cert_renewer is not None:
+            self.cert_renewer.start()
         # One secret per run that the services derive their signing keys from (page
         # tokens); a user's own MESH_SERVICE_SECRET wins. Never written to disk.
         if not base_env.get("MESH_SERVICE_SECRET"):
@@ -396,6 +401,8 @@ class LocalMesh:
 
     async def stop(self) -> None:
         services = {s.name for s in self.o.services}
+        if self.cert_renewer is not None:
+            await self.cert_renewer.close()
         await self.observe.stop()
         if self.releases is not None:
             await self.releases.stop()

@@ -3,6 +3,8 @@
 meshctl pki init [NAME ...]     create the CA (unless there is one) and issue NAMEs
 meshctl pki issue NAME          a new certificate for NAME (--dns/--ip add names)
 meshctl pki rotate              re-issue every certificate in the directory
+meshctl pki renew NAME ...      re-issue NAMEs' files when a third of their lifetime is
+                                left, until stopped (`--once`: what is due now, then exit)
 meshctl pki show [NAME]         identity, names, expiry of the CA and the certificates
 
 The directory is MESH_PKI_DIR, else `<--run-dir>/pki` (`.run/pki`).
@@ -11,21 +13,20 @@ The directory is MESH_PKI_DIR, else `<--run-dir>/pki` (`.run/pki`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mesh.api.options import EDGE
+from mesh.security.identity_files import IdentityFileRenewer, issue_identity
 from mesh.security.pki import PkiError, describe
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings, security_from_env
-
-# The edge's certificate also answers to the names a local browser, curl or grpcurl uses.
-EDGE_LOCAL_DNS = ("localhost",)
-EDGE_LOCAL_IPS = ("127.0.0.1",)
 
 
 def security_for(run_dir: Path) -> SecuritySettings:
@@ -34,32 +35,6 @@ def security_for(run_dir: Path) -> SecuritySettings:
     if not os.environ.get("MESH_PKI_DIR"):
         security = dataclasses.replace(security, pki_dir=str(run_dir / "pki"))
     return security
-
-
-def ensure_identities(security: SecuritySettings, names: Sequence[str]) -> PkiStore:
-    """The CA (created if missing) and a valid certificate for each of `names`.
-
-    A certificate is (re)issued when missing, unreadable, or past two thirds of
-    its lifetime. The edge's also carries localhost/127.0.0.1.
-    """
-    store = PkiStore(security)
-    store.init_ca()
-    now = dt.datetime.now(dt.UTC)
-    for name in names:
-        try:
-            info = describe(store.load(name).cert_pem)
-            fresh = info.remaining(now) > (info.not_after - info.not_before) / 3
-        except PkiError:
-            fresh = False
-        if not fresh:
-            _issue(store, name)
-    return store
-
-
-def _issue(store: PkiStore, name: str, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> None:
-    if name == EDGE:
-        dns, ips = (*EDGE_LOCAL_DNS, *dns), (*EDGE_LOCAL_IPS, *ips)
-    store.issue(name, extra_dns=dns, extra_ips=ips)
 
 
 def _fmt_remaining(delta: dt.timedelta) -> str:
@@ -98,12 +73,14 @@ def cmd_pki(args: argparse.Namespace) -> int:
             made = store.ensure_service_secret()
             print(f"{'created' if made else 'kept'} the services' shared secret in {store.dir}")
             for name in args.names:
-                _issue(store, name)
+                issue_identity(store, name)
                 print(f"issued {name}: {store.cert_path(name)}")
         elif args.pki_command == "issue":
-            _issue(store, args.name, args.dns, args.ip)
+            issue_identity(store, args.name, args.dns, args.ip)
             cert, key = store.cert_path(args.name), store.key_path(args.name)
             print(f"issued {args.name}: {cert} (key {key})")
+        elif args.pki_command == "renew":
+            return _renew(store, args.names, once=args.once)
         elif args.pki_command == "rotate":
             rotated = store.rotate()
             print(f"rotated {len(rotated)}: {', '.join(rotated) or '(no certificates)'}")
@@ -125,6 +102,38 @@ def cmd_pki(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renew(store: PkiStore, names: Sequence[str], *, once: bool) -> int:
+    """`meshctl pki renew`: for a program that reads its certificate from files and
+    renews nothing itself (compose's Envoy); `meshctl up` runs the same renewer."""
+    missing = [n for n in names if not store.cert_path(n).is_file()]
+    if missing:
+        print(f"meshctl pki: no certificate for {', '.join(missing)} in {store.dir}:"
+              f" `meshctl pki issue NAME` first", file=sys.stderr)  # fmt: skip
+        return 1
+    renewer = IdentityFileRenewer(store, names)
+    if once:
+        nearest = renewer.renew_due()
+        print(f"next renewal due {nearest.isoformat(timespec='seconds') if nearest else '-'}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    print(f"renewing {', '.join(names)} in {store.dir} when a third of their lifetime is left;"
+          " Ctrl-C or SIGTERM stops", flush=True)  # fmt: skip
+
+    async def watch() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # PID 1 in a container: no default
+            loop.add_signal_handler(signum, stop.set)
+        renewer.start()
+        try:
+            await stop.wait()
+        finally:
+            await renewer.close()
+
+    asyncio.run(watch())
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pki` to meshctl's commands."""
     pki = subparsers.add_parser("pki", help="mesh CA and service certificates")
@@ -136,6 +145,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     issue.add_argument("--dns", action="append", default=[], help="an extra DNS name")
     issue.add_argument("--ip", action="append", default=[], help="an extra IP address")
     sub.add_parser("rotate", help="re-issue every certificate in the directory")
+    renew = sub.add_parser("renew", help="keep NAMEs' certificate files renewed")
+    renew.add_argument("names", nargs="+", metavar="NAME")
+    renew.add_argument("--once", action="store_true", help="renew what is due now, then exit")
     show = sub.add_parser("show", help="identities and expiry")
     show.add_argument("name", nargs="?", default="", metavar="NAME")
     pki.set_defaults(fn=cmd_pki)

@@ -34,14 +34,13 @@ from typing import Any
 
 import grpc
 
+from mesh.security.identity_files import CHECK_S, renewal_due
 from mesh.security.pki import KeyPair, PkiError, describe, dns_name, spiffe_id
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
 
 log = logging.getLogger(__name__)
 
-# Renew when this fraction of the lifetime is left (cert-manager's default is 1/3 too).
-RENEW_REMAINING = 1 / 3
 _MIN_DELAY_S = 0.05
 
 Listener = Callable[[], None]
@@ -191,9 +190,7 @@ class MeshIdentity:
         The lifetime is the configured one (MESH_CERT_LIFETIME_S), not the
         certificate's span, which is back-dated a little for clock skew.
         """
-        info = describe(self._pair.cert_pem)
-        lifetime = min(self.store.lifetime, info.not_after - info.not_before)
-        due = info.not_after - lifetime * RENEW_REMAINING
+        due = renewal_due(describe(self._pair.cert_pem), self.store.lifetime)
         return max((due - (now or _now())).total_seconds(), _MIN_DELAY_S)
 
     def start(self) -> None:
@@ -206,8 +203,10 @@ class MeshIdentity:
     async def _run(self) -> None:
         while True:
             if self._self_issue:
-                await asyncio.sleep(self.renew_delay_s())  # the renewal time, not a wait for state
-                due = True
+                # Until the renewal, re-reading the wall clock at least every CHECK_S: a
+                # suspended machine's monotonic clock stops (identity_files module doc).
+                await asyncio.sleep(min(self.renew_delay_s(), CHECK_S))
+                due = self.renew_delay_s() <= _MIN_DELAY_S
             else:
                 await asyncio.sleep(self._reload_interval_s)  # poll
                 due = self._file_mtimes() != self._mtimes

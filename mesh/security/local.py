@@ -4,8 +4,9 @@
 certificate for each service and for the edge under `<run_dir>/pki` (or
 MESH_PKI_DIR), and says what the children's environment and the Envoy config
 need: the directory (absolute, so a child's working directory does not
-matter) and the edge's certificate paths. With MESH_TLS=off it does nothing
-(every process then warns at start).
+matter) and the edge's certificate paths, and the renewer `up` runs to keep the
+edge's certificate files valid while the mesh runs (the services renew their own in
+memory). With MESH_TLS=off it does nothing (every process then warns at start).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.api.options import EDGE
-from mesh.security.cli import ensure_identities
+from mesh.security.identity_files import IdentityFileRenewer, ensure_identities
 from mesh.settings import security_from_env
 
 
@@ -26,6 +27,8 @@ class LocalPki:
     """Added to every child's environment."""
     edge_options: dict[str, Any]
     """`EdgeOptions` overrides: TLS on/off, trust domain, certificate paths."""
+    renewer: IdentityFileRenewer | None = None
+    """Keeps the edge's certificate files valid while the mesh runs (Envoy reads them)."""
 
 
 def local_pki(run_dir: Path, env: Mapping[str, str], services: Sequence[str]) -> LocalPki:
@@ -44,4 +47,5 @@ def local_pki(run_dir: Path, env: Mapping[str, str], services: Sequence[str]) ->
             "cert_path": str(store.cert_path(EDGE).resolve()),
             "key_path": str(store.key_path(EDGE).resolve()),
         },
+        IdentityFileRenewer(store, [EDGE]),
     )

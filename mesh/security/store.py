@@ -6,6 +6,10 @@ Layout of `<pki_dir>` (MESH_PKI_DIR, default `.run/pki`; the directory is 0700):
     <name>.crt  <name>.key    an identity issued by `meshctl pki issue <name>` (keys 0600)
     service-secret            the secret the services derive their signing keys from
                               (`meshctl pki init` makes it, 0600; MESH_SERVICE_SECRET wins)
+    published/<name>          moved in after <name>'s key and certificate are both written:
+                              the directory a reader that reloads on any move watches
+                              (Envoy's SDS `watched_directory`), so it reloads once, with
+                              a matching pair, instead of once per file
 
 Every file is written atomically (a temporary file in the same directory,
 fsynced, then renamed), so a process reloading a certificate never reads half
@@ -33,6 +37,7 @@ from mesh.settings import SecuritySettings
 
 CA_LIFETIME = dt.timedelta(days=365)
 CA_NAME = "ca"
+PUBLISHED_DIR = "published"
 SERVICE_SECRET_FILE = "service-secret"
 
 
@@ -82,6 +87,7 @@ class PkiStore:
             os.chmod(self.dir, 0o700)
         elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise PkiError(f"{self.dir} is writable by other users; make it 0700")
+        (self.dir / PUBLISHED_DIR).mkdir(exist_ok=True, mode=0o700)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -179,10 +185,13 @@ class PkiStore:
         return pair
 
     def save(self, name: str, pair: KeyPair) -> None:
-        """Key first, then certificate: a reader keyed on the certificate sees a matching key."""
+        """Key first, then certificate (a reader keyed on the certificate sees a matching
+        key), then the pair published (`published/<name>`: the module doc)."""
         self.ensure_dir()
         write_atomically(self.key_path(name), pair.key_pem, 0o600)
         write_atomically(self.cert_path(name), pair.cert_pem, 0o644)
+        serial = f"{pair.certificate.serial_number:x}\n".encode()
+        write_atomically(self.dir / PUBLISHED_DIR / name, serial, 0o644)
 
     def load(self, name: str) -> KeyPair:
         try:

@@ -32,7 +32,7 @@ from shop.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.client.runtime import MeshRuntime
 from mesh.local.topology import ServiceSpec
 from mesh.release.state import Release, load
-from mesh.security.cli import ensure_identities
+from mesh.security.identity_files import ensure_identities
 from mesh.settings import Settings
 from mesh.traffic.file_store import FilePolicyStore
 from mesh.traffic.policy import (

@@ -238,7 +238,7 @@ def grpcurl_args(callee: str, *, caller: str | None = None) -> list[str]:
 def edge_options(**overrides: Any) -> dict[str, Any]:
     """`EdgeOptions` overrides for an Envoy holding the test CA's `edge` identity."""
     from mesh.api.options import EDGE
-    from mesh.security.cli import ensure_identities
+    from mesh.security.identity_files import ensure_identities
 
     st = ensure_identities(session_pki(), [EDGE])
     return {

@@ -158,3 +158,18 @@ def test_the_edge_companion_reads_the_descriptor_set_from_the_package() -> None:
     from mesh.edge.render import descriptor_source
 
     assert descriptor_source(ref).is_file()
+
+
+def test_envoy_s_and_consul_s_certificate_files_are_renewed_while_compose_runs() -> None:
+    """Both read their certificates from the `pki` volume and renew nothing themselves:
+    `pki-renew` re-issues those files (with the volume writable); Envoy watches the
+    directory the store publishes a finished pair into, Consul reloads on change."""
+    services = _compose()["services"]
+    renew = services["pki-renew"]
+    assert renew["command"][-4:] == ["pki", "renew", "edge", "consul"]
+    assert renew["volumes"] == ["pki:/etc/shop-mesh/pki"]  # not :ro
+    assert renew["depends_on"]["pki-init"] == {"condition": "service_completed_successfully"}
+    assert "auto_reload_config = true" in services["consul"]["command"]
+    sds = yaml.safe_load((ROOT / "envoy" / "edge_sds.yaml").read_text())
+    tls = sds["resources"][0]["tls_certificate"]
+    assert tls["watched_directory"]["path"] == "/etc/shop-mesh/pki/published"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 
 from mesh.cli import main as meshctl
-from mesh.security.cli import ensure_identities
+from mesh.security.identity_files import ensure_identities
 from mesh.security.pki import (
     KeyPair,
     PkiError,
@@ -177,3 +179,29 @@ def test_meshctl_up_makes_the_ca_and_every_certificate_before_starting(tmp_path:
     off = local_pki(tmp_path / "off", {"MESH_TLS": "off"}, ["users"])
     assert off.env == {} and off.edge_options == {"tls": False}
     assert not (tmp_path / "off").exists()
+
+
+def test_a_saved_pair_is_published_after_both_files_and_an_old_directory_gets_the_folder(
+    tmp_path: Path,
+) -> None:
+    """Envoy watches `published/`: one move there once key and certificate are written."""
+    security = SecuritySettings(pki_dir=str(tmp_path / "pki"))
+    store = PkiStore(security)
+    store.init_ca()
+    moves: list[str] = []
+    real_replace = os.replace
+
+    def recording(src: Any, dst: Any) -> None:
+        moves.append(Path(dst).relative_to(store.dir).as_posix())
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "replace", recording)
+        pair = store.issue("edge")
+    assert moves == ["edge.key", "edge.crt", "published/edge"]
+    assert (store.dir / "published" / "edge").read_text() == f"{pair.certificate.serial_number:x}\n"
+    # A PKI directory from before `published/` existed: made when the store is next used.
+    (store.dir / "published" / "edge").unlink()
+    (store.dir / "published").rmdir()
+    ensure_identities(security, ["edge"])
+    assert (store.dir / "published").is_dir()

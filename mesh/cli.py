@@ -92,6 +92,7 @@ def _where(run_dir: Path) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.local.log_rotation import LogRotation
     from mesh.local.observe import ObserveOptions
     from mesh.local.up import (
         UpError,
@@ -110,7 +111,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         fd = os.open(run_dir / "up.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = open(fd, "ab")  # noqa: SIM115 - handed to the child, which keeps writing it
         argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up",
-                "--topology", str(topology.path.resolve())]  # fmt: skip
+                "--topology", str(topology.path.resolve()),
+                "--log-file", str((run_dir / "up.log").resolve())]  # fmt: skip
         proc = subprocess.Popen(
             argv + (["--free-ports"] if args.free_ports else []),
             stdout=log,
@@ -123,6 +125,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> int:
+        # Detached: stdout and stderr are up.log, kept to a bounded size.
+        rotation = (
+            asyncio.get_running_loop().create_task(LogRotation(Path(args.log_file)).run())
+            if args.log_file
+            else None
+        )
         settings = _settings()
         registry = _registry(run_dir)
         recorded = settings.registry == "embedded"
@@ -152,6 +160,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 registry,
             )
         finally:
+            if rotation is not None:
+                rotation.cancel()
             if recorded:
                 locate.forget(_registry_dir(run_dir))
             await registry.close()
@@ -281,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--free-ports", action="store_true", help="every process and the edge on free ports"
     )
+    # Set by --detach for the background `up`: its stdout/stderr file, to keep bounded.
+    up.add_argument("--log-file", default="", help=argparse.SUPPRESS)
     up.set_defaults(fn=cmd_up)
     add(sub, "down", "stop a running `meshctl up`").set_defaults(fn=cmd_down)
     add(sub, "status", "instances, health, breakers, restarts").set_defaults(fn=cmd_status)

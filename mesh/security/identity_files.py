@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mesh.api.options import EDGE
 from mesh.security.pki import CertInfo, PkiError, describe
@@ -99,10 +99,19 @@ def ensure_identities(security: SecuritySettings, names: Sequence[str]) -> PkiSt
 class IdentityFileRenewer:
     """Re-issues the certificate files of `names` in `store` when each is due (module doc)."""
 
-    def __init__(self, store: PkiStore, names: Sequence[str], *, check_s: float = CHECK_S) -> None:
+    def __init__(
+        self,
+        store: PkiStore,
+        names: Sequence[str],
+        *,
+        check_s: float = CHECK_S,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        """`say`: also tell each renewal there (`meshctl up` prints it with its output)."""
         self.store = store
         self.names = tuple(names)
         self.check_s = check_s
+        self.say = say
         self._task: asyncio.Task[None] | None = None
 
     def renew_due(self, now: dt.datetime | None = None) -> dt.datetime | None:
@@ -123,8 +132,11 @@ class IdentityFileRenewer:
                 else:
                     info = describe(self.store.load(name).cert_pem)
                     due = renewal_due(info, self.store.lifetime)
-                    log.info("%s: certificate file renewed (valid until %s)",
-                             name, info.not_after.isoformat(timespec="seconds"))  # fmt: skip
+                    until = info.not_after.isoformat(timespec="seconds")
+                    told = f"{name}: certificate file renewed (valid until {until})"
+                    log.info("%s", told)
+                    if self.say is not None:
+                        self.say(told)
             if due is not None and (nearest is None or due < nearest):
                 nearest = due
         return nearest

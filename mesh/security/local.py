@@ -47,5 +47,7 @@ def local_pki(run_dir: Path, env: Mapping[str, str], services: Sequence[str]) ->
             "cert_path": str(store.cert_path(EDGE).resolve()),
             "key_path": str(store.key_path(EDGE).resolve()),
         },
-        IdentityFileRenewer(store, [EDGE]),
+        IdentityFileRenewer(
+            store, [EDGE], say=lambda line: print(f"pki         | {line}", flush=True)
+        ),
     )

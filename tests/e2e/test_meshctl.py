@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,23 @@ from tests.support.nats import nats_server
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_text().split("\0")[:-1]
+    except OSError:  # gone meanwhile
+        return []
+
+
+def _started_with(option: str, value: str) -> list[Path]:
+    """/proc entries of live processes whose command line has `option value`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        argv = _cmdline(proc) if proc.name.isdigit() else []
+        if any(a == option and b == value for a, b in itertools.pairwise(argv)):
+            found.append(proc)
+    return found
 
 
 def _processes_of(run_dir: Path) -> list[int]:
@@ -234,6 +252,11 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
         await eventually(lambda: "mesh is up" in log.read_text(), 90, "mesh is up in up.log")
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        # The background `up` keeps its log bounded (mesh/local/log_rotation.py): it was
+        # told which file its stdout is, and it is that file.
+        ups = await asyncio.to_thread(_started_with, "--log-file", str(log.resolve()))
+        assert len(ups) == 1, ups
+        assert os.readlink(ups[0] / "fd" / "1") == str(log.resolve())
         code, out = await meshctl("status")
         assert code == 0, out
         rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()}

@@ -56,13 +56,16 @@ def test_a_due_file_is_reissued_with_the_edge_s_local_names(
     store = _store(tmp_path)
     old = _backdated(store, "edge", dt.timedelta(hours=2, minutes=1))  # 59 min left
     caplog.set_level(logging.INFO, "mesh.security.identity_files")
-    nearest = IdentityFileRenewer(store, ["edge"]).renew_due()
+    told: list[str] = []
+    nearest = IdentityFileRenewer(store, ["edge"], say=told.append).renew_due()
     new = describe(store.load("edge").cert_pem)  # the key matches the new certificate
     assert store.cert_path("edge").read_bytes() != old
     assert new.not_after > describe(old).not_after
     assert "localhost" in new.dns_names and "127.0.0.1" in new.ip_addresses
     assert nearest == renewal_due(new, store.lifetime)
+    until = new.not_after.isoformat(timespec="seconds")
     assert "edge: certificate file renewed" in caplog.text
+    assert told == [f"edge: certificate file renewed (valid until {until})"]
 
 
 def test_a_failed_renewal_is_logged_kept_and_tried_again_later(

@@ -23,9 +23,9 @@ lifetime) could wake after the certificate expired.
 
 Limits: renewing needs the CA key (`meshctl up`'s own CA has it); without it each
 due renewal is an error in the log naming `meshctl pki issue <name>`, retried every
-`CHECK_S`. The key and the certificate are two files replaced one after the other
-(key first: `PkiStore.save`), so Envoy may read the new key with the old certificate
-once and keep its current pair until the second file lands a moment later.
+`CHECK_S`. The key and the certificate are two files replaced one after the other;
+Envoy watches the store's `published/` directory instead, which `PkiStore.save` moves
+a marker into once both are written, so it reloads once, with a matching pair.
 """
 
 from __future__ import annotations

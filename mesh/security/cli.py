@@ -44,7 +44,9 @@ def _fmt_remaining(delta: dt.timedelta) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes = rest // 60
-    return f"{days}d {hours}h" if days else f"{hours}h {minutes}m"
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {minutes}m" if seconds >= 60 else f"{seconds}s"  # short test lifetimes
 
 
 def _show_one(label: str, path: Path) -> None:

@@ -45,7 +45,7 @@ def test_renew_watches_until_sigterm_and_replaces_each_file_as_it_comes_due(
             now = {n: describe(store.cert_path(n).read_bytes()) for n in first}
             if all(now[n].not_after > first[n].not_after for n in first):
                 break
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll
         else:
             raise AssertionError("the files were not renewed")
         assert time.time() < min(i.not_after.timestamp() for i in first.values())  # in time

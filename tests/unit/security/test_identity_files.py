@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from pathlib import Path
@@ -13,6 +12,7 @@ from mesh.security.identity_files import IdentityFileRenewer, ensure_identities,
 from mesh.security.pki import describe, issue
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
+from tests.support.poll import eventually
 
 TD = "mesh.local"
 NOW = dt.datetime.now(dt.UTC)
@@ -88,10 +88,9 @@ async def test_the_background_renewer_replaces_a_file_as_it_comes_due(tmp_path: 
     renewer = IdentityFileRenewer(store, ["edge"])
     renewer.start()
     try:
-        for _ in range(60):  # poll: up to 6 s for the renewal due after ~2 s
-            if store.cert_path("edge").read_bytes() != first:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: store.cert_path("edge").read_bytes() != first, 6, "the renewal due at ~2 s"
+        )
         renewed = describe(store.load("edge").cert_pem)
         assert renewed.not_after > describe(first).not_after
     finally:

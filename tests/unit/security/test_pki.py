@@ -205,3 +205,12 @@ def test_a_saved_pair_is_published_after_both_files_and_an_old_directory_gets_th
     (store.dir / "published").rmdir()
     ensure_identities(security, ["edge"])
     assert (store.dir / "published").is_dir()
+
+
+def test_pki_show_says_how_long_a_certificate_has_left() -> None:
+    from mesh.security.cli import _fmt_remaining
+
+    assert _fmt_remaining(dt.timedelta(days=2, hours=3)) == "2d 3h"
+    assert _fmt_remaining(dt.timedelta(hours=5, minutes=7)) == "5h 7m"
+    assert _fmt_remaining(dt.timedelta(seconds=42)) == "42s"  # was "0h 0m"
+    assert _fmt_remaining(dt.timedelta(seconds=-1)) == "EXPIRED"

@@ -50,13 +50,17 @@ def _settings() -> Settings:
     return Settings.from_env("meshctl")
 
 
-def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth]:
+def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth] | None:
     """NATS_URL and credentials of meshctl's own connections: the user's settings when
-    NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`."""
+    NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`;
+    None when neither (never whatever NATS answers on 4222)."""
     from mesh.events.nats_connect import client_auth
     from mesh.local.nats import nats_env
 
-    settings = Settings.from_env("meshctl", nats_env(os.environ, run_dir))
+    env = nats_env(os.environ, run_dir)
+    if not env.get("NATS_URL"):
+        return None
+    settings = Settings.from_env("meshctl", env)
     return settings.nats_url, client_auth(settings)
 
 
@@ -245,14 +249,28 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
+    import nats.errors
+
+    from mesh.events.nats_connect import redact_urls
     from mesh.local.tail import tail_events
 
     types = _topology(args).event_types()
+    client = _nats_client(Path(args.run_dir))
+    if client is None:
+        print(f"meshctl events tail: no mesh has run in {args.run_dir} (`make run` starts one),"
+              " and NATS_URL is not set", file=sys.stderr)  # fmt: skip
+        return 1
+    url, auth = client
     try:
-        url, auth = _nats_client(Path(args.run_dir))
         return asyncio.run(tail_events(url, args.subject, types=types, limit=args.limit, auth=auth))
     except KeyboardInterrupt:
         return 0
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        # A stopped mesh leaves its NATS address behind; a refused login says why.
+        print(f"meshctl events tail: cannot use NATS at {redact_urls(url)}"
+              f" ({type(exc).__name__}: {exc}); is the mesh running? (`meshctl status`)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 def _version() -> str:

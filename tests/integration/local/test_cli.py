@@ -1,6 +1,6 @@
 """`meshctl` as a person types it: help, version, options after the subcommand, status
 with no mesh running, status of a mesh with an instance given up on, and of the mesh's
-own processes (the edge, nats-server, the trace sink)."""
+own processes (the edge, nats-server, the trace sink), and `events tail` with no mesh."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+
+from mesh.events.nats_auth import new_user_seed
+from tests.support.ports import free_port
 
 
 def _meshctl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,3 +147,21 @@ def test_status_without_a_live_up_shows_no_process_table(tmp_path: Path) -> None
     assert r.returncode == 1
     assert r.stdout.startswith("no mesh is running")
     assert "envoy" not in r.stdout
+
+
+def test_events_tail_with_no_mesh_or_a_stopped_one_says_so(tmp_path: Path) -> None:
+    """Never a traceback, and never whatever NATS answers on 4222 (this machine has one)."""
+    env_nats = {k: v for k, v in os.environ.items() if k.startswith("NATS_")}
+    assert not env_nats, env_nats  # the test is about NATS_URL not being set
+    r = _meshctl("--run-dir", str(tmp_path / "never"), "events", "tail", "user.*")
+    assert r.returncode == 1, r
+    assert "no mesh has run in" in r.stderr and "NATS_URL is not set" in r.stderr, r.stderr
+    # A mesh that ran and stopped leaves its NATS address and meshctl's seed behind.
+    nats_dir = tmp_path / "stopped" / "nats"
+    nats_dir.mkdir(parents=True)
+    (nats_dir / "server.json").write_text(json.dumps({"url": f"nats://127.0.0.1:{free_port()}"}))
+    (nats_dir / "meshctl.nk").write_bytes(new_user_seed())
+    r = _meshctl("--run-dir", str(tmp_path / "stopped"), "events", "tail", "user.*")
+    assert r.returncode == 1, r
+    assert "cannot use NATS at nats://127.0.0.1:" in r.stderr, r.stderr
+    assert "is the mesh running?" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -76,10 +76,17 @@ def _run_dir_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _no_mesh(run_dir: Path) -> bool:
+    """Say so when no `meshctl up` runs in `run_dir` (a request would wait 30 s for nobody)."""
+    if _mesh_running(run_dir):
+        return False
+    print(f"meshctl release: no `meshctl up` is running in {run_dir}", file=sys.stderr)
+    return True
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    if not _mesh_running(run_dir):
-        print(f"meshctl release: no `meshctl up` is running in {run_dir}", file=sys.stderr)
+    if _no_mesh(run_dir):
         return 1
     try:
         topology = load_topology(Path(getattr(args, "topology", DEFAULT_TOPOLOGY)))
@@ -138,6 +145,8 @@ def follow(run_dir: Path, service: str) -> int:
 
 def cmd_command(args: argparse.Namespace, op: str) -> int:
     run_dir = Path(args.run_dir)
+    if _no_mesh(run_dir):
+        return 1
     reply = wait_reply(send(run_dir, {"op": op, "service": args.service}), 30)
     if reply is None:
         print("meshctl release: `meshctl up` did not answer within 30s", file=sys.stderr)

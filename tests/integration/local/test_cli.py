@@ -165,3 +165,15 @@ def test_events_tail_with_no_mesh_or_a_stopped_one_says_so(tmp_path: Path) -> No
     assert r.returncode == 1, r
     assert "cannot use NATS at nats://127.0.0.1:" in r.stderr, r.stderr
     assert "is the mesh running?" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_release_commands_with_no_mesh_say_so_at_once(tmp_path: Path) -> None:
+    """promote, rollback and abort waited 30 s for an answer nobody would send, and left
+    a request file in a run directory they created."""
+    run = tmp_path / "run"
+    for args in (("start", "inventory", "--version", "2.0.0"), ("promote", "inventory"),
+                 ("rollback", "inventory"), ("abort", "inventory")):  # fmt: skip
+        r = _meshctl("--run-dir", str(run), "release", *args)
+        assert r.returncode == 1, (args, r)
+        assert f"no `meshctl up` is running in {run}" in r.stderr, (args, r.stderr)
+    assert not run.exists()

@@ -10,7 +10,7 @@ meshctl edge serve           edge meta server + endpoint sync (the compose topol
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl traces [id]          recent traces, or one trace's tree with timings
 meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
-meshctl pki init|issue|rotate|show   the mesh CA and service certificates
+meshctl pki init|issue|rotate|renew|show   the mesh CA and service certificates
 meshctl policy [--markdown]  who may call what (the contracts' callers)
 meshctl traffic show|set|clear <service>   subset weights and faults (blue=90 green=10)
 

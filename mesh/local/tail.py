@@ -87,6 +87,8 @@ async def tail_events(
     async def on_msg(msg: Msg) -> None:
         nonlocal printed
         subj: str = msg.subject
+        if done.is_set():  # `limit` reached: what arrives while draining is not printed
+            return
         if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):
             return
         print(format_event(subj, msg.data, types), file=stream, flush=True)

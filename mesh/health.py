@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from base.tasks import cancel_and_wait
 from mesh.discovery.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -188,9 +189,7 @@ class HealthMonitor:
         if task is None:
             return
         self._stopping.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.api.options import Access
-from mesh.edge.local_replies import rest_request, status_body
+from mesh.edge.local_replies import rest_request, status_body, status_filter
 from mesh.edge.model import EdgeModel, Method
 
 FILTER = "envoy.filters.http.jwt_authn"
@@ -314,14 +314,7 @@ def _jwt_reply() -> dict[str, Any]:
     filter (a fault abort 429, "no healthy upstream" 503) must keep its own status."""
 
     def code(value: int) -> dict[str, Any]:
-        return {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {"default_value": value, "runtime_key": f"mesh.jwt.reply_{value}"},
-                }
-            }
-        }
+        return status_filter("EQ", value, f"mesh.jwt.reply_{value}")
 
     return {"or_filter": {"filters": [code(401), code(403)]}}
 

@@ -137,12 +137,14 @@ def status_body(code: str) -> dict[str, Any]:
     }
 
 
-def _status(op: str, value: int) -> dict[str, Any]:
+def status_filter(op: str, value: int, runtime_key: str) -> dict[str, Any]:
+    """An access-log filter on the reply's status (`op` EQ, GE or LE `value`; Envoy
+    requires a runtime key that could override the value)."""
     return {
         "status_code_filter": {
             "comparison": {
                 "op": op,
-                "value": {"default_value": value, "runtime_key": f"mesh.local_reply.{value}"},
+                "value": {"default_value": value, "runtime_key": runtime_key},
             }
         }
     }
@@ -183,10 +185,12 @@ def local_reply_config(first: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     # one that changes nothing, so the ones after it need not ask again.
     mappers = [*first, {"filter": _grpc_request()}]
     mappers += [
-        {"filter": _status("EQ", http), "body_format_override": status_body(code)}
+        {
+            "filter": status_filter("EQ", http, f"mesh.local_reply.{http}"),
+            "body_format_override": status_body(code),
+        }
         for http, code in GRPC_OF_HTTP.items()
     ]
-    mappers.append(
-        {"filter": _status("GE", 400), "body_format_override": status_body(OTHER_ERRORS)}
-    )
+    other = status_filter("GE", 400, "mesh.local_reply.other_errors")
+    mappers.append({"filter": other, "body_format_override": status_body(OTHER_ERRORS)})
     return {"mappers": mappers}

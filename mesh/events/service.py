@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from base.tasks import cancel_and_wait
 from mesh.events.bus import EventBus
 from mesh.events.consumer import SubscribeOptions
 from mesh.events.inbox import Inbox, SessionHandler
@@ -126,9 +127,7 @@ class BackgroundBus(abc.ABC):
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._close()
         self.ready.clear()
 
@@ -291,10 +290,7 @@ class EventSubscriber(BackgroundBus):
     async def stop(self) -> None:
         """Stop consuming: the event in hand finishes, unacked ones are redelivered later."""
         purger, self._purger = self._purger, None
-        if purger is not None:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+        await cancel_and_wait(purger)
         await super().stop()
 
     async def _on_connected(self, bus: EventBus) -> None:

@@ -25,7 +25,6 @@ presenting another service's certificate fails the handshake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from base.tasks import cancel_and_wait
 from mesh.security.identity_files import CHECK_S, renewal_due
 from mesh.security.pki import KeyPair, PkiError, describe, dns_name, spiffe_id
 from mesh.security.store import PkiStore
@@ -220,10 +220,7 @@ class MeshIdentity:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 def warn_if_plaintext(security: SecuritySettings, who: str) -> None:

@@ -31,13 +31,13 @@ a marker into once both are written, so it reloads once, with a matching pair.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 
+from base.tasks import cancel_and_wait
 from mesh.api.options import EDGE
-from mesh.security.pki import CertInfo, PkiError, describe
+from mesh.security.pki import CertInfo, KeyPair, PkiError, describe
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
 
@@ -68,11 +68,11 @@ def renewal_due(info: CertInfo, lifetime: dt.timedelta) -> dt.datetime:
 
 def issue_identity(
     store: PkiStore, name: str, dns: Sequence[str] = (), ips: Sequence[str] = ()
-) -> None:
+) -> KeyPair:
     """A new certificate file for `name` (the edge's with its local names too)."""
     if name == EDGE:
         dns, ips = (*EDGE_LOCAL_DNS, *dns), (*EDGE_LOCAL_IPS, *ips)
-    store.issue(name, extra_dns=dns, extra_ips=ips)
+    return store.issue(name, extra_dns=dns, extra_ips=ips)
 
 
 def _due(store: PkiStore, name: str) -> dt.datetime | None:
@@ -123,14 +123,14 @@ class IdentityFileRenewer:
             due = _due(self.store, name)
             if due is None or due <= now:
                 try:
-                    issue_identity(self.store, name)
+                    pair = issue_identity(self.store, name)
                 except (PkiError, OSError) as exc:
                     log.error("%s: renewing its certificate file failed (retrying in %.0fs):"
                               " %s; `meshctl pki issue %s` renews it by hand",
                               name, self.check_s, exc, name)  # fmt: skip
                     due = now + dt.timedelta(seconds=self.check_s)
                 else:
-                    info = describe(self.store.load(name).cert_pem)
+                    info = describe(pair.cert_pem)  # as written: no second read
                     due = renewal_due(info, self.store.lifetime)
                     until = info.not_after.isoformat(timespec="seconds")
                     told = f"{name}: certificate file renewed (valid until {until})"
@@ -158,7 +158,4 @@ class IdentityFileRenewer:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

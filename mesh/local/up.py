@@ -563,7 +563,7 @@ def run_down(run_dir: Path, timeout_s: float = 30.0) -> int:
     try:
         pid = int(json.loads(state.read_text())["pid"])
     except (OSError, ValueError, KeyError):
-        print("no mesh is running (no .run/up.json)")
+        print(f"no mesh is running (no {state})")
         return 0
     if not _alive(pid):
         state.unlink(missing_ok=True)

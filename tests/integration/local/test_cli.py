@@ -177,3 +177,11 @@ def test_release_commands_with_no_mesh_say_so_at_once(tmp_path: Path) -> None:
         assert r.returncode == 1, (args, r)
         assert f"no `meshctl up` is running in {run}" in r.stderr, (args, r.stderr)
     assert not run.exists()
+
+
+def test_down_with_no_mesh_names_the_run_directory_it_looked_in(tmp_path: Path) -> None:
+    """It said `.run/up.json` whatever `--run-dir` was."""
+    run = tmp_path / "elsewhere"
+    r = _meshctl("--run-dir", str(run), "down")
+    assert r.returncode == 0, r
+    assert r.stdout.strip() == f"no mesh is running (no {run / 'up.json'})", r.stdout

@@ -336,13 +336,13 @@ def _rest_routes(model: EdgeModel, options: EdgeOptions) -> list[dict[str, Any]]
                             "disabled": True,
                         }
                     },
+                    # Text: the local-reply mappers make it a JSON Status body
+                    # (local_replies.py), as every other answer of the edge's own.
                     "direct_response": {
                         "status": 400,
                         "body": {
-                            "inline_string": (
-                                f'{{"code":3,"message":"accept-version must be one of '
-                                f'{", ".join(f"v{s.major}" for s in serving)}"}}'
-                            )
+                            "inline_string": "accept-version must be one of "
+                            + ", ".join(f"v{s.major}" for s in serving)
                         },
                     },
                 },

@@ -18,7 +18,9 @@ type to `application/json`, and a last one gives any other error status code 2
 (UNKNOWN), as gRPC does for an HTTP status it has no mapping for. The status code is
 kept. Before them a mapper that changes nothing catches gRPC requests (the first
 mapper that matches is the only one applied), so only requests that arrived as REST
-(`rest_request`) reach the body mappers.
+(`rest_request`) reach the body mappers. Some rejections come with no text at all
+(a path with an escaped slash: `{"code": 3, "message": ""}` said nothing); a mapper
+matching the cause on the request gives those a message of their own (`_UNEXPLAINED`).
 
 The gRPC code is the one whose HTTP status (google/rpc/code.proto's mapping, which the
 transcoder uses: `HTTP_OF`) is the reply's status; where several share one (400:
@@ -177,13 +179,47 @@ def _grpc_request() -> dict[str, Any]:
     }
 
 
+# Envoy's rejections that come with no text, and what they mean: (the HTTP status,
+# a filter on the request that picks the cause out, the message said instead).
+_UNEXPLAINED = [
+    (
+        400,
+        # hardening.py's `path_with_escaped_slashes_action: REJECT_REQUEST`.
+        {
+            "header_filter": {
+                "header": {
+                    "name": ":path",
+                    "string_match": {"safe_regex": {"regex": ".*%(?:2[fF]|5[cC]).*"}},
+                }
+            }
+        },
+        # No '%' in a message: Envoy would read it as a format operator.
+        "a path must not contain an escaped slash or backslash",
+    ),
+]
+
+
 def local_reply_config(first: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The connection manager's `local_reply_config`: the mappers `first` (which must
     match before any other, e.g. the token check's), then a Status body for every REST
-    error reply (module doc)."""
+    error reply (module doc); a rejection Envoy gives no text (`_UNEXPLAINED`) gets one."""
     # The first mapper that matches is the only one applied: a gRPC request stops at
     # one that changes nothing, so the ones after it need not ask again.
     mappers = [*first, {"filter": _grpc_request()}]
+    mappers += [
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [status_filter("EQ", http, f"mesh.local_reply.{http}"), cause]
+                }
+            },
+            "body_format_override": {
+                "json_format": {"code": GRPC_CODES[GRPC_OF_HTTP[http]], "message": text},
+                "content_type": "application/json",
+            },
+        }
+        for http, cause, text in _UNEXPLAINED
+    ]
     mappers += [
         {
             "filter": status_filter("EQ", http, f"mesh.local_reply.{http}"),

@@ -58,7 +58,7 @@ def test_every_other_path_requires_a_token_and_the_filters_are_in_order() -> Non
     assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
     mappers = hcm["local_reply_config"]["mappers"]
     assert mappers[:2] == local_reply_mappers(EdgeAuthOptions())  # the token's refusals first
-    assert len(mappers) == 2 + 1 + len(GRPC_OF_HTTP) + 1
+    assert len(mappers) == 2 + 1 + 1 + len(GRPC_OF_HTTP) + 1  # + the escaped-slash text
 
 
 def test_the_issuer_is_configurable_and_auth_can_be_left_out() -> None:

@@ -20,7 +20,8 @@ kept. Before them a mapper that changes nothing catches gRPC requests (the first
 mapper that matches is the only one applied), so only requests that arrived as REST
 (`rest_request`) reach the body mappers. Some rejections come with no text at all
 (a path with an escaped slash: `{"code": 3, "message": ""}` said nothing); a mapper
-matching the cause on the request gives those a message of their own (`_UNEXPLAINED`).
+matching the cause in the reply's code details gives those a message of their own
+(`_UNEXPLAINED`).
 
 The gRPC code is the one whose HTTP status (google/rpc/code.proto's mapping, which the
 transcoder uses: `HTTP_OF`) is the reply's status; where several share one (400:
@@ -180,21 +181,25 @@ def _grpc_request() -> dict[str, Any]:
 
 
 # Envoy's rejections that come with no text, and what they mean: (the HTTP status,
-# a filter on the request that picks the cause out, the message said instead).
+# a filter that picks the cause out, the message said instead). The request's :path
+# cannot tell: Envoy has unescaped it by the time it answers, so the cause is read
+# from the response's code details (a CEL filter, Envoy's standard build).
 _UNEXPLAINED = [
     (
         400,
-        # hardening.py's `path_with_escaped_slashes_action: REJECT_REQUEST`.
+        # hardening.py's `normalize_path`, `path_with_escaped_slashes_action: REJECT_REQUEST`.
         {
-            "header_filter": {
-                "header": {
-                    "name": ":path",
-                    "string_match": {"safe_regex": {"regex": ".*%(?:2[fF]|5[cC]).*"}},
-                }
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": "response.code_details == 'path_normalization_failed'",
+                },
             }
         },
         # No '%' in a message: Envoy would read it as a format operator.
-        "a path must not contain an escaped slash or backslash",
+        "the path could not be normalised: an escaped slash or backslash is refused",
     ),
 ]
 

@@ -12,8 +12,10 @@ permissions from the topology's event identities. Modules:
 - `edge`: the Envoy edge and its companion (`meshctl edge serve`), ConfigMap included;
 - `infra`: NATS (3-node JetStream cluster), PostgreSQL per service, Consul's Helm values;
 - `network`: NetworkPolicies mirroring the caller policy;
-- `secrets`: Secrets with key material (PKI, NATS nkeys, database passwords), written
-  only outside the repository by `meshctl k8s secrets`;
+- `certificates`: the identities' certificates, issued and renewed by cert-manager
+  from an intermediate of the mesh's root;
+- `secrets`: Secrets with key material (that intermediate, NATS nkeys, database
+  passwords), written only outside the repository by `meshctl k8s secrets`;
 - `render`: the files of `deploy/k8s/` and the `meshctl k8s` commands.
 
 Limits: rendered and validated offline against the Kubernetes JSON schemas only; no

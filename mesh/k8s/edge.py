@@ -11,9 +11,9 @@ network plugin does not enforce it. The kubelet probes a listener of its own ins
 once draining), as Envoy Gateway does; the edge's NetworkPolicy admits only the TLS
 listener (the kubelet's probes are not subject to it).
 
-The Service exposes the TLS listener (8443, certificate from the mesh CA: the
-`edge-pki` Secret) as a LoadBalancer; the plaintext 8080 listener is not exposed
-(compose publishes it on the host's loopback only).
+The Service exposes the TLS listener (8443; its certificate is the `edge-pki` Secret
+cert-manager renews, mesh/k8s/certificates.py) as a LoadBalancer; the plaintext 8080
+listener is not exposed (compose publishes it on the host's loopback only).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from mesh.edge.envoy_config import (
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import COMPOSE_OPTIONS, EDGE_DESCRIPTORS_NAME, HEADER, SDS_NAME
+from mesh.k8s.certificates import pki_volume
 from mesh.k8s.objects import (
     Manifest,
     container_security,
@@ -45,11 +46,10 @@ from mesh.k8s.objects import (
     http_probe,
     metadata,
     pod_security,
-    secret_volume,
     service,
 )
 from mesh.k8s.options import IDENTITY_LABEL, MESH_UID, PKI_MOUNT, K8sOptions
-from mesh.k8s.workloads import CONSUL_HTTP_PORT, pki_secret
+from mesh.k8s.workloads import CONSUL_HTTP_PORT
 
 EDGE_META = "edge-meta"
 ENVOY_UID = 101  # the envoyproxy/envoy image's `envoy` user
@@ -193,7 +193,7 @@ def deployment(options: K8sOptions, auth: EdgeAuthOptions) -> Manifest:
                     "containers": [envoy],
                     "volumes": [
                         {"name": "envoy-config", "configMap": {"name": CONFIG_MAP}},
-                        secret_volume("edge-pki", pki_secret(EDGE)),
+                        pki_volume("edge-pki", EDGE),
                         empty_dir("eds", memory=True, size="16Mi"),
                         empty_dir("tmp"),
                     ],

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mesh.k8s.certificates import pki_secret
 from mesh.k8s.objects import (
     Manifest,
     container_security,
@@ -36,7 +37,7 @@ from mesh.k8s.objects import (
     service,
 )
 from mesh.k8s.options import K8sOptions
-from mesh.k8s.workloads import NATS_CLIENT_PORT, NATS_SERVICE, db_secret, pki_secret
+from mesh.k8s.workloads import NATS_CLIENT_PORT, NATS_SERVICE, db_secret
 from mesh.local.topology import ServiceSpec
 
 NATS_HEADLESS = "nats-headless"
@@ -248,18 +249,21 @@ def consul_values(options: K8sOptions) -> dict[str, Any]:
 
     Client agents (a DaemonSet, HTTP on each node's port 8500) are what the services
     register with; the agents' gRPC health checks speak TLS with the `consul`
-    identity's certificate, like compose's dev agent (`tls { defaults {...} }`).
+    identity's certificate, like compose's dev agent (`tls { defaults {...} }`): the
+    Secret cert-manager renews (mesh/k8s/certificates.py), under its own key names,
+    re-read when it changes (`auto_reload_config`, which watches the TLS files too).
     Service mesh (Connect) stays off: the mesh is proxyless.
     """
     files = f"/consul/userconfig/{pki_secret(CONSUL_IDENTITY)}"
     tls = {
+        "auto_reload_config": True,
         "tls": {
             "defaults": {
                 "ca_file": f"{files}/ca.crt",
-                "cert_file": f"{files}/{CONSUL_IDENTITY}.crt",
-                "key_file": f"{files}/{CONSUL_IDENTITY}.key",
+                "cert_file": f"{files}/tls.crt",
+                "key_file": f"{files}/tls.key",
             }
-        }
+        },
     }
     return {
         # The version compose runs (its dev agent); chart 1.x.

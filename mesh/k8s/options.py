@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from base.settings import default_of
+from mesh.settings import SecuritySettings
+
 # The Kubernetes version whose schemas the tests validate the manifests against.
 KUBERNETES_VERSION = "1.31.0"
 DEFAULT_TRACKS = ("blue", "green")
@@ -68,6 +71,10 @@ class K8sOptions:
     # HPA: at most this many times the topology's instances, at this CPU utilisation.
     hpa_max_factor: int = 4
     hpa_cpu_percent: int = 70
+    # The identities' certificates (cert-manager, mesh/k8s/certificates.py): lifetime,
+    # and the names (DNS or IP) clients reach the edge's LoadBalancer by.
+    cert_lifetime_s: float = default_of(SecuritySettings, "cert_lifetime_s")
+    edge_names: tuple[str, ...] = ()
 
     @property
     def image_ref(self) -> str:

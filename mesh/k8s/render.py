@@ -2,6 +2,7 @@
 
     meshctl k8s render [--out DIR] [--tag TAG] [--namespace NS]
                        [--tracks blue,green] [--active blue] [--service NAME ...]
+                       [--edge-name shop.example.com ...]
     meshctl k8s secrets [--material DIR] [--namespace NS]
 
 `render` writes numbered files in apply order (`kubectl apply -f DIR` applies a
@@ -10,27 +11,33 @@ writes only those services' workload files: a release renders one service's gree
 track with the new tag (`--service orders --tracks green --active green --tag 1.1.0`).
 The committed `deploy/k8s/` is `render` with the defaults; a test keeps it current.
 Everything rendered is deterministic and holds no key material (Secrets come from
-`secrets`, mesh/k8s/secrets.py).
+`secrets`, mesh/k8s/secrets.py, and the identities' from cert-manager,
+mesh/k8s/certificates.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from mesh.api.options import EDGE
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import ROOT
+from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS, certificate_manifests
 from mesh.k8s.edge import edge_manifests
-from mesh.k8s.infra import consul_values, nats_manifests, postgres_manifests
+from mesh.k8s.infra import CONSUL_IDENTITY, consul_values, nats_manifests, postgres_manifests
 from mesh.k8s.network import network_policies
 from mesh.k8s.objects import Manifest, dump, dump_all, metadata
 from mesh.k8s.options import K8sOptions, K8sOptionsError
 from mesh.k8s.secrets import write_secrets
 from mesh.k8s.workloads import service_manifests
 from mesh.local.topology import Topology, load_topology
+from mesh.security.identity_files import renewal_due
+from mesh.security.pki import PkiError, describe
 from mesh.security.policy import load_rows
 
 DEPLOY_DIR = ROOT / "deploy" / "k8s"
@@ -60,6 +67,8 @@ def render_manifests(topology: Topology, options: K8sOptions) -> dict[Path, list
                          if k != "namespace"},
         }  # fmt: skip
         files[Path("00-namespace.yaml")] = [namespace]
+        identities = [*(s.name for s in topology.services), EDGE, CONSUL_IDENTITY]
+        files[Path("05-certificates.yaml")] = certificate_manifests(identities, options, EDGE)
         files[Path("10-nats.yaml")] = nats_manifests(options)
         files[Path("20-postgres.yaml")] = [
             m for s in topology.services for m in postgres_manifests(s, options)
@@ -108,6 +117,7 @@ def _options(args: argparse.Namespace) -> K8sOptions:
         tracks=tracks or base.tracks,
         active_track=args.active or (tracks[0] if tracks else base.active_track),
         only_services=tuple(args.service or ()),
+        edge_names=tuple(args.edge_name or ()),
     )
 
 
@@ -134,15 +144,28 @@ def cmd_secrets(args: argparse.Namespace) -> int:
         print(f"meshctl k8s secrets: {exc}", file=sys.stderr)
         return 2
     material = Path(args.material) if args.material else Path(args.run_dir) / "k8s"
-    path = write_secrets(
-        topology.services,
-        topology.event_identities(),
-        topology.event_types(),
-        options,
-        material,
-        edge_names=tuple(args.edge_name or ()),
-    )
+    try:
+        path = write_secrets(
+            topology.services,
+            topology.event_identities(),
+            topology.event_types(),
+            options,
+            material,
+        )
+    except PkiError as exc:
+        print(
+            f"meshctl k8s secrets: {exc}; move {material / 'pki'} away to make a new root"
+            " (every pod then needs certificates of it: `cmctl renew --all`)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"wrote {path} (key material: keep it out of git; `kubectl apply -f {path}`)")
+    issuer = describe((material / "issuer" / "issuer.crt").read_bytes())
+    due = renewal_due(issuer, dt.timedelta(days=ISSUER_LIFETIME_DAYS))
+    print(
+        f"{ISSUER}: the intermediate cert-manager signs with is valid until"
+        f" {issuer.not_after:%Y-%m-%d}; run this and apply again before {due:%Y-%m-%d}"
+    )
     return 0
 
 
@@ -162,15 +185,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     render.add_argument(
         "--service", action="append", help="only this service's workloads (repeatable)"
     )
+    render.add_argument(
+        "--edge-name",
+        action="append",
+        help="a DNS name or IP clients reach the edge by (repeatable; in its certificate)",
+    )
     render.set_defaults(fn=cmd_render)
     secrets = sub.add_parser("secrets", help="Secrets with key material (never commit them)")
     secrets.add_argument("--material", default="", help="directory (default <run-dir>/k8s)")
     secrets.add_argument("--namespace", default="", help="namespace (default shop-mesh)")
-    secrets.add_argument(
-        "--edge-name",
-        action="append",
-        help="a DNS name or IP clients reach the edge by (repeatable; re-issues its certificate)",
-    )
     secrets.set_defaults(fn=cmd_secrets)
 
 
@@ -181,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topology", default=str(ROOT / "mesh.toml"))
     args = parser.parse_args(argv)
     args.tag = args.image = args.namespace = args.tracks = args.active = ""
-    args.service = None
+    args.service = args.edge_name = None
     return cmd_render(args)
 
 

@@ -4,41 +4,41 @@
 `.run/k8s`, git-ignored with the rest of `.run/`) and writes `DIR/secrets.yaml`
 (0600) for `kubectl apply -f`:
 
-- `<identity>-pki` per mesh identity (each service, `edge`, `consul`):
-  `ca.crt`, `<identity>.crt`, `<identity>.key` from the mesh PKI in `DIR/pki`
-  (`meshctl pki`'s store: the CA is created once, a certificate re-issued when
-  missing or past two thirds of its lifetime; MESH_CERT_LIFETIME_S sets it). The CA
-  key stays in DIR: no pod holds it, so instances load their certificate from the
-  Secret and reload it when the kubelet updates the mounted files;
+- `mesh-issuer`: the intermediate CA cert-manager issues every identity's
+  certificate with (mesh/k8s/certificates.py: the `Certificate`s are rendered, the
+  `<identity>-pki` Secrets are cert-manager's), signed by the mesh's root CA in
+  `DIR/pki` (`meshctl pki`'s store, created once). The root's key stays in DIR;
+  the intermediate is re-issued past two thirds of its 90 days;
 - `<identity>-nats` per event identity: its nkey seed (`seed`), and `nats-auth`:
   the `authorization` block with the public keys and permissions (the one
   `meshctl up` renders), which the NATS config includes;
 - `<service>-db` per service: database, username, password and the `url` the
   service reads as `<SERVICE>_DATABASE_URL`.
 
-Running it again keeps the CA, the seeds and the passwords (material in DIR) and
-renews certificates that need it: that is the rotation (apply again; the pods
-reload certificates by file watch; NATS needs `nats-server --signal reload` or a
-rollout after a seed change). Limit: the CA key lives where this command runs;
-with a CA on a cluster (cert-manager) write the same Secret names from it instead.
+Running it again keeps the root, the seeds and the passwords (material in DIR) and
+renews the intermediate when it needs it: run it and apply again at least every two
+months (cert-manager renews the identities' certificates by itself, every 16 h by
+default; NATS needs `nats-server --signal reload` or a rollout after a seed change).
+Limit: the root's key lives where this command runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import datetime as dt
 import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+
 from base.settings import default_of
-from mesh.api.options import EDGE
 from mesh.events.nats_auth import MESHCTL, EventIdentity, new_user_seed, public_key, render_users
 from mesh.events.streams import default_streams
 from mesh.events.types import EventTypes
+from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS
 from mesh.k8s.infra import (
-    CONSUL_IDENTITY,
     NATS_AUTH_FILE,
     NATS_AUTH_SECRET,
     POSTGRES_PORT,
@@ -46,10 +46,11 @@ from mesh.k8s.infra import (
 )
 from mesh.k8s.objects import Manifest, dump_all, metadata
 from mesh.k8s.options import K8sOptions
-from mesh.k8s.workloads import db_secret, nats_secret, pki_secret
+from mesh.k8s.workloads import db_secret, nats_secret
 from mesh.local.topology import ServiceSpec
-from mesh.security.identity_files import ensure_identities, issue_identity
-from mesh.security.store import write_atomically
+from mesh.security.identity_files import renewal_due
+from mesh.security.pki import KeyPair, PkiError, check_pair, create_intermediate, describe
+from mesh.security.store import PkiStore, write_atomically
 from mesh.settings import Settings, security_from_env
 
 SECRETS_FILE = "secrets.yaml"
@@ -77,40 +78,44 @@ def _kept(path: Path, make: bytes) -> bytes:
     return make
 
 
-def pki_secrets(
-    identities: Sequence[str],
-    options: K8sOptions,
-    material: Path,
-    edge_names: Sequence[str] = (),
-) -> list[Manifest]:
-    """`edge_names`: DNS names (or IPs) clients reach the edge's LoadBalancer by; given,
-    the edge's certificate is re-issued with them (besides localhost/127.0.0.1)."""
+def issuer_secret(options: K8sOptions, material: Path) -> Manifest:
+    """The `mesh-issuer` Secret: the intermediate CA cert-manager signs the identities'
+    certificates with (`tls.crt` the chain, intermediate then root; `ca.crt` the root,
+    which cert-manager copies into every issued Secret). The root stays in
+    `DIR/pki`; the intermediate is kept in `DIR/issuer` and re-issued when missing,
+    unreadable, not the current root's, or past two thirds of `ISSUER_LIFETIME_DAYS`."""
     env = {**os.environ, "MESH_PKI_DIR": str(material / "pki")}
     security = dataclasses.replace(security_from_env(env), trust_domain=options.trust_domain)
-    store = ensure_identities(security, identities)
-    if edge_names:
-        ips = [n for n in edge_names if _is_ip(n)]
-        dns = [n for n in edge_names if not _is_ip(n)]
-        issue_identity(store, EDGE, dns, ips)
-    ca = store.ca_cert_path.read_text()
-    out = []
-    for name in identities:
-        pair = store.load(name)
-        data = {
-            "ca.crt": ca,
-            f"{name}.crt": pair.cert_pem.decode(),
-            f"{name}.key": pair.key_pem.decode(),
-        }
-        out.append(_secret(pki_secret(name), options, data))
-    return out
+    store = PkiStore(security)
+    store.init_ca()
+    root = store.load_ca()
+    lifetime = dt.timedelta(days=ISSUER_LIFETIME_DAYS)
+    pair = _current_issuer(material / "issuer", root, lifetime)
+    if pair is None:
+        pair = create_intermediate(root, options.trust_domain, lifetime)
+        (material / "issuer").mkdir(mode=0o700, exist_ok=True)
+        write_atomically(material / "issuer" / "issuer.key", pair.key_pem, 0o600)
+        write_atomically(material / "issuer" / "issuer.crt", pair.cert_pem, 0o644)
+    data = {
+        "tls.crt": pair.cert_pem.decode(),
+        "tls.key": pair.key_pem.decode(),
+        "ca.crt": root.cert_pem.decode(),
+    }
+    return {**_secret(ISSUER, options, data), "type": "kubernetes.io/tls"}
 
 
-def _is_ip(name: str) -> bool:
+def _current_issuer(directory: Path, root: KeyPair, lifetime: dt.timedelta) -> KeyPair | None:
+    """The kept intermediate, if it is still good to hand to cert-manager."""
     try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+        pair = KeyPair(
+            (directory / "issuer.crt").read_bytes(), (directory / "issuer.key").read_bytes()
+        )
+        check_pair(pair)
+        pair.certificate.verify_directly_issued_by(root.certificate)
+        due = renewal_due(describe(pair.cert_pem), lifetime)
+    except (OSError, PkiError, ValueError, TypeError, InvalidSignature):
+        return None  # missing, unreadable, or another root's
+    return pair if due > dt.datetime.now(dt.UTC) else None
 
 
 def nats_secrets(
@@ -157,14 +162,12 @@ def write_secrets(
     types: EventTypes | None,
     options: K8sOptions,
     material: Path,
-    edge_names: Sequence[str] = (),
 ) -> Path:
     """Make or reuse the material in `material` and write its secrets.yaml (0600)."""
     material.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(material, 0o700)
-    identities = [*(s.name for s in services), EDGE, CONSUL_IDENTITY]
     docs = [
-        *pki_secrets(identities, options, material, edge_names),
+        issuer_secret(options, material),
         *(nats_secrets(event_identities, types, options, material) if event_identities else []),
         *database_secrets(services, options, material),
     ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.k8s.certificates import pki_volume
 from mesh.k8s.objects import (
     Manifest,
     container_security,
@@ -59,10 +60,6 @@ def grpc_port(spec: ServiceSpec) -> int:
 
 def admin_port(spec: ServiceSpec) -> int:
     return spec.admin_port or DEFAULT_ADMIN_PORT
-
-
-def pki_secret(identity: str) -> str:
-    return f"{identity}-pki"
 
 
 def nats_secret(identity: str) -> str:
@@ -172,7 +169,7 @@ def deployment(spec: ServiceSpec, track: str, options: K8sOptions, *, nats: bool
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [
-                        secret_volume("pki", pki_secret(spec.name)),
+                        pki_volume("pki", spec.name),
                         *([secret_volume("nats-seed", nats_secret(spec.name))] if nats else []),
                         empty_dir("data", size="256Mi"),
                         empty_dir("tmp"),

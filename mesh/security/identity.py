@@ -6,10 +6,11 @@
   itself a fresh per-instance certificate in memory (its key never touches the
   disk) and renews it in the background when two thirds of its lifetime have
   passed;
-* otherwise (compose, your own CA without its key) it loads `<pki_dir>/<service>.crt`
-  and `.key` (`meshctl pki issue`) and reloads them when the files change
-  (`meshctl pki rotate`, or any tool that renews them), checked every
-  `reload_interval_s`.
+* otherwise (compose, Kubernetes, your own CA without its key) it loads
+  `<pki_dir>/<service>.crt` and `.key` (`meshctl pki issue`; on Kubernetes the
+  Secret cert-manager renews, the certificate followed by its issuer's chain) and
+  reloads them when the files change (`meshctl pki rotate`, cert-manager, or any
+  tool that renews them), checked every `reload_interval_s`.
 
 Rotation without failed calls: servers use `grpc.dynamic_ssl_server_credentials`,
 whose fetcher gRPC calls on every handshake, so the next connection gets the new

@@ -6,8 +6,10 @@ A leaf names its service twice: a URI SAN `spiffe://<trust-domain>/svc/<service>
 `grpc.ssl_target_name_override`: gRPC Python checks DNS names, not URIs). Keys
 are ECDSA P-256 (small, fast handshakes, what every TLS stack speaks).
 
-Limits: no revocation (no CRL/OCSP); short lifetimes are the mitigation. The CA
-signs leaves directly (no intermediate); a user's own CA can be named instead.
+Limits: no revocation (no CRL/OCSP); short lifetimes are the mitigation. Locally
+the CA signs leaves directly; on Kubernetes an intermediate it signed issues them
+(`create_intermediate`: cert-manager holds it, the root's key stays out of the
+cluster). A user's own CA can be named instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import datetime as dt
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -95,27 +98,42 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def create_ca(
-    trust_domain: str, lifetime: dt.timedelta, *, now: dt.datetime | None = None
-) -> KeyPair:
-    """A self-signed CA for `trust_domain` (its name constraints are not enforced: limits)."""
-    key = _private_key()
-    start = (now or _now()) - _BACKDATE
-    name = x509.Name(
+def _ca_name(common_name: str) -> x509.Name:
+    return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop-mesh"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"shop-mesh CA {trust_domain}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+
+
+def _ca_certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    signer: KeyPair | None,
+    start: dt.datetime,
+    end: dt.datetime,
+    path_length: int,
+) -> x509.Certificate:
+    """A CA certificate for `key`: self-signed when `signer` is None, else signed by it."""
+    signer_key: Any = key
+    issuer = subject
+    builder = x509.CertificateBuilder()
+    if signer is not None:
+        signer_key = serialization.load_pem_private_key(signer.key_pem, password=None)
+        issuer = signer.certificate.subject
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),
+            critical=False,
+        )
+    return (
+        builder.subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + _BACKDATE + lifetime)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -131,9 +149,51 @@ def create_ca(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(signer_key, hashes.SHA256())
     )
+
+
+def create_ca(
+    trust_domain: str, lifetime: dt.timedelta, *, now: dt.datetime | None = None
+) -> KeyPair:
+    """A self-signed CA for `trust_domain` (its name constraints are not enforced: limits).
+
+    Path length 1: it may sign one level of intermediate, a cluster's issuer
+    (`create_intermediate`), below which only leaves. CAs made before 7 Dec 2026 have
+    path length 0 (leaves only). gRPC's TLS (BoringSSL) does not hold a trust anchor to
+    its own path length (measured: a CA forged below an intermediate of path length 1
+    was accepted), so the intermediate's path length 0 is what stops a second level."""
+    key = _private_key()
+    start = (now or _now()) - _BACKDATE
+    name = _ca_name(f"shop-mesh CA {trust_domain}")
+    cert = _ca_certificate(name, key, None, start, start + _BACKDATE + lifetime, path_length=1)
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def create_intermediate(
+    root: KeyPair, trust_domain: str, lifetime: dt.timedelta, *, now: dt.datetime | None = None
+) -> KeyPair:
+    """An intermediate CA signed by `root`, which signs leaves only (path length 0): the
+    issuer a cluster holds (cert-manager's CA issuer) while the root's key stays out of
+    it. Its `cert_pem` is the chain, intermediate then root, as such an issuer wants it.
+    It never outlives the root; PkiError when the root may not sign a CA."""
+    root_cert = root.certificate
+    try:
+        constraints = root_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise PkiError("the root certificate is not a CA (no basic constraints)") from None
+    if not constraints.ca or constraints.path_length == 0:
+        raise PkiError(
+            "the root CA may sign leaves only (path length 0, a CA made before 7 Dec 2026):"
+            " an intermediate needs a new root"
+        )
+    key = _private_key()
+    start = (now or _now()) - _BACKDATE
+    end = min(start + _BACKDATE + lifetime, root_cert.not_valid_after_utc)
+    name = _ca_name(f"shop-mesh issuer {trust_domain}")
+    cert = _ca_certificate(name, key, root, start, end, path_length=0)
+    chain = cert.public_bytes(serialization.Encoding.PEM) + root.cert_pem
+    return KeyPair(chain, _key_pem(key))
 
 
 def issue(

@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from interceptors.arity import for_channel
 from interceptors.end_user import EndUser
 from mesh.security.identity import MeshIdentity
-from mesh.security.pki import KeyPair, create_ca, issue
+from mesh.security.pki import KeyPair, create_ca, create_intermediate, issue
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings
 from tests.support.end_user import OPERATOR, EndUserDefaults, SyncEndUserDefaults
@@ -39,6 +43,7 @@ DEFAULT_CALLER: dict[str, str] = {
     "payments": "orders",
 }
 
+PEM = serialization.Encoding.PEM
 _session: SecuritySettings | None = None
 
 
@@ -76,6 +81,45 @@ def foreign_pair(service: str) -> tuple[KeyPair, KeyPair]:
     """(another CA, a certificate of `service` from it): same names, untrusted issuer."""
     ca = create_ca(session_pki().trust_domain, dt.timedelta(days=1))
     return ca, issue(ca, service, session_pki().trust_domain, dt.timedelta(hours=1))
+
+
+def chained_pair(service: str, *, root: KeyPair | None = None) -> KeyPair:
+    """A certificate of `service` as a cluster's issuer gives it (mesh/k8s/certificates.py):
+    signed by an intermediate of `root` (default: the test CA), the leaf then the
+    intermediate."""
+    td = session_pki().trust_domain
+    intermediate = create_intermediate(root or store().load_ca(), td, dt.timedelta(days=1))
+    leaf = issue(intermediate, service, td, dt.timedelta(hours=1))
+    return KeyPair(leaf.cert_pem + intermediate.certificate.public_bytes(PEM), leaf.key_pem)
+
+
+def below_the_issuer_pair(service: str) -> KeyPair:
+    """An attacker holding the cluster issuer's key makes itself a CA below it (which the
+    issuer's path length 0 forbids) and a certificate of `service` from that: the leaf,
+    the forged CA, the issuer."""
+    td = session_pki().trust_domain
+    intermediate = create_intermediate(store().load_ca(), td, dt.timedelta(days=1))
+    issuer_key = serialization.load_pem_private_key(intermediate.key_pem, password=None)
+    assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged CA")]))
+        .issuer_name(intermediate.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    leaf = issue(KeyPair(forged.public_bytes(PEM), key_pem), service, td, dt.timedelta(hours=1))
+    chain = forged.public_bytes(PEM) + intermediate.certificate.public_bytes(PEM)
+    return KeyPair(leaf.cert_pem + chain, leaf.key_pem)
 
 
 def ca_pem() -> bytes:

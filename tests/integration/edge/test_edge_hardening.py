@@ -239,7 +239,7 @@ async def test_path_tricks_end_on_the_canonical_route(edge: Edge) -> None:
         assert res.json()["productId"] == f"p-trick{n}", (path, res)
 
 
-ESCAPED_SLASH = "a path must not contain an escaped slash or backslash"
+ESCAPED_SLASH = "the path could not be normalised: an escaped slash or backslash is refused"
 
 
 async def test_escaped_slashes_are_rejected(edge: Edge) -> None:

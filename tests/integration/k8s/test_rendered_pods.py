@@ -9,8 +9,9 @@ has of its own is replaced (ports, addresses, paths of mounts and volumes).
   service identity declares its stream with MESH_STREAM_REPLICAS=3 (what the manifests
   set), and the stream keeps taking events after its leader's server stops.
 - payments: started from its Deployment (Consul-API test agent for the node's agent with
-  the `consul` identity, SQLite for its PostgreSQL), its readiness and liveness probes
-  answer 200 and the agent's TLS gRPC check passes; SIGTERM stops it cleanly.
+  the `consul` identity, SQLite for its PostgreSQL, certificates as cert-manager issues
+  them from the rendered Certificates), its readiness and liveness probes answer 200
+  and the agent's TLS gRPC check passes; SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from nats.js.errors import APIError, NoStreamResponseError
 from mesh.cli import main as meshctl
 from mesh.events.nats_connect import NatsClientAuth
 from mesh.events.streams import default_streams, ensure_streams
+from mesh.k8s.certificates import ISSUER
 from mesh.k8s.options import K8sOptions
 from mesh.k8s.render import render_manifests
 from mesh.local.topology import load_topology
 from mesh.tools import nats_server_binary
+from tests.support import cert_manager
 from tests.support.consul_agent import AgentTls, consul_test_agent
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -201,7 +204,9 @@ async def test_a_service_starts_from_its_rendered_deployment_and_passes_its_prob
     """payments' rendered Deployment, run as a process: its env (Consul agent on the
     node, NATS with its seed, the PKI Secret's files), its probes answering, and the
     Consul agent's TLS gRPC check (as the `consul` identity) passing. Stand-ins: the
-    Consul-API test agent for the node's agent, SQLite for its PostgreSQL."""
+    Consul-API test agent for the node's agent, SQLite for its PostgreSQL, and
+    tests/support/cert_manager.py for cert-manager (the certificates chain through the
+    `mesh-issuer` intermediate that `meshctl k8s secrets` made)."""
     monitors = cluster.monitor_ports
     await eventually(lambda: all(_ready(m) for m in monitors), 60, "three ready servers")
     docs = render_manifests(load_topology(ROOT / "mesh.toml"), K8sOptions())
@@ -212,16 +217,15 @@ async def test_a_service_starts_from_its_rendered_deployment_and_passes_its_prob
         for d in yaml.safe_load_all((cluster.material / "secrets.yaml").read_text())
         if d
     }
+    # The identities' Secrets, as cert-manager issues them from the rendered Certificates.
+    made |= cert_manager.issue_all(docs[Path("05-certificates.yaml")], made[ISSUER])
     mounts = {}
     for volume in dep["spec"]["template"]["spec"]["volumes"]:
         if "secret" in volume:
-            where = tmp_path / volume["name"]
-            where.mkdir(mode=0o700)
-            for key, text in made[volume["secret"]["secretName"]].items():
-                (where / key).write_text(text)
-            mounts[volume["name"]] = where
-    pki = made["consul-pki"]
-    tls = AgentTls(pki["ca.crt"].encode(), pki["consul.crt"].encode(), pki["consul.key"].encode())
+            data = made[volume["secret"]["secretName"]]
+            mounts[volume["name"]] = cert_manager.mount(volume, data, tmp_path / volume["name"])
+    pki = made["consul-pki"]  # the agent reads cert-manager's key names (consul-values.yaml)
+    tls = AgentTls(pki["ca.crt"].encode(), pki["tls.crt"].encode(), pki["tls.key"].encode())
     grpc_port, admin_port = free_port(), free_port()
     async with consul_test_agent(tls=tls) as agent:
         env = _pod_env(

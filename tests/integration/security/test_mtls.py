@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from mesh.security.pki import create_ca
 from mesh.server import RunningService, ServiceDefinition, start_service
 from mesh.settings import Settings
 from tests.support import pki
@@ -79,6 +81,26 @@ async def test_a_certificate_from_another_ca_is_refused(server: RunningService) 
         options=[("grpc.ssl_target_name_override", "ping.mesh.local")],
     )
     assert await _refused(ch) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_certificate_from_the_clusters_issuer_gets_in_one_from_below_it_does_not(
+    server: RunningService,
+) -> None:
+    """On Kubernetes, cert-manager signs with an intermediate of the mesh root
+    (mesh/k8s/certificates.py): its certificates chain to the root the server trusts.
+    The intermediate may sign leaves only, so a CA someone made with its key (and a
+    leaf from that), or an intermediate of another root, gets nowhere."""
+    async with pki.mtls_channel(server.address, "ping", pair_=pki.chained_pair("orders")) as ch:
+        assert await _ping(ch) == "hi"
+    forged = pki.below_the_issuer_pair("orders")
+    assert await _refused(pki.mtls_channel(server.address, "ping", pair_=forged)) == (
+        grpc.StatusCode.UNAVAILABLE
+    )
+    other_root = create_ca("mesh.local", dt.timedelta(days=1))
+    foreign = pki.chained_pair("orders", root=other_root)
+    assert await _refused(pki.mtls_channel(server.address, "ping", pair_=foreign)) == (
+        grpc.StatusCode.UNAVAILABLE
+    )
 
 
 async def test_an_expired_certificate_is_refused(server: RunningService) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import re
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]  # no stubs
 import pytest
 import yaml
+from cryptography import x509
 
 from base.settings import specs
 from mesh.cli import main as meshctl
@@ -33,14 +35,23 @@ from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 from mesh.edge.serve import serve_edge
+from mesh.k8s.certificates import CERT_MANAGER_API, ISSUER, ISSUER_LIFETIME_DAYS
 from mesh.k8s.infra import NATS_AUTH_SECRET
 from mesh.k8s.network import service_callers
-from mesh.k8s.options import IDENTITY_LABEL, KUBERNETES_VERSION, MESH_UID, K8sOptions
+from mesh.k8s.options import (
+    IDENTITY_LABEL,
+    KUBERNETES_VERSION,
+    MESH_UID,
+    K8sOptions,
+    K8sOptionsError,
+)
 from mesh.k8s.render import CONSUL_VALUES, DEPLOY_DIR, render_manifests, write_manifests
 from mesh.local.topology import load_topology
+from mesh.security.pki import KeyPair, PkiError, create_ca, create_intermediate, describe
 from mesh.security.policy import load_rows
 from mesh.settings import ResilienceSettings, SecuritySettings, Settings
 from mesh.tools import nats_server_binary
+from tests.support import cert_manager
 from tests.support.envoy import validate as envoy_validate
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -113,8 +124,16 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     assert len(committed) > 50
     for doc in [*committed, *secrets]:
-        version = kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        assert version == "1.31", (doc["kind"], doc["metadata"]["name"], version)
+        _validate(doc)
+
+
+def _validate(doc: Doc) -> None:
+    """Against Kubernetes' schemas; cert-manager's kinds are not Kubernetes' own
+    (test_certificates_* checks them)."""
+    if doc["apiVersion"] == CERT_MANAGER_API:
+        return
+    version = kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert version == "1.31", (doc["kind"], doc["metadata"]["name"], version)
 
 
 def test_validation_is_real_an_unknown_or_mistyped_field_fails(committed: list[Doc]) -> None:
@@ -331,6 +350,11 @@ def test_no_key_material_is_committed_and_every_referenced_secret_is_made(
             assert "PRIVATE KEY" not in text, path
             assert not re.search(r"\bSU[A-Z2-7]{56}\b", text), f"{path}: an nkey seed"
     made = {d["metadata"]["name"]: d for d in secrets}
+    # The identities' Secrets are cert-manager's, one per rendered Certificate.
+    certified = {d["spec"]["secretName"] for d in _kind(committed, "Certificate")}
+    assert not certified & set(made), "a Secret both cert-manager and meshctl would write"
+    made.update({name: {"stringData": dict.fromkeys(("tls.crt", "tls.key", "ca.crt"))}
+                 for name in certified})  # fmt: skip
     for node in _walk(committed):
         if not isinstance(node, dict):
             continue
@@ -341,7 +365,9 @@ def test_no_key_material_is_committed_and_every_referenced_secret_is_made(
         )
         key_ref = node.get("secretKeyRef")
         if ref:
-            assert ref in made, f"a volume names Secret {ref}, which `meshctl k8s secrets` lacks"
+            assert ref in made, f"a volume names Secret {ref}, which nothing makes"
+            for item in node["secret"].get("items", []):
+                assert item["key"] in made[ref]["stringData"], (ref, item)
         if key_ref:
             assert key_ref["key"] in made[key_ref["name"]]["stringData"], key_ref
     # The Helm values name the consul identity's Secret too.
@@ -352,18 +378,18 @@ def test_no_key_material_is_committed_and_every_referenced_secret_is_made(
 def test_secrets_are_private_and_kept_across_runs(material: Path, secrets: list[Doc]) -> None:
     assert stat.S_IMODE(material.stat().st_mode) == 0o700
     assert stat.S_IMODE((material / "secrets.yaml").stat().st_mode) == 0o600
-    orders = next(d for d in secrets if d["metadata"]["name"] == "orders-pki")["stringData"]
-    assert "PRIVATE KEY" in orders["orders.key"] and "orders.crt" in orders
-    before = (
-        (material / "pki" / "ca.crt").read_bytes(),
-        (material / "db" / "orders.password").read_bytes(),
-    )
+    issuer = _named(secrets, "Secret", ISSUER)
+    assert issuer["type"] == "kubernetes.io/tls"
+    assert "PRIVATE KEY" in issuer["stringData"]["tls.key"]
+    assert not [d for d in secrets if d["metadata"]["name"].endswith("-pki")]  # cert-manager's
+    assert stat.S_IMODE((material / "issuer" / "issuer.key").stat().st_mode) == 0o600
+    # The one private key handed to the cluster is the intermediate's.
+    assert [d["metadata"]["name"] for d in secrets if "PRIVATE KEY" in json.dumps(d)] == [ISSUER]
+    kept = ("pki/ca.crt", "pki/ca.key", "issuer/issuer.crt", "issuer/issuer.key",
+            "db/orders.password")  # fmt: skip
+    before = [(material / k).read_bytes() for k in kept]
     assert meshctl(["k8s", "secrets", "--material", str(material)]) == 0
-    after = (
-        (material / "pki" / "ca.crt").read_bytes(),
-        (material / "db" / "orders.password").read_bytes(),
-    )
-    assert before == after
+    assert [(material / k).read_bytes() for k in kept] == before
 
 
 async def test_edge_envoy_config_is_valid_for_the_real_envoy(
@@ -379,8 +405,12 @@ async def test_edge_envoy_config_is_valid_for_the_real_envoy(
         d.mkdir()
     for name, b64 in cm["binaryData"].items():
         (config / name).write_bytes(base64.b64decode(b64))
-    for name, data in _named(secrets, "Secret", "edge-pki")["stringData"].items():
-        (pki / name).write_text(data)
+    edge_pki = cert_manager.issue(
+        _named(committed, "Certificate", "edge-pki"),
+        _named(secrets, "Secret", ISSUER)["stringData"],
+    )
+    pod = _named(committed, "Deployment", "edge")["spec"]["template"]["spec"]
+    cert_manager.mount(next(v for v in pod["volumes"] if v["name"] == "edge-pki"), edge_pki, pki)
 
     def local(text: str) -> str:
         return (
@@ -483,23 +513,122 @@ def test_dependent_env_vars_are_defined_before_use(committed: list[Doc]) -> None
 
 
 def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
-    from mesh.security.pki import describe
-
-    material = tmp_path / "k8s"
-    argv = ["k8s", "secrets", "--material", str(material), "--edge-name", "shop.example.com",
+    argv = ["k8s", "render", "--out", str(tmp_path / "named"), "--edge-name", "shop.example.com",
             "--edge-name", "203.0.113.7"]  # fmt: skip
     assert meshctl(argv) == 0
-    docs = [d for d in yaml.safe_load_all((material / "secrets.yaml").read_text()) if d]
-    edge = _named(docs, "Secret", "edge-pki")["stringData"]
-    info = describe(edge["edge.crt"].encode())
-    assert {"shop.example.com", "localhost"} <= set(info.dns_names)
-    assert "203.0.113.7" in info.ip_addresses
+    spec = _named(_docs(tmp_path / "named"), "Certificate", "edge-pki")["spec"]
+    assert spec["dnsNames"] == ["edge.mesh.local", "localhost", "shop.example.com"]
+    assert spec["ipAddresses"] == ["127.0.0.1", "203.0.113.7"]
     # Without the option the names stay those of a local edge.
-    plain = tmp_path / "plain"
-    assert meshctl(["k8s", "secrets", "--material", str(plain)]) == 0
-    docs = [d for d in yaml.safe_load_all((plain / "secrets.yaml").read_text()) if d]
-    info = describe(_named(docs, "Secret", "edge-pki")["stringData"]["edge.crt"].encode())
-    assert "shop.example.com" not in info.dns_names
+    assert meshctl(["k8s", "render", "--out", str(tmp_path / "plain")]) == 0
+    spec = _named(_docs(tmp_path / "plain"), "Certificate", "edge-pki")["spec"]
+    assert spec["dnsNames"] == ["edge.mesh.local", "localhost"]
+
+
+def test_certificates_name_every_identity_as_the_mesh_verifies_it(
+    committed: list[Doc], secrets: list[Doc]
+) -> None:
+    """One Certificate per identity, from the namespace's CA Issuer over `mesh-issuer`,
+    renewed with a third of its lifetime left, with the SANs a local certificate has;
+    what cert-manager would issue from them chains to the root every pod trusts."""
+    [issuer] = _kind(committed, "Issuer")
+    assert issuer["spec"] == {"ca": {"secretName": ISSUER}}
+    identities = [*(s.name for s in TOPOLOGY.services), "edge", "consul"]
+    certs = {d["metadata"]["name"]: d["spec"] for d in _kind(committed, "Certificate")}
+    assert sorted(certs) == sorted(f"{i}-pki" for i in identities)
+    lifetime = dt.timedelta(seconds=SecuritySettings().cert_lifetime_s)
+    for identity in identities:
+        spec = certs[f"{identity}-pki"]
+        assert spec["secretName"] == f"{identity}-pki"
+        assert spec["uris"] == [f"spiffe://mesh.local/svc/{identity}"]
+        assert spec["dnsNames"][0] == f"{identity}.mesh.local"
+        assert cert_manager.go_duration(spec["duration"]) == lifetime
+        assert cert_manager.go_duration(spec["renewBefore"]) == lifetime / 3
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+        assert spec["issuerRef"] == {"name": ISSUER, "kind": "Issuer", "group": "cert-manager.io"}
+    for doc in [issuer, *_kind(committed, "Certificate")]:
+        assert doc["apiVersion"] == CERT_MANAGER_API
+        assert doc["metadata"]["namespace"] == "shop-mesh"
+    # Issued from the rendered spec, a leaf chains to the root and names its identity.
+    made = cert_manager.issue(certs_doc := _named(committed, "Certificate", "orders-pki"),
+                              _named(secrets, "Secret", ISSUER)["stringData"])  # fmt: skip
+    leaf, intermediate = x509.load_pem_x509_certificates(made["tls.crt"].encode())
+    [root] = x509.load_pem_x509_certificates(made["ca.crt"].encode())
+    leaf.verify_directly_issued_by(intermediate)
+    intermediate.verify_directly_issued_by(root)
+    assert describe(made["tls.crt"].encode()).identity == certs_doc["spec"]["uris"][0]
+    assert (
+        intermediate.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        == 0
+    )
+
+
+def _leaves_only_ca() -> KeyPair:
+    """A root as `create_ca` made them before 7 Dec 2026: path length 0."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "old CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    return KeyPair(
+        cert.public_bytes(pem),
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+
+
+def test_a_certificate_shorter_than_cert_managers_minimum_is_refused() -> None:
+    with pytest.raises(K8sOptionsError, match="an hour at least"):
+        render_manifests(TOPOLOGY, K8sOptions(cert_lifetime_s=600))
+
+
+def test_the_issuer_is_renewed_when_due_or_of_another_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kept while good; re-issued past two thirds of its lifetime, and when the root it
+    chains to is not the material's (a new root); a root that may not sign a CA (path
+    length 0, made before 7 Dec 2026) is refused with what to do."""
+    from mesh.k8s.secrets import issuer_secret
+
+    options = K8sOptions()
+    first = issuer_secret(options, tmp_path)["stringData"]
+    assert issuer_secret(options, tmp_path)["stringData"] == first
+    # Past two thirds: an intermediate issued 61 of 90 days ago.
+    root = (tmp_path / "pki" / "ca.crt").read_bytes(), (tmp_path / "pki" / "ca.key").read_bytes()
+    old = create_intermediate(KeyPair(*root), "mesh.local", dt.timedelta(days=ISSUER_LIFETIME_DAYS),
+                              now=dt.datetime.now(dt.UTC) - dt.timedelta(days=61))  # fmt: skip
+    (tmp_path / "issuer" / "issuer.crt").write_bytes(old.cert_pem)
+    (tmp_path / "issuer" / "issuer.key").write_bytes(old.key_pem)
+    renewed = issuer_secret(options, tmp_path)["stringData"]
+    assert renewed["tls.crt"] not in (first["tls.crt"], old.cert_pem.decode())
+    assert renewed["ca.crt"] == first["ca.crt"]  # the same root
+    # Another root's intermediate is replaced by one of the material's root.
+    other = create_intermediate(create_ca("mesh.local", dt.timedelta(days=365)), "mesh.local",
+                                dt.timedelta(days=90))  # fmt: skip
+    (tmp_path / "issuer" / "issuer.crt").write_bytes(other.cert_pem)
+    (tmp_path / "issuer" / "issuer.key").write_bytes(other.key_pem)
+    again = issuer_secret(options, tmp_path)["stringData"]
+    [mine, _] = x509.load_pem_x509_certificates(again["tls.crt"].encode())
+    mine.verify_directly_issued_by(x509.load_pem_x509_certificate(root[0]))
+    # A root of before, path length 0, cannot sign an intermediate.
+    leaves_only = tmp_path / "old-root"
+    (leaves_only / "pki").mkdir(parents=True)
+    old_root = _leaves_only_ca()
+    (leaves_only / "pki" / "ca.crt").write_bytes(old_root.cert_pem)
+    (leaves_only / "pki" / "ca.key").write_bytes(old_root.key_pem)
+    with pytest.raises(PkiError, match="path length 0"):
+        issuer_secret(options, leaves_only)
+    assert meshctl(["k8s", "secrets", "--material", str(leaves_only)]) == 1
+    err = capsys.readouterr().err
+    assert "path length 0" in err and f"move {leaves_only / 'pki'} away" in err, err
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -544,7 +673,8 @@ def test_any_topology_renders_a_service_no_contract_names_admits_no_caller(
     files = render_manifests(topology, K8sOptions(namespace="acme", tag="2.0.0"))
     docs = [d for ds in files.values() for d in ds]
     for d in docs:
-        kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+        _validate(d)
+    assert _named(docs, "Certificate", "billing-pki")["metadata"]["namespace"] == "acme"
     dep = _named(docs, "Deployment", "billing-blue")
     assert dep["metadata"]["namespace"] == "acme"
     assert dep["spec"]["replicas"] == 3

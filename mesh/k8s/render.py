@@ -136,6 +136,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
+    if args.edge_name:
+        print(
+            "meshctl k8s secrets: --edge-name is an option of `meshctl k8s render` now (the"
+            " edge's certificate is cert-manager's, from the rendered Certificate)",
+            file=sys.stderr,
+        )
+        return 2
     topology = load_topology(Path(args.topology))
     options = replace(K8sOptions(), namespace=args.namespace or K8sOptions().namespace)
     try:
@@ -194,6 +201,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     secrets = sub.add_parser("secrets", help="Secrets with key material (never commit them)")
     secrets.add_argument("--material", default="", help="directory (default <run-dir>/k8s)")
     secrets.add_argument("--namespace", default="", help="namespace (default shop-mesh)")
+    # Until 7 Dec 2026 the edge's names went here: say where they go now.
+    secrets.add_argument("--edge-name", action="append", help=argparse.SUPPRESS)
     secrets.set_defaults(fn=cmd_secrets)
 
 

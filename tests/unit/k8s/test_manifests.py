@@ -512,13 +512,19 @@ def test_dependent_env_vars_are_defined_before_use(committed: list[Doc]) -> None
                 seen.add(e["name"])
 
 
-def test_edge_certificate_answers_to_the_given_names(tmp_path: Path) -> None:
+def test_edge_certificate_answers_to_the_given_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["k8s", "render", "--out", str(tmp_path / "named"), "--edge-name", "shop.example.com",
             "--edge-name", "203.0.113.7"]  # fmt: skip
     assert meshctl(argv) == 0
     spec = _named(_docs(tmp_path / "named"), "Certificate", "edge-pki")["spec"]
     assert spec["dnsNames"] == ["edge.mesh.local", "localhost", "shop.example.com"]
     assert spec["ipAddresses"] == ["127.0.0.1", "203.0.113.7"]
+    # Where the option was before, it says where it went.
+    assert meshctl(["k8s", "secrets", "--material", str(tmp_path / "m"), "--edge-name", "x"]) == 2
+    assert "an option of `meshctl k8s render` now" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
     # Without the option the names stay those of a local edge.
     assert meshctl(["k8s", "render", "--out", str(tmp_path / "plain")]) == 0
     spec = _named(_docs(tmp_path / "plain"), "Certificate", "edge-pki")["spec"]

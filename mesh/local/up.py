@@ -196,7 +196,6 @@ class LocalMesh:
         # The services' databases hold their secrets (signing keys, password hashes):
         # up's own data directory is 0700, an older run's 0755 narrowed too.
         private_dir(run / DATA_DIR, narrow=True)
-        await self._start_nats(run)
         busy = [
             p
             for s in self.o.services
@@ -206,11 +205,12 @@ class LocalMesh:
         for p in (self.o.edge_port, self.o.edge_tls_port):
             if not port_free(p):
                 busy.append(p)
-        if busy:
+        if busy:  # before anything starts (a screen of NATS starting and stopping hid it)
             raise UpError(
                 f"ports already in use: {sorted(busy)} (is another `meshctl up` running?"
                 " `meshctl down` stops it)"
             )
+        await self._start_nats(run)
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
         await self.observe.start_sink(
             self.sup, self.o.env, python=self.o.python, source=self.o.source

@@ -185,3 +185,24 @@ def test_down_with_no_mesh_names_the_run_directory_it_looked_in(tmp_path: Path) 
     r = _meshctl("--run-dir", str(run), "down")
     assert r.returncode == 0, r
     assert r.stdout.strip() == f"no mesh is running (no {run / 'up.json'})", r.stdout
+
+
+def test_up_with_a_port_taken_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """It started nats-server first, so the one line that mattered came after a screen
+    of NATS starting and stopping."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        topology = tmp_path / "mesh.toml"
+        topology.write_text(
+            f'[services.payments]\nmodule = "services.payments"\ngrpc_port = {port}\n'
+        )
+        run = tmp_path / "run"
+        r = _meshctl("--topology", str(topology), "--run-dir", str(run), "up")
+    assert r.returncode == 1, r
+    assert "ports already in use: [" in r.stderr and str(port) in r.stderr, r.stderr
+    assert "nats" not in r.stdout, r.stdout
+    assert not (run / "nats").exists()

@@ -111,22 +111,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     topology = _topology(args)
     make_run_dir(run_dir)  # before anything below creates it with the umask's mode
     if args.detach:
-        # The log is the user's only, as the run directory is.
-        fd = os.open(run_dir / "up.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        log = open(fd, "ab")  # noqa: SIM115 - handed to the child, which keeps writing it
+        from mesh.local.detach import start_detached
+
         argv = [sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up",
                 "--topology", str(topology.path.resolve()),
                 "--log-file", str((run_dir / "up.log").resolve())]  # fmt: skip
-        proc = subprocess.Popen(
-            argv + (["--free-ports"] if args.free_ports else []),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        print(f"mesh starting in the background (pid {proc.pid}); logs: {run_dir / 'up.log'}")
-        print("`meshctl status` shows it, `meshctl down` stops it")
-        return 0
+        return start_detached(run_dir, argv + (["--free-ports"] if args.free_ports else []))
 
     async def main() -> int:
         # Detached: stdout and stderr are up.log, kept to a bounded size.

@@ -58,6 +58,8 @@ from mesh.tools import envoy_binary
 from mesh.traffic.file_store import FilePolicyStore
 
 STATE_FILE = "up.json"
+# What `up` prints once every instance serves (`meshctl up --detach` waits for it).
+READY_LINE = "mesh is up"
 PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
 
 
@@ -500,11 +502,9 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
     run = options.run_dir.resolve()
     make_run_dir(run)
     state = run / STATE_FILE
-    if state.exists():
-        with contextlib.suppress(ValueError, OSError):
-            pid = int(json.loads(state.read_text())["pid"])
-            if pid != os.getpid() and _alive(pid):
-                raise UpError(f"meshctl up is already running (pid {pid}); `meshctl down` stops it")
+    pid = running_up(run)
+    if pid is not None and pid != os.getpid():
+        raise UpError(f"meshctl up is already running (pid {pid}); `meshctl down` stops it")
     sup = Supervisor(state_file=run / PROCESSES_FILE)
     mesh = LocalMesh(options, registry, sup)
     stop = asyncio.Event()
@@ -535,7 +535,7 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         print(f"edge admin (your account only): curl --unix-socket {admin} http://edge/clusters")
         if mesh.prometheus is not None:
             print(f"prometheus scrape config: {mesh.prometheus.config_file}", flush=True)
-        print("mesh is up; Ctrl-C (or `meshctl down`) stops it", flush=True)
+        print(f"{READY_LINE}; Ctrl-C (or `meshctl down`) stops it", flush=True)
         # A failed instance is restarted by the supervisor; one that crash-loops is given
         # up on alone: the rest of the mesh keeps serving until a signal.
         await stop.wait()
@@ -545,6 +545,15 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         await mesh.stop()
         state.unlink(missing_ok=True)
         print("mesh stopped", flush=True)
+
+
+def running_up(run_dir: Path) -> int | None:
+    """The pid of the `meshctl up` running in `run_dir`, if one is."""
+    with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
+        pid = int(json.loads((run_dir.resolve() / STATE_FILE).read_text())["pid"])
+        if _alive(pid):
+            return pid
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -230,9 +230,10 @@ async def test_start_up_says_what_it_waits_for_and_names_the_instance_that_fails
 
 
 async def test_detach_then_status_then_down(tmp_path: Path) -> None:
-    """`meshctl up --detach` as a user runs it: it returns at once, the mesh comes up in
-    the background with its log in the run directory (the user's only, as the directory
-    `up` made is), `meshctl status` reads it, and `meshctl down` stops it all."""
+    """`meshctl up --detach` as a user runs it: it returns once the mesh is up in the
+    background, with its log in the run directory (the user's only, as the directory
+    `up` made is); a second one refuses at once; `meshctl status` reads it, and
+    `meshctl down` stops it all."""
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
@@ -247,9 +248,13 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
 
     code, out = await meshctl("up", "--detach", "--free-ports")
     assert code == 0 and "mesh starting in the background" in out, out
+    assert "mesh is up: `meshctl status` shows it" in out, out  # it waited for it
     log = run_dir / "up.log"
     try:
-        await eventually(lambda: "mesh is up" in log.read_text(), 90, "mesh is up in up.log")
+        assert "mesh is up" in log.read_text()
+        code, out = await meshctl("up", "--detach", "--free-ports")
+        assert code == 1 and f"already running in {run_dir}" in out, out
+        assert "mesh starting" not in out, out
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
         # The background `up` keeps its log bounded (mesh/local/log_rotation.py): it was

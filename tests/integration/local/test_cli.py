@@ -189,7 +189,7 @@ def test_down_with_no_mesh_names_the_run_directory_it_looked_in(tmp_path: Path) 
 
 def test_up_with_a_port_taken_says_so_before_starting_anything(tmp_path: Path) -> None:
     """It started nats-server first, so the one line that mattered came after a screen
-    of NATS starting and stopping."""
+    of NATS starting and stopping; `--detach` said "starting" and returned 0."""
     import socket
 
     with socket.socket() as held:
@@ -202,7 +202,12 @@ def test_up_with_a_port_taken_says_so_before_starting_anything(tmp_path: Path) -
         )
         run = tmp_path / "run"
         r = _meshctl("--topology", str(topology), "--run-dir", str(run), "up")
+        # Detached, it waits for the background `up` and says why it stopped.
+        detached = _meshctl("--topology", str(topology), "--run-dir", str(run), "up", "--detach")
     assert r.returncode == 1, r
     assert "ports already in use: [" in r.stderr and str(port) in r.stderr, r.stderr
     assert "nats" not in r.stdout, r.stdout
     assert not (run / "nats").exists()
+    assert detached.returncode == 1, detached
+    assert "the background mesh exited (1)" in detached.stderr, detached.stderr
+    assert "ports already in use: [" in detached.stderr, detached.stderr

@@ -8,6 +8,7 @@ meshctl contracts build      a project's stubs and edge descriptor set from its 
 meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
+meshctl events dlq list|replay|drop   dead letters: why they failed, publish again, drop
 meshctl traces [id]          recent traces, or one trace's tree with timings
 meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 meshctl pki init|issue|rotate|renew|show   the mesh CA and service certificates
@@ -34,8 +35,8 @@ from mesh.contracts import codegen
 from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
-from mesh.events.nats_connect import NatsClientAuth
 from mesh.k8s import render as k8s_render
+from mesh.local import dlq_cli
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
 from mesh.local.traces import command as traces_command
 from mesh.release import cli as release_cli
@@ -48,20 +49,6 @@ from mesh.traffic import cli as traffic_cli
 
 def _settings() -> Settings:
     return Settings.from_env("meshctl")
-
-
-def _nats_client(run_dir: Path) -> tuple[str, NatsClientAuth] | None:
-    """NATS_URL and credentials of meshctl's own connections: the user's settings when
-    NATS_URL is set, else the `meshctl` identity of the mesh `up` runs in `run_dir`;
-    None when neither (never whatever NATS answers on 4222)."""
-    from mesh.events.nats_connect import client_auth
-    from mesh.local.nats import nats_env
-
-    env = nats_env(os.environ, run_dir)
-    if not env.get("NATS_URL"):
-        return None
-    settings = Settings.from_env("meshctl", env)
-    return settings.nats_url, client_auth(settings)
 
 
 def _registry_dir(run_dir: Path) -> Path:
@@ -242,10 +229,11 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     import nats.errors
 
     from mesh.events.nats_connect import redact_urls
+    from mesh.local.nats import client_for
     from mesh.local.tail import tail_events
 
     types = _topology(args).event_types()
-    client = _nats_client(Path(args.run_dir))
+    client = client_for(Path(args.run_dir))
     if client is None:
         print(f"meshctl events tail: no mesh has run in {args.run_dir} (`make run` starts one),"
               " and NATS_URL is not set", file=sys.stderr)  # fmt: skip
@@ -337,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("subject", nargs="?", default=">", help="e.g. order.* (default: all)")
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
+    dlq_cli.register(events, add)
     traces_command.register(sub)
     codegen.register(sub)
     release_cli.register(sub)

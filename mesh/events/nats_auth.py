@@ -62,7 +62,10 @@ class EventIdentity:
     `observer` identities (tools such as `meshctl events tail`) read every domain
     subject with plain subscriptions and may publish nothing. `monitor` identities
     (the dashboard) ask JetStream for its streams' and consumers' state (message
-    counts, what each consumer has pending) and read no event at all. `local_only`
+    counts, what each consumer has pending) and read no event at all. The
+    `dead_letters` identity (`meshctl events dlq`) reads the dead-letter stream's
+    messages and removes them, and publishes no event: a replay is published by the
+    event's own domain's identity (mesh/events/dead_letters.py). `local_only`
     identities (an example, a developer's script) are provisioned by `meshctl up`
     only: the Kubernetes secrets never carry their seed or their permissions.
     """
@@ -72,6 +75,7 @@ class EventIdentity:
     consumes: tuple[Consumes, ...] = ()
     observer: bool = False
     monitor: bool = False
+    dead_letters: bool = False
     local_only: bool = False
 
 
@@ -80,8 +84,10 @@ class EventIdentity:
 MESHCTL = EventIdentity("meshctl", observer=True)
 # The dashboard `meshctl up` serves: JetStream's stream and consumer state, no event.
 DASHBOARD = EventIdentity("dashboard", monitor=True)
+# `meshctl events dlq`: lists, removes (after a replay, or as dropped) dead letters.
+DEAD_LETTERS = EventIdentity("dead-letters", dead_letters=True)
 # The mesh's own tools' identities, beside a topology's services' on every local NATS.
-MESH_TOOLS: tuple[EventIdentity, ...] = (MESHCTL, DASHBOARD)
+MESH_TOOLS: tuple[EventIdentity, ...] = (MESHCTL, DASHBOARD, DEAD_LETTERS)
 # What a monitor may ask JetStream (read-only requests; no message is ever returned).
 _MONITOR_REQUESTS = (
     ("INFO", "the account's JetStream usage"),
@@ -150,6 +156,21 @@ def permissions(identity: EventIdentity, streams: Sequence[StreamSpec]) -> Permi
     if identity.monitor:
         return Permissions(
             publish=tuple(Grant(f"{JS_API}.{api}", why) for api, why in _MONITOR_REQUESTS),
+            subscribe=(
+                Grant(f"{inbox_prefix(identity.name)}.>", "JetStream's answers to it, only"),
+            ),
+        )
+    if identity.dead_letters:
+        dlq = stream_for(f"{DLQ_PREFIX}.>", streams).name
+        return Permissions(
+            publish=(
+                Grant(f"{JS_API}.STREAM.INFO.{dlq}", "the dead letters' sequence range"),
+                Grant(f"{JS_API}.STREAM.MSG.GET.{dlq}", "reads a dead letter, its headers too"),
+                Grant(
+                    f"{JS_API}.STREAM.MSG.DELETE.{dlq}",
+                    "removes a dead letter once replayed, or dropped",
+                ),
+            ),
             subscribe=(
                 Grant(f"{inbox_prefix(identity.name)}.>", "JetStream's answers to it, only"),
             ),
@@ -303,6 +324,10 @@ def matrix_markdown(identities: Sequence[EventIdentity], streams: Sequence[Strea
         if ident.monitor:
             rows.append(f"| `{ident.name}` | JetStream's read-only stream and consumer"
                         " info requests | nothing (no event subject) | none |")  # fmt: skip
+            continue
+        if ident.dead_letters:
+            rows.append(f"| `{ident.name}` | JetStream's requests to read and remove the"
+                        " dead letters (`DLQ`) | nothing (no event subject) | none |")  # fmt: skip
             continue
         pubs = [f"`{d}.>`" for d in ident.publishes]
         pubs += [f"`{dlq_subject(c.subject)}`" for c in ident.consumes]

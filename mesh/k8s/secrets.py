@@ -34,7 +34,14 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from base.settings import default_of
-from mesh.events.nats_auth import MESHCTL, EventIdentity, new_user_seed, public_key, render_users
+from mesh.events.nats_auth import (
+    DEAD_LETTERS,
+    MESHCTL,
+    EventIdentity,
+    new_user_seed,
+    public_key,
+    render_users,
+)
 from mesh.events.streams import default_streams
 from mesh.events.types import EventTypes
 from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS
@@ -133,7 +140,7 @@ def nats_secrets(
     out: list[Manifest] = []
     users: list[tuple[EventIdentity, str]] = []
     deployed = [i for i in identities if not i.local_only]  # not an example's
-    for ident in (*deployed, MESHCTL):
+    for ident in (*deployed, MESHCTL, DEAD_LETTERS):
         seed = _kept(material / "nats" / f"{ident.name}.nk", new_user_seed())
         users.append((ident, public_key(seed)))
         out.append(_secret(nats_secret(ident.name), options, {"seed": seed.decode()}))

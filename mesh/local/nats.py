@@ -162,6 +162,20 @@ def local_client_env(run_dir: Path, identity: str = MESHCTL.name) -> dict[str, s
     return {"NATS_URL": url, "NATS_NKEY_SEED_FILE": str(seed)} if seed.exists() else {}
 
 
+def client_for(run_dir: Path, identity: str = MESHCTL.name) -> tuple[str, NatsClientAuth] | None:
+    """NATS_URL and credentials of a meshctl connection as `identity`: the user's
+    settings when NATS_URL is set, else that identity of the mesh `up` runs in
+    `run_dir`; None when neither (never whatever NATS answers on 4222)."""
+    from mesh.events.nats_connect import client_auth
+    from mesh.settings import Settings
+
+    env = nats_env(os.environ, run_dir, identity)
+    if not env.get("NATS_URL"):
+        return None
+    settings = Settings.from_env(identity, env)
+    return settings.nats_url, client_auth(settings)
+
+
 def nats_env(env: Mapping[str, str], run_dir: Path, identity: str = MESHCTL.name) -> dict[str, str]:
     """`env` for connecting as `identity`: the user's own NATS settings when NATS_URL is
     set, else the NATS of the mesh `meshctl up` runs in `run_dir` with the identity's seed

@@ -1,0 +1,191 @@
+"""`meshctl events dlq list|replay|drop`: work off the dead letters (mesh/events/dead_letters.py).
+
+    meshctl events dlq list [dlq.order.>] [--limit N]   what gave up, on what, and why
+    meshctl events dlq replay 12 15 | --all [dlq.order.>]   again to every consumer
+    meshctl events dlq drop 12                          remove without replaying
+
+Reading and removing go as the `dead-letters` identity; a replay is published as the
+identity that owns the event's domain (the topology's event identities say which),
+then the dead letter is removed. Against the mesh `meshctl up` runs in `--run-dir`
+(its NATS and seeds), or NATS_URL's server with the user's own credentials for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from mesh.events.dead_letters import EVERY, DeadLetter, DeadLetterNotFound, get, remove, replay
+from mesh.events.dead_letters import dead_letters as read_dead_letters
+from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for
+from mesh.events.nats_connect import redact_urls
+from mesh.events.streams import default_streams
+from mesh.local.nats import client_for
+from mesh.local.topology import Topology, load_topology
+
+_ERROR_WIDTH = 70
+
+
+class _Unusable(Exception):
+    """NATS cannot be used as asked; the message says why (printed, exit 1)."""
+
+
+class _Connections:
+    """meshctl's NATS connections, one per identity, closed together."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._open: dict[str, NATS] = {}
+
+    async def js(self, identity: str) -> JetStreamContext:
+        if identity not in self._open:
+            client = client_for(self.run_dir, identity)
+            if client is None:
+                raise _Unusable(
+                    f"no mesh has run in {self.run_dir} (`make run` starts one), and NATS_URL"
+                    " is not set"
+                )
+            url, auth = client
+            try:
+                self._open[identity] = await nats.connect(
+                    url, allow_reconnect=False, connect_timeout=3, **auth.connect_options()
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                raise _Unusable(
+                    f"cannot use NATS at {redact_urls(url)} as {identity} ({type(exc).__name__}:"
+                    f" {exc}); is the mesh running? (`meshctl status`)"
+                ) from None
+        return self._open[identity].jetstream(timeout=5)
+
+    async def close(self) -> None:
+        for nc in self._open.values():
+            await nc.close()
+
+
+def _owner(subject: str, identities: Sequence[EventIdentity]) -> EventIdentity:
+    domain = subject.split(".")[0]
+    for ident in identities:
+        if domain in ident.publishes:
+            return ident
+    raise _Unusable(f"no event identity of the topology publishes {domain}.> ({subject})")
+
+
+def _age(when: dt.datetime | None) -> str:
+    if when is None:
+        return "-"
+    s = int((dt.datetime.now(dt.UTC) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{max(s, 0)}s"
+
+
+def _table(found: Sequence[DeadLetter]) -> str:
+    rows = [("#", "age", "subject", "consumer", "tries", "error")]
+    for d in found:
+        error = d.error if len(d.error) <= _ERROR_WIDTH else d.error[: _ERROR_WIDTH - 1] + "…"
+        rows.append((str(d.seq), _age(d.time), d.subject, d.consumer, d.deliveries, error))
+    widths = [max(len(r[k]) for r in rows) for k in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)  # fmt: skip
+
+
+async def _list(conn: _Connections, stream: str, args: argparse.Namespace) -> int:
+    js = await conn.js(DEAD_LETTERS.name)
+    found, total = await read_dead_letters(js, stream, subject=args.subject, limit=args.limit)
+    if not found:
+        print(f"no dead letters{'' if args.subject == EVERY else f' on {args.subject}'}"
+              f" ({total} in {stream})")  # fmt: skip
+        return 0
+    print(_table(found))
+    more = f", the first {len(found)} shown" if total > len(found) else ""
+    print(f"{total} dead letter(s) in {stream}{more}. `meshctl events dlq replay "
+          f"{found[0].seq}` publishes one again (after the fix), `drop` removes it")  # fmt: skip
+    return 0
+
+
+async def _replay(
+    conn: _Connections, stream: str, args: argparse.Namespace, identities: Sequence[EventIdentity]
+) -> int:
+    if not args.all and not args.seq:
+        raise _Unusable("name the dead letters to replay by number (`list`), or --all")
+    js = await conn.js(DEAD_LETTERS.name)
+    if args.all:
+        todo, _ = await read_dead_letters(js, stream, subject=args.subject, limit=10_000)
+    else:
+        todo = [await get(js, stream, seq) for seq in args.seq]
+    for dead in todo:
+        owner = _owner(dead.subject, identities)
+        stored = await replay(await conn.js(owner.name), dead)
+        await remove(js, stream, dead.seq)
+        print(f"#{dead.seq} {dead.subject} (gave up by {dead.consumer or '?'}): replayed as"
+              f" {owner.name}, stored #{stored}; removed from {stream}")  # fmt: skip
+    if not todo:
+        print("no dead letters to replay")
+    return 0
+
+
+async def _drop(conn: _Connections, stream: str, args: argparse.Namespace) -> int:
+    js = await conn.js(DEAD_LETTERS.name)
+    for seq in args.seq:
+        dead = await get(js, stream, seq)
+        await remove(js, stream, seq)
+        print(f"#{seq} {dead.subject} dropped (it was {dead.original_id or 'no id'})")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    topology: Topology = load_topology(Path(args.topology))
+    identities = topology.event_identities()
+    stream = stream_for(EVERY, default_streams(())).name
+    actions: dict[str, Callable[[_Connections], Any]] = {
+        "list": lambda c: _list(c, stream, args),
+        "replay": lambda c: _replay(c, stream, args, identities),
+        "drop": lambda c: _drop(c, stream, args),
+    }
+
+    async def main() -> int:
+        conn = _Connections(Path(args.run_dir))
+        try:
+            code: int = await actions[args.dlq_command](conn)
+            return code
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(main())
+    except (_Unusable, DeadLetterNotFound) as exc:
+        print(f"meshctl events dlq: {exc}", file=sys.stderr)
+        return 1
+    except (nats.errors.Error, TimeoutError) as exc:
+        print(f"meshctl events dlq: NATS refused or did not answer ({type(exc).__name__}:"
+              f" {exc})", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def register(events: Any, add: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
+    """Add `events dlq list|replay|drop` to meshctl's commands."""
+    dlq = add(events, "dlq", "dead letters: list, replay, drop").add_subparsers(
+        dest="dlq_command", required=True, metavar="<dlq command>"
+    )
+    listing = add(dlq, "list", "what gave up, on what, and why")
+    listing.add_argument("subject", nargs="?", default=EVERY, help="e.g. dlq.order.> (default all)")
+    listing.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
+    again = add(dlq, "replay", "publish dead letters again to their subjects, then remove them")
+    again.add_argument("seq", nargs="*", type=int, help="dead letters by number (`list`)")
+    again.add_argument("--all", action="store_true", help="every dead letter (on SUBJECT)")
+    again.add_argument("--subject", default=EVERY, help="with --all: e.g. dlq.order.>")
+    drop = add(dlq, "drop", "remove dead letters without replaying them")
+    drop.add_argument("seq", nargs="+", type=int, help="dead letters by number (`list`)")
+    for parser in (listing, again, drop):
+        parser.set_defaults(fn=cmd_dlq)

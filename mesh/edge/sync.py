@@ -42,6 +42,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+from base.addresses import is_ip_literal
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.envoy_config import write_atomically
 from mesh.edge.subsets import (
@@ -214,7 +215,7 @@ class EndpointSync:
                     timed_out = True
                 changed.clear()
                 if latest is not None and not (
-                    timed_out and all(_is_literal(i.host) for i in latest)
+                    timed_out and all(is_ip_literal(i.host) for i in latest)
                 ):
                     await self._publish(cluster, latest)
                 if watcher.done():
@@ -233,11 +234,3 @@ class EndpointSync:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -30,10 +30,10 @@ was rendered and checked offline, never applied to a cluster (none was available
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from base.addresses import is_ip_literal
 from mesh.k8s.objects import Manifest, metadata
 from mesh.k8s.options import K8sOptions, K8sOptionsError
 from mesh.security.identity_files import EDGE_LOCAL_DNS, EDGE_LOCAL_IPS
@@ -88,7 +88,7 @@ def certificate(identity: str, options: K8sOptions, names: Sequence[str] = ()) -
         raise K8sOptionsError(
             f"MESH_CERT_LIFETIME_S: {lifetime} s; cert-manager issues for an hour at least"
         )
-    ips = [n for n in names if _is_ip(n)]
+    ips = [n for n in names if is_ip_literal(n)]
     spec: dict[str, Any] = {
         "secretName": pki_secret(identity),
         "secretTemplate": {"labels": metadata(identity, options)["labels"]},
@@ -131,11 +131,3 @@ def _edge_names(options: K8sOptions) -> tuple[str, ...]:
     """The edge's extra names: what a local edge's certificate has (a port-forward to
     localhost), then the LoadBalancer's."""
     return (*EDGE_LOCAL_DNS, *EDGE_LOCAL_IPS, *options.edge_names)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True

@@ -45,6 +45,15 @@ def start_detached(run_dir: Path, argv: Sequence[str], *, wait_s: float = WAIT_S
             start_new_session=True,
         )  # fmt: skip
     print(f"mesh starting in the background (pid {proc.pid}); logs: {path}", flush=True)
+    try:
+        return _wait(proc, path, start, wait_s)
+    except KeyboardInterrupt:  # the wait only: the background mesh carries on
+        print("\nstopped waiting; the mesh goes on starting: `meshctl status` shows it,"
+              " `meshctl down` stops it")  # fmt: skip
+        return 0
+
+
+def _wait(proc: subprocess.Popen[bytes], path: Path, start: int, wait_s: float) -> int:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         code = proc.poll()

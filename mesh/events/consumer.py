@@ -67,6 +67,8 @@ HDR_DLQ_STREAM = "Shop-Dlq-Stream"
 HDR_DLQ_CONSUMER = "Shop-Dlq-Consumer"
 HDR_DLQ_SUBJECT = "Shop-Dlq-Subject"
 HDR_DLQ_ORIGINAL_ID = "Shop-Dlq-Original-Msg-Id"
+# Where the event is in its own stream: a replay publishes it from there, not the copy.
+HDR_DLQ_STREAM_SEQ = "Shop-Dlq-Stream-Seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +416,7 @@ class Subscription:
         headers[HDR_DLQ_ERROR] = _header_value(f"{type(exc).__name__}: {exc}")
         headers[HDR_DLQ_DELIVERIES] = str(delivered)
         headers[HDR_DLQ_STREAM] = msg.metadata.stream
+        headers[HDR_DLQ_STREAM_SEQ] = str(msg.metadata.sequence.stream)
         headers[HDR_DLQ_CONSUMER] = self.durable
         headers[HDR_DLQ_SUBJECT] = msg.subject
         try:

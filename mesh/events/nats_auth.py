@@ -194,6 +194,9 @@ def permissions(identity: EventIdentity, streams: Sequence[StreamSpec]) -> Permi
         why = f"declares stream {s.name} it writes to (ensure_streams at start)"
         for op in ("INFO", "CREATE", "UPDATE"):
             pub.append(Grant(f"{JS_API}.STREAM.{op}.{s.name}", why))
+    for name in sorted({stream_for(f"{d}.>", streams).name for d in identity.publishes}):
+        why = "reads back one of its own events, to replay it (meshctl events dlq)"
+        pub.append(Grant(f"{JS_API}.STREAM.MSG.GET.{name}", why))
     for c in identity.consumes:
         stream = stream_for(c.subject, streams).name
         pub += [

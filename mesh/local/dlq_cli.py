@@ -25,11 +25,19 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from mesh.events.dead_letters import EVERY, DeadLetter, DeadLetterNotFound, get, remove, replay
+from mesh.events.dead_letters import (
+    EVERY,
+    DeadLetter,
+    DeadLetterNotFound,
+    NotReplayable,
+    get,
+    remove,
+    replay,
+)
 from mesh.events.dead_letters import dead_letters as read_dead_letters
 from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for
 from mesh.events.nats_connect import redact_urls
-from mesh.events.streams import default_streams
+from mesh.events.streams import StreamSpec, default_streams
 from mesh.local.nats import client_for
 from mesh.local.topology import Topology, load_topology
 
@@ -115,7 +123,11 @@ async def _list(conn: _Connections, stream: str, args: argparse.Namespace) -> in
 
 
 async def _replay(
-    conn: _Connections, stream: str, args: argparse.Namespace, identities: Sequence[EventIdentity]
+    conn: _Connections,
+    stream: str,
+    args: argparse.Namespace,
+    identities: Sequence[EventIdentity],
+    streams: Sequence[StreamSpec],
 ) -> int:
     if not args.all and not args.seq:
         raise _Unusable("name the dead letters to replay by number (`list`), or --all")
@@ -124,15 +136,23 @@ async def _replay(
         todo, _ = await read_dead_letters(js, stream, subject=args.subject, limit=10_000)
     else:
         todo = [await get(js, stream, seq) for seq in args.seq]
+    refused = 0
     for dead in todo:
         owner = _owner(dead.subject, identities)
-        stored = await replay(await conn.js(owner.name), dead)
+        origin = stream_for(dead.subject, streams).name
+        try:
+            stored = await replay(await conn.js(owner.name), origin, dead)
+        except NotReplayable as exc:
+            print(f"meshctl events dlq: {exc}", file=sys.stderr)
+            refused += 1
+            continue
         await remove(js, stream, dead.seq)
         print(f"#{dead.seq} {dead.subject} (gave up by {dead.consumer or '?'}): replayed as"
-              f" {owner.name}, stored #{stored}; removed from {stream}")  # fmt: skip
+              f" {owner.name} from {origin} #{dead.original_seq}, stored #{stored};"
+              f" removed from {stream}")  # fmt: skip
     if not todo:
         print("no dead letters to replay")
-    return 0
+    return 1 if refused else 0
 
 
 async def _drop(conn: _Connections, stream: str, args: argparse.Namespace) -> int:
@@ -147,10 +167,12 @@ async def _drop(conn: _Connections, stream: str, args: argparse.Namespace) -> in
 def cmd_dlq(args: argparse.Namespace) -> int:
     topology: Topology = load_topology(Path(args.topology))
     identities = topology.event_identities()
-    stream = stream_for(EVERY, default_streams(())).name
+    types = topology.event_types()
+    streams = default_streams(types.domains if types is not None else ())
+    stream = stream_for(EVERY, streams).name
     actions: dict[str, Callable[[_Connections], Any]] = {
         "list": lambda c: _list(c, stream, args),
-        "replay": lambda c: _replay(c, stream, args, identities),
+        "replay": lambda c: _replay(c, stream, args, identities, streams),
         "drop": lambda c: _drop(c, stream, args),
     }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
@@ -113,6 +114,60 @@ async def test_a_dead_letter_is_listed_replayed_after_the_fix_and_another_droppe
     finally:
         await inventory.close()
         await orders.close()
+
+
+async def test_a_forged_dead_letter_replays_the_genuine_event_or_nothing(
+    nats_srv: NatsServer, tmp_path: Path
+) -> None:
+    """A consumer's identity may write anything to `dlq.<what it consumes>`: a replay
+    as the domain's owner must not launder that. It publishes the event as its own
+    stream holds it, on the dead letter's own subject (not a header's), and refuses a
+    dead letter whose named original is of another subject or not named at all."""
+    orders = await _bus(nats_srv, "orders")
+    await (await _bus(nats_srv, "inventory")).close()  # declares DLQ
+    genuine = _completed("o-1")
+    await orders.publish(genuine)  # ORDER #1
+    compensation = new_envelope(
+        events_pb2.OrderCompensationCompleted(order_id="o-2", saga_id="s-2"),
+        types=EVENTS, source="test", subject="o-2",
+    )  # fmt: skip
+    await orders.publish(compensation)  # ORDER #2, order.compensation.completed
+    await orders.close()
+    attacker = await nats.connect(nats_srv.url, allow_reconnect=False,
+                                  **nats_srv.auth_for("inventory").connect_options())  # fmt: skip
+    js = attacker.jetstream()
+    forged = _completed("o-evil").SerializeToString()
+
+    async def plant(seq: str | None) -> int:
+        headers = {"Shop-Dlq-Subject": "payment.completed", "Shop-Dlq-Consumer": DURABLE,
+                   "Nats-Msg-Id": f"forged-{seq}"}  # fmt: skip
+        if seq is not None:
+            headers["Shop-Dlq-Stream-Seq"] = seq
+        return int((await js.publish("dlq.order.completed", forged, headers=headers)).seq)
+
+    try:
+        laundered, other_subject, unnamed = await plant("1"), await plant("2"), await plant(None)
+    finally:
+        await attacker.close()
+    run = _run_dir(nats_srv, tmp_path)
+    code, out, err = await _meshctl(run, "replay", str(laundered))
+    assert code == 0, (out, err)
+    for seq, why in ((other_subject, "is order.compensation.completed: not replayed"),
+                     (unnamed, "names no position in ORDER")):  # fmt: skip
+        code, out, err = await _meshctl(run, "replay", str(seq))
+        assert code == 1 and why in err, (out, err)
+    admin = await nats.connect(nats_srv.admin_url)
+    try:
+        ajs = admin.jetstream()
+        replayed = await ajs.get_msg("ORDER", 3)
+        assert replayed.subject == "order.completed"
+        assert replayed.data == genuine.SerializeToString(), "the genuine event, not the forgery"
+        assert (await ajs.stream_info("ORDER")).state.messages == 3  # nothing else published
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await ajs.stream_info("PAYMENT")  # no payment.completed ever: no such stream
+        assert (await ajs.stream_info("DLQ")).state.messages == 2  # the refused ones stay
+    finally:
+        await admin.close()
 
 
 async def test_replay_needs_numbers_or_all_and_no_mesh_says_so(tmp_path: Path) -> None:

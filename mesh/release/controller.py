@@ -15,7 +15,11 @@ owns the supervisor, carries the release out:
    100 %). Each step settles (`settle_s`: the edge and the proxyless pickers
    follow the policy within a poll), then bakes `bake_s` while the new subset is
    compared with the old one every `check_s` from the instances' `/metrics`
-   (mesh/release/analysis.py). A regression rolls back at once.
+   (mesh/release/analysis.py). A regression rolls back at once. A step between
+   0 and 100 % whose new subset served fewer than `min_calls` calls in its bake
+   bakes on until it has (or the user promotes, rolls back or aborts): with no
+   traffic there is no evidence, and a release does not advance on none (until
+   7 Dec 2026 an idle mesh's release went to 100 % on no calls at all).
 4. **Promote** after the last step's bake: the old subset drains (its weight is 0,
    then SIGTERM: in-flight calls finish, it deregisters) and stops; the policy goes
    back to one pool (weights removed, faults kept).
@@ -345,9 +349,12 @@ class ReleaseController:
         started = time.monotonic()
         verdict: tuple[str, str] | None = None
         counts: dict[str, analysis.Counts] = {}
+        waiting_said = False
         while True:
             left = release.bake_s - (time.monotonic() - started)
-            command = await self._sleep_or_command(release, min(self.timing.check_s, max(0, left)))
+            # Past the bake (baking on for evidence): a check every `check_s`.
+            pause = min(self.timing.check_s, left) if left > 0 else self.timing.check_s
+            command = await self._sleep_or_command(release, pause)
             now = await analysis.snapshot(await self.registry.healthy(release.service))
             counts = analysis.window(start, now)
             if command is not None:
@@ -361,7 +368,20 @@ class ReleaseController:
                 verdict = ("rolled back", f"regression at {weight}%: {reason}")
                 break
             if time.monotonic() - started >= release.bake_s:
-                break
+                served = counts.get(new, analysis.Counts()).calls
+                if not 0 < weight < 100 or served >= self.thresholds.min_calls:
+                    break
+                # No evidence, no next step: bake on until the new subset has served
+                # enough calls for a verdict, or the user decides.
+                if not waiting_said:
+                    waiting_said = True
+                    self._log(
+                        release,
+                        f"step {release.step + 1}: {new} served {served:.0f} call(s), fewer"
+                        f" than the {self.thresholds.min_calls} a verdict needs; baking on"
+                        " until it has (`meshctl release promote` goes on without,"
+                        " `rollback` stops)",
+                    )
         stats = analysis.summary(counts)
         release.windows.append(
             {"weight": weight, "seconds": round(time.monotonic() - started, 2), "tracks": stats}

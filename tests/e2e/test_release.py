@@ -449,3 +449,37 @@ async def test_a_service_wide_fault_hits_each_call_once(stack: Stack, runtime: M
         assert abs(share - percent / 100) <= bound, (name, share)
         by = "fault injected" if name == "proxyless" else "fault filter abort"
         assert all(by in f for f in failed), (name, {f for f in failed if by not in f})
+
+
+async def test_a_release_with_no_traffic_does_not_advance_on_no_evidence(stack: Stack) -> None:
+    """An idle mesh: the first weighted step bakes out with no call on the new subset, so
+    there is no verdict, and the release bakes on there instead of going to 100 % (it
+    did until 7 Dec 2026); `promote` is the user's word to go on."""
+    active = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
+    started = await asyncio.to_thread(
+        meshctl, stack, "start", SERVICE, "--version", "3.0.0", "--steps", "0,10,100",
+        "--bake", "1", "--detach",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+    state = await eventually(
+        lambda: _shifting_at(stack, 10), 60, "the release at its 10 % step", interval_s=0.1
+    )
+    new = state.new_track
+
+    def waiting() -> Release | None:
+        now = load(stack.base, SERVICE)
+        said = now is not None and any(
+            "fewer than the 10 a verdict needs" in entry["message"] for entry in now.log
+        )
+        return now if said else None
+
+    state = await eventually(waiting, 30, "the release saying it waits for evidence")
+    await asyncio.sleep(3)  # poll: three bakes' time, in which it used to finish
+    state = await release_state(stack)
+    assert (state.phase, state.weight) == ("shifting", 10), state.log
+    promoted = await asyncio.to_thread(meshctl, stack, "promote", SERVICE)
+    assert promoted.returncode == 0, promoted.stderr + promoted.stdout
+    state = await wait_phase(stack, ("promoted", "rolled back", "aborted", "failed"), 60)
+    assert state.phase == "promoted", state.log
+    tracks = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
+    assert tracks == {new} and tracks != active

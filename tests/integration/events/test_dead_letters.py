@@ -20,6 +20,7 @@ from shop.events.v1 import events_pb2
 
 from mesh.events import EventBus, SubscribeOptions, new_envelope
 from mesh.events.nats_auth import owned_streams
+from mesh.local.status import dead_letter_line
 from services.common.event_identities import event_identity
 from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import NatsServer
@@ -89,6 +90,10 @@ async def test_a_dead_letter_is_listed_replayed_after_the_fix_and_another_droppe
         await eventually(lambda: sub.stats.dead_lettered == 2, what="two dead letters")
         run = _run_dir(nats_srv, tmp_path)
 
+        # `meshctl status` says they are there.
+        assert await dead_letter_line(run) == (
+            "dead letters: 2 in DLQ (`meshctl events dlq list` shows why they failed)"
+        )
         code, out, err = await _meshctl(run, "list")
         assert code == 0, err
         rows = [line.split() for line in out.splitlines()[1:3]]
@@ -109,6 +114,7 @@ async def test_a_dead_letter_is_listed_replayed_after_the_fix_and_another_droppe
         assert code == 0 and f"#{second} order.completed dropped" in out, (out, err)
         code, out, err = await _meshctl(run, "list")
         assert code == 0 and out.startswith("no dead letters"), (out, err)
+        assert await dead_letter_line(run) is None
         await asyncio.sleep(0.5)  # poll: room for a wrong second delivery to arrive
         assert handled == ["o-1"]  # o-2 was dropped, o-1 handled once
     finally:

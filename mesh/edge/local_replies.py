@@ -108,7 +108,11 @@ OTHER_ERRORS = "UNKNOWN"
 def rest_request() -> dict[str, Any]:
     """A request that arrived as REST: not gRPC, or transcoded (the transcoder keeps the
     original path in `x-envoy-original-path`). Envoy decides at arrival whether a local
-    reply is gRPC-shaped, so a transcoded request gets an HTTP one."""
+    reply is gRPC-shaped, so a transcoded request gets an HTTP one. A request with no
+    content type at all (a plain `curl` GET) is REST too: an absent header matches no
+    matcher, inverted or not, unless it counts as empty (until 7 Dec 2026 such a GET
+    refused before the transcoder ran, e.g. with an unknown `accept-version`, got
+    Envoy's plain text)."""
     return {
         "or_filter": {
             "filters": [
@@ -118,6 +122,7 @@ def rest_request() -> dict[str, Any]:
                             "name": "content-type",
                             "string_match": {"prefix": "application/grpc"},
                             "invert_match": True,
+                            "treat_missing_header_as_empty": True,
                         }
                     }
                 },

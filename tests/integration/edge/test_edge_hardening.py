@@ -179,6 +179,8 @@ async def test_the_edges_own_rest_errors_are_status_json(edge: Edge) -> None:
         ("GET", "/api/v1/no-such-thing/1", None, {}, 404, 5, "Could not resolve"),
         ("GET", "/api/v1/products/p-purple", None, {"x-mesh-track": "purple"}, 503, 14,
          "no healthy upstream"),
+        # No content type and refused before the transcoder runs (a plain `curl`).
+        ("GET", "/api/orders/o-1", None, {"accept-version": "v9"}, 401, 16, "Jwt is missing"),
     ]  # fmt: skip
     for method, path, body, headers, status, code, text in cases:
         res = await asyncio.to_thread(request, edge.port, method, path, body, headers)

@@ -37,7 +37,7 @@ from base.addresses import is_ip_literal
 from mesh.k8s.objects import Manifest, metadata
 from mesh.k8s.options import K8sOptions, K8sOptionsError
 from mesh.security.identity_files import EDGE_LOCAL_DNS, EDGE_LOCAL_IPS
-from mesh.security.pki import dns_name, spiffe_id
+from mesh.security.pki import common_name, dns_name, spiffe_id
 
 CERT_MANAGER_API = "cert-manager.io/v1"
 ISSUER = "mesh-issuer"  # the Issuer, and the Secret holding its CA
@@ -95,7 +95,7 @@ def certificate(identity: str, options: K8sOptions, names: Sequence[str] = ()) -
         "duration": _go_duration(lifetime),
         "renewBefore": _go_duration(lifetime // 3),
         "subject": {"organizations": ["shop-mesh"]},
-        "commonName": dns_name(options.trust_domain, identity),
+        "commonName": common_name(options.trust_domain, identity),
         "dnsNames": [dns_name(options.trust_domain, identity), *(n for n in names if n not in ips)],
         "uris": [spiffe_id(options.trust_domain, identity)],
         "privateKey": {

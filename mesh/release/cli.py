@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,33 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
+# A Kubernetes label value (the `version` label), also a safe directory name for the
+# release's source (`<run dir>/releases/<V>`): no empty version, no path in it.
+_VERSION = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _version(text: str) -> str:
+    if not _VERSION.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version: letters, digits, '.', '-', '_', at most 63,"
+            " starting and ending with a letter or digit (e.g. 2.1.0)"
+        )
+    return text
+
+
+def _at_least(low: float, kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low:g}")
+        return value
+
+    return parse
+
+
 def register(sub: Any) -> None:
     """Add `release` to meshctl's subcommands."""
     p = sub.add_parser("release", help="blue-green / canary releases of a service")
@@ -40,11 +68,15 @@ def register(sub: Any) -> None:
         cmds.add_parser("start", help="start a new version and shift traffic to it")
     )
     start.add_argument("service")
-    start.add_argument("--version", required=True, dest="release_version", metavar="V")
-    start.add_argument("--instances", type=int, default=1)
+    start.add_argument(
+        "--version", required=True, dest="release_version", metavar="V", type=_version
+    )
+    start.add_argument("--instances", type=_at_least(1, int), default=1)
     start.add_argument("--source", default="", help="a git ref (default: the current tree)")
     start.add_argument("--steps", type=_steps, default=[0, 10, 50, 100], help="0,10,50,100")
-    start.add_argument("--bake", type=float, default=30.0, help="seconds per step (30)")
+    start.add_argument(
+        "--bake", type=_at_least(0, float), default=30.0, help="seconds per step (30)"
+    )
     start.add_argument("--detach", action="store_true", help="return once it has started")
     start.set_defaults(fn=cmd_start)
     status = _run_dir_option(cmds.add_parser("status", help="the releases and their steps"))

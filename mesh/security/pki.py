@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# An identity is the first label of a DNS name (a space or '_' made a certificate no
+# client would match: `meshctl pki issue 'a b'` issued one until 7 Dec 2026).
+_IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CN_MAX = 64  # ub-common-name (RFC 5280)
 # Issued a little in the past, so a peer whose clock is slightly behind accepts it.
 _BACKDATE = dt.timedelta(minutes=5)
 SPIFFE_PATH = "/svc/"
@@ -42,6 +47,13 @@ def spiffe_id(trust_domain: str, service: str) -> str:
 def dns_name(trust_domain: str, service: str) -> str:
     """`<service>.<trust-domain>`: the name a client verifies the callee's certificate by."""
     return f"{service}.{trust_domain}"
+
+
+def common_name(trust_domain: str, service: str) -> str:
+    """The subject's CN: the DNS name, or the bare identity when that is over X.509's 64
+    characters (nothing verifies by CN; the SANs carry the names)."""
+    name = dns_name(trust_domain, service)
+    return name if len(name) <= _CN_MAX else service
 
 
 def service_of(identity: str, trust_domain: str) -> str | None:
@@ -211,8 +223,12 @@ def issue(
     `extra_dns`/`extra_ips` add names a browser or curl checks (the edge's TLS
     listener: `localhost`, `127.0.0.1`). The leaf never outlives the CA.
     """
-    if not service or "/" in service or "." in service:
-        raise PkiError(f"service name {service!r} must be non-empty, without '/' or '.'")
+    if not _IDENTITY.match(service):
+        raise PkiError(
+            f"identity {service!r} must be a DNS label: lower-case letters, digits and '-',"
+            " at most 63, starting and ending with a letter or digit (it is the DNS name"
+            " `<identity>.<trust domain>` and the end of a SPIFFE id)"
+        )
     ca_cert = ca.certificate
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     # A user's own CA may be RSA or Ed25519.
@@ -235,7 +251,7 @@ def issue(
             x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shop-mesh"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, dns_name(trust_domain, service)),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name(trust_domain, service)),
                 ]
             )
         )

@@ -211,3 +211,19 @@ def test_up_with_a_port_taken_says_so_before_starting_anything(tmp_path: Path) -
     assert detached.returncode == 1, detached
     assert "the background mesh exited (1)" in detached.stderr, detached.stderr
     assert "ports already in use: [" in detached.stderr, detached.stderr
+
+
+def test_release_start_refuses_a_version_or_numbers_it_cannot_use(tmp_path: Path) -> None:
+    """An empty --version started a release named '' (seen in a probe); one with a path
+    in it would name a directory outside `<run dir>/releases`."""
+    run = tmp_path / "run"
+    for args, why in (
+        (("--version", ""), "'' is not a version"),
+        (("--version", "../../x"), "'../../x' is not a version"),
+        (("--version", "2.0.0", "--bake", "-1"), "argument --bake: -1 is below 0"),
+        (("--version", "2.0.0", "--instances", "0"), "argument --instances: 0 is below 1"),
+    ):
+        r = _meshctl("--run-dir", str(run), "release", "start", "inventory", *args)
+        assert r.returncode == 2, (args, r)
+        assert why in r.stderr, (args, r.stderr)
+    assert not run.exists()

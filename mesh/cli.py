@@ -228,10 +228,16 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
 def cmd_events_tail(args: argparse.Namespace) -> int:
     import nats.errors
 
+    from mesh.events.nats_auth import valid_pattern
     from mesh.events.nats_connect import redact_urls
     from mesh.local.nats import client_for
     from mesh.local.tail import tail_events
 
+    if not valid_pattern(args.subject):
+        print(f"meshctl events tail: {args.subject!r} is not a NATS subject (tokens joined by"
+              " '.', no spaces; '*' one token, '>' the rest: order.*, user.>)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     types = _topology(args).event_types()
     client = client_for(Path(args.run_dir))
     if client is None:

@@ -123,6 +123,20 @@ def inbox_prefix(identity: str) -> str:
     return f"_INBOX.{identity}"
 
 
+def valid_pattern(pattern: str) -> bool:
+    """Whether `pattern` is a NATS subject a client may subscribe to: dot-separated
+    non-empty tokens without whitespace, `*` a whole token, `>` only the last one."""
+    tokens = pattern.split(".")
+    for i, tok in enumerate(tokens):
+        if not tok or any(c.isspace() for c in tok):
+            return False
+        if ("*" in tok or ">" in tok) and tok not in ("*", ">"):
+            return False
+        if tok == ">" and i != len(tokens) - 1:
+            return False
+    return True
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     p, s = pattern.split("."), subject.split(".")
     for i, tok in enumerate(p):

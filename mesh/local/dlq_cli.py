@@ -35,9 +35,9 @@ from mesh.events.dead_letters import (
     replay,
 )
 from mesh.events.dead_letters import dead_letters as read_dead_letters
-from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for
+from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for, valid_pattern
 from mesh.events.nats_connect import redact_urls
-from mesh.events.streams import StreamSpec, default_streams
+from mesh.events.streams import DLQ_PREFIX, StreamSpec, default_streams
 from mesh.local.nats import client_for
 from mesh.local.topology import Topology, load_topology
 
@@ -164,6 +164,16 @@ async def _drop(conn: _Connections, stream: str, args: argparse.Namespace) -> in
     return 0
 
 
+def _dead_letter_pattern(text: str) -> str:
+    """A `dlq.` pattern; an event subject (`order.>`) is taken as its dead letters'."""
+    pattern = text if text.startswith(f"{DLQ_PREFIX}.") else f"{DLQ_PREFIX}.{text}"
+    if not valid_pattern(pattern):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a NATS subject (e.g. order.> or dlq.order.completed)"
+        )
+    return pattern
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     topology: Topology = load_topology(Path(args.topology))
     identities = topology.event_identities()
@@ -201,12 +211,18 @@ def register(events: Any, add: Callable[[Any, str, str], argparse.ArgumentParser
         dest="dlq_command", required=True, metavar="<dlq command>"
     )
     listing = add(dlq, "list", "what gave up, on what, and why")
-    listing.add_argument("subject", nargs="?", default=EVERY, help="e.g. dlq.order.> (default all)")
+    listing.add_argument(
+        "subject", nargs="?", default=EVERY, type=_dead_letter_pattern,
+        help="e.g. order.> or dlq.order.completed (default all)",
+    )  # fmt: skip
+
     listing.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
     again = add(dlq, "replay", "publish dead letters again to their subjects, then remove them")
     again.add_argument("seq", nargs="*", type=int, help="dead letters by number (`list`)")
     again.add_argument("--all", action="store_true", help="every dead letter (on SUBJECT)")
-    again.add_argument("--subject", default=EVERY, help="with --all: e.g. dlq.order.>")
+    again.add_argument(
+        "--subject", default=EVERY, type=_dead_letter_pattern, help="with --all: e.g. order.>"
+    )
     drop = add(dlq, "drop", "remove dead letters without replaying them")
     drop.add_argument("seq", nargs="+", type=int, help="dead letters by number (`list`)")
     for parser in (listing, again, drop):

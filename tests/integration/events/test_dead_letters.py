@@ -99,6 +99,13 @@ async def test_a_dead_letter_is_listed_replayed_after_the_fix_and_another_droppe
         rows = [line.split() for line in out.splitlines()[1:3]]
         assert [r[2:5] for r in rows] == [["order.completed", DURABLE, "1"]] * 2, out
         assert "RuntimeError: cannot handle o-1 yet" in out and "2 dead letter(s) in DLQ" in out
+        # The event's subject names its dead letters too.
+        code, by_subject, err = await _meshctl(run, "list", "order.completed")
+
+        def no_age(text: str) -> list[list[str]]:
+            return [line.split()[:1] + line.split()[2:] for line in text.splitlines()]
+
+        assert code == 0 and no_age(by_subject) == no_age(out), (by_subject, err)
         first, second = (int(r[0]) for r in rows)
 
         broken = False  # the fix is deployed

@@ -227,3 +227,11 @@ def test_release_start_refuses_a_version_or_numbers_it_cannot_use(tmp_path: Path
         assert r.returncode == 2, (args, r)
         assert why in r.stderr, (args, r.stderr)
     assert not run.exists()
+
+
+def test_a_subject_that_is_not_one_is_refused_before_nats(tmp_path: Path) -> None:
+    """`events tail 'a b'` said NATS was unusable and asked whether the mesh runs."""
+    r = _meshctl("--run-dir", str(tmp_path / "run"), "events", "tail", "order completed")
+    assert r.returncode == 2 and "'order completed' is not a NATS subject" in r.stderr, r
+    r = _meshctl("--run-dir", str(tmp_path / "run"), "events", "dlq", "list", "order.>.x")
+    assert r.returncode == 2 and "'order.>.x' is not a NATS subject" in r.stderr, r

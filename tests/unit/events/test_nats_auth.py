@@ -190,3 +190,12 @@ def test_a_private_ca_makes_a_tls_context(tmp_path: Path) -> None:
         pytest.skip("no CA bundle on this machine")
     opts = NatsClientAuth(tls_ca_file=str(ca)).connect_options()
     assert isinstance(opts["tls"], ssl.SSLContext)
+
+
+def test_valid_patterns_are_what_nats_accepts_for_a_subscription() -> None:
+    from mesh.events.nats_auth import valid_pattern
+
+    for good in (">", "order.*", "order.>", "a.*.c", "dlq.order.completed", "user.created"):
+        assert valid_pattern(good), good
+    for bad in ("", "a..b", "a.>.b", "a*", "a>", ".a", "a.", "a b", "order.\t*"):
+        assert not valid_pattern(bad), bad

@@ -67,7 +67,8 @@ async def _show(registry: Registry, store: PolicyStore, service: str, as_json: b
     if as_json:
         print(json.dumps(policy.to_json() if policy is not None else None, indent=2))
         return 0
-    where = getattr(store, "describe", lambda: "")()
+    # The store names where any service's policy lives; say where this one's does.
+    where = getattr(store, "describe", lambda: "")().replace("<service>", service)
     if policy is None:
         print(f"{service}: no traffic policy (one pool){f'; stored in {where}' if where else ''}")
     else:

@@ -112,6 +112,7 @@ async def test_set_show_and_refusals(
     code, out, _ = await meshctl(registry_dir, "show", "ping")
     assert code == 0
     assert "ping: blue=100 green=0; faults: blue * delay 1% 5ms (revision 2)" in out
+    assert f"; stored in file {registry_dir}/traffic/ping.json" in out, out  # not <service>
     assert any(line.split()[:3] == ["blue", "1", "100%"] for line in out.splitlines())
 
 

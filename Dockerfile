@@ -19,6 +19,9 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin mesh
 # Listen on every interface inside the container; register the container's name.
 ENV MESH_HOST=0.0.0.0 MESH_DATA_DIR=/data
 # The mesh PKI volume (compose `pki-init`) starts from this directory: 0700, the services' user.
-RUN mkdir -p /etc/shop-mesh/pki && chown mesh /etc/shop-mesh/pki && chmod 0700 /etc/shop-mesh/pki
+# The NATS credentials volume (compose `nats-init`) likewise.
+RUN mkdir -p /etc/shop-mesh/pki /etc/shop-mesh/nats \
+ && chown mesh /etc/shop-mesh/pki /etc/shop-mesh/nats \
+ && chmod 0700 /etc/shop-mesh/pki /etc/shop-mesh/nats
 USER mesh
 CMD ["python", "-m", "services.users"]

@@ -9,6 +9,7 @@ meshctl edge render          render envoy/ from the descriptor set
 meshctl edge serve           edge meta server + endpoint sync (the compose topology)
 meshctl events tail [subj]   print decoded events live (default: every domain)
 meshctl events dlq list|replay|drop   dead letters: why they failed, publish again, drop
+meshctl events credentials DIR   NATS seeds and authorization for a deployment (compose)
 meshctl traces [id]          recent traces, or one trace's tree with timings
 meshctl k8s render|secrets   Kubernetes manifests from the topology (mesh/k8s/)
 meshctl pki init|issue|rotate|renew|show   the mesh CA and service certificates
@@ -257,6 +258,23 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_events_credentials(args: argparse.Namespace) -> int:
+    """Seeds kept in DIRECTORY for the topology's event identities and meshctl's tools,
+    and `nats.conf` with their authorization, for a nats-server started with `-c`
+    (docker-compose.yml's `nats-init`; mesh/events/nats_credentials.py)."""
+    from mesh.events.nats_credentials import keep_credentials, write_server_config
+    from mesh.events.streams import default_streams
+
+    topology = _topology(args)
+    types = topology.event_types()
+    streams = default_streams(types.domains if types is not None else ())
+    directory = Path(args.directory)
+    kept = keep_credentials(directory, topology.event_identities(), streams)
+    path = write_server_config(directory, kept)
+    print(f"{path}: {len(kept.seeds)} identities ({', '.join(kept.seeds)}); seeds kept beside it")
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -332,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N events (0: never)")
     tail.set_defaults(fn=cmd_events_tail)
     dlq_cli.register(events, add)
+    creds = add(events, "credentials", "NATS seeds and the server's authorization (compose)")
+    creds.add_argument("directory", help="kept there: <identity>.nk (0600) and nats.conf")
+    creds.set_defaults(fn=cmd_events_credentials)
     traces_command.register(sub)
     codegen.register(sub)
     release_cli.register(sub)

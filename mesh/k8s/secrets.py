@@ -34,14 +34,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from base.settings import default_of
-from mesh.events.nats_auth import (
-    DEAD_LETTERS,
-    MESHCTL,
-    EventIdentity,
-    new_user_seed,
-    public_key,
-    render_users,
-)
+from mesh.events.nats_auth import EventIdentity
+from mesh.events.nats_credentials import keep_credentials, kept_secret
 from mesh.events.streams import default_streams
 from mesh.events.types import EventTypes
 from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS
@@ -75,14 +69,6 @@ def _secret(name: str, options: K8sOptions, data: dict[str, str]) -> Manifest:
         "metadata": metadata(name, options),
         "stringData": data,
     }
-
-
-def _kept(path: Path, make: bytes) -> bytes:
-    """The file's content, or `make` written there first (0600)."""
-    if path.is_file():
-        return path.read_bytes().strip()
-    write_atomically(path, make + b"\n", 0o600)
-    return make
 
 
 def issuer_secret(options: K8sOptions, material: Path) -> Manifest:
@@ -136,16 +122,10 @@ def nats_secrets(
         max_bytes=default_of(Settings, "stream_max_bytes"),
         max_msgs=default_of(Settings, "stream_max_msgs"),
     )
-    (material / "nats").mkdir(mode=0o700, exist_ok=True)
-    out: list[Manifest] = []
-    users: list[tuple[EventIdentity, str]] = []
-    deployed = [i for i in identities if not i.local_only]  # not an example's
-    for ident in (*deployed, MESHCTL, DEAD_LETTERS):
-        seed = _kept(material / "nats" / f"{ident.name}.nk", new_user_seed())
-        users.append((ident, public_key(seed)))
-        out.append(_secret(nats_secret(ident.name), options, {"seed": seed.decode()}))
-    auth = "\n".join(["authorization: {", *render_users(users, list(streams)), "}", ""])
-    out.append(_secret(NATS_AUTH_SECRET, options, {NATS_AUTH_FILE: auth}))
+    kept = keep_credentials(material / "nats", identities, streams)
+    out = [_secret(nats_secret(name), options, {"seed": seed.decode()})
+           for name, seed in kept.seeds.items()]  # fmt: skip
+    out.append(_secret(NATS_AUTH_SECRET, options, {NATS_AUTH_FILE: kept.authorization}))
     return out
 
 
@@ -155,7 +135,9 @@ def database_secrets(
     (material / "db").mkdir(mode=0o700, exist_ok=True)
     out = []
     for spec in services:
-        password = _kept(material / "db" / f"{spec.name}.password", secrets.token_hex(24).encode())
+        password = kept_secret(
+            material / "db" / f"{spec.name}.password", secrets.token_hex(24).encode()
+        )
         user = db = spec.name.replace("-", "_")
         url = f"postgresql://{user}:{password.decode()}@{postgres_name(spec)}:{POSTGRES_PORT}/{db}"
         data = {"database": db, "username": user, "password": password.decode(), "url": url}

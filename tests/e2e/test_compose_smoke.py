@@ -6,8 +6,9 @@ container names resolve (see its docstring for what differs from a container),
 with the Consul-API test agent in Consul's place, a real nats-server and the
 real Envoy on the checked-in config. Through the edge: grpcurl lists the public
 services, an anonymous order is refused (401), a user logs in and orders by REST
-(the product added by an admin made with `create-admin`), and payments cannot be
-reached. Skipped,
+(the product added by an admin made with `create-admin`), its `order.completed`
+reaches inventory over NATS with each service's own nkey (`nats-init`) while an
+anonymous NATS client is refused, and payments cannot be reached. Skipped,
 with the reason, where the namespaces cannot be made (not root).
 """
 
@@ -42,5 +43,8 @@ def test_compose_topology_serves_through_the_edge(tmp_path: Path) -> None:
     assert report["create_order"] == 200, report
     assert report["order_status"] in ("ORDER_STATUS_COMPLETED", "COMPLETED"), report
     assert int(report["product_after_order"]["available"]) == 3, report
+    # Events flow with every service's own nkey, and an anonymous client is refused.
+    assert report["reserved_after_event"] == 0, report
+    assert "authorization" in report["nats_anonymous"].lower(), report["nats_anonymous"]
     assert report["payments_grpc"]["exit"] != 0, report["payments_grpc"]
     assert report["payments_rest"] == 404

@@ -412,6 +412,16 @@ def exercise(edge: str, admin: str, stack: Stack, users_env: Mapping[str, str]) 
     report["order_status"] = placed.get("status") if isinstance(placed, dict) else placed
     status, stock = http(base, "GET", f"/api/v1/products/{product['productId']}")
     report["product_after_order"] = stock
+
+    # Inventory confirms the reservation when `order.completed` reaches it over NATS,
+    # each side with its own nkey (`nats-init`): the event went through.
+    def confirmed() -> bool:
+        _, now = http(base, "GET", f"/api/v1/products/{product['productId']}")
+        return isinstance(now, dict) and int(now.get("reserved", "0")) == 0
+
+    wait_for("order.completed to confirm the reservation", confirmed, stack)
+    report["reserved_after_event"] = 0
+    report["nats_anonymous"] = _anonymous_nats(users_env["NATS_URL"])
     refund = grpcurl(
         "-plaintext", "-H", f"authorization: Bearer {token}", "-d", '{"saga_id": "x"}', edge,
         "shop.payments.v1.PaymentService/Refund",
@@ -419,6 +429,21 @@ def exercise(edge: str, admin: str, stack: Stack, users_env: Mapping[str, str]) 
     report["payments_grpc"] = {"exit": refund.returncode, "out": refund.stdout + refund.stderr}
     report["payments_rest"] = http(base, "POST", "/api/v1/payments/refund", {}, token)[0]
     return report
+
+
+def _anonymous_nats(url: str) -> str:
+    """What an anonymous client gets from compose's NATS (its error, or "connected")."""
+    import nats
+
+    async def attempt() -> str:
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+        except Exception as exc:  # the refusal is the point: any error says it
+            return f"{type(exc).__name__}: {exc}"
+        await nc.close()
+        return "connected"
+
+    return asyncio.run(attempt())
 
 
 PORTS = {"hashicorp/consul": 8500, "nats": 4222}

@@ -70,7 +70,7 @@ def test_every_env_var_is_read_by_the_code() -> None:
         v for m in (otel_env, otel_api_env) for k, v in vars(m).items() if k.startswith("OTEL_")
     }
     for name, svc in _ours(_compose()).items():
-        for var in svc["environment"]:
+        for var in svc.get("environment", {}):
             if var.startswith("OTEL_"):
                 assert var in standard_otel, f"{name}: {var} is not a standard OTEL_ variable"
             elif var.endswith("_DATABASE_URL"):
@@ -173,3 +173,23 @@ def test_envoy_s_and_consul_s_certificate_files_are_renewed_while_compose_runs()
     sds = yaml.safe_load((ROOT / "envoy" / "edge_sds.yaml").read_text())
     tls = sds["resources"][0]["tls_certificate"]
     assert tls["watched_directory"]["path"] == "/etc/shop-mesh/pki/published"
+
+
+def test_nats_admits_only_the_identities_nats_init_gives_a_seed() -> None:
+    """Compose's NATS runs the authorization `nats-init` writes (no anonymous client, the
+    published 4222 included); each service that uses events connects with its own seed
+    from the volume; nats-init runs `meshctl events credentials` into it first."""
+    services = _compose()["services"]
+    init = services["nats-init"]
+    assert init["command"][-3:] == ["events", "credentials", "/etc/shop-mesh/nats"]
+    assert init["volumes"] == ["nats-auth:/etc/shop-mesh/nats"]
+    nats = services["nats"]
+    assert nats["command"][-2:] == ["-c", "/etc/shop-mesh/nats/nats.conf"]
+    assert "nats-auth:/etc/shop-mesh/nats:ro" in nats["volumes"]
+    assert nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
+    for name in ("users", "orders-1", "orders-2", "inventory-1", "inventory-2", "payments"):
+        env = services[name]["environment"]
+        service = name.split("-")[0]
+        assert env["NATS_NKEY_SEED_FILE"] == f"/etc/shop-mesh/nats/{service}.nk", name
+        assert "nats-auth:/etc/shop-mesh/nats:ro" in services[name]["volumes"], name
+    assert "/etc/shop-mesh/nats" in (ROOT / "Dockerfile").read_text()

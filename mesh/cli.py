@@ -383,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TopologyError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
+        # A path the user gave (`--out`, `--run-dir`, `--material`...) that cannot be
+        # used: said in one line, as a shell command would (a traceback before 7 Dec 2026).
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"meshctl {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -235,3 +235,14 @@ def test_a_subject_that_is_not_one_is_refused_before_nats(tmp_path: Path) -> Non
     assert r.returncode == 2 and "'order completed' is not a NATS subject" in r.stderr, r
     r = _meshctl("--run-dir", str(tmp_path / "run"), "events", "dlq", "list", "order.>.x")
     assert r.returncode == 2 and "'order.>.x' is not a NATS subject" in r.stderr, r
+
+
+def test_a_path_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for args in (("k8s", "render", "--out", str(a_file)),
+                 ("edge", "render", "--out", str(a_file / "sub"))):  # fmt: skip
+        r = _meshctl(*args)
+        assert r.returncode == 1, (args, r)
+        assert "Traceback" not in r.stderr and str(a_file) in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -44,8 +44,8 @@ def start_detached(run_dir: Path, argv: Sequence[str], *, wait_s: float = WAIT_S
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-    print(f"mesh starting in the background (pid {proc.pid}); logs: {path}", flush=True)
-    try:
+    try:  # from the first line on: Ctrl-C right after it must not be a traceback
+        print(f"mesh starting in the background (pid {proc.pid}); logs: {path}", flush=True)
         return _wait(proc, path, start, wait_s)
     except KeyboardInterrupt:  # the wait only: the background mesh carries on
         print("\nstopped waiting; the mesh goes on starting: `meshctl status` shows it,"

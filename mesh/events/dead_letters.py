@@ -69,7 +69,6 @@ class DeadLetter:
     error: str
     original_id: str
     original_seq: int | None  # where the event is in its own stream
-    headers: dict[str, str]
 
     @classmethod
     def of(cls, msg: nats.js.api.RawStreamMsg) -> DeadLetter:
@@ -84,7 +83,6 @@ class DeadLetter:
             error=headers.get(HDR_DLQ_ERROR, ""),
             original_id=headers.get(HDR_DLQ_ORIGINAL_ID, ""),
             original_seq=int(seq) if seq.isdigit() else None,
-            headers=headers,
         )
 
 

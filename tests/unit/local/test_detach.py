@@ -24,8 +24,9 @@ def _child(code: str) -> list[str]:
 def test_ready_returns_0_once_the_ready_line_is_in_the_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = start_detached(tmp_path, _child(f"import time; time.sleep(0.3); print({READY_LINE!r});"
-                                           " time.sleep(0.5)"))  # fmt: skip
+    # The stand-in `up` takes 0.3 s to come up, then lives on a little: its own time.
+    ready = f"import time; time.sleep(0.3); print({READY_LINE!r}); time.sleep(0.5)"  # poll
+    code = start_detached(tmp_path, _child(ready))
     assert code == 0
     out = capsys.readouterr().out
     assert "mesh starting in the background" in out and "mesh is up:" in out
@@ -47,7 +48,8 @@ def test_a_failing_background_up_gives_its_code_and_its_lines(
 def test_still_starting_after_the_wait_returns_0_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = start_detached(tmp_path, _child("import time; time.sleep(5)"), wait_s=0.3)
+    never_ready = "import time; time.sleep(5)"  # poll: a stand-in `up` slower than the wait
+    code = start_detached(tmp_path, _child(never_ready), wait_s=0.3)
     assert code == 0
     assert "mesh still starting after 0s" in capsys.readouterr().out
 
@@ -63,7 +65,9 @@ def test_a_running_up_is_refused_before_anything_starts(
 
 def test_ctrl_c_stops_the_wait_not_the_mesh(tmp_path: Path) -> None:
     marker = tmp_path / "still-alive"
-    stand_in = f"import time, pathlib; time.sleep(1.5); pathlib.Path({str(marker)!r}).touch()"
+    # The stand-in `up` works 1.5 s, then leaves a mark that it outlived the wait.
+    works = "import time, pathlib; time.sleep(1.5)"  # poll: the stand-in's own work
+    stand_in = f"{works}; pathlib.Path({str(marker)!r}).touch()"
     waiter = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path;"
          "from mesh.local.detach import start_detached;"

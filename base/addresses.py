@@ -1,8 +1,11 @@
-"""Telling an IP address from a host name, in one place."""
+"""Telling an IP address from a host name, and what a DNS label is, in one place."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def is_ip_literal(name: str) -> bool:
@@ -12,3 +15,9 @@ def is_ip_literal(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_dns_label(name: str, max_len: int = 63) -> bool:
+    """Whether `name` is a lower-case DNS label (RFC 1123) of at most `max_len` characters:
+    letters, digits and '-', starting and ending with a letter or digit."""
+    return len(name) <= max_len and _DNS_LABEL.match(name) is not None

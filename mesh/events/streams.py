@@ -66,6 +66,7 @@ class StreamSpec:
 
 
 DLQ_PREFIX = "dlq"
+DLQ_STREAM = "DLQ"  # the dead letters' stream (mesh/events/dead_letters.py)
 
 
 def default_streams(
@@ -97,7 +98,7 @@ def default_streams(
     ]
     specs.append(
         StreamSpec(
-            name="DLQ",
+            name=DLQ_STREAM,
             subjects=(f"{DLQ_PREFIX}.>",),
             description="dead letters: events a consumer gave up on",
             max_age_s=30 * DAY_S,

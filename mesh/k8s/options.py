@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from base.addresses import is_dns_label
 from base.settings import default_of
 from mesh.settings import SecuritySettings
 
@@ -29,7 +30,6 @@ NATS_SEED_FILE = f"{NATS_SEED_MOUNT}/seed"
 IDENTITY_LABEL = "shop-mesh/identity"
 PART_OF = "shop-mesh"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -81,14 +81,14 @@ class K8sOptions:
         return f"{self.image}:{self.tag}"
 
     def check(self) -> None:
-        if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
+        if not is_dns_label(self.namespace):
             raise K8sOptionsError(f"--namespace: {self.namespace!r} is not a DNS label")
         if not _TAG.match(self.tag):
             raise K8sOptionsError(f"--tag: {self.tag!r} is not an image tag (and label value)")
         if not self.tracks:
             raise K8sOptionsError("--tracks: at least one track")
         for track in self.tracks:
-            if not _DNS_LABEL.match(track) or len(track) > 20:
+            if not is_dns_label(track, max_len=20):
                 raise K8sOptionsError(f"--tracks: {track!r} is not a short DNS label")
         if self.active_track not in self.tracks:
             raise K8sOptionsError(

@@ -37,8 +37,8 @@ from mesh.events.dead_letters import (
 from mesh.events.dead_letters import dead_letters as read_dead_letters
 from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for, valid_pattern
 from mesh.events.nats_connect import redact_urls
-from mesh.events.streams import DLQ_PREFIX, StreamSpec, default_streams
-from mesh.local.nats import client_for
+from mesh.events.streams import DLQ_PREFIX, DLQ_STREAM, StreamSpec, default_streams
+from mesh.local.nats import client_for, connect_as
 from mesh.local.topology import Topology, load_topology
 
 _ERROR_WIDTH = 70
@@ -57,22 +57,20 @@ class _Connections:
 
     async def js(self, identity: str) -> JetStreamContext:
         if identity not in self._open:
-            client = client_for(self.run_dir, identity)
-            if client is None:
-                raise _Unusable(
-                    f"no mesh has run in {self.run_dir} (`make run` starts one), and NATS_URL"
-                    " is not set"
-                )
-            url, auth = client
             try:
-                self._open[identity] = await nats.connect(
-                    url, allow_reconnect=False, connect_timeout=3, **auth.connect_options()
-                )
+                nc = await connect_as(self.run_dir, identity)
             except (nats.errors.Error, OSError, TimeoutError) as exc:
+                url = (client_for(self.run_dir, identity) or ("?", None))[0]
                 raise _Unusable(
                     f"cannot use NATS at {redact_urls(url)} as {identity} ({type(exc).__name__}:"
                     f" {exc}); is the mesh running? (`meshctl status`)"
                 ) from None
+            if nc is None:
+                raise _Unusable(
+                    f"no mesh has run in {self.run_dir} (`make run` starts one), and NATS_URL"
+                    " is not set"
+                )
+            self._open[identity] = nc
         return self._open[identity].jetstream(timeout=5)
 
     async def close(self) -> None:
@@ -179,7 +177,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     identities = topology.event_identities()
     types = topology.event_types()
     streams = default_streams(types.domains if types is not None else ())
-    stream = stream_for(EVERY, streams).name
+    stream = DLQ_STREAM
     actions: dict[str, Callable[[_Connections], Any]] = {
         "list": lambda c: _list(c, stream, args),
         "replay": lambda c: _replay(c, stream, args, identities, streams),

@@ -20,12 +20,15 @@ under the same directory) survives restarts, the credentials do not.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from nats.aio.client import Client as NATS
 
 from mesh.events.nats_auth import (
     MESHCTL,
@@ -174,6 +177,28 @@ def client_for(run_dir: Path, identity: str = MESHCTL.name) -> tuple[str, NatsCl
         return None
     settings = Settings.from_env(identity, env)
     return settings.nats_url, client_auth(settings)
+
+
+async def connect_as(run_dir: Path, identity: str, *, timeout_s: float = 3.0) -> NATS | None:
+    """A connection of meshctl's as `identity` (`client_for`), without reconnects and
+    quiet about its own errors (the caller says what failed); None when there is no mesh
+    to connect to. Raises what connecting raises (nats.errors.Error, OSError, TimeoutError)."""
+    import nats
+
+    client = client_for(run_dir, identity)
+    if client is None:
+        return None
+    url, auth = client
+
+    async def quiet(_: Exception) -> None:
+        return None
+
+    connecting = nats.connect(
+        url, allow_reconnect=False, connect_timeout=timeout_s, error_cb=quiet,
+        **auth.connect_options(),
+    )  # fmt: skip
+    nc: NATS = await asyncio.wait_for(connecting, timeout_s + 1)
+    return nc
 
 
 def nats_env(env: Mapping[str, str], run_dir: Path, identity: str = MESHCTL.name) -> dict[str, str]:

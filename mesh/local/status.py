@@ -194,28 +194,16 @@ async def dead_letter_line(run_dir: Path) -> str | None:
     """`dead letters: N in DLQ ...` when the mesh's dead-letter stream holds any; None
     when it holds none, or NATS cannot say within a few seconds (status never waits
     long on it, and the process table already says whether NATS runs)."""
-    import nats
     import nats.errors
 
-    from mesh.events.dead_letters import EVERY
-    from mesh.events.nats_auth import DEAD_LETTERS, stream_for
-    from mesh.events.streams import default_streams
-    from mesh.local.nats import client_for
-
-    client = client_for(run_dir, DEAD_LETTERS.name)
-    if client is None:
-        return None
-    url, auth = client
-    stream = stream_for(EVERY, default_streams(())).name
-
-    async def quiet(_: Exception) -> None:
-        return None
+    from mesh.events.nats_auth import DEAD_LETTERS
+    from mesh.events.streams import DLQ_STREAM as stream
+    from mesh.local.nats import connect_as
 
     try:
-        connecting = nats.connect(
-            url, allow_reconnect=False, connect_timeout=2, error_cb=quiet, **auth.connect_options()
-        )
-        nc = await asyncio.wait_for(connecting, 3)
+        nc = await connect_as(run_dir, DEAD_LETTERS.name, timeout_s=2)
+        if nc is None:
+            return None
         try:
             held = (await nc.jetstream(timeout=2).stream_info(stream)).state.messages
         finally:

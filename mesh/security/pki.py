@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# An identity is the first label of a DNS name (a space or '_' made a certificate no
-# client would match: `meshctl pki issue 'a b'` issued one until 7 Dec 2026).
-_IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+from base.addresses import is_dns_label
+
 _CN_MAX = 64  # ub-common-name (RFC 5280)
 # Issued a little in the past, so a peer whose clock is slightly behind accepts it.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -223,7 +221,9 @@ def issue(
     `extra_dns`/`extra_ips` add names a browser or curl checks (the edge's TLS
     listener: `localhost`, `127.0.0.1`). The leaf never outlives the CA.
     """
-    if not _IDENTITY.match(service):
+    # An identity is the first label of a DNS name (a space or '_' made a certificate no
+    # client would match: `meshctl pki issue 'a b'` issued one until 7 Dec 2026).
+    if not is_dns_label(service):
         raise PkiError(
             f"identity {service!r} must be a DNS label: lower-case letters, digits and '-',"
             " at most 63, starting and ending with a letter or digit (it is the DNS name"

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from mesh.events.streams import DLQ_STREAM
 from mesh.local.dashboard.collect import Snapshot
 from mesh.local.traces.store import SpanNode
 
@@ -175,7 +176,7 @@ def _breakers(snap: Snapshot) -> str:
 def _streams(snap: Snapshot) -> str:
     rows = []
     for s in snap.streams:
-        dlq = s.name == "DLQ"
+        dlq = s.name == DLQ_STREAM
         cls = ' class="bad"' if dlq and s.messages else ""
         label = f"{s.name} (dead letters)" if dlq else s.name
         rows.append(

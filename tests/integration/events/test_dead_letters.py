@@ -19,29 +19,18 @@ from meshproto.events.v1.envelope_pb2 import Envelope
 from shop.events.v1 import events_pb2
 
 from mesh.events import EventBus, SubscribeOptions, new_envelope
-from mesh.events.nats_auth import owned_streams
 from mesh.local.status import dead_letter_line
-from services.common.event_identities import event_identity
-from services.common.event_types import EVENTS, shop_streams
+from services.common.event_types import EVENTS
 from tests.support.nats import NatsServer
+from tests.support.nats_clients import Client, bus_as, order_completed
 from tests.support.poll import eventually
 
 ROOT = Path(__file__).resolve().parents[3]
 DURABLE = "inventory-order-completed"
 
 
-def _completed(order_id: str) -> Envelope:
-    return new_envelope(
-        events_pb2.OrderCompleted(order_id=order_id, user_id="u-1", saga_id="s-1"),
-        types=EVENTS, source="test", subject=order_id,
-    )  # fmt: skip
-
-
 async def _bus(srv: NatsServer, identity: str) -> EventBus:
-    ident = event_identity(identity)
-    assert ident is not None
-    bus = await EventBus.connect(srv.url, name=f"test-{identity}", auth=srv.auth_for(identity),
-                                 streams=owned_streams(ident, shop_streams()))  # fmt: skip
+    bus = await bus_as(srv, identity)
     await bus.ensure_streams()
     return bus
 
@@ -85,8 +74,8 @@ async def test_a_dead_letter_is_listed_replayed_after_the_fix_and_another_droppe
     try:
         sub = await inventory.subscribe("order.completed", handle, durable=DURABLE, stream="ORDER",
                                         options=SubscribeOptions(max_deliver=1))  # fmt: skip
-        await orders.publish(_completed("o-1"))
-        await orders.publish(_completed("o-2"))
+        await orders.publish(order_completed("o-1"))
+        await orders.publish(order_completed("o-2"))
         await eventually(lambda: sub.stats.dead_lettered == 2, what="two dead letters")
         run = _run_dir(nats_srv, tmp_path)
 
@@ -138,7 +127,7 @@ async def test_a_forged_dead_letter_replays_the_genuine_event_or_nothing(
     dead letter whose named original is of another subject or not named at all."""
     orders = await _bus(nats_srv, "orders")
     await (await _bus(nats_srv, "inventory")).close()  # declares DLQ
-    genuine = _completed("o-1")
+    genuine = order_completed("o-1")
     await orders.publish(genuine)  # ORDER #1
     compensation = new_envelope(
         events_pb2.OrderCompensationCompleted(order_id="o-2", saga_id="s-2"),
@@ -149,7 +138,7 @@ async def test_a_forged_dead_letter_replays_the_genuine_event_or_nothing(
     attacker = await nats.connect(nats_srv.url, allow_reconnect=False,
                                   **nats_srv.auth_for("inventory").connect_options())  # fmt: skip
     js = attacker.jetstream()
-    forged = _completed("o-evil").SerializeToString()
+    forged = order_completed("o-evil").SerializeToString()
 
     async def plant(seq: str | None) -> int:
         headers = {"Shop-Dlq-Subject": "payment.completed", "Shop-Dlq-Consumer": DURABLE,
@@ -197,15 +186,10 @@ async def test_the_dead_letters_identity_reads_and_removes_dead_letters_only(
     event, a publish, a consumer or the DLQ stream itself are refused."""
     await (await _bus(nats_srv, "inventory")).close()  # declares DLQ
     orders = await _bus(nats_srv, "orders")
-    await orders.publish(_completed("o-9"))  # ORDER #1
+    await orders.publish(order_completed("o-9"))  # ORDER #1
     await orders.close()
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    nc = await nats.connect(nats_srv.url, error_cb=on_error, allow_reconnect=False,
-                            **nats_srv.auth_for("dead-letters").connect_options())  # fmt: skip
+    keeper = Client()
+    nc = await keeper.connect(nats_srv, "dead-letters")
     try:
         js = nc.jetstream(timeout=1.0)
         assert (await js.stream_info("DLQ")).config.name == "DLQ"  # the positive control
@@ -220,15 +204,10 @@ async def test_the_dead_letters_identity_reads_and_removes_dead_letters_only(
         await nc.publish("order.completed", b"forged")
         await nc.flush()
 
-        def refused(text: str) -> bool:
-            return any(
-                "permissions violation" in e.lower() and text.lower() in e.lower() for e in errors
-            )
-
         for text in ("$JS.API.STREAM.MSG.GET.ORDER", "$JS.API.STREAM.MSG.DELETE.ORDER",
                      "$JS.API.CONSUMER.", "$JS.API.STREAM.DELETE.DLQ",
                      '"order.completed"'):  # fmt: skip
-            await eventually(functools.partial(refused, text), what=f"{text} refused")
+            await eventually(functools.partial(keeper.violation, text), what=f"{text} refused")
     finally:
         await nc.close()
     admin = await nats.connect(nats_srv.admin_url)

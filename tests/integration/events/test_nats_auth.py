@@ -13,42 +13,16 @@ import nats
 import nats.errors
 import pytest
 from meshproto.events.v1.envelope_pb2 import Envelope
-from nats.aio.client import Client as NATS
 from shop.events.v1 import events_pb2
 
-from mesh.events import EventBus, SubscribeOptions, new_envelope
-from mesh.events.nats_auth import owned_streams, stream_for
-from services.common.event_identities import event_identity
+from mesh.events import SubscribeOptions, new_envelope
+from mesh.events.nats_auth import stream_for
 from services.common.event_types import EVENTS, shop_streams
 from tests.support.nats import NatsServer
+from tests.support.nats_clients import Client, bus_as, order_completed
 from tests.support.poll import eventually
 
 STREAMS = shop_streams()
-
-
-class Client:
-    """A raw connection as `identity`, collecting the errors the server reports to it."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.nc: NATS | None = None
-
-    async def connect(self, srv: NatsServer, identity: str) -> NATS:
-        async def on_error(exc: Exception) -> None:
-            self.errors.append(str(exc))
-
-        self.nc = await nats.connect(
-            srv.url, error_cb=on_error, allow_reconnect=False,
-            **srv.auth_for(identity).connect_options(),
-        )  # fmt: skip
-        return self.nc
-
-    def violation(self, text: str) -> bool:
-        """Whether the server reported a permissions violation naming `text` (any case)."""
-        wanted = text.lower()
-        return any(
-            "permissions violation" in e.lower() and wanted in e.lower() for e in self.errors
-        )
 
 
 @pytest.fixture
@@ -67,13 +41,6 @@ async def as_identity(srv: NatsServer, identity: str, clients: list[Client]) -> 
     return c
 
 
-async def bus_as(srv: NatsServer, identity: str, **kwargs: Any) -> EventBus:
-    ident = event_identity(identity)
-    assert ident is not None
-    return await EventBus.connect(srv.url, name=f"test-{identity}", auth=srv.auth_for(identity),
-                                  streams=owned_streams(ident, STREAMS), **kwargs)  # fmt: skip
-
-
 async def publish_as_payments(srv: NatsServer) -> None:
     """One `payment.completed` published as payments (its stream declared first)."""
     payments = await bus_as(srv, "payments")
@@ -90,15 +57,6 @@ def payment_completed() -> Envelope:
         types=EVENTS,
         source="test",
         subject="p-1",
-    )
-
-
-def order_completed() -> Envelope:
-    return new_envelope(
-        events_pb2.OrderCompleted(order_id="o-1", user_id="u-1", saga_id="s-1"),
-        types=EVENTS,
-        source="test",
-        subject="o-1",
     )
 
 

@@ -130,6 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 project_dir=topology.root,
                 edge_descriptors=topology.edge_descriptors(),
                 edge_auth=topology.edge.auth,
+                edge_cors=topology.edge.cors,
                 observe=ObserveOptions.from_settings(settings),
                 nats_external=bool(os.environ.get("NATS_URL")),
                 event_identities=identities,

@@ -16,8 +16,9 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from mesh.edge import jwt_authn
+from mesh.edge import browsers, jwt_authn
 from mesh.edge.admin import SOCKET_MODE
+from mesh.edge.browsers import EdgeCors
 from mesh.edge.hardening import harden
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.limits import EdgeLimits
@@ -106,6 +107,8 @@ class EdgeOptions:
     limits: EdgeLimits = field(default_factory=EdgeLimits)
     # End-user JWT verification (mesh/edge/jwt_authn.py): issuer, audiences, JWKS source.
     auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
+    # The page origins browsers may call the edge from (mesh/edge/browsers.py); none: no CORS.
+    cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
 
 
 def _type(extension: str) -> str:
@@ -395,6 +398,10 @@ def sds_document(options: EdgeOptions) -> dict[str, Any]:
     }
 
 
+def _per_filter(configs: dict[str, Any]) -> dict[str, Any]:
+    return {"typed_per_filter_config": configs} if configs else {}
+
+
 def _upstream_tls(service: str, options: EdgeOptions) -> dict[str, Any]:
     """The edge's client side of mTLS to `service`: its identity, and the callee's checked.
 
@@ -659,7 +666,14 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     "response_headers_to_add": [_UPSTREAM_GRPC_STATUS_HEADER],
                     "routes": meta_routes
                     + _rest_routes(model, options)
-                    + _grpc_routes(model, options),
+                    + _grpc_routes(model, options)
+                    + browsers.anchor_routes(options.cors, options.limits.max_request_body_bytes),
+                    **_per_filter(
+                        browsers.virtual_host_policy(
+                            options.cors,
+                            (b.verb for s in model.public for m in s.methods for b in m.bindings),
+                        )
+                    ),
                 }
             ],
         },
@@ -684,6 +698,8 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
                     "rate_limited_as_resource_exhausted": True,
                 },
             },
+            # CORS and gRPC-Web: after the abuse limit, before every other refusal.
+            *browsers.http_filters(options.cors),
             {
                 "name": _TRANSCODER,
                 "typed_config": _transcoder(
@@ -747,6 +763,7 @@ def render(model: EdgeModel, options: EdgeOptions) -> dict[str, Any]:
     if options.tls:
         listeners.append(listener("edge_tls", options.tls_listen_port, True))
     clusters = [meta_cluster, *(_cluster(c, options) for c in model.clusters)]
+    clusters += browsers.anchor_clusters(options.cors)
     clusters += jwt_authn.jwks_cluster(
         options.auth, eds_path(options, jwt_authn.JWKS_CLUSTER), options.eds_dir
     )

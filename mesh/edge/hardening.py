@@ -227,8 +227,12 @@ def _connection_manager(hcm: dict[str, Any], model: EdgeModel, limits: EdgeLimit
     for vhost in hcm["route_config"]["virtual_hosts"]:
         for route in vhost["routes"]:
             per_filter = route.setdefault("typed_per_filter_config", {})
+            # Not a REST route (no transcoder of its own, no buffer setting of its own:
+            # the CORS anchor route keeps the limit, mesh/edge/browsers.py).
             if _TRANSCODER not in per_filter:
-                per_filter[_BUFFER] = {"@type": f"{_BUFFER_TYPE}.BufferPerRoute", "disabled": True}
+                per_filter.setdefault(
+                    _BUFFER, {"@type": f"{_BUFFER_TYPE}.BufferPerRoute", "disabled": True}
+                )
             action = route.get("route")
             # A route without a timeout carries streams: the idle timeout is not theirs.
             if action is not None and action.get("timeout") == "0s":

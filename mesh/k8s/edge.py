@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from mesh.api.options import EDGE
+from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.edge.envoy_config import (
     HEALTH_PATH,
     EdgeOptions,
@@ -59,10 +60,13 @@ CONFIG_MAP = "edge-envoy"
 EDGE_HEALTH_PORT = 9902
 
 
-def edge_options(options: K8sOptions, auth: EdgeAuthOptions) -> EdgeOptions:
+def edge_options(
+    options: K8sOptions, auth: EdgeAuthOptions, cors: EdgeCors = NO_CORS
+) -> EdgeOptions:
     return replace(
         COMPOSE_OPTIONS,
         auth=auth,
+        cors=cors,
         admin_address="127.0.0.1",
         health_port=EDGE_HEALTH_PORT,
         meta_address="127.0.0.1",
@@ -74,9 +78,11 @@ def edge_options(options: K8sOptions, auth: EdgeAuthOptions) -> EdgeOptions:
     )
 
 
-def config_map(options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions) -> Manifest:
+def config_map(
+    options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions, cors: EdgeCors = NO_CORS
+) -> Manifest:
     """envoy.yaml, its SDS document and both descriptor sets (binary data)."""
-    edge = edge_options(options, auth)
+    edge = edge_options(options, auth, cors)
     fds = load_descriptor_set(descriptors)
     model = build_model(fds.file)
     edge_fds = edge_descriptor_set(fds, model).SerializeToString(deterministic=True)
@@ -203,9 +209,12 @@ def deployment(options: K8sOptions, auth: EdgeAuthOptions) -> Manifest:
     }
 
 
-def edge_manifests(options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions) -> list[Manifest]:
-    """The edge for the project's contracts (`descriptors`) and token issuer (`auth`):
-    `[edge]` in its mesh.toml (`Topology.edge_descriptors()`, `Topology.edge.auth`)."""
+def edge_manifests(
+    options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions, cors: EdgeCors = NO_CORS
+) -> list[Manifest]:
+    """The edge for the project's contracts (`descriptors`), token issuer (`auth`) and
+    browser origins (`cors`): `[edge]` in its mesh.toml (`Topology.edge_descriptors()`,
+    `Topology.edge.auth`, `Topology.edge.cors`)."""
     edge = edge_options(options, auth)
     pdb = {
         "apiVersion": "policy/v1",
@@ -214,7 +223,7 @@ def edge_manifests(options: K8sOptions, descriptors: Path, auth: EdgeAuthOptions
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": EDGE}}},
     }
     return [
-        config_map(options, descriptors, auth),
+        config_map(options, descriptors, auth, cors),
         deployment(options, auth),
         pdb,
         service(

@@ -81,7 +81,9 @@ def render_manifests(topology: Topology, options: K8sOptions) -> dict[Path, list
         )
     if not options.only_services:
         descriptors = topology.edge_descriptors()
-        files[Path("40-edge.yaml")] = edge_manifests(options, descriptors, topology.edge.auth)
+        files[Path("40-edge.yaml")] = edge_manifests(
+            options, descriptors, topology.edge.auth, topology.edge.cors
+        )
         model = build_model(load_descriptor_set(descriptors).file)
         files[Path("50-network-policies.yaml")] = network_policies(
             topology.services, load_rows(descriptors), model, options, topology.edge.auth

@@ -26,6 +26,10 @@ file at its root, and `meshctl up|status|demo|events tail` read it
     audiences = ["notes"]                    # accepted `aud` values
     jwks_service = "accounts"                # serves /.well-known/jwks.json on its admin port
     jwks_path = "/.well-known/jwks.json"     # optional
+    [edge.cors]                              # optional: pages that may call the edge from
+                                             # a browser (mesh/edge/browsers.py)
+    origins = ["https://notes.example.com", "http://localhost:5173"]
+    max_age_s = 600                          # optional: how long a preflight's answer lasts
 
 Services start in file order. The first instance of each service takes its
 fixed ports; extra instances take free ports and are found through the
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.edge.browsers import EdgeCors, origin_problem
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
@@ -57,7 +62,8 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {"event_types", "event_identities", "demo", "services", "edge"}
 _SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env", "migrations"}
-_EDGE_KEYS = {"descriptors", "auth"}
+_EDGE_KEYS = {"descriptors", "auth", "cors"}
+_CORS_KEYS = {"origins", "max_age_s"}
 _AUTH_KEYS = {"issuer", "audiences", "jwks_service", "jwks_path"}
 _AUTH_REQUIRED = ("issuer", "audiences", "jwks_service")
 _DEFAULT_JWKS_PATH = EdgeAuthOptions().jwks_path
@@ -87,11 +93,14 @@ class EdgeSpec:
     and who issues its end users' tokens. Without the table, the edge serves this
     checkout's contracts (`envoy/descriptors.binpb`, the shop's) and trusts the shop's
     issuer (`EdgeAuthOptions()`): a project of its own names both, or its services run
-    on the mesh without being routed. A table without `[edge.auth]` is an edge that
-    trusts no issuer (`NO_ISSUER`): public methods answer anyone, the others 401."""
+    on the mesh without being routed. A table naming its descriptors without
+    `[edge.auth]` is an edge that trusts no issuer (`NO_ISSUER`): public methods
+    answer anyone, the others 401. `[edge.cors]`: the page origins browsers may call
+    the edge from (none: no CORS)."""
 
     descriptors: str = ""  # a path from the project's directory, or package:resource
     auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
+    cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,19 +272,21 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
 
 
 def _edge(table: Any, fail: _Fail) -> EdgeSpec:
-    """`[edge]` and `[edge.auth]`. The issuer's keys come all together: a project
-    naming its issuer but keeping the shop's audience (or its JWKS service) would
-    trust tokens it never meant to. The JWKS service may be outside the file (an
-    issuer another project runs, found in the same registry): `meshctl up` says so."""
+    """`[edge]`, `[edge.auth]` and `[edge.cors]`. The issuer's keys come all together:
+    a project naming its issuer but keeping the shop's audience (or its JWKS service)
+    would trust tokens it never meant to. The JWKS service may be outside the file (an
+    issuer another project runs, found in the same registry): `meshctl up` says so.
+    Without `descriptors` the edge is the shop's, and so is its issuer by default."""
     if not isinstance(table, dict):
         raise fail("edge", "expected a table")
     _unknown(table, _EDGE_KEYS, "edge", fail)
     descriptors = table.get("descriptors", "")
     if not isinstance(descriptors, str):
         raise fail("edge.descriptors", f"expected a path, got {descriptors!r}")
+    cors = _cors(table.get("cors", {}), fail)
     auth_doc = table.get("auth")
     if auth_doc is None:  # a project's own edge with no issuer: no token verifies
-        return EdgeSpec(descriptors, NO_ISSUER)
+        return EdgeSpec(descriptors, NO_ISSUER if descriptors else EdgeAuthOptions(), cors)
     if not isinstance(auth_doc, dict):
         raise fail("edge.auth", "expected a table")
     _unknown(auth_doc, _AUTH_KEYS, "edge.auth", fail)
@@ -303,7 +314,24 @@ def _edge(table: Any, fail: _Fail) -> EdgeSpec:
         jwks_service=jwks_service,
         jwks_path=jwks_path,
     )
-    return EdgeSpec(descriptors, auth)
+    return EdgeSpec(descriptors, auth, cors)
+
+
+def _cors(table: Any, fail: _Fail) -> EdgeCors:
+    if not isinstance(table, dict):
+        raise fail("edge.cors", "expected a table")
+    _unknown(table, _CORS_KEYS, "edge.cors", fail)
+    origins = table.get("origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise fail("edge.cors.origins", f"expected a list of origins, got {origins!r}")
+    for origin in origins:
+        problem = origin_problem(origin)
+        if problem is not None:
+            raise fail("edge.cors.origins", f"{origin!r}: {problem}")
+    max_age = _int(
+        table.get("max_age_s", EdgeCors().max_age_s), 0, 86_400, "edge.cors.max_age_s", fail
+    )
+    return EdgeCors(tuple(origins), max_age)
 
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, fail: _Fail) -> None:

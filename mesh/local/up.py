@@ -27,6 +27,7 @@ from pathlib import Path
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
 from mesh.edge.admin import EnvoyAdmin, routable_hosts, socket_in, socket_path_error
+from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources, login_required
 from mesh.edge.limits import edge_limits_from_env
 from mesh.edge.meta import EdgeMeta
@@ -100,9 +101,11 @@ class UpOptions:
     # (None: this process's directory).
     project_dir: Path | None = None
     # What the edge serves: the project's contracts (`[edge] descriptors` in mesh.toml,
-    # default this checkout's) and its end users' token issuer (`[edge.auth]`).
+    # default this checkout's), its end users' token issuer (`[edge.auth]`) and the page
+    # origins browsers may call it from (`[edge.cors]`).
     edge_descriptors: Path = DESCRIPTORS
     edge_auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
+    edge_cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
 
     @property
     def edge_dir(self) -> Path:
@@ -309,6 +312,7 @@ class LocalMesh:
             limits=edge_limits_from_env(self.o.env),
             descriptor_path=str(self.o.edge_descriptors),
             auth=self.o.edge_auth,
+            cors=self.o.edge_cors,
         )
         config, _ = render_files(edge_dir, options, self.o.edge_descriptors)
         self.policies = FilePolicyStore(run / "registry")  # traffic policies: subsets, faults
@@ -433,6 +437,7 @@ def edge_notes(
     model: EdgeModel | None,
     descriptors: Path = DESCRIPTORS,
     auth: EdgeAuthOptions = EdgeAuthOptions(),  # noqa: B008 (frozen: shared safely)
+    cors: EdgeCors = NO_CORS,
 ) -> list[str]:
     """What a user should know of the edge (`model`, read from `descriptors`): a line for
     each service of the topology it does not route, and why (its contracts are all
@@ -441,7 +446,8 @@ def edge_notes(
     is not in the topology: until an instance of it registers, every call needing a
     login (or bearing a token) answers 401, and Envoy logs its failed key fetch every
     second (`failed_refetch_s`), which the line explains. An edge with no issuer at all
-    (`jwks_service=""`) fetches nothing: a line only if some method needs a login."""
+    (`jwks_service=""`) fetches nothing: a line only if some method needs a login. And
+    which page origins browsers may call the edge from, when `[edge.cors]` lists any."""
     if model is None:  # no edge started
         return []
     names = set(services)
@@ -465,6 +471,8 @@ def edge_notes(
             " answer 401, and Envoy logs a failed key fetch every second (name your issuer"
             " in mesh.toml's [edge.auth])"
         )
+    if cors.origins:
+        out.append(f"browsers: pages of {', '.join(cors.origins)} may call the edge (CORS)")
     return out
 
 
@@ -528,6 +536,7 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
             mesh.edge_model,
             options.edge_descriptors,
             options.edge_auth,
+            options.edge_cors,
         )
         print(table(ready.result(), options.edge_port, mesh.nats_url, notes), flush=True)
         print("\n".join(mesh.observe.table_lines()), flush=True)

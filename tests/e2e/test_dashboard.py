@@ -19,23 +19,16 @@ from typing import Any
 import pytest
 
 from mesh.local.traces.store import DB_NAME, connect, trace_spans
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 from tests.support.edge_tokens import admin, sign_up
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 ARTIFACTS = Path(".run/artifacts")
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="no /usr/bin/chromium (Debian's `apt-get install chromium`; .ci/run installs it)",
-)
+@needs_chromium
 async def test_dashboard_shows_instances_and_a_trace_with_its_waterfall(stack: Any) -> None:
     from playwright.async_api import async_playwright
 

@@ -18,12 +18,15 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf import json_format
 from shop.orders.v1 import orders_pb2 as orders_v1
+from shop.orders.v2 import orders_pb2 as orders_v2
 from shop.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
 from mesh.tools import grpcurl_binary
+from tests.support import grpc_web, raw_http
 from tests.support.e2e_stack import (
     GRPC_CALLS,
     Ctx,
@@ -33,7 +36,8 @@ from tests.support.e2e_stack import (
     run_calls,
     v2_order_request,
 )
-from tests.support.local_mesh import Stack
+from tests.support.edge_tokens import sign_up
+from tests.support.local_mesh import E2E_PAGE_ORIGIN, Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -230,3 +234,52 @@ async def test_the_tls_listener_with_the_mesh_ca(stack: Stack) -> None:
 def _https_get(url: str, context: ssl.SSLContext) -> bytes:
     with urllib.request.urlopen(url, context=context, timeout=10) as resp:
         return bytes(resp.read())
+
+
+async def test_a_page_of_the_listed_origin_orders_by_grpc_web(stack: Stack, shopper: Ctx) -> None:
+    """The storefront's path: a browser page of the listed origin (`[edge.cors]`) places
+    a v2 order by gRPC-Web with the user's token and can read every answer; a page of
+    another origin gets no allow-origin, so its browser shows it nothing."""
+    edge = f"http://{stack.edge.address}"
+    page = {"origin": E2E_PAGE_ORIGIN}
+    preflight = await asyncio.to_thread(
+        raw_http.request,
+        stack.edge.port,
+        "OPTIONS",
+        "/shop.orders.v2.OrderService/CreateOrder",
+        headers={
+            **page,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type,x-grpc-web",
+        },
+    )
+    assert preflight.status == 200
+    assert preflight.headers["access-control-allow-origin"] == E2E_PAGE_ORIGIN
+    order = json_format.ParseDict(
+        v2_order_request(shopper["user_id"], shopper["product_id"]), orders_v2.CreateOrderRequest()
+    )
+    placed = await grpc_web.call(
+        edge, "/shop.orders.v2.OrderService/CreateOrder", order, {**page, **_as(shopper)}
+    )
+    assert placed.grpc_status == 0, placed
+    assert placed.headers["access-control-allow-origin"] == E2E_PAGE_ORIGIN
+    created = orders_v2.Order.FromString(placed.messages[0])
+    assert created.status == orders_v2.ORDER_STATUS_COMPLETED, created
+    # Ownership holds as for gRPC: another user's order is refused, and the page reads why.
+    other = await sign_up(stack)
+    refused = await grpc_web.call(
+        edge,
+        "/shop.orders.v2.OrderService/GetOrder",
+        orders_v2.GetOrderRequest(order_id=created.order_id),
+        {**page, **other.headers},
+    )
+    assert refused.grpc_status in (5, 7), refused  # NOT_FOUND or PERMISSION_DENIED
+    assert refused.headers["access-control-allow-origin"] == E2E_PAGE_ORIGIN
+    foreign = await asyncio.to_thread(
+        raw_http.request,
+        stack.edge.port,
+        "OPTIONS",
+        "/api/v2/orders",
+        headers={"origin": "http://evil.test", "access-control-request-method": "POST"},
+    )
+    assert foreign.status == 200 and "access-control-allow-origin" not in foreign.headers

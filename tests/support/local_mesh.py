@@ -21,6 +21,7 @@ from typing import Any
 
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.discovery.registry import Instance
+from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.local.observe import ObserveOptions
 from mesh.local.supervisor import Child, Supervisor
 from mesh.local.topology import ServiceSpec, load_topology
@@ -103,6 +104,8 @@ def clean_env() -> dict[str, str]:
 
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "mesh.toml"
+# The page origin the e2e stacks' edge lets browsers call it from (`[edge.cors]`).
+E2E_PAGE_ORIGIN = "http://shop.test:8765"
 _TEST_EDGE_LIMITS = {
     "MESH_EDGE_STRICT_RATE_LIMIT_PER_MIN": "600",
     "MESH_EDGE_CLIENT_RATE_LIMIT_PER_S": "1000000",
@@ -126,6 +129,7 @@ async def local_mesh(
     warm_spares: bool = True,
     python: str | None = None,
     source: Path | None = None,
+    edge_cors: EdgeCors = NO_CORS,
 ) -> AsyncIterator[Stack]:
     """`LocalMesh` started and ready (the whole shop on free ports by default), stopped
     on exit; the supervisor's log goes to `base/stack.log` (its tail is in a start error).
@@ -156,6 +160,7 @@ async def local_mesh(
             # (tests/integration/edge/test_edge_hardening.py).
             env={**clean_env(), **_TEST_EDGE_LIMITS, **(env or {})},
             warm_spares=warm_spares,
+            edge_cors=edge_cors,
         )
         if server is None:
             identities, streams = topology_events(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cli import main as meshctl
+from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.edge.render import DESCRIPTORS
 from mesh.local.topology import (
@@ -149,6 +150,20 @@ def test_a_module_runs_from_another_source_tree_with_its_arguments(tmp_path: Pat
             "enabled = false\n",
             "edge.auth.enabled: unknown key",
         ),
+        (MINIMAL + '[edge.cors]\norigins = ["*"]\n', "edge.cors.origins: '*': list each"),
+        (
+            MINIMAL + '[edge.cors]\norigins = ["https://shop.example.com/"]\n',
+            "edge.cors.origins: 'https://shop.example.com/': an origin is scheme://host[:port]",
+        ),
+        (
+            MINIMAL + '[edge.cors]\norigins = "https://shop.example.com"\n',
+            "edge.cors.origins: expected a list of origins",
+        ),
+        (
+            MINIMAL + "[edge.cors]\norigins = []\nmax_age_s = -1\n",
+            "edge.cors.max_age_s: expected an integer from 0 to 86400, got -1",
+        ),
+        (MINIMAL + "[edge.cors]\ncredentials = true\n", "edge.cors.credentials: unknown key"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -185,6 +200,22 @@ def test_the_edge_serves_the_shops_contracts_unless_the_project_names_its_own(
     assert own.edge.auth == EdgeAuthOptions(
         issuer="notes/accounts", audiences=("notes", "notes-admin"), jwks_service="accounts"
     )
+
+
+def test_browser_origins_for_the_edge(tmp_path: Path) -> None:
+    """`[edge.cors]` lists the pages' origins; an `[edge]` with no descriptors of its
+    own is still the shop's edge, trusting the shop's issuer."""
+    shop = load_topology(
+        write(
+            tmp_path,
+            MINIMAL
+            + '[edge.cors]\norigins = ["https://shop.example.com", "http://localhost:5173"]\n',
+        )
+    )
+    assert shop.edge.cors == EdgeCors(("https://shop.example.com", "http://localhost:5173"))
+    assert shop.edge.auth == EdgeAuthOptions()
+    assert shop.edge.descriptors == ""
+    assert load_topology(write(tmp_path, MINIMAL)).edge.cors == NO_CORS
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mesh.api.options import Access
+from mesh.edge.browsers import EdgeCors
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
@@ -75,6 +76,14 @@ def test_an_edge_with_no_issuer_is_named_only_when_a_method_needs_a_login() -> N
     ]
     only_public = EdgeModel(tuple(replace(s, methods=s.methods[:0]) for s in model.public))
     assert edge_notes([], only_public, auth=NO_ISSUER) == []  # nothing fetched, nothing to say
+
+
+def test_the_origins_browsers_may_call_from_are_named() -> None:
+    cors = EdgeCors(("https://shop.example.com", "http://localhost:5173"))
+    assert edge_notes(["orders", "users"], _edge(), cors=cors) == [
+        "browsers: pages of https://shop.example.com, http://localhost:5173 may call the edge"
+        " (CORS)"
+    ]
 
 
 def test_the_summary_ends_with_the_notes() -> None:

@@ -197,9 +197,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_render(args: argparse.Namespace) -> int:
-    from mesh.edge.render import main as render_main
+    """Compose's edge config, for the topology's `[edge]`: its contracts, token issuer
+    and browser origins (the shop's mesh.toml names none: `envoy/` as committed)."""
+    from dataclasses import replace
 
-    return render_main(["--out", args.out] if args.out else [])
+    from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR, render_files
+
+    topology = _topology(args)
+    edge = topology.edge
+    out = Path(args.out) if args.out else ENVOY_DIR
+    options = replace(COMPOSE_OPTIONS, auth=edge.auth, cors=edge.cors)
+    config, _ = render_files(out, options, topology.edge_descriptors())
+    print(f"rendered {config}")
+    return 0
 
 
 def cmd_edge_serve(args: argparse.Namespace) -> int:
@@ -342,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         " empty: the edge has no issuer)",
     )
     serve.set_defaults(fn=cmd_edge_serve)
-    k8s_render.register(sub)
+    k8s_render.register(sub, common)
     events = add(sub, "events", "events on NATS").add_subparsers(
         dest="events_command", required=True, metavar="<events command>"
     )

@@ -178,11 +178,15 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `k8s render|secrets` to meshctl's commands."""
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Add `k8s render|secrets` to meshctl's commands (`common`: the options every
+    subcommand accepts after its name too, `--topology` and `--run-dir`)."""
     k8s = subparsers.add_parser("k8s", help="Kubernetes manifests from the topology")
     sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="<k8s command>")
-    render = sub.add_parser("render", help="write deploy/k8s/ (or --out DIR)")
+    render = sub.add_parser("render", help="write deploy/k8s/ (or --out DIR)", parents=[common])
     render.add_argument("--out", default="", help="output directory (default deploy/k8s)")
     render.add_argument("--tag", default="", help="image tag, also MESH_VERSION (default 0.1.0)")
     render.add_argument("--image", default="", help="image name (default shop-mesh)")
@@ -200,7 +204,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a DNS name or IP clients reach the edge by (repeatable; in its certificate)",
     )
     render.set_defaults(fn=cmd_render)
-    secrets = sub.add_parser("secrets", help="Secrets with key material (never commit them)")
+    secrets = sub.add_parser(
+        "secrets", help="Secrets with key material (never commit them)", parents=[common]
+    )
     secrets.add_argument("--material", default="", help="directory (default <run-dir>/k8s)")
     secrets.add_argument("--namespace", default="", help="namespace (default shop-mesh)")
     # Until 7 Dec 2026 the edge's names went here: say where they go now.

@@ -4,10 +4,13 @@ a real browser: tests/integration/edge/test_edge_browsers.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from mesh.cli import main as meshctl
 from mesh.edge.browsers import (
     ANCHOR_CLUSTER,
     CORS_FILTER,
@@ -23,6 +26,7 @@ from mesh.edge.render import DESCRIPTORS
 
 MODEL = build_model(load_descriptor_set(DESCRIPTORS).file)
 PAGE = "https://shop.example.com"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(
@@ -118,3 +122,24 @@ def test_the_anchor_route_is_last_keeps_the_body_limit_and_leads_nowhere() -> No
     clusters = render(MODEL, options)["static_resources"]["clusters"]
     (cluster,) = [c for c in clusters if c["name"] == ANCHOR_CLUSTER]
     assert cluster["load_assignment"]["endpoints"] == []
+
+
+def _shop_with_origins(tmp_path: Path) -> Path:
+    topology = tmp_path / "mesh.toml"
+    topology.write_text((ROOT / "mesh.toml").read_text() + f'\n[edge.cors]\norigins = ["{PAGE}"]\n')
+    return topology
+
+
+def test_compose_and_kubernetes_configs_carry_the_topologys_origins(tmp_path: Path) -> None:
+    topology = _shop_with_origins(tmp_path)
+    out = tmp_path / "envoy"
+    assert meshctl(["edge", "render", "--topology", str(topology), "--out", str(out)]) == 0
+    compose = (out / "envoy.yaml").read_text()
+    assert CORS_FILTER in compose and PAGE in compose
+    k8s = tmp_path / "k8s"
+    assert meshctl(["k8s", "render", "--topology", str(topology), "--out", str(k8s)]) == 0
+    edge_docs = list(yaml.safe_load_all((k8s / "40-edge.yaml").read_text()))
+    (config_map,) = [d for d in edge_docs if d["kind"] == "ConfigMap"]
+    assert PAGE in config_map["data"]["envoy.yaml"]
+    # The shop's own mesh.toml lists none: the committed envoy/ has no CORS.
+    assert CORS_FILTER not in (ROOT / "envoy" / "envoy.yaml").read_text()

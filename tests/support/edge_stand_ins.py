@@ -25,6 +25,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from shop.inventory.v1 import inventory_pb2_grpc
+from shop.payments.v1 import payments_pb2_grpc
+from shop.users.v1 import users_pb2_grpc
 
 from mesh.discovery.registry import Instance
 from mesh.edge.jwt_authn import jwks_sources
@@ -75,6 +78,22 @@ async def start_upstream(
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, Instance(id=f"{name}-{index}", service=name, host="127.0.0.1", port=port)
+
+
+async def start_public_upstreams(
+    inventory: Any, users: Any, payments: Any
+) -> list[tuple[grpc.aio.Server, Instance]]:
+    """inventory, users and payments upstreams with these servicers (payments is internal:
+    the edge must never reach it), each as `start_upstream` starts one."""
+    return [
+        await start_upstream(
+            "inventory", [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, inventory)]
+        ),
+        await start_upstream("users", [(users_pb2_grpc.add_UserServiceServicer_to_server, users)]),
+        await start_upstream(
+            "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, payments)]
+        ),
+    ]
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,14 @@ from mesh.edge.browsers import EdgeCors
 from mesh.edge.limits import EdgeLimits
 from tests.support import grpc_web
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
-from tests.support.edge_stand_ins import FixedRegistry, running_edge, start_upstream
+from tests.support.edge_stand_ins import (
+    FixedRegistry,
+    running_edge,
+    start_public_upstreams,
+    start_upstream,
+)
 from tests.support.ports import free_port
-from tests.support.raw_http import request
+from tests.support.raw_http import RawResponse, request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -91,18 +96,7 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     await runner.setup()
     page_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", page_port).start()
-    upstreams = [
-        await start_upstream(
-            "inventory",
-            [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))],
-        ),
-        await start_upstream(
-            "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users(seen))]
-        ),
-        await start_upstream(
-            "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments(seen))]
-        ),
-    ]
+    upstreams = await start_public_upstreams(Inventory(seen), Users(seen), Payments(seen))
     registry = FixedRegistry([instance for _, instance in upstreams])
     try:
         async with running_edge(
@@ -119,6 +113,17 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
         for server, _ in upstreams:
             await server.stop(None)
         await runner.cleanup()
+
+
+async def _preflight(port: int, origin: str) -> RawResponse:
+    """A browser's preflight of a JSON POST to sign-up."""
+    return await asyncio.to_thread(
+        request,
+        port,
+        "OPTIONS",
+        "/api/v1/users",
+        headers={"origin": origin, "access-control-request-method": "POST"},
+    )
 
 
 # What a page runs: each call's HTTP status and what it could read, or the browser's error.
@@ -214,13 +219,7 @@ async def test_a_preflight_is_answered_for_a_listed_origin_only(edge: Edge) -> N
         assert {"authorization", "content-type", "accept-version", "x-grpc-web"} <= set(allowed)
         assert res.headers["access-control-max-age"] == "600"
         assert "access-control-allow-credentials" not in res.headers
-    other = await asyncio.to_thread(
-        request,
-        edge.port,
-        "OPTIONS",
-        "/api/v1/users",
-        headers={"origin": edge.other_page, "access-control-request-method": "POST"},
-    )
+    other = await _preflight(edge.port, edge.other_page)
     assert other.status == 200 and "access-control-allow-origin" not in other.headers
 
 
@@ -310,13 +309,7 @@ async def test_an_edge_without_origins_has_no_cors_and_still_speaks_grpc_web(
     try:
         async with running_edge(tmp_path, registry) as running:
             await asyncio.to_thread(running.envoy.wait_healthy, "inventory")
-            preflight = await asyncio.to_thread(
-                request,
-                running.port,
-                "OPTIONS",
-                "/api/v1/users",
-                headers={"origin": edge.page, "access-control-request-method": "POST"},
-            )
+            preflight = await _preflight(running.port, edge.page)
             assert "access-control-allow-origin" not in preflight.headers
             reply = await grpc_web.call(
                 f"http://127.0.0.1:{running.port}",

@@ -31,7 +31,7 @@ from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync, write_endpoints
 from tests.support import pki
-from tests.support.edge_stand_ins import start_upstream
+from tests.support.edge_stand_ins import start_public_upstreams
 from tests.support.envoy import EnvoyProcess, start_envoy
 from tests.support.poll import eventually
 from tests.support.ports import free_port
@@ -110,18 +110,7 @@ class Edge:
 async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
     tmp_path: Path = tmp_path_factory.mktemp("hardened-edge")
     seen = Seen()
-    started = [
-        await start_upstream(
-            "inventory",
-            [(inventory_pb2_grpc.add_InventoryServiceServicer_to_server, Inventory(seen))],
-        ),
-        await start_upstream(
-            "users", [(users_pb2_grpc.add_UserServiceServicer_to_server, Users(seen))]
-        ),
-        await start_upstream(
-            "payments", [(payments_pb2_grpc.add_PaymentServiceServicer_to_server, Payments(seen))]
-        ),
-    ]
+    started = await start_public_upstreams(Inventory(seen), Users(seen), Payments(seen))
     registry = MemoryRegistry()
     for _, instance in started:
         await registry.register(instance)

@@ -11,7 +11,7 @@ from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
 from interceptors._call import local_error, local_reason, when_done
 from interceptors._client import ClientInterceptor
-from interceptors._handler import ObservingServerInterceptor
+from interceptors._handler import DEADLINE_SLACK_S, ObservingServerInterceptor, status_of
 from tests.support.ping import PingServicer
 from tests.support.ping_calls import (
     ARITIES,
@@ -170,3 +170,31 @@ def test_local_error_is_marked_with_its_reason():
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "x", None
     )
     assert local_reason(other) is None
+
+
+class _Remaining:
+    """A server context that only knows its time left."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"),
+    [
+        (None, grpc.StatusCode.CANCELLED),  # no deadline: the caller gave up
+        (1.0, grpc.StatusCode.CANCELLED),
+        (DEADLINE_SLACK_S + 0.01, grpc.StatusCode.CANCELLED),
+        # The caller's cancel at its deadline, arrived before the server's timer fired.
+        (DEADLINE_SLACK_S / 2, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (0.0, grpc.StatusCode.DEADLINE_EXCEEDED),
+        (-0.2, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
+def test_a_cancelled_call_is_a_deadline_when_its_deadline_is_at_hand(
+    remaining: float | None, code: grpc.StatusCode
+) -> None:
+    assert status_of(_Remaining(remaining), asyncio.CancelledError()) is code  # type: ignore[arg-type]

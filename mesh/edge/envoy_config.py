@@ -610,9 +610,24 @@ _UPSTREAM_GRPC_STATUS_HEADER = {
     "keep_empty_value": False,
     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
 }
+# The answer's content type: the grpc_web filter has rewritten the request's by then.
+_GRPC_WEB_ANSWER = (
+    "('content-type' in response.headers"
+    " && response.headers['content-type'].startsWith('application/grpc-web'))"
+)
+# No value: a lookup CEL cannot answer, which the log writes as null like the other
+# fields' absent values (CEL's own `null` is written as the string "NULL").
+_NO_VALUE = "response.headers['x-no-value']"
+# The status the client saw: the upstream's (copied to a header while the trailers were
+# still there), else Envoy's for its own answer; none for a preflight the CORS filter
+# answered, nor for a gRPC-Web call past its headers (its trailers went into the body
+# before the log is written, and Envoy's fallback would say UNKNOWN for a success).
 _GRPC_STATUS_LOG_FIELD = (
     f"%CEL('{_UPSTREAM_GRPC_STATUS}' in response.headers"
-    f" ? response.headers['{_UPSTREAM_GRPC_STATUS}'] : response.grpc_status)%"
+    f" ? response.headers['{_UPSTREAM_GRPC_STATUS}']"
+    f" : response.code_details == 'cors_response' ? {_NO_VALUE}"
+    f" : 'grpc-status' in response.headers || !{_GRPC_WEB_ANSWER} ? response.grpc_status"
+    f" : {_NO_VALUE})%"
 )
 
 

@@ -35,6 +35,8 @@ from tests.support.edge_stand_ins import (
     start_public_upstreams,
     start_upstream,
 )
+from tests.support.envoy import EnvoyProcess
+from tests.support.poll import eventually
 from tests.support.ports import free_port
 from tests.support.raw_http import RawResponse, request
 
@@ -51,6 +53,8 @@ class Inventory(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def GetProduct(self, request: Any, context: Any) -> inventory_pb2.Product:
         self.seen["GetProduct"] += 1
+        if request.product_id == "missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such product")
         return inventory_pb2.Product(product_id=request.product_id, name="Teapot")
 
 
@@ -73,13 +77,13 @@ class Payments(payments_pb2_grpc.PaymentServiceServicer):
 
 
 class Edge:
-    def __init__(self, port: int, page_port: int, seen: Counter[str], log: Path) -> None:
+    def __init__(self, envoy: EnvoyProcess, port: int, page_port: int, seen: Counter[str]) -> None:
+        self.envoy = envoy
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.page = f"http://127.0.0.1:{page_port}"  # allowed
         self.other_page = f"http://localhost:{page_port}"  # the same page, not allowed
         self.seen = seen
-        self.log = log
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -107,7 +111,7 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Edge]:
         ) as running:
             for cluster in ("inventory", "users"):
                 await asyncio.to_thread(running.envoy.wait_healthy, cluster)
-            yield Edge(running.port, page_port, seen, tmp / "envoy.log")
+            yield Edge(running.envoy, running.port, page_port, seen)
     finally:
         await registry.close()
         for server, _ in upstreams:
@@ -322,3 +326,33 @@ async def test_an_edge_without_origins_has_no_cors_and_still_speaks_grpc_web(
     finally:
         await registry.close()
         await server.stop(None)
+
+
+async def test_the_access_log_has_no_made_up_status_for_grpc_web_or_preflights(
+    edge: Edge,
+) -> None:
+    """A gRPC-Web call's trailers are in the body by the time Envoy logs it, and a
+    preflight has no gRPC status: Envoy's fallback logged both as 2 (UNKNOWN), a success
+    included. They are logged without one; an error answered in the headers keeps its."""
+    ok = await grpc_web.call(
+        edge.url, GET_PRODUCT, inventory_pb2.GetProductRequest(product_id="logged-ok")
+    )
+    missing = await grpc_web.call(
+        edge.url, GET_PRODUCT, inventory_pb2.GetProductRequest(product_id="missing")
+    )
+    assert (ok.grpc_status, missing.grpc_status) == (0, 5)
+    await _preflight(edge.port, edge.page)
+
+    def lines() -> list[dict[str, Any]] | None:
+        found = [
+            x
+            for x in edge.envoy.access_lines()
+            if x["method"] == "OPTIONS" or x["path"] == GET_PRODUCT
+        ]
+        return found if len(found) >= 3 else None
+
+    logged = await eventually(lambda: asyncio.to_thread(lines), what="the access lines")
+    statuses = {(x["method"], x["grpc_status"]) for x in logged}
+    assert ("POST", None) in statuses and ("POST", "5") in statuses, logged
+    assert ("OPTIONS", None) in statuses and ("OPTIONS", "2") not in statuses, logged
+    assert ("POST", "2") not in statuses, logged

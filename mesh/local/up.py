@@ -183,6 +183,7 @@ class LocalMesh:
         self.sync: EndpointSync | None = None
         self.nats_child: Child | None = None
         self.envoy_child: Child | None = None
+        self._edge_seen = "Envoy's admin was never asked"  # what `_edge_ready` saw last
         self.cert_renewer: IdentityFileRenewer | None = None
         self.nats_url = options.nats_url
         self.nats_local: LocalNats | None = None
@@ -387,23 +388,44 @@ class LocalMesh:
         except UpError as exc:
             raise UpError(f"{exc}\n{progress.timeout_report(found)}") from None
         progress.step("waiting for the Envoy edge to route to every public service")
-        await _poll(self._edge_ready, self.o.ready_timeout_s, "the Envoy edge to be ready")
+        await self.wait_edge_routes()
         if self.o.warm_spares:
             await self.sup.warm_spares()
         return found
 
+    async def wait_edge_routes(self) -> None:
+        """Until the edge routes to every public service started; a timeout's UpError
+        says what Envoy's admin said last."""
+        try:
+            await _poll(self._edge_ready, self.o.ready_timeout_s, "the Envoy edge to be ready")
+        except UpError as exc:
+            raise UpError(f"{exc}: {self._edge_seen}") from None
+
     async def _edge_ready(self) -> bool:
+        """Envoy is LIVE and routes to an instance of every public service started; what
+        it said last is kept in `_edge_seen` for a timeout's message."""
         import aiohttp
 
         admin = EnvoyAdmin(self.o.edge_admin.socket_path, timeout_s=1)
         try:
-            if (await admin.get("/ready")).strip() != "LIVE":
+            state = (await admin.get("/ready")).strip()
+            if state != "LIVE":
+                self._edge_seen = f"Envoy's admin says {state or 'nothing'} (not LIVE)"
                 return False
             healthy = routable_hosts(await admin.clusters())
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+        except aiohttp.ClientResponseError as exc:  # /ready answers 503 until LIVE
+            self._edge_seen = f"Envoy is not ready (its admin's /ready answers {exc.status})"
+            return False
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._edge_seen = f"Envoy's admin does not answer ({type(exc).__name__}: {exc})"
             return False
         started = {s.name for s in self.o.services}  # a reduced topology routes fewer
-        return all(healthy.get(c, 0) >= 1 for c in self.clusters if c in started)
+        missing = [c for c in self.clusters if c in started and healthy.get(c, 0) < 1]
+        self._edge_seen = (
+            f"Envoy routes to no healthy instance of {', '.join(missing)}"
+            " (its health checks, mTLS as the edge identity, fail or have not run)"
+        )
+        return not missing
 
     async def stop(self) -> None:
         services = {s.name for s in self.o.services}

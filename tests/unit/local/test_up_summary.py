@@ -4,15 +4,22 @@ and a missing token issuer is named when some method needs a login."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
+from aiohttp import web
 
 from mesh.api.options import Access
 from mesh.edge.browsers import EdgeCors
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.edge.model import EdgeModel, build_model, load_descriptor_set
 from mesh.edge.render import DESCRIPTORS
-from mesh.local.up import edge_notes, table
+from mesh.local.supervisor import Supervisor
+from mesh.local.topology import ServiceSpec
+from mesh.local.up import LocalMesh, UpError, UpOptions, edge_notes, table
+from tests.support.stand_ins import MemoryRegistry
 
 ISSUER_MISSING = (
     "the edge's token issuer 'users' is not in this topology: methods that need a login"
@@ -93,3 +100,40 @@ def test_the_summary_ends_with_the_notes() -> None:
         "notes is internal: not routed by the edge",
     ]
     assert "payments" not in table({}, 8080, "nats://127.0.0.1:4222")
+
+
+async def test_an_edge_that_never_gets_ready_is_said_why(tmp_path: Path) -> None:
+    """`meshctl up`'s timeout waiting for the edge names what Envoy's admin said last
+    (a CI run's timeout said only that it timed out)."""
+    options = UpOptions(
+        run_dir=tmp_path, services=(ServiceSpec("orders", 0, 0),), ready_timeout_s=0.3
+    )
+    mesh = LocalMesh(options, MemoryRegistry(), Supervisor(out=io.StringIO(), colour=False))
+    mesh.clusters = ["orders"]
+    with pytest.raises(UpError, match="Envoy's admin does not answer"):
+        await mesh.wait_edge_routes()  # no Envoy at all
+
+    state = {"ready": (503, "PRE_INITIALIZING\n")}
+    app = web.Application()
+
+    async def ready(_request: web.Request) -> web.Response:
+        status, text = state["ready"]
+        return web.Response(status=status, text=text)
+
+    async def clusters(_request: web.Request) -> web.Response:
+        return web.json_response({"cluster_statuses": [{"name": "orders"}]})
+
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/clusters", clusters)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    options.edge_dir.mkdir(parents=True)
+    await web.UnixSite(runner, str(options.edge_admin.socket_path)).start()
+    try:
+        with pytest.raises(UpError, match=r"Envoy is not ready \(its admin's /ready answers 503\)"):
+            await mesh.wait_edge_routes()
+        state["ready"] = (200, "LIVE\n")
+        with pytest.raises(UpError, match="Envoy routes to no healthy instance of orders"):
+            await mesh.wait_edge_routes()
+    finally:
+        await runner.cleanup()

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.edge.browsers import EdgeCors, origin_problem
+from mesh.edge.browsers import DEFAULT_MAX_AGE_S, MAX_AGE_LIMIT_S, EdgeCors, origin_problem
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.types import EventTypes, load_event_types
@@ -329,7 +329,7 @@ def _cors(table: Any, fail: _Fail) -> EdgeCors:
         if problem is not None:
             raise fail("edge.cors.origins", f"{origin!r}: {problem}")
     max_age = _int(
-        table.get("max_age_s", EdgeCors().max_age_s), 0, 86_400, "edge.cors.max_age_s", fail
+        table.get("max_age_s", DEFAULT_MAX_AGE_S), 0, MAX_AGE_LIMIT_S, "edge.cors.max_age_s", fail
     )
     return EdgeCors(tuple(origins), max_age)
 

@@ -42,7 +42,7 @@ from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.ports import port_free
 from mesh.local.progress import StartupProgress
 from mesh.local.prometheus import PrometheusTargets
-from mesh.local.supervisor import Child, Supervisor
+from mesh.local.supervisor import Child, Supervisor, exit_text
 from mesh.local.topology import (
     DATA_DIR,
     ProcessSpec,
@@ -399,7 +399,14 @@ class LocalMesh:
         try:
             await _poll(self._edge_ready, self.o.ready_timeout_s, "the Envoy edge to be ready")
         except UpError as exc:
-            raise UpError(f"{exc}: {self._edge_seen}") from None
+            envoy = self.envoy_child
+            restarted = ""
+            if envoy is not None and envoy.restarts:
+                restarted = (
+                    f"; Envoy was restarted {envoy.restarts} time(s) (it last ended with"
+                    f" {exit_text(envoy.last_exit)}); its last lines:\n{envoy.tail(15)}"
+                )
+            raise UpError(f"{exc}: {self._edge_seen}{restarted}") from None
 
     async def _edge_ready(self) -> bool:
         """Envoy is LIVE and routes to an instance of every public service started; what

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -112,6 +113,15 @@ async def test_an_edge_that_never_gets_ready_is_said_why(tmp_path: Path) -> None
     mesh.clusters = ["orders"]
     with pytest.raises(UpError, match="Envoy's admin does not answer"):
         await mesh.wait_edge_routes()  # no Envoy at all
+    # An Envoy the supervisor restarted: how it last exited and what it last said.
+    mesh.envoy_child = SimpleNamespace(  # type: ignore[assignment]
+        restarts=2, last_exit=1, tail=lambda n: "cannot bind '127.0.0.1:8080'"
+    )
+    with pytest.raises(UpError) as restarted:
+        await mesh.wait_edge_routes()
+    assert "restarted 2 time(s) (it last ended with exit 1)" in str(restarted.value)
+    assert str(restarted.value).endswith("cannot bind '127.0.0.1:8080'")
+    mesh.envoy_child = None
 
     state = {"ready": (503, "PRE_INITIALIZING\n")}
     app = web.Application()

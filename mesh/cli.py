@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -198,16 +199,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_edge_render(args: argparse.Namespace) -> int:
     """Compose's edge config, for the topology's `[edge]`: its contracts, token issuer
-    and browser origins (the shop's mesh.toml names none: `envoy/` as committed)."""
+    and browser origins (the shop's mesh.toml names none: `envoy/` as committed). By
+    default into the project's `envoy/`: this checkout's only for its own topology."""
     from dataclasses import replace
 
     from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR, render_files
 
     topology = _topology(args)
     edge = topology.edge
-    out = Path(args.out) if args.out else ENVOY_DIR
+    own = topology.root == ENVOY_DIR.parent
+    out = Path(args.out) if args.out else ENVOY_DIR if own else topology.root / "envoy"
     options = replace(COMPOSE_OPTIONS, auth=edge.auth, cors=edge.cors)
-    config, _ = render_files(out, options, topology.edge_descriptors())
+    descriptors = topology.edge_descriptors()
+    config, _ = render_files(out, options, descriptors)
+    # Compose mounts the directory as /etc/envoy: the transcoder's set goes with it.
+    kept = out / Path(COMPOSE_OPTIONS.descriptor_path).name
+    if not kept.exists() or not kept.samefile(descriptors):
+        shutil.copyfile(descriptors, kept)
     print(f"rendered {config}")
     return 0
 

@@ -143,3 +143,19 @@ def test_compose_and_kubernetes_configs_carry_the_topologys_origins(tmp_path: Pa
     assert PAGE in config_map["data"]["envoy.yaml"]
     # The shop's own mesh.toml lists none: the committed envoy/ has no CORS.
     assert CORS_FILTER not in (ROOT / "envoy" / "envoy.yaml").read_text()
+
+
+def test_edge_render_writes_a_projects_config_into_the_projects_directory(
+    tmp_path: Path,
+) -> None:
+    """Without --out, another project's config goes to its own envoy/ (with the
+    transcoder's descriptor set, which compose mounts beside it), never into this
+    checkout's committed one."""
+    committed = (ROOT / "envoy" / "envoy.yaml").read_bytes()
+    topology = _shop_with_origins(tmp_path)
+    assert meshctl(["edge", "render", "--topology", str(topology)]) == 0
+    assert PAGE in (tmp_path / "envoy" / "envoy.yaml").read_text()
+    assert (tmp_path / "envoy" / "descriptors.binpb").read_bytes() == (
+        ROOT / "envoy" / "descriptors.binpb"
+    ).read_bytes()
+    assert (ROOT / "envoy" / "envoy.yaml").read_bytes() == committed

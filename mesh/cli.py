@@ -282,13 +282,10 @@ def cmd_events_credentials(args: argparse.Namespace) -> int:
     and `nats.conf` with their authorization, for a nats-server started with `-c`
     (docker-compose.yml's `nats-init`; mesh/events/nats_credentials.py)."""
     from mesh.events.nats_credentials import keep_credentials, write_server_config
-    from mesh.events.streams import default_streams
 
     topology = _topology(args)
-    types = topology.event_types()
-    streams = default_streams(types.domains if types is not None else ())
     directory = Path(args.directory)
-    kept = keep_credentials(directory, topology.event_identities(), streams)
+    kept = keep_credentials(directory, topology.event_identities(), topology.streams())
     path = write_server_config(directory, kept)
     print(f"{path}: {len(kept.seeds)} identities ({', '.join(kept.seeds)}); seeds kept beside it")
     return 0

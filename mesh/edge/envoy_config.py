@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2
 
 from mesh.edge import browsers, jwt_authn
 from mesh.edge.admin import SOCKET_MODE
-from mesh.edge.browsers import EdgeCors
+from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.edge.hardening import harden
 from mesh.edge.jwt_authn import EdgeAuthOptions
 from mesh.edge.limits import EdgeLimits
@@ -108,7 +108,7 @@ class EdgeOptions:
     # End-user JWT verification (mesh/edge/jwt_authn.py): issuer, audiences, JWKS source.
     auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
     # The page origins browsers may call the edge from (mesh/edge/browsers.py); none: no CORS.
-    cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
+    cors: EdgeCors = NO_CORS
 
 
 def _type(extension: str) -> str:

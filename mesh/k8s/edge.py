@@ -215,7 +215,7 @@ def edge_manifests(
     """The edge for the project's contracts (`descriptors`), token issuer (`auth`) and
     browser origins (`cors`): `[edge]` in its mesh.toml (`Topology.edge_descriptors()`,
     `Topology.edge.auth`, `Topology.edge.cors`)."""
-    edge = edge_options(options, auth)
+    edge = edge_options(options, auth, cors)
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",

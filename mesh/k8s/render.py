@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from base.settings import default_of
 from mesh.api.options import EDGE
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.edge.render import ROOT
@@ -39,6 +40,7 @@ from mesh.local.topology import Topology, load_topology
 from mesh.security.identity_files import renewal_due
 from mesh.security.pki import PkiError, describe
 from mesh.security.policy import load_rows
+from mesh.settings import Settings
 
 DEPLOY_DIR = ROOT / "deploy" / "k8s"
 CONSUL_VALUES = Path("helm") / "consul-values.yaml"
@@ -157,7 +159,11 @@ def cmd_secrets(args: argparse.Namespace) -> int:
         path = write_secrets(
             topology.services,
             topology.event_identities(),
-            topology.event_types(),
+            # The services' stream limits: the default settings', as the pods run them.
+            topology.streams(
+                max_bytes=default_of(Settings, "stream_max_bytes"),
+                max_msgs=default_of(Settings, "stream_max_msgs"),
+            ),
             options,
             material,
         )

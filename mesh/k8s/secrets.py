@@ -33,11 +33,9 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from base.settings import default_of
 from mesh.events.nats_auth import EventIdentity
 from mesh.events.nats_credentials import keep_credentials, kept_secret
-from mesh.events.streams import default_streams
-from mesh.events.types import EventTypes
+from mesh.events.streams import StreamSpec
 from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS
 from mesh.k8s.infra import (
     NATS_AUTH_FILE,
@@ -52,7 +50,7 @@ from mesh.local.topology import ServiceSpec
 from mesh.security.identity_files import renewal_due
 from mesh.security.pki import KeyPair, PkiError, check_pair, create_intermediate, describe
 from mesh.security.store import PkiStore, write_atomically
-from mesh.settings import Settings, security_from_env
+from mesh.settings import security_from_env
 
 SECRETS_FILE = "secrets.yaml"
 HEADER = (
@@ -113,15 +111,10 @@ def _current_issuer(directory: Path, root: KeyPair, lifetime: dt.timedelta) -> K
 
 def nats_secrets(
     identities: Sequence[EventIdentity],
-    types: EventTypes | None,
+    streams: Sequence[StreamSpec],
     options: K8sOptions,
     material: Path,
 ) -> list[Manifest]:
-    streams = default_streams(
-        types.domains if types is not None else (),
-        max_bytes=default_of(Settings, "stream_max_bytes"),
-        max_msgs=default_of(Settings, "stream_max_msgs"),
-    )
     kept = keep_credentials(material / "nats", identities, streams)
     out = [_secret(nats_secret(name), options, {"seed": seed.decode()})
            for name, seed in kept.seeds.items()]  # fmt: skip
@@ -148,7 +141,7 @@ def database_secrets(
 def write_secrets(
     services: Sequence[ServiceSpec],
     event_identities: Sequence[EventIdentity],
-    types: EventTypes | None,
+    streams: Sequence[StreamSpec],
     options: K8sOptions,
     material: Path,
 ) -> Path:
@@ -157,7 +150,7 @@ def write_secrets(
     os.chmod(material, 0o700)
     docs = [
         issuer_secret(options, material),
-        *(nats_secrets(event_identities, types, options, material) if event_identities else []),
+        *(nats_secrets(event_identities, streams, options, material) if event_identities else []),
         *database_secrets(services, options, material),
     ]
     path = material / SECRETS_FILE

@@ -37,7 +37,7 @@ from mesh.events.dead_letters import (
 from mesh.events.dead_letters import dead_letters as read_dead_letters
 from mesh.events.nats_auth import DEAD_LETTERS, EventIdentity, stream_for, valid_pattern
 from mesh.events.nats_connect import redact_urls
-from mesh.events.streams import DLQ_PREFIX, DLQ_STREAM, StreamSpec, default_streams
+from mesh.events.streams import DLQ_PREFIX, DLQ_STREAM, StreamSpec
 from mesh.local.nats import client_for, connect_as
 from mesh.local.topology import Topology, load_topology
 
@@ -175,8 +175,7 @@ def _dead_letter_pattern(text: str) -> str:
 def cmd_dlq(args: argparse.Namespace) -> int:
     topology: Topology = load_topology(Path(args.topology))
     identities = topology.event_identities()
-    types = topology.event_types()
-    streams = default_streams(types.domains if types is not None else ())
+    streams = topology.streams()
     stream = DLQ_STREAM
     actions: dict[str, Callable[[_Connections], Any]] = {
         "list": lambda c: _list(c, stream, args),

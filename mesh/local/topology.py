@@ -49,9 +49,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mesh.edge.browsers import DEFAULT_MAX_AGE_S, MAX_AGE_LIMIT_S, EdgeCors, origin_problem
+from mesh.edge.browsers import (
+    DEFAULT_MAX_AGE_S,
+    MAX_AGE_LIMIT_S,
+    NO_CORS,
+    EdgeCors,
+    origin_problem,
+)
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
 from mesh.events.nats_auth import EventIdentity
+from mesh.events.streams import StreamSpec, default_streams
 from mesh.events.types import EventTypes, load_event_types
 
 DEFAULT_TOPOLOGY = Path("mesh.toml")
@@ -100,7 +107,7 @@ class EdgeSpec:
 
     descriptors: str = ""  # a path from the project's directory, or package:resource
     auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
-    cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
+    cors: EdgeCors = NO_CORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,13 @@ class Topology:
             return load_event_types(self.event_types_ref)
         except ValueError as exc:
             raise TopologyError(f"{self.path}: event_types: {exc}") from exc
+
+    def streams(self, *, max_bytes: int = -1, max_msgs: int = -1) -> tuple[StreamSpec, ...]:
+        """The streams of the domains its event types name, and the dead letters', within
+        `max_bytes` / `max_msgs` (the settings' stream limits where a server is made)."""
+        types = self.event_types()
+        domains = types.domains if types is not None else ()
+        return tuple(default_streams(domains, max_bytes=max_bytes, max_msgs=max_msgs))
 
     def edge_descriptors(self) -> Path:
         """The descriptor set the edge serves, checked to be there and to parse: the

@@ -36,7 +36,7 @@ from mesh.edge.render import DESCRIPTORS, local_options, render_files
 from mesh.edge.sync import EndpointSync
 from mesh.events.nats_auth import DASHBOARD, MESH_TOOLS, EventIdentity
 from mesh.events.nats_connect import NatsClientAuth, redact_urls
-from mesh.events.streams import StreamSpec, default_streams
+from mesh.events.streams import StreamSpec
 from mesh.local.nats import LocalNats, prepare_local_nats
 from mesh.local.observe import Observability, ObserveOptions
 from mesh.local.ports import port_free
@@ -105,7 +105,7 @@ class UpOptions:
     # origins browsers may call it from (`[edge.cors]`).
     edge_descriptors: Path = DESCRIPTORS
     edge_auth: EdgeAuthOptions = EdgeAuthOptions()  # noqa: RUF009 (frozen: shared safely)
-    edge_cors: EdgeCors = EdgeCors()  # noqa: RUF009 (frozen: shared safely)
+    edge_cors: EdgeCors = NO_CORS
 
     @property
     def edge_dir(self) -> Path:
@@ -123,13 +123,10 @@ def topology_events(
     """What `up`'s own nats-server is configured with for `topology`: the services'
     event identities, and the streams of the domains its event types name (within the
     settings' stream limits), whose subjects those identities are allowed."""
-    types = topology.event_types()
-    streams = default_streams(
-        types.domains if types is not None else (),
-        max_bytes=settings.stream_max_bytes,
-        max_msgs=settings.stream_max_msgs,
+    streams = topology.streams(
+        max_bytes=settings.stream_max_bytes, max_msgs=settings.stream_max_msgs
     )
-    return topology.event_identities(), tuple(streams)
+    return topology.event_identities(), streams
 
 
 def free_port_options(options: UpOptions) -> UpOptions:

@@ -12,8 +12,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import nats
-import nats.errors
 import pytest
 import yaml
 
@@ -21,6 +19,7 @@ from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
 from mesh.edge.admin import EnvoyAdmin
 from tests.support.nats import nats_server
+from tests.support.nats_clients import anonymous_refusal
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -90,15 +89,6 @@ async def _meshctl_up(
     )  # fmt: skip
 
 
-async def _anonymous_refused(url: str) -> bool:
-    try:
-        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
-    except nats.errors.Error as exc:
-        return "Authorization Violation" in str(exc)
-    await nc.close()
-    return False
-
-
 async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # A data directory as an older `up` left it (0755): narrowed to 0700 at start.
@@ -129,7 +119,7 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             # Its own nats-server, authenticated, beside the foreign one.
             url = json.loads((run_dir / "nats" / "server.json").read_text())["url"]
             assert url != foreign.url and f"nats: {url}" in table
-            assert await _anonymous_refused(url)
+            assert "Authorization Violation" in (await anonymous_refusal(url) or "")
             for seed in (run_dir / "nats").glob("*.nk"):
                 assert stat.S_IMODE(seed.stat().st_mode) == 0o600
                 assert seed.read_text().strip() not in table

@@ -233,6 +233,20 @@ def _shifting_at(stack: Stack, weight: int) -> Release | None:
     return state
 
 
+async def start_detached(stack: Stack, version: str, steps: str, bake_s: int) -> None:
+    """`meshctl release start SERVICE --detach` with these; it must start."""
+    started = await asyncio.to_thread(
+        meshctl, stack, "start", SERVICE, "--version", version, "--steps", steps,
+        "--bake", str(bake_s), "--detach",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+
+
+async def shifting_at(stack: Stack, weight: int, what: str) -> Release:
+    """The release once it shifts at `weight` % (`what` names the wait)."""
+    return await eventually(lambda: _shifting_at(stack, weight), 60, what, interval_s=0.1)
+
+
 async def check_track_header(stack: Stack, runtime: MeshRuntime, green: str) -> None:
     """`x-mesh-track: green` reaches only green: through the edge (gRPC and REST) and
     proxyless; a track with no instance is UNAVAILABLE at the edge."""
@@ -280,14 +294,8 @@ async def check_refused_policy(stack: Stack) -> None:
 async def test_a_faulty_green_is_rolled_back_in_its_first_step(
     stack: Stack, runtime: MeshRuntime
 ) -> None:
-    started = await asyncio.to_thread(
-        meshctl, stack, "start", SERVICE, "--version", "2.0.0", "--steps", "0,10,50,100",
-        "--bake", "15", "--detach",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr + started.stdout
-    state = await eventually(
-        lambda: _shifting_at(stack, 0), 60, "green started, at 0 %", interval_s=0.1
-    )
+    await start_detached(stack, "2.0.0", "0,10,50,100", 15)
+    state = await shifting_at(stack, 0, "green started, at 0 %")
     assert (state.old_track, state.new_track) == ("blue", "green")
     # While green takes no traffic yet: the header override.
     await check_track_header(stack, runtime, "green")
@@ -314,11 +322,7 @@ async def test_blue_to_green_under_steady_load(stack: Stack, runtime: MeshRuntim
     # ~150 calls/s for 6 s a step: the measured share of a 50 % step has a standard
     # deviation near 1 point (the proxyless third picks at random), so ±3 is a real check.
     async with steady_load(stack, runtime, interval_s=0.02) as traffic:
-        started = await asyncio.to_thread(
-            meshctl, stack, "start", SERVICE, "--version", "2.1.0", "--steps", "0,10,50,100",
-            "--bake", "6", "--detach",
-        )  # fmt: skip
-        assert started.returncode == 0, started.stderr + started.stdout
+        await start_detached(stack, "2.1.0", "0,10,50,100", 6)
         state = await wait_phase(stack, ("promoted", "rolled back", "aborted", "failed"), 90)
         await asyncio.sleep(1)  # poll: the load goes on after the promotion (a measured tail)
     assert state.phase == "promoted", state.log
@@ -456,14 +460,8 @@ async def test_a_release_with_no_traffic_does_not_advance_on_no_evidence(stack: 
     there is no verdict, and the release bakes on there instead of going to 100 % (it
     did until 7 Dec 2026); `promote` is the user's word to go on."""
     active = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
-    started = await asyncio.to_thread(
-        meshctl, stack, "start", SERVICE, "--version", "3.0.0", "--steps", "0,10,100",
-        "--bake", "1", "--detach",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr + started.stdout
-    state = await eventually(
-        lambda: _shifting_at(stack, 10), 60, "the release at its 10 % step", interval_s=0.1
-    )
+    await start_detached(stack, "3.0.0", "0,10,100", 1)
+    state = await shifting_at(stack, 10, "the release at its 10 % step")
     new = state.new_track
 
     def waiting() -> Release | None:

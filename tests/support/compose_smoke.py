@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from tests.support.consul_agent import AgentTls
+from tests.support.nats_clients import anonymous_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -421,7 +422,7 @@ def exercise(edge: str, admin: str, stack: Stack, users_env: Mapping[str, str]) 
 
     wait_for("order.completed to confirm the reservation", confirmed, stack)
     report["reserved_after_event"] = 0
-    report["nats_anonymous"] = _anonymous_nats(users_env["NATS_URL"])
+    report["nats_anonymous"] = asyncio.run(anonymous_refusal(users_env["NATS_URL"])) or "connected"
     refund = grpcurl(
         "-plaintext", "-H", f"authorization: Bearer {token}", "-d", '{"saga_id": "x"}', edge,
         "shop.payments.v1.PaymentService/Refund",
@@ -429,21 +430,6 @@ def exercise(edge: str, admin: str, stack: Stack, users_env: Mapping[str, str]) 
     report["payments_grpc"] = {"exit": refund.returncode, "out": refund.stdout + refund.stderr}
     report["payments_rest"] = http(base, "POST", "/api/v1/payments/refund", {}, token)[0]
     return report
-
-
-def _anonymous_nats(url: str) -> str:
-    """What an anonymous client gets from compose's NATS (its error, or "connected")."""
-    import nats
-
-    async def attempt() -> str:
-        try:
-            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3)
-        except Exception as exc:  # the refusal is the point: any error says it
-            return f"{type(exc).__name__}: {exc}"
-        await nc.close()
-        return "connected"
-
-    return asyncio.run(attempt())
 
 
 PORTS = {"hashicorp/consul": 8500, "nats": 4222}

@@ -1,6 +1,7 @@
 """Clients of a permission-checked `NatsServer` (tests/support/nats.py) as one identity:
 a raw connection that records what the server refused it, an `EventBus` with the
-identity's own streams, and the `order.completed` event the suites publish."""
+identity's own streams, an anonymous attempt, and the `order.completed` event the suites
+publish."""
 
 from __future__ import annotations
 
@@ -51,6 +52,19 @@ async def bus_as(srv: NatsServer, identity: str, **kwargs: Any) -> EventBus:
     return await EventBus.connect(
         srv.url, name=f"test-{identity}", auth=srv.auth_for(identity), streams=streams, **kwargs
     )
+
+
+async def anonymous_refusal(url: str) -> str | None:
+    """What an anonymous client gets from the NATS at `url` (its error), or None when it
+    connects."""
+    try:
+        nc = await nats.connect(
+            url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3
+        )
+    except Exception as exc:  # the refusal is the point: any error says it
+        return f"{type(exc).__name__}: {exc}"
+    await nc.close()
+    return None
 
 
 def order_completed(order_id: str = "o-1") -> Envelope:

@@ -40,14 +40,17 @@ readme-settings: install
 # Two pytest-xdist workers (CI has 2 cores; the suite waits on processes and sockets
 # more than it computes). A module's tests, or a whole-shop package's, stay on one
 # worker (--dist loadgroup, groups set in tests/conftest.py) so their fixtures start once.
+# Groups go out in collection order, the slow whole-stack folders first, not xdist's
+# most-tests-first (which left two e2e stacks for the end on one worker).
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
+PYTEST_WORKERS = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: install tools
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest $(PYTEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

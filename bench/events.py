@@ -227,8 +227,11 @@ async def measure(
                 },
             }
             if lag_stop_s:
-                # Enough events to produce through the stop and the catch-up.
-                lag_n = int(half_rate * (lag_stop_s + 20))
+                # Enough events to produce through the stop and the catch-up: 3 s of
+                # steady state, the stop, a second or two to start the new consumer,
+                # then the backlog drained at 2x the produce rate (the goal) in about
+                # as long again, with room to spare; 30 s at the default 10 s stop.
+                lag_n = int(half_rate * (2 * lag_stop_s + 10))
                 lag = await run_phase(
                     srv.url, base, "lag", lag_n, rate=half_rate, per_tx=per_tx,
                     producers=producers, stop_s=lag_stop_s, batch=batch,

@@ -34,6 +34,7 @@ def _xdist_group(path: str) -> str:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups (it names items by them)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.as_posix()

@@ -37,10 +37,12 @@ class EnvoyProcess:
 
     def access_lines(self) -> list[dict[str, Any]]:
         """The JSON access lines Envoy wrote to its stdout so far (the edge's access log
-        goes there); POST /reopen_logs flushes Envoy's buffer first."""
+        goes there); POST /reopen_logs flushes Envoy's buffer first. Only whole lines: a
+        read while Envoy is writing can end halfway through one (it was seen to), and that
+        line is read whole on the next call."""
         self.admin_post("/reopen_logs")
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(x) for x in lines if x.startswith("{")]
+        whole = self.log_path.read_text(errors="replace").split("\n")[:-1]
+        return [json.loads(x) for x in whole if x.startswith("{")]
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

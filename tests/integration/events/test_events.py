@@ -91,9 +91,11 @@ class Recorder:
             self.applied.append(env.id)
             return
         async with self.inbox.handle(env) as tx:
-            if not tx.duplicate:
+            fresh = not tx.duplicate
+            if fresh:
                 await apply(env, tx.session)
-                self.applied.append(env.id)
+        if fresh:  # once committed: a test that sees the id can read the effect
+            self.applied.append(env.id)
 
 
 async def stream_count(bus: Any, stream: str = "USER") -> int:

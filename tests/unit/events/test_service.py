@@ -168,8 +168,13 @@ async def test_events_published_while_stopped_are_handled_by_the_next_start(
     await eventually(no_waiting_pull, what="the stopped subscriber's last fetch to expire")
     env = user_deleted()
     await bus.publish(env)  # nobody consuming: it waits in the durable consumer
-    info = await bus.js.consumer_info("USER", "svc-user-deleted")
-    assert info.num_pending == 1
+
+    # The server counts it pending a moment after the publish is acknowledged.
+    async def waiting_in_the_consumer() -> bool:
+        info = await bus.js.consumer_info("USER", "svc-user-deleted")
+        return info.num_pending == 1 and not info.num_ack_pending
+
+    await eventually(waiting_in_the_consumer, 5, "the event pending, delivered to nobody")
 
     second = subscriber(nats.url, sessions)
     await second.start()

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -269,6 +270,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
         return asyncio.run(tail_events(url, args.subject, types=types, limit=args.limit, auth=auth))
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): main ends quietly, not "cannot use NATS"
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         # A stopped mesh leaves its NATS address behind; a refused login says why.
         print(f"meshctl events tail: cannot use NATS at {redact_urls(url)}"
@@ -390,6 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         code: int = args.fn(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is met below
+    except BrokenPipeError:
+        # `meshctl status | head`: the reader has what it wanted. Ending as a shell tool
+        # ends on SIGPIPE, with no traceback (one before 7 Dec 2026); stdout goes to
+        # /dev/null so the interpreter's last flush does not fail again (Python's
+        # documented way: "Note on SIGPIPE" in the signal module's docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (SettingsError, UnsafeRegistryDir) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 2

@@ -77,21 +77,31 @@ async def tail_events(
     out: TextIO | None = None,
     auth: NatsClientAuth | None = None,
 ) -> int:
+    """Print each event published on `subject` until `limit` are printed (0: until
+    cancelled). A reader that leaves (`| head`) ends it with BrokenPipeError."""
     stream = out or sys.stdout
     options = auth.connect_options() if auth is not None else {}
     nc = await connect_nats(url, name="meshctl-tail", max_reconnect_attempts=3, **options)
     seen = SeenIds()
     printed = 0
     done = asyncio.Event()
+    reader_gone = False
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal printed
+        nonlocal printed, reader_gone
         subj: str = msg.subject
         if done.is_set():  # `limit` reached: what arrives while draining is not printed
             return
         if subj.startswith(("_INBOX.", "$JS.")) or not seen.first_time(msg.data):
             return
-        print(format_event(subj, msg.data, types), file=stream, flush=True)
+        try:
+            print(format_event(subj, msg.data, types), file=stream, flush=True)
+        except BrokenPipeError:
+            # `meshctl events tail | head -3`: the reader left. nats-py would swallow
+            # this in its callback and the tail would run on, printing nowhere.
+            reader_gone = True
+            done.set()
+            return
         printed += 1
         if limit and printed >= limit:
             done.set()
@@ -102,4 +112,6 @@ async def tail_events(
         await done.wait()
     finally:
         await nc.drain()
+    if reader_gone:
+        raise BrokenPipeError("the reader of the tail left")  # meshctl ends as on SIGPIPE
     return 0

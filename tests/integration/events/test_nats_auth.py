@@ -276,6 +276,28 @@ async def test_a_password_in_the_nats_url_is_never_shown(
     assert password not in everything
 
 
+class _LeftPipe(io.StringIO):
+    """An output whose reader has gone, as `meshctl events tail | head -1` meets it."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_the_tail_ends_when_its_reader_leaves(
+    nats_srv: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a limit the tail runs until stopped, but not past its reader: the write's
+    BrokenPipeError (swallowed by nats-py inside a callback) ends it, for meshctl to exit
+    as a shell tool does on SIGPIPE."""
+    from mesh.local.tail import tail_events
+
+    tail = asyncio.create_task(tail_events(nats_srv.admin_url, "payment.>", out=_LeftPipe()))
+    await eventually(lambda: "tailing" in capsys.readouterr().err, what="the tail subscribed")
+    await publish_as_payments(nats_srv)
+    with pytest.raises(BrokenPipeError):
+        await asyncio.wait_for(tail, 10)
+
+
 async def test_the_dashboard_reads_the_streams_state_and_no_event(
     nats_srv: NatsServer, clients: list[Client], tmp_path: Any
 ) -> None:

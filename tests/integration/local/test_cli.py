@@ -246,3 +246,19 @@ def test_a_path_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Path) 
         assert r.returncode == 1, (args, r)
         assert "Traceback" not in r.stderr and str(a_file) in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`meshctl policy | head -1`: the reader closes the pipe before meshctl writes. It ends
+    as a shell tool killed by SIGPIPE does (exit 141), saying nothing (a traceback before)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "policy"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert err == "", err

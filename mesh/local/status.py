@@ -79,7 +79,12 @@ def supervised(run_dir: Path) -> dict[str, ProcessView]:
         os.kill(int(doc["pid"]), 0)
         return {
             p["name"]: ProcessView(
-                p["name"], p.get("service", ""), p["state"], p["restarts"], p["last_exit"]
+                p["name"],
+                p.get("service", ""),
+                p["state"],
+                p["restarts"],
+                p["last_exit"],
+                p.get("pid"),
             )
             for p in doc.get("processes", [])
         }
@@ -90,11 +95,15 @@ def supervised(run_dir: Path) -> dict[str, ProcessView]:
 def process_rows(procs: dict[str, ProcessView]) -> list[tuple[str, ...]]:
     """The table of the supervised processes that are not service instances (in the
     supervisor's start order), header first; only the header when there are none."""
-    rows: list[tuple[str, ...]] = [("process", "state", "restarts", "last exit")]
+    rows: list[tuple[str, ...]] = [("process", "pid", "state", "restarts", "last exit")]
     for p in procs.values():
         if not p.service:
-            rows.append((p.name, p.state, str(p.restarts), p.last_exit_text))
+            rows.append((p.name, _pid(p), p.state, str(p.restarts), p.last_exit_text))
     return rows
+
+
+def _pid(view: ProcessView | None) -> str:
+    return str(view.pid) if view is not None and view.pid is not None else "-"
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
@@ -130,7 +139,10 @@ async def print_status(
     no mesh is running and where it looked, and returns 1."""
     names = services
     procs = supervised(run_dir) if run_dir is not None else {}
-    rows = [("service", "instance", "track", "grpc", "health", "restarts", "breakers (not closed)")]
+    rows = [
+        ("service", "instance", "pid", "track", "grpc", "health", "restarts",
+         "breakers (not closed)"),
+    ]  # fmt: skip
     seen = False
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -142,7 +154,7 @@ async def print_status(
                 return 1
             seen = seen or bool(instances)
             if not instances:
-                rows.append((name, "-", "-", "-", "no healthy instance", "", ""))
+                rows.append((name, "-", "-", "-", "-", "no healthy instance", "", ""))
             for inst in sorted(instances, key=lambda i: i.id):
                 st = await instance_status(session, inst)
                 health = st["health"]
@@ -154,6 +166,7 @@ async def print_status(
                     (
                         name,
                         inst.id,
+                        _pid(view),
                         track_of(inst),
                         inst.address,
                         health,

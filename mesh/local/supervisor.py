@@ -110,6 +110,7 @@ class ProcessView:
     state: str  # running | restarting | exited | gave up | stopped
     restarts: int
     last_exit: int | None
+    pid: int | None = None  # while it runs: what `kill` takes in a fault drill
 
     @property
     def running(self) -> bool:
@@ -333,7 +334,14 @@ class Supervisor:
     def views(self) -> list[ProcessView]:
         """Every child as `meshctl status` and the dashboard show it, in start order."""
         return [
-            ProcessView(c.spec.name, c.spec.service, c.state, c.restarts, c.last_exit)
+            ProcessView(
+                c.spec.name,
+                c.spec.service,
+                c.state,
+                c.restarts,
+                c.last_exit,
+                c.proc.pid if c.running else None,
+            )
             for c in self.children
         ]
 
@@ -343,10 +351,7 @@ class Supervisor:
             return
         doc = {
             "pid": os.getpid(),
-            "processes": [
-                {**dataclasses.asdict(v), "pid": c.proc.pid}
-                for v, c in zip(self.views(), self.children, strict=True)
-            ],
+            "processes": [dataclasses.asdict(v) for v in self.views()],
         }
         with contextlib.suppress(OSError):
             write_atomically(self.state_file, json.dumps(doc, indent=1).encode())

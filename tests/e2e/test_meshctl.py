@@ -257,7 +257,15 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
         rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()}
         for name in ("users-1", "orders-1", "orders-2", "inventory-1", "payments-1"):
             assert "healthy" in rows[name] or "degraded" in rows[name], out
-        assert any(line.split()[:2] == ["envoy", "running"] for line in out.splitlines()), out
+            # Its pid, for a fault drill's `kill`: the process that serves it.
+            environ = (
+                await asyncio.to_thread(Path(f"/proc/{rows[name][2]}/environ").read_bytes)
+            ).split(b"\0")
+            assert f"MESH_INSTANCE_ID={name}".encode() in environ, (name, out)
+        assert any(
+            line.split()[:1] == ["envoy"] and line.split()[2] == "running"
+            for line in out.splitlines()
+        ), out
     finally:
         code, out = await meshctl("down")
     assert code == 0, out

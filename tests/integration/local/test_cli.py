@@ -94,10 +94,10 @@ def test_status_shows_the_mesh_s_own_processes(tmp_path: Path) -> None:
     """The edge, nats-server and the trace sink register nowhere: their rows come from the
     supervisor's state file, with how the last run of each ended."""
     procs = [
-        ("nats", "running", 0, None),
-        ("traces", "running", 1, 1),
-        ("envoy", "running", 2, -9),
-        ("orders-1", "running", 0, None),
+        ("nats", 101, "running", 0, None),
+        ("traces", 102, "running", 1, 1),
+        ("envoy", None, "restarting", 2, -9),  # between two runs: no pid
+        ("orders-1", 104, "running", 0, None),
     ]
     (tmp_path / "processes.json").write_text(
         json.dumps(
@@ -107,12 +107,12 @@ def test_status_shows_the_mesh_s_own_processes(tmp_path: Path) -> None:
                     {
                         "name": name,
                         "service": "orders" if name == "orders-1" else "",
-                        "pid": 1,
+                        "pid": pid,
                         "state": state,
                         "restarts": restarts,
                         "last_exit": last,
                     }
-                    for name, state, restarts, last in procs
+                    for name, pid, state, restarts, last in procs
                 ],
             }
         )
@@ -121,12 +121,12 @@ def test_status_shows_the_mesh_s_own_processes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("process ")))
-    assert lines[header].split() == ["process", "state", "restarts", "last", "exit"]
+    assert lines[header].split() == ["process", "pid", "state", "restarts", "last", "exit"]
     rows = [line.split() for line in lines[header + 2 : header + 5]]
     assert rows == [
-        ["nats", "running", "0", "-"],
-        ["traces", "running", "1", "exit", "1"],
-        ["envoy", "running", "2", "SIGKILL"],
+        ["nats", "101", "running", "0", "-"],
+        ["traces", "102", "running", "1", "exit", "1"],
+        ["envoy", "-", "restarting", "2", "SIGKILL"],
     ]
     # A service instance is in the instances' table, not this one.
     assert not any(line.startswith("orders-1") for line in lines[header:])

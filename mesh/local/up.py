@@ -50,6 +50,7 @@ from mesh.local.topology import (
     Topology,
     service_processes,
 )
+from mesh.local.up_output import LeavableStdout
 from mesh.private_dir import private_dir
 from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.identity_files import IdentityFileRenewer
@@ -532,7 +533,19 @@ def make_run_dir(run_dir: Path) -> None:
 
 
 async def run_up(options: UpOptions, registry: Registry) -> int:
-    """Bring the mesh up and keep it in the foreground until a signal; returns an exit code."""
+    """Bring the mesh up and keep it in the foreground until a signal, or until the reader
+    of its output leaves (`mesh.local.up_output`); returns an exit code."""
+    stop = asyncio.Event()
+    out = LeavableStdout(sys.stdout, stop.set)
+    unwatch = out.watch_pipe(asyncio.get_running_loop())
+    try:
+        with contextlib.redirect_stdout(out):
+            return await _run_up(options, registry, stop)
+    finally:
+        unwatch()
+
+
+async def _run_up(options: UpOptions, registry: Registry, stop: asyncio.Event) -> int:
     run = options.run_dir.resolve()
     make_run_dir(run)
     state = run / STATE_FILE
@@ -541,7 +554,6 @@ async def run_up(options: UpOptions, registry: Registry) -> int:
         raise UpError(f"meshctl up is already running (pid {pid}); `meshctl down` stops it")
     sup = Supervisor(state_file=run / PROCESSES_FILE)
     mesh = LocalMesh(options, registry, sup)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -68,5 +68,4 @@ async def test_nats_killed_during_orders_every_event_handled_once(stack: Stack) 
         assert len(orders) == 40
         assert all(o.status == orders_pb2.ORDER_STATUS_COMPLETED for o in orders)
     rows = meshctl_status(stack.base)
-    nats = str(stack.child("nats").proc.pid)
-    assert rows["nats"] == ["nats", nats, "running", "1", "SIGKILL"], rows
+    assert rows["nats"] == ["nats", str(nats.proc.pid), "running", "1", "SIGKILL"], rows

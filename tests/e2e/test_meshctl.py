@@ -74,10 +74,10 @@ def _scrape_all(targets_file: Path) -> list[str] | None:
 
 
 async def _meshctl_up(
-    run_dir: Path, nats_url: str = "", **extra_env: str
+    run_dir: Path, nats_url: str = "", *, output: int = asyncio.subprocess.PIPE, **extra_env: str
 ) -> asyncio.subprocess.Process:
     """`meshctl up --free-ports` as a user would start it: its own NATS server, or the
-    user's when `nats_url` is given (NATS_URL)."""
+    user's when `nats_url` is given (NATS_URL); stdout and stderr both to `output`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     if nats_url:
         env["NATS_URL"] = nats_url
@@ -85,7 +85,7 @@ async def _meshctl_up(
     env.update(extra_env)
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh.cli", "--run-dir", str(run_dir), "up", "--free-ports",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=env, stdout=output, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -190,6 +190,36 @@ async def test_children_stop_when_meshctl_up_is_killed_outright(tmp_path: Path) 
             break
         await asyncio.sleep(0.2)  # poll, 30 s deadline above
     assert _processes_of(run_dir) == [], "children orphaned by a killed supervisor"
+
+
+async def test_up_stops_in_order_when_the_reader_of_its_output_leaves(tmp_path: Path) -> None:
+    """`make run 2>&1 | head -40`: the reader closes the pipe once it has its lines. `up`
+    stops as on Ctrl-C: services drain and deregister, nothing is left running, no state
+    file stays. Before, the first failed write killed a child's watcher (no more restarts)
+    or skipped the orderly stop."""
+    run_dir = tmp_path / "run"
+    read_end, write_end = os.pipe()
+    proc = await _meshctl_up(run_dir, output=write_end)
+    os.close(write_end)
+    reader = os.fdopen(read_end, "rb")
+    try:
+        async with asyncio.timeout(90):
+            while b"mesh is up" not in (await asyncio.to_thread(reader.readline) or b"mesh is up"):
+                pass
+        assert _processes_of(run_dir), "nothing started"
+        assert (run_dir / "up.json").exists()
+    finally:
+        reader.close()  # the reader leaves; up's next line (any child's log line) fails
+    try:
+        async with asyncio.timeout(60):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert _processes_of(run_dir) == [], "processes left behind"
+    assert list((run_dir / "registry").rglob("*.json")) == [], "stale registrations"
+    assert not (run_dir / "up.json").exists() and not (run_dir / "processes.json").exists()
 
 
 async def test_start_up_says_what_it_waits_for_and_names_the_instance_that_fails(

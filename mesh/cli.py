@@ -2,7 +2,7 @@
 
 meshctl up [--detach]        the whole mesh locally (nats-server, services, Envoy)
 meshctl down                 stop a running `up`
-meshctl status               instances, health, restarts and breaker states
+meshctl status               instances and their pids, health, restarts, breakers
 meshctl demo                 the project's demo (the module mesh.toml names)
 meshctl contracts build      a project's stubs and edge descriptor set from its protos
 meshctl edge render          render envoy/ from the descriptor set
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-file", default="", help=argparse.SUPPRESS)
     up.set_defaults(fn=cmd_up)
     add(sub, "down", "stop a running `meshctl up`").set_defaults(fn=cmd_down)
-    add(sub, "status", "instances, health, breakers, restarts").set_defaults(fn=cmd_status)
+    add(sub, "status", "instances, pids, health, breakers, restarts").set_defaults(fn=cmd_status)
     demo = add(sub, "demo", "the project's demo (mesh.toml `demo`)")
     demo.add_argument("--edge-port", type=int, default=8080)
     demo.set_defaults(fn=cmd_demo)

@@ -18,6 +18,7 @@ async def test_status_has_a_track_column(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert await print_status(registry, ("orders",)) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["service", "instance", "track", "grpc"]
-    rows = {line.split()[1]: line.split()[2] for line in lines[2:] if line.startswith("orders")}
-    assert rows == {"orders-1": "blue", "orders-2": "2.0"}
+    assert lines[0].split()[:5] == ["service", "instance", "pid", "track", "grpc"]
+    rows = {line.split()[1]: line.split()[2:4] for line in lines[2:] if line.startswith("orders")}
+    # No `meshctl up` supervises them (another registry, compose): no pid to show.
+    assert rows == {"orders-1": ["-", "blue"], "orders-2": ["-", "2.0"]}

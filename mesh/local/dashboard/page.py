@@ -122,12 +122,13 @@ def _processes(snap: Snapshot) -> str:
     rows = []
     for p in snap.processes:
         cls = "ok" if p.running else ("bad" if p.state == "gave up" else "warn")
+        pid = _NONE if p.pid is None else str(p.pid)
         rows.append(
-            f'<tr data-process="{_e(p.name)}"><td>{_e(p.name)}</td>'
+            f'<tr data-process="{_e(p.name)}"><td>{_e(p.name)}</td><td class="num">{pid}</td>'
             f'<td><span class="pill {cls}">{_e(p.state)}</span></td>'
             f'<td class="num">{p.restarts}</td><td>{_e(p.last_exit_text)}</td></tr>'
         )
-    table = _table(("process", "state", "#restarts", "last exit"), rows, "")
+    table = _table(("process", "pid", "state", "#restarts", "last exit"), rows, "")
     return f'<section id="processes"><h2>Mesh processes</h2>{table}</section>'
 
 

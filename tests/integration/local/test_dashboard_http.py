@@ -108,9 +108,9 @@ async def test_the_mesh_s_own_processes_with_their_restarts(tmp_path: Path) -> N
     table (a restart and how the last run ended; one given up on, marked bad); a service
     instance that is down shows in the topology instead."""
     views = [
-        ProcessView("nats", "", "gave up", 5, 1),
-        ProcessView("traces", "", "running", 0, None),
-        ProcessView("envoy", "", "running", 2, -9),
+        ProcessView("nats", "", "gave up", 5, 1),  # no pid: not running
+        ProcessView("traces", "", "running", 0, None, 4320),
+        ProcessView("envoy", "", "running", 2, -9, 4321),
         ProcessView("orders-1", "orders", "restarting", 1, -9),
     ]
     registry = EmbeddedRegistry(tmp_path / "registry")
@@ -130,6 +130,8 @@ async def test_the_mesh_s_own_processes_with_their_restarts(tmp_path: Path) -> N
     rows = re.findall(r'<tr data-process="([^"]+)">(.*?)</tr>', section)
     assert [name for name, _ in rows] == ["nats", "traces", "envoy"]
     cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", row) for name, row in rows}
-    assert cells["envoy"][2:] == ["2", "SIGKILL"] and "pill ok" in cells["envoy"][1]
-    assert "pill bad" in cells["nats"][1] and cells["nats"][3] == "exit 1"
+    assert cells["envoy"][3:] == ["2", "SIGKILL"] and "pill ok" in cells["envoy"][2]
+    assert cells["envoy"][1] == "4321" and cells["traces"][1] == "4320"
+    assert "pill bad" in cells["nats"][2] and cells["nats"][4] == "exit 1"
+    assert cells["nats"][1] == "\u2013"  # not running: no pid (an en dash)
     assert 'data-instance="orders-1"' in body and "down" in body

@@ -399,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ends on SIGPIPE, with no traceback (one before 7 Dec 2026); stdout goes to
         # /dev/null so the interpreter's last flush does not fail again (Python's
         # documented way: "Note on SIGPIPE" in the signal module's docs).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from mesh.local.up_output import to_devnull
+
+        to_devnull(sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except (SettingsError, UnsafeRegistryDir) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)

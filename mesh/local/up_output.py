@@ -82,14 +82,7 @@ class LeavableStdout(io.TextIOBase):
     def _reader_left(self) -> None:
         self.gone = True
         out = self._stream.fileno()
-        same_pipe = _same_file(out, 2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, out)
-            if same_pipe:
-                os.dup2(devnull, 2)
-        finally:
-            os.close(devnull)
+        to_devnull(out, *([2] if _same_file(out, 2) else []))
         with contextlib.suppress(OSError):
             print(
                 "meshctl up: the reader of its output left; stopping the mesh",
@@ -97,6 +90,17 @@ class LeavableStdout(io.TextIOBase):
                 flush=True,
             )
         self._on_gone()
+
+
+def to_devnull(*fds: int) -> None:
+    """Point `fds` at /dev/null: once their reader has left, writes to them (the
+    interpreter's last flush included) no longer fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _forget(loop: asyncio.AbstractEventLoop, fd: int) -> None:

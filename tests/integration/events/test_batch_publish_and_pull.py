@@ -308,6 +308,14 @@ async def test_a_stopped_subscription_hands_what_it_had_not_handled_to_the_next_
         for i in range(6)
     ]  # fmt: skip
     a = await bus.subscribe("user.*", busy, durable="handback", options=options)
+
+    # Published before the first fetch, the first event would come back on its no_wait
+    # request, which ends there: no request would stay open to bring the five in (seen
+    # once in CI). Wait until the waiting one is open.
+    def waiting_request_open() -> bool:
+        return a._fetcher is not None and a._fetcher._waiting(time.monotonic())
+
+    await eventually(waiting_request_open, 5, "the subscription's waiting pull request")
     await bus.publish(envs[0])
     await eventually(lambda: first, 5, "the first event in hand")
     for env in envs[1:]:

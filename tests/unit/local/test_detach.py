@@ -64,23 +64,36 @@ def test_a_running_up_is_refused_before_anything_starts(
 
 
 def test_ctrl_c_stops_the_wait_not_the_mesh(tmp_path: Path) -> None:
-    marker = tmp_path / "still-alive"
-    # The stand-in `up` works 1.5 s, then leaves a mark that it outlived the wait.
-    works = "import time, pathlib; time.sleep(1.5)"  # poll: the stand-in's own work
-    stand_in = f"{works}; pathlib.Path({str(marker)!r}).touch()"
+    marker, go_on = tmp_path / "still-alive", tmp_path / "go-on"
+    # The stand-in `up` works until the test lets it finish (so the wait can only end by
+    # the Ctrl-C, never by the stand-in's exit), then marks that it outlived the wait.
+    works = (
+        "import time, pathlib; go = pathlib.Path(" + repr(str(go_on)) + ");"
+        "t = time.monotonic() + 60\n"
+        "while not go.exists() and time.monotonic() < t: time.sleep(0.05)"  # poll: the test
+    )
+    stand_in = f"{works}\npathlib.Path({str(marker)!r}).touch()"
+    # The waiter gets Ctrl-C as at a terminal: a test run started in the background by a
+    # shell without job control (`make test &` in a script) ignores SIGINT, and a child
+    # inherits that, so without this the Ctrl-C would never reach the wait.
     waiter = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path;"
+        [sys.executable, "-c", "import sys, signal; from pathlib import Path;"
+         "signal.signal(signal.SIGINT, signal.default_int_handler);"
          "from mesh.local.detach import start_detached;"
          f"sys.exit(start_detached(Path({str(tmp_path)!r}), {_child(stand_in)!r}))"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert waiter.stdout is not None
-    assert "mesh starting in the background" in waiter.stdout.readline()
-    waiter.send_signal(signal.SIGINT)
-    out, err = waiter.communicate(timeout=30)
-    assert waiter.returncode == 0, (out, err)
-    assert "stopped waiting; the mesh goes on starting" in out, (out, err)
-    assert "Traceback" not in err, err
+    try:
+        assert waiter.stdout is not None
+        assert "mesh starting in the background" in waiter.stdout.readline()
+        waiter.send_signal(signal.SIGINT)
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0, (out, err)
+        assert "stopped waiting; the mesh goes on starting" in out, (out, err)
+        assert "Traceback" not in err, err
+    finally:
+        waiter.kill()  # a waiter that ignored the Ctrl-C must not outlive the test
+        go_on.touch()
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # poll: the background stand-in finishing its work

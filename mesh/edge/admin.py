@@ -12,20 +12,32 @@ that runs the mesh can connect (`curl --unix-socket .run/edge/admin.sock
 http://edge/stats`). Containers (compose, Kubernetes) keep a TCP admin inside
 their own network namespace, where the kubelet's probes reach it.
 
-Limits: a socket's path must fit `sun_path` (107 bytes on Linux), so a run
-directory nested very deep is refused with that reason (`socket_path_error`)
-rather than failing inside Envoy.
+Where: `<run dir>/edge/admin.sock`. A socket's path must fit `sun_path` (107 bytes
+on Linux), which a checkout nested ~86 characters deep passes; there the socket is
+`/tmp/meshctl-<uid>/edge-<hash of the edge directory>.sock` instead, in a directory
+that must be the account's own and 0700 (`mesh.private_dir.own_private_dir`), so
+`make run` works from any checkout and every reader finds the same path.
+
+Limits: that directory is refused, with the reason, when another account made it
+first (or it is a link, or open to others); a path still too long (a relative
+run directory given from deep inside) is refused too (`socket_path_error`), rather
+than failing inside Envoy. A socket left in /tmp by a stopped mesh is reused by
+the next start from the same checkout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from mesh.private_dir import NotPrivate, own_private_dir
 
 SOCKET_NAME = "admin.sock"
 SOCKET_MODE = 0o600
@@ -41,14 +53,38 @@ _NOT_ROUTED = (
 ROUTED = "routed"
 
 
+def short_socket_dir() -> Path:
+    """The account's own directory for admin sockets whose run directory is too deep."""
+    return Path("/tmp") / f"meshctl-{os.geteuid()}"
+
+
 def socket_in(edge_dir: Path) -> Path:
-    """Where a local edge whose files are in `edge_dir` serves its admin."""
-    return edge_dir / SOCKET_NAME
+    """Where a local edge whose files are in `edge_dir` serves its admin (module doc)."""
+    path = edge_dir / SOCKET_NAME
+    if socket_path_error(path) is None:
+        return path
+    digest = hashlib.sha256(os.fsencode(edge_dir.resolve())).hexdigest()[:16]
+    return short_socket_dir() / f"edge-{digest}.sock"
+
+
+def prepare_socket(path: Path) -> None:
+    """Ready the directory of `path` (from `socket_in`) when it is the short one; raises
+    ValueError saying why when the socket cannot be there."""
+    if why := socket_path_error(path):
+        raise ValueError(why)
+    if path.parent == short_socket_dir():
+        try:
+            own_private_dir(path.parent)
+        except NotPrivate as exc:
+            raise NotPrivate(
+                f"the run directory is too deep for the Envoy admin socket's path, and {exc};"
+                " or use a shorter run directory (--run-dir)"
+            ) from None
 
 
 def socket_path_error(path: Path) -> str | None:
     """Why `path` cannot be the admin socket (None: it can)."""
-    size = len(str(path).encode())
+    size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:
         return (
             f"the Envoy admin socket {path} is {size} bytes long; a Unix socket's path "

@@ -82,8 +82,9 @@ def render_files(
 def local_options(run_dir: Path, **overrides: object) -> EdgeOptions:
     """Options for a local edge whose files live under run_dir.
 
-    Its admin is the Unix socket `<run_dir>/admin.sock` (mesh/edge/admin.py: on a
-    shared machine, loopback TCP would let any account stop or re-route the edge).
+    Its admin is the Unix socket `socket_in(run_dir)`, `<run_dir>/admin.sock` unless that
+    path is too long for a socket (mesh/edge/admin.py: on a shared machine, loopback TCP
+    would let any account stop or re-route the edge).
     The PKI files default to `<run_dir>/../pki` (`meshctl up`'s layout: edge/ and
     pki/ side by side in the run dir); tests pass their own paths.
     """

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mesh.discovery.embedded import ensure_private_dir
 from mesh.discovery.registry import Instance, Registry
-from mesh.edge.admin import EnvoyAdmin, routable_hosts, socket_in, socket_path_error
+from mesh.edge.admin import EnvoyAdmin, prepare_socket, routable_hosts, socket_in
 from mesh.edge.browsers import NO_CORS, EdgeCors
 from mesh.edge.jwt_authn import EdgeAuthOptions, jwks_sources, login_required
 from mesh.edge.limits import edge_limits_from_env
@@ -114,7 +114,8 @@ class UpOptions:
 
     @property
     def edge_admin(self) -> EnvoyAdmin:
-        """The edge's admin, on its Unix socket in the run directory (mesh/edge/admin.py)."""
+        """The edge's admin, on its Unix socket (mesh/edge/admin.py: in the run directory, or
+        in /tmp/meshctl-<uid> when that one is too deep for a socket's path)."""
         return EnvoyAdmin(socket_in(self.edge_dir))
 
 
@@ -194,8 +195,10 @@ class LocalMesh:
 
     async def start(self) -> None:
         run = self.o.run_dir.resolve()
-        if why := socket_path_error(socket_in(self.o.edge_dir)):
-            raise UpError(why)  # before anything starts
+        try:
+            prepare_socket(socket_in(self.o.edge_dir))
+        except ValueError as exc:
+            raise UpError(str(exc)) from None  # before anything starts
         ensure_private_dir(run / "registry")  # 0700: who can write it can register
         # The services' databases hold their secrets (signing keys, password hashes):
         # up's own data directory is 0700, an older run's 0755 narrowed too.

@@ -17,7 +17,7 @@ import yaml
 
 from mesh.discovery import locate
 from mesh.discovery.embedded import EmbeddedRegistry
-from mesh.edge.admin import EnvoyAdmin
+from mesh.edge.admin import SOCKET_NAME, EnvoyAdmin, short_socket_dir, socket_in, socket_path_error
 from tests.support.nats import nats_server
 from tests.support.nats_clients import anonymous_refusal
 from tests.support.poll import eventually
@@ -135,7 +135,7 @@ async def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
             edge = run_dir / "edge"
             assert stat.S_IMODE(edge.stat().st_mode) == 0o700
             admin = edge / "admin.sock"
-            assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+            assert stat.S_IMODE(os.stat(admin).st_mode) == 0o600
             assert (await EnvoyAdmin(admin).get("/ready")).strip() == "LIVE"
             assert f"curl --unix-socket {admin.resolve()} http://edge/clusters" in table
             config = yaml.safe_load((edge / "envoy.yaml").read_text())
@@ -253,8 +253,11 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
     """`meshctl up --detach` as a user runs it: it returns once the mesh is up in the
     background, with its log in the run directory (the user's only, as the directory
     `up` made is); a second one refuses at once; `meshctl status` reads it, and
-    `meshctl down` stops it all."""
-    run_dir = tmp_path / "run"
+    `meshctl down` stops it all. From a checkout nested deep: the edge's admin socket
+    would not fit a socket's path in the run directory, so it is in the account's own
+    /tmp/meshctl-<uid> (mesh/edge/admin.py), and the edge serves it."""
+    run_dir = tmp_path / ("nested-deep/" * 4) / "run"
+    assert socket_path_error(run_dir.resolve() / "edge" / SOCKET_NAME) is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "OTEL_", "NATS_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
 
@@ -277,6 +280,12 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
         assert "mesh starting" not in out, out
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        admin = Path(log.read_text().split("curl --unix-socket ", 1)[1].split()[0])
+        assert admin == socket_in(run_dir.resolve() / "edge")
+        assert admin.parent == short_socket_dir(), admin
+        assert stat.S_IMODE(os.stat(admin.parent).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(admin).st_mode) == 0o600
+        assert (await EnvoyAdmin(admin).get("/ready")).strip() == "LIVE"
         # The background `up` keeps its log bounded (mesh/local/log_rotation.py): it was
         # told which file its stdout is, and it is that file.
         ups = await asyncio.to_thread(_started_with, "--log-file", str(log.resolve()))

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -47,16 +49,33 @@ def test_status_with_no_mesh_says_so_and_where_it_looked(tmp_path: Path) -> None
         assert f"the embedded registry {run / 'registry'}" in r.stdout
 
 
-def test_up_in_a_run_directory_too_deep_for_the_admin_socket_says_so(tmp_path: Path) -> None:
-    """The edge's admin socket lives in the run directory, and a Unix socket's path has
-    107 bytes at most: `up` refuses at once, names the limit and the way out, and
-    starts nothing."""
-    deep = tmp_path / ("d" * 40) / ("e" * 40) / "run"
-    r = _meshctl("up", "--run-dir", str(deep))
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "a Unix socket's path must be at most 107" in r.stderr
-    assert "--run-dir" in r.stderr
-    assert not (deep / "nats").exists() and not (deep / "edge").exists()
+def test_up_too_deep_with_a_socket_directory_others_may_use_refuses_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """From a run directory too deep for the edge's admin socket, the socket goes to the
+    account's own short directory (mesh/edge/admin.py). When that directory is open to
+    other accounts (as if one had made the name first), `up` refuses at once, names the
+    directory, why and the way out, and starts nothing. meshctl runs with the short
+    directory pointed at one the test owns (the real /tmp/meshctl-<uid> is shared)."""
+    short = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
+    try:
+        os.chmod(short, 0o777)
+        deep = tmp_path / ("d" * 40) / ("e" * 40) / "run"
+        r = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path;"
+             "import mesh.edge.admin as a; a.short_socket_dir = lambda: Path(sys.argv[1]);"
+             "from mesh.cli import main; sys.exit(main(sys.argv[2:]))",
+             str(short), "up", "--run-dir", str(deep)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MESH_")},
+        )  # fmt: skip
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"{short} is open to other accounts (mode 777)" in r.stderr, r.stderr
+        assert "too deep for the Envoy admin socket" in r.stderr and "--run-dir" in r.stderr
+        assert not (deep / "nats").exists() and not (deep / "edge").exists()
+        assert list(short.iterdir()) == []
+    finally:
+        shutil.rmtree(short)
 
 
 def test_an_unknown_option_is_refused() -> None:

@@ -5,7 +5,10 @@ the same run directory computes alike."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,18 @@ from mesh.edge.admin import (
 from mesh.private_dir import NotPrivate
 
 DEEP = "/srv/" + "a-checkout-nested-deep/" * 4 + "shop-mesh/.run/edge"
+
+
+@pytest.fixture
+def short(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The short directory, pointed at a name of the test's own in /tmp (pytest's tmp_path
+    may be too deep itself; the real /tmp/meshctl-<uid> is shared)."""
+    base = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
+    monkeypatch.setattr(admin, "short_socket_dir", lambda: base / "meshctl")
+    try:
+        yield base / "meshctl"
+    finally:
+        shutil.rmtree(base)
 
 
 def test_a_run_directory_of_ordinary_depth_keeps_its_socket(tmp_path: Path) -> None:
@@ -46,26 +61,18 @@ def test_a_path_too_long_for_a_socket_is_named() -> None:
         prepare_socket(Path("/" + "d" * 100 + "/admin.sock"))
 
 
-def test_the_short_directory_is_made_private(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    short = tmp_path / "meshctl-test"
-    monkeypatch.setattr(admin, "short_socket_dir", lambda: short)
+def test_the_short_directory_is_made_private(short: Path) -> None:
     path = socket_in(Path(DEEP))
     assert path.parent == short
     prepare_socket(path)
     assert stat.S_IMODE(short.stat().st_mode) == 0o700
 
 
-def test_a_short_directory_another_account_could_use_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_short_directory_another_account_could_use_is_refused(short: Path) -> None:
     """The attacker made the name first, open to it: its own socket there would answer
     the mesh's admin requests, so nothing starts."""
-    short = tmp_path / "meshctl-test"
     short.mkdir()
     os.chmod(short, 0o777)
-    monkeypatch.setattr(admin, "short_socket_dir", lambda: short)
     with pytest.raises(NotPrivate, match=r"too deep .* open to other accounts .*--run-dir"):
         prepare_socket(socket_in(Path(DEEP)))
 

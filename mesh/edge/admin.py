@@ -21,8 +21,8 @@ that must be the account's own and 0700 (`mesh.private_dir.own_private_dir`), so
 Limits: that directory is refused, with the reason, when another account made it
 first (or it is a link, or open to others); a path still too long (a relative
 run directory given from deep inside) is refused too (`socket_path_error`), rather
-than failing inside Envoy. A socket left in /tmp by a stopped mesh is reused by
-the next start from the same checkout.
+than failing inside Envoy. `up` removes the socket once Envoy has stopped; one a
+killed `up` left is reused by the next start from the same checkout.
 """
 
 from __future__ import annotations

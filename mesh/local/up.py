@@ -447,6 +447,10 @@ class LocalMesh:
             self.o.grace_s,
             order=(lambda c: c.spec.service in services, lambda c: c is self.envoy_child),
         )
+        if self.envoy_child is not None:
+            # Envoy leaves its admin socket behind: one in /tmp/meshctl-<uid> (a deep
+            # checkout's, mesh/edge/admin.py) would stay there for good.
+            socket_in(self.o.edge_dir).unlink(missing_ok=True)
         if self.prometheus is not None:
             await self.prometheus.stop()
         if self.sync is not None:

@@ -310,3 +310,4 @@ async def test_detach_then_status_then_down(tmp_path: Path) -> None:
     assert code == 0, out
     await eventually(lambda: _processes_of(run_dir) == [], 30, "every process stopped")
     await eventually(lambda: "mesh stopped" in log.read_text(), 10, "mesh stopped in up.log")
+    assert not await asyncio.to_thread(os.path.exists, admin)  # none left in /tmp/meshctl-<uid>

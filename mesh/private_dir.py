@@ -43,14 +43,18 @@ def own_private_dir(directory: Path) -> None:
     except FileExistsError:
         pass
     st = os.lstat(directory)
-    if stat.S_ISLNK(st.st_mode):
-        problem = "is a symbolic link"
+    if st.st_uid != os.geteuid():
+        problem = (
+            f"belongs to uid {st.st_uid}, not to this account (uid {os.geteuid()}):"
+            " refusing to use it; only its owner or an administrator can remove it"
+        )
+    elif stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link: refusing to use it; remove the link"
     elif not stat.S_ISDIR(st.st_mode):
-        problem = "is not a directory"
-    elif st.st_uid != os.geteuid():
-        problem = f"belongs to uid {st.st_uid}, not to this account (uid {os.geteuid()})"
+        problem = "is not a directory: refusing to use it; remove it"
     elif st.st_mode & 0o077:
-        problem = f"is open to other accounts (mode {stat.S_IMODE(st.st_mode):o})"
+        mode = stat.S_IMODE(st.st_mode)
+        problem = f"is open to other accounts (mode {mode:o}): refusing to use it; `chmod 700` it"
     else:
         return
-    raise NotPrivate(f"{directory} {problem}: refusing to use it (remove it if it is yours)")
+    raise NotPrivate(f"{directory} {problem}")

@@ -193,7 +193,11 @@ class LocalMesh:
         self.prometheus: PrometheusTargets | None = None
         self.releases: ReleaseController | None = None
 
-    async def start(self) -> None:
+    def preflight(self) -> None:
+        """What must hold before anything starts (UpError saying why), changing nothing a
+        second call would see differently: `start` runs it, and `meshctl up` runs it alone
+        first, so a refusal is not followed by "stopping the mesh" for a mesh never
+        started."""
         run = self.o.run_dir.resolve()
         try:
             prepare_socket(socket_in(self.o.edge_dir))
@@ -217,6 +221,10 @@ class LocalMesh:
                 f"ports already in use: {sorted(busy)} (is another `meshctl up` running?"
                 " `meshctl down` stops it)"
             )
+
+    async def start(self) -> None:
+        self.preflight()
+        run = self.o.run_dir.resolve()
         await self._start_nats(run)
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}
         await self.observe.start_sink(
@@ -561,6 +569,7 @@ async def _run_up(options: UpOptions, registry: Registry, stop: asyncio.Event) -
         raise UpError(f"meshctl up is already running (pid {pid}); `meshctl down` stops it")
     sup = Supervisor(state_file=run / PROCESSES_FILE)
     mesh = LocalMesh(options, registry, sup)
+    mesh.preflight()  # a refusal has nothing to stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

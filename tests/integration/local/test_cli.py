@@ -72,6 +72,7 @@ def test_up_too_deep_with_a_socket_directory_others_may_use_refuses_and_says_so(
         assert r.returncode == 1, r.stdout + r.stderr
         assert f"{short} is open to other accounts (mode 777)" in r.stderr, r.stderr
         assert "too deep for the Envoy admin socket" in r.stderr and "--run-dir" in r.stderr
+        assert "stopping the mesh" not in r.stdout, r.stdout  # it never started
         assert not (deep / "nats").exists() and not (deep / "edge").exists()
         assert list(short.iterdir()) == []
     finally:
@@ -226,6 +227,7 @@ def test_up_with_a_port_taken_says_so_before_starting_anything(tmp_path: Path) -
     assert r.returncode == 1, r
     assert "ports already in use: [" in r.stderr and str(port) in r.stderr, r.stderr
     assert "nats" not in r.stdout, r.stdout
+    assert "stopping the mesh" not in r.stdout, r.stdout  # it never started
     assert not (run / "nats").exists()
     assert detached.returncode == 1, detached
     assert "the background mesh exited (1)" in detached.stderr, detached.stderr

@@ -194,10 +194,8 @@ class LocalMesh:
         self.releases: ReleaseController | None = None
 
     def preflight(self) -> None:
-        """What must hold before anything starts (UpError saying why), changing nothing a
-        second call would see differently: `start` runs it, and `meshctl up` runs it alone
-        first, so a refusal is not followed by "stopping the mesh" for a mesh never
-        started."""
+        """What must hold before anything starts (UpError saying why). Run before `start`,
+        outside the stop a started mesh is owed: a refusal then has nothing to stop."""
         run = self.o.run_dir.resolve()
         try:
             prepare_socket(socket_in(self.o.edge_dir))
@@ -223,7 +221,7 @@ class LocalMesh:
             )
 
     async def start(self) -> None:
-        self.preflight()
+        """Start everything, once `preflight` has passed."""
         run = self.o.run_dir.resolve()
         await self._start_nats(run)
         base_env = {k: v for k, v in self.o.env.items() if not k.startswith("MESH_GRPC")}

@@ -173,6 +173,7 @@ async def local_mesh(
             options = replace(options, source=source)
         mesh = LocalMesh(options, registry, supervisor)
         try:
+            mesh.preflight()
             await mesh.start()
             try:
                 instances = await mesh.wait_ready()

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 from mesh.events.nats_auth import new_user_seed
 from tests.support.ports import free_port
+from tests.support.short_dir import short_tmp_dir
 
 
 def _meshctl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,8 +56,7 @@ def test_up_too_deep_with_a_socket_directory_others_may_use_refuses_and_says_so(
     other accounts (as if one had made the name first), `up` refuses at once, names the
     directory, why and the way out, and starts nothing. meshctl runs with the short
     directory pointed at one the test owns (the real /tmp/meshctl-<uid> is shared)."""
-    short = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
-    try:
+    with short_tmp_dir() as short:
         os.chmod(short, 0o777)
         deep = tmp_path / ("d" * 40) / ("e" * 40) / "run"
         r = subprocess.run(
@@ -75,8 +73,6 @@ def test_up_too_deep_with_a_socket_directory_others_may_use_refuses_and_says_so(
         assert "stopping the mesh" not in r.stdout, r.stdout  # it never started
         assert not (deep / "nats").exists() and not (deep / "edge").exists()
         assert list(short.iterdir()) == []
-    finally:
-        shutil.rmtree(short)
 
 
 def test_an_unknown_option_is_refused() -> None:

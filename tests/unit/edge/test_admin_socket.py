@@ -5,9 +5,7 @@ the same run directory computes alike."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from mesh.edge.admin import (
     socket_path_error,
 )
 from mesh.private_dir import NotPrivate
+from tests.support.short_dir import short_tmp_dir
 
 DEEP = "/srv/" + "a-checkout-nested-deep/" * 4 + "shop-mesh/.run/edge"
 
@@ -31,12 +30,9 @@ DEEP = "/srv/" + "a-checkout-nested-deep/" * 4 + "shop-mesh/.run/edge"
 def short(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The short directory, pointed at a name of the test's own in /tmp (pytest's tmp_path
     may be too deep itself; the real /tmp/meshctl-<uid> is shared)."""
-    base = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
-    monkeypatch.setattr(admin, "short_socket_dir", lambda: base / "meshctl")
-    try:
+    with short_tmp_dir() as base:
+        monkeypatch.setattr(admin, "short_socket_dir", lambda: base / "meshctl")
         yield base / "meshctl"
-    finally:
-        shutil.rmtree(base)
 
 
 def test_a_run_directory_of_ordinary_depth_keeps_its_socket(tmp_path: Path) -> None:

@@ -46,6 +46,14 @@ def _not_found(key: str, value: str) -> NotFound:
                     metadata={key: value})  # fmt: skip
 
 
+def _voided(saga_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"saga {saga_id} was refunded before a charge of it completed; it cannot be charged",
+        reason="SAGA_VOIDED",
+        metadata={"saga_id": saga_id},
+    )
+
+
 def _declined(p: PaymentRow) -> FailedPrecondition:
     return FailedPrecondition(
         f"the card was declined ({p.decline_reason})",
@@ -107,11 +115,7 @@ class Payments:
 
     def _check_same_charge(self, existing: PaymentRow, req: ChargeInput) -> None:
         if existing.status == VOIDED:
-            raise FailedPrecondition(
-                f"saga {req.saga_id} was refunded before it was charged; it cannot be charged",
-                reason="SAGA_VOIDED",
-                metadata={"saga_id": req.saga_id},
-            )
+            raise _voided(req.saga_id)
         if existing.amount != req.amount or existing.card_last4 != req.card.last4:
             raise FailedPrecondition(
                 f"saga {req.saga_id} was charged with another amount or card",
@@ -132,12 +136,30 @@ class Payments:
         # The processor has decided: the decision is recorded even if this call is
         # cancelled now (a cancelled settle would leave the claim PENDING, and the saga's
         # refund "in progress", until the claim went stale).
-        settled = await asyncio.shield(self.store.settle(claim, decision.decline_code))
-        log.info("saga %s: payment %s of %s on card ****%s %s", req.saga_id, settled.payment_id,
-                 req.amount, req.card.last4, settled.status.lower())  # fmt: skip
+        outcome = await asyncio.shield(self.store.settle(claim, decision.decline_code))
+        settled = outcome.row
+        if not outcome.applied:
+            await asyncio.shield(self._not_kept(req, decision.approved, settled))
+        else:
+            log.info("saga %s: payment %s of %s on card ****%s %s", req.saga_id,
+                     settled.payment_id, req.amount, req.card.last4,
+                     settled.status.lower())  # fmt: skip
+        if settled.status == VOIDED:
+            raise _voided(req.saga_id)
         if settled.status == DECLINED:
             raise _declined(settled)
         return settled
+
+    async def _not_kept(self, req: ChargeInput, approved: bool, row: PaymentRow) -> None:
+        """The processor decided after the claim stopped being this call's: a refund voided
+        it (the charge outlived `PAYMENTS_STALE_CLAIM_S`) or a charge that took it over
+        settled it first. An approval is given back, since nobody would ever refund it;
+        the row's own outcome is the answer."""
+        if approved:
+            await self.processor.reverse(req.card, req.amount)
+        log.warning("saga %s: the processor %s card ****%s after the payment became %s; %s",
+                    req.saga_id, "approved" if approved else "declined", req.card.last4,
+                    row.status, "approval reversed" if approved else "nothing to undo")  # fmt: skip
 
     async def refund(self, saga_id: str, reason: str) -> PaymentRow:
         for _ in range(_ATTEMPTS):

@@ -65,3 +65,8 @@ class SimulatedProcessor:
         if decline is not None:
             return Decision(False, decline)
         return Decision(True)
+
+    async def reverse(self, card: CardInput, amount: Amount) -> None:
+        """Give back an approved charge the shop does not keep: a real processor's void
+        of the authorisation (or its refund once captured). The simulator holds no money,
+        so there is nothing to give back here."""

@@ -114,6 +114,14 @@ class PaymentRow:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A settle's outcome: the payment row as it now is, and whether this settle set it."""
+
+    row: PaymentRow
+    applied: bool
+
+
 class PaymentsStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox) -> None:
         self._sessions = sessions
@@ -203,8 +211,13 @@ class PaymentsStore:
                 delete(self._t.payments).where(p.payment_id == payment_id, p.status == PENDING)
             )
 
-    async def settle(self, claim: PaymentRow, decline_reason: str) -> PaymentRow:
-        """PENDING -> CAPTURED (publishing `payment.completed`) or DECLINED."""
+    async def settle(self, claim: PaymentRow, decline_reason: str) -> Settled:
+        """PENDING -> CAPTURED (publishing `payment.completed`) or DECLINED.
+
+        Only a claim still PENDING is settled. One that is not any more was voided by a
+        refund (the claim had gone stale while the processor took its time) or settled
+        by a charge that took it over: the row is left as it is, no event is written,
+        and `Settled.applied` is False so the caller can undo what the processor did."""
         status = DECLINED if decline_reason else CAPTURED
         amount = _amount_of(claim)
         now = utcnow()
@@ -213,20 +226,19 @@ class PaymentsStore:
                 await s.execute(self._settle, {"pid": claim.payment_id, "new_status": status,
                                                "reason": decline_reason, "now": now})
             ).first()  # fmt: skip
+            if changed is None:
+                current = await self._get(s, "payment_id", claim.payment_id)
+                if current is None:
+                    raise LookupError(f"payment {claim.payment_id} vanished while settling")
+                return Settled(current, applied=False)
             if status == CAPTURED:
                 await self._outbox.add(s, new_envelope(
                     events_pb2.PaymentCompleted(
                         payment_id=claim.payment_id, saga_id=claim.saga_id,
                         amount=amount.to_proto(), card_last4=claim.card_last4),
                     types=EVENTS, source=SOURCE, subject=claim.payment_id))  # fmt: skip
-            settled = (
-                replace(claim, status=status, decline_reason=decline_reason, updated_at=now)
-                if changed is not None
-                else await self._get(s, "payment_id", claim.payment_id)
-            )
-        if settled is None:
-            raise LookupError(f"payment {claim.payment_id} vanished while settling")
-        return settled
+        row = replace(claim, status=status, decline_reason=decline_reason, updated_at=now)
+        return Settled(row, applied=True)
 
     async def void(self, saga_id: str, reason: str) -> bool:
         """Record an uncharged saga as VOIDED; False when it has a payment row already."""

@@ -21,6 +21,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.events import unpack
+from services.common.cards import CardInput
+from services.common.money import Amount
 from services.payments.app import build
 from services.payments.charges import Payments
 from services.payments.config import PaymentsConfig
@@ -30,8 +32,10 @@ from services.payments.processor import (
     INSUFFICIENT_FUNDS,
     PROCESSOR_ERROR,
     SLOW,
+    Decision,
+    SimulatedProcessor,
 )
-from services.payments.store import PaymentRow, PaymentsStore
+from services.payments.store import PaymentRow, PaymentsStore, Settled
 from tests.support.services import (
     Served,
     dump_text,
@@ -273,7 +277,7 @@ async def test_a_charge_cancelled_after_the_processor_decided_is_recorded(
     settling = asyncio.Event()
     caller_gone = asyncio.Event()
 
-    async def slow_to_settle(self: PaymentsStore, *args: Any) -> PaymentRow:
+    async def slow_to_settle(self: PaymentsStore, *args: Any) -> Settled:
         settling.set()  # the processor has decided
         await caller_gone.wait()  # the settle starts only after the caller was cancelled
         return await real_settle(self, *args)
@@ -309,6 +313,88 @@ async def test_a_refund_voids_a_stale_claim(served: Served, engine: AsyncEngine)
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Charge(charge_req(sid))
     assert rpc_error_details(err.value).reason == "SAGA_VOIDED"
+
+
+class HeldProcessor:
+    """The processor's first answer held until the test releases it (a charge outliving
+    `PAYMENTS_STALE_CLAIM_S`); later charges are answered at once. Reversals are noted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.at_processor = asyncio.Event()
+        self.release = asyncio.Event()
+        self.reversed: list[tuple[str, int]] = []
+        real_charge = SimulatedProcessor.charge
+        held = self
+
+        async def charge(self: SimulatedProcessor, card: CardInput, amount: Amount) -> Decision:
+            if not held.at_processor.is_set():
+                held.at_processor.set()
+                await held.release.wait()
+            return await real_charge(self, card, amount)
+
+        async def reverse(self: SimulatedProcessor, card: CardInput, amount: Amount) -> None:
+            held.reversed.append((card.last4, amount.minor))
+
+        monkeypatch.setattr(SimulatedProcessor, "charge", charge)
+        monkeypatch.setattr(SimulatedProcessor, "reverse", reverse)
+
+
+async def _age_claim(engine: AsyncEngine, saga_id: str) -> None:
+    """Make the saga's PENDING claim an hour old, as a charge stuck that long leaves it."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE payments SET updated_at = :t WHERE saga_id = :s AND status = 'PENDING'"),
+            {"s": saga_id, "t": datetime.now(UTC) - timedelta(hours=1)},
+        )
+
+
+async def test_an_approval_after_the_refund_voided_the_claim_is_reversed(
+    served: Served, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processor approves a charge whose claim a refund voided meanwhile (the charge
+    took longer than the stale limit): nobody would ever refund that money, so the
+    approval is given back, no `payment.completed` is written, and the charge answers
+    SAGA_VOIDED (it used to answer OK with no status and publish the capture)."""
+    processor = HeldProcessor(monkeypatch)
+    sid = saga()
+    charging = asyncio.ensure_future(payments(served).Charge(charge_req(sid)))
+    async with asyncio.timeout(5):
+        await processor.at_processor.wait()
+    await _age_claim(engine, sid)
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).Refund(pay.RefundRequest(saga_id=sid, reason="compensation"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing captured: voided
+    processor.release.set()
+    with pytest.raises(grpc.RpcError) as err:
+        await charging
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rpc_error_details(err.value).reason == "SAGA_VOIDED"
+    assert processor.reversed == [("4242", 4200)]
+    assert await outbox_events(engine) == []
+    with pytest.raises(grpc.RpcError) as err:
+        await payments(served).GetPayment(pay.GetPaymentRequest(saga_id=sid))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_charge_settled_by_its_taker_over_reverses_its_own_approval(
+    served: Served, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A charge stuck past the stale limit is taken over by a retry, which captures; when
+    the stuck one's approval comes, it is reversed and the first capture is the answer:
+    one capture, one `payment.completed` (there used to be two of each)."""
+    processor = HeldProcessor(monkeypatch)
+    sid = saga()
+    stuck = asyncio.ensure_future(payments(served).Charge(charge_req(sid)))
+    async with asyncio.timeout(5):
+        await processor.at_processor.wait()
+    await _age_claim(engine, sid)
+    retried = await payments(served).Charge(charge_req(sid))
+    assert retried.status == pay.PAYMENT_STATUS_CAPTURED
+    processor.release.set()
+    first = await stuck
+    assert (first.payment_id, first.status) == (retried.payment_id, retried.status)
+    assert processor.reversed == [("4242", 4200)]
+    assert [e.type for e in await outbox_events(engine)] == ["payment.completed"]
 
 
 async def test_a_refund_of_a_fresh_claim_is_told_to_wait(

@@ -102,7 +102,7 @@ def check(
 
 
 def _file(f: descriptor_pb2.FileDescriptorProto) -> Iterator[Violation]:
-    package = _PACKAGE.match(f.package)
+    package = _PACKAGE.fullmatch(f.package)
     if not package:
         yield Violation(
             "package", f"package {f.package or '(none)'}", "must be <org>.<name>.v<N> (versioned)"

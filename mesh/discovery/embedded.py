@@ -120,7 +120,7 @@ RESERVED_SERVICE_NAMES = frozenset({"traffic"})
 
 def check_name(kind: str, value: str) -> None:
     """Service names and instance ids are file names here: refuse anything else."""
-    if not _SAFE_NAME.match(value) or value.endswith(_SUFFIX):
+    if not _SAFE_NAME.fullmatch(value) or value.endswith(_SUFFIX):
         raise ValueError(
             f"{kind} {value!r} must be 1-200 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -133,7 +133,7 @@ def build_model(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> EdgeMode
     """Every versioned service in the descriptor set, with its methods and bindings."""
     services = []
     for f in files:
-        m = _PACKAGE.match(f.package)
+        m = _PACKAGE.fullmatch(f.package)
         if not m:
             continue  # google.*, unversioned packages: not served at the edge
         for svc in f.service:

@@ -43,7 +43,7 @@ class EventTypes(Mapping[str, type[Message]]):
         self._types = dict(types)
         self._by_message: dict[str, str] = {}
         for event_type, cls in self._types.items():
-            if not _EVENT_TYPE.match(event_type):
+            if not _EVENT_TYPE.fullmatch(event_type):
                 raise ValueError(f"event type {event_type!r} is not <domain>.<event> (lower case)")
             full_name = cls.DESCRIPTOR.full_name
             if full_name in self._by_message:

@@ -39,7 +39,7 @@ _VERSION = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 def _version(text: str) -> str:
-    if not _VERSION.match(text):
+    if not _VERSION.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a version: letters, digits, '.', '-', '_', at most 63,"
             " starting and ending with a letter or digit (e.g. 2.1.0)"

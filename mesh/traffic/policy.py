@@ -133,7 +133,7 @@ def _json_number(value: float) -> int | float:
 
 
 def check_subset_name(name: object, what: str = "subset") -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidPolicy(
             f"{what} {name!r} must be 1-64 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"
@@ -160,7 +160,7 @@ class Fault:
     delay_ms: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or not _METHOD.match(self.method):
+        if not isinstance(self.method, str) or not _METHOD.fullmatch(self.method):
             raise InvalidPolicy(
                 f"fault method {self.method!r} must be '*', '/pkg.Service/*' or"
                 " '/pkg.Service/Method'"
@@ -250,7 +250,7 @@ class TrafficPolicy:
     revision: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.service, str) or not _NAME.match(self.service):
+        if not isinstance(self.service, str) or not _NAME.fullmatch(self.service):
             raise InvalidPolicy(f"service {self.service!r} is not a valid service name")
         if not isinstance(self.weights, Mapping):
             raise InvalidPolicy("weights must map subsets to percents")

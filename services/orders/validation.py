@@ -102,7 +102,7 @@ def _address(v: Violations, request: v2.CreateOrderRequest) -> Address | None:
     postal = text_field(v, f"{path}.postal_code", a.postal_code, min_len=0, max_len=20)
     if not a.country_code:
         v.add(f"{path}.country_code", "is required (ISO 3166-1 alpha-2, e.g. DE)")
-    elif not _COUNTRY.match(a.country_code):
+    elif not _COUNTRY.fullmatch(a.country_code):
         v.add(f"{path}.country_code", "must be two upper-case letters (ISO 3166-1 alpha-2)")
     return Address(recipient, tuple(lines), city, postal, a.country_code)
 

@@ -31,7 +31,7 @@ def shop_package(f: descriptor_pb2.FileDescriptorProto) -> Iterator[lint.Violati
     if not f.name.startswith("shop/"):
         return
     directory = f.name.rsplit("/", 1)[0].replace("/", ".")
-    if not _SHOP_PACKAGE.match(f.package) or f.package != directory:
+    if not _SHOP_PACKAGE.fullmatch(f.package) or f.package != directory:
         yield lint.Violation(
             "shop-package",
             f"package {f.package or '(none)'} in {f.name}",

@@ -40,7 +40,7 @@ def scanner(directory: Path, ttl_s: float = 3.0) -> ServiceScanner:
     return ServiceScanner(directory, ttl_s, 3 * ttl_s, time.time)
 
 
-@pytest.mark.parametrize("bad", ["", ".hidden", "../up", "a/b", "x.json", "-x", "a b", "é"])
+@pytest.mark.parametrize("bad", ["", ".hidden", "../up", "a/b", "x.json", "-x", "a b", "é", "up\n"])
 def test_names_that_are_not_plain_file_names_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="must be"):
         check_name("service", bad)

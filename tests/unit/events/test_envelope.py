@@ -136,6 +136,8 @@ def test_unknown_payloads_and_types_are_refused() -> None:
 def test_registries_refuse_bad_types_and_shared_payloads() -> None:
     with pytest.raises(ValueError, match=r"<domain>\.<event>"):
         EventTypes({"Created": wrappers_pb2.StringValue})
+    with pytest.raises(ValueError, match=r"<domain>\.<event>"):  # not even before a newline
+        EventTypes({"a.created\n": wrappers_pb2.StringValue})
     with pytest.raises(ValueError, match="one message per event type"):
         EventTypes({"a.b": wrappers_pb2.StringValue, "a.c": wrappers_pb2.StringValue})
 

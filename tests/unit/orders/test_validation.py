@@ -70,6 +70,16 @@ def test_every_bad_v2_field_is_reported_at_once() -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("code", ["DE\n", "de", "D", "DEU"])
+def test_a_country_code_is_two_capitals_and_nothing_after(code: str) -> None:
+    """`^[A-Z]{2}$` with `match` took "DE\\n": `$` also matches before a final newline."""
+    req = request_v2()
+    req.shipping_address.country_code = code
+    with pytest.raises(InvalidArgument) as exc:
+        validation.create_order_v2(req, now=NOW)
+    assert violations(exc) == {"shipping_address.country_code"}
+
+
 def test_item_limits() -> None:
     many = request_v2()
     many.items.extend(v2.OrderItem(product_id=PRODUCT, quantity=1) for _ in range(100))

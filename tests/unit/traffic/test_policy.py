@@ -61,6 +61,7 @@ def test_policy_is_frozen_and_hashable() -> None:
         ({"blue": 50.5, "green": 49.5}, "whole percent"),
         ({"blue": True}, "whole percent"),
         ({"bad name": 100}, "subset 'bad name'"),
+        ({"blue\n": 100}, "subset 'blue\\\\n'"),  # `$` matched before a final newline
     ],
 )
 def test_malformed_weights_are_refused(weights: dict[str, object], message: str) -> None:
@@ -85,6 +86,7 @@ def test_no_weights_means_one_pool() -> None:
         ({}, "must abort or delay something"),
         ({"abort_percent": 10, "method": "Orders"}, "fault method"),
         ({"abort_percent": 10, "subset": "a/b"}, "fault subset"),
+        ({"abort_percent": 10, "method": "/a.B/C\n"}, "fault method"),
     ],
 )
 def test_malformed_faults_are_refused(fields: dict[str, object], message: str) -> None:

@@ -49,12 +49,18 @@ def representable(order: Order) -> bool:
     return order.currency == validation.V1_CURRENCY
 
 
-def to_proto(order: Order) -> orders_pb2.Order:
+def require_representable(order: Order) -> Order:
+    """The order, if v1 can show it; FAILED_PRECONDITION NOT_REPRESENTABLE_IN_V1 if not."""
     if not representable(order):
         raise FailedPrecondition(
             f"order {order.order_id} is in {order.currency}; v1 shows US cents only, use v2",
             reason="NOT_REPRESENTABLE_IN_V1",
         )
+    return order
+
+
+def to_proto(order: Order) -> orders_pb2.Order:
+    require_representable(order)
     return orders_pb2.Order(
         order_id=order.order_id,
         user_id=order.user_id,
@@ -110,5 +116,7 @@ class OrderServicerV1(orders_pb2_grpc.OrderServiceServicer):
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.Order:
         order_id, reason = validation.cancel_order(request.order_id, request.reason)
-        await ownership.visible_order(self.orders, order_id)
+        # Refused before it is cancelled: v1 could not answer with the cancelled order,
+        # and an error after the refund would tell the caller nothing happened.
+        require_representable(await ownership.visible_order(self.orders, order_id))
         return to_proto(await self.orders.cancel(order_id, reason))

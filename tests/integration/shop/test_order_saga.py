@@ -93,6 +93,16 @@ async def test_v1_reads_v2_orders_and_refuses_other_currencies(shop: ShopStack) 
     assert f.reason == "NOT_REPRESENTABLE_IN_V1"
     listed = await shop.orders_v1().ListOrders(v1.ListOrdersRequest(user_id=user))
     assert [o.order_id for o in listed.orders] == [o_usd.order_id]
+    # v1 cannot show the cancelled order either: it is refused before anything is undone
+    # (it used to be cancelled and refunded, then answered NOT_REPRESENTABLE_IN_V1).
+    cancel = v1.CancelOrderRequest(order_id=o_eur.order_id, reason="changed mind")
+    f = await fails(shop.orders_v1().CancelOrder(cancel))
+    assert (f.code, f.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_REPRESENTABLE_IN_V1")
+    still = await shop.orders_v2().GetOrder(v2.GetOrderRequest(order_id=o_eur.order_id))
+    assert still.status == v2.ORDER_STATUS_COMPLETED
+    p = await payment(shop, o_eur.order_id)
+    assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_CAPTURED
+    await stock_settles(shop, eur, (98, 0))
 
 
 async def test_unknown_user_is_not_found_and_nothing_is_held(shop: ShopStack) -> None:

@@ -22,6 +22,7 @@ EVENTS = EventTypes(
         "payment.refunded": events_pb2.PaymentRefunded,
         "inventory.reserved": events_pb2.InventoryReserved,
         "inventory.released": events_pb2.InventoryReleased,
+        "inventory.returned": events_pb2.InventoryReturned,
         "inventory.low_stock": events_pb2.InventoryLowStock,
     }
 )

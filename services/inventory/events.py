@@ -97,7 +97,8 @@ class InventoryEventHandlers:
         """The order's reservation HELD -> CONFIRMED, in the inbox transaction: a completed
         order's units are sold. Nothing to refuse here: the order is complete whatever
         inventory holds, so a missing or released reservation is logged, and the sale is
-        recorded as the order says."""
+        recorded as the order says (also when the order was cancelled before this event
+        was handled: its reservation is RETURNED, and stays so)."""
         reservation = await self.store.confirm_in(session, order.saga_id)
         if reservation is None:
             log.warning("order %s completed without a reservation of saga %s here",

@@ -15,6 +15,7 @@ from services.inventory.store import (
     CONFIRMED,
     HELD,
     RELEASED,
+    RETURNED,
     InventoryStore,
     ProductRow,
     Reservation,
@@ -26,6 +27,7 @@ _STATUS = {
     HELD: inventory_pb2.RESERVATION_STATUS_HELD,
     CONFIRMED: inventory_pb2.RESERVATION_STATUS_CONFIRMED,
     RELEASED: inventory_pb2.RESERVATION_STATUS_RELEASED,
+    RETURNED: inventory_pb2.RESERVATION_STATUS_RETURNED,
 }
 
 
@@ -140,3 +142,10 @@ class ReservationServicer(inventory_pb2_grpc.ReservationServiceServicer):
     ) -> inventory_pb2.Reservation:
         saga_id, reason = validation.release(request)
         return reservation_to_proto(await self.store.release(saga_id, reason))
+
+    @db_guard
+    async def ReturnReservation(
+        self, request: inventory_pb2.ReturnReservationRequest, context: Context
+    ) -> inventory_pb2.Reservation:
+        saga_id, reason = validation.release(request)
+        return reservation_to_proto(await self.store.return_sold(saga_id, reason))

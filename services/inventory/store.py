@@ -28,7 +28,9 @@ Reservations are keyed by saga id, which makes every reservation RPC idempotent:
 - confirm: HELD -> CONFIRMED (the reserved units leave for good), again = no-op;
 - release: HELD -> RELEASED (units back to available), again = no-op; releasing a
   saga that never reserved records an empty RELEASED reservation, so a reserve
-  arriving late (a retry overtaken by the compensation) takes nothing.
+  arriving late (a retry overtaken by the compensation) takes nothing;
+- return: HELD or CONFIRMED -> RETURNED (a sale undone: units back to available),
+  again = no-op, so a cancelled order's units come back exactly once.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ SOURCE = "inventory"
 HELD = "HELD"
 CONFIRMED = "CONFIRMED"
 RELEASED = "RELEASED"
+RETURNED = "RETURNED"
 
 # Frozen: a released migration is never edited (see mesh/db.py); the store's
 # tables are the replay of these (`Tables`).
@@ -482,17 +485,17 @@ class InventoryStore:
                     reason="RESERVATION_NOT_FOUND",
                     metadata={"saga_id": saga_id},
                 )
-            if current.status == RELEASED:
+            if current.status in (RELEASED, RETURNED):
                 raise FailedPrecondition(
-                    f"the reservation of saga {saga_id} was released",
-                    reason="RESERVATION_RELEASED",
+                    f"the reservation of saga {saga_id} was {current.status.lower()}",
+                    reason=f"RESERVATION_{current.status}",
                     metadata={"saga_id": saga_id},
                 )
         return current
 
     async def confirm_in(self, s: AsyncSession, saga_id: str) -> Reservation | None:
         """`confirm`'s work in `s`, refusing nothing: the reservation as it ends (CONFIRMED,
-        or RELEASED as it was), None when there is none. What the `order.completed`
+        or RELEASED or RETURNED as it was), None when there is none. What the `order.completed`
         handler runs in its inbox transaction (a completed order's units are sold)."""
         if not await self._set_status(s, saga_id, CONFIRMED, ""):
             return await self._read_reservation(s, saga_id)  # confirmed before: no-op
@@ -621,6 +624,61 @@ class InventoryStore:
                                              reason=reason),
                 types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
         return current
+
+    async def return_sold(self, saga_id: str, reason: str) -> Reservation:
+        """HELD or CONFIRMED -> RETURNED: the sale is undone and its units are available
+        again, all lines in one transaction; again = no-op, since the status is the key
+        (AddStock per line, which this replaces for a cancel, added the units a second
+        time when the caller died between a line's call and its record). A RELEASED
+        reservation is answered as it is: its units came back when it was released.
+
+        Not held to MAX_STOCK: the units were this product's own, and AddStock's limit is
+        on what an admin adds (a cancel refused at the limit left its order refunded but
+        not cancelled). A product can exceed the limit only by units it sold, far inside
+        int64."""
+        p = self._t.products.c
+        async with self._sessions.begin() as s:
+            held = await self._move(s, saga_id, HELD, reason)
+            if not held and not await self._move(s, saga_id, CONFIRMED, reason):
+                current = await self._read_reservation(s, saga_id)
+                if current is None:
+                    raise NotFound(
+                        f"saga {saga_id} has no reservation",
+                        reason="RESERVATION_NOT_FOUND",
+                        metadata={"saga_id": saga_id},
+                    )
+                return current  # returned before, or released: its units are back
+            current = Reservation(saga_id, RETURNED, await self._reserved_lines(s, saga_id))
+            for line in current.items:
+                # Held units leave `reserved` too (the sale was never confirmed here).
+                back = line.quantity if held else 0
+                await s.execute(
+                    update(self._t.products)
+                    .where(p.product_id == line.product_id)
+                    .values(
+                        available=p.available + line.quantity,
+                        reserved=p.reserved - back,
+                        low_stock_notified=case(
+                            (p.available + line.quantity >= self._threshold, False),
+                            else_=p.low_stock_notified,
+                        ),
+                    )
+                )
+            await self._outbox.add(s, new_envelope(
+                events_pb2.InventoryReturned(saga_id=saga_id, items=_event_lines(current.items),
+                                             reason=reason),
+                types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
+        return current
+
+    async def _move(self, s: AsyncSession, saga_id: str, from_status: str, reason: str) -> bool:
+        """`from_status` -> RETURNED; False when the reservation is not `from_status`."""
+        r = self._t.reservations.c
+        res = await s.execute(
+            update(self._t.reservations)
+            .where(r.saga_id == saga_id, r.status == from_status)
+            .values(status=RETURNED, updated_at=utcnow(), reason=reason)
+        )
+        return bool(getattr(res, "rowcount", 0))
 
 
 def _product_not_found(product_id: str) -> NotFound:

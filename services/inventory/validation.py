@@ -141,7 +141,10 @@ def saga_id(req: inventory_pb2.ConfirmReservationRequest) -> str:
     return sid
 
 
-def release(req: inventory_pb2.ReleaseReservationRequest) -> tuple[str, str]:
+def release(
+    req: inventory_pb2.ReleaseReservationRequest | inventory_pb2.ReturnReservationRequest,
+) -> tuple[str, str]:
+    """A release's or a return's saga id and reason (the same two fields)."""
     v = Violations()
     sid = uuid_field(v, "saga_id", req.saga_id)
     reason = text_field(v, "reason", req.reason, min_len=0, max_len=MAX_REASON)

@@ -39,8 +39,9 @@ CreateOrder call to the charge step. A saga resumed after a restart has no card;
 its charge step then only looks for a payment made before the crash.
 
 Cancelling a completed order (`order.cancel.v1`, forward only): refund the
-payment, return the sold units to stock (one AddStock per line, each recorded
-so a re-run skips it), mark the order CANCELLED.
+payment, return the sold units to stock (inventory.ReturnReservation of the
+order's saga: once, however often it runs, and never refused by AddStock's stock
+limit), mark the order CANCELLED.
 """
 
 from __future__ import annotations
@@ -331,7 +332,8 @@ class OrderSagas:
                 raise
             # Confirmed by a confirm call whose answer was lost: the units were sold,
             # so undoing the order puts them back into stock.
-            await self.restock(ctx.data["order_id"], _lines(ctx.data))
+            await self.restock(ctx.data["order_id"], ctx.saga_id, _lines(ctx.data),
+                               reason=req.reason)  # fmt: skip
         return _compensated(ctx)
 
     async def record_prices(self, ctx: SagaContext) -> dict[str, Any]:
@@ -537,7 +539,9 @@ class OrderSagas:
                         ctx.saga_id, ctx.data["order_saga_id"])  # fmt: skip
 
     async def cancel_restock(self, ctx: SagaContext) -> None:
-        await self.restock(ctx.data["order_id"], _lines(ctx.data))
+        d = ctx.data
+        await self.restock(d["order_id"], d["order_saga_id"], _lines(d),
+                           reason=d["reason"] or "order cancelled")  # fmt: skip
 
     async def mark_cancelled(self, ctx: SagaContext) -> None:
         await self.store.transition(
@@ -548,10 +552,22 @@ class OrderSagas:
             reason=ctx.data["reason"] or "cancelled by the customer",
         )
 
-    async def restock(self, order_id: str, lines: list[tuple[str, int]]) -> None:
-        """Put an order's sold units back, once per line: AddStock is not idempotent, so each
-        line is recorded as returned right after its call and skipped on a re-run."""
+    async def restock(
+        self, order_id: str, saga_id: str, lines: list[tuple[str, int]], *, reason: str
+    ) -> None:
+        """Put an order's sold units back: one ReturnReservation of its saga's reservation,
+        which inventory carries out once however often it is asked.
+
+        A cancel begun before ReturnReservation existed returned its units with one
+        AddStock per line, each recorded right after its call (`restocked_us`); such an
+        order finishes that way, or its recorded lines would come back twice."""
         done = await self.store.restocked(order_id)
+        if not done:
+            req = inventory_pb2.ReturnReservationRequest(saga_id=saga_id, reason=reason[:500])
+            await call("inventory", functools.partial(
+                self.up.reservations.ReturnReservation, req,
+                timeout=self.config.call_timeout_s))  # fmt: skip
+            return
         for product_id, quantity in lines:
             if product_id in done:
                 continue

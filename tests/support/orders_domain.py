@@ -59,6 +59,7 @@ class FakeShop:
     reservations: dict[str, str] = field(default_factory=dict)
     payments: dict[str, payments_pb2.Payment] = field(default_factory=dict)
     added: list[tuple[str, int]] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)  # sagas whose units came back, once each
     on_charge: Callable[[str], Any] | None = None
 
     def _enter(self, method: str, req: Any) -> None:
@@ -103,6 +104,17 @@ class FakeShop:
             raise UpstreamError("inventory", grpc.StatusCode.FAILED_PRECONDITION, "confirmed",
                                 reason="RESERVATION_CONFIRMED")  # fmt: skip
         self.reservations[req.saga_id] = "RELEASED"
+        return inventory_pb2.Reservation(saga_id=req.saga_id)
+
+    async def ReturnReservation(self, req: Any, **_call: Any) -> inventory_pb2.Reservation:
+        self._enter("ReturnReservation", req)
+        status = self.reservations.get(req.saga_id)
+        if status is None:
+            raise UpstreamError("inventory", grpc.StatusCode.NOT_FOUND, "no reservation",
+                                reason="RESERVATION_NOT_FOUND")  # fmt: skip
+        if status in ("HELD", "CONFIRMED"):
+            self.reservations[req.saga_id] = "RETURNED"
+            self.returned.append(req.saga_id)
         return inventory_pb2.Reservation(saga_id=req.saga_id)
 
     async def AddStock(self, req: inventory_pb2.AddStockRequest, **_call: Any) -> Any:

@@ -173,6 +173,7 @@ def _templates(
         "ReserveItems": inventory_pb2.ReserveItemsRequest(saga_id=fresh, items=line),
         "ConfirmReservation": inventory_pb2.ConfirmReservationRequest(saga_id=held),
         "ReleaseReservation": inventory_pb2.ReleaseReservationRequest(saga_id=fresh, reason="r"),
+        "ReturnReservation": inventory_pb2.ReturnReservationRequest(saga_id=held, reason="r"),
         "Charge": payments_pb2.ChargeRequest(saga_id=fresh, amount=usd, card=card),
         "Refund": payments_pb2.RefundRequest(saga_id=charged, reason="r"),
         "GetPayment": payments_pb2.GetPaymentRequest(payment_id=payment.payment_id),
@@ -372,7 +373,7 @@ RPCS = _rpcs()
 
 
 def test_every_rpc_is_covered(shop: Shop) -> None:
-    assert len(RPCS) == 18  # users 7, inventory 5 + 3, payments 3
+    assert len(RPCS) == 19  # users 7, inventory 5 + 4, payments 3
     assert {r.name for r in RPCS} == set(shop.seed.templates)
 
 

@@ -21,6 +21,7 @@ from mesh.events import unpack
 from services.common.pagination import encode_page_token
 from services.inventory.app import build
 from services.inventory.config import InventoryConfig
+from services.inventory.validation import MAX_STOCK
 from tests.support.services import (
     Served,
     outbox_events,
@@ -34,6 +35,7 @@ THRESHOLD = 5
 HELD = inv.RESERVATION_STATUS_HELD
 CONFIRMED = inv.RESERVATION_STATUS_CONFIRMED
 RELEASED = inv.RESERVATION_STATUS_RELEASED
+RETURNED = inv.RESERVATION_STATUS_RETURNED
 
 
 @pytest.fixture
@@ -348,6 +350,71 @@ async def test_confirmed_reservation_cannot_be_released(served: Served) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert rpc_error_details(err.value).reason == "RESERVATION_CONFIRMED"
     assert await stock(served, a.product_id) == (9, 0)
+
+
+async def test_a_sale_is_returned_once_beyond_the_stock_limit(
+    served: Served, engine: AsyncEngine
+) -> None:
+    """ReturnReservation puts a confirmed sale's units back once however often it is
+    called, also on a product AddStock has since filled to the limit (a cancel used to
+    be refused there with STOCK_LIMIT, its order already refunded)."""
+    a = await product(served, "A", 10)
+    sid = saga()
+    await reservations(served).ReserveItems(
+        inv.ReserveItemsRequest(saga_id=sid, items=lines((a.product_id, 4)))
+    )
+    await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))
+    filled = await catalogue(served).AddStock(
+        inv.AddStockRequest(product_id=a.product_id, quantity=MAX_STOCK - 6)
+    )
+    assert filled.available == MAX_STOCK
+    with pytest.raises(grpc.RpcError) as err:  # an admin cannot go beyond it
+        await catalogue(served).AddStock(inv.AddStockRequest(product_id=a.product_id, quantity=1))
+    assert rpc_error_details(err.value).reason == "STOCK_LIMIT"
+    req = inv.ReturnReservationRequest(saga_id=sid, reason="order cancelled")
+    returned = await reservations(served).ReturnReservation(req)
+    assert returned.status == RETURNED and [i.quantity for i in returned.items] == [4]
+    assert await stock(served, a.product_id) == (MAX_STOCK + 4, 0)
+    assert await reservations(served).ReturnReservation(req) == returned  # again: no-op
+    assert await stock(served, a.product_id) == (MAX_STOCK + 4, 0)
+    events = await outbox_events(engine)
+    assert [e.type for e in events][-1] == "inventory.returned"
+    assert [e.type for e in events].count("inventory.returned") == 1
+    assert unpack(events[-1], events_pb2.InventoryReturned).reason == "order cancelled"
+    with pytest.raises(grpc.RpcError) as err:  # a returned sale cannot be confirmed again
+        await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))
+    assert rpc_error_details(err.value).reason == "RESERVATION_RETURNED"
+
+
+async def test_returning_a_held_released_or_unknown_reservation(served: Served) -> None:
+    """A held reservation (its `order.completed` not handled yet) comes back from
+    `reserved`; a released one is answered as it is (its units are back already);
+    a saga without a reservation is NOT_FOUND."""
+    a = await product(served, "A", 10)
+    held, released = saga(), saga()
+    for sid in (held, released):
+        await reservations(served).ReserveItems(
+            inv.ReserveItemsRequest(saga_id=sid, items=lines((a.product_id, 3)))
+        )
+    assert await stock(served, a.product_id) == (4, 6)
+    back = await reservations(served).ReturnReservation(inv.ReturnReservationRequest(saga_id=held))
+    assert back.status == RETURNED
+    assert await stock(served, a.product_id) == (7, 3)
+    await reservations(served).ReleaseReservation(inv.ReleaseReservationRequest(saga_id=released))
+    again = await reservations(served).ReturnReservation(
+        inv.ReturnReservationRequest(saga_id=released)
+    )
+    assert again.status == RELEASED
+    assert await stock(served, a.product_id) == (10, 0)
+    with pytest.raises(grpc.RpcError) as err:
+        await reservations(served).ReturnReservation(inv.ReturnReservationRequest(saga_id=saga()))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert rpc_error_details(err.value).reason == "RESERVATION_NOT_FOUND"
+    with pytest.raises(grpc.RpcError) as err:
+        await reservations(served).ReturnReservation(
+            inv.ReturnReservationRequest(saga_id="x", reason="bad\x00reason")
+        )
+    assert set(rpc_error_details(err.value).violations) == {"saga_id", "reason"}
 
 
 async def test_reserve_validation(served: Served) -> None:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import grpc
 import pytest
 from shop.events.v1 import events_pb2
+from shop.inventory.v1 import inventory_pb2
 from shop.orders.v1 import orders_pb2 as v1
 from shop.orders.v2 import orders_pb2 as v2
 from shop.payments.v1 import payments_pb2
 
 from mesh.events import unpack
+from services.inventory.validation import MAX_STOCK
 from tests.support.shop import ShopStack
 from tests.support.shop_calls import (
     DECLINE,
     INSUFFICIENT_FUNDS,
     OrderEvents,
+    StreamEvents,
     assert_consistent,
     create_v1,
     create_v2,
@@ -206,6 +209,29 @@ async def test_cancel_refunds_and_returns_stock(shop: ShopStack) -> None:
     await stock_settles(shop, product, (6, 0))
     as_v1 = await shop.orders_v1().CancelOrder(v1.CancelOrderRequest(order_id=order.order_id))
     assert as_v1.status == v1.ORDER_STATUS_CANCELLED
+
+
+async def test_a_cancel_returns_units_beyond_the_stock_limit(shop: ShopStack) -> None:
+    """The product was filled to AddStock's limit after the sale: the cancel still
+    returns the units (it was refused with STOCK_LIMIT after the refund, and the order
+    stayed COMPLETED with its money given back, on every retry)."""
+    user = await new_user(shop)
+    product = await new_product(shop, stock=6, price=700)
+    order = await shop.orders_v2().CreateOrder(create_v2(user, [(product, 4)]))
+    await stock_settles(shop, product, (2, 0))
+    await shop.inventory().AddStock(
+        inventory_pb2.AddStockRequest(product_id=product, quantity=MAX_STOCK - 2)
+    )
+    cancelled = await shop.orders_v2().CancelOrder(v2.CancelOrderRequest(order_id=order.order_id))
+    assert cancelled.status == v2.ORDER_STATUS_CANCELLED
+    p = await payment(shop, order.order_id)
+    assert p is not None and p.status == payments_pb2.PAYMENT_STATUS_REFUNDED
+    await stock_settles(shop, product, (MAX_STOCK + 4, 0))
+    async with StreamEvents(shop.nats_url, "inventory.>", "INVENTORY") as events:
+        back = await events.wait_for("inventory.returned", order.order_id)
+    assert [
+        (i.product_id, i.quantity) for i in unpack(back, events_pb2.InventoryReturned).items
+    ] == [(product, 4)]
 
 
 async def test_cancel_of_failed_or_unknown_orders(shop: ShopStack) -> None:

@@ -112,13 +112,13 @@ def test_the_place_saga_keeps_its_steps_in_place(domain: Domain) -> None:
         "record_payment", "confirm_stock", "complete_order"]  # fmt: skip
 
 
-async def test_a_reservation_confirmed_elsewhere_is_undone_with_add_stock_once_per_line(
+async def test_a_reservation_confirmed_elsewhere_is_undone_by_returning_it(
     domain: Domain,
 ) -> None:
     """The reservation was confirmed out of the saga's hands (an operator's
     ConfirmReservation, or a saga of an earlier release that confirmed before it failed)
-    and the order then fails: undoing it puts the units back with AddStock, and a failed
-    AddStock retried does not add the lines already returned again."""
+    and the order then fails: undoing it returns the reservation (its units back once),
+    retried after a failure."""
     setup(domain)
     domain.runner.definitions = domain.sagas.definitions()
 
@@ -127,8 +127,7 @@ async def test_a_reservation_confirmed_elsewhere_is_undone_with_add_stock_once_p
         fail("payments", grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")(req)
 
     domain.fake.faults["Charge"] = [confirmed_then_declined]
-    domain.fake.faults["AddStock"] = [lambda _r: None,
-                                      fail("inventory", grpc.StatusCode.UNAVAILABLE)]  # fmt: skip
+    domain.fake.faults["ReturnReservation"] = [fail("inventory", grpc.StatusCode.UNAVAILABLE)]
     with pytest.raises(FailedPrecondition):
         await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 3)]))
     [order] = await domain.store.list_for_user(USER)
@@ -141,7 +140,8 @@ async def test_a_reservation_confirmed_elsewhere_is_undone_with_add_stock_once_p
         await asyncio.sleep(0.02)  # poll
     else:
         raise AssertionError("the order never reached FAILED")
-    assert sorted(domain.fake.added) == sorted([(P1, 2), (P2, 3)])
+    assert domain.fake.returned == [order.saga_id]
+    assert domain.fake.calls["ReturnReservation"] == 2 and domain.fake.added == []
     assert domain.fake.calls["ReleaseReservation"] >= 1
 
 
@@ -224,14 +224,26 @@ async def test_key_of_a_business_failure_replays_it(domain: Domain) -> None:
 async def test_cancel_refunds_restocks_and_resumes_after_a_failure(domain: Domain) -> None:
     setup(domain)
     order = await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 1)]))
-    domain.fake.faults["AddStock"] = [lambda _r: None,
-                                      fail("inventory", grpc.StatusCode.FAILED_PRECONDITION,
-                                           "STOCK_LIMIT")]  # fmt: skip
+    domain.fake.faults["ReturnReservation"] = [
+        fail("inventory", grpc.StatusCode.FAILED_PRECONDITION, "SOMETHING_WRONG")
+    ]
     with pytest.raises(FailedPrecondition):
         await domain.orders.cancel(order.order_id, "changed my mind")
     assert (await domain.store.get(order.order_id)).status is OrderStatus.COMPLETED  # type: ignore[union-attr]
     cancelled = await domain.orders.cancel(order.order_id, "changed my mind")
     assert cancelled.status is OrderStatus.CANCELLED
-    assert sorted(domain.fake.added) == sorted([(P1, 2), (P2, 1)])  # each line once
+    assert domain.fake.returned == [order.saga_id] and domain.fake.added == []
     assert domain.fake.payments[order.saga_id].status == payments_pb2.PAYMENT_STATUS_REFUNDED
     assert await domain.orders.cancel(order.order_id, "again") == cancelled
+
+
+async def test_a_cancel_begun_per_line_with_add_stock_finishes_that_way(domain: Domain) -> None:
+    """A cancel interrupted before ReturnReservation existed had returned some lines with
+    AddStock and recorded them: returning the whole reservation would add those twice,
+    so the order finishes line by line (the lines not recorded yet)."""
+    setup(domain)
+    order = await domain.orders.place(domain.order(USER, [(P1, 2), (P2, 1)]))
+    await domain.store.mark_restocked(order.order_id, P1)  # its AddStock done before the upgrade
+    cancelled = await domain.orders.cancel(order.order_id, "changed my mind")
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert domain.fake.added == [(P2, 1)] and domain.fake.returned == []

@@ -313,6 +313,38 @@ class InventoryReleased(_message.Message):
 Global___InventoryReleased: _TypeAlias = InventoryReleased  # noqa: Y015
 
 @_typing.final
+class InventoryReturned(_message.Message):
+    """A saga's sold units went back to stock (ReturnReservation)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """Id of the saga."""
+    reason: _builtins.str
+    """Why."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventLine]:
+        """What went back to stock."""
+
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___EventLine] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "reason", b"reason", "saga_id", b"saga_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryReturned: _TypeAlias = InventoryReturned  # noqa: Y015
+
+@_typing.final
 class InventoryLowStock(_message.Message):
     """A product's available stock fell under its threshold."""
 

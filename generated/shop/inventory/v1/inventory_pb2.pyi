@@ -35,6 +35,8 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     """The sale went through; the stock is gone."""
     RESERVATION_STATUS_RELEASED: _ReservationStatus.ValueType  # 3
     """The stock went back to available."""
+    RESERVATION_STATUS_RETURNED: _ReservationStatus.ValueType  # 4
+    """The sale was undone: its units went back to available."""
 
 class ReservationStatus(_ReservationStatus, metaclass=_ReservationStatusEnumTypeWrapper):
     """Lifecycle of a reservation."""
@@ -47,6 +49,8 @@ RESERVATION_STATUS_CONFIRMED: ReservationStatus.ValueType  # 2
 """The sale went through; the stock is gone."""
 RESERVATION_STATUS_RELEASED: ReservationStatus.ValueType  # 3
 """The stock went back to available."""
+RESERVATION_STATUS_RETURNED: ReservationStatus.ValueType  # 4
+"""The sale was undone: its units went back to available."""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
 
 @_typing.final
@@ -488,3 +492,29 @@ class ReleaseReservationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseReservationRequest: _TypeAlias = ReleaseReservationRequest  # noqa: Y015
+
+@_typing.final
+class ReturnReservationRequest(_message.Message):
+    """Request of ReturnReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAGA_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    saga_id: _builtins.str
+    """Id of the saga whose sold units come back."""
+    reason: _builtins.str
+    """Why, for the record (e.g. "order cancelled"), at most 500 characters."""
+    def __init__(
+        self,
+        *,
+        saga_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "saga_id", b"saga_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnReservationRequest: _TypeAlias = ReturnReservationRequest  # noqa: Y015

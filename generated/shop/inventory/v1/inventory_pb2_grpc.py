@@ -305,6 +305,11 @@ class ReservationServiceStub:
                 request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.SerializeToString,
                 response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.ReturnReservation = channel.unary_unary(
+                '/shop.inventory.v1.ReservationService/ReturnReservation',
+                request_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReturnReservationRequest.SerializeToString,
+                response_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.FromString,
+                _registered_method=True)
 
 
 class ReservationServiceServicer:
@@ -337,6 +342,19 @@ class ReservationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReturnReservation(self, request, context):
+        """Puts a sale's units back into stock (a cancelled order, or one undone after
+        its confirmation): the reservation, held or confirmed, becomes RETURNED and
+        its units available again, in one transaction. Returning twice is a no-op,
+        so a retry never adds the units twice; a released reservation is answered
+        as it is (its units are back already). A product may go above the stock
+        limit of AddStock this way: the units were its own. NOT_FOUND when the saga
+        has no reservation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReservationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +371,11 @@ def add_ReservationServiceServicer_to_server(servicer, server):
             'ReleaseReservation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseReservation,
                     request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.FromString,
+                    response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.SerializeToString,
+            ),
+            'ReturnReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnReservation,
+                    request_deserializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.ReturnReservationRequest.FromString,
                     response_serializer=shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.SerializeToString,
             ),
     }
@@ -438,6 +461,33 @@ class ReservationService:
             target,
             '/shop.inventory.v1.ReservationService/ReleaseReservation',
             shop_dot_inventory_dot_v1_dot_inventory__pb2.ReleaseReservationRequest.SerializeToString,
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.inventory.v1.ReservationService/ReturnReservation',
+            shop_dot_inventory_dot_v1_dot_inventory__pb2.ReturnReservationRequest.SerializeToString,
             shop_dot_inventory_dot_v1_dot_inventory__pb2.Reservation.FromString,
             options,
             channel_credentials,

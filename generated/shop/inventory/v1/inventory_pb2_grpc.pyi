@@ -139,6 +139,15 @@ class ReservationServiceStub:
     """Gives the reserved stock back. Releasing twice, or releasing a saga that
     never reserved, is a no-op (the answer says RELEASED or has no lines).
     """
+    ReturnReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReturnReservationRequest, _inventory_pb2.Reservation]
+    """Puts a sale's units back into stock (a cancelled order, or one undone after
+    its confirmation): the reservation, held or confirmed, becomes RETURNED and
+    its units available again, in one transaction. Returning twice is a no-op,
+    so a retry never adds the units twice; a released reservation is answered
+    as it is (its units are back already). A product may go above the stock
+    limit of AddStock this way: the units were its own. NOT_FOUND when the saga
+    has no reservation.
+    """
 
 @_typing.type_check_only
 class ReservationServiceAsyncStub(ReservationServiceStub):
@@ -159,6 +168,15 @@ class ReservationServiceAsyncStub(ReservationServiceStub):
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
     """Gives the reserved stock back. Releasing twice, or releasing a saga that
     never reserved, is a no-op (the answer says RELEASED or has no lines).
+    """
+    ReturnReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReturnReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
+    """Puts a sale's units back into stock (a cancelled order, or one undone after
+    its confirmation): the reservation, held or confirmed, becomes RETURNED and
+    its units available again, in one transaction. Returning twice is a no-op,
+    so a retry never adds the units twice; a released reservation is answered
+    as it is (its units are back already). A product may go above the stock
+    limit of AddStock this way: the units were its own. NOT_FOUND when the saga
+    has no reservation.
     """
 
 class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -195,6 +213,21 @@ class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
         """Gives the reserved stock back. Releasing twice, or releasing a saga that
         never reserved, is a no-op (the answer says RELEASED or has no lines).
+        """
+
+    @_abc_1.abstractmethod
+    def ReturnReservation(
+        self,
+        request: _inventory_pb2.ReturnReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
+        """Puts a sale's units back into stock (a cancelled order, or one undone after
+        its confirmation): the reservation, held or confirmed, becomes RETURNED and
+        its units available again, in one transaction. Returning twice is a no-op,
+        so a retry never adds the units twice; a released reservation is answered
+        as it is (its units are back already). A product may go above the stock
+        limit of AddStock this way: the units were its own. NOT_FOUND when the saga
+        has no reservation.
         """
 
 def add_ReservationServiceServicer_to_server(servicer: ReservationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

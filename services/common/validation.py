@@ -58,6 +58,20 @@ def has_format_chars(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cf" for ch in value)
 
 
+def printable(text: str, limit: int) -> str:
+    """`text` as a field `text_field` accepts: controls and format characters become
+    spaces, and it is cut to `limit` characters. For text a service passes on rather
+    than types: an upstream's error message as the reason of a compensation, which
+    would otherwise be refused (INVALID_ARGUMENT) for a newline in it."""
+    if has_control_chars(text) or has_format_chars(text):
+        text = "".join(
+            " " if unicodedata.category(ch) in _CONTROL or unicodedata.category(ch) == "Cf"
+            else ch
+            for ch in text
+        )  # fmt: skip
+    return text[:limit]
+
+
 def is_uuid(value: str) -> bool:
     return bool(_UUID.fullmatch(value))
 

@@ -75,6 +75,7 @@ from mesh.saga import (
 )
 from services.common.event_types import EVENTS
 from services.common.money import Amount, MoneyError, total
+from services.common.validation import printable
 from services.orders.config import OrdersConfig
 from services.orders.known_users import KnownUsers
 from services.orders.model import IN_FLIGHT, Address, Card, Line, OrderStatus
@@ -187,9 +188,12 @@ def _compensated(ctx: SagaContext) -> dict[str, Any]:
 
 
 def _failure_text(ctx: SagaContext) -> str:
+    """Why the saga failed, as the reason an undo passes on (at most 500 characters, and
+    printable: a multi-line error message would be refused by the service undoing)."""
     if ctx.failure is None:
         return "the order was not completed"
-    return ctx.failure.message or f"step {ctx.failure.step} failed ({ctx.failure.code})"
+    text = ctx.failure.message or f"step {ctx.failure.step} failed ({ctx.failure.code})"
+    return printable(text, 500)
 
 
 class OrderSagas:
@@ -321,7 +325,7 @@ class OrderSagas:
 
     async def release_stock(self, ctx: SagaContext) -> dict[str, Any]:
         req = inventory_pb2.ReleaseReservationRequest(
-            saga_id=ctx.saga_id, reason=_failure_text(ctx)[:500]
+            saga_id=ctx.saga_id, reason=_failure_text(ctx)
         )
         try:
             await call("inventory", functools.partial(
@@ -417,7 +421,7 @@ class OrderSagas:
             delay = min(delay * 2, 1.0)
 
     async def refund(self, ctx: SagaContext) -> dict[str, Any]:
-        req = payments_pb2.RefundRequest(saga_id=ctx.saga_id, reason=_failure_text(ctx)[:500])
+        req = payments_pb2.RefundRequest(saga_id=ctx.saga_id, reason=_failure_text(ctx))
         try:
             await call("payments", functools.partial(
                 self.up.payments.Refund, req, timeout=self.config.call_timeout_s))  # fmt: skip

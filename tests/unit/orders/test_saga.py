@@ -247,3 +247,25 @@ async def test_a_cancel_begun_per_line_with_add_stock_finishes_that_way(domain: 
     cancelled = await domain.orders.cancel(order.order_id, "changed my mind")
     assert cancelled.status is OrderStatus.CANCELLED
     assert domain.fake.added == [(P2, 1)] and domain.fake.returned == []
+
+
+async def test_an_undo_passes_on_a_multi_line_failure_as_a_printable_reason(
+    domain: Domain,
+) -> None:
+    """The failure's message becomes the release's and the refund's reason, which the
+    services validate as text: a newline in it would have the undo refused (and retried
+    until the saga parked) with INVALID_ARGUMENT."""
+    setup(domain)
+    reasons: list[str] = []
+    domain.fake.faults["Charge"] = [
+        fail("payments", grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED",
+             message="declined\nby the bank\x00")
+    ]  # fmt: skip
+    domain.fake.faults["ReleaseReservation"] = [lambda req: reasons.append(req.reason)]
+    with pytest.raises(FailedPrecondition):
+        await domain.orders.place(domain.order(USER, [(P1, 1)]))
+    for _ in range(500):  # poll with a deadline (10 s): compensation runs in the background
+        if reasons:
+            break
+        await asyncio.sleep(0.02)  # poll
+    assert reasons == ["declined by the bank "]

@@ -37,6 +37,7 @@ from services.common.validation import (
     money_field,
     page_size_field,
     page_token_field,
+    printable,
     text_field,
     unique_ids,
     uuid_field,
@@ -213,6 +214,16 @@ def test_text_field() -> None:
         "blank", "long", "nul", "newline", "bidi", "zero_width", "isolate", "bom",
     }  # fmt: skip
     assert "format characters" in violations(v)["bidi"]
+
+
+def test_printable_text_passes_the_text_field_it_is_given_to() -> None:
+    """An upstream's multi-line error, passed on as an undo's reason, is accepted."""
+    for raw in ("step failed:\n(sqlite3.OperationalError) locked\r\n", "x\u202ey\x00", "é" * 600):
+        v = Violations()
+        reason = text_field(v, "reason", printable(raw, 500), min_len=0, max_len=500)
+        assert not violations(v), raw
+        assert len(reason) <= 500
+    assert printable("plain", 500) == "plain" and printable("a\nb", 2) == "a "
 
 
 def test_ascii_text_is_judged_as_the_unicode_categories_judge_it() -> None:

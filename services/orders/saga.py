@@ -567,9 +567,9 @@ class OrderSagas:
         order finishes that way, or its recorded lines would come back twice."""
         done = await self.store.restocked(order_id)
         if not done:
-            req = inventory_pb2.ReturnReservationRequest(saga_id=saga_id, reason=reason[:500])
+            back = inventory_pb2.ReturnReservationRequest(saga_id=saga_id, reason=reason[:500])
             await call("inventory", functools.partial(
-                self.up.reservations.ReturnReservation, req,
+                self.up.reservations.ReturnReservation, back,
                 timeout=self.config.call_timeout_s))  # fmt: skip
             return
         for product_id, quantity in lines:

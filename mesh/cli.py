@@ -34,10 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.cli_args import path_arg
+from mesh.cli_options import Default
 from mesh.contracts import codegen
 from mesh.discovery import locate
 from mesh.discovery.embedded import UnsafeRegistryDir
 from mesh.discovery.registry import Registry
+from mesh.events.nats_credentials import CredentialsError
 from mesh.k8s import render as k8s_render
 from mesh.local import dlq_cli
 from mesh.local.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load_topology
@@ -204,12 +207,11 @@ def cmd_edge_render(args: argparse.Namespace) -> int:
     default into the project's `envoy/`: this checkout's only for its own topology."""
     from dataclasses import replace
 
-    from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR, render_files
+    from mesh.edge.render import COMPOSE_OPTIONS, ENVOY_DIR, project_output, render_files
 
     topology = _topology(args)
     edge = topology.edge
-    own = topology.root == ENVOY_DIR.parent
-    out = Path(args.out) if args.out else ENVOY_DIR if own else topology.root / "envoy"
+    out = Path(args.out) if args.out else project_output(topology.root, ENVOY_DIR)
     options = replace(COMPOSE_OPTIONS, auth=edge.auth, cors=edge.cors)
     descriptors = topology.edge_descriptors()
     config, _ = render_files(out, options, descriptors)
@@ -317,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"meshctl (shop-mesh) {_version()}")
-    p.add_argument("--run-dir", default=".run", help=_RUN_DIR_HELP)
-    p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help=_TOPOLOGY_HELP)
+    # Default: a command can tell them from a path typed (mesh/cli_options.py).
+    p.add_argument("--run-dir", default=Default(".run"), help=_RUN_DIR_HELP)
+    p.add_argument("--topology", default=Default(str(DEFAULT_TOPOLOGY)), help=_TOPOLOGY_HELP)
     sub = p.add_subparsers(dest="command", metavar="<command>")
 
     def add(parent: Any, name: str, help_: str) -> argparse.ArgumentParser:
@@ -370,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(fn=cmd_events_tail)
     dlq_cli.register(events, add)
     creds = add(events, "credentials", "NATS seeds and the server's authorization (compose)")
-    creds.add_argument("directory", help="kept there: <identity>.nk (0600) and nats.conf")
+    creds.add_argument(
+        "directory", type=path_arg, help="kept there: <identity>.nk (0600) and nats.conf"
+    )
     creds.set_defaults(fn=cmd_events_credentials)
     traces_command.register(sub)
     codegen.register(sub)
@@ -378,7 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     security_cli.register(sub)
     security_policy.register(sub)
     traffic_cli.register(sub)
+    _common_options_everywhere(p)
     return p
+
+
+def _common_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--run-dir` and `--topology` after every subcommand's name too, however its module
+    registered it (`traces --run-dir x` and `policy --topology x` were "unrecognized
+    arguments" while `status --run-dir x` worked); SUPPRESS keeps what was given before
+    the subcommand. A parser that has the option already keeps its own."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in set(action.choices.values()):
+            known = {flag for a in child._actions for flag in a.option_strings}
+            for flag, help_ in (("--run-dir", _RUN_DIR_HELP), ("--topology", _TOPOLOGY_HELP)):
+                if flag not in known:
+                    child.add_argument(flag, default=argparse.SUPPRESS, help=help_)
+            _common_options_everywhere(child)
 
 
 _RUN_DIR_HELP = "state, data and logs of `up` (default .run)"
@@ -409,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingToolError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 3
-    except TopologyError as exc:
+    except (TopologyError, CredentialsError) as exc:  # a file the user gave, named
         print(f"meshctl: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from mesh.cli_args import path_arg
+
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 GENERATED = ROOT / "generated"
@@ -210,9 +212,7 @@ def build_project(protos: Path, out_dir: Path) -> Path:
     stubs are not written again (that distribution has them), and the set carries them
     and the error details, as the shop's does (`ERROR_DETAIL_FILES`).
     """
-    files = proto_files(protos)
-    if not files:
-        raise CodegenError(f"{protos}: no .proto files under it")
+    files = project_proto_files(protos)
     mesh = [mesh_proto_root()]
     _write_stubs(out_dir, files, proto_root=protos, more=mesh)
     descriptor_set = out_dir / PACKAGED_DESCRIPTORS
@@ -220,6 +220,20 @@ def build_project(protos: Path, out_dir: Path) -> Path:
         descriptor_set, [*files, *ERROR_DETAIL_FILES], proto_root=protos, more=mesh
     )
     return descriptor_set
+
+
+def project_proto_files(protos: Path) -> list[str]:
+    """The `.proto` files under a root the user named, refused (naming it) when it does
+    not exist, is not a directory or holds none: `contracts build` said "no .proto files
+    under it" of a missing root, `contracts.lint` a bare "protoc failed"."""
+    if not protos.is_dir():
+        raise CodegenError(
+            f"{protos}: {'not a directory' if protos.exists() else 'does not exist'}"
+        )
+    files = proto_files(protos)
+    if not files:
+        raise CodegenError(f"{protos}: no .proto files under it")
+    return files
 
 
 def mesh_proto_root() -> Path:
@@ -277,7 +291,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     contracts = subparsers.add_parser("contracts", help="a project's own contracts")
     sub = contracts.add_subparsers(dest="contracts_command", required=True, metavar="<command>")
     build = sub.add_parser("build", help="stubs and the edge's descriptor set from .proto files")
-    build.add_argument("--protos", default="protos", help="the .proto files' root (default protos)")
+    build.add_argument(
+        "--protos",
+        type=path_arg,
+        default=Path("protos"),
+        help="the .proto files' root (default protos)",
+    )
     build.add_argument(
         "--out",
         default=".",

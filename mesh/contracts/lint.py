@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from mesh.api import options
+from mesh.cli_args import path_arg
 from mesh.contracts import buf, codegen
 from mesh.contracts import descriptors as d
 
@@ -170,9 +172,14 @@ def _policy(
 
 def main(argv: Sequence[str] | None = None, rules: Sequence[FileRule] = ()) -> int:
     parser = argparse.ArgumentParser(description="lint the contracts under protos/")
-    parser.add_argument("--proto-root", type=Path, default=codegen.PROTO_ROOT)
+    parser.add_argument("--proto-root", type=path_arg, default=codegen.PROTO_ROOT)
     args = parser.parse_args(argv)
-    violations = lint_tree(args.proto_root, rules)
+    try:  # as `meshctl contracts build` says it: a root to name, or protoc's own lines
+        codegen.project_proto_files(args.proto_root)
+        violations = lint_tree(args.proto_root, rules)
+    except codegen.CodegenError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 1
     for v in violations:
         print(v)
     print(f"{len(codegen.proto_files(args.proto_root))} files, {len(violations)} violations")

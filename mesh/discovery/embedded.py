@@ -369,6 +369,10 @@ class EmbeddedRegistry:
 
     async def healthy(self, service: str) -> list[Instance]:
         check_name("service", service)
+        # Reading creates nothing (`meshctl status` made `.run/registry` until 7 Dec
+        # 2026): no directory yet, no instance; one that appears is checked when read.
+        if not self._verified and not self.directory.is_dir():
+            return []
         self._verify_directory()
         try:
             instances = self._scanner(service).healthy()

@@ -43,6 +43,16 @@ HEADER = (
 )
 
 
+def project_output(project_dir: Path, checkout_default: Path) -> Path:
+    """Where a render writes without `--out`: `checkout_default` (a directory of this
+    checkout, `envoy/` or `deploy/k8s/`) at the same place in the topology's project
+    directory, so another project's mesh.toml never writes over this checkout's
+    committed files (`k8s render` replaced the shop's deploy/k8s/ until 7 Dec 2026;
+    `edge render` and `k8s render` share this rule). For the shop's own mesh.toml it is
+    `checkout_default` itself."""
+    return project_dir / checkout_default.relative_to(ROOT)
+
+
 def descriptor_source(ref: str | Path) -> Path:
     """The descriptor set a reference names: a file path, or `package:resource` for one
     shipped as package data (`shop:descriptors.binpb`), found through the installed

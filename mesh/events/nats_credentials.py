@@ -12,9 +12,12 @@ tail`, `meshctl events dlq`). The dashboard (`meshctl up` only) is not one of th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import nkeys
 
 from mesh.events.nats_auth import (
     DEAD_LETTERS,
@@ -25,18 +28,39 @@ from mesh.events.nats_auth import (
     render_users,
 )
 from mesh.events.streams import StreamSpec
+from mesh.private_dir import private_dir
 from mesh.security.store import write_atomically
 
 SERVER_CONFIG = "nats.conf"
 DEPLOYED_TOOLS: tuple[EventIdentity, ...] = (MESHCTL, DEAD_LETTERS)
 
 
+class CredentialsError(ValueError):
+    """A kept file that cannot be used (a seed that is none, an empty password...); the
+    message names the file and what to do."""
+
+
 def kept_secret(path: Path, make: bytes) -> bytes:
-    """The file's content, or `make` written there first (0600)."""
+    """The file's content, or `make` written there first; 0600 either way (a kept file
+    copied in at 0644 stayed readable by every account, the README saying 0600)."""
     if path.is_file():
+        os.chmod(path, 0o600)
         return path.read_bytes().strip()
     write_atomically(path, make + b"\n", 0o600)
     return make
+
+
+def _kept_seed(path: Path) -> tuple[bytes, str]:
+    """The seed kept in `path` (made when missing) and its public key; a file that holds
+    no seed is refused, naming it (an nkeys.ErrInvalidSeed traceback before). Removing it
+    makes a new seed: the identity's pods and the server then need the new files."""
+    seed = kept_secret(path, new_user_seed())
+    try:
+        return seed, public_key(seed)
+    except (nkeys.NkeysError, ValueError):
+        raise CredentialsError(
+            f"{path}: not an nkey user seed (`SU...`); remove it to make a new one"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +72,17 @@ class Credentials:
 def keep_credentials(
     directory: Path, identities: Sequence[EventIdentity], streams: Sequence[StreamSpec]
 ) -> Credentials:
-    """Seeds in `directory/<identity>.nk` (made 0600 when missing, else reused) for the
-    deployed identities and tools; their authorization block."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Seeds in `directory/<identity>.nk` (made when missing, else reused; 0600 either
+    way) for the deployed identities and tools; their authorization block. The directory
+    is made 0700, an existing one too (`private_dir`: the rule `k8s secrets` follows)."""
+    private_dir(directory, narrow=True)
     deployed = [i for i in identities if not i.local_only]
     seeds: dict[str, bytes] = {}
     users: list[tuple[EventIdentity, str]] = []
     for ident in (*deployed, *DEPLOYED_TOOLS):
-        seed = kept_secret(directory / f"{ident.name}.nk", new_user_seed())
+        seed, key = _kept_seed(directory / f"{ident.name}.nk")
         seeds[ident.name] = seed
-        users.append((ident, public_key(seed)))
+        users.append((ident, key))
     auth = "\n".join(["authorization: {", *render_users(users, list(streams)), "}", ""])
     return Credentials(seeds, auth)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from base.addresses import is_dns_label
+from base.addresses import is_dns_label, is_dns_name, is_ip_literal
 from base.settings import default_of
 from mesh.settings import SecuritySettings
 
@@ -30,7 +30,18 @@ NATS_SEED_FILE = f"{NATS_SEED_MOUNT}/seed"
 IDENTITY_LABEL = "shop-mesh/identity"
 PART_OF = "shop-mesh"
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+# An image name, as the distribution's reference grammar has it: path components of
+# lower-case letters and digits joined by '.', '_', '__' or dashes, separated by '/',
+# after an optional registry host. Limit: as Docker reads a name, a first component is
+# a host only with a '.' or a ':' or as `localhost` (the grammar also takes `UPPER` for one).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = (
+    rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})+(?::[0-9]+)?|{_HOST_LABEL}:[0-9]+|localhost"
+    r"|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)"
+)
+_IMAGE = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 
 
 class K8sOptionsError(ValueError):
@@ -83,7 +94,7 @@ class K8sOptions:
     def check(self) -> None:
         if not is_dns_label(self.namespace):
             raise K8sOptionsError(f"--namespace: {self.namespace!r} is not a DNS label")
-        if not _TAG.match(self.tag):
+        if not _TAG.fullmatch(self.tag):
             raise K8sOptionsError(f"--tag: {self.tag!r} is not an image tag (and label value)")
         if not self.tracks:
             raise K8sOptionsError("--tracks: at least one track")
@@ -97,3 +108,21 @@ class K8sOptions:
         if self.nats_replicas not in (1, 3, 5):
             # An odd count for JetStream's RAFT quorum; also MESH_STREAM_REPLICAS.
             raise K8sOptionsError("nats_replicas: 1, 3 or 5")
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """The options rendered as names: a track given twice rendered every track's
+        objects twice, an image or an edge name that is none went into the manifests
+        (`--image UPPER/x`, `--edge-name ''` in the edge Certificate's dnsNames)."""
+        if len(set(self.tracks)) != len(self.tracks):
+            raise K8sOptionsError(f"--tracks: {','.join(self.tracks)} names a track twice")
+        if len(self.image) > 255 or not _IMAGE.fullmatch(self.image):
+            raise K8sOptionsError(
+                f"--image: {self.image!r} is not an image name ([registry host[:port]/]"
+                " lower-case path components joined by '/'; the tag is --tag)"
+            )
+        for name in self.edge_names:
+            if not (is_dns_name(name) or is_ip_literal(name)):
+                raise K8sOptionsError(
+                    f"--edge-name: {name!r} is neither a lower-case DNS name nor an IP address"
+                )

@@ -27,7 +27,7 @@ from pathlib import Path
 from base.settings import default_of
 from mesh.api.options import EDGE
 from mesh.edge.model import build_model, load_descriptor_set
-from mesh.edge.render import ROOT
+from mesh.edge.render import ROOT, project_output
 from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS, certificate_manifests
 from mesh.k8s.edge import edge_manifests
 from mesh.k8s.infra import CONSUL_IDENTITY, consul_values, nats_manifests, postgres_manifests
@@ -133,7 +133,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except K8sOptionsError as exc:
         print(f"meshctl k8s render: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else DEPLOY_DIR
+    out = Path(args.out) if args.out else project_output(topology.root, DEPLOY_DIR)
     write_manifests(out, files, options)
     print(f"rendered {len(files)} manifest file(s) into {out}")
     return 0
@@ -193,7 +193,9 @@ def register(
     k8s = subparsers.add_parser("k8s", help="Kubernetes manifests from the topology")
     sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="<k8s command>")
     render = sub.add_parser("render", help="write deploy/k8s/ (or --out DIR)", parents=[common])
-    render.add_argument("--out", default="", help="output directory (default deploy/k8s)")
+    render.add_argument(
+        "--out", default="", help="output directory (default: the topology's deploy/k8s)"
+    )
     render.add_argument("--tag", default="", help="image tag, also MESH_VERSION (default 0.1.0)")
     render.add_argument("--image", default="", help="image name (default shop-mesh)")
     render.add_argument("--namespace", default="", help="namespace (default shop-mesh)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from mesh.events.nats_auth import EventIdentity
-from mesh.events.nats_credentials import keep_credentials, kept_secret
+from mesh.events.nats_credentials import CredentialsError, keep_credentials, kept_secret
 from mesh.events.streams import StreamSpec
 from mesh.k8s.certificates import ISSUER, ISSUER_LIFETIME_DAYS
 from mesh.k8s.infra import (
@@ -47,12 +48,14 @@ from mesh.k8s.objects import Manifest, dump_all, metadata
 from mesh.k8s.options import K8sOptions
 from mesh.k8s.workloads import db_secret, nats_secret
 from mesh.local.topology import ServiceSpec
+from mesh.private_dir import private_dir
 from mesh.security.identity_files import renewal_due
 from mesh.security.pki import KeyPair, PkiError, check_pair, create_intermediate, describe
 from mesh.security.store import PkiStore, write_atomically
 from mesh.settings import security_from_env
 
 SECRETS_FILE = "secrets.yaml"
+_PASSWORD = re.compile(rb"[A-Za-z0-9._~-]+")
 HEADER = (
     "# Written by `meshctl k8s secrets`: KEY MATERIAL. Never commit this file.\n"
     "# Apply with `kubectl apply -f`; the material it was made from stays beside it.\n"
@@ -122,15 +125,27 @@ def nats_secrets(
     return out
 
 
+def _kept_password(path: Path) -> bytes:
+    """The password kept in `path` (made when missing), refused, naming the file, unless
+    it is letters, digits and `._~-`: it goes into the `url` unescaped, an empty one was
+    rendered as `password: ''` and one that is not text was a UnicodeDecodeError."""
+    password = kept_secret(path, secrets.token_hex(24).encode())
+    if not _PASSWORD.fullmatch(password):
+        problem = "empty" if not password else "not letters, digits and . _ ~ -"
+        raise CredentialsError(
+            f"{path}: the password is {problem}; write one, or remove the file to make"
+            " one (the database's password must then be changed to it)"
+        )
+    return password
+
+
 def database_secrets(
     services: Sequence[ServiceSpec], options: K8sOptions, material: Path
 ) -> list[Manifest]:
-    (material / "db").mkdir(mode=0o700, exist_ok=True)
+    private_dir(material / "db", narrow=True)
     out = []
     for spec in services:
-        password = kept_secret(
-            material / "db" / f"{spec.name}.password", secrets.token_hex(24).encode()
-        )
+        password = _kept_password(material / "db" / f"{spec.name}.password")
         user = db = spec.name.replace("-", "_")
         url = f"postgresql://{user}:{password.decode()}@{postgres_name(spec)}:{POSTGRES_PORT}/{db}"
         data = {"database": db, "username": user, "password": password.decode(), "url": url}
@@ -146,8 +161,7 @@ def write_secrets(
     material: Path,
 ) -> Path:
     """Make or reuse the material in `material` and write its secrets.yaml (0600)."""
-    material.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(material, 0o700)
+    private_dir(material, narrow=True)  # as `events credentials` does its directory
     docs = [
         issuer_secret(options, material),
         *(nats_secrets(event_identities, streams, options, material) if event_identities else []),

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from base.addresses import is_dns_label
 from mesh.edge.browsers import (
     DEFAULT_MAX_AGE_S,
     MAX_AGE_LIMIT_S,
@@ -57,15 +58,29 @@ from mesh.edge.browsers import (
     origin_problem,
 )
 from mesh.edge.jwt_authn import NO_ISSUER, EdgeAuthOptions
-from mesh.events.nats_auth import EventIdentity
+from mesh.events.nats_auth import MESH_TOOLS, EventIdentity, GrantError, permissions
 from mesh.events.streams import StreamSpec, default_streams
 from mesh.events.types import EventTypes, load_event_types
 
 DEFAULT_TOPOLOGY = Path("mesh.toml")
 DATA_DIR = "data"  # in the run directory: the services' SQLite files (MESH_DATA_DIR)
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+# The longest service name: Kubernetes names its objects `<name>-<track>` (a track is at
+# most 20 characters, mesh/k8s/options.py) and `<name>-postgres` (whose StatefulSet's
+# revision label adds an 11-character hash), and each must fit 63 characters.
+MAX_SERVICE_NAME = 42
+# Names the mesh gives its own parts, which a service or an event identity must not
+# take: the edge's and a developer's process's identities (mesh.api.options.EDGE,
+# mesh.security.end_user.MESH_CLIENT: both trusted to carry end users), the CA's files
+# (mesh.security.pki.CA_NAME), Consul's identity and NATS's Services in Kubernetes
+# (mesh.k8s.infra), and meshctl's own NATS identities (nats_auth.MESH_TOOLS). Spelled out
+# here, as mesh/k8s and mesh/security import this module; a test checks them against
+# their sources.
+RESERVED_NAMES = frozenset(
+    {"edge", "mesh-client", "ca", "consul", "nats", "nats-headless", *(t.name for t in MESH_TOOLS)}
+)
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {"event_types", "event_identities", "demo", "services", "edge"}
 _SERVICE_KEYS = {"module", "instances", "grpc_port", "admin_port", "env", "migrations"}
@@ -184,7 +199,35 @@ class Topology:
                 f"{self.path}: event_identities: {self.event_identities_ref} is not a sequence"
                 " of mesh.events.nats_auth.EventIdentity"
             )
+        self._check_identities(tuple(value))
         return tuple(value)
+
+    def _check_identities(self, identities: tuple[EventIdentity, ...]) -> None:
+        """Each identity a usable name (`<name>.nk`, the Secret `<name>-nats`: 58
+        characters), none of the mesh's own, each once; every subject it publishes or
+        consumes held by a stream of the event types' domains. Checked here because NATS's
+        authorization cannot be rendered otherwise: `events credentials`, `k8s secrets`
+        and `up` failed with "no stream holds subject" while `k8s render` went on."""
+        where = f"{self.path}: event_identities"
+        seen: set[str] = set()
+        streams = self.streams()
+        for ident in identities:
+            problem = name_problem(ident.name, 58)
+            if problem:
+                raise TopologyError(f"{where}: {problem}")
+            if ident.name in seen:
+                raise TopologyError(f"{where}: {ident.name!r} is given more than once")
+            seen.add(ident.name)
+            try:
+                permissions(ident, streams)
+            except GrantError as exc:
+                types = self.event_types()
+                domains = ", ".join(types.domains) if types is not None else "none"
+                raise TopologyError(
+                    f"{where}: {ident.name}: {exc}: the streams are the domains of the"
+                    f" event types (event_types = {self.event_types_ref or 'not given'};"
+                    f" domains: {domains})"
+                ) from None
 
 
 # Runs a module from another source tree, as `python -m` would from that tree: the
@@ -221,13 +264,22 @@ class ProcessSpec:
 
 
 def load_topology(path: Path = DEFAULT_TOPOLOGY) -> Topology:
-    """Parse and check a topology file."""
+    """Parse and check a topology file. A file that cannot be read (a directory, not
+    UTF-8, not ours to read) is a TopologyError naming it, as a wrong key is."""
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TopologyError(
             f"{path}: no such topology file (write a mesh.toml, or pass --topology PATH)"
         ) from None
+    except IsADirectoryError:
+        raise TopologyError(f"{path}: a directory, not a topology file") from None
+    except UnicodeDecodeError as exc:
+        raise TopologyError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files are UTF-8"
+        ) from None
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"{path}: not valid TOML: {exc}") from exc
     return parse_topology(doc, path)
@@ -246,24 +298,25 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
     services = []
     for name, table in services_doc.items():
         key = f"services.{name}"
-        if not _NAME.match(name):
-            raise fail(key, "service names are lower case letters, digits and '-'")
+        problem = name_problem(name, MAX_SERVICE_NAME)
+        if problem:
+            raise fail(key, problem)
         if not isinstance(table, dict):
             raise fail(key, "expected a table")
         _unknown(table, _SERVICE_KEYS, key, fail)
         module = table.get("module")
-        if not isinstance(module, str) or not _MODULE.match(module):
+        if not isinstance(module, str) or not _MODULE.fullmatch(module):
             raise fail(f"{key}.module", f"expected a Python module name, got {module!r}")
         instances = _int(table.get("instances", 1), 1, 64, f"{key}.instances", fail)
         grpc_port = _int(table.get("grpc_port", 0), 0, 65535, f"{key}.grpc_port", fail)
         admin_port = _int(table.get("admin_port", 0), 0, 65535, f"{key}.admin_port", fail)
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(
-            isinstance(v, str) and _ENV_NAME.match(k) for k, v in env.items()
+            isinstance(v, str) and _ENV_NAME.fullmatch(k) for k, v in env.items()
         ):
             raise fail(f"{key}.env", 'expected a table of NAME = "string" pairs')
         migrations = table.get("migrations", "")
-        if not isinstance(migrations, str) or (migrations and ":" not in migrations):
+        if not isinstance(migrations, str) or (migrations and not _REF.fullmatch(migrations)):
             raise fail(f"{key}.migrations", f"expected 'package.module:NAME', got {migrations!r}")
         services.append(
             ServiceSpec(name, grpc_port, admin_port, instances, module, dict(env), migrations)
@@ -273,13 +326,13 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
         dup = sorted({p for p in ports if ports.count(p) > 1})
         raise fail("services", f"port(s) {dup} given to more than one service")
     event_types = doc.get("event_types", "")
-    if not isinstance(event_types, str) or (event_types and ":" not in event_types):
+    if not isinstance(event_types, str) or (event_types and not _REF.fullmatch(event_types)):
         raise fail("event_types", f"expected 'package.module:NAME', got {event_types!r}")
     identities = doc.get("event_identities", "")
-    if not isinstance(identities, str) or (identities and ":" not in identities):
+    if not isinstance(identities, str) or (identities and not _REF.fullmatch(identities)):
         raise fail("event_identities", f"expected 'package.module:NAME', got {identities!r}")
     demo = doc.get("demo", "")
-    if not isinstance(demo, str) or (demo and not _MODULE.match(demo)):
+    if not isinstance(demo, str) or (demo and not _MODULE.fullmatch(demo)):
         raise fail("demo", f"expected a Python module name, got {demo!r}")
     edge = EdgeSpec() if "edge" not in doc else _edge(doc["edge"], fail)
     return Topology(path, tuple(services), event_types, demo, identities, edge)
@@ -317,7 +370,7 @@ def _edge(table: Any, fail: _Fail) -> EdgeSpec:
     ):
         raise fail("edge.auth.audiences", f"expected a list of aud values, got {audiences!r}")
     jwks_service = auth_doc["jwks_service"]
-    if not isinstance(jwks_service, str) or not _NAME.match(jwks_service):
+    if not isinstance(jwks_service, str) or name_problem(jwks_service, MAX_SERVICE_NAME):
         raise fail("edge.auth.jwks_service", f"expected a service name, got {jwks_service!r}")
     jwks_path = auth_doc.get("jwks_path", _DEFAULT_JWKS_PATH)
     if not isinstance(jwks_path, str) or not jwks_path.startswith("/"):
@@ -346,6 +399,22 @@ def _cors(table: Any, fail: _Fail) -> EdgeCors:
         table.get("max_age_s", DEFAULT_MAX_AGE_S), 0, MAX_AGE_LIMIT_S, "edge.cors.max_age_s", fail
     )
     return EdgeCors(tuple(origins), max_age)
+
+
+def name_problem(name: str, max_len: int = 63) -> str:
+    """What is wrong with `name` as a service or event identity name ("" if nothing): it
+    becomes a DNS label (`<name>.<trust domain>`, Kubernetes' objects, which also want a
+    letter first) and a file name (`<name>.crt`, `<name>.nk`), and must not be one of the
+    mesh's own (`RESERVED_NAMES`)."""
+    if not is_dns_label(name, max_len) or not name[0].isalpha():
+        return (
+            f"{name!r}: a name is lower case letters, digits and '-', at most {max_len}"
+            " characters, starting with a letter and ending with a letter or digit"
+        )
+    if name in RESERVED_NAMES:
+        reserved = ", ".join(sorted(RESERVED_NAMES))
+        return f"{name!r} is reserved for the mesh's own (reserved: {reserved})"
+    return ""
 
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, fail: _Fail) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -51,6 +50,14 @@ from mesh.local.topology import (
     service_processes,
 )
 from mesh.local.up_output import LeavableStdout
+from mesh.local.up_record import (
+    STATE_FILE,
+    InvalidRecord,
+    is_running,
+    read_record,
+    running_pid,
+    write_record,
+)
 from mesh.private_dir import private_dir
 from mesh.release.controller import ReleaseController, start_releases
 from mesh.security.identity_files import IdentityFileRenewer
@@ -59,7 +66,6 @@ from mesh.settings import Settings
 from mesh.tools import envoy_binary
 from mesh.traffic.file_store import FilePolicyStore
 
-STATE_FILE = "up.json"
 # What `up` prints once every instance serves (`meshctl up --detach` waits for it).
 READY_LINE = "mesh is up"
 PROCESSES_FILE = "processes.json"  # the supervisor's view of each child, for `meshctl status`
@@ -571,7 +577,7 @@ async def _run_up(options: UpOptions, registry: Registry, stop: asyncio.Event) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    state.write_text(json.dumps({"pid": os.getpid(), "edge_port": options.edge_port}))
+    write_record(run, edge_port=options.edge_port)
     try:
         await mesh.start()
         ready = asyncio.create_task(mesh.wait_ready())
@@ -609,40 +615,34 @@ async def _run_up(options: UpOptions, registry: Registry, stop: asyncio.Event) -
 
 
 def running_up(run_dir: Path) -> int | None:
-    """The pid of the `meshctl up` running in `run_dir`, if one is."""
-    with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
-        pid = int(json.loads((run_dir.resolve() / STATE_FILE).read_text())["pid"])
-        if _alive(pid):
-            return pid
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The pid of the `meshctl up` running in `run_dir`, if one is (mesh/local/up_record.py:
+    a stale or invalid record names none)."""
+    return running_pid(run_dir)
 
 
 def run_down(run_dir: Path, timeout_s: float = 30.0) -> int:
-    """Stop a `meshctl up` started elsewhere (another terminal or `--detach`)."""
+    """Stop a `meshctl up` started elsewhere (another terminal or `--detach`); only the
+    process that wrote `up.json` is signalled (mesh/local/up_record.py)."""
     state = run_dir.resolve() / STATE_FILE
     try:
-        pid = int(json.loads(state.read_text())["pid"])
-    except (OSError, ValueError, KeyError):
+        record = read_record(state)
+    except InvalidRecord as exc:
+        print(f"meshctl down: {exc}; nothing was signalled (remove it if no `meshctl up`"
+              f" runs in {run_dir})", file=sys.stderr)  # fmt: skip
+        return 1
+    if record is None:
         print(f"no mesh is running (no {state})")
         return 0
-    if not _alive(pid):
+    pid = record.pid
+    if not is_running(record):
         state.unlink(missing_ok=True)
-        print(f"mesh (pid {pid}) was not running; cleaned up its state file")
+        print(f"no mesh is running; removing stale {state} (pid {pid} is gone or is"
+              " another process now)")  # fmt: skip
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not is_running(record):
             print(f"mesh (pid {pid}) stopped")
             return 0
         time.sleep(0.1)  # polling for the process to exit

@@ -23,8 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from base.addresses import is_dns_name, is_ip_literal
 from mesh.security.identity_files import IdentityFileRenewer, issue_identity
-from mesh.security.pki import PkiError, describe
+from mesh.security.pki import PkiError, check_identity, describe
 from mesh.security.store import PkiStore
 from mesh.settings import SecuritySettings, security_from_env
 
@@ -70,6 +71,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
     store = PkiStore(security)
     try:
         if args.pki_command == "init":
+            for name in args.names:  # a bad name refused before anything is written
+                check_identity(name)
             created = store.init_ca()
             print(f"{'created' if created else 'kept'} the mesh CA {store.ca_cert_path}")
             made = store.ensure_service_secret()
@@ -136,6 +139,20 @@ def _renew(store: PkiStore, names: Sequence[str], *, once: bool) -> int:
     return 0
 
 
+def _dns(text: str) -> str:
+    """`--dns`: a host name, refused by argparse otherwise (`'not a name'` was issued)."""
+    if not is_dns_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lower-case DNS name")
+    return text
+
+
+def _ip(text: str) -> str:
+    """`--ip`: an IP address (a ValueError's traceback before)."""
+    if not is_ip_literal(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address")
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pki` to meshctl's commands."""
     pki = subparsers.add_parser("pki", help="mesh CA and service certificates")
@@ -144,8 +161,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("names", nargs="*", metavar="NAME")
     issue = sub.add_parser("issue", help="a new certificate for a service")
     issue.add_argument("name", metavar="NAME")
-    issue.add_argument("--dns", action="append", default=[], help="an extra DNS name")
-    issue.add_argument("--ip", action="append", default=[], help="an extra IP address")
+    issue.add_argument("--dns", action="append", default=[], type=_dns, help="an extra DNS name")
+    issue.add_argument("--ip", action="append", default=[], type=_ip, help="an extra IP address")
     sub.add_parser("rotate", help="re-issue every certificate in the directory")
     renew = sub.add_parser("renew", help="keep NAMEs' certificate files renewed")
     renew.add_argument("names", nargs="+", metavar="NAME")

@@ -31,6 +31,7 @@ _CN_MAX = 64  # ub-common-name (RFC 5280)
 # Issued a little in the past, so a peer whose clock is slightly behind accepts it.
 _BACKDATE = dt.timedelta(minutes=5)
 SPIFFE_PATH = "/svc/"
+CA_NAME = "ca"  # the CA's files in the PKI directory: ca.crt, ca.key
 
 
 class PkiError(RuntimeError):
@@ -206,6 +207,29 @@ def create_intermediate(
     return KeyPair(chain, _key_pem(key))
 
 
+def check_identity(service: str) -> None:
+    """Raise PkiError unless `service` can name an identity.
+
+    An identity is the first label of a DNS name (a space or '_' made a certificate no
+    client would match: `meshctl pki issue 'a b'` issued one until 7 Dec 2026). Its
+    files are `<identity>.crt`/`.key` in the PKI directory, so `ca` would write a leaf
+    over the mesh CA (`meshctl pki issue ca` did until 7 Dec 2026, breaking every
+    certificate). Limits: a CA of your own inside the directory under another name
+    (MESH_CA_CERT_FILE) is guarded by the store, which knows its path.
+    """
+    if not is_dns_label(service):
+        raise PkiError(
+            f"identity {service!r} must be a DNS label: lower-case letters, digits and '-',"
+            " at most 63, starting and ending with a letter or digit (it is the DNS name"
+            " `<identity>.<trust domain>` and the end of a SPIFFE id)"
+        )
+    if service == CA_NAME:
+        raise PkiError(
+            f"identity {service!r} is reserved: its files ({CA_NAME}.crt, {CA_NAME}.key)"
+            " are the mesh CA's; choose another name"
+        )
+
+
 def issue(
     ca: KeyPair,
     service: str,
@@ -221,14 +245,7 @@ def issue(
     `extra_dns`/`extra_ips` add names a browser or curl checks (the edge's TLS
     listener: `localhost`, `127.0.0.1`). The leaf never outlives the CA.
     """
-    # An identity is the first label of a DNS name (a space or '_' made a certificate no
-    # client would match: `meshctl pki issue 'a b'` issued one until 7 Dec 2026).
-    if not is_dns_label(service):
-        raise PkiError(
-            f"identity {service!r} must be a DNS label: lower-case letters, digits and '-',"
-            " at most 63, starting and ending with a letter or digit (it is the DNS name"
-            " `<identity>.<trust domain>` and the end of a SPIFFE id)"
-        )
+    check_identity(service)
     ca_cert = ca.certificate
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     # A user's own CA may be RSA or Ed25519.

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 
 from interceptors.policy import CallerPolicyServerInterceptor, OnDenied
 from mesh.api import options
+from mesh.cli_options import given
 from mesh.security.pki import service_of
 
 MATRIX_START = "<!-- policy-matrix:start (rendered by `meshctl policy --markdown`) -->"
@@ -101,9 +104,17 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     descriptors = Path(args.descriptors) if args.descriptors else None
     topology = Path(args.topology)
-    if descriptors is None and topology.is_file():  # the project's own contracts, if named
+    # The project's own contracts, if named. A --topology given must be one (a missing
+    # file printed the shop's policy until 7 Dec 2026); only ./mesh.toml may be absent.
+    if descriptors is None and (given(args.topology) or topology.is_file()):
         descriptors = load_topology(topology).edge_descriptors()
-    rows = load_rows(descriptors)
+    try:
+        rows = load_rows(descriptors)
+    except (OSError, DecodeError) as exc:  # a directory, a file that is no set: a traceback
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"meshctl policy: {descriptors}: not a descriptor set ({what}; `meshctl contracts"
+              " build` writes a project's)", file=sys.stderr)  # fmt: skip
+        return 2
     print(render_markdown(rows) if args.markdown else render_text(rows))
     return 0
 

@@ -32,11 +32,18 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mesh.security.pki import KeyPair, PkiError, check_pair, create_ca, describe, issue
+from mesh.security.pki import (
+    CA_NAME,
+    KeyPair,
+    PkiError,
+    check_pair,
+    create_ca,
+    describe,
+    issue,
+)
 from mesh.settings import SecuritySettings
 
 CA_LIFETIME = dt.timedelta(days=365)
-CA_NAME = "ca"
 PUBLISHED_DIR = "published"
 SERVICE_SECRET_FILE = "service-secret"
 
@@ -114,6 +121,7 @@ class PkiStore:
         """
         with self._locked():
             if self.has_ca() and not force:
+                self._check_kept_ca()
                 return False
             if force and self.security.ca_cert_file:
                 raise PkiError("refusing to replace your own CA (MESH_CA_CERT_FILE)")
@@ -121,6 +129,25 @@ class PkiStore:
             write_atomically(self.ca_key_path, ca.key_pem, 0o600)
             write_atomically(self.ca_cert_path, ca.cert_pem, 0o644)
             return True
+
+    def _check_kept_ca(self) -> None:
+        """Refuse to keep a CA that cannot be one: a corrupt or truncated file, a leaf
+        written over it, a key that is not its own (`pki init` said "kept the mesh CA"
+        of any of those until 7 Dec 2026, and every certificate issued from it failed
+        later). The key is checked only when readable: your own CA may come without it.
+        Limits: expiry is not checked (`meshctl pki show` says it)."""
+        fix = "move it away and run `meshctl pki init` for a new CA, then `meshctl pki rotate`"
+        try:
+            info = describe(self.ca_cert_path.read_bytes())
+        except (OSError, PkiError) as exc:
+            raise PkiError(f"the mesh CA {self.ca_cert_path} is unreadable ({exc}): {fix}") from exc
+        if not info.is_ca:
+            raise PkiError(f"the mesh CA {self.ca_cert_path} is not a CA certificate: {fix}")
+        if self.ca_key_available():
+            try:
+                check_pair(KeyPair(self.ca_cert_path.read_bytes(), self.ca_key_path.read_bytes()))
+            except PkiError as exc:
+                raise PkiError(f"the mesh CA key {self.ca_key_path}: {exc}: {fix}") from None
 
     def ensure_service_secret(self) -> bool:
         """Write a random shared secret (0600) unless there is one; True when created.
@@ -157,7 +184,10 @@ class PkiStore:
                 "issuing needs it (MESH_CA_KEY_FILE)"
             ) from None
         pair = KeyPair(cert, key)
-        check_pair(pair)
+        try:
+            check_pair(pair)
+        except PkiError as exc:  # which files: the message alone did not say
+            raise PkiError(f"the mesh CA {self.ca_cert_path} / {self.ca_key_path}: {exc}") from None
         return pair
 
     # -- identities -------------------------------------------------------------------------
@@ -186,7 +216,12 @@ class PkiStore:
 
     def save(self, name: str, pair: KeyPair) -> None:
         """Key first, then certificate (a reader keyed on the certificate sees a matching
-        key), then the pair published (`published/<name>`: the module doc)."""
+        key), then the pair published (`published/<name>`: the module doc). Refuses a
+        name whose files are the CA's (your own CA kept in this directory as `<name>.crt`;
+        `ca` itself is refused by `pki.check_identity`)."""
+        ca_files = {self.ca_cert_path.resolve(), self.ca_key_path.resolve()}
+        if {self.cert_path(name).resolve(), self.key_path(name).resolve()} & ca_files:
+            raise PkiError(f"identity {name!r} would overwrite the CA's files {self.ca_cert_path}")
         self.ensure_dir()
         write_atomically(self.key_path(name), pair.key_pem, 0o600)
         write_atomically(self.cert_path(name), pair.cert_pem, 0o644)

@@ -8,11 +8,13 @@
 
 The registry (hence the store) is the one the other commands use: Consul when
 CONSUL_HTTP_ADDR / MESH_REGISTRY say so (KV `shop-mesh/traffic/<service>`), else
-the embedded registry of `--run-dir` (`.run/registry`), else the running
-`meshctl up` recorded for this user (mesh/discovery/locate.py); MESH_REGISTRY_DIR
-overrides. `set` validates against the registry (mesh/traffic/admin.py) and
-refuses an invalid policy with exit 2, the old policy staying in force; a
-concurrent change (someone else wrote first) is exit 1.
+the embedded registry of `--run-dir` (only that one when `--run-dir` is given: exit 1
+when it has none), else of `.run/registry`, else the running `meshctl up` recorded for
+this user (mesh/discovery/locate.py); MESH_REGISTRY_DIR overrides. `set` refuses a
+service that the topology (`--topology`, else ./mesh.toml if present) does not name
+and the registry has no instance of; it validates against the registry
+(mesh/traffic/admin.py) and refuses an invalid policy with exit 2, the old policy
+staying in force; a concurrent change (someone else wrote first) is exit 1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mesh.cli_options import given
 from mesh.discovery.registry import Registry, RegistryUnavailable
 from mesh.settings import Settings
 from mesh.traffic.policy import (
@@ -39,17 +42,42 @@ from mesh.traffic.policy import (
 )
 
 
-def open_registry(run_dir: Path) -> Registry:
-    """The registry `meshctl` reads (see the module docstring)."""
+class NoRegistry(RuntimeError):
+    """`--run-dir` was given and holds no embedded registry (the message says where)."""
+
+
+def open_registry(run_dir: Path, *, explicit: bool = False) -> Registry:
+    """The registry `meshctl` reads (see the module docstring). A run directory the user
+    named (`explicit`) is the only one used: falling back to the running mesh made a
+    typo'd `--run-dir` change another live mesh's policy (until 7 Dec 2026)."""
     from mesh.discovery import create_registry
     from mesh.discovery.locate import locate
 
     settings = Settings.from_env("meshctl")
     if settings.registry == "embedded" and not settings.registry_dir:
         local = run_dir.resolve() / "registry"
+        if explicit and not local.is_dir():
+            raise NoRegistry(f"no embedded registry in {run_dir} (no {local}): is a"
+                             " `meshctl up` running there? (without --run-dir: the running"
+                             " mesh)")  # fmt: skip
         directory = local if local.is_dir() else locate().directory
         settings = replace(settings, registry_dir=str(directory))
     return create_registry(settings)
+
+
+async def _known_service(registry: Registry, service: str, topology: Path | None) -> str:
+    """Why `service` may not be given a policy, or "" when it may: refused when the
+    topology (named, or ./mesh.toml when there is one) lacks it and the registry has no
+    instance of it (a policy for a typo was stored with exit 0 until 7 Dec 2026).
+    Limits: without a topology file any name with no instances is accepted."""
+    from mesh.local.topology import load_topology
+
+    if topology is None:
+        return ""
+    names = [s.name for s in load_topology(topology).services]
+    if service in names or await registry.healthy(service):
+        return ""
+    return f"{service!r} is not a service of {topology} ({', '.join(names)}) nor registered"
 
 
 def _store(registry: Registry) -> PolicyStore:
@@ -86,10 +114,22 @@ async def _show(registry: Registry, store: PolicyStore, service: str, as_json: b
     return 0
 
 
+def _topology_file(args: argparse.Namespace) -> Path | None:
+    """The topology that names the services: the one given, else ./mesh.toml if present."""
+    topology = getattr(args, "topology", None)
+    if topology is None or not (given(topology) or Path(topology).is_file()):
+        return None
+    return Path(topology)
+
+
 async def _set(registry: Registry, store: PolicyStore, args: argparse.Namespace) -> int:
     from mesh.traffic.admin import change_policy
 
     service: str = args.service
+    unknown = await _known_service(registry, service, _topology_file(args))
+    if unknown:
+        print(f"meshctl traffic set: refused: {unknown}; nothing was stored", file=sys.stderr)
+        return 2
     before = None
     try:
         before = await store.get(service)
@@ -129,7 +169,11 @@ async def _clear(store: PolicyStore, service: str, revision: int | None) -> int:
 
 def cmd_traffic(args: argparse.Namespace) -> int:
     async def main() -> int:
-        registry = open_registry(Path(args.run_dir))
+        try:
+            registry = open_registry(Path(args.run_dir), explicit=given(args.run_dir))
+        except NoRegistry as exc:
+            print(f"meshctl traffic: {exc}", file=sys.stderr)
+            return 1
         store = _store(registry)
         try:
             if args.traffic_command == "show":

@@ -76,6 +76,10 @@ class FilePolicyStore:
         return policy
 
     async def get(self, service: str) -> TrafficPolicy | None:
+        """The stored policy; reading creates nothing (`meshctl traffic show` made the
+        registry's `traffic/` until 7 Dec 2026): no directory yet, no policy."""
+        if not self._verified and not self.directory.is_dir():
+            return None
         self._verify()
         return self._read(service)
 

@@ -81,25 +81,37 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if not db.exists():
         print(f"no traces: {db} does not exist (is `meshctl up` running here?)", file=out)
         return 1
+    if not db.is_file():  # SQLite says only "disk I/O error" of a directory
+        print(f"cannot open {db}: not a file", file=out)
+        return 1
     try:
         conn = connect(db, readonly=True)
     except sqlite3.Error as exc:
         print(f"cannot open {db}: {exc}", file=out)
         return 1
     try:
-        if not args.trace_id:
-            traces = recent_traces(conn, args.limit, errors_only=args.errors)
-            if not traces:
-                print(f"no trace stored yet in {db}", file=out)
-                return 0
-            print(format_list(traces), file=out)
-            return 0
-        ids = find_trace_id(conn, args.trace_id)
-        if len(ids) != 1:
-            what = "no trace" if not ids else f"{len(ids)} traces"
-            print(f"{what} matching {args.trace_id!r} in {db}", file=out)
-            return 1
-        print(format_tree(ids[0], span_tree(trace_spans(conn, ids[0]))), file=out)
-        return 0
+        return _show(conn, db, args, out)
+    except sqlite3.Error as exc:
+        # SQLite opens lazily: an empty file (no table) or not a database fails here.
+        print(f"cannot read traces from {db}: {exc} (not the trace sink's store?)", file=out)
+        return 1
     finally:
         conn.close()
+
+
+def _show(conn: sqlite3.Connection, db: Path, args: argparse.Namespace, out: TextIO) -> int:
+    """The list of recent traces, or one trace's tree; 1 when no trace matches."""
+    if not args.trace_id:
+        traces = recent_traces(conn, args.limit, errors_only=args.errors)
+        if not traces:
+            print(f"no trace stored yet in {db}", file=out)
+            return 0
+        print(format_list(traces), file=out)
+        return 0
+    ids = find_trace_id(conn, args.trace_id)
+    if len(ids) != 1:
+        what = "no trace" if not ids else f"{len(ids)} traces"
+        print(f"{what} matching {args.trace_id!r} in {db}", file=out)
+        return 1
+    print(format_tree(ids[0], span_tree(trace_spans(conn, ids[0]))), file=out)
+    return 0

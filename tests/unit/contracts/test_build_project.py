@@ -11,6 +11,7 @@ import pytest
 from mesh.cli import main as meshctl
 from mesh.contracts.codegen import PROTO_ROOT, CodegenError, build_project, mesh_proto_root
 from mesh.contracts.lint import lint_tree
+from mesh.contracts.lint import main as lint_main
 from mesh.edge.model import build_model, load_descriptor_set
 from mesh.security.policy import policy_matrix
 
@@ -97,3 +98,44 @@ def test_a_contract_protoc_refuses_exits_1_with_protocs_words(
     captured = capsys.readouterr()
     assert "meshctl contracts build: protoc failed" in captured.err
     assert "stubs in" not in captured.out
+
+
+def test_a_proto_root_that_is_missing_or_empty_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing root said "no .proto files under it"; an empty one compiled every
+    proto under the current directory (`Path("")`)."""
+    missing = tmp_path / "nowhere"
+    argv = ["contracts", "build", "--out", str(tmp_path / "gen"), "--protos"]
+    assert meshctl([*argv, str(missing)]) == 1
+    assert capsys.readouterr().err == f"meshctl contracts build: {missing}: does not exist\n"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CodegenError, match=r"file: not a directory"):
+        build_project(tmp_path / "file", tmp_path / "gen")
+    with pytest.raises(SystemExit) as exited:
+        meshctl([*argv, ""])
+    assert exited.value.code == 2
+    assert "argument --protos: an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "gen").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no .proto files under it"),
+        ("bad", "protoc failed"),  # protoc's own lines before it
+    ],
+)
+def test_lint_names_a_root_it_cannot_compile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: str, said: str
+) -> None:
+    """Each was a CodegenError traceback from `python -m mesh.contracts.lint`."""
+    root = tmp_path / "protos"
+    if make != "missing":
+        root.mkdir()
+    if make == "bad":
+        (root / "bad.proto").write_text('syntax = "proto3";\nmessage {}\n')
+    assert lint_main(["--proto-root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert said in err.splitlines()[-1]

@@ -490,6 +490,14 @@ def test_a_release_renders_one_services_green_track(tmp_path: Path) -> None:
         ["--tag", "bad tag"],
         ["--namespace", "Not_A_Label"],
         ["--tracks", "blue", "--active", "green"],
+        # Each of these was rendered (the tracks' objects twice, the names into the
+        # edge Certificate, the image into every Deployment).
+        ["--tracks", "blue,blue"],
+        ["--tag", "1.0\n"],
+        ["--image", "UPPER/x"],
+        ["--image", "shop-mesh:1.0"],
+        ["--edge-name", "not a name"],
+        ["--edge-name", ""],
     ],
 )
 def test_bad_render_options_are_refused_with_exit_2(
@@ -810,3 +818,31 @@ def test_the_edge_admin_stays_in_its_pod_and_the_kubelet_probes_the_health_liste
     assert "admin" not in {p["name"] for p in envoy["ports"]}
     for probe in ("readinessProbe", "livenessProbe"):
         assert envoy[probe]["httpGet"] == {"path": "/ready", "port": port}, probe
+
+
+def test_render_writes_a_projects_manifests_into_the_projects_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out, another project's manifests go to its own deploy/k8s/ (as `edge
+    render` puts its envoy/), never over this checkout's committed ones (until 7 Dec 2026
+    they did). A write elsewhere than tmp_path is recorded, not made: the guard keeps a
+    regression from replacing the checkout's files while it fails."""
+    import mesh.k8s.render as k8s_render
+
+    project = tmp_path / "notes"
+    project.mkdir()
+    (project / "mesh.toml").write_text((ROOT / "mesh.toml").read_text())
+    written: list[Path] = []
+
+    def guarded(out: Path, *args: Any) -> None:
+        written.append(out)
+        if out.resolve().is_relative_to(tmp_path.resolve()):
+            write_manifests(out, *args)
+
+    monkeypatch.setattr(k8s_render, "write_manifests", guarded)
+    assert meshctl(["k8s", "render", "--topology", str(project / "mesh.toml")]) == 0
+    assert written == [project.resolve() / "deploy" / "k8s"]
+    assert (project / "deploy" / "k8s" / "40-edge.yaml").is_file()
+    written.clear()  # the control: the shop's own topology still renders the committed copy
+    assert meshctl(["k8s", "render", "--topology", str(ROOT / "mesh.toml")]) == 0
+    assert written == [DEPLOY_DIR]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mesh.local.detach import start_detached
-from mesh.local.up import READY_LINE, STATE_FILE
+from mesh.local.up import READY_LINE
+from mesh.local.up_record import STATE_FILE, write_record
 
 
 def _child(code: str) -> list[str]:
@@ -57,10 +58,19 @@ def test_still_starting_after_the_wait_returns_0_and_says_so(
 def test_a_running_up_is_refused_before_anything_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid()}))  # alive
+    write_record(tmp_path)  # this process, as `up` records itself: alive
     assert start_detached(tmp_path, _child("raise SystemExit('must not run')")) == 1
     assert f"already running in {tmp_path} (pid {os.getpid()})" in capsys.readouterr().err
     assert not (tmp_path / "up.log").exists()
+
+
+def test_a_stale_record_does_not_block_a_new_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live pid that is not the recorded `up` (reused after a crash) blocked it before."""
+    (tmp_path / STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "started": 1}))
+    assert start_detached(tmp_path, _child(f"print({READY_LINE!r})")) == 0
+    assert "already running" not in capsys.readouterr().err
 
 
 def test_ctrl_c_stops_the_wait_not_the_mesh(tmp_path: Path) -> None:

@@ -117,7 +117,18 @@ def test_a_module_runs_from_another_source_tree_with_its_arguments(tmp_path: Pat
             MINIMAL + "env = { X = 2 }\n",
             'services.notes.env: expected a table of NAME = "string" pairs',
         ),
-        ("[services.Notes]\nmodule = 'n'\n", "services.Notes: service names are lower case"),
+        ("[services.Notes]\nmodule = 'n'\n", "services.Notes: 'Notes': a name is lower case"),
+        # Not a DNS label (Kubernetes refuses it), or one too long for `<name>-<track>`.
+        ("[services.a-]\nmodule = 'n'\n", "services.a-: 'a-': a name is lower case"),
+        ('[services."a\\n"]\nmodule = "n"\n', "a name is lower case"),
+        (f"[services.{'a' * 43}]\nmodule = 'n'\n", "at most 42 characters"),
+        # The mesh's own identities.
+        ("[services.edge]\nmodule = 'n'\n", "services.edge: 'edge' is reserved"),
+        ("[services.dead-letters]\nmodule = 'n'\n", "'dead-letters' is reserved"),
+        ("[services.consul]\nmodule = 'n'\n", "'consul' is reserved"),
+        ('event_identities = ":"\n' + MINIMAL, "event_identities: expected 'package.module:NAME'"),
+        ('event_types = "a.b:"\n' + MINIMAL, "event_types: expected 'package.module:NAME'"),
+        ('[services.a]\nmodule = "a.server\\n"\n', "services.a.module: expected a Python module"),
         (
             MINIMAL + 'migrations = "notes.store"\n',
             "services.notes.migrations: expected 'package.module:NAME'",
@@ -262,3 +273,69 @@ def test_meshctl_demo_needs_a_demo_module(
     path = write(tmp_path, MINIMAL)
     assert meshctl(["demo", "--topology", str(path)]) == 1
     assert f"{path} names no demo module" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_utf8_or_is_a_directory_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both were tracebacks (UnicodeDecodeError, IsADirectoryError)."""
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[services.a]\n")
+    with pytest.raises(TopologyError, match=r"binary\.toml: not UTF-8 text \(byte 0"):
+        load_topology(binary)
+    with pytest.raises(TopologyError, match=r": a directory, not a topology file"):
+        load_topology(tmp_path)
+    assert meshctl(["status", "--topology", str(binary), "--run-dir", str(tmp_path)]) == 2
+    assert f"meshctl: {binary}: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_the_reserved_names_are_the_meshs_own() -> None:
+    """The names are spelled out in topology.py (mesh/k8s imports it): these are where
+    they come from."""
+    from mesh.api.options import EDGE
+    from mesh.events.nats_auth import MESH_TOOLS
+    from mesh.k8s.infra import CONSUL_IDENTITY, NATS_HEADLESS
+    from mesh.k8s.workloads import NATS_SERVICE
+    from mesh.local.topology import RESERVED_NAMES
+    from mesh.security.end_user import MESH_CLIENT
+    from mesh.security.pki import CA_NAME
+
+    own = {EDGE, MESH_CLIENT, CA_NAME, CONSUL_IDENTITY, NATS_SERVICE, NATS_HEADLESS}
+    assert own | {t.name for t in MESH_TOOLS} == RESERVED_NAMES
+
+
+IDENTITIES = """
+from mesh.events.nats_auth import Consumes, EventIdentity
+IDENTITIES = ({entries})
+"""
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            'EventIdentity("notes", publishes=("note",)),',
+            "event_identities: notes: no stream holds subject 'note.>': the streams are the"
+            " domains of the event types (event_types = not given; domains: none)",
+        ),
+        (
+            'EventIdentity("notes", consumes=(Consumes("user.created", "d"),)),',
+            "event_identities: notes: no stream holds subject 'user.created'",
+        ),
+        ('EventIdentity("notes"), EventIdentity("notes"),', "'notes' is given more than once"),
+        ('EventIdentity("meshctl"),', "event_identities: 'meshctl' is reserved"),
+        ('EventIdentity("a/b"),', "event_identities: 'a/b': a name is lower case"),
+    ],
+)
+def test_event_identities_that_no_authorization_could_be_rendered_for(
+    tmp_path: Path, entries: str, message: str
+) -> None:
+    """`events credentials` and `k8s secrets` failed with GrantError's traceback while
+    `k8s render` went on; a repeated or reserved identity went through."""
+    module = f"idents_{abs(hash(entries))}"  # a module name of its own: imports are cached
+    (tmp_path / f"{module}.py").write_text(IDENTITIES.format(entries=entries))
+    path = write(tmp_path, f'event_identities = "{module}:IDENTITIES"\n' + MINIMAL)
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path).event_identities()
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)

@@ -216,3 +216,68 @@ def test_pki_show_says_how_long_a_certificate_has_left() -> None:
     assert _fmt_remaining(dt.timedelta(hours=5, minutes=7)) == "5h 7m"
     assert _fmt_remaining(dt.timedelta(seconds=42)) == "42s"  # was "0h 0m"
     assert _fmt_remaining(dt.timedelta(seconds=-1)) == "EXPIRED"
+
+
+def test_an_identity_named_like_the_ca_is_refused_and_the_ca_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pki issue ca` wrote a leaf over ca.crt/ca.key until 7 Dec 2026."""
+    monkeypatch.setenv("MESH_PKI_DIR", str(tmp_path / "pki"))
+    assert meshctl(["pki", "init", "users"]) == 0
+    store = PkiStore(SecuritySettings(pki_dir=str(tmp_path / "pki")))
+    ca_before = store.ca_cert_path.read_bytes(), store.ca_key_path.read_bytes()
+    capsys.readouterr()
+    assert meshctl(["pki", "issue", "ca"]) == 1
+    assert "'ca' is reserved" in capsys.readouterr().err
+    assert meshctl(["pki", "init", "edge", "ca"]) == 1  # refused before anything is issued
+    assert not store.cert_path("edge").exists()
+    assert (store.ca_cert_path.read_bytes(), store.ca_key_path.read_bytes()) == ca_before
+    assert describe(ca_before[0]).is_ca
+    assert meshctl(["pki", "issue", "cab"]) == 0  # the control: a name that is not the CA's
+
+
+def test_your_own_ca_in_the_directory_is_not_overwritten_by_an_identity(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    store = PkiStore(SecuritySettings(pki_dir=str(pki), ca_cert_file=str(pki / "root.crt"),
+                                      ca_key_file=str(pki / "root.key")))  # fmt: skip
+    ca = create_ca(TD, dt.timedelta(days=1))
+    store.ensure_dir()
+    (pki / "root.crt").write_bytes(ca.cert_pem)
+    (pki / "root.key").write_bytes(ca.key_pem)
+    with pytest.raises(PkiError, match="overwrite the CA's files"):
+        store.issue("root")
+    assert (pki / "root.crt").read_bytes() == ca.cert_pem
+    store.issue("orders").certificate.verify_directly_issued_by(ca.certificate)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("garbage", "is unreadable"),
+        ("leaf", "is not a CA certificate"),
+        ("other key", "the mesh CA key"),
+    ],
+)
+def test_pki_init_refuses_to_keep_a_broken_ca_and_names_the_file(
+    damage: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A corrupt ca.crt was "kept" (exit 0) until 7 Dec 2026; issuing from it failed later."""
+    monkeypatch.setenv("MESH_PKI_DIR", str(tmp_path / "pki"))
+    assert meshctl(["pki", "init", "users"]) == 0  # the control: a good CA is kept
+    assert meshctl(["pki", "init"]) == 0
+    store = PkiStore(SecuritySettings(pki_dir=str(tmp_path / "pki")))
+    if damage == "garbage":
+        store.ca_cert_path.write_bytes(b"garbage\n")
+    elif damage == "leaf":
+        store.ca_cert_path.write_bytes(store.cert_path("users").read_bytes())
+    else:
+        store.ca_key_path.write_bytes(store.key_path("users").read_bytes())
+    capsys.readouterr()
+    assert meshctl(["pki", "init"]) == 1
+    captured = capsys.readouterr()
+    assert "kept the mesh CA" not in captured.out
+    assert message in captured.err and str(store.dir / "ca.") in captured.err

@@ -1,0 +1,76 @@
+"""`meshctl traffic` without a fleet: which registry it uses, the services it accepts, and
+that reading creates nothing (the fleet's set/show/refusals: tests/integration/traffic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mesh.cli import main as meshctl
+from mesh.discovery import locate
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def live_mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The registry of a `meshctl up` recorded for this user (the fallback), and a
+    working directory with no `.run` and no mesh.toml."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("MESH_REGISTRY", "embedded")
+    for name in ("MESH_REGISTRY_DIR", "CONSUL_HTTP_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    registry = tmp_path / "live" / "registry"
+    registry.mkdir(parents=True, mode=0o700)
+    locate.record(registry, pid=os.getpid())  # alive: this process stands in for `up`
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return registry
+
+
+def test_a_run_dir_given_is_the_only_one_used(
+    tmp_path: Path, live_mesh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo'd --run-dir changed the recorded live mesh's policy until 7 Dec 2026."""
+    typo = tmp_path / "typo"
+    for argv in (["show", "orders"], ["set", "orders"], ["clear", "orders"]):
+        assert meshctl(["--run-dir", str(typo), "traffic", *argv]) == 1, argv
+        assert f"no embedded registry in {typo}" in capsys.readouterr().err
+    assert not (live_mesh / "traffic").exists() and not typo.exists()
+    # The control: with no --run-dir (and no ./.run) the recorded mesh is the one used.
+    assert meshctl(["traffic", "set", "orders"]) == 0
+    assert (live_mesh / "traffic" / "orders.json").is_file()
+    capsys.readouterr()
+    assert meshctl(["traffic", "show", "orders"]) == 0
+    assert f"stored in file {live_mesh}/traffic/orders.json" in capsys.readouterr().out
+
+
+def test_a_service_the_topology_does_not_name_is_refused(
+    tmp_path: Path, live_mesh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run" / "registry").mkdir(parents=True, mode=0o700)
+    base = ["--topology", str(ROOT / "mesh.toml"), "--run-dir", str(tmp_path / "run"), "traffic"]
+    assert meshctl([*base, "set", "nope-svc"]) == 2
+    assert "'nope-svc' is not a service of" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "registry" / "traffic").exists()
+    assert meshctl([*base, "set", "orders"]) == 0  # the control: the shop's service
+    assert (tmp_path / "run" / "registry" / "traffic" / "orders.json").is_file()
+
+
+def test_reading_creates_no_directory(
+    tmp_path: Path, live_mesh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`traffic show` made `<registry>/traffic/`, `status` made `.run/registry`."""
+    run = tmp_path / "run"
+    (run / "registry").mkdir(parents=True, mode=0o700)
+    assert meshctl(["--run-dir", str(run), "traffic", "show", "orders"]) == 0
+    assert "no traffic policy" in capsys.readouterr().out
+    assert not (run / "registry" / "traffic").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert meshctl(["--topology", str(ROOT / "mesh.toml"), "--run-dir", str(empty), "status"]) == 1
+    assert "no mesh is running" in capsys.readouterr().out
+    assert list(empty.iterdir()) == []

@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.processes import alive
+
 RECORD_NAME = "current.json"
 
 
@@ -108,7 +110,7 @@ def locate(env: Mapping[str, str] | None = None) -> RegistryLocation:
         return RegistryLocation(fallback, f"per-user default; no `meshctl up` recorded in {path}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return RegistryLocation(fallback, f"per-user default; {path} is unreadable: {exc}")
-    if not _alive(pid):
+    if not alive(pid):
         return RegistryLocation(
             fallback, f"per-user default; the `meshctl up` recorded in {path} (pid {pid}) is gone"
         )
@@ -118,13 +120,3 @@ def locate(env: Mapping[str, str] | None = None) -> RegistryLocation:
         f"recorded by `meshctl up` (pid {pid}) in {path}",
         Path(str(pki)) if pki else None,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, another user's: not ours, but alive
-    return True

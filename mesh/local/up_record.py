@@ -21,8 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.processes import PROC, alive, process_start
+
 STATE_FILE = "up.json"
-_PROC = Path("/proc")
 
 
 class InvalidRecord(ValueError):
@@ -35,21 +36,6 @@ class UpRecord:
 
     pid: int
     started: int | None  # /proc/<pid>/stat starttime; None: not recorded (see module doc)
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of process `pid` (clock ticks after boot), None when there is no
-    such process (a zombie has exited: none), or no `/proc` to ask."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # Field 2, the command name in parentheses, may hold spaces and ')': count from the
-    # last ')'. What follows is field 3 (the state) onwards, so starttime (22) is index 19.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X") or not fields[19].isdigit():
-        return None
-    return int(fields[19])
 
 
 def write_record(run_dir: Path, **extra: object) -> Path:
@@ -84,10 +70,10 @@ def is_running(record: UpRecord) -> bool:
     start = process_start(record.pid)
     if record.started is not None:
         return start == record.started
-    if not _PROC.is_dir():
-        return _alive(record.pid)  # no /proc: the pid alone (module doc's limits)
+    if not PROC.is_dir():
+        return alive(record.pid)  # no /proc: the pid alone (module doc's limits)
     try:
-        argv = (_PROC / str(record.pid) / "cmdline").read_bytes().split(b"\0")
+        argv = (PROC / str(record.pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     return start is not None and is_meshctl_up([a.decode(errors="replace") for a in argv if a])
@@ -107,13 +93,3 @@ def running_pid(run_dir: Path) -> int | None:
     except InvalidRecord:
         return None
     return record.pid if record is not None and is_running(record) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: alive, though not ours
-    return True

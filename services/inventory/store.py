@@ -587,7 +587,7 @@ class InventoryStore:
         raise Aborted(f"release of saga {saga_id} kept conflicting; retry", reason="CONFLICT")
 
     async def _release(self, saga_id: str, reason: str) -> Reservation:
-        p, now = self._t.products.c, utcnow()
+        now = utcnow()
         async with self._sessions.begin() as s:
             changed = await self._set_status(s, saga_id, RELEASED, reason)
             current = await self._read_reservation(s, saga_id)
@@ -606,19 +606,7 @@ class InventoryStore:
                         metadata={"saga_id": saga_id},
                     )
                 return current  # released before: no-op
-            for line in current.items:
-                await s.execute(
-                    update(self._t.products)
-                    .where(p.product_id == line.product_id)
-                    .values(
-                        available=p.available + line.quantity,
-                        reserved=p.reserved - line.quantity,
-                        low_stock_notified=case(
-                            (p.available + line.quantity >= self._threshold, False),
-                            else_=p.low_stock_notified,
-                        ),
-                    )
-                )
+            await self._back_in_stock(s, current.items, from_reserved=True)
             await self._outbox.add(s, new_envelope(
                 events_pb2.InventoryReleased(saga_id=saga_id, items=_event_lines(current.items),
                                              reason=reason),
@@ -636,7 +624,6 @@ class InventoryStore:
         on what an admin adds (a cancel refused at the limit left its order refunded but
         not cancelled). A product can exceed the limit only by units it sold, far inside
         int64."""
-        p = self._t.products.c
         async with self._sessions.begin() as s:
             held = await self._move(s, saga_id, HELD, reason)
             if not held and not await self._move(s, saga_id, CONFIRMED, reason):
@@ -649,26 +636,33 @@ class InventoryStore:
                     )
                 return current  # returned before, or released: its units are back
             current = Reservation(saga_id, RETURNED, await self._reserved_lines(s, saga_id))
-            for line in current.items:
-                # Held units leave `reserved` too (the sale was never confirmed here).
-                back = line.quantity if held else 0
-                await s.execute(
-                    update(self._t.products)
-                    .where(p.product_id == line.product_id)
-                    .values(
-                        available=p.available + line.quantity,
-                        reserved=p.reserved - back,
-                        low_stock_notified=case(
-                            (p.available + line.quantity >= self._threshold, False),
-                            else_=p.low_stock_notified,
-                        ),
-                    )
-                )
+            # Held units leave `reserved` too (the sale was never confirmed here).
+            await self._back_in_stock(s, current.items, from_reserved=held)
             await self._outbox.add(s, new_envelope(
                 events_pb2.InventoryReturned(saga_id=saga_id, items=_event_lines(current.items),
                                              reason=reason),
                 types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
         return current
+
+    async def _back_in_stock(
+        self, s: AsyncSession, lines: Sequence[ReservedLine], *, from_reserved: bool
+    ) -> None:
+        """Each line's units available again (taken from `reserved` when they were held
+        there); a product back at or above the threshold may report low stock again."""
+        p = self._t.products.c
+        for line in lines:
+            await s.execute(
+                update(self._t.products)
+                .where(p.product_id == line.product_id)
+                .values(
+                    available=p.available + line.quantity,
+                    reserved=p.reserved - (line.quantity if from_reserved else 0),
+                    low_stock_notified=case(
+                        (p.available + line.quantity >= self._threshold, False),
+                        else_=p.low_stock_notified,
+                    ),
+                )
+            )
 
     async def _move(self, s: AsyncSession, saga_id: str, from_status: str, reason: str) -> bool:
         """`from_status` -> RETURNED; False when the reservation is not `from_status`."""

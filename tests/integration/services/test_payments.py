@@ -339,13 +339,20 @@ class HeldProcessor:
         monkeypatch.setattr(SimulatedProcessor, "reverse", reverse)
 
 
-async def _age_claim(engine: AsyncEngine, saga_id: str) -> None:
-    """Make the saga's PENDING claim an hour old, as a charge stuck that long leaves it."""
+async def _charge_stuck_past_the_stale_limit(
+    served: Served, engine: AsyncEngine, processor: HeldProcessor, saga_id: str
+) -> asyncio.Future[pay.Payment]:
+    """A Charge of `saga_id` held at the processor, its claim made an hour old (as a
+    charge stuck that long leaves it); the call, still waiting for its answer."""
+    charging = asyncio.ensure_future(payments(served).Charge(charge_req(saga_id)))
+    async with asyncio.timeout(5):
+        await processor.at_processor.wait()
     async with engine.begin() as conn:
         await conn.execute(
             text("UPDATE payments SET updated_at = :t WHERE saga_id = :s AND status = 'PENDING'"),
             {"s": saga_id, "t": datetime.now(UTC) - timedelta(hours=1)},
         )
+    return charging
 
 
 async def test_an_approval_after_the_refund_voided_the_claim_is_reversed(
@@ -357,10 +364,7 @@ async def test_an_approval_after_the_refund_voided_the_claim_is_reversed(
     SAGA_VOIDED (it used to answer OK with no status and publish the capture)."""
     processor = HeldProcessor(monkeypatch)
     sid = saga()
-    charging = asyncio.ensure_future(payments(served).Charge(charge_req(sid)))
-    async with asyncio.timeout(5):
-        await processor.at_processor.wait()
-    await _age_claim(engine, sid)
+    charging = await _charge_stuck_past_the_stale_limit(served, engine, processor, sid)
     with pytest.raises(grpc.RpcError) as err:
         await payments(served).Refund(pay.RefundRequest(saga_id=sid, reason="compensation"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing captured: voided
@@ -384,10 +388,7 @@ async def test_a_charge_settled_by_its_taker_over_reverses_its_own_approval(
     one capture, one `payment.completed` (there used to be two of each)."""
     processor = HeldProcessor(monkeypatch)
     sid = saga()
-    stuck = asyncio.ensure_future(payments(served).Charge(charge_req(sid)))
-    async with asyncio.timeout(5):
-        await processor.at_processor.wait()
-    await _age_claim(engine, sid)
+    stuck = await _charge_stuck_past_the_stale_limit(served, engine, processor, sid)
     retried = await payments(served).Charge(charge_req(sid))
     assert retried.status == pay.PAYMENT_STATUS_CAPTURED
     processor.release.set()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from base.processes import process_start
 from mesh.local.up import run_down, running_up
-from mesh.local.up_record import STATE_FILE, is_meshctl_up, process_start, read_record
+from mesh.local.up_record import STATE_FILE, is_meshctl_up, read_record
 
 _SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]  # poll: killed by the test
 

@@ -36,12 +36,15 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 
-_CONTROL = frozenset({"Cc", "Cs", "Co", "Cn"})
+# Controls, surrogates, private use, unassigned; and the line and paragraph separators
+# (U+2028, U+2029: line breaks as a newline is, which passed until 7 Dec 2026).
+_CONTROL = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def has_control_chars(value: str) -> bool:
     """True for C0/C1 controls (NUL, newline, escape...), surrogates, private-use and
-    unassigned code points. ASCII text is checked in C: its only non-printable
+    unassigned code points, and Unicode's line and paragraph separators. ASCII text is
+    checked in C: its only non-printable
     characters are its controls (category Cc), so `isprintable()` says the same as the
     per-character categories (tests/unit/services/test_common.py compares them for
     every ASCII character); an order's text fields cost ~250 Python steps otherwise."""

@@ -204,6 +204,8 @@ def test_text_field() -> None:
     text_field(v, "long", "x" * 11, max_len=10)
     text_field(v, "nul", "a\x00b", max_len=10)
     text_field(v, "newline", "a\nb", max_len=10)
+    text_field(v, "line_separator", "a\u2028b", max_len=10)  # a newline by another name
+    text_field(v, "paragraph_separator", "a\u2029b", max_len=10)
     assert text_field(v, "empty_ok", "", min_len=0, max_len=10) == ""
     assert text_field(v, "emoji", "🙂 ok", max_len=10) == "🙂 ok"
     text_field(v, "bidi", "moc\u202egoogle", max_len=20)
@@ -212,6 +214,7 @@ def test_text_field() -> None:
     text_field(v, "bom", "\ufeffAda", max_len=20)
     assert set(violations(v)) == {
         "blank", "long", "nul", "newline", "bidi", "zero_width", "isolate", "bom",
+        "line_separator", "paragraph_separator",
     }  # fmt: skip
     assert "format characters" in violations(v)["bidi"]
 

@@ -13,7 +13,7 @@ from mesh.saga.classify import (
     is_transient_db_error,
     status_code,
 )
-from mesh.saga.errors import SagaBusy, SagaConflict, SagaFailed, SagaInterrupted
+from mesh.saga.errors import SagaBusy, SagaConflict, SagaFailed, SagaInterrupted, StepCancelled
 from mesh.saga.metrics import SagaMetrics
 from mesh.saga.model import (
     ErrorKind,
@@ -57,6 +57,7 @@ __all__ = [
     "SagaTransition",
     "Step",
     "StepAction",
+    "StepCancelled",
     "StepRetry",
     "TransitionEvent",
     "TransitionHook",

@@ -37,3 +37,11 @@ class SagaInterrupted(Unavailable):
 
 class SagaConflict(AlreadyExists):
     """The saga id is taken by a saga of another definition."""
+
+
+class StepCancelled(Unavailable):
+    """A step's action raised CancelledError while its drive was not being cancelled: it
+    awaited something another task cancelled, or a call on a channel closed under it.
+    Transient (UNAVAILABLE), as a dropped connection is: the step is retried, then
+    undone as one that may have taken effect. Raised in its place, the CancelledError
+    ended the drive with no failure recorded and its lease kept until it ran out."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -28,8 +29,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from interceptors.context import incoming_deadline
 from mesh.saga.classify import Classifier, default_classifier, failure_of, is_transient_db_error
-from mesh.saga.errors import SagaBusy, SagaConflict, SagaFailed, SagaInterrupted
+from mesh.saga.errors import SagaBusy, SagaConflict, SagaFailed, SagaInterrupted, StepCancelled
 from mesh.saga.metrics import SagaMetrics
 from mesh.saga.model import (
     ErrorKind,
@@ -96,6 +98,18 @@ class _ActionError(Exception):
 class _ChainBroken(Exception):
     """A local step run in the transaction of the one before it failed: everything rolls
     back and the steps run again one transaction each (cause chained)."""
+
+
+async def _uncancelled(step: Step, action: Awaitable[T]) -> T:
+    """`action`'s result; a CancelledError out of it that does not cancel this drive
+    becomes StepCancelled, a step failure the drive handles like any other."""
+    try:
+        return await action
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise StepCancelled(f"step {step.name} was cancelled (not by its saga)") from None
 
 
 class _StoreFailure(Exception):
@@ -255,7 +269,12 @@ class SagaRunner:
         return _now_ms() + int(self.lease_s * 1000)
 
     def _spawn(self, saga_id: str, coro: Coroutine[Any, Any, _Outcome]) -> asyncio.Task[_Outcome]:
-        task = asyncio.create_task(coro, name=f"saga-{saga_id}")
+        # Detached from the caller's deadline (the trace stays): a drive started in a
+        # gRPC handler outlives the call, and with the incoming deadline its calls failed
+        # at once once the client had gone, and the saga parked (found by an audit).
+        context = contextvars.copy_context()
+        context.run(incoming_deadline.set, None)
+        task = asyncio.create_task(coro, name=f"saga-{saga_id}", context=context)
         self._tasks[saga_id] = task
 
         def done(t: asyncio.Task[_Outcome]) -> None:
@@ -459,9 +478,11 @@ class SagaRunner:
             ctx = self._context(state, step, Phase.FORWARD, attempt)
             try:
                 if step.local:
-                    after = await self._local(definition, state, step, ctx, unrecorded)
+                    after = await _uncancelled(
+                        step, self._local(definition, state, step, ctx, unrecorded)
+                    )
                     return after, None, None
-                update = await step.action(ctx)
+                update = await _uncancelled(step, step.action(ctx))
             except _StoreFailure:
                 raise
             except Exception as raised:
@@ -532,8 +553,8 @@ class SagaRunner:
             ctx = self._context(state, step, Phase.COMPENSATE, state.attempts + 1)
             try:
                 if step.local:
-                    return await self._local(definition, state, step, ctx)
-                update = await compensation(ctx)
+                    return await _uncancelled(step, self._local(definition, state, step, ctx))
+                update = await _uncancelled(step, compensation(ctx))
                 after = step_compensated(state, definition, update, _now_ms())
                 await self._commit(
                     definition, state, after, TransitionEvent.STEP_COMPENSATED, step.name

@@ -22,14 +22,12 @@ repeat starts.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from base.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from interceptors.context import incoming_deadline
 from mesh.saga import (
     ErrorKind,
     SagaBusy,
@@ -49,13 +47,6 @@ log = logging.getLogger(__name__)
 
 _KEY_ROUNDS = 5
 _BUSY_BACKOFF_MAX_S = 0.5
-
-
-def _detached() -> contextvars.Context:
-    """The current context (trace) without the incoming call's deadline."""
-    ctx = contextvars.copy_context()
-    ctx.run(incoming_deadline.set, None)
-    return ctx
 
 
 def _public(exc: BaseException) -> BaseException:
@@ -189,9 +180,8 @@ class Orders:
         if the compensation that follows takes longer than `compensation_reply_s`."""
         delay = 0.05
         while True:
-            task = asyncio.create_task(
-                self.runner.run(name, saga_id, data), name=saga_id, context=_detached()
-            )
+            # The drive runs without the incoming call's deadline (SagaRunner._spawn).
+            task = asyncio.create_task(self.runner.run(name, saga_id, data), name=saga_id)
             self._tasks.add(task)
             task.add_done_callback(self._forget)
             try:

@@ -13,10 +13,13 @@ from typing import Any
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from base.errors import FailedPrecondition, NotFound, Unavailable
+from interceptors.arity import for_channel
+from interceptors.deadline import DeadlineClientInterceptor, DeadlineServerInterceptor
 from mesh.saga import (
     ErrorKind,
     SagaBusy,
@@ -28,8 +31,10 @@ from mesh.saga import (
     SagaStatus,
     SagaTransition,
     Step,
+    StepCancelled,
     TransitionEvent,
 )
+from tests.support.ping import start_ping_server
 from tests.support.poll import eventually
 from tests.support.saga import FAST_RETRY, Db, Runners, sample
 from tests.support.saga_scenario import (
@@ -831,3 +836,100 @@ async def test_a_write_first_local_step_rolls_back_when_the_lease_was_lost(
     assert await order_status(db, "s1") is None
     row = await runner.store.get("s1")
     assert row is not None and row.completed == 0
+
+
+# -- a drive is its own task ----------------------------------------------------------------
+
+
+async def test_a_drive_started_in_a_handler_outlives_the_caller_s_deadline(
+    db: Db, runners: Runners
+) -> None:
+    """A saga started in a gRPC handler whose caller gives up (its deadline) still
+    completes: the drive does not carry the incoming deadline (with it, every later call
+    failed at once, the compensation too, and the saga parked; found by an audit)."""
+    back = await start_ping_server("back")
+    back_channel = grpc.aio.insecure_channel(
+        back.address, interceptors=for_channel(DeadlineClientInterceptor(5.0))
+    )
+    upstream = ping_pb2_grpc.PingServiceStub(back_channel)
+
+    async def reserve(ctx: SagaContext) -> None:
+        await upstream.Ping(ping_pb2.PingRequest(value="reserve"))
+
+    async def release(ctx: SagaContext) -> None:
+        await upstream.Ping(ping_pb2.PingRequest(value="release"))
+
+    async def charge(ctx: SagaContext) -> None:  # slow, and well within its own 5 s
+        await upstream.Ping(ping_pb2.PingRequest(value="charge", sleep_ms=600))
+
+    place = SagaDefinition(
+        "place", [Step("reserve", reserve, release, retry=FAST_RETRY), Step("charge", charge)]
+    )
+    runner = runners(place)
+
+    class Front(ping_pb2_grpc.PingServiceServicer):
+        async def Ping(self, request: Any, context: Any) -> Any:
+            await runner.run("place", request.value, {})  # as a shop handler does
+            return ping_pb2.PingResponse(value="ok")
+
+    front = grpc.aio.server(interceptors=[DeadlineServerInterceptor()])
+    ping_pb2_grpc.add_PingServiceServicer_to_server(Front(), front)  # type: ignore[no-untyped-call]
+    port = front.add_insecure_port("127.0.0.1:0")
+    await front.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await ping_pb2_grpc.PingServiceStub(channel).Ping(
+                    ping_pb2.PingRequest(value="saga-1"), timeout=0.3
+                )
+        assert gone.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+        async def finished() -> Any:
+            state = await runner.store.get("saga-1")
+            return state if state is not None and not state.status.unfinished else None
+
+        state = await eventually(finished, 10, "the saga to finish")
+        assert state.status is SagaStatus.COMPLETED, state.failure
+    finally:
+        await front.stop(None)
+        await back_channel.close(None)
+        await back.stop(None)
+
+
+async def test_a_step_cancelled_from_outside_its_drive_is_a_transient_failure(
+    runners: Runners, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that awaits something another task cancelled raises CancelledError without
+    its drive being cancelled: that is StepCancelled (UNAVAILABLE), retried and then
+    compensated, and run() raises it (the CancelledError used to end the drive silently:
+    no failure recorded, nothing undone, the lease kept)."""
+    undone: list[str] = []
+    tries: list[int] = []
+
+    async def reserve(ctx: SagaContext) -> None:
+        return None
+
+    async def release(ctx: SagaContext) -> None:
+        undone.append(ctx.step)
+
+    async def charge(ctx: SagaContext) -> None:
+        tries.append(ctx.attempt)
+        shared = asyncio.get_running_loop().create_future()
+        shared.cancel()  # someone else's
+        await shared
+
+    place = SagaDefinition(
+        "place",
+        [
+            Step("reserve", reserve, release, retry=FAST_RETRY),
+            Step("charge", charge, retry=FAST_RETRY),
+        ],
+    )
+    runner = runners(place)
+    with pytest.raises(StepCancelled) as err:
+        await runner.run("place", "s1", {})
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    assert tries == [1, 2, 3] and undone == ["reserve"]
+    state = await runner.store.get("s1")
+    assert state is not None and state.status is SagaStatus.COMPENSATED
+    assert state.failure is not None and state.failure.code == "UNAVAILABLE"

@@ -26,13 +26,26 @@ and cannot be replayed.
 
 `not_sent` heuristic: gRPC core has its own transparent retry for streams
 that never left the client; what still surfaces is a connection that could
-not be made. A failure counts as not sent when it is UNAVAILABLE, no initial
-metadata came back, and its details are a connection-establishment failure
-("failed to connect", "connection refused", "DNS resolution failed", ...),
-or when an inner interceptor raised it locally (`local_error`) for a reason
-other than an open breaker. A connection that broke after the request was
-written ("Socket closed", "Connection reset") is *not* counted: the server
-may have acted on it.
+not be made. A failure counts as not sent when an inner interceptor raised it
+locally (`local_error`) for a reason other than an open breaker, or when it is
+UNAVAILABLE, no metadata at all came back (initial or trailing), and its
+details *start* with one of the messages gRPC core gives a call no connection
+carried (`_CORE_NOT_SENT`: "failed to connect to all addresses", "DNS
+resolution failed for", ...). The text is checked at its start only: a server
+may put those words anywhere in its own message ("card processor: failed to
+connect to acquirer") after it acted on the call. A connection that broke
+after the request was written ("Socket closed", "Connection reset") is *not*
+counted: the server may have acted on it.
+
+Limit: grpc.aio gives a server's trailers-only reply and a failure gRPC core
+made up alike (same code, details, empty metadata, `debug_error_string()`
+"UNAVAILABLE:<details>", grpcio 1.85), so nothing a client sees tells them
+apart for certain. Every error a mesh server sends carries a
+`grpc-status-details-bin` trailer (`interceptors.errors`), so it always counts
+as sent, even when it forwards an upstream's "failed to connect to all
+addresses..." verbatim (orders does); a foreign server aborting UNAVAILABLE
+with no metadata and a message starting with gRPC core's exact words would
+still be taken for not sent.
 """
 
 from __future__ import annotations
@@ -57,14 +70,17 @@ if TYPE_CHECKING:
 ATTEMPT_KEY = "mesh-attempt"
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
-_CONNECT_FAILURES = (
-    "failed to connect",
-    "connection refused",
+# How gRPC core's own status for a call no connection carried begins (read from grpcio
+# 1.85's core): pick_first and round_robin with no reachable address, the c-ares and the
+# EventEngine resolvers failing, a resolver finding no address. Case and all, at the very
+# start. Should a grpcio release reword them, such calls are just not retried (safe), and
+# test_unsent_non_idempotent_call_is_retried says so.
+_CORE_NOT_SENT = (
+    "failed to connect to all addresses",
     "connections to all backends failing",
-    "dns resolution failed",
-    "name resolution",
-    "no route to host",
-    "network is unreachable",
+    "DNS resolution failed for ",
+    "errors resolving ",
+    "empty address list",
 )
 _NOT_RETRIED_LOCAL = frozenset({"breaker-open", "deadline"})
 
@@ -156,16 +172,20 @@ def not_sent(
     initial_metadata: Any,
     trailing_metadata: Any,
 ) -> bool:
-    """True when the failure certainly happened before the request left (see module doc)."""
+    """True when the failure certainly happened before the request left (see module doc).
+
+    Any metadata means a server answered (the mesh's errors always carry a trailer);
+    gRPC core's words count only at the start of the details, never inside a server's
+    own message. Runs on the error path only.
+    """
     if code is not grpc.StatusCode.UNAVAILABLE:
         return False
     for key, value in trailing_metadata or ():
         if key == LOCAL_ERROR_KEY:
             return value not in _NOT_RETRIED_LOCAL
-    if initial_metadata:
+    if initial_metadata or trailing_metadata:
         return False
-    text = (details or "").lower()
-    return any(marker in text for marker in _CONNECT_FAILURES)
+    return (details or "").startswith(_CORE_NOT_SENT)
 
 
 def _local_reason(trailing_metadata: Any) -> str | None:

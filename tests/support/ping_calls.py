@@ -83,6 +83,7 @@ class Flaky(PingServicer):
         self.failures = failures
         self.code = code
         self.trailing: tuple[tuple[str, str], ...] = kw.get("trailing", ())
+        self.message: str = kw.get("message", "flaky")
         self.fail_after_first = kw.get("fail_after_first", False)
 
     async def _maybe_fail(self, context: Any) -> None:
@@ -92,7 +93,7 @@ class Flaky(PingServicer):
         if self.calls <= self.failures:
             if self.trailing:
                 context.set_trailing_metadata(self.trailing)
-            await context.abort(self.code, "flaky")
+            await context.abort(self.code, self.message)
 
     async def Ping(self, request, context):  # type: ignore[override]
         await self._maybe_fail(context)

@@ -11,8 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from shop.testing.v1 import ping_pb2, ping_pb2_grpc
 
+from base.errors import Unavailable
 from interceptors._call import local_error
 from interceptors._client import ClientInterceptor
+from interceptors.errors import ErrorServerInterceptor
 from interceptors.metrics import RpcMetrics
 from interceptors.retry import (
     ATTEMPT_KEY,
@@ -22,6 +24,7 @@ from interceptors.retry import (
     not_sent,
 )
 from mesh.api.options import IdempotentMethods
+from tests.support.ping import PingServicer
 from tests.support.ping_calls import (
     METHODS,
     Flaky,
@@ -32,6 +35,9 @@ from tests.support.ping_calls import (
 from tests.support.ports import free_port
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.005)
+# What gRPC core says of a call no connection carried, and what a server may say itself.
+CORE_REFUSED = "failed to connect to all addresses; last error: UNKNOWN: Connection refused"
+SERVER_TEXT = "card processor: failed to connect to acquirer (connection refused)"
 
 
 class Attempts(ClientInterceptor):
@@ -105,7 +111,51 @@ async def test_unsent_non_idempotent_call_is_retried(arity):
     async with channel(address, retrying(is_idempotent=lambda _m: False), attempts) as ch:
         err = await invoke_error(ping_pb2_grpc.PingServiceStub(ch), arity)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
+    # gRPC core's own words, at the start: what `not_sent` recognises (retry.py).
+    assert (err.details() or "").startswith("failed to connect to all addresses")
     assert attempts.count == 3
+
+
+class ForwardsUpstreamText(PingServicer):
+    """A mesh servicer that acted on the call, then reports an upstream's failure verbatim
+    (as orders does with `UpstreamError`): gRPC core's words at the start of its message."""
+
+    async def Ping(self, request, context):  # type: ignore[override]
+        self.calls += 1
+        raise Unavailable(CORE_REFUSED)
+
+
+@pytest.mark.parametrize("arity", ["unary_unary", "unary_stream"])
+async def test_server_text_with_connect_words_is_not_taken_for_unsent(start_server, arity):
+    # The server handled the call (say, took a charge) and only its message mentions a
+    # connection failure: a non-idempotent call must not run again.
+    srv = await start_server(Flaky(failures=3, message=SERVER_TEXT))
+    async with channel(srv.address, retrying(is_idempotent=lambda _m: False)) as ch:
+        err = await invoke_error(ping_pb2_grpc.PingServiceStub(ch), arity)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and err.details() == SERVER_TEXT
+    assert srv.servicer.calls == 1
+
+
+async def test_mesh_server_forwarding_core_text_is_not_retried(start_server):
+    # Even gRPC core's exact words at the start: a mesh server's error carries its
+    # `grpc-status-details-bin` trailer, and a reply with metadata was sent.
+    srv = await start_server(ForwardsUpstreamText(), interceptors=[ErrorServerInterceptor()])
+    async with channel(srv.address, retrying(is_idempotent=lambda _m: False)) as ch:
+        err = await invoke_error(ping_pb2_grpc.PingServiceStub(ch), "unary_unary")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and err.details() == CORE_REFUSED
+    assert srv.servicer.calls == 1
+
+
+def test_fused_chain_step_does_not_retry_server_text():
+    # `delay_after` is what mesh/client/fused.py runs: the same decision.
+    details = grpc.aio.ClientCallDetails(METHODS["unary_unary"], None, None, None, None)
+    interceptor = retrying(is_idempotent=lambda _m: False)
+    empty = grpc.aio.Metadata()
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    server = grpc.aio.AioRpcError(unavailable, empty, empty, SERVER_TEXT, "")
+    assert interceptor.delay_after(details, 1, server, None) is None
+    core = grpc.aio.AioRpcError(unavailable, empty, empty, CORE_REFUSED, "")
+    assert interceptor.delay_after(details, 1, core, None) is not None
 
 
 @pytest.mark.parametrize("arity", ["stream_unary", "stream_stream"])
@@ -281,11 +331,17 @@ def test_budget_floor_ratio_and_window():
 
 
 def test_not_sent_heuristic():
-    refused = "failed to connect to all addresses; last error: Connection refused"
+    refused = CORE_REFUSED
     assert not_sent(grpc.StatusCode.UNAVAILABLE, refused, None, None)
+    assert not_sent(grpc.StatusCode.UNAVAILABLE, "DNS resolution failed for x:1: ...", (), ())
     assert not not_sent(grpc.StatusCode.UNAVAILABLE, "Socket closed", None, None)
     assert not not_sent(grpc.StatusCode.UNAVAILABLE, refused, (("k", "v"),), None)
+    assert not not_sent(grpc.StatusCode.UNAVAILABLE, refused, None, (("k", "v"),))
     assert not not_sent(grpc.StatusCode.INTERNAL, refused, None, None)
+    # gRPC core's words inside a server's own message, or in another case: sent.
+    assert not not_sent(grpc.StatusCode.UNAVAILABLE, SERVER_TEXT, None, None)
+    assert not not_sent(grpc.StatusCode.UNAVAILABLE, f"payments: {refused}", None, None)
+    assert not not_sent(grpc.StatusCode.UNAVAILABLE, refused.upper(), None, None)
     local = (("mesh-local-error", "no-instance"),)
     assert not_sent(grpc.StatusCode.UNAVAILABLE, "x", None, local)
     assert not not_sent(

@@ -23,3 +23,12 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def being_cancelled() -> bool:
+    """Whether the running task is being cancelled (`Task.cancelling`). Only then is a
+    CancelledError its own stop: one out of something it awaited (a future another task
+    cancelled, a grpc.aio call on a channel closed under it) is that thing's failure.
+    Limit: a cancel the task took back (`uncancel`) no longer counts."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -151,7 +151,8 @@ class EndpointPool:
         """Stop watching and close every channel.
 
         With `grace_s`, calls in flight first get up to that long to finish (no new
-        call is picked meanwhile); whatever is still running then is cut.
+        call is picked meanwhile); whatever is still running then is cut, on instances
+        removed earlier and still draining too (`_hurry_drains`).
         """
         if self._closed:
             return
@@ -161,6 +162,7 @@ class EndpointPool:
         if self._watch_task is not None:
             self._watch_task.cancel()
         if grace_s:
+            self._hurry_drains(grace_s)
             for key in list(self._endpoints):
                 self._drain(self._endpoints.pop(key), grace_s)
             self._clear_pickers()
@@ -402,6 +404,20 @@ class EndpointPool:
         limit = self._drain_timeout_s if drain_s is None else drain_s
         self._draining[ep] = loop.call_later(limit, self._close_endpoint, ep)
         log.debug("%s: draining %s (%d in flight)", self.service, ep.instance.id, ep.inflight)
+
+    def _hurry_drains(self, grace_s: float) -> None:
+        """Cut the drains already under way (instances removed earlier, each on its own
+        `drain_timeout_s`, 30 s by default) at the close's grace at the latest: `close`
+        waits for every drain, and its grace bounds them all. A drain due sooner keeps
+        its own time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        for ep, handle in list(self._draining.items()):
+            if handle is not None and handle.when() <= deadline:
+                continue
+            if handle is not None:
+                handle.cancel()
+            self._draining[ep] = loop.call_at(deadline, self._close_endpoint, ep)
 
     def _close_endpoint(self, ep: Endpoint) -> None:
         handle = self._draining.pop(ep, None)

@@ -10,6 +10,10 @@ that is a child of the producer's `traceparent`, then
   `dlq.<subject>` with its original headers plus the error and delivery count,
   then `term` it so JetStream stops redelivering.
 
+A handler's CancelledError counts as raising (logged as a warning) unless the loop
+itself is being cancelled (`stop()`, shutdown): a cancelled future or grpc.aio call
+the handler awaited must not end the loop.
+
 With a `batch_handler`, a fetched batch is handed over in one call (one
 database transaction for many events, e.g. `Inbox.idempotent_batch`) inside a
 span linked to every producer's context, and acked when it returns (the acks
@@ -46,9 +50,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from base.backoff import Backoff
+from base.tasks import being_cancelled
 from interceptors._spans import SpanShortcut
 from mesh.events.envelope import HDR_MSG_ID, decode, extract_context
 from mesh.events.errors import EventsTimeoutError
@@ -191,17 +196,27 @@ class Subscription:
         `ack_wait`."""
         task, self._task = self._task, None
         self._stopping = True
-        if task is not None:
-            if self._fetching:
-                task.cancel()
-            try:
-                async with asyncio.timeout(grace_s):
-                    await asyncio.shield(task)
-            except TimeoutError:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._unbind()
+        try:
+            if task is not None:
+                await self._end_loop(task, grace_s)
+        finally:
+            await self._unbind()
+
+    async def _end_loop(self, task: asyncio.Task[None], grace_s: float) -> None:
+        """Wait up to `grace_s` for the loop to finish, then cancel it and wait for that.
+
+        A loop that ended cancelled (cancelled from elsewhere) is simply over: its
+        CancelledError is not raised here, or `EventBus.close` would stop no further
+        subscription nor close the connection. A cancellation of the caller itself still
+        propagates. Whatever else killed the loop (run keeps going on any Exception) is
+        raised, after the caller's `_unbind`."""
+        if self._fetching:
+            task.cancel()
+        if not (await asyncio.wait({task}, timeout=grace_s))[0]:
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
 
     # -- loop --------------------------------------------------------------------
 
@@ -213,19 +228,27 @@ class Subscription:
                 await self._bind()
                 backoff.reset()
                 await self._consume()
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if self._stopping:
                     return
-                raise
+                if being_cancelled():
+                    raise
+                # Not a cancel of this loop (a stray one from something it awaited):
+                # re-bind like after any other error rather than die without a word.
+                await self._interrupted(exc, backoff, started)
             except Exception as exc:  # server gone, consumer gone: re-bind
-                # The pull subscription is kept (see _bind): only the consumer is re-checked.
-                self.stats.interruptions += 1
-                delay = backoff.next()
-                self._log_interruption(exc, delay, time.monotonic() - started)
-                self.bound.clear()
-                await asyncio.sleep(delay)  # backoff, not synchronisation
+                await self._interrupted(exc, backoff, started)
 
-    def _log_interruption(self, exc: Exception, delay: float, since_start_s: float) -> None:
+    async def _interrupted(self, exc: BaseException, backoff: Backoff, started: float) -> None:
+        """Count and log an error of the loop, then wait out the backoff before the re-bind.
+        The pull subscription is kept (see _bind): only the consumer is re-checked."""
+        self.stats.interruptions += 1
+        delay = backoff.next()
+        self._log_interruption(exc, delay, time.monotonic() - started)
+        self.bound.clear()
+        await asyncio.sleep(delay)  # backoff, not synchronisation
+
+    def _log_interruption(self, exc: BaseException, delay: float, since_start_s: float) -> None:
         """A consumer that never bound and finds no stream is waiting for the service that
         owns the stream to start (each service declares only its own streams): said once
         at INFO, then quietly, and as a warning again after `STREAM_PATIENCE_S` (a subject
@@ -342,7 +365,9 @@ class Subscription:
         ) as span:
             try:
                 await self.batch_handler(envs)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if self._cancelled_by(exc, "batch handler"):
+                    raise
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 log.info("consumer %s: batch failed (%r); one by one", self.durable, exc)
@@ -388,17 +413,38 @@ class Subscription:
         ):
             try:
                 await self.handler(env)
-            except Exception as exc:
-                self.stats.failed += 1
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                if delivered >= self.options.max_deliver:
-                    await self._dead_letter(msg, exc, delivered)
-                else:
-                    await msg.nak(delay=self._nak_delay(delivered))
+            except (Exception, asyncio.CancelledError) as exc:
+                if self._cancelled_by(exc, "handler"):
+                    raise
+                await self._failed(msg, span, exc, delivered)
                 return
         self.stats.handled += 1
         await msg.ack()
+
+    def _cancelled_by(self, exc: BaseException, what: str) -> bool:
+        """Whether `exc` cancels the loop's own task (`stop()`, shutdown): then it must
+        propagate. A CancelledError without that came from something the handler awaited
+        (a future or task someone else cancelled, a grpc.aio call on a closed channel): it
+        is logged and then handled as the handler's failure, so the loop lives on."""
+        if not isinstance(exc, asyncio.CancelledError):
+            return False
+        if being_cancelled():
+            return True
+        log.warning("consumer %s: %s raised CancelledError though the consumer was not"
+                    " stopped (something it awaited was cancelled); handled as a failure",
+                    self.durable, what)  # fmt: skip
+        return False
+
+    async def _failed(self, msg: Msg, span: Span, exc: BaseException, delivered: int) -> None:
+        """The handler raised: nak with the backoff's delay, or dead-letter the message on
+        its `max_deliver`-th delivery."""
+        self.stats.failed += 1
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        if delivered >= self.options.max_deliver:
+            await self._dead_letter(msg, exc, delivered)
+        else:
+            await msg.nak(delay=self._nak_delay(delivered))
 
     def _nak_delay(self, delivered: int) -> float:
         steps = self.options.backoff_s

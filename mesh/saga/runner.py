@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from base.tasks import being_cancelled
 from interceptors.context import incoming_deadline
 from mesh.saga.classify import Classifier, default_classifier, failure_of, is_transient_db_error
 from mesh.saga.errors import SagaBusy, SagaConflict, SagaFailed, SagaInterrupted, StepCancelled
@@ -106,8 +107,7 @@ async def _uncancelled(step: Step, action: Awaitable[T]) -> T:
     try:
         return await action
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
+        if being_cancelled():
             raise
         raise StepCancelled(f"step {step.name} was cancelled (not by its saga)") from None
 

@@ -245,6 +245,56 @@ async def test_always_failing_handler_dead_letters_with_its_error(bus_factory: A
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
+async def test_a_handler_cancelled_error_is_a_failure_and_the_loop_goes_on(
+    bus_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler that awaited something another task cancelled (a shared future, a
+    # grpc.aio call on a closed channel) raises CancelledError though nobody stopped the
+    # consumer. That once ended the loop without a word: no later event was handled.
+    bus = await bus_factory()
+    poison = user_created()
+    rec = Recorder()
+
+    async def handler(env: Envelope) -> None:
+        await rec(env)
+        if env.id == poison.id:
+            cancelled_elsewhere = asyncio.get_running_loop().create_future()
+            cancelled_elsewhere.cancel()
+            await cancelled_elsewhere
+
+    caplog.set_level(logging.WARNING, logger="mesh.events.consumer")
+    opts = SubscribeOptions(max_deliver=2, backoff_s=(0.02,), fetch_timeout_s=0.5)
+    sub = await bus.subscribe("user.*", handler, durable="c-cancelled", options=opts)
+    later = [user_created() for _ in range(3)]
+    for env in [poison, *later]:
+        await bus.publish(env)
+
+    await eventually(lambda: all(e.id in rec.applied for e in later), what="later events")
+    await eventually(lambda: sub.stats.dead_lettered == 1, what="the dead letter")
+    assert rec.deliveries[poison.id] == 2 and sub.stats.failed == 2
+    dead = await bus.js.get_last_msg("DLQ", "dlq.user.created")
+    assert (dead.headers or {})[HDR_DLQ_ERROR].startswith("CancelledError")
+    assert any("raised CancelledError" in r.getMessage() for r in caplog.records)
+    await asyncio.wait_for(bus.close(), 10)  # stops cleanly
+    assert bus.nc.is_closed
+
+
+async def test_closing_the_bus_after_a_loop_was_cancelled_elsewhere_stops_the_rest(
+    bus_factory: Any,
+) -> None:
+    # A loop task someone else cancelled ends cancelled; stopping it must not raise that
+    # CancelledError, or the bus stops no further subscription nor closes its connection.
+    bus = await bus_factory()
+    for durable in ("c-killed", "c-other"):
+        await bus.subscribe("user.*", Recorder(), durable=durable, options=FAST)
+    (killed,) = [t for t in asyncio.all_tasks() if t.get_name() == "consume-c-killed"]
+    killed.cancel()
+    await eventually(killed.done, what="the cancelled loop to end")
+    await asyncio.wait_for(bus.close(), 10)
+    assert bus.nc.is_closed
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "consume-c-other"]
+
+
 async def test_consumer_survives_nats_restart_under_load(
     sqlite_db: Db, nats_srv: NatsServer, bus_factory: Any, outbox: Outbox
 ) -> None:

@@ -168,3 +168,16 @@ async def test_removed_instance_closes_when_its_last_call_ends(pool_of) -> None:
     await settle()
     assert ch["i0"].closed and not ch["i1"].closed
     assert [s.id for s in pool.status()] == ["i1"]
+
+
+async def test_close_cuts_an_earlier_drain_at_its_grace(pool_of) -> None:
+    # An instance removed before the close still drains on its own timer (30 s here);
+    # close(grace) waits for every drain, so without a bound it waited for that one too.
+    pool, ch = await pool_of(READY, READY, drain_timeout_s=30.0)
+    leaving = next(ep for ep in pool.endpoints() if ep.instance.id == "i0")
+    leaving.track(Done(0))  # never finishes
+    pool.apply([Instance("i1", "svc", "127.0.0.1", 1001)])
+    assert [s.id for s in pool.status() if s.draining] == ["i0"]
+    async with asyncio.timeout(5):  # the grace is 0.2 s; the old drain had 30 s left
+        await pool.close(grace_s=0.2)
+    assert ch["i0"].closed and ch["i1"].closed

@@ -25,6 +25,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from mesh.cli_args import int_between
 from mesh.events.dead_letters import (
     EVERY,
     DeadLetter,
@@ -202,6 +203,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return 1
 
 
+# A dead letter's number is its JetStream sequence, a uint64 from 1: NATS answered 0, -1
+# or 2**64 with its own "cannot unmarshal number -1 into Go struct field ... uint64".
+_SEQ = int_between(1, 2**64 - 1)
+_SEQ_HELP = "dead letters by number (`list`)"
+
+
 def register(events: Any, add: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
     """Add `events dlq list|replay|drop` to meshctl's commands."""
     dlq = add(events, "dlq", "dead letters: list, replay, drop").add_subparsers(
@@ -213,14 +220,19 @@ def register(events: Any, add: Callable[[Any, str, str], argparse.ArgumentParser
         help="e.g. order.> or dlq.order.completed (default all)",
     )  # fmt: skip
 
-    listing.add_argument("--limit", type=int, default=50, help="show at most N (default 50)")
+    listing.add_argument(
+        "--limit", type=int_between(1), default=50, help="show at most N (default 50)"
+    )
     again = add(dlq, "replay", "publish dead letters again to their subjects, then remove them")
-    again.add_argument("seq", nargs="*", type=int, help="dead letters by number (`list`)")
-    again.add_argument("--all", action="store_true", help="every dead letter (on SUBJECT)")
+    which = again.add_mutually_exclusive_group()  # `replay 1 --all` replayed them all
+    # default=[]: argparse takes an empty `*` positional for one given unless it is the
+    # default object itself, so `replay --all` alone would conflict.
+    which.add_argument("seq", nargs="*", type=_SEQ, default=[], help=_SEQ_HELP)
+    which.add_argument("--all", action="store_true", help="every dead letter (on SUBJECT)")
     again.add_argument(
         "--subject", default=EVERY, type=_dead_letter_pattern, help="with --all: e.g. order.>"
     )
     drop = add(dlq, "drop", "remove dead letters without replaying them")
-    drop.add_argument("seq", nargs="+", type=int, help="dead letters by number (`list`)")
+    drop.add_argument("seq", nargs="+", type=_SEQ, help=_SEQ_HELP)
     for parser in (listing, again, drop):
         parser.set_defaults(fn=cmd_dlq)

@@ -69,6 +69,8 @@ DATA_DIR = "data"  # in the run directory: the services' SQLite files (MESH_DATA
 # most 20 characters, mesh/k8s/options.py) and `<name>-postgres` (whose StatefulSet's
 # revision label adds an 11-character hash), and each must fit 63 characters.
 MAX_SERVICE_NAME = 42
+# Instances of one service, in mesh.toml and in a release (`--instances`).
+MAX_INSTANCES = 64
 # Names the mesh gives its own parts, which a service or an event identity must not
 # take: the edge's and a developer's process's identities (mesh.api.options.EDGE,
 # mesh.security.end_user.MESH_CLIENT: both trusted to carry end users), the CA's files
@@ -307,7 +309,7 @@ def parse_topology(doc: Mapping[str, Any], path: Path) -> Topology:
         module = table.get("module")
         if not isinstance(module, str) or not _MODULE.fullmatch(module):
             raise fail(f"{key}.module", f"expected a Python module name, got {module!r}")
-        instances = _int(table.get("instances", 1), 1, 64, f"{key}.instances", fail)
+        instances = _int(table.get("instances", 1), 1, MAX_INSTANCES, f"{key}.instances", fail)
         grpc_port = _int(table.get("grpc_port", 0), 0, 65535, f"{key}.grpc_port", fail)
         admin_port = _int(table.get("admin_port", 0), 0, 65535, f"{key}.admin_port", fail)
         env = table.get("env", {})

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh.local.topology import DEFAULT_TOPOLOGY, TopologyError, load_topology
+from mesh.cli_args import finite_at_least, int_between
+from mesh.local.topology import DEFAULT_TOPOLOGY, MAX_INSTANCES, TopologyError, load_topology
 from mesh.release.source import SourceError, check_migrations, prepare_source
 from mesh.release.state import CONTROLLER_FILE, TERMINAL, describe, load, load_all, send, wait_reply
 
@@ -47,19 +48,6 @@ def _version(text: str) -> str:
     return text
 
 
-def _at_least(low: float, kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} is below {low:g}")
-        return value
-
-    return parse
-
-
 def register(sub: Any) -> None:
     """Add `release` to meshctl's subcommands."""
     p = sub.add_parser("release", help="blue-green / canary releases of a service")
@@ -71,11 +59,13 @@ def register(sub: Any) -> None:
     start.add_argument(
         "--version", required=True, dest="release_version", metavar="V", type=_version
     )
-    start.add_argument("--instances", type=_at_least(1, int), default=1)
+    start.add_argument(
+        "--instances", type=int_between(1, MAX_INSTANCES), default=1, help=f"1-{MAX_INSTANCES} (1)"
+    )
     start.add_argument("--source", default="", help="a git ref (default: the current tree)")
     start.add_argument("--steps", type=_steps, default=[0, 10, 50, 100], help="0,10,50,100")
     start.add_argument(
-        "--bake", type=_at_least(0, float), default=30.0, help="seconds per step (30)"
+        "--bake", type=finite_at_least(0), default=30.0, help="seconds per step (30)"
     )
     start.add_argument("--detach", action="store_true", help="return once it has started")
     start.set_defaults(fn=cmd_start)
@@ -161,7 +151,17 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def follow(run_dir: Path, service: str) -> int:
-    """Print the release's log as it grows, until it ends; 0 if promoted."""
+    """Print the release's log as it grows, until it ends; 0 if promoted. Ctrl-C stops
+    following only (the release is `meshctl up`'s): one line saying so, 130."""
+    try:
+        return _follow(run_dir, service)
+    except KeyboardInterrupt:
+        print("\nstopped following; the release goes on (`meshctl release status` /"
+              f" `meshctl release rollback {service}`)", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _follow(run_dir: Path, service: str) -> int:
     shown = 0
     while True:
         release = load(run_dir, service)

@@ -76,6 +76,9 @@ class Timing:
     settle_s: float = 2.0  # after a weight change, before the step's window opens
     check_s: float = 1.0  # analysis interval within a bake
     healthy_timeout_s: float = 60.0
+    # How long the new subset may have no healthy instance (a crashed one is restarted
+    # within a few seconds) before the release rolls back instead of going on.
+    gone_s: float = 10.0
     poll_s: float = 0.2  # request directory poll
 
 
@@ -350,15 +353,30 @@ class ReleaseController:
         verdict: tuple[str, str] | None = None
         counts: dict[str, analysis.Counts] = {}
         waiting_said = False
+        gone_since: float | None = None
         while True:
             left = release.bake_s - (time.monotonic() - started)
             # Past the bake (baking on for evidence): a check every `check_s`.
             pause = min(self.timing.check_s, left) if left > 0 else self.timing.check_s
             command = await self._sleep_or_command(release, pause)
-            now = await analysis.snapshot(await self.registry.healthy(release.service))
+            instances = await self.registry.healthy(release.service)
+            now = await analysis.snapshot(instances)
             counts = analysis.window(start, now)
             if command is not None:
                 verdict = self._command_verdict(release, command)
+                break
+            if any(track_of(i) == new for i in instances):
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since >= self.timing.gone_s:
+                # The new subset is gone (stopped, or given up after a crash loop): going
+                # on would promote nothing and stop the old one (found on a live mesh).
+                gone = ", ".join(release.new_instances)
+                verdict = (
+                    "rolled back",
+                    f"no healthy instance of {new} for {self.timing.gone_s:g}s ({gone})",
+                )
                 break
             reason = analysis.regression(
                 counts.get(old, analysis.Counts()), counts.get(new, analysis.Counts()),
@@ -436,6 +454,19 @@ class ReleaseController:
         self._log(release, f"release of {release.service} {release.version}: {phase}")
 
     async def _promote(self, release: Release) -> None:
+        """The old subset drains and stops; first, the new one must have a healthy
+        instance (within `gone_s`), or the release fails and rolls back: promoting a
+        subset that is gone left the service with no instance at all."""
+        deadline = time.monotonic() + self.timing.gone_s
+        while not any(
+            track_of(i) == release.new_track for i in await self.registry.healthy(release.service)
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no healthy instance of {release.new_track} to promote; the old"
+                    f" {release.old_track} instances keep serving"
+                )
+            await asyncio.sleep(0.2)  # polling the registry
         old_children = [
             c
             for c in self.sup.children

@@ -33,11 +33,20 @@ class SourceError(RuntimeError):
 
 def prepare_source(root: Path, run_dir: Path, version: str, ref: str) -> Path:
     """The directory to run the release from: `root` for "" (the current tree), else a
-    git worktree of `ref` at `<run dir>/releases/<version>` (reused if present)."""
+    git worktree of `ref` at `<run dir>/releases/<version>`. One kept from an earlier
+    release of the version is reused only if it holds `ref`'s commit: another was run
+    in its place, without a word, until 7 Dec 2026 (found on a live mesh)."""
     if not ref:
         return root
     target = run_dir.resolve() / "releases" / version
     if (target / ".git").exists():
+        wanted, held = _commit(root, f"{ref}^{{commit}}"), _commit(target, "HEAD")
+        if wanted != held:
+            raise SourceError(
+                f"{target} holds {held[:12]} (an earlier release of {version}), not {ref}"
+                f" ({wanted[:12]}): release under another version, or remove it"
+                f" (`git worktree remove --force {target}`)"
+            )
         return target
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     done = subprocess.run(
@@ -49,6 +58,19 @@ def prepare_source(root: Path, run_dir: Path, version: str, ref: str) -> Path:
     if done.returncode != 0:
         raise SourceError(f"git worktree add {target} {ref}: {done.stderr.strip()}")
     return target
+
+
+def _commit(repo: Path, rev: str) -> str:
+    """The commit `rev` names in `repo`; SourceError when git cannot say."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", rev],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SourceError(f"git rev-parse {rev} in {repo}: not a commit {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def remove_source(root: Path, tree: Path) -> None:

@@ -1,6 +1,8 @@
 """Changing a traffic policy safely: validate against the registry, then compare-and-set.
 
-`meshctl traffic set` and `meshctl release` both go through `change_policy`:
+`meshctl traffic set` goes through `change_policy` (the release controller writes its
+weights with its own compare-and-set, mesh/release/controller.py, so the CLI's refusal
+during a release never blocks it):
 
 1. read the stored policy (its revision is what the write expects);
 2. read the service's instances: the tracks with a healthy instance, and every
@@ -90,16 +92,18 @@ async def change_policy(
     store: PolicyStore,
     registry: Registry,
     service: str,
-    weights: Mapping[str, int],
+    weights: Mapping[str, int] | None,
     faults: Iterable[Fault] | None = None,
     *,
     expected_revision: int | None = None,
 ) -> TrafficPolicy:
     """Validate and store `service`'s new policy; the stored policy is returned.
 
-    `faults=None` keeps the current policy's faults; `expected_revision=None`
-    expects the revision read in step 1 (any other writer in between → conflict).
-    Raises `InvalidPolicy` (nothing written) or `PolicyConflict`.
+    `weights=None` keeps the current policy's weights and `faults=None` its faults,
+    so changing one never drops the other (until 7 Dec 2026 `--no-faults` alone wiped
+    the weights: one pool in a release's 0 % step); `{}` removes the weights on purpose.
+    `expected_revision=None` expects the revision read in step 1 (any other writer in
+    between → conflict). Raises `InvalidPolicy` (nothing written) or `PolicyConflict`.
     """
     broken = False
     try:
@@ -108,6 +112,8 @@ async def change_policy(
         current, broken = None, True  # a hand-broken stored policy: replacing it is the fix
     if faults is None:
         faults = current.faults if current is not None else ()
+    if weights is None:
+        weights = current.weights if current is not None else {}
     policy = TrafficPolicy(service, dict(weights), tuple(faults))
     subsets = await subsets_of(registry, service)
     validate(policy, set(subsets.healthy), subsets.registered)

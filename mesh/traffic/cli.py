@@ -3,8 +3,9 @@
     meshctl traffic show orders
     meshctl traffic set orders blue=90 green=10
     meshctl traffic set orders blue=100 --fault subset=green,abort_percent=20
-    meshctl traffic set orders blue=100 --no-faults
-    meshctl traffic clear orders                      # back to one pool
+    meshctl traffic set orders --no-faults            # weights kept
+    meshctl traffic set orders --one-pool             # weights removed, faults kept
+    meshctl traffic clear orders                      # back to one pool, no faults
 
 The registry (hence the store) is the one the other commands use: Consul when
 CONSUL_HTTP_ADDR / MESH_REGISTRY say so (KV `shop-mesh/traffic/<service>`), else
@@ -14,7 +15,12 @@ this user (mesh/discovery/locate.py); MESH_REGISTRY_DIR overrides. `set` refuses
 service that the topology (`--topology`, else ./mesh.toml if present) does not name
 and the registry has no instance of; it validates against the registry
 (mesh/traffic/admin.py) and refuses an invalid policy with exit 2, the old policy
-staying in force; a concurrent change (someone else wrote first) is exit 1.
+staying in force; a concurrent change (someone else wrote first) is exit 1. What
+`set` is not given stays: no weights keeps the weights, no `--fault`/`--no-faults`
+keeps the faults; only `--one-pool` or `clear` removes the weights. While a release
+of the service is in progress (mesh/release/state.py) the release owns the weights:
+changing them (`set` with weights or `--one-pool`, `clear`) is refused (exit 2);
+faults may still be changed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.cli_options import given
 from mesh.discovery.registry import Registry, RegistryUnavailable
@@ -40,6 +46,9 @@ from mesh.traffic.policy import (
     subset_counts,
     track_of,
 )
+
+if TYPE_CHECKING:
+    from mesh.release.state import Release
 
 
 class NoRegistry(RuntimeError):
@@ -114,12 +123,68 @@ async def _show(registry: Registry, store: PolicyStore, service: str, as_json: b
     return 0
 
 
+def _release_run_dirs(registry: Registry, args: argparse.Namespace) -> list[Path]:
+    """Where a release of the mesh whose policy we change records its state: the run
+    dir given (or `.run`), and the one holding the embedded registry found (a mesh keeps
+    it in `<run dir>/registry`). Limits: an embedded registry moved elsewhere with
+    MESH_REGISTRY_DIR, used without that run dir, hides the release."""
+    from mesh.discovery.embedded import EmbeddedRegistry
+
+    dirs = [Path(args.run_dir).resolve()]
+    if isinstance(registry, EmbeddedRegistry):
+        dirs.append(registry.directory.resolve().parent)
+    return list(dict.fromkeys(dirs))
+
+
+def _release_in_progress(run_dirs: list[Path], service: str) -> Release | None:
+    """The active release of `service`, if one runs: its state says so and the `meshctl
+    up` carrying it out is alive (one stopped mid-release leaves an "active" state until
+    its next start marks it failed; that must not lock the weights). Reads only: makes
+    no directory."""
+    from base.processes import alive
+    from mesh.release.state import CONTROLLER_FILE, load_all
+
+    for run_dir in run_dirs:
+        try:
+            pid = int(json.loads((run_dir / "releases" / CONTROLLER_FILE).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not alive(pid):
+            continue
+        for release in load_all(run_dir):
+            if release.service == service and release.active:
+                return release
+    return None
+
+
+def _release_refusal(release: Release, command: str) -> str:
+    """Why `command` may not change the weights now, and what to do instead."""
+    return (
+        f"meshctl traffic {command}: refused: the release of {release.service} to"
+        f" {release.version} ({release.old_track} {100 - release.weight} /"
+        f" {release.new_track} {release.weight}, {release.phase}) is in progress and owns"
+        f" the weights; use `meshctl release promote|rollback|abort {release.service}`"
+        f" (faults may still be set: `meshctl traffic set {release.service} --fault ...`);"
+        " nothing was stored"
+    )
+
+
 def _topology_file(args: argparse.Namespace) -> Path | None:
     """The topology that names the services: the one given, else ./mesh.toml if present."""
     topology = getattr(args, "topology", None)
     if topology is None or not (given(topology) or Path(topology).is_file()):
         return None
     return Path(topology)
+
+
+def _weights_given(args: argparse.Namespace) -> dict[str, int] | None:
+    """The weights `set` was given: None when none (the current ones stay), {} for
+    `--one-pool` (removed on purpose). Raises `InvalidPolicy` for both at once."""
+    if args.one_pool and args.weights:
+        raise InvalidPolicy("--one-pool removes the weights: give no weights with it")
+    if args.one_pool:
+        return {}
+    return parse_weights(args.weights) if args.weights else None
 
 
 async def _set(registry: Registry, store: PolicyStore, args: argparse.Namespace) -> int:
@@ -130,10 +195,15 @@ async def _set(registry: Registry, store: PolicyStore, args: argparse.Namespace)
     if unknown:
         print(f"meshctl traffic set: refused: {unknown}; nothing was stored", file=sys.stderr)
         return 2
+    if args.weights or args.one_pool:
+        release = _release_in_progress(_release_run_dirs(registry, args), service)
+        if release is not None:
+            print(_release_refusal(release, "set"), file=sys.stderr)
+            return 2
     before = None
     try:
         before = await store.get(service)
-        weights = parse_weights(args.weights)
+        weights = _weights_given(args)
         faults: list[Fault] | None = None
         if args.no_faults:
             faults = []
@@ -157,7 +227,12 @@ async def _set(registry: Registry, store: PolicyStore, args: argparse.Namespace)
     return 0
 
 
-async def _clear(store: PolicyStore, service: str, revision: int | None) -> int:
+async def _clear(
+    store: PolicyStore, service: str, revision: int | None, release: Release | None
+) -> int:
+    if release is not None:
+        print(_release_refusal(release, "clear"), file=sys.stderr)
+        return 2
     try:
         await store.delete(service, revision)
     except PolicyConflict as exc:
@@ -180,7 +255,8 @@ def cmd_traffic(args: argparse.Namespace) -> int:
                 return await _show(registry, store, args.service, args.json)
             if args.traffic_command == "set":
                 return await _set(registry, store, args)
-            return await _clear(store, args.service, args.revision)
+            release = _release_in_progress(_release_run_dirs(registry, args), args.service)
+            return await _clear(store, args.service, args.revision, release)
         except RegistryUnavailable as exc:
             print(f"meshctl traffic: registry unreachable: {exc}", file=sys.stderr)
             return 1
@@ -209,7 +285,11 @@ def register(sub: Any) -> None:
         "set", help="weights per subset (summing to 100) and faults", parents=[common]
     )
     set_.add_argument("service")
-    set_.add_argument("weights", nargs="*", help="subset=percent, e.g. blue=90 green=10")
+    set_.add_argument(
+        "weights",
+        nargs="*",
+        help="subset=percent, e.g. blue=90 green=10 (none: the current weights stay)",
+    )
     set_.add_argument(
         "--fault",
         action="append",
@@ -218,12 +298,24 @@ def register(sub: Any) -> None:
         " or method=/pkg.Service/*,delay_percent=50,delay_ms=200 (repeatable; replaces"
         " the current faults)",
     )
-    set_.add_argument("--no-faults", action="store_true", help="remove every fault")
+    set_.add_argument(
+        "--no-faults", action="store_true", help="remove every fault (the weights stay)"
+    )
+    set_.add_argument(
+        "--one-pool",
+        action="store_true",
+        help="remove the weights, keeping the faults (without weights or this, the"
+        " current weights stay; refused during a release of the service)",
+    )
     set_.add_argument(
         "--revision", type=int, default=None, help="only if the stored policy is at this revision"
     )
     set_.set_defaults(fn=cmd_traffic)
-    clear = traffic.add_parser("clear", help="remove the policy (one pool)", parents=[common])
+    clear = traffic.add_parser(
+        "clear",
+        help="remove the policy, weights and faults (one pool; refused during a release)",
+        parents=[common],
+    )
     clear.add_argument("service")
     clear.add_argument("--revision", type=int, default=None)
     clear.set_defaults(fn=cmd_traffic)

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -481,3 +482,22 @@ async def test_a_release_with_no_traffic_does_not_advance_on_no_evidence(stack: 
     assert state.phase == "promoted", state.log
     tracks = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
     assert tracks == {new} and tracks != active
+
+
+async def test_a_release_whose_new_instances_are_gone_rolls_back(stack: Stack) -> None:
+    """The new instance stops for good at the 100 % step (SIGTERM: it exits 0, and an
+    exit 0 is not restarted): the release rolls back and the old instances keep serving.
+    It used to bake on, promote a subset with no instance and stop the old one, leaving
+    the service with no instance at all (found on a live mesh)."""
+    old = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
+    await start_detached(stack, "4.0.0", "100", 60)
+    state = await shifting_at(stack, 100, "the release at 100 %")
+    for name in state.new_instances:
+        stack.child(name).proc.send_signal(signal.SIGTERM)
+    state = await wait_phase(stack, ("promoted", "rolled back", "aborted", "failed"), 45)
+    assert state.phase == "rolled back", state.log
+    assert "no healthy instance of" in state.reason, state.reason
+    tracks = {i.meta.get("track") for i in await stack.registry.healthy(SERVICE)}
+    assert tracks == old, tracks
+    status, _body = await stack.json("GET", "/api/v1/products", None, {})
+    assert status == 200

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from mesh.cli_args import int_between
 from mesh.local.traces.store import (
     DB_NAME,
     SpanNode,
@@ -32,7 +33,9 @@ def register(sub: Any) -> None:
     """Add `traces` to meshctl's subcommands."""
     p = sub.add_parser("traces", help="recent traces, or one trace's span tree")
     p.add_argument("trace_id", nargs="?", default="", help="a trace id (or a unique prefix)")
-    p.add_argument("--limit", type=int, default=20, help="traces listed (20)")
+    # From 1 (0 listed none: "no trace stored yet"; -1 all) to SQLite's largest integer
+    # (a LIMIT above it raised OverflowError).
+    p.add_argument("--limit", type=int_between(1, 2**63 - 1), default=20, help="traces listed (20)")
     p.add_argument("--errors", action="store_true", help="only traces with an error span")
     p.set_defaults(fn=lambda args: run(args, sys.stdout))
 

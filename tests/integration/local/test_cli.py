@@ -237,8 +237,14 @@ def test_release_start_refuses_a_version_or_numbers_it_cannot_use(tmp_path: Path
     for args, why in (
         (("--version", ""), "'' is not a version"),
         (("--version", "../../x"), "'../../x' is not a version"),
-        (("--version", "2.0.0", "--bake", "-1"), "argument --bake: -1 is below 0"),
-        (("--version", "2.0.0", "--instances", "0"), "argument --instances: 0 is below 1"),
+        (
+            ("--version", "2.0.0", "--bake", "-1"),
+            "argument --bake: expected a finite number >= 0, got '-1'",
+        ),
+        (
+            ("--version", "2.0.0", "--instances", "0"),
+            "argument --instances: expected an integer from 1 to 64, got 0",
+        ),
     ):
         r = _meshctl("--run-dir", str(run), "release", "start", "inventory", *args)
         assert r.returncode == 2, (args, r)

@@ -74,3 +74,24 @@ def test_a_ref_is_checked_out_as_a_worktree_and_removed_again(tmp_path: Path) ->
         remove_source(repo, tree)
     with pytest.raises(SourceError, match="no-such-ref"):
         prepare_source(repo, tmp_path / "run", "c", "no-such-ref")
+
+
+def test_a_kept_worktree_of_the_version_is_reused_only_for_its_own_commit(tmp_path: Path) -> None:
+    """A second release of the same version from another ref is refused, naming the
+    kept tree (it silently ran the first ref's code); the same ref reuses it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    for v in (1, 2):
+        (repo / "code.py").write_text(f"V = {v}\n")
+        _git(repo, "add", ".")
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"v{v}")
+    tree = prepare_source(repo, tmp_path / "run", "3.0.0", "HEAD")
+    assert (tree / "code.py").read_text() == "V = 2\n"
+    with pytest.raises(SourceError, match=r"not HEAD~1 .*git worktree remove --force"):
+        prepare_source(repo, tmp_path / "run", "3.0.0", "HEAD~1")
+    assert (tree / "code.py").read_text() == "V = 2\n"
+    assert prepare_source(repo, tmp_path / "run", "3.0.0", "HEAD") == tree
+    remove_source(repo, tree)
+    older = prepare_source(repo, tmp_path / "run", "3.0.0", "HEAD~1")
+    assert (older / "code.py").read_text() == "V = 1\n"

@@ -10,6 +10,8 @@ import pytest
 
 from mesh.cli import main as meshctl
 from mesh.discovery import locate
+from mesh.release.state import save
+from tests.support.releases import gone_pid, record_release
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -74,3 +76,39 @@ def test_reading_creates_no_directory(
     assert meshctl(["--topology", str(ROOT / "mesh.toml"), "--run-dir", str(empty), "status"]) == 1
     assert "no mesh is running" in capsys.readouterr().out
     assert list(empty.iterdir()) == []
+
+
+def test_the_weights_are_refused_while_a_release_runs(
+    tmp_path: Path, live_mesh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`clear` and `set --one-pool` during a release were stored with exit 0 until 7 Dec
+    2026 (`release status` then showed weights not in force). Faults stay allowed."""
+    assert meshctl(["traffic", "set", "orders", "--fault", "abort_percent=5"]) == 0
+    stored = (live_mesh / "traffic" / "orders.json").read_bytes()
+    release = record_release(live_mesh.parent, "orders")  # the mesh of the registry found
+    for argv in (["clear", "orders"], ["set", "orders", "--one-pool"]):
+        assert meshctl(["traffic", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "the release of orders to 2.0.0 (blue 100 / green 0, shifting)" in err, err
+        assert "use `meshctl release promote|rollback|abort orders`" in err
+    assert (live_mesh / "traffic" / "orders.json").read_bytes() == stored
+    # Faults alone are not the release's: allowed (the README's walkthrough sets one).
+    assert meshctl(["traffic", "set", "orders", "--fault", "abort_percent=20"]) == 0
+    assert "abort 20%" in capsys.readouterr().out
+    assert meshctl(["traffic", "set", "other", "--one-pool"]) == 0  # another service: no release
+    # Once the release has ended, the weights are the user's again.
+    release.phase = "promoted"
+    save(live_mesh.parent, release)
+    assert meshctl(["traffic", "set", "orders", "--one-pool"]) == 0
+    assert meshctl(["traffic", "clear", "orders"]) == 0
+
+
+def test_a_release_whose_mesh_stopped_does_not_lock_the_weights(
+    tmp_path: Path, live_mesh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `meshctl up` killed mid-release leaves an active state (its next start marks it
+    failed); with no controller alive to promote or roll back, nothing owns the weights."""
+    record_release(live_mesh.parent, "orders", controller_pid=gone_pid())
+    assert meshctl(["traffic", "set", "orders", "--one-pool"]) == 0
+    assert meshctl(["traffic", "clear", "orders"]) == 0
+    assert "refused" not in capsys.readouterr().err

@@ -480,11 +480,7 @@ class InventoryStore:
         async with self._sessions.begin() as s:
             current = await self.confirm_in(s, saga_id)
             if current is None:
-                raise NotFound(
-                    f"saga {saga_id} has no reservation",
-                    reason="RESERVATION_NOT_FOUND",
-                    metadata={"saga_id": saga_id},
-                )
+                raise _reservation_not_found(saga_id)
             if current.status in (RELEASED, RETURNED):
                 raise FailedPrecondition(
                     f"the reservation of saga {saga_id} was {current.status.lower()}",
@@ -629,11 +625,7 @@ class InventoryStore:
             if not held and not await self._move(s, saga_id, CONFIRMED, reason):
                 current = await self._read_reservation(s, saga_id)
                 if current is None:
-                    raise NotFound(
-                        f"saga {saga_id} has no reservation",
-                        reason="RESERVATION_NOT_FOUND",
-                        metadata={"saga_id": saga_id},
-                    )
+                    raise _reservation_not_found(saga_id)
                 return current  # returned before, or released: its units are back
             current = Reservation(saga_id, RETURNED, await self._reserved_lines(s, saga_id))
             # Held units leave `reserved` too (the sale was never confirmed here).
@@ -673,6 +665,14 @@ class InventoryStore:
             .values(status=RETURNED, updated_at=utcnow(), reason=reason)
         )
         return bool(getattr(res, "rowcount", 0))
+
+
+def _reservation_not_found(saga_id: str) -> NotFound:
+    return NotFound(
+        f"saga {saga_id} has no reservation",
+        reason="RESERVATION_NOT_FOUND",
+        metadata={"saga_id": saga_id},
+    )
 
 
 def _product_not_found(product_id: str) -> NotFound:

@@ -251,10 +251,16 @@ def cmd_traffic(args: argparse.Namespace) -> int:
             return 1
         store = _store(registry)
         try:
-            if args.traffic_command == "show":
-                return await _show(registry, store, args.service, args.json)
             if args.traffic_command == "set":
                 return await _set(registry, store, args)
+            unknown = await _known_service(registry, args.service, _topology_file(args))
+            if unknown and await store.get(args.service) is None:
+                # Nothing to show or clear for a name nobody knows: a typo said "no
+                # policy (one pool)" with exit 0 until 7 Dec 2026.
+                print(f"meshctl traffic {args.traffic_command}: {unknown}", file=sys.stderr)
+                return 2
+            if args.traffic_command == "show":
+                return await _show(registry, store, args.service, args.json)
             release = _release_in_progress(_release_run_dirs(registry, args), args.service)
             return await _clear(store, args.service, args.revision, release)
         except RegistryUnavailable as exc:

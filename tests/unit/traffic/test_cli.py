@@ -57,6 +57,11 @@ def test_a_service_the_topology_does_not_name_is_refused(
     base = ["--topology", str(ROOT / "mesh.toml"), "--run-dir", str(tmp_path / "run"), "traffic"]
     assert meshctl([*base, "set", "nope-svc"]) == 2
     assert "'nope-svc' is not a service of" in capsys.readouterr().err
+    for command in ("show", "clear"):  # a typo is not "no policy (one pool)", exit 0
+        assert meshctl([*base, command, "nope-svc"]) == 2
+        assert "'nope-svc' is not a service of" in capsys.readouterr().err
+    assert meshctl([*base, "show", "orders"]) == 0
+    assert "no traffic policy" in capsys.readouterr().out
     assert not (tmp_path / "run" / "registry" / "traffic").exists()
     assert meshctl([*base, "set", "orders"]) == 0  # the control: the shop's service
     assert (tmp_path / "run" / "registry" / "traffic" / "orders.json").is_file()

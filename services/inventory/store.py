@@ -456,13 +456,16 @@ class InventoryStore:
                 types=EVENTS, source=SOURCE, subject=saga_id))  # fmt: skip
         return Reservation(saga_id, HELD, reserved)
 
-    async def _set_status(self, s: AsyncSession, saga_id: str, status: str, reason: str) -> bool:
-        """HELD -> status; False when the reservation is missing or not HELD."""
-        if reason:
+    async def _set_status(
+        self, s: AsyncSession, saga_id: str, status: str, reason: str, *, from_status: str = HELD
+    ) -> bool:
+        """`from_status` (HELD) -> status; False when the reservation is missing or not
+        `from_status`. The usual confirm (HELD, no reason) runs a statement built once."""
+        if reason or from_status != HELD:
             r = self._t.reservations.c
             res = await s.execute(
                 update(self._t.reservations)
-                .where(r.saga_id == saga_id, r.status == HELD)
+                .where(r.saga_id == saga_id, r.status == from_status)
                 .values(status=status, updated_at=utcnow(), reason=reason)
             )
         else:
@@ -621,8 +624,10 @@ class InventoryStore:
         not cancelled). A product can exceed the limit only by units it sold, far inside
         int64."""
         async with self._sessions.begin() as s:
-            held = await self._move(s, saga_id, HELD, reason)
-            if not held and not await self._move(s, saga_id, CONFIRMED, reason):
+            held = await self._set_status(s, saga_id, RETURNED, reason)
+            if not held and not await self._set_status(
+                s, saga_id, RETURNED, reason, from_status=CONFIRMED
+            ):
                 current = await self._read_reservation(s, saga_id)
                 if current is None:
                     raise _reservation_not_found(saga_id)
@@ -655,16 +660,6 @@ class InventoryStore:
                     ),
                 )
             )
-
-    async def _move(self, s: AsyncSession, saga_id: str, from_status: str, reason: str) -> bool:
-        """`from_status` -> RETURNED; False when the reservation is not `from_status`."""
-        r = self._t.reservations.c
-        res = await s.execute(
-            update(self._t.reservations)
-            .where(r.saga_id == saga_id, r.status == from_status)
-            .values(status=RETURNED, updated_at=utcnow(), reason=reason)
-        )
-        return bool(getattr(res, "rowcount", 0))
 
 
 def _reservation_not_found(saga_id: str) -> NotFound:

@@ -22,6 +22,7 @@ from services.common.pagination import encode_page_token
 from services.inventory.app import build
 from services.inventory.config import InventoryConfig
 from services.inventory.validation import MAX_STOCK
+from tests.support.pki import mtls_channel
 from tests.support.services import (
     Served,
     outbox_events,
@@ -384,6 +385,29 @@ async def test_a_sale_is_returned_once_beyond_the_stock_limit(
     with pytest.raises(grpc.RpcError) as err:  # a returned sale cannot be confirmed again
         await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))
     assert rpc_error_details(err.value).reason == "RESERVATION_RETURNED"
+
+
+async def test_only_orders_may_return_a_reservation(served: Served) -> None:
+    """ReturnReservation puts units back into stock: the contract's callers (orders) may,
+    the edge, a developer's mesh-client and another service may not, and nothing comes
+    back for their calls."""
+    a = await product(served, "A", 10)
+    sid = saga()
+    await reservations(served).ReserveItems(
+        inv.ReserveItemsRequest(saga_id=sid, items=lines((a.product_id, 4)))
+    )
+    await reservations(served).ConfirmReservation(inv.ConfirmReservationRequest(saga_id=sid))
+    req = inv.ReturnReservationRequest(saga_id=sid, reason="not mine to return")
+    for caller in ("edge", "mesh-client", "payments"):
+        async with mtls_channel(served.address, "inventory", caller=caller) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                await inventory_pb2_grpc.ReservationServiceStub(channel).ReturnReservation(req)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, caller
+    assert await stock(served, a.product_id) == (6, 0)
+    async with mtls_channel(served.address, "inventory", caller="orders") as channel:
+        back = await inventory_pb2_grpc.ReservationServiceStub(channel).ReturnReservation(req)
+    assert back.status == RETURNED
+    assert await stock(served, a.product_id) == (10, 0)
 
 
 async def test_returning_a_held_released_or_unknown_reservation(served: Served) -> None:
